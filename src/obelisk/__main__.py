@@ -1,0 +1,3 @@
+from obelisk.cli.main import main
+
+raise SystemExit(main())

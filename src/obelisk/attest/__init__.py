@@ -1,0 +1,1 @@
+"""Attestation: TPM evidence on the node, verification against the build manifest."""

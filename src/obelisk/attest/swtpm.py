@@ -1,0 +1,111 @@
+"""Wrapper around `swtpm`, the software TPM used by tests and by `obelisk boot`.
+
+Starts a TPM 2.0 emulator on 127.0.0.1 (data and control ports) with its own state
+directory, already started up (TPM2_Startup(CLEAR)), and gives the TCTI string that
+tpm2-pytss and tpm2-tools take.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from obelisk.core import tools
+from obelisk.core.errors import ToolFailedError
+
+
+def _free_port_pair() -> int:
+    """A port p such that p and p+1 were both free a moment ago."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise ToolFailedError("swtpm", 1, "no free pair of TCP ports on 127.0.0.1")
+
+
+@dataclass
+class SoftwareTPM:
+    """A running swtpm. Use as a context manager; `tcti` names it for tpm2-pytss and tpm2-tools."""
+
+    state_dir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    _owned_tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def tcti(self) -> str:
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for tpm2-tools commands aimed at this TPM."""
+        return {"TPM2TOOLS_TCTI": self.tcti}
+
+    @classmethod
+    def start(cls, state_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> "SoftwareTPM":
+        owned = None
+        if state_dir is None:
+            owned = tempfile.TemporaryDirectory(prefix="obelisk-swtpm-")
+            state_dir = owned.name
+        state = Path(state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        last_error = ""
+        for _ in range(5):
+            port = _free_port_pair()
+            proc = subprocess.Popen(
+                [tools.which("swtpm"), "socket", "--tpm2",
+                 "--tpmstate", f"dir={state}",
+                 "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+                 "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+                 "--flags", "not-need-init,startup-clear"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    last_error = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
+                    break
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        return cls(state_dir=state, port=port, process=proc, _owned_tmp=owned)
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                proc.kill()
+                proc.wait()
+                last_error = "did not start listening"
+        raise ToolFailedError("swtpm", 1, last_error)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+        if self._owned_tmp is not None:
+            self._owned_tmp.cleanup()
+            self._owned_tmp = None
+
+    def __enter__(self) -> "SoftwareTPM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,86 @@
+"""`obelisk` entry point. Components add their commands through `register(subparsers)`.
+
+Component CLI modules import only argparse-level code at module level; heavy imports
+happen inside handlers so that `obelisk --help` and fast checks start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from obelisk import __version__
+from obelisk.core.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ObeliskError
+
+# Each module defines register(subparsers: argparse._SubParsersAction) -> None.
+COMMAND_MODULES = (
+    "obelisk.signer.cli",
+    "obelisk.ima_policy.cli",
+    "obelisk.kernel_hardening.cli",
+    "obelisk.cis_checks.cli",
+    "obelisk.attest.cli",
+    "obelisk.reports.cli",
+    "obelisk.image.cli",
+    "obelisk.cli.demo",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="obelisk", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"obelisk {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # component has no CLI yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return int(handler(args))
+    except ObeliskError as exc:
+        print(f"obelisk: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("obelisk: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: still one line, unless asked for the traceback
+        if os.environ.get("OBELISK_DEBUG"):
+            raise
+        print(f"obelisk: internal error: {type(exc).__name__}: {exc} (set OBELISK_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def subcommand_group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """Add (or reuse) a command group such as `ima` that several components contribute to."""
+    existing = sub.choices.get(name)
+    if existing is None:
+        existing = sub.add_parser(name, help=help)
+        existing.set_defaults(handler=lambda args, p=existing: (p.print_help(sys.stderr), EXIT_BAD_INPUT)[1])
+        group = existing.add_subparsers(dest=f"{name}_command", metavar="COMMAND", parser_class=_Parser)
+        existing._obelisk_group = group  # type: ignore[attr-defined]
+        return group
+    return existing._obelisk_group  # type: ignore[attr-defined]
