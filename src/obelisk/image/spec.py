@@ -372,7 +372,7 @@ def parse_spec(data: Any, source: str, base_dir: str | os.PathLike[str]) -> Spec
 
 def load_spec(path: str | os.PathLike[str]) -> Spec:
     p = Path(path)
-    data = load_yaml_file(p)
+    data = load_yaml_file(p, floats_as_text=True)
     return parse_spec(data, str(p), p.parent)
 
 
