@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nonce", required=True, metavar="HEX")
     p.add_argument("--pcrs", default="0-11", help="PCR list, e.g. 0-11 or 0,7,11 (default 0-11)")
     p.add_argument("--tpm2-tools-dir", metavar="DIR",
-                   help="also write quote.msg, quote.sig, quote.pcrs (values) for tpm2_checkquote")
+                   help="also write quote.msg, quote.sig, quote.pcrs (serialized) for tpm2_checkquote")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="evidence bundle with the quote only")
     p.set_defaults(handler=_quote)
 
@@ -94,7 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--message", "-m", required=True, metavar="FILE", help="TPMS_ATTEST (tpm2_quote -m)")
     p.add_argument("--signature", "-s", required=True, metavar="FILE", help="TPMT_SIGNATURE (tpm2_quote -s)")
     p.add_argument("--pcrs", "-f", required=True, metavar="FILE",
-                   help="PCR values in selection order (tpm2_quote -o FILE -F values)")
+                   help="PCR values: tpm2_quote -o FILE (serialized) or with -F values")
     p.add_argument("--nonce", "-q", required=True, metavar="HEX")
     add_output_options(p)
     p.set_defaults(handler=_checkquote)
@@ -278,7 +278,7 @@ def _cred_check(args: argparse.Namespace) -> int:
 def _quote(args: argparse.Namespace) -> int:
     import os
 
-    from obelisk.attest import evidence as evmod, tpm
+    from obelisk.attest import evidence as evmod, quote as q, tpm
     from obelisk.core import atomic
 
     nonce = _hex(args.nonce)
@@ -292,7 +292,8 @@ def _quote(args: argparse.Namespace) -> int:
         os.makedirs(args.tpm2_tools_dir, exist_ok=True)
         atomic.write_bytes(os.path.join(args.tpm2_tools_dir, "quote.msg"), raw.attest)
         atomic.write_bytes(os.path.join(args.tpm2_tools_dir, "quote.sig"), raw.signature)
-        atomic.write_bytes(os.path.join(args.tpm2_tools_dir, "quote.pcrs"), b"".join(raw.pcrs[p] for p in pcrs))
+        atomic.write_bytes(os.path.join(args.tpm2_tools_dir, "quote.pcrs"),
+                           q.serialize_tools_pcrs(raw.bank, [(p, raw.pcrs[p]) for p in pcrs]))
     print(f"quote written to {args.output}")
     return 0
 
@@ -351,10 +352,13 @@ def _checkquote(args: argparse.Namespace) -> int:
         raise InputError(f"quote selects banks {sorted(banks)}: checkquote takes one bank", source=args.message)
     bank = banks.pop()
     size = q.DIGEST_SIZES[bank]
-    if len(values) != size * len(order):
-        raise InputError(f"{len(values)} bytes of PCR values, the quote selects {len(order)} {bank} PCRs "
-                         f"({size * len(order)} bytes)", source=args.pcrs)
-    pcrs = {p: values[i * size:(i + 1) * size] for i, (_, p) in enumerate(order)}
+    if len(values) == size * len(order):  # -F values: the digests concatenated in selection order
+        pcrs = {p: values[i * size:(i + 1) * size] for i, (_, p) in enumerate(order)}
+    else:  # tpm2-tools' default serialized file
+        listed = q.parse_tools_pcrs(values, args.pcrs)
+        if [(b, p) for b, p, _ in listed] != order:
+            raise InputError("the PCR file selects other PCRs than the quote", source=args.pcrs)
+        pcrs = {p: v for _, p, v in listed}
     bundle = evmod.Evidence(nonce=nonce, attest=msg, signature=sig, bank=bank, pcrs=pcrs)
     report, _ = verify.verify(bundle, verify.Options(nonce=nonce, ak=ak, quote_only=True, source=args.message))
     return emit_report(args, report)

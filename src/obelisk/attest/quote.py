@@ -250,3 +250,72 @@ def pcr_digest(values: list[bytes], alg: str = "sha256") -> bytes:
 def selected_in_order(attest: Attest) -> list[tuple[str, int]]:
     """(bank, pcr) in the order the TPM concatenated them: selections in order, PCRs ascending."""
     return [(sel.bank, p) for sel in attest.selections for p in sel.pcrs]
+
+
+# ---- tpm2-tools' "serialized" PCR file (tpm2_quote -o, tpm2_checkquote -f) ----------------------
+# It is the C structs in host (little-endian) memory layout: TPML_PCR_SELECTION (count + 16 slots of
+# {u16 hash, u8 sizeofSelect, u8[4] select, 1 pad}), u32 n, then n TPML_DIGEST (count + 8 slots of
+# {u16 size, u8[64]}), each holding at most 8 values in selection order.
+
+_SEL_SLOTS, _DIGEST_SLOTS, _DIGEST_BUF = 16, 8, 64
+_SEL_SIZE = 4 + _SEL_SLOTS * 8
+_TPML_DIGEST_SIZE = 4 + _DIGEST_SLOTS * (2 + _DIGEST_BUF)
+
+
+def serialize_tools_pcrs(bank: str, values: list[tuple[int, bytes]]) -> bytes:
+    """tpm2-tools' serialized PCR file for one bank; `values` as (pcr, value) in ascending order."""
+    bitmap = bytearray(3)
+    for p, _ in values:
+        bitmap[p // 8] |= 1 << (p % 8)
+    out = bytearray(struct.pack("<I", 1))
+    out += struct.pack("<HB", HASH_IDS[bank], 3) + bytes(bitmap) + b"\0" * 2
+    out += b"\0" * (8 * (_SEL_SLOTS - 1))
+    chunks = [values[i:i + _DIGEST_SLOTS] for i in range(0, len(values), _DIGEST_SLOTS)]
+    out += struct.pack("<I", len(chunks))
+    for chunk in chunks:
+        out += struct.pack("<I", len(chunk))
+        for _, v in chunk:
+            out += struct.pack("<H", len(v)) + v.ljust(_DIGEST_BUF, b"\0")
+        out += b"\0" * ((2 + _DIGEST_BUF) * (_DIGEST_SLOTS - len(chunk)))
+    return bytes(out)
+
+
+def parse_tools_pcrs(data: bytes, what: str = "PCR file") -> list[tuple[str, int, bytes]]:
+    """(bank, pcr, value) in selection order from tpm2-tools' serialized PCR file."""
+    r = _Reader(bytes(data), what)
+    count = struct.unpack("<I", r.take(4, "selection count"))[0]
+    if count > _SEL_SLOTS:
+        raise r.fail(f"selection count {count} exceeds {_SEL_SLOTS}", 0)
+    order: list[tuple[str, int]] = []
+    for i in range(_SEL_SLOTS):
+        at = r.pos
+        alg, size = struct.unpack("<HB", r.take(3, f"selection[{i}]"))
+        bitmap = r.take(4, f"selection[{i}].pcrSelect")
+        r.take(1, "padding")
+        if i >= count:
+            continue
+        if alg not in HASH_ALGS or size > MAX_SELECT:
+            raise r.fail(f"selection[{i}]: hash 0x{alg:04x} / sizeofSelect {size} invalid", at)
+        order += [(HASH_ALGS[alg], b * 8 + bit) for b in range(size) for bit in range(8) if bitmap[b] & (1 << bit)]
+    at = r.pos
+    lists = struct.unpack("<I", r.take(4, "digest list count"))[0]
+    if lists > (len(order) + _DIGEST_SLOTS - 1) // _DIGEST_SLOTS + 1:
+        raise r.fail(f"digest list count {lists} does not fit {len(order)} selected PCRs", at)
+    values: list[bytes] = []
+    for i in range(lists):
+        at = r.pos
+        n = struct.unpack("<I", r.take(4, f"digests[{i}].count"))[0]
+        if n > _DIGEST_SLOTS:
+            raise r.fail(f"digests[{i}].count {n} exceeds {_DIGEST_SLOTS}", at)
+        for j in range(_DIGEST_SLOTS):
+            at = r.pos
+            size = struct.unpack("<H", r.take(2, f"digests[{i}][{j}].size"))[0]
+            buf = r.take(_DIGEST_BUF, f"digests[{i}][{j}]")
+            if j < n:
+                if size > _DIGEST_BUF:
+                    raise r.fail(f"digests[{i}][{j}].size {size} exceeds {_DIGEST_BUF}", at)
+                values.append(buf[:size])
+    r.end()
+    if len(values) != len(order):
+        raise ParseError(f"{len(values)} PCR values for {len(order)} selected PCRs", source=what)
+    return [(bank, p, v) for (bank, p), v in zip(order, values)]
