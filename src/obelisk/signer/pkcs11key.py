@@ -95,7 +95,11 @@ class Pkcs11Key:
         try:
             lib = pkcs11.lib(parsed.module())
             token = lib.get_token(token_label=parsed.path.get("token"))
-            self._session = token.open(user_pin=parsed.pin())
+            try:
+                self._session = token.open(user_pin=parsed.pin())
+            except pkcs11.exceptions.UserAlreadyLoggedIn:
+                # PKCS#11 login state is per process: an earlier session already authenticated
+                self._session = token.open()
         except pkcs11.exceptions.NoSuchToken:
             raise InputError(f"no PKCS#11 token labelled {parsed.path.get('token')!r}", source="pkcs11 URI") from None
         except pkcs11.exceptions.PinIncorrect:

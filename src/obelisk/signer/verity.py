@@ -42,11 +42,8 @@ def verity_digest(stream: BinaryIO, algo: str = "sha256", block_size: int = BLOC
                 joined += bytes(block_size - len(joined))
                 nxt.append(hashlib.new(algo, joined).digest())
             level = nxt
-        # a file of one block: the tree is that block's hash padded out to one block
-        if size <= block_size:
-            root = hashlib.new(algo, level[0] + bytes(block_size - digest_size)).digest()
-        else:
-            root = level[0]
+        # a file of at most one block has no tree: the root is that block's hash
+        root = level[0]
     descriptor = struct.pack("<BBBBIQ", 1, _VERITY_ALGOS[algo], block_size.bit_length() - 1, 0, 0, size)
     descriptor += root + bytes(64 - digest_size) + bytes(32) + bytes(144)
     return hashlib.new(algo, descriptor).digest()

@@ -6,9 +6,11 @@
 
     # file: ...
 
-Paths are relative to the signed directory; characters getfattr escapes (backslash,
-newline, non-printable bytes) are written as three-digit octal escapes. Values are
-`0s` base64, `0x` hex, or a double-quoted string.
+Paths are relative to the signed directory and written as raw bytes: `gensquashfs -A`
+takes the rest of the `# file:` line literally (it does not undo getfattr's octal
+escapes), so a name with a backslash must be written as is to match; a name with a line
+break cannot be named at all and is refused. Values are `0s` base64, `0x` hex, or a
+double-quoted string.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import binascii
 import re
 from dataclasses import dataclass
 
-from obelisk.core.errors import ParseError
+from obelisk.core.errors import InputError, ParseError
 
 MAX_DUMP_BYTES = 1 << 30
 _NAME_RE = re.compile(rb"^[A-Za-z0-9_.\-]+$")
@@ -36,41 +38,38 @@ class XattrRecord:
         return None
 
 
-def escape_path(path: bytes) -> bytes:
-    out = bytearray()
-    for b in path:
-        if b == 0x5C or b < 0x21 or b > 0x7E or b == 0x3D:  # backslash, space/control, non-ASCII, '='
-            out += b"\\%03o" % b
-        else:
-            out.append(b)
-    return bytes(out)
-
-
-def unescape_path(text: bytes, line_no: int) -> bytes:
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        b = text[i]
-        if b == 0x5C:
-            octal = text[i + 1:i + 4]
-            if len(octal) != 3 or not all(0x30 <= c <= 0x37 for c in octal):
-                raise ParseError("bad escape in path (expected \\ooo)", source=f"line {line_no}")
-            out.append(int(octal, 8) & 0xFF)
-            i += 4
-        else:
-            out.append(b)
-            i += 1
-    return bytes(out)
+def check_path(path: bytes) -> bytes:
+    """A path as the dump names it: raw bytes, as gensquashfs reads them (it does not unescape)."""
+    if b"\n" in path or b"\r" in path:
+        raise InputError(f"file name {path!r} contains a line break and cannot be named in an xattr dump")
+    return path
 
 
 def serialize(records: list[XattrRecord]) -> bytes:
     chunks = []
     for rec in records:
-        chunks.append(b"# file: " + escape_path(rec.path) + b"\n")
+        chunks.append(b"# file: " + check_path(rec.path) + b"\n")
         for name, value in rec.attributes:
             chunks.append(name.encode() + b"=0s" + base64.b64encode(value) + b"\n")
         chunks.append(b"\n")
     return b"".join(chunks)
+
+
+def _unescape_value(text: bytes, line_no: int) -> bytes:
+    """Quoted values use getfattr's three-digit octal escapes."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == 0x5C:
+            octal = text[i + 1:i + 4]
+            if len(octal) != 3 or not all(0x30 <= c <= 0x37 for c in octal):
+                raise ParseError("bad escape in quoted value (expected \\ooo)", source=f"line {line_no}")
+            out.append(int(octal, 8) & 0xFF)
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return bytes(out)
 
 
 def _decode_value(raw: bytes, line_no: int) -> bytes:
@@ -82,7 +81,7 @@ def _decode_value(raw: bytes, line_no: int) -> bytes:
     except (binascii.Error, ValueError):
         raise ParseError("value is not valid base64/hex", source=f"line {line_no}") from None
     if len(raw) >= 2 and raw[:1] == b'"' and raw[-1:] == b'"':
-        return unescape_path(raw[1:-1], line_no)
+        return _unescape_value(raw[1:-1], line_no)
     raise ParseError("value must start with 0s, 0x or a double quote", source=f"line {line_no}")
 
 
@@ -99,7 +98,7 @@ def parse(data: bytes, source: str = "xattr file") -> list[XattrRecord]:
             if line.startswith(b"# file: "):
                 if path is not None:
                     records.append(XattrRecord(path, tuple(attrs)))
-                path = unescape_path(line[8:], line_no)
+                path = line[8:]
                 if not path:
                     raise ParseError("empty path", source=f"line {line_no}")
                 attrs = []
