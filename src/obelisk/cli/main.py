@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # component has no CLI yet
+            if exc.name is not None and name.startswith(exc.name):  # component has no CLI yet
                 continue
             raise
         module.register(sub)

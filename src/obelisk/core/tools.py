@@ -32,6 +32,7 @@ PACKAGES: dict[str, str] = {
     "mmdebstrap": "mmdebstrap",
     "make": "make",
     "chromium": "chromium",
+    "dpkg-query": "dpkg",
 }
 
 # tpm2-tools commands all come from one package

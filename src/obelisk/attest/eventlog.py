@@ -1,0 +1,505 @@
+"""TCG PC Client firmware event logs: parse, serialize, replay to PCR values.
+
+Two formats exist (TCG PC Client Platform Firmware Profile, section 10):
+
+* the SHA-1-only TCG 1.2 format: every event is `TCG_PCClientPCREvent`
+  (pcrIndex u32, eventType u32, digest[20], eventDataSize u32, event[]);
+* the crypto-agile TCG2 format: the first event is in the 1.2 format, of type
+  EV_NO_ACTION, and carries a `TCG_EfiSpecIDEvent` ("Spec ID Event03") listing every
+  digest algorithm with its size plus vendor data; each later event is `TCG_PCR_EVENT2`
+  (pcrIndex, eventType, TPML_DIGEST_VALUES {count, (algId u16, digest)...}, eventSize, event).
+
+Everything is little-endian. The log is untrusted input: every length is checked against
+the bytes that remain before anything is allocated, so hostile bytes give a `ParseError`
+naming the offset, never an exception of another kind, a hang or unbounded memory.
+
+`replay` extends each bank exactly as the TPM would (EV_NO_ACTION events are not extended;
+a StartupLocality event sets PCR 0's initial value), giving the values `tpm2_eventlog`
+prints under `pcrs:`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from obelisk.core.errors import ParseError
+
+# TPM_ALG_ID -> (name, digest size). Sizes of algorithms outside this table come from the
+# Spec ID event itself, which is what makes the format crypto-agile.
+ALGORITHMS: dict[int, tuple[str, int]] = {
+    0x0004: ("sha1", 20),
+    0x000B: ("sha256", 32),
+    0x000C: ("sha384", 48),
+    0x000D: ("sha512", 64),
+    0x0012: ("sm3_256", 32),
+    0x0027: ("sha3_256", 32),
+    0x0028: ("sha3_384", 48),
+    0x0029: ("sha3_512", 64),
+}
+ALG_IDS: dict[str, int] = {name: alg for alg, (name, _) in ALGORITHMS.items()}
+_HASHLIB_NAMES = {"sha1": "sha1", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512",
+                  "sm3_256": "sm3", "sha3_256": "sha3_256", "sha3_384": "sha3_384", "sha3_512": "sha3_512"}
+
+EV_NO_ACTION = 0x00000003
+EV_EFI_EVENT_BASE = 0x80000000
+EVENT_TYPES: dict[int, str] = {
+    0x00000000: "EV_PREBOOT_CERT",
+    0x00000001: "EV_POST_CODE",
+    0x00000002: "EV_UNUSED",
+    0x00000003: "EV_NO_ACTION",
+    0x00000004: "EV_SEPARATOR",
+    0x00000005: "EV_ACTION",
+    0x00000006: "EV_EVENT_TAG",
+    0x00000007: "EV_S_CRTM_CONTENTS",
+    0x00000008: "EV_S_CRTM_VERSION",
+    0x00000009: "EV_CPU_MICROCODE",
+    0x0000000A: "EV_PLATFORM_CONFIG_FLAGS",
+    0x0000000B: "EV_TABLE_OF_DEVICES",
+    0x0000000C: "EV_COMPACT_HASH",
+    0x0000000D: "EV_IPL",
+    0x0000000E: "EV_IPL_PARTITION_DATA",
+    0x0000000F: "EV_NONHOST_CODE",
+    0x00000010: "EV_NONHOST_CONFIG",
+    0x00000011: "EV_NONHOST_INFO",
+    0x00000012: "EV_OMIT_BOOT_DEVICE_EVENTS",
+    0x80000000: "EV_EFI_EVENT_BASE",
+    0x80000001: "EV_EFI_VARIABLE_DRIVER_CONFIG",
+    0x80000002: "EV_EFI_VARIABLE_BOOT",
+    0x80000003: "EV_EFI_BOOT_SERVICES_APPLICATION",
+    0x80000004: "EV_EFI_BOOT_SERVICES_DRIVER",
+    0x80000005: "EV_EFI_RUNTIME_SERVICES_DRIVER",
+    0x80000006: "EV_EFI_GPT_EVENT",
+    0x80000007: "EV_EFI_ACTION",
+    0x80000008: "EV_EFI_PLATFORM_FIRMWARE_BLOB",
+    0x80000009: "EV_EFI_HANDOFF_TABLES",
+    0x8000000A: "EV_EFI_PLATFORM_FIRMWARE_BLOB2",
+    0x8000000B: "EV_EFI_HANDOFF_TABLES2",
+    0x8000000C: "EV_EFI_VARIABLE_BOOT2",
+    0x80000010: "EV_EFI_HCRTM_EVENT",
+    0x800000E0: "EV_EFI_VARIABLE_AUTHORITY",
+    0x800000E1: "EV_EFI_SPDM_FIRMWARE_BLOB",
+    0x800000E2: "EV_EFI_SPDM_FIRMWARE_CONFIG",
+}
+
+SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
+_SPEC_ID_TCG12 = (b"Spec ID Event00\x00", b"Spec ID Event02\x00")
+STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
+
+# Real firmware logs are tens of KiB; the kernel caps its copy far below this.
+MAX_LOG_SIZE = 16 * 1024 * 1024
+# PCRs a PC Client TPM has; an event for a higher index is malformed.
+PCR_COUNT = 24
+# More algorithms than any TPM implements; a larger count in a log is hostile.
+MAX_ALGORITHMS = 32
+
+_U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+_HDR = struct.Struct("<II")  # pcrIndex, eventType
+_SPEC_FIXED = struct.Struct("<16sIBBBBI")  # signature, platformClass, minor, major, errata, uintnSize, numAlgs
+
+
+@dataclass(frozen=True)
+class SpecIdAlgorithm:
+    alg_id: int
+    digest_size: int
+
+    @property
+    def name(self) -> str:
+        return alg_name(self.alg_id)
+
+
+@dataclass(frozen=True)
+class SpecIdEvent:
+    """TCG_EfiSpecIDEvent: the header event of a crypto-agile log."""
+
+    platform_class: int
+    spec_version_minor: int
+    spec_version_major: int
+    spec_errata: int
+    uintn_size: int
+    algorithms: tuple[SpecIdAlgorithm, ...]
+    vendor_info: bytes = b""
+    signature: bytes = SPEC_ID_SIGNATURE
+
+    def digest_sizes(self) -> dict[int, int]:
+        return {a.alg_id: a.digest_size for a in self.algorithms}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One measured event. `digests` is ((alg_id, digest), ...) in log order."""
+
+    pcr: int
+    event_type: int
+    digests: tuple[tuple[int, bytes], ...]
+    data: bytes
+    number: int = 0  # position in the log, 0 = the first (header) event
+    offset: int = 0  # byte offset in the log
+
+    @property
+    def type_name(self) -> str:
+        return event_type_name(self.event_type)
+
+    def digest(self, alg: str | int) -> bytes | None:
+        alg_id = ALG_IDS[alg] if isinstance(alg, str) else alg
+        for a, d in self.digests:
+            if a == alg_id:
+                return d
+        return None
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """A parsed log. `crypto_agile` tells the format; `spec_id` is set for crypto-agile logs.
+
+    `events` includes the header event (number 0) in both formats.
+    """
+
+    crypto_agile: bool
+    events: tuple[Event, ...]
+    spec_id: SpecIdEvent | None = None
+    # The Spec ID event's eventSize stops at vendorInfoSize and the vendor bytes follow the
+    # event (seen in tpm2-tools' fixtures; tpm2_eventlog reads them as vendor data). Kept so
+    # that such a log round-trips; the bytes are not extended into any PCR either way.
+    vendor_info_outside_event: bool = False
+
+    @property
+    def format(self) -> str:
+        return "tcg2-crypto-agile" if self.crypto_agile else "tcg1.2-sha1"
+
+    @property
+    def banks(self) -> tuple[str, ...]:
+        if self.spec_id is None:
+            return ("sha1",)
+        return tuple(a.name for a in self.spec_id.algorithms)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """PCR values per bank after replaying a log: pcrs[bank][index] = value.
+
+    Only PCRs that at least one event touched appear (as `tpm2_eventlog` prints them);
+    `value(bank, index)` gives the reset value for the others.
+    """
+
+    pcrs: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    initial: dict[str, dict[int, bytes]] = field(default_factory=dict)
+
+    def value(self, bank: str, index: int) -> bytes:
+        if bank in self.pcrs and index in self.pcrs[bank]:
+            return self.pcrs[bank][index]
+        if bank in self.initial and index in self.initial[bank]:
+            return self.initial[bank][index]
+        return reset_value(bank, index)
+
+
+def alg_name(alg_id: int) -> str:
+    known = ALGORITHMS.get(alg_id)
+    return known[0] if known else f"alg_0x{alg_id:04x}"
+
+
+def event_type_name(event_type: int) -> str:
+    return EVENT_TYPES.get(event_type, f"0x{event_type:08x}")
+
+
+def digest_size(alg: str) -> int:
+    return ALGORITHMS[ALG_IDS[alg]][1]
+
+
+def reset_value(bank: str, index: int) -> bytes:
+    """A PCR's value after TPM2_Startup(CLEAR): zeros, except 17-22 (dynamic RTM) all ones."""
+    size = digest_size(bank) if bank in ALG_IDS else 0
+    return (b"\xff" if 17 <= index <= 22 else b"\x00") * size
+
+
+class _Reader:
+    """Bounds-checked little-endian reader; every failure names the offset."""
+
+    __slots__ = ("data", "pos", "source")
+
+    def __init__(self, data: bytes, source: str | None):
+        self.data = data
+        self.pos = 0
+        self.source = source
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+    def fail(self, message: str, offset: int | None = None) -> ParseError:
+        return ParseError(message, source=self.source or "event log", offset=self.pos if offset is None else offset)
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or n > self.remaining():
+            raise self.fail(f"truncated {what}: needs {n} bytes, {self.remaining()} left")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u32(self, what: str) -> int:
+        return _U32.unpack(self.take(4, what))[0]
+
+    def u16(self, what: str) -> int:
+        return _U16.unpack(self.take(2, what))[0]
+
+
+def _parse_spec_id(data: bytes, source: str | None, base: int,
+                   overrun: bytes | None = None) -> tuple[SpecIdEvent, bool]:
+    r = _Reader(data, source)
+    try:
+        sig, pclass, minor, major, errata, uintn, count = _SPEC_FIXED.unpack(r.take(_SPEC_FIXED.size, "Spec ID event"))
+        if count == 0 or count > MAX_ALGORITHMS:
+            raise r.fail(f"Spec ID event lists {count} algorithms (allowed 1..{MAX_ALGORITHMS})", r.pos - 4)
+        if count * 4 > r.remaining():
+            raise r.fail(f"Spec ID event lists {count} algorithms but only {r.remaining()} bytes follow")
+        algs = []
+        seen = set()
+        for _ in range(count):
+            at = r.pos
+            alg_id = r.u16("algorithm id")
+            size = r.u16("digest size")
+            if alg_id in seen:
+                raise r.fail(f"Spec ID event lists {alg_name(alg_id)} twice", at)
+            known = ALGORITHMS.get(alg_id)
+            if size == 0 or size > 64 or (known is not None and known[1] != size):
+                raise r.fail(f"Spec ID event: {alg_name(alg_id)} digest size {size} is wrong", at + 2)
+            seen.add(alg_id)
+            algs.append(SpecIdAlgorithm(alg_id, size))
+        vendor_size = r.take(1, "vendorInfoSize")[0]
+        if overrun is not None and not r.remaining() and vendor_size:
+            # The event ends right after vendorInfoSize: the vendor bytes follow the event
+            # (tpm2-tools reads such logs this way; see EventLog.vendor_info_overrun).
+            if len(overrun) < vendor_size:
+                raise r.fail(f"truncated vendorInfo: needs {vendor_size} bytes after the event, "
+                             f"{len(overrun)} left")
+            vendor = overrun[:vendor_size]
+            outside = True
+        else:
+            vendor = r.take(vendor_size, "vendorInfo")
+            outside = False
+        if r.remaining():
+            raise r.fail(f"{r.remaining()} bytes after the Spec ID event's vendor data")
+    except ParseError as exc:
+        # re-anchor the offset on the whole log
+        raise ParseError(str(exc).split(": ", 1)[-1], source=source or "event log",
+                         offset=base + (exc.offset or 0)) from None
+    return SpecIdEvent(platform_class=pclass, spec_version_minor=minor, spec_version_major=major,
+                       spec_errata=errata, uintn_size=uintn, algorithms=tuple(algs), vendor_info=vendor,
+                       signature=sig), outside
+
+
+def parse(data: bytes, source: str | None = None) -> EventLog:
+    """Parse a TCG event log (either format). Raises ParseError naming the offset on bad bytes."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("event log must be bytes")
+    data = bytes(data)
+    r = _Reader(data, source)
+    if not data:
+        raise r.fail("empty event log")
+    # The first event is always in the SHA-1 (TCG 1.2) layout.
+    first = _parse_sha1_event(r, 0)
+    spec_id = None
+    crypto_agile = False
+    outside = False
+    if first.event_type == EV_NO_ACTION and first.data.startswith(SPEC_ID_SIGNATURE):
+        if first.pcr != 0:
+            raise r.fail(f"Spec ID event on PCR {first.pcr}, must be PCR 0", 0)
+        spec_id, outside = _parse_spec_id(first.data, source, first.offset + 32, data[r.pos:r.pos + 255])
+        if outside:
+            r.pos += len(spec_id.vendor_info)
+        crypto_agile = True
+    events = [first]
+    if crypto_agile:
+        assert spec_id is not None
+        sizes = spec_id.digest_sizes()
+        while r.remaining():
+            events.append(_parse_agile_event(r, len(events), sizes))
+    else:
+        while r.remaining():
+            events.append(_parse_sha1_event(r, len(events)))
+    return EventLog(crypto_agile=crypto_agile, events=tuple(events), spec_id=spec_id,
+                    vendor_info_outside_event=crypto_agile and outside)
+
+
+def _check_pcr(r: _Reader, pcr: int, at: int) -> None:
+    if pcr >= PCR_COUNT:
+        raise r.fail(f"event for PCR {pcr} (a PC Client TPM has 0..{PCR_COUNT - 1})", at)
+
+
+def _parse_sha1_event(r: _Reader, number: int) -> Event:
+    at = r.pos
+    pcr, etype = _HDR.unpack(r.take(8, f"event {number} header"))
+    _check_pcr(r, pcr, at)
+    digest = r.take(20, f"event {number} SHA-1 digest")
+    size = r.u32(f"event {number} data size")
+    payload = r.take(size, f"event {number} data ({size} bytes)")
+    return Event(pcr=pcr, event_type=etype, digests=((0x0004, digest),), data=payload, number=number, offset=at)
+
+
+def _parse_agile_event(r: _Reader, number: int, sizes: dict[int, int]) -> Event:
+    at = r.pos
+    pcr, etype = _HDR.unpack(r.take(8, f"event {number} header"))
+    _check_pcr(r, pcr, at)
+    count_at = r.pos
+    count = r.u32(f"event {number} digest count")
+    if count > len(sizes):
+        raise r.fail(f"event {number} claims {count} digests, the Spec ID event lists {len(sizes)} algorithms",
+                     count_at)
+    digests = []
+    seen = set()
+    for _ in range(count):
+        alg_at = r.pos
+        alg_id = r.u16(f"event {number} digest algorithm")
+        size = sizes.get(alg_id)
+        if size is None:
+            raise r.fail(f"event {number} has a {alg_name(alg_id)} digest, an algorithm the Spec ID event "
+                         "does not list", alg_at)
+        if alg_id in seen:
+            raise r.fail(f"event {number} has two {alg_name(alg_id)} digests", alg_at)
+        seen.add(alg_id)
+        digests.append((alg_id, r.take(size, f"event {number} {alg_name(alg_id)} digest")))
+    size = r.u32(f"event {number} data size")
+    payload = r.take(size, f"event {number} data ({size} bytes)")
+    return Event(pcr=pcr, event_type=etype, digests=tuple(digests), data=payload, number=number, offset=at)
+
+
+def serialize(log: EventLog) -> bytes:
+    """The exact bytes of `log` in its own format; parse(serialize(x)) == x for parsed logs."""
+    out = bytearray()
+    for i, ev in enumerate(log.events):
+        if i == 0 or not log.crypto_agile:
+            sha1 = ev.digest(0x0004)
+            if sha1 is None or len(sha1) != 20 or len(ev.digests) != 1:
+                raise ValueError(f"event {i}: the SHA-1 format needs exactly one 20-byte SHA-1 digest")
+            out += _HDR.pack(ev.pcr, ev.event_type) + sha1 + _U32.pack(len(ev.data)) + ev.data
+            if i == 0 and log.vendor_info_outside_event and log.spec_id is not None:
+                out += log.spec_id.vendor_info
+        else:
+            out += _HDR.pack(ev.pcr, ev.event_type) + _U32.pack(len(ev.digests))
+            for alg_id, digest in ev.digests:
+                out += _U16.pack(alg_id) + digest
+            out += _U32.pack(len(ev.data)) + ev.data
+    return bytes(out)
+
+
+def serialize_spec_id(spec: SpecIdEvent) -> bytes:
+    """The event data of a Spec ID header event."""
+    out = bytearray(_SPEC_FIXED.pack(spec.signature, spec.platform_class, spec.spec_version_minor,
+                                     spec.spec_version_major, spec.spec_errata, spec.uintn_size,
+                                     len(spec.algorithms)))
+    for a in spec.algorithms:
+        out += _U16.pack(a.alg_id) + _U16.pack(a.digest_size)
+    out += bytes([len(spec.vendor_info)]) + spec.vendor_info
+    return bytes(out)
+
+
+def build(events: Iterable[tuple[int, int, bytes]], banks: Iterable[str] = ("sha1", "sha256"),
+          crypto_agile: bool = True) -> EventLog:
+    """A log measuring (pcr, event_type, data) events, digests computed over the data.
+
+    Used to produce logs for tests and for the image build's PCR predictions.
+    """
+    bank_list = tuple(banks) if crypto_agile else ("sha1",)
+    evs: list[Event] = []
+    spec = None
+    if crypto_agile:
+        spec = SpecIdEvent(platform_class=0, spec_version_minor=0, spec_version_major=2, spec_errata=0,
+                           uintn_size=2, algorithms=tuple(SpecIdAlgorithm(ALG_IDS[b], digest_size(b))
+                                                          for b in bank_list))
+        evs.append(Event(pcr=0, event_type=EV_NO_ACTION, digests=((0x0004, b"\x00" * 20),),
+                         data=serialize_spec_id(spec), number=0))
+    for pcr, etype, data in events:
+        digests = tuple((ALG_IDS[b], hashlib.new(_HASHLIB_NAMES[b], data).digest()) for b in bank_list)
+        evs.append(Event(pcr=pcr, event_type=etype, digests=digests, data=data, number=len(evs)))
+    log = EventLog(crypto_agile=crypto_agile, events=tuple(evs), spec_id=spec)
+    # Give every event its real offset so that build() output equals parse(serialize(build())).
+    return parse(serialize(log))
+
+
+def _startup_locality(ev: Event) -> int | None:
+    if ev.event_type == EV_NO_ACTION and ev.pcr == 0 and ev.data.startswith(STARTUP_LOCALITY_SIGNATURE) \
+            and len(ev.data) >= len(STARTUP_LOCALITY_SIGNATURE) + 1:
+        return ev.data[len(STARTUP_LOCALITY_SIGNATURE)]
+    return None
+
+
+def replay(log: EventLog) -> Replay:
+    """Extend every bank of the log as the TPM did; returns the final PCR values."""
+    banks = {alg_id: alg_name(alg_id) for alg_id in
+             ((a.alg_id for a in log.spec_id.algorithms) if log.spec_id else (0x0004,))}
+    hashers = {alg_id: _HASHLIB_NAMES[name] if _hashable(name) else None for alg_id, name in banks.items()}
+    pcrs: dict[str, dict[int, bytes]] = {name: {} for name in banks.values()}
+    initial: dict[str, dict[int, bytes]] = {name: {} for name in banks.values()}
+    for ev in log.events:
+        if ev.event_type == EV_NO_ACTION:
+            locality = _startup_locality(ev)
+            if locality is not None:
+                for alg_id, name in banks.items():
+                    size = ALGORITHMS.get(alg_id, (name, 0))[1]
+                    if size:
+                        initial[name][0] = b"\x00" * (size - 1) + bytes([locality])
+            continue
+        for alg_id, digest in ev.digests:
+            name = banks.get(alg_id)
+            hname = hashers.get(alg_id)
+            if name is None or hname is None:
+                continue  # an algorithm this Python cannot compute: that bank is not replayed
+            bank = pcrs[name]
+            current = bank.get(ev.pcr)
+            if current is None:
+                current = initial[name].get(ev.pcr) or _reset(name, alg_id, ev.pcr, len(digest))
+            bank[ev.pcr] = hashlib.new(hname, current + digest).digest()
+    # Banks whose hash this Python lacks are left out rather than reported wrong.
+    return Replay(pcrs={n: v for n, v in pcrs.items() if v or _hashable(n)},
+                  initial=initial)
+
+
+def _reset(name: str, alg_id: int, pcr: int, size: int) -> bytes:
+    return (b"\xff" if 17 <= pcr <= 22 else b"\x00") * size
+
+
+def _hashable(name: str) -> bool:
+    hname = _HASHLIB_NAMES.get(name)
+    if hname is None:
+        return False
+    try:
+        hashlib.new(hname)
+    except ValueError:
+        return False
+    return True
+
+
+def pcr_composite_digest(values: Iterable[bytes], alg: str = "sha256") -> bytes:
+    """Hash of the concatenated PCR values, as TPMS_QUOTE_INFO.pcrDigest and boot_aggregate use."""
+    h = hashlib.new(_HASHLIB_NAMES[alg])
+    for v in values:
+        h.update(v)
+    return h.digest()
+
+
+def to_json(log: EventLog, result: Replay | None = None, banks: Iterable[str] | None = None,
+            events: bool = True) -> dict:
+    """A JSON-ready view: format, Spec ID, events (digests and data in hex), final PCRs per bank."""
+    result = result if result is not None else replay(log)
+    wanted = list(banks) if banks is not None else list(result.pcrs)
+    out: dict = {"format": log.format, "event_count": len(log.events), "spec_id": None}
+    if log.spec_id is not None:
+        spec = log.spec_id
+        out["spec_id"] = {
+            "platform_class": spec.platform_class, "spec_version_major": spec.spec_version_major,
+            "spec_version_minor": spec.spec_version_minor, "spec_errata": spec.spec_errata,
+            "uintn_size": spec.uintn_size,
+            "algorithms": [{"id": a.alg_id, "name": a.name, "digest_size": a.digest_size}
+                           for a in spec.algorithms],
+            "vendor_info": spec.vendor_info.hex(),
+        }
+    if events:
+        out["events"] = [{"number": ev.number, "offset": ev.offset, "pcr": ev.pcr, "type": ev.type_name,
+                          "type_id": ev.event_type, "size": len(ev.data),
+                          "digests": {alg_name(a): d.hex() for a, d in ev.digests},
+                          "data": ev.data.hex()} for ev in log.events]
+    out["pcrs"] = {bank: {str(i): v.hex() for i, v in sorted(result.pcrs.get(bank, {}).items())}
+                   for bank in wanted}
+    return out

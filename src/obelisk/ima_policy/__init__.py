@@ -1,0 +1,1 @@
+"""IMA policies (render, lint) and runtime measurement lists (parse, replay, verify)."""

@@ -1,0 +1,408 @@
+"""`obelisk build`: the pipeline from a spec to OUT, each step cached by the digest of its inputs.
+
+    preflight ─► base rootfs ─► compose (obelisk files, modes) ─► sign (xattr file) ─► SquashFS
+                                                                                   ├► initramfs
+                 kernel (prebuilt or kernel_hardening build) ─────────────────────┤
+                                                                                   └► SBOM, manifest, signature
+
+Every problem the spec or its inputs can have is found by `preflight` before any step runs.
+OUT is assembled under a temporary name and renamed only when complete: a build killed
+midway leaves no OUT (or the previous, complete one).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from obelisk import __version__
+from obelisk.core import atomic, tools
+from obelisk.core.errors import InputError
+from obelisk.core.progress import progress
+from obelisk.image import initramfs, manifest, rootfs, sbom, squashfs
+from obelisk.image.cache import StepCache, file_digest, tree_digest
+from obelisk.image.spec import APPRAISING, Spec, SpecError
+
+ARTIFACT_KERNEL = "bzImage"
+ARTIFACT_INITRAMFS = "initramfs.cpio"
+ARTIFACT_ROOTFS = "rootfs.squashfs"
+ARTIFACT_POLICY = "ima-policy"
+ARTIFACT_SBOM = "sbom.spdx.json"
+NODE_INIT = "sbin/obelisk-init"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The customer's signing material, loaded and cross-checked once."""
+
+    key: Any  # obelisk.signer.keys.SigningKey
+    cert: x509.Certificate
+    ca: x509.Certificate | None
+    cert_digest: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What preflight resolved: everything the steps need, nothing left to fail on input."""
+
+    spec: Spec
+    keys: Keys | None
+    busybox: Path | None
+    ima_policy: bytes | None
+    kubernetes_files: tuple[rootfs.ExtraFile, ...]
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    artifacts: dict[str, dict[str, Any]]
+    files: int
+    steps: dict[str, str] = field(default_factory=dict)  # step -> "cached" | "built"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": str(self.out), "artifacts": self.artifacts, "files": self.files, "steps": self.steps}
+
+
+# --- preflight: every input problem, before any work ---
+
+def _load_keys(spec: Spec) -> Keys | None:
+    if not spec.signing.key:
+        return None
+    from obelisk.signer.keys import PassphraseSource, check_key_matches_certificate, load_certificate, \
+        load_signing_key
+
+    passphrase = PassphraseSource(env=spec.signing.passphrase_env) if spec.signing.passphrase_env else None
+    try:
+        key = load_signing_key(spec.signing.key, passphrase)
+        cert = load_certificate(spec.signing.cert)
+        check_key_matches_certificate(key, cert, spec.signing.cert)
+        ca = load_certificate(spec.signing.ca) if spec.signing.ca else None
+    except InputError as exc:
+        raise SpecError(spec.source, "signing", str(exc)) from None
+    if ca is not None:
+        reason = manifest.chains_to(cert, ca)
+        if reason:
+            raise SpecError(spec.source, "signing.cert", f"does not chain to signing.ca: {reason}")
+    return Keys(key, cert, ca, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
+
+
+def _render_policy(spec: Spec) -> bytes | None:
+    if spec.ima.policy == "none":
+        return None
+    try:
+        from obelisk.ima_policy import profiles  # type: ignore[attr-defined]
+    except ImportError:
+        raise SpecError(spec.source, "ima.policy", f"{spec.ima.policy}: the ima_policy component is not "
+                        "available in this obelisk (use ima.policy: none)") from None
+    return profiles.render(spec.ima.policy).encode()  # pragma: no cover - wired when ima_policy lands
+
+
+def _render_kubernetes(spec: Spec) -> tuple[rootfs.ExtraFile, ...]:
+    if spec.kubernetes.role == "none":
+        return ()
+    try:
+        from obelisk.cis_checks import render as k8s_render  # type: ignore[attr-defined]
+    except ImportError:
+        raise SpecError(spec.source, "kubernetes.role", f"{spec.kubernetes.role}: the cis_checks renderer is not "
+                        "available in this obelisk (use kubernetes.role: none)") from None
+    return tuple(k8s_render.render_files(spec.kubernetes.role, spec.kubernetes.version))  # pragma: no cover
+
+
+def preflight(spec: Spec) -> Plan:
+    for tool in ("gensquashfs", "rdsquashfs", "busybox"):
+        tools.which(tool)
+    if spec.rootfs.base == "debian":
+        tools.which("mmdebstrap")
+    if spec.kernel.source:
+        raise SpecError(spec.source, "kernel.source", "building the kernel needs the kernel_hardening component, "
+                        "not available in this obelisk yet (give kernel.image: a prebuilt bzImage)")
+    if spec.disk.encryption:
+        raise SpecError(spec.source, "disk.encryption", "unlocking a TPM-sealed /var in the initramfs is not "
+                        "implemented yet (set disk.encryption: false)")
+    if spec.ima.policy in APPRAISING and not spec.signing.key:
+        raise SpecError(spec.source, "ima.policy", "appraisal needs signing.key")
+    keys = _load_keys(spec)
+    return Plan(spec=spec, keys=keys, busybox=Path(tools.which("busybox")), ima_policy=_render_policy(spec),
+                kubernetes_files=_render_kubernetes(spec))
+
+
+# --- steps: explicit inputs, one output directory each ---
+
+def step_base(plan: Plan, cache: StepCache) -> tuple[Path, bool]:
+    s = plan.spec.rootfs
+    inputs: dict[str, Any] = {"base": s.base}
+    if s.base == "busybox":
+        assert plan.busybox is not None
+        inputs["busybox"] = file_digest(plan.busybox)
+    elif s.base == "directory":
+        inputs["tree"] = tree_digest(s.path)
+    elif s.base == "tarball":
+        inputs["tarball"] = file_digest(s.path)
+    else:
+        inputs.update(suite=s.suite, mirror=s.mirror, packages=list(s.packages), epoch=plan.spec.source_date_epoch)
+
+    def produce(out: Path) -> None:
+        root = out / "root"
+        root.mkdir()
+        if s.base == "busybox":
+            rootfs.base_busybox(root, plan.busybox)  # type: ignore[arg-type]
+        elif s.base == "directory":
+            rootfs.base_directory(root, Path(s.path))
+        elif s.base == "tarball":
+            rootfs.base_tarball(root, Path(s.path))
+        else:
+            rootfs.base_debian(root, s.suite, s.mirror, s.packages, plan.spec.source_date_epoch)
+
+    return cache.run("rootfs-base", inputs, produce)
+
+
+def node_files(plan: Plan) -> list[rootfs.ExtraFile]:
+    """What obelisk adds to every rootfs: identity, certificates, policy, node init, Kubernetes configuration."""
+    spec = plan.spec
+    files = [rootfs.ExtraFile("etc/obelisk/image", f"name={spec.name}\nversion={spec.version}\n".encode())]
+    if plan.keys is not None:
+        files.append(rootfs.ExtraFile("etc/keys/x509_ima.der", plan.keys.cert.public_bytes(serialization.Encoding.DER)))
+        if plan.keys.ca is not None:
+            files.append(rootfs.ExtraFile("etc/obelisk/ca.pem",
+                                          plan.keys.ca.public_bytes(serialization.Encoding.PEM)))
+    if plan.ima_policy is not None:
+        files.append(rootfs.ExtraFile("etc/ima/ima-policy", plan.ima_policy))
+    files.append(rootfs.ExtraFile(NODE_INIT, NODE_INIT_SCRIPT.replace("@PORT@", str(spec.agent.port)).encode(),
+                                  0o755))
+    files.append(rootfs.ExtraFile("opt/kubernetes/README", KUBERNETES_README.encode()))
+    files.extend(plan.kubernetes_files)
+    return files
+
+
+NODE_INIT_SCRIPT = """#!/bin/sh
+# obelisk node init: the node's only service is the attestation agent (no login, no shell on a console).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mkdir -p /var/lib/obelisk /var/log
+echo "obelisk: node up" > /dev/console
+if command -v python3 >/dev/null 2>&1 && [ -d /usr/lib/obelisk/python ]; then
+  export PYTHONPATH=/usr/lib/obelisk/python
+  while true; do
+    python3 -m obelisk.attest.agent --config /var/lib/obelisk/agent.json --port @PORT@ >> /dev/console 2>&1
+    echo "obelisk: agent exited, restarting" > /dev/console
+    sleep 2
+  done
+fi
+echo "obelisk: this rootfs has no Python runtime: the agent cannot run" > /dev/console
+while true; do sleep 3600; done
+"""
+
+KUBERNETES_README = """Kubernetes binaries are not part of Debian 12's archive and are not in this image.
+Put kubelet, containerd and (control plane) kube-apiserver, kube-controller-manager,
+kube-scheduler and etcd under /opt/kubernetes/bin in your own overlay (rootfs.overlay):
+they are then IMA-signed with the rest of the image. The configuration under /etc/kubernetes
+was rendered by obelisk and passes its CIS/STIG checks.
+"""
+
+
+def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
+    spec = plan.spec
+    extras = node_files(plan)
+    inputs = {
+        "base": base.name,
+        "overlay": tree_digest(spec.rootfs.overlay) if spec.rootfs.overlay else None,
+        "extras": [[f.path, f.mode, hashlib.sha256(f.data).hexdigest()] for f in extras],
+        "permissions": [p.to_json() for p in spec.rootfs.permissions],
+    }
+
+    def produce(out: Path) -> None:
+        root = out / "root"
+        shutil.copytree(base / "root", root, symlinks=True)
+        os.chmod(root, 0o755)
+        for d in rootfs.BASE_DIRS:
+            (root / d).mkdir(parents=True, exist_ok=True)
+        if spec.rootfs.overlay:
+            shutil.copytree(spec.rootfs.overlay, root, symlinks=True, dirs_exist_ok=True)
+        rootfs.add_files(root, extras)
+        rootfs.check_no_login(root)
+        rootfs.normalize_modes(root, spec.rootfs.permissions)
+
+    return cache.run("rootfs", inputs, produce)
+
+
+def step_sign(plan: Plan, tree: Path, cache: StepCache, quiet: bool) -> tuple[Path, bool]:
+    assert plan.keys is not None
+    keys = plan.keys
+    inputs = {"tree": tree.name, "cert": keys.cert_digest, "hash": plan.spec.signing.hash}
+
+    def produce(out: Path) -> None:
+        from obelisk.signer.sign import sign_tree
+
+        sign_tree([str(tree / "root")], keys.key, keys.cert, hash_name=plan.spec.signing.hash,
+                  xattr_file=str(out / "ima.xattrs"), quiet=quiet, cert_source=str(plan.spec.signing.cert))
+
+    return cache.run("sign", inputs, produce)
+
+
+def step_squashfs(plan: Plan, tree: Path, xattrs: Path | None, cache: StepCache) -> tuple[Path, bool]:
+    inputs = {"tree": tree.name, "xattrs": file_digest(xattrs) if xattrs else None,
+              "epoch": plan.spec.source_date_epoch, "gensquashfs": _tool_version("gensquashfs")}
+
+    def produce(out: Path) -> None:
+        squashfs.pack(tree / "root", xattrs, out / ARTIFACT_ROOTFS, plan.spec.source_date_epoch)
+
+    return cache.run("squashfs", inputs, produce)
+
+
+def step_initramfs(plan: Plan, cache: StepCache) -> tuple[Path, bool]:
+    assert plan.busybox is not None
+    cert_der = plan.keys.cert.public_bytes(serialization.Encoding.DER) if plan.keys else None
+    inputs = {"busybox": file_digest(plan.busybox), "cert": hashlib.sha256(cert_der or b"").hexdigest(),
+              "epoch": plan.spec.source_date_epoch, "init": hashlib.sha256(initramfs.INIT.encode()).hexdigest()}
+
+    def produce(out: Path) -> None:
+        atomic.write_bytes(out / ARTIFACT_INITRAMFS,
+                           initramfs.build(plan.busybox, cert_der, plan.spec.source_date_epoch))  # type: ignore[arg-type]
+
+    return cache.run("initramfs", inputs, produce)
+
+
+def _tool_version(tool: str) -> str:
+    return tools.run(tool, ["--version"]).stdout.decode(errors="replace").splitlines()[0].strip()
+
+
+# --- manifest ---
+
+def file_records(root: Path, xattrs: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """Every entry of the staged rootfs as the image will hold it (owners root, modes as staged)."""
+    records = []
+    root_b = os.fsencode(root)
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root_b):
+        for name in dirnames + filenames:
+            entries.append(os.path.join(dirpath, name))
+    for full in sorted(entries, key=lambda p: os.path.relpath(p, root_b)):
+        rel = os.path.relpath(full, root_b)
+        path = "/" + os.fsdecode(rel)
+        st = os.lstat(full)
+        if stat.S_ISDIR(st.st_mode):
+            records.append({"path": path, "type": "dir", "mode": f"{stat.S_IMODE(st.st_mode):04o}"})
+        elif stat.S_ISLNK(st.st_mode):
+            records.append({"path": path, "type": "slink", "target": os.fsdecode(os.readlink(full))})
+        elif stat.S_ISREG(st.st_mode):
+            rec = {"path": path, "type": "file", "mode": f"{stat.S_IMODE(st.st_mode):04o}", "size": st.st_size,
+                   "sha256": file_digest(full)}
+            value = xattrs.get(rel)
+            if value is not None:
+                rec["ima"] = base64.b64encode(value).decode()
+            records.append(rec)
+    return records
+
+
+def build_manifest(plan: Plan, artifacts: dict[str, dict[str, Any]], files: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = plan.spec
+    return {
+        "schema": manifest.SCHEMA,
+        "image": {"name": spec.name, "version": spec.version},
+        "tool": {"name": "obelisk", "version": __version__, "gensquashfs": _tool_version("gensquashfs")},
+        "source_date_epoch": spec.source_date_epoch,
+        "spec": spec.to_json(),
+        "signing": ({"key_id": _key_id(plan.keys.cert), "hash": spec.signing.hash,
+                     "certificate_sha256": plan.keys.cert_digest} if plan.keys else None),
+        "artifacts": artifacts,
+        "files": files,
+        "ima_reference": manifest.ima_reference(files),
+        "pcrs": {
+            "bank": "sha256",
+            "predicted": {},
+            "note": "PCRs 0-9 depend on the firmware and boot path of the machine, PCR 10 on the order "
+                    "of IMA measurements; the verifier replays the event log and the IMA list instead",
+        },
+        "kubernetes": {"role": spec.kubernetes.role, "version": spec.kubernetes.version,
+                       "binaries": "/opt/kubernetes/bin (not included)"},
+        "sbom": ARTIFACT_SBOM,
+    }
+
+
+def _key_id(cert: x509.Certificate) -> str:
+    from obelisk.signer.keys import ima_key_id
+
+    return ima_key_id(cert).hex()
+
+
+# --- the pipeline ---
+
+def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> BuildResult:
+    plan = preflight(spec)
+    steps: dict[str, str] = {}
+
+    def mark(name: str, cached: bool) -> None:
+        steps[name] = "cached" if cached else "built"
+
+    with progress("building image", total=7, quiet=quiet) as bar:
+        bar.stage("rootfs base")
+        base, c = step_base(plan, cache)
+        mark("rootfs-base", c)
+        bar.advance()
+        bar.stage("rootfs compose")
+        tree, c = step_compose(plan, base, cache)
+        mark("rootfs", c)
+        bar.advance()
+        xattr_path: Path | None = None
+        xattrs: dict[bytes, bytes] = {}
+        if plan.keys is not None:
+            bar.stage("signing files")
+            signed, c = step_sign(plan, tree, cache, quiet=True)
+            mark("sign", c)
+            xattr_path = signed / "ima.xattrs"
+            from obelisk.signer.verify import load_dump
+
+            xattrs = load_dump(str(xattr_path))
+        bar.advance()
+        bar.stage("squashfs")
+        sq, c = step_squashfs(plan, tree, xattr_path, cache)
+        mark("squashfs", c)
+        bar.advance()
+        bar.stage("initramfs")
+        ir, c = step_initramfs(plan, cache)
+        mark("initramfs", c)
+        bar.advance()
+        bar.stage("manifest")
+        files = file_records(tree / "root", xattrs)
+        with atomic.atomic_directory(out) as tmp:
+            shutil.copyfile(sq / ARTIFACT_ROOTFS, tmp / ARTIFACT_ROOTFS)
+            shutil.copyfile(ir / ARTIFACT_INITRAMFS, tmp / ARTIFACT_INITRAMFS)
+            if spec.kernel.image:
+                shutil.copyfile(spec.kernel.image, tmp / ARTIFACT_KERNEL)
+            if plan.ima_policy is not None:
+                (tmp / ARTIFACT_POLICY).write_bytes(plan.ima_policy)
+            packages = sbom.dpkg_packages(tree / "root")
+            if spec.rootfs.base == "busybox":
+                packages.append(sbom.Package("busybox-static", _busybox_version()))
+            (tmp / ARTIFACT_SBOM).write_bytes(sbom.render(spec.name, spec.version, packages,
+                                                          [f for f in files if f["type"] == "file"],
+                                                          spec.source_date_epoch))
+            artifacts = {p.name: manifest.artifact_record(p) for p in sorted(tmp.iterdir())}
+            data = manifest.dumps(build_manifest(plan, artifacts, files))
+            (tmp / manifest.MANIFEST).write_bytes(data)
+            if plan.keys is not None:
+                sig = manifest.sign(data, plan.keys.key, plan.keys.cert, spec.signing.hash)
+                (tmp / manifest.SIGNATURE).write_bytes(manifest.dumps(sig.to_json()))
+            for p in tmp.iterdir():
+                os.chmod(p, 0o644)
+            os.chmod(tmp, 0o755)
+            os.sync()
+        bar.advance()
+    return BuildResult(out=out, artifacts=artifacts, files=sum(1 for f in files if f["type"] == "file"),
+                       steps=steps)
+
+
+def _busybox_version() -> str:
+    try:
+        out = tools.run("dpkg-query", ["-W", "-f=${Version}", "busybox-static"], check=False).stdout.decode()
+        return out.strip() or "NOASSERTION"
+    except Exception:  # dpkg-query missing: not a Debian build host
+        return "NOASSERTION"

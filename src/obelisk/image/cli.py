@@ -1,0 +1,146 @@
+"""Commands of the image pipeline: build, image verify/spec-docs, boot, attest node."""
+
+from __future__ import annotations
+
+import argparse
+
+from obelisk.cli.common import add_output_options, add_quiet, emit_report, emit_result
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from obelisk.cli.main import subcommand_group
+
+    p = sub.add_parser("build", help="build a node image from a spec: kernel, initramfs, signed SquashFS, manifest")
+    p.add_argument("spec", metavar="SPEC.yaml")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory (replaced atomically)")
+    p.add_argument("--cache-dir", metavar="DIR", help="step cache (default $OBELISK_CACHE or ~/.cache/obelisk)")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every step")
+    p.add_argument("--format", choices=("text", "json"), default=None)
+    add_quiet(p)
+    p.set_defaults(handler=_build)
+
+    image = subcommand_group(sub, "image", "node images: verify, spec reference")
+    v = image.add_parser("verify", help="check the manifest signature, every artifact and every file signature")
+    v.add_argument("out", metavar="OUT")
+    v.add_argument("--ca", required=True, metavar="CA", help="the customer CA certificate (PEM or DER)")
+    add_output_options(v)
+    v.set_defaults(handler=_verify)
+    d = image.add_parser("spec-docs", help="print the spec reference (docs/image-spec.md) generated from the model")
+    d.add_argument("-o", "--output", metavar="FILE")
+    d.set_defaults(handler=_spec_docs)
+    e = image.add_parser("spec-example", help="print a spec skeleton with every key and its default")
+    e.set_defaults(handler=_spec_example)
+    c = image.add_parser("check-spec", help="validate a spec without building")
+    c.add_argument("spec", metavar="SPEC.yaml")
+    c.set_defaults(handler=_check_spec)
+
+    attest = subcommand_group(sub, "attest", "TPM attestation: quotes, event logs, evidence, nodes")
+    n = attest.add_parser("node", help="attest a running node: fresh nonce, evidence over mTLS, verify vs manifest")
+    n.add_argument("url", metavar="URL", help="the agent, https://HOST:PORT")
+    n.add_argument("--manifest", required=True, help="the image's manifest.json")
+    n.add_argument("--ca", required=True, help="customer CA: the agent's certificate must chain to it")
+    n.add_argument("--cert", required=True, help="the verifier's client certificate (issued by the CA)")
+    n.add_argument("--key", required=True, help="the client certificate's key")
+    n.add_argument("--ak", required=True, help="the node's AK record (from enrollment / obelisk boot)")
+    n.add_argument("--ek", help="the node's EK public area, to check the AK's qualified name")
+    n.add_argument("--state", help="file keeping the last quote's clock/reset counters (never go backwards)")
+    n.add_argument("--no-scan", action="store_true", help="skip the node's CIS/STIG scan")
+    add_output_options(n)
+    n.set_defaults(handler=_attest_node)
+    a = attest.add_parser("agent", help="run the node agent (HTTPS, mutual TLS, read-only)")
+    a.add_argument("--config", required=True, help="agent.json: cert, key, client_ca, port, tcti, ...")
+    a.add_argument("--port", type=int)
+    a.set_defaults(handler=_attest_agent)
+    t = attest.add_parser("issue-cert", help="issue a TLS certificate for an agent (--server) or a verifier")
+    t.add_argument("--ca", required=True, help="customer CA certificate")
+    t.add_argument("--ca-key", required=True, help="customer CA private key")
+    t.add_argument("--out", required=True, metavar="DIR", help="writes agent.pem/agent.key or client.pem/client.key")
+    t.add_argument("--name", default="obelisk", help="certificate common name")
+    t.add_argument("--server", action="store_true", help="a server certificate for the agent")
+    t.add_argument("--host", action="append", help="agent host names / addresses (default 127.0.0.1, localhost)")
+    t.set_defaults(handler=_issue_cert)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from obelisk.image.build import build
+    from obelisk.image.cache import StepCache, default_cache_dir
+    from obelisk.image.spec import load_spec
+
+    spec = load_spec(args.spec)
+    cache = StepCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), enabled=not args.no_cache)
+    result = build(spec, Path(args.out), cache=cache, quiet=args.quiet)
+
+    def text(d: dict) -> str:
+        lines = [f"built {spec.name} {spec.version} into {d['out']} ({d['files']} files signed)"]
+        lines += [f"  {name:18} sha256:{a['sha256']}  {a['size']} bytes" for name, a in d["artifacts"].items()]
+        lines.append("  steps: " + ", ".join(f"{k} {v}" for k, v in d["steps"].items()))
+        return "\n".join(lines) + "\n"
+
+    args.output = None
+    return emit_result(args, result.to_json(), text)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from obelisk.image.verify import verify_image
+
+    return emit_report(args, verify_image(Path(args.out), Path(args.ca)))
+
+
+def _spec_docs(args: argparse.Namespace) -> int:
+    import sys
+
+    from obelisk.core import atomic
+    from obelisk.image.spec import render_docs
+
+    if args.output:
+        atomic.write_text(args.output, render_docs())
+    else:
+        sys.stdout.write(render_docs())
+    return 0
+
+
+def _spec_example(args: argparse.Namespace) -> int:
+    import sys
+
+    from obelisk.image.spec import example_yaml
+
+    sys.stdout.write(example_yaml())
+    return 0
+
+
+def _check_spec(args: argparse.Namespace) -> int:
+    from obelisk.image.spec import load_spec
+
+    spec = load_spec(args.spec)
+    print(f"{args.spec}: valid ({spec.name} {spec.version})")
+    return 0
+
+
+def _attest_node(args: argparse.Namespace) -> int:
+    from obelisk.attest.agent_client import AgentEndpoint, attest_node
+
+    endpoint = AgentEndpoint(args.url, ca=args.ca, cert=args.cert, key=args.key)
+    report = attest_node(endpoint, manifest=args.manifest, ak=args.ak, ek=args.ek, state=args.state,
+                         scan=not args.no_scan)
+    return emit_report(args, report)
+
+
+def _attest_agent(args: argparse.Namespace) -> int:
+    from obelisk.attest.agent import main
+
+    return main(["--config", args.config] + (["--port", str(args.port)] if args.port else []))
+
+
+def _issue_cert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from obelisk.attest.agent_certs import issue
+
+    hosts = tuple(args.host) if args.host else ("127.0.0.1", "localhost")
+    issued = issue(Path(args.ca), Path(args.ca_key), Path(args.out), args.name, server=args.server, hosts=hosts)
+    print(f"certificate {issued.cert}, key {issued.key} (0600)")
+    return 0

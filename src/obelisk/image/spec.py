@@ -1,0 +1,435 @@
+"""The image spec: one table of settings from which parsing, validation and docs all derive.
+
+Every key a spec file may hold is one `Setting` in `SETTINGS` (section, name, kind, default,
+help). `load_spec` reads YAML against that table: an unknown key, a wrong type, a missing
+file or an impossible combination (`RULES`) is rejected before any build work starts, with
+one line naming the field. `render_docs` writes docs/image-spec.md from the same table, so
+the file format, its errors and its documentation cannot drift apart (mkosi's approach).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from obelisk.core.errors import InputError
+from obelisk.core.yamlsafe import load_yaml_file
+
+IMA_POLICIES = ("appraise-rootfs", "appraise-all", "measure-only", "none")
+APPRAISING = ("appraise-rootfs", "appraise-all")
+ROOTFS_BASES = ("busybox", "debian", "directory", "tarball")
+K8S_ROLES = ("none", "worker", "control-plane")
+HASHES = ("sha256", "sha384", "sha512")
+KERNEL_PROFILES = ("module-less",)
+
+
+class SpecError(InputError):
+    """A spec problem, always naming the field (`section.key`)."""
+
+    def __init__(self, source: str, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}", source=source)
+
+
+# --- value kinds: each converts a YAML value or raises ValueError with the reason ---
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # as the docs show it
+    convert: Callable[[Any], Any]
+    is_path: bool = False  # relative paths resolve against the spec's directory; must exist
+
+
+def _str(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return str(v)
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, str) and re.fullmatch(r"[0-9]+", v):
+            return int(v)
+        raise ValueError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _str_list(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        return tuple(v.split())
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list, got {type(v).__name__}")
+    return tuple(_str(x) for x in v)
+
+
+def _pcr_list(v: Any) -> tuple[int, ...]:
+    if isinstance(v, str):
+        v = [x for x in v.replace(",", " ").split()]
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of PCR numbers, got {type(v).__name__}")
+    out = []
+    for x in v:
+        n = _int(x)
+        if not 0 <= n <= 23:
+            raise ValueError(f"PCR {n} out of range 0-23")
+        out.append(n)
+    if len(set(out)) != len(out):
+        raise ValueError("PCR listed twice")
+    return tuple(sorted(out))
+
+
+def _mode(v: Any) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        text = str(v)  # YAML reads 0755 as octal 493 only with the 0o prefix; 755 as decimal
+        v = text if v > 0o7777 or not text.startswith("0") else oct(v)[2:]
+    if not isinstance(v, str) or not re.fullmatch(r"0?o?[0-7]{3,4}", v):
+        raise ValueError(f"expected an octal mode such as \"0644\", got {v!r}")
+    return int(v.replace("o", ""), 8)
+
+
+@dataclass(frozen=True)
+class Permission:
+    """A mode (and owner) for files matching a glob in the rootfs."""
+
+    glob: str
+    mode: int
+    uid: int = 0
+    gid: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.glob, "mode": f"{self.mode:04o}", "uid": self.uid, "gid": self.gid}
+
+
+def _permissions(v: Any) -> tuple[Permission, ...]:
+    if not isinstance(v, list):
+        raise ValueError("expected a list of {path, mode, uid, gid}")
+    out = []
+    for i, item in enumerate(v):
+        if not isinstance(item, dict):
+            raise ValueError(f"[{i}]: expected a mapping")
+        unknown = set(item) - {"path", "mode", "uid", "gid"}
+        if unknown:
+            raise ValueError(f"[{i}]: unknown key {sorted(unknown)[0]!r} (known: path, mode, uid, gid)")
+        if "path" not in item or "mode" not in item:
+            raise ValueError(f"[{i}]: needs path and mode")
+        try:
+            out.append(Permission(glob=_str(item["path"]).lstrip("/"), mode=_mode(item["mode"]),
+                                  uid=_int(item.get("uid", 0)), gid=_int(item.get("gid", 0))))
+        except ValueError as exc:
+            raise ValueError(f"[{i}]: {exc}") from None
+    return tuple(out)
+
+
+def _key_ref(v: Any) -> str:
+    return _str(v)
+
+
+STR = Kind("string", _str)
+INT = Kind("integer", _int)
+BOOL = Kind("boolean", _bool)
+STR_LIST = Kind("list of strings", _str_list)
+PCRS = Kind("list of PCR numbers", _pcr_list)
+PATH = Kind("path", _str, is_path=True)
+KEY = Kind("path or PKCS#11 URI", _key_ref, is_path=True)
+PERMISSIONS = Kind("list of {path, mode, uid, gid}", _permissions)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of the spec file."""
+
+    section: str
+    name: str
+    kind: Kind
+    default: Any = None  # None: optional and absent
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    help: str = ""
+    example: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}" if self.section else self.name
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("", "name", STR, required=True, help="Image name; used in artifact names and the manifest.",
+            example="example-node"),
+    Setting("", "version", STR, "0.0.0", help="Image version recorded in the manifest."),
+    Setting("", "source_date_epoch", INT, None,
+            help="Timestamp (seconds since 1970) given to every file, archive and signature time field, "
+                 "so that builds are reproducible. Defaults to $SOURCE_DATE_EPOCH, else 0."),
+    Setting("kernel", "source", PATH, help="Kernel source tree or tarball (Debian's "
+            "/usr/src/linux-source-6.1.tar.xz) built with the hardening profile and the customer CA.",
+            example="/usr/src/linux-source-6.1.tar.xz"),
+    Setting("kernel", "profile", STR, "module-less", choices=KERNEL_PROFILES,
+            help="Hardening profile of the kernel build (kernel_hardening)."),
+    Setting("kernel", "image", PATH, help="A prebuilt bzImage to use instead of building from kernel.source."),
+    Setting("kernel", "cmdline", STR_LIST, ("console=ttyS0",),
+            help="Kernel command line; obelisk adds the IMA and root parameters it needs."),
+    Setting("rootfs", "base", STR, "busybox", choices=ROOTFS_BASES,
+            help="Userland: busybox (Debian's busybox-static, a few MB), debian (mmdebstrap from Debian's "
+                 "archive), or a user-supplied directory or tarball (rootfs.path)."),
+    Setting("rootfs", "path", PATH, help="The directory or tarball for rootfs.base directory|tarball."),
+    Setting("rootfs", "suite", STR, "bookworm", help="Debian suite for rootfs.base debian."),
+    Setting("rootfs", "mirror", STR, "http://deb.debian.org/debian", help="Debian mirror for rootfs.base debian."),
+    Setting("rootfs", "packages", STR_LIST, (), help="Extra Debian packages for rootfs.base debian."),
+    Setting("rootfs", "overlay", PATH, help="A directory copied over the base (configuration, binaries)."),
+    Setting("rootfs", "permissions", PERMISSIONS, (),
+            help="Modes (and owners) for paths matching each glob, applied in order; everything else is "
+                 "0755 for directories and executables, 0644 for other files, owned by root."),
+    Setting("signing", "key", KEY, help="Customer IMA signing key: a PEM file or a PKCS#11 URI "
+            "(pkcs11:token=...;object=...). Signs every file and the manifest.", example="keys/ima.key"),
+    Setting("signing", "cert", PATH, help="X.509 certificate of signing.key (its subjectKeyIdentifier names "
+            "the key in every signature).", example="keys/ima.crt"),
+    Setting("signing", "ca", PATH, help="Customer CA certificate: compiled into the kernel as trusted key, "
+            "installed on the node for the agent's client-certificate check.", example="keys/ca.crt"),
+    Setting("signing", "hash", STR, "sha256", choices=HASHES, help="Hash algorithm of the IMA signatures."),
+    Setting("signing", "passphrase_env", STR, help="Environment variable holding signing.key's passphrase "
+            "(never put the passphrase in the spec)."),
+    Setting("ima", "policy", STR, "appraise-rootfs", choices=IMA_POLICIES,
+            help="IMA policy profile (ima_policy) loaded by the initramfs."),
+    Setting("kubernetes", "role", STR, "worker", choices=K8S_ROLES,
+            help="Kubernetes configuration rendered into the rootfs (cis_checks); binaries are not "
+                 "included: they go under /opt/kubernetes/bin (see docs/image.md)."),
+    Setting("kubernetes", "version", STR, "1.31", help="Kubernetes minor version the configuration targets."),
+    Setting("tpm", "enabled", BOOL, True, help="The node has a TPM 2.0 (attestation, sealed disk key)."),
+    Setting("disk", "encryption", BOOL, False, help="Mount /var from a LUKS2 volume unlocked by the TPM."),
+    Setting("disk", "pcrs", PCRS, (7, 11), help="PCRs the disk key is sealed to."),
+    Setting("disk", "size_mib", INT, 64, help="Size of the /var disk that `obelisk boot` creates."),
+    Setting("agent", "port", INT, 8443, help="TCP port of the node agent (HTTPS, mutual TLS)."),
+)
+
+SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def _section_class(section: str) -> type:
+    fields = [(s.name, Any, field(default=s.default)) for s in SETTINGS if s.section == section]
+    return dataclasses.make_dataclass(f"{section.capitalize()}Spec", fields, frozen=True)
+
+
+# Section records are generated from the table: spec.kernel.image, spec.disk.pcrs, ...
+SECTION_CLASSES: dict[str, type] = {sec: _section_class(sec) for sec in SECTIONS if sec}
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    version: str
+    source_date_epoch: int
+    kernel: Any
+    rootfs: Any
+    signing: Any
+    ima: Any
+    kubernetes: Any
+    tpm: Any
+    disk: Any
+    agent: Any
+    source: str = ""  # the spec file it came from
+    base_dir: str = ""  # relative paths were resolved against this
+
+    def get(self, key: str) -> Any:
+        section, _, name = key.rpartition(".")
+        return getattr(getattr(self, section), name) if section else getattr(self, name)
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as the manifest records it (resolved values, paths as written relative to base_dir)."""
+        out: dict[str, Any] = {}
+        for s in SETTINGS:
+            value = self.get(s.key)
+            if isinstance(value, tuple):
+                value = [v.to_json() if hasattr(v, "to_json") else v for v in value]
+            if s.kind.is_path and isinstance(value, str) and not value.startswith("pkcs11:"):
+                value = _relative(value, self.base_dir)
+            target = out.setdefault(s.section, {}) if s.section else out
+            target[s.name] = value
+        return out
+
+
+def _relative(path: str, base: str) -> str:
+    try:
+        return os.path.relpath(path, base) if base and os.path.isabs(path) else path
+    except ValueError:
+        return path
+
+
+# --- cross-field rules: each names the field to blame ---
+
+@dataclass(frozen=True)
+class Rule:
+    key: str  # the field named in the error
+    message: str
+    violated: Callable[[Spec], bool]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("ima.policy", "appraisal needs signed files: set signing.key and signing.cert (or use measure-only)",
+         lambda s: s.ima.policy in APPRAISING and not s.signing.key),
+    Rule("signing.cert", "signing.key needs its certificate", lambda s: bool(s.signing.key) and not s.signing.cert),
+    Rule("signing.key", "signing.cert given without signing.key", lambda s: bool(s.signing.cert) and not s.signing.key),
+    Rule("disk.encryption", "the disk key is sealed by the TPM: encryption needs tpm.enabled: true",
+         lambda s: s.disk.encryption and not s.tpm.enabled),
+    Rule("disk.pcrs", "encryption needs at least one PCR to seal to", lambda s: s.disk.encryption and not s.disk.pcrs),
+    Rule("rootfs.path", "rootfs.base directory|tarball needs rootfs.path",
+         lambda s: s.rootfs.base in ("directory", "tarball") and not s.rootfs.path),
+    Rule("rootfs.path", "only used with rootfs.base directory|tarball",
+         lambda s: s.rootfs.base in ("busybox", "debian") and bool(s.rootfs.path)),
+    Rule("rootfs.path", "rootfs.base directory needs a directory",
+         lambda s: s.rootfs.base == "directory" and bool(s.rootfs.path) and not os.path.isdir(s.rootfs.path)),
+    Rule("rootfs.path", "rootfs.base tarball needs a file",
+         lambda s: s.rootfs.base == "tarball" and bool(s.rootfs.path) and not os.path.isfile(s.rootfs.path)),
+    Rule("rootfs.overlay", "must be a directory",
+         lambda s: bool(s.rootfs.overlay) and not os.path.isdir(s.rootfs.overlay)),
+    Rule("kernel.image", "give kernel.image or kernel.source, not both",
+         lambda s: bool(s.kernel.image) and bool(s.kernel.source)),
+    Rule("kernel.source", "building the kernel with the customer CA needs signing.ca",
+         lambda s: bool(s.kernel.source) and not s.signing.ca),
+    Rule("rootfs.permissions", "owners other than root (uid/gid 0) cannot be set: squashfs-tools-ng 1.2 applies "
+         "IMA xattrs only when packing a directory, whose owners are forced to root; keep non-root data on /var",
+         lambda s: any(p.uid or p.gid for p in s.rootfs.permissions)),
+    Rule("agent.port", "must be 1-65535", lambda s: not 0 < s.agent.port < 65536),
+    Rule("disk.size_mib", "must be at least 32 (LUKS2 header and a filesystem)", lambda s: s.disk.size_mib < 32),
+    Rule("kubernetes.version", "expected MAJOR.MINOR such as 1.31",
+         lambda s: not re.fullmatch(r"1\.[0-9]{2}", s.kubernetes.version)),
+    Rule("source_date_epoch", "must not be negative", lambda s: s.source_date_epoch < 0),
+)
+
+
+def parse_spec(data: Any, source: str, base_dir: str | os.PathLike[str]) -> Spec:
+    """Check `data` (parsed YAML) against SETTINGS and RULES; resolve paths against base_dir."""
+    base = os.path.abspath(base_dir)
+    if not isinstance(data, dict):
+        raise SpecError(source, "(top level)", "expected a mapping of settings")
+    values: dict[str, Any] = {}
+    for top, value in data.items():
+        top = str(top)
+        if top in SECTION_CLASSES:
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise SpecError(source, top, "expected a mapping")
+            for name, v in value.items():
+                key = f"{top}.{name}"
+                if key not in _BY_KEY:
+                    known = ", ".join(s.name for s in SETTINGS if s.section == top)
+                    raise SpecError(source, key, f"unknown key (known in {top}: {known})")
+                values[key] = v
+        elif top in _BY_KEY and not _BY_KEY[top].section:
+            values[top] = value
+        else:
+            known = ", ".join(s.key for s in SETTINGS if not s.section) + ", " + ", ".join(SECTION_CLASSES)
+            raise SpecError(source, top, f"unknown key (known: {known})")
+
+    resolved: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.key not in values or values[s.key] is None:
+            if s.required:
+                raise SpecError(source, s.key, "missing (required)")
+            resolved[s.key] = s.default
+            continue
+        try:
+            value = s.kind.convert(values[s.key])
+        except ValueError as exc:
+            raise SpecError(source, s.key, str(exc)) from None
+        if s.choices and value not in s.choices:
+            raise SpecError(source, s.key, f"{value!r} is not one of {', '.join(s.choices)}")
+        if s.kind.is_path and not (s.kind is KEY and value.startswith("pkcs11:")):
+            path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+            if not os.path.exists(path):
+                raise SpecError(source, s.key, f"{value}: no such file or directory")
+            value = path
+        resolved[s.key] = value
+
+    if resolved["source_date_epoch"] is None:
+        env = os.environ.get("SOURCE_DATE_EPOCH", "0")
+        if not env.isdigit():
+            raise SpecError("$SOURCE_DATE_EPOCH", "source_date_epoch", f"not an integer: {env!r}")
+        resolved["source_date_epoch"] = int(env)
+
+    sections = {sec: cls(**{s.name: resolved[s.key] for s in SETTINGS if s.section == sec})
+                for sec, cls in SECTION_CLASSES.items()}
+    spec = Spec(name=resolved["name"], version=resolved["version"],
+                source_date_epoch=resolved["source_date_epoch"], source=source, base_dir=base, **sections)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", spec.name):
+        raise SpecError(source, "name", "letters, digits, '.', '_' and '-' only (at most 63)")
+    for rule in RULES:
+        if rule.violated(spec):
+            raise SpecError(source, rule.key, rule.message)
+    return spec
+
+
+def load_spec(path: str | os.PathLike[str]) -> Spec:
+    p = Path(path)
+    data = load_yaml_file(p, floats_as_text=True)
+    return parse_spec(data, str(p), p.parent)
+
+
+# --- docs ---
+
+def _default_text(s: Setting) -> str:
+    if s.required:
+        return "required"
+    if s.default is None:
+        return "—"
+    if isinstance(s.default, bool):
+        return "true" if s.default else "false"
+    if isinstance(s.default, tuple):
+        return "[" + ", ".join(str(x) for x in s.default) + "]"
+    return f"`{s.default}`"
+
+
+def render_docs() -> str:
+    """docs/image-spec.md, generated from SETTINGS and RULES (a test keeps the file in step)."""
+    lines = [
+        "# Image spec reference",
+        "",
+        "<!-- Generated from src/obelisk/image/spec.py by `obelisk image spec-docs`; do not edit. -->",
+        "",
+        "`obelisk build SPEC.yaml -o OUT` reads one YAML file. Relative paths are resolved against the",
+        "spec file's directory and must exist. Unknown keys, wrong types, missing files and the",
+        "combinations listed under *Rules* are rejected before any build work starts, naming the field.",
+        "",
+    ]
+    for sec in SECTIONS:
+        lines += [f"## `{sec}`" if sec else "## Top level", "", "| key | type | default | meaning |",
+                  "|---|---|---|---|"]
+        for s in SETTINGS:
+            if s.section != sec:
+                continue
+            sep = " \\| "
+            kind = s.kind.name + (f" ({sep.join(s.choices)})" if s.choices else "")
+            lines.append(f"| `{s.key}` | {kind} | {_default_text(s)} | {s.help} |")
+        lines.append("")
+    lines += ["## Rules", "", "| field | rejected when |", "|---|---|"]
+    for r in RULES:
+        lines.append(f"| `{r.key}` | {r.message} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def example_yaml() -> str:
+    """A commented skeleton spec with every key and its default."""
+    out = []
+    for sec in SECTIONS:
+        if sec:
+            out.append(f"{sec}:")
+        for s in SETTINGS:
+            if s.section != sec:
+                continue
+            indent = "  " if sec else ""
+            out.append(f"{indent}# {s.help}")
+            value = s.example or (_default_text(s).strip("`") if s.default is not None else "")
+            out.append(f"{indent}{'# ' if not s.required and s.default is None else ''}{s.name}: {value}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,102 @@
+"""SquashFS through squashfs-tools-ng: pack a staged tree with IMA xattrs, read it back.
+
+`pack` runs `gensquashfs --pack-dir TREE -A XATTRS`, which needs no root: owners are forced
+to root (`--all-root`), modes are the staged tree's (the rootfs step sets them from the spec),
+every timestamp is SOURCE_DATE_EPOCH. squashfs-tools-ng 1.2 (Debian 12) ignores `-A` when a
+pack file (`-F`) is used, so the directory form is the one that carries signatures.
+
+`read_back` lists the image with `rdsquashfs -d`, unpacks file contents and reads each
+regular file's xattrs with `rdsquashfs -x`: what `image verify` checks is what is inside
+the image, not what the build meant to put there.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from obelisk.core import tools
+from obelisk.core.errors import ParseError
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    path: str  # absolute path inside the image, "/bin/busybox"
+    kind: str  # file, dir, slink, nod, ...
+    mode: int
+    uid: int
+    gid: int
+    target: str = ""  # symlink target
+
+
+def pack(tree: Path, xattr_file: Path | None, out: Path, epoch: int) -> None:
+    """Pack `tree` into `out` reproducibly."""
+    args = ["--pack-dir", tree, "--all-root", "--defaults", f"uid=0,gid=0,mode=0755,mtime={epoch}",
+            "--compressor", "xz", "--block-size", "131072", "--num-jobs", "1", "--quiet", "--force"]
+    if xattr_file is not None:
+        args += ["--xattr-file", xattr_file]
+    tools.run("gensquashfs", [*args, out], env={"SOURCE_DATE_EPOCH": str(epoch)})
+
+
+_DESCRIBE = re.compile(r"^(\w+) (\"(?:[^\"\\]|\\.)*\"|\S+) ([0-7]+) (\d+) (\d+)(?: (.*))?$")
+
+
+def describe(image: Path) -> list[ImageFile]:
+    """Every inode of the image (`rdsquashfs -d`), paths absolute."""
+    text = tools.run("rdsquashfs", ["-d", image]).stdout.decode("utf-8", errors="surrogateescape")
+    out = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        m = _DESCRIBE.match(line)
+        if m is None:
+            raise ParseError(f"unexpected rdsquashfs line {line_no}: {line[:80]!r}", source=str(image))
+        kind, raw_path, mode, uid, gid, rest = m.groups()
+        path = shlex.split(raw_path)[0] if raw_path.startswith('"') else raw_path
+        out.append(ImageFile("/" + path.lstrip("/"), kind, int(mode, 8), int(uid), int(gid),
+                             (rest or "") if kind == "slink" else ""))
+    return out
+
+
+def read_xattrs(image: Path, path: str) -> dict[str, bytes]:
+    text = tools.run("rdsquashfs", ["-x", path, image]).stdout.decode("utf-8", errors="replace")
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if value.startswith("0x"):
+            out[name] = bytes.fromhex(value[2:])
+        elif value.startswith("0s"):
+            out[name] = base64.b64decode(value[2:])
+        else:
+            out[name] = value.strip('"').encode()
+    return out
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    files: tuple[ImageFile, ...]
+    xattrs: dict[str, dict[str, bytes]]  # path -> xattrs, regular files only
+    unpacked: Path  # contents, for hashing; caller owns the temporary directory
+
+
+def read_back(image: Path, workdir: Path, jobs: int = 4) -> ReadBack:
+    """Unpack `image` under workdir/root and read every regular file's xattrs from the image."""
+    files = describe(image)
+    root = workdir / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    tools.run("rdsquashfs", ["--quiet", "--no-dev", "--no-sock", "--no-fifo", "-u", "/", "-p", root, image])
+    regular = [f.path for f in files if f.kind == "file"]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        values = dict(zip(regular, pool.map(lambda p: read_xattrs(image, p), regular)))
+    return ReadBack(tuple(files), values, root)
+
+
+def temp_workdir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="obelisk-sqfs-")

@@ -1,0 +1,163 @@
+"""`obelisk image verify OUT --ca CA`: the manifest's signature, every artifact, every file in the SquashFS.
+
+The files are read back from the SquashFS itself with rdsquashfs (content, mode, owner and
+`security.ima`), so what is checked is what the node will mount, not what the build meant.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from obelisk.core.errors import InputError
+from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject
+from obelisk.image import manifest, squashfs
+
+_REFS = (Reference("nist-800-53", "SI-7"), Reference("nist-800-53", "CM-14"))
+
+
+def _finding(fid: str, title: str, ok: bool, *, target: str = "", observed: str | None = None,
+             expected: str | None = None, detail: str = "", evidence: tuple[Evidence, ...] = (),
+             section: str = "image") -> Finding:
+    return Finding(id=fid, title=title, status=Status.PASS if ok else Status.FAIL, severity=Severity.HIGH,
+                   target=target, observed=observed, expected=expected, detail=detail, evidence=evidence,
+                   references=_REFS, benchmark="image", section=section)
+
+
+def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
+    from obelisk.signer.keys import load_certificate
+
+    if not out.is_dir():
+        raise InputError("not an image directory (a build that did not finish leaves none)", source=str(out))
+    ca = load_certificate(ca_path)
+    manifest_path = out / manifest.MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(f"no {manifest.MANIFEST}: not a finished obelisk image", source=str(out))
+    data = manifest_path.read_bytes()
+    m = manifest.load(manifest_path)
+    subject = Subject("image", f"{m.get('image', {}).get('name', out.name)}",
+                      digest="sha256:" + hashlib.sha256(data).hexdigest(),
+                      attributes=(("path", str(out)), ("version", str(m.get("image", {}).get("version", "")))))
+    findings: list[Finding] = []
+
+    # 1. The manifest's signature, by a certificate the customer CA issued.
+    sig_path = out / manifest.SIGNATURE
+    signing_cert: x509.Certificate | None = None
+    if not sig_path.is_file():
+        findings.append(_finding("image.manifest.signature", "manifest is signed by the customer key", False,
+                                 target=str(sig_path), observed="missing", expected="signature file"))
+    else:
+        sig = manifest.ManifestSignature.loads(sig_path.read_bytes(), str(sig_path))
+        reason = manifest.chains_to(sig.certificate, ca)
+        good = reason is None and manifest.check_signature(data, sig)
+        if reason is None and not good:
+            reason = "signature does not match manifest.json"
+        findings.append(_finding("image.manifest.signature", "manifest is signed by the customer key", good,
+                                 target=str(manifest_path), detail=reason or "",
+                                 observed=reason or "valid", expected=f"signed by a key issued by "
+                                 f"{ca.subject.rfc4514_string()}"))
+        if good:
+            signing_cert = sig.certificate
+
+    # 2. Every artifact's digest, and nothing extra.
+    artifacts: dict[str, Any] = m.get("artifacts") or {}
+    if not isinstance(artifacts, dict):
+        raise InputError("artifacts: expected an object", source=str(manifest_path))
+    present = {p.name for p in out.iterdir() if p.is_file()} - {manifest.MANIFEST, manifest.SIGNATURE}
+    for name in sorted(set(artifacts) | present):
+        path = out / name
+        if name not in artifacts:
+            findings.append(_finding(f"image.artifact:{name}", f"artifact {name} is listed in the manifest", False,
+                                     target=str(path), observed="present, not in the manifest"))
+            continue
+        expected = str((artifacts[name] or {}).get("sha256", ""))
+        if not path.is_file():
+            findings.append(_finding(f"image.artifact:{name}", f"artifact {name} matches the manifest", False,
+                                     target=str(path), observed="missing", expected=expected))
+            continue
+        with open(path, "rb") as handle:
+            actual = hashlib.file_digest(handle, "sha256").hexdigest()
+        findings.append(_finding(f"image.artifact:{name}", f"artifact {name} matches the manifest",
+                                 actual == expected, target=str(path), observed=actual, expected=expected))
+
+    # 3. Every file inside the SquashFS: content, mode, owner and IMA signature.
+    image = out / "rootfs.squashfs"
+    if image.is_file() and artifacts.get("rootfs.squashfs"):
+        findings.extend(_verify_squashfs(image, m, signing_cert, jobs))
+    ok = all(f.status is Status.PASS for f in findings)
+    findings.insert(0, _finding("image.verified", "image matches its signed manifest", ok, target=str(out),
+                                observed=f"{sum(f.status is Status.PASS for f in findings)} of {len(findings)} "
+                                "checks passed"))
+    return Report(findings=tuple(findings), subject=subject, command="image verify")
+
+
+def _verify_squashfs(image: Path, m: dict[str, Any], cert: x509.Certificate | None, jobs: int) -> list[Finding]:
+    from obelisk.signer.verify import Outcome, TrustedKeys
+
+    files = m.get("files") or []
+    if not isinstance(files, list):
+        raise InputError("files: expected a list", source="manifest.json")
+    expected = {str(f.get("path")): f for f in files if isinstance(f, dict)}
+    trusted = TrustedKeys([("manifest signing certificate", cert)]) if cert is not None else None
+    findings: list[Finding] = []
+    bad = 0
+    checked = 0
+    with squashfs.temp_workdir() as work:
+        back = squashfs.read_back(image, Path(work), jobs=jobs)
+        seen = set()
+        for entry in back.files:
+            if entry.path == "/":
+                continue
+            seen.add(entry.path)
+            rec = expected.get(entry.path)
+            problems = []
+            if rec is None:
+                problems.append("not in the manifest")
+            else:
+                if rec.get("type") != entry.kind:
+                    problems.append(f"type {entry.kind}, manifest says {rec.get('type')}")
+                if entry.uid or entry.gid:
+                    problems.append(f"owner {entry.uid}:{entry.gid}, expected 0:0")
+                if entry.kind in ("file", "dir") and rec.get("mode") != f"{entry.mode:04o}":
+                    problems.append(f"mode {entry.mode:04o}, manifest says {rec.get('mode')}")
+                if entry.kind == "slink" and rec.get("target") != entry.target:
+                    problems.append(f"symlink to {entry.target!r}, manifest says {rec.get('target')!r}")
+            if entry.kind == "file":
+                checked += 1
+                local = back.unpacked / entry.path.lstrip("/")
+                with open(local, "rb") as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                if rec is not None and digest != rec.get("sha256"):
+                    problems.append("content differs from the manifest digest")
+                value = back.xattrs.get(entry.path, {}).get("security.ima")
+                if value is None:
+                    problems.append("no security.ima in the image")
+                else:
+                    if rec is not None and rec.get("ima") and base64.b64decode(rec["ima"]) != value:
+                        problems.append("security.ima differs from the manifest")
+                    if trusted is None:
+                        problems.append("signature not checked: the manifest's signing certificate is not trusted")
+                    else:
+                        outcome, detail, _ = trusted.check(value, str(local))
+                        if outcome is not Outcome.VALID:
+                            problems.append(f"IMA signature {outcome.value}: {detail}")
+            if problems:
+                bad += 1
+                findings.append(_finding(f"image.file:{entry.path}", "file in the SquashFS matches the manifest",
+                                         False, target=entry.path, observed="; ".join(problems),
+                                         expected="as recorded and signed", section="rootfs",
+                                         evidence=(Evidence("file", f"rootfs.squashfs:{entry.path}",
+                                                            "; ".join(problems)),)))
+        for path in sorted(set(expected) - seen):
+            bad += 1
+            findings.append(_finding(f"image.file:{path}", "file in the manifest is in the SquashFS", False,
+                                     target=path, observed="missing from the image", section="rootfs"))
+    findings.insert(0, _finding("image.files", "every file in the SquashFS is signed and matches the manifest",
+                                bad == 0, target="rootfs.squashfs",
+                                observed=f"{checked} regular files read back, {bad} problems",
+                                expected="0 problems", section="rootfs"))
+    return findings

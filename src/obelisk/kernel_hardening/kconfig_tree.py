@@ -1,0 +1,159 @@
+"""Loading a kernel tree's Kconfig with kconfiglib, without touching the user's tree.
+
+kconfiglib 14.1 predates two keywords of the kernel's Kconfig language: the bare
+`modules` attribute (kernel 5.13+, formerly `option modules`) and `transitional`
+(6.18+). `KernelKconfig` rewrites those lines in memory while kconfiglib reads the
+files; line numbers are kept so locations in explanations point at the real file.
+
+Transitional symbols are read from an old .config but never written (as in the C
+tool), so `write_config` drops them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from obelisk.core.errors import InputError
+
+_MODULES_LINE = re.compile(r"^(\s*)modules\s*(#.*)?$")
+_TRANSITIONAL_LINE = re.compile(r"^\s*transitional\s*(#.*)?$")
+_CONFIG_LINE = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
+
+
+def rewrite_kconfig_text(text: str) -> tuple[str, frozenset[str]]:
+    """Rewrite keywords kconfiglib 14.1 cannot parse; return the text and the transitional symbols.
+
+    Every line keeps its number (a removed keyword becomes an empty line).
+    """
+    out: list[str] = []
+    transitional: set[str] = set()
+    current: str | None = None
+    for line in text.splitlines(keepends=True):
+        ending = "\n" if line.endswith("\n") else ""
+        body = line.rstrip("\n")
+        m = _CONFIG_LINE.match(body)
+        if m:
+            current = m.group(1)
+        elif _MODULES_LINE.match(body):
+            indent = _MODULES_LINE.match(body).group(1)  # type: ignore[union-attr]
+            body = f"{indent}option modules"
+        elif _TRANSITIONAL_LINE.match(body):
+            if current:
+                transitional.add(current)
+            body = ""
+        out.append(body + ending)
+    return "".join(out), frozenset(transitional)
+
+
+def kernel_version(tree: Path) -> str:
+    """`VERSION.PATCHLEVEL.SUBLEVEL` from the tree's top Makefile."""
+    try:
+        head = (tree / "Makefile").read_text(errors="replace")[:4096]
+    except OSError as exc:
+        raise InputError(f"not a kernel source tree: cannot read Makefile ({exc.strerror})", source=str(tree)) from None
+    fields = {}
+    for key in ("VERSION", "PATCHLEVEL", "SUBLEVEL"):
+        m = re.search(rf"^{key}\s*=\s*(\d+)\s*$", head, re.M)
+        if not m:
+            raise InputError(f"not a kernel source tree: Makefile has no {key}", source=str(tree))
+        fields[key] = m.group(1)
+    return f"{fields['VERSION']}.{fields['PATCHLEVEL']}.{fields['SUBLEVEL']}"
+
+
+def kconfig_environment(tree: Path, arch: str = "x86") -> dict[str, str]:
+    """The variables the kernel's Makefile exports to Kconfig (scripts/kconfig/Makefile)."""
+    version = kernel_version(tree)
+    return {
+        "srctree": str(tree),
+        "ARCH": arch,
+        "SRCARCH": arch,
+        "KERNELVERSION": version,
+        "CC": os.environ.get("CC", "gcc"),
+        "LD": os.environ.get("LD", "ld"),
+        "HOSTCC": os.environ.get("HOSTCC", "gcc"),
+        "HOSTCXX": os.environ.get("HOSTCXX", "g++"),
+        "RUSTC": os.environ.get("RUSTC", "rustc"),
+        "BINDGEN": os.environ.get("BINDGEN", "bindgen"),
+        "PAHOLE": os.environ.get("PAHOLE", "pahole"),
+        "CLANG_FLAGS": "",
+        "objtree": str(tree),
+    }
+
+
+@dataclass(frozen=True)
+class TreeInfo:
+    root: Path
+    version: str
+    arch: str
+
+
+def check_tree(tree: str | os.PathLike[str]) -> TreeInfo:
+    root = Path(tree).resolve()
+    if not (root / "Kconfig").is_file() or not (root / "arch").is_dir():
+        raise InputError("not a kernel source tree (no Kconfig / arch/)", source=str(tree))
+    return TreeInfo(root=root, version=kernel_version(root), arch="x86")
+
+
+def load_kconfig(tree: str | os.PathLike[str], arch: str = "x86"):
+    """Parse the tree's Kconfig with kconfiglib (rewriting unsupported keywords in memory).
+
+    Returns a `kconfiglib.Kconfig` with an extra attribute `transitional` (symbol names).
+    Sets the Kconfig environment variables in os.environ for the duration of the parse
+    (kconfiglib reads them from there) and restores them afterwards.
+    """
+    import kconfiglib
+
+    info = check_tree(tree)
+
+    class KernelKconfig(kconfiglib.Kconfig):
+        def __init__(self, *args, **kwargs):
+            self._obelisk_parsing = True
+            self.transitional: set[str] = set()
+            super().__init__(*args, **kwargs)
+            self._obelisk_parsing = False
+
+        def _open(self, filename, mode):
+            if mode == "r" and getattr(self, "_obelisk_parsing", False):
+                with open(filename, encoding="utf-8", errors="surrogateescape") as handle:
+                    text, trans = rewrite_kconfig_text(handle.read())
+                self.transitional.update(trans)
+                return io.StringIO(text)
+            return super()._open(filename, mode)
+
+        def write_config(self, filename=None, header=None, save_old=True, verbose=None):
+            result = super().write_config(filename, header=header, save_old=save_old, verbose=verbose)
+            if self.transitional and filename:
+                _drop_symbols(Path(filename), self.transitional)
+            return result
+
+    env = kconfig_environment(info.root, arch)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    cwd = os.getcwd()
+    try:
+        os.chdir(info.root)  # $(shell,...) macros in Kconfig.include run relative to the tree
+        return KernelKconfig(str(info.root / "Kconfig"), warn=False, warn_to_stderr=False)
+    except kconfiglib.KconfigError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "parse error"
+        raise InputError(f"Kconfig does not parse: {first}", source=str(tree)) from None
+    finally:
+        os.chdir(cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _drop_symbols(path: Path, names: set[str]) -> None:
+    keep = []
+    for line in path.read_text().splitlines(keepends=True):
+        m = re.match(r"^(?:# )?CONFIG_([A-Za-z0-9_]+)[= ]", line)
+        if m and m.group(1) in names:
+            continue
+        keep.append(line)
+    path.write_text("".join(keep))

@@ -1,0 +1,345 @@
+"""Hardening profiles: Kconfig options, command-line parameters and sysctls, as data.
+
+A profile is a YAML file in `profiles/` (or any path). Each entry names the option, the value
+it must have, where the recommendation comes from, the kernel versions it exists in, the names
+it had before a rename, and why it matters. `extends` pulls in other profiles; a later entry
+with the same kind and name replaces an earlier one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from obelisk.core.errors import InputError
+from obelisk.core.findings import Severity
+from obelisk.core.yamlsafe import MAX_YAML_BYTES, load_yaml_file
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
+KINDS = ("kconfig", "cmdline", "sysctl")
+SOURCES = ("kspp", "clipos", "grapheneos", "cis", "obelisk", "site")
+
+Version = tuple[int, ...]
+
+
+def parse_version(text: str | None) -> Version | None:
+    """'6.1', '6.1.0-13-amd64', '5.10.209' -> (6, 1), (6, 1, 0), (5, 10, 209)."""
+    if text is None:
+        return None
+    m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(text))
+    if not m:
+        return None
+    return tuple(int(g) for g in m.groups() if g is not None)
+
+
+def _vtext(v: Version | None) -> str:
+    return ".".join(map(str, v)) if v else ""
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A former name of an option, used by kernels before `until`."""
+
+    name: str
+    until: Version | None = None
+
+
+@dataclass(frozen=True)
+class Requirement:
+    kind: str  # kconfig | cmdline | sysctl
+    name: str  # CONFIG_FOO, a command-line parameter, a sysctl key
+    source: str
+    why: str
+    profile: str
+    value: str | None = None
+    one_of: tuple[str, ...] = ()
+    at_least: int | None = None
+    present: bool = False  # cmdline: a flag that must appear
+    absent: bool = False  # cmdline: a parameter that must not appear
+    not_in: tuple[str, ...] = ()  # may be absent; if present, not one of these
+    since: Version | None = None
+    until: Version | None = None
+    renamed_from: tuple[Alias, ...] = ()
+    severity: Severity = Severity.MEDIUM
+    section: str = ""
+    moot_if: tuple[tuple[str, str], ...] = ()  # all CONFIG_X=v hold -> the requirement is moot
+    satisfied_by_kconfig: tuple[tuple[str, str], ...] = ()  # cmdline: a config that makes it unnecessary
+
+    @property
+    def id(self) -> str:
+        return f"kernel.{self.kind}.{self.name}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the option has had, newest first."""
+        return (self.name, *(a.name for a in self.renamed_from))
+
+    def name_for(self, version: Version | None) -> str:
+        """The option's name in kernel `version` (the newest name when unknown)."""
+        if version is not None:
+            for alias in sorted(self.renamed_from, key=lambda a: a.until or (999,)):
+                if alias.until is not None and version < alias.until:
+                    return alias.name
+        return self.name
+
+    def exists_in(self, version: Version | None) -> bool:
+        if version is None:
+            return True
+        since = self.since
+        if since is not None and version < since and not any(
+                a.until is not None and version < a.until for a in self.renamed_from):
+            return False
+        return self.until is None or version < self.until
+
+    @property
+    def expected(self) -> str:
+        if self.value is not None:
+            return f"{self.value}" if self.kind != "cmdline" else f"{self.name}={self.value}"
+        if self.one_of:
+            return "one of " + ", ".join(self.one_of)
+        if self.at_least is not None:
+            return f">= {self.at_least}"
+        if self.present:
+            return "present"
+        if self.absent:
+            return "absent"
+        if self.not_in:
+            return "not " + ", ".join(self.not_in)
+        return ""
+
+    def accepts(self, observed: str | None) -> bool:
+        """Does the observed value (None: not set / not present) satisfy the requirement?"""
+        if self.kind == "cmdline":
+            if self.present:
+                return observed is not None
+            if self.absent:
+                return observed is None
+            if self.not_in:
+                return observed is None or observed not in self.not_in
+        if self.kind == "kconfig" and observed is None:
+            observed = "n"
+        if self.value is not None:
+            return observed == self.value
+        if self.one_of:
+            return observed in self.one_of
+        if self.at_least is not None:
+            return _as_int(observed) is not None and _as_int(observed) >= self.at_least  # type: ignore[operator]
+        return False
+
+    def requested_value(self) -> str | None:
+        """The single value `kernel config` asks for (None for cmdline-style conditions)."""
+        if self.value is not None:
+            return self.value
+        if self.one_of:
+            return self.one_of[0]
+        if self.at_least is not None:
+            return str(self.at_least)
+        return None
+
+
+def _as_int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    requirements: tuple[Requirement, ...]
+    path: str = ""
+
+    def of_kind(self, kind: str) -> tuple[Requirement, ...]:
+        return tuple(r for r in self.requirements if r.kind == kind)
+
+    def kconfig_request(self, name: str) -> Requirement | None:
+        for r in self.requirements:
+            if r.kind == "kconfig" and name in r.names:
+                return r
+        return None
+
+
+_FIELDS = {"name", "value", "one_of", "at_least", "present", "absent", "not_in", "source", "since",
+           "until", "renamed_from", "severity", "why", "section", "moot_if", "satisfied_by_kconfig"}
+_TOP = {"name", "description", "extends", *KINDS}
+
+
+def _read_yaml(path: Path) -> Any:
+    """Profiles are read on every `kernel check`: use libyaml when present (5x faster), same rules."""
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", None)
+    if base is None:
+        return load_yaml_file(path, floats_as_text=True)
+
+    class Loader(base):  # type: ignore[misc, valid-type]
+        pass
+
+    # versions like 5.10 stay text, as in core.yamlsafe
+    Loader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loader.construct_scalar(node))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    if len(data) > MAX_YAML_BYTES:
+        raise InputError(f"larger than {MAX_YAML_BYTES} bytes", source=str(path))
+    try:
+        return yaml.load(data, Loader=Loader)  # noqa: S506 - a CSafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"invalid YAML at{line}: {exc.problem}", source=str(path)) from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"invalid YAML: {exc}", source=str(path)) from None
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name, or a profile file by path; `extends` resolved."""
+    return _load(name_or_path, ())
+
+
+def _locate(name_or_path: str) -> Path:
+    if "/" in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise InputError("profile file not found", source=name_or_path)
+        return path
+    path = PROFILE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise InputError(f"unknown profile {name_or_path!r} (available: {', '.join(available_profiles())})")
+    return path
+
+
+def _load(name_or_path: str, chain: tuple[str, ...]) -> Profile:
+    path = _locate(name_or_path)
+    key = str(path.resolve())
+    if key in chain:
+        raise InputError("profile extends itself (cycle)", source=str(path))
+    data = _read_yaml(path)
+    where = str(path)
+    if not isinstance(data, dict):
+        raise InputError("a profile is a mapping with name, kconfig, cmdline, sysctl", source=where)
+    unknown = set(data) - _TOP
+    if unknown:
+        raise InputError(f"unknown top-level field {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(_TOP))})",
+                         source=where)
+    name = str(data.get("name") or path.stem)
+    merged: dict[tuple[str, str], Requirement] = {}
+    extends = data.get("extends") or []
+    if not isinstance(extends, list):
+        raise InputError("extends: expected a list of profile names", source=where)
+    for parent in extends:
+        parent_path = str(parent)
+        if "/" in parent_path:
+            parent_path = str((path.parent / parent_path).resolve())
+        for req in _load(parent_path, (*chain, key)).requirements:
+            merged[(req.kind, req.name)] = req
+    for kind in KINDS:
+        entries = data.get(kind) or []
+        if not isinstance(entries, list):
+            raise InputError(f"{kind}: expected a list", source=where)
+        for i, entry in enumerate(entries):
+            req = _requirement(kind, entry, f"{kind}[{i}]", where, name)
+            # a renamed option overrides any entry known under one of its names
+            for n in req.names:
+                for k in [k for k in merged if k[0] == kind and n in merged[k].names]:
+                    del merged[k]
+            merged[(kind, req.name)] = req
+    return Profile(name=name, description=str(data.get("description") or "").strip(),
+                   requirements=tuple(merged.values()), path=str(path))
+
+
+def _requirement(kind: str, entry: Any, where: str, source: str, profile: str) -> Requirement:
+    def bad(msg: str) -> InputError:
+        return InputError(f"{where}: {msg}", source=source)
+
+    if not isinstance(entry, dict):
+        raise bad("expected a mapping")
+    unknown = set(entry) - _FIELDS
+    if unknown:
+        raise bad(f"unknown field {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(_FIELDS))})")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad("name: missing")
+    where = f"{where} ({name})"
+    if kind == "kconfig" and not re.fullmatch(r"CONFIG_[A-Za-z0-9_]+", name):
+        raise bad("name: a Kconfig option is written CONFIG_NAME")
+    if kind == "sysctl" and not re.fullmatch(r"[A-Za-z0-9_.\-/*]+", name):
+        raise bad("name: not a sysctl key")
+    conditions = [k for k in ("value", "one_of", "at_least", "present", "absent", "not_in") if k in entry]
+    if len(conditions) != 1:
+        raise InputError(f"{where}: exactly one of value, one_of, at_least, present, absent, not_in", source=source)
+    if kind != "cmdline" and conditions[0] in ("present", "absent", "not_in"):
+        raise InputError(f"{where}: {conditions[0]} is only for cmdline entries", source=source)
+    src = entry.get("source")
+    if src not in SOURCES:
+        raise InputError(f"{where}: source: {src!r} is not one of {', '.join(SOURCES)}", source=source)
+    why = entry.get("why")
+    if not isinstance(why, str) or not why.strip():
+        raise InputError(f"{where}: why: say why the option matters", source=source)
+    try:
+        severity = Severity(entry.get("severity", "medium"))
+    except ValueError:
+        raise InputError(f"{where}: severity: {entry.get('severity')!r} is not one of "
+                         f"{', '.join(s.value for s in Severity)}", source=source) from None
+    at_least = entry.get("at_least")
+    if at_least is not None and not isinstance(at_least, int):
+        raise InputError(f"{where}: at_least: expected an integer", source=source)
+
+    def version(key: str, value: Any) -> Version | None:
+        if value is None:
+            return None
+        v = parse_version(str(value))
+        if v is None:
+            raise InputError(f"{where}: {key}: not a kernel version: {value!r}", source=source)
+        return v
+
+    aliases = []
+    for j, alias in enumerate(entry.get("renamed_from") or []):
+        if not isinstance(alias, dict) or not isinstance(alias.get("name"), str) or set(alias) - {"name", "until"}:
+            raise InputError(f"{where}: renamed_from[{j}]: expected {{name, until}}", source=source)
+        aliases.append(Alias(name=alias["name"], until=version("renamed_from.until", alias.get("until"))))
+
+    def pairs(key: str) -> tuple[tuple[str, str], ...]:
+        value = entry.get(key) or {}
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: {key}: expected a mapping CONFIG_X: value", source=source)
+        return tuple((str(k), _text(v)) for k, v in value.items())
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = entry.get(key) or []
+        if not isinstance(value, list):
+            raise InputError(f"{where}: {key}: expected a list", source=source)
+        return tuple(_text(v) for v in value)
+
+    return Requirement(
+        kind=kind, name=name, source=src, why=why.strip(), profile=profile,
+        value=_text(entry["value"]) if "value" in entry else None,
+        one_of=strings("one_of"), at_least=at_least,
+        present=bool(entry.get("present", False)), absent=bool(entry.get("absent", False)),
+        not_in=strings("not_in"),
+        since=version("since", entry.get("since")), until=version("until", entry.get("until")),
+        renamed_from=tuple(aliases), severity=severity, section=str(entry.get("section") or kind),
+        moot_if=pairs("moot_if"), satisfied_by_kconfig=pairs("satisfied_by_kconfig"),
+    )
+
+
+def _text(value: Any) -> str:
+    if value is True:
+        return "y"
+    if value is False:
+        return "n"
+    return str(value)
+
+
+__all__ = ["Alias", "Profile", "Requirement", "available_profiles", "load_profile", "parse_version", "_vtext"]

@@ -1,0 +1,131 @@
+"""Load one or more results files (`obelisk.report/1`) and merge them into one report to render.
+
+A node is usually checked by several commands (kernel, IMA log, CIS/STIG scan, attestation);
+the auditor wants one document. The merged report keeps where each finding came from
+(`Source`: file name, sha256, command, time) so a rendered report can name its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from obelisk import __version__
+from obelisk.core.errors import InputError
+from obelisk.core.findings import Finding, Report, Severity, Status, Subject
+
+# Display and sort orders shared by every format.
+STATUS_ORDER: tuple[Status, ...] = (Status.FAIL, Status.ERROR, Status.WAIVED, Status.MANUAL, Status.SKIP,
+                                    Status.PASS)
+SEVERITY_ORDER: tuple[Severity, ...] = (Severity.CRITICAL, Severity.HIGH, Severity.MEDIUM, Severity.LOW,
+                                        Severity.INFO)
+_STATUS_RANK = {s: i for i, s in enumerate(STATUS_ORDER)}
+_SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+
+# Largest results file read; a real scan of one node is a few MB.
+MAX_RESULTS_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Source:
+    """One results file that went into a merged report."""
+
+    path: str
+    sha256: str
+    command: str
+    generated_at: str
+    subject: Subject
+    findings: int
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A merged report plus where it came from: what every renderer receives."""
+
+    report: Report
+    sources: tuple[Source, ...] = ()
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return sorted({f.benchmark or "other" for f in self.report.findings})
+
+
+def severity_rank(severity: Severity) -> int:
+    return _SEVERITY_RANK[severity]
+
+
+def status_rank(status: Status) -> int:
+    return _STATUS_RANK[status]
+
+
+def sort_key(finding: Finding) -> tuple[int, int, str, str]:
+    """Worst first: failures before passes, critical before info, then by id."""
+    return (_STATUS_RANK[finding.status], _SEVERITY_RANK[finding.severity], finding.benchmark, finding.id)
+
+
+def load_report(path: str | Path) -> tuple[Report, Source]:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_RESULTS_BYTES:
+            raise InputError(f"results file larger than {MAX_RESULTS_BYTES} bytes", source=str(p))
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read results file: {exc.strerror}", source=str(p)) from None
+    report = Report.loads(data, source=str(p))
+    source = Source(path=p.name, sha256=hashlib.sha256(data).hexdigest(), command=report.command,
+                    generated_at=report.generated_at, subject=report.subject, findings=len(report.findings))
+    return report, source
+
+
+def merge(reports: list[Report], sources: list[Source] | None = None) -> Bundle:
+    """One report from several: the node subject wins, other subjects become attributes.
+
+    The merged time is the latest input time (when the evidence was last collected), never the
+    time of rendering, so re-rendering a report does not make old evidence look fresh.
+    """
+    if not reports:
+        raise InputError("no results files given")
+    if len(reports) == 1:
+        return Bundle(report=reports[0], sources=tuple(sources or ()))
+    subject = _merged_subject([r.subject for r in reports])
+    findings = tuple(f for r in reports for f in r.findings)
+    times = sorted(r.generated_at for r in reports if r.generated_at)
+    commands = [r.command for r in reports if r.command]
+    versions = sorted({r.tool_version for r in reports if r.tool_version})
+    merged = Report(findings=findings, subject=subject, tool="obelisk",
+                    tool_version=", ".join(versions) or __version__,
+                    generated_at=times[-1] if times else "",
+                    command=" + ".join(dict.fromkeys(commands)))
+    return Bundle(report=merged, sources=tuple(sources or ()))
+
+
+def load_bundle(paths: list[str | Path]) -> Bundle:
+    loaded = [load_report(p) for p in paths]
+    return merge([r for r, _ in loaded], [s for _, s in loaded])
+
+
+def _merged_subject(subjects: list[Subject]) -> Subject:
+    primary = next((s for s in subjects if s.kind == "node"), subjects[0])
+    attrs = dict(primary.attributes)
+    for s in subjects:
+        if s == primary:
+            continue
+        for key, value in s.attributes:
+            attrs.setdefault(key, value)
+        if s.kind != primary.kind or s.name != primary.name:
+            attrs.setdefault(f"{s.kind}", s.name)
+        if s.digest:
+            attrs.setdefault(f"{s.kind}.digest", s.digest)
+    return Subject(kind=primary.kind, name=primary.name, digest=primary.digest,
+                   attributes=tuple(sorted(attrs.items())))
+
+
+def counts_by(findings: tuple[Finding, ...] | list[Finding], key) -> dict[str, Counter[Status]]:
+    """{group: Counter(status)} for a grouping such as benchmark or severity."""
+    out: dict[str, Counter[Status]] = {}
+    for f in findings:
+        out.setdefault(key(f), Counter())[f.status] += 1
+    return out

@@ -1,0 +1,190 @@
+"""NIST OSCAL assessment results (JSON) that compliance-trestle validates.
+
+Layout: one result for the merged scan. Each obelisk finding is an observation (method TEST,
+the checked system as subject, evidence as relevant-evidence, obelisk as the originating tool).
+Each NIST SP 800-53 control that findings bear on (their `nist-800-53` references, and their CCIs
+mapped through DISA's CCI list when given) is an OSCAL finding targeting the control's objective
+(`ac-3_obj`), satisfied only when every related observation passed. Waived failures leave the
+control not-satisfied with the waiver named: an accepted risk is not a satisfied control.
+"""
+
+from __future__ import annotations
+
+import json
+
+from obelisk.core.findings import Finding, Status
+from obelisk.reports.cci import display_control, finding_controls
+from obelisk.reports.checklist import stable_uuid
+from obelisk.reports.model import Bundle
+from obelisk.reports.options import RenderOptions
+
+NS = "https://obelisk.dev/ns/oscal"
+_FALLBACK_OSCAL_VERSION = "1.1.2"
+
+
+def oscal_version() -> str:
+    """The OSCAL version the installed compliance-trestle validates against."""
+    try:
+        from trestle.oscal import OSCAL_VERSION
+    except ImportError:  # trestle is a declared dependency; stay usable without it
+        return _FALLBACK_OSCAL_VERSION
+    return OSCAL_VERSION
+
+
+def _line(text: str) -> str:
+    """OSCAL titles are one line without surrounding space."""
+    one = " ".join(text.split())
+    return one or "untitled"
+
+
+def _prop(name: str, value: str) -> dict:
+    return {"name": name, "ns": NS, "value": _line(value)}
+
+
+def _observation(f: Finding, uid: str, system_uuid: str, tool_uuid: str, collected: str) -> dict:
+    description = f.detail or f.title
+    remarks = []
+    if f.observed is not None or f.expected is not None:
+        remarks.append(f"Observed: {f.observed}\nExpected: {f.expected}")
+    if f.remediation:
+        remarks.append(f"Remediation: {f.remediation}")
+    if f.waiver is not None:
+        remarks.append(f"Waiver: {f.waiver.reason} (approved by {f.waiver.approver}, expires "
+                       f"{f.waiver.expires.isoformat()})")
+    props = [_prop("finding-id", f.id), _prop("status", f.status.value), _prop("severity", f.severity.value)]
+    if f.benchmark:
+        props.append(_prop("benchmark", f.benchmark))
+    if f.section:
+        props.append(_prop("section", f.section))
+    if f.target:
+        props.append(_prop("target", f.target))
+    props.extend(_prop(f"ref-{r.scheme}", r.id) for r in f.references if r.id.strip()
+                 if r.scheme.replace("-", "").isalnum())
+    obs: dict = {
+        "uuid": uid,
+        "title": _line(f"{f.id}: {f.title}"),
+        "description": description,
+        "props": props,
+        "methods": ["TEST"],
+        "types": ["finding"],
+        "origins": [{"actors": [{"type": "tool", "actor-uuid": tool_uuid}]}],
+        "subjects": [{"subject-uuid": system_uuid, "type": "component"}],
+        "collected": collected,
+    }
+    evidence = []
+    for e in f.evidence:
+        where = f"{e.source}:{e.location}" if e.location else e.source
+        evidence.append({"description": f"{e.kind} {where}" + (f": {e.detail}" if e.detail else "")})
+    if evidence:
+        obs["relevant-evidence"] = evidence
+    if remarks:
+        obs["remarks"] = "\n\n".join(remarks)
+    return obs
+
+
+def _control_state(findings: list[Finding]) -> tuple[str, str, str]:
+    """(state, reason, remarks) for one control from the findings that bear on it."""
+    statuses = {f.status for f in findings}
+    failed = [f.id for f in findings if f.status in (Status.FAIL, Status.ERROR)]
+    waived = [f for f in findings if f.status is Status.WAIVED]
+    manual = [f.id for f in findings if f.status is Status.MANUAL]
+    if failed:
+        return "not-satisfied", "fail", "Failed checks: " + ", ".join(failed)
+    if waived:
+        return ("not-satisfied", "other", "Accepted risks: " + "; ".join(
+            f"{f.id} ({f.waiver.approver} until {f.waiver.expires.isoformat()})" if f.waiver else f.id
+            for f in waived))
+    if manual:
+        return "not-satisfied", "other", "Needs manual review: " + ", ".join(manual)
+    if Status.PASS in statuses:
+        return "satisfied", "pass", "All automated checks passed."
+    return "not-satisfied", "other", "All related checks were not applicable."
+
+
+def to_json(bundle: Bundle, options: RenderOptions) -> dict:
+    report = bundle.report
+    s = report.subject
+    root_key = f"{s.kind}|{s.name}|{s.digest}|{report.generated_at}"
+    system_uuid = stable_uuid(root_key, "system")
+    tool_uuid = stable_uuid(root_key, "tool")
+    plan_uuid = stable_uuid(root_key, "assessment-plan")
+    collected = report.generated_at or options.rendered_at
+    observations = []
+    by_control: dict[str, list[tuple[Finding, str]]] = {}
+    for i, f in enumerate(report.findings):
+        uid = stable_uuid(root_key, "observation", str(i), f.id)
+        observations.append(_observation(f, uid, system_uuid, tool_uuid, collected))
+        for control in finding_controls(f, options.cci_map):
+            by_control.setdefault(control, []).append((f, uid))
+    findings = []
+    for control, items in sorted(by_control.items(), key=lambda kv: _control_sort(kv[0])):
+        state, reason, remarks = _control_state([f for f, _ in items])
+        findings.append({
+            "uuid": stable_uuid(root_key, "finding", control),
+            "title": f"{display_control(control)}: {state}",
+            "description": f"{len(items)} obelisk check(s) bear on NIST SP 800-53 Rev 5 {display_control(control)}.",
+            "target": {"type": "objective-id", "target-id": f"{control}_obj",
+                       "status": {"state": state, "reason": reason}, "remarks": remarks},
+            "related-observations": [{"observation-uuid": uid} for _, uid in items],
+        })
+    if by_control:
+        selection = {"include-controls": [{"control-id": c} for c in sorted(by_control, key=_control_sort)]}
+    else:
+        selection = {"include-all": {}}
+    system_props = [_prop("subject-kind", s.kind)]
+    if s.digest:
+        system_props.append(_prop("digest", s.digest))
+    system_props.extend(_prop("attribute", f"{k}={v}") for k, v in s.attributes if v.strip())
+    times = sorted(src.generated_at for src in bundle.sources if src.generated_at) or [collected]
+    result: dict = {
+        "uuid": stable_uuid(root_key, "result"),
+        "title": _line(f"obelisk scan of {s.kind} {s.name}"),
+        "description": f"Automated checks by obelisk {report.tool_version} ({report.command or 'report'}).",
+        "start": times[0],
+        "end": times[-1],
+        "local-definitions": {"components": [
+            {"uuid": system_uuid, "type": "this-system", "title": _line(s.name),
+             "description": f"The {s.kind} that was checked.", "props": system_props,
+             "status": {"state": "operational"}},
+            {"uuid": tool_uuid, "type": "software", "title": "obelisk",
+             "description": f"obelisk {report.tool_version}: automated assessment tool.",
+             "status": {"state": "operational"}},
+        ]},
+        "reviewed-controls": {"control-selections": [selection]},
+        "observations": observations or None,
+        "findings": findings or None,
+    }
+    result = {k: v for k, v in result.items() if v is not None}
+    resources = [{"uuid": plan_uuid, "title": "Implied assessment plan",
+                  "description": "obelisk runs its declared check catalogues (CIS Kubernetes Benchmark, DISA "
+                                 "Kubernetes STIG, kernel hardening, IMA and attestation checks) against the "
+                                 "subject; no separate OSCAL assessment plan exists."}]
+    for src in bundle.sources:
+        resources.append({"uuid": stable_uuid(root_key, "source", src.path, src.sha256),
+                          "title": _line(f"results file {src.path}"),
+                          "description": f"obelisk results ({src.command or 'unknown command'}), "
+                                         f"{src.findings} findings, generated {src.generated_at}.",
+                          "props": [_prop("sha256", src.sha256)]})
+    return {"assessment-results": {
+        "uuid": stable_uuid(root_key, "assessment-results"),
+        "metadata": {
+            "title": _line(options.title or f"Assessment results for {s.kind} {s.name}"),
+            "last-modified": options.rendered_at or collected,
+            "version": report.tool_version or "0",
+            "oscal-version": oscal_version(),
+            "props": [_prop("generator", f"obelisk {report.tool_version}")],
+        },
+        "import-ap": {"href": f"#{plan_uuid}"},
+        "results": [result],
+        "back-matter": {"resources": resources},
+    }}
+
+
+def _control_sort(control: str) -> tuple:
+    family, _, rest = control.partition("-")
+    number, _, enh = rest.partition(".")
+    return (family, int(number) if number.isdigit() else 0, int(enh) if enh.isdigit() else 0)
+
+
+def render(bundle: Bundle, options: RenderOptions) -> bytes:
+    return (json.dumps(to_json(bundle, options), indent=2, ensure_ascii=False) + "\n").encode("utf-8")

@@ -1,0 +1,28 @@
+"""Parse XML files the user brings (DISA XCCDF, CCI list) without entities or network access."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from obelisk.core.errors import InputError
+
+MAX_XML_BYTES = 64 * 1024 * 1024
+
+
+def parse_xml_file(path: str | Path):
+    from lxml import etree
+
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_XML_BYTES:
+            raise InputError(f"XML file larger than {MAX_XML_BYTES} bytes", source=str(p))
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", source=str(p)) from None
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+                             remove_comments=True)
+    try:
+        return etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as exc:
+        line = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        raise InputError(f"not well-formed XML{line}: {exc.msg}", source=str(p)) from None

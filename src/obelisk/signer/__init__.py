@@ -1,0 +1,1 @@
+"""IMA signing with customer keys (PEM files or PKCS#11 tokens): keys, signatures, trees."""

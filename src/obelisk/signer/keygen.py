@@ -1,0 +1,129 @@
+"""`obelisk keys generate`: a customer CA and an IMA signing key with its certificate.
+
+The CA is made to be compiled into the kernel as a built-in trusted key
+(CONFIG_SYSTEM_TRUSTED_KEYS): with CONFIG_IMA_KEYRINGS_PERMIT_SIGNED_BY_BUILTIN_OR_SECONDARY
+the kernel then accepts into its .ima keyring only certificates this CA signed. The IMA
+certificate carries a subjectKeyIdentifier (signatures name their key by its last 4 bytes)
+and keyUsage digitalSignature, which the kernel checks for IMA keys.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from obelisk.core import atomic
+from obelisk.core.errors import InputError
+
+KEY_TYPES = ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384")
+
+
+@dataclass(frozen=True)
+class GeneratedKeys:
+    directory: Path
+    key_type: str
+    ca_cert: Path
+    ca_cert_der: Path
+    ca_key: Path
+    ima_cert: Path
+    ima_cert_der: Path
+    ima_key: Path
+    ima_key_id: str  # hex, what signatures carry
+
+    def to_json(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.__dict__.items()}
+
+
+def _new_key(key_type: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    if key_type.startswith("rsa-"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ecdsa-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    raise InputError(f"--type: unknown key type {key_type!r} (one of {', '.join(KEY_TYPES)})")
+
+
+def _hash_for(key_type: str) -> hashes.HashAlgorithm:
+    return hashes.SHA384() if key_type == "ecdsa-p384" else hashes.SHA256()
+
+
+def _name(common_name: str, organization: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _private_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, passphrase: bytes | None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, organization: str = "obelisk customer",
+             passphrase: bytes | None = None, valid_days: int = 3650,
+             now: _dt.datetime | None = None) -> GeneratedKeys:
+    if key_type not in KEY_TYPES:
+        raise InputError(f"--type: unknown key type {key_type!r} (one of {', '.join(KEY_TYPES)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = ("ca.key", "ca.pem", "ca.der", "ima.key", "ima.pem", "ima.der")
+    existing = [n for n in names if (out / n).exists()]
+    if existing:
+        raise InputError(f"refusing to overwrite existing {', '.join(existing)}", source=str(out))
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    start = now - _dt.timedelta(minutes=5)
+    digest = _hash_for(key_type)
+
+    ca_key = _new_key(key_type)
+    ca_name = _name(f"{organization} IMA CA", organization)
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(start + _dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, digest)
+    )
+
+    ima_key = _new_key(key_type)
+    ima_ski = x509.SubjectKeyIdentifier.from_public_key(ima_key.public_key())
+    ima_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"{organization} IMA signing key", organization)).issuer_name(ca_name)
+        .public_key(ima_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(start + _dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        .add_extension(ima_ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, digest)
+    )
+
+    pem, der = serialization.Encoding.PEM, serialization.Encoding.DER
+    atomic.write_bytes(out / "ca.key", _private_pem(ca_key, passphrase), mode=0o600)
+    atomic.write_bytes(out / "ima.key", _private_pem(ima_key, passphrase), mode=0o600)
+    atomic.write_bytes(out / "ca.pem", ca_cert.public_bytes(pem))
+    atomic.write_bytes(out / "ca.der", ca_cert.public_bytes(der))
+    atomic.write_bytes(out / "ima.pem", ima_cert.public_bytes(pem))
+    atomic.write_bytes(out / "ima.der", ima_cert.public_bytes(der))
+    return GeneratedKeys(directory=out, key_type=key_type, ca_cert=out / "ca.pem", ca_cert_der=out / "ca.der",
+                         ca_key=out / "ca.key", ima_cert=out / "ima.pem", ima_cert_der=out / "ima.der",
+                         ima_key=out / "ima.key", ima_key_id=ima_ski.digest[-4:].hex())

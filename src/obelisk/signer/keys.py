@@ -1,0 +1,180 @@
+"""Customer keys and certificates: load them wherever obelisk takes a key.
+
+A signing key is a PEM (or DER) private key file, optionally encrypted, or an object on a
+PKCS#11 token named by an RFC 7512 URI (`pkcs11:token=...;object=...`). Passphrases come
+from an environment variable or a file, never from argv. Keys made by `openssl` work as
+well as keys made by `obelisk keys generate`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+from obelisk.core.errors import InputError
+from obelisk.signer.hashalgo import HashAlgo
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+@dataclass(frozen=True)
+class PassphraseSource:
+    """Where a passphrase comes from: an environment variable or a file (first line)."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def read(self) -> bytes | None:
+        if self.env:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise InputError(f"environment variable {self.env} (passphrase) is not set")
+            return value.encode()
+        if self.file:
+            try:
+                text = Path(self.file).read_bytes()
+            except OSError as exc:
+                raise InputError(f"cannot read passphrase file: {exc.strerror}", source=self.file) from None
+            return text.splitlines()[0] if text else b""
+        return None
+
+
+class SigningKey(Protocol):
+    """A private key that signs digests; the private half may never leave its token."""
+
+    @property
+    def public_key(self) -> PublicKey: ...
+
+    def sign_digest(self, digest: bytes, algo: HashAlgo) -> bytes:
+        """Sign a precomputed digest: PKCS#1 v1.5 for RSA, DER ECDSA (RFC 6979 deterministic) for EC."""
+        ...
+
+
+@dataclass(frozen=True)
+class SoftwareKey:
+    """A private key held in memory (from a PEM/DER file)."""
+
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self.key.public_key()
+
+    def sign_digest(self, digest: bytes, algo: HashAlgo) -> bytes:
+        prehashed = utils.Prehashed(algo.crypto_hash())
+        if isinstance(self.key, rsa.RSAPrivateKey):
+            return self.key.sign(digest, padding.PKCS1v15(), prehashed)
+        # Deterministic ECDSA (RFC 6979) so that the same tree signs to the same bytes.
+        return self.key.sign(digest, ec.ECDSA(prehashed, deterministic_signing=True))
+
+
+def key_description(key: PublicKey) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"rsa-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384", "secp521r1": "ecdsa-p521"}.get(
+            key.curve.name, f"ecdsa-{key.curve.name}")
+    return type(key).__name__
+
+
+def load_signing_key(ref: str, passphrase: PassphraseSource | None = None) -> SigningKey:
+    """Load a signing key from a file path or a `pkcs11:` URI."""
+    if ref.startswith("pkcs11:"):
+        from obelisk.signer.pkcs11key import open_pkcs11_key
+
+        return open_pkcs11_key(ref)
+    path = Path(ref)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read key: {exc.strerror}", source=ref) from None
+    secret = passphrase.read() if passphrase else None
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, password=secret)
+        else:
+            key = serialization.load_der_private_key(data, password=secret)
+    except TypeError as exc:
+        if "encrypted" in str(exc).lower() and secret is None:
+            raise InputError("key is encrypted: give its passphrase with --passphrase-env or --passphrase-file",
+                             source=ref) from None
+        raise InputError(f"cannot load key: {exc}", source=ref) from None
+    except ValueError as exc:
+        msg = str(exc)
+        if secret is not None and ("decrypt" in msg.lower() or "password" in msg.lower() or "bad" in msg.lower()):
+            raise InputError("wrong passphrase for key", source=ref) from None
+        raise InputError("not a private key (PEM or DER, RSA or EC)", source=ref) from None
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise InputError(f"unsupported key type {type(key).__name__}: IMA takes RSA or ECDSA", source=ref)
+    return SoftwareKey(key)
+
+
+def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
+    """Load an X.509 certificate, PEM or DER."""
+    source = os.fspath(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read certificate: {exc.strerror}", source=source) from None
+    try:
+        if b"-----BEGIN CERTIFICATE" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise InputError("not an X.509 certificate (PEM or DER)", source=source) from None
+
+
+def load_certificates(paths: list[str]) -> list[x509.Certificate]:
+    return [load_certificate(p) for p in paths]
+
+
+def subject_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def ima_key_id(cert: x509.Certificate, source: str = "certificate") -> bytes:
+    """The 4-byte key id IMA signatures carry: the last 4 bytes of the subjectKeyIdentifier.
+
+    The kernel finds the verifying key in the .ima keyring by exactly this id, so a
+    certificate without a subjectKeyIdentifier cannot be used.
+    """
+    ski = subject_key_id(cert)
+    if ski is None or len(ski) < 4:
+        raise InputError("certificate has no subjectKeyIdentifier: the kernel could not match signatures to it",
+                         source=source)
+    return ski[-4:]
+
+
+def same_public_key(a: PublicKey, b: PublicKey) -> bool:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    return a.public_bytes(serialization.Encoding.DER, fmt) == b.public_bytes(serialization.Encoding.DER, fmt)
+
+
+def check_key_matches_certificate(key: SigningKey, cert: x509.Certificate, source: str = "certificate") -> None:
+    if not same_public_key(key.public_key, cert.public_key()):  # type: ignore[arg-type]
+        raise InputError("certificate does not match the signing key", source=source)
+
+
+def verify_digest_signature(public_key: PublicKey, signature: bytes, digest: bytes, algo: HashAlgo) -> bool:
+    """True if `signature` over the precomputed `digest` verifies with `public_key`."""
+    prehashed = utils.Prehashed(algo.crypto_hash())
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, digest, padding.PKCS1v15(), prehashed)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, digest, ec.ECDSA(prehashed))
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True

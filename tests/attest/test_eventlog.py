@@ -1,0 +1,217 @@
+"""TCG event log parse/serialize/replay against tpm2-tools' published results and a real TPM's PCRs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from obelisk.attest import eventlog as el
+from obelisk.core import tools
+from obelisk.core.errors import ParseError
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "testdata"
+EVENTLOGS = sorted((SHARED / "eventlog").glob("*.bin"))
+IMA_LOGS = [SHARED / "ima" / "sample-binary_bios_measurements-pcrs-8-9", SHARED / "ima" / "test_binary_bios_measurements"]
+
+
+def pcrs_from_tpm2_eventlog_yaml(text: str) -> dict[str, dict[int, bytes]]:
+    """The `pcrs:` section of tpm2_eventlog output (the rest of its YAML is not always valid YAML)."""
+    match = re.search(r"^pcrs:\n(.*)", text, re.S | re.M)
+    assert match is not None
+    out: dict[str, dict[int, bytes]] = {}
+    bank = None
+    for line in match.group(1).splitlines():
+        if m := re.match(r"^  (\w+):\s*$", line):
+            bank = m.group(1)
+            out[bank] = {}
+        elif m := re.match(r"^\s+(\d+)\s*:\s*0x([0-9a-fA-F]+)\s*$", line):
+            assert bank is not None
+            out[bank][int(m.group(1))] = bytes.fromhex(m.group(2))
+    return out
+
+
+def replayed(log: el.EventLog) -> dict[str, dict[int, bytes]]:
+    return {bank: values for bank, values in el.replay(log).pcrs.items() if values}
+
+
+def test_every_shared_log_is_covered():
+    names = {p.name for p in EVENTLOGS}
+    expected = {p.name.removesuffix(".yaml") for p in (SHARED / "eventlog" / "expected-tpm2-tools").glob("*.yaml")}
+    assert names == expected and len(names) >= 12
+
+
+@pytest.mark.parametrize("path", EVENTLOGS, ids=lambda p: p.name)
+def test_replay_equals_tpm2_tools_expected(path):
+    data = path.read_bytes()
+    log = el.parse(data, source=str(path))
+    expected = pcrs_from_tpm2_eventlog_yaml(
+        (SHARED / "eventlog" / "expected-tpm2-tools" / f"{path.name}.yaml").read_text())
+    assert replayed(log) == expected
+    # the format pair round-trips byte for byte
+    assert el.serialize(log) == data
+    assert el.parse(el.serialize(log)) == log
+
+
+def test_formats_detected():
+    sha1 = el.parse((SHARED / "eventlog" / "event-uefi-sha1-log.bin").read_bytes())
+    assert not sha1.crypto_agile and sha1.spec_id is None and sha1.banks == ("sha1",)
+    agile = el.parse((SHARED / "eventlog" / "event.bin").read_bytes())
+    assert agile.crypto_agile
+    assert agile.banks == ("sha1", "sha256", "sha384", "sha512")
+    vendor = el.parse((SHARED / "eventlog" / "specid-vendordata.bin").read_bytes())
+    assert vendor.spec_id is not None and vendor.spec_id.vendor_info == bytes.fromhex("deadbeef")
+    assert [a.digest_size for a in vendor.spec_id.algorithms] == [20, 32]
+
+
+@pytest.mark.parametrize("path", IMA_LOGS, ids=lambda p: p.name)
+def test_ima_sample_logs_equal_tpm2_eventlog_run_now(path):
+    out = tools.run("tpm2_eventlog", [path]).stdout.decode()
+    log = el.parse(path.read_bytes(), source=str(path))
+    assert replayed(log) == pcrs_from_tpm2_eventlog_yaml(out)
+    assert el.serialize(log) == path.read_bytes()
+
+
+def test_ima_sample_log_equals_the_real_tpms_sha1_bank():
+    # tsspcrread output from the machine that produced the log: PCRs 0-9 must match the replay
+    real = {}
+    for line in (SHARED / "ima" / "sample-tpm-2.0-pcrs-8-9").read_text().splitlines():
+        if m := re.match(r"^(\d+): ([0-9a-f]{40})$", line):
+            real[int(m.group(1))] = bytes.fromhex(m.group(2))
+    result = el.replay(el.parse(IMA_LOGS[0].read_bytes()))
+    for pcr in range(10):
+        assert result.value("sha1", pcr) == real[pcr], pcr
+    assert result.value("sha1", 14) == real[14]
+
+
+def test_build_replay_matches_manual_extend():
+    log = el.build([(7, 0x80000001, b"SecureBoot"), (7, 4, b"\0\0\0\0"), (4, 0x80000003, b"kernel")],
+                   banks=("sha1", "sha256"))
+    assert el.parse(el.serialize(log)) == log
+    pcr7 = b"\0" * 32
+    for data in (b"SecureBoot", b"\0\0\0\0"):
+        pcr7 = hashlib.sha256(pcr7 + hashlib.sha256(data).digest()).digest()
+    result = el.replay(log)
+    assert result.pcrs["sha256"][7] == pcr7
+    assert result.value("sha256", 0) == b"\0" * 32
+    assert result.value("sha256", 17) == b"\xff" * 32
+
+
+def test_startup_locality_sets_pcr0_initial_value():
+    log = el.build([(0, 8, b"crtm")], banks=("sha256",))
+    loc = el.Event(pcr=0, event_type=el.EV_NO_ACTION, digests=((0x000B, b"\0" * 32),),
+                   data=el.STARTUP_LOCALITY_SIGNATURE + b"\x03")
+    log = el.parse(el.serialize(el.EventLog(True, (log.events[0], loc, log.events[1]), log.spec_id)))
+    expected = hashlib.sha256(b"\0" * 31 + b"\x03" + hashlib.sha256(b"crtm").digest()).digest()
+    assert el.replay(log).pcrs["sha256"][0] == expected
+
+
+# ---- hostile input -------------------------------------------------------------------------------
+
+SMALL = (SHARED / "eventlog" / "event-uefivar.bin").read_bytes()
+
+
+def test_every_truncation_is_a_parse_error_naming_an_offset():
+    full = el.parse(SMALL)
+    boundaries = {ev.offset for ev in full.events[1:]}
+    for cut in range(0, len(SMALL)):
+        if cut in boundaries:  # a log has no event count: a cut between events is a shorter log
+            assert el.parse(SMALL[:cut]).events == tuple(e for e in full.events if e.offset < cut)
+            continue
+        with pytest.raises(ParseError) as info:
+            el.parse(SMALL[:cut], source="log")
+        assert str(info.value).startswith("log (offset ")
+
+
+def _agile_header(count: int = 1, algs: tuple[tuple[int, int], ...] = ((0x000B, 32),), vendor: bytes = b"") -> bytes:
+    spec = struct.pack("<16sIBBBBI", el.SPEC_ID_SIGNATURE, 0, 0, 2, 0, 2, count)
+    spec += b"".join(struct.pack("<HH", a, s) for a, s in algs) + bytes([len(vendor)]) + vendor
+    return struct.pack("<II", 0, 3) + b"\0" * 20 + struct.pack("<I", len(spec)) + spec
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (_agile_header(count=0xFFFFFFFF), "algorithms"),
+    (_agile_header(count=0), "algorithms"),
+    (_agile_header(algs=((0x000B, 20),)), "digest size"),
+    (_agile_header(count=2, algs=((0x000B, 32), (0x000B, 32))), "twice"),
+    (_agile_header() + struct.pack("<III", 0, 1, 0xFFFFFFFF), "4294967295 digests"),
+    (_agile_header() + struct.pack("<IIIH", 0, 1, 1, 0x0004) + b"\0" * 20 + struct.pack("<I", 0), "does not list"),
+    (_agile_header() + struct.pack("<IIIH", 0, 1, 1, 0x000B) + b"\0" * 32 + struct.pack("<I", 0xFFFFFFF0), "data"),
+    (_agile_header() + struct.pack("<IIIH", 99, 1, 1, 0x000B) + b"\0" * 32 + struct.pack("<I", 0), "PCR 99"),
+    (struct.pack("<II", 0, 1) + b"\0" * 20 + struct.pack("<I", 0x7FFFFFFF), "data"),
+])
+def test_hostile_headers_are_named(bad, needle):
+    with pytest.raises(ParseError) as info:
+        el.parse(bad, source="hostile.bin")
+    message = str(info.value)
+    assert message.startswith("hostile.bin (offset ") and needle in message and "\n" not in message
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_fuzz_random_bytes_only_parse_errors(data):
+    try:
+        log = el.parse(data)
+    except ParseError:
+        return
+    assert el.serialize(log) == data
+    el.replay(log)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(SMALL) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, len(SMALL)))
+def test_fuzz_mutated_real_log(mutations, cut):
+    data = bytearray(SMALL)
+    for pos, value in mutations:
+        data[pos] = value
+    data = bytes(data[:cut] if cut else data)
+    try:
+        log = el.parse(data)
+    except ParseError:
+        return
+    assert el.serialize(log) == data
+    el.replay(log)
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+
+def test_cli_eventlog_text_and_json(obelisk_cli):
+    path = SHARED / "eventlog" / "event-arch-linux.bin"
+    text = obelisk_cli("attest", "eventlog", "--format", "text", str(path))
+    assert text.returncode == 0, text.stderr
+    assert "EV_EFI_BOOT_SERVICES_APPLICATION" in text.stdout
+    expected = pcrs_from_tpm2_eventlog_yaml(
+        (SHARED / "eventlog" / "expected-tpm2-tools" / "event-arch-linux.bin.yaml").read_text())
+    assert pcrs_from_tpm2_eventlog_yaml(text.stdout[text.stdout.index("pcrs:"):]) == expected
+    js = obelisk_cli("attest", "eventlog", "--format", "json", "--no-events", "--bank", "sha256", str(path))
+    data = json.loads(js.stdout)
+    assert "events" not in data and list(data["pcrs"]) == ["sha256"]
+    assert data["pcrs"]["sha256"] == {str(k): v.hex() for k, v in expected["sha256"].items()}
+
+
+def test_cli_eventlog_bad_input_one_line(obelisk_cli, tmp_path):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(SMALL[:50])
+    res = obelisk_cli("attest", "eventlog", str(bad))
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "offset" in res.stderr and "Traceback" not in res.stderr
+    missing = obelisk_cli("attest", "eventlog", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_tpm2_tools_reads_what_obelisk_serializes(tmp_path):
+    # event types whose data tpm2_eventlog does not decode further
+    log = el.build([(4, 0x80000007, b"Calling EFI Application"), (5, 5, b"action"), (9, 0xD, b"cmdline")],
+                   banks=("sha1", "sha256", "sha384"))
+    path = tmp_path / "built.bin"
+    path.write_bytes(el.serialize(log))
+    out = subprocess.run([tools.which("tpm2_eventlog"), str(path)], capture_output=True, text=True, check=True).stdout
+    assert pcrs_from_tpm2_eventlog_yaml(out) == replayed(log)

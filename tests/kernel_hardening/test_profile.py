@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import pytest
+
+from obelisk.core.errors import InputError
+from obelisk.kernel_hardening.profile import available_profiles, load_profile, parse_version
+
+
+def test_builtin_profiles_load_with_sources_and_reasons():
+    assert {"kspp", "module-less"} <= set(available_profiles())
+    for name in available_profiles():
+        profile = load_profile(name)
+        assert profile.requirements
+        for req in profile.requirements:
+            assert req.source in ("kspp", "clipos", "grapheneos", "cis", "obelisk", "site")
+            assert len(req.why) > 10, req.name
+
+
+def test_module_less_extends_kspp_and_turns_modules_off():
+    ml = load_profile("module-less")
+    kspp = load_profile("kspp")
+    names = {r.name for r in ml.requirements}
+    assert {r.name for r in kspp.requirements} <= names
+    modules = ml.kconfig_request("CONFIG_MODULES")
+    assert modules is not None and modules.value == "n"
+    for must in ("CONFIG_IMA_APPRAISE", "CONFIG_SECURITY_LOCKDOWN_LSM", "CONFIG_SQUASHFS_XATTR",
+                 "CONFIG_TCG_TIS", "CONFIG_SYSTEM_TRUSTED_KEYRING", "CONFIG_IKCONFIG"):
+        assert ml.kconfig_request(must) is not None, must
+
+
+def test_renamed_options_resolve_per_version():
+    req = load_profile("kspp").kconfig_request("CONFIG_RETPOLINE")
+    assert req is not None and req.name == "CONFIG_MITIGATION_RETPOLINE"
+    assert req.name_for(parse_version("6.1.0")) == "CONFIG_RETPOLINE"
+    assert req.name_for(parse_version("6.9")) == "CONFIG_MITIGATION_RETPOLINE"
+    assert req.name_for(None) == "CONFIG_MITIGATION_RETPOLINE"
+    kmalloc = load_profile("kspp").kconfig_request("CONFIG_RANDOM_KMALLOC_CACHES")
+    assert not kmalloc.exists_in(parse_version("6.1")) and kmalloc.exists_in(parse_version("6.6.3"))
+
+
+def test_versions_stay_text():
+    # "5.10" must not become 5.1 when read from YAML
+    req = load_profile("kspp").kconfig_request("CONFIG_IOMMU_DEFAULT_DMA_STRICT")
+    assert req.since == (5, 13)
+    assert parse_version("5.10") == (5, 10)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because it is, colour: red}\n", "unknown field 'colour'"),
+    ("kconfig:\n  - {name: X, value: y, source: kspp, why: because it is}\n", "CONFIG_NAME"),
+    ("kconfig:\n  - {name: CONFIG_X, value: y, source: blog, why: because it is}\n", "source"),
+    ("kconfig:\n  - {name: CONFIG_X, source: kspp, why: because it is}\n", "exactly one of"),
+    ("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because, since: soon}\n", "not a kernel version"),
+    ("kernel:\n  - x\n", "unknown top-level field"),
+    ("- just a list\n", "mapping"),
+])
+def test_bad_profiles_name_the_field(tmp_path, body, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(InputError) as exc:
+        load_profile(str(path))
+    assert message in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_site_profile_extends_builtin_and_overrides(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("name: site\nextends: [module-less]\nkconfig:\n"
+                    "  - {name: CONFIG_RETPOLINE, value: n, source: site, why: measured on our fleet}\n")
+    profile = load_profile(str(path))
+    reqs = [r for r in profile.requirements if "CONFIG_RETPOLINE" in r.names]
+    assert len(reqs) == 1 and reqs[0].value == "n" and reqs[0].source == "site"
+
+
+def test_unknown_profile_is_one_line_exit_2(obelisk_cli, tmp_path):
+    cfg = tmp_path / "c"
+    cfg.write_text("CONFIG_X=y\n")
+    proc = obelisk_cli("kernel", "check", "--config", str(cfg), "--profile", "no-such-profile")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "unknown profile 'no-such-profile'" in proc.stderr
+    bad = tmp_path / "p.yaml"
+    bad.write_text("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because it is, optoin: 1}\n")
+    proc = obelisk_cli("kernel", "check", "--config", str(cfg), "--profile", str(bad))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "optoin" in proc.stderr

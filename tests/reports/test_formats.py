@@ -1,0 +1,215 @@
+"""Every machine format validated against its schema or validator, across every status."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from lxml import etree
+
+from obelisk.core.errors import InputError
+from obelisk.core.findings import Report, Status
+from obelisk.reports.cci import load_cci_list
+from obelisk.reports.model import load_bundle
+from obelisk.reports.options import RenderOptions
+from obelisk.reports.render import FORMATS, render
+from obelisk.reports.stig_benchmark import load_stig_benchmark
+
+
+def test_fixture_has_every_status(bundle):
+    assert {f.status for f in bundle.report.findings} == set(Status)
+
+
+def test_merge_keeps_every_finding_and_the_node_subject(bundle, results_files):
+    assert len(bundle.report.findings) == 12
+    assert bundle.report.subject.kind == "node"
+    attrs = dict(bundle.report.subject.attributes)
+    assert attrs["kernel.digest"] == "sha256:" + "cd" * 32
+    assert bundle.report.generated_at == "2026-11-24T04:12:30Z"  # latest scan, not render time
+    assert [s.path for s in bundle.sources] == [p.name for p in results_files]
+
+
+def test_json_round_trips_as_results_file(bundle):
+    out = render(bundle, "json")
+    again = Report.loads(out)
+    assert again.findings == bundle.report.findings
+    assert json.loads(out)["sources"][0]["sha256"] == bundle.sources[0].sha256
+
+
+@pytest.fixture(scope="module")
+def sarif_validator(shared_dir):
+    import jsonschema
+
+    schema = json.loads((shared_dir / "schemas" / "sarif-schema-2.1.0.json").read_text())
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_sarif_validates_and_maps_statuses(bundle, sarif_validator):
+    doc = json.loads(render(bundle, "sarif"))
+    errors = sorted(sarif_validator.iter_errors(doc), key=str)
+    assert not errors, errors[0]
+    results = doc["runs"][0]["results"]
+    assert len(results) == len(bundle.report.findings)
+    by_id = {r["ruleId"]: r for r in results}
+    assert by_id["stig-V-242381"]["kind"] == "fail" and by_id["stig-V-242381"]["level"] == "error"
+    assert by_id["cis-1.2.7"]["kind"] == "pass" and by_id["cis-1.2.7"]["level"] == "none"
+    assert by_id["cis-1.2.16"]["suppressions"][0]["status"] == "accepted"
+    assert by_id["cis-5.1.1"]["kind"] == "review"
+    assert by_id["cis-1.1.9"]["kind"] == "notApplicable"
+    loc = by_id["stig-V-242381"]["locations"][0]["physicalLocation"]
+    assert loc["artifactLocation"]["uri"] == "file:///etc/kubernetes/manifests/kube-controller-manager.yaml"
+    assert loc["region"]["startLine"] == 23
+
+
+def test_sarif_detects_invalid_document(sarif_validator):
+    # The validator itself must be able to fail: a result without a message is invalid.
+    doc = {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "x"}}, "results": [{"ruleId": "a"}]}]}
+    assert list(sarif_validator.iter_errors(doc))
+
+
+def _validate_oscal(doc):
+    from trestle.oscal.assessment_results import AssessmentResults
+
+    return AssessmentResults.model_validate(doc["assessment-results"])
+
+
+def test_oscal_validates_with_trestle(bundle):
+    doc = json.loads(render(bundle, "oscal"))
+    model = _validate_oscal(doc)
+    result = model.results[0]
+    assert len(result.observations) == len(bundle.report.findings)
+    targets = {f.target.target_id: f.target.status.state.value for f in result.findings}
+    assert targets["ac-3_obj"] == "not-satisfied"  # V-242387 failed
+    assert targets["cm-7_obj"] == "satisfied"
+    assert targets["au-12_obj"] == "not-satisfied"  # waived is an accepted risk, not satisfied
+    assert targets["ac-2.1_obj"] == "not-satisfied"
+
+
+def test_oscal_with_cci_list_maps_more_controls(bundle, cci_list):
+    cci_map = load_cci_list(cci_list)
+    assert cci_map["CCI-000068"] == ("ac-17.2",)
+    doc = json.loads(render(bundle, "oscal", RenderOptions(cci_map=cci_map)))
+    _validate_oscal(doc)
+    controls = [c["control-id"] for c in
+                doc["assessment-results"]["results"][0]["reviewed-controls"]["control-selections"][0]
+                ["include-controls"]]
+    assert "ac-17.2" in controls and "ac-3" in controls
+
+
+def test_oscal_invalid_document_is_rejected(bundle):
+    import pydantic
+
+    doc = json.loads(render(bundle, "oscal"))
+    doc["assessment-results"]["results"][0]["observations"][0]["uuid"] = "not-a-uuid"
+    with pytest.raises(pydantic.ValidationError):
+        _validate_oscal(doc)
+
+
+@pytest.fixture(scope="module")
+def ckl_schema(shared_dir):
+    return etree.XMLSchema(etree.parse(str(shared_dir / "schemas" / "U_Checklist_Schema_V2.xsd")))
+
+
+def _vulns(root):
+    out = {}
+    for vuln in root.iter("VULN"):
+        attrs = {}
+        for sd in vuln.findall("STIG_DATA"):
+            attrs.setdefault(sd.findtext("VULN_ATTRIBUTE"), []).append(sd.findtext("ATTRIBUTE_DATA") or "")
+        out[attrs["Vuln_Num"][0]] = (vuln.findtext("STATUS"), attrs, vuln)
+    return out
+
+
+def test_ckl_validates_against_disa_schema(bundle, ckl_schema):
+    root = etree.fromstring(render(bundle, "ckl"))
+    ckl_schema.assertValid(root)
+    vulns = _vulns(root)
+    assert vulns["V-242381"][0] == "Open"
+    assert vulns["V-242382"][0] == "NotAFinding"
+    assert vulns["V-242402"][0] == "Open"  # waived: open with the exception in the comments
+    assert "J. Rivera" in vulns["V-242402"][2].findtext("COMMENTS")
+    assert vulns["V-242379"][0] == "Not_Reviewed"  # error: could not be evaluated
+    assert vulns["V-242381"][1]["CCI_REF"] == ["CCI-000015"]
+    assert "use-service-account-credentials=false" in vulns["V-242381"][2].findtext("FINDING_DETAILS")
+
+
+def test_ckl_with_disa_benchmark_has_every_rule_and_disa_text(bundle, ckl_schema, stig_xccdf):
+    bench = load_stig_benchmark(stig_xccdf)
+    root = etree.fromstring(render(bundle, "ckl", RenderOptions(stig_benchmark=bench)))
+    ckl_schema.assertValid(root)
+    vulns = _vulns(root)
+    assert len(vulns) == len(bench.rules) == 95
+    rule = bench.by_vuln_id()["V-242381"]
+    status, attrs, _ = vulns["V-242381"]
+    assert status == "Open"
+    assert attrs["Rule_Title"] == [rule.title] and attrs["Check_Content"] == [rule.check]
+    assert attrs["Fix_Text"] == [rule.fix] and attrs["Rule_ID"] == [rule.rule_id]
+    # A rule obelisk has no check for is Not_Reviewed, never silently passed.
+    assert vulns["V-242376"][0] == "Not_Reviewed"
+    info = {si.findtext("SID_NAME"): si.findtext("SID_DATA") for si in root.iter("SI_DATA")}
+    assert info["releaseinfo"].startswith("Release: 9")
+
+
+def test_ckl_schema_rejects_bad_status(bundle, ckl_schema):
+    root = etree.fromstring(render(bundle, "ckl"))
+    root.find(".//VULN/STATUS").text = "Passed"
+    assert not ckl_schema.validate(root)
+
+
+def test_cklb_structure_matches_ckl(bundle, stig_xccdf):
+    bench = load_stig_benchmark(stig_xccdf)
+    doc = json.loads(render(bundle, "cklb", RenderOptions(stig_benchmark=bench)))
+    stig = doc["stigs"][0]
+    rules = {r["group_id"]: r for r in stig["rules"]}
+    assert stig["size"] == len(rules) == 95
+    assert rules["V-242381"]["status"] == "open"
+    assert rules["V-242382"]["status"] == "not_a_finding"
+    assert rules["V-242376"]["status"] == "not_reviewed"
+    assert rules["V-242381"]["rule_id"] == "SV-242381r879522"
+    assert rules["V-242381"]["rule_id_src"] == "SV-242381r879522_rule"
+    assert rules["V-242381"]["ccis"] == ["CCI-000015"]
+    assert doc["target_data"]["host_name"] == "worker-01.prod.example"
+    assert all(r["stig_uuid"] == stig["uuid"] for r in stig["rules"])
+    assert {r["status"] for r in stig["rules"]} <= {"not_a_finding", "open", "not_applicable", "not_reviewed"}
+
+
+def test_junit_counts(bundle):
+    root = etree.fromstring(render(bundle, "junit"))
+    assert root.get("tests") == "12"
+    assert int(root.get("failures")) == sum(f.status is Status.FAIL for f in bundle.report.findings)
+    assert int(root.get("errors")) == 1
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    assert set(suites) == {"cis-1.12", "stig-k8s", "kernel-hardening", "attestation", "ima"}
+    waived = [c for c in root.iter("testcase") if c.get("name").startswith("cis-1.2.16")][0]
+    assert "J. Rivera" in waived.find("skipped").get("message")
+
+
+def test_csv_has_a_row_per_finding_and_defuses_formulas(bundle, tmp_path):
+    from dataclasses import replace
+
+    from obelisk.reports.model import Bundle
+
+    hostile = replace(bundle.report.findings[0], observed="=HYPERLINK(\"http://x\")", expected="-1")
+    b = Bundle(report=bundle.report.with_findings((hostile, *bundle.report.findings[1:])))
+    text = render(b, "csv").decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 12
+    assert rows[0]["observed"].startswith("'=")
+    assert rows[0]["expected"] == "-1"
+    assert rows[1]["stig"] == "V-242381" and rows[1]["cci"] == "CCI-000015"
+    assert rows[2]["waiver_approver"] == "J. Rivera (CISO office)"
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_format_renders_an_empty_report(fmt, tmp_path):
+    from tests.reports.samples import NODE
+
+    path = tmp_path / "empty.json"
+    path.write_text(Report(findings=(), subject=NODE, generated_at="2026-11-24T04:00:00Z").dumps())
+    if fmt in ("ckl", "cklb"):  # a checklist needs STIG rules: from findings or DISA's benchmark
+        with pytest.raises(InputError, match="--stig-benchmark"):
+            render(load_bundle([path]), fmt)
+    else:
+        assert render(load_bundle([path]), fmt)
