@@ -246,7 +246,7 @@ def _select_files(ctx: Context, selector: str) -> tuple[list[str], str]:
             return list(files), "no kubelet.service unit"
         if arg == "config":
             assert kc is not None
-            files = ([kc.config_file] if kc.config_file else []) + [p for p, _ in kc.layers if p != kc.config_file]
+            files = ([kc.config_file] if kc.config_file else []) + kc.files
             return list(dict.fromkeys(files)), "kubelet runs without a --config file"
         if arg == "kubeconfig":
             value = comp.flag("kubeconfig")

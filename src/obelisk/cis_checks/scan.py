@@ -21,6 +21,9 @@ from obelisk.core.waivers import apply_waivers
 MANUAL_NOTE = "CIS classifies this recommendation as Manual; obelisk evaluated it from the node's own configuration."
 
 
+_PATH_SELECTORS = ("manifest:", "path:", "tree:", "glob:")
+
+
 def _applicability(check: Check, node: NodeView) -> Outcome | None:
     """An outcome when the check cannot run here (manual, component absent, unreadable input)."""
     comp = check.component
@@ -32,8 +35,8 @@ def _applicability(check: Check, node: NodeView) -> Outcome | None:
         problems = node.component_problems(comp)
         if not problems:
             return Outcome(Status.SKIP, detail=f"{comp} does not run on this node")
-        if check.test.get("kind") == "file" and str(check.test.get("file", "")).startswith("manifest:"):
-            return None  # the manifest's mode and owner can be checked even when its content is broken
+        if check.test.get("kind") == "file" and str(check.test.get("file", "")).startswith(_PATH_SELECTORS):
+            return None  # files named without the component's flags can be checked even when its manifest is broken
         return Outcome(Status.ERROR, detail="; ".join(f"{p.path}: {p.message}" for p in problems),
                        evidence=tuple(Evidence("file", p.path, p.message) for p in problems),
                        target=problems[0].path)
