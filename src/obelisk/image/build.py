@@ -213,6 +213,7 @@ def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
     extras = node_files(plan)
     inputs = {
         "base": base.name,
+        "agent": tree_digest(AGENT_PACKAGE) if (base / "root" / "usr/bin/python3").exists() else None,
         "overlay": tree_digest(spec.rootfs.overlay) if spec.rootfs.overlay else None,
         "extras": [[f.path, f.mode, hashlib.sha256(f.data).hexdigest()] for f in extras],
         "permissions": [p.to_json() for p in spec.rootfs.permissions],
@@ -227,10 +228,22 @@ def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
         if spec.rootfs.overlay:
             shutil.copytree(spec.rootfs.overlay, root, symlinks=True, dirs_exist_ok=True)
         rootfs.add_files(root, extras)
+        if (root / "usr/bin/python3").exists():
+            install_agent(root)
         rootfs.check_no_login(root)
         rootfs.normalize_modes(root, spec.rootfs.permissions)
 
     return cache.run("rootfs", inputs, produce)
+
+
+AGENT_PACKAGE = Path(__file__).resolve().parent.parent  # the obelisk package the agent runs from
+
+
+def install_agent(root: Path) -> None:
+    """obelisk's Python package under /usr/lib/obelisk/python, for the node agent (signed like the rest)."""
+    dest = root / "usr/lib/obelisk/python/obelisk"
+    shutil.copytree(AGENT_PACKAGE, dest, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
 
 
 def step_sign(plan: Plan, tree: Path, cache: StepCache, quiet: bool) -> tuple[Path, bool]:
