@@ -126,7 +126,7 @@ def test_a_file_that_cannot_be_read_while_signing_is_named(tmp_path, rsa_keys):
 
     files = [TreeFile(str(tmp_path), str(tmp_path / "vanished"), b"vanished")]
     with pytest.raises(InputError, match="vanished"):
-        sign_files(files, load_signing_key(str(rsa_keys.ima_key)), b"1234", hashalgo.by_name("sha256"), jobs=1,
+        sign_files(iter(files), load_signing_key(str(rsa_keys.ima_key)), b"1234", hashalgo.by_name("sha256"), jobs=1,
                    write_xattr=True, quiet=True)
 
 
