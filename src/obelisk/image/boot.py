@@ -61,7 +61,8 @@ def free_port() -> int:
 def kernel_cmdline(manifest: dict[str, Any], extra: tuple[str, ...] = ()) -> str:
     spec = manifest.get("spec", {})
     base = list(spec.get("kernel", {}).get("cmdline") or ["console=ttyS0"])
-    base += ["panic=-1", "obelisk.root=/dev/vda", "obelisk.var=/dev/vdb",
+    # initramfs_async=0: the initramfs is unpacked before IMA loads /etc/keys/x509_ima.der from it.
+    base += ["panic=-1", "initramfs_async=0", "obelisk.root=/dev/vda", "obelisk.var=/dev/vdb",
              f"ip={GUEST_IP}::10.0.2.2:255.255.255.0::eth0:off",
              f"obelisk.image={manifest.get('image', {}).get('name', '')}"]
     if (spec.get("ima") or {}).get("policy", "none") != "none":

@@ -98,6 +98,11 @@ def _load_keys(spec: Spec) -> Keys | None:
 def _render_policy(spec: Spec) -> bytes | None:
     if spec.ima.policy == "none":
         return None
+    if spec.ima.policy == "custom":
+        try:
+            return Path(spec.ima.policy_file).read_bytes()
+        except OSError as exc:
+            raise SpecError(spec.source, "ima.policy_file", f"cannot read: {exc.strerror}") from None
     try:
         from obelisk.ima_policy import profiles  # type: ignore[attr-defined]
     except ImportError:
@@ -148,7 +153,8 @@ def step_base(plan: Plan, cache: StepCache) -> tuple[Path, bool]:
     elif s.base == "tarball":
         inputs["tarball"] = file_digest(s.path)
     else:
-        inputs.update(suite=s.suite, mirror=s.mirror, packages=list(s.packages), epoch=plan.spec.source_date_epoch)
+        inputs.update(suite=s.suite, mirror=s.mirror, packages=list(s.packages), epoch=plan.spec.source_date_epoch,
+                      recipe=rootfs.MMDEBSTRAP_RECIPE)
 
     def produce(out: Path) -> None:
         root = out / "root"
