@@ -10,11 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from obelisk.core import atomic
-from obelisk.core.findings import Report
-from obelisk.core.textreport import render_text
+
+if TYPE_CHECKING:  # imported lazily: commands that only sign should not pay for the result model
+    from obelisk.core.findings import Report
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +41,10 @@ def _write(args: argparse.Namespace, text: str) -> None:
         sys.stdout.flush()
 
 
-def emit_report(args: argparse.Namespace, report: Report) -> int:
+def emit_report(args: argparse.Namespace, report: "Report") -> int:
     """Render `report` as asked; return the exit code (0 all passed, 1 something failed)."""
+    from obelisk.core.textreport import render_text
+
     if output_format(args) == "json":
         _write(args, report.dumps())
     else:

@@ -34,6 +34,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("spec", metavar="SPEC.yaml")
     c.set_defaults(handler=_check_spec)
 
+    attest = subcommand_group(sub, "attest", "TPM attestation: quotes, event logs, evidence, nodes")
+    n = attest.add_parser("node", help="attest a running node: fresh nonce, evidence over mTLS, verify vs manifest")
+    n.add_argument("url", metavar="URL", help="the agent, https://HOST:PORT")
+    n.add_argument("--manifest", required=True, help="the image's manifest.json")
+    n.add_argument("--ca", required=True, help="customer CA: the agent's certificate must chain to it")
+    n.add_argument("--cert", required=True, help="the verifier's client certificate (issued by the CA)")
+    n.add_argument("--key", required=True, help="the client certificate's key")
+    n.add_argument("--ak", required=True, help="the node's AK record (from enrollment / obelisk boot)")
+    n.add_argument("--ek", help="the node's EK public area, to check the AK's qualified name")
+    n.add_argument("--state", help="file keeping the last quote's clock/reset counters (never go backwards)")
+    n.add_argument("--no-scan", action="store_true", help="skip the node's CIS/STIG scan")
+    add_output_options(n)
+    n.set_defaults(handler=_attest_node)
+    a = attest.add_parser("agent", help="run the node agent (HTTPS, mutual TLS, read-only)")
+    a.add_argument("--config", required=True, help="agent.json: cert, key, client_ca, port, tcti, ...")
+    a.add_argument("--port", type=int)
+    a.set_defaults(handler=_attest_agent)
+    t = attest.add_parser("issue-cert", help="issue a TLS certificate for an agent (--server) or a verifier")
+    t.add_argument("--ca", required=True, help="customer CA certificate")
+    t.add_argument("--ca-key", required=True, help="customer CA private key")
+    t.add_argument("--out", required=True, metavar="DIR", help="writes agent.pem/agent.key or client.pem/client.key")
+    t.add_argument("--name", default="obelisk", help="certificate common name")
+    t.add_argument("--server", action="store_true", help="a server certificate for the agent")
+    t.add_argument("--host", action="append", help="agent host names / addresses (default 127.0.0.1, localhost)")
+    t.set_defaults(handler=_issue_cert)
+
 
 def _build(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -91,4 +117,30 @@ def _check_spec(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     print(f"{args.spec}: valid ({spec.name} {spec.version})")
+    return 0
+
+
+def _attest_node(args: argparse.Namespace) -> int:
+    from obelisk.attest.agent_client import AgentEndpoint, attest_node
+
+    endpoint = AgentEndpoint(args.url, ca=args.ca, cert=args.cert, key=args.key)
+    report = attest_node(endpoint, manifest=args.manifest, ak=args.ak, ek=args.ek, state=args.state,
+                         scan=not args.no_scan)
+    return emit_report(args, report)
+
+
+def _attest_agent(args: argparse.Namespace) -> int:
+    from obelisk.attest.agent import main
+
+    return main(["--config", args.config] + (["--port", str(args.port)] if args.port else []))
+
+
+def _issue_cert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from obelisk.attest.agent_certs import issue
+
+    hosts = tuple(args.host) if args.host else ("127.0.0.1", "localhost")
+    issued = issue(Path(args.ca), Path(args.ca_key), Path(args.out), args.name, server=args.server, hosts=hosts)
+    print(f"certificate {issued.cert}, key {issued.key} (0600)")
     return 0

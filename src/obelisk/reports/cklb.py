@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from obelisk.reports.checklist import (NOT_A_FINDING, NOT_APPLICABLE, NOT_REVIEWED, OPEN, Checklist,
                                        build_checklist, stable_uuid)
 from obelisk.reports.model import Bundle
-from obelisk.reports.options import RenderOptions
+from obelisk.reports.options import RenderOptions, dump_json
 
 STATUS = {NOT_A_FINDING: "not_a_finding", OPEN: "open", NOT_APPLICABLE: "not_applicable",
           NOT_REVIEWED: "not_reviewed"}
@@ -15,8 +13,7 @@ STATUS = {NOT_A_FINDING: "not_a_finding", OPEN: "open", NOT_APPLICABLE: "not_app
 
 def render(bundle: Bundle, options: RenderOptions) -> bytes:
     checklist = build_checklist(bundle.report, options.stig_benchmark)
-    return (json.dumps(to_json(checklist, bundle.report.generated_at), indent=2, ensure_ascii=False)
-            + "\n").encode("utf-8")
+    return dump_json(to_json(checklist, bundle.report.generated_at), len(checklist.entries))
 
 
 def to_json(checklist: Checklist, when: str) -> dict:

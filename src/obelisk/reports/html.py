@@ -12,7 +12,7 @@ from collections import Counter
 from functools import lru_cache
 from importlib import resources
 
-from obelisk.core.findings import Finding, Severity, Status
+from obelisk.core.findings import Severity, Status
 from obelisk.reports.model import SEVERITY_ORDER, STATUS_ORDER, Bundle, sort_key
 from obelisk.reports.options import RenderOptions
 
@@ -156,7 +156,3 @@ def read_meta(html: bytes) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def finding_anchor(f: Finding, index: int) -> str:
-    return f"f{index}"

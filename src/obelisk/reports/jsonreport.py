@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from obelisk.reports.model import Bundle
-from obelisk.reports.options import RenderOptions
+from obelisk.reports.options import RenderOptions, dump_json
 
 
 def render(bundle: Bundle, options: RenderOptions) -> bytes:
@@ -15,4 +13,4 @@ def render(bundle: Bundle, options: RenderOptions) -> bytes:
         data["sources"] = [{"path": s.path, "sha256": s.sha256, "command": s.command,
                             "generated_at": s.generated_at, "subject": s.subject.to_json(),
                             "findings": s.findings} for s in bundle.sources]
-    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return dump_json(data, len(bundle.report.findings))

@@ -13,3 +13,15 @@ class RenderOptions:
     cci_map: dict[str, tuple[str, ...]] = field(default_factory=dict)
     rendered_at: str = ""  # when the document was produced (RFC 3339); the scan time is in the report
     title: str = ""
+
+
+# Above this many findings, JSON formats are written without indentation: CPython's C encoder
+# only runs without `indent`, and a 10,000-finding OSCAL document is read by tools, not people.
+PRETTY_JSON_LIMIT = 2000
+
+
+def dump_json(doc: object, findings: int) -> bytes:
+    import json
+
+    indent = 2 if findings <= PRETTY_JSON_LIMIT else None
+    return (json.dumps(doc, indent=indent, ensure_ascii=False) + "\n").encode("utf-8")

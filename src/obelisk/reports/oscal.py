@@ -10,13 +10,11 @@ control not-satisfied with the waiver named: an accepted risk is not a satisfied
 
 from __future__ import annotations
 
-import json
-
 from obelisk.core.findings import Finding, Status
 from obelisk.reports.cci import display_control, finding_controls
 from obelisk.reports.checklist import stable_uuid
 from obelisk.reports.model import Bundle
-from obelisk.reports.options import RenderOptions
+from obelisk.reports.options import RenderOptions, dump_json
 
 NS = "https://obelisk.dev/ns/oscal"
 _FALLBACK_OSCAL_VERSION = "1.1.2"
@@ -187,4 +185,4 @@ def _control_sort(control: str) -> tuple:
 
 
 def render(bundle: Bundle, options: RenderOptions) -> bytes:
-    return (json.dumps(to_json(bundle, options), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return dump_json(to_json(bundle, options), len(bundle.report.findings))

@@ -7,13 +7,12 @@ dashboard sees what was checked, not only what failed. A waiver is a SARIF suppr
 
 from __future__ import annotations
 
-import json
 from pathlib import PurePosixPath
 from urllib.parse import quote
 
 from obelisk.core.findings import Finding, Severity, Status
 from obelisk.reports.model import Bundle
-from obelisk.reports.options import RenderOptions
+from obelisk.reports.options import RenderOptions, dump_json
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/obelisk/obelisk"
@@ -117,4 +116,4 @@ def render(bundle: Bundle, options: RenderOptions) -> bytes:
             "results": results,
         }],
     }
-    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return dump_json(doc, len(report.findings))

@@ -8,9 +8,9 @@ into `security.ima` or, with an xattr file, into a `getfattr --dump` file that
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +20,10 @@ from obelisk.core import atomic
 from obelisk.core.errors import InputError
 from obelisk.core.progress import progress
 from obelisk.signer import hashalgo, imasig, xattrfile
+from obelisk.signer.filedigest import digest_fd, open_file
 from obelisk.signer.hashalgo import HashAlgo
 from obelisk.signer.keys import SigningKey, check_key_matches_certificate, ima_key_id
-from obelisk.signer.tree import TreeFile, walk
+from obelisk.signer.tree import TreeFile, TreeWalk, check_roots, iter_files
 
 XATTR_NAME = "security.ima"
 _CHUNK = 64
@@ -41,60 +42,76 @@ class SignSummary:
                 "xattr_file": self.xattr_file}
 
 
-def file_digest(path: str, algo: HashAlgo) -> bytes:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, algo.name).digest()
-
-
 def sign_digest_value(key: SigningKey, key_id: bytes, algo: HashAlgo, digest: bytes) -> bytes:
     """The `security.ima` bytes for a file with `digest`."""
     signature = key.sign_digest(digest, algo)
     return imasig.serialize(imasig.ImaSignature(2, algo, key_id, signature))
 
 
-# Worker state, inherited through fork: the key is loaded once in the parent.
+# Worker state, inherited through fork: the key is loaded once, in the parent.
 _W: dict[str, object] = {}
 
 
-def _sign_chunk(chunk: list[tuple[int, str]]) -> tuple[list[tuple[int, bytes]], list[str]]:
+def _sign_chunk(chunk: list[tuple[bytes, str]]) -> tuple[int, list[tuple[bytes, bytes]], list[str]]:
     key: SigningKey = _W["key"]  # type: ignore[assignment]
     key_id: bytes = _W["key_id"]  # type: ignore[assignment]
     algo: HashAlgo = _W["algo"]  # type: ignore[assignment]
     write_xattr = bool(_W["write_xattr"])
-    out: list[tuple[int, bytes]] = []
+    out: list[tuple[bytes, bytes]] = []
     errors: list[str] = []
-    for index, path in chunk:
+    done = 0
+    for relpath, path in chunk:
         try:
-            value = sign_digest_value(key, key_id, algo, file_digest(path, algo))
-            if write_xattr:
-                os.setxattr(path, XATTR_NAME, value, follow_symlinks=False)
-            else:
-                out.append((index, value))
+            fd = open_file(path)
+            try:
+                value = sign_digest_value(key, key_id, algo, digest_fd(fd, algo))
+                if write_xattr:
+                    os.setxattr(fd, XATTR_NAME, value)
+                else:
+                    out.append((relpath, value))
+            finally:
+                os.close(fd)
+            done += 1
         except OSError as exc:
             errors.append(f"{path}: {exc.strerror or exc}")
-    return out, errors
+    return done, out, errors
 
 
-def sign_files(files: list[TreeFile], key: SigningKey, key_id: bytes, algo: HashAlgo, *, jobs: int,
-               write_xattr: bool, quiet: bool = False, in_process: bool = False) -> dict[int, bytes]:
-    """Sign `files`; returns index -> xattr value when not writing xattrs. Raises InputError on any failure."""
+def _chunks(files: Iterable[TreeFile], size: int) -> Iterator[list[tuple[bytes, str]]]:
+    chunk: list[tuple[bytes, str]] = []
+    for f in files:
+        chunk.append((f.relpath, f.path))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def sign_files(files: Iterable[TreeFile], key: SigningKey, key_id: bytes, algo: HashAlgo, *, jobs: int,
+               write_xattr: bool, quiet: bool = False, in_process: bool = False,
+               total: int | None = None) -> tuple[int, dict[bytes, bytes]]:
+    """Sign `files` (streamed); returns (count, relpath -> xattr value when not writing xattrs).
+
+    Raises InputError naming the first file that could not be signed.
+    """
     _W.update(key=key, key_id=key_id, algo=algo, write_xattr=write_xattr)
-    work = [(i, f.path) for i, f in enumerate(files)]
-    chunks = [work[i:i + _CHUNK] for i in range(0, len(work), _CHUNK)]
-    values: dict[int, bytes] = {}
+    values: dict[bytes, bytes] = {}
     errors: list[str] = []
-    with progress("signing files", total=len(files), quiet=quiet) as bar:
-        if in_process or jobs <= 1 or len(chunks) <= 1:
-            results = map(_sign_chunk, chunks)
-            pool = None
+    count = 0
+    with progress("signing files", total=total, quiet=quiet) as bar:
+        pool = None
+        if in_process or jobs <= 1:
+            results: Iterable[tuple[int, list[tuple[bytes, bytes]], list[str]]] = map(_sign_chunk, _chunks(files, _CHUNK))
         else:
             pool = multiprocessing.get_context("fork").Pool(processes=jobs)
-            results = pool.imap_unordered(_sign_chunk, chunks)
+            results = pool.imap_unordered(_sign_chunk, _chunks(files, _CHUNK))
         try:
-            for out, errs in results:
+            for done, out, errs in results:
+                count += done
                 values.update(out)
                 errors.extend(errs)
-                bar.advance(len(out) if out else 0)
+                bar.advance(done)
         finally:
             if pool is not None:
                 pool.close()
@@ -103,7 +120,7 @@ def sign_files(files: list[TreeFile], key: SigningKey, key_id: bytes, algo: Hash
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise InputError(f"cannot sign {errors[0]}{more}")
-    return values
+    return count, values
 
 
 def sign_tree(paths: list[str], key: SigningKey, cert: x509.Certificate, *, hash_name: str = "sha256",
@@ -114,17 +131,16 @@ def sign_tree(paths: list[str], key: SigningKey, cert: x509.Certificate, *, hash
     algo = hashalgo.by_name(hash_name)
     check_key_matches_certificate(key, cert, cert_source)
     key_id = ima_key_id(cert, cert_source)
-    tree = walk(paths)
-    if tree.errors:
-        raise InputError(f"cannot read {tree.errors[0]}")
-    if xattr_file is not None and len(paths) > 1:
-        roots = {os.path.abspath(p) for p in paths}
-        if len(roots) > 1:
-            raise InputError("--xattr-file takes one PATH: its entries are relative to that directory")
-    values = sign_files(tree.files, key, key_id, algo, jobs=jobs or os.cpu_count() or 1,
-                        write_xattr=xattr_file is None, quiet=quiet, in_process=in_process)
+    if xattr_file is not None and len({os.path.abspath(p) for p in paths}) > 1:
+        raise InputError("--xattr-file takes one PATH: its entries are relative to that directory")
+    check_roots(paths)
+    stats = TreeWalk()
+    count, values = sign_files(iter_files(paths, stats), key, key_id, algo, jobs=jobs or os.cpu_count() or 1,
+                               write_xattr=xattr_file is None, quiet=quiet, in_process=in_process)
+    if stats.errors:
+        raise InputError(f"cannot read {stats.errors[0]}")
     if xattr_file is not None:
-        records = [xattrfile.XattrRecord(f.relpath, ((XATTR_NAME, values[i]),)) for i, f in enumerate(tree.files)]
+        records = [xattrfile.XattrRecord(rel, ((XATTR_NAME, values[rel]),)) for rel in sorted(values)]
         atomic.write_bytes(Path(xattr_file), xattrfile.serialize(records))
-    return SignSummary(signed=len(tree.files), skipped=dict(tree.skipped), hash_algo=algo.name,
+    return SignSummary(signed=count, skipped=dict(stats.skipped), hash_algo=algo.name,
                        key_id=key_id.hex(), xattr_file=xattr_file)

@@ -1,10 +1,15 @@
-"""Walking the trees to sign or verify: regular files only, in a stable order."""
+"""Walking the trees to sign or verify: regular files only.
+
+`iter_files` streams files as directories are read, so signing starts at once;
+`walk` collects them in a stable, sorted order.
+"""
 
 from __future__ import annotations
 
 import os
 import stat
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from obelisk.core.errors import InputError
@@ -13,7 +18,7 @@ from obelisk.core.errors import InputError
 @dataclass(frozen=True)
 class TreeFile:
     root: str  # the PATH given on the command line
-    path: str  # absolute or root-joined path to open
+    path: str  # root-joined path to open
     relpath: bytes  # relative to root, raw bytes (what the xattr dump names)
 
 
@@ -36,44 +41,58 @@ def _kind(mode: int) -> str:
     return "other"
 
 
-def walk(paths: list[str]) -> TreeWalk:
-    """Collect regular files under each path (a file path stands for itself), sorted by path."""
-    result = TreeWalk()
+def check_roots(paths: list[str]) -> None:
+    """Fail early, before any work, on a PATH that does not exist."""
+    for root in paths:
+        try:
+            os.lstat(root)
+        except OSError as exc:
+            raise InputError(f"cannot read: {exc.strerror}", source=root) from None
+
+
+def iter_files(paths: list[str], stats: TreeWalk) -> Iterator[TreeFile]:
+    """Yield regular files under each path (a file path stands for itself); count what is skipped."""
     for root in paths:
         try:
             st = os.lstat(root)
         except OSError as exc:
             raise InputError(f"cannot read: {exc.strerror}", source=root) from None
         if stat.S_ISREG(st.st_mode):
-            result.files.append(TreeFile(root, root, os.fsencode(os.path.basename(root))))
+            yield TreeFile(root, root, os.fsencode(os.path.basename(root)))
             continue
         if not stat.S_ISDIR(st.st_mode):
-            result.skipped[_kind(st.st_mode)] += 1
+            stats.skipped[_kind(st.st_mode)] += 1
             continue
         stack = [b""]
         root_b = os.fsencode(root)
-        found: list[TreeFile] = []
         while stack:
             rel = stack.pop()
             directory = os.path.join(root_b, rel) if rel else root_b
             try:
                 entries = list(os.scandir(directory))
             except OSError as exc:
-                result.errors.append(f"{os.fsdecode(directory)}: {exc.strerror}")
+                stats.errors.append(f"{os.fsdecode(directory)}: {exc.strerror}")
                 continue
             for entry in entries:
                 child = os.path.join(rel, entry.name) if rel else entry.name
                 try:
-                    mode = entry.stat(follow_symlinks=False).st_mode
+                    # d_type answers these without a stat call on most filesystems
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(child)
+                    elif entry.is_file(follow_symlinks=False):
+                        yield TreeFile(root, os.fsdecode(entry.path), child)
+                    else:
+                        stats.skipped[_kind(entry.stat(follow_symlinks=False).st_mode)] += 1
                 except OSError as exc:
-                    result.errors.append(f"{os.fsdecode(entry.path)}: {exc.strerror}")
-                    continue
-                if stat.S_ISDIR(mode):
-                    stack.append(child)
-                elif stat.S_ISREG(mode):
-                    found.append(TreeFile(root, os.fsdecode(entry.path), child))
-                else:
-                    result.skipped[_kind(mode)] += 1
-        found.sort(key=lambda f: f.relpath)
-        result.files.extend(found)
+                    stats.errors.append(f"{os.fsdecode(entry.path)}: {exc.strerror}")
+
+
+def walk(paths: list[str]) -> TreeWalk:
+    """Collect regular files under each path, sorted by path within each root."""
+    result = TreeWalk()
+    by_root: dict[str, list[TreeFile]] = {}
+    for f in iter_files(paths, result):
+        by_root.setdefault(f.root, []).append(f)
+    for root in dict.fromkeys(paths):
+        result.files.extend(sorted(by_root.get(root, []), key=lambda f: f.relpath))
     return result

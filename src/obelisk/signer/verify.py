@@ -7,7 +7,6 @@ certificates, over the file's current content. Every failure is named.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from obelisk.core.errors import InputError, ParseError
 from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject
 from obelisk.core.progress import progress
 from obelisk.signer import imasig, xattrfile
+from obelisk.signer.filedigest import file_digest
 from obelisk.signer.keys import PublicKey, ima_key_id, verify_digest_signature
 from obelisk.signer.tree import TreeFile, walk
 from obelisk.signer.verity import verity_digest
@@ -53,7 +53,7 @@ class TrustedKeys:
         for source, cert in certs:
             self.by_id.setdefault(ima_key_id(cert, source), []).append(cert.public_key())  # type: ignore[arg-type]
 
-    def check(self, value: bytes, path: str, digest_cache: dict[str, bytes] | None = None) -> tuple[Outcome, str, str]:
+    def check(self, value: bytes, path: str) -> tuple[Outcome, str, str]:
         try:
             parsed = imasig.parse(value, source=f"{path}: security.ima")
         except ParseError as exc:
@@ -65,13 +65,12 @@ class TrustedKeys:
             return Outcome.UNKNOWN_KEY, f"signed by key id {parsed.key_id_hex}, not among the trusted certificates", \
                 parsed.key_id_hex
         try:
-            with open(path, "rb") as handle:
-                if parsed.version == 2:
-                    digest = hashlib.file_digest(handle, parsed.hash_algo.name).digest()
-                else:
-                    if parsed.hash_algo.name not in ("sha256", "sha512"):
-                        return Outcome.MALFORMED, f"fs-verity has no {parsed.hash_algo.name} digests", \
-                            parsed.key_id_hex
+            if parsed.version == 2:
+                digest = file_digest(path, parsed.hash_algo)
+            elif parsed.hash_algo.name not in ("sha256", "sha512"):
+                return Outcome.MALFORMED, f"fs-verity has no {parsed.hash_algo.name} digests", parsed.key_id_hex
+            else:
+                with open(path, "rb") as handle:
                     digest = imasig.verity_file_id_digest(parsed.hash_algo,
                                                           verity_digest(handle, parsed.hash_algo.name))
         except OSError as exc:

@@ -43,5 +43,22 @@
   });
   // Printing shows every finding that passes the filters with its evidence.
   window.addEventListener("beforeprint", function () { items.forEach(function (el) { if (!el.hidden) el.open = true; }); });
+  // Filters can be preset from the address: report.html#status=fail,error&severity=high&section=worker
+  function fromHash() {
+    var params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+    ["status", "severity"].forEach(function (name) {
+      if (!params.has(name)) return;
+      var want = params.get(name).split(",");
+      Array.prototype.forEach.call(form.querySelectorAll("input[name=" + name + "]"), function (el) {
+        el.checked = want.indexOf(el.value) >= 0;
+      });
+    });
+    ["benchmark", "section", "q"].forEach(function (name) {
+      if (params.has(name)) form.elements[name].value = params.get(name);
+    });
+  }
+  window.addEventListener("hashchange", function () { fromHash(); apply(); });
+  fromHash();
   apply();
+  document.documentElement.setAttribute("data-ready", "1");
 })();

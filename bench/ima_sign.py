@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Sign the same tree with obelisk and with `evmctl ima_sign -r`, in one run, and compare.
+
+Prints files/s for each, the ratio, and the machine's raw sign rate on all cores
+(`openssl speed -multi N`), which is the ceiling any signer can reach.
+
+    .venv/bin/python bench/ima_sign.py [--files 5000] [--size 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from obelisk.core import tools  # noqa: E402
+from obelisk.signer import keygen  # noqa: E402
+
+
+def make_tree(root: Path, files: int, size: int) -> None:
+    for i in range(files):
+        d = root / f"d{i // 250:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}").write_bytes(os.urandom(size))
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    return time.perf_counter() - start
+
+
+def openssl_rate(algo: str, cores: int) -> float:
+    out = subprocess.run([tools.which("openssl"), "speed", "-seconds", "2", "-multi", str(cores), algo],
+                         capture_output=True, text=True, check=True).stdout
+    # summary lines: "rsa 2048 bits 0.000600s 0.000020s 1666.7 50000.0" and
+    # " 256 bits ecdsa (nistp256)   0.0000s   0.0001s  40000.0  12000.0" (sign/s is the second to last)
+    for line in out.splitlines():
+        if algo.startswith("rsa") and re.match(r"^rsa\s+2048\s+bits", line.strip()):
+            return float(line.split()[-2])
+        if algo.startswith("ecdsa") and "nistp256" in line and "ecdsa" in line:
+            return float(line.split()[-2])
+    raise RuntimeError(f"could not read openssl speed output for {algo}:\n{out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=3, help="best of N runs for each tool (machines are noisy)")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    print(f"tree: {args.files} files of {args.size} bytes; {cores} cores")
+    with tempfile.TemporaryDirectory(prefix="obelisk-bench-") as tmp:
+        base = Path(tmp) / "tree"
+        make_tree(base, args.files, args.size)
+        for key_type, speed_algo in (("rsa-2048", "rsa2048"), ("ecdsa-p256", "ecdsap256")):
+            keys = keygen.generate(Path(tmp) / key_type, key_type)
+            ours_tree, evm_tree = Path(tmp) / f"o-{key_type}", Path(tmp) / f"e-{key_type}"
+            shutil.copytree(base, ours_tree)
+            shutil.copytree(base, evm_tree)
+            evm = ours = float("inf")
+            for _ in range(args.repeat):  # interleaved, so both see the same machine
+                evm = min(evm, timed([tools.which("evmctl"), "ima_sign", "-r", "--key", str(keys.ima_key),
+                                      str(evm_tree)]))
+                ours = min(ours, timed([sys.executable, "-m", "obelisk", "ima", "sign", "--quiet", "--format", "json",
+                                        "--key", str(keys.ima_key), "--cert", str(keys.ima_cert), str(ours_tree)],
+                                       env=env))
+            ceiling = openssl_rate(speed_algo, cores)
+            ours_rate, evm_rate = args.files / ours, args.files / evm
+            print(f"{key_type:11} obelisk {ours_rate:8.0f} files/s   evmctl {evm_rate:7.0f} files/s   "
+                  f"ratio {ours_rate / evm_rate:5.1f}x   openssl speed -multi {cores}: {ceiling:8.0f} signs/s   "
+                  f"obelisk at {100 * ours_rate / ceiling:4.0f}% of it", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The verifier's side of the agent: mTLS requests, and `obelisk attest node` end to end.
+
+A fresh random nonce per attestation; the agent's certificate must chain to the customer CA
+and name the host; the evidence is verified by the attest component's verifier against the
+image manifest, and the node's own CIS/STIG scan is added to the result.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from obelisk.core.errors import InputError, ObeliskError
+
+MAX_RESPONSE = 256 * 1024 * 1024
+
+
+class AgentError(ObeliskError):
+    """The agent could not be reached or refused the request."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    url: str
+    ca: str  # customer CA: the agent's certificate must chain to it
+    cert: str  # the verifier's client certificate
+    key: str
+    timeout: float = 30.0
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_verify_locations(cafile=self.ca)
+            ctx.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise InputError(f"TLS client setup: {exc}") from None
+        return ctx
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        parts = urlsplit(self.url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise InputError(f"agent URL must be https://HOST:PORT, got {self.url!r}")
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 8443, context=self.context(),
+                                           timeout=self.timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read(MAX_RESPONSE + 1)
+        except ssl.SSLError as exc:
+            raise AgentError(f"{self.url}: TLS refused: {exc.reason or exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise AgentError(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        finally:
+            conn.close()
+        if len(body) > MAX_RESPONSE:
+            raise AgentError(f"{self.url}{path}: response larger than {MAX_RESPONSE} bytes")
+        return resp.status, body
+
+    def get_ok(self, path: str) -> bytes:
+        status, body = self.get(path)
+        if status != 200:
+            try:
+                reason = json.loads(body).get("error", "")
+            except (ValueError, AttributeError):
+                reason = body[:200].decode(errors="replace")
+            raise AgentError(f"{self.url}{path.split('?')[0]}: agent answered {status}: {reason}")
+        return body
+
+    def evidence(self, nonce: bytes) -> bytes:
+        return self.get_ok(f"/v1/evidence?nonce={nonce.hex()}")
+
+
+def fresh_nonce() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | None = None,
+                state: str | None = None, scan: bool = True):
+    """Fetch and verify a node's evidence against the image manifest; returns a Report."""
+    from dataclasses import replace
+
+    from obelisk.attest import akrecord, evidence as evmod, verify
+    from obelisk.core.findings import Finding, Report, Severity, Status, Subject
+    from obelisk.image import manifest as manifestmod
+
+    m = manifestmod.load(Path(manifest))
+    ak_data = _read(ak, "AK record")
+    record = akrecord.load(ak_data, ak, ek_public=_read(ek, "EK public") if ek else None)
+    nonce = fresh_nonce()
+    bundle = evmod.loads(endpoint.evidence(nonce), source=f"{endpoint.url}/v1/evidence")
+    opts = verify.Options(nonce=nonce, ak=record, previous=verify.load_state(state, record),
+                          source=f"{endpoint.url}/v1/evidence")
+    verify.configure_references(opts, manifest, None)
+    report, counters = verify.verify(bundle, opts)
+    if state and counters is not None and not report.failed:
+        verify.save_state(state, record, counters)
+    findings = list(report.findings)
+    image = m.get("image", {})
+    if scan:
+        status, body = endpoint.get("/v1/scan")
+        if status == 200:
+            try:
+                findings.extend(Report.loads(body, f"{endpoint.url}/v1/scan").findings)
+            except InputError as exc:
+                findings.append(Finding(id="attest.node.scan", title="node CIS/STIG scan", status=Status.ERROR,
+                                        detail=str(exc), benchmark="attestation"))
+        else:
+            findings.append(Finding(id="attest.node.scan", title="node CIS/STIG scan", status=Status.ERROR,
+                                    severity=Severity.MEDIUM, detail=f"agent answered {status}",
+                                    benchmark="attestation"))
+    subject = Subject("node", endpoint.url, digest=report.subject.digest,
+                      attributes=tuple(sorted({**dict(report.subject.attributes),
+                                               "image": str(image.get("name", "")),
+                                               "image_version": str(image.get("version", ""))}.items())))
+    return replace(report, findings=tuple(findings), subject=subject, command="attest node")
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {what}: {exc.strerror}", source=path) from None

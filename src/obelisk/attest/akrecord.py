@@ -1,0 +1,136 @@
+"""The verifier's record of a node's attestation key (AK), written at enrolment.
+
+An AK record is JSON (`obelisk.ak/1`):
+
+    {"format": "obelisk.ak/1", "public": HEX TPM2B_PUBLIC, "name": HEX, "qualified_name": HEX,
+     "ek_public": HEX TPM2B_PUBLIC, "ek_name": HEX, "handle": "0x81010002", "activated": bool}
+
+`--ak` also takes a bare TPM2B_PUBLIC (tpm2-tools' "tss" format, as `tpm2_createak -u` writes) or a
+PEM public key. Only a record (or a bare AK plus `--ek`) lets the verifier check the quote's
+qualifiedSigner; a PEM key cannot carry the TPM object attributes either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from obelisk.core.errors import InputError
+
+FORMAT = "obelisk.ak/1"
+TPM_RH_ENDORSEMENT = 0x4000000B
+_NAME_HASHES = {0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512", 0x0004: "sha1"}
+
+# TPMA_OBJECT bits an AK must have: it never leaves the TPM and only signs TPM-made structures.
+FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN, RESTRICTED, SIGN = 0x2, 0x10, 0x20, 0x10000, 0x40000
+REQUIRED_AK_ATTRIBUTES = {"fixedTPM": FIXED_TPM, "fixedParent": FIXED_PARENT,
+                          "sensitiveDataOrigin": SENSITIVE_DATA_ORIGIN, "restricted": RESTRICTED, "sign": SIGN}
+
+
+@dataclass(frozen=True)
+class AKRecord:
+    public: bytes | None  # TPM2B_PUBLIC; None when only a PEM key is known
+    public_key: object  # cryptography public key
+    name: bytes | None
+    qualified_name: bytes | None
+    attributes: int | None
+    ek_public: bytes | None = None
+    ek_name: bytes | None = None
+    activated: bool = False
+    source: str = ""
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "public": (self.public or b"").hex(), "name": (self.name or b"").hex(),
+                "qualified_name": (self.qualified_name or b"").hex(), "ek_public": (self.ek_public or b"").hex(),
+                "ek_name": (self.ek_name or b"").hex(), "activated": self.activated}
+
+    def missing_attributes(self) -> list[str]:
+        if self.attributes is None:
+            return []
+        return [n for n, bit in REQUIRED_AK_ATTRIBUTES.items() if not self.attributes & bit]
+
+
+def name_of(public: bytes) -> bytes:
+    """TPM2B_PUBLIC bytes -> Name (nameAlg || H_nameAlg(TPMT_PUBLIC))."""
+    if len(public) < 4:
+        raise InputError("TPM2B_PUBLIC too short")
+    area = public[2:]
+    alg = int.from_bytes(area[2:4], "big")
+    hname = _NAME_HASHES.get(alg)
+    if hname is None:
+        raise InputError(f"public area nameAlg 0x{alg:04x} unknown")
+    return alg.to_bytes(2, "big") + hashlib.new(hname, area).digest()
+
+
+def qualified_name(parent_qn: bytes, name: bytes) -> bytes:
+    """QN(child) = nameAlg || H_nameAlg(QN(parent) || Name(child)); a hierarchy's QN is its handle."""
+    alg = int.from_bytes(name[:2], "big")
+    return name[:2] + hashlib.new(_NAME_HASHES[alg], parent_qn + name).digest()
+
+
+def ak_qualified_name(ek_name: bytes, ak_name: bytes) -> bytes:
+    """QN of an AK created under an EK in the endorsement hierarchy (obelisk and tpm2_createak)."""
+    ek_qn = qualified_name(TPM_RH_ENDORSEMENT.to_bytes(4, "big"), ek_name)
+    return qualified_name(ek_qn, ak_name)
+
+
+def _from_public(public: bytes, source: str) -> tuple[object, int]:
+    from tpm2_pytss import TPM2B_PUBLIC
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        pub, used = TPM2B_PUBLIC.unmarshal(public)
+    except Exception:
+        raise InputError("not a TPM2B_PUBLIC", source=source) from None
+    if used != len(public):
+        raise InputError(f"{len(public) - used} trailing bytes after the TPM2B_PUBLIC", source=source)
+    try:
+        key = load_pem_public_key(pub.to_pem())
+    except Exception as exc:
+        raise InputError(f"unusable public key: {exc}", source=source) from None
+    return key, int(pub.publicArea.objectAttributes)
+
+
+def from_public(public: bytes, *, ek_public: bytes | None = None, activated: bool = False,
+                source: str = "AK") -> AKRecord:
+    key, attrs = _from_public(public, source)
+    name = name_of(public)
+    ek_name = name_of(ek_public) if ek_public else None
+    qn = ak_qualified_name(ek_name, name) if ek_name else None
+    return AKRecord(public=public, public_key=key, name=name, qualified_name=qn, attributes=attrs,
+                    ek_public=ek_public, ek_name=ek_name, activated=activated, source=source)
+
+
+def load(data: bytes, source: str, ek_public: bytes | None = None) -> AKRecord:
+    """An AK from a record, a bare TPM2B_PUBLIC or a PEM key (see the module doc)."""
+    stripped = data.lstrip()
+    if stripped.startswith(b"{"):
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"not JSON: {exc}", source=source) from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise InputError(f"not an AK record (format {FORMAT})", source=source)
+        try:
+            public = bytes.fromhex(doc["public"])
+            ek = bytes.fromhex(doc.get("ek_public") or "") or ek_public
+        except (KeyError, TypeError, ValueError):
+            raise InputError("AK record: public/ek_public must be hex", source=source) from None
+        rec = from_public(public, ek_public=ek, activated=bool(doc.get("activated")), source=source)
+        recorded = doc.get("qualified_name")
+        if recorded and rec.qualified_name is not None and bytes.fromhex(recorded) != rec.qualified_name:
+            raise InputError("AK record: qualified_name does not match public and ek_public", source=source)
+        return rec
+    if stripped.startswith(b"-----BEGIN"):
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+        try:
+            key = load_pem_public_key(data)
+        except ValueError as exc:
+            raise InputError(f"bad PEM public key: {exc}", source=source) from None
+        return AKRecord(public=None, public_key=key, name=None, qualified_name=None, attributes=None, source=source)
+    return from_public(data, ek_public=ek_public, source=source)
+
+
+def dumps(record: AKRecord) -> str:
+    return json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,222 @@
+"""The evidence bundle a node hands to a verifier (format `obelisk.evidence/1`, JSON).
+
+    {
+      "format": "obelisk.evidence/1",
+      "nonce": "HEX",                         # the verifier's nonce, echoed (the quote's extraData decides)
+      "quote": {
+        "attest": "BASE64",                   # TPMS_ATTEST exactly as the TPM returned it
+        "signature": "BASE64",                # TPMT_SIGNATURE, TPM marshalling
+        "bank": "sha256",
+        "pcrs": {"0": "HEX", ..., "11": "HEX"} # the values the quote's pcrDigest covers
+      },
+      "ak_name": "HEX",                       # the AK's TPM name, to pick the AK record
+      "event_log": "BASE64" | null,           # binary_bios_measurements
+      "ima_log": {"format": "binary" | "ascii", "data": "BASE64"} | null,
+      "kernel": {"release": "...", "version": "...", "machine": "...", "cmdline": "...",
+                 "hostname": "...", "boot_id": "...", "lockdown": "..."},
+      "collected_at": "RFC 3339 UTC"
+    }
+
+Nothing in it is trusted: the verifier trusts only what the AK's signature covers and what the
+logs replay to. Parsing is strict (unknown top-level keys are refused, every field typed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+
+from obelisk.core.errors import InputError, ParseError
+
+FORMAT = "obelisk.evidence/1"
+MAX_BUNDLE_SIZE = 256 * 1024 * 1024
+EVENT_LOG_PATH = "/sys/kernel/security/tpm0/binary_bios_measurements"
+IMA_BINARY_PATH = "/sys/kernel/security/ima/binary_runtime_measurements"
+IMA_ASCII_PATH = "/sys/kernel/security/ima/ascii_runtime_measurements"
+_KERNEL_KEYS = ("release", "version", "machine", "cmdline", "hostname", "boot_id", "lockdown")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    nonce: bytes
+    attest: bytes
+    signature: bytes
+    bank: str
+    pcrs: dict[int, bytes]
+    ak_name: bytes = b""
+    event_log: bytes | None = None
+    ima_log: bytes | None = None
+    ima_format: str = "binary"
+    kernel: dict[str, str] = field(default_factory=dict)
+    collected_at: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "nonce": self.nonce.hex(),
+            "quote": {"attest": _b64(self.attest), "signature": _b64(self.signature), "bank": self.bank,
+                      "pcrs": {str(k): v.hex() for k, v in sorted(self.pcrs.items())}},
+            "ak_name": self.ak_name.hex(),
+            "event_log": _b64(self.event_log) if self.event_log is not None else None,
+            "ima_log": ({"format": self.ima_format, "data": _b64(self.ima_log)}
+                        if self.ima_log is not None else None),
+            "kernel": dict(sorted(self.kernel.items())),
+            "collected_at": self.collected_at,
+        }
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def dumps(ev: Evidence) -> str:
+    return json.dumps(ev.to_json(), indent=1, sort_keys=True) + "\n"
+
+
+def loads(data: bytes | str, source: str = "evidence") -> Evidence:
+    """Parse a bundle; every problem is one InputError naming the field."""
+    if len(data) > MAX_BUNDLE_SIZE:
+        raise ParseError(f"bundle larger than {MAX_BUNDLE_SIZE} bytes", source=source)
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ParseError(f"not JSON: {str(exc).splitlines()[0]}", source=source) from None
+
+    def bad(where: str, message: str) -> InputError:
+        return ParseError(f"{where}: {message}", source=source)
+
+    if not isinstance(doc, dict):
+        raise bad("top level", "expected an object")
+    if doc.get("format") != FORMAT:
+        raise bad("format", f"expected {FORMAT!r}, got {doc.get('format')!r}")
+    allowed = {"format", "nonce", "quote", "ak_name", "event_log", "ima_log", "kernel", "collected_at"}
+    extra = sorted(set(doc) - allowed)
+    if extra:
+        raise bad(extra[0], "unknown field")
+
+    def text(obj: dict, key: str, where: str, optional: bool = False) -> str | None:
+        value = obj.get(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise bad(f"{where}{key}", "expected a string")
+        return value
+
+    def hexfield(obj: dict, key: str, where: str, optional: bool = False) -> bytes:
+        value = text(obj, key, where, optional)
+        if value is None:
+            return b""
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            raise bad(f"{where}{key}", "not hex") from None
+
+    def b64field(value: object, where: str) -> bytes:
+        if not isinstance(value, str):
+            raise bad(where, "expected base64 text")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad(where, "not base64") from None
+
+    quote = doc.get("quote")
+    if not isinstance(quote, dict):
+        raise bad("quote", "expected an object")
+    pcrs_doc = quote.get("pcrs")
+    if not isinstance(pcrs_doc, dict) or len(pcrs_doc) > 32:
+        raise bad("quote.pcrs", "expected an object of at most 32 PCRs")
+    pcrs: dict[int, bytes] = {}
+    for key, value in pcrs_doc.items():
+        if not (isinstance(key, str) and key.isdigit() and int(key) < 32):
+            raise bad(f"quote.pcrs.{key}", "PCR index must be 0..31")
+        pcrs[int(key)] = hexfield(pcrs_doc, key, "quote.pcrs.")
+    bank = text(quote, "bank", "quote.")
+    ima = doc.get("ima_log")
+    ima_log = None
+    ima_format = "binary"
+    if ima is not None:
+        if not isinstance(ima, dict):
+            raise bad("ima_log", "expected an object or null")
+        ima_format = text(ima, "format", "ima_log.") or "binary"
+        if ima_format not in ("binary", "ascii"):
+            raise bad("ima_log.format", "must be binary or ascii")
+        ima_log = b64field(ima.get("data"), "ima_log.data")
+    kernel_doc = doc.get("kernel") or {}
+    if not isinstance(kernel_doc, dict) or not all(isinstance(v, str) for v in kernel_doc.values()):
+        raise bad("kernel", "expected an object of strings")
+    event_log = doc.get("event_log")
+    return Evidence(
+        nonce=hexfield(doc, "nonce", ""),
+        attest=b64field(quote.get("attest"), "quote.attest"),
+        signature=b64field(quote.get("signature"), "quote.signature"),
+        bank=bank or "sha256",
+        pcrs=pcrs,
+        ak_name=hexfield(doc, "ak_name", "", optional=True),
+        event_log=b64field(event_log, "event_log") if event_log is not None else None,
+        ima_log=ima_log,
+        ima_format=ima_format,
+        kernel={str(k): v for k, v in kernel_doc.items()},
+        collected_at=text(doc, "collected_at", "", optional=True) or "",
+    )
+
+
+def _read_optional(path: str | None, limit: int) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError:
+        return None
+    if len(data) > limit:
+        raise InputError(f"larger than {limit} bytes", source=path)
+    return data
+
+
+def kernel_facts() -> dict[str, str]:
+    """What the running kernel says about itself (only facts, no secrets)."""
+    uname = os.uname()
+    facts = {"release": uname.release, "version": uname.version, "machine": uname.machine,
+             "hostname": socket.gethostname()}
+    for key, path in (("cmdline", "/proc/cmdline"), ("boot_id", "/proc/sys/kernel/random/boot_id"),
+                      ("lockdown", "/sys/kernel/security/lockdown")):
+        data = _read_optional(path, 1 << 16)
+        if data is not None:
+            facts[key] = data.decode("utf-8", "replace").strip()
+    return facts
+
+
+def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = None,
+            event_log_path: str | None = EVENT_LOG_PATH, ima_path: str | None = None,
+            pcrs: tuple[int, ...] | None = None) -> Evidence:
+    """Quote over `nonce` and gather the logs. A log that cannot be read is left null (the verifier says so)."""
+    from obelisk.attest import eventlog, tpm
+
+    raw = tpm.quote(nonce, tcti, ak_handle=ak_handle or tpm.AK_HANDLE, pcrs=pcrs or tpm.QUOTE_PCRS)
+    info = tpm.read_ak(tcti, ak_handle=ak_handle or tpm.AK_HANDLE)
+    ima_format = "binary"
+    if ima_path is None:
+        ima_log = _read_optional(IMA_BINARY_PATH, MAX_BUNDLE_SIZE // 2)
+        if ima_log is None:
+            ima_log, ima_format = _read_optional(IMA_ASCII_PATH, MAX_BUNDLE_SIZE // 2), "ascii"
+    else:
+        ima_log = _read_optional(ima_path, MAX_BUNDLE_SIZE // 2)
+        if ima_log is None:
+            raise InputError("IMA log not readable", source=ima_path)
+        ima_format = "ascii" if _looks_ascii(ima_log) else "binary"
+    event_log = _read_optional(event_log_path, eventlog.MAX_LOG_SIZE)
+    return Evidence(nonce=nonce, attest=raw.attest, signature=raw.signature, bank=raw.bank, pcrs=raw.pcrs,
+                    ak_name=info.name, event_log=event_log, ima_log=ima_log, ima_format=ima_format,
+                    kernel=kernel_facts(),
+                    collected_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+                    .isoformat().replace("+00:00", "Z"))
+
+
+def _looks_ascii(data: bytes) -> bool:
+    head = data[:64]
+    return bool(head) and head[:2].isdigit() and all(32 <= b < 127 or b in (9, 10) for b in head)

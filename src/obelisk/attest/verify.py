@@ -1,0 +1,268 @@
+"""Verifier: check an evidence bundle against a nonce, an AK and (optionally) the build's references.
+
+Each check is one `Finding` (benchmark "attestation"). Checks that depend on the quote's
+signature are only trusted when it verified: a PCR value is compared with logs and predictions
+only after the quote's pcrDigest has been shown to cover it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from obelisk.attest import akrecord, eventlog, quote as q
+from obelisk.attest.evidence import Evidence
+from obelisk.core.errors import InputError, ParseError
+from obelisk.core.findings import Evidence as Ev, Finding, Report, Severity, Status, Subject
+
+REQUIRED_BANK = "sha256"
+REQUIRED_PCRS = tuple(range(12))
+EVENTLOG_PCRS = tuple(range(10))
+IMA_PCR = 10
+BENCHMARK = "attestation"
+
+
+@dataclass(frozen=True)
+class Counters:
+    clock: int
+    reset_count: int
+    restart_count: int
+
+
+@dataclass
+class Options:
+    nonce: bytes
+    ak: akrecord.AKRecord
+    predicted_pcrs: dict[int, bytes] = field(default_factory=dict)  # sha256 bank, from the build manifest
+    previous: Counters | None = None
+    # Called with (ima_log bytes, format, quoted PCR 10 or None) -> findings; the IMA component's code.
+    ima_check: Callable[[bytes, str, bytes | None], list[Finding]] | None = None
+    source: str = "evidence"
+    quote_only: bool = False  # tpm2_quote output has no logs: check the quote alone
+
+
+def _f(fid: str, title: str, status: Status, *, severity: Severity = Severity.HIGH, observed: str | None = None,
+       expected: str | None = None, detail: str = "", section: str = "quote", evidence: tuple[Ev, ...] = (),
+       target: str = "") -> Finding:
+    return Finding(id=f"attest.{fid}", title=title, status=status, severity=severity, observed=observed,
+                   expected=expected, detail=detail, benchmark=BENCHMARK, section=section, evidence=evidence,
+                   target=target)
+
+
+def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
+    """All checks; returns the report and the quote's counters (to store when the report passed)."""
+    findings: list[Finding] = []
+    src = opts.source
+    ak = opts.ak
+
+    # --- the AK itself ---
+    if ak.attributes is not None:
+        missing = ak.missing_attributes()
+        findings.append(_f("ak.attributes", "AK is a restricted signing key bound to its TPM",
+                           Status.FAIL if missing else Status.PASS, section="ak",
+                           observed=f"0x{ak.attributes:08x}", expected="fixedTPM|fixedParent|sensitiveDataOrigin|"
+                           "restricted|sign",
+                           detail=f"missing: {', '.join(missing)}" if missing else ""))
+    else:
+        findings.append(_f("ak.attributes", "AK is a restricted signing key bound to its TPM", Status.SKIP,
+                           section="ak", detail="the AK was given as a bare public key: attributes unknown"))
+
+    # --- the quote: structure, then signature ---
+    attest = q.parse_attest(ev.attest, f"{src}: quote.attest")
+    sig = q.parse_signature(ev.signature, f"{src}: quote.signature")
+    quote_ev = (Ev(kind="quote", source=src, detail=f"clock={attest.clock_info.clock} "
+                   f"resetCount={attest.clock_info.reset_count} restartCount={attest.clock_info.restart_count}"),)
+    try:
+        q.verify_signature(ak.public_key, sig, ev.attest)
+        findings.append(_f("quote.signature", "Quote is signed by the AK with an allowed hash", Status.PASS,
+                           severity=Severity.CRITICAL, observed=f"{sig.scheme_name}-{sig.hash_name}"))
+        signed = True
+    except q.SignatureError as exc:
+        findings.append(_f("quote.signature", "Quote is signed by the AK with an allowed hash", Status.FAIL,
+                           severity=Severity.CRITICAL, observed=f"{sig.scheme_name}-{sig.hash_name}",
+                           detail=str(exc)))
+        signed = False
+
+    findings.append(_f("quote.nonce", "Quote covers the verifier's nonce",
+                       Status.PASS if attest.extra_data == opts.nonce else Status.FAIL, severity=Severity.CRITICAL,
+                       observed=attest.extra_data.hex(), expected=opts.nonce.hex(),
+                       detail="" if attest.extra_data == opts.nonce else "replayed or foreign quote"))
+
+    if ak.qualified_name is not None:
+        ok = attest.qualified_signer == ak.qualified_name
+        findings.append(_f("quote.signer", "Quote names the AK as its qualified signer",
+                           Status.PASS if ok else Status.FAIL, severity=Severity.CRITICAL,
+                           observed=attest.qualified_signer.hex(), expected=ak.qualified_name.hex()))
+    else:
+        findings.append(_f("quote.signer", "Quote names the AK as its qualified signer", Status.SKIP,
+                           observed=attest.qualified_signer.hex(),
+                           detail="the AK's parent is unknown: give an AK record or --ek"))
+
+    # --- which PCRs, and do the reported values hash to the signed digest? ---
+    selected = q.selected_in_order(attest)
+    required = [(REQUIRED_BANK, p) for p in REQUIRED_PCRS]
+    missing_sel = [f"{b}:{p}" for b, p in required if (b, p) not in selected]
+    findings.append(_f("quote.pcr-selection", "Quote covers sha256 PCRs 0-11",
+                       Status.FAIL if missing_sel else Status.PASS,
+                       observed=",".join(f"{b}:{p}" for b, p in selected), expected="sha256:0-11",
+                       detail=f"not quoted: {', '.join(missing_sel)}" if missing_sel else ""))
+    banks = {b for b, _ in selected}
+    digest_ok = False
+    if len(banks) > 1 or (banks and ev.bank not in banks):
+        detail = f"bundle carries {ev.bank} values, quote selects {', '.join(sorted(banks))}"
+        findings.append(_f("quote.pcr-digest", "Reported PCR values match the quoted digest", Status.FAIL,
+                           severity=Severity.CRITICAL, detail=detail))
+    else:
+        absent = [p for _, p in selected if p not in ev.pcrs]
+        wrong_size = [p for p, v in ev.pcrs.items() if len(v) != q.DIGEST_SIZES.get(ev.bank, -1)]
+        if absent or wrong_size:
+            findings.append(_f("quote.pcr-digest", "Reported PCR values match the quoted digest", Status.FAIL,
+                               severity=Severity.CRITICAL,
+                               detail=(f"values missing for PCRs {absent}" if absent else
+                                       f"PCR values of the wrong size: {wrong_size}")))
+        else:
+            hash_alg = _digest_alg(ak, attest)
+            computed = q.pcr_digest([ev.pcrs[p] for _, p in selected], hash_alg)
+            digest_ok = computed == attest.pcr_digest
+            findings.append(_f("quote.pcr-digest", "Reported PCR values match the quoted digest",
+                               Status.PASS if digest_ok else Status.FAIL, severity=Severity.CRITICAL,
+                               observed=computed.hex(), expected=attest.pcr_digest.hex(),
+                               detail="" if digest_ok else "a reported PCR value differs from what the TPM signed"))
+    trusted = signed and digest_ok and attest.extra_data == opts.nonce
+    pcrs = {p: v for p, v in ev.pcrs.items()} if trusted else {}
+
+    # --- clock and counters ---
+    ci = attest.clock_info
+    current = Counters(ci.clock, ci.reset_count, ci.restart_count)
+    findings.append(_clock_finding(current, opts.previous, ci.safe, quote_ev))
+
+    if not opts.quote_only:
+        # --- event log replay vs PCRs 0-9 ---
+        findings += _eventlog_findings(ev, pcrs, trusted, src)
+        # --- IMA list replay vs PCR 10, and reference manifest ---
+        findings += _ima_findings(ev, pcrs, trusted, opts)
+
+    # --- predicted PCR values from the build ---
+    for idx, predicted in sorted(opts.predicted_pcrs.items()):
+        if not trusted:
+            findings.append(_f(f"reference.pcr{idx}", f"PCR {idx} equals the build's prediction", Status.ERROR,
+                               section="reference", detail="no trusted quote to compare with"))
+            continue
+        got = pcrs.get(idx)
+        findings.append(_f(f"reference.pcr{idx}", f"PCR {idx} equals the build's prediction",
+                           Status.PASS if got == predicted else Status.FAIL, section="reference",
+                           observed=got.hex() if got else "not quoted", expected=predicted.hex()))
+
+    subject = Subject(kind="node", name=ev.kernel.get("hostname", "") or src,
+                      attributes=tuple(sorted({"ak_name": (ak.name or b"").hex(),
+                                               "kernel": ev.kernel.get("release", "")}.items())))
+    report = Report(findings=tuple(findings), subject=subject, command="attest verify")
+    return report, current if trusted else None
+
+
+def _digest_alg(ak: akrecord.AKRecord, attest: q.Attest) -> str:
+    """pcrDigest uses the signing key's nameAlg; without the TPM public, assume sha256."""
+    if ak.name:
+        return {0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512", 0x0004: "sha1"}.get(
+            int.from_bytes(ak.name[:2], "big"), "sha256")
+    return "sha256"
+
+
+def _clock_finding(current: Counters, previous: Counters | None, safe: bool, quote_ev: tuple[Ev, ...]) -> Finding:
+    title = "TPM clock and reset counters never go backwards"
+    observed = f"clock={current.clock} reset={current.reset_count} restart={current.restart_count}"
+    if previous is None:
+        return _f("quote.clock", title, Status.PASS, severity=Severity.MEDIUM, observed=observed,
+                  evidence=quote_ev, detail="first quote seen from this AK" + ("" if safe else "; clock not safe"))
+    expected = f"clock>{previous.clock} reset>={previous.reset_count} restart>={previous.restart_count}"
+    problems = []
+    if current.reset_count < previous.reset_count:
+        problems.append("resetCount went backwards")
+    elif current.reset_count == previous.reset_count and current.restart_count < previous.restart_count:
+        problems.append("restartCount went backwards")
+    if current.clock <= previous.clock:
+        problems.append("clock did not advance (replayed quote or TPM rolled back)")
+    return _f("quote.clock", title, Status.FAIL if problems else Status.PASS, severity=Severity.HIGH,
+              observed=observed, expected=expected, evidence=quote_ev, detail="; ".join(problems))
+
+
+def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src: str) -> list[Finding]:
+    title = "Firmware event log replays to the quoted PCRs 0-9"
+    if ev.event_log is None:
+        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail="the bundle has no event log")]
+    try:
+        log = eventlog.parse(ev.event_log, source=f"{src}: event_log")
+    except ParseError as exc:
+        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail=str(exc))]
+    result = eventlog.replay(log)
+    if REQUIRED_BANK not in log.banks:
+        return [_f("eventlog", title, Status.FAIL, section="eventlog",
+                   detail=f"the log ({log.format}) has no {REQUIRED_BANK} bank to compare with the quote")]
+    if not trusted:
+        return [_f("eventlog", title, Status.ERROR, section="eventlog", detail="no trusted quote to compare with")]
+    out = []
+    for idx in EVENTLOG_PCRS:
+        replayed = result.value(REQUIRED_BANK, idx)
+        quoted = pcrs.get(idx)
+        status = Status.PASS if quoted == replayed else Status.FAIL
+        out.append(_f(f"eventlog.pcr{idx}", f"Event log replay equals quoted PCR {idx}", status, section="eventlog",
+                      observed=replayed.hex(), expected=quoted.hex() if quoted else "not quoted",
+                      detail="" if status is Status.PASS else
+                      "the firmware log does not explain this PCR: events missing, added or altered"))
+    return out
+
+
+def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Options) -> list[Finding]:
+    title = "IMA measurement list replays to the quoted PCR 10"
+    if ev.ima_log is None:
+        return [_f("ima", title, Status.FAIL, section="ima", detail="the bundle has no IMA measurement list")]
+    if opts.ima_check is None:
+        return [_f("ima", title, Status.ERROR, section="ima", detail="IMA list verification is not available")]
+    if not trusted:
+        return [_f("ima", title, Status.ERROR, section="ima", detail="no trusted quote to compare with")]
+    return opts.ima_check(ev.ima_log, ev.ima_format, pcrs.get(IMA_PCR))
+
+
+# ---- verifier state: the last counters seen per AK ------------------------------------------------
+
+def load_state(path: str | None, ak: akrecord.AKRecord) -> Counters | None:
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            doc = json.load(handle)
+        entry = doc.get((ak.qualified_name or ak.name or b"").hex())
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InputError(f"unreadable verifier state: {exc}", source=path) from None
+    if entry is None:
+        return None
+    try:
+        return Counters(int(entry["clock"]), int(entry["reset_count"]), int(entry["restart_count"]))
+    except (KeyError, TypeError, ValueError):
+        raise InputError("verifier state entry malformed", source=path) from None
+
+
+def save_state(path: str, ak: akrecord.AKRecord, counters: Counters) -> None:
+    from obelisk.core import atomic
+
+    doc: dict = {}
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                doc = json.load(handle)
+        except (OSError, ValueError):
+            doc = {}
+    doc[(ak.qualified_name or ak.name or b"").hex()] = {
+        "clock": counters.clock, "reset_count": counters.reset_count, "restart_count": counters.restart_count}
+    atomic.write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def configure_references(opts: Options, reference: str | None, cert: str | None) -> None:
+    """Attach the IMA checker and the build's reference manifest (PCR predictions) to `opts`."""
+    from obelisk.attest import ima_check
+
+    opts.ima_check = ima_check.make_checker(reference, cert)
+    if reference:
+        opts.predicted_pcrs = ima_check.predicted_pcrs(reference)
