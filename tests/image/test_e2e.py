@@ -1,0 +1,137 @@
+"""End to end: build the bundled example, verify it, boot it under QEMU with swtpm, attest it;
+then the failure cases on booted nodes (a tampered file refused by the kernel and named by the
+attestation, a replayed nonce, a client certificate from another CA).
+
+Slow (a kernel build on a cold cache, two boots under software emulation): markers qemu and
+kernel_build. Keys are generated once per machine into the obelisk cache, so the kernel built
+with their CA is reused by later runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from obelisk.core.findings import Status
+
+pytestmark = [pytest.mark.qemu, pytest.mark.kernel_build, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    """The example project with machine-wide test keys (so the kernel cache is reused)."""
+    from obelisk.image.cache import default_cache_dir
+    from obelisk.signer.keygen import generate
+
+    keys = default_cache_dir() / "test-keys" / "e2e-rsa-2048"
+    if not (keys / "ima.key").exists():
+        shutil.rmtree(keys, ignore_errors=True)
+        generate(keys, "rsa-2048", organization="obelisk e2e test")
+    project = tmp_path_factory.mktemp("example") / "node"
+    shutil.copytree(ROOT / "examples/node", project, ignore=shutil.ignore_patterns("keys", "out*"))
+    shutil.copytree(keys, project / "keys")
+    return project
+
+
+@pytest.fixture(scope="module")
+def image(example):
+    from obelisk.image.build import build
+    from obelisk.image.cache import StepCache, default_cache_dir
+    from obelisk.image.spec import load_spec
+
+    out = example / "out"
+    build(load_spec(example / "spec.yaml"), out, cache=StepCache(default_cache_dir() / "image"), quiet=True)
+    return out
+
+
+def _boot(out: Path, run: Path, keys: Path):
+    from obelisk.image.boot import boot
+
+    return boot(out, run, ca=keys / "ca.pem", ca_key=keys / "ca.key", timeout=600)
+
+
+def test_example_boots_and_attests(example, image, tmp_path):
+    from obelisk.attest.agent_certs import issue
+    from obelisk.attest.agent_client import AgentEndpoint, AgentError, attest_node
+    from obelisk.image.boot import stop
+    from obelisk.image.verify import verify_image
+    from obelisk.signer.keygen import generate
+
+    keys = example / "keys"
+    report = verify_image(image, keys / "ca.pem")
+    assert not [f.id for f in report.findings if f.status is not Status.PASS]
+
+    node = _boot(image, tmp_path / "run", keys)
+    try:
+        endpoint = AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(node.client_cert),
+                                 key=str(node.client_key))
+        result = attest_node(endpoint, manifest=str(image / "manifest.json"), ak=str(node.ak))
+        failed = [(f.id, f.observed, f.detail) for f in result.findings if f.status in (Status.FAIL, Status.ERROR)]
+        assert not failed, failed
+        assert any(f.id == "ima.reference" and f.status is Status.PASS for f in result.findings)
+
+        # a replayed nonce is refused by the agent
+        nonce = b"\x42" * 32
+        endpoint.evidence(nonce)
+        with pytest.raises(AgentError, match="409"):
+            endpoint.evidence(nonce)
+
+        # a client certificate from another CA is refused by the agent
+        other = generate(tmp_path / "other", "ecdsa-p256")
+        rogue = issue(other.ca_cert, other.ca_key, tmp_path / "rogue", "intruder", server=False)
+        with pytest.raises(AgentError):
+            AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(rogue.cert), key=str(rogue.key)).get(
+                "/v1/health")
+    finally:
+        stop(node.run_dir)
+
+
+def _tampered_copy(out: Path, dest: Path, victim: str) -> None:
+    """OUT with one file of the SquashFS changed and its old signature kept."""
+    from obelisk.image.squashfs import pack
+
+    shutil.copytree(out, dest)
+    tree = dest.parent / "tampered-tree"
+    subprocess.run(["rdsquashfs", "-q", "-u", "/", "-p", str(tree), "-C", str(out / "rootfs.squashfs")], check=True)
+    target = tree / victim.lstrip("/")
+    target.write_bytes(target.read_bytes() + b"\0tampered")
+    m = json.loads((out / "manifest.json").read_text())
+    dump = "".join(f"# file: {f['path'].lstrip('/')}\nsecurity.ima=0s{f['ima']}\n\n"
+                   for f in m["files"] if f["type"] == "file")
+    (dest.parent / "tampered.dump").write_text(dump)
+    (dest / "rootfs.squashfs").unlink()
+    pack(tree, dest.parent / "tampered.dump", dest / "rootfs.squashfs", m["source_date_epoch"])
+    assert base64.b64decode(next(f["ima"] for f in m["files"] if f["path"] == victim))
+
+
+def test_tampered_file_is_refused_and_named(example, image, tmp_path):
+    from obelisk.attest.agent_client import AgentEndpoint, attest_node
+    from obelisk.image.boot import stop
+    from obelisk.image.verify import verify_image
+
+    keys = example / "keys"
+    victim = "/usr/bin/mkdir"  # run by /sbin/obelisk-init at every boot
+    bad = tmp_path / "bad-out"
+    _tampered_copy(image, bad, victim)
+    offline = {f.id: f for f in verify_image(bad, keys / "ca.pem").findings}
+    assert offline[f"image.file:{victim}"].status is Status.FAIL
+
+    node = _boot(bad, tmp_path / "run", keys)
+    try:
+        console = node.serial_log.read_text(errors="replace")
+        assert "mkdir: Permission denied" in console, console[-2000:]
+        endpoint = AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(node.client_cert),
+                                 key=str(node.client_key))
+        result = attest_node(endpoint, manifest=str(image / "manifest.json"), ak=str(node.ak), scan=False)
+        failed = {f.target: f for f in result.findings if f.status is Status.FAIL and f.target.startswith("/")}
+        assert victim in failed, [(f.id, f.target) for f in result.findings if f.status is Status.FAIL]
+        assert result.exit_code() == 1
+    finally:
+        stop(node.run_dir)
