@@ -80,6 +80,18 @@ def _observation(f: Finding, uid: str, system_uuid: str, tool_uuid: str, collect
     return obs
 
 
+def _risk_statement(f: Finding) -> str:
+    parts = []
+    if f.observed is not None or f.expected is not None:
+        parts.append(f"Observed {f.observed!s} where {f.expected!s} is required on {f.target or 'the subject'}.")
+    if f.remediation:
+        parts.append(f"Remediation: {f.remediation}")
+    if f.waiver is not None and f.status is Status.WAIVED:
+        parts.append(f"Risk accepted: {f.waiver.reason}; approved by {f.waiver.approver}, expires "
+                     f"{f.waiver.expires.isoformat()}.")
+    return " ".join(parts) or f.title
+
+
 def _control_state(findings: list[Finding]) -> tuple[str, str, str]:
     """(state, reason, remarks) for one control from the findings that bear on it."""
     statuses = {f.status for f in findings}
@@ -114,9 +126,30 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
         observations.append(_observation(f, uid, system_uuid, tool_uuid, collected))
         for control in finding_controls(f, options.cci_map):
             by_control.setdefault(control, []).append((f, uid))
+    # Failing checks are open risks; waived failures are approved deviations (the exceptions register).
+    risks = []
+    risk_of: dict[str, str] = {}
+    for i, f in enumerate(report.findings):
+        if f.status not in (Status.FAIL, Status.WAIVED):
+            continue
+        obs_uuid = observations[i]["uuid"]
+        risk = {
+            "uuid": stable_uuid(root_key, "risk", str(i), f.id),
+            "title": _line(f"{f.id}: {f.title}"),
+            "description": f.detail or f.title,
+            "statement": _risk_statement(f),
+            "props": [_prop("severity", f.severity.value)],
+            "status": "deviation-approved" if f.status is Status.WAIVED else "open",
+            "related-observations": [{"observation-uuid": obs_uuid}],
+        }
+        if f.status is Status.WAIVED and f.waiver is not None:
+            risk["deadline"] = f"{f.waiver.expires.isoformat()}T23:59:59Z"
+        risks.append(risk)
+        risk_of[obs_uuid] = risk["uuid"]
     findings = []
     for control, items in sorted(by_control.items(), key=lambda kv: _control_sort(kv[0])):
         state, reason, remarks = _control_state([f for f, _ in items])
+        related_risks = [{"risk-uuid": risk_of[uid]} for _, uid in items if uid in risk_of]
         findings.append({
             "uuid": stable_uuid(root_key, "finding", control),
             "title": f"{display_control(control)}: {state}",
@@ -124,6 +157,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
             "target": {"type": "objective-id", "target-id": f"{control}_obj",
                        "status": {"state": state, "reason": reason}, "remarks": remarks},
             "related-observations": [{"observation-uuid": uid} for _, uid in items],
+            **({"related-risks": related_risks} if related_risks else {}),
         })
     if by_control:
         selection = {"include-controls": [{"control-id": c} for c in sorted(by_control, key=_control_sort)]}
@@ -150,6 +184,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
         ]},
         "reviewed-controls": {"control-selections": [selection]},
         "observations": observations or None,
+        "risks": risks or None,
         "findings": findings or None,
     }
     result = {k: v for k, v in result.items() if v is not None}
