@@ -10,6 +10,8 @@ control not-satisfied with the waiver named: an accepted risk is not a satisfied
 
 from __future__ import annotations
 
+import datetime as _dt
+
 from obelisk.core.findings import Finding, Status
 from obelisk.reports.cci import display_control, finding_controls
 from obelisk.reports.checklist import stable_uuid
@@ -31,8 +33,19 @@ def oscal_version() -> str:
 
 def _line(text: str) -> str:
     """OSCAL titles are one line without surrounding space."""
+    if text and "\n" not in text and not text[0].isspace() and not text[-1].isspace():
+        return text  # the common case, already one trimmed line
     one = " ".join(text.split())
     return one or "untitled"
+
+
+def _time(value: str, fallback: str) -> str:
+    """An RFC 3339 time with a zone, as OSCAL requires; the fallback when the input has none."""
+    try:
+        parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return fallback
+    return value if parsed.tzinfo is not None else fallback
 
 
 def _prop(name: str, value: str) -> dict:
@@ -56,8 +69,7 @@ def _observation(f: Finding, uid: str, system_uuid: str, tool_uuid: str, collect
         props.append(_prop("section", f.section))
     if f.target:
         props.append(_prop("target", f.target))
-    props.extend(_prop(f"ref-{r.scheme}", r.id) for r in f.references if r.id.strip()
-                 if r.scheme.replace("-", "").isalnum())
+    props.extend(_prop("reference", f"{r.scheme}:{r.id}") for r in f.references)
     obs: dict = {
         "uuid": uid,
         "title": _line(f"{f.id}: {f.title}"),
@@ -118,7 +130,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
     system_uuid = stable_uuid(root_key, "system")
     tool_uuid = stable_uuid(root_key, "tool")
     plan_uuid = stable_uuid(root_key, "assessment-plan")
-    collected = report.generated_at or options.rendered_at
+    collected = _time(report.generated_at, options.rendered_at)
     observations = []
     by_control: dict[str, list[tuple[Finding, str]]] = {}
     for i, f in enumerate(report.findings):
@@ -167,7 +179,8 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
     if s.digest:
         system_props.append(_prop("digest", s.digest))
     system_props.extend(_prop("attribute", f"{k}={v}") for k, v in s.attributes if v.strip())
-    times = sorted(src.generated_at for src in bundle.sources if src.generated_at) or [collected]
+    times = sorted({_time(src.generated_at, collected) for src in bundle.sources}
+                   | {collected}, key=lambda v: _dt.datetime.fromisoformat(v.replace("Z", "+00:00")))
     result: dict = {
         "uuid": stable_uuid(root_key, "result"),
         "title": _line(f"obelisk scan of {s.kind} {s.name}"),
@@ -202,8 +215,8 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
         "uuid": stable_uuid(root_key, "assessment-results"),
         "metadata": {
             "title": _line(options.title or f"Assessment results for {s.kind} {s.name}"),
-            "last-modified": options.rendered_at or collected,
-            "version": report.tool_version or "0",
+            "last-modified": _time(options.rendered_at, collected),
+            "version": _line(report.tool_version) if report.tool_version.strip() else "0",
             "oscal-version": oscal_version(),
             "props": [_prop("generator", f"obelisk {report.tool_version}")],
         },
