@@ -139,3 +139,45 @@ def test_a_file_that_cannot_be_read_while_verifying_is_a_named_failure(tmp_path,
     (result,) = verify_files(files, TrustedKeys([("c", load_certificate(rsa_keys.ima_cert))]), None, jobs=1,
                              quiet=True)
     assert result.outcome is Outcome.UNREADABLE and result.relpath == "vanished"
+
+
+def _run_in_terminal(args: list[str], env: dict[str, str]) -> str:
+    """Run a command with a pseudo-terminal as stdout/stderr; return what a person would see."""
+    import pty
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "obelisk", *args], stdin=subprocess.DEVNULL, stdout=secondary,
+                            stderr=secondary, env={**env, "PYTHONPATH": str(ROOT / "src"), "TERM": "xterm"})
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(primary)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_on_a_terminal_and_silence_with_quiet(cli_keys, tmp_path):
+    out, _ = cli_keys
+    tree = tmp_path / "t"
+    for i in range(3000):
+        (tree / f"d{i // 100}").mkdir(parents=True, exist_ok=True)
+        (tree / f"d{i // 100}" / f"f{i}").write_bytes(b"x" * 64)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    args = ["ima", "sign", "--key", str(out / "ima.key"), "--cert", str(out / "ima.pem"), str(tree)]
+    shown = _run_in_terminal(args, env)
+    assert "signing files" in shown and "signed 3000 files" in shown
+    quiet = _run_in_terminal([*args, "--quiet"], env)
+    assert "signing files" not in quiet and "signed 3000 files" in quiet
+    in_ci = _run_in_terminal(args, {**env, "CI": "true"})
+    assert "signing files" not in in_ci

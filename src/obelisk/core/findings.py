@@ -99,7 +99,10 @@ class Waiver:
     @classmethod
     def from_json(cls, data: Any, where: str = "waiver") -> "Waiver":
         d = _mapping(data, where)
+        wid, reason, approver = _str(d, "id", where), _str(d, "reason", where), _str(d, "approver", where)
         expires = d.get("expires")
+        if expires is None:
+            raise InputError(f"{where}.expires: missing")
         if isinstance(expires, _dt.date):
             date = expires
         else:
@@ -107,8 +110,7 @@ class Waiver:
                 date = _dt.date.fromisoformat(str(expires))
             except ValueError:
                 raise InputError(f"{where}.expires: not a date (YYYY-MM-DD): {expires!r}") from None
-        return cls(id=_str(d, "id", where), reason=_str(d, "reason", where),
-                   approver=_str(d, "approver", where), expires=date)
+        return cls(id=wid, reason=reason, approver=approver, expires=date)
 
 
 @dataclass(frozen=True)

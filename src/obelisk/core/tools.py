@@ -33,6 +33,7 @@ PACKAGES: dict[str, str] = {
     "make": "make",
     "chromium": "chromium",
     "dpkg-query": "dpkg",
+    "mke2fs": "e2fsprogs",
 }
 
 # tpm2-tools commands all come from one package
