@@ -265,7 +265,13 @@ def configure_references(opts: Options, reference: str | None, cert: str | None)
     """Attach the IMA checker, the reference manifest's checks and its PCR predictions to `opts`."""
     from obelisk.attest import ima_check
 
-    refs = ima_check.load_references(reference, cert)
+    apply_references(opts, ima_check.load_references(reference, cert))
+
+
+def apply_references(opts: Options, refs) -> None:
+    """Use already loaded references (a verifier checking many nodes of one image loads them once)."""
+    from obelisk.attest import ima_check
+
     opts.ima_check = ima_check.make_checker(refs)
     opts.predicted_pcrs = refs.predicted
     opts.reference_findings = list(refs.findings)
