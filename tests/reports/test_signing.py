@@ -61,6 +61,7 @@ class Pki:
         self.key = d / "signer.key"
         _write_key(self.key, leaf_key)
         self.leaf_key = leaf_key
+        self.mid_key, self.mid = mid_key, mid
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +232,41 @@ def test_statement_round_trips():
     st = Statement(report_name="r.html", digest="0" * 64, subject=NODE, scanned_at="2026-11-24T04:00:00Z",
                    signed_at="2026-11-24T05:00:00Z", report_format="html", tool="obelisk 0.1.0")
     assert Statement.parse(st.serialize()) == st
+
+
+@pytest.mark.hsm
+def test_sign_with_key_on_softhsm_token(obelisk_cli, html_report, pki, tmp_path):
+    """The signing key never leaves a SoftHSM2 token; the CLI reaches it by a pkcs11: URI."""
+    from obelisk.core import tools
+
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = {"SOFTHSM2_CONF": str(conf)}
+    module = "/usr/lib/softhsm/libsofthsm2.so"
+    tools.run("softhsm2-util", ["--init-token", "--free", "--label", "reports", "--pin", "4321", "--so-pin", "8765"],
+              env=env)
+    tools.run("pkcs11-tool", ["--module", module, "--login", "--pin", "4321", "--keypairgen", "--key-type",
+                              "EC:prime256v1", "--id", "07", "--label", "report-signer"], env=env)
+    pub_der = tmp_path / "pub.der"
+    tools.run("pkcs11-tool", ["--module", module, "--read-object", "--type", "pubkey", "--id", "07",
+                              "-o", str(pub_der)], env=env)
+    public_key = serialization.load_der_public_key(pub_der.read_bytes())
+    now = dt.datetime.now(dt.timezone.utc)
+    leaf = (x509.CertificateBuilder().subject_name(_name("HSM report signer")).issuer_name(pki.mid.subject)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(pki.mid_key, hashes.SHA256()))
+    chain = tmp_path / "hsm-chain.pem"
+    chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + pki.mid.public_bytes(serialization.Encoding.PEM))
+    pin = tmp_path / "pin"
+    pin.write_text("4321\n")
+    pin.chmod(0o600)
+    key_uri = f"pkcs11:token=reports;object=report-signer;type=private?pin-source=file:{pin}"
+    proc = obelisk_cli("report", "sign", str(html_report), "--key", key_uri, "--cert", str(chain), env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = obelisk_cli("report", "verify", str(html_report), "--cert", str(pki.ca))
+    assert proc.returncode == 0, proc.stderr
+    assert "HSM report signer" in proc.stdout

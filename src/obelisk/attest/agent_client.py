@@ -103,6 +103,7 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     if state and counters is not None and not report.failed:
         verify.save_state(state, record, counters)
     findings = list(report.findings)
+    findings.extend(reference_findings(bundle.ima_log, m, f"{endpoint.url}/v1/evidence"))
     image = m.get("image", {})
     if scan:
         status, body = endpoint.get("/v1/scan")
@@ -128,3 +129,71 @@ def _read(path: str, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {what}: {exc.strerror}", source=path) from None
+
+
+def reference_findings(ima_log: bytes | None, manifest: dict, source: str) -> list:
+    """Every file the node measured, checked against the image manifest's reference digests.
+
+    A file of the image whose measured digest differs (its content changed on the node) or
+    a file the image does not have (outside the paths allowed to vary) fails, named with its
+    entry number and path.
+    """
+    import fnmatch
+
+    from obelisk.core.errors import ParseError
+    from obelisk.core.findings import Evidence, Finding, Reference, Severity, Status
+
+    ref = manifest.get("ima_reference") or {}
+    digests: dict = ref.get("digests") or {}
+    vary = list(ref.get("allow_vary") or [])
+    base = dict(benchmark="attestation", section="image-reference",
+                references=(Reference("nist-800-53", "SI-7"),))
+    title = "every file the node ran is a file of the image, unchanged"
+    if ima_log is None:
+        return [Finding(id="attest.image.reference", title=title, status=Status.ERROR, severity=Severity.HIGH,
+                        detail="the evidence carries no IMA measurement list", **base)]
+    from obelisk.ima_policy import measurement_list
+
+    try:
+        mlist = measurement_list.parse_measurement_list(ima_log, f"{source}: ima_log")
+    except ParseError as exc:
+        return [Finding(id="attest.image.reference", title=title, status=Status.FAIL, severity=Severity.HIGH,
+                        detail=str(exc), **base)]
+    failures = []
+    checked = 0
+    for entry in mlist.entries:
+        if not any(entry.template_digest):
+            failures.append(Finding(id=f"attest.image.entry:{entry.number}", title="IMA violation recorded",
+                                    status=Status.FAIL, severity=Severity.HIGH, target=f"entry {entry.number}",
+                                    detail="a file was measured while open for write (ToMToU/open-writers)",
+                                    **base))
+            continue
+        try:
+            m = measurement_list.decode(entry)
+        except ParseError as exc:
+            failures.append(Finding(id=f"attest.image.entry:{entry.number}", title="IMA entry does not decode",
+                                    status=Status.FAIL, severity=Severity.HIGH, detail=str(exc), **base))
+            continue
+        if m.path == "boot_aggregate" or not m.path.startswith("/"):
+            continue
+        checked += 1
+        allowed = digests.get(m.path)
+        ev = (Evidence("log-entry", source, f"{m.digest_algo}:{m.digest.hex()} {m.path}", f"entry {entry.number}"),)
+        if allowed is not None:
+            if m.digest.hex() not in allowed:
+                failures.append(Finding(
+                    id=f"attest.image.file:{m.path}", title="file measured on the node differs from the image",
+                    status=Status.FAIL, severity=Severity.CRITICAL, target=m.path, observed=m.digest.hex(),
+                    expected=" or ".join(allowed), evidence=ev,
+                    detail=f"entry {entry.number}: {m.path} does not match the build's digest", **base))
+        elif not any(fnmatch.fnmatchcase(m.path, g.replace("**", "*")) for g in vary):
+            failures.append(Finding(
+                id=f"attest.image.file:{m.path}", title="file measured on the node is not part of the image",
+                status=Status.FAIL, severity=Severity.HIGH, target=m.path, observed=m.digest.hex(),
+                expected="a path listed in the manifest", evidence=ev,
+                detail=f"entry {entry.number}: {m.path} is unknown to the image", **base))
+    summary = Finding(id="attest.image.reference", title=title,
+                      status=Status.FAIL if failures else Status.PASS, severity=Severity.HIGH,
+                      observed=f"{checked} measured files checked, {len(failures)} problems",
+                      expected="0 problems", **base)
+    return [summary, *failures]

@@ -35,6 +35,7 @@ PACKAGES: dict[str, str] = {
     "nice": "coreutils",
     "chromium": "chromium",
     "dpkg-query": "dpkg",
+    "mke2fs": "e2fsprogs",
 }
 
 # tpm2-tools commands all come from one package
@@ -65,8 +66,13 @@ def run(
     check: bool = True,
     timeout: float | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run `tool` with `args`, capturing output; raise ToolFailedError on a non-zero exit if `check`."""
+    """Run `tool` with `args`, capturing output; raise ToolFailedError on a non-zero exit if `check`.
+
+    `pass_fds` keeps those descriptors open in the child (secrets handed over through pipes as
+    /dev/fd/N, never through argv or a file).
+    """
     full_env = None
     if env is not None:
         full_env = dict(os.environ)
@@ -79,6 +85,7 @@ def run(
         timeout=timeout,
         cwd=cwd,
         check=False,
+        pass_fds=tuple(pass_fds),
     )
     if check and proc.returncode != 0:
         raise ToolFailedError(tool, proc.returncode, (proc.stderr or proc.stdout).decode(errors="replace"))

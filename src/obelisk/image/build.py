@@ -98,6 +98,11 @@ def _load_keys(spec: Spec) -> Keys | None:
 def _render_policy(spec: Spec) -> bytes | None:
     if spec.ima.policy == "none":
         return None
+    if spec.ima.policy == "custom":
+        try:
+            return Path(spec.ima.policy_file).read_bytes()
+        except OSError as exc:
+            raise SpecError(spec.source, "ima.policy_file", f"cannot read: {exc.strerror}") from None
     try:
         from obelisk.ima_policy import profiles  # type: ignore[attr-defined]
     except ImportError:
@@ -148,7 +153,8 @@ def step_base(plan: Plan, cache: StepCache) -> tuple[Path, bool]:
     elif s.base == "tarball":
         inputs["tarball"] = file_digest(s.path)
     else:
-        inputs.update(suite=s.suite, mirror=s.mirror, packages=list(s.packages), epoch=plan.spec.source_date_epoch)
+        inputs.update(suite=s.suite, mirror=s.mirror, packages=list(s.packages), epoch=plan.spec.source_date_epoch,
+                      recipe=rootfs.MMDEBSTRAP_RECIPE)
 
     def produce(out: Path) -> None:
         root = out / "root"
@@ -213,6 +219,7 @@ def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
     extras = node_files(plan)
     inputs = {
         "base": base.name,
+        "agent": tree_digest(AGENT_PACKAGE) if (base / "root" / "usr/bin/python3").exists() else None,
         "overlay": tree_digest(spec.rootfs.overlay) if spec.rootfs.overlay else None,
         "extras": [[f.path, f.mode, hashlib.sha256(f.data).hexdigest()] for f in extras],
         "permissions": [p.to_json() for p in spec.rootfs.permissions],
@@ -227,10 +234,22 @@ def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
         if spec.rootfs.overlay:
             shutil.copytree(spec.rootfs.overlay, root, symlinks=True, dirs_exist_ok=True)
         rootfs.add_files(root, extras)
+        if (root / "usr/bin/python3").exists():
+            install_agent(root)
         rootfs.check_no_login(root)
         rootfs.normalize_modes(root, spec.rootfs.permissions)
 
     return cache.run("rootfs", inputs, produce)
+
+
+AGENT_PACKAGE = Path(__file__).resolve().parent.parent  # the obelisk package the agent runs from
+
+
+def install_agent(root: Path) -> None:
+    """obelisk's Python package under /usr/lib/obelisk/python, for the node agent (signed like the rest)."""
+    dest = root / "usr/lib/obelisk/python/obelisk"
+    shutil.copytree(AGENT_PACKAGE, dest, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
 
 
 def step_sign(plan: Plan, tree: Path, cache: StepCache, quiet: bool) -> tuple[Path, bool]:

@@ -19,6 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_quiet(p)
     p.set_defaults(handler=_build)
 
+    b = sub.add_parser("boot", help="boot a built image under QEMU with swtpm; wait until its agent answers")
+    b.add_argument("out", metavar="OUT")
+    b.add_argument("--ca", help="customer CA certificate (the agent's clients must chain to it)")
+    b.add_argument("--ca-key", help="customer CA key: issues this node's agent and client certs")
+    b.add_argument("--run-dir", metavar="DIR", help="this node's state, logs and pids (default OUT.run)")
+    b.add_argument("--port", type=int, help="host port forwarded to the agent (default: a free one)")
+    b.add_argument("--memory", type=int, default=768, metavar="MiB")
+    b.add_argument("--timeout", type=float, default=300, help="seconds to wait for the agent")
+    b.add_argument("--stop", action="store_true", help="stop the node of --run-dir (or OUT.run) instead")
+    b.add_argument("--format", choices=("text", "json"), default=None)
+    b.set_defaults(handler=_boot)
+
     image = subcommand_group(sub, "image", "node images: verify, spec reference")
     v = image.add_parser("verify", help="check the manifest signature, every artifact and every file signature")
     v.add_argument("out", metavar="OUT")
@@ -144,3 +156,31 @@ def _issue_cert(args: argparse.Namespace) -> int:
     issued = issue(Path(args.ca), Path(args.ca_key), Path(args.out), args.name, server=args.server, hosts=hosts)
     print(f"certificate {issued.cert}, key {issued.key} (0600)")
     return 0
+
+
+def _boot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from obelisk.image import boot
+
+    out = Path(args.out)
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
+    if args.stop:
+        pids = boot.stop(run_dir)
+        print(f"stopped {len(pids)} process(es) of {run_dir}")
+        return 0
+    if not args.ca or not args.ca_key:
+        from obelisk.core.errors import InputError
+
+        raise InputError("boot needs --ca and --ca-key (to issue this node's agent and client certificates)")
+    node = boot.boot(out, run_dir, ca=Path(args.ca), ca_key=Path(args.ca_key), port=args.port,
+                     memory_mib=args.memory, timeout=args.timeout)
+
+    def text(d: dict) -> str:
+        return (f"node up: agent at {d['url']} (console {d['serial_log']})\n"
+                f"attest it: obelisk attest node {d['url']} --manifest {out / 'manifest.json'} --ca {args.ca} "
+                f"--cert {d['client_cert']} --key {d['client_key']} --ak {d['ak']}\n"
+                f"stop it:   obelisk boot {out} --stop\n")
+
+    args.output = None
+    return emit_result(args, node.to_json(), text)

@@ -25,7 +25,12 @@ LOGIN_APPLETS = frozenset({"login", "getty", "su", "sulogin", "passwd", "telnetd
                            "cryptpw", "mkpasswd", "vlock"})
 # Paths whose presence means a login path into the node: the build refuses them.
 FORBIDDEN = ("usr/sbin/sshd", "sbin/sshd", "usr/bin/sshd", "sbin/getty", "sbin/agetty", "usr/sbin/agetty",
-             "bin/login", "usr/bin/login", "usr/sbin/dropbear", "usr/sbin/telnetd")
+             "usr/sbin/getty", "bin/login", "usr/bin/login", "bin/su", "usr/bin/su", "sbin/sulogin",
+             "usr/sbin/sulogin", "usr/sbin/dropbear", "usr/sbin/telnetd", "usr/sbin/in.telnetd")
+# Debian's Essential set ships login, su, sulogin and agetty: dpkg leaves them out of node images.
+DEBIAN_EXCLUDES = tuple(f"/{d}/{name}" for d in ("bin", "usr/bin", "sbin", "usr/sbin")
+                        for name in ("login", "su", "sulogin", "agetty", "getty", "nologin.real"))
+MMDEBSTRAP_RECIPE = "2"  # bump when the arguments below change: the cache key includes it
 BASE_DIRS = ("bin", "sbin", "etc", "dev", "proc", "sys", "run", "tmp", "var", "root", "usr/bin", "usr/sbin",
              "etc/obelisk", "etc/ima", "etc/keys", "opt/kubernetes/bin")
 
@@ -78,10 +83,13 @@ def base_debian(dest: Path, suite: str, mirror: str, packages: tuple[str, ...], 
     """A minimal Debian userland from Debian's archive (mmdebstrap minbase), unpacked into dest."""
     tarball = dest.parent / f".{dest.name}.debian.tar"
     include = ",".join(packages)
-    args = ["--variant=minbase", "--mode=auto", "--quiet",
-            "--dpkgopt=path-exclude=/usr/share/{doc,man,info,locale}/*",
+    # essential: only Essential:yes packages plus what `packages` needs (no apt on a node image).
+    args = ["--variant=essential", "--mode=auto", "--quiet",
+            *[f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "info", "locale", "lintian")],
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+            *[f"--dpkgopt=path-exclude={p}" for p in DEBIAN_EXCLUDES],
             "--customize-hook=rm -f \"$1\"/etc/machine-id \"$1\"/var/cache/ldconfig/aux-cache",
-            "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*.bin \"$1\"/var/log/*"]
+            "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/* \"$1\"/var/log/*"]
     if include:
         args.append(f"--include={include}")
     try:

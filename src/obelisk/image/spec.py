@@ -20,7 +20,7 @@ from typing import Any
 from obelisk.core.errors import InputError
 from obelisk.core.yamlsafe import load_yaml_file
 
-IMA_POLICIES = ("appraise-rootfs", "appraise-all", "measure-only", "none")
+IMA_POLICIES = ("appraise-rootfs", "appraise-all", "measure-only", "custom", "none")
 APPRAISING = ("appraise-rootfs", "appraise-all")
 ROOTFS_BASES = ("busybox", "debian", "directory", "tarball")
 K8S_ROLES = ("none", "worker", "control-plane")
@@ -199,7 +199,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("signing", "passphrase_env", STR, help="Environment variable holding signing.key's passphrase "
             "(never put the passphrase in the spec)."),
     Setting("ima", "policy", STR, "appraise-rootfs", choices=IMA_POLICIES,
-            help="IMA policy profile (ima_policy) loaded by the initramfs."),
+            help="IMA policy profile (ima_policy) loaded by the initramfs; custom: ima.policy_file."),
+    Setting("ima", "policy_file", PATH, help="Your own IMA policy file, used verbatim with ima.policy: custom "
+            "(it is signed and appraised like every other file)."),
     Setting("kubernetes", "role", STR, "worker", choices=K8S_ROLES,
             help="Kubernetes configuration rendered into the rootfs (cis_checks); binaries are not "
                  "included: they go under /opt/kubernetes/bin (see docs/image.md)."),
@@ -277,6 +279,10 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule("ima.policy", "appraisal needs signed files: set signing.key and signing.cert (or use measure-only)",
          lambda s: s.ima.policy in APPRAISING and not s.signing.key),
+    Rule("ima.policy_file", "ima.policy: custom needs ima.policy_file",
+         lambda s: s.ima.policy == "custom" and not s.ima.policy_file),
+    Rule("ima.policy_file", "only used with ima.policy: custom",
+         lambda s: s.ima.policy != "custom" and bool(s.ima.policy_file)),
     Rule("signing.cert", "signing.key needs its certificate", lambda s: bool(s.signing.key) and not s.signing.cert),
     Rule("signing.key", "signing.cert given without signing.key", lambda s: bool(s.signing.cert) and not s.signing.key),
     Rule("disk.encryption", "the disk key is sealed by the TPM: encryption needs tpm.enabled: true",

@@ -59,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sign.add_argument("--results", metavar="RESULTS.json",
                       help="results file naming the subject, for formats that do not carry it (ckl, csv, ...)")
     sign.add_argument("-o", "--output", metavar="SIG", help="signature file (default: REPORT.sig)")
+    sign.add_argument("--format", choices=("text", "json"), default="text", help="how to print the result")
     sign.set_defaults(handler=_sign)
 
     verify = group.add_parser("verify", help="verify a signed report against the customer CA")
@@ -112,8 +113,13 @@ def _sign(args: argparse.Namespace) -> int:
     sig_path, statement = sign_report_file(args.report, key=args.key, cert=args.cert, output=args.output,
                                            results=args.results, passphrase_env=args.passphrase_env,
                                            passphrase_file=args.passphrase_file)
-    print(f"signed {args.report} ({statement.subject.kind} {statement.subject.name}, scanned "
-          f"{statement.scanned_at}) -> {sig_path}")
+    if args.format == "json":
+        import json
+
+        print(json.dumps({"signature": sig_path, "statement": statement.to_json()}, indent=2, sort_keys=True))
+    else:
+        print(f"signed {args.report} ({statement.subject.kind} {statement.subject.name}, scanned "
+              f"{statement.scanned_at}) -> {sig_path}")
     return 0
 
 

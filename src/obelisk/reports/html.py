@@ -98,7 +98,7 @@ def context(bundle: Bundle, options: RenderOptions) -> dict:
     for f in findings:
         by_benchmark.setdefault(f.benchmark or "other", Counter())[f.status] += 1
         by_severity[f.severity][f.status] += 1
-    benchmarks = sorted(by_benchmark.items(), key=lambda kv: kv[0])
+    benchmarks = sorted(by_benchmark.items(), key=lambda kv: BENCHMARK_LABEL.get(kv[0], kv[0]).lower())
     waivers = [f for f in report.findings if f.waiver is not None]
     failing = counts.get(Status.FAIL, 0) + counts.get(Status.ERROR, 0)
     meta = {

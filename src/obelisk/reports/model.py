@@ -108,16 +108,19 @@ def load_bundle(paths: list[str | Path]) -> Bundle:
 
 
 def _merged_subject(subjects: list[Subject]) -> Subject:
+    """The node (else the first) subject, with the others folded in as `kind.*` attributes."""
     primary = next((s for s in subjects if s.kind == "node"), subjects[0])
     attrs = dict(primary.attributes)
     for s in subjects:
         if s == primary:
             continue
+        same = (s.kind, s.name) == (primary.kind, primary.name)
         for key, value in s.attributes:
-            attrs.setdefault(key, value)
-        if s.kind != primary.kind or s.name != primary.name:
-            attrs.setdefault(f"{s.kind}", s.name)
-        if s.digest:
+            attrs.setdefault(key if same else f"{s.kind}.{key}", value)
+        if not same:
+            key = s.kind if attrs.get(s.kind, s.name) == s.name else f"{s.kind}.name"
+            attrs.setdefault(key, s.name)
+        if s.digest and s.digest != primary.digest:
             attrs.setdefault(f"{s.kind}.digest", s.digest)
     return Subject(kind=primary.kind, name=primary.name, digest=primary.digest,
                    attributes=tuple(sorted(attrs.items())))

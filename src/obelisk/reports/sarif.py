@@ -7,6 +7,7 @@ dashboard sees what was checked, not only what failed. A waiver is a SARIF suppr
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from urllib.parse import quote
 
@@ -45,14 +46,22 @@ def _rule(f: Finding) -> dict:
     return rule
 
 
+_LINE = re.compile(r"^(?:line\s*)?(\d+)$", re.I)
+# Evidence kinds whose source is a file on the checked system.
+_FILE_KINDS = frozenset({"file", "config", "manifest", "log-entry"})
+
+
 def _location(f: Finding) -> list[dict]:
     out = []
     for e in f.evidence:
-        if e.kind != "file" or not e.source.startswith("/"):
+        if e.kind not in _FILE_KINDS or not e.source or " " in e.source or "://" in e.source:
             continue
-        physical: dict = {"artifactLocation": {"uri": "file://" + quote(str(PurePosixPath(e.source)))}}
-        if e.location.isdigit() and int(e.location) > 0:
-            physical["region"] = {"startLine": int(e.location)}
+        path = PurePosixPath(e.source)
+        uri = ("file://" if path.is_absolute() else "") + quote(str(path))
+        physical: dict = {"artifactLocation": {"uri": uri}}
+        m = _LINE.match(e.location.strip())
+        if m and int(m.group(1)) > 0:
+            physical["region"] = {"startLine": int(m.group(1))}
         out.append({"physicalLocation": physical})
     if not out and f.target:
         out.append({"logicalLocations": [{"name": f.target, "kind": "resource"}]})

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Benchmark: verify one 1,000,000-entry ima-ng list with obelisk, Keylime and evmctl.
+
+Every tool runs as a whole process on the same list (binary for obelisk and evmctl,
+the same list in ascii for Keylime, which reads only ascii) and checks it against
+the same PCR 10 values; obelisk then checks it against a reference manifest too.
+Prints entries/s and the ratios. Keylime must be installed in a throwaway venv
+(default /tmp/keylime-venv; see docs/ima_policy.md), never into the project.
+
+    python bench/ima_log_verify.py [--entries 1000000] [--dir /tmp/obelisk-bench-ima]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from obelisk.ima_policy.measurement_list import (  # noqa: E402
+    digest_field, make_entry, name_field, serialize_ascii, serialize_binary)
+from obelisk.ima_policy.replay import replay  # noqa: E402
+
+KEYLIME_SCRIPT = r'''
+import sys, types, json
+sys.modules.setdefault("gpg", types.ModuleType("gpg"))  # keylime imports gpg, unused here
+from keylime.ima import ima, file_signatures
+from keylime.ima.types import RuntimePolicyType
+from keylime.common.algorithms import Hash
+from keylime import ima as _ima
+from keylime.agentstates import AgentAttestState
+log = open(sys.argv[1]).read()
+policy = json.load(open(sys.argv[2]))
+pcr10 = sys.argv[3]
+state = AgentAttestState("bench-agent")
+failure = ima.process_measurement_list(state, log.splitlines(), json.dumps(policy), pcrval=pcr10,
+                                       hash_alg=Hash.SHA1)
+print("keylime:", failure)
+'''
+
+
+def generate(n: int, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [make_entry("ima-ng", [digest_field("sha256", hashlib.sha256(b"pcrs").digest()),
+                                     name_field("boot_aggregate")])]
+    files = {}
+    for i in range(1, n):
+        path = f"/usr/lib/x86_64-linux-gnu/lib{i % 5000}/obj{i}.so.1"
+        digest = hashlib.sha256(b"%d" % i).digest()
+        entries.append(make_entry("ima-ng", [digest_field("sha256", digest), name_field(path)], number=i + 1))
+        files[path] = [f"sha256:{digest.hex()}"]
+    (out / "list.bin").write_bytes(serialize_binary(entries))
+    (out / "list.ascii").write_bytes(serialize_ascii(entries))
+    values = replay(entries, ["sha1", "sha256"])
+    (out / "pcr-sha1").write_text(f"PCR-10: {values['sha1'].hex()}\n")
+    (out / "pcr-sha256").write_text(f"PCR-10: {values['sha256'].hex()}\n")
+    (out / "reference.json").write_text(json.dumps({"schema": "obelisk.ima-reference/1", "files": files}))
+    keylime_policy = {"meta": {"version": 1, "generator": 0}, "release": 0,
+                      "digests": {p: [d[0].split(":", 1)[1]] for p, d in files.items()},
+                      "excludes": [], "keyrings": {}, "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1",
+                                                              "dm_policy": None},
+                      "ima-buf": {}, "verification-keys": ""}
+    (out / "keylime-policy.json").write_text(json.dumps(keylime_policy))
+    (out / "n").write_text(str(n))
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return time.perf_counter() - t, proc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--dir", default="/tmp/obelisk-bench-ima")
+    ap.add_argument("--keylime-python", default="/tmp/keylime-venv/bin/python")
+    ap.add_argument("--skip-keylime", action="store_true")
+    args = ap.parse_args()
+    d = Path(args.dir)
+    if not (d / "n").exists() or (d / "n").read_text() != str(args.entries):
+        print(f"generating {args.entries} entries in {d} ...", file=sys.stderr)
+        generate(args.entries, d)
+    n = args.entries
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    pcrs = [f"sha1,{d / 'pcr-sha1'}", f"sha256,{d / 'pcr-sha256'}"]
+    results: dict[str, float] = {}
+
+    def run(label, cmd, ok, env=None):
+        seconds, proc = timed(cmd, env)
+        good = ok(proc)
+        print(f"{label:<34} {seconds:7.2f} s  {n / seconds:12,.0f} entries/s  {'ok' if good else 'FAILED'}")
+        if not good:
+            print((proc.stdout + proc.stderr)[-2000:], file=sys.stderr)
+        results[label] = seconds
+
+    py = sys.executable
+    obelisk = [py, "-m", "obelisk", "ima", "log", "verify", "--format", "json", "--quiet"]
+    run("obelisk (binary, sha1+sha256)", obelisk + [str(d / "list.bin"), "--pcrs", pcrs[0], "--pcrs", pcrs[1]],
+        lambda p: p.returncode == 0, env)
+    run("obelisk (binary) + reference", obelisk + [str(d / "list.bin"), "--pcrs", pcrs[0], "--pcrs", pcrs[1],
+                                                   "--reference", str(d / "reference.json")],
+        lambda p: p.returncode == 0, env)
+    run("obelisk (ascii, sha1+sha256)", obelisk + [str(d / "list.ascii"), "--pcrs", pcrs[0], "--pcrs", pcrs[1]],
+        lambda p: p.returncode == 0, env)
+    evmctl = shutil.which("evmctl")
+    if evmctl:
+        run("evmctl ima_measurement", [evmctl, "ima_measurement", "--pcrs", pcrs[0], "--pcrs", pcrs[1],
+                                       str(d / "list.bin")],
+            lambda p: p.returncode == 0)
+    if not args.skip_keylime and Path(args.keylime_python).exists():
+        script = d / "keylime_check.py"
+        script.write_text(KEYLIME_SCRIPT)
+        pcr10 = (d / "pcr-sha1").read_text().split()[1]
+        run("keylime process_measurement_list", [args.keylime_python, str(script), str(d / "list.ascii"),
+                                                 str(d / "keylime-policy.json"), pcr10],
+            lambda p: p.returncode == 0 and "keylime: None" in p.stdout)
+    base = results["obelisk (binary, sha1+sha256)"]
+    for label, seconds in results.items():
+        if not label.startswith("obelisk"):
+            print(f"obelisk is {seconds / base:5.2f}x faster than {label}")
+    print(f"reference check: {results['obelisk (binary) + reference']:.2f} s (target < 5 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""LUKS2 volumes unlocked by the TPM: enroll, unlock, reseal (cryptsetup through core/tools).
+
+Layout on the volume after `enroll`:
+
+* one keyslot holds a random 256-bit key (base64, as systemd-cryptenroll does) that is sealed in
+  the TPM under a PCR policy (or the customer's PolicyAuthorize key); the sealed blob, the PCR
+  list and the values it was sealed to live in a LUKS2 token of type `obelisk-tpm2`;
+* another keyslot holds a recovery key, printed once and stored nowhere else.
+
+Both keys are random 256-bit secrets, so their keyslots use PBKDF2 with the minimum iterations
+(a slow KDF only protects guessable passphrases). Secrets reach cryptsetup through pipes
+(/dev/fd/N), never argv or files. Nothing touches the volume key: reseal adds the new slot and
+token before removing the old ones, so an interruption leaves a volume that still opens.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from obelisk.attest import seal as sealmod
+from obelisk.core import tools
+from obelisk.core.errors import InputError, ObeliskError
+
+TOKEN_TYPE = "obelisk-tpm2"
+_FAST_KDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]
+
+
+class UnlockError(ObeliskError):
+    """The volume could not be unlocked (exit 1: the check ran and failed)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Token:
+    keyslot: int
+    sealed: sealmod.Sealed
+    signed_policies: tuple[sealmod.SignedPolicy, ...] = ()
+    token_id: int | None = None
+
+    def to_json(self) -> dict:
+        s = self.sealed
+        doc = {
+            "type": TOKEN_TYPE,
+            "keyslots": [str(self.keyslot)],
+            "obelisk-version": 1,
+            "tpm2-public": base64.b64encode(s.public).decode(),
+            "tpm2-private": base64.b64encode(s.private).decode(),
+            "tpm2-pcr-bank": sealmod.BANK,
+            "tpm2-pcrs": list(s.pcrs),
+            "tpm2-pcr-values": {str(p): v.hex() for p, v in sorted(s.values.items())},
+            "tpm2-policy-hash": s.policy.hex(),
+        }
+        if s.authorize_key:
+            doc["tpm2-policy-key"] = base64.b64encode(s.authorize_key).decode()
+            doc["tpm2-signed-policies"] = [signed_policy_json(p) for p in self.signed_policies]
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict, token_id: int | None, where: str) -> "Token":
+        try:
+            values = {int(k): bytes.fromhex(v) for k, v in doc["tpm2-pcr-values"].items()}
+            key = base64.b64decode(doc["tpm2-policy-key"]) if doc.get("tpm2-policy-key") else None
+            sealed = sealmod.Sealed(public=base64.b64decode(doc["tpm2-public"]),
+                                    private=base64.b64decode(doc["tpm2-private"]),
+                                    pcrs=tuple(int(p) for p in doc["tpm2-pcrs"]), values=values,
+                                    policy=bytes.fromhex(doc["tpm2-policy-hash"]), authorize_key=key)
+            policies = tuple(signed_policy_from_json(p, where) for p in doc.get("tpm2-signed-policies", []))
+            return cls(keyslot=int(doc["keyslots"][0]), sealed=sealed, signed_policies=policies, token_id=token_id)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise InputError(f"malformed {TOKEN_TYPE} token: {type(exc).__name__}: {exc}", source=where) from None
+
+
+def signed_policy_json(p: sealmod.SignedPolicy) -> dict:
+    return {"format": "obelisk.signed-pcr-policy/1", "bank": sealmod.BANK, "pcrs": list(p.pcrs),
+            "values": {str(k): v.hex() for k, v in sorted(p.values.items())},
+            "policy": p.approved.hex(), "policy_ref": p.policy_ref.hex(),
+            "signature": base64.b64encode(p.signature).decode()}
+
+
+def signed_policy_from_json(doc: dict, where: str) -> sealmod.SignedPolicy:
+    try:
+        if doc.get("format") != "obelisk.signed-pcr-policy/1":
+            raise ValueError("format is not obelisk.signed-pcr-policy/1")
+        policy = sealmod.SignedPolicy(pcrs=tuple(sorted(int(p) for p in doc["pcrs"])),
+                                      values={int(k): bytes.fromhex(v) for k, v in doc["values"].items()},
+                                      signature=base64.b64decode(doc["signature"]),
+                                      policy_ref=bytes.fromhex(doc.get("policy_ref", "")))
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise InputError(f"malformed signed PCR policy: {exc}", source=where) from None
+    if set(policy.values) != set(policy.pcrs):
+        raise InputError("signed PCR policy: values do not match pcrs", source=where)
+    return policy
+
+
+# ---- cryptsetup ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _pipes(*secrets_: bytes) -> Iterator[list[int]]:
+    """Read ends of pipes already holding each secret (small: fits the pipe buffer), for /dev/fd/N."""
+    fds: list[int] = []
+    try:
+        for secret in secrets_:
+            r, w = os.pipe()
+            os.write(w, secret)
+            os.close(w)
+            fds.append(r)
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _cryptsetup(args: Sequence[str], *, fds: Sequence[int] = (), check: bool = True):
+    return tools.run("cryptsetup", list(args), pass_fds=fds, check=check)
+
+
+def metadata(device: str) -> dict:
+    proc = _cryptsetup(["luksDump", "--dump-json-metadata", device], check=False)
+    if proc.returncode != 0:
+        raise InputError("not a LUKS2 volume (or unreadable)", source=device)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise InputError("cryptsetup printed unreadable LUKS2 metadata", source=device) from None
+
+
+def is_luks(device: str) -> bool:
+    return _cryptsetup(["isLuks", "--type", "luks2", device], check=False).returncode == 0
+
+
+def _free_slot(meta: dict) -> int:
+    used = {int(k) for k in meta.get("keyslots", {})}
+    for slot in range(32):
+        if slot not in used:
+            return slot
+    raise InputError("no free LUKS2 keyslot")
+
+
+def tokens(device: str, meta: dict | None = None) -> list[Token]:
+    meta = meta if meta is not None else metadata(device)
+    out = []
+    for tid, doc in sorted(meta.get("tokens", {}).items(), key=lambda kv: int(kv[0])):
+        if doc.get("type") == TOKEN_TYPE:
+            out.append(Token.from_json(doc, int(tid), f"{device} token {tid}"))
+    return out
+
+
+def _add_key(device: str, existing: bytes, new: bytes, slot: int) -> None:
+    with _pipes(existing, new) as (old_fd, new_fd):
+        _cryptsetup(["luksAddKey", "--batch-mode", *_FAST_KDF, "--key-file", f"/dev/fd/{old_fd}",
+                     "--key-slot", str(slot), device, f"/dev/fd/{new_fd}"], fds=(old_fd, new_fd))
+
+
+def _import_token(device: str, token: Token) -> None:
+    data = json.dumps(token.to_json()).encode()
+    with _pipes(data) as (fd,):  # not secret; a pipe keeps it off the disk all the same
+        _cryptsetup(["token", "import", "--json-file", f"/dev/fd/{fd}", device], fds=(fd,))
+
+
+def test_key(device: str, key: bytes, slot: int | None = None) -> bool:
+    args = ["open", "--test-passphrase", "--batch-mode"]
+    if slot is not None:
+        args += ["--key-slot", str(slot)]
+    with _pipes(key) as (fd,):
+        return _cryptsetup([*args, "--key-file", f"/dev/fd/{fd}", device], fds=(fd,), check=False).returncode == 0
+
+
+def _key_slot_of(device: str, key: bytes, meta: dict) -> int | None:
+    for slot in sorted(int(k) for k in meta.get("keyslots", {})):
+        if test_key(device, key, slot):
+            return slot
+    return None
+
+
+def new_tpm_key() -> bytes:
+    return base64.b64encode(secrets.token_bytes(32))
+
+
+def new_recovery_key() -> str:
+    """256 random bits as 8 groups of 8 hex digits: easy to read aloud and type."""
+    raw = secrets.token_bytes(32).hex()
+    return "-".join(raw[i:i + 8] for i in range(0, 64, 8))
+
+
+def normalize_recovery_key(text: str) -> bytes:
+    return text.strip().lower().encode()
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    tpm_keyslot: int
+    recovery_keyslot: int | None
+    recovery_key: str | None
+    pcrs: tuple[int, ...]
+    values: dict[int, bytes] = field(default_factory=dict)
+    formatted: bool = False
+
+
+def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existing_key: bytes | None = None,
+           format_volume: bool = False, values: dict[int, bytes] | None = None,
+           policy_key: bytes | None = None, recovery: bool = True) -> Enrolled:
+    """Give `device` a TPM-sealed keyslot and (by default) a recovery keyslot."""
+    if not os.path.exists(device):
+        raise InputError("no such file or device", source=device)
+    formatted = False
+    if not is_luks(device):
+        if not format_volume:
+            raise InputError("not a LUKS2 volume; pass --format to create one (destroys its contents)",
+                             source=device)
+        bootstrap = new_tpm_key()
+        with _pipes(bootstrap) as (fd,):
+            _cryptsetup(["luksFormat", "--type", "luks2", "--batch-mode", *_FAST_KDF, "--key-slot", "0",
+                         "--key-file", f"/dev/fd/{fd}", device], fds=(fd,))
+        existing_key, formatted = bootstrap, True
+    elif existing_key is None:
+        raise InputError("the volume already has keys: give one of them with --key-file", source=device)
+    elif format_volume:
+        raise InputError("already a LUKS2 volume: --format refused, it would destroy the data", source=device)
+    assert existing_key is not None
+    meta = metadata(device)
+    if tokens(device, meta):
+        raise InputError("already enrolled with the TPM: use `obelisk disk reseal`", source=device)
+    if not formatted and _key_slot_of(device, existing_key, meta) is None:
+        raise InputError("--key-file does not open any keyslot", source=device)
+
+    if formatted:  # the bootstrap key becomes the TPM key: same secret, no extra slot
+        tpm_key, tpm_slot = existing_key, 0
+    else:
+        tpm_key, tpm_slot = new_tpm_key(), _free_slot(meta)
+    # seal first: if the TPM refuses, the volume is unchanged
+    sealed = sealmod.seal(tpm_key, pcrs, tcti, values=values, authorize_key=policy_key)
+    if not formatted:
+        _add_key(device, existing_key, tpm_key, tpm_slot)
+    _import_token(device, Token(keyslot=tpm_slot, sealed=sealed))
+    recovery_key = None
+    recovery_slot = None
+    if recovery:
+        recovery_key = new_recovery_key()
+        recovery_slot = _free_slot(metadata(device))
+        _add_key(device, existing_key, normalize_recovery_key(recovery_key), recovery_slot)
+    return Enrolled(tpm_keyslot=tpm_slot, recovery_keyslot=recovery_slot, recovery_key=recovery_key,
+                    pcrs=sealed.pcrs, values=sealed.values, formatted=formatted)
+
+
+def _only_token(device: str) -> Token:
+    found = tokens(device)
+    if not found:
+        raise InputError(f"no {TOKEN_TYPE} token: enroll the volume first", source=device)
+    return found[-1]
+
+
+def unseal_key(device: str, tcti: str | None = None,
+               extra_policies: Sequence[sealmod.SignedPolicy] = ()) -> tuple[Token, bytes]:
+    token = _only_token(device)
+    key = sealmod.unseal(token.sealed, tcti, signed=[*token.signed_policies, *extra_policies])
+    return token, key
+
+
+def unlock(device: str, tcti: str | None = None, *, name: str | None = None, test: bool = False,
+           extra_policies: Sequence[sealmod.SignedPolicy] = ()) -> Token:
+    """Unseal the key and open the volume (or, with `test`, prove it opens its keyslot)."""
+    token, key = unseal_key(device, tcti, extra_policies)
+    if test:
+        if not test_key(device, key, token.keyslot):
+            raise UnlockError(f"{device}: the unsealed key does not open keyslot {token.keyslot}")
+        return token
+    target = name or "obelisk-" + os.path.basename(device).replace("/", "-")
+    with _pipes(key) as (fd,):
+        _cryptsetup(["open", "--type", "luks2", "--key-slot", str(token.keyslot), "--key-file", f"/dev/fd/{fd}",
+                     device, target], fds=(fd,))
+    return token
+
+
+def reseal(device: str, tcti: str | None = None, *, pcrs: Sequence[int] | None = None,
+           recovery_key: bytes | None = None, values: dict[int, bytes] | None = None) -> Token:
+    """Seal a fresh key to the current (or given) PCR values; authenticate with the TPM or the recovery key.
+
+    Order keeps the volume openable at every step: add the new keyslot, import the new token,
+    then remove the old token and kill the old TPM keyslot.
+    """
+    old = _only_token(device)
+    try:
+        _, auth = unseal_key(device, tcti)
+    except sealmod.PolicyMismatch:
+        if recovery_key is None:
+            raise
+        auth = recovery_key
+    if not test_key(device, auth):
+        raise UnlockError(f"{device}: the recovery key does not open any keyslot")
+    new_pcrs = tuple(pcrs) if pcrs else old.sealed.pcrs
+    new_key = new_tpm_key()
+    sealed = sealmod.seal(new_key, new_pcrs, tcti, values=values, authorize_key=old.sealed.authorize_key)
+    slot = _free_slot(metadata(device))
+    _add_key(device, auth, new_key, slot)
+    new = Token(keyslot=slot, sealed=sealed, signed_policies=old.signed_policies)
+    _import_token(device, new)
+    if old.token_id is not None:
+        _cryptsetup(["token", "remove", "--token-id", str(old.token_id), device])
+    with _pipes(new_key) as (fd,):
+        _cryptsetup(["luksKillSlot", "--batch-mode", "--key-file", f"/dev/fd/{fd}", device, str(old.keyslot)],
+                    fds=(fd,))
+    return new
+
+
+def add_signed_policy(device: str, policy: sealmod.SignedPolicy) -> Token:
+    """Store a customer-signed PCR policy in the token (public data: no key needed)."""
+    old = _only_token(device)
+    if old.sealed.authorize_key is None:
+        raise InputError("this volume is sealed to fixed PCR values, not to a signed policy key", source=device)
+    new = Token(keyslot=old.keyslot, sealed=old.sealed, signed_policies=(*old.signed_policies, policy))
+    _import_token(device, new)
+    if old.token_id is not None:
+        _cryptsetup(["token", "remove", "--token-id", str(old.token_id), device])
+    return new

@@ -1,0 +1,239 @@
+"""Secrets sealed in the TPM under a PCR policy (optionally a policy signed by the customer key).
+
+The sealed object is a keyed-hash data object under the storage root key (an ECC P-256 primary in
+the owner hierarchy, recreated from its template on every use, so nothing is persisted in the TPM).
+Its authPolicy is either
+
+* PolicyPCR(bank, pcrs, values): the TPM releases the secret only while those PCRs hold those
+  values; or
+* PolicyAuthorize(customer key): the TPM releases it under any PolicyPCR whose digest the customer
+  key signed, so an update that changes PCR values is authorised by signing the new values instead
+  of re-enrolling every disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from obelisk.attest import tpm as tpmmod
+from obelisk.attest.tpm import TPMError
+from obelisk.core.errors import InputError
+
+BANK = "sha256"
+_ALG_SHA256 = 0x000B
+TPM_CC_POLICY_PCR = 0x0000017F
+TPM_CC_POLICY_AUTHORIZE = 0x0000016A
+
+
+@dataclass(frozen=True)
+class Sealed:
+    public: bytes  # TPM2B_PUBLIC of the sealed object
+    private: bytes  # TPM2B_PRIVATE (encrypted by the SRK; useless outside this TPM)
+    pcrs: tuple[int, ...]
+    values: dict[int, bytes]  # what the policy was computed over (for naming PCRs that differ)
+    policy: bytes  # the object's authPolicy
+    authorize_key: bytes | None = None  # DER SubjectPublicKeyInfo of the customer policy key, if any
+
+
+class PolicyMismatch(TPMError):
+    """The TPM refused to unseal: the PCRs are not the sealed ones."""
+
+    def __init__(self, differing: dict[int, tuple[bytes, bytes]]):
+        self.differing = differing
+        names = ", ".join(f"PCR {p}" for p in sorted(differing)) or "no PCR differs (policy or TPM changed)"
+        super().__init__(f"the TPM refused to unseal: {names} differ{'s' if len(differing) == 1 else ''} "
+                         "from the sealed policy")
+
+
+# ---- policy digests, computed in software (TPM 2.0 Part 3, PolicyPCR / PolicyAuthorize) ----------
+
+def pcr_selection_bytes(pcrs: Sequence[int]) -> bytes:
+    bitmap = bytearray(3)
+    for p in pcrs:
+        bitmap[p // 8] |= 1 << (p % 8)
+    return struct.pack(">IHB", 1, _ALG_SHA256, 3) + bytes(bitmap)
+
+
+def policy_pcr_digest(pcrs: Sequence[int], values: dict[int, bytes], previous: bytes = b"\0" * 32) -> bytes:
+    """policyDigest' = H(policyDigest || TPM_CC_PolicyPCR || pcrs || H(values in PCR order))."""
+    composite = hashlib.sha256(b"".join(values[p] for p in sorted(pcrs))).digest()
+    return hashlib.sha256(previous + struct.pack(">I", TPM_CC_POLICY_PCR) + pcr_selection_bytes(sorted(pcrs))
+                          + composite).digest()
+
+
+def key_name(public_der: bytes) -> bytes:
+    """TPM name of the customer's public key as TPM2_LoadExternal gives it."""
+    return bytes(_external_public(public_der).get_name())
+
+
+def policy_authorize_digest(public_der: bytes, policy_ref: bytes = b"") -> bytes:
+    """policyDigest after PolicyAuthorize(keySign): H(H(0 || CC || name) || policyRef)."""
+    first = hashlib.sha256(b"\0" * 32 + struct.pack(">I", TPM_CC_POLICY_AUTHORIZE) + key_name(public_der)).digest()
+    return hashlib.sha256(first + policy_ref).digest()
+
+
+def _external_public(public_der: bytes):
+    from cryptography.hazmat.primitives import serialization
+    from tpm2_pytss import TPM2_ALG, TPM2B_PUBLIC, TPMA_OBJECT
+
+    pem = serialization.load_der_public_key(public_der).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pub = TPM2B_PUBLIC.from_pem(pem, nameAlg=TPM2_ALG.SHA256, objectAttributes=TPMA_OBJECT.SIGN_ENCRYPT
+                                | TPMA_OBJECT.USERWITHAUTH)
+    return pub
+
+
+def sign_policy(private_key, approved: bytes, policy_ref: bytes = b"") -> bytes:
+    """The customer's signature over aHash = H(approvedPolicy || policyRef) (ECDSA P-256 or RSA PKCS#1 v1.5)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+    digest = hashlib.sha256(approved + policy_ref).digest()
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        return private_key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        return private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    raise InputError("policy key must be ECDSA (P-256) or RSA")
+
+
+# ---- TPM side --------------------------------------------------------------------------------
+
+def _srk(esapi):
+    from tpm2_pytss import ESYS_TR, TPM2B_PUBLIC, TPMA_OBJECT, TPMT_PUBLIC
+
+    template = TPM2B_PUBLIC(publicArea=TPMT_PUBLIC.parse(
+        "ecc256:aes128cfb", objectAttributes=TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS, nameAlg="sha256"))
+    handle, _, _, _, _ = esapi.create_primary(None, template, primary_handle=ESYS_TR.OWNER)
+    return handle
+
+
+def seal(secret: bytes, pcrs: Sequence[int], tcti: str | None = None, *, values: dict[int, bytes] | None = None,
+         authorize_key: bytes | None = None) -> Sealed:
+    """Seal `secret` to `pcrs` (their current values unless `values` gives predicted ones)."""
+    from tpm2_pytss import (TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPM2B_SENSITIVE_DATA, TPMA_OBJECT,
+                            TPMS_SENSITIVE_CREATE, TPMT_PUBLIC)
+    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+
+    pcrs = tuple(sorted(set(pcrs)))
+    if not pcrs:
+        raise InputError("at least one PCR is needed to seal to")
+    with tpmmod.open_tpm(tcti) as esapi:
+        current = tpmmod.read_pcrs(esapi, BANK, pcrs)
+        sealed_values = {p: (values or {}).get(p, current[p]) for p in pcrs}
+        policy = (policy_authorize_digest(authorize_key) if authorize_key
+                  else policy_pcr_digest(pcrs, sealed_values))
+        template = TPMT_PUBLIC.parse("keyedhash", nameAlg="sha256",
+                                     objectAttributes=TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT,
+                                     authPolicy=policy)
+        sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(secret)))
+        try:
+            srk = _srk(esapi)
+            try:
+                priv, pub, _, _, _ = esapi.create(srk, sensitive, TPM2B_PUBLIC(publicArea=template))
+            finally:
+                esapi.flush_context(srk)
+        except TSS2_Exception as exc:
+            raise TPMError(f"TPM refused to seal: {exc}") from None
+        return Sealed(public=pub.marshal(), private=priv.marshal(), pcrs=pcrs, values=sealed_values, policy=policy,
+                      authorize_key=authorize_key)
+
+
+@dataclass(frozen=True)
+class SignedPolicy:
+    """A PolicyPCR digest approved by the customer key: (pcrs, values) it was computed from, signature."""
+
+    pcrs: tuple[int, ...]
+    values: dict[int, bytes]
+    signature: bytes
+    policy_ref: bytes = b""
+
+    @property
+    def approved(self) -> bytes:
+        return policy_pcr_digest(self.pcrs, self.values)
+
+
+def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPolicy] = ()) -> bytes:
+    """Unseal under the PCR policy (or any of `signed` for an authorize policy); PolicyMismatch names PCRs."""
+    from tpm2_pytss import (ESYS_TR, TPM2_ALG, TPM2_SE, TPM2B_PRIVATE, TPM2B_PUBLIC, TPML_PCR_SELECTION,
+                            TPMT_SYM_DEF)
+    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+
+    try:
+        pub, _ = TPM2B_PUBLIC.unmarshal(sealed.public)
+        priv, _ = TPM2B_PRIVATE.unmarshal(sealed.private)
+    except Exception:
+        raise InputError("sealed object is corrupt") from None
+    with tpmmod.open_tpm(tcti) as esapi:
+        current = tpmmod.read_pcrs(esapi, BANK, sealed.pcrs)
+        try:
+            srk = _srk(esapi)
+            try:
+                obj = esapi.load(srk, priv, pub)
+            finally:
+                esapi.flush_context(srk)
+        except TSS2_Exception as exc:
+            raise TPMError(f"TPM cannot load the sealed key (another TPM, or owner hierarchy cleared): {exc}") from None
+        try:
+            candidates: list[SignedPolicy | None] = list(signed) if sealed.authorize_key else [None]
+            for candidate in candidates:
+                pcrs = candidate.pcrs if candidate else sealed.pcrs
+                session = esapi.start_auth_session(tpm_key=ESYS_TR.NONE, bind=ESYS_TR.NONE,
+                                                   session_type=TPM2_SE.POLICY,
+                                                   symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                                                   auth_hash=TPM2_ALG.SHA256)
+                try:
+                    esapi.policy_pcr(session, b"", TPML_PCR_SELECTION.parse(f"{BANK}:{','.join(map(str, pcrs))}"))
+                    if candidate is not None:
+                        _policy_authorize(esapi, session, sealed.authorize_key, candidate)
+                    return bytes(esapi.unseal(obj, session1=session))
+                except TSS2_Exception:
+                    continue
+                finally:
+                    esapi.flush_context(session)
+        finally:
+            esapi.flush_context(obj)
+    if sealed.authorize_key and not signed:
+        raise TPMError("the key is sealed to the customer's signed policies and none was given")
+    reference = sealed.values
+    if sealed.authorize_key and signed:
+        # name PCRs against the newest signed policy
+        reference = dict(signed[-1].values)
+        current = {**current, **_read(tcti, signed[-1].pcrs)}
+    differing = {p: (reference[p], current[p]) for p in reference if current.get(p) != reference[p]}
+    raise PolicyMismatch(differing)
+
+
+def _read(tcti: str | None, pcrs: Sequence[int]) -> dict[int, bytes]:
+    with tpmmod.open_tpm(tcti) as esapi:
+        return tpmmod.read_pcrs(esapi, BANK, pcrs)
+
+
+def _policy_authorize(esapi, session, key_der: bytes, candidate: SignedPolicy) -> None:
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_DIGEST, TPMT_SIGNATURE
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    pub = _external_public(key_der)
+    # Loaded in the owner hierarchy: a key in the NULL hierarchy only earns a NULL ticket, which
+    # PolicyAuthorize refuses.
+    handle = esapi.load_external(pub, None, ESYS_TR.OWNER)
+    try:
+        ahash = hashlib.sha256(candidate.approved + candidate.policy_ref).digest()
+        sig = TPMT_SIGNATURE()
+        if pub.publicArea.type == TPM2_ALG.ECC:
+            r, s = decode_dss_signature(candidate.signature)
+            sig.sigAlg = TPM2_ALG.ECDSA
+            sig.signature.ecdsa.hash = TPM2_ALG.SHA256
+            sig.signature.ecdsa.signatureR = r.to_bytes(32, "big")
+            sig.signature.ecdsa.signatureS = s.to_bytes(32, "big")
+        else:
+            sig.sigAlg = TPM2_ALG.RSASSA
+            sig.signature.rsassa.hash = TPM2_ALG.SHA256
+            sig.signature.rsassa.sig = candidate.signature
+        ticket = esapi.verify_signature(handle, TPM2B_DIGEST(ahash), sig)
+        name = esapi.tr_get_name(handle)
+        esapi.policy_authorize(session, TPM2B_DIGEST(candidate.approved), name, ticket, candidate.policy_ref)
+    finally:
+        esapi.flush_context(handle)

@@ -1,0 +1,423 @@
+"""Typed collectors: what a node's Kubernetes components really run with.
+
+A `NodeView` is built once per scan from a root directory (a live node's `/`, a mounted image,
+an extracted backup) and, on a live node, from `/proc`:
+
+* each component's effective command line: from `/proc/<pid>/cmdline` when the process runs,
+  otherwise from its static pod manifest or systemd unit (with drop-ins and environment files);
+* the kubelet's effective configuration (flags over `--config` over `--config-dir` drop-ins
+  over defaults; see kubelet.py);
+* file mode and owner (names from the root's own passwd/group/sysusers.d), parents included;
+* certificates and their key sizes.
+
+Nothing here decides pass or fail; engine.py does. Unreadable or malformed inputs are recorded
+as `InputProblem`s naming the file, and the scan goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat as stat_mod
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from obelisk.cis_checks.cmdline import CommandLine, Unit, find_unit_files, parse_flags, parse_unit
+from obelisk.core.errors import InputError
+from obelisk.core.yamlsafe import load_yaml
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+COMPONENT_NAMES = (*CONTROL_PLANE, "etcd", "kubelet", "kube-proxy")
+MANIFEST_DIR = "etc/kubernetes/manifests"
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    path: str  # as seen on the node ("/etc/kubernetes/manifests/kube-apiserver.yaml")
+    message: str
+    component: str | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    cmdline: CommandLine
+    source_kind: str  # "process" | "manifest" | "unit"
+    source: str  # node path of the manifest/unit, or "pid N"
+    manifest: str | None = None  # node path of its static pod manifest, when it has one
+    unit_files: tuple[str, ...] = ()
+    image: str = ""
+    path_map: tuple[tuple[str, str], ...] = ()  # container mountPath -> host path (static pods)
+
+    def flag(self, name: str) -> str | None:
+        return self.cmdline.get(name)
+
+    def evidence_source(self) -> str:
+        return self.source
+
+    def host_path(self, path: str) -> str:
+        """A path as the component sees it, mapped through its hostPath mounts to the node."""
+        best = None
+        for mount, host in self.path_map:
+            if path == mount or path.startswith(mount.rstrip("/") + "/"):
+                if best is None or len(mount) > len(best[0]):
+                    best = (mount, host)
+        if best is None:
+            return path
+        mount, host = best
+        return host.rstrip("/") + path[len(mount.rstrip("/")):] if path != mount else host
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str  # node path
+    exists: bool
+    mode: int = 0
+    uid: int = -1
+    gid: int = -1
+    owner: str = ""
+    group: str = ""
+    is_dir: bool = False
+    error: str = ""
+
+    @property
+    def mode_text(self) -> str:
+        return f"{self.mode:o}" if self.exists else "absent"
+
+    @property
+    def owner_text(self) -> str:
+        return f"{self.owner}:{self.group}" if self.exists else "absent"
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    path: str
+    key_type: str = ""
+    key_bits: int = 0
+    not_after: str = ""
+    expired: bool = False
+    error: str = ""
+
+
+def _component_from_argv(argv: list[str]) -> str | None:
+    if not argv:
+        return None
+    base = PurePosixPath(argv[0]).name
+    if base == "hyperkube" and len(argv) > 1:
+        base = argv[1]
+    return base if base in COMPONENT_NAMES else None
+
+
+class NodeView:
+    """Everything a scan reads from one node, loaded lazily and cached."""
+
+    def __init__(self, root: str | Path, proc: str | Path | None = None):
+        self.root = Path(root)
+        self.proc = Path(proc) if proc is not None else None
+        self.problems: list[InputProblem] = []
+        self.components: dict[str, Component] = {}
+        self.manifests: dict[str, str] = {}  # node path -> component (every parsed static pod manifest)
+        self.manifest_dirs: list[str] = []
+        self._load()
+
+    # ---------------------------------------------------------------- paths and reading
+    def host(self, node_path: str) -> Path:
+        """The file under the scanned root for a path as the node sees it."""
+        return self.root / node_path.lstrip("/")
+
+    def node_path(self, path: Path) -> str:
+        try:
+            return "/" + str(path.relative_to(self.root)).lstrip("./")
+        except ValueError:
+            return str(path)
+
+    def read_text(self, path: Path) -> str:
+        """Read a small text file; OSError/ValueError name the problem."""
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+        return data.decode("utf-8", errors="replace")
+
+    def problem(self, path: str, message: str, component: str | None = None) -> None:
+        self.problems.append(InputProblem(path, message, component))
+
+    def load_yaml_file(self, node_path: str, component: str | None = None) -> Any:
+        """Parse a YAML file on the node; on failure record a problem and return None."""
+        try:
+            text = self.read_text(self.host(node_path))
+            return load_yaml(text, node_path)
+        except InputError as exc:
+            self.problem(node_path, str(exc).removeprefix(f"{node_path}: "), component)
+        except (OSError, ValueError) as exc:
+            self.problem(node_path, f"cannot read: {getattr(exc, 'strerror', None) or exc}", component)
+        return None
+
+    # ---------------------------------------------------------------- discovery
+    def _load(self) -> None:
+        processes = self._processes() if self.proc is not None else {}
+        self._load_manifests(MANIFEST_DIR)
+        kubelet_unit = self._unit_component("kubelet")
+        for name in ("etcd", "kube-proxy", *CONTROL_PLANE):
+            if name not in self.components:
+                self._unit_component(name)
+        # a kubelet's staticPodPath elsewhere than the default directory
+        kubelet = processes.get("kubelet") or kubelet_unit
+        if kubelet is not None:
+            from obelisk.cis_checks.kubelet import static_pod_dir
+
+            extra = static_pod_dir(self, kubelet)
+            if extra and extra.strip("/") != MANIFEST_DIR:
+                self._load_manifests(extra.strip("/"))
+        # running processes win over files: they show what really runs
+        for name, comp in processes.items():
+            base = self.components.get(name)
+            self.components[name] = Component(
+                name=name, cmdline=comp.cmdline, source_kind="process", source=comp.source,
+                manifest=base.manifest if base else None, unit_files=base.unit_files if base else (),
+                image=base.image if base else "", path_map=base.path_map if base else ())
+
+    def _processes(self) -> dict[str, Component]:
+        found: dict[str, Component] = {}
+        try:
+            entries = sorted((e for e in os.listdir(self.proc) if e.isdigit()), key=int)
+        except OSError:
+            return found
+        for pid in entries:
+            try:
+                raw = (self.proc / pid / "cmdline").read_bytes()[: 1024 * 1024]
+            except OSError:
+                continue
+            argv = [a.decode("utf-8", errors="replace") for a in raw.split(b"\0")]
+            if argv and argv[-1] == "":
+                argv.pop()
+            name = _component_from_argv(argv)
+            if name and name not in found:
+                if PurePosixPath(argv[0]).name == "hyperkube":
+                    argv = argv[1:]
+                found[name] = Component(name=name, cmdline=parse_flags(argv), source_kind="process",
+                                        source=f"pid {pid}")
+        return found
+
+    @functools.cached_property
+    def process_names(self) -> tuple[str, ...]:
+        """comm of every process (live scans only)."""
+        names: list[str] = []
+        if self.proc is None:
+            return ()
+        try:
+            entries = [e for e in os.listdir(self.proc) if e.isdigit()]
+        except OSError:
+            return ()
+        for pid in entries:
+            try:
+                names.append((self.proc / pid / "comm").read_text(errors="replace").strip())
+            except OSError:
+                continue
+        return tuple(names)
+
+    def _load_manifests(self, rel_dir: str) -> None:
+        directory = self.root / rel_dir
+        self.manifest_dirs.append("/" + rel_dir)
+        if not directory.is_dir():
+            return
+        for f in sorted(directory.iterdir()):
+            if f.name.startswith(".") or f.suffix not in (".yaml", ".yml", ".json", ".manifest"):
+                continue
+            node_path = self.node_path(f)
+            guess = next((n for n in COMPONENT_NAMES if f.stem == n), None)
+            doc = self.load_yaml_file(node_path, guess)
+            if doc is None:
+                if guess:
+                    self.manifests[node_path] = guess
+                continue
+            comp = self._component_from_pod(doc, node_path, guess)
+            if comp is not None:
+                self.manifests[node_path] = comp.name
+                self.components.setdefault(comp.name, comp)
+            else:
+                self.manifests[node_path] = ""
+
+    def _component_from_pod(self, doc: Any, node_path: str, guess: str | None) -> Component | None:
+        if not isinstance(doc, dict) or doc.get("kind") != "Pod":
+            kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+            self.problem(node_path, f"not a static pod manifest (kind {kind!r}, expected 'Pod')", guess)
+            return None
+        spec = doc.get("spec")
+        containers = spec.get("containers") if isinstance(spec, dict) else None
+        if not isinstance(containers, list) or not containers:
+            self.problem(node_path, "spec.containers: missing or empty", guess)
+            return None
+        for c in containers:
+            if not isinstance(c, dict):
+                continue
+            command = c.get("command") or []
+            args = c.get("args") or []
+            if not isinstance(command, list) or not isinstance(args, list):
+                self.problem(node_path, "container command/args: expected lists", guess)
+                return None
+            argv = [str(a) for a in (*command, *args)]
+            name = _component_from_argv(argv) or (c.get("name") if c.get("name") in COMPONENT_NAMES else None)
+            if name is None:
+                continue
+            if argv and PurePosixPath(argv[0]).name == "hyperkube":
+                argv = argv[1:]
+            if not argv or _component_from_argv(argv) is None:
+                argv = [name, *argv]
+            volumes = {v.get("name"): (v.get("hostPath") or {}).get("path")
+                       for v in (spec.get("volumes") or []) if isinstance(v, dict)}
+            path_map = tuple((m["mountPath"], volumes[m.get("name")]) for m in (c.get("volumeMounts") or [])
+                             if isinstance(m, dict) and isinstance(m.get("mountPath"), str)
+                             and isinstance(volumes.get(m.get("name")), str))
+            return Component(name=name, cmdline=parse_flags(argv), source_kind="manifest", source=node_path,
+                             manifest=node_path, image=str(c.get("image") or ""), path_map=path_map)
+        if guess:
+            self.problem(node_path, f"no container runs {guess}", guess)
+        return None
+
+    def _unit_component(self, name: str) -> Component | None:
+        files = find_unit_files(self.root, f"{name}.service")
+        if not files:
+            return None
+        try:
+            unit: Unit = parse_unit(self.root, files, self.read_text)
+        except (OSError, ValueError) as exc:
+            where = self.node_path(Path(getattr(exc, "filename", None) or files[0]))
+            self.problem(where, f"cannot read: {getattr(exc, 'strerror', None) or exc}", name)
+            return None
+        unit_files = tuple(self.node_path(f) for f in files)
+        if not unit.exec_start or _component_from_argv(list(unit.exec_start)) != name:
+            if name == "kubelet":
+                self.problem(unit_files[0], "kubelet.service has no ExecStart running kubelet", name)
+            return None
+        comp = Component(name=name, cmdline=parse_flags(list(unit.exec_start)), source_kind="unit",
+                         source=" + ".join(unit_files), unit_files=unit_files)
+        self.components.setdefault(name, comp)
+        return comp
+
+    # ---------------------------------------------------------------- roles
+    @property
+    def control_plane(self) -> bool:
+        return any(n in self.components for n in CONTROL_PLANE)
+
+    def component_problems(self, name: str | None) -> list[InputProblem]:
+        return [p for p in self.problems if p.component == name]
+
+    # ---------------------------------------------------------------- files
+    @functools.cached_property
+    def _names(self) -> tuple[dict[int, str], dict[int, str]]:
+        users: dict[int, str] = {0: "root"}
+        groups: dict[int, str] = {0: "root"}
+        for rel, table in (("etc/passwd", users), ("etc/group", groups)):
+            try:
+                for line in self.read_text(self.root / rel).splitlines():
+                    parts = line.split(":")
+                    if len(parts) >= 3 and parts[2].isdigit():
+                        table.setdefault(int(parts[2]), parts[0])
+            except (OSError, ValueError):
+                pass
+        for rel in ("etc/sysusers.d", "usr/lib/sysusers.d", "run/sysusers.d"):
+            d = self.root / rel
+            if not d.is_dir():
+                continue
+            for f in sorted(d.glob("*.conf")):
+                try:
+                    text = self.read_text(f)
+                except (OSError, ValueError):
+                    continue
+                for line in text.splitlines():
+                    parts = line.split()
+                    if len(parts) < 3 or parts[0] not in ("u", "g"):
+                        continue
+                    first, _, second = parts[2].partition(":")
+                    if parts[0] == "u" and first.isdigit():
+                        users.setdefault(int(first), parts[1])
+                        gid = second if second.isdigit() else first  # sysusers makes a same-named group
+                        groups.setdefault(int(gid), parts[1])
+                    elif parts[0] == "g" and first.isdigit():
+                        groups.setdefault(int(first), parts[1])
+        return users, groups
+
+    def file_info(self, node_path: str) -> FileInfo:
+        path = self.host(node_path)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return FileInfo(node_path, exists=False)
+        except OSError as exc:
+            return FileInfo(node_path, exists=False, error=f"cannot stat: {exc.strerror}")
+        users, groups = self._names
+        return FileInfo(node_path, exists=True, mode=stat_mod.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                        owner=users.get(st.st_uid, str(st.st_uid)), group=groups.get(st.st_gid, str(st.st_gid)),
+                        is_dir=stat_mod.S_ISDIR(st.st_mode))
+
+    def parents(self, node_path: str) -> list[FileInfo]:
+        """Directories above a file, inside the scanned root (the root itself excluded)."""
+        out = []
+        p = PurePosixPath(node_path).parent
+        while str(p) not in ("/", "."):
+            out.append(self.file_info(str(p)))
+            p = p.parent
+        return out
+
+    def walk(self, node_dir: str) -> list[str]:
+        """A directory and everything under it (node paths), without following symlinks out."""
+        base = self.host(node_dir)
+        if not base.exists():
+            return []
+        out = [node_dir]
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for n in sorted(dirnames) + sorted(filenames):
+                out.append(self.node_path(Path(dirpath) / n))
+            if len(out) > 100_000:
+                break
+        return out
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(self.node_path(p) for p in self.root.glob(pattern.lstrip("/")))
+
+    def certificate(self, node_path: str) -> CertInfo:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+        try:
+            data = self.host(node_path).read_bytes()[:MAX_FILE_BYTES]
+        except OSError as exc:
+            return CertInfo(node_path, error=f"cannot read: {exc.strerror}")
+        try:
+            cert = x509.load_pem_x509_certificates(data)[0] if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+        except ValueError as exc:
+            return CertInfo(node_path, error=f"not a certificate: {exc}")
+        key = cert.public_key()
+        if isinstance(key, rsa.RSAPublicKey):
+            key_type, bits = "RSA", key.key_size
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key_type, bits = f"EC {key.curve.name}", key.curve.key_size
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key_type, bits = "Ed25519", 256
+        elif isinstance(key, ed448.Ed448PublicKey):
+            key_type, bits = "Ed448", 448
+        else:
+            key_type, bits = type(key).__name__, 0
+        import datetime as _dt
+
+        not_after = cert.not_valid_after_utc
+        return CertInfo(node_path, key_type=key_type, key_bits=bits, not_after=not_after.isoformat(),
+                        expired=not_after < _dt.datetime.now(_dt.timezone.utc))
+
+    # ---------------------------------------------------------------- versions
+    @functools.cached_property
+    def kubernetes_version(self) -> tuple[int, int] | None:
+        """(major, minor) from the API server's or kubelet's image tag, when visible."""
+        import re
+
+        for name in (*CONTROL_PLANE, "kube-proxy"):
+            comp = self.components.get(name)
+            if comp and comp.image:
+                m = re.search(r":v?(\d+)\.(\d+)", comp.image)
+                if m:
+                    return int(m.group(1)), int(m.group(2))
+        return None

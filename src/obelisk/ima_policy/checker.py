@@ -1,0 +1,483 @@
+"""The per-entry work of `ima log verify`, run over byte ranges of a list in parallel.
+
+A list is cut into chunks at entry boundaries; each worker process walks its chunk,
+recomputes every template hash, hashes the template data for each PCR bank, and checks
+each measured file against the reference manifest and trusted keys. The PCR fold,
+which is sequential by nature, happens afterwards per bank (`fold`).
+
+Binary chunks are cut where the first entry's header pattern (PCR 10, template name)
+recurs; a chunk is accepted only if the previous chunk's last entry ends exactly where
+it starts, so a false cut (a file name that happens to contain the pattern) is caught
+and that part of the list is re-walked from the true boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from obelisk.core.errors import ParseError
+from obelisk.ima_policy import templates
+from obelisk.ima_policy.keyring import VALID, Keyring
+from obelisk.ima_policy.measurement_list import (
+    ASCII, MAX_PCR, MAX_TEMPLATE_DATA, ZERO_DIGEST, parse_ascii_line, split_fields)
+from obelisk.ima_policy.reference import ANY_DIGEST, ReferenceManifest
+from obelisk.ima_policy.replay import BANK_SIZES, IMA_PCR
+
+CHUNK_TARGET = 4 * 1024 * 1024  # bytes of list per task
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # template-hash, violation, unknown-file, digest-mismatch, unsigned, unknown-key, ...
+    number: int  # entry number (global once rebased)
+    path: str
+    detail: str
+    observed: str | None = None
+    expected: str | None = None
+
+
+@dataclass
+class ChunkResult:
+    start: int
+    end: int = 0
+    count: int = 0  # entries walked
+    listed: bytes = b""  # SHA-1 template hashes as listed, PCR 10 entries only
+    bank_digests: dict[str, bytes] = field(default_factory=dict)  # per-bank extend digests, PCR 10 only
+    violations: list[int] = field(default_factory=list)  # indexes into the PCR-10 sequence of this chunk
+    pcr10_numbers: list[int] | None = None  # local entry numbers of PCR-10 entries, if not all are
+    other_pcrs: Counter = field(default_factory=Counter)
+    problems: list[Problem] = field(default_factory=list)
+    problem_counts: Counter = field(default_factory=Counter)
+    stats: Counter = field(default_factory=Counter)
+    first: tuple[str, str, bytes] | None = None  # (path, algo, digest) of the list's first entry
+    error: str | None = None
+
+
+@dataclass
+class Job:
+    data: bytes
+    encoding: str
+    byte_order: str
+    banks: tuple[str, ...]
+    reference: ReferenceManifest | None
+    keyring: Keyring | None
+    max_problems: int
+    source: str
+
+
+_JOB: Job | None = None  # set before the worker processes fork, so they share the list's bytes
+
+
+def _ascii_chunk(data: bytes, start: int, stop: int, first_number: int, source: str) -> tuple[bytes, list[int]]:
+    """The ascii lines in [start, stop) as a little-endian binary list, and each entry's line number."""
+    out = []
+    numbers = []
+    number = first_number
+    pos = start
+    pack = struct.Struct("<I20sI").pack
+    names: dict[str, bytes] = {}
+    while pos < stop:
+        nl = data.find(b"\n", pos, stop)
+        if nl < 0:
+            nl = stop
+        line = data[pos:nl]
+        if line and not (pos == 0 and line.startswith(b"PCR ")):
+            pcr, digest, name, tdata = parse_ascii_line(line, number, pos, source)
+            raw = names.get(name)
+            if raw is None:
+                raw = names[name] = name.encode("ascii")
+            if name == "ima":  # the binary list shows the legacy template unpadded
+                fname = tdata[20:].split(b"\0", 1)[0]
+                out.append(pack(pcr, digest, len(raw)) + raw + tdata[:20] + len(fname).to_bytes(4, "little") + fname)
+            else:
+                out.append(pack(pcr, digest, len(raw)) + raw + len(tdata).to_bytes(4, "little") + tdata)
+            numbers.append(number)
+        pos = nl + 1
+        number += 1
+    return b"".join(out), numbers
+
+
+def check_range(start: int, stop: int, first_number: int = 1) -> ChunkResult:
+    job = _JOB
+    assert job is not None
+    res = ChunkResult(start)
+    try:
+        if job.encoding == ASCII:
+            buf, numbers = _ascii_chunk(job.data, start, stop, first_number, job.source)
+            _walk(job, res, buf, 0, len(buf), "little", numbers, start == 0)
+            res.end = stop
+        else:
+            res.end = _walk(job, res, job.data, start, stop, job.byte_order, None, start == 0, first_number)
+    except ParseError as exc:
+        res.error = str(exc)
+    return res
+
+
+def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order: str,
+          numbers: list[int] | None, at_list_start: bool, first_number: int = 1) -> int:
+    """Check the binary entries from `start` until one begins at or after `stop`; return the end offset."""
+    source = job.source
+    u32 = struct.Struct("<I" if order == "little" else ">I").unpack_from
+    header = struct.Struct(("<" if order == "little" else ">") + "I20sI").unpack_from
+    end = len(data)
+    banks = job.banks
+    others = [(b, getattr(hashlib, b), []) for b in banks if b != "sha1"]
+    sha1_out: list[bytes] = []
+    want_sha1 = "sha1" in banks
+    listed_out: list[bytes] = []
+    listed_app = listed_out.append
+    sha1 = hashlib.sha1
+    ref = job.reference
+    files = ref.files if ref else None
+    keyring = job.keyring
+    decode_needed = files is not None or keyring is not None
+    stats = res.stats
+    n10 = 0
+    pcr10_numbers: list[int] = []
+    all_pcr10 = True
+    name_raw = b""
+    tpl: templates.Template | None = None
+    fast_ng = False  # template data is exactly d-ng|n-ng: path and digest found without splitting
+    ctx = _EntryContext(job, res, order)
+    index = 0
+    off = start
+    while off < stop:
+        number = numbers[index] if numbers is not None else first_number + index
+        if end - off < 28:
+            raise ParseError(f"entry {number}: truncated header ({end - off} bytes left, at least 28 needed)",
+                             source=source, offset=off)
+        pcr, listed, nlen = header(data, off)
+        if pcr > MAX_PCR:
+            raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
+        p = off + 28
+        if data[p:p + nlen] != name_raw or nlen == 0:
+            tpl = _template(data, p, nlen, end, number, source, off)
+            name_raw = data[p:p + nlen]
+            fast_ng = tpl.fields == ("d-ng", "n-ng") or tpl.fields == ("d-ngv2", "n-ng")
+        p += nlen
+        if tpl.legacy:  # type: ignore[union-attr]
+            if end - p < 24:
+                raise ParseError(f"entry {number}: truncated 'ima' template data", source=source, offset=p)
+            flen = u32(data, p + 20)[0]
+            if flen > templates.IMA_NAME_HASHED_LEN - 1 or flen > end - p - 24:
+                raise ParseError(f"entry {number}: file name length {flen} invalid", source=source, offset=p + 20)
+            tdata = data[p:p + 20] + data[p + 24:p + 24 + flen].ljust(templates.IMA_NAME_HASHED_LEN, b"\0")
+            next_off = p + 24 + flen
+        else:
+            if end - p < 4:
+                raise ParseError(f"entry {number}: truncated before template data length", source=source, offset=p)
+            dlen = u32(data, p)[0]
+            p += 4
+            if dlen > MAX_TEMPLATE_DATA or dlen > end - p:
+                raise ParseError(f"entry {number}: template data length {dlen} exceeds the {end - p} bytes left",
+                                 source=source, offset=p - 4)
+            tdata = data[p:p + dlen]
+            next_off = p + dlen
+        computed = sha1(tdata).digest()
+        violation = False
+        if computed != listed:
+            violation = listed == ZERO_DIGEST
+            if violation:
+                stats["violations"] += 1
+        if pcr == IMA_PCR:
+            listed_app(listed)
+            if violation:
+                res.violations.append(n10)
+                if want_sha1:
+                    sha1_out.append(b"\xff" * 20)
+                for b, _, out in others:
+                    out.append(b"\xff" * BANK_SIZES[b])
+            else:
+                if want_sha1:
+                    sha1_out.append(computed)
+                for _, ctor, out in others:
+                    out.append(ctor(tdata).digest())
+            n10 += 1
+            pcr10_numbers.append(number)
+        else:
+            all_pcr10 = False
+            res.other_pcrs[pcr] += 1
+        if fast_ng and not violation and computed == listed:
+            # the common case, inline: check d-ng|n-ng against the reference
+            if order == "little":
+                l1 = int.from_bytes(tdata[0:4], "little")
+                l2 = int.from_bytes(tdata[4 + l1:8 + l1], "little")
+            else:
+                l1 = int.from_bytes(tdata[0:4], "big")
+                l2 = int.from_bytes(tdata[4 + l1:8 + l1], "big")
+            if 8 + l1 + l2 != len(tdata):
+                raise ParseError(f"entry {number}: template data does not hold exactly d-ng and n-ng",
+                                 source=source, offset=off)
+            if index == 0 and at_list_start or decode_needed:
+                head, _, fdigest = tdata[4:4 + l1].partition(b":\0")
+                path = tdata[8 + l1:7 + l1 + l2].decode("utf-8", "surrogateescape")
+                algo = head.rsplit(b":", 1)[-1].decode("ascii", "replace")
+                if index == 0 and at_list_start:
+                    res.first = (path, algo, fdigest)
+                    if path == "boot_aggregate":
+                        index += 1
+                        off = next_off
+                        continue
+                if files is not None:
+                    expected = files.get(path)
+                    if expected is None or f"{algo}:{fdigest.hex()}" not in expected:
+                        ctx.file_problem(number, path, algo, fdigest, expected)
+                    else:
+                        stats["files-matched"] += 1
+                if keyring is not None:
+                    stats["no-signature-field"] += 1
+        else:
+            ctx.entry(number, off, tpl, tdata, computed, listed, violation, index == 0 and at_list_start)
+        index += 1
+        off = next_off
+    res.count += index
+    res.listed = b"".join(listed_out)
+    if want_sha1:
+        res.bank_digests["sha1"] = b"".join(sha1_out)
+    for b, _, out in others:
+        res.bank_digests[b] = b"".join(out)
+    if not all_pcr10:
+        res.pcr10_numbers = pcr10_numbers
+    return off
+
+
+def _template(data: bytes, p: int, nlen: int, end: int, number: int, source: str, off: int) -> templates.Template:
+    if nlen == 0 or nlen > templates.MAX_TEMPLATE_NAME or nlen > end - p:
+        raise ParseError(f"entry {number}: template name length {nlen} invalid ({end - p} bytes left)",
+                         source=source, offset=off + 24)
+    try:
+        name = data[p:p + nlen].decode("ascii")
+    except UnicodeDecodeError:
+        raise ParseError(f"entry {number}: template name is not ascii", source=source, offset=p) from None
+    if not name.isprintable():
+        raise ParseError(f"entry {number}: template name is not printable", source=source, offset=p)
+    return templates.lookup(name, f"entry {number}")
+
+
+class _EntryContext:
+    """The slow path: entries that are not plain ima-ng, or that failed a check."""
+
+    def __init__(self, job: Job, res: ChunkResult, order: str):
+        self.job = job
+        self.res = res
+        self.order = order
+        ref = job.reference
+        self.files = ref.files if ref else None
+        self.buffers = ref.buffers if ref else {}
+        self.matcher = ref.matcher() if ref else None
+
+    def problem(self, kind: str, number: int, path: str, detail: str, observed=None, expected=None) -> None:
+        res = self.res
+        res.problem_counts[kind] += 1
+        if len(res.problems) < self.job.max_problems:
+            res.problems.append(Problem(kind, number, path, detail, observed, expected))
+
+    def file_problem(self, number: int, path: str, algo: str, fdigest: bytes, expected) -> None:
+        stats = self.res.stats
+        rule = self.matcher.match(path)  # type: ignore[union-attr]
+        if rule is not None:
+            stats["allowed-to-vary" if rule.action == ANY_DIGEST else "ignored"] += 1
+            return
+        dstr = f"{algo}:{fdigest.hex()}"
+        if expected is None:
+            self.problem("unknown-file", number, path, "measured file is not in the reference manifest", dstr, None)
+        else:
+            same = [e for e in expected if e.startswith(algo + ":")]
+            self.problem("digest-mismatch", number, path, "file content differs from the built image",
+                         dstr, ", ".join(same or expected))
+
+    def ignored(self, path: str) -> bool:
+        if self.matcher is None:
+            return False
+        rule = self.matcher.match(path)
+        return rule is not None and rule.action != ANY_DIGEST
+
+    def entry(self, number: int, off: int, tpl: templates.Template, tdata: bytes, computed: bytes, listed: bytes,
+              violation: bool, first: bool) -> None:
+        job = self.job
+        values = split_fields(tpl, tdata, number, off, self.order, job.source)
+        vals = dict(zip(tpl.fields, values))
+        path_b = vals.get("n-ng", vals.get("n", b""))
+        d = vals.get("d-ng", vals.get("d-ngv2", vals.get("d", b"")))
+        head, sep, fdigest = d.partition(b":\0")
+        if sep:
+            algo = head.rsplit(b":", 1)[-1].decode("ascii", "replace")
+        else:
+            algo, fdigest = "sha1", d
+        path = path_b.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        if first:
+            self.res.first = (path, algo, fdigest)
+        if not violation and computed != listed:
+            self.problem("template-hash", number, path, "the template hash does not match the entry's data",
+                         computed.hex(), listed.hex())
+        if violation:
+            if self.ignored(path):
+                self.res.stats["ignored"] += 1
+            else:
+                self.problem("violation", number, path, "measured while open for writing (or a time-of-measure/"
+                             "time-of-use race): the kernel invalidated the PCR for this entry")
+            return
+        if first and path == "boot_aggregate":
+            return
+        is_buffer = "buf" in vals
+        stats = self.res.stats
+        if self.files is not None:
+            dstr = f"{algo}:{fdigest.hex()}"
+            if is_buffer:
+                expected = self.buffers.get(path)
+                if expected is not None and dstr in expected:
+                    stats["buffers-matched"] += 1
+                elif self.buffers and not self.ignored(path):
+                    self.problem("unknown-buffer" if expected is None else "buffer-mismatch", number, path,
+                                 "buffer measurement not in the reference", dstr,
+                                 ", ".join(expected) if expected else None)
+                else:
+                    stats["buffers-unchecked"] += 1
+            else:
+                expected = self.files.get(path)
+                if expected is not None and dstr in expected:
+                    stats["files-matched"] += 1
+                else:
+                    self.file_problem(number, path, algo, fdigest, expected)
+                    if self.ignored(path):
+                        return
+        keyring = job.keyring
+        if keyring is not None and not is_buffer:
+            if "sig" not in vals:
+                stats["no-signature-field"] += 1
+            elif not self.ignored(path):
+                outcome, detail = keyring.check(vals["sig"], algo, fdigest)
+                if outcome == VALID:
+                    stats["signatures-valid"] += 1
+                else:
+                    self.problem(outcome, number, path, detail)
+
+
+# ----------------------------------------------------------------------------- chunking
+
+def split_points(job: Job) -> list[int]:
+    """Candidate chunk starts (0 first)."""
+    data = job.data
+    n = len(data)
+    if n <= CHUNK_TARGET:
+        return [0]
+    points = [0]
+    if job.encoding == ASCII:
+        pos = CHUNK_TARGET
+        while pos < n:
+            nl = data.find(b"\n", pos)
+            if nl < 0 or nl + 1 >= n:
+                break
+            points.append(nl + 1)
+            pos = nl + 1 + CHUNK_TARGET
+        return points
+    u = job.byte_order
+    name_len = int.from_bytes(data[24:28], u)
+    if name_len > templates.MAX_TEMPLATE_NAME or name_len == 0:
+        return [0]
+    header = re.compile(re.escape(IMA_PCR.to_bytes(4, u)) + b".{20}" + re.escape(data[24:28 + name_len]), re.S)
+    pos = CHUNK_TARGET
+    while pos < n:
+        m = header.search(data, pos)
+        if m is None:
+            break
+        points.append(m.start())
+        pos = m.start() + CHUNK_TARGET
+    return points
+
+
+def run(job: Job, workers: int | None = None) -> list[ChunkResult]:
+    """Walk the whole list; results in order, each starting where the previous ended."""
+    global _JOB
+    _JOB = job
+    try:
+        points = split_points(job)
+        workers = workers or os.cpu_count() or 1
+        ranges = [(p, (points[i + 1] if i + 1 < len(points) else len(job.data))) for i, p in enumerate(points)]
+        if workers > 1 and len(ranges) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(min(workers, len(ranges))) as pool:
+                raw = pool.starmap(check_range, [(a, b, 1) for a, b in ranges], chunksize=1)
+                results = _stitch(job, raw, pool)
+        else:
+            results = _stitch(job, [check_range(a, b, 1) for a, b in ranges], None)
+        return results
+    finally:
+        _JOB = None
+
+
+def _stitch(job: Job, raw: list[ChunkResult], pool) -> list[ChunkResult]:
+    """Keep chunks while they join up; re-walk from the true boundary after a false cut."""
+    out: list[ChunkResult] = []
+    expected_start = 0
+    entries_before = 0
+    for res in raw:
+        if res.start != expected_start:  # a false cut: walk the rest of the list in one piece
+            res = check_range(expected_start, len(job.data), 1)
+        base = job.data.count(b"\n", 0, res.start) if job.encoding == ASCII else entries_before
+        if res.error is not None:
+            # re-run with true entry numbers so the message names the right entry
+            again = check_range(res.start, len(job.data), base + 1)
+            raise ParseError(again.error or res.error)
+        _rebase(res, base)
+        out.append(res)
+        entries_before += res.count
+        expected_start = res.end
+        if res.end >= len(job.data):
+            break
+    return out
+
+
+def _rebase(res: ChunkResult, base: int) -> None:
+    if base == 0:
+        return
+    res.problems = [Problem(p.kind, p.number + base, p.path, p.detail, p.observed, p.expected) for p in res.problems]
+    if res.pcr10_numbers is not None:
+        res.pcr10_numbers = [n + base for n in res.pcr10_numbers]
+
+
+# ----------------------------------------------------------------------------- PCR fold
+
+def fold(bank: str, digests: bytes, target: bytes | None = None) -> tuple[bytes, list[int]]:
+    """Extend `digests` (concatenated) into a zeroed PCR; also every 1-based position at
+    which the running value equals `target`."""
+    size = BANK_SIZES[bank]
+    ctor = getattr(hashlib, bank)
+    value = bytes(size)
+    matches = [0] if target == value else []
+    mv = memoryview(digests)
+    if target is None:
+        for i in range(0, len(digests), size):
+            value = ctor(value + mv[i:i + size]).digest()
+        return value, matches
+    for i in range(0, len(digests), size):
+        value = ctor(value + mv[i:i + size]).digest()
+        if value == target:
+            matches.append(i // size + 1)
+    return value, matches
+
+
+def _fold_task(args: tuple[str, bytes, bytes | None]) -> tuple[str, bytes, list[int]]:
+    bank, digests, target = args
+    value, matches = fold(bank, digests, target)
+    return bank, value, matches
+
+
+def fold_banks(tasks: list[tuple[str, bytes, bytes | None]], workers: int | None = None
+               ) -> dict[str, tuple[bytes, list[int]]]:
+    workers = workers or os.cpu_count() or 1
+    total = sum(len(t[1]) for t in tasks)
+    if workers > 1 and len(tasks) > 1 and total > 4 * 1024 * 1024 \
+            and "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+            done = pool.map(_fold_task, tasks, chunksize=1)
+    else:
+        done = [_fold_task(t) for t in tasks]
+    return {bank: (value, matches) for bank, value, matches in done}

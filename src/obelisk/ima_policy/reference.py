@@ -1,0 +1,216 @@
+"""The reference manifest: what every measured file of an image should hash to.
+
+The image build writes it; `obelisk ima log verify --reference` checks a node's IMA
+list against it. JSON, UTF-8:
+
+    {
+      "schema": "obelisk.ima-reference/1",
+      "image": "worker-2026.11",                        # free text: what it describes
+      "files": {                                        # absolute path -> allowed digests
+        "/usr/bin/kubelet": ["sha256:9f86d0..."],       # one or more "algo:hex"
+        "/usr/lib/x86_64-linux-gnu/libc.so.6": ["sha256:...", "sha512:..."]
+      },
+      "buffers": {"kexec-cmdline": ["sha256:..."]},     # ima-buf entries by name (optional)
+      "rules": [                                        # files allowed to vary, first match wins
+        {"glob": "/etc/kubernetes/**", "action": "any-digest", "reason": "written at first boot"},
+        {"regex": "^/var/lib/containerd/", "action": "ignore", "reason": "container layers"}
+      ]
+    }
+
+A measured file is checked in this order: listed in `files` with a matching digest ->
+pass; else a matching rule decides (`any-digest`: measured file may have any content,
+also when unlisted; `ignore`: not checked at all); else listed -> digest mismatch,
+unlisted -> unknown file. Globs: `*` and `?` stay within one path component, `**`
+crosses `/`. A file's digests may use several algorithms; the one the list used is compared.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from obelisk.core.errors import InputError
+
+SCHEMA = "obelisk.ima-reference/1"
+ANY_DIGEST = "any-digest"
+IGNORE = "ignore"
+ACTIONS = (ANY_DIGEST, IGNORE)
+MAX_MANIFEST_BYTES = 1 << 30
+_DIGEST = re.compile(r"^(md5|sha1|sha224|sha256|sha384|sha512|sha3_256|sha3_384|sha3_512|sm3):[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    kind: str  # "glob" or "regex"
+    action: str  # any-digest | ignore
+    reason: str = ""
+
+    def regex(self) -> str:
+        return self.pattern if self.kind == "regex" else glob_to_regex(self.pattern)
+
+    def to_json(self) -> dict[str, str]:
+        out = {self.kind: self.pattern, "action": self.action}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True)
+class ReferenceManifest:
+    files: dict[str, tuple[str, ...]]  # path -> ("sha256:hex", ...)
+    rules: tuple[Rule, ...] = ()
+    buffers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    image: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema": SCHEMA}
+        if self.image:
+            out["image"] = self.image
+        out["files"] = {p: list(d) for p, d in sorted(self.files.items())}
+        if self.buffers:
+            out["buffers"] = {n: list(d) for n, d in sorted(self.buffers.items())}
+        out["rules"] = [r.to_json() for r in self.rules]
+        return out
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=1) + "\n"
+
+    def matcher(self) -> "RuleMatcher":
+        return RuleMatcher(self.rules)
+
+
+class RuleMatcher:
+    """All rules as one compiled regex; `match(path)` gives the first matching rule."""
+
+    def __init__(self, rules: tuple[Rule, ...]):
+        self.rules = rules
+        if rules:
+            self._re = re.compile("|".join(f"(?P<r{i}>{r.regex()})" for i, r in enumerate(rules)))
+        else:
+            self._re = None
+
+    def match(self, path: str) -> Rule | None:
+        if self._re is None:
+            return None
+        m = self._re.match(path)
+        if m is None:
+            return None
+        return self.rules[int(m.lastgroup[1:])]  # type: ignore[index]
+
+
+def glob_to_regex(glob: str) -> str:
+    out = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "(?:" + "".join(out) + r")\Z"
+
+
+def _digests(value: Any, where: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise InputError(f"{where}: expected a digest string or a non-empty list of them")
+    out = []
+    for d in items:
+        if not isinstance(d, str) or not _DIGEST.match(d):
+            raise InputError(f"{where}: {str(d)[:80]!r} is not 'algo:lowercase-hex'")
+        out.append(d)
+    return tuple(out)
+
+
+def from_json(data: Any, source: str = "reference manifest") -> ReferenceManifest:
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object", source=source)
+    if data.get("schema") != SCHEMA:
+        raise InputError(f"schema: expected {SCHEMA!r}, got {data.get('schema')!r}", source=source)
+    files_in = data.get("files", {})
+    if not isinstance(files_in, dict):
+        raise InputError("files: expected an object path -> digests", source=source)
+    files = {}
+    for path, value in files_in.items():
+        if not path.startswith("/"):
+            raise InputError(f"files: {path[:80]!r} is not an absolute path", source=source)
+        files[path] = _digests(value, f"{source}: files[{path[:80]!r}]")
+    buffers_in = data.get("buffers", {})
+    if not isinstance(buffers_in, dict):
+        raise InputError("buffers: expected an object name -> digests", source=source)
+    buffers = {n: _digests(v, f"{source}: buffers[{n[:80]!r}]") for n, v in buffers_in.items()}
+    rules_in = data.get("rules", [])
+    if not isinstance(rules_in, list):
+        raise InputError("rules: expected a list", source=source)
+    rules = tuple(_rule(r, f"rules[{i}]", source) for i, r in enumerate(rules_in))
+    image = data.get("image", "")
+    if not isinstance(image, str):
+        raise InputError("image: expected a string", source=source)
+    return ReferenceManifest(files, rules, buffers, image)
+
+
+def _rule(data: Any, where: str, source: str) -> Rule:
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected an object", source=source)
+    kinds = [k for k in ("glob", "regex") if k in data]
+    if len(kinds) != 1 or not isinstance(data[kinds[0]], str):
+        raise InputError(f"{where}: needs exactly one of 'glob' or 'regex' (a string)", source=source)
+    action = data.get("action")
+    if action not in ACTIONS:
+        raise InputError(f"{where}.action: {action!r} is not one of {', '.join(ACTIONS)}", source=source)
+    reason = data.get("reason", "")
+    if not isinstance(reason, str):
+        raise InputError(f"{where}.reason: expected a string", source=source)
+    rule = Rule(data[kinds[0]], kinds[0], action, reason)
+    try:
+        re.compile(rule.regex())
+    except re.error as exc:
+        raise InputError(f"{where}: invalid pattern: {exc}", source=source) from None
+    return rule
+
+
+def parse(text: str | bytes, source: str = "reference manifest") -> ReferenceManifest:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not JSON: {exc}", source=source) from None
+    except RecursionError:
+        raise InputError("not JSON: nested too deeply", source=source) from None
+    return from_json(data, source)
+
+
+def serialize(manifest: ReferenceManifest) -> str:
+    return manifest.dumps()
+
+
+def load(path: str | Path) -> ReferenceManifest:
+    """A manifest, or a Keylime runtime policy (recognised by its `digests` key)."""
+    from obelisk.ima_policy import keylime
+
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", source=source) from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise InputError("larger than 1 GiB", source=source)
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not JSON: {exc}", source=source) from None
+    except RecursionError:
+        raise InputError("not JSON: nested too deeply", source=source) from None
+    if isinstance(obj, dict) and "schema" not in obj and "digests" in obj:
+        return keylime.to_reference(keylime.from_json(obj, source))
+    return from_json(obj, source)

@@ -1,0 +1,231 @@
+"""`obelisk boot OUT`: run a built image under QEMU with a software TPM, like a first node boot.
+
+The run directory holds everything this node instance owns:
+
+    swtpm/          the TPM's state (EK and AK made persistent before the first boot)
+    ak.json         the AK record the verifier needs (`obelisk attest node --ak`)
+    var.img         the /var disk (ext2), provisioned with the agent's TLS key and config
+    client.pem/.key a verifier client certificate issued by the customer CA
+    serial.log      the console
+    qemu.pid, swtpm.pid, boot.json
+
+Provisioning happens here, on the host, as a cloud would do it: the agent's TLS key is
+generated for this node and written onto its /var disk, never into the image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from obelisk.core import atomic, tools
+from obelisk.core.errors import InputError, ObeliskError, ToolFailedError
+
+AGENT_GUEST_PORT = 8443
+GUEST_IP = "10.0.2.15"
+
+
+class BootError(ObeliskError):
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class BootedNode:
+    run_dir: Path
+    url: str
+    port: int
+    qemu_pid: int
+    swtpm_pid: int
+    ak: Path
+    client_cert: Path
+    client_key: Path
+    serial_log: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kernel_cmdline(manifest: dict[str, Any], extra: tuple[str, ...] = ()) -> str:
+    spec = manifest.get("spec", {})
+    base = list(spec.get("kernel", {}).get("cmdline") or ["console=ttyS0"])
+    # initramfs_async=0: the initramfs is unpacked before IMA loads /etc/keys/x509_ima.der from it.
+    base += ["panic=-1", "initramfs_async=0", "obelisk.root=/dev/vda", "obelisk.var=/dev/vdb",
+             f"ip={GUEST_IP}::10.0.2.2:255.255.255.0::eth0:off",
+             f"obelisk.image={manifest.get('image', {}).get('name', '')}"]
+    if (spec.get("ima") or {}).get("policy", "none") != "none":
+        base += ["ima_hash=sha256", "ima_template=ima-ng"]
+    return " ".join(base + list(extra))
+
+
+def make_var_disk(path: Path, content: Path, size_mib: int) -> None:
+    """An ext2 filesystem image filled from `content` (mke2fs -d: no root, no loop device)."""
+    if path.exists():
+        path.unlink()
+    tools.run("mke2fs", ["-q", "-F", "-t", "ext2", "-L", "obelisk-var", "-E", "root_owner=0:0",
+                         "-d", content, path, f"{size_mib}M"])
+
+
+def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[str, Any], port: int) -> dict:
+    """TLS material, the /var disk and the TPM's EK/AK for a fresh node in run_dir."""
+    from obelisk.attest import akrecord, tpm
+    from obelisk.attest.agent_certs import issue
+    from obelisk.attest.swtpm import SoftwareTPM
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    var = run_dir / "var-content"
+    lib = var / "lib/obelisk"
+    lib.mkdir(parents=True, exist_ok=True)
+    server = issue(ca, ca_key, lib, manifest.get("image", {}).get("name", "node"), server=True,
+                   hosts=("127.0.0.1", "localhost", GUEST_IP))
+    client = issue(ca, ca_key, run_dir, "obelisk-verifier", server=False)
+    (lib / "ca.pem").write_bytes(ca.read_bytes())
+    config = {"cert": "agent.pem", "key": "agent.key", "client_ca": "ca.pem", "port": AGENT_GUEST_PORT,
+              "tcti": "device:/dev/tpmrm0", "image": manifest.get("image", {}).get("name", ""),
+              "event_log": "/sys/kernel/security/tpm0/binary_bios_measurements", "scan_root": "/"}
+    (lib / "agent.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    size = int((manifest.get("spec", {}).get("disk") or {}).get("size_mib") or 64)
+    make_var_disk(run_dir / "var.img", var, size)
+    for p in sorted(var.rglob("*"), reverse=True):  # the key now lives only on the node's disk
+        p.unlink() if p.is_file() else p.rmdir()
+    var.rmdir()
+    # EK and AK, created in the node's TPM before its first boot (as enrollment would).
+    with SoftwareTPM.start(run_dir / "swtpm") as sw:
+        info = tpm.create_keys(sw.tcti)
+    record = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True, source="ak.json")
+    atomic.write_text(run_dir / "ak.json", akrecord.dumps(record))
+    return {"client_cert": client.cert, "client_key": client.key, "port": port}
+
+
+def _start_swtpm(run_dir: Path) -> subprocess.Popen[bytes]:
+    sock = run_dir / "swtpm.sock"
+    sock.unlink(missing_ok=True)
+    proc = subprocess.Popen([tools.which("swtpm"), "socket", "--tpm2", "--tpmstate", f"dir={run_dir / 'swtpm'}",
+                             "--ctrl", f"type=unixio,path={sock}", "--log", f"file={run_dir / 'swtpm.log'}",
+                             "--terminate"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise ToolFailedError("swtpm", proc.returncode or 1, (run_dir / "swtpm.log").read_text(errors="replace")
+                                  if (run_dir / "swtpm.log").exists() else "did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def qemu_args(out: Path, run_dir: Path, port: int, cmdline: str, memory_mib: int) -> list[str]:
+    return [
+        "-machine", "q35", "-cpu", "max", "-m", str(memory_mib), "-smp", "1",
+        "-nographic", "-no-reboot", "-nodefaults",
+        "-kernel", str(out / "bzImage"), "-initrd", str(out / "initramfs.cpio"), "-append", cmdline,
+        "-drive", f"file={out / 'rootfs.squashfs'},if=virtio,format=raw,readonly=on",
+        "-drive", f"file={run_dir / 'var.img'},if=virtio,format=raw",
+        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{GUEST_IP}:{AGENT_GUEST_PORT}",
+        "-device", "virtio-net-pci,netdev=n0",
+        "-device", "virtio-rng-pci",
+        "-chardev", f"socket,id=chrtpm,path={run_dir / 'swtpm.sock'}",
+        "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
+        "-serial", f"file:{run_dir / 'serial.log'}", "-monitor", "none",
+    ]
+
+
+def wait_for_agent(url: str, ca: Path, cert: Path, key: Path, qemu: subprocess.Popen[bytes], serial: Path,
+                   timeout: float) -> None:
+    from obelisk.attest.agent_client import AgentEndpoint, AgentError
+
+    endpoint = AgentEndpoint(url, ca=str(ca), cert=str(cert), key=str(key), timeout=5)
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if qemu.poll() is not None:
+            raise BootError(f"QEMU exited with code {qemu.returncode} before the agent answered; "
+                            f"console: {_tail(serial)}")
+        try:
+            status, _ = endpoint.get("/v1/health")
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        except AgentError as exc:
+            last = str(exc)
+        time.sleep(1)
+    raise BootError(f"the agent did not answer within {timeout:.0f} s ({last}); console: {_tail(serial)}")
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no console log)"
+    return " | ".join(text[-lines:]) or "(empty)"
+
+
+def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None = None, memory_mib: int = 768,
+         timeout: float = 300, extra_cmdline: tuple[str, ...] = ()) -> BootedNode:
+    from obelisk.image import manifest as manifestmod
+
+    for name in ("bzImage", "initramfs.cpio", "rootfs.squashfs", "manifest.json"):
+        if not (out / name).is_file():
+            raise InputError(f"no {name}: boot needs a complete image with a kernel "
+                             "(kernel.image or kernel.source in the spec)", source=str(out))
+    for tool in ("qemu-system-x86_64", "swtpm", "mke2fs"):
+        tools.which(tool)
+    m = manifestmod.load(out / "manifest.json")
+    port = port or free_port()
+    info = provision(out, run_dir, ca, ca_key, m, port)
+    swtpm = _start_swtpm(run_dir)
+    serial = run_dir / "serial.log"
+    serial.unlink(missing_ok=True)
+    qemu = subprocess.Popen([tools.which("qemu-system-x86_64"),
+                             *qemu_args(out, run_dir, port, kernel_cmdline(m, extra_cmdline), memory_mib)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run_dir / "qemu.log", "wb"),
+                            start_new_session=True)
+    (run_dir / "qemu.pid").write_text(f"{qemu.pid}\n")
+    (run_dir / "swtpm.pid").write_text(f"{swtpm.pid}\n")
+    node = BootedNode(run_dir=run_dir, url=f"https://127.0.0.1:{port}", port=port, qemu_pid=qemu.pid,
+                      swtpm_pid=swtpm.pid, ak=run_dir / "ak.json", client_cert=info["client_cert"],
+                      client_key=info["client_key"], serial_log=serial)
+    atomic.write_text(run_dir / "boot.json", json.dumps(node.to_json(), indent=1, sort_keys=True) + "\n")
+    try:
+        wait_for_agent(node.url, ca, node.client_cert, node.client_key, qemu, serial, timeout)
+    except BaseException:
+        stop(run_dir)
+        raise
+    return node
+
+
+def stop(run_dir: Path) -> list[int]:
+    """Stop the QEMU and swtpm of a run directory (by their recorded pids)."""
+    stopped = []
+    for name in ("qemu.pid", "swtpm.pid"):
+        path = run_dir / name
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                time.sleep(0.1)
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        break
+                except ChildProcessError:
+                    os.kill(pid, 0)  # not our child: still alive?
+            stopped.append(pid)
+        except ProcessLookupError:
+            pass
+        path.unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,92 @@
+"""The agent serving real TPM evidence (swtpm), and the verifier's checks against an image manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+import pytest
+
+from obelisk.attest.agent import AgentConfig, make_server
+from obelisk.attest.agent_certs import issue
+from obelisk.attest.agent_client import AgentEndpoint, AgentError, reference_findings
+from obelisk.core.findings import Status
+from obelisk.ima_policy import measurement_list as ml
+
+
+def _ima_list(files: list[tuple[str, bytes]]) -> bytes:
+    entries = [ml.make_entry("ima-ng", [ml.digest_field("sha256", b"\0" * 32), ml.name_field("boot_aggregate")],
+                             number=1)]
+    for i, (path, digest) in enumerate(files, start=2):
+        entries.append(ml.make_entry("ima-ng", [ml.digest_field("sha256", digest), ml.name_field(path)], number=i))
+    return ml.serialize_binary(entries)
+
+
+MANIFEST = {"ima_reference": {"hash": "sha256", "digests": {"/usr/bin/agent": [hashlib.sha256(b"a").hexdigest()],
+                                                            "/usr/bin/mkdir": [hashlib.sha256(b"m").hexdigest()]},
+                              "allow_vary": ["/var/**", "/tmp/**"]}}
+
+
+def test_reference_check_names_changed_and_unknown_files():
+    log = _ima_list([("/usr/bin/agent", hashlib.sha256(b"a").digest()),
+                     ("/usr/bin/mkdir", hashlib.sha256(b"tampered").digest()),
+                     ("/tmp/x", b"\1" * 32), ("/opt/evil", b"\2" * 32)])
+    findings = {f.id: f for f in reference_findings(log, MANIFEST, "test")}
+    assert findings["attest.image.reference"].status is Status.FAIL
+    changed = findings["attest.image.file:/usr/bin/mkdir"]
+    assert changed.status is Status.FAIL and "entry 3" in changed.detail
+    assert changed.observed == hashlib.sha256(b"tampered").hexdigest()
+    assert "not part of the image" in findings["attest.image.file:/opt/evil"].title
+    assert "attest.image.file:/tmp/x" not in findings and "attest.image.file:/usr/bin/agent" not in findings
+
+
+def test_reference_check_passes_a_clean_list():
+    log = _ima_list([("/usr/bin/agent", hashlib.sha256(b"a").digest())])
+    (summary,) = reference_findings(log, MANIFEST, "test")
+    assert summary.status is Status.PASS and summary.observed.startswith("1 measured")
+
+
+def test_reference_check_without_list_is_an_error():
+    (summary,) = reference_findings(None, MANIFEST, "test")
+    assert summary.status is Status.ERROR
+
+
+@pytest.mark.swtpm
+def test_agent_serves_a_quote_the_verifier_accepts_once(swtpm, tmp_path):
+    from obelisk.attest import akrecord, tpm
+    from obelisk.attest.agent_client import attest_node
+    from obelisk.signer.keygen import generate
+
+    info = tpm.create_keys(swtpm.tcti)
+    (tmp_path / "ak.json").write_text(akrecord.dumps(akrecord.from_public(info.public, ek_public=info.ek_public,
+                                                                         activated=True)))
+    keys = generate(tmp_path / "keys", "ecdsa-p256")
+    server_cert = issue(keys.ca_cert, keys.ca_key, tmp_path / "srv", "node", server=True)
+    client = issue(keys.ca_cert, keys.ca_key, tmp_path / "cli", "verifier", server=False)
+    ima = tmp_path / "ima.bin"
+    ima.write_bytes(_ima_list([("/usr/bin/agent", hashlib.sha256(b"a").digest())]))
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "obelisk.image-manifest/1",
+                                                        "image": {"name": "n", "version": "1"}, **MANIFEST}))
+    config = AgentConfig(cert=str(server_cert.cert), key=str(server_cert.key), client_ca=str(keys.ca_cert),
+                         host="127.0.0.1", port=0, tcti=swtpm.tcti, event_log=None, ima_log=str(ima),
+                         scan_root=None)
+    server = make_server(config, log=lambda _: None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ep = AgentEndpoint(f"https://127.0.0.1:{server.server_address[1]}", ca=str(keys.ca_cert),
+                           cert=str(client.cert), key=str(client.key))
+        report = attest_node(ep, manifest=str(tmp_path / "manifest.json"), ak=str(tmp_path / "ak.json"), scan=False)
+        by_id = {f.id: f for f in report.findings}
+        quote_checks = [f for f in report.findings if f.section == "quote"]
+        assert quote_checks and all(f.status is Status.PASS for f in quote_checks), \
+            [(f.id, f.status, f.detail) for f in quote_checks if f.status is not Status.PASS]
+        assert by_id["attest.image.reference"].status is Status.PASS
+        # the same nonce again: the agent refuses it
+        nonce = b"\x11" * 32
+        ep.evidence(nonce)
+        with pytest.raises(AgentError, match="409"):
+            ep.evidence(nonce)
+    finally:
+        server.shutdown()
+        server.server_close()

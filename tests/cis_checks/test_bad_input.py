@@ -1,0 +1,115 @@
+"""Broken inputs become `error` findings naming the file; the scan goes on with everything else."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from obelisk.cis_checks.node import NodeView
+from obelisk.cis_checks.scan import scan
+from obelisk.core.findings import Report, Status
+
+from .conftest import APISERVER, KUBELET_CONFIG, KUBELET_DROPINS, by_id, failing
+
+
+def test_malformed_manifest_is_an_error_naming_the_file(control_plane):
+    (control_plane / APISERVER).write_text("apiVersion: v1\nkind: Pod\nspec: [unclosed\n")
+    report = scan(control_plane)
+    f = by_id(report, "cis-1.2.1")
+    assert f.status is Status.ERROR
+    assert "/etc/kubernetes/manifests/kube-apiserver.yaml" in f.detail and "invalid YAML" in f.detail
+    # the manifest's own mode/owner is still checked, and other components are still scanned
+    assert by_id(report, "cis-1.1.1").status is Status.PASS
+    assert by_id(report, "cis-1.3.2").status is Status.PASS
+    assert by_id(report, "cis-4.2.1").status is Status.PASS
+    errors = {f.id for f in report.findings if f.status is Status.ERROR}
+    assert errors and all(i.startswith(("cis-1.2.", "cis-3.2.", "stig-V-")) for i in errors)
+    assert failing(report).keys() == errors
+
+
+def test_kubelet_config_of_the_wrong_kind(worker):
+    (worker / KUBELET_CONFIG).write_text("apiVersion: v1\nkind: ConfigMap\ndata: {}\n")
+    report = scan(worker)
+    f = by_id(report, "cis-4.2.1")
+    assert f.status is Status.ERROR
+    assert "/etc/kubernetes/kubelet/config.yaml: kind 'ConfigMap', expected 'KubeletConfiguration'" in f.detail
+    assert by_id(report, "cis-4.1.9").status is Status.PASS  # file checks still run
+    assert by_id(report, "stig-V-242394").status is Status.PASS
+
+
+def test_unreadable_kubelet_config(worker):
+    path = worker / KUBELET_CONFIG
+    path.unlink()
+    path.mkdir()  # reading a directory fails even for root
+    report = scan(worker)
+    f = by_id(report, "cis-4.2.4")
+    assert f.status is Status.ERROR and "/etc/kubernetes/kubelet/config.yaml: cannot read" in f.detail
+
+
+def test_symlink_loop_dropin(worker):
+    loop = worker / KUBELET_DROPINS / "10-loop.conf"
+    loop.symlink_to(loop)
+    report = scan(worker)
+    f = by_id(report, "cis-4.2.1")
+    assert f.status is Status.ERROR and "10-loop.conf" in f.detail
+    assert by_id(report, "cis-4.1.9").status is Status.ERROR
+
+
+def test_unattributable_bad_manifest_gets_its_own_error(control_plane):
+    junk = control_plane / "etc/kubernetes/manifests/junk.yaml"
+    junk.write_bytes(b"\xff\xfe: [\x00")
+    report = scan(control_plane)
+    assert failing(report) == {"input:/etc/kubernetes/manifests/junk.yaml": None,
+                               # and an unknown file in the static pod directory is not a control-plane pod
+                               "stig-V-242397": "non-control-plane static pods: /etc/kubernetes/manifests/junk.yaml"}
+    f = by_id(report, "input:/etc/kubernetes/manifests/junk.yaml")
+    assert f.status is Status.ERROR and "junk.yaml" in f.detail
+
+
+def test_cli_exit_codes_and_json(control_plane, obelisk_cli, tmp_path):
+    ok = obelisk_cli("scan", "--root", str(control_plane), "--format", "json")
+    assert ok.returncode == 0, ok.stderr
+    report = Report.loads(ok.stdout)
+    assert failing(report) == {}
+    (control_plane / APISERVER).write_text("kind: [")
+    bad = obelisk_cli("scan", "--root", str(control_plane), "--format", "json")
+    assert bad.returncode == 1
+    assert any(f["status"] == "error" for f in json.loads(bad.stdout)["findings"])
+    missing = obelisk_cli("scan", "--root", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nope" in missing.stderr
+    badwaiver = tmp_path / "w.yaml"
+    badwaiver.write_text("waivers: [{id: cis-1.2.1}]\n")
+    w = obelisk_cli("scan", "--root", str(control_plane), "--waivers", str(badwaiver))
+    assert w.returncode == 2 and "w.yaml" in w.stderr and "Traceback" not in w.stderr
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(manifest=st.binary(max_size=400), config=st.binary(max_size=400))
+def test_hostile_bytes_never_crash_the_scan(tmp_path_factory, manifest, config):
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "etc/kubernetes/manifests").mkdir(parents=True)
+    (root / "etc/kubernetes/manifests/kube-apiserver.yaml").write_bytes(manifest)
+    (root / "etc/kubernetes/kubelet").mkdir(parents=True)
+    (root / "etc/kubernetes/kubelet/config.yaml").write_bytes(config)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system/kubelet.service").write_text(
+        "[Service]\nExecStart=/usr/bin/kubelet --config=/etc/kubernetes/kubelet/config.yaml\n")
+    report = scan(root)
+    assert len(report.findings) >= 162
+    NodeView(root)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300))
+def test_hostile_manifest_text(tmp_path_factory, text):
+    root = tmp_path_factory.mktemp("fuzz")
+    d = root / "etc/kubernetes/manifests"
+    d.mkdir(parents=True)
+    (d / "etcd.yaml").write_text("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command: [etcd, "
+                                 + json.dumps(text) + "]\n    volumeMounts: " + json.dumps(text) + "\n")
+    os.chmod(d / "etcd.yaml", 0o600)
+    report = scan(root)
+    assert by_id(report, "cis-1.1.7").status in (Status.PASS, Status.ERROR)
