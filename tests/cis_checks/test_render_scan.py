@@ -294,3 +294,18 @@ def test_etcd_data_dir_owned_by_root(control_plane):
     report = scan(control_plane)
     assert failing(report) == {"cis-1.1.12": "owner root:root"}
     assert set(by_id(report, "cis-1.1.12").refs("stig")) == {"V-242445"}
+
+
+def test_in_memory_render_matches_the_tree_for_image_builders(tmp_path):
+    from obelisk.cis_checks.render import render_directories, render_files
+    from obelisk.cis_checks.scan import scan_root
+
+    tree = render_tree(tmp_path, "control-plane", "1.31")
+    files = render_files("control-plane", "1.31")
+    for f in files:
+        assert not f.path.startswith("/") and (tmp_path / f.path).read_bytes() == f.data
+        assert stat.S_IMODE((tmp_path / f.path).stat().st_mode) == f.mode
+    dirs = {d.path: d for d in render_directories("control-plane")}
+    assert dirs["/var/lib/etcd"].uid == 990 and dirs["/var/lib/etcd"].mode == 0o700
+    assert {f.path for f in tree.files} == {"/" + f.path for f in files} | set(dirs)
+    assert failing(scan_root(tmp_path)) == {}
