@@ -37,8 +37,9 @@ class Options:
     ak: akrecord.AKRecord
     predicted_pcrs: dict[int, bytes] = field(default_factory=dict)  # sha256 bank, from the build manifest
     previous: Counters | None = None
-    # Called with (ima_log bytes, format, quoted PCR 10 or None) -> findings; the IMA component's code.
-    ima_check: Callable[[bytes, str, bytes | None], list[Finding]] | None = None
+    # Called with (ima_log bytes, format, trusted quoted PCRs) -> findings; the IMA component's code.
+    ima_check: Callable[[bytes, str, dict[int, bytes]], list[Finding]] | None = None
+    reference_findings: list[Finding] = field(default_factory=list)  # the manifest's own checks
     source: str = "evidence"
     quote_only: bool = False  # tpm2_quote output has no logs: check the quote alone
 
@@ -145,6 +146,7 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
         findings += _ima_findings(ev, pcrs, trusted, opts)
 
     # --- predicted PCR values from the build ---
+    findings += opts.reference_findings
     for idx, predicted in sorted(opts.predicted_pcrs.items()):
         if not trusted:
             findings.append(_f(f"reference.pcr{idx}", f"PCR {idx} equals the build's prediction", Status.ERROR,
@@ -222,7 +224,7 @@ def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Opt
         return [_f("ima", title, Status.ERROR, section="ima", detail="IMA list verification is not available")]
     if not trusted:
         return [_f("ima", title, Status.ERROR, section="ima", detail="no trusted quote to compare with")]
-    return opts.ima_check(ev.ima_log, ev.ima_format, pcrs.get(IMA_PCR))
+    return opts.ima_check(ev.ima_log, ev.ima_format, pcrs)
 
 
 # ---- verifier state: the last counters seen per AK ------------------------------------------------
@@ -260,9 +262,16 @@ def save_state(path: str, ak: akrecord.AKRecord, counters: Counters) -> None:
 
 
 def configure_references(opts: Options, reference: str | None, cert: str | None) -> None:
-    """Attach the IMA checker and the build's reference manifest (PCR predictions) to `opts`."""
+    """Attach the IMA checker, the reference manifest's checks and its PCR predictions to `opts`."""
     from obelisk.attest import ima_check
 
-    opts.ima_check = ima_check.make_checker(reference, cert)
-    if reference:
-        opts.predicted_pcrs = ima_check.predicted_pcrs(reference)
+    apply_references(opts, ima_check.load_references(reference, cert))
+
+
+def apply_references(opts: Options, refs) -> None:
+    """Use already loaded references (a verifier checking many nodes of one image loads them once)."""
+    from obelisk.attest import ima_check
+
+    opts.ima_check = ima_check.make_checker(refs)
+    opts.predicted_pcrs = refs.predicted
+    opts.reference_findings = list(refs.findings)
