@@ -110,3 +110,39 @@ def test_disa_titles_from_the_users_benchmark(control_plane, shared_dir, obelisk
     assert "DISA: V-242390:" in findings["cis-1.2.1"]["detail"]
     refs = findings["cis-1.2.1"]["references"]
     assert {"scheme": "stig-rule", "id": "SV-242390r960792_rule"} in refs
+
+
+def test_live_kubelet_config_is_the_one_the_process_uses(worker, tmp_path):
+    """kube-bench's classic false result: reading a config file the running kubelet does not use."""
+    other = worker / "etc/kubernetes/kubelet/other.yaml"
+    other.write_text("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nreadOnlyPort: 10255\n")
+    other.chmod(0o600)
+    proc = subprocess.Popen(["kubelet", "-c", "import time; time.sleep(60)",
+                             "--config=/etc/kubernetes/kubelet/other.yaml"], executable=sys.executable)
+    try:
+        for _ in range(50):
+            if b"other.yaml" in open(f"/proc/{proc.pid}/cmdline", "rb").read():
+                break
+            time.sleep(0.02)
+        proc_dir = tmp_path / "proc"
+        proc_dir.mkdir()
+        (proc_dir / str(proc.pid)).symlink_to(f"/proc/{proc.pid}")
+        offline = scan(worker)
+        live = scan(worker, proc=proc_dir)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert by_id(offline, "cis-4.2.4").status is Status.PASS  # the unit's config.yaml says 0
+    f = by_id(live, "cis-4.2.4")
+    assert f.status is Status.FAIL and f.observed == "10255"
+    assert f.evidence[0].source == "/etc/kubernetes/kubelet/other.yaml"
+
+
+def test_bad_stig_benchmark_file(control_plane, tmp_path, obelisk_cli):
+    bad = tmp_path / "stig.xml"
+    bad.write_text("<Benchmark><Group id='V-1'><Rule")
+    r = obelisk_cli("scan", "--root", str(control_plane), "--stig-benchmark", str(bad))
+    assert r.returncode == 2 and "stig.xml" in r.stderr and r.stderr.count("\n") == 1
+    bad.write_text("<Benchmark/>")
+    r = obelisk_cli("scan", "--root", str(control_plane), "--stig-benchmark", str(bad))
+    assert r.returncode == 2 and "no STIG rules" in r.stderr

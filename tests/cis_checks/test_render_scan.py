@@ -216,3 +216,40 @@ def test_identity_first_encryption_provider_fails(control_plane):
 def test_audit_policy_dropping_events_fails_stig(control_plane):
     edit(control_plane, "etc/kubernetes/audit-policy.yaml", r"^- level: RequestResponse$", "- level: None")
     assert failing(scan(control_plane)) == {"stig-V-242403": "a rule with level None"}
+
+
+def _kube_proxy_unit(root, extra_flags: str, config: str | None) -> None:
+    unit = root / "etc/systemd/system/kube-proxy.service"
+    flags = extra_flags
+    if config is not None:
+        cfg = root / "etc/kubernetes/kube-proxy.yaml"
+        cfg.write_text(config)
+        cfg.chmod(0o600)
+        flags += " --config=/etc/kubernetes/kube-proxy.yaml"
+    unit.write_text(f"[Service]\nExecStart=/usr/bin/kube-proxy {flags}\n")
+    unit.chmod(0o600)
+
+
+def test_kube_proxy_metrics_from_its_config_file(worker):
+    kubeconfig = worker / "etc/kubernetes/proxy.conf"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    kubeconfig.chmod(0o644)
+    _kube_proxy_unit(worker, "", "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+                                 "metricsBindAddress: 0.0.0.0:10249\n"
+                                 "clientConnection:\n  kubeconfig: /etc/kubernetes/proxy.conf\n")
+    report = scan(worker)
+    assert failing(report) == {"cis-4.3.1": "0.0.0.0:10249", "cis-4.1.3": "mode 644"}
+    assert by_id(report, "cis-4.3.1").evidence[0].source == "/etc/kubernetes/kube-proxy.yaml"
+
+
+def test_kube_proxy_flag_beats_its_config_file(worker):
+    _kube_proxy_unit(worker, "--metrics-bind-address=127.0.0.1:10249",
+                     "kind: KubeProxyConfiguration\nmetricsBindAddress: 0.0.0.0:10249\n")
+    assert failing(scan(worker)) == {}
+
+
+def test_etcd_data_dir_owned_by_root(control_plane):
+    os.chown(control_plane / "var/lib/etcd", 0, 0)
+    report = scan(control_plane)
+    assert failing(report) == {"cis-1.1.12": "owner root:root"}
+    assert set(by_id(report, "cis-1.1.12").refs("stig")) == {"V-242445"}

@@ -161,6 +161,16 @@ def _flag(ctx: Context, test: dict[str, Any]) -> Outcome:
     expected = describe(op, test.get("value"))
     default = test.get("default")
     evidence = (Evidence("flag", comp.source, comp.cmdline.show(name) if value is not None else f"--{name} not set"),)
+    if value is None and test.get("config_key") and comp.flag("config"):
+        # flags win; without the flag the component's own --config file decides (kube-proxy, scheduler)
+        found = _component_config_value(ctx, comp, test["config_key"])
+        if isinstance(found, Outcome):
+            return found
+        if found is not None:
+            path, cfg_value = found
+            evidence = (Evidence("config", path, f"{test['config_key']}={cfg_value}"),)
+            ok = compare(op, cfg_value, test.get("value"))
+            return Outcome(Status.PASS if ok else Status.FAIL, cfg_value, expected, evidence, target=comp.name)
     if value is None and test.get("require_set"):
         return Outcome(Status.FAIL, "not set", f"{expected} (set explicitly)", evidence, target=comp.name)
     effective = value if value is not None else (str(default) if default is not None else None)
@@ -172,6 +182,26 @@ def _flag(ctx: Context, test: dict[str, Any]) -> Outcome:
     else:
         observed = "not set"
     return Outcome(Status.PASS if ok else Status.FAIL, observed, expected, evidence, target=comp.name)
+
+
+def _component_config_value(ctx: Context, comp, key: str) -> Outcome | tuple[str, str] | None:
+    """(path, value) of `key` in a component's --config file; None when unset; an error Outcome when unusable."""
+    path = comp.host_path(comp.flag("config"))
+    before = len(ctx.node.problems)
+    doc = ctx.node.load_yaml_file(path)
+    if len(ctx.node.problems) > before:
+        msg = ctx.node.problems[before].message
+        del ctx.node.problems[before:]
+        return Outcome(Status.ERROR, detail=f"{path}: {msg}", evidence=(Evidence("file", path, msg),), target=path)
+    if not isinstance(doc, dict):
+        return Outcome(Status.ERROR, detail=f"{path}: expected a configuration mapping",
+                       evidence=(Evidence("file", path, "not a mapping"),), target=path)
+    cur: Any = doc
+    for part in key.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return path, _show(cur)
 
 
 # ------------------------------------------------------------------ kubelet configuration
@@ -233,7 +263,10 @@ def _select_files(ctx: Context, selector: str) -> tuple[list[str], str]:
     if kind == "kubeconfig":
         comp = node.components.get(arg)
         value = comp.flag("kubeconfig") if comp else None
-        return ([comp.host_path(value)] if comp and value else []), f"{arg} has no --kubeconfig"
+        if comp is not None and value is None and comp.flag("config"):
+            found = _component_config_value(ctx, comp, "clientConnection.kubeconfig")
+            value = found[1] if isinstance(found, tuple) else None
+        return ([comp.host_path(value)] if comp and value else []), f"{arg} has no kubeconfig"
     if kind == "kubelet":
         comp = node.components.get("kubelet")
         if comp is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from obelisk.core.errors import ToolFailedError, ToolMissingError
 
@@ -31,6 +31,8 @@ PACKAGES: dict[str, str] = {
     "busybox": "busybox-static",
     "mmdebstrap": "mmdebstrap",
     "make": "make",
+    "gcc": "gcc",
+    "nice": "coreutils",
     "chromium": "chromium",
     "dpkg-query": "dpkg",
     "mke2fs": "e2fsprogs",
@@ -88,3 +90,35 @@ def run(
     if check and proc.returncode != 0:
         raise ToolFailedError(tool, proc.returncode, (proc.stderr or proc.stdout).decode(errors="replace"))
     return proc
+
+
+def run_streaming(
+    tool: str,
+    args: Sequence[str | os.PathLike[str]],
+    on_line: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    nice: int = 0,
+) -> int:
+    """Run `tool`, passing each line of its combined output to `on_line` (for progress); return the exit code.
+
+    The last 200 lines are kept; a non-zero exit raises ToolFailedError with them.
+    """
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    argv = [which(tool), *map(os.fspath, args)]
+    if nice:
+        argv = [which("nice"), "-n", str(nice), *argv]
+    tail: list[str] = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
+                          text=True, errors="replace", bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            del tail[:-200]
+            on_line(line.rstrip("\n"))
+        code = proc.wait()
+    if code != 0:
+        raise ToolFailedError(tool, code, "\n".join(tail))
+    return code

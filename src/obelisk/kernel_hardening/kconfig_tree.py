@@ -6,7 +6,7 @@ kconfiglib 14.1 predates two keywords of the kernel's Kconfig language: the bare
 files; line numbers are kept so locations in explanations point at the real file.
 
 Transitional symbols are read from an old .config but never written (as in the C
-tool), so `write_config` drops them.
+tool): they get a prompt so kconfiglib honours their value, and `write_config` drops them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _CONFIG_LINE = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
 def rewrite_kconfig_text(text: str) -> tuple[str, frozenset[str]]:
     """Rewrite keywords kconfiglib 14.1 cannot parse; return the text and the transitional symbols.
 
-    Every line keeps its number (a removed keyword becomes an empty line).
+    Every line keeps its number (`transitional` becomes a prompt line).
     """
     out: list[str] = []
     transitional: set[str] = set()
@@ -44,7 +44,11 @@ def rewrite_kconfig_text(text: str) -> tuple[str, frozenset[str]]:
         elif _TRANSITIONAL_LINE.match(body):
             if current:
                 transitional.add(current)
-            body = ""
+            # A transitional symbol takes its value from an old .config although it has no
+            # prompt; a prompt is the way to make kconfiglib honour that value.
+            indent = body[: len(body) - len(body.lstrip())]
+            body = f'{indent}prompt "transitional"'
+
         out.append(body + ending)
     return "".join(out), frozenset(transitional)
 
@@ -80,8 +84,34 @@ def kconfig_environment(tree: Path, arch: str = "x86") -> dict[str, str]:
         "BINDGEN": os.environ.get("BINDGEN", "bindgen"),
         "PAHOLE": os.environ.get("PAHOLE", "pahole"),
         "CLANG_FLAGS": "",
+        # tools the top Makefile exports; Kconfig probes some of them ($(success,$(OBJCOPY) ...))
+        **{var: os.environ.get(var, default) for var, default in (
+            ("AS", "as"), ("CPP", "gcc -E"), ("AR", "ar"), ("NM", "nm"), ("STRIP", "strip"),
+            ("OBJCOPY", "objcopy"), ("OBJDUMP", "objdump"), ("READELF", "readelf"), ("AWK", "awk"),
+            ("PERL", "perl"), ("PYTHON3", "python3"), ("LEX", "flex"), ("YACC", "bison"),
+            ("HOSTPKG_CONFIG", "pkg-config"), ("CONFIG_SHELL", "sh"), ("BASH", "bash"))},
+        "CC_VERSION_TEXT": compiler_version_text(),
         "objtree": str(tree),
     }
+
+
+def compiler_version_text() -> str:
+    """First line of `$CC --version`, as the kernel Makefile exports it to Kconfig."""
+    from obelisk.core import tools
+    from obelisk.core.errors import ObeliskError
+
+    cc = os.environ.get("CC", "gcc")
+    try:
+        out = tools.run(cc, ["--version"], env={"LC_ALL": "C"}, check=False).stdout
+    except ObeliskError:
+        return ""
+    first = out.decode(errors="replace").splitlines()[0] if out.strip() else ""
+    return first.replace("#", "")
+
+
+def config_header(version: str, arch: str = "x86") -> str:
+    """The header `make *config` writes, so obelisk's .config is byte-identical to make's."""
+    return f"#\n# Automatically generated file; DO NOT EDIT.\n# Linux/{arch} {version} Kernel Configuration\n#\n"
 
 
 @dataclass(frozen=True)
@@ -125,6 +155,7 @@ def load_kconfig(tree: str | os.PathLike[str], arch: str = "x86"):
             return super()._open(filename, mode)
 
         def write_config(self, filename=None, header=None, save_old=True, verbose=None):
+            _write_implied_like_c(self)
             result = super().write_config(filename, header=header, save_old=save_old, verbose=verbose)
             if self.transitional and filename:
                 _drop_symbols(Path(filename), self.transitional)
@@ -147,6 +178,24 @@ def load_kconfig(tree: str | os.PathLike[str], arch: str = "x86"):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _write_implied_like_c(kconf) -> None:
+    """Match the C tool (scripts/kconfig/symbol.c, sym_calc_value) for implied symbols.
+
+    An invisible bool/tristate symbol that something `imply`s is written to .config (as
+    "is not set" when its own dependencies are unmet); kconfiglib 14.1 only writes it when
+    its dependencies are met. Without this, `# CONFIG_STRICT_DEVMEM is not set` (implied by
+    HARDENED_USERCOPY, depends on DEVMEM) would be missing compared with `make olddefconfig`.
+    """
+    import kconfiglib
+
+    for sym in kconf.unique_defined_syms:
+        if sym.orig_type not in (kconfiglib.BOOL, kconfiglib.TRISTATE) or sym.choice is not None:
+            continue
+        sym.str_value  # computes and caches the value and _write_to_conf
+        if not sym._write_to_conf and kconfiglib.expr_value(sym.weak_rev_dep):
+            sym._write_to_conf = True
 
 
 def _drop_symbols(path: Path, names: set[str]) -> None:
