@@ -146,15 +146,16 @@ def _boot(swtpm, tmp_path) -> eventlog.EventLog:
     return log
 
 
-def _ima_list(swtpm, tmp_path, entries: int = 20) -> bytes:
+def _ima_list(swtpm, tmp_path, entries: int = 20, aggregate_bank: str = "sha256") -> bytes:
     """An IMA list (boot_aggregate first) whose entries are extended into PCR 10 as the kernel would."""
     import hashlib
 
     from obelisk.ima_policy import measurement_list as ml
 
-    pcrs = tpm.pcr_values(swtpm.tcti, "sha256", range(10))
-    aggregate = hashlib.sha256(b"".join(pcrs[i] for i in range(10))).digest()
-    items = [ml.make_entry("ima-ng", [ml.digest_field("sha256", aggregate), ml.name_field("boot_aggregate")],
+    boot = range(10) if aggregate_bank != "sha1" else range(8)  # SHA-1 boot_aggregate covers PCR 0-7
+    pcrs = tpm.pcr_values(swtpm.tcti, aggregate_bank, boot)
+    aggregate = hashlib.new(aggregate_bank, b"".join(pcrs[i] for i in boot)).digest()
+    items = [ml.make_entry("ima-ng", [ml.digest_field(aggregate_bank, aggregate), ml.name_field("boot_aggregate")],
                            number=1)]
     for i in range(2, entries + 1):
         items.append(ml.make_entry("ima-ng", [ml.digest_field("sha256", hashlib.sha256(b"f%d" % i).digest()),
@@ -331,3 +332,19 @@ def test_verify_against_signed_image_manifest(swtpm, tmp_path, enrolled, obelisk
     found = run(other_ca)
     assert found["attest.reference.signature"]["status"] == "fail"
     assert "issued by" in found["attest.reference.signature"]["detail"]
+
+
+def test_sha1_boot_aggregate_checked_from_the_event_log(swtpm, tmp_path, enrolled):
+    """The quote covers sha256 only; a SHA-1 boot_aggregate is recomputed from the event log's SHA-1 bank,
+    trusted because the log's sha256 replay matched the quote."""
+    _boot(swtpm, tmp_path)
+    _ima_list(swtpm, tmp_path, entries=4, aggregate_bank="sha1")
+    nonce = os.urandom(16)
+    ev = evidence.collect(nonce, swtpm.tcti, event_log_path=str(tmp_path / "eventlog.bin"),
+                          ima_path=str(tmp_path / "ima.bin"))
+    ak = akrecord.load(enrolled.read_bytes(), str(enrolled))
+    opts = verify.Options(nonce=nonce, ak=ak)
+    verify.configure_references(opts, None, None)
+    report, _ = verify.verify(ev, opts)
+    st = statuses(report)
+    assert st["ima.boot-aggregate"] is Status.PASS and st["ima.pcr.10.sha256"] is Status.PASS

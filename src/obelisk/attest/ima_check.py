@@ -124,13 +124,14 @@ def _ima_reference(section: object, path: str):
     raise InputError("ima_reference: not a reference obelisk knows", source=path)
 
 
-def make_checker(refs: References) -> Callable[[bytes, str, dict[int, bytes]], list[Finding]]:
-    def check(data: bytes, fmt: str, pcrs: dict[int, bytes]) -> list[Finding]:
-        return ima_findings(data, pcrs, refs)
+def make_checker(refs: References) -> Callable[..., list[Finding]]:
+    def check(data: bytes, fmt: str, pcrs: dict[int, bytes], boot_banks: dict[str, dict[int, bytes]]) -> list[Finding]:
+        return ima_findings(data, pcrs, refs, boot_banks)
     return check
 
 
-def ima_findings(data: bytes, pcrs: dict[int, bytes], refs: References) -> list[Finding]:
+def ima_findings(data: bytes, pcrs: dict[int, bytes], refs: References,
+                 boot_banks: dict[str, dict[int, bytes]] | None = None) -> list[Finding]:
     """The IMA component's verification of the list, against the quoted (trusted) PCR values."""
     from obelisk.core.errors import ParseError
     from obelisk.ima_policy import verify as imaverify
@@ -142,7 +143,7 @@ def ima_findings(data: bytes, pcrs: dict[int, bytes], refs: References) -> list[
                    detail="PCR 10 was not quoted")]
     options = imaverify.VerifyOptions(
         banks=("sha256",), pcrs=PcrValues({"sha256": {10: quoted10}}),
-        boot_pcrs={"sha256": {i: pcrs[i] for i in range(10) if i in pcrs}},
+        boot_pcrs={**(boot_banks or {}), "sha256": {i: pcrs[i] for i in range(10) if i in pcrs}},
         reference=refs.ima_reference, keyring=refs.keyring, workers=1)
     try:
         result = imaverify.verify_log(data, "evidence: ima_log", options)
