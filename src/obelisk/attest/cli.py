@@ -355,7 +355,7 @@ def _quote(args: argparse.Namespace) -> int:
     nonce = _hex(args.nonce)
     pcrs = _pcr_list(args.pcrs)
     raw = tpm.quote(nonce, args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE, pcrs=pcrs)
-    info = tpm.read_ak(args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE)
+    info = tpm.read_ak(args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE, with_certificate=False)
     bundle = evmod.Evidence(nonce=nonce, attest=raw.attest, signature=raw.signature, bank=raw.bank,
                             pcrs=raw.pcrs, ak_name=info.name)
     atomic.write_text(args.output, evmod.dumps(bundle))

@@ -168,7 +168,7 @@ def create_keys(tcti: str | None = None, *, ek_handle: int = EK_HANDLE, ak_handl
             raise _tss_error("key creation", exc) from None
 
 
-def _ak_info(esapi, ek, ak, ak_handle: int) -> AKInfo:
+def _ak_info(esapi, ek, ak, ak_handle: int, with_certificate: bool = True) -> AKInfo:
     from tpm2_pytss import TPM2_ALG
 
     ak_pub, ak_name, ak_qn = esapi.read_public(ak)
@@ -176,17 +176,18 @@ def _ak_info(esapi, ek, ak, ak_handle: int) -> AKInfo:
     key_type = "ecc" if ek_pub.publicArea.type == TPM2_ALG.ECC else "rsa"
     return AKInfo(public=ak_pub.marshal(), name=bytes(ak_name), qualified_name=bytes(ak_qn),
                   ek_public=ek_pub.marshal(), ek_name=bytes(ek_name), handle=ak_handle,
-                  ek_certificate=read_ek_certificate(esapi, key_type))
+                  ek_certificate=read_ek_certificate(esapi, key_type) if with_certificate else None)
 
 
-def read_ak(tcti: str | None = None, *, ek_handle: int = EK_HANDLE, ak_handle: int = AK_HANDLE) -> AKInfo:
+def read_ak(tcti: str | None = None, *, ek_handle: int = EK_HANDLE, ak_handle: int = AK_HANDLE,
+            with_certificate: bool = True) -> AKInfo:
     with open_tpm(tcti) as esapi:
         ek = _persistent(esapi, ek_handle)
         ak = _persistent(esapi, ak_handle)
         if ek is None or ak is None:
             missing = f"0x{ek_handle:08x}" if ek is None else f"0x{ak_handle:08x}"
             raise InputError(f"no key at persistent handle {missing}: run `obelisk attest ak create` first")
-        return _ak_info(esapi, ek, ak, ak_handle)
+        return _ak_info(esapi, ek, ak, ak_handle, with_certificate)
 
 
 def activate_credential(credential_blob: bytes, encrypted_secret: bytes, tcti: str | None = None, *,
