@@ -146,15 +146,16 @@ def _boot(swtpm, tmp_path) -> eventlog.EventLog:
     return log
 
 
-def _ima_list(swtpm, tmp_path, entries: int = 20) -> bytes:
+def _ima_list(swtpm, tmp_path, entries: int = 20, aggregate_bank: str = "sha256") -> bytes:
     """An IMA list (boot_aggregate first) whose entries are extended into PCR 10 as the kernel would."""
     import hashlib
 
     from obelisk.ima_policy import measurement_list as ml
 
-    pcrs = tpm.pcr_values(swtpm.tcti, "sha256", range(10))
-    aggregate = hashlib.sha256(b"".join(pcrs[i] for i in range(10))).digest()
-    items = [ml.make_entry("ima-ng", [ml.digest_field("sha256", aggregate), ml.name_field("boot_aggregate")],
+    boot = range(10) if aggregate_bank != "sha1" else range(8)  # SHA-1 boot_aggregate covers PCR 0-7
+    pcrs = tpm.pcr_values(swtpm.tcti, aggregate_bank, boot)
+    aggregate = hashlib.new(aggregate_bank, b"".join(pcrs[i] for i in boot)).digest()
+    items = [ml.make_entry("ima-ng", [ml.digest_field(aggregate_bank, aggregate), ml.name_field("boot_aggregate")],
                            number=1)]
     for i in range(2, entries + 1):
         items.append(ml.make_entry("ima-ng", [ml.digest_field("sha256", hashlib.sha256(b"f%d" % i).digest()),
@@ -190,7 +191,10 @@ def test_evidence_bundle_end_to_end(swtpm, tmp_path, enrolled, obelisk_cli):
     found = {f["id"]: f for f in json.loads(res.stdout)["findings"]}
     assert res.returncode == 0, [f for f in found.values() if f["status"] != "pass"]
     assert all(found[f"attest.eventlog.pcr{i}"]["status"] == "pass" for i in range(10))
-    assert found["attest.ima.pcr10"]["status"] == "pass"
+    # the IMA component's checks, fed with the quoted PCRs
+    assert found["ima.pcr.10.sha256"]["status"] == "pass"
+    assert found["ima.boot-aggregate"]["status"] == "pass"
+    assert found["ima.log.template-hashes"]["status"] == "pass"
     assert json.loads(state.read_text())  # counters stored
 
     # the same bundle again: the clock did not advance, a replay
@@ -256,3 +260,91 @@ def test_tcti_from_environment(swtpm, tmp_path, obelisk_cli):
     res = obelisk_cli("attest", "ak", "create", "--record", str(tmp_path / "ak.json"),
                       env={"TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=1"})
     assert res.returncode == 2 and "TCTI" in res.stderr and res.stderr.count("\n") == 1
+
+
+def _ca(tmp_path, name: str):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    return tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+
+
+def test_verify_against_signed_image_manifest(swtpm, tmp_path, enrolled, obelisk_cli):
+    """--reference: the build's signed manifest (signature vs --cert, predicted PCRs, IMA reference values)."""
+    import hashlib
+
+    from obelisk.attest.agent_certs import issue
+    from obelisk.image import manifest as mf
+    from obelisk.signer.keys import load_certificate, load_signing_key
+
+    _boot(swtpm, tmp_path)
+    _ima_list(swtpm, tmp_path, entries=6)
+    nonce = os.urandom(20)
+    ev = evidence.collect(nonce, swtpm.tcti, event_log_path=str(tmp_path / "eventlog.bin"),
+                          ima_path=str(tmp_path / "ima.bin"))
+    (tmp_path / "evidence.json").write_text(evidence.dumps(ev))
+
+    ca, ca_key = _ca(tmp_path, "customer-ca")
+    other_ca, _ = _ca(tmp_path, "other-ca")
+    signer = issue(ca, ca_key, tmp_path / "signer", "image signer", server=False)
+    files = {f"/usr/bin/tool{i}": [hashlib.sha256(b"f%d" % i).hexdigest()] for i in range(2, 6)}  # tool6 missing
+    doc = {"schema": mf.SCHEMA, "image": {"name": "worker", "version": "1"},
+           "ima_reference": {"hash": "sha256", "digests": files, "allow_vary": ["/var/**"]},
+           "pcrs": {"bank": "sha256", "predicted": {"7": ev.pcrs[7].hex(), "4": "00" * 32}}}
+    out = tmp_path / "image"
+    out.mkdir()
+    data = mf.dumps(doc)
+    (out / "manifest.json").write_bytes(data)
+    sig = mf.sign(data, load_signing_key(str(signer.key)), load_certificate(signer.cert))
+    (out / "manifest.json.sig").write_text(json.dumps(sig.to_json()))
+
+    def run(ca_path) -> dict:
+        res = obelisk_cli("attest", "verify", str(tmp_path / "evidence.json"), "--nonce", nonce.hex(), "--ak",
+                          str(enrolled), "--reference", str(out / "manifest.json"), "--cert", str(ca_path),
+                          "--format", "json")
+        assert res.returncode in (0, 1), res.stderr
+        return {f["id"]: f for f in json.loads(res.stdout)["findings"]}
+
+    found = run(ca)
+    assert found["attest.reference.signature"]["status"] == "pass"
+    assert found["attest.reference.pcr7"]["status"] == "pass"
+    assert found["attest.reference.pcr4"]["status"] == "fail"  # the build predicted another PCR 4
+    assert found["ima.pcr.10.sha256"]["status"] == "pass"
+    unknown = [f for f in found.values() if f["id"].startswith("ima.entry.") and f["status"] == "fail"]
+    assert [f["id"] for f in unknown] == ["ima.entry.6.unknown-file"]
+
+    found = run(other_ca)
+    assert found["attest.reference.signature"]["status"] == "fail"
+    assert "issued by" in found["attest.reference.signature"]["detail"]
+
+
+def test_sha1_boot_aggregate_checked_from_the_event_log(swtpm, tmp_path, enrolled):
+    """The quote covers sha256 only; a SHA-1 boot_aggregate is recomputed from the event log's SHA-1 bank,
+    trusted because the log's sha256 replay matched the quote."""
+    _boot(swtpm, tmp_path)
+    _ima_list(swtpm, tmp_path, entries=4, aggregate_bank="sha1")
+    nonce = os.urandom(16)
+    ev = evidence.collect(nonce, swtpm.tcti, event_log_path=str(tmp_path / "eventlog.bin"),
+                          ima_path=str(tmp_path / "ima.bin"))
+    ak = akrecord.load(enrolled.read_bytes(), str(enrolled))
+    opts = verify.Options(nonce=nonce, ak=ak)
+    verify.configure_references(opts, None, None)
+    report, _ = verify.verify(ev, opts)
+    st = statuses(report)
+    assert st["ima.boot-aggregate"] is Status.PASS and st["ima.pcr.10.sha256"] is Status.PASS

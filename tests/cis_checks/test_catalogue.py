@@ -128,3 +128,8 @@ def test_user_supplied_benchmark_gives_disa_titles(shared_dir):
     assert facts.release == "V1R9" and facts.rule_id == "SV-242376r879519_rule"
     expected = next(r[5] for r in disa_rules(shared_dir) if r[0] == "V-242376")
     assert facts.title == expected and re.search(r"TLS 1\.2", facts.title)
+
+
+def test_unknown_stig_release():
+    with pytest.raises(InputError, match="V9R9"):
+        stig_facts("V9R9")

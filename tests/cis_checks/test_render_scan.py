@@ -19,7 +19,7 @@ from obelisk.cis_checks.scan import scan
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Status
 
-from .conftest import (APISERVER, CONTROLLER_MANAGER, KUBELET_CONFIG, KUBELET_DROPINS, KUBELET_UNIT, SCHEDULER,
+from .conftest import (APISERVER, CONTROLLER_MANAGER, ETCD, KUBELET_CONFIG, KUBELET_DROPINS, KUBELET_UNIT, SCHEDULER,
                        by_id, edit, failing)
 
 
@@ -242,10 +242,51 @@ def test_kube_proxy_metrics_from_its_config_file(worker):
     assert by_id(report, "cis-4.3.1").evidence[0].source == "/etc/kubernetes/kube-proxy.yaml"
 
 
-def test_kube_proxy_flag_beats_its_config_file(worker):
+def test_kube_proxy_ignores_flags_when_given_a_config_file(worker):
+    # kube-proxy's documented behaviour: with --config, its flags are ignored (kubernetes#108737)
     _kube_proxy_unit(worker, "--metrics-bind-address=127.0.0.1:10249",
                      "kind: KubeProxyConfiguration\nmetricsBindAddress: 0.0.0.0:10249\n")
-    assert failing(scan(worker)) == {}
+    report = scan(worker)
+    assert failing(report) == {"cis-4.3.1": "0.0.0.0:10249"}
+    assert "--metrics-bind-address=127.0.0.1:10249 is ignored" in by_id(report, "cis-4.3.1").detail
+    _kube_proxy_unit(worker, "--metrics-bind-address=0.0.0.0:10249", "kind: KubeProxyConfiguration\n")
+    assert by_id(scan(worker), "cis-4.3.1").observed == "not set (default 127.0.0.1:10249)"
+
+
+def test_scheduler_profiling_from_its_config_file(control_plane):
+    cfg = control_plane / "etc/kubernetes/scheduler-config.yaml"
+    cfg.write_text("apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
+                   "enableProfiling: true\n")
+    edit(control_plane, SCHEDULER, r"--profiling=false", "--profiling=false\n    - --config=/etc/kubernetes/scheduler-config.yaml")
+    report = scan(control_plane)
+    assert failing(report) == {"cis-1.4.1": "true"}
+    assert by_id(report, "cis-1.4.1").evidence[0].source == "/etc/kubernetes/scheduler-config.yaml"
+
+
+def test_etcd_settings_from_environment_variables(control_plane):
+    edit(control_plane, ETCD, r"^    - --client-cert-auth=true\n", "")
+    edit(control_plane, ETCD, r"^    livenessProbe:", "    env:\n    - {name: ETCD_CLIENT_CERT_AUTH, value: \"true\"}\n"
+                                                     "    - {name: ETCD_PEER_AUTO_TLS, value: \"true\"}\n    livenessProbe:")
+    edit(control_plane, ETCD, r"^    - --peer-auto-tls=false\n", "")
+    report = scan(control_plane)
+    assert failing(report) == {"cis-2.6": "true"}
+    f = by_id(report, "cis-2.2")
+    assert f.status is Status.PASS and f.evidence[0].source.endswith("ETCD_CLIENT_CERT_AUTH")
+
+
+def test_etcd_config_file_replaces_flags(control_plane):
+    cfg = control_plane / "etc/kubernetes/etcd.conf.yml"
+    cfg.write_text("name: n1\ndata-dir: /var/lib/etcd\nclient-transport-security:\n  cert-file: /etc/kubernetes/pki/etcd/server.crt\n"
+                   "  key-file: /etc/kubernetes/pki/etcd/server.key\n  client-cert-auth: true\n  auto-tls: false\n"
+                   "  trusted-ca-file: /etc/kubernetes/pki/etcd/ca.crt\n"
+                   "peer-transport-security:\n  cert-file: /etc/kubernetes/pki/etcd/peer.crt\n"
+                   "  key-file: /etc/kubernetes/pki/etcd/peer.key\n  client-cert-auth: false\n  auto-tls: false\n")
+    edit(control_plane, ETCD, r"^    - etcd\n", "    - etcd\n    - --config-file=/etc/kubernetes/etcd.conf.yml\n")
+    report = scan(control_plane)
+    assert failing(report) == {"cis-2.5": "false"}  # the flag --peer-client-cert-auth=true is ignored
+    assert by_id(report, "cis-2.5").evidence[0].source == "/etc/kubernetes/etcd.conf.yml"
+    cfg.write_text("client-transport-security: [")
+    assert by_id(scan(control_plane), "cis-2.2").status is Status.ERROR
 
 
 def test_etcd_data_dir_owned_by_root(control_plane):
@@ -253,3 +294,18 @@ def test_etcd_data_dir_owned_by_root(control_plane):
     report = scan(control_plane)
     assert failing(report) == {"cis-1.1.12": "owner root:root"}
     assert set(by_id(report, "cis-1.1.12").refs("stig")) == {"V-242445"}
+
+
+def test_in_memory_render_matches_the_tree_for_image_builders(tmp_path):
+    from obelisk.cis_checks.render import render_directories, render_files
+    from obelisk.cis_checks.scan import scan_root
+
+    tree = render_tree(tmp_path, "control-plane", "1.31")
+    files = render_files("control-plane", "1.31")
+    for f in files:
+        assert not f.path.startswith("/") and (tmp_path / f.path).read_bytes() == f.data
+        assert stat.S_IMODE((tmp_path / f.path).stat().st_mode) == f.mode
+    dirs = {d.path: d for d in render_directories("control-plane")}
+    assert dirs["/var/lib/etcd"].uid == 990 and dirs["/var/lib/etcd"].mode == 0o700
+    assert {f.path for f in tree.files} == {"/" + f.path for f in files} | set(dirs)
+    assert failing(scan_root(tmp_path)) == {}

@@ -25,3 +25,34 @@ def debian_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("debian") / "config-6.1-amd64"
     path.write_bytes(lzma.decompress(DEBIAN_CONFIG_XZ.read_bytes()))
     return path
+
+
+@pytest.fixture(scope="session")
+def customer_ca() -> tuple[Path, Path]:
+    """A customer CA made with openssl (kept in the obelisk cache so rebuilds hit the build cache)."""
+    from obelisk.core import tools
+    from obelisk.kernel_hardening import cache
+
+    d = cache.cache_dir("test-ca")
+    ca, key = d / "ca.pem", d / "ca.key"
+    if not ca.is_file() or not key.is_file():
+        tools.run("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", ca,
+                              "-days", "3650", "-sha256", "-subj", "/O=Example Bank/CN=Example Bank node CA"])
+        key.chmod(0o600)
+    return ca, key
+
+
+@pytest.fixture(scope="session")
+def built_kernel(kernel_tree, customer_ca, tmp_path_factory):
+    """The module-less kernel, configured and built once per session (cached by digest across sessions)."""
+    from tests.conftest import run_obelisk
+
+    out = tmp_path_factory.mktemp("kernel")
+    proc = run_obelisk("kernel", "config", "--kernel-source", str(KERNEL_TARBALL), "--profile", "module-less",
+                       "-o", str(out / "module-less.config"), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_obelisk("kernel", "build", "--kernel-source", str(KERNEL_TARBALL), "--config",
+                       str(out / "module-less.config"), "--ca", str(customer_ca[0]), "-o", str(out / "build"),
+                       "--format", "json", env={"CI": "1"})
+    assert proc.returncode == 0, proc.stderr
+    return out

@@ -69,6 +69,13 @@ def test_sarif_detects_invalid_document(sarif_validator):
     assert list(sarif_validator.iter_errors(doc))
 
 
+def _token(value) -> str:
+    """The string inside trestle's nested root models and enums."""
+    while hasattr(value, "root"):
+        value = value.root
+    return getattr(value, "value", value)
+
+
 def _validate_oscal(doc):
     from trestle.oscal.assessment_results import AssessmentResults
 
@@ -85,6 +92,13 @@ def test_oscal_validates_with_trestle(bundle):
     assert targets["cm-7_obj"] == "satisfied"
     assert targets["au-12_obj"] == "not-satisfied"  # waived is an accepted risk, not satisfied
     assert targets["ac-2.1_obj"] == "not-satisfied"
+    risks = {r.title.split(":")[0]: r for r in result.risks}
+    assert _token(risks["cis-1.2.16"].status) == "deviation-approved"
+    assert risks["cis-1.2.16"].deadline.date().isoformat() == "2027-03-31"
+    assert _token(risks["stig-V-242381"].status) == "open"
+    assert len(risks) == 5  # 4 failures + 1 waived
+    au12 = next(f for f in result.findings if f.target.target_id == "au-12_obj")
+    assert [r.risk_uuid for r in au12.related_risks] == [risks["cis-1.2.16"].uuid]
 
 
 def test_oscal_with_cci_list_maps_more_controls(bundle, cci_list):

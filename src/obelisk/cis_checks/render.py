@@ -154,6 +154,39 @@ _CONTROL_PLANE_DIRS = [
 ]
 
 
+@dataclass(frozen=True)
+class FileContent:
+    """One rendered regular file in memory (duck-compatible with image.rootfs.ExtraFile: path, data, mode)."""
+
+    path: str  # relative to the root, no leading slash ("etc/kubernetes/manifests/etcd.yaml")
+    data: bytes
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    why: str = ""
+
+
+def render_files(role: str = "control-plane", kubernetes_version: str = "1.31", **options: Any) -> tuple[FileContent, ...]:
+    """The node's Kubernetes files, rendered in memory (no I/O). Directories: `render_directories`."""
+    ctx = render_context(role, kubernetes_version, **options)
+    env = _environment()
+    uids = {"root": 0, "etcd": ctx["etcd_uid"]}
+    out = []
+    for template, path, mode, owner, why in _FILES + (_CONTROL_PLANE_FILES if role == "control-plane" else []):
+        data = env.get_template(template).render(c=ctx).encode("utf-8")
+        out.append(FileContent(path.lstrip("/"), data, mode, uids[owner], uids[owner], why))
+    return tuple(sorted(out, key=lambda f: f.path))
+
+
+def render_directories(role: str = "control-plane", etcd_uid: int = 990) -> tuple[RenderedFile, ...]:
+    """Directories the configuration needs, with their modes and owners (node paths)."""
+    if role not in ROLES:
+        raise InputError(f"--role: {role!r} is not one of {', '.join(ROLES)}")
+    uids = {"root": 0, "etcd": etcd_uid}
+    dirs = _DIRS + (_CONTROL_PLANE_DIRS if role == "control-plane" else [])
+    return tuple(RenderedFile(path, mode, uids[owner], uids[owner], "dir", why) for path, mode, owner, why in dirs)
+
+
 def render_tree(out_dir: str | Path, role: str = "control-plane", kubernetes_version: str = "1.31",
                 **options: Any) -> RenderedTree:
     """Write the node's Kubernetes configuration under `out_dir` (created if needed).
@@ -161,27 +194,23 @@ def render_tree(out_dir: str | Path, role: str = "control-plane", kubernetes_ver
     Files are written atomically with their final mode; ownership is applied when running as root
     (otherwise the returned list carries it for the image builder). Rendering is deterministic.
     """
-    ctx = render_context(role, kubernetes_version, **options)
-    env = _environment()
+    contents = render_files(role, kubernetes_version, **options)  # validates everything before writing
+    version = render_context(role, kubernetes_version, **options)["kubernetes_version"]
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    uids = {"root": 0, "etcd": ctx["etcd_uid"]}
     files: list[RenderedFile] = []
-    dirs = _DIRS + (_CONTROL_PLANE_DIRS if role == "control-plane" else [])
-    for path, mode, owner, why in dirs:
-        target = root / path.lstrip("/")
+    for d in render_directories(role, options.get("etcd_uid", 990)):
+        target = root / d.path.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
-        os.chmod(target, mode)
-        _chown(target, uids[owner])
-        files.append(RenderedFile(path, mode, uids[owner], uids[owner], "dir", why))
-    specs = _FILES + (_CONTROL_PLANE_FILES if role == "control-plane" else [])
-    for template, path, mode, owner, why in specs:
-        text = env.get_template(template).render(c=ctx)
-        target = root / path.lstrip("/")
-        atomic.write_text(target, text, mode=mode)
-        _chown(target, uids[owner])
-        files.append(RenderedFile(path, mode, uids[owner], uids[owner], "file", why))
-    return RenderedTree(root=root, role=role, kubernetes_version=ctx["kubernetes_version"],
+        os.chmod(target, d.mode)
+        _chown(target, d.uid)
+        files.append(d)
+    for f in contents:
+        target = root / f.path
+        atomic.write_bytes(target, f.data, mode=f.mode)
+        _chown(target, f.uid)
+        files.append(RenderedFile("/" + f.path, f.mode, f.uid, f.gid, "file", f.why))
+    return RenderedTree(root=root, role=role, kubernetes_version=version,
                         files=tuple(sorted(files, key=lambda f: f.path)))
 
 

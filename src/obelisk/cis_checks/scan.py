@@ -116,6 +116,11 @@ def scan(root: str | Path = "/", benchmarks: Iterable[str] = BENCHMARKS, waivers
                   command="obelisk scan")
 
 
+def scan_root(root: str | Path = "/", **options) -> Report:
+    """Both benchmarks against `root` (live when it is "/"); what the node agent serves."""
+    return scan(root, BENCHMARKS, **options)
+
+
 def summary_by_benchmark(report: Report) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for f in report.findings:
@@ -125,4 +130,4 @@ def summary_by_benchmark(report: Report) -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["scan", "summary_by_benchmark"]
+__all__ = ["scan", "scan_root", "summary_by_benchmark"]

@@ -62,6 +62,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output_options(p)
     p.set_defaults(handler=_inspect)
 
+    p = group.add_parser("boot", help="boot a kernel under QEMU with swtpm to a busybox shell; report IMA and TPM")
+    p.add_argument("image", metavar="BZIMAGE")
+    p.add_argument("--timeout", type=float, default=900, help="seconds (software emulation is slow)")
+    p.add_argument("--workdir", metavar="DIR", help="keep the initramfs, console log and TPM state here")
+    add_output_options(p)
+    p.set_defaults(handler=_boot)
+
+
+def _boot(args: argparse.Namespace) -> int:
+    from obelisk.kernel_hardening.bootcheck import run
+
+    return run(args)
+
 
 def _check(args: argparse.Namespace) -> int:
     from obelisk.kernel_hardening.commands import run_check

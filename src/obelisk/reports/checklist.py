@@ -10,6 +10,7 @@ no finding for it) and titles, discussion, check and fix text come from that fil
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 
@@ -75,7 +76,12 @@ class Checklist:
 
 
 def stable_uuid(*parts: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
+    """uuid5 (RFC 4122 name-based, SHA-1) of the parts; same as uuid.uuid5, without the object churn."""
+    h = bytearray(hashlib.sha1(_NAMESPACE.bytes + "|".join(parts).encode("utf-8", "surrogatepass")).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def rule_status(findings: list[Finding]) -> str:
@@ -171,7 +177,7 @@ def build_checklist(report: Report, benchmark: StigBenchmark | None = None) -> C
 
 
 def _vnum(vid: str) -> tuple[int, str]:
-    digits = "".join(ch for ch in vid if ch.isdigit())
+    digits = "".join(ch for ch in vid if "0" <= ch <= "9")
     return (int(digits) if digits else 0, vid)
 
 

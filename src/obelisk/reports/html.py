@@ -36,7 +36,8 @@ def _template():
     files = resources.files("obelisk.reports") / "templates"
     env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)
-    env.globals.update(STATUS_LABEL=STATUS_LABEL, BENCHMARK_LABEL=BENCHMARK_LABEL, REFERENCE_LABEL=REFERENCE_LABEL,
+    env.globals.update(CAT={"critical": "CAT I", "high": "CAT I", "medium": "CAT II", "low": "CAT III"},
+                       STATUS_LABEL=STATUS_LABEL, BENCHMARK_LABEL=BENCHMARK_LABEL, REFERENCE_LABEL=REFERENCE_LABEL,
                        Status=Status)
     template = env.from_string((files / "report.html.j2").read_text(encoding="utf-8"))
     css = (files / "report.css").read_text(encoding="utf-8")

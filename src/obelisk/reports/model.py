@@ -8,9 +8,12 @@ the auditor wants one document. The merged report keeps where each finding came 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from obelisk import __version__
 from obelisk.core.errors import InputError
@@ -74,10 +77,38 @@ def load_report(path: str | Path) -> tuple[Report, Source]:
         data = p.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read results file: {exc.strerror}", source=str(p)) from None
-    report = Report.loads(data, source=str(p))
+    report = _parse_report(data, str(p))
     source = Source(path=p.name, sha256=hashlib.sha256(data).hexdigest(), command=report.command,
                     generated_at=report.generated_at, subject=report.subject, findings=len(report.findings))
     return report, source
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> Any:
+    """Replace lone surrogates (valid JSON escapes, but not text) so every output can encode."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    return value
+
+
+def _parse_report(data: bytes, source: str) -> Report:
+    if not _SURROGATE_ESCAPE.search(data):
+        return Report.loads(data, source=source)
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not JSON: {exc}", source=source) from None
+    try:
+        return Report.from_json(_scrub(doc))
+    except InputError as exc:
+        raise InputError(str(exc), source=source) from None
 
 
 def merge(reports: list[Report], sources: list[Source] | None = None) -> Bundle:
