@@ -116,6 +116,8 @@ def render_context(role: str, kubernetes_version: str, *, registry: str = "regis
         "service_cidr": service_cidr, "cluster_dns": cluster_dns, "cluster_domain": cluster_domain,
         "service_account_issuer": f"https://kubernetes.default.svc.{cluster_domain}",
         "container_runtime_endpoint": container_runtime_endpoint,
+        # --config-dir is beta (on by default) from 1.30; on 1.29 it needs an alpha switch, so it is left out
+        "kubelet_config_dir": minor >= 30,
     }
 
 
