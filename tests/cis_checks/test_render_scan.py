@@ -347,3 +347,18 @@ def test_owner_names_come_from_the_scanned_roots_passwd(control_plane):
     (control_plane / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\netcd:x:990:990::/var/lib/etcd:/sbin/nologin\n")
     (control_plane / "etc/group").write_text("root:x:0:\netcd:x:990:\n")
     assert failing(scan(control_plane)) == {}
+
+
+def test_state_directories_declared_for_an_empty_var(control_plane):
+    """An image's /var is an empty volume until first boot: tmpfiles.d declares what will be there."""
+    import shutil
+
+    shutil.rmtree(control_plane / "var")
+    report = scan(control_plane)
+    assert failing(report) == {}
+    f = by_id(report, "cis-1.1.11")
+    assert f.status is Status.PASS
+    assert f.evidence[0].source == "/usr/lib/tmpfiles.d/obelisk-kubernetes.conf"
+    edit(control_plane, "usr/lib/tmpfiles.d/obelisk-kubernetes.conf", r"^d /var/lib/etcd 0700 etcd etcd -$",
+         "d /var/lib/etcd 0755 root root -")
+    assert failing(scan(control_plane)) == {"cis-1.1.11": "mode 755", "cis-1.1.12": "owner root:root"}

@@ -127,6 +127,8 @@ _FILES = [
     ("kubelet-config.yaml.j2", PATHS["kubelet_config"], 0o600, "root",
      "CIS 4.1.9/4.1.10; STIG V-242406/V-242407/V-242456/V-242457 (600 is the stricter of 600 and 644)"),
     ("sysctl-kubelet.conf.j2", "/usr/lib/sysctl.d/90-obelisk-kubelet.conf", 0o644, "root", "STIG V-242434"),
+    ("tmpfiles-kubernetes.conf.j2", "/usr/lib/tmpfiles.d/obelisk-kubernetes.conf", 0o644, "root",
+     "state directories on an empty /var: CIS 1.1.11/1.1.12, STIG V-242445"),
 ]
 _CONTROL_PLANE_FILES = [
     ("kube-apiserver.yaml.j2", f"{PATHS['manifests']}/kube-apiserver.yaml", 0o600, "root",
