@@ -227,3 +227,19 @@ def test_every_format_renders_an_empty_report(fmt, tmp_path):
             render(load_bundle([path]), fmt)
     else:
         assert render(load_bundle([path]), fmt)
+
+
+def test_html_controls_table_agrees_with_oscal(bundle, cci_list):
+    from lxml import html as lxml_html
+
+    options = RenderOptions(cci_map=load_cci_list(cci_list))
+    dom = lxml_html.fromstring(render(bundle, "html", options))
+    rows = {tr.xpath("./td[1]")[0].text_content(): tr.get("data-state")
+            for tr in dom.xpath("//table[@id='controls']/tbody/tr")}
+    doc = json.loads(render(bundle, "oscal", options))
+    from obelisk.reports.cci import display_control
+
+    oscal = {display_control(f["target"]["target-id"].removesuffix("_obj")): f["target"]["status"]["state"]
+             for f in doc["assessment-results"]["results"][0]["findings"]}
+    assert rows == oscal
+    assert rows["AC-3"] == "not-satisfied" and rows["CM-7"] == "satisfied" and "AC-17(2)" in rows

@@ -7,6 +7,7 @@ the auditor wants one document. The merged report keeps where each finding came 
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import re
@@ -163,3 +164,22 @@ def counts_by(findings: tuple[Finding, ...] | list[Finding], key) -> dict[str, C
     for f in findings:
         out.setdefault(key(f), Counter())[f.status] += 1
     return out
+
+
+def scan_date(report: Report) -> _dt.date:
+    """The date the evidence was collected (UTC), or today when the report does not say."""
+    try:
+        return _dt.datetime.fromisoformat(report.generated_at.replace("Z", "+00:00")).date()
+    except ValueError:
+        return _dt.datetime.now(_dt.timezone.utc).date()
+
+
+def with_waivers(bundle: Bundle, path: str | Path) -> Bundle:
+    """Apply a waivers file to the merged findings, judged at the scan date (not the render date)."""
+    from dataclasses import replace
+
+    from obelisk.core.waivers import apply_waivers, load_waivers
+
+    report = bundle.report
+    findings = apply_waivers(report.findings, load_waivers(path), today=scan_date(report))
+    return replace(bundle, report=report.with_findings(findings))

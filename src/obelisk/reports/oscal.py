@@ -104,7 +104,7 @@ def _risk_statement(f: Finding) -> str:
     return " ".join(parts) or f.title
 
 
-def _control_state(findings: list[Finding]) -> tuple[str, str, str]:
+def control_state(findings: list[Finding]) -> tuple[str, str, str]:
     """(state, reason, remarks) for one control from the findings that bear on it."""
     statuses = {f.status for f in findings}
     failed = [f.id for f in findings if f.status in (Status.FAIL, Status.ERROR)]
@@ -159,8 +159,8 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
         risks.append(risk)
         risk_of[obs_uuid] = risk["uuid"]
     findings = []
-    for control, items in sorted(by_control.items(), key=lambda kv: _control_sort(kv[0])):
-        state, reason, remarks = _control_state([f for f, _ in items])
+    for control, items in sorted(by_control.items(), key=lambda kv: control_sort(kv[0])):
+        state, reason, remarks = control_state([f for f, _ in items])
         related_risks = [{"risk-uuid": risk_of[uid]} for _, uid in items if uid in risk_of]
         findings.append({
             "uuid": stable_uuid(root_key, "finding", control),
@@ -172,7 +172,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
             **({"related-risks": related_risks} if related_risks else {}),
         })
     if by_control:
-        selection = {"include-controls": [{"control-id": c} for c in sorted(by_control, key=_control_sort)]}
+        selection = {"include-controls": [{"control-id": c} for c in sorted(by_control, key=control_sort)]}
     else:
         selection = {"include-all": {}}
     system_props = [_prop("subject-kind", s.kind)]
@@ -226,7 +226,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
     }}
 
 
-def _control_sort(control: str) -> tuple:
+def control_sort(control: str) -> tuple:
     family, _, rest = control.partition("-")
     number, _, enh = rest.partition(".")
     return (family, int(number) if number.isdigit() else 0, int(enh) if enh.isdigit() else 0)
