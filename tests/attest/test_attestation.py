@@ -75,6 +75,14 @@ def test_obelisk_quote_passes_tpm2_checkquote(swtpm, tmp_path, enrolled, obelisk
             "-s", str(tmp_path / "tt/quote.sig"), "-f", str(tmp_path / "tt/quote.pcrs"), "-g", "sha256"]
     ok = tt(swtpm, *base, "-q", nonce)
     assert ok.returncode == 0, ok.stderr
+    # obelisk's own checkquote on the same files, with the AK as a bare PEM key: what cannot be known is skipped
+    res = obelisk_cli("attest", "checkquote", "--ak", str(tmp_path / "ak.pem"), "-m", str(tmp_path / "tt/quote.msg"),
+                      "-s", str(tmp_path / "tt/quote.sig"), "-f", str(tmp_path / "tt/quote.pcrs"), "-q", nonce,
+                      "--format", "json")
+    assert res.returncode == 0, res.stderr
+    found = {f["id"]: f["status"] for f in json.loads(res.stdout)["findings"]}
+    assert found["attest.quote.signature"] == "pass" and found["attest.quote.signer"] == "skip"
+    assert found["attest.ak.attributes"] == "skip"
     # the independent checker rejects a wrong nonce and a changed PCR value too
     assert tt(swtpm, *base, "-q", "00" + nonce[2:]).returncode != 0
     pcrs = bytearray((tmp_path / "tt/quote.pcrs").read_bytes())

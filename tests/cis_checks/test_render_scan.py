@@ -309,3 +309,27 @@ def test_in_memory_render_matches_the_tree_for_image_builders(tmp_path):
     assert dirs["/var/lib/etcd"].uid == 990 and dirs["/var/lib/etcd"].mode == 0o700
     assert {f.path for f in tree.files} == {"/" + f.path for f in files} | set(dirs)
     assert failing(scan_root(tmp_path)) == {}
+
+
+def test_required_modes_cover_every_rendered_path(tmp_path):
+    from obelisk.cis_checks.render import required_modes
+
+    tree = render_tree(tmp_path, "control-plane", "1.31")
+    assert {(f.path.lstrip("/"), f.mode, f.uid, f.gid) for f in tree.files} == set(required_modes("control-plane"))
+    # an image builder that normalised everything to 0644/0755 and forgot to re-apply them:
+    for path, mode, _uid, _gid in required_modes("control-plane"):
+        os.chmod(tmp_path / path, 0o755 if (tmp_path / path).is_dir() else 0o644)
+    broken = failing(scan(tmp_path))
+    assert {"cis-1.1.1", "cis-1.1.11", "cis-4.1.1", "cis-4.1.9"} <= set(broken)
+    for path, mode, _uid, _gid in required_modes("control-plane"):
+        os.chmod(tmp_path / path, mode)
+    assert failing(scan(tmp_path)) == {}
+
+
+def test_owner_names_come_from_the_scanned_roots_passwd(control_plane):
+    (control_plane / "usr/lib/sysusers.d/obelisk-etcd.conf").unlink()
+    report = scan(control_plane)
+    assert failing(report) == {"cis-1.1.12": "owner 990:990"}
+    (control_plane / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\netcd:x:990:990::/var/lib/etcd:/sbin/nologin\n")
+    (control_plane / "etc/group").write_text("root:x:0:\netcd:x:990:\n")
+    assert failing(scan(control_plane)) == {}

@@ -187,6 +187,19 @@ def render_directories(role: str = "control-plane", etcd_uid: int = 990) -> tupl
     return tuple(RenderedFile(path, mode, uids[owner], uids[owner], "dir", why) for path, mode, owner, why in dirs)
 
 
+def required_modes(role: str = "control-plane", etcd_uid: int = 990) -> tuple[tuple[str, int, int, int], ...]:
+    """(path relative to the root, mode, uid, gid) of every rendered file and directory.
+
+    For image builders that normalise modes: apply these after normalising, or the image fails the
+    CIS/STIG file checks (manifests 0600, not 0644).
+    """
+    entries = [(d.path.lstrip("/"), d.mode, d.uid, d.gid) for d in render_directories(role, etcd_uid)]
+    for template, path, mode, owner, _why in _FILES + (_CONTROL_PLANE_FILES if role == "control-plane" else []):
+        uid = etcd_uid if owner == "etcd" else 0
+        entries.append((path.lstrip("/"), mode, uid, uid))
+    return tuple(sorted(entries))
+
+
 def render_tree(out_dir: str | Path, role: str = "control-plane", kubernetes_version: str = "1.31",
                 **options: Any) -> RenderedTree:
     """Write the node's Kubernetes configuration under `out_dir` (created if needed).
@@ -197,9 +210,21 @@ def render_tree(out_dir: str | Path, role: str = "control-plane", kubernetes_ver
     contents = render_files(role, kubernetes_version, **options)  # validates everything before writing
     version = render_context(role, kubernetes_version, **options)["kubernetes_version"]
     root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.exists():
+        # a new tree appears only when complete; into an existing root (a rootfs being staged) each file
+        # is still written atomically
+        with atomic.atomic_directory(root) as tmp:
+            os.chmod(tmp, 0o755)
+            files = _write_tree(tmp, role, contents, options.get("etcd_uid", 990))
+    else:
+        files = _write_tree(root, role, contents, options.get("etcd_uid", 990))
+    return RenderedTree(root=root, role=role, kubernetes_version=version,
+                        files=tuple(sorted(files, key=lambda f: f.path)))
+
+
+def _write_tree(root: Path, role: str, contents: tuple[FileContent, ...], etcd_uid: int) -> list[RenderedFile]:
     files: list[RenderedFile] = []
-    for d in render_directories(role, options.get("etcd_uid", 990)):
+    for d in render_directories(role, etcd_uid):
         target = root / d.path.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
         os.chmod(target, d.mode)
@@ -210,8 +235,7 @@ def render_tree(out_dir: str | Path, role: str = "control-plane", kubernetes_ver
         atomic.write_bytes(target, f.data, mode=f.mode)
         _chown(target, f.uid)
         files.append(RenderedFile("/" + f.path, f.mode, f.uid, f.gid, "file", f.why))
-    return RenderedTree(root=root, role=role, kubernetes_version=version,
-                        files=tuple(sorted(files, key=lambda f: f.path)))
+    return files
 
 
 def _chown(path: Path, uid: int) -> None:
@@ -219,7 +243,7 @@ def _chown(path: Path, uid: int) -> None:
         os.chown(path, uid, uid)
 
 
-def write_encryption_config(path: str | Path, key_name: str = "key1") -> Path:
+def write_encryption_config(path: str | Path, key_name: str = "key1", *, replace: bool = False) -> Path:
     """Write an EncryptionConfiguration with a fresh 32-byte secretbox key, mode 0600.
 
     Run on the node when it is provisioned (the key must never be part of an image); the file
@@ -227,9 +251,13 @@ def write_encryption_config(path: str | Path, key_name: str = "key1") -> Path:
     """
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", key_name):
         raise InputError(f"key name {key_name!r}: letters, digits, '.', '_' and '-' only")
+    target = Path(path)
+    if target.exists() and not replace:
+        raise InputError("already exists; replacing the key would make every secret encrypted with it "
+                         "unreadable (rotate by adding a new key first; --replace to overwrite anyway)",
+                         source=str(target))
     key = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
     text = _environment().get_template("encryption-config.yaml.j2").render(key_name=key_name, key_b64=key)
-    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic.write_text(target, text, mode=0o600)
     return target
