@@ -11,6 +11,8 @@ from tests.ima_policy.logs import sample_entries
 
 VALID = serialize_binary(sample_entries(6, "ima-sig"))
 VALID_ASCII = serialize_ascii(sample_entries(6, "ima-sig"))
+VALID_NG = serialize_binary(sample_entries(6, "ima-ng"))
+VALID_NG_ASCII = serialize_ascii(sample_entries(6, "ima-ng"))
 
 
 def _check(parse, data):
@@ -64,3 +66,43 @@ def test_absurd_length_fields_bounded_memory(value, pos):
     finally:
         tracemalloc.stop()
     assert peak < 64 * len(VALID) + 1_000_000
+
+
+def _verify(data):
+    from obelisk.ima_policy.reference import ReferenceManifest
+    from obelisk.ima_policy.verify import VerifyOptions, verify_log
+
+    verify_log(data, "fuzz", VerifyOptions(banks=("sha1", "sha256"), reference=ReferenceManifest({}), workers=1))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([VALID, VALID_NG]), st.floats(0, 1),
+       st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=6))
+def test_verify_walk_on_mutated_binary(valid, cut_at, flips_at):
+    """`ima log verify` walks binary lists with its own tight loop: it must fail the same clean way."""
+    cut = int(cut_at * len(valid))
+    flips = [(int(f * (len(valid) - 1)), v) for f, v in flips_at]
+    data = bytearray(valid[:cut])
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    _check(_verify, bytes(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([VALID_ASCII, VALID_NG_ASCII]), st.floats(0, 1),
+       st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=6))
+def test_verify_walk_on_mutated_ascii(valid, cut_at, flips_at):
+    cut = int(cut_at * len(valid))
+    flips = [(int(f * (len(valid) - 1)), v) for f, v in flips_at]
+    data = bytearray(valid[:cut])
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    _check(_verify, bytes(data))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_verify_random_bytes(data):
+    _check(_verify, data)
