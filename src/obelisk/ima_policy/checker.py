@@ -153,13 +153,14 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     little = order == "little"
     u32 = struct.Struct("<I" if little else ">I").unpack_from
     header = struct.Struct(("<" if little else ">") + "I20sI").unpack_from
-    from_bytes = int.from_bytes
     end = len(data)
     banks = job.banks
     want_sha1 = "sha1" in banks
     other_ctors = [getattr(hashlib, b) for b in banks if b != "sha1"]
     other_outs: list[list[bytes]] = [[] for _ in other_ctors]
     other_banks = list(zip(other_ctors, [o.append for o in other_outs]))
+    one_other = len(other_banks) == 1
+    other_ctor, other_app = other_banks[0] if one_other else (None, None)
     sha1_out: list[bytes] = []
     sha1_app = sha1_out.append
     listed_out: list[bytes] = []
@@ -172,6 +173,7 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     stats = res.stats
     matched = 0
     name_raw = b""
+    name_len = -1
     tpl: templates.Template | None = None
     legacy = False
     fast_ng = False  # template data is exactly d-ng|n-ng: path and digest found without splitting
@@ -187,12 +189,13 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
                              source=source, offset=off)
         pcr, listed, nlen = header(data, off)
         p = off + 28
-        if nlen != len(name_raw) or data[p:p + nlen] != name_raw or pcr > MAX_PCR:
+        if nlen != name_len or not data.startswith(name_raw, p) or pcr > MAX_PCR:
             number = numbers[index] if numbers is not None else first_number + index
             if pcr > MAX_PCR:
                 raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
             tpl = _template(data, p, nlen, end, number, source, off)
             name_raw = data[p:p + nlen]
+            name_len = nlen
             legacy = tpl.legacy
             fast_ng = tpl.fields == ("d-ng", "n-ng") or tpl.fields == ("d-ngv2", "n-ng")
         p += nlen
@@ -224,14 +227,13 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
             listed_app(listed)
             if want_sha1:
                 sha1_app(computed)
-            for ctor, app in other_banks:
-                app(ctor(tdata).digest())
-            if little:
-                l1 = from_bytes(tdata[0:4], "little")
-                l2 = from_bytes(tdata[4 + l1:8 + l1], "little")
+            if one_other:
+                other_app(other_ctor(tdata).digest())
             else:
-                l1 = from_bytes(tdata[0:4], "big")
-                l2 = from_bytes(tdata[4 + l1:8 + l1], "big")
+                for ctor, app in other_banks:
+                    app(ctor(tdata).digest())
+            l1 = u32(tdata, 0)[0]
+            l2 = u32(tdata, 4 + l1)[0] if len(tdata) >= 8 + l1 else -1
             if 8 + l1 + l2 != len(tdata):
                 number = numbers[index] if numbers is not None else first_number + index
                 raise ParseError(f"entry {number}: template data does not hold exactly d-ng and n-ng",
@@ -396,6 +398,11 @@ class _EntryContext:
         if keyring is not None and not is_buffer:
             if "sig" not in vals:
                 stats["no-signature-field"] += 1
+            elif not vals["sig"] and vals.get("modsig"):
+                # appraised by the signature appended to a module or kexec image (PKCS#7), which
+                # obelisk does not parse: say so rather than call the file unsigned
+                self.problem("modsig-not-verified", number, path, "carries an appended (modsig) signature only; "
+                             "verify it with the kernel's keyring or sign the file with an IMA signature too")
             elif not self.ignored(path):
                 outcome, detail = keyring.check(vals["sig"], algo, fdigest)
                 if outcome == VALID:
