@@ -176,7 +176,7 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     name_len = -1
     tpl: templates.Template | None = None
     legacy = False
-    fast_ng = False  # template data is exactly d-ng|n-ng: path and digest found without splitting
+    fast_ng = 0  # 2: d-ng|n-ng, 3: d-ng|n-ng|sig -- path and digest found without splitting
     ctx = _EntryContext(job, res, order)
     prefixes: dict[bytes, str] = {}
     index = 0
@@ -197,7 +197,9 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
             name_raw = data[p:p + nlen]
             name_len = nlen
             legacy = tpl.legacy
-            fast_ng = tpl.fields == ("d-ng", "n-ng") or tpl.fields == ("d-ngv2", "n-ng")
+            fast_ng = _FAST.get(tpl.fields, 0)
+            if fast_ng == 3 and check_sigs:  # signatures to verify: the full path
+                fast_ng = 0
         p += nlen
         if legacy:
             if end - p < 24:
@@ -223,7 +225,7 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
             next_off = p + dlen
         computed = sha1(tdata).digest()
         if computed == listed and fast_ng and pcr == 10:
-            # the common case: an intact d-ng|n-ng entry for PCR 10
+            # the common case: an intact ima-ng (or ima-sig, signatures not checked) entry for PCR 10
             listed_app(listed)
             if want_sha1:
                 sha1_app(computed)
@@ -232,11 +234,18 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
             else:
                 for ctor, app in other_banks:
                     app(ctor(tdata).digest())
-            l1 = u32(tdata, 0)[0]
-            l2 = u32(tdata, 4 + l1)[0] if len(tdata) >= 8 + l1 else -1
-            if 8 + l1 + l2 != len(tdata):
+            # the field structure must hold exactly (the hash matching proves nothing about it)
+            n = len(tdata)
+            l1 = u32(tdata, 0)[0] if n >= 8 else n
+            l2 = u32(tdata, 4 + l1)[0] if n >= 8 + l1 else n
+            p3 = 8 + l1 + l2
+            if fast_ng == 2:
+                intact = p3 == n
+            else:
+                intact = p3 + 4 <= n and p3 + 4 + u32(tdata, p3)[0] == n
+            if not intact:
                 number = numbers[index] if numbers is not None else first_number + index
-                raise ParseError(f"entry {number}: template data does not hold exactly d-ng and n-ng",
+                raise ParseError(f"entry {number}: template data does not hold the fields of {tpl.name}",
                                  source=source, offset=off)
             if files_get is not None or (index == 0 and at_list_start):
                 head, _, fdigest = tdata[4:4 + l1].partition(b":\0")
@@ -291,6 +300,10 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     for b, out in zip([b for b in banks if b != "sha1"], other_outs):
         res.bank_digests[b] = b"".join(out)
     return off
+
+
+# Templates the tight loop decodes inline: number of fields
+_FAST = {("d-ng", "n-ng"): 2, ("d-ngv2", "n-ng"): 2, ("d-ng", "n-ng", "sig"): 3, ("d-ngv2", "n-ng", "sig"): 3}
 
 
 def _template(data: bytes, p: int, nlen: int, end: int, number: int, source: str, off: int) -> templates.Template:
