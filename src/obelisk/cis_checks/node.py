@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import stat as stat_mod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
