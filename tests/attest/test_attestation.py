@@ -356,3 +356,60 @@ def test_sha1_boot_aggregate_checked_from_the_event_log(swtpm, tmp_path, enrolle
     report, _ = verify.verify(ev, opts)
     st = statuses(report)
     assert st["ima.boot-aggregate"] is Status.PASS and st["ima.pcr.10.sha256"] is Status.PASS
+
+
+def _install_ek_certificate(swtpm, tmp_path, ca_pem, ca_key_pem) -> None:
+    """Play the TPM manufacturer: certify the EK with our CA and store the DER in NV 0x01C00002."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_NV_PUBLIC, TPMA_NV, TPMS_NV_PUBLIC
+
+    info = tpm.create_keys(swtpm.tcti)
+    ek_key = akrecord._from_public(info.ek_public, "EK")[0]
+    ca = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_pem.read_bytes(), None)
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.subject).public_key(ek_key)
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(x509.Name([]))]), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    with tpm.open_tpm(swtpm.tcti) as esapi:
+        attrs = TPMA_NV.OWNERWRITE | TPMA_NV.AUTHREAD | TPMA_NV.OWNERREAD | TPMA_NV.NO_DA
+        handle = esapi.nv_define_space(None, TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+            nvIndex=tpm.EK_CERT_INDEX["rsa"], nameAlg=TPM2_ALG.SHA256, attributes=attrs, dataSize=len(der))))
+        for off in range(0, len(der), 512):
+            esapi.nv_write(handle, der[off:off + 512], off, auth_handle=ESYS_TR.OWNER)
+
+
+def test_ek_certificate_checked_against_the_manufacturer_ca(swtpm, tmp_path, obelisk_cli):
+    ca, ca_key = _ca(tmp_path, "tpm-vendor-ca")
+    other, _ = _ca(tmp_path, "not-the-vendor")
+    _install_ek_certificate(swtpm, tmp_path, ca, ca_key)
+    res = obelisk_cli("attest", "ak", "create", "--tcti", swtpm.tcti, "--record", str(tmp_path / "ak.json"))
+    assert res.returncode == 0, res.stderr
+    record = json.loads((tmp_path / "ak.json").read_text())
+    assert record["ek_certificate"].startswith("30")  # DER read from the TPM's NV
+
+    def make(ca_path) -> subprocess.CompletedProcess[str]:
+        return obelisk_cli("attest", "credential", "make", "--ak", str(tmp_path / "ak.json"), "--ek-ca", str(ca_path),
+                           "--secret-out", str(tmp_path / "secret"), "--challenge", str(tmp_path / "chal.json"))
+
+    res = make(ca)
+    assert res.returncode == 0, res.stderr
+    assert "warning" not in res.stderr
+    res = make(other)
+    assert res.returncode == 1 and "not issued by the given CA" in res.stderr
+    # a record whose EK was swapped (say, for a software key the attacker controls) no longer matches the certificate
+    from obelisk.attest.swtpm import SoftwareTPM
+    with SoftwareTPM.start(tmp_path / "attacker") as attacker:
+        fake = tpm.create_keys(attacker.tcti)
+    record["ek_public"] = fake.ek_public.hex()
+    record["qualified_name"] = ""
+    (tmp_path / "swapped.json").write_text(json.dumps(record))
+    res = obelisk_cli("attest", "credential", "make", "--ak", str(tmp_path / "swapped.json"), "--ek-ca", str(ca),
+                      "--secret-out", str(tmp_path / "secret2"), "--challenge", str(tmp_path / "chal2.json"))
+    assert res.returncode == 1 and "certifies another key" in res.stderr

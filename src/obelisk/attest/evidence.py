@@ -198,7 +198,7 @@ def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = No
     from obelisk.attest import eventlog, tpm
 
     raw = tpm.quote(nonce, tcti, ak_handle=ak_handle or tpm.AK_HANDLE, pcrs=pcrs or tpm.QUOTE_PCRS)
-    info = tpm.read_ak(tcti, ak_handle=ak_handle or tpm.AK_HANDLE)
+    info = tpm.read_ak(tcti, ak_handle=ak_handle or tpm.AK_HANDLE, with_certificate=False)
     ima_format = "binary"
     if ima_path is None:
         ima_log = _read_optional(IMA_BINARY_PATH, MAX_BUNDLE_SIZE // 2)
