@@ -27,7 +27,7 @@ from obelisk.core.errors import ParseError
 from obelisk.ima_policy import templates
 from obelisk.ima_policy.keyring import VALID, Keyring
 from obelisk.ima_policy.measurement_list import (
-    ASCII, MAX_PCR, MAX_TEMPLATE_DATA, ZERO_DIGEST, parse_ascii_line, split_fields)
+    ASCII, MAX_PCR, MAX_TEMPLATE_DATA, ZERO_DIGEST, iter_binary, parse_ascii_line, split_fields)
 from obelisk.ima_policy.reference import ANY_DIGEST, ReferenceManifest
 from obelisk.ima_policy.replay import BANK_SIZES, IMA_PCR
 
@@ -442,11 +442,20 @@ def split_points(job: Job) -> list[int]:
             points.append(nl + 1)
             pos = nl + 1 + CHUNK_TARGET
         return points
-    u = job.byte_order
-    name_len = int.from_bytes(data[24:28], u)
-    if name_len > templates.MAX_TEMPLATE_NAME or name_len == 0:
+    # cut where a PCR-10 entry of a template seen among the first entries begins
+    names: set[bytes] = set()
+    try:
+        for _, _, _, _, name, _ in iter_binary(data, 0, min(n, 64 * 1024), job.byte_order, 1, job.source):
+            names.add(name.encode("ascii"))
+            if len(names) >= 8:
+                break
+    except ParseError:
+        pass  # the walk will name the problem
+    if not names:
         return [0]
-    header = re.compile(re.escape(IMA_PCR.to_bytes(4, u)) + b".{20}" + re.escape(data[24:28 + name_len]), re.S)
+    u = job.byte_order
+    alternatives = b"|".join(re.escape(len(nm).to_bytes(4, u) + nm) for nm in sorted(names))
+    header = re.compile(re.escape(IMA_PCR.to_bytes(4, u)) + b".{20}(?:" + alternatives + b")", re.S)
     pos = CHUNK_TARGET
     while pos < n:
         m = header.search(data, pos)
