@@ -325,3 +325,22 @@ def test_mixed_templates_are_still_cut_into_chunks(monkeypatch):
     assert len(checker.split_points(job)) > 5
     result = verify_log(data, "list", VerifyOptions(pcrs=_pcrs(entries), workers=2))
     assert result.entries == 301 and not result.report.failed
+
+
+@pytest.mark.parametrize("option, content, message", [
+    ("--pcrs", "garbage\n", "expected 'PCR-NN: hex'"),
+    ("--cert", "garbage\n", "not an X.509 certificate"),
+    ("--reference", "garbage\n", "not JSON"),
+    ("--reference", '{"schema":"obelisk.ima-reference/1","files":{"/a":"sha256:zz"}}', "not 'algo:lowercase-hex'"),
+    ("--eventlog", "garbage\n", "bad.txt"),
+    ("--banks", None, "unknown PCR bank 'sha3'"),
+])
+def test_cli_bad_inputs_one_line(obelisk_cli, tmp_path, option, content, message):
+    (tmp_path / "list").write_bytes(serialize_binary(sample_entries(3)))
+    value = "sha3"
+    if content is not None:
+        (tmp_path / "bad.txt").write_text(content)
+        value = str(tmp_path / "bad.txt")
+    proc = obelisk_cli("ima", "log", "verify", str(tmp_path / "list"), option, value)
+    assert proc.returncode == 2
+    assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
