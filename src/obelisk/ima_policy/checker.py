@@ -537,20 +537,29 @@ def fold(bank: str, digests: bytes, target: bytes | None = None) -> tuple[bytes,
     return value, matches
 
 
-def _fold_task(args: tuple[str, bytes, bytes | None]) -> tuple[str, bytes, list[int]]:
-    bank, digests, target = args
+_FOLD_TASKS: list[tuple[str, bytes, bytes | None]] = []  # set before forking: workers read, nothing pickled
+
+
+def _fold_task(i: int) -> tuple[str, bytes, list[int]]:
+    bank, digests, target = _FOLD_TASKS[i]
     value, matches = fold(bank, digests, target)
     return bank, value, matches
 
 
 def fold_banks(tasks: list[tuple[str, bytes, bytes | None]], workers: int | None = None
                ) -> dict[str, tuple[bytes, list[int]]]:
+    """Fold each bank, one bank per process (the digests are shared by fork, not sent)."""
+    global _FOLD_TASKS
     workers = workers or os.cpu_count() or 1
     total = sum(len(t[1]) for t in tasks)
-    if workers > 1 and len(tasks) > 1 and total > 4 * 1024 * 1024 \
-            and "fork" in multiprocessing.get_all_start_methods():
-        with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
-            done = pool.map(_fold_task, tasks, chunksize=1)
-    else:
-        done = [_fold_task(t) for t in tasks]
+    _FOLD_TASKS = tasks
+    try:
+        if workers > 1 and len(tasks) > 1 and total > 4 * 1024 * 1024 \
+                and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+                done = pool.map(_fold_task, range(len(tasks)), chunksize=1)
+        else:
+            done = [_fold_task(i) for i in range(len(tasks))]
+    finally:
+        _FOLD_TASKS = []
     return {bank: (value, matches) for bank, value, matches in done}
