@@ -51,6 +51,20 @@ def test_rendered_files_parse_and_are_deterministic(tmp_path):
     pod = yaml.safe_load((a / APISERVER).read_text())
     assert pod["spec"]["containers"][0]["image"] == "registry.k8s.io/kube-apiserver:v1.31.0"
     assert not any("secret" in str(p).lower() or p.suffix == ".key" for p in files)  # no key material baked in
+    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"):
+        sc = yaml.safe_load((a / f"etc/kubernetes/manifests/{name}.yaml").read_text())["spec"]["containers"][0][
+            "securityContext"]
+        assert sc["capabilities"]["drop"] == ["ALL"] and sc["allowPrivilegeEscalation"] is False
+        # root in the etcd container needs DAC_OVERRIDE for its etcd-owned 0700 data directory, nothing else
+        assert sc["capabilities"].get("add", []) == (["DAC_OVERRIDE"] if name == "etcd" else [])
+
+
+def test_kubelet_drop_in_directory_only_where_supported(tmp_path):
+    from obelisk.cis_checks.render import render_files
+
+    for version, expected in (("1.29", False), ("1.30", True)):
+        unit = next(f for f in render_files("worker", version) if f.path.endswith("kubelet.service"))
+        assert (b"--config-dir=" in unit.data) is expected
 
 
 def test_bad_render_input():
@@ -333,3 +347,18 @@ def test_owner_names_come_from_the_scanned_roots_passwd(control_plane):
     (control_plane / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\netcd:x:990:990::/var/lib/etcd:/sbin/nologin\n")
     (control_plane / "etc/group").write_text("root:x:0:\netcd:x:990:\n")
     assert failing(scan(control_plane)) == {}
+
+
+def test_state_directories_declared_for_an_empty_var(control_plane):
+    """An image's /var is an empty volume until first boot: tmpfiles.d declares what will be there."""
+    import shutil
+
+    shutil.rmtree(control_plane / "var")
+    report = scan(control_plane)
+    assert failing(report) == {}
+    f = by_id(report, "cis-1.1.11")
+    assert f.status is Status.PASS
+    assert f.evidence[0].source == "/usr/lib/tmpfiles.d/obelisk-kubernetes.conf"
+    edit(control_plane, "usr/lib/tmpfiles.d/obelisk-kubernetes.conf", r"^d /var/lib/etcd 0700 etcd etcd -$",
+         "d /var/lib/etcd 0755 root root -")
+    assert failing(scan(control_plane)) == {"cis-1.1.11": "mode 755", "cis-1.1.12": "owner root:root"}

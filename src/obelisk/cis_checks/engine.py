@@ -354,6 +354,14 @@ def _file(ctx: Context, test: dict[str, Any]) -> Outcome:
             errors.append(f"{p}: {info.error}")
             evidence.append(Evidence("file", p, info.error))
             continue
+        if not info.exists and p in ctx.node.tmpfiles:
+            info, declared_in = ctx.node.tmpfiles[p]  # created at boot on an empty /var
+            evidence.append(Evidence("file", declared_in, f"{p} created at boot: mode {info.mode:04o} owner {info.owner_text}"))
+            if mode_limit is not None and not _mode_ok(info.mode, mode_limit):
+                bad.append(f"{p} mode {info.mode:o}")
+            if owner and info.owner_text != owner:
+                bad.append(f"{p} owner {info.owner_text}")
+            continue
         if not info.exists:
             absent.append(p)
             evidence.append(Evidence("file", p, "absent"))

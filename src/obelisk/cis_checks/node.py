@@ -143,6 +143,10 @@ class CertInfo:
     error: str = ""
 
 
+def re_octal(text: str) -> bool:
+    return len(text) in (3, 4) and all(ch in "01234567" for ch in text)
+
+
 def _component_from_argv(argv: list[str]) -> str | None:
     if not argv:
         return None
@@ -446,6 +450,41 @@ class NodeView:
         return FileInfo(node_path, exists=True, mode=stat_mod.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                         owner=users.get(st.st_uid, str(st.st_uid)), group=groups.get(st.st_gid, str(st.st_gid)),
                         is_dir=stat_mod.S_ISDIR(st.st_mode))
+
+    @functools.cached_property
+    def tmpfiles(self) -> dict[str, tuple[FileInfo, str]]:
+        """Directories systemd-tmpfiles creates at boot ('d'/'D' lines): path -> (declared info, source).
+
+        An image's /var is often empty until first boot; what tmpfiles.d declares is what will exist.
+        """
+        files: dict[str, Path] = {}
+        for rel in ("usr/lib/tmpfiles.d", "run/tmpfiles.d", "etc/tmpfiles.d"):  # later directories win by name
+            d = self.root / rel
+            if d.is_dir():
+                for f in sorted(d.glob("*.conf")):
+                    files[f.name] = f
+        users, groups = self._names
+        by_user = {v: k for k, v in users.items()}
+        by_group = {v: k for k, v in groups.items()}
+        out: dict[str, tuple[FileInfo, str]] = {}
+        for name in sorted(files):
+            f = files[name]
+            try:
+                text = self.read_text(f)
+            except (OSError, ValueError):
+                continue
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) < 5 or parts[0] not in ("d", "D") or not parts[1].startswith("/"):
+                    continue
+                mode = int(parts[2], 8) if re_octal(parts[2]) else 0o755
+                user = parts[3] if parts[3] != "-" else "root"
+                group = parts[4] if parts[4] != "-" else "root"
+                info = FileInfo(parts[1].rstrip("/") or "/", exists=True, mode=mode,
+                                uid=by_user.get(user, -1), gid=by_group.get(group, -1),
+                                owner=user, group=group, is_dir=True)
+                out.setdefault(info.path, (info, self.node_path(f)))
+        return out
 
     def parents(self, node_path: str) -> list[FileInfo]:
         """Directories above a file, inside the scanned root (the root itself excluded)."""

@@ -116,6 +116,8 @@ def render_context(role: str, kubernetes_version: str, *, registry: str = "regis
         "service_cidr": service_cidr, "cluster_dns": cluster_dns, "cluster_domain": cluster_domain,
         "service_account_issuer": f"https://kubernetes.default.svc.{cluster_domain}",
         "container_runtime_endpoint": container_runtime_endpoint,
+        # --config-dir is beta (on by default) from 1.30; on 1.29 it needs an alpha switch, so it is left out
+        "kubelet_config_dir": minor >= 30,
     }
 
 
@@ -125,6 +127,8 @@ _FILES = [
     ("kubelet-config.yaml.j2", PATHS["kubelet_config"], 0o600, "root",
      "CIS 4.1.9/4.1.10; STIG V-242406/V-242407/V-242456/V-242457 (600 is the stricter of 600 and 644)"),
     ("sysctl-kubelet.conf.j2", "/usr/lib/sysctl.d/90-obelisk-kubelet.conf", 0o644, "root", "STIG V-242434"),
+    ("tmpfiles-kubernetes.conf.j2", "/usr/lib/tmpfiles.d/obelisk-kubernetes.conf", 0o644, "root",
+     "state directories on an empty /var: CIS 1.1.11/1.1.12, STIG V-242445"),
 ]
 _CONTROL_PLANE_FILES = [
     ("kube-apiserver.yaml.j2", f"{PATHS['manifests']}/kube-apiserver.yaml", 0o600, "root",

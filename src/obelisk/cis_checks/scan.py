@@ -46,7 +46,7 @@ def _applicability(check: Check, node: NodeView) -> Outcome | None:
 def _finding(check: Check, outcome: Outcome, selected: Sequence[str]) -> Finding:
     detail = outcome.detail
     if check.assessment == "manual" and check.test is not None and outcome.status in (Status.PASS, Status.FAIL):
-        detail = f"{detail} {MANUAL_NOTE}".strip()
+        detail = f"{detail.rstrip('.')}. {MANUAL_NOTE}" if detail else MANUAL_NOTE
     title = check.title
     disa = [f"{f.vid}: {f.title}" for f in check.stig if f.title]
     if disa:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 
 from obelisk.core.findings import Severity, Status
-from obelisk.reports.model import SEVERITY_ORDER, STATUS_ORDER, Bundle, scan_date, sort_key
+from obelisk.reports.model import SEVERITY_ORDER, STATUS_ORDER, Bundle, benchmarks_of, scan_date, sort_key
 from obelisk.reports.options import RenderOptions
 
 STATUS_LABEL = {Status.PASS: "Pass", Status.FAIL: "Fail", Status.ERROR: "Error", Status.SKIP: "N/A",
@@ -38,6 +38,7 @@ def _template():
     files = resources.files("obelisk.reports") / "templates"
     env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)
+    env.filters["benchmarks"] = lambda f: " ".join(benchmarks_of(f))
     env.globals.update(CAT={"critical": "CAT I", "high": "CAT I", "medium": "CAT II", "low": "CAT III"},
                        STATUS_LABEL=STATUS_LABEL, BENCHMARK_LABEL=BENCHMARK_LABEL, REFERENCE_LABEL=REFERENCE_LABEL,
                        Status=Status)
@@ -117,7 +118,8 @@ def context(bundle: Bundle, options: RenderOptions) -> dict:
     by_benchmark: dict[str, Counter[Status]] = {}
     by_severity: dict[Severity, Counter[Status]] = {s: Counter() for s in SEVERITY_ORDER}
     for f in findings:
-        by_benchmark.setdefault(f.benchmark or "other", Counter())[f.status] += 1
+        for name in benchmarks_of(f):
+            by_benchmark.setdefault(name, Counter())[f.status] += 1
         by_severity[f.severity][f.status] += 1
     benchmarks = sorted(by_benchmark.items(), key=lambda kv: BENCHMARK_LABEL.get(kv[0], kv[0]).lower())
     waivers = [f for f in report.findings if f.waiver is not None]

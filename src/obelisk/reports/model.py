@@ -53,7 +53,13 @@ class Bundle:
 
     @property
     def benchmarks(self) -> list[str]:
-        return sorted({f.benchmark or "other" for f in self.report.findings})
+        return sorted({b for f in self.report.findings for b in benchmarks_of(f)})
+
+
+def benchmarks_of(finding: Finding) -> list[str]:
+    """A check can belong to several benchmarks at once ("cis-1.12,stig-k8s")."""
+    names = [b.strip() for b in finding.benchmark.split(",") if b.strip()]
+    return names or ["other"]
 
 
 def severity_rank(severity: Severity) -> int:
