@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +211,6 @@ def run(args: argparse.Namespace) -> int:
     how = "from cache" if result.cached else f"built in {data['seconds']} s"
     text = (f"kernel {data['kernel_release']} -> {result.output}/bzImage ({how})\n"
             f"bzImage sha256 {data['bzImage_sha256']}\n")
-    if not sys.stdout.isatty() and args.format is None:
-        args.format = "json"
-    return emit_result(args, data, text)
+    # -o names the output directory here, not a file for the result: print the result
+    shown = argparse.Namespace(format=args.format, output=None)
+    return emit_result(shown, data, text)
