@@ -75,6 +75,14 @@ def test_obelisk_quote_passes_tpm2_checkquote(swtpm, tmp_path, enrolled, obelisk
             "-s", str(tmp_path / "tt/quote.sig"), "-f", str(tmp_path / "tt/quote.pcrs"), "-g", "sha256"]
     ok = tt(swtpm, *base, "-q", nonce)
     assert ok.returncode == 0, ok.stderr
+    # obelisk's own checkquote on the same files, with the AK as a bare PEM key: what cannot be known is skipped
+    res = obelisk_cli("attest", "checkquote", "--ak", str(tmp_path / "ak.pem"), "-m", str(tmp_path / "tt/quote.msg"),
+                      "-s", str(tmp_path / "tt/quote.sig"), "-f", str(tmp_path / "tt/quote.pcrs"), "-q", nonce,
+                      "--format", "json")
+    assert res.returncode == 0, res.stderr
+    found = {f["id"]: f["status"] for f in json.loads(res.stdout)["findings"]}
+    assert found["attest.quote.signature"] == "pass" and found["attest.quote.signer"] == "skip"
+    assert found["attest.ak.attributes"] == "skip"
     # the independent checker rejects a wrong nonce and a changed PCR value too
     assert tt(swtpm, *base, "-q", "00" + nonce[2:]).returncode != 0
     pcrs = bytearray((tmp_path / "tt/quote.pcrs").read_bytes())
@@ -146,15 +154,16 @@ def _boot(swtpm, tmp_path) -> eventlog.EventLog:
     return log
 
 
-def _ima_list(swtpm, tmp_path, entries: int = 20) -> bytes:
+def _ima_list(swtpm, tmp_path, entries: int = 20, aggregate_bank: str = "sha256") -> bytes:
     """An IMA list (boot_aggregate first) whose entries are extended into PCR 10 as the kernel would."""
     import hashlib
 
     from obelisk.ima_policy import measurement_list as ml
 
-    pcrs = tpm.pcr_values(swtpm.tcti, "sha256", range(10))
-    aggregate = hashlib.sha256(b"".join(pcrs[i] for i in range(10))).digest()
-    items = [ml.make_entry("ima-ng", [ml.digest_field("sha256", aggregate), ml.name_field("boot_aggregate")],
+    boot = range(10) if aggregate_bank != "sha1" else range(8)  # SHA-1 boot_aggregate covers PCR 0-7
+    pcrs = tpm.pcr_values(swtpm.tcti, aggregate_bank, boot)
+    aggregate = hashlib.new(aggregate_bank, b"".join(pcrs[i] for i in boot)).digest()
+    items = [ml.make_entry("ima-ng", [ml.digest_field(aggregate_bank, aggregate), ml.name_field("boot_aggregate")],
                            number=1)]
     for i in range(2, entries + 1):
         items.append(ml.make_entry("ima-ng", [ml.digest_field("sha256", hashlib.sha256(b"f%d" % i).digest()),
@@ -190,7 +199,10 @@ def test_evidence_bundle_end_to_end(swtpm, tmp_path, enrolled, obelisk_cli):
     found = {f["id"]: f for f in json.loads(res.stdout)["findings"]}
     assert res.returncode == 0, [f for f in found.values() if f["status"] != "pass"]
     assert all(found[f"attest.eventlog.pcr{i}"]["status"] == "pass" for i in range(10))
-    assert found["attest.ima.pcr10"]["status"] == "pass"
+    # the IMA component's checks, fed with the quoted PCRs
+    assert found["ima.pcr.10.sha256"]["status"] == "pass"
+    assert found["ima.boot-aggregate"]["status"] == "pass"
+    assert found["ima.log.template-hashes"]["status"] == "pass"
     assert json.loads(state.read_text())  # counters stored
 
     # the same bundle again: the clock did not advance, a replay
@@ -256,3 +268,148 @@ def test_tcti_from_environment(swtpm, tmp_path, obelisk_cli):
     res = obelisk_cli("attest", "ak", "create", "--record", str(tmp_path / "ak.json"),
                       env={"TPM2TOOLS_TCTI": "swtpm:host=127.0.0.1,port=1"})
     assert res.returncode == 2 and "TCTI" in res.stderr and res.stderr.count("\n") == 1
+
+
+def _ca(tmp_path, name: str):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+    return tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+
+
+def test_verify_against_signed_image_manifest(swtpm, tmp_path, enrolled, obelisk_cli):
+    """--reference: the build's signed manifest (signature vs --cert, predicted PCRs, IMA reference values)."""
+    import hashlib
+
+    from obelisk.attest.agent_certs import issue
+    from obelisk.image import manifest as mf
+    from obelisk.signer.keys import load_certificate, load_signing_key
+
+    _boot(swtpm, tmp_path)
+    _ima_list(swtpm, tmp_path, entries=6)
+    nonce = os.urandom(20)
+    ev = evidence.collect(nonce, swtpm.tcti, event_log_path=str(tmp_path / "eventlog.bin"),
+                          ima_path=str(tmp_path / "ima.bin"))
+    (tmp_path / "evidence.json").write_text(evidence.dumps(ev))
+
+    ca, ca_key = _ca(tmp_path, "customer-ca")
+    other_ca, _ = _ca(tmp_path, "other-ca")
+    signer = issue(ca, ca_key, tmp_path / "signer", "image signer", server=False)
+    files = {f"/usr/bin/tool{i}": [hashlib.sha256(b"f%d" % i).hexdigest()] for i in range(2, 6)}  # tool6 missing
+    doc = {"schema": mf.SCHEMA, "image": {"name": "worker", "version": "1"},
+           "ima_reference": {"hash": "sha256", "digests": files, "allow_vary": ["/var/**"]},
+           "pcrs": {"bank": "sha256", "predicted": {"7": ev.pcrs[7].hex(), "4": "00" * 32}}}
+    out = tmp_path / "image"
+    out.mkdir()
+    data = mf.dumps(doc)
+    (out / "manifest.json").write_bytes(data)
+    sig = mf.sign(data, load_signing_key(str(signer.key)), load_certificate(signer.cert))
+    (out / "manifest.json.sig").write_text(json.dumps(sig.to_json()))
+
+    def run(ca_path) -> dict:
+        res = obelisk_cli("attest", "verify", str(tmp_path / "evidence.json"), "--nonce", nonce.hex(), "--ak",
+                          str(enrolled), "--reference", str(out / "manifest.json"), "--cert", str(ca_path),
+                          "--format", "json")
+        assert res.returncode in (0, 1), res.stderr
+        return {f["id"]: f for f in json.loads(res.stdout)["findings"]}
+
+    found = run(ca)
+    assert found["attest.reference.signature"]["status"] == "pass"
+    assert found["attest.reference.pcr7"]["status"] == "pass"
+    assert found["attest.reference.pcr4"]["status"] == "fail"  # the build predicted another PCR 4
+    assert found["ima.pcr.10.sha256"]["status"] == "pass"
+    unknown = [f for f in found.values() if f["id"].startswith("ima.entry.") and f["status"] == "fail"]
+    assert [f["id"] for f in unknown] == ["ima.entry.6.unknown-file"]
+
+    found = run(other_ca)
+    assert found["attest.reference.signature"]["status"] == "fail"
+    assert "issued by" in found["attest.reference.signature"]["detail"]
+
+
+def test_sha1_boot_aggregate_checked_from_the_event_log(swtpm, tmp_path, enrolled):
+    """The quote covers sha256 only; a SHA-1 boot_aggregate is recomputed from the event log's SHA-1 bank,
+    trusted because the log's sha256 replay matched the quote."""
+    _boot(swtpm, tmp_path)
+    _ima_list(swtpm, tmp_path, entries=4, aggregate_bank="sha1")
+    nonce = os.urandom(16)
+    ev = evidence.collect(nonce, swtpm.tcti, event_log_path=str(tmp_path / "eventlog.bin"),
+                          ima_path=str(tmp_path / "ima.bin"))
+    ak = akrecord.load(enrolled.read_bytes(), str(enrolled))
+    opts = verify.Options(nonce=nonce, ak=ak)
+    verify.configure_references(opts, None, None)
+    report, _ = verify.verify(ev, opts)
+    st = statuses(report)
+    assert st["ima.boot-aggregate"] is Status.PASS and st["ima.pcr.10.sha256"] is Status.PASS
+
+
+def _install_ek_certificate(swtpm, tmp_path, ca_pem, ca_key_pem) -> None:
+    """Play the TPM manufacturer: certify the EK with our CA and store the DER in NV 0x01C00002."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_NV_PUBLIC, TPMA_NV, TPMS_NV_PUBLIC
+
+    info = tpm.create_keys(swtpm.tcti)
+    ek_key = akrecord._from_public(info.ek_public, "EK")[0]
+    ca = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_pem.read_bytes(), None)
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.subject).public_key(ek_key)
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(x509.Name([]))]), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    with tpm.open_tpm(swtpm.tcti) as esapi:
+        attrs = TPMA_NV.OWNERWRITE | TPMA_NV.AUTHREAD | TPMA_NV.OWNERREAD | TPMA_NV.NO_DA
+        handle = esapi.nv_define_space(None, TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+            nvIndex=tpm.EK_CERT_INDEX["rsa"], nameAlg=TPM2_ALG.SHA256, attributes=attrs, dataSize=len(der))))
+        for off in range(0, len(der), 512):
+            esapi.nv_write(handle, der[off:off + 512], off, auth_handle=ESYS_TR.OWNER)
+
+
+def test_ek_certificate_checked_against_the_manufacturer_ca(swtpm, tmp_path, obelisk_cli):
+    ca, ca_key = _ca(tmp_path, "tpm-vendor-ca")
+    other, _ = _ca(tmp_path, "not-the-vendor")
+    _install_ek_certificate(swtpm, tmp_path, ca, ca_key)
+    res = obelisk_cli("attest", "ak", "create", "--tcti", swtpm.tcti, "--record", str(tmp_path / "ak.json"))
+    assert res.returncode == 0, res.stderr
+    record = json.loads((tmp_path / "ak.json").read_text())
+    assert record["ek_certificate"].startswith("30")  # DER read from the TPM's NV
+
+    def make(ca_path) -> subprocess.CompletedProcess[str]:
+        return obelisk_cli("attest", "credential", "make", "--ak", str(tmp_path / "ak.json"), "--ek-ca", str(ca_path),
+                           "--secret-out", str(tmp_path / "secret"), "--challenge", str(tmp_path / "chal.json"))
+
+    res = make(ca)
+    assert res.returncode == 0, res.stderr
+    assert "warning" not in res.stderr
+    res = make(other)
+    assert res.returncode == 1 and "not issued by the given CA" in res.stderr
+    # a record whose EK was swapped (say, for a software key the attacker controls) no longer matches the certificate
+    from obelisk.attest.swtpm import SoftwareTPM
+    with SoftwareTPM.start(tmp_path / "attacker") as attacker:
+        fake = tpm.create_keys(attacker.tcti)
+    record["ek_public"] = fake.ek_public.hex()
+    record["qualified_name"] = ""
+    (tmp_path / "swapped.json").write_text(json.dumps(record))
+    res = obelisk_cli("attest", "credential", "make", "--ak", str(tmp_path / "swapped.json"), "--ek-ca", str(ca),
+                      "--secret-out", str(tmp_path / "secret2"), "--challenge", str(tmp_path / "chal2.json"))
+    assert res.returncode == 1 and "certifies another key" in res.stderr

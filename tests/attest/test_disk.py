@@ -132,6 +132,11 @@ def test_format_new_volume_and_seal_to_predicted_values(swtpm, tmp_path):
         disk.unlock(str(vol), swtpm.tcti, test=True)
     tpm.extend_pcr(swtpm.tcti, 7, b"next firmware")  # the update happens; the prediction now holds
     assert disk.unlock(str(vol), swtpm.tcti, test=True).keyslot == 0
+    # reseal authenticated by the TPM itself (no recovery key), adding PCR 11
+    new = disk.reseal(str(vol), swtpm.tcti, pcrs=[7, 11])
+    assert new.sealed.pcrs == (7, 11) and new.keyslot != 0
+    assert disk.unlock(str(vol), swtpm.tcti, test=True).keyslot == new.keyslot
+    assert sorted(disk.metadata(str(vol))["keyslots"]) == sorted([str(new.keyslot), str(result.recovery_keyslot)])
 
 
 def test_signed_policy_survives_pcr_change_without_reenrolling(swtpm, tmp_path, obelisk_cli):

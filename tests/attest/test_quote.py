@@ -115,3 +115,39 @@ def test_fuzz_signature_and_pcr_file(data):
             parse(data)
         except ParseError:
             pass
+
+
+# ---- evidence bundle loader -----------------------------------------------------------------------
+
+def _bundle_text() -> str:
+    from obelisk.attest import evidence
+
+    return evidence.dumps(evidence.Evidence(nonce=b"\1" * 16, attest=SAMPLE_BYTES, signature=b"\0\x18\0\x0b",
+                                            bank="sha256", pcrs={i: bytes(32) for i in range(12)},
+                                            event_log=b"log", ima_log=b"10 abc", ima_format="ascii",
+                                            kernel={"release": "6.1"}))
+
+
+def test_bundle_round_trip():
+    from obelisk.attest import evidence
+
+    text = _bundle_text()
+    assert evidence.dumps(evidence.loads(text)) == text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2000), st.sampled_from(list('{}[]":,0123456789abcdef nul') + ["\\u0000"])),
+                min_size=1, max_size=6), st.integers(0, 2000))
+def test_fuzz_bundle_loader(mutations, cut):
+    from obelisk.attest import evidence
+    from obelisk.core.errors import InputError
+
+    text = list(_bundle_text())
+    for pos, ch in mutations:
+        if pos < len(text):
+            text[pos] = ch
+    data = "".join(text)[: cut or None]
+    try:
+        evidence.loads(data)
+    except InputError as exc:
+        assert "\n" not in str(exc)

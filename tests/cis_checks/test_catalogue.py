@@ -128,3 +128,30 @@ def test_user_supplied_benchmark_gives_disa_titles(shared_dir):
     assert facts.release == "V1R9" and facts.rule_id == "SV-242376r879519_rule"
     expected = next(r[5] for r in disa_rules(shared_dir) if r[0] == "V-242376")
     assert facts.title == expected and re.search(r"TLS 1\.2", facts.title)
+
+
+def test_unknown_stig_release():
+    with pytest.raises(InputError, match="V9R9"):
+        stig_facts("V9R9")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from obelisk.cis_checks.stig import read_xccdf  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: ("<Benchmark><Group id='V-1'><Rule "
+                                                                      + t).encode("utf-8", "replace")))
+def test_user_xccdf_reader_never_crashes(data):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".xml") as f:
+        f.write(data)
+        f.flush()
+        try:
+            rules = read_xccdf(f.name)
+        except InputError:
+            return
+        assert all(r.vid.startswith("V-") for r in rules)

@@ -146,3 +146,13 @@ def test_bad_stig_benchmark_file(control_plane, tmp_path, obelisk_cli):
     bad.write_text("<Benchmark/>")
     r = obelisk_cli("scan", "--root", str(control_plane), "--stig-benchmark", str(bad))
     assert r.returncode == 2 and "no STIG rules" in r.stderr
+
+
+def test_encryption_key_is_never_silently_replaced(tmp_path, obelisk_cli):
+    key = tmp_path / "config.yaml"
+    assert obelisk_cli("k8s", "encryption-key", "--out", str(key)).returncode == 0
+    before = key.read_bytes()
+    again = obelisk_cli("k8s", "encryption-key", "--out", str(key))
+    assert again.returncode == 2 and "already exists" in again.stderr and key.read_bytes() == before
+    assert obelisk_cli("k8s", "encryption-key", "--out", str(key), "--replace").returncode == 0
+    assert key.read_bytes() != before

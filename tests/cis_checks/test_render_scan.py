@@ -19,7 +19,7 @@ from obelisk.cis_checks.scan import scan
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Status
 
-from .conftest import (APISERVER, CONTROLLER_MANAGER, KUBELET_CONFIG, KUBELET_DROPINS, KUBELET_UNIT, SCHEDULER,
+from .conftest import (APISERVER, CONTROLLER_MANAGER, ETCD, KUBELET_CONFIG, KUBELET_DROPINS, KUBELET_UNIT, SCHEDULER,
                        by_id, edit, failing)
 
 
@@ -51,6 +51,20 @@ def test_rendered_files_parse_and_are_deterministic(tmp_path):
     pod = yaml.safe_load((a / APISERVER).read_text())
     assert pod["spec"]["containers"][0]["image"] == "registry.k8s.io/kube-apiserver:v1.31.0"
     assert not any("secret" in str(p).lower() or p.suffix == ".key" for p in files)  # no key material baked in
+    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"):
+        sc = yaml.safe_load((a / f"etc/kubernetes/manifests/{name}.yaml").read_text())["spec"]["containers"][0][
+            "securityContext"]
+        assert sc["capabilities"]["drop"] == ["ALL"] and sc["allowPrivilegeEscalation"] is False
+        # root in the etcd container needs DAC_OVERRIDE for its etcd-owned 0700 data directory, nothing else
+        assert sc["capabilities"].get("add", []) == (["DAC_OVERRIDE"] if name == "etcd" else [])
+
+
+def test_kubelet_drop_in_directory_only_where_supported(tmp_path):
+    from obelisk.cis_checks.render import render_files
+
+    for version, expected in (("1.29", False), ("1.30", True)):
+        unit = next(f for f in render_files("worker", version) if f.path.endswith("kubelet.service"))
+        assert (b"--config-dir=" in unit.data) is expected
 
 
 def test_bad_render_input():
@@ -242,10 +256,51 @@ def test_kube_proxy_metrics_from_its_config_file(worker):
     assert by_id(report, "cis-4.3.1").evidence[0].source == "/etc/kubernetes/kube-proxy.yaml"
 
 
-def test_kube_proxy_flag_beats_its_config_file(worker):
+def test_kube_proxy_ignores_flags_when_given_a_config_file(worker):
+    # kube-proxy's documented behaviour: with --config, its flags are ignored (kubernetes#108737)
     _kube_proxy_unit(worker, "--metrics-bind-address=127.0.0.1:10249",
                      "kind: KubeProxyConfiguration\nmetricsBindAddress: 0.0.0.0:10249\n")
-    assert failing(scan(worker)) == {}
+    report = scan(worker)
+    assert failing(report) == {"cis-4.3.1": "0.0.0.0:10249"}
+    assert "--metrics-bind-address=127.0.0.1:10249 is ignored" in by_id(report, "cis-4.3.1").detail
+    _kube_proxy_unit(worker, "--metrics-bind-address=0.0.0.0:10249", "kind: KubeProxyConfiguration\n")
+    assert by_id(scan(worker), "cis-4.3.1").observed == "not set (default 127.0.0.1:10249)"
+
+
+def test_scheduler_profiling_from_its_config_file(control_plane):
+    cfg = control_plane / "etc/kubernetes/scheduler-config.yaml"
+    cfg.write_text("apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
+                   "enableProfiling: true\n")
+    edit(control_plane, SCHEDULER, r"--profiling=false", "--profiling=false\n    - --config=/etc/kubernetes/scheduler-config.yaml")
+    report = scan(control_plane)
+    assert failing(report) == {"cis-1.4.1": "true"}
+    assert by_id(report, "cis-1.4.1").evidence[0].source == "/etc/kubernetes/scheduler-config.yaml"
+
+
+def test_etcd_settings_from_environment_variables(control_plane):
+    edit(control_plane, ETCD, r"^    - --client-cert-auth=true\n", "")
+    edit(control_plane, ETCD, r"^    livenessProbe:", "    env:\n    - {name: ETCD_CLIENT_CERT_AUTH, value: \"true\"}\n"
+                                                     "    - {name: ETCD_PEER_AUTO_TLS, value: \"true\"}\n    livenessProbe:")
+    edit(control_plane, ETCD, r"^    - --peer-auto-tls=false\n", "")
+    report = scan(control_plane)
+    assert failing(report) == {"cis-2.6": "true"}
+    f = by_id(report, "cis-2.2")
+    assert f.status is Status.PASS and f.evidence[0].source.endswith("ETCD_CLIENT_CERT_AUTH")
+
+
+def test_etcd_config_file_replaces_flags(control_plane):
+    cfg = control_plane / "etc/kubernetes/etcd.conf.yml"
+    cfg.write_text("name: n1\ndata-dir: /var/lib/etcd\nclient-transport-security:\n  cert-file: /etc/kubernetes/pki/etcd/server.crt\n"
+                   "  key-file: /etc/kubernetes/pki/etcd/server.key\n  client-cert-auth: true\n  auto-tls: false\n"
+                   "  trusted-ca-file: /etc/kubernetes/pki/etcd/ca.crt\n"
+                   "peer-transport-security:\n  cert-file: /etc/kubernetes/pki/etcd/peer.crt\n"
+                   "  key-file: /etc/kubernetes/pki/etcd/peer.key\n  client-cert-auth: false\n  auto-tls: false\n")
+    edit(control_plane, ETCD, r"^    - etcd\n", "    - etcd\n    - --config-file=/etc/kubernetes/etcd.conf.yml\n")
+    report = scan(control_plane)
+    assert failing(report) == {"cis-2.5": "false"}  # the flag --peer-client-cert-auth=true is ignored
+    assert by_id(report, "cis-2.5").evidence[0].source == "/etc/kubernetes/etcd.conf.yml"
+    cfg.write_text("client-transport-security: [")
+    assert by_id(scan(control_plane), "cis-2.2").status is Status.ERROR
 
 
 def test_etcd_data_dir_owned_by_root(control_plane):
@@ -253,3 +308,57 @@ def test_etcd_data_dir_owned_by_root(control_plane):
     report = scan(control_plane)
     assert failing(report) == {"cis-1.1.12": "owner root:root"}
     assert set(by_id(report, "cis-1.1.12").refs("stig")) == {"V-242445"}
+
+
+def test_in_memory_render_matches_the_tree_for_image_builders(tmp_path):
+    from obelisk.cis_checks.render import render_directories, render_files
+    from obelisk.cis_checks.scan import scan_root
+
+    tree = render_tree(tmp_path, "control-plane", "1.31")
+    files = render_files("control-plane", "1.31")
+    for f in files:
+        assert not f.path.startswith("/") and (tmp_path / f.path).read_bytes() == f.data
+        assert stat.S_IMODE((tmp_path / f.path).stat().st_mode) == f.mode
+    dirs = {d.path: d for d in render_directories("control-plane")}
+    assert dirs["/var/lib/etcd"].uid == 990 and dirs["/var/lib/etcd"].mode == 0o700
+    assert {f.path for f in tree.files} == {"/" + f.path for f in files} | set(dirs)
+    assert failing(scan_root(tmp_path)) == {}
+
+
+def test_required_modes_cover_every_rendered_path(tmp_path):
+    from obelisk.cis_checks.render import required_modes
+
+    tree = render_tree(tmp_path, "control-plane", "1.31")
+    assert {(f.path.lstrip("/"), f.mode, f.uid, f.gid) for f in tree.files} == set(required_modes("control-plane"))
+    # an image builder that normalised everything to 0644/0755 and forgot to re-apply them:
+    for path, mode, _uid, _gid in required_modes("control-plane"):
+        os.chmod(tmp_path / path, 0o755 if (tmp_path / path).is_dir() else 0o644)
+    broken = failing(scan(tmp_path))
+    assert {"cis-1.1.1", "cis-1.1.11", "cis-4.1.1", "cis-4.1.9"} <= set(broken)
+    for path, mode, _uid, _gid in required_modes("control-plane"):
+        os.chmod(tmp_path / path, mode)
+    assert failing(scan(tmp_path)) == {}
+
+
+def test_owner_names_come_from_the_scanned_roots_passwd(control_plane):
+    (control_plane / "usr/lib/sysusers.d/obelisk-etcd.conf").unlink()
+    report = scan(control_plane)
+    assert failing(report) == {"cis-1.1.12": "owner 990:990"}
+    (control_plane / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\netcd:x:990:990::/var/lib/etcd:/sbin/nologin\n")
+    (control_plane / "etc/group").write_text("root:x:0:\netcd:x:990:\n")
+    assert failing(scan(control_plane)) == {}
+
+
+def test_state_directories_declared_for_an_empty_var(control_plane):
+    """An image's /var is an empty volume until first boot: tmpfiles.d declares what will be there."""
+    import shutil
+
+    shutil.rmtree(control_plane / "var")
+    report = scan(control_plane)
+    assert failing(report) == {}
+    f = by_id(report, "cis-1.1.11")
+    assert f.status is Status.PASS
+    assert f.evidence[0].source == "/usr/lib/tmpfiles.d/obelisk-kubernetes.conf"
+    edit(control_plane, "usr/lib/tmpfiles.d/obelisk-kubernetes.conf", r"^d /var/lib/etcd 0700 etcd etcd -$",
+         "d /var/lib/etcd 0755 root root -")
+    assert failing(scan(control_plane)) == {"cis-1.1.11": "mode 755", "cis-1.1.12": "owner root:root"}

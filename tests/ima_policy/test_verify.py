@@ -290,3 +290,27 @@ def test_boot_aggregate_from_event_log_api(shared_dir):
     from obelisk.ima_policy.pcrs import load_pcrs
     quoted = load_pcrs(str(ima / "sample-tpm-2.0-pcrs-8-9"))
     assert all(quoted.get("sha1", i) == good.value("sha1", i) for i in range(10))
+
+
+def test_ascii_fast_path_matches_the_binary_encoding():
+    """The ascii reader's fast path for ima-ng lines builds exactly the kernel's binary entries."""
+    entries = sample_entries(30) + [file_entry("/bin/s", b"s", "ima-sig", sig=b"\x03\x02\x04abcd\x00\x01z")]
+    text = serialize_ascii(entries)
+    checker._JOB = checker.Job(text, "ascii", "little", ("sha1",), None, None, 10, "x")
+    try:
+        buf, numbers = checker._ascii_chunk(text, 0, len(text), 1, "x")
+    finally:
+        checker._JOB = None
+    assert buf == serialize_binary(entries)
+    assert numbers == list(range(1, 32))
+
+
+def test_modsig_only_entry_is_manual_not_unsigned(signed):
+    e = make_entry("ima-modsig", [digest_field("sha256", bytes(32)), name_field("/lib/modules/x.ko"), b"",
+                                  digest_field("sha256", b"\x01" * 32), b"\x30\x82pkcs7"], number=2)
+    entries = [signed["entries"][0], e]
+    result = verify_log(serialize_binary(entries), "list", VerifyOptions(
+        keyring=Keyring.load([str(signed["keys"].ima_cert)])))
+    st = _statuses(result)
+    assert st["ima.entry.2.modsig-not-verified"] is Status.MANUAL
+    assert "ima.entry.2.unsigned" not in st

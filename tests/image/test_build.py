@@ -28,7 +28,8 @@ def _failed(report):
 def test_build_produces_verified_image(built_image):
     root, out = built_image
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["initramfs.cpio", "manifest.json", "manifest.json.sig", "rootfs.squashfs", "sbom.spdx.json"]
+    assert names == ["ima-reference.json", "initramfs.cpio", "manifest.json", "manifest.json.sig", "rootfs.squashfs",
+                     "sbom.spdx.json"]
     report = verify_image(out, root / "keys/ca.pem")
     assert not _failed(report), [f.to_json() for f in _failed(report).values()]
 
@@ -41,7 +42,8 @@ def test_manifest_contents(built_image):
     assert files["/usr/local/bin/tool"]["mode"] == "0755"  # executable normalised
     assert files["/bin/sh"] == {"path": "/bin/sh", "type": "slink", "target": "/bin/busybox"}
     assert all("ima" in f for f in files.values() if f["type"] == "file")
-    assert m["ima_reference"]["digests"]["/bin/busybox"] == [files["/bin/busybox"]["sha256"]]
+    assert m["ima_reference"]["files"]["/bin/busybox"] == ["sha256:" + files["/bin/busybox"]["sha256"]]
+    assert json.loads((out / "ima-reference.json").read_text()) == m["ima_reference"]
     assert m["spec"]["name"] == "test-node" and m["tool"]["name"] == "obelisk"
     for name, rec in m["artifacts"].items():
         assert rec["size"] == (out / name).stat().st_size
@@ -219,3 +221,45 @@ def test_login_binaries_are_refused(tmp_path):
         build(load_spec(spec), tmp_path / "out", cache=StepCache(tmp_path / "cache"), quiet=True)
     assert "usr/sbin/sshd" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_read_back_without_privilege_lists_xattrs_per_file(built_image, tmp_path, monkeypatch):
+    """Without the right to set security.* xattrs, each file's attributes come from `rdsquashfs -x`."""
+    from obelisk.core import tools
+    from obelisk.image import squashfs
+
+    _, out = built_image
+    image = out / "rootfs.squashfs"
+    privileged = squashfs.read_back(image, tmp_path / "a")
+    real_run = tools.run
+
+    def no_xattr_privilege(tool, args, **kw):
+        if "--set-xattr" in args:
+            return subprocess.CompletedProcess(args, 1, b"", b"Operation not permitted")
+        return real_run(tool, args, **kw)
+
+    monkeypatch.setattr(squashfs.tools, "run", no_xattr_privilege)
+    plain = squashfs.read_back(image, tmp_path / "b")
+    assert plain.xattrs == privileged.xattrs
+    assert all("security.ima" in v for v in plain.xattrs.values())
+
+
+def test_worker_configuration_keeps_benchmark_modes(tmp_path):
+    """The rendered Kubernetes configuration inside the SquashFS still passes the CIS/STIG scan."""
+    from obelisk.cis_checks.scan import scan
+
+    spec = make_project(tmp_path, spec=__import__("tests.image.conftest", fromlist=["SPEC"]).SPEC.replace(
+        "kubernetes:\n  role: none", "kubernetes:\n  role: worker"))
+    out = tmp_path / "out"
+    build(load_spec(spec), out, cache=StepCache(tmp_path / "cache"), quiet=True)
+    m = json.loads((out / "manifest.json").read_text())
+    files = {f["path"]: f for f in m["files"]}
+    kubelet = [p for p in files if p.startswith("/etc/kubernetes/")]
+    assert kubelet, "no Kubernetes configuration in the image"
+    unpacked = tmp_path / "unpacked"
+    subprocess.run(["rdsquashfs", "-q", "-u", "/", "-p", str(unpacked), "-C", "-O", str(out / "rootfs.squashfs")],
+                   check=True)
+    report = scan(unpacked)
+    failed = [(f.id, f.observed) for f in report.findings if f.status is Status.FAIL]
+    assert not failed, failed
+    assert sum(f.status is Status.PASS for f in report.findings) >= 20

@@ -65,3 +65,24 @@ def test_bad_input_is_one_line_exit_2(obelisk_cli, tmp_path):
     good.write_text(cis_report().dumps())
     proc = obelisk_cli("report", str(good), "--format", "ckl", "--stig-benchmark", str(notxml))
     assert proc.returncode == 2 and "x.xml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_waivers_applied_at_report_time(obelisk_cli, results_files, tmp_path):
+    waivers = tmp_path / "waivers.yaml"
+    waivers.write_text("waivers:\n"
+                       "  - {id: stig-V-242387, reason: 'kubelet metrics scraped on 10255 until CNI migration (CHG-88)',"
+                       " approver: 'A. Osei (ISSM)', expires: '2026-12-10'}\n"
+                       "  - {id: ima.entry.17, reason: old, approver: someone, expires: '2026-01-01'}\n")
+    out = tmp_path / "r.json"
+    proc = obelisk_cli("report", *map(str, results_files), "--waivers", str(waivers), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    by_id = {f["id"]: f for f in json.loads(out.read_text())["findings"]}
+    assert by_id["stig-V-242387"]["status"] == "waived"
+    assert by_id["ima.entry.17"]["status"] == "fail"  # expired before the scan: still failing
+    assert "waiver expired on 2026-01-01" in by_id["ima.entry.17"]["detail"]
+    html = tmp_path / "r.html"
+    assert obelisk_cli("report", *map(str, results_files), "--waivers", str(waivers), "-o", str(html)).returncode == 0
+    text = html.read_text()
+    register = text[text.index('id="waivers"'):]
+    assert "A. Osei (ISSM)" in register and "expires soon" in register  # 16 days after the scan
+    assert "not applied (expired)" in register

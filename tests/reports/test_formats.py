@@ -69,6 +69,13 @@ def test_sarif_detects_invalid_document(sarif_validator):
     assert list(sarif_validator.iter_errors(doc))
 
 
+def _token(value) -> str:
+    """The string inside trestle's nested root models and enums."""
+    while hasattr(value, "root"):
+        value = value.root
+    return getattr(value, "value", value)
+
+
 def _validate_oscal(doc):
     from trestle.oscal.assessment_results import AssessmentResults
 
@@ -85,6 +92,13 @@ def test_oscal_validates_with_trestle(bundle):
     assert targets["cm-7_obj"] == "satisfied"
     assert targets["au-12_obj"] == "not-satisfied"  # waived is an accepted risk, not satisfied
     assert targets["ac-2.1_obj"] == "not-satisfied"
+    risks = {r.title.split(":")[0]: r for r in result.risks}
+    assert _token(risks["cis-1.2.16"].status) == "deviation-approved"
+    assert risks["cis-1.2.16"].deadline.date().isoformat() == "2027-03-31"
+    assert _token(risks["stig-V-242381"].status) == "open"
+    assert len(risks) == 5  # 4 failures + 1 waived
+    au12 = next(f for f in result.findings if f.target.target_id == "au-12_obj")
+    assert [r.risk_uuid for r in au12.related_risks] == [risks["cis-1.2.16"].uuid]
 
 
 def test_oscal_with_cci_list_maps_more_controls(bundle, cci_list):
@@ -173,6 +187,25 @@ def test_cklb_structure_matches_ckl(bundle, stig_xccdf):
     assert doc["target_data"]["host_name"] == "worker-01.prod.example"
     assert all(r["stig_uuid"] == stig["uuid"] for r in stig["rules"])
     assert {r["status"] for r in stig["rules"]} <= {"not_a_finding", "open", "not_applicable", "not_reviewed"}
+    # The keys STIG Viewer 3 writes and reads, at each level.
+    assert {"title", "id", "active", "mode", "has_path", "target_data", "stigs", "cklb_version"} <= set(doc)
+    assert {"target_type", "host_name", "ip_address", "mac_address", "fqdn", "comments", "role",
+            "is_web_database", "technology_area", "web_db_site", "web_db_instance"} <= set(doc["target_data"])
+    assert {"stig_name", "display_name", "stig_id", "release_info", "version", "uuid", "reference_identifier",
+            "size", "rules"} <= set(stig)
+    rule_keys = {"uuid", "stig_uuid", "target_key", "stig_ref", "group_id", "group_id_src", "rule_id",
+                 "rule_id_src", "weight", "classification", "severity", "rule_version", "group_title", "rule_title",
+                 "fix_text", "false_positives", "false_negatives", "discussion", "check_content", "documentable",
+                 "mitigations", "potential_impacts", "third_party_tools", "mitigation_control", "responsibility",
+                 "security_override_guidance", "ia_controls", "check_content_ref", "legacy_ids", "ccis",
+                 "group_tree", "createdAt", "updatedAt", "STIGUuid", "status", "overrides", "comments",
+                 "finding_details"}
+    assert all(rule_keys <= set(r) for r in stig["rules"])
+    assert len({r["uuid"] for r in stig["rules"]}) == 95  # unique rule uuids
+    rule = rules["V-242381"]
+    bench_rule = bench.by_vuln_id()["V-242381"]
+    assert (rule["rule_title"], rule["check_content"], rule["fix_text"]) == (bench_rule.title, bench_rule.check,
+                                                                             bench_rule.fix)
 
 
 def test_junit_counts(bundle):
@@ -213,3 +246,19 @@ def test_every_format_renders_an_empty_report(fmt, tmp_path):
             render(load_bundle([path]), fmt)
     else:
         assert render(load_bundle([path]), fmt)
+
+
+def test_html_controls_table_agrees_with_oscal(bundle, cci_list):
+    from lxml import html as lxml_html
+
+    options = RenderOptions(cci_map=load_cci_list(cci_list))
+    dom = lxml_html.fromstring(render(bundle, "html", options))
+    rows = {tr.xpath("./td[1]")[0].text_content(): tr.get("data-state")
+            for tr in dom.xpath("//table[@id='controls']/tbody/tr")}
+    doc = json.loads(render(bundle, "oscal", options))
+    from obelisk.reports.cci import display_control
+
+    oscal = {display_control(f["target"]["target-id"].removesuffix("_obj")): f["target"]["status"]["state"]
+             for f in doc["assessment-results"]["results"][0]["findings"]}
+    assert rows == oscal
+    assert rows["AC-3"] == "not-satisfied" and rows["CM-7"] == "satisfied" and "AC-17(2)" in rows

@@ -39,11 +39,13 @@ class AKRecord:
     ek_name: bytes | None = None
     activated: bool = False
     source: str = ""
+    ek_certificate: bytes | None = None  # DER, as read from the node's TPM (checked by `ek_certificate_problem`)
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "public": (self.public or b"").hex(), "name": (self.name or b"").hex(),
                 "qualified_name": (self.qualified_name or b"").hex(), "ek_public": (self.ek_public or b"").hex(),
-                "ek_name": (self.ek_name or b"").hex(), "activated": self.activated}
+                "ek_name": (self.ek_name or b"").hex(), "activated": self.activated,
+                "ek_certificate": (self.ek_certificate or b"").hex()}
 
     def missing_attributes(self) -> list[str]:
         if self.attributes is None:
@@ -93,13 +95,14 @@ def _from_public(public: bytes, source: str) -> tuple[object, int]:
 
 
 def from_public(public: bytes, *, ek_public: bytes | None = None, activated: bool = False,
-                source: str = "AK") -> AKRecord:
+                source: str = "AK", ek_certificate: bytes | None = None) -> AKRecord:
     key, attrs = _from_public(public, source)
     name = name_of(public)
     ek_name = name_of(ek_public) if ek_public else None
     qn = ak_qualified_name(ek_name, name) if ek_name else None
     return AKRecord(public=public, public_key=key, name=name, qualified_name=qn, attributes=attrs,
-                    ek_public=ek_public, ek_name=ek_name, activated=activated, source=source)
+                    ek_public=ek_public, ek_name=ek_name, activated=activated, source=source,
+                    ek_certificate=ek_certificate)
 
 
 def load(data: bytes, source: str, ek_public: bytes | None = None) -> AKRecord:
@@ -115,9 +118,11 @@ def load(data: bytes, source: str, ek_public: bytes | None = None) -> AKRecord:
         try:
             public = bytes.fromhex(doc["public"])
             ek = bytes.fromhex(doc.get("ek_public") or "") or ek_public
+            ek_cert = bytes.fromhex(doc.get("ek_certificate") or "") or None
         except (KeyError, TypeError, ValueError):
             raise InputError("AK record: public/ek_public must be hex", source=source) from None
-        rec = from_public(public, ek_public=ek, activated=bool(doc.get("activated")), source=source)
+        rec = from_public(public, ek_public=ek, activated=bool(doc.get("activated")), source=source,
+                          ek_certificate=ek_cert)
         recorded = doc.get("qualified_name")
         if recorded and rec.qualified_name is not None and bytes.fromhex(recorded) != rec.qualified_name:
             raise InputError("AK record: qualified_name does not match public and ek_public", source=source)
@@ -134,3 +139,35 @@ def load(data: bytes, source: str, ek_public: bytes | None = None) -> AKRecord:
 
 def dumps(record: AKRecord) -> str:
     return json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n"
+
+
+def ek_certificate_problem(ek_public: bytes, certificate: bytes | None, ca_pem: bytes) -> str | None:
+    """None if `certificate` (DER or PEM) was issued by the CA and certifies exactly `ek_public`; else why not."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    if not certificate:
+        return "no EK certificate (the TPM has none in NV and none was given)"
+    try:
+        cert = (x509.load_pem_x509_certificate(certificate) if certificate.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(certificate))
+        cas = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError as exc:
+        return f"unreadable certificate: {exc}"
+    issued = False
+    for ca in cas:
+        if cert.issuer != ca.subject:
+            continue
+        try:
+            cert.verify_directly_issued_by(ca)
+            issued = True
+            break
+        except Exception:  # InvalidSignature, or a key type mismatch
+            continue
+    if not issued:
+        return f"EK certificate ({cert.issuer.rfc4514_string()}) was not issued by the given CA"
+    ek_key, _ = _from_public(ek_public, "EK")
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if ek_key.public_bytes(*fmt) != cert.public_key().public_bytes(*fmt):
+        return "EK certificate certifies another key than the EK the node reported"
+    return None

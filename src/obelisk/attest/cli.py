@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = cred_sub.add_parser("make", help="verifier: encrypt a random secret to the EK, bound to the AK's name")
     p.add_argument("--ak", required=True, metavar="RECORD", help="AK record from `attest ak create`")
     p.add_argument("--ek", metavar="FILE", help="EK TPM2B_PUBLIC (overrides the record's, e.g. from the EK certificate)")
+    p.add_argument("--ek-ca", metavar="PEM",
+                   help="TPM manufacturer CA(s): the EK certificate must be issued by it and certify the EK")
+    p.add_argument("--ek-cert", metavar="FILE", help="EK certificate (DER/PEM) if not in the AK record")
     p.add_argument("--secret-out", required=True, metavar="FILE", help="where the verifier keeps the secret (0600)")
     p.add_argument("--challenge", required=True, metavar="FILE", help="challenge file to send to the node")
     p.set_defaults(handler=_cred_make)
@@ -232,7 +235,7 @@ def _eventlog_text(data: dict[str, Any]) -> str:
                      f"{spec['spec_errata']}, algorithms {', '.join(a['name'] for a in spec['algorithms'])}"
                      + (f", vendor data {spec['vendor_info']}" if spec["vendor_info"] else ""))
     for ev in data.get("events", []):
-        lines.append(f"#{ev['number']:<4} PCR {ev['pcr']:<2} {ev['type']:<34} {ev['size']:>6} bytes @{ev['offset']}")
+        lines.append(f"#{ev['number']:<4} PCR {ev['pcr']:<2} {ev['type']:<34} {ev['description']}")
         for alg, hexd in ev["digests"].items():
             lines.append(f"      {alg}: {hexd}")
     lines.append("pcrs:")
@@ -251,7 +254,8 @@ def _ak_create(args: argparse.Namespace) -> int:
 
     info = tpm.create_keys(args.tcti, ek_handle=args.ek_handle or tpm.EK_HANDLE,
                            ak_handle=args.ak_handle or tpm.AK_HANDLE, ak_type=args.alg, replace=args.replace)
-    record = akrecord.from_public(info.public, ek_public=info.ek_public, source="TPM")
+    record = akrecord.from_public(info.public, ek_public=info.ek_public, source="TPM",
+                                  ek_certificate=info.ek_certificate)
     if record.qualified_name != info.qualified_name:  # our computation must agree with the TPM's
         from obelisk.attest.tpm import TPMError
         raise TPMError("the TPM reports a different AK qualified name than obelisk computes")
@@ -283,6 +287,16 @@ def _cred_make(args: argparse.Namespace) -> int:
         raise InputError("credential make needs the AK's TPM public area and the EK public (an AK record)")
     if record.missing_attributes():
         raise InputError(f"AK lacks {', '.join(record.missing_attributes())}: not an attestation key", source=args.ak)
+    if args.ek_ca:
+        import sys
+        cert = _read(args.ek_cert, "EK certificate", 1 << 16) if args.ek_cert else record.ek_certificate
+        problem = akrecord.ek_certificate_problem(ek_public, cert, _read(args.ek_ca, "EK CA", 1 << 20))
+        if problem:
+            print(f"obelisk: EK check FAILED: {problem}", file=sys.stderr)
+            return 1
+    else:
+        import sys
+        print("obelisk: warning: no --ek-ca: the EK is trusted as the node reported it", file=sys.stderr)
     secret = secrets.token_bytes(32)
     blob, enc = tpm.make_credential(ek_public, record.name, secret)
     atomic.write_bytes(args.secret_out, secret, mode=0o600)
@@ -341,7 +355,7 @@ def _quote(args: argparse.Namespace) -> int:
     nonce = _hex(args.nonce)
     pcrs = _pcr_list(args.pcrs)
     raw = tpm.quote(nonce, args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE, pcrs=pcrs)
-    info = tpm.read_ak(args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE)
+    info = tpm.read_ak(args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE, with_certificate=False)
     bundle = evmod.Evidence(nonce=nonce, attest=raw.attest, signature=raw.signature, bank=raw.bank,
                             pcrs=raw.pcrs, ak_name=info.name)
     atomic.write_text(args.output, evmod.dumps(bundle))

@@ -497,9 +497,81 @@ def to_json(log: EventLog, result: Replay | None = None, banks: Iterable[str] | 
         }
     if events:
         out["events"] = [{"number": ev.number, "offset": ev.offset, "pcr": ev.pcr, "type": ev.type_name,
-                          "type_id": ev.event_type, "size": len(ev.data),
+                          "type_id": ev.event_type, "size": len(ev.data), "description": describe(ev),
                           "digests": {alg_name(a): d.hex() for a, d in ev.digests},
                           "data": ev.data.hex()} for ev in log.events]
     out["pcrs"] = {bank: {str(i): v.hex() for i, v in sorted(result.pcrs.get(bank, {}).items())}
                    for bank in wanted}
     return out
+
+
+# ---- human-readable event data (for `obelisk attest eventlog`) ------------------------------------
+# Best effort and bounded: malformed event data is shown as its size, never an error, because only
+# the digests count for replay.
+
+_TEXT_EVENTS = {0x1, 0x5, 0x6, 0xD, 0x80000007}  # POST code, action, tag, IPL, EFI action
+_VARIABLE_EVENTS = {0x80000001, 0x80000002, 0x8000000C, 0x800000E0}
+_IMAGE_EVENTS = {0x80000003, 0x80000004, 0x80000005}
+
+
+def _guid(b: bytes) -> str:
+    d1, d2, d3 = struct.unpack("<IHH", b[:8])
+    return f"{d1:08x}-{d2:04x}-{d3:04x}-{b[8:10].hex()}-{b[10:16].hex()}"
+
+
+def _printable(data: bytes, limit: int = 96) -> str | None:
+    text = data.rstrip(b"\0")
+    if text and all(32 <= c < 127 or c in (9, 10, 13) for c in text):
+        s = text.decode("ascii").replace("\n", " ")
+        return s if len(s) <= limit else s[:limit] + "..."
+    return None
+
+
+def _device_path_files(dp: bytes) -> list[str]:
+    out, pos = [], 0
+    while pos + 4 <= len(dp) and len(out) < 8:
+        typ, sub, length = dp[pos], dp[pos + 1], struct.unpack("<H", dp[pos + 2:pos + 4])[0]
+        if length < 4 or pos + length > len(dp):
+            break
+        if typ == 4 and sub == 4:
+            out.append(dp[pos + 4:pos + length].decode("utf-16-le", "replace").rstrip("\0"))
+        if typ == 0x7F and sub == 0xFF:
+            break
+        pos += length
+    return out
+
+
+def describe(ev: Event) -> str:
+    data = ev.data
+    try:
+        if ev.event_type == EV_NO_ACTION:
+            if data.startswith(SPEC_ID_SIGNATURE):
+                return "Spec ID Event03"
+            if data.startswith(STARTUP_LOCALITY_SIGNATURE) and len(data) > 16:
+                return f"StartupLocality {data[16]}"
+            return _printable(data[:16]) or f"{len(data)} bytes"
+        if ev.event_type in (0x1, 0x80000008) and len(data) == 16:  # UEFI_PLATFORM_FIRMWARE_BLOB
+            base, length = struct.unpack("<QQ", data)
+            return f"firmware blob at 0x{base:x}, 0x{length:x} bytes"
+        if ev.event_type in _TEXT_EVENTS:
+            return _printable(data) or f"{len(data)} bytes"
+        if ev.event_type == 0x8:  # S-CRTM version: UTF-16 or a GUID
+            if len(data) >= 2 and len(data) % 2 == 0:
+                text = data.decode("utf-16-le", "replace").rstrip("\0")
+                if text and text.isprintable() and "\ufffd" not in text:
+                    return text
+            return data.hex() if len(data) <= 32 else f"{len(data)} bytes"
+        if ev.event_type == 0x4:
+            return f"separator {data.hex()}" if len(data) <= 8 else f"separator, {len(data)} bytes"
+        if ev.event_type in _VARIABLE_EVENTS and len(data) >= 32:
+            name_len, data_len = struct.unpack("<QQ", data[16:32])
+            if name_len <= 1024 and 32 + 2 * name_len <= len(data):
+                name = data[32:32 + 2 * name_len].decode("utf-16-le", "replace")
+                return f"{name} ({_guid(data[:16])}, {data_len} bytes)"
+        if ev.event_type in _IMAGE_EVENTS and len(data) >= 32:
+            _, length, _, dp_len = struct.unpack("<QQQQ", data[:32])
+            files = _device_path_files(data[32:32 + min(dp_len, len(data) - 32)])
+            return f"image {length} bytes" + (f" {' '.join(files)}" if files else "")
+    except (struct.error, UnicodeDecodeError, ValueError):
+        pass
+    return f"{len(data)} bytes"

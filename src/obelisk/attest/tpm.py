@@ -62,6 +62,9 @@ def _tss_error(what: str, exc: Exception) -> TPMError:
 
 # ---- keys ---------------------------------------------------------------------------------------
 
+EK_CERT_INDEX = {"rsa": 0x01C00002, "ecc": 0x01C0000A}  # TCG EK Credential Profile, low range
+
+
 def ek_template(esapi, key_type: str = "rsa"):
     """The TCG EK Credential Profile template (low range), taking a template from NV if the vendor put one."""
     from tpm2_pytss.utils import NVReadEK, create_ek_template
@@ -69,6 +72,21 @@ def ek_template(esapi, key_type: str = "rsa"):
     ektype = {"rsa": "EK-RSA2048", "ecc": "EK-ECC256"}[key_type]
     _cert, template = create_ek_template(ektype, NVReadEK(esapi))
     return template
+
+
+def read_ek_certificate(esapi, key_type: str) -> bytes | None:
+    """The manufacturer's EK certificate (DER) from NV, if the TPM has one."""
+    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+    from tpm2_pytss.utils import NoSuchIndex, NVReadEK
+
+    try:
+        data = NVReadEK(esapi)(EK_CERT_INDEX[key_type])
+    except (NoSuchIndex, TSS2_Exception):
+        return None
+    # NV areas are often larger than the certificate: keep the DER SEQUENCE only
+    if len(data) >= 4 and data[0] == 0x30 and data[1] == 0x82:
+        data = data[:4 + int.from_bytes(data[2:4], "big")]
+    return bytes(data)
 
 
 def ak_template(key_type: str = "ecc", policy: bytes = b""):
@@ -111,6 +129,7 @@ class AKInfo:
     ek_public: bytes  # TPM2B_PUBLIC of the EK
     ek_name: bytes
     handle: int
+    ek_certificate: bytes | None = None  # DER, from the TPM's NV (the manufacturer's), if present
 
 
 def create_keys(tcti: str | None = None, *, ek_handle: int = EK_HANDLE, ak_handle: int = AK_HANDLE,
@@ -149,21 +168,26 @@ def create_keys(tcti: str | None = None, *, ek_handle: int = EK_HANDLE, ak_handl
             raise _tss_error("key creation", exc) from None
 
 
-def _ak_info(esapi, ek, ak, ak_handle: int) -> AKInfo:
+def _ak_info(esapi, ek, ak, ak_handle: int, with_certificate: bool = True) -> AKInfo:
+    from tpm2_pytss import TPM2_ALG
+
     ak_pub, ak_name, ak_qn = esapi.read_public(ak)
     ek_pub, ek_name, _ = esapi.read_public(ek)
+    key_type = "ecc" if ek_pub.publicArea.type == TPM2_ALG.ECC else "rsa"
     return AKInfo(public=ak_pub.marshal(), name=bytes(ak_name), qualified_name=bytes(ak_qn),
-                  ek_public=ek_pub.marshal(), ek_name=bytes(ek_name), handle=ak_handle)
+                  ek_public=ek_pub.marshal(), ek_name=bytes(ek_name), handle=ak_handle,
+                  ek_certificate=read_ek_certificate(esapi, key_type) if with_certificate else None)
 
 
-def read_ak(tcti: str | None = None, *, ek_handle: int = EK_HANDLE, ak_handle: int = AK_HANDLE) -> AKInfo:
+def read_ak(tcti: str | None = None, *, ek_handle: int = EK_HANDLE, ak_handle: int = AK_HANDLE,
+            with_certificate: bool = True) -> AKInfo:
     with open_tpm(tcti) as esapi:
         ek = _persistent(esapi, ek_handle)
         ak = _persistent(esapi, ak_handle)
         if ek is None or ak is None:
             missing = f"0x{ek_handle:08x}" if ek is None else f"0x{ak_handle:08x}"
             raise InputError(f"no key at persistent handle {missing}: run `obelisk attest ak create` first")
-        return _ak_info(esapi, ek, ak, ak_handle)
+        return _ak_info(esapi, ek, ak, ak_handle, with_certificate)
 
 
 def activate_credential(credential_blob: bytes, encrypted_secret: bytes, tcti: str | None = None, *,

@@ -37,8 +37,10 @@ class Options:
     ak: akrecord.AKRecord
     predicted_pcrs: dict[int, bytes] = field(default_factory=dict)  # sha256 bank, from the build manifest
     previous: Counters | None = None
-    # Called with (ima_log bytes, format, quoted PCR 10 or None) -> findings; the IMA component's code.
-    ima_check: Callable[[bytes, str, bytes | None], list[Finding]] | None = None
+    # Called with (ima_log bytes, format, trusted quoted sha256 PCRs, other banks' PCRs 0-9 from an event
+    # log that matched the quote) -> findings; the IMA component's code.
+    ima_check: Callable[[bytes, str, dict[int, bytes], dict[str, dict[int, bytes]]], list[Finding]] | None = None
+    reference_findings: list[Finding] = field(default_factory=list)  # the manifest's own checks
     source: str = "evidence"
     quote_only: bool = False  # tpm2_quote output has no logs: check the quote alone
 
@@ -140,11 +142,13 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
 
     if not opts.quote_only:
         # --- event log replay vs PCRs 0-9 ---
-        findings += _eventlog_findings(ev, pcrs, trusted, src)
+        log_findings, boot_banks = _eventlog_findings(ev, pcrs, trusted, src)
+        findings += log_findings
         # --- IMA list replay vs PCR 10, and reference manifest ---
-        findings += _ima_findings(ev, pcrs, trusted, opts)
+        findings += _ima_findings(ev, pcrs, trusted, opts, boot_banks)
 
     # --- predicted PCR values from the build ---
+    findings += opts.reference_findings
     for idx, predicted in sorted(opts.predicted_pcrs.items()):
         if not trusted:
             findings.append(_f(f"reference.pcr{idx}", f"PCR {idx} equals the build's prediction", Status.ERROR,
@@ -188,20 +192,27 @@ def _clock_finding(current: Counters, previous: Counters | None, safe: bool, quo
               observed=observed, expected=expected, evidence=quote_ev, detail="; ".join(problems))
 
 
-def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src: str) -> list[Finding]:
+def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src: str
+                       ) -> tuple[list[Finding], dict[str, dict[int, bytes]]]:
+    """Findings, and the other banks' PCR 0-9 values once the log has been shown to match the quote
+    (IMA's SHA-1 boot_aggregate needs the SHA-1 bank, which the sha256 quote does not cover)."""
     title = "Firmware event log replays to the quoted PCRs 0-9"
     if ev.event_log is None:
-        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail="the bundle has no event log")]
+        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail="the bundle has no event log")], {}
+    if len(ev.event_log) > eventlog.MAX_LOG_SIZE:  # bounded work and memory on hostile bundles
+        return [_f("eventlog", title, Status.FAIL, section="eventlog",
+                   detail=f"event log of {len(ev.event_log)} bytes exceeds {eventlog.MAX_LOG_SIZE}")], {}
     try:
         log = eventlog.parse(ev.event_log, source=f"{src}: event_log")
     except ParseError as exc:
-        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail=str(exc))]
+        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail=str(exc))], {}
     result = eventlog.replay(log)
     if REQUIRED_BANK not in log.banks:
         return [_f("eventlog", title, Status.FAIL, section="eventlog",
-                   detail=f"the log ({log.format}) has no {REQUIRED_BANK} bank to compare with the quote")]
+                   detail=f"the log ({log.format}) has no {REQUIRED_BANK} bank to compare with the quote")], {}
     if not trusted:
-        return [_f("eventlog", title, Status.ERROR, section="eventlog", detail="no trusted quote to compare with")]
+        return [_f("eventlog", title, Status.ERROR, section="eventlog",
+                   detail="no trusted quote to compare with")], {}
     out = []
     for idx in EVENTLOG_PCRS:
         replayed = result.value(REQUIRED_BANK, idx)
@@ -211,10 +222,15 @@ def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src:
                       observed=replayed.hex(), expected=quoted.hex() if quoted else "not quoted",
                       detail="" if status is Status.PASS else
                       "the firmware log does not explain this PCR: events missing, added or altered"))
-    return out
+    boot_banks: dict[str, dict[int, bytes]] = {}
+    if all(f.status is Status.PASS for f in out):
+        boot_banks = {bank: {i: result.value(bank, i) for i in EVENTLOG_PCRS}
+                      for bank in result.pcrs if bank != REQUIRED_BANK}
+    return out, boot_banks
 
 
-def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Options) -> list[Finding]:
+def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Options,
+                  boot_banks: dict[str, dict[int, bytes]]) -> list[Finding]:
     title = "IMA measurement list replays to the quoted PCR 10"
     if ev.ima_log is None:
         return [_f("ima", title, Status.FAIL, section="ima", detail="the bundle has no IMA measurement list")]
@@ -222,7 +238,7 @@ def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Opt
         return [_f("ima", title, Status.ERROR, section="ima", detail="IMA list verification is not available")]
     if not trusted:
         return [_f("ima", title, Status.ERROR, section="ima", detail="no trusted quote to compare with")]
-    return opts.ima_check(ev.ima_log, ev.ima_format, pcrs.get(IMA_PCR))
+    return opts.ima_check(ev.ima_log, ev.ima_format, pcrs, boot_banks)
 
 
 # ---- verifier state: the last counters seen per AK ------------------------------------------------
@@ -260,9 +276,16 @@ def save_state(path: str, ak: akrecord.AKRecord, counters: Counters) -> None:
 
 
 def configure_references(opts: Options, reference: str | None, cert: str | None) -> None:
-    """Attach the IMA checker and the build's reference manifest (PCR predictions) to `opts`."""
+    """Attach the IMA checker, the reference manifest's checks and its PCR predictions to `opts`."""
     from obelisk.attest import ima_check
 
-    opts.ima_check = ima_check.make_checker(reference, cert)
-    if reference:
-        opts.predicted_pcrs = ima_check.predicted_pcrs(reference)
+    apply_references(opts, ima_check.load_references(reference, cert))
+
+
+def apply_references(opts: Options, refs) -> None:
+    """Use already loaded references (a verifier checking many nodes of one image loads them once)."""
+    from obelisk.attest import ima_check
+
+    opts.ima_check = ima_check.make_checker(refs)
+    opts.predicted_pcrs = refs.predicted
+    opts.reference_findings = list(refs.findings)

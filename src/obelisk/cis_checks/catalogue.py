@@ -117,6 +117,8 @@ def stig_facts(release: str | None = None, benchmark_file: str | Path | None = N
     XCCDF the user supplies, overrides rule ids, severities and CCIs and adds DISA's titles.
     """
     data = _stig_data()
+    if release is not None and release not in stig_releases():
+        raise InputError(f"--stig-release: {release!r} is not one of {', '.join(stig_releases())}")
     cci_map: dict[str, list[str]] = data.get("cci_nist_800_53_rev5") or {}
     out: dict[str, StigFacts] = {}
     for vid, rule in data["rules"].items():

@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "key, mode 0600. Run when the node is provisioned; never bake it into an image.")
     e.add_argument("--out", default="/var/lib/kubernetes/encryption/config.yaml", metavar="FILE")
     e.add_argument("--key-name", default="key1")
+    e.add_argument("--replace", action="store_true",
+                   help="overwrite an existing file (its key is lost: secrets encrypted with it become unreadable)")
     add_output_options(e)
     e.set_defaults(handler=_encryption_key)
 
@@ -91,7 +93,7 @@ def _encryption_key(args: argparse.Namespace) -> int:
     from obelisk.cis_checks.render import write_encryption_config
     from obelisk.cli.common import emit_result
 
-    path = write_encryption_config(args.out, args.key_name)
+    path = write_encryption_config(args.out, args.key_name, replace=args.replace)
     return emit_result(args, {"path": str(path), "mode": "0600", "provider": "secretbox"},
                        f"wrote {path} (mode 0600, secretbox key {args.key_name})\n")
 

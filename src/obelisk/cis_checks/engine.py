@@ -155,22 +155,41 @@ def _flag(ctx: Context, test: dict[str, Any]) -> Outcome:
     comp = ctx.node.components.get(test["component"])
     if comp is None:
         return Outcome(Status.SKIP, detail=f"{test['component']} does not run on this node")
+    if comp.config_error:
+        return Outcome(Status.ERROR, detail=comp.config_error,
+                       evidence=(Evidence("file", comp.config_error.split(": ", 1)[0], comp.config_error),),
+                       target=comp.name)
     name = test["flag"]
-    value = comp.flag(name)
     op = test.get("op", "set")
     expected = describe(op, test.get("value"))
     default = test.get("default")
-    evidence = (Evidence("flag", comp.source, comp.cmdline.show(name) if value is not None else f"--{name} not set"),)
-    if value is None and test.get("config_key") and comp.flag("config"):
-        # flags win; without the flag the component's own --config file decides (kube-proxy, scheduler)
-        found = _component_config_value(ctx, comp, test["config_key"])
-        if isinstance(found, Outcome):
-            return found
-        if found is not None:
-            path, cfg_value = found
-            evidence = (Evidence("config", path, f"{test['config_key']}={cfg_value}"),)
-            ok = compare(op, cfg_value, test.get("value"))
-            return Outcome(Status.PASS if ok else Status.FAIL, cfg_value, expected, evidence, target=comp.name)
+    key = test.get("config_key")
+    if key and comp.flag("config"):
+        # the component's own --config file: with config_wins (kube-proxy, kube-scheduler) the flag is
+        # ignored once a config file is given; otherwise flags win and the file fills in
+        flag_value = comp.flag(name)
+        if test.get("config_wins") or flag_value is None:
+            found = _component_config_value(ctx, comp, key)
+            if isinstance(found, Outcome):
+                return found
+            path = comp.host_path(comp.flag("config") or "")
+            detail = ""
+            if flag_value is not None:
+                detail = f"{comp.cmdline.show(name)} is ignored because --config is given"
+            if found is not None:
+                cfg_value = found[1]
+                ok = compare(op, cfg_value, test.get("value"))
+                return Outcome(Status.PASS if ok else Status.FAIL, cfg_value, expected,
+                               (Evidence("config", path, f"{key}={cfg_value}"),), detail, comp.name)
+            if test.get("config_wins"):
+                effective = str(default) if default is not None else None
+                ok = compare(op, effective, test.get("value"))
+                observed = f"not set (default {default})" if default not in (None, "") else "not set"
+                return Outcome(Status.PASS if ok else Status.FAIL, observed, expected,
+                               (Evidence("config", path, f"{key} not set"),), detail, comp.name)
+    value = comp.flag(name)
+    kind, source, shown = comp.flag_evidence(name)
+    evidence = (Evidence(kind, source, shown),)
     if value is None and test.get("require_set"):
         return Outcome(Status.FAIL, "not set", f"{expected} (set explicitly)", evidence, target=comp.name)
     effective = value if value is not None else (str(default) if default is not None else None)
@@ -334,6 +353,14 @@ def _file(ctx: Context, test: dict[str, Any]) -> Outcome:
         if info.error:
             errors.append(f"{p}: {info.error}")
             evidence.append(Evidence("file", p, info.error))
+            continue
+        if not info.exists and p in ctx.node.tmpfiles:
+            info, declared_in = ctx.node.tmpfiles[p]  # created at boot on an empty /var
+            evidence.append(Evidence("file", declared_in, f"{p} created at boot: mode {info.mode:04o} owner {info.owner_text}"))
+            if mode_limit is not None and not _mode_ok(info.mode, mode_limit):
+                bad.append(f"{p} mode {info.mode:o}")
+            if owner and info.owner_text != owner:
+                bad.append(f"{p} owner {info.owner_text}")
             continue
         if not info.exists:
             absent.append(p)

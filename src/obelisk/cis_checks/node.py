@@ -31,6 +31,24 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 COMPONENT_NAMES = (*CONTROL_PLANE, "etcd", "kubelet", "kube-proxy")
 MANIFEST_DIR = "etc/kubernetes/manifests"
+# etcd flag -> key in its --config-file YAML
+ETCD_FILE_KEYS = {
+    "data-dir": "data-dir",
+    "listen-client-urls": "listen-client-urls",
+    "listen-peer-urls": "listen-peer-urls",
+    "cert-file": "client-transport-security.cert-file",
+    "key-file": "client-transport-security.key-file",
+    "client-cert-auth": "client-transport-security.client-cert-auth",
+    "trusted-ca-file": "client-transport-security.trusted-ca-file",
+    "auto-tls": "client-transport-security.auto-tls",
+    "peer-cert-file": "peer-transport-security.cert-file",
+    "peer-key-file": "peer-transport-security.key-file",
+    "peer-client-cert-auth": "peer-transport-security.client-cert-auth",
+    "peer-trusted-ca-file": "peer-transport-security.trusted-ca-file",
+    "peer-auto-tls": "peer-transport-security.auto-tls",
+    "cipher-suites": "cipher-suites",
+    "tls-min-version": "tls-min-version",
+}
 
 
 @dataclass(frozen=True)
@@ -50,9 +68,33 @@ class Component:
     unit_files: tuple[str, ...] = ()
     image: str = ""
     path_map: tuple[tuple[str, str], ...] = ()  # container mountPath -> host path (static pods)
+    env: tuple[tuple[str, str], ...] = ()  # environment of the process/container/unit
+    env_source: str = ""
+    # settings that do not come from the command line: (flag name, value, source) — etcd's ETCD_*
+    # variables and its --config-file
+    overlay: tuple[tuple[str, str, str], ...] = ()
+    ignore_flags: bool = False  # etcd with --config-file ignores its other flags and variables
+    config_error: str = ""
 
     def flag(self, name: str) -> str | None:
-        return self.cmdline.get(name)
+        if not self.ignore_flags or name == "config-file":
+            value = self.cmdline.get(name)
+            if value is not None:
+                return value
+        for n, value, _ in self.overlay:
+            if n == name:
+                return value
+        return None
+
+    def flag_evidence(self, name: str) -> tuple[str, str, str]:
+        """(kind, source, detail) saying where the effective value of a flag comes from."""
+        if not self.ignore_flags or name == "config-file":
+            if self.cmdline.get(name) is not None:
+                return "flag", self.source, self.cmdline.show(name)
+        for n, value, source in self.overlay:
+            if n == name:
+                return "config", source, f"{name}={value}"
+        return "flag", self.source, f"--{name} not set"
 
     def evidence_source(self) -> str:
         return self.source
@@ -99,6 +141,10 @@ class CertInfo:
     not_after: str = ""
     expired: bool = False
     error: str = ""
+
+
+def re_octal(text: str) -> bool:
+    return len(text) in (3, 4) and all(ch in "01234567" for ch in text)
 
 
 def _component_from_argv(argv: list[str]) -> str | None:
@@ -177,7 +223,45 @@ class NodeView:
             self.components[name] = Component(
                 name=name, cmdline=comp.cmdline, source_kind="process", source=comp.source,
                 manifest=base.manifest if base else None, unit_files=base.unit_files if base else (),
-                image=base.image if base else "", path_map=base.path_map if base else ())
+                image=base.image if base else "", path_map=base.path_map if base else (),
+                env=comp.env, env_source=comp.env_source)
+        if "etcd" in self.components:
+            self.components["etcd"] = self._etcd_settings(self.components["etcd"])
+
+    def _etcd_settings(self, comp: Component) -> Component:
+        """etcd reads --config-file (then ignores flags and variables), else flags over ETCD_* variables."""
+        import dataclasses
+
+        config_file = comp.cmdline.get("config-file")
+        if config_file:
+            path = comp.host_path(config_file)
+            before = len(self.problems)
+            doc = self.load_yaml_file(path, "etcd")
+            if len(self.problems) > before or not isinstance(doc, dict):
+                msg = self.problems[before].message if len(self.problems) > before else "expected a mapping"
+                del self.problems[before:]
+                return dataclasses.replace(comp, ignore_flags=True, config_error=f"{path}: {msg}")
+            overlay = []
+            for flag, key in ETCD_FILE_KEYS.items():
+                cur: Any = doc
+                for part in key.split("."):
+                    cur = cur.get(part) if isinstance(cur, dict) else None
+                if cur is None or cur == "":
+                    continue
+                if isinstance(cur, bool):
+                    value = "true" if cur else "false"
+                elif isinstance(cur, list):
+                    value = ",".join(str(v) for v in cur)
+                else:
+                    value = str(cur)
+                overlay.append((flag, value, path))
+            return dataclasses.replace(comp, overlay=tuple(overlay), ignore_flags=True)
+        overlay = []
+        for key, value in comp.env:
+            if key.startswith("ETCD_") and key not in ("ETCD_UNSUPPORTED_ARCH",):
+                flag = key[5:].lower().replace("_", "-")
+                overlay.append((flag, value, f"{comp.env_source}: {key}"))
+        return dataclasses.replace(comp, overlay=tuple(overlay)) if overlay else comp
 
     def _processes(self) -> dict[str, Component]:
         found: dict[str, Component] = {}
@@ -197,8 +281,17 @@ class NodeView:
             if name and name not in found:
                 if PurePosixPath(argv[0]).name == "hyperkube":
                     argv = argv[1:]
+                env: list[tuple[str, str]] = []
+                try:
+                    raw_env = (self.proc / pid / "environ").read_bytes()[: 1024 * 1024]
+                    for item in raw_env.split(b"\0"):
+                        key, sep, value = item.decode("utf-8", errors="replace").partition("=")
+                        if sep:
+                            env.append((key, value))
+                except OSError:
+                    pass
                 found[name] = Component(name=name, cmdline=parse_flags(argv), source_kind="process",
-                                        source=f"pid {pid}")
+                                        source=f"pid {pid}", env=tuple(env), env_source=f"pid {pid} environment")
         return found
 
     @functools.cached_property
@@ -271,8 +364,11 @@ class NodeView:
             path_map = tuple((m["mountPath"], volumes[m.get("name")]) for m in (c.get("volumeMounts") or [])
                              if isinstance(m, dict) and isinstance(m.get("mountPath"), str)
                              and isinstance(volumes.get(m.get("name")), str))
+            env = tuple((str(e["name"]), str(e.get("value", ""))) for e in (c.get("env") or [])
+                        if isinstance(e, dict) and isinstance(e.get("name"), str))
             return Component(name=name, cmdline=parse_flags(argv), source_kind="manifest", source=node_path,
-                             manifest=node_path, image=str(c.get("image") or ""), path_map=path_map)
+                             manifest=node_path, image=str(c.get("image") or ""), path_map=path_map, env=env,
+                             env_source=f"{node_path} (container env)")
         if guess:
             self.problem(node_path, f"no container runs {guess}", guess)
         return None
@@ -293,7 +389,9 @@ class NodeView:
                 self.problem(unit_files[0], "kubelet.service has no ExecStart running kubelet", name)
             return None
         comp = Component(name=name, cmdline=parse_flags(list(unit.exec_start)), source_kind="unit",
-                         source=" + ".join(unit_files), unit_files=unit_files)
+                         source=" + ".join(unit_files), unit_files=unit_files,
+                         env=tuple(sorted(unit.environment.items())),
+                         env_source=" + ".join(unit_files + tuple(self.node_path(f) for f in unit.environment_files)))
         self.components.setdefault(name, comp)
         return comp
 
@@ -352,6 +450,41 @@ class NodeView:
         return FileInfo(node_path, exists=True, mode=stat_mod.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                         owner=users.get(st.st_uid, str(st.st_uid)), group=groups.get(st.st_gid, str(st.st_gid)),
                         is_dir=stat_mod.S_ISDIR(st.st_mode))
+
+    @functools.cached_property
+    def tmpfiles(self) -> dict[str, tuple[FileInfo, str]]:
+        """Directories systemd-tmpfiles creates at boot ('d'/'D' lines): path -> (declared info, source).
+
+        An image's /var is often empty until first boot; what tmpfiles.d declares is what will exist.
+        """
+        files: dict[str, Path] = {}
+        for rel in ("usr/lib/tmpfiles.d", "run/tmpfiles.d", "etc/tmpfiles.d"):  # later directories win by name
+            d = self.root / rel
+            if d.is_dir():
+                for f in sorted(d.glob("*.conf")):
+                    files[f.name] = f
+        users, groups = self._names
+        by_user = {v: k for k, v in users.items()}
+        by_group = {v: k for k, v in groups.items()}
+        out: dict[str, tuple[FileInfo, str]] = {}
+        for name in sorted(files):
+            f = files[name]
+            try:
+                text = self.read_text(f)
+            except (OSError, ValueError):
+                continue
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) < 5 or parts[0] not in ("d", "D") or not parts[1].startswith("/"):
+                    continue
+                mode = int(parts[2], 8) if re_octal(parts[2]) else 0o755
+                user = parts[3] if parts[3] != "-" else "root"
+                group = parts[4] if parts[4] != "-" else "root"
+                info = FileInfo(parts[1].rstrip("/") or "/", exists=True, mode=mode,
+                                uid=by_user.get(user, -1), gid=by_group.get(group, -1),
+                                owner=user, group=group, is_dir=True)
+                out.setdefault(info.path, (info, self.node_path(f)))
+        return out
 
     def parents(self, node_path: str) -> list[FileInfo]:
         """Directories above a file, inside the scanned root (the root itself excluded)."""

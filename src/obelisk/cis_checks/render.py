@@ -116,6 +116,8 @@ def render_context(role: str, kubernetes_version: str, *, registry: str = "regis
         "service_cidr": service_cidr, "cluster_dns": cluster_dns, "cluster_domain": cluster_domain,
         "service_account_issuer": f"https://kubernetes.default.svc.{cluster_domain}",
         "container_runtime_endpoint": container_runtime_endpoint,
+        # --config-dir is beta (on by default) from 1.30; on 1.29 it needs an alpha switch, so it is left out
+        "kubelet_config_dir": minor >= 30,
     }
 
 
@@ -125,6 +127,8 @@ _FILES = [
     ("kubelet-config.yaml.j2", PATHS["kubelet_config"], 0o600, "root",
      "CIS 4.1.9/4.1.10; STIG V-242406/V-242407/V-242456/V-242457 (600 is the stricter of 600 and 644)"),
     ("sysctl-kubelet.conf.j2", "/usr/lib/sysctl.d/90-obelisk-kubelet.conf", 0o644, "root", "STIG V-242434"),
+    ("tmpfiles-kubernetes.conf.j2", "/usr/lib/tmpfiles.d/obelisk-kubernetes.conf", 0o644, "root",
+     "state directories on an empty /var: CIS 1.1.11/1.1.12, STIG V-242445"),
 ]
 _CONTROL_PLANE_FILES = [
     ("kube-apiserver.yaml.j2", f"{PATHS['manifests']}/kube-apiserver.yaml", 0o600, "root",
@@ -154,6 +158,52 @@ _CONTROL_PLANE_DIRS = [
 ]
 
 
+@dataclass(frozen=True)
+class FileContent:
+    """One rendered regular file in memory (duck-compatible with image.rootfs.ExtraFile: path, data, mode)."""
+
+    path: str  # relative to the root, no leading slash ("etc/kubernetes/manifests/etcd.yaml")
+    data: bytes
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    why: str = ""
+
+
+def render_files(role: str = "control-plane", kubernetes_version: str = "1.31", **options: Any) -> tuple[FileContent, ...]:
+    """The node's Kubernetes files, rendered in memory (no I/O). Directories: `render_directories`."""
+    ctx = render_context(role, kubernetes_version, **options)
+    env = _environment()
+    uids = {"root": 0, "etcd": ctx["etcd_uid"]}
+    out = []
+    for template, path, mode, owner, why in _FILES + (_CONTROL_PLANE_FILES if role == "control-plane" else []):
+        data = env.get_template(template).render(c=ctx).encode("utf-8")
+        out.append(FileContent(path.lstrip("/"), data, mode, uids[owner], uids[owner], why))
+    return tuple(sorted(out, key=lambda f: f.path))
+
+
+def render_directories(role: str = "control-plane", etcd_uid: int = 990) -> tuple[RenderedFile, ...]:
+    """Directories the configuration needs, with their modes and owners (node paths)."""
+    if role not in ROLES:
+        raise InputError(f"--role: {role!r} is not one of {', '.join(ROLES)}")
+    uids = {"root": 0, "etcd": etcd_uid}
+    dirs = _DIRS + (_CONTROL_PLANE_DIRS if role == "control-plane" else [])
+    return tuple(RenderedFile(path, mode, uids[owner], uids[owner], "dir", why) for path, mode, owner, why in dirs)
+
+
+def required_modes(role: str = "control-plane", etcd_uid: int = 990) -> tuple[tuple[str, int, int, int], ...]:
+    """(path relative to the root, mode, uid, gid) of every rendered file and directory.
+
+    For image builders that normalise modes: apply these after normalising, or the image fails the
+    CIS/STIG file checks (manifests 0600, not 0644).
+    """
+    entries = [(d.path.lstrip("/"), d.mode, d.uid, d.gid) for d in render_directories(role, etcd_uid)]
+    for template, path, mode, owner, _why in _FILES + (_CONTROL_PLANE_FILES if role == "control-plane" else []):
+        uid = etcd_uid if owner == "etcd" else 0
+        entries.append((path.lstrip("/"), mode, uid, uid))
+    return tuple(sorted(entries))
+
+
 def render_tree(out_dir: str | Path, role: str = "control-plane", kubernetes_version: str = "1.31",
                 **options: Any) -> RenderedTree:
     """Write the node's Kubernetes configuration under `out_dir` (created if needed).
@@ -161,28 +211,35 @@ def render_tree(out_dir: str | Path, role: str = "control-plane", kubernetes_ver
     Files are written atomically with their final mode; ownership is applied when running as root
     (otherwise the returned list carries it for the image builder). Rendering is deterministic.
     """
-    ctx = render_context(role, kubernetes_version, **options)
-    env = _environment()
+    contents = render_files(role, kubernetes_version, **options)  # validates everything before writing
+    version = render_context(role, kubernetes_version, **options)["kubernetes_version"]
     root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    uids = {"root": 0, "etcd": ctx["etcd_uid"]}
-    files: list[RenderedFile] = []
-    dirs = _DIRS + (_CONTROL_PLANE_DIRS if role == "control-plane" else [])
-    for path, mode, owner, why in dirs:
-        target = root / path.lstrip("/")
-        target.mkdir(parents=True, exist_ok=True)
-        os.chmod(target, mode)
-        _chown(target, uids[owner])
-        files.append(RenderedFile(path, mode, uids[owner], uids[owner], "dir", why))
-    specs = _FILES + (_CONTROL_PLANE_FILES if role == "control-plane" else [])
-    for template, path, mode, owner, why in specs:
-        text = env.get_template(template).render(c=ctx)
-        target = root / path.lstrip("/")
-        atomic.write_text(target, text, mode=mode)
-        _chown(target, uids[owner])
-        files.append(RenderedFile(path, mode, uids[owner], uids[owner], "file", why))
-    return RenderedTree(root=root, role=role, kubernetes_version=ctx["kubernetes_version"],
+    if not root.exists():
+        # a new tree appears only when complete; into an existing root (a rootfs being staged) each file
+        # is still written atomically
+        with atomic.atomic_directory(root) as tmp:
+            os.chmod(tmp, 0o755)
+            files = _write_tree(tmp, role, contents, options.get("etcd_uid", 990))
+    else:
+        files = _write_tree(root, role, contents, options.get("etcd_uid", 990))
+    return RenderedTree(root=root, role=role, kubernetes_version=version,
                         files=tuple(sorted(files, key=lambda f: f.path)))
+
+
+def _write_tree(root: Path, role: str, contents: tuple[FileContent, ...], etcd_uid: int) -> list[RenderedFile]:
+    files: list[RenderedFile] = []
+    for d in render_directories(role, etcd_uid):
+        target = root / d.path.lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        os.chmod(target, d.mode)
+        _chown(target, d.uid)
+        files.append(d)
+    for f in contents:
+        target = root / f.path
+        atomic.write_bytes(target, f.data, mode=f.mode)
+        _chown(target, f.uid)
+        files.append(RenderedFile("/" + f.path, f.mode, f.uid, f.gid, "file", f.why))
+    return files
 
 
 def _chown(path: Path, uid: int) -> None:
@@ -190,7 +247,7 @@ def _chown(path: Path, uid: int) -> None:
         os.chown(path, uid, uid)
 
 
-def write_encryption_config(path: str | Path, key_name: str = "key1") -> Path:
+def write_encryption_config(path: str | Path, key_name: str = "key1", *, replace: bool = False) -> Path:
     """Write an EncryptionConfiguration with a fresh 32-byte secretbox key, mode 0600.
 
     Run on the node when it is provisioned (the key must never be part of an image); the file
@@ -198,9 +255,13 @@ def write_encryption_config(path: str | Path, key_name: str = "key1") -> Path:
     """
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", key_name):
         raise InputError(f"key name {key_name!r}: letters, digits, '.', '_' and '-' only")
+    target = Path(path)
+    if target.exists() and not replace:
+        raise InputError("already exists; replacing the key would make every secret encrypted with it "
+                         "unreadable (rotate by adding a new key first; --replace to overwrite anyway)",
+                         source=str(target))
     key = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
     text = _environment().get_template("encryption-config.yaml.j2").render(key_name=key_name, key_b64=key)
-    target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic.write_text(target, text, mode=0o600)
     return target

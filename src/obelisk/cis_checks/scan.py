@@ -46,7 +46,7 @@ def _applicability(check: Check, node: NodeView) -> Outcome | None:
 def _finding(check: Check, outcome: Outcome, selected: Sequence[str]) -> Finding:
     detail = outcome.detail
     if check.assessment == "manual" and check.test is not None and outcome.status in (Status.PASS, Status.FAIL):
-        detail = f"{detail} {MANUAL_NOTE}".strip()
+        detail = f"{detail.rstrip('.')}. {MANUAL_NOTE}" if detail else MANUAL_NOTE
     title = check.title
     disa = [f"{f.vid}: {f.title}" for f in check.stig if f.title]
     if disa:
@@ -116,6 +116,11 @@ def scan(root: str | Path = "/", benchmarks: Iterable[str] = BENCHMARKS, waivers
                   command="obelisk scan")
 
 
+def scan_root(root: str | Path = "/", **options) -> Report:
+    """Both benchmarks against `root` (live when it is "/"); what the node agent serves."""
+    return scan(root, BENCHMARKS, **options)
+
+
 def summary_by_benchmark(report: Report) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for f in report.findings:
@@ -125,4 +130,4 @@ def summary_by_benchmark(report: Report) -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["scan", "summary_by_benchmark"]
+__all__ = ["scan", "scan_root", "summary_by_benchmark"]

@@ -39,7 +39,7 @@ PACKAGES: dict[str, str] = {
 }
 
 # tpm2-tools commands all come from one package
-for _cmd in ("tpm2_pcrread", "tpm2_pcrextend", "tpm2_quote", "tpm2_checkquote", "tpm2_startup",
+for _cmd in ("tpm2_pcrread", "tpm2_pcrextend", "tpm2_quote", "tpm2_checkquote", "tpm2_startup", "tpm2_flushcontext",
              "tpm2_createek", "tpm2_createak", "tpm2_eventlog", "tpm2_readpublic"):
     PACKAGES[_cmd] = "tpm2-tools"
 

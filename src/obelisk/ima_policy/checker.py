@@ -13,6 +13,7 @@ and that part of the list is re-walked from the true boundary.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import multiprocessing
 import os
@@ -51,7 +52,6 @@ class ChunkResult:
     listed: bytes = b""  # SHA-1 template hashes as listed, PCR 10 entries only
     bank_digests: dict[str, bytes] = field(default_factory=dict)  # per-bank extend digests, PCR 10 only
     violations: list[int] = field(default_factory=list)  # indexes into the PCR-10 sequence of this chunk
-    pcr10_numbers: list[int] | None = None  # local entry numbers of PCR-10 entries, if not all are
     other_pcrs: Counter = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
     problem_counts: Counter = field(default_factory=Counter)
@@ -76,31 +76,53 @@ _JOB: Job | None = None  # set before the worker processes fork, so they share t
 
 
 def _ascii_chunk(data: bytes, start: int, stop: int, first_number: int, source: str) -> tuple[bytes, list[int]]:
-    """The ascii lines in [start, stop) as a little-endian binary list, and each entry's line number."""
-    out = []
-    numbers = []
-    number = first_number
-    pos = start
+    """The ascii lines in [start, stop) as a little-endian binary list, and each entry's line number.
+
+    Plain `ima-ng` lines take a fast path; any other line, or one the fast path cannot read,
+    goes through `parse_ascii_line`, which names what is wrong.
+    """
+    out: list[bytes] = []
+    app = out.append
+    numbers: list[int] = []
+    num_app = numbers.append
     pack = struct.Struct("<I20sI").pack
+    u32 = struct.Struct("<I").pack
+    unhex = binascii.unhexlify
+    ng_name = b"ima-ng"
     names: dict[str, bytes] = {}
-    while pos < stop:
-        nl = data.find(b"\n", pos, stop)
-        if nl < 0:
-            nl = stop
-        line = data[pos:nl]
-        if line and not (pos == 0 and line.startswith(b"PCR ")):
-            pcr, digest, name, tdata = parse_ascii_line(line, number, pos, source)
-            raw = names.get(name)
-            if raw is None:
-                raw = names[name] = name.encode("ascii")
-            if name == "ima":  # the binary list shows the legacy template unpadded
-                fname = tdata[20:].split(b"\0", 1)[0]
-                out.append(pack(pcr, digest, len(raw)) + raw + tdata[:20] + len(fname).to_bytes(4, "little") + fname)
-            else:
-                out.append(pack(pcr, digest, len(raw)) + raw + len(tdata).to_bytes(4, "little") + tdata)
-            numbers.append(number)
-        pos = nl + 1
+    pos = start
+    number = first_number
+    for line in data[start:stop].split(b"\n"):
+        line_pos = pos
+        pos += len(line) + 1
         number += 1
+        if not line or (line_pos == 0 and line.startswith(b"PCR ")):
+            continue
+        tokens = line.split(b" ")
+        if len(tokens) == 5 and tokens[2] == b"ima-ng" and len(tokens[1]) == 40 and tokens[0] == b"10":
+            algo, colon, hexd = tokens[3].partition(b":")
+            try:
+                digest = unhex(tokens[1])
+                fdigest = unhex(hexd)
+            except (binascii.Error, ValueError):
+                colon = b""
+            if colon and algo and b":" not in hexd:
+                dng = algo + b":\0" + fdigest
+                name = tokens[4]
+                app(pack(10, digest, 6) + ng_name + u32(len(dng) + len(name) + 9) + u32(len(dng)) + dng
+                    + u32(len(name) + 1) + name + b"\0")
+                num_app(number - 1)
+                continue
+        pcr, digest, tname, tdata = parse_ascii_line(line, number - 1, line_pos, source)
+        raw = names.get(tname)
+        if raw is None:
+            raw = names[tname] = tname.encode("ascii")
+        if tname == "ima":  # the binary list shows the legacy template unpadded
+            fname = tdata[20:].split(b"\0", 1)[0]
+            app(pack(pcr, digest, len(raw)) + raw + tdata[:20] + u32(len(fname)) + fname)
+        else:
+            app(pack(pcr, digest, len(raw)) + raw + u32(len(tdata)) + tdata)
+        num_app(number - 1)
     return b"".join(out), numbers
 
 
@@ -122,130 +144,166 @@ def check_range(start: int, stop: int, first_number: int = 1) -> ChunkResult:
 
 def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order: str,
           numbers: list[int] | None, at_list_start: bool, first_number: int = 1) -> int:
-    """Check the binary entries from `start` until one begins at or after `stop`; return the end offset."""
+    """Check the binary entries from `start` until one begins at or after `stop`; return the end offset.
+
+    This loop runs once per entry of lists with millions of entries: everything it needs is a
+    local, and entries that are not plain, intact d-ng|n-ng ones go to `_EntryContext.entry`.
+    """
     source = job.source
-    u32 = struct.Struct("<I" if order == "little" else ">I").unpack_from
-    header = struct.Struct(("<" if order == "little" else ">") + "I20sI").unpack_from
+    little = order == "little"
+    u32 = struct.Struct("<I" if little else ">I").unpack_from
+    header = struct.Struct(("<" if little else ">") + "I20sI").unpack_from
     end = len(data)
     banks = job.banks
-    others = [(b, getattr(hashlib, b), []) for b in banks if b != "sha1"]
-    sha1_out: list[bytes] = []
     want_sha1 = "sha1" in banks
+    other_ctors = [getattr(hashlib, b) for b in banks if b != "sha1"]
+    other_outs: list[list[bytes]] = [[] for _ in other_ctors]
+    other_banks = list(zip(other_ctors, [o.append for o in other_outs]))
+    one_other = len(other_banks) == 1
+    other_ctor, other_app = other_banks[0] if one_other else (None, None)
+    sha1_out: list[bytes] = []
+    sha1_app = sha1_out.append
     listed_out: list[bytes] = []
     listed_app = listed_out.append
     sha1 = hashlib.sha1
     ref = job.reference
     files = ref.files if ref else None
-    keyring = job.keyring
-    decode_needed = files is not None or keyring is not None
+    files_get = files.get if files is not None else None
+    check_sigs = job.keyring is not None
     stats = res.stats
-    n10 = 0
-    pcr10_numbers: list[int] = []
-    all_pcr10 = True
+    matched = 0
     name_raw = b""
+    name_len = -1
     tpl: templates.Template | None = None
-    fast_ng = False  # template data is exactly d-ng|n-ng: path and digest found without splitting
+    legacy = False
+    fast_ng = 0  # 2: d-ng|n-ng, 3: d-ng|n-ng|sig -- path and digest found without splitting
     ctx = _EntryContext(job, res, order)
+    prefixes: dict[bytes, str] = {}
     index = 0
     off = start
+    max_data = MAX_TEMPLATE_DATA
     while off < stop:
-        number = numbers[index] if numbers is not None else first_number + index
         if end - off < 28:
+            number = numbers[index] if numbers is not None else first_number + index
             raise ParseError(f"entry {number}: truncated header ({end - off} bytes left, at least 28 needed)",
                              source=source, offset=off)
         pcr, listed, nlen = header(data, off)
-        if pcr > MAX_PCR:
-            raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
         p = off + 28
-        if data[p:p + nlen] != name_raw or nlen == 0:
+        if nlen != name_len or not data.startswith(name_raw, p) or pcr > MAX_PCR:
+            number = numbers[index] if numbers is not None else first_number + index
+            if pcr > MAX_PCR:
+                raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
             tpl = _template(data, p, nlen, end, number, source, off)
             name_raw = data[p:p + nlen]
-            fast_ng = tpl.fields == ("d-ng", "n-ng") or tpl.fields == ("d-ngv2", "n-ng")
+            name_len = nlen
+            legacy = tpl.legacy
+            fast_ng = _FAST.get(tpl.fields, 0)
+            if fast_ng == 3 and check_sigs:  # signatures to verify: the full path
+                fast_ng = 0
         p += nlen
-        if tpl.legacy:  # type: ignore[union-attr]
+        if legacy:
             if end - p < 24:
+                number = numbers[index] if numbers is not None else first_number + index
                 raise ParseError(f"entry {number}: truncated 'ima' template data", source=source, offset=p)
             flen = u32(data, p + 20)[0]
             if flen > templates.IMA_NAME_HASHED_LEN - 1 or flen > end - p - 24:
+                number = numbers[index] if numbers is not None else first_number + index
                 raise ParseError(f"entry {number}: file name length {flen} invalid", source=source, offset=p + 20)
             tdata = data[p:p + 20] + data[p + 24:p + 24 + flen].ljust(templates.IMA_NAME_HASHED_LEN, b"\0")
             next_off = p + 24 + flen
         else:
             if end - p < 4:
+                number = numbers[index] if numbers is not None else first_number + index
                 raise ParseError(f"entry {number}: truncated before template data length", source=source, offset=p)
             dlen = u32(data, p)[0]
             p += 4
-            if dlen > MAX_TEMPLATE_DATA or dlen > end - p:
+            if dlen > max_data or dlen > end - p:
+                number = numbers[index] if numbers is not None else first_number + index
                 raise ParseError(f"entry {number}: template data length {dlen} exceeds the {end - p} bytes left",
                                  source=source, offset=p - 4)
             tdata = data[p:p + dlen]
             next_off = p + dlen
         computed = sha1(tdata).digest()
-        violation = False
-        if computed != listed:
-            violation = listed == ZERO_DIGEST
-            if violation:
-                stats["violations"] += 1
-        if pcr == IMA_PCR:
+        if computed == listed and fast_ng and pcr == 10:
+            # the common case: an intact ima-ng (or ima-sig, signatures not checked) entry for PCR 10
             listed_app(listed)
-            if violation:
-                res.violations.append(n10)
-                if want_sha1:
-                    sha1_out.append(b"\xff" * 20)
-                for b, _, out in others:
-                    out.append(b"\xff" * BANK_SIZES[b])
+            if want_sha1:
+                sha1_app(computed)
+            if one_other:
+                other_app(other_ctor(tdata).digest())
             else:
-                if want_sha1:
-                    sha1_out.append(computed)
-                for _, ctor, out in others:
-                    out.append(ctor(tdata).digest())
-            n10 += 1
-            pcr10_numbers.append(number)
-        else:
-            all_pcr10 = False
-            res.other_pcrs[pcr] += 1
-        if fast_ng and not violation and computed == listed:
-            # the common case, inline: check d-ng|n-ng against the reference
-            if order == "little":
-                l1 = int.from_bytes(tdata[0:4], "little")
-                l2 = int.from_bytes(tdata[4 + l1:8 + l1], "little")
+                for ctor, app in other_banks:
+                    app(ctor(tdata).digest())
+            # the field structure must hold exactly (the hash matching proves nothing about it)
+            n = len(tdata)
+            l1 = u32(tdata, 0)[0] if n >= 8 else n
+            l2 = u32(tdata, 4 + l1)[0] if n >= 8 + l1 else n
+            p3 = 8 + l1 + l2
+            if fast_ng == 2:
+                intact = p3 == n
             else:
-                l1 = int.from_bytes(tdata[0:4], "big")
-                l2 = int.from_bytes(tdata[4 + l1:8 + l1], "big")
-            if 8 + l1 + l2 != len(tdata):
-                raise ParseError(f"entry {number}: template data does not hold exactly d-ng and n-ng",
+                intact = p3 + 4 <= n and p3 + 4 + u32(tdata, p3)[0] == n
+            if not intact:
+                number = numbers[index] if numbers is not None else first_number + index
+                raise ParseError(f"entry {number}: template data does not hold the fields of {tpl.name}",
                                  source=source, offset=off)
-            if index == 0 and at_list_start or decode_needed:
+            if files_get is not None or (index == 0 and at_list_start):
                 head, _, fdigest = tdata[4:4 + l1].partition(b":\0")
                 path = tdata[8 + l1:7 + l1 + l2].decode("utf-8", "surrogateescape")
-                algo = head.rsplit(b":", 1)[-1].decode("ascii", "replace")
+                prefix = prefixes.get(head)
+                if prefix is None:  # "sha256" / "ima:sha256" -> "sha256:", once per algorithm
+                    prefix = prefixes[head] = head.rsplit(b":", 1)[-1].decode("ascii", "replace") + ":"
                 if index == 0 and at_list_start:
-                    res.first = (path, algo, fdigest)
+                    res.first = (path, prefix[:-1], fdigest)
                     if path == "boot_aggregate":
                         index += 1
                         off = next_off
                         continue
-                if files is not None:
-                    expected = files.get(path)
-                    if expected is None or f"{algo}:{fdigest.hex()}" not in expected:
-                        ctx.file_problem(number, path, algo, fdigest, expected)
+                if files_get is not None:
+                    expected = files_get(path)
+                    dstr = prefix + fdigest.hex()
+                    if expected == dstr or (type(expected) is tuple and dstr in expected):
+                        matched += 1
                     else:
-                        stats["files-matched"] += 1
-                if keyring is not None:
-                    stats["no-signature-field"] += 1
+                        number = numbers[index] if numbers is not None else first_number + index
+                        ctx.file_problem(number, path, prefix[:-1], fdigest, expected)
+            if check_sigs:
+                stats["no-signature-field"] += 1
         else:
+            number = numbers[index] if numbers is not None else first_number + index
+            violation = computed != listed and listed == ZERO_DIGEST
+            if violation:
+                stats["violations"] += 1
+            if pcr == IMA_PCR:
+                if violation:
+                    res.violations.append(len(listed_out))
+                    if want_sha1:
+                        sha1_app(b"\xff" * 20)
+                    for (ctor, app), b in zip(other_banks, (b for b in banks if b != "sha1")):
+                        app(b"\xff" * BANK_SIZES[b])
+                else:
+                    if want_sha1:
+                        sha1_app(computed)
+                    for ctor, app in other_banks:
+                        app(ctor(tdata).digest())
+                listed_app(listed)
+            else:
+                res.other_pcrs[pcr] += 1
             ctx.entry(number, off, tpl, tdata, computed, listed, violation, index == 0 and at_list_start)
         index += 1
         off = next_off
     res.count += index
+    stats["files-matched"] += matched
     res.listed = b"".join(listed_out)
     if want_sha1:
         res.bank_digests["sha1"] = b"".join(sha1_out)
-    for b, _, out in others:
+    for b, out in zip([b for b in banks if b != "sha1"], other_outs):
         res.bank_digests[b] = b"".join(out)
-    if not all_pcr10:
-        res.pcr10_numbers = pcr10_numbers
     return off
+
+
+# Templates the tight loop decodes inline: number of fields
+_FAST = {("d-ng", "n-ng"): 2, ("d-ngv2", "n-ng"): 2, ("d-ng", "n-ng", "sig"): 3, ("d-ngv2", "n-ng", "sig"): 3}
 
 
 def _template(data: bytes, p: int, nlen: int, end: int, number: int, source: str, off: int) -> templates.Template:
@@ -289,6 +347,7 @@ class _EntryContext:
         if expected is None:
             self.problem("unknown-file", number, path, "measured file is not in the reference manifest", dstr, None)
         else:
+            expected = (expected,) if isinstance(expected, str) else expected
             same = [e for e in expected if e.startswith(algo + ":")]
             self.problem("digest-mismatch", number, path, "file content differs from the built image",
                          dstr, ", ".join(same or expected))
@@ -342,7 +401,7 @@ class _EntryContext:
                     stats["buffers-unchecked"] += 1
             else:
                 expected = self.files.get(path)
-                if expected is not None and dstr in expected:
+                if expected == dstr or (type(expected) is tuple and dstr in expected):
                     stats["files-matched"] += 1
                 else:
                     self.file_problem(number, path, algo, fdigest, expected)
@@ -352,6 +411,11 @@ class _EntryContext:
         if keyring is not None and not is_buffer:
             if "sig" not in vals:
                 stats["no-signature-field"] += 1
+            elif not vals["sig"] and vals.get("modsig"):
+                # appraised by the signature appended to a module or kexec image (PKCS#7), which
+                # obelisk does not parse: say so rather than call the file unsigned
+                self.problem("modsig-not-verified", number, path, "carries an appended (modsig) signature only; "
+                             "verify it with the kernel's keyring or sign the file with an IMA signature too")
             elif not self.ignored(path):
                 outcome, detail = keyring.check(vals["sig"], algo, fdigest)
                 if outcome == VALID:
@@ -439,8 +503,6 @@ def _rebase(res: ChunkResult, base: int) -> None:
     if base == 0:
         return
     res.problems = [Problem(p.kind, p.number + base, p.path, p.detail, p.observed, p.expected) for p in res.problems]
-    if res.pcr10_numbers is not None:
-        res.pcr10_numbers = [n + base for n in res.pcr10_numbers]
 
 
 # ----------------------------------------------------------------------------- PCR fold

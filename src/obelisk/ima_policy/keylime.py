@@ -129,7 +129,7 @@ def to_reference(policy: RuntimePolicy) -> ReferenceManifest:
 
 def from_reference(manifest: ReferenceManifest, log_hash_alg: str = "sha1") -> RuntimePolicy:
     """Keylime has no 'any digest' rule: such rules become excludes (the file is then not checked)."""
-    digests = {p: tuple(d.split(":", 1)[1] for d in ds) for p, ds in manifest.files.items()}
+    digests = {p: tuple(d.split(":", 1)[1] for d in manifest.digests(p)) for p in manifest.files}
     ima_buf = {n: tuple(d.split(":", 1)[1] for d in ds) for n, ds in manifest.buffers.items()}
     excludes = tuple(r.regex() if r.kind == "glob" else r.pattern for r in manifest.rules)
     return RuntimePolicy(digests=digests, excludes=excludes, ima_buf=ima_buf, log_hash_alg=log_hash_alg)

@@ -30,13 +30,14 @@ from obelisk.core.errors import InputError
 from obelisk.core.progress import progress
 from obelisk.image import initramfs, manifest, rootfs, sbom, squashfs
 from obelisk.image.cache import StepCache, file_digest, tree_digest
-from obelisk.image.spec import APPRAISING, Spec, SpecError
+from obelisk.image.spec import APPRAISING, Permission, Spec, SpecError
 
 ARTIFACT_KERNEL = "bzImage"
 ARTIFACT_INITRAMFS = "initramfs.cpio"
 ARTIFACT_ROOTFS = "rootfs.squashfs"
 ARTIFACT_POLICY = "ima-policy"
 ARTIFACT_SBOM = "sbom.spdx.json"
+ARTIFACT_REFERENCE = "ima-reference.json"
 NODE_INIT = "sbin/obelisk-init"
 
 
@@ -59,6 +60,7 @@ class Plan:
     busybox: Path | None
     ima_policy: bytes | None
     kubernetes_files: tuple[rootfs.ExtraFile, ...]
+    kubernetes_modes: tuple[Permission, ...] = ()
 
 
 @dataclass
@@ -95,6 +97,11 @@ def _load_keys(spec: Spec) -> Keys | None:
     return Keys(key, cert, ca, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
 
 
+# SquashFS has no UUID: the kernel reports all zeros for it, and ima_policy's appraise-rootfs
+# profile scopes its rules by fsuuid. /var (ext2, random UUID) is then outside the policy.
+SQUASHFS_FSUUID = "00000000-0000-0000-0000-000000000000"
+
+
 def _render_policy(spec: Spec) -> bytes | None:
     if spec.ima.policy == "none":
         return None
@@ -106,20 +113,53 @@ def _render_policy(spec: Spec) -> bytes | None:
     try:
         from obelisk.ima_policy import profiles  # type: ignore[attr-defined]
     except ImportError:
-        raise SpecError(spec.source, "ima.policy", f"{spec.ima.policy}: the ima_policy component is not "
-                        "available in this obelisk (use ima.policy: none)") from None
-    return profiles.render(spec.ima.policy).encode()  # pragma: no cover - wired when ima_policy lands
-
-
-def _render_kubernetes(spec: Spec) -> tuple[rootfs.ExtraFile, ...]:
-    if spec.kubernetes.role == "none":
-        return ()
+        raise SpecError(spec.source, "ima.policy", f"{spec.ima.policy}: the ima_policy profiles are not "
+                        "available in this obelisk (use ima.policy: custom with ima.policy_file)") from None
     try:
-        from obelisk.cis_checks import render as k8s_render  # type: ignore[attr-defined]
-    except ImportError:
-        raise SpecError(spec.source, "kubernetes.role", f"{spec.kubernetes.role}: the cis_checks renderer is not "
-                        "available in this obelisk (use kubernetes.role: none)") from None
-    return tuple(k8s_render.render_files(spec.kubernetes.role, spec.kubernetes.version))  # pragma: no cover
+        return profiles.render(profiles.load(spec.ima.policy), fsuuid=SQUASHFS_FSUUID).encode()
+    except InputError as exc:
+        raise SpecError(spec.source, "ima.policy", str(exc)) from None
+
+
+def _render_kubernetes(spec: Spec) -> tuple[tuple[rootfs.ExtraFile, ...], tuple[Permission, ...]]:
+    """The hardened Kubernetes configuration (cis_checks), with the modes the benchmarks ask for.
+
+    Entries under /var are left out: /var is the node's own volume, mounted over the image's.
+    """
+    if spec.kubernetes.role == "none":
+        return (), ()
+    import tempfile
+
+    from obelisk.cis_checks.render import render_tree
+
+    with tempfile.TemporaryDirectory(prefix="obelisk-k8s-") as tmp:
+        try:
+            tree = render_tree(tmp, spec.kubernetes.role, spec.kubernetes.version)
+        except InputError as exc:
+            raise SpecError(spec.source, "kubernetes", str(exc)) from None
+        files, modes = [], []
+        for f in tree.files:
+            if f.path.startswith("/var/"):
+                continue
+            if f.uid or f.gid:
+                raise SpecError(spec.source, "kubernetes.role", f"{f.path} would be owned by uid {f.uid}: "
+                                "the image holds root-owned files only")
+            rel = f.path.lstrip("/")
+            modes.append(Permission(glob=rel, mode=f.mode))
+            if f.kind == "file":
+                files.append(rootfs.ExtraFile(rel, (Path(tmp) / rel).read_bytes(), f.mode))
+    return tuple(files), tuple(modes)
+
+
+def _kernel_inputs(spec: Spec) -> None:
+    if not spec.kernel.source:
+        return
+    from obelisk.kernel_hardening.profile import load_profile
+
+    try:
+        load_profile(spec.kernel.profile)
+    except InputError as exc:
+        raise SpecError(spec.source, "kernel.profile", str(exc)) from None
 
 
 def preflight(spec: Spec) -> Plan:
@@ -128,16 +168,17 @@ def preflight(spec: Spec) -> Plan:
     if spec.rootfs.base == "debian":
         tools.which("mmdebstrap")
     if spec.kernel.source:
-        raise SpecError(spec.source, "kernel.source", "building the kernel needs the kernel_hardening component, "
-                        "not available in this obelisk yet (give kernel.image: a prebuilt bzImage)")
+        tools.which("make")
+        _kernel_inputs(spec)
     if spec.disk.encryption:
         raise SpecError(spec.source, "disk.encryption", "unlocking a TPM-sealed /var in the initramfs is not "
                         "implemented yet (set disk.encryption: false)")
     if spec.ima.policy in APPRAISING and not spec.signing.key:
         raise SpecError(spec.source, "ima.policy", "appraisal needs signing.key")
     keys = _load_keys(spec)
+    k8s_files, k8s_modes = _render_kubernetes(spec)
     return Plan(spec=spec, keys=keys, busybox=Path(tools.which("busybox")), ima_policy=_render_policy(spec),
-                kubernetes_files=_render_kubernetes(spec))
+                kubernetes_files=k8s_files, kubernetes_modes=k8s_modes)
 
 
 # --- steps: explicit inputs, one output directory each ---
@@ -222,7 +263,7 @@ def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
         "agent": tree_digest(AGENT_PACKAGE) if (base / "root" / "usr/bin/python3").exists() else None,
         "overlay": tree_digest(spec.rootfs.overlay) if spec.rootfs.overlay else None,
         "extras": [[f.path, f.mode, hashlib.sha256(f.data).hexdigest()] for f in extras],
-        "permissions": [p.to_json() for p in spec.rootfs.permissions],
+        "permissions": [p.to_json() for p in plan.kubernetes_modes + spec.rootfs.permissions],
     }
 
     def produce(out: Path) -> None:
@@ -237,7 +278,8 @@ def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
         if (root / "usr/bin/python3").exists():
             install_agent(root)
         rootfs.check_no_login(root)
-        rootfs.normalize_modes(root, spec.rootfs.permissions)
+        # obelisk's declared modes first (Kubernetes configuration), the spec's last: the user decides.
+        rootfs.normalize_modes(root, plan.kubernetes_modes + spec.rootfs.permissions)
 
     return cache.run("rootfs", inputs, produce)
 
@@ -268,7 +310,8 @@ def step_sign(plan: Plan, tree: Path, cache: StepCache, quiet: bool) -> tuple[Pa
 
 def step_squashfs(plan: Plan, tree: Path, xattrs: Path | None, cache: StepCache) -> tuple[Path, bool]:
     inputs = {"tree": tree.name, "xattrs": file_digest(xattrs) if xattrs else None,
-              "epoch": plan.spec.source_date_epoch, "gensquashfs": _tool_version("gensquashfs")}
+              "epoch": plan.spec.source_date_epoch, "gensquashfs": _tool_version("gensquashfs"),
+              "recipe": squashfs.RECIPE}
 
     def produce(out: Path) -> None:
         squashfs.pack(tree / "root", xattrs, out / ARTIFACT_ROOTFS, plan.spec.source_date_epoch)
@@ -287,6 +330,35 @@ def step_initramfs(plan: Plan, cache: StepCache) -> tuple[Path, bool]:
                            initramfs.build(plan.busybox, cert_der, plan.spec.source_date_epoch))  # type: ignore[arg-type]
 
     return cache.run("initramfs", inputs, produce)
+
+
+def step_kernel(plan: Plan, cache: StepCache, quiet: bool) -> tuple[Path | None, bool]:
+    """bzImage: the spec's prebuilt one, or kernel_hardening's build (profile + fragments, customer CA inside)."""
+    spec = plan.spec
+    if spec.kernel.image:
+        return Path(spec.kernel.image), True
+    if not spec.kernel.source:
+        return None, True
+    from obelisk.kernel_hardening.source import file_digest as kfile_digest, source_tree, tree_digest as ktree
+
+    source = spec.kernel.source
+    inputs = {"source": kfile_digest(source) if os.path.isfile(source) else ktree(Path(source)),
+              "profile": spec.kernel.profile, "ca": file_digest(spec.signing.ca),
+              "fragments": [file_digest(f) for f in spec.kernel.fragments]}
+
+    def produce(out: Path) -> None:
+        from obelisk.kernel_hardening import build as kbuild
+        from obelisk.kernel_hardening.profile import load_profile
+        from obelisk.kernel_hardening.resolve import resolve
+
+        tree = source_tree(source, quiet=quiet)
+        res = resolve(tree, load_profile(spec.kernel.profile), fragments=list(spec.kernel.fragments))
+        atomic.write_text(out / "config", res.config_text)
+        kbuild.build(source, out / "config", spec.signing.ca, out / "kernel", jobs=os.cpu_count() or 2, quiet=quiet)
+        os.replace(out / "kernel" / "bzImage", out / ARTIFACT_KERNEL)
+
+    out, cached = cache.run("kernel", inputs, produce)
+    return out / ARTIFACT_KERNEL, cached
 
 
 def _tool_version(tool: str) -> str:
@@ -333,7 +405,7 @@ def build_manifest(plan: Plan, artifacts: dict[str, dict[str, Any]], files: list
                      "certificate_sha256": plan.keys.cert_digest} if plan.keys else None),
         "artifacts": artifacts,
         "files": files,
-        "ima_reference": manifest.ima_reference(files),
+        "ima_reference": manifest.ima_reference(files, f"{spec.name}-{spec.version}"),
         "pcrs": {
             "bank": "sha256",
             "predicted": {},
@@ -389,13 +461,17 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
         ir, c = step_initramfs(plan, cache)
         mark("initramfs", c)
         bar.advance()
+        bar.stage("kernel")
+        kernel, c = step_kernel(plan, cache, quiet)
+        if spec.kernel.source:
+            mark("kernel", c)
         bar.stage("manifest")
         files = file_records(tree / "root", xattrs)
         with atomic.atomic_directory(out) as tmp:
             shutil.copyfile(sq / ARTIFACT_ROOTFS, tmp / ARTIFACT_ROOTFS)
             shutil.copyfile(ir / ARTIFACT_INITRAMFS, tmp / ARTIFACT_INITRAMFS)
-            if spec.kernel.image:
-                shutil.copyfile(spec.kernel.image, tmp / ARTIFACT_KERNEL)
+            if kernel is not None:
+                shutil.copyfile(kernel, tmp / ARTIFACT_KERNEL)
             if plan.ima_policy is not None:
                 (tmp / ARTIFACT_POLICY).write_bytes(plan.ima_policy)
             packages = sbom.dpkg_packages(tree / "root")
@@ -404,6 +480,8 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
             (tmp / ARTIFACT_SBOM).write_bytes(sbom.render(spec.name, spec.version, packages,
                                                           [f for f in files if f["type"] == "file"],
                                                           spec.source_date_epoch))
+            (tmp / ARTIFACT_REFERENCE).write_bytes(manifest.dumps(
+                manifest.ima_reference(files, f"{spec.name}-{spec.version}")))
             artifacts = {p.name: manifest.artifact_record(p) for p in sorted(tmp.iterdir())}
             data = manifest.dumps(build_manifest(plan, artifacts, files))
             (tmp / manifest.MANIFEST).write_bytes(data)

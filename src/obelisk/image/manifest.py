@@ -37,18 +37,21 @@ def artifact_record(path: Path) -> dict[str, Any]:
     return {"sha256": digest, "size": path.stat().st_size}
 
 
-def ima_reference(files: list[dict[str, Any]]) -> dict[str, Any]:
-    """Reference values for IMA measurement lists: path -> allowed digests, plus paths allowed to vary.
+# Paths on a node that hold its own data, outside the signed root: measured entries there may vary.
+VARYING = (("/var/**", "the node's own state (LUKS2/ext2 volume), not part of the image"),
+           ("/run/**", "tmpfs, created at boot"), ("/tmp/**", "tmpfs, created at boot"),
+           ("/dev/**", "devtmpfs"), ("/proc/**", "procfs"), ("/sys/**", "sysfs"))
 
-    Only the read-only root is listed; /var, /run and /tmp hold the node's own data and are
-    outside the appraisal policy, so their measurements (if any) are allowed to vary.
-    """
-    return {
-        "hash": "sha256",
-        "digests": {f["path"]: [f["sha256"]] for f in files if f["type"] == "file"},
-        "allow_vary": ["/var/**", "/run/**", "/tmp/**", "/dev/**", "/proc/**", "/sys/**"],
-        "boot_aggregate": "verify against the quoted PCRs 0-9",
-    }
+
+def ima_reference(files: list[dict[str, Any]], image: str) -> dict[str, Any]:
+    """The IMA reference manifest (ima_policy's `obelisk.ima-reference/1`): path -> allowed digests."""
+    from obelisk.ima_policy import reference
+
+    ref = reference.ReferenceManifest(
+        files={f["path"]: (f"sha256:{f['sha256']}",) for f in files if f["type"] == "file"},
+        rules=tuple(reference.Rule(glob, "glob", reference.IGNORE, why) for glob, why in VARYING),
+        image=image)
+    return ref.to_json()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ APPRAISING = ("appraise-rootfs", "appraise-all")
 ROOTFS_BASES = ("busybox", "debian", "directory", "tarball")
 K8S_ROLES = ("none", "worker", "control-plane")
 HASHES = ("sha256", "sha384", "sha512")
-KERNEL_PROFILES = ("module-less",)
 
 
 class SpecError(InputError):
@@ -141,6 +140,7 @@ BOOL = Kind("boolean", _bool)
 STR_LIST = Kind("list of strings", _str_list)
 PCRS = Kind("list of PCR numbers", _pcr_list)
 PATH = Kind("path", _str, is_path=True)
+PATHS = Kind("list of paths", _str_list, is_path=True)
 KEY = Kind("path or PKCS#11 URI", _key_ref, is_path=True)
 PERMISSIONS = Kind("list of {path, mode, uid, gid}", _permissions)
 
@@ -173,8 +173,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kernel", "source", PATH, help="Kernel source tree or tarball (Debian's "
             "/usr/src/linux-source-6.1.tar.xz) built with the hardening profile and the customer CA.",
             example="/usr/src/linux-source-6.1.tar.xz"),
-    Setting("kernel", "profile", STR, "module-less", choices=KERNEL_PROFILES,
-            help="Hardening profile of the kernel build (kernel_hardening)."),
+    Setting("kernel", "profile", STR, "module-less",
+            help="Hardening profile of the kernel build (kernel_hardening: module-less, kspp, or a YAML file)."),
+    Setting("kernel", "fragments", PATHS, (),
+            help="Extra .config fragments applied after the profile (e.g. the NIC and /var filesystem of your "
+                 "platform)."),
     Setting("kernel", "image", PATH, help="A prebuilt bzImage to use instead of building from kernel.source."),
     Setting("kernel", "cmdline", STR_LIST, ("console=ttyS0",),
             help="Kernel command line; obelisk adds the IMA and root parameters it needs."),
@@ -255,6 +258,8 @@ class Spec:
                 value = [v.to_json() if hasattr(v, "to_json") else v for v in value]
             if s.kind.is_path and isinstance(value, str) and not value.startswith("pkcs11:"):
                 value = _relative(value, self.base_dir)
+            elif s.kind.is_path and isinstance(value, list):
+                value = [_relative(v, self.base_dir) for v in value]
             target = out.setdefault(s.section, {}) if s.section else out
             target[s.name] = value
         return out
@@ -313,6 +318,13 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def _existing(source: str, key: str, base: str, value: str) -> str:
+    path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+    if not os.path.exists(path):
+        raise SpecError(source, key, f"{value}: no such file or directory")
+    return path
+
+
 def parse_spec(data: Any, source: str, base_dir: str | os.PathLike[str]) -> Spec:
     """Check `data` (parsed YAML) against SETTINGS and RULES; resolve paths against base_dir."""
     base = os.path.abspath(base_dir)
@@ -351,11 +363,10 @@ def parse_spec(data: Any, source: str, base_dir: str | os.PathLike[str]) -> Spec
             raise SpecError(source, s.key, str(exc)) from None
         if s.choices and value not in s.choices:
             raise SpecError(source, s.key, f"{value!r} is not one of {', '.join(s.choices)}")
-        if s.kind.is_path and not (s.kind is KEY and value.startswith("pkcs11:")):
-            path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
-            if not os.path.exists(path):
-                raise SpecError(source, s.key, f"{value}: no such file or directory")
-            value = path
+        if s.kind.is_path and isinstance(value, tuple):
+            value = tuple(_existing(source, s.key, base, v) for v in value)
+        elif s.kind.is_path and not (s.kind is KEY and value.startswith("pkcs11:")):
+            value = _existing(source, s.key, base, value)
         resolved[s.key] = value
 
     if resolved["source_date_epoch"] is None:

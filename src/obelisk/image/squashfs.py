@@ -13,6 +13,8 @@ the image, not what the build meant to put there.
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import re
 import shlex
 import tempfile
@@ -34,10 +36,14 @@ class ImageFile:
     target: str = ""  # symlink target
 
 
+# Everything that shapes the image's bytes besides the tree and the xattrs; part of the cache key.
+RECIPE = "zstd/131072/all-root"
+
+
 def pack(tree: Path, xattr_file: Path | None, out: Path, epoch: int) -> None:
     """Pack `tree` into `out` reproducibly."""
     args = ["--pack-dir", tree, "--all-root", "--defaults", f"uid=0,gid=0,mode=0755,mtime={epoch}",
-            "--compressor", "xz", "--block-size", "131072", "--num-jobs", "1", "--quiet", "--force"]
+            "--compressor", "zstd", "--block-size", "131072", "--num-jobs", "2", "--quiet", "--force"]
     if xattr_file is not None:
         args += ["--xattr-file", xattr_file]
     tools.run("gensquashfs", [*args, out], env={"SOURCE_DATE_EPOCH": str(epoch)})
@@ -87,15 +93,32 @@ class ReadBack:
 
 
 def read_back(image: Path, workdir: Path, jobs: int = 4) -> ReadBack:
-    """Unpack `image` under workdir/root and read every regular file's xattrs from the image."""
+    """Unpack `image` under workdir/root and read every regular file's xattrs from the image.
+
+    With the privilege to set security.* attributes (root), rdsquashfs restores them while
+    unpacking (one process); otherwise each file's attributes are listed with `rdsquashfs -x`.
+    """
     files = describe(image)
     root = workdir / "root"
-    root.mkdir(parents=True, exist_ok=True)
-    tools.run("rdsquashfs", ["--quiet", "--no-dev", "--no-sock", "--no-fifo", "-u", "/", "-p", root, image])
     regular = [f.path for f in files if f.kind == "file"]
+    base = ["--quiet", "--no-dev", "--no-sock", "--no-fifo", "-u", "/", "-p", root]
+    root.mkdir(parents=True, exist_ok=True)
+    if tools.run("rdsquashfs", [*base, "--set-xattr", image], check=False).returncode == 0:
+        values = {p: _disk_xattrs(root / p.lstrip("/")) for p in regular}
+        return ReadBack(tuple(files), values, root)
+    shutil.rmtree(root)
+    root.mkdir()
+    tools.run("rdsquashfs", [*base, image])
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         values = dict(zip(regular, pool.map(lambda p: read_xattrs(image, p), regular)))
     return ReadBack(tuple(files), values, root)
+
+
+def _disk_xattrs(path: Path) -> dict[str, bytes]:
+    out = {}
+    for name in os.listxattr(path, follow_symlinks=False):
+        out[name] = os.getxattr(path, name, follow_symlinks=False)
+    return out
 
 
 def temp_workdir() -> tempfile.TemporaryDirectory[str]:

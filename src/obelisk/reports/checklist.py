@@ -10,6 +10,7 @@ no finding for it) and titles, discussion, check and fix text come from that fil
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 
@@ -75,7 +76,12 @@ class Checklist:
 
 
 def stable_uuid(*parts: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
+    """uuid5 (RFC 4122 name-based, SHA-1) of the parts; same as uuid.uuid5, without the object churn."""
+    h = bytearray(hashlib.sha1(_NAMESPACE.bytes + "|".join(parts).encode("utf-8", "surrogatepass")).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50
+    h[8] = (h[8] & 0x3F) | 0x80
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def rule_status(findings: list[Finding]) -> str:
@@ -123,11 +129,37 @@ def _worst_severity(findings: list[Finding]) -> str:
     return next((s for s in order if s in sevs), "medium")
 
 
-def _first_ref(findings: list[Finding], scheme: str) -> str:
+def stig_rule_refs(finding: Finding) -> dict[str, tuple[str, str]]:
+    """{V-ID: (rule id, STIG version)} of one finding.
+
+    A check may satisfy several STIG rules; its references then list each rule as a run
+    `stig, stig-rule, stig-version`. A rule id is matched to its V-ID by number
+    (SV-242458r..._rule belongs to V-242458), else by position in that run.
+    """
+    out: dict[str, list[str]] = {}
+    current: str | None = None
+    rules = [r.id for r in finding.references if r.scheme == "stig-rule"]
+    for ref in finding.references:
+        if ref.scheme == "stig":
+            current = ref.id
+            out.setdefault(current, ["", ""])
+        elif ref.scheme == "stig-version" and current is not None and not out[current][1]:
+            out[current][1] = ref.id
+        elif ref.scheme == "stig-rule" and current is not None and not out[current][0]:
+            out[current][0] = ref.id
+    for vid, pair in out.items():
+        number = vid.removeprefix("V-")
+        by_number = next((r for r in rules if r.removeprefix("SV-").split("r", 1)[0] == number), "")
+        if by_number:
+            pair[0] = by_number
+    return {vid: (rule, version) for vid, (rule, version) in out.items()}
+
+
+def _rule_ref(findings: list[Finding], vuln_id: str, index: int) -> str:
     for f in findings:
-        ids = f.refs(scheme)
-        if ids:
-            return ids[0]
+        value = stig_rule_refs(f).get(vuln_id, ("", ""))[index]
+        if value:
+            return value
     return ""
 
 
@@ -171,7 +203,7 @@ def build_checklist(report: Report, benchmark: StigBenchmark | None = None) -> C
 
 
 def _vnum(vid: str) -> tuple[int, str]:
-    digits = "".join(ch for ch in vid if ch.isdigit())
+    digits = "".join(ch for ch in vid if "0" <= ch <= "9")
     return (int(digits) if digits else 0, vid)
 
 
@@ -190,8 +222,8 @@ def _entry_from_rule(rule: StigRule, findings: list[Finding], tool: str) -> Chec
 def _entry_from_findings(vuln_id: str, findings: list[Finding], tool: str) -> ChecklistEntry:
     first = findings[0]
     ccis = tuple(dict.fromkeys(c for f in findings for c in f.refs("cci")))
-    return ChecklistEntry(vuln_id=vuln_id, rule_id=_first_ref(findings, "stig-rule"),
-                          version=_first_ref(findings, "stig-version"), severity=_worst_severity(findings),
+    return ChecklistEntry(vuln_id=vuln_id, rule_id=_rule_ref(findings, vuln_id, 0),
+                          version=_rule_ref(findings, vuln_id, 1), severity=_worst_severity(findings),
                           group_title=vuln_id, title=first.title, discussion="",
                           check=first.expected or "", fix=first.remediation, ccis=ccis,
                           status=rule_status(findings), finding_details=_finding_details(findings),

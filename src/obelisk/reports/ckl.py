@@ -5,6 +5,7 @@ from __future__ import annotations
 from obelisk.reports.checklist import Checklist, build_checklist
 from obelisk.reports.model import Bundle
 from obelisk.reports.options import RenderOptions
+from obelisk.reports.xmlsafe import xml_text
 
 
 def render(bundle: Bundle, options: RenderOptions) -> bytes:
@@ -21,7 +22,7 @@ def serialize(checklist: Checklist) -> bytes:
                        ("HOST_FQDN", checklist.fqdn), ("TARGET_COMMENT", checklist.target_comment),
                        ("TECH_AREA", ""), ("TARGET_KEY", ""), ("WEB_OR_DATABASE", "false"),
                        ("WEB_DB_SITE", ""), ("WEB_DB_INSTANCE", "")):
-        etree.SubElement(asset, tag).text = value
+        etree.SubElement(asset, tag).text = xml_text(value)
     istig = etree.SubElement(etree.SubElement(root, "STIGS"), "iSTIG")
     info = etree.SubElement(istig, "STIG_INFO")
     for name, value in (("version", checklist.version), ("classification", "UNCLASSIFIED"),
@@ -32,7 +33,7 @@ def serialize(checklist: Checklist) -> bytes:
         si = etree.SubElement(info, "SI_DATA")
         etree.SubElement(si, "SID_NAME").text = name
         if value:
-            etree.SubElement(si, "SID_DATA").text = value
+            etree.SubElement(si, "SID_DATA").text = xml_text(value)
     stig_ref = f"{checklist.title} :: Version {checklist.version}, {checklist.release_info}".rstrip(", ")
     for e in checklist.entries:
         vuln = etree.SubElement(istig, "VULN")
@@ -49,16 +50,13 @@ def serialize(checklist: Checklist) -> bytes:
         for name, value in attrs:
             sd = etree.SubElement(vuln, "STIG_DATA")
             etree.SubElement(sd, "VULN_ATTRIBUTE").text = name
-            etree.SubElement(sd, "ATTRIBUTE_DATA").text = _xml_text(value)
+            etree.SubElement(sd, "ATTRIBUTE_DATA").text = xml_text(value)
         etree.SubElement(vuln, "STATUS").text = e.status
-        etree.SubElement(vuln, "FINDING_DETAILS").text = _xml_text(e.finding_details)
-        etree.SubElement(vuln, "COMMENTS").text = _xml_text(e.comments)
+        etree.SubElement(vuln, "FINDING_DETAILS").text = xml_text(e.finding_details)
+        etree.SubElement(vuln, "COMMENTS").text = xml_text(e.comments)
         etree.SubElement(vuln, "SEVERITY_OVERRIDE").text = ""
         etree.SubElement(vuln, "SEVERITY_JUSTIFICATION").text = ""
     body = etree.tostring(root, encoding="UTF-8", xml_declaration=True, pretty_print=True)
     return body
 
 
-def _xml_text(value: str) -> str:
-    # Evidence may hold bytes read from a hostile node; XML 1.0 cannot carry most control characters.
-    return "".join(ch if ch in "\t\n\r" or ch >= " " else f"\\x{ord(ch):02x}" for ch in value)

@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report", help="render, sign, verify and compare compliance reports",
         description="Render results files as compliance reports (`obelisk report RESULTS.json... --format "
                     "html|json|junit|sarif|oscal|ckl|cklb|csv [-o FILE]`), sign and verify rendered reports, "
-                    "and compare two scans.")
+                    "and compare two scans.",
+        epilog="`obelisk report render --help` lists the rendering options (--format, -o, --stig-benchmark, "
+               "--cci-list, --waivers).")
     report.__class__ = _route_to_render(type(report))
     group = report.add_subparsers(dest="report_command", metavar="COMMAND", parser_class=sub._parser_class)
 
@@ -45,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="DISA STIG XCCDF file: checklists list every rule with DISA's titles, check and fix text")
     render.add_argument("--cci-list", metavar="XML",
                         help="DISA CCI list: OSCAL maps CCIs to NIST SP 800-53 controls through it")
+    render.add_argument("--waivers", metavar="FILE",
+                        help="waivers YAML (id, reason, approver, expires) applied to failures at the scan date")
     render.add_argument("--title", default="", help="document title")
     render.add_argument("--fail-on-findings", action="store_true",
                         help="exit 1 when the report holds failing checks (default: 0 once rendered)")
@@ -89,6 +93,10 @@ def _render(args: argparse.Namespace) -> int:
 
     fmt = args.format or (_SUFFIX_FORMAT.get(Path(args.output).suffix.lower(), "json") if args.output else "json")
     bundle = load_bundle(args.results)
+    if args.waivers:
+        from obelisk.reports.model import with_waivers
+
+        bundle = with_waivers(bundle, args.waivers)
     benchmark = cci_map = None
     if args.stig_benchmark:
         from obelisk.reports.stig_benchmark import load_stig_benchmark

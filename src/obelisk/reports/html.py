@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 
 from obelisk.core.findings import Severity, Status
-from obelisk.reports.model import SEVERITY_ORDER, STATUS_ORDER, Bundle, sort_key
+from obelisk.reports.model import SEVERITY_ORDER, STATUS_ORDER, Bundle, benchmarks_of, scan_date, sort_key
 from obelisk.reports.options import RenderOptions
 
 STATUS_LABEL = {Status.PASS: "Pass", Status.FAIL: "Fail", Status.ERROR: "Error", Status.SKIP: "N/A",
@@ -27,6 +27,8 @@ REFERENCE_LABEL = {"cis": "CIS", "stig": "STIG", "stig-rule": "Rule", "stig-vers
                    "nist-800-53": "NIST 800-53", "kspp": "KSPP"}
 
 META_ID = "obelisk-report-meta"
+# Waivers that end within this many days of the scan are flagged in the register.
+EXPIRY_WARNING_DAYS = 30
 
 
 @lru_cache(maxsize=1)
@@ -36,7 +38,9 @@ def _template():
     files = resources.files("obelisk.reports") / "templates"
     env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)
-    env.globals.update(STATUS_LABEL=STATUS_LABEL, BENCHMARK_LABEL=BENCHMARK_LABEL, REFERENCE_LABEL=REFERENCE_LABEL,
+    env.filters["benchmarks"] = lambda f: " ".join(benchmarks_of(f))
+    env.globals.update(CAT={"critical": "CAT I", "high": "CAT I", "medium": "CAT II", "low": "CAT III"},
+                       STATUS_LABEL=STATUS_LABEL, BENCHMARK_LABEL=BENCHMARK_LABEL, REFERENCE_LABEL=REFERENCE_LABEL,
                        Status=Status)
     template = env.from_string((files / "report.html.j2").read_text(encoding="utf-8"))
     css = (files / "report.css").read_text(encoding="utf-8")
@@ -84,6 +88,24 @@ def _donut(counts: Counter[Status]) -> list[dict]:
     return arcs
 
 
+def _controls(findings: list, options: RenderOptions) -> list[dict]:
+    """NIST SP 800-53 controls the findings bear on, with the same verdict the OSCAL output gives."""
+    from obelisk.reports.cci import display_control, finding_controls
+    from obelisk.reports.oscal import control_sort, control_state
+
+    by_control: dict[str, list] = {}
+    for f in findings:
+        for control in finding_controls(f, options.cci_map):
+            by_control.setdefault(control, []).append(f)
+    rows = []
+    for control in sorted(by_control, key=control_sort):
+        fs = by_control[control]
+        state, _reason, remarks = control_state(fs)
+        rows.append({"id": display_control(control), "state": state, "remarks": remarks, "checks": len(fs),
+                     "failing": sum(f.status in (Status.FAIL, Status.ERROR) for f in fs)})
+    return rows
+
+
 def _meta_json(data: dict) -> str:
     # Inside <script>: "<" escaped so that no value can close the element.
     return json.dumps(data, sort_keys=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -96,11 +118,16 @@ def context(bundle: Bundle, options: RenderOptions) -> dict:
     by_benchmark: dict[str, Counter[Status]] = {}
     by_severity: dict[Severity, Counter[Status]] = {s: Counter() for s in SEVERITY_ORDER}
     for f in findings:
-        by_benchmark.setdefault(f.benchmark or "other", Counter())[f.status] += 1
+        for name in benchmarks_of(f):
+            by_benchmark.setdefault(name, Counter())[f.status] += 1
         by_severity[f.severity][f.status] += 1
     benchmarks = sorted(by_benchmark.items(), key=lambda kv: BENCHMARK_LABEL.get(kv[0], kv[0]).lower())
     waivers = [f for f in report.findings if f.waiver is not None]
+    scanned = scan_date(report)
+    expiring = {f.id for f in waivers if f.status is Status.WAIVED
+                and (f.waiver.expires - scanned).days <= EXPIRY_WARNING_DAYS}
     failing = counts.get(Status.FAIL, 0) + counts.get(Status.ERROR, 0)
+    controls = _controls(findings, options)
     meta = {
         "schema": "obelisk.html-report/1",
         "subject": report.subject.to_json(),
@@ -128,6 +155,9 @@ def context(bundle: Bundle, options: RenderOptions) -> dict:
         "chart": _bar_chart(benchmarks),
         "donut": _donut(counts),
         "waivers": sorted(waivers, key=lambda f: (f.waiver.expires, f.id)),
+        "expiring": expiring,
+        "controls": controls,
+        "expiry_warning_days": EXPIRY_WARNING_DAYS,
         "sources": bundle.sources,
         "options": options,
         "title": options.title or f"Compliance report: {report.subject.name}",

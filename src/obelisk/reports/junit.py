@@ -9,6 +9,7 @@ from __future__ import annotations
 from obelisk.core.findings import Finding, Status
 from obelisk.reports.model import Bundle
 from obelisk.reports.options import RenderOptions
+from obelisk.reports.xmlsafe import xml_text
 
 
 def _failure_text(f: Finding) -> str:
@@ -31,8 +32,8 @@ def _failure_text(f: Finding) -> str:
     return _clean("\n".join(lines))
 
 
-def _clean(text: str) -> str:
-    return "".join(ch if ch in "\t\n\r" or ch >= " " else f"\\x{ord(ch):02x}" for ch in text)
+def _clean(text: str | None) -> str:
+    return xml_text(text)
 
 
 def _skip_message(f: Finding) -> str:
@@ -51,7 +52,7 @@ def render(bundle: Bundle, options: RenderOptions) -> bytes:
     suites: dict[str, list[Finding]] = {}
     for f in report.findings:
         suites.setdefault(f.benchmark or "other", []).append(f)
-    root = etree.Element("testsuites", name=f"obelisk {report.subject.kind} {report.subject.name}",
+    root = etree.Element("testsuites", name=_clean(f"obelisk {report.subject.kind} {report.subject.name}"),
                          tests=str(len(report.findings)),
                          failures=str(sum(f.status is Status.FAIL for f in report.findings)),
                          errors=str(sum(f.status is Status.ERROR for f in report.findings)),
@@ -59,12 +60,12 @@ def render(bundle: Bundle, options: RenderOptions) -> bytes:
                                          for f in report.findings)),
                          time="0")
     for name, findings in suites.items():
-        suite = etree.SubElement(root, "testsuite", name=name, tests=str(len(findings)),
+        suite = etree.SubElement(root, "testsuite", name=_clean(name), tests=str(len(findings)),
                                  failures=str(sum(f.status is Status.FAIL for f in findings)),
                                  errors=str(sum(f.status is Status.ERROR for f in findings)),
                                  skipped=str(sum(f.status in (Status.SKIP, Status.MANUAL, Status.WAIVED)
                                                  for f in findings)),
-                                 timestamp=report.generated_at.removesuffix("Z"), time="0",
+                                 timestamp=_clean(report.generated_at.removesuffix("Z")), time="0",
                                  hostname=_clean(report.subject.name))
         props = etree.SubElement(suite, "properties")
         for key, value in (("subject", f"{report.subject.kind}:{report.subject.name}"),

@@ -7,10 +7,14 @@ the auditor wants one document. The merged report keeps where each finding came 
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
+import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from obelisk import __version__
 from obelisk.core.errors import InputError
@@ -49,7 +53,13 @@ class Bundle:
 
     @property
     def benchmarks(self) -> list[str]:
-        return sorted({f.benchmark or "other" for f in self.report.findings})
+        return sorted({b for f in self.report.findings for b in benchmarks_of(f)})
+
+
+def benchmarks_of(finding: Finding) -> list[str]:
+    """A check can belong to several benchmarks at once ("cis-1.12,stig-k8s")."""
+    names = [b.strip() for b in finding.benchmark.split(",") if b.strip()]
+    return names or ["other"]
 
 
 def severity_rank(severity: Severity) -> int:
@@ -74,10 +84,38 @@ def load_report(path: str | Path) -> tuple[Report, Source]:
         data = p.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read results file: {exc.strerror}", source=str(p)) from None
-    report = Report.loads(data, source=str(p))
+    report = _parse_report(data, str(p))
     source = Source(path=p.name, sha256=hashlib.sha256(data).hexdigest(), command=report.command,
                     generated_at=report.generated_at, subject=report.subject, findings=len(report.findings))
     return report, source
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> Any:
+    """Replace lone surrogates (valid JSON escapes, but not text) so every output can encode."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    return value
+
+
+def _parse_report(data: bytes, source: str) -> Report:
+    if not _SURROGATE_ESCAPE.search(data):
+        return Report.loads(data, source=source)
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not JSON: {exc}", source=source) from None
+    try:
+        return Report.from_json(_scrub(doc))
+    except InputError as exc:
+        raise InputError(str(exc), source=source) from None
 
 
 def merge(reports: list[Report], sources: list[Source] | None = None) -> Bundle:
@@ -132,3 +170,22 @@ def counts_by(findings: tuple[Finding, ...] | list[Finding], key) -> dict[str, C
     for f in findings:
         out.setdefault(key(f), Counter())[f.status] += 1
     return out
+
+
+def scan_date(report: Report) -> _dt.date:
+    """The date the evidence was collected (UTC), or today when the report does not say."""
+    try:
+        return _dt.datetime.fromisoformat(report.generated_at.replace("Z", "+00:00")).date()
+    except ValueError:
+        return _dt.datetime.now(_dt.timezone.utc).date()
+
+
+def with_waivers(bundle: Bundle, path: str | Path) -> Bundle:
+    """Apply a waivers file to the merged findings, judged at the scan date (not the render date)."""
+    from dataclasses import replace
+
+    from obelisk.core.waivers import apply_waivers, load_waivers
+
+    report = bundle.report
+    findings = apply_waivers(report.findings, load_waivers(path), today=scan_date(report))
+    return replace(bundle, report=report.with_findings(findings))

@@ -10,6 +10,8 @@ control not-satisfied with the waiver named: an accepted risk is not a satisfied
 
 from __future__ import annotations
 
+import datetime as _dt
+
 from obelisk.core.findings import Finding, Status
 from obelisk.reports.cci import display_control, finding_controls
 from obelisk.reports.checklist import stable_uuid
@@ -31,8 +33,19 @@ def oscal_version() -> str:
 
 def _line(text: str) -> str:
     """OSCAL titles are one line without surrounding space."""
+    if text and "\n" not in text and not text[0].isspace() and not text[-1].isspace():
+        return text  # the common case, already one trimmed line
     one = " ".join(text.split())
     return one or "untitled"
+
+
+def _time(value: str, fallback: str) -> str:
+    """An RFC 3339 time with a zone, as OSCAL requires; the fallback when the input has none."""
+    try:
+        parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return fallback
+    return value if parsed.tzinfo is not None else fallback
 
 
 def _prop(name: str, value: str) -> dict:
@@ -56,8 +69,7 @@ def _observation(f: Finding, uid: str, system_uuid: str, tool_uuid: str, collect
         props.append(_prop("section", f.section))
     if f.target:
         props.append(_prop("target", f.target))
-    props.extend(_prop(f"ref-{r.scheme}", r.id) for r in f.references if r.id.strip()
-                 if r.scheme.replace("-", "").isalnum())
+    props.extend(_prop("reference", f"{r.scheme}:{r.id}") for r in f.references)
     obs: dict = {
         "uuid": uid,
         "title": _line(f"{f.id}: {f.title}"),
@@ -80,7 +92,19 @@ def _observation(f: Finding, uid: str, system_uuid: str, tool_uuid: str, collect
     return obs
 
 
-def _control_state(findings: list[Finding]) -> tuple[str, str, str]:
+def _risk_statement(f: Finding) -> str:
+    parts = []
+    if f.observed is not None or f.expected is not None:
+        parts.append(f"Observed {f.observed!s} where {f.expected!s} is required on {f.target or 'the subject'}.")
+    if f.remediation:
+        parts.append(f"Remediation: {f.remediation}")
+    if f.waiver is not None and f.status is Status.WAIVED:
+        parts.append(f"Risk accepted: {f.waiver.reason}; approved by {f.waiver.approver}, expires "
+                     f"{f.waiver.expires.isoformat()}.")
+    return " ".join(parts) or f.title
+
+
+def control_state(findings: list[Finding]) -> tuple[str, str, str]:
     """(state, reason, remarks) for one control from the findings that bear on it."""
     statuses = {f.status for f in findings}
     failed = [f.id for f in findings if f.status in (Status.FAIL, Status.ERROR)]
@@ -106,7 +130,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
     system_uuid = stable_uuid(root_key, "system")
     tool_uuid = stable_uuid(root_key, "tool")
     plan_uuid = stable_uuid(root_key, "assessment-plan")
-    collected = report.generated_at or options.rendered_at
+    collected = _time(report.generated_at, options.rendered_at)
     observations = []
     by_control: dict[str, list[tuple[Finding, str]]] = {}
     for i, f in enumerate(report.findings):
@@ -114,9 +138,30 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
         observations.append(_observation(f, uid, system_uuid, tool_uuid, collected))
         for control in finding_controls(f, options.cci_map):
             by_control.setdefault(control, []).append((f, uid))
+    # Failing checks are open risks; waived failures are approved deviations (the exceptions register).
+    risks = []
+    risk_of: dict[str, str] = {}
+    for i, f in enumerate(report.findings):
+        if f.status not in (Status.FAIL, Status.WAIVED):
+            continue
+        obs_uuid = observations[i]["uuid"]
+        risk = {
+            "uuid": stable_uuid(root_key, "risk", str(i), f.id),
+            "title": _line(f"{f.id}: {f.title}"),
+            "description": f.detail or f.title,
+            "statement": _risk_statement(f),
+            "props": [_prop("severity", f.severity.value)],
+            "status": "deviation-approved" if f.status is Status.WAIVED else "open",
+            "related-observations": [{"observation-uuid": obs_uuid}],
+        }
+        if f.status is Status.WAIVED and f.waiver is not None:
+            risk["deadline"] = f"{f.waiver.expires.isoformat()}T23:59:59Z"
+        risks.append(risk)
+        risk_of[obs_uuid] = risk["uuid"]
     findings = []
-    for control, items in sorted(by_control.items(), key=lambda kv: _control_sort(kv[0])):
-        state, reason, remarks = _control_state([f for f, _ in items])
+    for control, items in sorted(by_control.items(), key=lambda kv: control_sort(kv[0])):
+        state, reason, remarks = control_state([f for f, _ in items])
+        related_risks = [{"risk-uuid": risk_of[uid]} for _, uid in items if uid in risk_of]
         findings.append({
             "uuid": stable_uuid(root_key, "finding", control),
             "title": f"{display_control(control)}: {state}",
@@ -124,16 +169,18 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
             "target": {"type": "objective-id", "target-id": f"{control}_obj",
                        "status": {"state": state, "reason": reason}, "remarks": remarks},
             "related-observations": [{"observation-uuid": uid} for _, uid in items],
+            **({"related-risks": related_risks} if related_risks else {}),
         })
     if by_control:
-        selection = {"include-controls": [{"control-id": c} for c in sorted(by_control, key=_control_sort)]}
+        selection = {"include-controls": [{"control-id": c} for c in sorted(by_control, key=control_sort)]}
     else:
         selection = {"include-all": {}}
     system_props = [_prop("subject-kind", s.kind)]
     if s.digest:
         system_props.append(_prop("digest", s.digest))
     system_props.extend(_prop("attribute", f"{k}={v}") for k, v in s.attributes if v.strip())
-    times = sorted(src.generated_at for src in bundle.sources if src.generated_at) or [collected]
+    times = sorted({_time(src.generated_at, collected) for src in bundle.sources}
+                   | {collected}, key=lambda v: _dt.datetime.fromisoformat(v.replace("Z", "+00:00")))
     result: dict = {
         "uuid": stable_uuid(root_key, "result"),
         "title": _line(f"obelisk scan of {s.kind} {s.name}"),
@@ -150,6 +197,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
         ]},
         "reviewed-controls": {"control-selections": [selection]},
         "observations": observations or None,
+        "risks": risks or None,
         "findings": findings or None,
     }
     result = {k: v for k, v in result.items() if v is not None}
@@ -167,8 +215,8 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
         "uuid": stable_uuid(root_key, "assessment-results"),
         "metadata": {
             "title": _line(options.title or f"Assessment results for {s.kind} {s.name}"),
-            "last-modified": options.rendered_at or collected,
-            "version": report.tool_version or "0",
+            "last-modified": _time(options.rendered_at, collected),
+            "version": _line(report.tool_version) if report.tool_version.strip() else "0",
             "oscal-version": oscal_version(),
             "props": [_prop("generator", f"obelisk {report.tool_version}")],
         },
@@ -178,7 +226,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
     }}
 
 
-def _control_sort(control: str) -> tuple:
+def control_sort(control: str) -> tuple:
     family, _, rest = control.partition("-")
     number, _, enh = rest.partition(".")
     return (family, int(number) if number.isdigit() else 0, int(enh) if enh.isdigit() else 0)

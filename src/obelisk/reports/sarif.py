@@ -35,7 +35,7 @@ def _rule(f: Finding) -> dict:
         "fullDescription": {"text": f.expected and f"{f.title}. Expected: {f.expected}" or f.title},
         "defaultConfiguration": {"level": _LEVEL[f.severity]},
         "properties": {
-            "tags": ["security", *(t for t in (f.benchmark, f.section) if t)],
+            "tags": list(dict.fromkeys(["security", *(t for t in (f.benchmark, f.section) if t)])),
             "security-severity": _SECURITY_SEVERITY[f.severity],
             "precision": "high",
             "references": [f"{r.scheme}:{r.id}" for r in f.references],
@@ -46,7 +46,7 @@ def _rule(f: Finding) -> dict:
     return rule
 
 
-_LINE = re.compile(r"^(?:line\s*)?(\d+)$", re.I)
+_LINE = re.compile(r"^(?:line\s*)?([0-9]+)$", re.I | re.ASCII)
 # Evidence kinds whose source is a file on the checked system.
 _FILE_KINDS = frozenset({"file", "config", "manifest", "log-entry"})
 

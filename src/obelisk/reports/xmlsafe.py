@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from obelisk.core.errors import InputError
@@ -26,3 +27,14 @@ def parse_xml_file(path: str | Path):
     except etree.XMLSyntaxError as exc:
         line = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
         raise InputError(f"not well-formed XML{line}: {exc.msg}", source=str(p)) from None
+
+
+# Characters XML 1.0 cannot carry (C0 controls except tab/newline/return, U+FFFE/U+FFFF, lone surrogates).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def xml_text(value: str | None) -> str:
+    """Text safe for an XML element or attribute: evidence from a hostile node may hold anything."""
+    if not value:
+        return ""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", value)

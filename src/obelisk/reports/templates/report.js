@@ -16,7 +16,7 @@
     var n = 0;
     items.forEach(function (el) {
       var d = el.dataset;
-      var ok = statuses[d.status] && severities[d.severity] && (!benchmark || d.benchmark === benchmark) &&
+      var ok = statuses[d.status] && severities[d.severity] && (!benchmark || d.benchmark.split(" ").indexOf(benchmark) >= 0) &&
         (!section || d.section === section) && (!q || el.textContent.toLowerCase().indexOf(q) >= 0);
       el.hidden = !ok;
       if (ok) n++;
