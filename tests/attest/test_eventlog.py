@@ -191,6 +191,8 @@ def test_describe_decodes_what_tpm2_eventlog_decodes():
     assert text[0] == "Spec ID Event03"
     assert text[3] == "SecureBoot (8be4df61-93ca-11d2-aa0d-00e098032b8c, 0 bytes)"
     assert "image 9180448 bytes \\vmlinuz-linux-lts" in text
+    blob = el.parse((SHARED / "eventlog" / "event.bin").read_bytes()).events[1]
+    assert el.describe(blob) == "firmware blob at 0x900000, 0xb00000 bytes"  # tpm2_eventlog: BlobBase/BlobLength
     gce = el.parse((SHARED / "eventlog" / "event-gce-ubuntu-2104-log.bin").read_bytes())
     assert el.describe(gce.events[1]) == "GCE Virtual Firmware v1"
     assert el.describe(gce.events[14]) == "Calling EFI Application from Boot Option"

@@ -106,3 +106,26 @@ def test_verify_walk_on_mutated_ascii(valid, cut_at, flips_at):
 @given(st.binary(max_size=300))
 def test_verify_random_bytes(data):
     _check(_verify, data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(__import__("obelisk.ima_policy.templates", fromlist=["x"]).BUILTIN)),
+       st.binary(max_size=120), st.booleans())
+def test_entries_with_valid_hashes_over_hostile_template_data(template, tdata, little):
+    """An attacker can give any template data a matching hash: the field structure is still checked."""
+    import hashlib
+    import struct
+
+    order = "<" if little else ">"
+    name = template.encode()
+    if template == "ima":
+        body = tdata[:20].ljust(20, b"\0") + struct.pack(order + "I", len(tdata[20:])) + tdata[20:]
+        hashed = tdata[:20].ljust(20, b"\0") + tdata[20:].ljust(256, b"\0")
+    else:
+        body = struct.pack(order + "I", len(tdata)) + tdata
+        hashed = tdata
+    entry = struct.pack(order + "I20sI", 10, hashlib.sha1(hashed).digest(), len(name)) + name + body
+    boot = serialize_binary(sample_entries(1)) if little else b""
+    for data in (entry, boot + entry):
+        _check(parse_binary, data)
+        _check(_verify, data)

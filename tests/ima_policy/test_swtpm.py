@@ -29,3 +29,29 @@ def test_replay_matches_tpm(swtpm, mode):
     assert _pcrread(swtpm, "sha1") == values["sha1"]
     assert _pcrread(swtpm, "sha256") == values["sha256"]
     assert values["sha256"] != bytes(32)
+
+
+def test_verify_against_tpm2_pcrread_output(swtpm, tmp_path, obelisk_cli):
+    """The full loop: extend a list into the TPM, read the PCRs with tpm2_pcrread, verify with them.
+
+    The list is then extended by two more entries in the TPM's absence: the quote covers a prefix.
+    """
+    entries = sample_entries(15)
+    for e in entries[:13]:
+        spec = ",".join(f"{bank}={extend_digest(e, bank, PER_BANK).hex()}" for bank in ("sha1", "sha256"))
+        tools.run("tpm2_pcrextend", [f"10:{spec}"], env=swtpm.env)
+    yaml_text = tools.run("tpm2_pcrread", ["sha1:0,1,2,3,4,5,6,7,8,9,10+sha256:0,1,2,3,4,5,6,7,8,9,10"],
+                          env=swtpm.env).stdout.decode()
+    (tmp_path / "pcrs.yaml").write_text(yaml_text)
+    (tmp_path / "list").write_bytes(serialize_binary(entries))
+    proc = obelisk_cli("ima", "log", "verify", str(tmp_path / "list"), "--pcrs", str(tmp_path / "pcrs.yaml"),
+                       "--format", "json")
+    import json
+    findings = {f["id"]: f for f in json.loads(proc.stdout)["findings"]}
+    for bank in ("sha1", "sha256"):
+        f = findings[f"ima.pcr.10.{bank}"]
+        assert f["status"] == "pass", f
+        assert "first 13 of 15 entries" in f["detail"]
+    # boot_aggregate of this generated list is not over the swtpm's PCR 0-9: caught
+    assert findings["ima.boot-aggregate"]["status"] == "fail"
+    assert proc.returncode == 1

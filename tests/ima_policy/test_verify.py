@@ -303,3 +303,14 @@ def test_ascii_fast_path_matches_the_binary_encoding():
         checker._JOB = None
     assert buf == serialize_binary(entries)
     assert numbers == list(range(1, 32))
+
+
+def test_modsig_only_entry_is_manual_not_unsigned(signed):
+    e = make_entry("ima-modsig", [digest_field("sha256", bytes(32)), name_field("/lib/modules/x.ko"), b"",
+                                  digest_field("sha256", b"\x01" * 32), b"\x30\x82pkcs7"], number=2)
+    entries = [signed["entries"][0], e]
+    result = verify_log(serialize_binary(entries), "list", VerifyOptions(
+        keyring=Keyring.load([str(signed["keys"].ima_cert)])))
+    st = _statuses(result)
+    assert st["ima.entry.2.modsig-not-verified"] is Status.MANUAL
+    assert "ima.entry.2.unsigned" not in st

@@ -187,6 +187,25 @@ def test_cklb_structure_matches_ckl(bundle, stig_xccdf):
     assert doc["target_data"]["host_name"] == "worker-01.prod.example"
     assert all(r["stig_uuid"] == stig["uuid"] for r in stig["rules"])
     assert {r["status"] for r in stig["rules"]} <= {"not_a_finding", "open", "not_applicable", "not_reviewed"}
+    # The keys STIG Viewer 3 writes and reads, at each level.
+    assert {"title", "id", "active", "mode", "has_path", "target_data", "stigs", "cklb_version"} <= set(doc)
+    assert {"target_type", "host_name", "ip_address", "mac_address", "fqdn", "comments", "role",
+            "is_web_database", "technology_area", "web_db_site", "web_db_instance"} <= set(doc["target_data"])
+    assert {"stig_name", "display_name", "stig_id", "release_info", "version", "uuid", "reference_identifier",
+            "size", "rules"} <= set(stig)
+    rule_keys = {"uuid", "stig_uuid", "target_key", "stig_ref", "group_id", "group_id_src", "rule_id",
+                 "rule_id_src", "weight", "classification", "severity", "rule_version", "group_title", "rule_title",
+                 "fix_text", "false_positives", "false_negatives", "discussion", "check_content", "documentable",
+                 "mitigations", "potential_impacts", "third_party_tools", "mitigation_control", "responsibility",
+                 "security_override_guidance", "ia_controls", "check_content_ref", "legacy_ids", "ccis",
+                 "group_tree", "createdAt", "updatedAt", "STIGUuid", "status", "overrides", "comments",
+                 "finding_details"}
+    assert all(rule_keys <= set(r) for r in stig["rules"])
+    assert len({r["uuid"] for r in stig["rules"]}) == 95  # unique rule uuids
+    rule = rules["V-242381"]
+    bench_rule = bench.by_vuln_id()["V-242381"]
+    assert (rule["rule_title"], rule["check_content"], rule["fix_text"]) == (bench_rule.title, bench_rule.check,
+                                                                             bench_rule.fix)
 
 
 def test_junit_counts(bundle):

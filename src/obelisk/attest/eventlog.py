@@ -550,6 +550,9 @@ def describe(ev: Event) -> str:
             if data.startswith(STARTUP_LOCALITY_SIGNATURE) and len(data) > 16:
                 return f"StartupLocality {data[16]}"
             return _printable(data[:16]) or f"{len(data)} bytes"
+        if ev.event_type in (0x1, 0x80000008) and len(data) == 16:  # UEFI_PLATFORM_FIRMWARE_BLOB
+            base, length = struct.unpack("<QQ", data)
+            return f"firmware blob at 0x{base:x}, 0x{length:x} bytes"
         if ev.event_type in _TEXT_EVENTS:
             return _printable(data) or f"{len(data)} bytes"
         if ev.event_type == 0x8:  # S-CRTM version: UTF-16 or a GUID

@@ -199,6 +199,9 @@ def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src:
     title = "Firmware event log replays to the quoted PCRs 0-9"
     if ev.event_log is None:
         return [_f("eventlog", title, Status.FAIL, section="eventlog", detail="the bundle has no event log")], {}
+    if len(ev.event_log) > eventlog.MAX_LOG_SIZE:  # bounded work and memory on hostile bundles
+        return [_f("eventlog", title, Status.FAIL, section="eventlog",
+                   detail=f"event log of {len(ev.event_log)} bytes exceeds {eventlog.MAX_LOG_SIZE}")], {}
     try:
         log = eventlog.parse(ev.event_log, source=f"{src}: event_log")
     except ParseError as exc:

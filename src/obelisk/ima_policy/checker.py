@@ -153,13 +153,14 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     little = order == "little"
     u32 = struct.Struct("<I" if little else ">I").unpack_from
     header = struct.Struct(("<" if little else ">") + "I20sI").unpack_from
-    from_bytes = int.from_bytes
     end = len(data)
     banks = job.banks
     want_sha1 = "sha1" in banks
     other_ctors = [getattr(hashlib, b) for b in banks if b != "sha1"]
     other_outs: list[list[bytes]] = [[] for _ in other_ctors]
     other_banks = list(zip(other_ctors, [o.append for o in other_outs]))
+    one_other = len(other_banks) == 1
+    other_ctor, other_app = other_banks[0] if one_other else (None, None)
     sha1_out: list[bytes] = []
     sha1_app = sha1_out.append
     listed_out: list[bytes] = []
@@ -172,9 +173,10 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     stats = res.stats
     matched = 0
     name_raw = b""
+    name_len = -1
     tpl: templates.Template | None = None
     legacy = False
-    fast_ng = False  # template data is exactly d-ng|n-ng: path and digest found without splitting
+    fast_ng = 0  # 2: d-ng|n-ng, 3: d-ng|n-ng|sig -- path and digest found without splitting
     ctx = _EntryContext(job, res, order)
     prefixes: dict[bytes, str] = {}
     index = 0
@@ -187,14 +189,17 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
                              source=source, offset=off)
         pcr, listed, nlen = header(data, off)
         p = off + 28
-        if nlen != len(name_raw) or data[p:p + nlen] != name_raw or pcr > MAX_PCR:
+        if nlen != name_len or not data.startswith(name_raw, p) or pcr > MAX_PCR:
             number = numbers[index] if numbers is not None else first_number + index
             if pcr > MAX_PCR:
                 raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
             tpl = _template(data, p, nlen, end, number, source, off)
             name_raw = data[p:p + nlen]
+            name_len = nlen
             legacy = tpl.legacy
-            fast_ng = tpl.fields == ("d-ng", "n-ng") or tpl.fields == ("d-ngv2", "n-ng")
+            fast_ng = _FAST.get(tpl.fields, 0)
+            if fast_ng == 3 and check_sigs:  # signatures to verify: the full path
+                fast_ng = 0
         p += nlen
         if legacy:
             if end - p < 24:
@@ -220,21 +225,27 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
             next_off = p + dlen
         computed = sha1(tdata).digest()
         if computed == listed and fast_ng and pcr == 10:
-            # the common case: an intact d-ng|n-ng entry for PCR 10
+            # the common case: an intact ima-ng (or ima-sig, signatures not checked) entry for PCR 10
             listed_app(listed)
             if want_sha1:
                 sha1_app(computed)
-            for ctor, app in other_banks:
-                app(ctor(tdata).digest())
-            if little:
-                l1 = from_bytes(tdata[0:4], "little")
-                l2 = from_bytes(tdata[4 + l1:8 + l1], "little")
+            if one_other:
+                other_app(other_ctor(tdata).digest())
             else:
-                l1 = from_bytes(tdata[0:4], "big")
-                l2 = from_bytes(tdata[4 + l1:8 + l1], "big")
-            if 8 + l1 + l2 != len(tdata):
+                for ctor, app in other_banks:
+                    app(ctor(tdata).digest())
+            # the field structure must hold exactly (the hash matching proves nothing about it)
+            n = len(tdata)
+            l1 = u32(tdata, 0)[0] if n >= 8 else n
+            l2 = u32(tdata, 4 + l1)[0] if n >= 8 + l1 else n
+            p3 = 8 + l1 + l2
+            if fast_ng == 2:
+                intact = p3 == n
+            else:
+                intact = p3 + 4 <= n and p3 + 4 + u32(tdata, p3)[0] == n
+            if not intact:
                 number = numbers[index] if numbers is not None else first_number + index
-                raise ParseError(f"entry {number}: template data does not hold exactly d-ng and n-ng",
+                raise ParseError(f"entry {number}: template data does not hold the fields of {tpl.name}",
                                  source=source, offset=off)
             if files_get is not None or (index == 0 and at_list_start):
                 head, _, fdigest = tdata[4:4 + l1].partition(b":\0")
@@ -289,6 +300,10 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     for b, out in zip([b for b in banks if b != "sha1"], other_outs):
         res.bank_digests[b] = b"".join(out)
     return off
+
+
+# Templates the tight loop decodes inline: number of fields
+_FAST = {("d-ng", "n-ng"): 2, ("d-ngv2", "n-ng"): 2, ("d-ng", "n-ng", "sig"): 3, ("d-ngv2", "n-ng", "sig"): 3}
 
 
 def _template(data: bytes, p: int, nlen: int, end: int, number: int, source: str, off: int) -> templates.Template:
@@ -396,6 +411,11 @@ class _EntryContext:
         if keyring is not None and not is_buffer:
             if "sig" not in vals:
                 stats["no-signature-field"] += 1
+            elif not vals["sig"] and vals.get("modsig"):
+                # appraised by the signature appended to a module or kexec image (PKCS#7), which
+                # obelisk does not parse: say so rather than call the file unsigned
+                self.problem("modsig-not-verified", number, path, "carries an appended (modsig) signature only; "
+                             "verify it with the kernel's keyring or sign the file with an IMA signature too")
             elif not self.ignored(path):
                 outcome, detail = keyring.check(vals["sig"], algo, fdigest)
                 if outcome == VALID:

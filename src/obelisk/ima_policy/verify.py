@@ -34,7 +34,9 @@ _KIND = {  # problem kind -> (title, severity)
     "unknown-key": ("IMA signature by an untrusted key", Severity.HIGH),
     "bad-signature": ("IMA signature does not verify", Severity.CRITICAL),
     "malformed-signature": ("IMA signature is malformed", Severity.HIGH),
+    "modsig-not-verified": ("appended module signature not verified by obelisk", Severity.MEDIUM),
 }
+_MANUAL = frozenset({"modsig-not-verified"})
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,8 @@ def _problem_findings(chunks, options: VerifyOptions, source: str) -> list[Findi
                 break
             listed[p.kind] += 1
             title, severity = _KIND.get(p.kind, (p.kind, Severity.HIGH))
-            out.append(Finding(f"ima.entry.{p.number}.{p.kind}", title, Status.FAIL, severity,
+            status = Status.MANUAL if p.kind in _MANUAL else Status.FAIL
+            out.append(Finding(f"ima.entry.{p.number}.{p.kind}", title, status, severity,
                                target=p.path, observed=p.observed, expected=p.expected, detail=p.detail,
                                benchmark=BENCHMARK, section="entries",
                                evidence=(Evidence("log-entry", source, detail=p.path,
@@ -235,7 +238,7 @@ def _problem_findings(chunks, options: VerifyOptions, source: str) -> list[Findi
         if n > listed[kind]:
             title, severity = _KIND.get(kind, (kind, Severity.HIGH))
             out.append(Finding(f"ima.entries.{kind}.more", f"{n - listed[kind]} more entries: {title}",
-                               Status.FAIL, severity, target=source, observed=str(n), benchmark=BENCHMARK,
+                               Status.MANUAL if kind in _MANUAL else Status.FAIL, severity, target=source, observed=str(n), benchmark=BENCHMARK,
                                section="entries", detail=f"{n} in all; only the first {listed[kind]} are listed "
                                                          f"(--max-findings {options.max_findings})"))
     return out
@@ -260,6 +263,8 @@ def _summary_findings(chunks, options: VerifyOptions, source: str) -> list[Findi
         nosig = stats["no-signature-field"]
         status = Status.FAIL if bad or nosig else Status.PASS
         detail = f"{stats['signatures-valid']} valid signatures, {bad} failed"
+        if counts["modsig-not-verified"]:
+            detail += f", {counts['modsig-not-verified']} appended (modsig) signatures left to check"
         if nosig:
             detail += f"; {nosig} entries use a template without a signature field (use ima-sig)"
         out.append(Finding("ima.signatures", "IMA signatures recorded in the list verify", status, Severity.HIGH,
