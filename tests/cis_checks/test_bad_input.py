@@ -113,3 +113,35 @@ def test_hostile_manifest_text(tmp_path_factory, text):
     os.chmod(d / "etcd.yaml", 0o600)
     report = scan(root)
     assert by_id(report, "cis-1.1.7").status in (Status.PASS, Status.ERROR)
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                         st.sampled_from(["kind", "spec", "containers", "command", "args", "env", "volumeMounts",
+                                          "volumes", "name", "value", "mountPath", "hostPath", "path", "image",
+                                          "rules", "level", "plugins", "configuration", "defaults", "enforce"]),
+                         inner, max_size=5), max_leaves=20)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=_json, kubelet=_json)
+def test_structurally_hostile_yaml(tmp_path_factory, doc, kubelet):
+    """Well-formed YAML of the wrong shape anywhere a manifest or config is read."""
+    root = tmp_path_factory.mktemp("shape")
+    manifests = root / "etc/kubernetes/manifests"
+    manifests.mkdir(parents=True)
+    pod = {"kind": "Pod", "spec": {"containers": [{"command": ["kube-apiserver", "--audit-policy-file=/p.yaml",
+                                                               "--admission-control-config-file=/a.yaml",
+                                                               "--encryption-provider-config=/e.yaml"]}]}}
+    if isinstance(doc, dict):
+        pod["spec"]["containers"][0].update(doc)
+    (manifests / "kube-apiserver.yaml").write_text(json.dumps(pod))
+    (manifests / "etcd.yaml").write_text(json.dumps(doc))
+    for name in ("p.yaml", "a.yaml", "e.yaml"):
+        (root / name).write_text(json.dumps(doc))
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system/kubelet.service").write_text("[Service]\nExecStart=/usr/bin/kubelet --config=/k.yaml\n")
+    (root / "k.yaml").write_text(json.dumps({"kind": "KubeletConfiguration",
+                                             "apiVersion": "kubelet.config.k8s.io/v1beta1", "authentication": kubelet}))
+    report = scan(root)
+    assert len(report.findings) >= 162

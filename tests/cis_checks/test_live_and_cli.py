@@ -156,3 +156,15 @@ def test_encryption_key_is_never_silently_replaced(tmp_path, obelisk_cli):
     assert again.returncode == 2 and "already exists" in again.stderr and key.read_bytes() == before
     assert obelisk_cli("k8s", "encryption-key", "--out", str(key), "--replace").returncode == 0
     assert key.read_bytes() != before
+
+
+def test_checks_command_lists_the_catalogue(obelisk_cli):
+    r = obelisk_cli("k8s", "checks", "--benchmark", "stig-k8s", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["checks"]
+    vids = {ref["id"] for row in rows for ref in row["references"] if ref["scheme"] == "stig"}
+    assert len(vids) == 95
+    row = next(x for x in rows if x["id"] == "cis-4.2.4")
+    assert row["assessment"] == "manual" and row["evaluated"] is True and row["severity"] == "high"
+    text = obelisk_cli("k8s", "checks", "--format", "text")
+    assert text.returncode == 0 and text.stdout.strip().endswith("162 checks")

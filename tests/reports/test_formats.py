@@ -77,9 +77,18 @@ def _token(value) -> str:
 
 
 def _validate_oscal(doc):
+    """trestle's pydantic models, then every validator `trestle validate -a` runs (duplicate uuids,
+    references, links)."""
+    import argparse
+
+    import trestle.core.validator_factory as validator_factory
+    from trestle.common import const
     from trestle.oscal.assessment_results import AssessmentResults
 
-    return AssessmentResults.model_validate(doc["assessment-results"])
+    model = AssessmentResults.model_validate(doc["assessment-results"])
+    validator = validator_factory.validator_factory.get(argparse.Namespace(mode=const.VAL_MODE_ALL))
+    assert validator.model_is_valid(model, True, None), validator.error_msg()
+    return model
 
 
 def test_oscal_validates_with_trestle(bundle):
@@ -110,6 +119,14 @@ def test_oscal_with_cci_list_maps_more_controls(bundle, cci_list):
                 doc["assessment-results"]["results"][0]["reviewed-controls"]["control-selections"][0]
                 ["include-controls"]]
     assert "ac-17.2" in controls and "ac-3" in controls
+
+
+def test_oscal_duplicate_uuid_is_rejected(bundle):
+    doc = json.loads(render(bundle, "oscal"))
+    observations = doc["assessment-results"]["results"][0]["observations"]
+    observations[1]["uuid"] = observations[0]["uuid"]
+    with pytest.raises(AssertionError, match="duplicate"):
+        _validate_oscal(doc)
 
 
 def test_oscal_invalid_document_is_rejected(bundle):
@@ -187,6 +204,25 @@ def test_cklb_structure_matches_ckl(bundle, stig_xccdf):
     assert doc["target_data"]["host_name"] == "worker-01.prod.example"
     assert all(r["stig_uuid"] == stig["uuid"] for r in stig["rules"])
     assert {r["status"] for r in stig["rules"]} <= {"not_a_finding", "open", "not_applicable", "not_reviewed"}
+    # The keys STIG Viewer 3 writes and reads, at each level.
+    assert {"title", "id", "active", "mode", "has_path", "target_data", "stigs", "cklb_version"} <= set(doc)
+    assert {"target_type", "host_name", "ip_address", "mac_address", "fqdn", "comments", "role",
+            "is_web_database", "technology_area", "web_db_site", "web_db_instance"} <= set(doc["target_data"])
+    assert {"stig_name", "display_name", "stig_id", "release_info", "version", "uuid", "reference_identifier",
+            "size", "rules"} <= set(stig)
+    rule_keys = {"uuid", "stig_uuid", "target_key", "stig_ref", "group_id", "group_id_src", "rule_id",
+                 "rule_id_src", "weight", "classification", "severity", "rule_version", "group_title", "rule_title",
+                 "fix_text", "false_positives", "false_negatives", "discussion", "check_content", "documentable",
+                 "mitigations", "potential_impacts", "third_party_tools", "mitigation_control", "responsibility",
+                 "security_override_guidance", "ia_controls", "check_content_ref", "legacy_ids", "ccis",
+                 "group_tree", "createdAt", "updatedAt", "STIGUuid", "status", "overrides", "comments",
+                 "finding_details"}
+    assert all(rule_keys <= set(r) for r in stig["rules"])
+    assert len({r["uuid"] for r in stig["rules"]}) == 95  # unique rule uuids
+    rule = rules["V-242381"]
+    bench_rule = bench.by_vuln_id()["V-242381"]
+    assert (rule["rule_title"], rule["check_content"], rule["fix_text"]) == (bench_rule.title, bench_rule.check,
+                                                                             bench_rule.fix)
 
 
 def test_junit_counts(bundle):
@@ -243,3 +279,19 @@ def test_html_controls_table_agrees_with_oscal(bundle, cci_list):
              for f in doc["assessment-results"]["results"][0]["findings"]}
     assert rows == oscal
     assert rows["AC-3"] == "not-satisfied" and rows["CM-7"] == "satisfied" and "AC-17(2)" in rows
+
+
+def test_html_stig_coverage_matches_checklist(bundle, stig_xccdf):
+    from collections import Counter
+
+    from lxml import html as lxml_html
+
+    bench = load_stig_benchmark(stig_xccdf)
+    options = RenderOptions(stig_benchmark=bench)
+    dom = lxml_html.fromstring(render(bundle, "html", options))
+    totals = {td.get("data-status"): int(td.text_content())
+              for td in dom.xpath("//table[@id='stig-coverage']//td[@data-total]")}
+    ckl = etree.fromstring(render(bundle, "ckl", options))
+    in_ckl = Counter(v.findtext("STATUS") for v in ckl.iter("VULN"))
+    assert totals == {s: in_ckl.get(s, 0) for s in ("Open", "NotAFinding", "Not_Reviewed", "Not_Applicable")}
+    assert sum(totals.values()) == 95 and totals["Open"] == 3

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import stat as stat_mod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -226,7 +226,14 @@ class NodeView:
                 image=base.image if base else "", path_map=base.path_map if base else (),
                 env=comp.env, env_source=comp.env_source)
         if "etcd" in self.components:
-            self.components["etcd"] = self._etcd_settings(self.components["etcd"])
+            try:
+                self.components["etcd"] = self._etcd_settings(self.components["etcd"])
+            except (TypeError, AttributeError, ValueError) as exc:
+                import dataclasses
+
+                self.components["etcd"] = dataclasses.replace(
+                    self.components["etcd"], ignore_flags=True,
+                    config_error=f"etcd settings unusable ({type(exc).__name__}: {exc})")
 
     def _etcd_settings(self, comp: Component) -> Component:
         """etcd reads --config-file (then ignores flags and variables), else flags over ETCD_* variables."""
@@ -326,7 +333,11 @@ class NodeView:
                 if guess:
                     self.manifests[node_path] = guess
                 continue
-            comp = self._component_from_pod(doc, node_path, guess)
+            try:
+                comp = self._component_from_pod(doc, node_path, guess)
+            except (TypeError, AttributeError, ValueError, KeyError) as exc:  # a structure no Pod has
+                self.problem(node_path, f"not a usable static pod manifest ({type(exc).__name__})", guess)
+                comp = None
             if comp is not None:
                 self.manifests[node_path] = comp.name
                 self.components.setdefault(comp.name, comp)

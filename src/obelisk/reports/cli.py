@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report", help="render, sign, verify and compare compliance reports",
         description="Render results files as compliance reports (`obelisk report RESULTS.json... --format "
                     "html|json|junit|sarif|oscal|ckl|cklb|csv [-o FILE]`), sign and verify rendered reports, "
-                    "and compare two scans.")
+                    "and compare two scans.",
+        epilog="`obelisk report render --help` lists the rendering options (--format, -o, --stig-benchmark, "
+               "--cci-list, --waivers).")
     report.__class__ = _route_to_render(type(report))
     group = report.add_subparsers(dest="report_command", metavar="COMMAND", parser_class=sub._parser_class)
 
