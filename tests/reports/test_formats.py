@@ -77,9 +77,18 @@ def _token(value) -> str:
 
 
 def _validate_oscal(doc):
+    """trestle's pydantic models, then every validator `trestle validate -a` runs (duplicate uuids,
+    references, links)."""
+    import argparse
+
+    import trestle.core.validator_factory as validator_factory
+    from trestle.common import const
     from trestle.oscal.assessment_results import AssessmentResults
 
-    return AssessmentResults.model_validate(doc["assessment-results"])
+    model = AssessmentResults.model_validate(doc["assessment-results"])
+    validator = validator_factory.validator_factory.get(argparse.Namespace(mode=const.VAL_MODE_ALL))
+    assert validator.model_is_valid(model, True, None), validator.error_msg()
+    return model
 
 
 def test_oscal_validates_with_trestle(bundle):
@@ -110,6 +119,14 @@ def test_oscal_with_cci_list_maps_more_controls(bundle, cci_list):
                 doc["assessment-results"]["results"][0]["reviewed-controls"]["control-selections"][0]
                 ["include-controls"]]
     assert "ac-17.2" in controls and "ac-3" in controls
+
+
+def test_oscal_duplicate_uuid_is_rejected(bundle):
+    doc = json.loads(render(bundle, "oscal"))
+    observations = doc["assessment-results"]["results"][0]["observations"]
+    observations[1]["uuid"] = observations[0]["uuid"]
+    with pytest.raises(AssertionError, match="duplicate"):
+        _validate_oscal(doc)
 
 
 def test_oscal_invalid_document_is_rejected(bundle):

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +181,26 @@ def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], c
     return BuildResult(Path(output), key, False, seconds, info)
 
 
+def build_from_profile(source: str | os.PathLike[str], ca_path: str | os.PathLike[str],
+                       output: str | os.PathLike[str], *, profile: str = "module-less", base: str = "tinyconfig",
+                       fragments: tuple[str, ...] = (), jobs: int = 2, quiet: bool = True) -> BuildResult:
+    """`kernel config` then `kernel build` in one call (the API the image pipeline uses)."""
+    import tempfile
+
+    from obelisk.core import atomic
+    from obelisk.kernel_hardening.profile import load_profile
+    from obelisk.kernel_hardening.resolve import check_tree_clean, resolve
+    from obelisk.kernel_hardening.source import source_tree
+
+    tree = source_tree(source, quiet=quiet)
+    check_tree_clean(tree)
+    resolution = resolve(tree, load_profile(profile), base=base, fragments=list(fragments))
+    with tempfile.TemporaryDirectory(prefix="obelisk-kconfig-") as tmp:
+        config = Path(tmp) / ".config"
+        atomic.write_text(config, resolution.config_text)
+        return build(source, config, ca_path, output, jobs=jobs, quiet=quiet)
+
+
 def run(args: argparse.Namespace) -> int:
     from obelisk.cli.common import emit_result
 
@@ -192,6 +211,6 @@ def run(args: argparse.Namespace) -> int:
     how = "from cache" if result.cached else f"built in {data['seconds']} s"
     text = (f"kernel {data['kernel_release']} -> {result.output}/bzImage ({how})\n"
             f"bzImage sha256 {data['bzImage_sha256']}\n")
-    if not sys.stdout.isatty() and args.format is None:
-        args.format = "json"
-    return emit_result(args, data, text)
+    # -o names the output directory here, not a file for the result: print the result
+    shown = argparse.Namespace(format=args.format, output=None)
+    return emit_result(shown, data, text)
