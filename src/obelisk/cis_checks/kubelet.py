@@ -100,11 +100,17 @@ class KubeletConfig:
         if self.config_file:
             self._load_layer(self.config_file)
         if self.config_dir:
-            d = node.host(self.config_dir)
-            if d.is_dir():
+            try:
+                d = node.host(self.config_dir)
+            except OSError as exc:
+                self.errors.append((self.config_dir, f"cannot read: {exc.strerror}"))
+                d = None
+            if d is None:
+                pass
+            elif d.is_dir():
                 for f in sorted(d.iterdir(), key=lambda p: p.name):
                     if f.name.endswith(".conf"):
-                        self._load_layer(node.node_path(f))
+                        self._load_layer(self.config_dir.rstrip("/") + "/" + f.name)
             elif d.exists():
                 self.errors.append((self.config_dir, "--config-dir is not a directory"))
         self.defaults = CONFIG_DEFAULTS if self.config_file else FLAG_DEFAULTS
