@@ -25,6 +25,7 @@ SECTIONS = ("control-plane", "etcd", "worker", "node", "policies")
 COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kubelet", "kube-proxy")
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3, Severity.CRITICAL: 4}
 
+
 def _digits(text: str) -> bool:
     """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
     return text.isascii() and text.isdigit()

@@ -50,6 +50,7 @@ ETCD_FILE_KEYS = {
     "tls-min-version": "tls-min-version",
 }
 
+
 def _digits(text: str) -> bool:
     """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
     return text.isascii() and text.isdigit()

@@ -21,6 +21,7 @@ CAT_NAME = {"high": "CAT I", "medium": "CAT II", "low": "CAT III"}
 
 _MAX_XML_BYTES = 64 * 1024 * 1024
 
+
 def _digits(text: str) -> bool:
     """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
     return text.isascii() and text.isdigit()
