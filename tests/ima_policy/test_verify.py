@@ -344,3 +344,18 @@ def test_cli_bad_inputs_one_line(obelisk_cli, tmp_path, option, content, message
     proc = obelisk_cli("ima", "log", "verify", str(tmp_path / "list"), option, value)
     assert proc.returncode == 2
     assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_big_endian_list_verifies(monkeypatch):
+    """A big-endian kernel without ima_canonical_fmt: lengths in its native order, hashed that way."""
+    entries = [boot_aggregate_entry(bytes(32))]
+    entries[0] = make_entry("ima-ng", list(entries[0].fields()), byte_order="big")
+    entries += [file_entry(f"/bin/f{i}", b"%d" % i, "ima-ng" if i % 3 else "ima-sig", number=i + 2,
+                           byte_order="big") for i in range(200)]
+    data = serialize_binary(entries, "big")
+    monkeypatch.setattr(checker, "CHUNK_TARGET", 3000)
+    manifest = ReferenceManifest({f"/bin/f{i}": f"sha256:{hashlib.sha256(b'%d' % i).hexdigest()}"
+                                  for i in range(200)})
+    result = verify_log(data, "list", VerifyOptions(pcrs=_pcrs(entries), reference=manifest, workers=2))
+    assert result.byte_order == "big" and result.entries == 201
+    assert not result.report.failed, [f.id for f in result.report.findings if f.status is Status.FAIL]

@@ -5,8 +5,8 @@ recomputes every template hash, hashes the template data for each PCR bank, and 
 each measured file against the reference manifest and trusted keys. The PCR fold,
 which is sequential by nature, happens afterwards per bank (`fold`).
 
-Binary chunks are cut where the first entry's header pattern (PCR 10, template name)
-recurs; a chunk is accepted only if the previous chunk's last entry ends exactly where
+Binary chunks are cut where an entry header (PCR 10 and one of the template names seen at
+the start of the list) recurs; a chunk is accepted only if the previous chunk's last entry ends exactly where
 it starts, so a false cut (a file name that happens to contain the pattern) is caught
 and that part of the list is re-walked from the true boundary.
 """
@@ -20,7 +20,6 @@ import os
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from obelisk.core.errors import ParseError
@@ -480,15 +479,15 @@ def run(job: Job, workers: int | None = None) -> list[ChunkResult]:
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(min(workers, len(ranges))) as pool:
                 raw = pool.starmap(check_range, [(a, b, 1) for a, b in ranges], chunksize=1)
-                results = _stitch(job, raw, pool)
+                results = _stitch(job, raw)
         else:
-            results = _stitch(job, [check_range(a, b, 1) for a, b in ranges], None)
+            results = _stitch(job, [check_range(a, b, 1) for a, b in ranges])
         return results
     finally:
         _JOB = None
 
 
-def _stitch(job: Job, raw: list[ChunkResult], pool) -> list[ChunkResult]:
+def _stitch(job: Job, raw: list[ChunkResult]) -> list[ChunkResult]:
     """Keep chunks while they join up; re-walk from the true boundary after a false cut."""
     out: list[ChunkResult] = []
     expected_start = 0
