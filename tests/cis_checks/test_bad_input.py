@@ -164,3 +164,20 @@ def test_symlinks_resolve_inside_the_scanned_root(worker, tmp_path):
     config.symlink_to(host_file)
     f = by_id(scan(worker), "cis-4.2.4")
     assert f.status is Status.ERROR and "cannot read" in f.detail
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(passwd=st.text(max_size=200), sysusers=st.text(max_size=200), tmpfiles=st.text(max_size=200))
+def test_hostile_account_and_tmpfiles_tables(tmp_path_factory, passwd, sysusers, tmpfiles):
+    root = tmp_path_factory.mktemp("tables")
+    for rel, text in (("etc/passwd", passwd), ("etc/group", passwd), ("usr/lib/sysusers.d/x.conf", sysusers),
+                      ("usr/lib/tmpfiles.d/x.conf", tmpfiles + "\nd /var/lib/etcd 0700 etcd etcd -\n")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "etc/kubernetes/manifests").mkdir(parents=True)
+    (root / "etc/kubernetes/manifests/etcd.yaml").write_text(
+        "kind: Pod\nspec:\n  containers:\n  - command: [etcd, --data-dir=/var/lib/etcd]\n")
+    node = NodeView(root)
+    assert node.file_info("/etc/passwd").exists
+    report = scan(root)
+    assert by_id(report, "cis-1.1.11").status in (Status.PASS, Status.FAIL)

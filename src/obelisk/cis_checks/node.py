@@ -51,6 +51,12 @@ ETCD_FILE_KEYS = {
 }
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
+    return text.isascii() and text.isdigit()
+
+
+
 @dataclass(frozen=True)
 class InputProblem:
     path: str  # as seen on the node ("/etc/kubernetes/manifests/kube-apiserver.yaml")
@@ -318,7 +324,7 @@ class NodeView:
     def _processes(self) -> dict[str, Component]:
         found: dict[str, Component] = {}
         try:
-            entries = sorted((e for e in os.listdir(self.proc) if e.isdigit()), key=int)
+            entries = sorted((e for e in os.listdir(self.proc) if _digits(e)), key=int)
         except OSError:
             return found
         for pid in entries:
@@ -353,7 +359,7 @@ class NodeView:
         if self.proc is None:
             return ()
         try:
-            entries = [e for e in os.listdir(self.proc) if e.isdigit()]
+            entries = [e for e in os.listdir(self.proc) if _digits(e)]
         except OSError:
             return ()
         for pid in entries:
@@ -472,7 +478,7 @@ class NodeView:
             try:
                 for line in self.read_text(self.root / rel).splitlines():
                     parts = line.split(":")
-                    if len(parts) >= 3 and parts[2].isdigit():
+                    if len(parts) >= 3 and _digits(parts[2]):
                         table.setdefault(int(parts[2]), parts[0])
             except (OSError, ValueError):
                 pass
@@ -490,11 +496,11 @@ class NodeView:
                     if len(parts) < 3 or parts[0] not in ("u", "g"):
                         continue
                     first, _, second = parts[2].partition(":")
-                    if parts[0] == "u" and first.isdigit():
+                    if parts[0] == "u" and _digits(first):
                         users.setdefault(int(first), parts[1])
-                        gid = second if second.isdigit() else first  # sysusers makes a same-named group
+                        gid = second if _digits(second) else first  # sysusers makes a same-named group
                         groups.setdefault(int(gid), parts[1])
-                    elif parts[0] == "g" and first.isdigit():
+                    elif parts[0] == "g" and _digits(first):
                         groups.setdefault(int(first), parts[1])
         return users, groups
 
