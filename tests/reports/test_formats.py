@@ -279,3 +279,19 @@ def test_html_controls_table_agrees_with_oscal(bundle, cci_list):
              for f in doc["assessment-results"]["results"][0]["findings"]}
     assert rows == oscal
     assert rows["AC-3"] == "not-satisfied" and rows["CM-7"] == "satisfied" and "AC-17(2)" in rows
+
+
+def test_html_stig_coverage_matches_checklist(bundle, stig_xccdf):
+    from collections import Counter
+
+    from lxml import html as lxml_html
+
+    bench = load_stig_benchmark(stig_xccdf)
+    options = RenderOptions(stig_benchmark=bench)
+    dom = lxml_html.fromstring(render(bundle, "html", options))
+    totals = {td.get("data-status"): int(td.text_content())
+              for td in dom.xpath("//table[@id='stig-coverage']//td[@data-total]")}
+    ckl = etree.fromstring(render(bundle, "ckl", options))
+    in_ckl = Counter(v.findtext("STATUS") for v in ckl.iter("VULN"))
+    assert totals == {s: in_ckl.get(s, 0) for s in ("Open", "NotAFinding", "Not_Reviewed", "Not_Applicable")}
+    assert sum(totals.values()) == 95 and totals["Open"] == 3

@@ -139,9 +139,9 @@ def default_scan(config: AgentConfig) -> Callable[[], str] | None:
         return None
 
     def scan() -> str:
-        from obelisk.cis_checks import scan as cis_scan  # type: ignore[attr-defined]
+        from obelisk.cis_checks.scan import scan as cis_scan
 
-        return cis_scan.scan_root(config.scan_root).dumps()  # pragma: no cover - wired when cis_checks lands
+        return cis_scan(config.scan_root).dumps()
 
     return scan
 

@@ -7,7 +7,7 @@ which rules a check hits. Findings name the line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from obelisk.core.errors import InputError
@@ -217,5 +217,3 @@ def lint_policy(data: bytes, source: str, *, signed_build: bool = True) -> Repor
                                 detail="an empty policy measures and appraises nothing"))
     return Report(tuple(findings), Subject("policy", source), command="ima policy lint")
 
-
-Checker = Callable[[Policy], list]

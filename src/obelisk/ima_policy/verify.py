@@ -81,14 +81,9 @@ def verify_log(data: bytes, source: str, options: VerifyOptions = VerifyOptions(
     chunks = checker.run(job, options.workers)
 
     total = sum(c.count for c in chunks)
-    listed = b"".join(c.listed for c in chunks)
-    n10 = len(listed) // 20
-    violations: list[int] = []
-    base = 0
-    for c in chunks:
-        violations.extend(base + v for v in c.violations)
-        base += len(c.listed) // 20
-    replays = _replay(chunks, banks, listed, violations, quoted, options)
+    sha1_digests = b"".join(c.bank_digests["sha1"] for c in chunks)
+    n10 = len(sha1_digests) // 20
+    replays = _replay(chunks, banks, sha1_digests, quoted, options)
 
     findings: list[Finding] = []
     subject_name = source
@@ -114,22 +109,22 @@ def verify_log(data: bytes, source: str, options: VerifyOptions = VerifyOptions(
     return VerifyResult(report, total, encoding, order, tuple(replays))
 
 
-def _padded(bank: str, listed: bytes, violations: list[int]) -> bytes:
+def _padded(bank: str, sha1_digests: bytes) -> bytes:
+    """Older kernels: the SHA-1 template hash (all ones for a violation) zero-padded to the bank."""
     size = BANK_SIZES[bank]
+    if size == 20:
+        return sha1_digests
     pad = bytes(size - 20)
-    parts = [listed[i:i + 20] + pad for i in range(0, len(listed), 20)]
-    for v in violations:
-        parts[v] = b"\xff" * 20 + pad
-    return b"".join(parts)
+    return b"".join(sha1_digests[i:i + 20] + pad for i in range(0, len(sha1_digests), 20))
 
 
-def _replay(chunks, banks, listed, violations, quoted, options) -> list[BankReplay]:
+def _replay(chunks, banks, sha1_digests, quoted, options) -> list[BankReplay]:
     per_bank = {b: b"".join(c.bank_digests[b] for c in chunks) for b in banks}
     targets = {b: quoted.get(b, {}).get(IMA_PCR) for b in banks}
     first_mode = SHA1_PADDED if options.mode == SHA1_PADDED else PER_BANK
     tasks = []
     for b in banks:
-        digests = per_bank[b] if first_mode == PER_BANK else _padded(b, listed, violations)
+        digests = per_bank[b] if first_mode == PER_BANK else _padded(b, sha1_digests)
         tasks.append((b, digests, targets[b]))
     done = checker.fold_banks(tasks, options.workers)
     out = []
@@ -140,7 +135,7 @@ def _replay(chunks, banks, listed, violations, quoted, options) -> list[BankRepl
             retry.append(b)
         out.append(BankReplay(b, value, first_mode, targets[b], (matches[-1] if matches else None)))
     if retry:  # an older kernel: SHA-1 template hash zero-padded into every bank
-        again = checker.fold_banks([(b, _padded(b, listed, violations), targets[b]) for b in retry], options.workers)
+        again = checker.fold_banks([(b, _padded(b, sha1_digests), targets[b]) for b in retry], options.workers)
         for i, r in enumerate(out):
             if r.bank in again and again[r.bank][1]:
                 value, matches = again[r.bank]

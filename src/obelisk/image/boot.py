@@ -66,7 +66,7 @@ def kernel_cmdline(manifest: dict[str, Any], extra: tuple[str, ...] = ()) -> str
              f"ip={GUEST_IP}::10.0.2.2:255.255.255.0::eth0:off",
              f"obelisk.image={manifest.get('image', {}).get('name', '')}"]
     if (spec.get("ima") or {}).get("policy", "none") != "none":
-        base += ["ima_hash=sha256", "ima_template=ima-ng"]
+        base += ["ima_hash=sha256", "ima_template=ima-sig"]  # signatures in the list, for the verifier
     return " ".join(base + list(extra))
 
 
@@ -207,7 +207,7 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
 
 
 def stop(run_dir: Path) -> list[int]:
-    """Stop the QEMU and swtpm of a run directory (by their recorded pids)."""
+    """Stop the QEMU and swtpm of a run directory (by their recorded pids); returns those that were running."""
     stopped = []
     for name in ("qemu.pid", "swtpm.pid"):
         path = run_dir / name
@@ -217,15 +217,28 @@ def stop(run_dir: Path) -> list[int]:
             continue
         try:
             os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                time.sleep(0.1)
-                try:
-                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                        break
-                except ChildProcessError:
-                    os.kill(pid, 0)  # not our child: still alive?
-            stopped.append(pid)
         except ProcessLookupError:
-            pass
+            path.unlink(missing_ok=True)
+            continue
+        stopped.append(pid)
+        for _ in range(100):
+            if not _alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
         path.unlink(missing_ok=True)
     return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child, now reaped
+            return False
+    except ChildProcessError:
+        pass  # not our child (started by an earlier `obelisk boot`)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

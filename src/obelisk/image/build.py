@@ -233,12 +233,21 @@ def node_files(plan: Plan) -> list[rootfs.ExtraFile]:
 NODE_INIT_SCRIPT = """#!/bin/sh
 # obelisk node init: the node's only service is the attestation agent (no login, no shell on a console).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-mkdir -p /var/lib/obelisk /var/log
-echo "obelisk: node up" > /dev/console
+if [ -s /etc/ima/ima-policy ]; then
+  # By path: the kernel appraises the policy file's own signature. Nothing runs without it.
+  if ! echo /etc/ima/ima-policy > /sys/kernel/security/ima/policy; then
+    echo "obelisk: FATAL: the kernel refused the IMA policy; the node stays down" > /dev/console
+    while true; do sleep 3600; done
+  fi
+  echo "obelisk: IMA policy loaded" > /dev/console
+fi
+echo "obelisk: node up ($(cat /etc/obelisk/image | tr '\\n' ' '))" > /dev/console
+# Runs from the signed root at every boot; a changed binary is refused here by IMA appraisal.
+mkdir -p /var/lib/obelisk /var/log || echo "obelisk: mkdir failed with status $?" > /dev/console
 if command -v python3 >/dev/null 2>&1 && [ -d /usr/lib/obelisk/python ]; then
-  export PYTHONPATH=/usr/lib/obelisk/python
+  export PYTHONPATH=/usr/lib/obelisk/python PYTHONDONTWRITEBYTECODE=1
   while true; do
-    python3 -m obelisk.attest.agent --config /var/lib/obelisk/agent.json --port @PORT@ >> /dev/console 2>&1
+    python3 -m obelisk.attest.agent --config /var/lib/obelisk/agent.json --port @PORT@ > /dev/console 2>&1
     echo "obelisk: agent exited, restarting" > /dev/console
     sleep 2
   done

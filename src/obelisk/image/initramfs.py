@@ -1,8 +1,10 @@
 """The initramfs: busybox and one /init script, as a reproducible newc cpio.
 
-/init mounts the signed SquashFS read-only as the new root, loads the IMA policy from it
-by path (so the kernel appraises the policy file itself), mounts /var from the second
-virtio disk, and hands over to the node's /sbin/obelisk-init, which starts the agent.
+/init mounts the signed SquashFS read-only as the new root, mounts /var from the second
+virtio disk, and hands over to the node's /sbin/obelisk-init. That script, itself on the
+signed root, loads the IMA policy first (by path, so the kernel appraises the policy file's
+own signature) and then starts the agent: loading it in the initramfs would subject the
+initramfs's own unsigned busybox to the policy's appraisal rules.
 The IMA certificate sits at /etc/keys/x509_ima.der, where a kernel built with
 CONFIG_IMA_LOAD_X509 loads it into the .ima keyring (it must chain to the built-in CA).
 """
@@ -34,11 +36,6 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 mount -t squashfs -o ro "$root" /newroot || fail "cannot mount the root SquashFS $root"
-if [ -s /newroot/etc/ima/ima-policy ]; then
-  # Written by path, not content: the kernel then appraises the policy file's own signature.
-  echo /newroot/etc/ima/ima-policy > /sys/kernel/security/ima/policy || fail "the kernel refused the IMA policy"
-  say "IMA policy loaded"
-fi
 if [ -b "$var" ]; then
   if ! mount -t ext2 -o nosuid,nodev "$var" /newroot/var 2>/dev/null; then
     say "formatting $var for /var (first boot)"
