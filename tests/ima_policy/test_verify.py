@@ -359,3 +359,22 @@ def test_big_endian_list_verifies(monkeypatch):
     result = verify_log(data, "list", VerifyOptions(pcrs=_pcrs(entries), reference=manifest, workers=2))
     assert result.byte_order == "big" and result.entries == 201
     assert not result.report.failed, [f.id for f in result.report.findings if f.status is Status.FAIL]
+
+
+def test_eventlog_checked_against_quoted_pcrs(shared_dir, obelisk_cli, tmp_path):
+    """--eventlog with --pcrs: the event log must replay to the quoted boot PCRs (here the SHA-1 values
+    tsspcrread read on the same machine), so a foreign event log cannot vouch for boot_aggregate."""
+    ima = shared_dir / "testdata/ima"
+    good = obelisk_cli("ima", "log", "verify", str(ima / "sample-ascii_runtime_measurements-pcrs-8-9"),
+                       "--eventlog", str(ima / "sample-binary_bios_measurements-pcrs-8-9"),
+                       "--pcrs", str(ima / "sample-tpm-2.0-pcrs-8-9"), "--format", "json")
+    findings = {f["id"]: f for f in json.loads(good.stdout)["findings"]}
+    assert findings["ima.eventlog.sha1"]["status"] == "pass"
+    assert findings["ima.boot-aggregate"]["status"] == "pass"
+    wrong = obelisk_cli("ima", "log", "verify", str(ima / "sample-ascii_runtime_measurements-pcrs-8-9"),
+                        "--eventlog", str(ima / "test_binary_bios_measurements"),
+                        "--pcrs", str(ima / "sample-tpm-2.0-pcrs-8-9"), "--format", "json")
+    findings = {f["id"]: f for f in json.loads(wrong.stdout)["findings"]}
+    assert findings["ima.eventlog.sha1"]["status"] == "fail"
+    assert findings["ima.boot-aggregate"]["status"] == "fail"
+    assert wrong.returncode == 1

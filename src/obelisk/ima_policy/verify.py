@@ -92,6 +92,8 @@ def verify_log(data: bytes, source: str, options: VerifyOptions = VerifyOptions(
     first = chunks[0].first if chunks else None
     findings += _boot_aggregate_findings(first, options.boot_pcrs or quoted, source,
                                          "the event log" if options.boot_pcrs else "--pcrs")
+    if options.boot_pcrs and quoted:
+        findings += _eventlog_findings(options.boot_pcrs, quoted, source)
     findings += _problem_findings(chunks, options, source)
     findings += _summary_findings(chunks, options, source)
     attributes = [("entries", str(total)), ("encoding", encoding)]
@@ -210,6 +212,25 @@ def _boot_aggregate_findings(first, quoted: dict[str, dict[int, bytes]], source:
                     expected=computed, benchmark=BENCHMARK, section="boot-aggregate",
                     detail=f"the list's boot_aggregate does not match the boot PCRs from {origin}: the list comes "
                            "from another boot, or the boot chain was measured differently")]
+
+
+def _eventlog_findings(replayed: dict[str, dict[int, bytes]], quoted: dict[str, dict[int, bytes]],
+                       source: str) -> list[Finding]:
+    """The event log's replay must give the quoted boot PCRs, or boot_aggregate proves nothing."""
+    out = []
+    for bank in sorted(set(replayed) & set(quoted)):
+        common = sorted(i for i in range(10) if i in quoted[bank] and i in replayed[bank])
+        if not common:
+            continue
+        bad = [i for i in common if quoted[bank][i] != replayed[bank][i]]
+        out.append(Finding(f"ima.eventlog.{bank}", f"event log replays to the quoted {bank} PCRs 0-9",
+                           Status.FAIL if bad else Status.PASS, Severity.CRITICAL, target=source,
+                           observed=", ".join(f"PCR {i}: {replayed[bank][i].hex()}" for i in bad) or None,
+                           expected=", ".join(f"PCR {i}: {quoted[bank][i].hex()}" for i in bad) or None,
+                           benchmark=BENCHMARK, section="boot-aggregate",
+                           detail=(f"PCR {', '.join(map(str, bad))} differ: the event log is not this boot's"
+                                   if bad else f"PCR {', '.join(map(str, common))} match")))
+    return out
 
 
 def _problem_findings(chunks, options: VerifyOptions, source: str) -> list[Finding]:
