@@ -8,12 +8,15 @@
 - Cached: the key is the digest of the source (tarball digest, or every file's path, size and
   mtime for a directory), the config, the CA and this recipe. A finished build is stored under
   `<cache>/build/<key>/` (renamed into place when complete) and copied to the output directory.
-- Outputs are written atomically: an interrupted build leaves no directory that looks finished.
+- Outputs are written atomically: an interrupted build leaves no directory that looks finished
+  (the object directory under `<cache>/work/<key>/` is kept, so a rerun continues incrementally).
+- One build per key at a time (a lock file beside the object directory).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -105,7 +108,6 @@ def _copy_outputs(src: Path, dest: Path) -> None:
 
 def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], ca_path: str | os.PathLike[str],
           output: str | os.PathLike[str], *, jobs: int = 2, quiet: bool = False) -> BuildResult:
-    from obelisk.core.progress import progress
     from obelisk.kernel_hardening.resolve import check_tree_clean
     from obelisk.kernel_hardening.source import file_digest, source_tree, tree_digest
 
@@ -125,6 +127,24 @@ def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], c
         _copy_outputs(entry, Path(output))
         info = json.loads((entry / "build.json").read_text())
         return BuildResult(Path(output), key, True, time.monotonic() - started, info)
+
+    # one build per key at a time: a second caller waits, then finds the finished entry
+    lock = open(cache.cache_dir("work") / f"{key}.lock", "w")  # noqa: SIM115 - held until the build ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (entry / "build.json").is_file():
+            _copy_outputs(entry, Path(output))
+            info = json.loads((entry / "build.json").read_text())
+            return BuildResult(Path(output), key, True, time.monotonic() - started, info)
+        return _build_locked(tree, source, config_path, wanted, ca, key, entry, output, jobs, quiet,
+                             source_digest, started)
+    finally:
+        lock.close()
+
+
+def _build_locked(tree: Path, source, config_path, wanted: str, ca: bytes, key: str, entry: Path, output,
+                  jobs: int, quiet: bool, source_digest: str, started: float) -> BuildResult:
+    from obelisk.core.progress import progress
 
     objdir = cache.cache_dir("work") / key
     objdir.mkdir(parents=True, exist_ok=True)
