@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from obelisk.image import spec as specmod
 from obelisk.image.spec import SpecError, load_spec, parse_spec
@@ -111,3 +113,30 @@ def test_example_spec_is_valid(tmp_path):
     generate(tmp_path / "node/keys", "ecdsa-p256")
     s = load_spec(tmp_path / "node/spec.yaml")
     assert s.name == "example-node" and s.ima.policy == "appraise-rootfs"
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=12),
+                     st.floats(allow_nan=False, allow_infinity=False))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                          st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                       max_leaves=12)
+_keys = st.sampled_from([s.key for s in specmod.SETTINGS] + ["bogus", "kernel.bogus", "rootfs"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_keys, _values, max_size=8))
+def test_hostile_specs_give_spec_errors_only(tmp_path_factory, entries):
+    """Any YAML-shaped data is either a valid spec or one SpecError naming a field; never another exception."""
+    data: dict = {"name": "fuzz"}
+    for key, value in entries.items():
+        section, _, name = key.rpartition(".")
+        if section:
+            data.setdefault(section, {})
+            if isinstance(data[section], dict):
+                data[section][name] = value
+        else:
+            data[key] = value
+    try:
+        parse_spec(data, "fuzz.yaml", tmp_path_factory.getbasetemp())
+    except SpecError as exc:
+        assert exc.key and str(exc).startswith("fuzz.yaml: ")
