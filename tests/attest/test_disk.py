@@ -190,7 +190,12 @@ def test_signed_policy_survives_pcr_change_without_reenrolling(swtpm, tmp_path, 
     (tmp_path / "forged.json").write_text(json.dumps(disk.signed_policy_json(forged)))
     res = obelisk_cli("disk", "unlock", "--device", str(vol), "--test", "--signed-policy", str(tmp_path / "forged.json"),
                       *t)
-    assert res.returncode == 1
+    assert res.returncode == 1 and "PCR 7 differs" in res.stderr  # the stored (stale) policy is still tried
+    forged_only = disk.Token(keyslot=0, sealed=blob_before)
+    with pytest.raises(tpm.TPMError, match="none of the 1 signed PCR policies"):
+        seal.unseal(forged_only.sealed, swtpm.tcti, signed=[forged])
+    res = obelisk_cli("disk", "add-policy", "--device", str(vol), str(tmp_path / "forged.json"))
+    assert res.returncode == 2 and "does not verify under the key" in res.stderr
 
 
 def test_policy_digest_computed_in_software_matches_the_tpm(swtpm):

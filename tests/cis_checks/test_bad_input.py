@@ -51,7 +51,7 @@ def test_unreadable_kubelet_config(worker):
 
 def test_symlink_loop_dropin(worker):
     loop = worker / KUBELET_DROPINS / "10-loop.conf"
-    loop.symlink_to(loop)
+    loop.symlink_to("10-loop.conf")  # relative: a loop inside the tree
     report = scan(worker)
     f = by_id(report, "cis-4.2.1")
     assert f.status is Status.ERROR and "10-loop.conf" in f.detail
@@ -145,3 +145,39 @@ def test_structurally_hostile_yaml(tmp_path_factory, doc, kubelet):
                                              "apiVersion": "kubelet.config.k8s.io/v1beta1", "authentication": kubelet}))
     report = scan(root)
     assert len(report.findings) >= 162
+
+
+def test_symlinks_resolve_inside_the_scanned_root(worker, tmp_path):
+    """An absolute link in a mounted image points into the image, never at the scanning host."""
+    config = worker / "etc/kubernetes/kubelet/config.yaml"
+    real = worker / "usr/share/k8s/kubelet.yaml"
+    real.parent.mkdir(parents=True)
+    config.rename(real)
+    config.symlink_to("/usr/share/k8s/kubelet.yaml")  # absolute, as an image would have it
+    report = scan(worker)
+    assert failing(report) == {}
+    assert by_id(report, "cis-4.2.4").evidence[0].source == "/etc/kubernetes/kubelet/config.yaml"
+    # a link to a file that exists on the host but not in the image is not the host's file
+    host_file = tmp_path / "host-kubelet.yaml"
+    host_file.write_text("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nreadOnlyPort: 10255\n")
+    config.unlink()
+    config.symlink_to(host_file)
+    f = by_id(scan(worker), "cis-4.2.4")
+    assert f.status is Status.ERROR and "cannot read" in f.detail
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(passwd=st.text(max_size=200), sysusers=st.text(max_size=200), tmpfiles=st.text(max_size=200))
+def test_hostile_account_and_tmpfiles_tables(tmp_path_factory, passwd, sysusers, tmpfiles):
+    root = tmp_path_factory.mktemp("tables")
+    for rel, text in (("etc/passwd", passwd), ("etc/group", passwd), ("usr/lib/sysusers.d/x.conf", sysusers),
+                      ("usr/lib/tmpfiles.d/x.conf", tmpfiles + "\nd /var/lib/etcd 0700 etcd etcd -\n")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "etc/kubernetes/manifests").mkdir(parents=True)
+    (root / "etc/kubernetes/manifests/etcd.yaml").write_text(
+        "kind: Pod\nspec:\n  containers:\n  - command: [etcd, --data-dir=/var/lib/etcd]\n")
+    node = NodeView(root)
+    assert node.file_info("/etc/passwd").exists
+    report = scan(root)
+    assert by_id(report, "cis-1.1.11").status in (Status.PASS, Status.FAIL)

@@ -136,3 +136,24 @@ def test_cli_render_and_lint(obelisk_cli, tmp_path):
     listing = obelisk_cli("ima", "policy", "profiles", "--format", "json")
     assert {p["name"] for p in __import__("json").loads(listing.stdout)["profiles"]} == {
         "appraise-rootfs", "measure-only", "appraise-all"}
+
+
+ZERO = "00000000-0000-0000-0000-000000000000"
+
+
+@pytest.mark.parametrize("name", ["appraise-rootfs", "appraise-all"])
+def test_profiles_safe_with_a_zero_fsuuid(name):
+    """A SquashFS root has no UUID (all zeros), like tmpfs, memfd and NFS: the profiles must still
+    keep those out of appraisal."""
+    text = profiles.render(profiles.load(name), fsuuid=ZERO)
+    report = lint.lint_policy(text.encode(), name)
+    assert not report.failed, [f.id + " " + f.detail for f in report.findings if f.status is Status.FAIL]
+
+
+def test_zero_fsuuid_scopes_nothing():
+    text = f"appraise func=POLICY_CHECK appraise_type=imasig\nappraise func=BPRM_CHECK fsuuid={ZERO} " \
+           f"appraise_type=imasig\n"
+    ids = _ids(lint.lint_policy(text.encode(), "p"))
+    assert "ima.policy.appraise-pseudo-fs.line-2" in ids
+    fixed = f"appraise func=BPRM_CHECK fsuuid={UUID} appraise_type=imasig\n"
+    assert not any(i.startswith("ima.policy.appraise-pseudo-fs") for i in _ids(lint.lint_policy(fixed.encode(), "p")))

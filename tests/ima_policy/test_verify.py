@@ -314,3 +314,67 @@ def test_modsig_only_entry_is_manual_not_unsigned(signed):
     st = _statuses(result)
     assert st["ima.entry.2.modsig-not-verified"] is Status.MANUAL
     assert "ima.entry.2.unsigned" not in st
+
+
+def test_mixed_templates_are_still_cut_into_chunks(monkeypatch):
+    """boot_aggregate is ima-ng, the files ima-sig: the list is still walked in parallel chunks."""
+    entries = sample_entries(1) + [file_entry(f"/bin/f{i}", b"%d" % i, "ima-sig", number=i + 2) for i in range(300)]
+    data = serialize_binary(entries)
+    monkeypatch.setattr(checker, "CHUNK_TARGET", 2000)
+    job = checker.Job(data, "binary", "little", ("sha1",), None, None, 1, "x")
+    assert len(checker.split_points(job)) > 5
+    result = verify_log(data, "list", VerifyOptions(pcrs=_pcrs(entries), workers=2))
+    assert result.entries == 301 and not result.report.failed
+
+
+@pytest.mark.parametrize("option, content, message", [
+    ("--pcrs", "garbage\n", "expected 'PCR-NN: hex'"),
+    ("--cert", "garbage\n", "not an X.509 certificate"),
+    ("--reference", "garbage\n", "not JSON"),
+    ("--reference", '{"schema":"obelisk.ima-reference/1","files":{"/a":"sha256:zz"}}', "not 'algo:lowercase-hex'"),
+    ("--eventlog", "garbage\n", "bad.txt"),
+    ("--banks", None, "unknown PCR bank 'sha3'"),
+])
+def test_cli_bad_inputs_one_line(obelisk_cli, tmp_path, option, content, message):
+    (tmp_path / "list").write_bytes(serialize_binary(sample_entries(3)))
+    value = "sha3"
+    if content is not None:
+        (tmp_path / "bad.txt").write_text(content)
+        value = str(tmp_path / "bad.txt")
+    proc = obelisk_cli("ima", "log", "verify", str(tmp_path / "list"), option, value)
+    assert proc.returncode == 2
+    assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_big_endian_list_verifies(monkeypatch):
+    """A big-endian kernel without ima_canonical_fmt: lengths in its native order, hashed that way."""
+    entries = [boot_aggregate_entry(bytes(32))]
+    entries[0] = make_entry("ima-ng", list(entries[0].fields()), byte_order="big")
+    entries += [file_entry(f"/bin/f{i}", b"%d" % i, "ima-ng" if i % 3 else "ima-sig", number=i + 2,
+                           byte_order="big") for i in range(200)]
+    data = serialize_binary(entries, "big")
+    monkeypatch.setattr(checker, "CHUNK_TARGET", 3000)
+    manifest = ReferenceManifest({f"/bin/f{i}": f"sha256:{hashlib.sha256(b'%d' % i).hexdigest()}"
+                                  for i in range(200)})
+    result = verify_log(data, "list", VerifyOptions(pcrs=_pcrs(entries), reference=manifest, workers=2))
+    assert result.byte_order == "big" and result.entries == 201
+    assert not result.report.failed, [f.id for f in result.report.findings if f.status is Status.FAIL]
+
+
+def test_eventlog_checked_against_quoted_pcrs(shared_dir, obelisk_cli, tmp_path):
+    """--eventlog with --pcrs: the event log must replay to the quoted boot PCRs (here the SHA-1 values
+    tsspcrread read on the same machine), so a foreign event log cannot vouch for boot_aggregate."""
+    ima = shared_dir / "testdata/ima"
+    good = obelisk_cli("ima", "log", "verify", str(ima / "sample-ascii_runtime_measurements-pcrs-8-9"),
+                       "--eventlog", str(ima / "sample-binary_bios_measurements-pcrs-8-9"),
+                       "--pcrs", str(ima / "sample-tpm-2.0-pcrs-8-9"), "--format", "json")
+    findings = {f["id"]: f for f in json.loads(good.stdout)["findings"]}
+    assert findings["ima.eventlog.sha1"]["status"] == "pass"
+    assert findings["ima.boot-aggregate"]["status"] == "pass"
+    wrong = obelisk_cli("ima", "log", "verify", str(ima / "sample-ascii_runtime_measurements-pcrs-8-9"),
+                        "--eventlog", str(ima / "test_binary_bios_measurements"),
+                        "--pcrs", str(ima / "sample-tpm-2.0-pcrs-8-9"), "--format", "json")
+    findings = {f["id"]: f for f in json.loads(wrong.stdout)["findings"]}
+    assert findings["ima.eventlog.sha1"]["status"] == "fail"
+    assert findings["ima.boot-aggregate"]["status"] == "fail"
+    assert wrong.returncode == 1

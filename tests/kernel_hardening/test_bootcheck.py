@@ -21,6 +21,7 @@ OBELISK-FACT dev_tpm0=yes\r
 OBELISK-FACT sys_tpm0=yes
 OBELISK-FACT tpm_version=2
 OBELISK-FACT proc_modules=no
+OBELISK-FACT lockdown=none integrity [confidentiality]
 OBELISK-BOOT-END
 """
 

@@ -65,3 +65,17 @@ def test_hostile_bytes_only_raise_input_error(data):
             kimage.parse(candidate, "fuzz")
         except InputError:
             pass
+
+
+@pytest.mark.parametrize("compress, name", [
+    (lambda b: __import__("gzip").compress(b), "gzip"),
+    (lambda b: __import__("lzma").compress(b, format=__import__("lzma").FORMAT_XZ), "xz"),
+    (lambda b: __import__("bz2").compress(b), "bzip2"),
+])
+def test_bzimage_payload_compressions(compress, name):
+    # an x86_64 ELF carrying a Linux banner stands in for a kernel: the container format is what is tested
+    elf = open("/bin/busybox", "rb").read() + b"Linux version 6.1.0-test (obelisk@obelisk) #1\n"
+    img = kimage.parse(fake_bzimage(compress(elf)), "bz")
+    assert img.format == "bzImage" and img.compression == name and img.boot_protocol == "2.15"
+    assert img.banner.startswith("Linux version 6.1.0-test") and img.elf == elf
+    assert img.section(".text") is not None and img.config_text is None

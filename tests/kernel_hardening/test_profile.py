@@ -81,3 +81,28 @@ def test_unknown_profile_is_one_line_exit_2(obelisk_cli, tmp_path):
     bad.write_text("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because it is, optoin: 1}\n")
     proc = obelisk_cli("kernel", "check", "--config", str(cfg), "--profile", str(bad))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "optoin" in proc.stderr
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=12),
+                     st.sampled_from(["y", "n", "kspp", "CONFIG_X", "6.1", "high"]))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                          st.dictionaries(st.sampled_from(
+                                                              ["name", "value", "source", "why", "since", "one_of",
+                                                               "renamed_from", "moot_if", "until", "x"]), inner,
+                                                              max_size=5)), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["name", "extends", "kconfig", "cmdline", "sysctl", "other"]), _values,
+                       max_size=4))
+def test_hostile_profiles_only_raise_input_error(tmp_path, data):
+    import yaml
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        load_profile(str(path))
+    except InputError:
+        pass

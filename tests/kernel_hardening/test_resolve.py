@@ -17,7 +17,7 @@ def make_config(tree: Path, workdir: Path, target: str, input_text: str | None =
     workdir.mkdir(parents=True, exist_ok=True)
     if input_text is not None:
         (workdir / ".config").write_text(input_text)
-    tools.run("make", ["-s", "-C", str(tree), f"O={workdir}", target], timeout=600)
+    tools.run("nice", ["-n", "10", tools.which("make"), "-s", "-C", str(tree), f"O={workdir}", target], timeout=600)
     return (workdir / ".config").read_text()
 
 

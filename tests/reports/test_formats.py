@@ -77,9 +77,18 @@ def _token(value) -> str:
 
 
 def _validate_oscal(doc):
+    """trestle's pydantic models, then every validator `trestle validate -a` runs (duplicate uuids,
+    references, links)."""
+    import argparse
+
+    import trestle.core.validator_factory as validator_factory
+    from trestle.common import const
     from trestle.oscal.assessment_results import AssessmentResults
 
-    return AssessmentResults.model_validate(doc["assessment-results"])
+    model = AssessmentResults.model_validate(doc["assessment-results"])
+    validator = validator_factory.validator_factory.get(argparse.Namespace(mode=const.VAL_MODE_ALL))
+    assert validator.model_is_valid(model, True, None), validator.error_msg()
+    return model
 
 
 def test_oscal_validates_with_trestle(bundle):
@@ -110,6 +119,14 @@ def test_oscal_with_cci_list_maps_more_controls(bundle, cci_list):
                 doc["assessment-results"]["results"][0]["reviewed-controls"]["control-selections"][0]
                 ["include-controls"]]
     assert "ac-17.2" in controls and "ac-3" in controls
+
+
+def test_oscal_duplicate_uuid_is_rejected(bundle):
+    doc = json.loads(render(bundle, "oscal"))
+    observations = doc["assessment-results"]["results"][0]["observations"]
+    observations[1]["uuid"] = observations[0]["uuid"]
+    with pytest.raises(AssertionError, match="duplicate"):
+        _validate_oscal(doc)
 
 
 def test_oscal_invalid_document_is_rejected(bundle):
@@ -262,3 +279,19 @@ def test_html_controls_table_agrees_with_oscal(bundle, cci_list):
              for f in doc["assessment-results"]["results"][0]["findings"]}
     assert rows == oscal
     assert rows["AC-3"] == "not-satisfied" and rows["CM-7"] == "satisfied" and "AC-17(2)" in rows
+
+
+def test_html_stig_coverage_matches_checklist(bundle, stig_xccdf):
+    from collections import Counter
+
+    from lxml import html as lxml_html
+
+    bench = load_stig_benchmark(stig_xccdf)
+    options = RenderOptions(stig_benchmark=bench)
+    dom = lxml_html.fromstring(render(bundle, "html", options))
+    totals = {td.get("data-status"): int(td.text_content())
+              for td in dom.xpath("//table[@id='stig-coverage']//td[@data-total]")}
+    ckl = etree.fromstring(render(bundle, "ckl", options))
+    in_ckl = Counter(v.findtext("STATUS") for v in ckl.iter("VULN"))
+    assert totals == {s: in_ckl.get(s, 0) for s in ("Open", "NotAFinding", "Not_Reviewed", "Not_Applicable")}
+    assert sum(totals.values()) == 95 and totals["Open"] == 3

@@ -314,6 +314,9 @@ def add_signed_policy(device: str, policy: sealmod.SignedPolicy) -> Token:
     old = _only_token(device)
     if old.sealed.authorize_key is None:
         raise InputError("this volume is sealed to fixed PCR values, not to a signed policy key", source=device)
+    if not sealmod.check_policy_signature(old.sealed.authorize_key, policy):
+        raise InputError("the policy's signature does not verify under the key this volume was enrolled with",
+                         source=device)
     new = Token(keyslot=old.keyslot, sealed=old.sealed, signed_policies=(*old.signed_policies, policy))
     _import_token(device, new)
     if old.token_id is not None:

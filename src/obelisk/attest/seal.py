@@ -86,6 +86,26 @@ def _external_public(public_der: bytes):
     return pub
 
 
+def check_policy_signature(public_der: bytes, policy: "SignedPolicy") -> bool:
+    """Software check of a signed policy against the enrolled key (the TPM checks it again at unlock)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+    key = serialization.load_der_public_key(public_der)
+    digest = hashlib.sha256(policy.approved + policy.policy_ref).digest()
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(policy.signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(policy.signature, digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
 def sign_policy(private_key, approved: bytes, policy_ref: bytes = b"") -> bytes:
     """The customer's signature over aHash = H(approvedPolicy || policyRef) (ECDSA P-256 or RSA PKCS#1 v1.5)."""
     from cryptography.hazmat.primitives import hashes
@@ -166,6 +186,11 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
         priv, _ = TPM2B_PRIVATE.unmarshal(sealed.private)
     except Exception:
         raise InputError("sealed object is corrupt") from None
+    if sealed.authorize_key and signed:
+        given = len(signed)
+        signed = [p for p in signed if check_policy_signature(sealed.authorize_key, p)]
+        if not signed:
+            raise TPMError(f"none of the {given} signed PCR policies is signed by the key this secret was sealed to")
     with tpmmod.open_tpm(tcti) as esapi:
         current = tpmmod.read_pcrs(esapi, BANK, sealed.pcrs)
         try:

@@ -26,6 +26,12 @@ COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "et
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3, Severity.CRITICAL: 4}
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
+    return text.isascii() and text.isdigit()
+
+
+
 @dataclass(frozen=True)
 class StigFacts:
     """Facts of one STIG rule in one release (no DISA text)."""
@@ -78,7 +84,7 @@ class Check:
 
 def _release_key(release: str) -> tuple[int, int]:
     v, _, r = release.removeprefix("V").partition("R")
-    return (int(v) if v.isdigit() else 0, int(r) if r.isdigit() else 0)
+    return (int(v) if _digits(v) else 0, int(r) if _digits(r) else 0)
 
 
 def _load_data_file(path: Path) -> Any:

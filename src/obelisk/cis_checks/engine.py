@@ -261,9 +261,9 @@ def _kubelet(ctx: Context, test: dict[str, Any]) -> Outcome:
     shown = observed if observed is not None else "not set"
     if s.source == "default" and observed is not None:
         shown = f"{observed} (default)"
-    detail = ""
+    detail = s.note
     if s.overridden:
-        detail = f"{s.source} overrides " + "; ".join(s.overridden)
+        detail = (detail + "; " if detail else "") + f"{s.source} overrides " + "; ".join(s.overridden)
     return Outcome(Status.PASS if ok else Status.FAIL, shown, expected, _setting_evidence(s), detail, "kubelet")
 
 

@@ -69,12 +69,18 @@ FLAG_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Fields the kubelet's defaulting treats as unset when they hold their zero value: a config file
+# written by kubeadm says "streamingConnectionIdleTimeout: 0s", and the kubelet then runs with 4h.
+ZERO_MEANS_DEFAULT = {"streamingConnectionIdleTimeout": "4h0m0s"}
+
+
 @dataclass(frozen=True)
 class Setting:
     key: str
     value: Any  # None: not set anywhere and no default
     source: str  # "flag --x=y (pid 12)", "/var/lib/kubelet/config.yaml", "/etc/.../config.d/50.conf", "default"
     overridden: tuple[str, ...] = ()  # lower layers that set another value ("readOnlyPort: 0 in FILE")
+    note: str = ""  # how the kubelet interprets what was written ("0s means the default, 4h0m0s")
 
     @property
     def is_set(self) -> bool:
@@ -94,11 +100,17 @@ class KubeletConfig:
         if self.config_file:
             self._load_layer(self.config_file)
         if self.config_dir:
-            d = node.host(self.config_dir)
-            if d.is_dir():
+            try:
+                d = node.host(self.config_dir)
+            except OSError as exc:
+                self.errors.append((self.config_dir, f"cannot read: {exc.strerror}"))
+                d = None
+            if d is None:
+                pass
+            elif d.is_dir():
                 for f in sorted(d.iterdir(), key=lambda p: p.name):
                     if f.name.endswith(".conf"):
-                        self._load_layer(node.node_path(f))
+                        self._load_layer(self.config_dir.rstrip("/") + "/" + f.name)
             elif d.exists():
                 self.errors.append((self.config_dir, "--config-dir is not a directory"))
         self.defaults = CONFIG_DEFAULTS if self.config_file else FLAG_DEFAULTS
@@ -166,6 +178,9 @@ class KubeletConfig:
             return Setting(key, self.defaults.get(key), "default")
         (source, value), lower = found[0], found[1:]
         overridden = tuple(f"{key}: {_show(v)} in {src}" for src, v in lower if _show(v) != _show(value))
+        if key in ZERO_MEANS_DEFAULT and not source.startswith("flag ") and _is_zero_duration(value):
+            return Setting(key, ZERO_MEANS_DEFAULT[key], source, overridden,
+                           f"{key}: {_show(value)} in {source} means the kubelet's default, {ZERO_MEANS_DEFAULT[key]}")
         return Setting(key, value, source, overridden)
 
 
@@ -179,6 +194,12 @@ def _lookup(doc: dict[str, Any], key: str) -> Any:
             return _MISSING
         cur = cur[part]
     return cur
+
+
+def _is_zero_duration(value: Any) -> bool:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value == 0
+    return isinstance(value, str) and value.strip() in ("0", "0s", "0m", "0h", "0m0s", "0h0m0s", "")
 
 
 def _parse_bool(value: str) -> Any:

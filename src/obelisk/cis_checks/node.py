@@ -51,6 +51,12 @@ ETCD_FILE_KEYS = {
 }
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
+    return text.isascii() and text.isdigit()
+
+
+
 @dataclass(frozen=True)
 class InputProblem:
     path: str  # as seen on the node ("/etc/kubernetes/manifests/kube-apiserver.yaml")
@@ -161,6 +167,7 @@ class NodeView:
 
     def __init__(self, root: str | Path, proc: str | Path | None = None):
         self.root = Path(root)
+        self._host_root = self.root.resolve() == Path("/")
         self.proc = Path(proc) if proc is not None else None
         self.problems: list[InputProblem] = []
         self.components: dict[str, Component] = {}
@@ -170,8 +177,52 @@ class NodeView:
 
     # ---------------------------------------------------------------- paths and reading
     def host(self, node_path: str) -> Path:
-        """The file under the scanned root for a path as the node sees it."""
-        return self.root / node_path.lstrip("/")
+        """The file under the scanned root for a path as the node sees it.
+
+        Symbolic links are followed inside the root, as the node would follow them: an absolute
+        link in a mounted image points into the image, never at the scanning host's own files.
+        A link loop raises OSError(ELOOP).
+        """
+        if self._host_root:
+            return Path("/") / node_path.lstrip("/")
+        return self._resolve(node_path)
+
+    def _resolve(self, node_path: str) -> Path:
+        import errno
+
+        pending = [p for p in PurePosixPath("/" + node_path.lstrip("/")).parts[1:]]
+        cur = self.root
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if cur != self.root:
+                    cur = cur.parent
+                continue
+            nxt = cur / part
+            if nxt.is_symlink():
+                hops += 1
+                if hops > 40:
+                    raise OSError(errno.ELOOP, "Too many levels of symbolic links", self.node_path(nxt))
+                target = os.readlink(nxt)
+                if target.startswith("/"):
+                    cur = self.root
+                pending[:0] = [p for p in PurePosixPath(target).parts if p != "/"]
+                continue
+            cur = nxt
+        return cur
+
+    def _inside(self, path: Path) -> Path:
+        """A path under the root (as built by joining) with its links resolved inside the root."""
+        if self._host_root:
+            return path
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            return path
+        return self._resolve("/" + str(rel))
 
     def node_path(self, path: Path) -> str:
         try:
@@ -180,8 +231,8 @@ class NodeView:
             return str(path)
 
     def read_text(self, path: Path) -> str:
-        """Read a small text file; OSError/ValueError name the problem."""
-        with open(path, "rb") as handle:
+        """Read a small text file under the root; OSError/ValueError name the problem."""
+        with open(self._inside(path), "rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
@@ -273,7 +324,7 @@ class NodeView:
     def _processes(self) -> dict[str, Component]:
         found: dict[str, Component] = {}
         try:
-            entries = sorted((e for e in os.listdir(self.proc) if e.isdigit()), key=int)
+            entries = sorted((e for e in os.listdir(self.proc) if _digits(e)), key=int)
         except OSError:
             return found
         for pid in entries:
@@ -308,7 +359,7 @@ class NodeView:
         if self.proc is None:
             return ()
         try:
-            entries = [e for e in os.listdir(self.proc) if e.isdigit()]
+            entries = [e for e in os.listdir(self.proc) if _digits(e)]
         except OSError:
             return ()
         for pid in entries:
@@ -319,14 +370,18 @@ class NodeView:
         return tuple(names)
 
     def _load_manifests(self, rel_dir: str) -> None:
-        directory = self.root / rel_dir
         self.manifest_dirs.append("/" + rel_dir)
+        try:
+            directory = self.host("/" + rel_dir)
+        except OSError as exc:
+            self.problem("/" + rel_dir, f"cannot read: {exc.strerror}")
+            return
         if not directory.is_dir():
             return
         for f in sorted(directory.iterdir()):
             if f.name.startswith(".") or f.suffix not in (".yaml", ".yml", ".json", ".manifest"):
                 continue
-            node_path = self.node_path(f)
+            node_path = "/" + rel_dir.strip("/") + "/" + f.name
             guess = next((n for n in COMPONENT_NAMES if f.stem == n), None)
             doc = self.load_yaml_file(node_path, guess)
             if doc is None:
@@ -423,7 +478,7 @@ class NodeView:
             try:
                 for line in self.read_text(self.root / rel).splitlines():
                     parts = line.split(":")
-                    if len(parts) >= 3 and parts[2].isdigit():
+                    if len(parts) >= 3 and _digits(parts[2]):
                         table.setdefault(int(parts[2]), parts[0])
             except (OSError, ValueError):
                 pass
@@ -441,18 +496,17 @@ class NodeView:
                     if len(parts) < 3 or parts[0] not in ("u", "g"):
                         continue
                     first, _, second = parts[2].partition(":")
-                    if parts[0] == "u" and first.isdigit():
+                    if parts[0] == "u" and _digits(first):
                         users.setdefault(int(first), parts[1])
-                        gid = second if second.isdigit() else first  # sysusers makes a same-named group
+                        gid = second if _digits(second) else first  # sysusers makes a same-named group
                         groups.setdefault(int(gid), parts[1])
-                    elif parts[0] == "g" and first.isdigit():
+                    elif parts[0] == "g" and _digits(first):
                         groups.setdefault(int(first), parts[1])
         return users, groups
 
     def file_info(self, node_path: str) -> FileInfo:
-        path = self.host(node_path)
         try:
-            st = path.stat()
+            st = self.host(node_path).stat()
         except FileNotFoundError:
             return FileInfo(node_path, exists=False)
         except OSError as exc:
@@ -508,14 +562,20 @@ class NodeView:
 
     def walk(self, node_dir: str) -> list[str]:
         """A directory and everything under it (node paths), without following symlinks out."""
-        base = self.host(node_dir)
+        try:
+            base = self.host(node_dir)
+        except OSError:
+            return [node_dir]  # file_info reports the loop
         if not base.exists():
             return []
         out = [node_dir]
+        prefix = node_dir.rstrip("/")
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames.sort()
+            rel = os.path.relpath(dirpath, base)
+            here = prefix if rel == "." else f"{prefix}/{rel}"
             for n in sorted(dirnames) + sorted(filenames):
-                out.append(self.node_path(Path(dirpath) / n))
+                out.append(f"{here}/{n}")
             if len(out) > 100_000:
                 break
         return out
@@ -528,7 +588,8 @@ class NodeView:
         from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
         try:
-            data = self.host(node_path).read_bytes()[:MAX_FILE_BYTES]
+            with open(self.host(node_path), "rb") as handle:
+                data = handle.read(MAX_FILE_BYTES)
         except OSError as exc:
             return CertInfo(node_path, error=f"cannot read: {exc.strerror}")
         try:

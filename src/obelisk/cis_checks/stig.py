@@ -22,6 +22,12 @@ CAT_NAME = {"high": "CAT I", "medium": "CAT II", "low": "CAT III"}
 _MAX_XML_BYTES = 64 * 1024 * 1024
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() rejects."""
+    return text.isascii() and text.isdigit()
+
+
+
 @dataclass(frozen=True)
 class StigRule:
     vid: str  # "V-242381"
@@ -64,8 +70,8 @@ def _release_of(root) -> str:
         if name == "version" and not version:
             # "1" in the manual release, "002.001" (version.release) in SCAP data streams
             parts = (child.text or "").strip().split(".")
-            version = str(int(parts[0])) if parts[0].isdigit() else ""
-            if len(parts) > 1 and parts[1].isdigit():
+            version = str(int(parts[0])) if _digits(parts[0]) else ""
+            if len(parts) > 1 and _digits(parts[1]):
                 release = str(int(parts[1]))
         elif name == "plain-text" and (child.get("id") or "").endswith("release-info") and not release:
             m = re.search(r"Release:\s*(?:\d+\.)?(\d+)", child.text or "")

@@ -5,8 +5,8 @@ recomputes every template hash, hashes the template data for each PCR bank, and 
 each measured file against the reference manifest and trusted keys. The PCR fold,
 which is sequential by nature, happens afterwards per bank (`fold`).
 
-Binary chunks are cut where the first entry's header pattern (PCR 10, template name)
-recurs; a chunk is accepted only if the previous chunk's last entry ends exactly where
+Binary chunks are cut where an entry header (PCR 10 and one of the template names seen at
+the start of the list) recurs; a chunk is accepted only if the previous chunk's last entry ends exactly where
 it starts, so a false cut (a file name that happens to contain the pattern) is caught
 and that part of the list is re-walked from the true boundary.
 """
@@ -20,14 +20,13 @@ import os
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from obelisk.core.errors import ParseError
 from obelisk.ima_policy import templates
 from obelisk.ima_policy.keyring import VALID, Keyring
 from obelisk.ima_policy.measurement_list import (
-    ASCII, MAX_PCR, MAX_TEMPLATE_DATA, ZERO_DIGEST, parse_ascii_line, split_fields)
+    ASCII, MAX_PCR, MAX_TEMPLATE_DATA, ZERO_DIGEST, iter_binary, parse_ascii_line, split_fields)
 from obelisk.ima_policy.reference import ANY_DIGEST, ReferenceManifest
 from obelisk.ima_policy.replay import BANK_SIZES, IMA_PCR
 
@@ -49,9 +48,8 @@ class ChunkResult:
     start: int
     end: int = 0
     count: int = 0  # entries walked
-    listed: bytes = b""  # SHA-1 template hashes as listed, PCR 10 entries only
-    bank_digests: dict[str, bytes] = field(default_factory=dict)  # per-bank extend digests, PCR 10 only
-    violations: list[int] = field(default_factory=list)  # indexes into the PCR-10 sequence of this chunk
+    # per-bank extend digests of the PCR-10 entries (all ones for violations); "sha1" always present
+    bank_digests: dict[str, bytes] = field(default_factory=dict)
     other_pcrs: Counter = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
     problem_counts: Counter = field(default_factory=Counter)
@@ -146,8 +144,10 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
           numbers: list[int] | None, at_list_start: bool, first_number: int = 1) -> int:
     """Check the binary entries from `start` until one begins at or after `stop`; return the end offset.
 
-    This loop runs once per entry of lists with millions of entries: everything it needs is a
-    local, and entries that are not plain, intact d-ng|n-ng ones go to `_EntryContext.entry`.
+    Runs of plain, intact entries go through `_run` (a loop with as little work per entry as
+    possible); any entry it does not take -- another template, a hash mismatch, a violation, a
+    file the manifest does not allow, bytes that do not parse -- is handled here, one at a time,
+    by the careful path that names every problem.
     """
     source = job.source
     little = order == "little"
@@ -155,151 +155,152 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     header = struct.Struct(("<" if little else ">") + "I20sI").unpack_from
     end = len(data)
     banks = job.banks
-    want_sha1 = "sha1" in banks
-    other_ctors = [getattr(hashlib, b) for b in banks if b != "sha1"]
-    other_outs: list[list[bytes]] = [[] for _ in other_ctors]
-    other_banks = list(zip(other_ctors, [o.append for o in other_outs]))
-    one_other = len(other_banks) == 1
-    other_ctor, other_app = other_banks[0] if one_other else (None, None)
-    sha1_out: list[bytes] = []
+    other_names = [b for b in banks if b != "sha1"]
+    other_outs: list[list[bytes]] = [[] for _ in other_names]
+    other_banks = [(getattr(hashlib, b), o.append) for b, o in zip(other_names, other_outs)]
+    sha1_out: list[bytes] = []  # always kept: the SHA-1 bank, and the base of the sha1-padded replay
     sha1_app = sha1_out.append
-    listed_out: list[bytes] = []
-    listed_app = listed_out.append
     sha1 = hashlib.sha1
     ref = job.reference
-    files = ref.files if ref else None
-    files_get = files.get if files is not None else None
+    files_get = ref.files.get if ref is not None else None
     check_sigs = job.keyring is not None
     stats = res.stats
-    matched = 0
     name_raw = b""
     name_len = -1
     tpl: templates.Template | None = None
     legacy = False
-    fast_ng = 0  # 2: d-ng|n-ng, 3: d-ng|n-ng|sig -- path and digest found without splitting
+    fast = 0  # 2: d-ng|n-ng, 3: d-ng|n-ng|sig (without --cert): runs go through _run
     ctx = _EntryContext(job, res, order)
     prefixes: dict[bytes, str] = {}
     index = 0
     off = start
-    max_data = MAX_TEMPLATE_DATA
     while off < stop:
+        if fast:
+            off, count, matched = _run(data, off, stop, header, u32, name_raw, fast == 3, sha1_app, other_banks,
+                                       files_get, prefixes)
+            index += count
+            stats["files-matched"] += matched
+            if check_sigs:
+                stats["no-signature-field"] += count
+            if off >= stop:
+                break
+        # the careful path: one entry
+        number = numbers[index] if numbers is not None else first_number + index
         if end - off < 28:
-            number = numbers[index] if numbers is not None else first_number + index
             raise ParseError(f"entry {number}: truncated header ({end - off} bytes left, at least 28 needed)",
                              source=source, offset=off)
         pcr, listed, nlen = header(data, off)
+        if pcr > MAX_PCR:
+            raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
         p = off + 28
-        if nlen != name_len or not data.startswith(name_raw, p) or pcr > MAX_PCR:
-            number = numbers[index] if numbers is not None else first_number + index
-            if pcr > MAX_PCR:
-                raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
+        if nlen != name_len or not data.startswith(name_raw, p):
             tpl = _template(data, p, nlen, end, number, source, off)
             name_raw = data[p:p + nlen]
             name_len = nlen
             legacy = tpl.legacy
-            fast_ng = _FAST.get(tpl.fields, 0)
-            if fast_ng == 3 and check_sigs:  # signatures to verify: the full path
-                fast_ng = 0
+            fast = _FAST.get(tpl.fields, 0)
+            if fast == 3 and check_sigs:  # signatures to verify: the careful path
+                fast = 0
         p += nlen
         if legacy:
             if end - p < 24:
-                number = numbers[index] if numbers is not None else first_number + index
                 raise ParseError(f"entry {number}: truncated 'ima' template data", source=source, offset=p)
             flen = u32(data, p + 20)[0]
             if flen > templates.IMA_NAME_HASHED_LEN - 1 or flen > end - p - 24:
-                number = numbers[index] if numbers is not None else first_number + index
                 raise ParseError(f"entry {number}: file name length {flen} invalid", source=source, offset=p + 20)
             tdata = data[p:p + 20] + data[p + 24:p + 24 + flen].ljust(templates.IMA_NAME_HASHED_LEN, b"\0")
             next_off = p + 24 + flen
         else:
             if end - p < 4:
-                number = numbers[index] if numbers is not None else first_number + index
                 raise ParseError(f"entry {number}: truncated before template data length", source=source, offset=p)
             dlen = u32(data, p)[0]
             p += 4
-            if dlen > max_data or dlen > end - p:
-                number = numbers[index] if numbers is not None else first_number + index
+            if dlen > MAX_TEMPLATE_DATA or dlen > end - p:
                 raise ParseError(f"entry {number}: template data length {dlen} exceeds the {end - p} bytes left",
                                  source=source, offset=p - 4)
             tdata = data[p:p + dlen]
             next_off = p + dlen
         computed = sha1(tdata).digest()
-        if computed == listed and fast_ng and pcr == 10:
-            # the common case: an intact ima-ng (or ima-sig, signatures not checked) entry for PCR 10
-            listed_app(listed)
-            if want_sha1:
-                sha1_app(computed)
-            if one_other:
-                other_app(other_ctor(tdata).digest())
+        violation = computed != listed and listed == ZERO_DIGEST
+        if violation:
+            stats["violations"] += 1
+        if pcr == IMA_PCR:
+            if violation:
+                sha1_app(b"\xff" * 20)
+                for (_, app), b in zip(other_banks, other_names):
+                    app(b"\xff" * BANK_SIZES[b])
             else:
+                sha1_app(computed)
                 for ctor, app in other_banks:
                     app(ctor(tdata).digest())
-            # the field structure must hold exactly (the hash matching proves nothing about it)
-            n = len(tdata)
-            l1 = u32(tdata, 0)[0] if n >= 8 else n
-            l2 = u32(tdata, 4 + l1)[0] if n >= 8 + l1 else n
-            p3 = 8 + l1 + l2
-            if fast_ng == 2:
-                intact = p3 == n
-            else:
-                intact = p3 + 4 <= n and p3 + 4 + u32(tdata, p3)[0] == n
-            if not intact:
-                number = numbers[index] if numbers is not None else first_number + index
-                raise ParseError(f"entry {number}: template data does not hold the fields of {tpl.name}",
-                                 source=source, offset=off)
-            if files_get is not None or (index == 0 and at_list_start):
-                head, _, fdigest = tdata[4:4 + l1].partition(b":\0")
-                path = tdata[8 + l1:7 + l1 + l2].decode("utf-8", "surrogateescape")
-                prefix = prefixes.get(head)
-                if prefix is None:  # "sha256" / "ima:sha256" -> "sha256:", once per algorithm
-                    prefix = prefixes[head] = head.rsplit(b":", 1)[-1].decode("ascii", "replace") + ":"
-                if index == 0 and at_list_start:
-                    res.first = (path, prefix[:-1], fdigest)
-                    if path == "boot_aggregate":
-                        index += 1
-                        off = next_off
-                        continue
-                if files_get is not None:
-                    expected = files_get(path)
-                    dstr = prefix + fdigest.hex()
-                    if expected == dstr or (type(expected) is tuple and dstr in expected):
-                        matched += 1
-                    else:
-                        number = numbers[index] if numbers is not None else first_number + index
-                        ctx.file_problem(number, path, prefix[:-1], fdigest, expected)
-            if check_sigs:
-                stats["no-signature-field"] += 1
         else:
-            number = numbers[index] if numbers is not None else first_number + index
-            violation = computed != listed and listed == ZERO_DIGEST
-            if violation:
-                stats["violations"] += 1
-            if pcr == IMA_PCR:
-                if violation:
-                    res.violations.append(len(listed_out))
-                    if want_sha1:
-                        sha1_app(b"\xff" * 20)
-                    for (ctor, app), b in zip(other_banks, (b for b in banks if b != "sha1")):
-                        app(b"\xff" * BANK_SIZES[b])
-                else:
-                    if want_sha1:
-                        sha1_app(computed)
-                    for ctor, app in other_banks:
-                        app(ctor(tdata).digest())
-                listed_app(listed)
-            else:
-                res.other_pcrs[pcr] += 1
-            ctx.entry(number, off, tpl, tdata, computed, listed, violation, index == 0 and at_list_start)
+            res.other_pcrs[pcr] += 1
+        ctx.entry(number, off, tpl, tdata, computed, listed, violation, index == 0 and at_list_start)
         index += 1
         off = next_off
     res.count += index
-    stats["files-matched"] += matched
-    res.listed = b"".join(listed_out)
-    if want_sha1:
-        res.bank_digests["sha1"] = b"".join(sha1_out)
-    for b, out in zip([b for b in banks if b != "sha1"], other_outs):
+    res.bank_digests["sha1"] = b"".join(sha1_out)
+    for b, out in zip(other_names, other_outs):
         res.bank_digests[b] = b"".join(out)
     return off
+
+
+def _run(data: bytes, off: int, stop: int, header, u32, name_raw: bytes, three: bool, sha1_app, other_banks,
+         files_get, prefixes: dict[bytes, str]) -> tuple[int, int, int]:
+    """Walk intact PCR-10 entries of one d-ng|n-ng[|sig] template from `off`; stop before the first
+    entry that needs a closer look. Returns (offset reached, entries taken, files matched)."""
+    sha1 = hashlib.sha1
+    end = len(data)
+    nlen = len(name_raw)
+    name_at = 28
+    count = matched = 0
+    one = len(other_banks) == 1
+    ctor1, app1 = other_banks[0] if one else (None, None)
+    try:
+        while off < stop:
+            pcr, listed, nl = header(data, off)
+            if pcr != 10 or nl != nlen or not data.startswith(name_raw, off + name_at):
+                break
+            p = off + 32 + nlen
+            dlen = u32(data, p - 4)[0]
+            q = p + dlen
+            if q > end or dlen > MAX_TEMPLATE_DATA:
+                break
+            tdata = data[p:q]
+            computed = sha1(tdata).digest()
+            if computed != listed:
+                break
+            # the field structure must hold exactly (a matching hash proves nothing about it)
+            l1 = u32(tdata, 0)[0]
+            p2 = 8 + l1
+            l2 = u32(tdata, p2 - 4)[0]
+            if three:
+                p3 = p2 + l2
+                if p3 + 4 + u32(tdata, p3)[0] != dlen:
+                    break
+            elif p2 + l2 != dlen:
+                break
+            if files_get is not None:
+                if l2 == 0 or tdata[p2 + l2 - 1] != 0:
+                    break
+                head, _, fdigest = tdata[4:p2 - 4].partition(b":\0")
+                prefix = prefixes.get(head)
+                if prefix is None:  # "sha256" / "ima:sha256" -> "sha256:", once per algorithm
+                    prefix = prefixes[head] = head.rsplit(b":", 1)[-1].decode("ascii", "replace") + ":"
+                if files_get(tdata[p2:p2 + l2 - 1].decode("utf-8", "surrogateescape")) != prefix + fdigest.hex():
+                    break
+                matched += 1
+            sha1_app(computed)
+            if one:
+                app1(ctor1(tdata).digest())
+            else:
+                for ctor, app in other_banks:
+                    app(ctor(tdata).digest())
+            off = q
+            count += 1
+    except struct.error:  # too short to hold its fields: the careful path names it
+        pass
+    return off, count, matched
 
 
 # Templates the tight loop decodes inline: number of fields
@@ -442,11 +443,20 @@ def split_points(job: Job) -> list[int]:
             points.append(nl + 1)
             pos = nl + 1 + CHUNK_TARGET
         return points
-    u = job.byte_order
-    name_len = int.from_bytes(data[24:28], u)
-    if name_len > templates.MAX_TEMPLATE_NAME or name_len == 0:
+    # cut where a PCR-10 entry of a template seen among the first entries begins
+    names: set[bytes] = set()
+    try:
+        for _, _, _, _, name, _ in iter_binary(data, 0, min(n, 64 * 1024), job.byte_order, 1, job.source):
+            names.add(name.encode("ascii"))
+            if len(names) >= 8:
+                break
+    except ParseError:
+        pass  # the walk will name the problem
+    if not names:
         return [0]
-    header = re.compile(re.escape(IMA_PCR.to_bytes(4, u)) + b".{20}" + re.escape(data[24:28 + name_len]), re.S)
+    u = job.byte_order
+    alternatives = b"|".join(re.escape(len(nm).to_bytes(4, u) + nm) for nm in sorted(names))
+    header = re.compile(re.escape(IMA_PCR.to_bytes(4, u)) + b".{20}(?:" + alternatives + b")", re.S)
     pos = CHUNK_TARGET
     while pos < n:
         m = header.search(data, pos)
@@ -469,15 +479,15 @@ def run(job: Job, workers: int | None = None) -> list[ChunkResult]:
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(min(workers, len(ranges))) as pool:
                 raw = pool.starmap(check_range, [(a, b, 1) for a, b in ranges], chunksize=1)
-                results = _stitch(job, raw, pool)
+                results = _stitch(job, raw)
         else:
-            results = _stitch(job, [check_range(a, b, 1) for a, b in ranges], None)
+            results = _stitch(job, [check_range(a, b, 1) for a, b in ranges])
         return results
     finally:
         _JOB = None
 
 
-def _stitch(job: Job, raw: list[ChunkResult], pool) -> list[ChunkResult]:
+def _stitch(job: Job, raw: list[ChunkResult]) -> list[ChunkResult]:
     """Keep chunks while they join up; re-walk from the true boundary after a false cut."""
     out: list[ChunkResult] = []
     expected_start = 0
@@ -526,20 +536,29 @@ def fold(bank: str, digests: bytes, target: bytes | None = None) -> tuple[bytes,
     return value, matches
 
 
-def _fold_task(args: tuple[str, bytes, bytes | None]) -> tuple[str, bytes, list[int]]:
-    bank, digests, target = args
+_FOLD_TASKS: list[tuple[str, bytes, bytes | None]] = []  # set before forking: workers read, nothing pickled
+
+
+def _fold_task(i: int) -> tuple[str, bytes, list[int]]:
+    bank, digests, target = _FOLD_TASKS[i]
     value, matches = fold(bank, digests, target)
     return bank, value, matches
 
 
 def fold_banks(tasks: list[tuple[str, bytes, bytes | None]], workers: int | None = None
                ) -> dict[str, tuple[bytes, list[int]]]:
+    """Fold each bank, one bank per process (the digests are shared by fork, not sent)."""
+    global _FOLD_TASKS
     workers = workers or os.cpu_count() or 1
     total = sum(len(t[1]) for t in tasks)
-    if workers > 1 and len(tasks) > 1 and total > 4 * 1024 * 1024 \
-            and "fork" in multiprocessing.get_all_start_methods():
-        with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
-            done = pool.map(_fold_task, tasks, chunksize=1)
-    else:
-        done = [_fold_task(t) for t in tasks]
+    _FOLD_TASKS = tasks
+    try:
+        if workers > 1 and len(tasks) > 1 and total > 4 * 1024 * 1024 \
+                and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+                done = pool.map(_fold_task, range(len(tasks)), chunksize=1)
+        else:
+            done = [_fold_task(i) for i in range(len(tasks))]
+    finally:
+        _FOLD_TASKS = []
     return {bank: (value, matches) for bank, value, matches in done}

@@ -9,6 +9,8 @@ from obelisk.signer import imasig
 from obelisk.signer.hashalgo import BY_NAME
 from obelisk.signer.keys import ima_key_id, load_certificate, verify_digest_signature
 
+EVM_XATTR_PORTABLE_DIGSIG = 0x05
+
 VALID = "valid"
 UNSIGNED = "unsigned"
 UNKNOWN_KEY = "unknown-key"
@@ -33,6 +35,8 @@ class Keyring:
         """(outcome, detail) for an entry's `sig` field over its file digest."""
         if not sig:
             return UNSIGNED, "no signature recorded"
+        if sig[0] == EVM_XATTR_PORTABLE_DIGSIG:  # the kernel logs security.evm when there is no IMA signature
+            return UNSIGNED, "only an EVM portable signature recorded, no IMA signature"
         try:
             parsed = imasig.parse(sig, source="sig")
         except ParseError as exc:

@@ -7,7 +7,7 @@ which rules a check hits. Findings name the line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from obelisk.core.errors import InputError
@@ -116,8 +116,15 @@ def _t(r: Rule) -> tuple[str, str]:
     return ("=", "")
 
 
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+
+
 def _scoped_to_fs(rule: Rule) -> bool:
-    return rule.get("fsuuid") is not None or rule.get("fsmagic") is not None or rule.get("fsname") is not None
+    # every filesystem without a UUID (tmpfs, proc, memfd, NFS, SquashFS) reports all zeros:
+    # fsuuid=0...0 scopes nothing, unless earlier rules excluded those filesystems by type
+    fsuuid = rule.get("fsuuid")
+    return (fsuuid is not None and fsuuid != ZERO_UUID) or rule.get("fsmagic") is not None \
+        or rule.get("fsname") is not None
 
 
 def _fs_findings(policy: Policy, rule: Rule, base: str) -> Iterator[tuple[str, str]]:
@@ -143,7 +150,7 @@ def _fs_findings(policy: Policy, rule: Rule, base: str) -> Iterator[tuple[str, s
         if left:
             yield "appraise-network-fs", "not excluded: " + ", ".join(sorted(NETWORK_FS[m] for m in left))
         if func in (None, "FILE_CHECK") and rule.get("mask") in (None, "MAY_READ", "MAY_WRITE", "MAY_APPEND") \
-                and rule.get("appraise_type") is not None:
+                and rule.get("appraise_type") is not None and rule.get("fsuuid") is None:
             yield "appraise-every-open", "no func= or func=FILE_CHECK, not scoped to the image's filesystem"
     if base == "measure":
         left = set(NETWORK_FS) - _earlier_excludes(policy, rule, "dont_measure", NETWORK_FS)
@@ -217,5 +224,3 @@ def lint_policy(data: bytes, source: str, *, signed_build: bool = True) -> Repor
                                 detail="an empty policy measures and appraises nothing"))
     return Report(tuple(findings), Subject("policy", source), command="ima policy lint")
 
-
-Checker = Callable[[Policy], list]

@@ -149,23 +149,30 @@ _PREFIXES = tuple(f"{a}:" for a in ("md5", "sha1", "sha224", "sha256", "sha384",
 
 def _all_digest_strings(values: list[str]) -> bool:
     """A fast, slightly looser form of _DIGEST over many values: known prefix, one ':', only
-    lowercase hex after it (letters of the algorithm names aside), nothing empty."""
-    if not all(v.startswith(_PREFIXES) for v in values):
+    lowercase hex after it (letters of the algorithm names aside), nothing empty. String scans
+    in C instead of a regular expression per value: a million digests take a fraction of a second."""
+    try:
+        joined = "\n" + "\n".join(values) + "\n"
+    except TypeError:  # not all strings
         return False
-    joined = ("\n".join(values) + "\n").encode("utf-8", "replace")
-    return (joined.count(b":") == len(values) and b":\n" not in joined
-            and not joined.translate(None, b"0123456789abcdef:\nshm_"))
+    common = values[0].partition(":")[0] + ":" if values else ""
+    if common not in _PREFIXES or joined.count("\n" + common) != len(values):
+        if not all(v.startswith(_PREFIXES) for v in values):
+            return False
+    raw = joined.encode("utf-8", "replace")
+    return (raw.count(b":") == len(values) and b":\n" not in raw
+            and not raw.translate(None, b"0123456789abcdef:\nshm_"))
 
 
 def _files(files_in: dict[str, Any], source: str) -> dict[str, str | tuple[str, ...]]:
-    """Validate path -> digest(s); single strings are checked in one regex pass (fast for 10^6 files)."""
+    """Validate path -> digest(s); single strings are checked in bulk (fast for 10^6 files)."""
     paths = list(files_in)
-    if paths and not all(p[:1] == "/" for p in paths):
-        bad = next(p for p in paths if p[:1] != "/")
+    if paths and ("\n" + "\n".join(paths)).count("\n/") != len(paths):
+        bad = next(p for p in paths if not p.startswith("/") or "\n" in p)
         raise InputError(f"files: {bad[:80]!r} is not an absolute path", source=source)
     values = list(files_in.values())
-    if all(type(v) is str for v in values) and _all_digest_strings(values):
-        return dict(files_in)
+    if _all_digest_strings(values):
+        return files_in
     files: dict[str, str | tuple[str, ...]] = {}
     for path, value in files_in.items():
         digests = _digests(value, f"{source}: files[{path[:80]!r}]")

@@ -81,14 +81,9 @@ def verify_log(data: bytes, source: str, options: VerifyOptions = VerifyOptions(
     chunks = checker.run(job, options.workers)
 
     total = sum(c.count for c in chunks)
-    listed = b"".join(c.listed for c in chunks)
-    n10 = len(listed) // 20
-    violations: list[int] = []
-    base = 0
-    for c in chunks:
-        violations.extend(base + v for v in c.violations)
-        base += len(c.listed) // 20
-    replays = _replay(chunks, banks, listed, violations, quoted, options)
+    sha1_digests = b"".join(c.bank_digests["sha1"] for c in chunks)
+    n10 = len(sha1_digests) // 20
+    replays = _replay(chunks, banks, sha1_digests, quoted, options)
 
     findings: list[Finding] = []
     subject_name = source
@@ -97,6 +92,8 @@ def verify_log(data: bytes, source: str, options: VerifyOptions = VerifyOptions(
     first = chunks[0].first if chunks else None
     findings += _boot_aggregate_findings(first, options.boot_pcrs or quoted, source,
                                          "the event log" if options.boot_pcrs else "--pcrs")
+    if options.boot_pcrs and quoted:
+        findings += _eventlog_findings(options.boot_pcrs, quoted, source)
     findings += _problem_findings(chunks, options, source)
     findings += _summary_findings(chunks, options, source)
     attributes = [("entries", str(total)), ("encoding", encoding)]
@@ -114,22 +111,22 @@ def verify_log(data: bytes, source: str, options: VerifyOptions = VerifyOptions(
     return VerifyResult(report, total, encoding, order, tuple(replays))
 
 
-def _padded(bank: str, listed: bytes, violations: list[int]) -> bytes:
+def _padded(bank: str, sha1_digests: bytes) -> bytes:
+    """Older kernels: the SHA-1 template hash (all ones for a violation) zero-padded to the bank."""
     size = BANK_SIZES[bank]
+    if size == 20:
+        return sha1_digests
     pad = bytes(size - 20)
-    parts = [listed[i:i + 20] + pad for i in range(0, len(listed), 20)]
-    for v in violations:
-        parts[v] = b"\xff" * 20 + pad
-    return b"".join(parts)
+    return b"".join(sha1_digests[i:i + 20] + pad for i in range(0, len(sha1_digests), 20))
 
 
-def _replay(chunks, banks, listed, violations, quoted, options) -> list[BankReplay]:
+def _replay(chunks, banks, sha1_digests, quoted, options) -> list[BankReplay]:
     per_bank = {b: b"".join(c.bank_digests[b] for c in chunks) for b in banks}
     targets = {b: quoted.get(b, {}).get(IMA_PCR) for b in banks}
     first_mode = SHA1_PADDED if options.mode == SHA1_PADDED else PER_BANK
     tasks = []
     for b in banks:
-        digests = per_bank[b] if first_mode == PER_BANK else _padded(b, listed, violations)
+        digests = per_bank[b] if first_mode == PER_BANK else _padded(b, sha1_digests)
         tasks.append((b, digests, targets[b]))
     done = checker.fold_banks(tasks, options.workers)
     out = []
@@ -140,7 +137,7 @@ def _replay(chunks, banks, listed, violations, quoted, options) -> list[BankRepl
             retry.append(b)
         out.append(BankReplay(b, value, first_mode, targets[b], (matches[-1] if matches else None)))
     if retry:  # an older kernel: SHA-1 template hash zero-padded into every bank
-        again = checker.fold_banks([(b, _padded(b, listed, violations), targets[b]) for b in retry], options.workers)
+        again = checker.fold_banks([(b, _padded(b, sha1_digests), targets[b]) for b in retry], options.workers)
         for i, r in enumerate(out):
             if r.bank in again and again[r.bank][1]:
                 value, matches = again[r.bank]
@@ -215,6 +212,25 @@ def _boot_aggregate_findings(first, quoted: dict[str, dict[int, bytes]], source:
                     expected=computed, benchmark=BENCHMARK, section="boot-aggregate",
                     detail=f"the list's boot_aggregate does not match the boot PCRs from {origin}: the list comes "
                            "from another boot, or the boot chain was measured differently")]
+
+
+def _eventlog_findings(replayed: dict[str, dict[int, bytes]], quoted: dict[str, dict[int, bytes]],
+                       source: str) -> list[Finding]:
+    """The event log's replay must give the quoted boot PCRs, or boot_aggregate proves nothing."""
+    out = []
+    for bank in sorted(set(replayed) & set(quoted)):
+        common = sorted(i for i in range(10) if i in quoted[bank] and i in replayed[bank])
+        if not common:
+            continue
+        bad = [i for i in common if quoted[bank][i] != replayed[bank][i]]
+        out.append(Finding(f"ima.eventlog.{bank}", f"event log replays to the quoted {bank} PCRs 0-9",
+                           Status.FAIL if bad else Status.PASS, Severity.CRITICAL, target=source,
+                           observed=", ".join(f"PCR {i}: {replayed[bank][i].hex()}" for i in bad) or None,
+                           expected=", ".join(f"PCR {i}: {quoted[bank][i].hex()}" for i in bad) or None,
+                           benchmark=BENCHMARK, section="boot-aggregate",
+                           detail=(f"PCR {', '.join(map(str, bad))} differ: the event log is not this boot's"
+                                   if bad else f"PCR {', '.join(map(str, common))} match")))
+    return out
 
 
 def _problem_findings(chunks, options: VerifyOptions, source: str) -> list[Finding]:

@@ -89,6 +89,9 @@ def findings(console: str, target: str) -> list[Finding]:
                 f"TPM version {f.get('tpm_version') or '?'}"),
         finding("no-modules", "no module support at run time (/proc/modules absent)", f.get("proc_modules") == "no",
                 f"/proc/modules present: {f.get('proc_modules', '?')}", Severity.CRITICAL),
+        finding("lockdown", "kernel lockdown active (integrity or confidentiality)",
+                "[integrity]" in f.get("lockdown", "") or "[confidentiality]" in f.get("lockdown", ""),
+                f"/sys/kernel/security/lockdown: {f.get('lockdown') or '(absent)'}"),
     ]
 
 

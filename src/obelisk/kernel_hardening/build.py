@@ -8,18 +8,20 @@
 - Cached: the key is the digest of the source (tarball digest, or every file's path, size and
   mtime for a directory), the config, the CA and this recipe. A finished build is stored under
   `<cache>/build/<key>/` (renamed into place when complete) and copied to the output directory.
-- Outputs are written atomically: an interrupted build leaves no directory that looks finished.
+- Outputs are written atomically: an interrupted build leaves no directory that looks finished
+  (the object directory under `<cache>/work/<key>/` is kept, so a rerun continues incrementally).
+- One build per key at a time (a lock file beside the object directory).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +108,6 @@ def _copy_outputs(src: Path, dest: Path) -> None:
 
 def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], ca_path: str | os.PathLike[str],
           output: str | os.PathLike[str], *, jobs: int = 2, quiet: bool = False) -> BuildResult:
-    from obelisk.core.progress import progress
     from obelisk.kernel_hardening.resolve import check_tree_clean
     from obelisk.kernel_hardening.source import file_digest, source_tree, tree_digest
 
@@ -126,6 +127,24 @@ def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], c
         _copy_outputs(entry, Path(output))
         info = json.loads((entry / "build.json").read_text())
         return BuildResult(Path(output), key, True, time.monotonic() - started, info)
+
+    # one build per key at a time: a second caller waits, then finds the finished entry
+    lock = open(cache.cache_dir("work") / f"{key}.lock", "w")  # noqa: SIM115 - held until the build ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (entry / "build.json").is_file():
+            _copy_outputs(entry, Path(output))
+            info = json.loads((entry / "build.json").read_text())
+            return BuildResult(Path(output), key, True, time.monotonic() - started, info)
+        return _build_locked(tree, source, config_path, wanted, ca, key, entry, output, jobs, quiet,
+                             source_digest, started)
+    finally:
+        lock.close()
+
+
+def _build_locked(tree: Path, source, config_path, wanted: str, ca: bytes, key: str, entry: Path, output,
+                  jobs: int, quiet: bool, source_digest: str, started: float) -> BuildResult:
+    from obelisk.core.progress import progress
 
     objdir = cache.cache_dir("work") / key
     objdir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +201,26 @@ def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], c
     return BuildResult(Path(output), key, False, seconds, info)
 
 
+def build_from_profile(source: str | os.PathLike[str], ca_path: str | os.PathLike[str],
+                       output: str | os.PathLike[str], *, profile: str = "module-less", base: str = "tinyconfig",
+                       fragments: tuple[str, ...] = (), jobs: int = 2, quiet: bool = True) -> BuildResult:
+    """`kernel config` then `kernel build` in one call (the API the image pipeline uses)."""
+    import tempfile
+
+    from obelisk.core import atomic
+    from obelisk.kernel_hardening.profile import load_profile
+    from obelisk.kernel_hardening.resolve import check_tree_clean, resolve
+    from obelisk.kernel_hardening.source import source_tree
+
+    tree = source_tree(source, quiet=quiet)
+    check_tree_clean(tree)
+    resolution = resolve(tree, load_profile(profile), base=base, fragments=list(fragments))
+    with tempfile.TemporaryDirectory(prefix="obelisk-kconfig-") as tmp:
+        config = Path(tmp) / ".config"
+        atomic.write_text(config, resolution.config_text)
+        return build(source, config, ca_path, output, jobs=jobs, quiet=quiet)
+
+
 def run(args: argparse.Namespace) -> int:
     from obelisk.cli.common import emit_result
 
@@ -192,6 +231,6 @@ def run(args: argparse.Namespace) -> int:
     how = "from cache" if result.cached else f"built in {data['seconds']} s"
     text = (f"kernel {data['kernel_release']} -> {result.output}/bzImage ({how})\n"
             f"bzImage sha256 {data['bzImage_sha256']}\n")
-    if not sys.stdout.isatty() and args.format is None:
-        args.format = "json"
-    return emit_result(args, data, text)
+    # -o names the output directory here, not a file for the result: print the result
+    shown = argparse.Namespace(format=args.format, output=None)
+    return emit_result(shown, data, text)

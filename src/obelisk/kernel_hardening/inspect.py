@@ -40,14 +40,48 @@ def syscall_names() -> dict[int, str]:
     return {int(k): v for k, v in data["syscalls"].items()}
 
 
+_ENDBR64 = b"\xf3\x0f\x1e\xfa"
+_MOV_ENOSYS = b"\x48\xc7\xc0\xda\xff\xff\xff"  # mov $-38 (-ENOSYS), %rax
+
+
+def is_enosys_stub(code: bytes) -> bool:
+    """x86_64 COND_SYSCALL stub: [endbr64] mov $-ENOSYS,%rax; ret | jmp __x86_return_thunk.
+
+    A syscall compiled out is not an alias of sys_ni_syscall on x86 but its own weak function
+    (arch/x86/include/asm/syscall_wrapper.h) that does nothing but return -ENOSYS.
+    """
+    if code.startswith(_ENDBR64):
+        code = code[4:]
+    if not code.startswith(_MOV_ENOSYS):
+        return False
+    rest = code[len(_MOV_ENOSYS):]
+    return rest[:1] == b"\xc3" or rest[:1] == b"\xe9"
+
+
 @dataclass(frozen=True)
 class SyscallTable:
     entries: tuple[int, ...]  # target address per syscall number
     ni: int  # address of sys_ni_syscall
     how: str  # "symbols" or "heuristic"
+    enosys: frozenset[int] = frozenset()  # syscall numbers whose target only returns -ENOSYS
 
     def compiled_out(self, names: dict[int, str]) -> list[str]:
-        return [names[nr] for nr in sorted(names) if nr < len(self.entries) and self.entries[nr] == self.ni]
+        return [names[nr] for nr in sorted(names) if nr in self.enosys]
+
+
+def _classify(img: KernelImage, entries: tuple[int, ...], ni: int) -> frozenset[int]:
+    out = set()
+    for nr, addr in enumerate(entries):
+        if addr == ni:
+            out.add(nr)
+            continue
+        try:
+            code = img.read(addr, 16)
+        except InputError:
+            continue
+        if is_enosys_stub(code):
+            out.add(nr)
+    return frozenset(out)
 
 
 def find_syscall_table(img: KernelImage, names: dict[int, str]) -> SyscallTable | None:
@@ -59,7 +93,7 @@ def find_syscall_table(img: KernelImage, names: dict[int, str]) -> SyscallTable 
         ni = next((img.symbols[s][0] for s in ("__x64_sys_ni_syscall", "sys_ni_syscall") if s in img.symbols), None)
         if ni is None:
             ni = Counter(entries).most_common(1)[0][0]
-        return SyscallTable(entries=entries, ni=ni, how="symbols")
+        return SyscallTable(entries=entries, ni=ni, how="symbols", enosys=_classify(img, entries, ni))
     text = img.section(".text")
     rodata = img.section(".rodata")
     if text is None or rodata is None:
@@ -77,7 +111,8 @@ def find_syscall_table(img: KernelImage, names: dict[int, str]) -> SyscallTable 
                 entries = values[start:start + count]
                 common, freq = Counter(entries).most_common(1)[0]
                 if freq >= 3 and entries[0] != common and len(set(entries)) > count // 2:
-                    best = SyscallTable(entries=tuple(entries), ni=common, how="heuristic")
+                    best = SyscallTable(entries=tuple(entries), ni=common, how="heuristic",
+                                        enosys=_classify(img, tuple(entries), common))
                     break
             if best:
                 break
@@ -170,11 +205,13 @@ def inspect(img: KernelImage, *, intended_config: str | None = None, ca_pem: byt
                       "syscall table not found in the image", target, severity=Severity.CRITICAL))
     else:
         number = {v: k for k, v in names.items()}
-        live = [n for n in MODULE_SYSCALLS if table.entries[number[n]] != table.ni]
+        live = [n for n in MODULE_SYSCALLS if number[n] not in table.enosys]
+        targets = ", ".join(f"{n} -> {table.entries[number[n]]:#x}" for n in MODULE_SYSCALLS)
         out.append(_f("modules.syscalls", "init_module, finit_module, delete_module are ENOSYS stubs",
                       Status.FAIL if live else Status.PASS,
-                      (f"implemented: {', '.join(live)}" if live else
-                       f"all three point at sys_ni_syscall ({table.ni:#x}), which returns -ENOSYS")
+                      (f"implemented: {', '.join(live)} ({targets})" if live else
+                       f"all three are stubs that only return -ENOSYS (sys_ni_syscall or "
+                       f"'mov $-38,%rax; ret'): {targets}")
                       + f" (syscall table found by {table.how})", target, severity=Severity.CRITICAL))
         gone = table.compiled_out(names)
         out.append(_f("syscalls.compiled-out", "syscalls compiled out", Status.PASS,

@@ -27,6 +27,7 @@ REFERENCE_LABEL = {"cis": "CIS", "stig": "STIG", "stig-rule": "Rule", "stig-vers
                    "nist-800-53": "NIST 800-53", "kspp": "KSPP"}
 
 META_ID = "obelisk-report-meta"
+CAT_OF = {"high": "CAT I", "medium": "CAT II", "low": "CAT III"}
 # Waivers that end within this many days of the scan are flagged in the register.
 EXPIRY_WARNING_DAYS = 30
 
@@ -88,6 +89,24 @@ def _donut(counts: Counter[Status]) -> list[dict]:
     return arcs
 
 
+def _stig_coverage(bundle: Bundle, options: RenderOptions) -> dict | None:
+    """With DISA's benchmark: how its rules stand, as the STIG Viewer checklist will show them."""
+    if options.stig_benchmark is None:
+        return None
+    from obelisk.reports.checklist import build_checklist
+
+    checklist = build_checklist(bundle.report, options.stig_benchmark)
+    counts = Counter(e.status for e in checklist.entries)
+    by_cat: dict[str, Counter[str]] = {}
+    for e in checklist.entries:
+        by_cat.setdefault(e.severity, Counter())[e.status] += 1
+    b = options.stig_benchmark
+    return {"title": b.title, "version": b.version, "release": b.release_info, "total": len(checklist.entries),
+            "counts": counts, "by_cat": [(CAT_OF.get(sev, sev), by_cat.get(sev, Counter()))
+                                         for sev in ("high", "medium", "low")],
+            "open": [e for e in checklist.entries if e.status == "Open"]}
+
+
 def _controls(findings: list, options: RenderOptions) -> list[dict]:
     """NIST SP 800-53 controls the findings bear on, with the same verdict the OSCAL output gives."""
     from obelisk.reports.cci import display_control, finding_controls
@@ -100,8 +119,19 @@ def _controls(findings: list, options: RenderOptions) -> list[dict]:
     rows = []
     for control in sorted(by_control, key=control_sort):
         fs = by_control[control]
-        state, _reason, remarks = control_state(fs)
-        rows.append({"id": display_control(control), "state": state, "remarks": remarks, "checks": len(fs),
+        state, reason, remarks = control_state(fs)
+        if state == "satisfied":
+            verdict, css = "satisfied", "pass"
+        elif reason == "fail":
+            verdict, css = "not satisfied", "fail"
+        elif remarks.startswith("Accepted risks"):
+            verdict, css = "risk accepted", "waived"
+        elif remarks.startswith("Needs manual review"):
+            verdict, css = "needs review", "manual"
+        else:
+            verdict, css = "not applicable", "skip"
+        rows.append({"id": display_control(control), "state": state, "verdict": verdict, "css": css,
+                     "remarks": remarks, "checks": len(fs),
                      "failing": sum(f.status in (Status.FAIL, Status.ERROR) for f in fs)})
     return rows
 
@@ -128,6 +158,7 @@ def context(bundle: Bundle, options: RenderOptions) -> dict:
                 and (f.waiver.expires - scanned).days <= EXPIRY_WARNING_DAYS}
     failing = counts.get(Status.FAIL, 0) + counts.get(Status.ERROR, 0)
     controls = _controls(findings, options)
+    stig = _stig_coverage(bundle, options)
     meta = {
         "schema": "obelisk.html-report/1",
         "subject": report.subject.to_json(),
@@ -157,6 +188,7 @@ def context(bundle: Bundle, options: RenderOptions) -> dict:
         "waivers": sorted(waivers, key=lambda f: (f.waiver.expires, f.id)),
         "expiring": expiring,
         "controls": controls,
+        "stig": stig,
         "expiry_warning_days": EXPIRY_WARNING_DAYS,
         "sources": bundle.sources,
         "options": options,
