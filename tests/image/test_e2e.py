@@ -57,7 +57,7 @@ def _boot(out: Path, run: Path, keys: Path):
     return boot(out, run, ca=keys / "ca.pem", ca_key=keys / "ca.key", timeout=600)
 
 
-def test_example_boots_and_attests(example, image, tmp_path):
+def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
     from obelisk.attest.agent_certs import issue
     from obelisk.attest.agent_client import AgentEndpoint, AgentError, attest_node
     from obelisk.image.boot import stop
@@ -76,6 +76,14 @@ def test_example_boots_and_attests(example, image, tmp_path):
         failed = [(f.id, f.observed, f.detail) for f in result.findings if f.status in (Status.FAIL, Status.ERROR)]
         assert not failed, failed
         assert any(f.id == "ima.reference" and f.status is Status.PASS for f in result.findings)
+
+        # the same through the command line, results written for `obelisk report`
+        r = obelisk_cli("attest", "node", node.url, "--manifest", str(image / "manifest.json"), "--ca",
+                        str(keys / "ca.pem"), "--cert", str(node.client_cert), "--key", str(node.client_key),
+                        "--ak", str(node.ak), "-o", str(tmp_path / "results.json"))
+        assert r.returncode == 0, r.stderr
+        results = json.loads((tmp_path / "results.json").read_text())
+        assert results["command"] == "attest node" and results["summary"]["fail"] == 0
 
         # a replayed nonce is refused by the agent
         nonce = b"\x42" * 32
