@@ -79,6 +79,10 @@ def serialize(value: ImaXattr) -> bytes:
     return bytes([IMA_XATTR_DIGEST_NG, value.hash_algo.kernel_id]) + value.digest
 
 
+def v2_header(algo: HashAlgo, key_id: bytes, signature_size: int) -> bytes:
+    return _SIG_HEADER.pack(EVM_IMA_XATTR_DIGSIG, 2, algo.kernel_id, key_id, signature_size)
+
+
 def parse(data: bytes, source: str = "security.ima") -> ImaXattr:
     """Parse an untrusted `security.ima` value; ParseError names the field and offset."""
     if not data:

@@ -8,6 +8,7 @@ well as keys made by `obelisk keys generate`.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from obelisk.core.errors import InputError
-from obelisk.signer.hashalgo import HashAlgo
+from obelisk.signer.hashalgo import HashAlgo, by_name
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
@@ -68,11 +69,23 @@ class SoftwareKey:
         return self.key.public_key()
 
     def sign_digest(self, digest: bytes, algo: HashAlgo) -> bytes:
-        prehashed = utils.Prehashed(algo.crypto_hash())
         if isinstance(self.key, rsa.RSAPrivateKey):
-            return self.key.sign(digest, padding.PKCS1v15(), prehashed)
-        # Deterministic ECDSA (RFC 6979) so that the same tree signs to the same bytes.
-        return self.key.sign(digest, ec.ECDSA(prehashed, deterministic_signing=True))
+            return self.key.sign(digest, _PKCS1V15, _prehashed(algo.name))
+        return self.key.sign(digest, _ecdsa(algo.name))
+
+
+_PKCS1V15 = padding.PKCS1v15()
+
+
+@functools.cache
+def _prehashed(hash_name: str) -> utils.Prehashed:
+    return utils.Prehashed(by_name(hash_name).crypto_hash())
+
+
+@functools.cache
+def _ecdsa(hash_name: str) -> ec.ECDSA:
+    # Deterministic ECDSA (RFC 6979) so that the same tree signs to the same bytes.
+    return ec.ECDSA(_prehashed(hash_name), deterministic_signing=True)
 
 
 def key_description(key: PublicKey) -> str:
