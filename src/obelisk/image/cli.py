@@ -46,15 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("spec", metavar="SPEC.yaml")
     c.set_defaults(handler=_check_spec)
 
-    w = image.add_parser("walkthrough", help="the whole product on an example: keys, build, verify, boot, attest, "
-                         "HTML report (times every stage)")
-    w.add_argument("--example", default="examples/node", help="example directory with spec.yaml")
-    w.add_argument("--workdir", default="example-run", help="where keys, OUT, the node and results go")
-    w.add_argument("--keep-running", action="store_true", help="leave the node running at the end")
-    w.add_argument("--format", choices=("text", "json"), default=None)
-    add_quiet(w)
-    w.set_defaults(handler=_walkthrough)
-
     attest = subcommand_group(sub, "attest", "TPM attestation: quotes, event logs, evidence, nodes")
     n = attest.add_parser("node", help="attest a running node: fresh nonce, evidence over mTLS, verify vs manifest")
     n.add_argument("url", metavar="URL", help="the agent, https://HOST:PORT")
@@ -195,19 +186,3 @@ def _boot(args: argparse.Namespace) -> int:
     return emit_result(args, node.to_json(), text)
 
 
-def _walkthrough(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from obelisk.image.walkthrough import Walk, run
-
-    walk = Walk(example=Path(args.example), workdir=Path(args.workdir).absolute(), quiet=args.quiet,
-                keep_running=args.keep_running)
-    result = run(walk)
-
-    def text(d: dict) -> str:
-        times = ", ".join(f"{k} {v:.1f} s" for k, v in d["timings_s"].items())
-        verdict = "FAILED" if d["failed"] else "passed"
-        return f"walkthrough {verdict}; report: {d['report']}\nstage times: {times}\n"
-
-    args.output = None
-    return emit_result(args, result, text, exit_code=1 if result["failed"] else 0)

@@ -1,8 +1,8 @@
 """The whole product on one example: keys → build → verify → boot → attest → HTML report → stop.
 
-`obelisk image walkthrough --example examples/node` runs it stage by stage, timing each stage
-(the figures for warm and cold caches come from here) and says where the report is. Each
-stage is a small function over a shared context, so `obelisk demo` can run the same stages.
+`obelisk demo --example examples/node` (the README's main command, through scripts/demo) runs
+it stage by stage, timing each stage (the figures for warm and cold caches come from here),
+and says where the report is. Each stage is a small function over a shared context.
 """
 
 from __future__ import annotations
