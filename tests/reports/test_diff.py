@@ -45,6 +45,7 @@ def test_diff_cli(obelisk_cli, tmp_path):
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
     assert doc["summary"] == {"worse": 1, "better": 1, "new": 1, "removed": 1, "changed_value": 1, "unchanged": 4}
+    assert len(doc["new"]) == 1 and doc["new_report"]["subject"] and doc["old_report"]["generated_at"]
     proc = obelisk_cli("report", "diff", str(a), str(b), "--format", "text")
     assert "worse (1):" in proc.stdout and "pass -> fail" in proc.stdout
     proc = obelisk_cli("report", "diff", str(a), str(a), "--format", "text")

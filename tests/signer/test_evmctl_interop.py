@@ -5,7 +5,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from obelisk.core import tools
 from obelisk.signer import imasig

@@ -109,3 +109,33 @@ class SoftwareTPM:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_for_qemu(state_dir: Path, socket_path: Path, log: Path, *, detach: bool = False,
+                   timeout: float = 10.0) -> subprocess.Popen[bytes]:
+    """Start swtpm with its control channel on a unix socket, as QEMU's `-tpmdev emulator` expects.
+
+    swtpm ends when QEMU disconnects (`--terminate`). With `detach` it gets its own session, so a
+    node left running outlives the command that booted it.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    socket_path.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [tools.which("swtpm"), "socket", "--tpm2", "--tpmstate", f"dir={state_dir}",
+         "--ctrl", f"type=unixio,path={socket_path}", "--log", f"file={log}", "--terminate"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=detach)
+    deadline = time.monotonic() + timeout
+    while not socket_path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            detail = log.read_text(errors="replace") if log.exists() else "did not create its socket"
+            raise ToolFailedError("swtpm", proc.returncode or 1, detail)
+        time.sleep(0.05)
+    return proc
+
+
+def qemu_tpm_args(socket_path: Path) -> list[str]:
+    """QEMU arguments attaching a TIS TPM backed by the swtpm at `socket_path`."""
+    return ["-chardev", f"socket,id=chrtpm,path={socket_path}",
+            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]

@@ -46,7 +46,7 @@ def _func(v: str) -> str | None:
 
 
 def _mask(v: str) -> str | None:
-    return None if v.lstrip("^") in MASKS else f"must be [^]MAY_READ, MAY_WRITE, MAY_APPEND or MAY_EXEC"
+    return None if v.lstrip("^") in MASKS else "must be [^]MAY_READ, MAY_WRITE, MAY_APPEND or MAY_EXEC"
 
 
 def _hex(v: str) -> str | None:

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from obelisk.attest.swtpm import qemu_tpm_args, start_for_qemu
 from obelisk.core import atomic, tools
-from obelisk.core.errors import InputError, ObeliskError, ToolFailedError
+from obelisk.core.errors import InputError, ObeliskError
 
 AGENT_GUEST_PORT = 8443
 GUEST_IP = "10.0.2.15"
@@ -89,7 +90,7 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[s
     var = run_dir / "var-content"
     lib = var / "lib/obelisk"
     lib.mkdir(parents=True, exist_ok=True)
-    server = issue(ca, ca_key, lib, manifest.get("image", {}).get("name", "node"), server=True,
+    issue(ca, ca_key, lib, manifest.get("image", {}).get("name", "node"), server=True,
                    hosts=("127.0.0.1", "localhost", GUEST_IP))
     client = issue(ca, ca_key, run_dir, "obelisk-verifier", server=False)
     (lib / "ca.pem").write_bytes(ca.read_bytes())
@@ -111,19 +112,7 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[s
 
 
 def _start_swtpm(run_dir: Path) -> subprocess.Popen[bytes]:
-    sock = run_dir / "swtpm.sock"
-    sock.unlink(missing_ok=True)
-    proc = subprocess.Popen([tools.which("swtpm"), "socket", "--tpm2", "--tpmstate", f"dir={run_dir / 'swtpm'}",
-                             "--ctrl", f"type=unixio,path={sock}", "--log", f"file={run_dir / 'swtpm.log'}",
-                             "--terminate"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise ToolFailedError("swtpm", proc.returncode or 1, (run_dir / "swtpm.log").read_text(errors="replace")
-                                  if (run_dir / "swtpm.log").exists() else "did not start")
-        time.sleep(0.05)
-    return proc
+    return start_for_qemu(run_dir / "swtpm", run_dir / "swtpm.sock", run_dir / "swtpm.log", detach=True)
 
 
 def qemu_args(out: Path, run_dir: Path, port: int, cmdline: str, memory_mib: int) -> list[str]:
@@ -136,8 +125,7 @@ def qemu_args(out: Path, run_dir: Path, port: int, cmdline: str, memory_mib: int
         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{GUEST_IP}:{AGENT_GUEST_PORT}",
         "-device", "virtio-net-pci,netdev=n0",
         "-device", "virtio-rng-pci",
-        "-chardev", f"socket,id=chrtpm,path={run_dir / 'swtpm.sock'}",
-        "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
+        *qemu_tpm_args(run_dir / "swtpm.sock"),
         "-serial", f"file:{run_dir / 'serial.log'}", "-monitor", "none",
     ]
 

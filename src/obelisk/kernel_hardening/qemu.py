@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from obelisk.attest.swtpm import qemu_tpm_args, start_for_qemu
 from obelisk.core import tools
 from obelisk.core.errors import ToolFailedError
 
@@ -38,27 +39,12 @@ class SwtpmSocket:
             owned = tempfile.TemporaryDirectory(prefix="obelisk-swtpm-")
             state_dir = owned.name
         state = Path(state_dir)
-        state.mkdir(parents=True, exist_ok=True)
         sock = state / "swtpm.sock"
-        sock.unlink(missing_ok=True)
-        log = state / "swtpm.log"
-        proc = subprocess.Popen(
-            [tools.which("swtpm"), "socket", "--tpm2", "--tpmstate", f"dir={state}",
-             "--ctrl", f"type=unixio,path={sock}", "--log", f"file={log}", "--terminate"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                detail = log.read_text(errors="replace") if log.exists() else "did not create its socket"
-                raise ToolFailedError("swtpm", proc.returncode or 1, detail)
-            time.sleep(0.05)
+        proc = start_for_qemu(state, sock, state / "swtpm.log", timeout=timeout)
         return cls(state_dir=state, socket=sock, process=proc, _owned=owned)
 
     def qemu_args(self) -> list[str]:
-        return ["-chardev", f"socket,id=chrtpm,path={self.socket}",
-                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
+        return qemu_tpm_args(self.socket)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -102,8 +88,7 @@ class QemuRun:
         for drive in self.drives:
             args += ["-drive", f"file={drive},if=virtio,format=raw,readonly=on"]
         if self.tpm_socket is not None:
-            args += ["-chardev", f"socket,id=chrtpm,path={self.tpm_socket}",
-                     "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
+            args += qemu_tpm_args(self.tpm_socket)
         return args + list(self.extra_args)
 
 

@@ -56,7 +56,7 @@ class Drift:
             return {"subject": r.subject.to_json(), "generated_at": r.generated_at}
 
         return {
-            "old": subj(self.old), "new": subj(self.new),
+            "old_report": subj(self.old), "new_report": subj(self.new),
             "summary": {"worse": len(self.worse), "better": len(self.better), "new": len(self.new_findings),
                         "removed": len(self.removed), "changed_value": len(self.changed_value),
                         "unchanged": len(self.unchanged)},
