@@ -26,6 +26,24 @@ COMMAND_MODULES = (
     "obelisk.cli.demo",
 )
 
+# The top-level commands each module adds (kept equal to what they register by a test): a command
+# line imports only the modules of its command, so `obelisk ima sign` does not pay for building
+# every other component's parser.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "keys": ("obelisk.signer.cli",),
+    "ima": ("obelisk.signer.cli", "obelisk.ima_policy.cli"),
+    "kernel": ("obelisk.kernel_hardening.cli",),
+    "scan": ("obelisk.cis_checks.cli",),
+    "k8s": ("obelisk.cis_checks.cli",),
+    "attest": ("obelisk.attest.cli", "obelisk.image.cli"),
+    "disk": ("obelisk.attest.cli",),
+    "report": ("obelisk.reports.cli",),
+    "build": ("obelisk.image.cli",),
+    "image": ("obelisk.image.cli",),
+    "boot": ("obelisk.image.cli",),
+    "demo": ("obelisk.cli.demo",),
+}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line (exit 2) instead of the usage block."""
@@ -34,11 +52,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="obelisk", description=__doc__.splitlines()[0] if __doc__ else None)
+def _modules_for(argv: list[str] | None) -> tuple[str, ...]:
+    """The command modules a command line needs: those of its command, or all (help, typos)."""
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), None)
+    return COMMANDS.get(command or "", COMMAND_MODULES)
+
+
+def build_parser(argv: list[str] | None = None, *, modules: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="obelisk", description="obelisk: immutable, IMA-signed, hardened Kubernetes node images, "
+                     "and proof that running nodes still match them")
     parser.add_argument("--version", action="version", version=f"obelisk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    for name in modules if modules is not None else _modules_for(argv):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -50,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
