@@ -59,7 +59,7 @@ def test_qemu_command_line(tmp_path):
 
 @pytest.mark.swtpm
 def test_swtpm_socket_starts_and_stops(tmp_path):
-    from obelisk.kernel_hardening.qemu import SwtpmSocket
+    from obelisk.attest.swtpm import SwtpmSocket
 
     with SwtpmSocket.start(tmp_path / "tpm") as tpm:
         assert tpm.socket.exists() and tpm.process is not None and tpm.process.poll() is None

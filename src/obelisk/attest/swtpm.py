@@ -36,6 +36,17 @@ def _free_port_pair() -> int:
     raise ToolFailedError("swtpm", 1, "no free pair of TCP ports on 127.0.0.1")
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a swtpm, killing it if it does not exit within 5 seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class SoftwareTPM:
     """A running swtpm. Use as a context manager; `tcti` names it for tpm2-pytss and tpm2-tools."""
@@ -90,13 +101,8 @@ class SoftwareTPM:
         raise ToolFailedError("swtpm", 1, last_error)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         if self.process is not None and self.process.stderr:
             self.process.stderr.close()
         self.process = None
@@ -139,3 +145,41 @@ def qemu_tpm_args(socket_path: Path) -> list[str]:
     """QEMU arguments attaching a TIS TPM backed by the swtpm at `socket_path`."""
     return ["-chardev", f"socket,id=chrtpm,path={socket_path}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
+
+
+@dataclass
+class SwtpmSocket:
+    """A running swtpm (TPM 2.0) whose control channel is a unix socket for QEMU."""
+
+    state_dir: Path
+    socket: Path
+    process: subprocess.Popen[bytes] | None = None
+    _owned: tempfile.TemporaryDirectory[str] | None = None
+
+    @classmethod
+    def start(cls, state_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> "SwtpmSocket":
+        owned = None
+        if state_dir is None:
+            owned = tempfile.TemporaryDirectory(prefix="obelisk-swtpm-")
+            state_dir = owned.name
+        state = Path(state_dir)
+        sock = state / "swtpm.sock"
+        proc = start_for_qemu(state, sock, state / "swtpm.log", timeout=timeout)
+        return cls(state_dir=state, socket=sock, process=proc, _owned=owned)
+
+    def qemu_args(self) -> list[str]:
+        return qemu_tpm_args(self.socket)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+        if self._owned is not None:
+            self._owned.cleanup()
+            self._owned = None
+
+    def __enter__(self) -> "SwtpmSocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -98,7 +98,8 @@ def findings(console: str, target: str) -> list[Finding]:
 def boot(kernel: Path, workdir: Path, *, busybox: Path | None = None, timeout: float = 900,
          extra_cmdline: str = "") -> tuple[list[Finding], str]:
     from obelisk.core import atomic, tools
-    from obelisk.kernel_hardening.qemu import QemuRun, SwtpmSocket, run_kernel
+    from obelisk.attest.swtpm import SwtpmSocket
+    from obelisk.kernel_hardening.qemu import QemuRun, run_kernel
 
     busybox = busybox or Path(tools.which("busybox"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """Run a kernel under `qemu-system-x86_64` with a software TPM attached; capture the serial console.
 
-    with SwtpmSocket.start(workdir / "tpm") as tpm:
+    with attest.swtpm.SwtpmSocket.start(workdir / "tpm") as tpm:
         result = run_kernel(QemuRun(kernel=bz, initramfs=cpio, cmdline="console=ttyS0",
                                     console=workdir / "serial.log", tpm_socket=tpm.socket), timeout=600)
 
-swtpm runs in socket mode with its control channel on a unix socket, the way QEMU's
+swtpm (started by `obelisk.attest.swtpm`, the one place it is run) has its control channel on a unix socket, the way QEMU's
 `-tpmdev emulator` expects (`-chardev socket,path=...`). QEMU uses software emulation (TCG)
 unless asked for KVM (`accel="kvm"` or OBELISK_QEMU_ACCEL=kvm); `-no-reboot` makes a guest reboot or poweroff end QEMU.
 """
@@ -13,58 +13,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obelisk.attest.swtpm import qemu_tpm_args, start_for_qemu
+from obelisk.attest.swtpm import qemu_tpm_args
 from obelisk.core import tools
 from obelisk.core.errors import ToolFailedError
-
-
-@dataclass
-class SwtpmSocket:
-    """A running swtpm (TPM 2.0) whose control channel is a unix socket for QEMU."""
-
-    state_dir: Path
-    socket: Path
-    process: subprocess.Popen[bytes] | None = None
-    _owned: tempfile.TemporaryDirectory[str] | None = None
-
-    @classmethod
-    def start(cls, state_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> "SwtpmSocket":
-        owned = None
-        if state_dir is None:
-            owned = tempfile.TemporaryDirectory(prefix="obelisk-swtpm-")
-            state_dir = owned.name
-        state = Path(state_dir)
-        sock = state / "swtpm.sock"
-        proc = start_for_qemu(state, sock, state / "swtpm.log", timeout=timeout)
-        return cls(state_dir=state, socket=sock, process=proc, _owned=owned)
-
-    def qemu_args(self) -> list[str]:
-        return qemu_tpm_args(self.socket)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            self.process = None
-        if self._owned is not None:
-            self._owned.cleanup()
-            self._owned = None
-
-    def __enter__(self) -> "SwtpmSocket":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)
