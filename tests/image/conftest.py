@@ -22,6 +22,8 @@ rootfs:
   overlay: overlay
   permissions:
     - {path: "etc/secret.conf", mode: "0600"}
+    - {path: "srv/app", mode: "0750", uid: 1000, gid: 1000}
+    - {path: "srv/app/*", mode: "0640", uid: 1000, gid: 1000}
 """
 
 
@@ -31,6 +33,8 @@ def make_project(root: Path, key_type: str = "ecdsa-p256", spec: str = SPEC) -> 
     generate(root / "keys", key_type)
     (root / "overlay/etc").mkdir(parents=True)
     (root / "overlay/etc/secret.conf").write_text("mode from the spec\n")
+    (root / "overlay/srv/app").mkdir(parents=True)
+    (root / "overlay/srv/app/state.db").write_text("owned by the app\n")
     (root / "overlay/usr/local/bin").mkdir(parents=True)
     (root / "overlay/usr/local/bin/tool").write_text("#!/bin/sh\necho tool\n")
     (root / "overlay/usr/local/bin/tool").chmod(0o700)

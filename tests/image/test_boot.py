@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 
 import pytest
 
+from obelisk.core.errors import InputError
 from obelisk.image import boot
 
 MANIFEST = {"image": {"name": "n1", "version": "1"},
             "spec": {"kernel": {"cmdline": ["console=ttyS0", "quiet"]}, "ima": {"policy": "appraise-rootfs"},
-                     "disk": {"size_mib": 40}}}
+                     "disk": {"size_mib": 40}},
+            "boot": {"cmdline": "console=ttyS0 quiet panic=-1 obelisk.var=/dev/vdb"},
+            "disk": {"var": "plain", "sealed_to": {}}}
 
 
-def test_kernel_cmdline():
-    line = boot.kernel_cmdline(MANIFEST)
-    assert line.startswith("console=ttyS0 quiet ")
-    for part in ("initramfs_async=0", "obelisk.root=/dev/vda", "obelisk.var=/dev/vdb", "obelisk.image=n1",
-                 "ima_hash=sha256", f"ip={boot.GUEST_IP}::10.0.2.2:255.255.255.0::eth0:off"):
-        assert part in line.split()
+def test_kernel_cmdline_is_the_builds():
+    assert boot.kernel_cmdline(MANIFEST) == "console=ttyS0 quiet panic=-1 obelisk.var=/dev/vdb"
+    assert boot.kernel_cmdline(MANIFEST, ("debug",)).endswith(" debug")
+    with pytest.raises(InputError, match="boot.cmdline"):
+        boot.kernel_cmdline({"spec": {}})
 
 
 def test_qemu_args_forward_only_the_agent(tmp_path):
@@ -31,23 +34,68 @@ def test_qemu_args_forward_only_the_agent(tmp_path):
 
 
 @pytest.mark.swtpm
-def test_provision_writes_var_disk_and_enrolls_the_ak(tmp_path):
+def test_provision_writes_config_disk_and_enrolls_the_ak(tmp_path):
     from obelisk.attest import akrecord
     from obelisk.signer.keygen import generate
 
     keys = generate(tmp_path / "keys", "ecdsa-p256")
     run = tmp_path / "run"
     info = boot.provision(tmp_path, run, keys.ca_cert, keys.ca_key, MANIFEST, 9999)
+    # plain /var: a blank disk the node formats at its first boot
     assert (run / "var.img").stat().st_size == 40 * 1024 * 1024
-    # the agent's key lives only on the node's disk, not in the run directory
+    assert (run / "var.img").read_bytes()[:1 << 16] == b"\0" * (1 << 16)
+    # the agent's key lives only on the node's config disk, not in the run directory
     assert not list(run.glob("**/agent.key"))
-    listing = subprocess.run(["debugfs", "-R", "ls -l /lib/obelisk", str(run / "var.img")], capture_output=True,
+    listing = subprocess.run(["debugfs", "-R", "ls -l /", str(run / "config.img")], capture_output=True,
                              text=True, check=True).stdout
     assert "agent.key" in listing and "agent.json" in listing and "ca.pem" in listing
-    cat = subprocess.run(["debugfs", "-R", "cat /lib/obelisk/agent.json", str(run / "var.img")],
+    cat = subprocess.run(["debugfs", "-R", "cat /agent.json", str(run / "config.img")],
                          capture_output=True, text=True, check=True).stdout
     config = json.loads(cat)
     assert config["client_ca"] == "ca.pem" and config["tcti"] == "device:/dev/tpmrm0"
     record = akrecord.load((run / "ak.json").read_bytes(), "ak.json")
     assert record.qualified_name and not record.missing_attributes()
     assert info["client_cert"].exists() and oct(info["client_key"].stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.swtpm
+def test_encrypted_var_opens_only_for_the_predicted_boot(tmp_path):
+    """/var is LUKS2, its key sealed in the node's TPM to the PCR 11 the build predicted: replaying
+    the predicted boot unseals it, another command line does not (and names PCR 11)."""
+    from obelisk.attest import disk, seal
+    from obelisk.attest.swtpm import SoftwareTPM
+    from obelisk.image import measure
+    from obelisk.signer.keygen import generate
+
+    keys = generate(tmp_path / "keys", "ecdsa-p256")
+    root = hashlib.sha256(b"rootfs").digest()
+    events = measure.boot_events(MANIFEST["boot"]["cmdline"], root)
+    manifest = {**MANIFEST, "disk": {"var": "luks2", "sealed_to": {"11": measure.predict(events).unseal.hex()}}}
+    run = tmp_path / "run"
+    boot.provision(tmp_path, run, keys.ca_cert, keys.ca_key, manifest, 9999)
+    var = str(run / "var.img")
+    assert disk.is_luks(var)
+    assert oct((run / "var-recovery.key").stat().st_mode & 0o777) == "0o600"
+    assert disk.test_key(var, disk.normalize_recovery_key((run / "var-recovery.key").read_text()))
+    with SoftwareTPM.start(run / "swtpm") as sw:  # the node's TPM, as at its first boot
+        for event in events[:measure.UNSEAL_AFTER]:
+            extend_digest(sw.tcti, event.digest)
+        token = disk.unlock(var, sw.tcti, test=True)
+        assert token.sealed.pcrs == (11,)
+        extend_digest(sw.tcti, events[-1].digest)  # end of boot: sealed for good
+        with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
+            disk.unlock(var, sw.tcti, test=True)
+    with SoftwareTPM.start(run / "swtpm") as sw:  # a boot with another command line
+        other = measure.boot_events(MANIFEST["boot"]["cmdline"] + " ima_appraise=off", root)
+        for event in other[:measure.UNSEAL_AFTER]:
+            extend_digest(sw.tcti, event.digest)
+        with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
+            disk.unlock(var, sw.tcti, test=True)
+
+
+def extend_digest(tcti: str, digest: bytes) -> None:
+    """What the initramfs does: TPM2_PCR_Extend(11, digest), sent by tpm2-tools."""
+    from obelisk.image import measure
+
+    subprocess.run(["tpm2_send", "-T", tcti], input=measure.extend_command(11, digest), check=True,
+                   capture_output=True)

@@ -55,6 +55,46 @@ def test_manifest_contents(built_image):
     assert len(sbom["files"]) == sum(1 for f in files.values() if f["type"] == "file")
 
 
+def test_manifest_predicts_pcr11_from_the_command_line_and_the_root(built_image):
+    """The prediction is recomputed here from the artifacts themselves, not from the build's records."""
+    import hashlib
+
+    from obelisk.image import measure
+
+    _, out = built_image
+    m = json.loads((out / "manifest.json").read_text())
+    line = m["boot"]["cmdline"]
+    assert line.startswith("console=ttyS0 ") and "obelisk.image=test-node" in line
+    root = hashlib.sha256((out / "rootfs.squashfs").read_bytes()).digest()
+    assert (out / "rootfs.squashfs").stat().st_size % 512 == 0  # the virtio disk holds exactly these bytes
+    value = b"\0" * 32
+    for data in ((line + "\n").encode(), None, measure.BOOT_COMPLETE):
+        value = hashlib.sha256(value + (hashlib.sha256(data).digest() if data is not None else root)).digest()
+    assert m["pcrs"]["predicted"] == {"11": value.hex()}
+    assert [e["name"] for e in m["pcrs"]["events"]] == ["obelisk.cmdline", "obelisk.root", "obelisk.boot-complete"]
+    assert m["disk"] == {"var": "plain", "sealed_to": {}}
+    # the node sends the end-of-boot event itself: the command is in the signed root
+    assert files_of(m)["/usr/lib/obelisk/boot-complete.tpm2"]["sha256"] == hashlib.sha256(
+        measure.extend_command(11, hashlib.sha256(measure.BOOT_COMPLETE).digest())).hexdigest()
+
+
+def test_owners_from_the_spec_are_in_the_image(built_image):
+    """rootfs.permissions' uid/gid, set under fakeroot, read back by rdsquashfs; everything else root."""
+    _, out = built_image
+    listing = subprocess.run(["rdsquashfs", "-d", str(out / "rootfs.squashfs")], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    owners = {line.split()[1]: tuple(line.split()[3:5]) for line in listing if len(line.split()) >= 5}
+    assert owners["srv/app"] == ("1000", "1000") and owners["srv/app/state.db"] == ("1000", "1000")
+    assert {o for path, o in owners.items() if not path.startswith("srv/app")} == {("0", "0")}
+    m = json.loads((out / "manifest.json").read_text())
+    assert files_of(m)["/srv/app/state.db"]["uid"] == 1000 and "uid" not in files_of(m)["/etc/secret.conf"]
+    assert files_of(m)["/srv/app/state.db"]["ima"]  # the signature survived fakeroot
+
+
+def files_of(manifest):
+    return {f["path"]: f for f in manifest["files"]}
+
+
 def test_squashfs_checked_by_independent_tools(built_image, tmp_path):
     """unsquashfs lists modes/owners; files unpacked with their xattrs pass evmctl ima_verify."""
     root, out = built_image
@@ -115,7 +155,8 @@ def test_tampered_file_in_squashfs_is_named(built_image, tmp_path):
     bad = _copy(out, tmp_path)
     os.unlink(bad / "rootfs.squashfs")
     from obelisk.image.squashfs import pack
-    pack(tree, tmp_path / "x.dump", bad / "rootfs.squashfs", 1700000000)
+    pack(tree, tmp_path / "x.dump", bad / "rootfs.squashfs", 1700000000,
+         [(f["path"].lstrip("/"), f["uid"], f["gid"]) for f in m["files"] if "uid" in f])
     failed = _failed(verify_image(bad, root / "keys/ca.pem"))
     assert "image.artifact:rootfs.squashfs" in failed
     f = failed["image.file:/etc/obelisk/image"]

@@ -24,7 +24,7 @@ def test_minimal_spec_gets_defaults(tmp_path):
     s = load_spec(_write(tmp_path, "name: n1\nima: {policy: measure-only}\n"))
     assert s.name == "n1"
     assert s.rootfs.base == "busybox"
-    assert s.disk.pcrs == (7, 11)
+    assert s.disk.pcrs == (11,)
     assert s.agent.port == 8443
     assert s.kubernetes.version == "1.31"
 
@@ -43,12 +43,17 @@ def test_version_like_values_stay_strings(tmp_path):
     ("name: n\nima: {policy: none}\ndisk: {encryption: true}\ntpm: {enabled: false}\n", "disk.encryption",
      "tpm.enabled"),
     ("name: n\nima: {policy: none}\ndisk: {pcrs: [7, 99]}\n", "disk.pcrs", "out of range"),
+    ("name: n\nima: {policy: none}\nrootfs: {base: debian, packages: [python3-tpm2-pytss, cryptsetup-bin, "
+     "e2fsprogs]}\ndisk: {encryption: true, pcrs: [7, 11]}\n", "disk.pcrs", "only PCR 11"),
+    ("name: n\nima: {policy: none}\ndisk: {encryption: true}\n", "disk.encryption", "busybox"),
+    ("name: n\nima: {policy: none}\nrootfs: {base: debian, packages: [python3]}\ndisk: {encryption: true}\n",
+     "rootfs.packages", "cryptsetup-bin"),
     ("name: n\nima: {policy: bogus}\n", "ima.policy", "not one of"),
     ("name: n\nima: {policy: none}\nagent: {port: high}\n", "agent.port", "integer"),
     ("name: n\nima: {policy: none}\nrootfs: {base: directory}\n", "rootfs.path", "needs rootfs.path"),
     ("name: n\nima: {policy: none}\ntpm: {enabled: 1}\n", "tpm.enabled", "true or false"),
-    ("name: n\nima: {policy: none}\nrootfs: {permissions: [{path: a, mode: '0644', uid: 5}]}\n",
-     "rootfs.permissions", "root"),
+    ("name: n\nima: {policy: none}\nrootfs: {permissions: [{path: a, mode: '0644', uid: -5}]}\n",
+     "rootfs.permissions", "out of range"),
     ("name: n\nima: {policy: none}\nrootfs: {permissions: [{path: a, mode: rwx}]}\n", "rootfs.permissions",
      "octal"),
     ("name: 'bad name'\nima: {policy: none}\n", "name", "letters"),

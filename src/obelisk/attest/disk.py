@@ -9,7 +9,7 @@ Layout on the volume after `enroll`:
 
 Both keys are random 256-bit secrets, so their keyslots use PBKDF2 with the minimum iterations
 (a slow KDF only protects guessable passphrases). Secrets reach cryptsetup through pipes
-(/dev/fd/N), never argv or files. Nothing touches the volume key: reseal adds the new slot and
+(/proc/self/fd/N), never argv or files. Nothing touches the volume key: reseal adds the new slot and
 token before removing the old ones, so an interruption leaves a volume that still opens.
 """
 
@@ -101,9 +101,14 @@ def signed_policy_from_json(doc: dict, where: str) -> sealmod.SignedPolicy:
 
 # ---- cryptsetup ------------------------------------------------------------------------------
 
+def _fd_path(fd: int) -> str:
+    """/proc/self/fd/N rather than /dev/fd/N: a node's devtmpfs has no /dev/fd symlink (udev makes it)."""
+    return f"/proc/self/fd/{fd}"
+
+
 @contextlib.contextmanager
 def _pipes(*secrets_: bytes) -> Iterator[list[int]]:
-    """Read ends of pipes already holding each secret (small: fits the pipe buffer), for /dev/fd/N."""
+    """Read ends of pipes already holding each secret (small: fits the pipe buffer), for _fd_path."""
     fds: list[int] = []
     try:
         for secret in secrets_:
@@ -154,14 +159,14 @@ def tokens(device: str, meta: dict | None = None) -> list[Token]:
 
 def _add_key(device: str, existing: bytes, new: bytes, slot: int) -> None:
     with _pipes(existing, new) as (old_fd, new_fd):
-        _cryptsetup(["luksAddKey", "--batch-mode", *_FAST_KDF, "--key-file", f"/dev/fd/{old_fd}",
-                     "--key-slot", str(slot), device, f"/dev/fd/{new_fd}"], fds=(old_fd, new_fd))
+        _cryptsetup(["luksAddKey", "--batch-mode", *_FAST_KDF, "--key-file", _fd_path(old_fd),
+                     "--key-slot", str(slot), device, _fd_path(new_fd)], fds=(old_fd, new_fd))
 
 
 def _import_token(device: str, token: Token) -> None:
     data = json.dumps(token.to_json()).encode()
     with _pipes(data) as (fd,):  # not secret; a pipe keeps it off the disk all the same
-        _cryptsetup(["token", "import", "--json-file", f"/dev/fd/{fd}", device], fds=(fd,))
+        _cryptsetup(["token", "import", "--json-file", _fd_path(fd), device], fds=(fd,))
 
 
 def test_key(device: str, key: bytes, slot: int | None = None) -> bool:
@@ -169,7 +174,7 @@ def test_key(device: str, key: bytes, slot: int | None = None) -> bool:
     if slot is not None:
         args += ["--key-slot", str(slot)]
     with _pipes(key) as (fd,):
-        return _cryptsetup([*args, "--key-file", f"/dev/fd/{fd}", device], fds=(fd,), check=False).returncode == 0
+        return _cryptsetup([*args, "--key-file", _fd_path(fd), device], fds=(fd,), check=False).returncode == 0
 
 
 def _key_slot_of(device: str, key: bytes, meta: dict) -> int | None:
@@ -217,7 +222,7 @@ def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existin
         bootstrap = new_tpm_key()
         with _pipes(bootstrap) as (fd,):
             _cryptsetup(["luksFormat", "--type", "luks2", "--batch-mode", *_FAST_KDF, "--key-slot", "0",
-                         "--key-file", f"/dev/fd/{fd}", device], fds=(fd,))
+                         "--key-file", _fd_path(fd), device], fds=(fd,))
         existing_key, formatted = bootstrap, True
     elif existing_key is None:
         raise InputError("the volume already has keys: give one of them with --key-file", source=device)
@@ -273,7 +278,7 @@ def unlock(device: str, tcti: str | None = None, *, name: str | None = None, tes
         return token
     target = name or "obelisk-" + os.path.basename(device).replace("/", "-")
     with _pipes(key) as (fd,):
-        _cryptsetup(["open", "--type", "luks2", "--key-slot", str(token.keyslot), "--key-file", f"/dev/fd/{fd}",
+        _cryptsetup(["open", "--type", "luks2", "--key-slot", str(token.keyslot), "--key-file", _fd_path(fd),
                      device, target], fds=(fd,))
     return token
 
@@ -304,7 +309,7 @@ def reseal(device: str, tcti: str | None = None, *, pcrs: Sequence[int] | None =
     if old.token_id is not None:
         _cryptsetup(["token", "remove", "--token-id", str(old.token_id), device])
     with _pipes(new_key) as (fd,):
-        _cryptsetup(["luksKillSlot", "--batch-mode", "--key-file", f"/dev/fd/{fd}", device, str(old.keyslot)],
+        _cryptsetup(["luksKillSlot", "--batch-mode", "--key-file", _fd_path(fd), device, str(old.keyslot)],
                     fds=(fd,))
     return new
 

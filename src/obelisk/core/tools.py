@@ -36,6 +36,7 @@ PACKAGES: dict[str, str] = {
     "chromium": "chromium",
     "dpkg-query": "dpkg",
     "mke2fs": "e2fsprogs",
+    "fakeroot": "fakeroot",
 }
 
 # tpm2-tools commands all come from one package
@@ -71,7 +72,7 @@ def run(
     """Run `tool` with `args`, capturing output; raise ToolFailedError on a non-zero exit if `check`.
 
     `pass_fds` keeps those descriptors open in the child (secrets handed over through pipes as
-    /dev/fd/N, never through argv or a file).
+    /proc/self/fd/N, never through argv or a file).
     """
     full_env = None
     if env is not None:

@@ -4,13 +4,19 @@ The run directory holds everything this node instance owns:
 
     swtpm/          the TPM's state (EK and AK made persistent before the first boot)
     ak.json         the AK record the verifier needs (`obelisk attest node --ak`)
-    var.img         the /var disk (ext2), provisioned with the agent's TLS key and config
+    config.img      the node's config disk (ext2, mounted read-only at /run/obelisk/config):
+                    the agent's TLS key and certificate, the client CA, agent.json
+    var.img         the /var disk: LUKS2 with its key sealed in this TPM to the PCR 11 value the
+                    build predicted (disk.encryption), else blank (the node makes ext2 on it)
+    var-recovery.key the LUKS2 recovery key (0600; the only copy)
     client.pem/.key a verifier client certificate issued by the customer CA
     serial.log      the console
     qemu.pid, swtpm.pid, boot.json
 
-Provisioning happens here, on the host, as a cloud would do it: the agent's TLS key is
-generated for this node and written onto its /var disk, never into the image.
+Provisioning happens here, on the host, as a cloud would do it: the agent's TLS key is generated
+for this node and written onto its config disk, never into the image; the /var volume is
+formatted and its key sealed before the first boot, so a node whose command line or root differs
+from the build's never sees its data.
 """
 
 from __future__ import annotations
@@ -60,23 +66,34 @@ def free_port() -> int:
 
 
 def kernel_cmdline(manifest: dict[str, Any], extra: tuple[str, ...] = ()) -> str:
-    spec = manifest.get("spec", {})
-    base = list(spec.get("kernel", {}).get("cmdline") or ["console=ttyS0"])
-    # initramfs_async=0: the initramfs is unpacked before IMA loads /etc/keys/x509_ima.der from it.
-    base += ["panic=-1", "initramfs_async=0", "obelisk.root=/dev/vda", "obelisk.var=/dev/vdb",
-             f"ip={GUEST_IP}::10.0.2.2:255.255.255.0::eth0:off",
-             f"obelisk.image={manifest.get('image', {}).get('name', '')}"]
-    if (spec.get("ima") or {}).get("policy", "none") != "none":
-        base += ["ima_hash=sha256", "ima_template=ima-sig"]  # signatures in the list, for the verifier
-    return " ".join(base + list(extra))
+    """The build's command line (measured into PCR 11: anything extra changes PCR 11)."""
+    line = (manifest.get("boot") or {}).get("cmdline")
+    if not isinstance(line, str) or not line:
+        raise InputError("manifest has no boot.cmdline: rebuild the image with this obelisk", source="manifest.json")
+    return " ".join([line, *extra])
 
 
-def make_var_disk(path: Path, content: Path, size_mib: int) -> None:
+def make_ext2_disk(path: Path, content: Path, size_mib: int, label: str) -> None:
     """An ext2 filesystem image filled from `content` (mke2fs -d: no root, no loop device)."""
     if path.exists():
         path.unlink()
-    tools.run("mke2fs", ["-q", "-F", "-t", "ext2", "-L", "obelisk-var", "-E", "root_owner=0:0",
+    tools.run("mke2fs", ["-q", "-F", "-t", "ext2", "-L", label, "-E", "root_owner=0:0",
                          "-d", content, path, f"{size_mib}M"])
+
+
+def make_var_disk(path: Path, size_mib: int, *, encrypted: bool, sealed_to: dict[int, bytes], tcti: str | None,
+                  recovery: Path) -> None:
+    """/var: blank (the node formats it), or LUKS2 with its key sealed to the predicted PCR values."""
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as handle:
+        handle.truncate(size_mib << 20)
+    if not encrypted:
+        return
+    from obelisk.attest import disk
+
+    enrolled = disk.enroll(str(path), sorted(sealed_to), tcti, format_volume=True, values=sealed_to)
+    assert enrolled.recovery_key is not None
+    atomic.write_text(recovery, enrolled.recovery_key + "\n", mode=0o600)
 
 
 def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[str, Any], port: int) -> dict:
@@ -87,8 +104,8 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[s
 
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)
-    var = run_dir / "var-content"
-    lib = var / "lib/obelisk"
+    var = run_dir / "config-content"
+    lib = var
     lib.mkdir(parents=True, exist_ok=True)
     issue(ca, ca_key, lib, manifest.get("image", {}).get("name", "node"), server=True,
                    hosts=("127.0.0.1", "localhost", GUEST_IP))
@@ -98,14 +115,25 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[s
               "tcti": "device:/dev/tpmrm0", "image": manifest.get("image", {}).get("name", ""),
               "event_log": "/sys/kernel/security/tpm0/binary_bios_measurements", "scan_root": "/"}
     (lib / "agent.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
-    size = int((manifest.get("spec", {}).get("disk") or {}).get("size_mib") or 64)
-    make_var_disk(run_dir / "var.img", var, size)
+    make_ext2_disk(run_dir / "config.img", var, 4, "obelisk-config")
     for p in sorted(var.rglob("*"), reverse=True):  # the key now lives only on the node's disk
         p.unlink() if p.is_file() else p.rmdir()
     var.rmdir()
-    # EK and AK, created in the node's TPM before its first boot (as enrollment would).
+    size = int((manifest.get("spec", {}).get("disk") or {}).get("size_mib") or 64)
+    disk_info = manifest.get("disk") or {}
+    try:
+        sealed_to = {int(k): bytes.fromhex(v) for k, v in (disk_info.get("sealed_to") or {}).items()}
+    except (ValueError, AttributeError):
+        raise InputError("disk.sealed_to: expected {PCR: hex}", source="manifest.json") from None
+    encrypted = disk_info.get("var") == "luks2"
+    if encrypted and not sealed_to:
+        raise InputError("disk.var is luks2 but disk.sealed_to is empty", source="manifest.json")
+    # EK and AK, created in the node's TPM before its first boot (as enrollment would); /var's key
+    # sealed in the same TPM.
     with SoftwareTPM.start(run_dir / "swtpm") as sw:
         info = tpm.create_keys(sw.tcti)
+        make_var_disk(run_dir / "var.img", size, encrypted=encrypted, sealed_to=sealed_to, tcti=sw.tcti,
+                      recovery=run_dir / "var-recovery.key")
     record = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True, source="ak.json")
     atomic.write_text(run_dir / "ak.json", akrecord.dumps(record))
     return {"client_cert": client.cert, "client_key": client.key, "port": port}
@@ -122,6 +150,7 @@ def qemu_args(out: Path, run_dir: Path, port: int, cmdline: str, memory_mib: int
         "-kernel", str(out / "bzImage"), "-initrd", str(out / "initramfs.cpio"), "-append", cmdline,
         "-drive", f"file={out / 'rootfs.squashfs'},if=virtio,format=raw,readonly=on",
         "-drive", f"file={run_dir / 'var.img'},if=virtio,format=raw",
+        "-drive", f"file={run_dir / 'config.img'},if=virtio,format=raw,readonly=on",
         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{GUEST_IP}:{AGENT_GUEST_PORT}",
         "-device", "virtio-net-pci,netdev=n0",
         "-device", "virtio-rng-pci",

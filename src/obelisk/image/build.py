@@ -28,7 +28,7 @@ from obelisk import __version__
 from obelisk.core import atomic, tools
 from obelisk.core.errors import InputError
 from obelisk.core.progress import progress
-from obelisk.image import initramfs, manifest, rootfs, sbom, squashfs
+from obelisk.image import cmdline, initramfs, manifest, measure, rootfs, sbom, squashfs
 from obelisk.image.cache import StepCache, file_digest, tree_digest
 from obelisk.image.spec import APPRAISING, Permission, Spec, SpecError
 
@@ -39,6 +39,7 @@ ARTIFACT_POLICY = "ima-policy"
 ARTIFACT_SBOM = "sbom.spdx.json"
 ARTIFACT_REFERENCE = "ima-reference.json"
 NODE_INIT = "sbin/obelisk-init"
+BOOT_COMPLETE_COMMAND = "usr/lib/obelisk/boot-complete.tpm2"  # TPM2_PCR_Extend, sent by obelisk-init
 
 
 @dataclass(frozen=True)
@@ -141,11 +142,8 @@ def _render_kubernetes(spec: Spec) -> tuple[tuple[rootfs.ExtraFile, ...], tuple[
         for f in tree.files:
             if f.path.startswith("/var/"):
                 continue
-            if f.uid or f.gid:
-                raise SpecError(spec.source, "kubernetes.role", f"{f.path} would be owned by uid {f.uid}: "
-                                "the image holds root-owned files only")
             rel = f.path.lstrip("/")
-            modes.append(Permission(glob=rel, mode=f.mode))
+            modes.append(Permission(glob=rel, mode=f.mode, uid=f.uid, gid=f.gid))
             if f.kind == "file":
                 files.append(rootfs.ExtraFile(rel, (Path(tmp) / rel).read_bytes(), f.mode))
     return tuple(files), tuple(modes)
@@ -170,9 +168,6 @@ def preflight(spec: Spec) -> Plan:
     if spec.kernel.source:
         tools.which("make")
         _kernel_inputs(spec)
-    if spec.disk.encryption:
-        raise SpecError(spec.source, "disk.encryption", "unlocking a TPM-sealed /var in the initramfs is not "
-                        "implemented yet (set disk.encryption: false)")
     if spec.ima.policy in APPRAISING and not spec.signing.key:
         raise SpecError(spec.source, "ima.policy", "appraisal needs signing.key")
     keys = _load_keys(spec)
@@ -223,16 +218,29 @@ def node_files(plan: Plan) -> list[rootfs.ExtraFile]:
                                           plan.keys.ca.public_bytes(serialization.Encoding.PEM)))
     if plan.ima_policy is not None:
         files.append(rootfs.ExtraFile("etc/ima/ima-policy", plan.ima_policy))
-    files.append(rootfs.ExtraFile(NODE_INIT, NODE_INIT_SCRIPT.replace("@PORT@", str(spec.agent.port)).encode(),
-                                  0o755))
+    files.append(rootfs.ExtraFile(NODE_INIT, node_init_script(spec).encode(), 0o755))
+    if spec.tpm.enabled:
+        files.append(rootfs.ExtraFile(BOOT_COMPLETE_COMMAND, measure.extend_command(
+            measure.PCR, measure.boot_events("", b"\0" * 32)[-1].digest)))
     files.append(rootfs.ExtraFile("opt/kubernetes/README", KUBERNETES_README.encode()))
     files.extend(plan.kubernetes_files)
     return files
 
 
+def var_mode(spec: Spec) -> str:
+    return "luks2" if spec.disk.encryption else "plain"
+
+
+def node_init_script(spec: Spec) -> str:
+    return (NODE_INIT_SCRIPT.replace("@PORT@", str(spec.agent.port)).replace("@VAR@", var_mode(spec))
+            .replace("@MEASURE@", "yes" if spec.tpm.enabled else "no")
+            .replace("@TPM_SEND@", measure.SHELL_SEND).replace("@BOOT_COMPLETE@", "/" + BOOT_COMPLETE_COMMAND))
+
+
 NODE_INIT_SCRIPT = """#!/bin/sh
 # obelisk node init: the node's only service is the attestation agent (no login, no shell on a console).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+@TPM_SEND@
 if [ -s /etc/ima/ima-policy ]; then
   # By path: the kernel appraises the policy file's own signature. Nothing runs without it.
   if ! echo /etc/ima/ima-policy > /sys/kernel/security/ima/policy; then
@@ -241,13 +249,25 @@ if [ -s /etc/ima/ima-policy ]; then
   fi
   echo "obelisk: IMA policy loaded" > /dev/console
 fi
+export PYTHONPATH=/usr/lib/obelisk/python PYTHONDONTWRITEBYTECODE=1
+if [ "@VAR@" = luks2 ]; then
+  # Unseals /var's key while PCR 11 still holds what the initramfs measured; mounts a tmpfs if it cannot.
+  python3 -m obelisk.image.node_init unlock-var > /dev/console 2>&1
+fi
+if [ "@MEASURE@" = yes ]; then
+  # End of boot in PCR 11: from here on nothing on the node can unseal /var's key again.
+  if ! tpm_send @BOOT_COMPLETE@; then
+    echo "obelisk: FATAL: cannot extend PCR 11; the node stays down" > /dev/console
+    while true; do sleep 3600; done
+  fi
+fi
 echo "obelisk: node up ($(cat /etc/obelisk/image | tr '\\n' ' '))" > /dev/console
 # Runs from the signed root at every boot; a changed binary is refused here by IMA appraisal.
 mkdir -p /var/lib/obelisk /var/log || echo "obelisk: mkdir failed with status $?" > /dev/console
 if command -v python3 >/dev/null 2>&1 && [ -d /usr/lib/obelisk/python ]; then
-  export PYTHONPATH=/usr/lib/obelisk/python PYTHONDONTWRITEBYTECODE=1
   while true; do
-    python3 -m obelisk.attest.agent --config /var/lib/obelisk/agent.json --port @PORT@ > /dev/console 2>&1
+    # The agent's TLS identity and settings come from the node's config disk (provisioning).
+    python3 -m obelisk.attest.agent --config /run/obelisk/config/agent.json --port @PORT@ > /dev/console 2>&1
     echo "obelisk: agent exited, restarting" > /dev/console
     sleep 2
   done
@@ -287,6 +307,8 @@ def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
         if (root / "usr/bin/python3").exists():
             install_agent(root)
         rootfs.check_no_login(root)
+        if spec.disk.encryption:
+            rootfs.check_encryption_tools(root)
         # obelisk's declared modes first (Kubernetes configuration), the spec's last: the user decides.
         rootfs.normalize_modes(root, plan.kubernetes_modes + spec.rootfs.permissions)
 
@@ -317,13 +339,17 @@ def step_sign(plan: Plan, tree: Path, cache: StepCache, quiet: bool) -> tuple[Pa
     return cache.run("sign", inputs, produce)
 
 
-def step_squashfs(plan: Plan, tree: Path, xattrs: Path | None, cache: StepCache) -> tuple[Path, bool]:
+def step_squashfs(plan: Plan, tree: Path, xattrs: Path | None, cache: StepCache,
+                  owners: list[tuple[str, int, int]]) -> tuple[Path, bool]:
     inputs = {"tree": tree.name, "xattrs": file_digest(xattrs) if xattrs else None,
               "epoch": plan.spec.source_date_epoch, "gensquashfs": _tool_version("gensquashfs"),
-              "recipe": squashfs.RECIPE}
+              "recipe": squashfs.RECIPE, "owners": [list(o) for o in owners]}
 
     def produce(out: Path) -> None:
-        squashfs.pack(tree / "root", xattrs, out / ARTIFACT_ROOTFS, plan.spec.source_date_epoch)
+        squashfs.pack(tree / "root", xattrs, out / ARTIFACT_ROOTFS, plan.spec.source_date_epoch, owners)
+        size = (out / ARTIFACT_ROOTFS).stat().st_size
+        if size % 512:  # PCR 11 measures the whole root disk: it must hold exactly the image's bytes
+            raise RuntimeError(f"gensquashfs wrote {size} bytes, not a whole number of 512-byte sectors")
 
     return cache.run("squashfs", inputs, produce)
 
@@ -331,12 +357,13 @@ def step_squashfs(plan: Plan, tree: Path, xattrs: Path | None, cache: StepCache)
 def step_initramfs(plan: Plan, cache: StepCache) -> tuple[Path, bool]:
     assert plan.busybox is not None
     cert_der = plan.keys.cert.public_bytes(serialization.Encoding.DER) if plan.keys else None
+    init = initramfs.render_init(measure=plan.spec.tpm.enabled, var_mode=var_mode(plan.spec))
     inputs = {"busybox": file_digest(plan.busybox), "cert": hashlib.sha256(cert_der or b"").hexdigest(),
-              "epoch": plan.spec.source_date_epoch, "init": hashlib.sha256(initramfs.INIT.encode()).hexdigest()}
+              "epoch": plan.spec.source_date_epoch, "init": hashlib.sha256(init.encode()).hexdigest()}
 
     def produce(out: Path) -> None:
         atomic.write_bytes(out / ARTIFACT_INITRAMFS,
-                           initramfs.build(plan.busybox, cert_der, plan.spec.source_date_epoch))  # type: ignore[arg-type]
+                           initramfs.build(plan.busybox, cert_der, plan.spec.source_date_epoch, init))  # type: ignore[arg-type]
 
     return cache.run("initramfs", inputs, produce)
 
@@ -351,8 +378,12 @@ def step_kernel(plan: Plan, cache: StepCache, quiet: bool) -> tuple[Path | None,
     from obelisk.kernel_hardening.source import file_digest as kfile_digest, source_tree, tree_digest as ktree
 
     source = spec.kernel.source
+    from obelisk.kernel_hardening.profile import load_profile
+
+    # The profile's content, not its name: a changed built-in profile must rebuild the kernel.
+    profile = hashlib.sha256(repr(load_profile(spec.kernel.profile)).encode()).hexdigest()
     inputs = {"source": kfile_digest(source) if os.path.isfile(source) else ktree(Path(source)),
-              "profile": spec.kernel.profile, "ca": file_digest(spec.signing.ca),
+              "profile": [spec.kernel.profile, profile], "ca": file_digest(spec.signing.ca),
               "fragments": [file_digest(f) for f in spec.kernel.fragments]}
 
     def produce(out: Path) -> None:
@@ -376,8 +407,11 @@ def _tool_version(tool: str) -> str:
 
 # --- manifest ---
 
-def file_records(root: Path, xattrs: dict[bytes, bytes]) -> list[dict[str, Any]]:
-    """Every entry of the staged rootfs as the image will hold it (owners root, modes as staged)."""
+def file_records(root: Path, xattrs: dict[bytes, bytes], owners: dict[str, tuple[int, int]] | None = None
+                 ) -> list[dict[str, Any]]:
+    """Every entry of the staged rootfs as the image will hold it: modes as staged, owners root unless
+    `owners` (relative path -> uid, gid) says otherwise; uid and gid are recorded only when not 0."""
+    owners = owners or {}
     records = []
     root_b = os.fsencode(root)
     entries = []
@@ -399,11 +433,19 @@ def file_records(root: Path, xattrs: dict[bytes, bytes]) -> list[dict[str, Any]]
             if value is not None:
                 rec["ima"] = base64.b64encode(value).decode()
             records.append(rec)
+        else:
+            continue
+        owner = owners.get(os.fsdecode(rel))
+        if owner is not None and any(owner):
+            records[-1].update(uid=owner[0], gid=owner[1])
     return records
 
 
 def build_manifest(plan: Plan, artifacts: dict[str, dict[str, Any]], files: list[dict[str, Any]]) -> dict[str, Any]:
     spec = plan.spec
+    line = cmdline.kernel_cmdline(spec)
+    events = measure.boot_events(line, bytes.fromhex(artifacts[ARTIFACT_ROOTFS]["sha256"]))
+    prediction = measure.predict(events)
     return {
         "schema": manifest.SCHEMA,
         "image": {"name": spec.name, "version": spec.version},
@@ -415,12 +457,18 @@ def build_manifest(plan: Plan, artifacts: dict[str, dict[str, Any]], files: list
         "artifacts": artifacts,
         "files": files,
         "ima_reference": manifest.ima_reference(files, f"{spec.name}-{spec.version}"),
+        "boot": {"cmdline": line, "devices": {"root": cmdline.ROOT_DEVICE, "var": cmdline.VAR_DEVICE,
+                                              "config": cmdline.CONFIG_DEVICE}},
         "pcrs": {
             "bank": "sha256",
-            "predicted": {},
-            "note": "PCRs 0-9 depend on the firmware and boot path of the machine, PCR 10 on the order "
-                    "of IMA measurements; the verifier replays the event log and the IMA list instead",
+            "predicted": {str(measure.PCR): prediction.final.hex()} if spec.tpm.enabled else {},
+            "events": [e.to_json() for e in events] if spec.tpm.enabled else [],
+            "note": "PCR 11 holds obelisk's boot measurements (the events above), predicted here; PCRs 0-9 "
+                    "depend on the firmware and boot path of the machine, PCR 10 on the order of IMA "
+                    "measurements: the verifier replays the event log and the IMA list for those",
         },
+        "disk": {"var": var_mode(spec),
+                 "sealed_to": ({str(measure.PCR): prediction.unseal.hex()} if spec.disk.encryption else {})},
         "kubernetes": {"role": spec.kubernetes.role, "version": spec.kubernetes.version,
                        "binaries": "/opt/kubernetes/bin (not included)"},
         "sbom": ARTIFACT_SBOM,
@@ -463,7 +511,8 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
             xattrs = load_dump(str(xattr_path))
         bar.advance()
         bar.stage("squashfs")
-        sq, c = step_squashfs(plan, tree, xattr_path, cache)
+        owners = rootfs.owners(tree / "root", plan.kubernetes_modes + spec.rootfs.permissions)
+        sq, c = step_squashfs(plan, tree, xattr_path, cache, owners)
         mark("squashfs", c)
         bar.advance()
         bar.stage("initramfs")
@@ -475,7 +524,7 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
         if spec.kernel.source:
             mark("kernel", c)
         bar.stage("manifest")
-        files = file_records(tree / "root", xattrs)
+        files = file_records(tree / "root", xattrs, {path: (uid, gid) for path, uid, gid in owners})
         with atomic.atomic_directory(out) as tmp:
             shutil.copyfile(sq / ARTIFACT_ROOTFS, tmp / ARTIFACT_ROOTFS)
             shutil.copyfile(ir / ARTIFACT_INITRAMFS, tmp / ARTIFACT_INITRAMFS)

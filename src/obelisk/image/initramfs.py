@@ -1,7 +1,9 @@
 """The initramfs: busybox and one /init script, as a reproducible newc cpio.
 
-/init mounts the signed SquashFS read-only as the new root, mounts /var from the second
-virtio disk, and hands over to the node's /sbin/obelisk-init. That script, itself on the
+/init measures the kernel command line and the whole root device into PCR 11 (see measure.py),
+mounts the signed SquashFS read-only as the new root, mounts a plain /var from the second virtio
+disk (an encrypted one is left to the root, which has the TPM and cryptsetup tools) and the
+node's config disk, and hands over to the node's /sbin/obelisk-init. That script, itself on the
 signed root, loads the IMA policy first (by path, so the kernel appraises the policy file's
 own signature) and then starts the agent: loading it in the initramfs would subject the
 initramfs's own unsigned busybox to the policy's appraisal rules.
@@ -14,12 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from obelisk.image import cpio
+from obelisk.image import measure as measure_mod
 
 APPLETS = ("sh", "mount", "umount", "switch_root", "mkdir", "echo", "cat", "sleep", "poweroff", "mke2fs",
-           "blkid", "ls", "dmesg", "grep")
+           "blkid", "ls", "dmesg", "grep", "sha256sum", "cut", "sed", "dd", "od", "tr", "printf")
+
+VAR_MODES = ("plain", "luks2")
 
 INIT = r"""#!/bin/sh
-# obelisk initramfs: signed read-only root, IMA policy, /var, then the node's init.
+# obelisk initramfs: measure the command line and the root into PCR 11, mount the signed root
+# read-only, /var (plain mode) and the node's config disk, then hand over to /sbin/obelisk-init.
 export PATH=/bin
 mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
@@ -27,20 +33,39 @@ mount -t sysfs sysfs /sys
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 say() { echo "obelisk-init: $*" > /dev/console; }
 fail() { say "FATAL: $*"; sleep 2; poweroff -f; }
+@TPM_FUNCTIONS@
 root=/dev/vda
 var=/dev/vdb
+config=/dev/vdc
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     obelisk.root=*) root="${arg#*=}" ;;
     obelisk.var=*) var="${arg#*=}" ;;
+    obelisk.config=*) config="${arg#*=}" ;;
   esac
 done
+[ -b "$root" ] || fail "no root device $root"
+if [ "@MEASURE@" = yes ]; then
+  # Before anything from the root runs: a changed command line or root shows in PCR 11, and
+  # /var's key (sealed to PCR 11) stays locked. The build predicted both values.
+  tpm_extend "$(sha256sum /proc/cmdline | cut -d' ' -f1)" || fail "cannot measure the command line into PCR 11"
+  tpm_extend "$(sha256sum "$root" | cut -d' ' -f1)" || fail "cannot measure $root into PCR 11"
+  say "measured the command line and $root into PCR 11"
+fi
 mount -t squashfs -o ro "$root" /newroot || fail "cannot mount the root SquashFS $root"
-if [ -b "$var" ]; then
-  if ! mount -t ext2 -o nosuid,nodev "$var" /newroot/var 2>/dev/null; then
+if [ "@VAR@" = luks2 ]; then
+  say "/var is LUKS2: /sbin/obelisk-init unlocks it with the TPM"
+elif [ -b "$var" ]; then
+  kind=$(blkid "$var" | sed -n 's/.*TYPE="\([^"]*\)".*/\1/p')
+  if [ -z "$kind" ]; then
     say "formatting $var for /var (first boot)"
-    mke2fs -q -t ext2 -L obelisk-var "$var" && mount -t ext2 -o nosuid,nodev "$var" /newroot/var \
-      || fail "cannot mount /var from $var"
+    mke2fs -q -t ext2 -L obelisk-var "$var" || fail "cannot format $var"
+    kind=ext2
+  fi
+  if [ "$kind" != ext2 ] || ! mount -t ext2 -o nosuid,nodev "$var" /newroot/var; then
+    # never format a disk that holds something: it may be another node's data
+    say "cannot mount /var from $var (${kind}): /var is a tmpfs"
+    mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/var
   fi
 else
   say "no /var disk ($var): /var is a tmpfs"
@@ -48,6 +73,11 @@ else
 fi
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
+if [ -b "$config" ]; then
+  mkdir -p /newroot/run/obelisk/config
+  mount -t ext2 -o ro,nosuid,nodev,noexec "$config" /newroot/run/obelisk/config \
+    || say "cannot mount the config disk $config"
+fi
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
@@ -55,17 +85,24 @@ exec switch_root /newroot /sbin/obelisk-init
 """
 
 
-def entries(busybox: bytes, ima_cert_der: bytes | None, epoch: int) -> list[cpio.Entry]:
+def render_init(*, measure: bool, var_mode: str) -> str:
+    if var_mode not in VAR_MODES:
+        raise ValueError(f"var_mode: {var_mode!r}")
+    return (INIT.replace("@TPM_FUNCTIONS@", measure_mod.shell_functions())
+            .replace("@MEASURE@", "yes" if measure else "no").replace("@VAR@", var_mode))
+
+
+def entries(busybox: bytes, ima_cert_der: bytes | None, epoch: int, init: str) -> list[cpio.Entry]:
     out = [cpio.Entry.directory(d, mtime=epoch) for d in
            ("bin", "dev", "proc", "sys", "newroot", "run", "tmp", "etc", "etc/keys")]
     out.append(cpio.Entry.device("dev/console", True, 5, 1, mtime=epoch))
     out.append(cpio.Entry.file("bin/busybox", busybox, 0o755, mtime=epoch))
     out += [cpio.Entry.symlink(f"bin/{a}", "busybox", mtime=epoch) for a in APPLETS]
-    out.append(cpio.Entry.file("init", INIT.encode(), 0o755, mtime=epoch))
+    out.append(cpio.Entry.file("init", init.encode(), 0o755, mtime=epoch))
     if ima_cert_der:
         out.append(cpio.Entry.file("etc/keys/x509_ima.der", ima_cert_der, 0o644, mtime=epoch))
     return out
 
 
-def build(busybox: Path, ima_cert_der: bytes | None, epoch: int) -> bytes:
-    return cpio.serialize(entries(busybox.read_bytes(), ima_cert_der, epoch))
+def build(busybox: Path, ima_cert_der: bytes | None, epoch: int, init: str) -> bytes:
+    return cpio.serialize(entries(busybox.read_bytes(), ima_cert_der, epoch, init))

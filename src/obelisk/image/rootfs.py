@@ -106,6 +106,22 @@ def check_no_login(root: Path) -> None:
                              "(remove the package or the file)", source="rootfs")
 
 
+# What an encrypted /var needs on the node (image/node_init.py), as paths in the rootfs.
+ENCRYPTION_TOOLS = (("cryptsetup", ("usr/sbin/cryptsetup", "sbin/cryptsetup")),
+                    ("mke2fs", ("usr/sbin/mke2fs", "sbin/mke2fs")),
+                    ("python3", ("usr/bin/python3",)))
+
+
+def check_encryption_tools(root: Path) -> None:
+    for name, paths in ENCRYPTION_TOOLS:
+        if not any(os.path.lexists(root / p) for p in paths):
+            raise InputError(f"disk.encryption: the rootfs has no {name}, which the node needs to unlock /var",
+                             source="rootfs")
+    if not list(root.glob("usr/lib/python3*/dist-packages/tpm2_pytss")):
+        raise InputError("disk.encryption: the rootfs has no tpm2_pytss (Debian: python3-tpm2-pytss), which "
+                         "the node needs to unseal /var's key", source="rootfs")
+
+
 @dataclass(frozen=True)
 class ExtraFile:
     """A file obelisk adds to the rootfs (policy, certificates, agent, Kubernetes configuration)."""
@@ -150,6 +166,24 @@ def normalize_modes(root: Path, permissions: tuple[Permission, ...]) -> None:
                     mode = p.mode
             os.chmod(full, mode)
     os.chmod(root, 0o755)
+
+
+def owners(root: Path, permissions: tuple[Permission, ...]) -> list[tuple[str, int, int]]:
+    """(relative path, uid, gid) of every entry whose last matching permission gives it an owner other
+    than root, sorted; everything else is root's. Symlinks included (their own owner, as lchown sets it)."""
+    if not any(p.uid or p.gid for p in permissions):
+        return []
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            uid = gid = 0
+            for p in permissions:
+                if fnmatch.fnmatchcase(rel, p.glob):
+                    uid, gid = p.uid, p.gid
+            if uid or gid:
+                out.append((rel, uid, gid))
+    return sorted(out, key=lambda entry: os.fsencode(entry[0]))
 
 
 def regular_files(root: Path) -> list[str]:

@@ -25,6 +25,8 @@ APPRAISING = ("appraise-rootfs", "appraise-all")
 ROOTFS_BASES = ("busybox", "debian", "directory", "tarball")
 K8S_ROLES = ("none", "worker", "control-plane")
 HASHES = ("sha256", "sha384", "sha512")
+# What the node runs to unlock an encrypted /var (image/node_init.py): TPM library, cryptsetup, mke2fs.
+ENCRYPTION_PACKAGES = ("python3-tpm2-pytss", "cryptsetup-bin", "e2fsprogs")
 
 
 class SpecError(InputError):
@@ -123,8 +125,10 @@ def _permissions(v: Any) -> tuple[Permission, ...]:
         if "path" not in item or "mode" not in item:
             raise ValueError(f"[{i}]: needs path and mode")
         try:
-            out.append(Permission(glob=_str(item["path"]).lstrip("/"), mode=_mode(item["mode"]),
-                                  uid=_int(item.get("uid", 0)), gid=_int(item.get("gid", 0))))
+            uid, gid = _int(item.get("uid", 0)), _int(item.get("gid", 0))
+            if not (0 <= uid < 0xFFFFFFFF and 0 <= gid < 0xFFFFFFFF):
+                raise ValueError(f"uid/gid {uid}:{gid} out of range")
+            out.append(Permission(glob=_str(item["path"]).lstrip("/"), mode=_mode(item["mode"]), uid=uid, gid=gid))
         except ValueError as exc:
             raise ValueError(f"[{i}]: {exc}") from None
     return tuple(out)
@@ -190,8 +194,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rootfs", "packages", STR_LIST, (), help="Extra Debian packages for rootfs.base debian."),
     Setting("rootfs", "overlay", PATH, help="A directory copied over the base (configuration, binaries)."),
     Setting("rootfs", "permissions", PERMISSIONS, (),
-            help="Modes (and owners) for paths matching each glob, applied in order; everything else is "
-                 "0755 for directories and executables, 0644 for other files, owned by root."),
+            help="Modes and owners for paths matching each glob, applied in order (the last match wins); "
+                 "everything else is 0755 for directories and executables, 0644 for other files, owned by root."),
     Setting("signing", "key", KEY, help="Customer IMA signing key: a PEM file or a PKCS#11 URI "
             "(pkcs11:token=...;object=...). Signs every file and the manifest.", example="keys/ima.key"),
     Setting("signing", "cert", PATH, help="X.509 certificate of signing.key (its subjectKeyIdentifier names "
@@ -210,8 +214,14 @@ SETTINGS: tuple[Setting, ...] = (
                  "included: they go under /opt/kubernetes/bin (see docs/image.md)."),
     Setting("kubernetes", "version", STR, "1.31", help="Kubernetes minor version the configuration targets."),
     Setting("tpm", "enabled", BOOL, True, help="The node has a TPM 2.0 (attestation, sealed disk key)."),
-    Setting("disk", "encryption", BOOL, False, help="Mount /var from a LUKS2 volume unlocked by the TPM."),
-    Setting("disk", "pcrs", PCRS, (7, 11), help="PCRs the disk key is sealed to."),
+    Setting("disk", "encryption", BOOL, False,
+            help="Mount /var from a LUKS2 volume whose key the TPM releases only to the command line and root "
+                 "the build predicted (PCR 11); needs rootfs.base debian with python3-tpm2-pytss, cryptsetup-bin "
+                 "and e2fsprogs."),
+    Setting("disk", "pcrs", PCRS, (11,),
+            help="PCRs the disk key is sealed to when the node is provisioned, to the values the build predicts "
+                 "(manifest disk.sealed_to). Only PCR 11, obelisk's boot measurements, is predictable: firmware "
+                 "PCRs depend on the machine (reseal to them with `obelisk disk reseal` on the node)."),
     Setting("disk", "size_mib", INT, 64, help="Size of the /var disk that `obelisk boot` creates."),
     Setting("agent", "port", INT, 8443, help="TCP port of the node agent (HTTPS, mutual TLS)."),
 )
@@ -293,6 +303,14 @@ RULES: tuple[Rule, ...] = (
     Rule("disk.encryption", "the disk key is sealed by the TPM: encryption needs tpm.enabled: true",
          lambda s: s.disk.encryption and not s.tpm.enabled),
     Rule("disk.pcrs", "encryption needs at least one PCR to seal to", lambda s: s.disk.encryption and not s.disk.pcrs),
+    Rule("disk.pcrs", "only PCR 11 (obelisk's boot measurements) can be predicted by the build and sealed to "
+         "before the first boot; firmware PCRs depend on the machine",
+         lambda s: s.disk.encryption and any(p != 11 for p in s.disk.pcrs)),
+    Rule("disk.encryption", "the busybox userland cannot unlock /var (no Python TPM library, no cryptsetup): "
+         "use rootfs.base debian", lambda s: s.disk.encryption and s.rootfs.base == "busybox"),
+    Rule("rootfs.packages", "disk.encryption needs " + ", ".join(ENCRYPTION_PACKAGES) + " in the node's userland",
+         lambda s: s.disk.encryption and s.rootfs.base == "debian"
+         and not set(ENCRYPTION_PACKAGES) <= set(s.rootfs.packages)),
     Rule("rootfs.path", "rootfs.base directory|tarball needs rootfs.path",
          lambda s: s.rootfs.base in ("directory", "tarball") and not s.rootfs.path),
     Rule("rootfs.path", "only used with rootfs.base directory|tarball",
@@ -307,9 +325,6 @@ RULES: tuple[Rule, ...] = (
          lambda s: bool(s.kernel.image) and bool(s.kernel.source)),
     Rule("kernel.source", "building the kernel with the customer CA needs signing.ca",
          lambda s: bool(s.kernel.source) and not s.signing.ca),
-    Rule("rootfs.permissions", "owners other than root (uid/gid 0) cannot be set: squashfs-tools-ng 1.2 applies "
-         "IMA xattrs only when packing a directory, whose owners are forced to root; keep non-root data on /var",
-         lambda s: any(p.uid or p.gid for p in s.rootfs.permissions)),
     Rule("agent.port", "must be 1-65535", lambda s: not 0 < s.agent.port < 65536),
     Rule("disk.size_mib", "must be at least 32 (LUKS2 header and a filesystem)", lambda s: s.disk.size_mib < 32),
     Rule("kubernetes.version", "expected MAJOR.MINOR such as 1.31",

@@ -1,8 +1,9 @@
 """SquashFS through squashfs-tools-ng: pack a staged tree with IMA xattrs, read it back.
 
-`pack` runs `gensquashfs --pack-dir TREE -A XATTRS`, which needs no root: owners are forced
-to root (`--all-root`), modes are the staged tree's (the rootfs step sets them from the spec),
-every timestamp is SOURCE_DATE_EPOCH. squashfs-tools-ng 1.2 (Debian 12) ignores `-A` when a
+`pack` runs `gensquashfs --pack-dir TREE -A XATTRS`, which needs no root: modes are the staged
+tree's (the rootfs step sets them from the spec), owners root except where the spec says
+otherwise (set under fakeroot, so no root is needed for those either), every timestamp is
+SOURCE_DATE_EPOCH. squashfs-tools-ng 1.2 (Debian 12) ignores `-A` when a
 pack file (`-F`) is used, so the directory form is the one that carries signatures.
 
 `read_back` lists the image with `rdsquashfs -d`, unpacks file contents and reads each
@@ -18,6 +19,7 @@ import shutil
 import re
 import shlex
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,17 +38,41 @@ class ImageFile:
     target: str = ""  # symlink target
 
 
-# Everything that shapes the image's bytes besides the tree and the xattrs; part of the cache key.
-RECIPE = "zstd/131072/all-root"
+# Everything that shapes the image's bytes besides the tree, the xattrs and the owners; part of the cache key.
+RECIPE = "zstd/131072/owners-by-fakeroot"
+
+# Sets the owners fakeroot reports to gensquashfs (FAKEROOTDONTTRYCHOWN: the staged tree, a cached
+# build step, is never really changed, even when the build runs as root), then packs.
+_PACK_AS_OWNERS = """set -e
+tree=$1; lists=$2; shift 2
+chown -R -h 0:0 "$tree"
+for list in "$lists"/*; do
+  [ -e "$list" ] || continue
+  (cd "$tree" && xargs -0 -r chown -h "$(basename "$list")" -- < "$list")
+done
+exec "$@"
+"""
 
 
-def pack(tree: Path, xattr_file: Path | None, out: Path, epoch: int) -> None:
-    """Pack `tree` into `out` reproducibly."""
-    args = ["--pack-dir", tree, "--all-root", "--defaults", f"uid=0,gid=0,mode=0755,mtime={epoch}",
+def pack(tree: Path, xattr_file: Path | None, out: Path, epoch: int,
+         owners: Sequence[tuple[str, int, int]] = ()) -> None:
+    """Pack `tree` into `out` reproducibly; every entry owned by root except `owners` (relative path, uid, gid)."""
+    args = ["--pack-dir", tree, "--defaults", f"uid=0,gid=0,mode=0755,mtime={epoch}",
             "--compressor", "zstd", "--block-size", "131072", "--num-jobs", "2", "--quiet", "--force"]
     if xattr_file is not None:
         args += ["--xattr-file", xattr_file]
-    tools.run("gensquashfs", [*args, out], env={"SOURCE_DATE_EPOCH": str(epoch)})
+    env = {"SOURCE_DATE_EPOCH": str(epoch)}
+    if not owners:
+        tools.run("gensquashfs", [*args, "--all-root", out], env=env)
+        return
+    with tempfile.TemporaryDirectory(prefix="obelisk-owners-") as lists:
+        groups: dict[str, list[bytes]] = {}
+        for path, uid, gid in owners:
+            groups.setdefault(f"{uid}:{gid}", []).append(os.fsencode(path))
+        for owner, paths in groups.items():
+            Path(lists, owner).write_bytes(b"\0".join(sorted(paths)) + b"\0")
+        tools.run("fakeroot", ["--", "sh", "-c", _PACK_AS_OWNERS, "sh", tree, lists, tools.which("gensquashfs"),
+                               *args, out], env={**env, "FAKEROOTDONTTRYCHOWN": "1"})
 
 
 _DESCRIBE = re.compile(r"^(\w+) (\"(?:[^\"\\]|\\.)*\"|\S+) ([0-7]+) (\d+) (\d+)(?: (.*))?$")

@@ -120,8 +120,9 @@ def _verify_squashfs(image: Path, m: dict[str, Any], cert: x509.Certificate | No
             else:
                 if rec.get("type") != entry.kind:
                     problems.append(f"type {entry.kind}, manifest says {rec.get('type')}")
-                if entry.uid or entry.gid:
-                    problems.append(f"owner {entry.uid}:{entry.gid}, expected 0:0")
+                owner = (rec.get("uid", 0), rec.get("gid", 0))
+                if (entry.uid, entry.gid) != owner:
+                    problems.append(f"owner {entry.uid}:{entry.gid}, manifest says {owner[0]}:{owner[1]}")
                 if entry.kind in ("file", "dir") and rec.get("mode") != f"{entry.mode:04o}":
                     problems.append(f"mode {entry.mode:04o}, manifest says {rec.get('mode')}")
                 if entry.kind == "slink" and rec.get("target") != entry.target:
