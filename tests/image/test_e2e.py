@@ -1,6 +1,8 @@
 """End to end: build the bundled example, verify it, boot it under QEMU with swtpm, attest it;
-then the failure cases on booted nodes (a tampered file refused by the kernel and named by the
-attestation, a replayed nonce, a client certificate from another CA).
+its /var is LUKS2, unlocked by the TPM only for the command line and root the build predicted,
+and survives a reboot. Then the failure cases on booted nodes (a tampered file refused by the
+kernel and named by the attestation, its /var left locked; a replayed nonce; a client
+certificate from another CA).
 
 Slow (a kernel build on a cold cache, two boots under software emulation): markers qemu and
 kernel_build. Keys are generated once per machine into the obelisk cache, so the kernel built
@@ -57,6 +59,10 @@ def _boot(out: Path, run: Path, keys: Path):
     return boot(out, run, ca=keys / "ca.pem", ca_key=keys / "ca.key", timeout=600)
 
 
+def _console(node) -> str:
+    return node.serial_log.read_text(errors="replace")
+
+
 def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
     from obelisk.attest.agent_certs import issue
     from obelisk.attest.agent_client import AgentEndpoint, AgentError, attest_node
@@ -76,6 +82,10 @@ def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
         failed = [(f.id, f.observed, f.detail) for f in result.findings if f.status in (Status.FAIL, Status.ERROR)]
         assert not failed, failed
         assert any(f.id == "ima.reference" and f.status is Status.PASS for f in result.findings)
+        # PCR 11 is what the build predicted, and the TPM released /var's key for it
+        assert any(f.id == "attest.reference.pcr11" and f.status is Status.PASS for f in result.findings)
+        assert "/var unlocked by the TPM (keyslot 0, PCRs 11), new filesystem" in _console(node), _console(node)[-2000:]
+        assert (node.run_dir / "var.img").read_bytes()[:6] == b"LUKS\xba\xbe"
 
         # the same through the command line, results written for `obelisk report`
         r = obelisk_cli("attest", "node", node.url, "--manifest", str(image / "manifest.json"), "--ca",
@@ -97,6 +107,18 @@ def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
         with pytest.raises(AgentError):
             AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(rogue.cert), key=str(rogue.key)).get(
                 "/v1/health")
+    finally:
+        stop(node.run_dir)
+
+    # a reboot of the same node: same TPM, /var opens again and keeps the filesystem of the first boot
+    node = _boot(image, tmp_path / "run", keys)
+    try:
+        console = _console(node)
+        assert "/var unlocked by the TPM (keyslot 0, PCRs 11)\n" in console.replace("\r", ""), console[-2000:]
+        endpoint = AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(node.client_cert),
+                                 key=str(node.client_key))
+        again = attest_node(endpoint, manifest=str(image / "manifest.json"), ak=str(node.ak), scan=False)
+        assert again.exit_code() == 0, [(f.id, f.observed) for f in again.findings if f.status is Status.FAIL]
     finally:
         stop(node.run_dir)
 
@@ -133,13 +155,16 @@ def test_tampered_file_is_refused_and_named(example, image, tmp_path):
 
     node = _boot(bad, tmp_path / "run", keys)
     try:
-        console = node.serial_log.read_text(errors="replace")
+        console = _console(node)
         assert "mkdir: Permission denied" in console, console[-2000:]
+        # another root measures into PCR 11 differently: the TPM keeps /var's key
+        assert "FATAL: /var stays locked" in console and "PCR 11" in console, console[-2000:]
         endpoint = AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(node.client_cert),
                                  key=str(node.client_key))
         result = attest_node(endpoint, manifest=str(image / "manifest.json"), ak=str(node.ak), scan=False)
         failed = {f.target: f for f in result.findings if f.status is Status.FAIL and f.target.startswith("/")}
         assert victim in failed, [(f.id, f.target) for f in result.findings if f.status is Status.FAIL]
+        assert any(f.id == "attest.reference.pcr11" and f.status is Status.FAIL for f in result.findings)
         assert result.exit_code() == 1
     finally:
         stop(node.run_dir)

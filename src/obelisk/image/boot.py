@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -189,8 +190,29 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:]) or "(empty)"
 
 
+PROVISIONED = ("ak.json", "config.img", "var.img", "client.pem", "client.key", "swtpm")
+
+
+def is_provisioned(run_dir: Path) -> bool:
+    return all((run_dir / name).exists() for name in PROVISIONED)
+
+
+def var_sealed_for(run_dir: Path, manifest: dict[str, Any]) -> bool | None:
+    """Whether the run directory's LUKS2 /var is sealed to this image's predicted PCR values (None: not LUKS2)."""
+    from obelisk.attest import disk
+
+    var = str(run_dir / "var.img")
+    if not disk.is_luks(var):
+        return None
+    wanted = (manifest.get("disk") or {}).get("sealed_to") or {}
+    sealed = [{str(p): v.hex() for p, v in token.sealed.values.items()} for token in disk.tokens(var)]
+    return wanted in sealed
+
+
 def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None = None, memory_mib: int = 768,
-         timeout: float = 300, extra_cmdline: tuple[str, ...] = ()) -> BootedNode:
+         timeout: float = 300, extra_cmdline: tuple[str, ...] = (), fresh: bool = False) -> BootedNode:
+    """Boot `out` as the node of `run_dir`: a provisioned run directory boots again with its TPM, /var
+    and certificates (a reboot); an empty one, or `fresh`, is provisioned first (a new node)."""
     from obelisk.image import manifest as manifestmod
 
     for name in ("bzImage", "initramfs.cpio", "rootfs.squashfs", "manifest.json"):
@@ -201,7 +223,16 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
         tools.which(tool)
     m = manifestmod.load(out / "manifest.json")
     port = port or free_port()
-    info = provision(out, run_dir, ca, ca_key, m, port)
+    if fresh or not is_provisioned(run_dir):
+        for name in PROVISIONED + ("var-recovery.key",):
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        info = provision(out, run_dir, ca, ca_key, m, port)
+    else:
+        info = {"client_cert": run_dir / "client.pem", "client_key": run_dir / "client.key", "port": port}
     swtpm = _start_swtpm(run_dir)
     serial = run_dir / "serial.log"
     serial.unlink(missing_ok=True)

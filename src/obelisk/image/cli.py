@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--memory", type=int, default=768, metavar="MiB")
     b.add_argument("--timeout", type=float, default=300, help="seconds to wait for the agent")
     b.add_argument("--stop", action="store_true", help="stop the node of --run-dir (or OUT.run) instead")
+    b.add_argument("--fresh", action="store_true",
+                   help="provision a new node (new TPM, /var, certificates) even if the run directory holds one; "
+                        "without it a provisioned run directory boots again, like a reboot")
     b.add_argument("--format", choices=("text", "json"), default=None)
     b.set_defaults(handler=_boot)
 
@@ -173,16 +176,27 @@ def _boot(args: argparse.Namespace) -> int:
         from obelisk.core.errors import InputError
 
         raise InputError("boot needs --ca and --ca-key (to issue this node's agent and client certificates)")
+    rebooting = not args.fresh and boot.is_provisioned(run_dir)
     node = boot.boot(out, run_dir, ca=Path(args.ca), ca_key=Path(args.ca_key), port=args.port,
-                     memory_mib=args.memory, timeout=args.timeout)
+                     memory_mib=args.memory, timeout=args.timeout, fresh=args.fresh)
+    result = {**node.to_json(), "rebooted": rebooting}
+    if rebooting:
+        import json
+
+        result["var_sealed_to_this_image"] = boot.var_sealed_for(run_dir, json.loads((out / "manifest.json").read_text()))
 
     def text(d: dict) -> str:
-        return (f"node up: agent at {d['url']} (console {d['serial_log']})\n"
+        warning = ""
+        if d.get("var_sealed_to_this_image") is False:
+            warning = ("warning: this node's /var is sealed to another image's PCR 11 and stays locked "
+                       "(reseal it with `obelisk disk reseal`, or boot with --fresh for a new node)\n")
+        return (warning + f"node {'rebooted' if d['rebooted'] else 'up'}: agent at {d['url']} "
+                f"(console {d['serial_log']})\n"
                 f"attest it: obelisk attest node {d['url']} --manifest {out / 'manifest.json'} --ca {args.ca} "
                 f"--cert {d['client_cert']} --key {d['client_key']} --ak {d['ak']}\n"
                 f"stop it:   obelisk boot {out} --stop\n")
 
     args.output = None
-    return emit_result(args, node.to_json(), text)
+    return emit_result(args, result, text)
 
 
