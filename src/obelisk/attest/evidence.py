@@ -14,6 +14,7 @@
       "ima_log": {"format": "binary" | "ascii", "data": "BASE64"} | null,
       "kernel": {"release": "...", "version": "...", "machine": "...", "cmdline": "...",
                  "hostname": "...", "boot_id": "...", "lockdown": "..."},
+      "boot_events": "BASE64" | null,         # obelisk's PCR 11 log (attest/bootevents.py), optional
       "collected_at": "RFC 3339 UTC"
     }
 
@@ -54,6 +55,7 @@ class Evidence:
     ima_format: str = "binary"
     kernel: dict[str, str] = field(default_factory=dict)
     collected_at: str = ""
+    boot_events: bytes | None = None
 
     def to_json(self) -> dict:
         return {
@@ -67,6 +69,7 @@ class Evidence:
                         if self.ima_log is not None else None),
             "kernel": dict(sorted(self.kernel.items())),
             "collected_at": self.collected_at,
+            "boot_events": _b64(self.boot_events) if self.boot_events is not None else None,
         }
 
 
@@ -94,7 +97,8 @@ def loads(data: bytes | str, source: str = "evidence") -> Evidence:
         raise bad("top level", "expected an object")
     if doc.get("format") != FORMAT:
         raise bad("format", f"expected {FORMAT!r}, got {doc.get('format')!r}")
-    allowed = {"format", "nonce", "quote", "ak_name", "event_log", "ima_log", "kernel", "collected_at"}
+    allowed = {"format", "nonce", "quote", "ak_name", "event_log", "ima_log", "kernel", "collected_at",
+               "boot_events"}
     extra = sorted(set(doc) - allowed)
     if extra:
         raise bad(extra[0], "unknown field")
@@ -150,6 +154,7 @@ def loads(data: bytes | str, source: str = "evidence") -> Evidence:
     if not isinstance(kernel_doc, dict) or not all(isinstance(v, str) for v in kernel_doc.values()):
         raise bad("kernel", "expected an object of strings")
     event_log = doc.get("event_log")
+    boot_events = doc.get("boot_events")
     return Evidence(
         nonce=hexfield(doc, "nonce", ""),
         attest=b64field(quote.get("attest"), "quote.attest"),
@@ -162,6 +167,7 @@ def loads(data: bytes | str, source: str = "evidence") -> Evidence:
         ima_format=ima_format,
         kernel={str(k): v for k, v in kernel_doc.items()},
         collected_at=text(doc, "collected_at", "", optional=True) or "",
+        boot_events=b64field(boot_events, "boot_events") if boot_events is not None else None,
     )
 
 
@@ -193,9 +199,9 @@ def kernel_facts() -> dict[str, str]:
 
 def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = None,
             event_log_path: str | None = EVENT_LOG_PATH, ima_path: str | None = None,
-            pcrs: tuple[int, ...] | None = None) -> Evidence:
+            pcrs: tuple[int, ...] | None = None, boot_events_path: str | None = None) -> Evidence:
     """Quote over `nonce` and gather the logs. A log that cannot be read is left null (the verifier says so)."""
-    from obelisk.attest import eventlog, tpm
+    from obelisk.attest import bootevents, eventlog, tpm
 
     raw = tpm.quote(nonce, tcti, ak_handle=ak_handle or tpm.AK_HANDLE, pcrs=pcrs or tpm.QUOTE_PCRS)
     info = tpm.read_ak(tcti, ak_handle=ak_handle or tpm.AK_HANDLE, with_certificate=False)
@@ -210,9 +216,10 @@ def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = No
             raise InputError("IMA log not readable", source=ima_path)
         ima_format = "ascii" if _looks_ascii(ima_log) else "binary"
     event_log = _read_optional(event_log_path, eventlog.MAX_LOG_SIZE)
+    boot_events = _read_optional(boot_events_path or bootevents.LOG_PATH, bootevents.MAX_SIZE)
     return Evidence(nonce=nonce, attest=raw.attest, signature=raw.signature, bank=raw.bank, pcrs=raw.pcrs,
                     ak_name=info.name, event_log=event_log, ima_log=ima_log, ima_format=ima_format,
-                    kernel=kernel_facts(),
+                    kernel=kernel_facts(), boot_events=boot_events,
                     collected_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
                     .isoformat().replace("+00:00", "Z"))
 

@@ -32,6 +32,7 @@ def _f(fid: str, title: str, status: Status, section: str = "ima", **kw) -> Find
 class References:
     ima_reference: object | None = None  # obelisk.ima_policy.reference.ReferenceManifest
     predicted: dict[int, bytes] = field(default_factory=dict)
+    boot_events: tuple = ()  # (pcr, name, digest bytes, description) from the manifest's pcrs.events
     keyring: object | None = None  # obelisk.ima_policy.keyring.Keyring
     findings: list[Finding] = field(default_factory=list)
 
@@ -101,6 +102,11 @@ def _image_manifest(refs: References, path: str, data: bytes, doc: dict, ca: str
         refs.predicted = {int(k): bytes.fromhex(v) for k, v in predicted.items()}
     except (ValueError, TypeError):
         raise InputError("pcrs.predicted: expected {index: hex}", source=path) from None
+    try:
+        refs.boot_events = tuple((int(e["pcr"]), str(e["name"]), bytes.fromhex(e["digest"]), str(e.get("description", "")))
+                                 for e in pcrs.get("events") or ())
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise InputError("pcrs.events: expected [{pcr, name, digest}]", source=path) from None
     refs.ima_reference = _ima_reference(doc.get("ima_reference"), path)
     if cert is not None:
         from obelisk.ima_policy.keyring import Keyring

@@ -36,6 +36,7 @@ class Options:
     nonce: bytes
     ak: akrecord.AKRecord
     predicted_pcrs: dict[int, bytes] = field(default_factory=dict)  # sha256 bank, from the build manifest
+    boot_events: tuple = ()  # the build's (pcr, name, digest, description) events, to name what differs
     previous: Counters | None = None
     # Called with (ima_log bytes, format, trusted quoted sha256 PCRs, other banks' PCRs 0-9 from an event
     # log that matched the quote) -> findings; the IMA component's code.
@@ -158,12 +159,57 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
         findings.append(_f(f"reference.pcr{idx}", f"PCR {idx} equals the build's prediction",
                            Status.PASS if got == predicted else Status.FAIL, section="reference",
                            observed=got.hex() if got else "not quoted", expected=predicted.hex()))
+    if opts.boot_events and trusted:
+        findings += _boot_event_findings(ev, pcrs, opts.boot_events, src)
 
     subject = Subject(kind="node", name=ev.kernel.get("hostname", "") or src,
                       attributes=tuple(sorted({"ak_name": (ak.name or b"").hex(),
                                                "kernel": ev.kernel.get("release", "")}.items())))
     report = Report(findings=tuple(findings), subject=subject, command="attest verify")
     return report, current if trusted else None
+
+
+def _boot_event_findings(ev: Evidence, pcrs: dict[int, bytes], expected: tuple, src: str) -> list[Finding]:
+    """obelisk's PCR 11 log: replayed against the quote first, then each event against the build's."""
+    import hashlib
+
+    from obelisk.attest import bootevents
+    from obelisk.core.errors import ParseError
+
+    title = "obelisk's boot event log replays to the quoted PCRs"
+    if ev.boot_events is None:
+        return [_f("bootevents.replay", title, Status.SKIP, section="reference",
+                   detail="the node sent no boot event log: a differing PCR 11 cannot be explained")]
+    try:
+        logged = bootevents.parse(ev.boot_events, f"{src}: boot_events")
+    except ParseError as exc:
+        return [_f("bootevents.replay", title, Status.FAIL, section="reference", detail=str(exc))]
+    replayed: dict[int, bytes] = {}
+    for e in logged:
+        replayed[e.pcr] = hashlib.sha256(replayed.get(e.pcr, b"\0" * 32) + e.digest).digest()
+    wrong = sorted(p for p, v in replayed.items() if pcrs.get(p) != v)
+    if wrong:
+        return [_f("bootevents.replay", title, Status.FAIL, section="reference",
+                   observed=", ".join(f"PCR {p} {replayed[p].hex()}" for p in wrong),
+                   expected=", ".join(f"PCR {p} {pcrs[p].hex()}" if p in pcrs else f"PCR {p} not quoted"
+                                      for p in wrong),
+                   detail="events missing, added or altered: the log does not explain the quote")]
+    out = [_f("bootevents.replay", title, Status.PASS, section="reference", observed=f"{len(logged)} events")]
+    by_name = {e.name: e for e in logged}
+    for pcr, name, digest, description in expected:
+        got = by_name.get(name)
+        ok = got is not None and got.pcr == pcr and got.digest == digest
+        detail = ""
+        if got is None:
+            detail = "not measured on this node"
+        elif not ok:
+            detail = f"differs from the build: {description}"
+            if name == "obelisk.cmdline" and "cmdline" in ev.kernel:
+                detail += f"; this node reports {ev.kernel['cmdline']!r}"
+        out.append(_f(f"reference.boot-event:{name}", f"Boot measurement {name} equals the build's",
+                      Status.PASS if ok else Status.FAIL, section="reference", target=name,
+                      observed=got.digest.hex() if got else "absent", expected=digest.hex(), detail=detail))
+    return out
 
 
 def _digest_alg(ak: akrecord.AKRecord, attest: q.Attest) -> str:
@@ -288,4 +334,5 @@ def apply_references(opts: Options, refs) -> None:
 
     opts.ima_check = ima_check.make_checker(refs)
     opts.predicted_pcrs = refs.predicted
+    opts.boot_events = refs.boot_events
     opts.reference_findings = list(refs.findings)

@@ -220,8 +220,8 @@ def node_files(plan: Plan) -> list[rootfs.ExtraFile]:
         files.append(rootfs.ExtraFile("etc/ima/ima-policy", plan.ima_policy))
     files.append(rootfs.ExtraFile(NODE_INIT, node_init_script(spec).encode(), 0o755))
     if spec.tpm.enabled:
-        files.append(rootfs.ExtraFile(BOOT_COMPLETE_COMMAND, measure.extend_command(
-            measure.PCR, measure.boot_events("", b"\0" * 32)[-1].digest)))
+        files.append(rootfs.ExtraFile(BOOT_COMPLETE_COMMAND,
+                                      measure.extend_command(measure.PCR, measure.BOOT_COMPLETE_DIGEST)))
     files.append(rootfs.ExtraFile("opt/kubernetes/README", KUBERNETES_README.encode()))
     files.extend(plan.kubernetes_files)
     return files
@@ -234,7 +234,8 @@ def var_mode(spec: Spec) -> str:
 def node_init_script(spec: Spec) -> str:
     return (NODE_INIT_SCRIPT.replace("@PORT@", str(spec.agent.port)).replace("@VAR@", var_mode(spec))
             .replace("@MEASURE@", "yes" if spec.tpm.enabled else "no")
-            .replace("@TPM_SEND@", measure.SHELL_SEND).replace("@BOOT_COMPLETE@", "/" + BOOT_COMPLETE_COMMAND))
+            .replace("@TPM_SEND@", measure.SHELL_SEND).replace("@BOOT_COMPLETE@", "/" + BOOT_COMPLETE_COMMAND)
+            .replace("@BOOT_COMPLETE_DIGEST@", measure.BOOT_COMPLETE_DIGEST.hex()))
 
 
 NODE_INIT_SCRIPT = """#!/bin/sh
@@ -260,6 +261,7 @@ if [ "@MEASURE@" = yes ]; then
     echo "obelisk: FATAL: cannot extend PCR 11; the node stays down" > /dev/console
     while true; do sleep 3600; done
   fi
+  echo "11 obelisk.boot-complete @BOOT_COMPLETE_DIGEST@" >> /run/obelisk/boot-events
 fi
 echo "obelisk: node up ($(cat /etc/obelisk/image | tr '\\n' ' '))" > /dev/console
 # Runs from the signed root at every boot; a changed binary is refused here by IMA appraisal.

@@ -48,8 +48,10 @@ done
 if [ "@MEASURE@" = yes ]; then
   # Before anything from the root runs: a changed command line or root shows in PCR 11, and
   # /var's key (sealed to PCR 11) stays locked. The build predicted both values.
-  tpm_extend "$(sha256sum /proc/cmdline | cut -d' ' -f1)" || fail "cannot measure the command line into PCR 11"
-  tpm_extend "$(sha256sum "$root" | cut -d' ' -f1)" || fail "cannot measure $root into PCR 11"
+  cmdline_digest=$(sha256sum /proc/cmdline | cut -d' ' -f1)
+  root_digest=$(sha256sum "$root" | cut -d' ' -f1)
+  tpm_extend "$cmdline_digest" || fail "cannot measure the command line into PCR 11"
+  tpm_extend "$root_digest" || fail "cannot measure $root into PCR 11"
   say "measured the command line and $root into PCR 11"
 fi
 mount -t squashfs -o ro "$root" /newroot || fail "cannot mount the root SquashFS $root"
@@ -72,6 +74,11 @@ else
   mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/var
 fi
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
+if [ "@MEASURE@" = yes ]; then
+  # the log of what went into PCR 11, for the verifier (it replays it against the quote)
+  mkdir -p /newroot/run/obelisk
+  printf '11 obelisk.cmdline %s\n11 obelisk.root %s\n' "$cmdline_digest" "$root_digest" > /newroot/run/obelisk/boot-events
+fi
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
 if [ -b "$config" ]; then
   mkdir -p /newroot/run/obelisk/config

@@ -16,7 +16,9 @@ the quoted value with `pcrs.predicted` in the manifest.
 
 The initramfs has no TPM library: it writes the TPM2_PCR_Extend command to /dev/tpmrm0 itself
 (`SHELL_EXTEND`), and /sbin/obelisk-init writes the constant command `extend_command(...)`
-built here. A test sends both to swtpm and compares PCR 11 with `predict`.
+built here. A test sends both to swtpm and compares PCR 11 with `predict`. Both also append
+each event to /run/obelisk/boot-events (attest/bootevents.py), which the agent hands to the
+verifier so that it can name the measurement that differs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 PCR = 11
 BANK = "sha256"
 BOOT_COMPLETE = b"obelisk: boot complete, /var key no longer unsealable"
+BOOT_COMPLETE_DIGEST = hashlib.sha256(BOOT_COMPLETE).digest()
 UNSEAL_AFTER = 2  # /var's key is sealed to PCR 11 after this many events
 
 _TPM_ST_SESSIONS = 0x8002
@@ -55,7 +58,7 @@ def boot_events(cmdline: str, rootfs_sha256: bytes) -> tuple[BootEvent, ...]:
         BootEvent(PCR, "obelisk.cmdline", hashlib.sha256(cmdline.encode() + b"\n").digest(), "initramfs",
                   "the kernel command line as /proc/cmdline shows it"),
         BootEvent(PCR, "obelisk.root", rootfs_sha256, "initramfs", "every byte of the root device (rootfs.squashfs)"),
-        BootEvent(PCR, "obelisk.boot-complete", hashlib.sha256(BOOT_COMPLETE).digest(), "/sbin/obelisk-init",
+        BootEvent(PCR, "obelisk.boot-complete", BOOT_COMPLETE_DIGEST, "/sbin/obelisk-init",
                   "marks the end of boot: /var's sealed key cannot be unsealed after it"),
     )
 
