@@ -64,6 +64,16 @@ def test_agent_serves_a_quote_the_verifier_accepts_once(swtpm, tmp_path):
             [(f.id, f.status, f.detail) for f in quote_checks if f.status is not Status.PASS]
         assert by_id["ima.reference"].status is Status.PASS
         assert by_id["attest.reference.signature"].status is Status.PASS
+        # the subject names the image and where it answered; merged with an `image verify` report, the
+        # image's name and version appear once
+        assert report.subject.name == f"n @ {ep.url}"
+        from obelisk.core.findings import Subject
+        from obelisk.reports.model import _merged_subject
+
+        merged = _merged_subject([report.subject, Subject("image", "n", attributes=(("path", "out"), ("version", "1")))])
+        keys_ = [k for k, _ in merged.attributes]
+        assert len(keys_) == len(set(keys_)) and dict(merged.attributes)["image.version"] == "1"
+        assert not [k for k in keys_ if "version" in k and k != "image.version"]
         # the same nonce again: the agent refuses it
         nonce = b"\x11" * 32
         ep.evidence(nonce)

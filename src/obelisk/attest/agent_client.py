@@ -118,10 +118,13 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
             findings.append(Finding(id="attest.node.scan", title="node CIS/STIG scan", status=Status.ERROR,
                                     severity=Severity.MEDIUM, detail=f"agent answered {status}",
                                     benchmark="attestation"))
-    subject = Subject("node", endpoint.url, digest=report.subject.digest,
-                      attributes=tuple(sorted({**dict(report.subject.attributes),
+    # Named for people (image and where it answered); attribute keys follow the `kind.field` form that
+    # report bundles use, so an `image verify` report merged with this one adds nothing twice.
+    name = f"{image.get('name')} @ {endpoint.url}" if image.get("name") else endpoint.url
+    subject = Subject("node", name, digest=report.subject.digest,
+                      attributes=tuple(sorted({**dict(report.subject.attributes), "url": endpoint.url,
                                                "image": str(image.get("name", "")),
-                                               "image_version": str(image.get("version", ""))}.items())))
+                                               "image.version": str(image.get("version", ""))}.items())))
     return replace(report, findings=tuple(findings), subject=subject, command="attest node")
 
 
