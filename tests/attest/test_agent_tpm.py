@@ -70,7 +70,8 @@ def test_agent_serves_a_quote_the_verifier_accepts_once(swtpm, tmp_path):
         from obelisk.core.findings import Subject
         from obelisk.reports.model import _merged_subject
 
-        merged = _merged_subject([report.subject, Subject("image", "n", attributes=(("path", "out"), ("version", "1")))])
+        image_subject = Subject("image", "n", attributes=(("path", "out"), ("version", "1")))
+        merged = _merged_subject([report.subject, image_subject])
         keys_ = [k for k, _ in merged.attributes]
         assert len(keys_) == len(set(keys_)) and dict(merged.attributes)["image.version"] == "1"
         assert not [k for k in keys_ if "version" in k and k != "image.version"]

@@ -103,8 +103,8 @@ def _image_manifest(refs: References, path: str, data: bytes, doc: dict, ca: str
     except (ValueError, TypeError):
         raise InputError("pcrs.predicted: expected {index: hex}", source=path) from None
     try:
-        refs.boot_events = tuple((int(e["pcr"]), str(e["name"]), bytes.fromhex(e["digest"]), str(e.get("description", "")))
-                                 for e in pcrs.get("events") or ())
+        refs.boot_events = tuple((int(e["pcr"]), str(e["name"]), bytes.fromhex(e["digest"]),
+                                  str(e.get("description", ""))) for e in pcrs.get("events") or ())
     except (KeyError, ValueError, TypeError, AttributeError):
         raise InputError("pcrs.events: expected [{pcr, name, digest}]", source=path) from None
     refs.ima_reference = _ima_reference(doc.get("ima_reference"), path)

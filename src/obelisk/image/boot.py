@@ -34,6 +34,7 @@ from typing import Any
 
 from obelisk.attest.swtpm import qemu_tpm_args, start_for_qemu
 from obelisk.core import atomic, tools
+from obelisk.core.progress import progress
 from obelisk.core.errors import InputError, ObeliskError
 
 AGENT_GUEST_PORT = 8443
@@ -210,7 +211,8 @@ def var_sealed_for(run_dir: Path, manifest: dict[str, Any]) -> bool | None:
 
 
 def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None = None, memory_mib: int = 768,
-         timeout: float = 300, extra_cmdline: tuple[str, ...] = (), fresh: bool = False) -> BootedNode:
+         timeout: float = 300, extra_cmdline: tuple[str, ...] = (), fresh: bool = False,
+         quiet: bool = True) -> BootedNode:
     """Boot `out` as the node of `run_dir`: a provisioned run directory boots again with its TPM, /var
     and certificates (a reboot); an empty one, or `fresh`, is provisioned first (a new node)."""
     from obelisk.image import manifest as manifestmod
@@ -223,6 +225,14 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
         tools.which(tool)
     m = manifestmod.load(out / "manifest.json")
     port = port or free_port()
+    with progress("booting node", total=3, quiet=quiet) as bar:
+        return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, extra_cmdline, fresh, bar)
+
+
+def _boot(out: Path, run_dir: Path, m: dict[str, Any], ca: Path, ca_key: Path, port: int, memory_mib: int,
+          timeout: float, extra_cmdline: tuple[str, ...], fresh: bool, bar: Any) -> BootedNode:
+    bar.stage("provisioning (certificates, EK/AK, /var)" if fresh or not is_provisioned(run_dir)
+              else "rebooting a provisioned node")
     if fresh or not is_provisioned(run_dir):
         for name in PROVISIONED + ("var-recovery.key",):
             target = run_dir / name
@@ -233,6 +243,8 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
         info = provision(out, run_dir, ca, ca_key, m, port)
     else:
         info = {"client_cert": run_dir / "client.pem", "client_key": run_dir / "client.key", "port": port}
+    bar.advance()
+    bar.stage("starting swtpm and QEMU")
     swtpm = _start_swtpm(run_dir)
     serial = run_dir / "serial.log"
     serial.unlink(missing_ok=True)
@@ -246,11 +258,14 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
                       swtpm_pid=swtpm.pid, ak=run_dir / "ak.json", client_cert=info["client_cert"],
                       client_key=info["client_key"], serial_log=serial)
     atomic.write_text(run_dir / "boot.json", json.dumps(node.to_json(), indent=1, sort_keys=True) + "\n")
+    bar.advance()
+    bar.stage("waiting for the agent (QEMU software emulation)")
     try:
         wait_for_agent(node.url, ca, node.client_cert, node.client_key, qemu, serial, timeout)
     except BaseException:
         stop(run_dir)
         raise
+    bar.advance()
     return node
 
 

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="provision a new node (new TPM, /var, certificates) even if the run directory holds one; "
                         "without it a provisioned run directory boots again, like a reboot")
     b.add_argument("--format", choices=("text", "json"), default=None)
+    add_quiet(b)
     b.set_defaults(handler=_boot)
 
     image = subcommand_group(sub, "image", "node images: verify, spec reference")
@@ -178,12 +179,13 @@ def _boot(args: argparse.Namespace) -> int:
         raise InputError("boot needs --ca and --ca-key (to issue this node's agent and client certificates)")
     rebooting = not args.fresh and boot.is_provisioned(run_dir)
     node = boot.boot(out, run_dir, ca=Path(args.ca), ca_key=Path(args.ca_key), port=args.port,
-                     memory_mib=args.memory, timeout=args.timeout, fresh=args.fresh)
+                     memory_mib=args.memory, timeout=args.timeout, fresh=args.fresh, quiet=args.quiet)
     result = {**node.to_json(), "rebooted": rebooting}
     if rebooting:
         import json
 
-        result["var_sealed_to_this_image"] = boot.var_sealed_for(run_dir, json.loads((out / "manifest.json").read_text()))
+        manifest = json.loads((out / "manifest.json").read_text())
+        result["var_sealed_to_this_image"] = boot.var_sealed_for(run_dir, manifest)
 
     def text(d: dict) -> str:
         warning = ""

@@ -77,7 +77,8 @@ mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
 if [ "@MEASURE@" = yes ]; then
   # the log of what went into PCR 11, for the verifier (it replays it against the quote)
   mkdir -p /newroot/run/obelisk
-  printf '11 obelisk.cmdline %s\n11 obelisk.root %s\n' "$cmdline_digest" "$root_digest" > /newroot/run/obelisk/boot-events
+  printf '11 obelisk.cmdline %s\n11 obelisk.root %s\n' "$cmdline_digest" "$root_digest" \
+    > /newroot/run/obelisk/boot-events
 fi
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
 if [ -b "$config" ]; then

@@ -79,11 +79,12 @@ def stage_verify(w: Walk) -> str:
 def stage_boot(w: Walk) -> str:
     from obelisk.image.boot import boot
 
-    node = boot(w.out, w.workdir / "node", ca=w.keys / "ca.pem", ca_key=w.keys / "ca.key", fresh=True)
+    node = boot(w.out, w.workdir / "node", ca=w.keys / "ca.pem", ca_key=w.keys / "ca.key", fresh=True,
+                quiet=w.quiet)
     w.values["node"] = node
     console = node.serial_log.read_text(errors="replace")
-    var = next((line.split("obelisk: ", 1)[1] for line in console.splitlines() if "/var " in line and "obelisk:" in line),
-               "")
+    var = next((line.split("obelisk: ", 1)[1] for line in console.splitlines()
+                if "/var " in line and "obelisk:" in line), "")
     return (f"node booted under QEMU with swtpm; agent answers at {node.url} (console {node.serial_log})"
             + (f"; {var}" if var else ""))
 
