@@ -11,7 +11,7 @@ changes the node. Every client must present a certificate that chains to the cus
     GET /v1/kernel                 kernel facts
     GET /v1/scan                   CIS/STIG scan of the node's own filesystem (obelisk.report/1)
 
-Run on the node as `python3 -m obelisk.attest.agent --config /var/lib/obelisk/agent.json`.
+Run on the node as `python3 -m obelisk.attest.agent --config /run/obelisk/config/agent.json`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ HANDSHAKE_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class AgentConfig:
     cert: str  # the agent's TLS certificate (issued by the customer CA)
-    key: str  # its private key (0600, on /var, never in the image)
+    key: str  # its private key (0600, on the config disk, never in the image)
     client_ca: str  # the customer CA: client certificates must chain to it
     host: str = "0.0.0.0"
     port: int = 8443

@@ -2,7 +2,7 @@
 
 The agent serves HTTPS only to clients whose certificate chains to the customer CA, and
 presents a server certificate from the same CA. Neither key is ever baked into an image:
-the agent's key is provisioned onto the node's /var (`obelisk boot` does it for QEMU), the
+the agent's key is provisioned onto the node's config disk (`obelisk boot` does it for QEMU), the
 client key stays with the verifier. Keys are written 0600.
 """
 
