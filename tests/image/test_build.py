@@ -18,7 +18,7 @@ from obelisk.image.cache import StepCache
 from obelisk.image.spec import load_spec
 from obelisk.image.verify import verify_image
 
-from .conftest import make_project
+from .conftest import SPEC, make_project
 
 
 def _failed(report):
@@ -261,6 +261,19 @@ def test_login_binaries_are_refused(tmp_path):
     with pytest.raises(Exception) as info:
         build(load_spec(spec), tmp_path / "out", cache=StepCache(tmp_path / "cache"), quiet=True)
     assert "usr/sbin/sshd" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_encrypted_var_needs_the_unlock_tools_in_a_user_rootfs(tmp_path):
+    """A directory base cannot be checked before extraction: the compose step names what is missing."""
+    from obelisk.core.errors import InputError
+
+    (tmp_path / "tree/usr/sbin").mkdir(parents=True)
+    (tmp_path / "tree/usr/sbin/cryptsetup").write_text("x")
+    spec = make_project(tmp_path, spec=SPEC.replace("rootfs:\n", "rootfs:\n  base: directory\n  path: tree\n")
+                        + "disk:\n  encryption: true\n")
+    with pytest.raises(InputError, match="no mke2fs"):
+        build(load_spec(spec), tmp_path / "out", cache=StepCache(tmp_path / "cache"), quiet=True)
     assert not (tmp_path / "out").exists()
 
 
