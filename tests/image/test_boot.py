@@ -99,3 +99,67 @@ def extend_digest(tcti: str, digest: bytes) -> None:
 
     subprocess.run(["tpm2_send", "-T", tcti], input=measure.extend_command(11, digest), check=True,
                    capture_output=True)
+
+
+@pytest.mark.swtpm
+def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
+    """disk.policy signed: /var is sealed to the customer key (PolicyAuthorize); the build's signed
+    policy for image A opens it when A booted, image B's (an update) when B booted, and a policy for
+    A does not open it when B booted; a policy signed by another key opens nothing."""
+    from obelisk.attest import disk, seal
+    from obelisk.attest.swtpm import SoftwareTPM
+    from obelisk.image import build as buildmod
+    from obelisk.image import manifest as mf
+    from obelisk.image import measure
+    from obelisk.image.cmdline import kernel_cmdline
+    from obelisk.image.node_init import signed_policies
+    from obelisk.image.spec import parse_spec
+    from obelisk.signer.keygen import generate
+    from obelisk.signer.keys import load_certificate, load_signing_key
+
+    keys = generate(tmp_path / "keys", "ecdsa-p256")
+    spec = parse_spec({"name": "n1", "signing": {"key": "keys/ima.key", "cert": "keys/ima.pem", "ca": "keys/ca.pem"},
+                       "rootfs": {"base": "debian", "packages": ["python3-tpm2-pytss", "cryptsetup-bin", "e2fsprogs"]},
+                       "disk": {"encryption": True, "policy": "signed"}}, "spec.yaml", tmp_path)
+    plan = buildmod.Plan(spec=spec, keys=buildmod._load_keys(spec), busybox=None, ima_policy=None,
+                         kubernetes_files=())
+    roots = {"a": hashlib.sha256(b"image A").digest(), "b": hashlib.sha256(b"image B").digest()}
+    policies = {}
+    for name, root in roots.items():
+        path = tmp_path / f"policy-{name}.json"
+        path.write_bytes(buildmod.signed_var_policy(plan, root))
+        policies[name] = signed_policies(str(path))
+    events = {name: measure.boot_events(kernel_cmdline(spec), root) for name, root in roots.items()}
+
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = {**MANIFEST, "disk": {"var": "luks2", "policy": "signed",
+                                     "sealed_to": {"11": measure.predict(events["a"]).unseal.hex()}}}
+    data = mf.dumps(manifest)
+    (out / "manifest.json").write_bytes(data)
+    signature = mf.sign(data, load_signing_key(str(keys.ima_key)), load_certificate(keys.ima_cert))
+    (out / mf.SIGNATURE).write_bytes(mf.dumps(signature.to_json()))
+    run = tmp_path / "run"
+    boot.provision(out, run, keys.ca_cert, keys.ca_key, manifest, 9999)
+    var = str(run / "var.img")
+    assert disk.tokens(var)[0].sealed.authorize_key  # sealed to the key, not to values
+
+    for booted, other in (("a", "b"), ("b", "a")):
+        with SoftwareTPM.start(run / "swtpm") as sw:
+            for event in events[booted][:measure.UNSEAL_AFTER]:
+                extend_digest(sw.tcti, event.digest)
+            with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
+                disk.unlock(var, sw.tcti, test=True, extra_policies=policies[other])
+            assert disk.unlock(var, sw.tcti, test=True, extra_policies=policies[booted]).sealed.authorize_key
+
+    rogue = generate(tmp_path / "rogue", "ecdsa-p256")
+    rogue_spec = parse_spec({**spec.to_json(), "signing": {"key": "rogue/ima.key", "cert": "rogue/ima.pem",
+                                                           "ca": "rogue/ca.pem"}}, "spec.yaml", tmp_path)
+    rogue_plan = buildmod.Plan(spec=rogue_spec, keys=buildmod._load_keys(rogue_spec), busybox=None,
+                               ima_policy=None, kubernetes_files=())
+    (tmp_path / "rogue.json").write_bytes(buildmod.signed_var_policy(rogue_plan, roots["a"]))
+    with SoftwareTPM.start(run / "swtpm") as sw:
+        for event in events["a"][:measure.UNSEAL_AFTER]:
+            extend_digest(sw.tcti, event.digest)
+        with pytest.raises(seal.TPMError, match="signed by the key"):
+            disk.unlock(var, sw.tcti, test=True, extra_policies=signed_policies(str(tmp_path / "rogue.json")))

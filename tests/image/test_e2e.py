@@ -86,7 +86,8 @@ def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
         passed = {f.id for f in result.findings if f.status is Status.PASS}
         assert {"attest.reference.pcr11", "attest.bootevents.replay", "attest.reference.boot-event:obelisk.root",
                 "attest.reference.boot-event:obelisk.boot-complete"} <= passed
-        assert "/var unlocked by the TPM (keyslot 0, PCRs 11), new filesystem" in _console(node), _console(node)[-2000:]
+        assert "/var unlocked by the TPM (keyslot 0, customer-signed policy 11), new filesystem" in _console(node), \
+            _console(node)[-2000:]
         assert (node.run_dir / "var.img").read_bytes()[:6] == b"LUKS\xba\xbe"
 
         # the same through the command line, results written for `obelisk report`
@@ -112,17 +113,35 @@ def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
     finally:
         stop(node.run_dir)
 
-    # a reboot of the same node: same TPM, /var opens again and keeps the filesystem of the first boot
-    node = _boot(image, tmp_path / "run", keys)
-    try:
-        console = _console(node)
-        assert "/var unlocked by the TPM (keyslot 0, PCRs 11)\n" in console.replace("\r", ""), console[-2000:]
-        endpoint = AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(node.client_cert),
-                                 key=str(node.client_key))
-        again = attest_node(endpoint, manifest=str(image / "manifest.json"), ak=str(node.ak), scan=False)
-        assert again.exit_code() == 0, [(f.id, f.observed) for f in again.findings if f.status is Status.FAIL]
-    finally:
-        stop(node.run_dir)
+    # a reboot of the same node: same TPM, /var opens again and keeps the filesystem of the first boot;
+    # then an update: another image signed with the same key opens the same /var with its own signed policy
+    for label, out in (("reboot", image), ("update", _updated_image(example, tmp_path))):
+        node = _boot(out, tmp_path / "run", keys)
+        try:
+            console = _console(node).replace("\r", "")
+            assert "/var unlocked by the TPM (keyslot 0, customer-signed policy 11)\n" in console, \
+                (label, console[-2000:])
+            endpoint = AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(node.client_cert),
+                                     key=str(node.client_key))
+            again = attest_node(endpoint, manifest=str(out / "manifest.json"), ak=str(node.ak), scan=False)
+            assert again.exit_code() == 0, (label, [(f.id, f.observed) for f in again.findings
+                                                    if f.status is Status.FAIL])
+        finally:
+            stop(node.run_dir)
+
+
+def _updated_image(example: Path, tmp_path: Path) -> Path:
+    """The example at version 1.0.1: another root, another PCR 11, the same signing key."""
+    from obelisk.image.build import build
+    from obelisk.image.cache import StepCache, default_cache_dir
+    from obelisk.image.spec import load_spec
+
+    spec_text = (example / "spec.yaml").read_text()
+    assert 'version: "1.0.0"' in spec_text
+    (example / "spec-update.yaml").write_text(spec_text.replace('version: "1.0.0"', 'version: "1.0.1"'))
+    out = tmp_path / "update-out"
+    build(load_spec(example / "spec-update.yaml"), out, cache=StepCache(default_cache_dir() / "image"), quiet=True)
+    return out
 
 
 def _tampered_copy(out: Path, dest: Path, victim: str) -> None:

@@ -84,8 +84,9 @@ def make_ext2_disk(path: Path, content: Path, size_mib: int, label: str) -> None
 
 
 def make_var_disk(path: Path, size_mib: int, *, encrypted: bool, sealed_to: dict[int, bytes], tcti: str | None,
-                  recovery: Path) -> None:
-    """/var: blank (the node formats it), or LUKS2 with its key sealed to the predicted PCR values."""
+                  recovery: Path, policy_key: bytes | None = None) -> None:
+    """/var: blank (the node formats it), or LUKS2 with its key sealed to the predicted PCR values, or
+    (policy_key) to any PCR values that key signs (PolicyAuthorize)."""
     path.unlink(missing_ok=True)
     with open(path, "wb") as handle:
         handle.truncate(size_mib << 20)
@@ -93,7 +94,8 @@ def make_var_disk(path: Path, size_mib: int, *, encrypted: bool, sealed_to: dict
         return
     from obelisk.attest import disk
 
-    enrolled = disk.enroll(str(path), sorted(sealed_to), tcti, format_volume=True, values=sealed_to)
+    enrolled = disk.enroll(str(path), sorted(sealed_to), tcti, format_volume=True, values=sealed_to,
+                           policy_key=policy_key)
     assert enrolled.recovery_key is not None
     atomic.write_text(recovery, enrolled.recovery_key + "\n", mode=0o600)
 
@@ -130,12 +132,13 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[s
     encrypted = disk_info.get("var") == "luks2"
     if encrypted and not sealed_to:
         raise InputError("disk.var is luks2 but disk.sealed_to is empty", source="manifest.json")
+    policy_key = policy_key_of(out, ca) if encrypted and disk_info.get("policy") == "signed" else None
     # EK and AK, created in the node's TPM before its first boot (as enrollment would); /var's key
     # sealed in the same TPM.
     with SoftwareTPM.start(run_dir / "swtpm") as sw:
         info = tpm.create_keys(sw.tcti)
         make_var_disk(run_dir / "var.img", size, encrypted=encrypted, sealed_to=sealed_to, tcti=sw.tcti,
-                      recovery=run_dir / "var-recovery.key")
+                      recovery=run_dir / "var-recovery.key", policy_key=policy_key)
     record = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True, source="ak.json")
     atomic.write_text(run_dir / "ak.json", akrecord.dumps(record))
     return {"client_cert": client.cert, "client_key": client.key, "port": port}
@@ -198,15 +201,37 @@ def is_provisioned(run_dir: Path) -> bool:
     return all((run_dir / name).exists() for name in PROVISIONED)
 
 
-def var_sealed_for(run_dir: Path, manifest: dict[str, Any]) -> bool | None:
+def policy_key_of(out: Path, ca: Path) -> bytes:
+    """The key that approves PCR policies for this image: the manifest's signing certificate (issued by `ca`)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from obelisk.image import manifest as mf
+    from obelisk.signer.keys import load_certificate
+
+    sig_path = out / mf.SIGNATURE
+    try:
+        sig = mf.ManifestSignature.loads(sig_path.read_bytes(), str(sig_path))
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", source=str(sig_path)) from None
+    reason = mf.chains_to(sig.certificate, load_certificate(ca))
+    if reason:
+        raise InputError(f"the manifest's signing certificate does not chain to --ca: {reason}", source=str(sig_path))
+    return sig.certificate.public_key().public_bytes(serialization.Encoding.DER,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def var_sealed_for(run_dir: Path, manifest: dict[str, Any], policy_key: bytes | None = None) -> bool | None:
     """Whether the run directory's LUKS2 /var is sealed to this image's predicted PCR values (None: not LUKS2)."""
     from obelisk.attest import disk
 
     var = str(run_dir / "var.img")
     if not disk.is_luks(var):
         return None
+    tokens = disk.tokens(var)
+    if policy_key is not None and any(t.sealed.authorize_key == policy_key for t in tokens):
+        return True  # opens for whatever this key signs; the image carries its signed policy
     wanted = (manifest.get("disk") or {}).get("sealed_to") or {}
-    sealed = [{str(p): v.hex() for p, v in token.sealed.values.items()} for token in disk.tokens(var)]
+    sealed = [{str(p): v.hex() for p, v in t.sealed.values.items()} for t in tokens if not t.sealed.authorize_key]
     return wanted in sealed
 
 

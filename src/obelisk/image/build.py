@@ -38,6 +38,8 @@ ARTIFACT_ROOTFS = "rootfs.squashfs"
 ARTIFACT_POLICY = "ima-policy"
 ARTIFACT_SBOM = "sbom.spdx.json"
 ARTIFACT_REFERENCE = "ima-reference.json"
+ARTIFACT_VAR_POLICY = "var-policy.json"  # the customer-signed PCR 11 policy that opens /var (disk.policy signed)
+VAR_POLICY_IN_INITRAMFS = "etc/obelisk/var-policy.json"
 NODE_INIT = "sbin/obelisk-init"
 BOOT_COMPLETE_COMMAND = "usr/lib/obelisk/boot-complete.tpm2"  # TPM2_PCR_Extend, sent by obelisk-init
 
@@ -160,6 +162,34 @@ def _kernel_inputs(spec: Spec) -> None:
         raise SpecError(spec.source, "kernel.profile", str(exc)) from None
 
 
+def _check_policy_key(spec: Spec, cert: x509.Certificate) -> None:
+    """The TPM verifies the policy signature itself (TPM2_VerifySignature): RSA or ECDSA P-256 only."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey) or (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"):
+        return
+    raise SpecError(spec.source, "disk.policy", "signed policies need an RSA or ECDSA P-256 signing key "
+                    "(the TPM checks the signature)")
+
+
+def signed_var_policy(plan: Plan, rootfs_sha256: bytes) -> bytes | None:
+    """disk.policy signed: the customer key's approval of this image's PCR 11 at the unlock point."""
+    spec = plan.spec
+    if not (spec.disk.encryption and spec.disk.policy == "signed"):
+        return None
+    from obelisk.attest import disk, seal
+    from obelisk.signer.hashalgo import by_name
+
+    assert plan.keys is not None
+    prediction = measure.predict(measure.boot_events(cmdline.kernel_cmdline(spec), rootfs_sha256))
+    values = {measure.PCR: prediction.unseal}
+    approved = seal.policy_pcr_digest((measure.PCR,), values)
+    signature = plan.keys.key.sign_digest(hashlib.sha256(approved).digest(), by_name("sha256"))
+    policy = seal.SignedPolicy(pcrs=(measure.PCR,), values=values, signature=signature)
+    return manifest.dumps(disk.signed_policy_json(policy))
+
+
 def preflight(spec: Spec) -> Plan:
     for tool in ("gensquashfs", "rdsquashfs", "busybox"):
         tools.which(tool)
@@ -171,6 +201,8 @@ def preflight(spec: Spec) -> Plan:
     if spec.ima.policy in APPRAISING and not spec.signing.key:
         raise SpecError(spec.source, "ima.policy", "appraisal needs signing.key")
     keys = _load_keys(spec)
+    if spec.disk.encryption and spec.disk.policy == "signed" and keys is not None:
+        _check_policy_key(spec, keys.cert)
     k8s_files, k8s_modes = _render_kubernetes(spec)
     return Plan(spec=spec, keys=keys, busybox=Path(tools.which("busybox")), ima_policy=_render_policy(spec),
                 kubernetes_files=k8s_files, kubernetes_modes=k8s_modes)
@@ -356,16 +388,19 @@ def step_squashfs(plan: Plan, tree: Path, xattrs: Path | None, cache: StepCache,
     return cache.run("squashfs", inputs, produce)
 
 
-def step_initramfs(plan: Plan, cache: StepCache) -> tuple[Path, bool]:
+def step_initramfs(plan: Plan, cache: StepCache, var_policy: bytes | None) -> tuple[Path, bool]:
     assert plan.busybox is not None
     cert_der = plan.keys.cert.public_bytes(serialization.Encoding.DER) if plan.keys else None
     init = initramfs.render_init(measure=plan.spec.tpm.enabled, var_mode=var_mode(plan.spec))
     inputs = {"busybox": file_digest(plan.busybox), "cert": hashlib.sha256(cert_der or b"").hexdigest(),
-              "epoch": plan.spec.source_date_epoch, "init": hashlib.sha256(init.encode()).hexdigest()}
+              "epoch": plan.spec.source_date_epoch, "init": hashlib.sha256(init.encode()).hexdigest(),
+              "var_policy": hashlib.sha256(var_policy).hexdigest() if var_policy else None}
+    extra = {VAR_POLICY_IN_INITRAMFS: var_policy} if var_policy else {}
 
     def produce(out: Path) -> None:
         atomic.write_bytes(out / ARTIFACT_INITRAMFS,
-                           initramfs.build(plan.busybox, cert_der, plan.spec.source_date_epoch, init))  # type: ignore[arg-type]
+                           initramfs.build(plan.busybox, cert_der, plan.spec.source_date_epoch, init,  # type: ignore[arg-type]
+                                           extra))
 
     return cache.run("initramfs", inputs, produce)
 
@@ -469,8 +504,10 @@ def build_manifest(plan: Plan, artifacts: dict[str, dict[str, Any]], files: list
                     "depend on the firmware and boot path of the machine, PCR 10 on the order of IMA "
                     "measurements: the verifier replays the event log and the IMA list for those",
         },
-        "disk": {"var": var_mode(spec),
-                 "sealed_to": ({str(measure.PCR): prediction.unseal.hex()} if spec.disk.encryption else {})},
+        "disk": {"var": var_mode(spec), "policy": spec.disk.policy if spec.disk.encryption else None,
+                 "sealed_to": ({str(measure.PCR): prediction.unseal.hex()} if spec.disk.encryption else {}),
+                 "signed_policy": ARTIFACT_VAR_POLICY if spec.disk.encryption and spec.disk.policy == "signed"
+                 else None},
         "kubernetes": {"role": spec.kubernetes.role, "version": spec.kubernetes.version,
                        "binaries": "/opt/kubernetes/bin (not included)"},
         "sbom": ARTIFACT_SBOM,
@@ -518,7 +555,8 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
         mark("squashfs", c)
         bar.advance()
         bar.stage("initramfs")
-        ir, c = step_initramfs(plan, cache)
+        var_policy = signed_var_policy(plan, bytes.fromhex(file_digest(sq / ARTIFACT_ROOTFS)))
+        ir, c = step_initramfs(plan, cache, var_policy)
         mark("initramfs", c)
         bar.advance()
         bar.stage("kernel")
@@ -534,6 +572,8 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
                 shutil.copyfile(kernel, tmp / ARTIFACT_KERNEL)
             if plan.ima_policy is not None:
                 (tmp / ARTIFACT_POLICY).write_bytes(plan.ima_policy)
+            if var_policy is not None:
+                (tmp / ARTIFACT_VAR_POLICY).write_bytes(var_policy)
             packages = sbom.dpkg_packages(tree / "root")
             if spec.rootfs.base == "busybox":
                 packages.append(sbom.Package("busybox-static", _busybox_version()))

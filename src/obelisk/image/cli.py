@@ -185,7 +185,9 @@ def _boot(args: argparse.Namespace) -> int:
         import json
 
         manifest = json.loads((out / "manifest.json").read_text())
-        result["var_sealed_to_this_image"] = boot.var_sealed_for(run_dir, manifest)
+        signed = (manifest.get("disk") or {}).get("policy") == "signed"
+        key = boot.policy_key_of(out, Path(args.ca)) if signed else None
+        result["var_sealed_to_this_image"] = boot.var_sealed_for(run_dir, manifest, key)
 
     def text(d: dict) -> str:
         warning = ""

@@ -80,6 +80,11 @@ if [ "@MEASURE@" = yes ]; then
   printf '11 obelisk.cmdline %s\n11 obelisk.root %s\n' "$cmdline_digest" "$root_digest" \
     > /newroot/run/obelisk/boot-events
 fi
+if [ -f /etc/obelisk/var-policy.json ]; then
+  # the customer's approval of this image's PCR 11 (disk.policy signed): lets the root open /var
+  mkdir -p /newroot/run/obelisk
+  cat /etc/obelisk/var-policy.json > /newroot/run/obelisk/var-policy.json
+fi
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
 if [ -b "$config" ]; then
   mkdir -p /newroot/run/obelisk/config
@@ -100,7 +105,8 @@ def render_init(*, measure: bool, var_mode: str) -> str:
             .replace("@MEASURE@", "yes" if measure else "no").replace("@VAR@", var_mode))
 
 
-def entries(busybox: bytes, ima_cert_der: bytes | None, epoch: int, init: str) -> list[cpio.Entry]:
+def entries(busybox: bytes, ima_cert_der: bytes | None, epoch: int, init: str,
+            extra: dict[str, bytes] | None = None) -> list[cpio.Entry]:
     out = [cpio.Entry.directory(d, mtime=epoch) for d in
            ("bin", "dev", "proc", "sys", "newroot", "run", "tmp", "etc", "etc/keys")]
     out.append(cpio.Entry.device("dev/console", True, 5, 1, mtime=epoch))
@@ -109,8 +115,14 @@ def entries(busybox: bytes, ima_cert_der: bytes | None, epoch: int, init: str) -
     out.append(cpio.Entry.file("init", init.encode(), 0o755, mtime=epoch))
     if ima_cert_der:
         out.append(cpio.Entry.file("etc/keys/x509_ima.der", ima_cert_der, 0o644, mtime=epoch))
+    for path, data in sorted((extra or {}).items()):
+        parent = path.rpartition("/")[0]
+        if parent and not any(e.name == parent for e in out):
+            out.append(cpio.Entry.directory(parent, mtime=epoch))
+        out.append(cpio.Entry.file(path, data, 0o644, mtime=epoch))
     return out
 
 
-def build(busybox: Path, ima_cert_der: bytes | None, epoch: int, init: str) -> bytes:
-    return cpio.serialize(entries(busybox.read_bytes(), ima_cert_der, epoch, init))
+def build(busybox: Path, ima_cert_der: bytes | None, epoch: int, init: str,
+          extra: dict[str, bytes] | None = None) -> bytes:
+    return cpio.serialize(entries(busybox.read_bytes(), ima_cert_der, epoch, init, extra))

@@ -22,6 +22,7 @@ from obelisk.core import tools
 from obelisk.core.errors import ObeliskError
 
 MAPPING = "obelisk-var"
+SIGNED_POLICY = "/run/obelisk/var-policy.json"  # from the initramfs (disk.policy signed)
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 EXT2_MAGIC_OFFSET = 1024 + 56
@@ -52,20 +53,42 @@ def mount(source: str, target: str, fstype: str, flags: int = MS_NOSUID | MS_NOD
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
 
-def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/dev/tpmrm0") -> str:
+def signed_policies(path: str = SIGNED_POLICY) -> list:
+    """The customer-signed PCR 11 policy this image carries, if any (the TPM checks its signature)."""
+    import json
+
+    from obelisk.attest import disk
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(64 * 1024)
+    except FileNotFoundError:
+        return []
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise ObeliskError(f"{path}: not JSON") from None
+    if not isinstance(doc, dict):
+        raise ObeliskError(f"{path}: expected an object")
+    return [disk.signed_policy_from_json(doc, path)]
+
+
+def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/dev/tpmrm0",
+               policy_file: str = SIGNED_POLICY) -> str:
     from obelisk.attest import disk
 
     if not disk.is_luks(device):
         # the image says /var is encrypted: a plain disk here was put in its place; never use or format it
         raise ObeliskError(f"{device} is not a LUKS2 volume (the image expects an encrypted /var)")
-    token = disk.unlock(device, tcti, name=MAPPING)
+    token = disk.unlock(device, tcti, name=MAPPING, extra_policies=signed_policies(policy_file))
     mapped = f"/dev/mapper/{MAPPING}"
     fresh = not has_ext_filesystem(mapped)
     if fresh:
         tools.run("mke2fs", ["-q", "-t", "ext2", "-L", "obelisk-var", mapped])
     mount(mapped, mountpoint, "ext2")
     pcrs = ",".join(str(p) for p in token.sealed.pcrs)
-    return f"/var unlocked by the TPM (keyslot {token.keyslot}, PCRs {pcrs}){', new filesystem' if fresh else ''}"
+    how = "customer-signed policy" if token.sealed.authorize_key else "PCRs"
+    return f"/var unlocked by the TPM (keyslot {token.keyslot}, {how} {pcrs}){', new filesystem' if fresh else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -222,6 +222,11 @@ SETTINGS: tuple[Setting, ...] = (
             help="PCRs the disk key is sealed to when the node is provisioned, to the values the build predicts "
                  "(manifest disk.sealed_to). Only PCR 11, obelisk's boot measurements, is predictable: firmware "
                  "PCRs depend on the machine (reseal to them with `obelisk disk reseal` on the node)."),
+    Setting("disk", "policy", STR, "pcr", choices=("pcr", "signed"),
+            help="How /var's key is bound to PCR 11. pcr: to this image's predicted value only (a new image "
+                 "needs `obelisk disk reseal`). signed: to any PCR 11 value the customer signing key approved "
+                 "(TPM2 PolicyAuthorize); each build signs its own prediction (OUT/var-policy.json, carried "
+                 "in the initramfs), so an updated image opens the same /var."),
     Setting("disk", "size_mib", INT, 64, help="Size of the /var disk that `obelisk boot` creates."),
     Setting("agent", "port", INT, 8443, help="TCP port of the node agent (HTTPS, mutual TLS)."),
 )
@@ -306,6 +311,8 @@ RULES: tuple[Rule, ...] = (
     Rule("disk.pcrs", "only PCR 11 (obelisk's boot measurements) can be predicted by the build and sealed to "
          "before the first boot; firmware PCRs depend on the machine",
          lambda s: s.disk.encryption and any(p != 11 for p in s.disk.pcrs)),
+    Rule("disk.policy", "signed needs signing.key (the key that approves each image's PCR 11 value)",
+         lambda s: s.disk.encryption and s.disk.policy == "signed" and not s.signing.key),
     Rule("disk.encryption", "the busybox userland cannot unlock /var (no Python TPM library, no cryptsetup): "
          "use rootfs.base debian", lambda s: s.disk.encryption and s.rootfs.base == "busybox"),
     Rule("rootfs.packages", "disk.encryption needs " + ", ".join(ENCRYPTION_PACKAGES) + " in the node's userland",
