@@ -211,3 +211,17 @@ def test_policy_digest_computed_in_software_matches_the_tpm(swtpm):
         digest = bytes(esapi.policy_get_digest(session))
         esapi.flush_context(session)
     assert digest == seal.policy_pcr_digest([0, 7, 11], values)
+
+
+@pytest.mark.swtpm
+def test_sealed_key_and_ak_are_exempt_from_dictionary_attack_lockout(swtpm):
+    """Empty authValues: DA protection guards nothing, but power cuts would count against it and lock
+    /var and quotes out (seen under QEMU); the sealed object and the AK carry noDA."""
+    from tpm2_pytss import TPM2B_PUBLIC, TPMA_OBJECT
+
+    from obelisk.attest import seal, tpm
+
+    sealed = seal.seal(b"k" * 32, [11], swtpm.tcti)
+    public, _ = TPM2B_PUBLIC.unmarshal(sealed.public)
+    assert public.publicArea.objectAttributes & TPMA_OBJECT.NODA
+    assert tpm.ak_template().publicArea.objectAttributes & TPMA_OBJECT.NODA

@@ -124,8 +124,12 @@ def sign_policy(private_key, approved: bytes, policy_ref: bytes = b"") -> bytes:
 def _srk(esapi):
     from tpm2_pytss import ESYS_TR, TPM2B_PUBLIC, TPMA_OBJECT, TPMT_PUBLIC
 
+    # noDA (here and on the sealed object): both have empty authValues, so dictionary-attack protection
+    # guards nothing, while a TPM counts each power cut after their use as a failed try and would
+    # soon lock /var out (seen under QEMU, whose stop is a power cut).
     template = TPM2B_PUBLIC(publicArea=TPMT_PUBLIC.parse(
-        "ecc256:aes128cfb", objectAttributes=TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS, nameAlg="sha256"))
+        "ecc256:aes128cfb", objectAttributes=TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS | TPMA_OBJECT.NODA,
+        nameAlg="sha256"))
     handle, _, _, _, _ = esapi.create_primary(None, template, primary_handle=ESYS_TR.OWNER)
     return handle
 
@@ -146,7 +150,8 @@ def seal(secret: bytes, pcrs: Sequence[int], tcti: str | None = None, *, values:
         policy = (policy_authorize_digest(authorize_key) if authorize_key
                   else policy_pcr_digest(pcrs, sealed_values))
         template = TPMT_PUBLIC.parse("keyedhash", nameAlg="sha256",
-                                     objectAttributes=TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT,
+                                     objectAttributes=TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+                                     | TPMA_OBJECT.NODA,
                                      authPolicy=policy)
         sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(secret)))
         try:
@@ -259,6 +264,8 @@ def _policy_authorize(esapi, session, key_der: bytes, candidate: SignedPolicy) -
             sig.signature.rsassa.sig = candidate.signature
         ticket = esapi.verify_signature(handle, TPM2B_DIGEST(ahash), sig)
         name = esapi.tr_get_name(handle)
-        esapi.policy_authorize(session, TPM2B_DIGEST(candidate.approved), name, ticket, candidate.policy_ref)
+        # keywords: tpm2-pytss 2.x (Debian 12, what a node runs) and 3.x order these arguments differently
+        esapi.policy_authorize(session, approved_policy=TPM2B_DIGEST(candidate.approved), key_sign=name,
+                               check_ticket=ticket, policy_ref=candidate.policy_ref)
     finally:
         esapi.flush_context(handle)

@@ -90,11 +90,16 @@ def read_ek_certificate(esapi, key_type: str) -> bytes | None:
 
 
 def ak_template(key_type: str = "ecc", policy: bytes = b""):
-    """A restricted signing key that never leaves this TPM (fixedTPM|fixedParent|sensitiveDataOrigin)."""
+    """A restricted signing key that never leaves this TPM (fixedTPM|fixedParent|sensitiveDataOrigin).
+
+    noDA: the AK has an empty authValue, so dictionary-attack protection guards nothing; with it, a
+    TPM counts every power cut after the AK was used (no orderly TPM2_Shutdown) as a failed try and
+    after a few of them refuses to quote until the lockout recovery time has passed.
+    """
     from tpm2_pytss import TPM2B_PUBLIC, TPMA_OBJECT, TPMT_PUBLIC
 
     attrs = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
-             | TPMA_OBJECT.SENSITIVEDATAORIGIN | TPMA_OBJECT.USERWITHAUTH)
+             | TPMA_OBJECT.SENSITIVEDATAORIGIN | TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.NODA)
     alg = {"ecc": "ecc256:ecdsa-sha256:null", "rsa": "rsa2048:rsassa-sha256:null"}[key_type]
     return TPM2B_PUBLIC(publicArea=TPMT_PUBLIC.parse(alg, objectAttributes=attrs, nameAlg="sha256"))
 
