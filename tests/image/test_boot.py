@@ -49,6 +49,8 @@ def test_provision_writes_config_disk_and_enrolls_the_ak(tmp_path):
     listing = subprocess.run(["debugfs", "-R", "ls -l /", str(run / "config.img")], capture_output=True,
                              text=True, check=True).stdout
     assert "agent.key" in listing and "agent.json" in listing and "ca.pem" in listing
+    assert oct((run / "config.img").stat().st_mode & 0o777) == "0o600"  # holds the agent's key
+    assert oct(run.stat().st_mode & 0o777) == "0o700"
     cat = subprocess.run(["debugfs", "-R", "cat /agent.json", str(run / "config.img")],
                          capture_output=True, text=True, check=True).stdout
     config = json.loads(cat)

@@ -120,6 +120,7 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[s
               "event_log": "/sys/kernel/security/tpm0/binary_bios_measurements", "scan_root": "/"}
     (lib / "agent.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
     make_ext2_disk(run_dir / "config.img", var, 4, "obelisk-config")
+    os.chmod(run_dir / "config.img", 0o600)  # it holds the agent's private key
     for p in sorted(var.rglob("*"), reverse=True):  # the key now lives only on the node's disk
         p.unlink() if p.is_file() else p.rmdir()
     var.rmdir()
