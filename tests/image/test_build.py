@@ -64,7 +64,7 @@ def test_manifest_predicts_pcr11_from_the_command_line_and_the_root(built_image)
     _, out = built_image
     m = json.loads((out / "manifest.json").read_text())
     line = m["boot"]["cmdline"]
-    assert line.startswith("console=ttyS0 ") and "obelisk.image=test-node" in line
+    assert line.startswith("panic=-1 ") and "obelisk.image=test-node console=ttyS0" in line
     root = hashlib.sha256((out / "rootfs.squashfs").read_bytes()).digest()
     assert (out / "rootfs.squashfs").stat().st_size % 512 == 0  # the virtio disk holds exactly these bytes
     value = b"\0" * 32

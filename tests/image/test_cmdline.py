@@ -10,10 +10,10 @@ def _spec(**sections):
     return parse_spec({"name": "n1", **sections}, "spec.yaml", ".")
 
 
-def test_spec_words_first_then_what_the_initramfs_and_ima_need():
+def test_defaults_then_spec_words_then_what_ima_needs():
     line = kernel_cmdline(_spec(kernel={"cmdline": ["console=ttyS0", "quiet"]}, ima={"policy": "measure-only"}))
     words = line.split()
-    assert words[:2] == ["console=ttyS0", "quiet"]
+    assert words[-4:] == ["console=ttyS0", "quiet", "ima_hash=sha256", "ima_template=ima-sig"]
     for word in ("initramfs_async=0", "obelisk.root=/dev/vda", "obelisk.var=/dev/vdb", "obelisk.config=/dev/vdc",
                  "obelisk.image=n1", "ip=dhcp", "ima_template=ima-sig", "ima_hash=sha256", "panic=-1"):
         assert word in words
@@ -26,3 +26,10 @@ def test_no_ima_parameters_without_a_policy():
 def test_same_spec_same_line():
     a = _spec(kernel={"cmdline": ["console=ttyS0"]}, ima={"policy": "none"})
     assert kernel_cmdline(a) == kernel_cmdline(_spec(kernel={"cmdline": ["console=ttyS0"]}, ima={"policy": "none"}))
+
+
+def test_spec_can_name_other_disks():
+    """The initramfs takes the last obelisk.root=: a spec for real hardware overrides the QEMU defaults."""
+    words = kernel_cmdline(_spec(kernel={"cmdline": ["obelisk.root=/dev/nvme0n1p2"]}, ima={"policy": "none"})).split()
+    roots = [w for w in words if w.startswith("obelisk.root=")]
+    assert roots[-1] == "obelisk.root=/dev/nvme0n1p2"
