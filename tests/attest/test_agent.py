@@ -162,3 +162,23 @@ def test_config_file(tmp_path, pki):
     (tmp_path / "bad.json").write_text(json.dumps({"cert": "a", "key": "b", "client_ca": "c", "shell": True}))
     with pytest.raises(Exception, match="shell: unknown key"):
         AgentConfig.load(tmp_path / "bad.json")
+
+
+def test_var_mount_and_its_finding():
+    from obelisk.attest.agent_client import var_finding
+    from obelisk.attest.evidence import var_mount
+    from obelisk.core.findings import Status
+
+    mounts = ("/dev/vda / squashfs ro 0 0\n/dev/mapper/obelisk-var /var ext2 rw,nosuid,nodev 0 0\n"
+              "tmpfs /run tmpfs rw 0 0\n")
+    assert var_mount(mounts) == "/dev/mapper/obelisk-var ext2"
+    assert var_mount("tmpfs /var tmpfs rw 0 0\n") == "tmpfs tmpfs"
+    assert var_mount("/dev/vda / squashfs ro 0 0\n") == ""
+    luks = {"disk": {"var": "luks2"}}
+    assert var_finding(luks, "/dev/mapper/obelisk-var ext2").status is Status.PASS
+    locked = var_finding(luks, "tmpfs tmpfs")
+    assert locked.status is Status.FAIL and "stayed locked" in locked.detail
+    assert var_finding(luks, None).status is Status.ERROR
+    assert var_finding({"disk": {"var": "plain"}}, "/dev/vdb ext2").status is Status.PASS
+    assert var_finding({"disk": {"var": "plain"}}, "/dev/mapper/x ext2").status is Status.PASS
+    assert var_finding({"disk": {"var": "plain"}}, "tmpfs tmpfs").status is Status.FAIL

@@ -85,7 +85,7 @@ def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
         # PCR 11 is what the build predicted, and the TPM released /var's key for it
         passed = {f.id for f in result.findings if f.status is Status.PASS}
         assert {"attest.reference.pcr11", "attest.bootevents.replay", "attest.reference.boot-event:obelisk.root",
-                "attest.reference.boot-event:obelisk.boot-complete"} <= passed
+                "attest.reference.boot-event:obelisk.boot-complete", "attest.node.var"} <= passed
         assert "/var unlocked by the TPM (keyslot 0, customer-signed policy 11), new filesystem" in _console(node), \
             _console(node)[-2000:]
         assert (node.run_dir / "var.img").read_bytes()[:6] == b"LUKS\xba\xbe"
@@ -191,6 +191,8 @@ def test_tampered_file_is_refused_and_named(example, image, tmp_path):
         assert by_id["attest.bootevents.replay"].status is Status.PASS
         assert by_id["attest.reference.boot-event:obelisk.root"].status is Status.FAIL
         assert by_id["attest.reference.boot-event:obelisk.cmdline"].status is Status.PASS
+        # and the node's agent reports the consequence: /var is a tmpfs
+        assert by_id["attest.node.var"].status is Status.FAIL and by_id["attest.node.var"].observed == "tmpfs tmpfs"
         assert result.exit_code() == 1
     finally:
         stop(node.run_dir)

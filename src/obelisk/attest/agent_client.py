@@ -105,6 +105,7 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     if state and counters is not None and not report.failed:
         verify.save_state(state, record, counters)
     findings = list(report.findings)
+    findings.append(var_finding(m, bundle.kernel.get("var_mount")))
     image = m.get("image", {})
     if scan:
         status, body = endpoint.get("/v1/scan")
@@ -126,6 +127,30 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
                                                "image": str(image.get("name", "")),
                                                "image.version": str(image.get("version", ""))}.items())))
     return replace(report, findings=tuple(findings), subject=subject, command="attest node")
+
+
+def var_finding(manifest: dict, reported: str | None):
+    """Is /var what the image says (an unlocked LUKS2 mapping, or the plain disk), as the node's agent reports?
+
+    The report comes from the agent, whose code the quote and the IMA list vouch for; a node whose
+    /var stayed locked runs on a tmpfs and fails here.
+    """
+    from obelisk.core.findings import Finding, Severity, Status
+
+    wanted = (manifest.get("disk") or {}).get("var", "plain")
+    title = "/var is the node's " + ("encrypted volume, unlocked by the TPM" if wanted == "luks2" else "own disk")
+    if not reported:
+        return Finding(id="attest.node.var", title=title, status=Status.ERROR, severity=Severity.HIGH,
+                       benchmark="attestation", section="node", detail="the node did not report its /var mount")
+    source, _, fstype = reported.partition(" ")
+    ok = source.startswith("/dev/mapper/") if wanted == "luks2" else fstype == "ext2" and source.startswith("/dev/")
+    detail = ""
+    if not ok:
+        detail = ("/var is a tmpfs: its volume stayed locked (see the node's console and PCR 11)" if fstype == "tmpfs"
+                  else "/var is not where the image puts it")
+    return Finding(id="attest.node.var", title=title, status=Status.PASS if ok else Status.FAIL,
+                   severity=Severity.HIGH, benchmark="attestation", section="node", observed=reported,
+                   expected="/dev/mapper/* (dm-crypt)" if wanted == "luks2" else "/dev/* ext2", detail=detail)
 
 
 def _read(path: str, what: str) -> bytes:

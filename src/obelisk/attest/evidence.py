@@ -39,7 +39,7 @@ MAX_BUNDLE_SIZE = 256 * 1024 * 1024
 EVENT_LOG_PATH = "/sys/kernel/security/tpm0/binary_bios_measurements"
 IMA_BINARY_PATH = "/sys/kernel/security/ima/binary_runtime_measurements"
 IMA_ASCII_PATH = "/sys/kernel/security/ima/ascii_runtime_measurements"
-_KERNEL_KEYS = ("release", "version", "machine", "cmdline", "hostname", "boot_id", "lockdown")
+_KERNEL_KEYS = ("release", "version", "machine", "cmdline", "hostname", "boot_id", "lockdown", "var_mount")
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,22 @@ def kernel_facts() -> dict[str, str]:
         data = _read_optional(path, 1 << 16)
         if data is not None:
             facts[key] = data.decode("utf-8", "replace").strip()
+    mounts = _read_optional("/proc/self/mounts", 1 << 20)
+    if mounts is not None:
+        var = var_mount(mounts.decode("utf-8", "replace"))
+        if var:
+            facts["var_mount"] = var
     return facts
+
+
+def var_mount(mounts: str) -> str:
+    """'SOURCE FSTYPE' of what is mounted on /var (the last mount wins), from /proc/self/mounts."""
+    found = ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[1] == "/var":
+            found = f"{fields[0]} {fields[2]}"
+    return found
 
 
 def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = None,
