@@ -7,8 +7,8 @@ are appraised like everything else, and before obelisk-init extends PCR 11 with 
 event (measure.py): the key is sealed to PCR 11 as the initramfs left it, so it unseals only for
 the command line and root the build predicted. The volume was formatted and enrolled when the
 node was provisioned (`obelisk boot`, or `obelisk disk enroll` on real hardware); the first boot
-finds no filesystem inside and makes one. On any failure /var becomes a tmpfs, the reason goes
-to the console, and the exit status is 1: the node stays up so that the verifier can ask it why.
+finds no filesystem inside and makes one (ext4). On any failure /var becomes a tmpfs, the reason
+goes to the console, and the exit status is 1: the node stays up so that the verifier can ask it why.
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/de
     mapped = f"/dev/mapper/{MAPPING}"
     fresh = not has_ext_filesystem(mapped)
     if fresh:
-        tools.run("mke2fs", ["-q", "-t", "ext2", "-L", "obelisk-var", mapped])
-    mount(mapped, mountpoint, "ext2")
+        # ext4: journalled, so a power cut leaves the node's state consistent without an fsck
+        tools.run("mke2fs", ["-q", "-t", "ext4", "-L", "obelisk-var", mapped])
+    mount(mapped, mountpoint, "ext4")
     pcrs = ",".join(str(p) for p in token.sealed.pcrs)
     how = "customer-signed policy" if token.sealed.authorize_key else "PCRs"
     return f"/var unlocked by the TPM (keyslot {token.keyslot}, {how} {pcrs}){', new filesystem' if fresh else ''}"
