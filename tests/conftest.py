@@ -44,3 +44,12 @@ def run_obelisk(*args: str, input: bytes | None = None, env: dict[str, str] | No
 @pytest.fixture
 def obelisk_cli():
     return run_obelisk
+
+
+def extend_pcr11(tcti: str, digest: bytes) -> None:
+    """What a node's initramfs does: TPM2_PCR_Extend(11, sha256 digest) from obelisk's command bytes,
+    delivered by tpm2-tools' tpm2_send (an independent sender)."""
+    from obelisk.image import measure
+
+    subprocess.run(["tpm2_send", "-T", tcti], input=measure.extend_command(measure.PCR, digest), check=True,
+                   capture_output=True)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from obelisk.attest import akrecord, bootevents, evidence, tpm, verify
 from obelisk.core.errors import ParseError
 from obelisk.core.findings import Status
+from tests.conftest import extend_pcr11
 
 ROOT = hashlib.sha256(b"the built root").digest()
 
@@ -64,7 +65,7 @@ def test_verifier_names_the_measurement_that_differs(swtpm, tmp_path):
               bootevents.LoggedEvent(11, "obelisk.root", other_root),
               bootevents.LoggedEvent(11, "obelisk.boot-complete", measure.BOOT_COMPLETE_DIGEST)]
     for e in logged:
-        tpm_extend_digest(swtpm.tcti, e.digest)
+        extend_pcr11(swtpm.tcti, e.digest)
     log = tmp_path / "boot-events"
     log.write_bytes(bootevents.serialize(logged))
     expected = _expected(cmdline)
@@ -97,11 +98,3 @@ def test_verifier_names_the_measurement_that_differs(swtpm, tmp_path):
     found = check(None)
     assert found["attest.bootevents.replay"].status is Status.SKIP
 
-
-def tpm_extend_digest(tcti: str, digest: bytes) -> None:
-    import subprocess
-
-    from obelisk.image import measure
-
-    subprocess.run(["tpm2_send", "-T", tcti], input=measure.extend_command(11, digest), check=True,
-                   capture_output=True)

@@ -10,6 +10,7 @@ import pytest
 
 from obelisk.core.errors import InputError
 from obelisk.image import boot
+from tests.conftest import extend_pcr11
 
 MANIFEST = {"image": {"name": "n1", "version": "1"},
             "spec": {"kernel": {"cmdline": ["console=ttyS0", "quiet"]}, "ima": {"policy": "appraise-rootfs"},
@@ -81,26 +82,19 @@ def test_encrypted_var_opens_only_for_the_predicted_boot(tmp_path):
     assert disk.test_key(var, disk.normalize_recovery_key((run / "var-recovery.key").read_text()))
     with SoftwareTPM.start(run / "swtpm") as sw:  # the node's TPM, as at its first boot
         for event in events[:measure.UNSEAL_AFTER]:
-            extend_digest(sw.tcti, event.digest)
+            extend_pcr11(sw.tcti, event.digest)
         token = disk.unlock(var, sw.tcti, test=True)
         assert token.sealed.pcrs == (11,)
-        extend_digest(sw.tcti, events[-1].digest)  # end of boot: sealed for good
+        extend_pcr11(sw.tcti, events[-1].digest)  # end of boot: sealed for good
         with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
             disk.unlock(var, sw.tcti, test=True)
     with SoftwareTPM.start(run / "swtpm") as sw:  # a boot with another command line
         other = measure.boot_events(MANIFEST["boot"]["cmdline"] + " ima_appraise=off", root)
         for event in other[:measure.UNSEAL_AFTER]:
-            extend_digest(sw.tcti, event.digest)
+            extend_pcr11(sw.tcti, event.digest)
         with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
             disk.unlock(var, sw.tcti, test=True)
 
-
-def extend_digest(tcti: str, digest: bytes) -> None:
-    """What the initramfs does: TPM2_PCR_Extend(11, digest), sent by tpm2-tools."""
-    from obelisk.image import measure
-
-    subprocess.run(["tpm2_send", "-T", tcti], input=measure.extend_command(11, digest), check=True,
-                   capture_output=True)
 
 
 @pytest.mark.swtpm
@@ -149,7 +143,7 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
     for booted, other in (("a", "b"), ("b", "a")):
         with SoftwareTPM.start(run / "swtpm") as sw:
             for event in events[booted][:measure.UNSEAL_AFTER]:
-                extend_digest(sw.tcti, event.digest)
+                extend_pcr11(sw.tcti, event.digest)
             with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
                 disk.unlock(var, sw.tcti, test=True, extra_policies=policies[other])
             assert disk.unlock(var, sw.tcti, test=True, extra_policies=policies[booted]).sealed.authorize_key
@@ -162,6 +156,6 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
     (tmp_path / "rogue.json").write_bytes(buildmod.signed_var_policy(rogue_plan, roots["a"]))
     with SoftwareTPM.start(run / "swtpm") as sw:
         for event in events["a"][:measure.UNSEAL_AFTER]:
-            extend_digest(sw.tcti, event.digest)
+            extend_pcr11(sw.tcti, event.digest)
         with pytest.raises(seal.TPMError, match="signed by the key"):
             disk.unlock(var, sw.tcti, test=True, extra_policies=signed_policies(str(tmp_path / "rogue.json")))
