@@ -148,7 +148,7 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
                 disk.unlock(var, sw.tcti, test=True, extra_policies=policies[other])
             assert disk.unlock(var, sw.tcti, test=True, extra_policies=policies[booted]).sealed.authorize_key
 
-    rogue = generate(tmp_path / "rogue", "ecdsa-p256")
+    generate(tmp_path / "rogue", "ecdsa-p256")
     rogue_spec = parse_spec({**spec.to_json(), "signing": {"key": "rogue/ima.key", "cert": "rogue/ima.pem",
                                                            "ca": "rogue/ca.pem"}}, "spec.yaml", tmp_path)
     rogue_plan = buildmod.Plan(spec=rogue_spec, keys=buildmod._load_keys(rogue_spec), busybox=None,

@@ -276,7 +276,8 @@ def _boot(out: Path, run_dir: Path, m: dict[str, Any], ca: Path, ca_key: Path, p
     serial.unlink(missing_ok=True)
     qemu = subprocess.Popen([tools.which("qemu-system-x86_64"),
                              *qemu_args(out, run_dir, port, kernel_cmdline(m, extra_cmdline), memory_mib)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(run_dir / "qemu.log", "wb"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(run_dir / "qemu.log", "wb"),
                             start_new_session=True)
     (run_dir / "qemu.pid").write_text(f"{qemu.pid}\n")
     (run_dir / "swtpm.pid").write_text(f"{swtpm.pid}\n")

@@ -167,7 +167,9 @@ def _check_policy_key(spec: Spec, cert: x509.Certificate) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey) or (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"):
+    if isinstance(key, rsa.RSAPublicKey):
+        return
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1":
         return
     raise SpecError(spec.source, "disk.policy", "signed policies need an RSA or ECDSA P-256 signing key "
                     "(the TPM checks the signature)")
