@@ -88,6 +88,8 @@ def _build(args: argparse.Namespace) -> int:
     cache = StepCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), enabled=not args.no_cache)
     result = build(spec, Path(args.out), cache=cache, quiet=args.quiet)
 
+    run_dir_arg = f" --run-dir {run_dir}" if args.run_dir else ""
+
     def text(d: dict) -> str:
         lines = [f"built {spec.name} {spec.version} into {d['out']} ({d['files']} files signed)"]
         lines += [f"  {name:18} sha256:{a['sha256']}  {a['size']} bytes" for name, a in d["artifacts"].items()]
@@ -189,6 +191,8 @@ def _boot(args: argparse.Namespace) -> int:
         key = boot.policy_key_of(out, Path(args.ca)) if signed else None
         result["var_sealed_to_this_image"] = boot.var_sealed_for(run_dir, manifest, key)
 
+    run_dir_arg = f" --run-dir {run_dir}" if args.run_dir else ""
+
     def text(d: dict) -> str:
         warning = ""
         if d.get("var_sealed_to_this_image") is False:
@@ -198,7 +202,7 @@ def _boot(args: argparse.Namespace) -> int:
                 f"(console {d['serial_log']})\n"
                 f"attest it: obelisk attest node {d['url']} --manifest {out / 'manifest.json'} --ca {args.ca} "
                 f"--cert {d['client_cert']} --key {d['client_key']} --ak {d['ak']}\n"
-                f"stop it:   obelisk boot {out} --stop\n")
+                f"stop it:   obelisk boot {out}{run_dir_arg} --stop\n")
 
     args.output = None
     return emit_result(args, result, text)
