@@ -6,6 +6,8 @@ import hashlib
 import json
 import subprocess
 
+from cryptography.hazmat.primitives import serialization
+
 import pytest
 
 from obelisk.core.errors import InputError
@@ -114,11 +116,14 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
     from obelisk.signer.keys import load_certificate, load_signing_key
 
     keys = generate(tmp_path / "keys", "ecdsa-p256")
+    assert keys.policy_cert is not None
     spec = parse_spec({"name": "n1", "signing": {"key": "keys/ima.key", "cert": "keys/ima.pem", "ca": "keys/ca.pem"},
                        "rootfs": {"base": "debian", "packages": ["python3-tpm2-pytss", "cryptsetup-bin", "e2fsprogs"]},
-                       "disk": {"encryption": True, "policy": "signed"}}, "spec.yaml", tmp_path)
-    plan = buildmod.Plan(spec=spec, keys=buildmod._load_keys(spec), busybox=None, ima_policy=None,
-                         kubernetes_files=())
+                       "disk": {"encryption": True, "policy": "signed", "policy_key": "keys/disk-policy.key",
+                                "policy_cert": "keys/disk-policy.pem"}}, "spec.yaml", tmp_path)
+    ima = buildmod._load_keys(spec)
+    plan = buildmod.Plan(spec=spec, keys=ima, busybox=None, ima_policy=None, kubernetes_files=(),
+                         policy_signer=buildmod._load_policy_key(spec, ima))
     roots = {"a": hashlib.sha256(b"image A").digest(), "b": hashlib.sha256(b"image B").digest()}
     policies = {}
     for name, root in roots.items():
@@ -130,7 +135,8 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     manifest = {**MANIFEST, "disk": {"var": "luks2", "policy": "signed",
-                                     "sealed_to": {"11": measure.predict(events["a"]).unseal.hex()}}}
+                                     "sealed_to": {"11": measure.predict(events["a"]).unseal.hex()},
+                                     "policy_certificate": keys.policy_cert.read_text()}}
     data = mf.dumps(manifest)
     (out / "manifest.json").write_bytes(data)
     signature = mf.sign(data, load_signing_key(str(keys.ima_key)), load_certificate(keys.ima_cert))
@@ -138,7 +144,10 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
     run = tmp_path / "run"
     boot.provision(out, run, keys.ca_cert, keys.ca_key, manifest, 9999)
     var = str(run / "var.img")
-    assert disk.tokens(var)[0].sealed.authorize_key  # sealed to the key, not to values
+    token = disk.tokens(var)[0]
+    assert token.sealed.authorize_key  # sealed to the policy key, not to values
+    assert token.sealed.authorize_key != load_certificate(keys.ima_cert).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     for booted, other in (("a", "b"), ("b", "a")):
         with SoftwareTPM.start(run / "swtpm") as sw:
@@ -150,12 +159,31 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
 
     generate(tmp_path / "rogue", "ecdsa-p256")
     rogue_spec = parse_spec({**spec.to_json(), "signing": {"key": "rogue/ima.key", "cert": "rogue/ima.pem",
-                                                           "ca": "rogue/ca.pem"}}, "spec.yaml", tmp_path)
-    rogue_plan = buildmod.Plan(spec=rogue_spec, keys=buildmod._load_keys(rogue_spec), busybox=None,
-                               ima_policy=None, kubernetes_files=())
+                                                           "ca": "rogue/ca.pem"},
+                             "disk": {**spec.to_json()["disk"], "policy_key": "rogue/disk-policy.key",
+                                      "policy_cert": "rogue/disk-policy.pem"}}, "spec.yaml", tmp_path)
+    rogue_ima = buildmod._load_keys(rogue_spec)
+    rogue_plan = buildmod.Plan(spec=rogue_spec, keys=rogue_ima, busybox=None, ima_policy=None, kubernetes_files=(),
+                               policy_signer=buildmod._load_policy_key(rogue_spec, rogue_ima))
     (tmp_path / "rogue.json").write_bytes(buildmod.signed_var_policy(rogue_plan, roots["a"]))
     with SoftwareTPM.start(run / "swtpm") as sw:
         for event in events["a"][:measure.UNSEAL_AFTER]:
             extend_pcr11(sw.tcti, event.digest)
         with pytest.raises(seal.TPMError, match="signed by the key"):
             disk.unlock(var, sw.tcti, test=True, extra_policies=signed_policies(str(tmp_path / "rogue.json")))
+
+
+def test_the_ima_key_cannot_approve_disk_policies(tmp_path):
+    """An IMA signature is a plain signature over H(file): a crafted file signed into any image would
+    approve any PCR policy. The build refuses the IMA key as disk.policy_key."""
+    from obelisk.image import build as buildmod
+    from obelisk.image.spec import SpecError, parse_spec
+    from obelisk.signer.keygen import generate
+
+    generate(tmp_path / "keys", "ecdsa-p256")
+    spec = parse_spec({"name": "n1", "signing": {"key": "keys/ima.key", "cert": "keys/ima.pem", "ca": "keys/ca.pem"},
+                       "rootfs": {"base": "debian", "packages": ["python3-tpm2-pytss", "cryptsetup-bin", "e2fsprogs"]},
+                       "disk": {"encryption": True, "policy": "signed", "policy_key": "keys/ima.key",
+                                "policy_cert": "keys/ima.pem"}}, "spec.yaml", tmp_path)
+    with pytest.raises(SpecError, match="disk.policy_key: is the IMA signing key"):
+        buildmod._load_policy_key(spec, buildmod._load_keys(spec))

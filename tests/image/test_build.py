@@ -72,7 +72,8 @@ def test_manifest_predicts_pcr11_from_the_command_line_and_the_root(built_image)
         value = hashlib.sha256(value + (hashlib.sha256(data).digest() if data is not None else root)).digest()
     assert m["pcrs"]["predicted"] == {"11": value.hex()}
     assert [e["name"] for e in m["pcrs"]["events"]] == ["obelisk.cmdline", "obelisk.root", "obelisk.boot-complete"]
-    assert m["disk"] == {"var": "plain", "policy": None, "sealed_to": {}, "signed_policy": None}
+    assert m["disk"] == {"var": "plain", "policy": None, "sealed_to": {}, "signed_policy": None,
+                         "policy_certificate": None}
     # the node sends the end-of-boot event itself: the command is in the signed root
     assert files_of(m)["/usr/lib/obelisk/boot-complete.tpm2"]["sha256"] == hashlib.sha256(
         measure.extend_command(11, hashlib.sha256(measure.BOOT_COMPLETE).digest())).hexdigest()

@@ -133,7 +133,7 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[s
     encrypted = disk_info.get("var") == "luks2"
     if encrypted and not sealed_to:
         raise InputError("disk.var is luks2 but disk.sealed_to is empty", source="manifest.json")
-    policy_key = policy_key_of(out, ca) if encrypted and disk_info.get("policy") == "signed" else None
+    policy_key = policy_key_of(manifest, ca) if encrypted and disk_info.get("policy") == "signed" else None
     # EK and AK, created in the node's TPM before its first boot (as enrollment would); /var's key
     # sealed in the same TPM.
     with SoftwareTPM.start(run_dir / "swtpm") as sw:
@@ -202,23 +202,23 @@ def is_provisioned(run_dir: Path) -> bool:
     return all((run_dir / name).exists() for name in PROVISIONED)
 
 
-def policy_key_of(out: Path, ca: Path) -> bytes:
-    """The key that approves PCR policies for this image: the manifest's signing certificate (issued by `ca`)."""
+def policy_key_of(manifest: dict[str, Any], ca: Path) -> bytes:
+    """The key that approves PCR policies for this image (manifest disk.policy_certificate, issued by `ca`)."""
+    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     from obelisk.image import manifest as mf
     from obelisk.signer.keys import load_certificate
 
-    sig_path = out / mf.SIGNATURE
+    pem = (manifest.get("disk") or {}).get("policy_certificate")
     try:
-        sig = mf.ManifestSignature.loads(sig_path.read_bytes(), str(sig_path))
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=str(sig_path)) from None
-    reason = mf.chains_to(sig.certificate, load_certificate(ca))
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except (AttributeError, ValueError):
+        raise InputError("disk.policy_certificate: missing or not a PEM certificate", source="manifest.json") from None
+    reason = mf.chains_to(cert, load_certificate(ca))
     if reason:
-        raise InputError(f"the manifest's signing certificate does not chain to --ca: {reason}", source=str(sig_path))
-    return sig.certificate.public_key().public_bytes(serialization.Encoding.DER,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+        raise InputError(f"disk.policy_certificate does not chain to --ca: {reason}", source="manifest.json")
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def var_sealed_for(run_dir: Path, manifest: dict[str, Any], policy_key: bytes | None = None) -> bool | None:

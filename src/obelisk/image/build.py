@@ -64,6 +64,7 @@ class Plan:
     ima_policy: bytes | None
     kubernetes_files: tuple[rootfs.ExtraFile, ...]
     kubernetes_modes: tuple[Permission, ...] = ()
+    policy_signer: Keys | None = None  # disk.policy signed: the key approving PCR 11 values
 
 
 @dataclass
@@ -162,32 +163,48 @@ def _kernel_inputs(spec: Spec) -> None:
         raise SpecError(spec.source, "kernel.profile", str(exc)) from None
 
 
-def _check_policy_key(spec: Spec, cert: x509.Certificate) -> None:
-    """The TPM verifies the policy signature itself (TPM2_VerifySignature): RSA or ECDSA P-256 only."""
+def _load_policy_key(spec: Spec, ima: Keys | None) -> Keys:
+    """disk.policy_key: loaded, matched with its certificate, chained to signing.ca, and not the IMA key."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        return
-    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1":
-        return
-    raise SpecError(spec.source, "disk.policy", "signed policies need an RSA or ECDSA P-256 signing key "
-                    "(the TPM checks the signature)")
+    from obelisk.signer.keys import (PassphraseSource, check_key_matches_certificate, load_certificate,
+                                     load_signing_key, same_public_key)
+
+    passphrase = PassphraseSource(env=spec.signing.passphrase_env) if spec.signing.passphrase_env else None
+    try:
+        key = load_signing_key(spec.disk.policy_key, passphrase)
+        cert = load_certificate(spec.disk.policy_cert)
+        check_key_matches_certificate(key, cert, spec.disk.policy_cert)
+    except InputError as exc:
+        raise SpecError(spec.source, "disk.policy_key", str(exc)) from None
+    public = cert.public_key()
+    if ima is not None and same_public_key(public, ima.cert.public_key()):  # type: ignore[arg-type]
+        raise SpecError(spec.source, "disk.policy_key", "is the IMA signing key: an IMA signature over a crafted "
+                        "file would approve any PCR policy; use a key of its own (keys generate makes one)")
+    if not (isinstance(public, rsa.RSAPublicKey)
+            or (isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp256r1")):
+        raise SpecError(spec.source, "disk.policy_key", "must be RSA or ECDSA P-256 (the TPM checks the signature)")
+    if ima is not None and ima.ca is not None:
+        reason = manifest.chains_to(cert, ima.ca)
+        if reason:
+            raise SpecError(spec.source, "disk.policy_cert", f"does not chain to signing.ca: {reason}")
+    return Keys(key, cert, ima.ca if ima else None, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER))
+                .hexdigest())
 
 
 def signed_var_policy(plan: Plan, rootfs_sha256: bytes) -> bytes | None:
-    """disk.policy signed: the customer key's approval of this image's PCR 11 at the unlock point."""
+    """disk.policy signed: disk.policy_key's approval of this image's PCR 11 at the unlock point."""
     spec = plan.spec
     if not (spec.disk.encryption and spec.disk.policy == "signed"):
         return None
     from obelisk.attest import disk, seal
     from obelisk.signer.hashalgo import by_name
 
-    assert plan.keys is not None
+    assert plan.policy_signer is not None
     prediction = measure.predict(measure.boot_events(cmdline.kernel_cmdline(spec), rootfs_sha256))
     values = {measure.PCR: prediction.unseal}
     approved = seal.policy_pcr_digest((measure.PCR,), values)
-    signature = plan.keys.key.sign_digest(hashlib.sha256(approved).digest(), by_name("sha256"))
+    signature = plan.policy_signer.key.sign_digest(hashlib.sha256(approved).digest(), by_name("sha256"))
     policy = seal.SignedPolicy(pcrs=(measure.PCR,), values=values, signature=signature)
     return manifest.dumps(disk.signed_policy_json(policy))
 
@@ -203,11 +220,10 @@ def preflight(spec: Spec) -> Plan:
     if spec.ima.policy in APPRAISING and not spec.signing.key:
         raise SpecError(spec.source, "ima.policy", "appraisal needs signing.key")
     keys = _load_keys(spec)
-    if spec.disk.encryption and spec.disk.policy == "signed" and keys is not None:
-        _check_policy_key(spec, keys.cert)
+    policy_signer = _load_policy_key(spec, keys) if spec.disk.encryption and spec.disk.policy == "signed" else None
     k8s_files, k8s_modes = _render_kubernetes(spec)
     return Plan(spec=spec, keys=keys, busybox=Path(tools.which("busybox")), ima_policy=_render_policy(spec),
-                kubernetes_files=k8s_files, kubernetes_modes=k8s_modes)
+                kubernetes_files=k8s_files, kubernetes_modes=k8s_modes, policy_signer=policy_signer)
 
 
 # --- steps: explicit inputs, one output directory each ---
@@ -508,8 +524,9 @@ def build_manifest(plan: Plan, artifacts: dict[str, dict[str, Any]], files: list
         },
         "disk": {"var": var_mode(spec), "policy": spec.disk.policy if spec.disk.encryption else None,
                  "sealed_to": ({str(measure.PCR): prediction.unseal.hex()} if spec.disk.encryption else {}),
-                 "signed_policy": ARTIFACT_VAR_POLICY if spec.disk.encryption and spec.disk.policy == "signed"
-                 else None},
+                 "signed_policy": ARTIFACT_VAR_POLICY if plan.policy_signer else None,
+                 "policy_certificate": (plan.policy_signer.cert.public_bytes(serialization.Encoding.PEM).decode()
+                                        if plan.policy_signer else None)},
         "kubernetes": {"role": spec.kubernetes.role, "version": spec.kubernetes.version,
                        "binaries": "/opt/kubernetes/bin (not included)"},
         "sbom": ARTIFACT_SBOM,

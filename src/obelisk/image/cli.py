@@ -88,8 +88,6 @@ def _build(args: argparse.Namespace) -> int:
     cache = StepCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), enabled=not args.no_cache)
     result = build(spec, Path(args.out), cache=cache, quiet=args.quiet)
 
-    run_dir_arg = f" --run-dir {run_dir}" if args.run_dir else ""
-
     def text(d: dict) -> str:
         lines = [f"built {spec.name} {spec.version} into {d['out']} ({d['files']} files signed)"]
         lines += [f"  {name:18} sha256:{a['sha256']}  {a['size']} bytes" for name, a in d["artifacts"].items()]
@@ -188,7 +186,7 @@ def _boot(args: argparse.Namespace) -> int:
 
         manifest = json.loads((out / "manifest.json").read_text())
         signed = (manifest.get("disk") or {}).get("policy") == "signed"
-        key = boot.policy_key_of(out, Path(args.ca)) if signed else None
+        key = boot.policy_key_of(manifest, Path(args.ca)) if signed else None
         result["var_sealed_to_this_image"] = boot.var_sealed_for(run_dir, manifest, key)
 
     run_dir_arg = f" --run-dir {run_dir}" if args.run_dir else ""

@@ -224,9 +224,15 @@ SETTINGS: tuple[Setting, ...] = (
                  "PCRs depend on the machine (reseal to them with `obelisk disk reseal` on the node)."),
     Setting("disk", "policy", STR, "pcr", choices=("pcr", "signed"),
             help="How /var's key is bound to PCR 11. pcr: to this image's predicted value only (a new image "
-                 "needs `obelisk disk reseal`). signed: to any PCR 11 value the customer signing key approved "
+                 "needs `obelisk disk reseal`). signed: to any PCR 11 value disk.policy_key approved "
                  "(TPM2 PolicyAuthorize); each build signs its own prediction (OUT/var-policy.json, carried "
                  "in the initramfs), so an updated image opens the same /var."),
+    Setting("disk", "policy_key", KEY, help="With disk.policy: signed, the key that approves PCR 11 values "
+            "(a PEM file or PKCS#11 URI; RSA or ECDSA P-256). Never the IMA key: an IMA signature over a "
+            "crafted file would approve any policy. `obelisk keys generate` makes one (disk-policy.key).",
+            example="keys/disk-policy.key"),
+    Setting("disk", "policy_cert", PATH, help="Certificate of disk.policy_key, issued by signing.ca.",
+            example="keys/disk-policy.pem"),
     Setting("disk", "size_mib", INT, 64, help="Size of the /var disk that `obelisk boot` creates."),
     Setting("agent", "port", INT, 8443, help="TCP port of the node agent (HTTPS, mutual TLS)."),
 )
@@ -311,8 +317,12 @@ RULES: tuple[Rule, ...] = (
     Rule("disk.pcrs", "only PCR 11 (obelisk's boot measurements) can be predicted by the build and sealed to "
          "before the first boot; firmware PCRs depend on the machine",
          lambda s: s.disk.encryption and any(p != 11 for p in s.disk.pcrs)),
-    Rule("disk.policy", "signed needs signing.key (the key that approves each image's PCR 11 value)",
+    Rule("disk.policy", "signed needs signing.key (the manifest is signed) and disk.policy_key",
          lambda s: s.disk.encryption and s.disk.policy == "signed" and not s.signing.key),
+    Rule("disk.policy_key", "disk.policy: signed needs disk.policy_key and disk.policy_cert",
+         lambda s: s.disk.encryption and s.disk.policy == "signed" and not (s.disk.policy_key and s.disk.policy_cert)),
+    Rule("disk.policy_key", "only used with disk.encryption and disk.policy: signed",
+         lambda s: bool(s.disk.policy_key) and not (s.disk.encryption and s.disk.policy == "signed")),
     Rule("disk.encryption", "the busybox userland cannot unlock /var (no Python TPM library, no cryptsetup): "
          "use rootfs.base debian", lambda s: s.disk.encryption and s.rootfs.base == "busybox"),
     Rule("rootfs.packages", "disk.encryption needs " + ", ".join(ENCRYPTION_PACKAGES) + " in the node's userland",

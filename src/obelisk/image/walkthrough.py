@@ -45,14 +45,17 @@ class Walk:
 
 
 def stage_keys(w: Walk) -> str:
-    from obelisk.signer.keygen import generate
+    from obelisk.signer.keygen import POLICY_KEY, generate, issue_policy_key
 
     w.project.mkdir(parents=True, exist_ok=True)
     shutil.copytree(w.example, w.project, dirs_exist_ok=True, ignore=shutil.ignore_patterns("keys", "out*"))
     if (w.keys / "ima.key").exists():
-        return f"reused the customer CA and IMA key in {w.keys}"
+        if not (w.keys / POLICY_KEY).exists():  # keys made by an earlier obelisk: same CA, so the kernel stays
+            issue_policy_key(w.keys, organization="obelisk example")
+            return f"reused the customer CA and IMA key in {w.keys}; issued a disk policy key"
+        return f"reused the customer CA, IMA key and disk policy key in {w.keys}"
     generate(w.keys, "rsa-2048", organization="obelisk example")
-    return f"generated a customer CA and IMA signing key in {w.keys} (private keys 0600)"
+    return f"generated a customer CA, IMA signing key and disk policy key in {w.keys} (private keys 0600)"
 
 
 def stage_build(w: Walk) -> str:

@@ -36,6 +36,8 @@ class GeneratedKeys:
     ima_cert_der: Path
     ima_key: Path
     ima_key_id: str  # hex, what signatures carry
+    policy_key: Path | None = None  # approves PCR policies for the encrypted /var (see issue_policy_key)
+    policy_cert: Path | None = None
 
     def to_json(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.__dict__.items()}
@@ -73,7 +75,7 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
         raise InputError(f"--type: unknown key type {key_type!r} (one of {', '.join(KEY_TYPES)})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = ("ca.key", "ca.pem", "ca.der", "ima.key", "ima.pem", "ima.der")
+    names = ("ca.key", "ca.pem", "ca.der", "ima.key", "ima.pem", "ima.der", POLICY_KEY, POLICY_CERT)
     existing = [n for n in names if (out / n).exists()]
     if existing:
         raise InputError(f"refusing to overwrite existing {', '.join(existing)}", source=str(out))
@@ -124,6 +126,54 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
     atomic.write_bytes(out / "ca.der", ca_cert.public_bytes(der))
     atomic.write_bytes(out / "ima.pem", ima_cert.public_bytes(pem))
     atomic.write_bytes(out / "ima.der", ima_cert.public_bytes(der))
+    policy_key, policy_cert = issue_policy_key(out, key_type, organization=organization, passphrase=passphrase,
+                                               valid_days=valid_days, now=now)
     return GeneratedKeys(directory=out, key_type=key_type, ca_cert=out / "ca.pem", ca_cert_der=out / "ca.der",
                          ca_key=out / "ca.key", ima_cert=out / "ima.pem", ima_cert_der=out / "ima.der",
-                         ima_key=out / "ima.key", ima_key_id=ima_ski.digest[-4:].hex())
+                         ima_key=out / "ima.key", ima_key_id=ima_ski.digest[-4:].hex(), policy_key=policy_key,
+                         policy_cert=policy_cert)
+
+
+POLICY_KEY, POLICY_CERT = "disk-policy.key", "disk-policy.pem"
+
+
+def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *,
+                     organization: str = "obelisk customer", passphrase: bytes | None = None,
+                     valid_days: int = 3650, now: _dt.datetime | None = None) -> tuple[Path, Path]:
+    """A key of its own, issued by the CA in out_dir, that approves the PCR policies opening an encrypted
+    /var (TPM2 PolicyAuthorize).
+
+    Never the IMA key: the TPM checks a plain signature over H(policy digest), and an IMA signature is a
+    plain signature over H(file); a file whose bytes are a policy digest, signed into any image, would
+    approve that policy. The TPM verifies RSA and ECDSA P-256, so ECDSA keys are P-256 here.
+    """
+    out = Path(out_dir)
+    for name in (POLICY_KEY, POLICY_CERT):
+        if (out / name).exists():
+            raise InputError(f"refusing to overwrite existing {name}", source=str(out))
+    try:
+        ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=passphrase)
+        ca_cert = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot load the CA to issue the disk policy key: {exc}", source=str(out)) from None
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    start = now - _dt.timedelta(minutes=5)
+    key = _new_key(key_type if key_type.startswith("rsa-") else "ecdsa-p256")
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"{organization} disk policy key", organization)).issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(start + _dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, _hash_for(key_type))  # type: ignore[arg-type]
+    )
+    atomic.write_bytes(out / POLICY_KEY, _private_pem(key, passphrase), mode=0o600)
+    atomic.write_bytes(out / POLICY_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    return out / POLICY_KEY, out / POLICY_CERT
