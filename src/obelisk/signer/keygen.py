@@ -62,6 +62,25 @@ def _name(common_name: str, organization: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _signing_leaf(subject: x509.Name, issuer: x509.Name, ca_ski: x509.SubjectKeyIdentifier,
+                  key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, start: _dt.datetime,
+                  valid_days: int) -> x509.CertificateBuilder:
+    """An end-entity certificate for digital signatures only, with key identifiers; callers add usage."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(start + _dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+    )
+
+
 def _private_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, passphrase: bytes | None) -> bytes:
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption())
@@ -104,18 +123,9 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
     ima_key = _new_key(key_type)
     ima_ski = x509.SubjectKeyIdentifier.from_public_key(ima_key.public_key())
     ima_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(f"{organization} IMA signing key", organization)).issuer_name(ca_name)
-        .public_key(ima_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + _dt.timedelta(days=valid_days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        _signing_leaf(_name(f"{organization} IMA signing key", organization), ca_name, ca_ski, ima_key, start,
+                      valid_days)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .add_extension(ima_ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .sign(ca_key, digest)
     )
 
@@ -160,20 +170,8 @@ def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048"
     start = now - _dt.timedelta(minutes=5)
     key = _new_key(key_type if key_type.startswith("rsa-") else "ecdsa-p256")
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(f"{organization} disk policy key", organization)).issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + _dt.timedelta(days=valid_days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca_key, _hash_for(key_type))  # type: ignore[arg-type]
-    )
+    cert = _signing_leaf(_name(f"{organization} disk policy key", organization), ca_cert.subject, ca_ski, key,
+                         start, valid_days).sign(ca_key, _hash_for(key_type))  # type: ignore[arg-type]
     atomic.write_bytes(out / POLICY_KEY, _private_pem(key, passphrase), mode=0o600)
     atomic.write_bytes(out / POLICY_CERT, cert.public_bytes(serialization.Encoding.PEM))
     return out / POLICY_KEY, out / POLICY_CERT
