@@ -47,6 +47,15 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _state_directory(state_dir: str | os.PathLike[str] | None
+                     ) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """The given state directory, or a temporary one the caller owns (and cleans up when it stops)."""
+    if state_dir is not None:
+        return Path(state_dir), None
+    owned = tempfile.TemporaryDirectory(prefix="obelisk-swtpm-")
+    return Path(owned.name), owned
+
+
 @dataclass
 class SoftwareTPM:
     """A running swtpm. Use as a context manager; `tcti` names it for tpm2-pytss and tpm2-tools."""
@@ -67,11 +76,7 @@ class SoftwareTPM:
 
     @classmethod
     def start(cls, state_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> "SoftwareTPM":
-        owned = None
-        if state_dir is None:
-            owned = tempfile.TemporaryDirectory(prefix="obelisk-swtpm-")
-            state_dir = owned.name
-        state = Path(state_dir)
+        state, owned = _state_directory(state_dir)
         state.mkdir(parents=True, exist_ok=True)
         last_error = ""
         for _ in range(5):
@@ -158,11 +163,7 @@ class SwtpmSocket:
 
     @classmethod
     def start(cls, state_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> "SwtpmSocket":
-        owned = None
-        if state_dir is None:
-            owned = tempfile.TemporaryDirectory(prefix="obelisk-swtpm-")
-            state_dir = owned.name
-        state = Path(state_dir)
+        state, owned = _state_directory(state_dir)
         sock = state / "swtpm.sock"
         proc = start_for_qemu(state, sock, state / "swtpm.log", timeout=timeout)
         return cls(state_dir=state, socket=sock, process=proc, _owned=owned)

@@ -257,9 +257,9 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
 
 def _boot(out: Path, run_dir: Path, m: dict[str, Any], ca: Path, ca_key: Path, port: int, memory_mib: int,
           timeout: float, extra_cmdline: tuple[str, ...], fresh: bool, bar: Any) -> BootedNode:
-    bar.stage("provisioning (certificates, EK/AK, /var)" if fresh or not is_provisioned(run_dir)
-              else "rebooting a provisioned node")
-    if fresh or not is_provisioned(run_dir):
+    new_node = fresh or not is_provisioned(run_dir)
+    bar.stage("provisioning (certificates, EK/AK, /var)" if new_node else "rebooting a provisioned node")
+    if new_node:
         for name in PROVISIONED + ("var-recovery.key",):
             target = run_dir / name
             if target.is_dir():
