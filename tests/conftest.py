@@ -22,8 +22,8 @@ def shared_dir() -> Path:
 
 @pytest.fixture
 def swtpm(tmp_path):
-    """A real swtpm on 127.0.0.1, already started up; yields obelisk.attest.swtpm.SoftwareTPM."""
-    from obelisk.attest.swtpm import SoftwareTPM
+    """A real swtpm on 127.0.0.1, already started up; yields obelisk.tpm.swtpm.SoftwareTPM."""
+    from obelisk.tpm.swtpm import SoftwareTPM
 
     with SoftwareTPM.start(tmp_path / "swtpm-state") as tpm:
         yield tpm

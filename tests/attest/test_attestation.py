@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from obelisk.attest import akrecord, eventlog, evidence, tpm, verify
+from obelisk.attest import akrecord, evidence, verify
+from obelisk.tpm import eventlog, device as tpm
 from obelisk.core import tools
 from obelisk.core.findings import Status
 
@@ -52,7 +53,7 @@ def enrolled(swtpm, tmp_path, obelisk_cli):
 
 
 def test_activation_fails_for_an_ak_from_another_tpm(swtpm, tmp_path):
-    from obelisk.attest.swtpm import SoftwareTPM
+    from obelisk.tpm.swtpm import SoftwareTPM
 
     mine = tpm.create_keys(swtpm.tcti)
     with SoftwareTPM.start(tmp_path / "other") as other:
@@ -404,7 +405,7 @@ def test_ek_certificate_checked_against_the_manufacturer_ca(swtpm, tmp_path, obe
     res = make(other)
     assert res.returncode == 1 and "not issued by the given CA" in res.stderr
     # a record whose EK was swapped (say, for a software key the attacker controls) no longer matches the certificate
-    from obelisk.attest.swtpm import SoftwareTPM
+    from obelisk.tpm.swtpm import SoftwareTPM
     with SoftwareTPM.start(tmp_path / "attacker") as attacker:
         fake = tpm.create_keys(attacker.tcti)
     record["ek_public"] = fake.ek_public.hex()

@@ -272,8 +272,8 @@ def test_boot_aggregate_from_event_log(shared_dir, obelisk_cli, pair, rng):
 
 
 def test_boot_aggregate_from_event_log_api(shared_dir):
-    """The same with the event log replayed by obelisk.attest.eventlog, and a wrong log rejected."""
-    from obelisk.attest import eventlog
+    """The same with the event log replayed by obelisk.tpm.eventlog, and a wrong log rejected."""
+    from obelisk.tpm import eventlog
     from obelisk.ima_policy import boot_aggregate
     from obelisk.ima_policy.measurement_list import parse_measurement_list
 

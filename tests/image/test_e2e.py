@@ -56,7 +56,7 @@ def image(example):
 
 
 def _boot(out: Path, run: Path, keys: Path):
-    from obelisk.image.boot import boot
+    from obelisk.lab.boot import boot
 
     return boot(out, run, ca=keys / "ca.pem", ca_key=keys / "ca.key", timeout=600)
 
@@ -68,7 +68,7 @@ def _console(node) -> str:
 def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
     from obelisk.attest.agent_certs import issue
     from obelisk.attest.agent_client import AgentEndpoint, AgentError, attest_node
-    from obelisk.image.boot import stop
+    from obelisk.lab.boot import stop
     from obelisk.image.verify import verify_image
     from obelisk.signer.keygen import generate
 
@@ -166,7 +166,7 @@ def _tampered_copy(out: Path, dest: Path, victim: str) -> None:
 
 def test_tampered_file_is_refused_and_named(example, image, tmp_path):
     from obelisk.attest.agent_client import AgentEndpoint, attest_node
-    from obelisk.image.boot import stop
+    from obelisk.lab.boot import stop
     from obelisk.image.verify import verify_image
 
     keys = example / "keys"

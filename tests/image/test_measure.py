@@ -51,7 +51,7 @@ def test_extend_command_layout():
 @pytest.mark.swtpm
 def test_tpm_applies_the_commands_as_predicted(swtpm, tmp_path):
     """tpm2_send delivers obelisk's command bytes; PCR 11 then equals the prediction."""
-    from obelisk.attest.tpm import pcr_values
+    from obelisk.tpm.device import pcr_values
 
     events = measure.boot_events("console=ttyS0", ROOT_DIGEST)
     for event in events:

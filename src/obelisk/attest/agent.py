@@ -11,12 +11,11 @@ changes the node. Every client must present a certificate that chains to the cus
     GET /v1/kernel                 kernel facts
     GET /v1/scan                   CIS/STIG scan of the node's own filesystem (obelisk.report/1)
 
-Run on the node as `python3 -m obelisk.attest.agent --config /run/obelisk/config/agent.json`.
+Run on the node as `python3 -m obelisk.cli.node_agent --config /run/obelisk/config/agent.json`.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import socket
@@ -301,19 +300,12 @@ def make_server(config: AgentConfig, services: Services | None = None,
     return AgentServer((config.host, config.port), server_context(config), services, log)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="obelisk-agent", description="obelisk node agent (mTLS, read-only)")
-    parser.add_argument("--config", required=True, help="agent.json (cert, key, client_ca, ...)")
-    parser.add_argument("--port", type=int, help="override the configured port")
-    args = parser.parse_args(argv)
-    try:
-        config = AgentConfig.load(args.config)
-        if args.port:
-            config = AgentConfig(**{**config.__dict__, "port": args.port})
-        server = make_server(config)
-    except InputError as exc:
-        print(f"obelisk-agent: error: {exc}", file=sys.stderr)
-        return 2
+def serve(config_path: str, port: int | None = None) -> None:
+    """Load the configuration and serve until interrupted (`obelisk attest agent`, and the node's agent)."""
+    config = AgentConfig.load(config_path)
+    if port:
+        config = AgentConfig(**{**config.__dict__, "port": port})
+    server = make_server(config)
     server.log(f"listening on {config.host}:{config.port}")
     try:
         server.serve_forever()
@@ -321,8 +313,3 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -216,7 +216,7 @@ def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = No
             event_log_path: str | None = EVENT_LOG_PATH, ima_path: str | None = None,
             pcrs: tuple[int, ...] | None = None, boot_events_path: str | None = None) -> Evidence:
     """Quote over `nonce` and gather the logs. A log that cannot be read is left null (the verifier says so)."""
-    from obelisk.attest import bootevents, eventlog, tpm
+    from obelisk.tpm import bootevents, eventlog, device as tpm
 
     raw = tpm.quote(nonce, tcti, ak_handle=ak_handle or tpm.AK_HANDLE, pcrs=pcrs or tpm.QUOTE_PCRS)
     info = tpm.read_ak(tcti, ak_handle=ak_handle or tpm.AK_HANDLE, with_certificate=False)

@@ -12,7 +12,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from obelisk.attest import akrecord, eventlog, quote as q
+from obelisk.attest import akrecord
+from obelisk.tpm import eventlog, quote as q
 from obelisk.attest.evidence import Evidence
 from obelisk.core.errors import InputError, ParseError
 from obelisk.core.findings import Evidence as Ev, Finding, Report, Severity, Status, Subject
@@ -173,7 +174,7 @@ def _boot_event_findings(ev: Evidence, pcrs: dict[int, bytes], expected: tuple, 
     """obelisk's PCR 11 log: replayed against the quote first, then each event against the build's."""
     import hashlib
 
-    from obelisk.attest import bootevents
+    from obelisk.tpm import bootevents
     from obelisk.core.errors import ParseError
 
     title = "obelisk's boot event log replays to the quoted PCRs"

@@ -1,7 +1,7 @@
 """`obelisk demo`: the main job on the bundled example (what `scripts/demo` runs).
 
 keys -> build -> verify -> boot -> attest -> HTML report -> stop, each stage timed and shown;
-the stages live in `obelisk.image.walkthrough`.
+the stages live in `obelisk.lab.walkthrough`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from obelisk.core.errors import InputError
-    from obelisk.image.walkthrough import Walk, run
+    from obelisk.lab.walkthrough import Walk, run
 
     example = Path(args.example)
     if not (example / "spec.yaml").is_file():

@@ -16,13 +16,14 @@ from obelisk.core.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ObeliskError
 
 # Each module defines register(subparsers: argparse._SubParsersAction) -> None.
 COMMAND_MODULES = (
-    "obelisk.signer.cli",
-    "obelisk.ima_policy.cli",
-    "obelisk.kernel_hardening.cli",
-    "obelisk.cis_checks.cli",
-    "obelisk.attest.cli",
-    "obelisk.reports.cli",
-    "obelisk.image.cli",
+    "obelisk.cli.signer",
+    "obelisk.cli.ima",
+    "obelisk.cli.kernel",
+    "obelisk.cli.cis",
+    "obelisk.cli.attest",
+    "obelisk.cli.disk",
+    "obelisk.cli.reports",
+    "obelisk.cli.image",
     "obelisk.cli.demo",
 )
 
@@ -30,17 +31,17 @@ COMMAND_MODULES = (
 # line imports only the modules of its command, so `obelisk ima sign` does not pay for building
 # every other component's parser.
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "keys": ("obelisk.signer.cli",),
-    "ima": ("obelisk.signer.cli", "obelisk.ima_policy.cli"),
-    "kernel": ("obelisk.kernel_hardening.cli",),
-    "scan": ("obelisk.cis_checks.cli",),
-    "k8s": ("obelisk.cis_checks.cli",),
-    "attest": ("obelisk.attest.cli", "obelisk.image.cli"),
-    "disk": ("obelisk.attest.cli",),
-    "report": ("obelisk.reports.cli",),
-    "build": ("obelisk.image.cli",),
-    "image": ("obelisk.image.cli",),
-    "boot": ("obelisk.image.cli",),
+    "keys": ("obelisk.cli.signer",),
+    "ima": ("obelisk.cli.signer", "obelisk.cli.ima"),
+    "kernel": ("obelisk.cli.kernel",),
+    "scan": ("obelisk.cli.cis",),
+    "k8s": ("obelisk.cli.cis",),
+    "attest": ("obelisk.cli.attest", "obelisk.cli.image"),
+    "disk": ("obelisk.cli.disk",),
+    "report": ("obelisk.cli.reports",),
+    "build": ("obelisk.cli.image",),
+    "image": ("obelisk.cli.image",),
+    "boot": ("obelisk.cli.image",),
     "demo": ("obelisk.cli.demo",),
 }
 

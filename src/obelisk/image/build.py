@@ -197,7 +197,8 @@ def signed_var_policy(plan: Plan, rootfs_sha256: bytes) -> bytes | None:
     spec = plan.spec
     if not (spec.disk.encryption and spec.disk.policy == "signed"):
         return None
-    from obelisk.attest import disk, seal
+    from obelisk.disk import volume as disk
+    from obelisk.tpm import seal
     from obelisk.signer.hashalgo import by_name
 
     assert plan.policy_signer is not None
@@ -303,7 +304,7 @@ fi
 export PYTHONPATH=/usr/lib/obelisk/python PYTHONDONTWRITEBYTECODE=1
 if [ "@VAR@" = luks2 ]; then
   # Unseals /var's key while PCR 11 still holds what the initramfs measured; mounts a tmpfs if it cannot.
-  python3 -m obelisk.image.node_init unlock-var > /dev/console 2>&1
+  python3 -m obelisk.cli.node_init unlock-var > /dev/console 2>&1
 fi
 if [ "@MEASURE@" = yes ]; then
   # End of boot in PCR 11: from here on nothing on the node can unseal /var's key again.
@@ -319,7 +320,7 @@ mkdir -p /var/lib/obelisk /var/log || echo "obelisk: mkdir failed with status $?
 if command -v python3 >/dev/null 2>&1 && [ -d /usr/lib/obelisk/python ]; then
   while true; do
     # The agent's TLS identity and settings come from the node's config disk (provisioning).
-    python3 -m obelisk.attest.agent --config /run/obelisk/config/agent.json --port @PORT@ > /dev/console 2>&1
+    python3 -m obelisk.cli.node_agent --config /run/obelisk/config/agent.json --port @PORT@ > /dev/console 2>&1
     echo "obelisk: agent exited, restarting" > /dev/console
     sleep 2
   done

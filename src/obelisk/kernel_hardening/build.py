@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -219,18 +218,3 @@ def build_from_profile(source: str | os.PathLike[str], ca_path: str | os.PathLik
         config = Path(tmp) / ".config"
         atomic.write_text(config, resolution.config_text)
         return build(source, config, ca_path, output, jobs=jobs, quiet=quiet)
-
-
-def run(args: argparse.Namespace) -> int:
-    from obelisk.cli.common import emit_result
-
-    result = build(args.kernel_source, args.config, args.ca, args.output, jobs=args.jobs, quiet=args.quiet)
-    data = {"output": str(result.output), "cached": result.cached, "seconds": round(result.seconds, 1),
-            **{k: result.info.get(k) for k in ("kernel_release", "bzImage_sha256", "vmlinux_sha256",
-                                                "config_sha256", "ca_sha256", "build_seconds")}}
-    how = "from cache" if result.cached else f"built in {data['seconds']} s"
-    text = (f"kernel {data['kernel_release']} -> {result.output}/bzImage ({how})\n"
-            f"bzImage sha256 {data['bzImage_sha256']}\n")
-    # -o names the output directory here, not a file for the result: print the result
-    shown = argparse.Namespace(format=args.format, output=None)
-    return emit_result(shown, data, text)

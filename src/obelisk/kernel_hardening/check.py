@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from obelisk.core.findings import Evidence, Finding, Reference, Status
+from obelisk.core.findings import Evidence, Finding, Reference, Report, Status, Subject
 from obelisk.kernel_hardening.inputs import Cmdline, Sysctls
 from obelisk.kernel_hardening.kconfig_file import KernelConfig
-from obelisk.kernel_hardening.profile import Profile, Requirement, Version, _vtext, parse_version
+from obelisk.kernel_hardening.profile import Profile, Requirement, Version, _vtext, load_profile, parse_version
 from obelisk.kernel_hardening.tree_index import TreeIndex, expr_text, symbols_in, unmet
 
 BENCHMARK = "kernel-hardening"
@@ -236,3 +236,55 @@ def _check_sysctl(req: Requirement, inputs: Inputs, profile: Profile) -> Finding
                         detail=f"{req.name}: {where}; expected {req.expected}. {req.why}")
     return _finding(req, Status.FAIL, observed=observed, target=sysctls.source, evidence=evidence,
                     detail=f"{req.name} is {observed}; expected {req.expected}. {req.why}")
+
+
+def check_report(profile_name: str, *, config: str | None = None, cmdline: str | None = None,
+                 sysctl: str | None = None, running: bool = False, kernel_source: str | None = None,
+                 waivers: str | None = None) -> Report:
+    """`obelisk kernel check`: read the inputs named (or this machine's, with `running`), check them."""
+    import os
+
+    from obelisk.core.errors import InputError
+    from obelisk.core.waivers import apply_waivers, load_waivers
+    from obelisk.kernel_hardening import inputs as kin
+    from obelisk.kernel_hardening import kconfig_file
+
+    profile = load_profile(profile_name)
+    if not (config or cmdline or sysctl or running):
+        raise InputError("nothing to check: give --config, --cmdline, --sysctl or --running")
+    kconfig = command_line = sysctls = None
+    if running:
+        config_path = config or "/proc/config.gz"
+        if not os.path.exists(config_path):
+            raise InputError("the running kernel exposes no configuration (needs CONFIG_IKCONFIG_PROC)",
+                             source=config_path)
+        kconfig = kconfig_file.read(config_path)
+        command_line = kin.read_cmdline(cmdline or "/proc/cmdline")
+        sysctls = (kin.read_sysctl_file(sysctl) if sysctl else
+                   kin.read_running_sysctls([r.name for r in profile.of_kind("sysctl")]))
+    else:
+        if config:
+            kconfig = kconfig_file.read(config)
+        if cmdline:
+            command_line = kin.read_cmdline(cmdline)
+        if sysctl:
+            sysctls = kin.read_sysctl_file(sysctl)
+    tree = None
+    if kernel_source:
+        from obelisk.kernel_hardening.source import source_tree
+        from obelisk.kernel_hardening.tree_index import load_index
+
+        tree = load_index(source_tree(kernel_source))
+    findings = check(profile, Inputs(config=kconfig, cmdline=command_line, sysctls=sysctls, tree=tree))
+    if waivers:
+        findings = apply_waivers(findings, load_waivers(waivers))
+    name = "running kernel" if running else (config or cmdline or sysctl)
+    attributes = [("profile", profile.name)]
+    if kconfig is not None and kconfig.version:
+        attributes.append(("config_version", kconfig.version))
+    if tree is not None:
+        attributes.append(("kernel_source", tree.root))
+        attributes.append(("kernel_source_version", tree.version))
+    return Report(findings=findings, subject=Subject(kind="kernel", name=str(name),
+                                                     attributes=tuple(sorted(attributes))),
+                  command="obelisk kernel check")

@@ -14,7 +14,6 @@ pointers into .text in .rodata with exactly as many entries as x86_64 has syscal
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import struct
@@ -251,26 +250,25 @@ def inspect(img: KernelImage, *, intended_config: str | None = None, ca_pem: byt
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from obelisk.cli.common import emit_report
+def inspect_file(image: str, *, config: str | None = None, ca: str | None = None) -> Report:
+    """`obelisk kernel inspect`: the findings about one kernel image file, as a report."""
     from obelisk.kernel_hardening import kimage
 
-    img = kimage.read(args.image)
+    img = kimage.read(image)
     intended = None
-    if args.config:
-        kconfig_file.read(args.config)
-        intended = Path(args.config).read_text(errors="replace")
-    ca = None
-    if args.ca:
+    if config:
+        kconfig_file.read(config)
+        intended = Path(config).read_text(errors="replace")
+    ca_pem = None
+    if ca:
         try:
-            ca = Path(args.ca).read_bytes()
+            ca_pem = Path(ca).read_bytes()
         except OSError as exc:
-            raise InputError(f"cannot read: {exc.strerror}", source=args.ca) from None
-    findings = inspect(img, intended_config=intended, ca_pem=ca, config_source=args.config or "")
-    digest = hashlib.sha256(Path(args.image).read_bytes()).hexdigest()
-    report = Report(findings=tuple(findings), command="obelisk kernel inspect",
-                    subject=Subject(kind="kernel", name=args.image, digest=f"sha256:{digest}",
-                                    attributes=(("banner", img.banner[:200]), ("format", img.format),
-                                                ("compression", img.compression),
-                                                ("stripped", str(img.stripped).lower()))))
-    return emit_report(args, report)
+            raise InputError(f"cannot read: {exc.strerror}", source=ca) from None
+    findings = inspect(img, intended_config=intended, ca_pem=ca_pem, config_source=config or "")
+    digest = hashlib.sha256(Path(image).read_bytes()).hexdigest()
+    return Report(findings=tuple(findings), command="obelisk kernel inspect",
+                  subject=Subject(kind="kernel", name=image, digest=f"sha256:{digest}",
+                                  attributes=(("banner", img.banner[:200]), ("format", img.format),
+                                              ("compression", img.compression),
+                                              ("stripped", str(img.stripped).lower()))))

@@ -9,7 +9,6 @@ present (/dev/tpm0 or /sys/class/tpm/tpm0), no module support (/proc/modules abs
 
 from __future__ import annotations
 
-import argparse
 import re
 import tempfile
 from pathlib import Path
@@ -98,8 +97,8 @@ def findings(console: str, target: str) -> list[Finding]:
 def boot(kernel: Path, workdir: Path, *, busybox: Path | None = None, timeout: float = 900,
          extra_cmdline: str = "") -> tuple[list[Finding], str]:
     from obelisk.core import atomic, tools
-    from obelisk.attest.swtpm import SwtpmSocket
-    from obelisk.kernel_hardening.qemu import QemuRun, run_kernel
+    from obelisk.tpm.swtpm import SwtpmSocket
+    from obelisk.lab.qemu import QemuRun, run_kernel
 
     busybox = busybox or Path(tools.which("busybox"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -112,17 +111,14 @@ def boot(kernel: Path, workdir: Path, *, busybox: Path | None = None, timeout: f
     return findings(result.console, str(kernel)), result.console
 
 
-def run(args: argparse.Namespace) -> int:
-    from obelisk.cli.common import emit_report
+def boot_report(image: str, *, workdir: str | None = None, timeout: float = 900) -> Report:
+    """`obelisk kernel boot`: boot one kernel image and report what it saw."""
     from obelisk.kernel_hardening import kimage
 
-    kimage.read(args.image)  # one-line error for anything that is not a kernel
+    kimage.read(image)  # one-line error for anything that is not a kernel
     with tempfile.TemporaryDirectory(prefix="obelisk-boot-") as tmp:
-        workdir = Path(args.workdir) if args.workdir else Path(tmp)
-        found, _ = boot(Path(args.image), workdir, timeout=args.timeout)
-    report = Report(findings=tuple(found), command="obelisk kernel boot",
-                    subject=Subject(kind="kernel", name=args.image))
-    return emit_report(args, report)
+        found, _ = boot(Path(image), Path(workdir) if workdir else Path(tmp), timeout=timeout)
+    return Report(findings=tuple(found), command="obelisk kernel boot", subject=Subject(kind="kernel", name=image))
 
 
-__all__ = ["INIT_SCRIPT", "boot", "facts", "findings", "initramfs"]
+__all__ = ["INIT_SCRIPT", "boot", "boot_report", "facts", "findings", "initramfs"]

@@ -1,6 +1,6 @@
 """On the node: unlock the LUKS2 /var with the TPM and mount it (run by /sbin/obelisk-init).
 
-    python3 -m obelisk.image.node_init unlock-var
+    python3 -m obelisk.cli.node_init unlock-var
 
 It runs from the signed root after the IMA policy is loaded, so this code, Python and cryptsetup
 are appraised like everything else, and before obelisk-init extends PCR 11 with the end-of-boot
@@ -13,10 +13,8 @@ goes to the console, and the exit status is 1: the node stays up so that the ver
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
-import sys
 
 from obelisk.core import tools
 from obelisk.core.errors import ObeliskError
@@ -57,7 +55,7 @@ def signed_policies(path: str = SIGNED_POLICY) -> list:
     """The customer-signed PCR 11 policy this image carries, if any (the TPM checks its signature)."""
     import json
 
-    from obelisk.attest import disk
+    from obelisk.disk import volume as disk
 
     try:
         with open(path, "rb") as handle:
@@ -75,7 +73,7 @@ def signed_policies(path: str = SIGNED_POLICY) -> list:
 
 def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/dev/tpmrm0",
                policy_file: str = SIGNED_POLICY) -> str:
-    from obelisk.attest import disk
+    from obelisk.disk import volume as disk
 
     if not disk.is_luks(device):
         # the image says /var is encrypted: a plain disk here was put in its place; never use or format it
@@ -92,32 +90,24 @@ def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/de
     return f"/var unlocked by the TPM (keyslot {token.keyslot}, {how} {pcrs}){', new filesystem' if fresh else ''}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="obelisk-node-init")
-    sub = parser.add_subparsers(dest="command", required=True)
-    unlock = sub.add_parser("unlock-var", help="unlock the LUKS2 /var with the TPM and mount it")
-    unlock.add_argument("--device", help="default: obelisk.var= on the kernel command line, else /dev/vdb")
-    unlock.add_argument("--mount", default="/var")
-    unlock.add_argument("--tcti", default="device:/dev/tpmrm0")
-    args = parser.parse_args(argv)
-    device = args.device
-    if device is None:
-        try:
-            with open("/proc/cmdline") as handle:
-                device = cmdline_value(handle.read(), "obelisk.var", "/dev/vdb")
-        except OSError:
-            device = "/dev/vdb"
+def var_device_from_cmdline(default: str = "/dev/vdb") -> str:
+    """The /var device named by `obelisk.var=` on this node's kernel command line."""
     try:
-        print(f"obelisk: {unlock_var(device, mountpoint=args.mount, tcti=args.tcti)}", flush=True)
+        with open("/proc/cmdline") as handle:
+            return cmdline_value(handle.read(), "obelisk.var", default)
+    except OSError:
+        return default
+
+
+def unlock_or_tmpfs(device: str, *, mountpoint: str = "/var", tcti: str = "device:/dev/tpmrm0") -> int:
+    """Unlock and mount /var, or mount a tmpfs there and say why on the console (exit status 1)."""
+    try:
+        print(f"obelisk: {unlock_var(device, mountpoint=mountpoint, tcti=tcti)}", flush=True)
         return 0
     except (ObeliskError, OSError) as exc:
         print(f"obelisk: FATAL: /var stays locked: {exc}; /var is a tmpfs", flush=True)
         try:
-            mount("tmpfs", args.mount, "tmpfs", data="mode=0755")
+            mount("tmpfs", mountpoint, "tmpfs", data="mode=0755")
         except OSError as mount_exc:
             print(f"obelisk: {mount_exc}", flush=True)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

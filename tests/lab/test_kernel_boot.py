@@ -7,8 +7,8 @@ import pytest
 
 from obelisk.core.findings import Status
 from obelisk.image import cpio
-from obelisk.kernel_hardening import bootcheck
-from obelisk.kernel_hardening.qemu import QemuRun
+from obelisk.lab import kernel_boot as bootcheck
+from obelisk.lab.qemu import QemuRun
 
 CONSOLE = """[    0.000000] Linux version 6.1.192 (obelisk@obelisk) #1 Thu Jan  1 00:00:00 UTC 1970
 [    2.100000] tpm_tis MSFT0101:00: 2.0 TPM (device-id 0x1, rev-id 1)
@@ -59,7 +59,7 @@ def test_qemu_command_line(tmp_path):
 
 @pytest.mark.swtpm
 def test_swtpm_socket_starts_and_stops(tmp_path):
-    from obelisk.attest.swtpm import SwtpmSocket
+    from obelisk.tpm.swtpm import SwtpmSocket
 
     with SwtpmSocket.start(tmp_path / "tpm") as tpm:
         assert tpm.socket.exists() and tpm.process is not None and tpm.process.poll() is None

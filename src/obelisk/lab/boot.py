@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from obelisk.attest.swtpm import qemu_tpm_args, start_for_qemu
+from obelisk.tpm.swtpm import qemu_tpm_args, start_for_qemu
 from obelisk.core import atomic, tools
 from obelisk.core.progress import progress
 from obelisk.core.errors import InputError, ObeliskError
@@ -92,7 +92,7 @@ def make_var_disk(path: Path, size_mib: int, *, encrypted: bool, sealed_to: dict
         handle.truncate(size_mib << 20)
     if not encrypted:
         return
-    from obelisk.attest import disk
+    from obelisk.disk import volume as disk
 
     enrolled = disk.enroll(str(path), sorted(sealed_to), tcti, format_volume=True, values=sealed_to,
                            policy_key=policy_key)
@@ -102,9 +102,10 @@ def make_var_disk(path: Path, size_mib: int, *, encrypted: bool, sealed_to: dict
 
 def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[str, Any], port: int) -> dict:
     """TLS material, the /var disk and the TPM's EK/AK for a fresh node in run_dir."""
-    from obelisk.attest import akrecord, tpm
+    from obelisk.attest import akrecord
+    from obelisk.tpm import device as tpm
     from obelisk.attest.agent_certs import issue
-    from obelisk.attest.swtpm import SoftwareTPM
+    from obelisk.tpm.swtpm import SoftwareTPM
 
     run_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(run_dir, 0o700)
@@ -223,7 +224,7 @@ def policy_key_of(manifest: dict[str, Any], ca: Path) -> bytes:
 
 def var_sealed_for(run_dir: Path, manifest: dict[str, Any], policy_key: bytes | None = None) -> bool | None:
     """Whether the run directory's LUKS2 /var is sealed to this image's predicted PCR values (None: not LUKS2)."""
-    from obelisk.attest import disk
+    from obelisk.disk import volume as disk
 
     var = str(run_dir / "var.img")
     if not disk.is_luks(var):

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from obelisk.attest import disk, seal, tpm
+from obelisk.disk import volume as disk
+from obelisk.tpm import seal, device as tpm
 from obelisk.core import tools
 
 pytestmark = pytest.mark.swtpm
@@ -219,7 +220,7 @@ def test_sealed_key_and_ak_are_exempt_from_dictionary_attack_lockout(swtpm):
     /var and quotes out (seen under QEMU); the sealed object and the AK carry noDA."""
     from tpm2_pytss import TPM2B_PUBLIC, TPMA_OBJECT
 
-    from obelisk.attest import seal, tpm
+    from obelisk.tpm import seal, device as tpm
 
     sealed = seal.seal(b"k" * 32, [11], swtpm.tcti)
     public, _ = TPM2B_PUBLIC.unmarshal(sealed.public)

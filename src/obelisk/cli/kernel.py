@@ -1,4 +1,4 @@
-"""`obelisk kernel check|config|build|inspect`: argument parsing only; the work is in the modules."""
+"""`obelisk kernel check|profiles|config|build|inspect|boot`: argument parsing and rendering only."""
 
 from __future__ import annotations
 
@@ -71,36 +71,80 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _boot(args: argparse.Namespace) -> int:
-    from obelisk.kernel_hardening.bootcheck import run
+    from obelisk.cli.common import emit_report
+    from obelisk.lab.kernel_boot import boot_report
 
-    return run(args)
+    return emit_report(args, boot_report(args.image, workdir=args.workdir, timeout=args.timeout))
 
 
 def _check(args: argparse.Namespace) -> int:
-    from obelisk.kernel_hardening.commands import run_check
+    from obelisk.cli.common import emit_report
+    from obelisk.kernel_hardening.check import check_report
 
-    return run_check(args)
+    return emit_report(args, check_report(args.profile, config=args.config, cmdline=args.cmdline,
+                                          sysctl=args.sysctl, running=args.running,
+                                          kernel_source=args.kernel_source, waivers=args.waivers))
 
 
 def _profiles(args: argparse.Namespace) -> int:
-    from obelisk.kernel_hardening.commands import run_profiles
+    from obelisk.cli.common import emit_result
+    from obelisk.kernel_hardening.profile import available_profiles, load_profile
 
-    return run_profiles(args)
+    rows = []
+    for name in available_profiles():
+        p = load_profile(name)
+        rows.append({"name": name, "description": p.description,
+                     **{kind: len(p.of_kind(kind)) for kind in ("kconfig", "cmdline", "sysctl")}})
+    text = "".join(f"{r['name']:14} {r['kconfig']:4} kconfig {r['cmdline']:3} cmdline {r['sysctl']:3} sysctl  "
+                   f"{r['description'][:80]}\n" for r in rows)
+    return emit_result(args, {"profiles": rows}, text)
 
 
 def _config(args: argparse.Namespace) -> int:
-    from obelisk.kernel_hardening.commands import run_config
+    import sys
 
-    return run_config(args)
+    from obelisk.cli.common import output_format
+    from obelisk.core import atomic
+    from obelisk.kernel_hardening.profile import load_profile
+    from obelisk.kernel_hardening.resolve import DROPPED, check_tree_clean, resolve
+    from obelisk.kernel_hardening.resolve_report import render_text, resolution_report
+    from obelisk.kernel_hardening.source import source_tree
+
+    profile = load_profile(args.profile)
+    tree = source_tree(args.kernel_source, quiet=args.quiet)
+    check_tree_clean(tree)
+    res = resolve(tree, profile, base=args.base, fragments=args.fragment)
+    atomic.write_text(args.output, res.config_text)
+    if args.input_out:
+        atomic.write_text(args.input_out, res.input_text)
+    report = resolution_report(res, output=args.output, profile=profile.name, tree=str(tree))
+    if args.report:
+        atomic.write_text(args.report, report.dumps())
+    if output_format(args) == "json":
+        sys.stdout.write(report.dumps())
+    else:
+        sys.stdout.write(render_text(res, output=args.output, profile=profile.name, verbose=args.verbose))
+    return 1 if (args.strict and res.by_status(DROPPED)) else 0
 
 
 def _build(args: argparse.Namespace) -> int:
-    from obelisk.kernel_hardening.commands import run_build
+    from obelisk.cli.common import emit_result
+    from obelisk.kernel_hardening.build import build
 
-    return run_build(args)
+    result = build(args.kernel_source, args.config, args.ca, args.output, jobs=args.jobs, quiet=args.quiet)
+    data = {"output": str(result.output), "cached": result.cached, "seconds": round(result.seconds, 1),
+            **{k: result.info.get(k) for k in ("kernel_release", "bzImage_sha256", "vmlinux_sha256",
+                                                "config_sha256", "ca_sha256", "build_seconds")}}
+    how = "from cache" if result.cached else f"built in {data['seconds']} s"
+    text = (f"kernel {data['kernel_release']} -> {result.output}/bzImage ({how})\n"
+            f"bzImage sha256 {data['bzImage_sha256']}\n")
+    # -o names the output directory here, not a file for the result: print the result
+    shown = argparse.Namespace(format=args.format, output=None)
+    return emit_result(shown, data, text)
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from obelisk.kernel_hardening.commands import run_inspect
+    from obelisk.cli.common import emit_report
+    from obelisk.kernel_hardening.inspect import inspect_file
 
-    return run_inspect(args)
+    return emit_report(args, inspect_file(args.image, config=args.config, ca=args.ca))

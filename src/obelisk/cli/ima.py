@@ -96,7 +96,7 @@ def _log_verify(args: argparse.Namespace) -> int:
         manifest = reference.load(args.reference) if args.reference else None
         boot_pcrs = None
         if args.eventlog:
-            from obelisk.attest import eventlog
+            from obelisk.tpm import eventlog
 
             replayed = eventlog.replay(eventlog.parse(_read(args.eventlog, "event log"), args.eventlog))
             boot_pcrs = {bank: {i: replayed.value(bank, i) for i in range(10)} for bank in replayed.pcrs}

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from obelisk.core.errors import ObeliskError
-from obelisk.image import node_init
+from obelisk.cli import node_init as node_init_cli
+from obelisk.disk import unlock as node_init
 
 
 def test_cmdline_value():
@@ -40,6 +41,6 @@ def test_failure_leaves_var_a_tmpfs_and_exit_1(tmp_path, monkeypatch, capsys):
     fs.write_bytes(b"\0" * (1 << 20))
     mounted = []
     monkeypatch.setattr(node_init, "mount", lambda *a, **k: mounted.append(a))
-    assert node_init.main(["unlock-var", "--device", str(fs), "--mount", str(tmp_path)]) == 1
+    assert node_init_cli.main(["unlock-var", "--device", str(fs), "--mount", str(tmp_path)]) == 1
     assert mounted == [("tmpfs", str(tmp_path), "tmpfs")]
     assert "FATAL: /var stays locked" in capsys.readouterr().out

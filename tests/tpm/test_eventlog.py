@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from obelisk.attest import eventlog as el
+from obelisk.tpm import eventlog as el
 from obelisk.core import tools
 from obelisk.core.errors import ParseError
 

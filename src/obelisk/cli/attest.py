@@ -1,4 +1,4 @@
-"""`obelisk attest ...` and `obelisk disk ...`: thin argument parsing; the work is in the attest modules."""
+"""`obelisk attest ...`: argument parsing and rendering; the work is in the attest and tpm modules."""
 
 from __future__ import annotations
 
@@ -102,62 +102,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output_options(p)
     p.set_defaults(handler=_checkquote)
 
-    _register_disk(sub)
-
-
-def _register_disk(sub: argparse._SubParsersAction) -> None:
-    from obelisk.cli.main import subcommand_group
-
-    disk = subcommand_group(sub, "disk", "LUKS2 volumes unlocked by keys sealed in the TPM")
-
-    def device(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", required=True, metavar="FILE|BLOCKDEV", help="LUKS2 volume (file or block device)")
-        p.add_argument("--tcti", default=None, help="TPM to use (default $TPM2TOOLS_TCTI, else device:/dev/tpmrm0)")
-
-    p = disk.add_parser("enroll", help="seal a new key for the volume in the TPM and add a recovery key")
-    device(p)
-    p.add_argument("--pcrs", required=True, help="sha256 PCRs to seal to, e.g. 7,11")
-    p.add_argument("--pcr-value", action="append", default=[], metavar="N=HEX",
-                   help="seal to this value of PCR N instead of the current one (e.g. predicted by the build)")
-    p.add_argument("--key-file", metavar="FILE", help="an existing passphrase of the volume (file, or - for stdin)")
-    p.add_argument("--format", dest="format_volume", action="store_true",
-                   help="the device is not LUKS2 yet: create the volume (destroys its contents)")
-    p.add_argument("--policy-key", metavar="PEM",
-                   help="customer public key: unseal under any PCR policy this key signed (PolicyAuthorize)")
-    p.add_argument("--no-recovery", action="store_true", help="do not add a recovery key (not recommended)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(handler=_disk_enroll)
-
-    p = disk.add_parser("unlock", help="unseal the key with the TPM and open the volume")
-    device(p)
-    p.add_argument("--name", help="device-mapper name (default obelisk-<file name>)")
-    p.add_argument("--test", action="store_true", help="only prove the unsealed key opens its keyslot")
-    p.add_argument("--signed-policy", action="append", default=[], metavar="FILE",
-                   help="a PCR policy signed by the customer key (besides those stored in the token)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=_disk_unlock)
-
-    p = disk.add_parser("reseal", help="seal a fresh key to the current PCR values (no data is touched)")
-    device(p)
-    p.add_argument("--pcrs", help="PCRs to seal to (default: the ones sealed to before)")
-    p.add_argument("--pcr-value", action="append", default=[], metavar="N=HEX")
-    p.add_argument("--recovery-key-file", metavar="FILE",
-                   help="recovery key (file, or - for stdin), needed when the TPM refuses the old policy")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=_disk_reseal)
-
-    p = disk.add_parser("sign-policy", help="customer: sign a PCR policy (current or predicted values)")
-    p.add_argument("--key", required=True, metavar="PEM", help="customer private key (ECDSA P-256 or RSA)")
-    p.add_argument("--pcrs", required=True)
-    p.add_argument("--pcr-value", action="append", default=[], metavar="N=HEX")
-    p.add_argument("--tcti", default=None, help="read values not given with --pcr-value from this TPM")
-    p.add_argument("-o", "--output", required=True, metavar="FILE")
-    p.set_defaults(handler=_disk_sign_policy)
-
-    p = disk.add_parser("add-policy", help="store a customer-signed PCR policy in the volume's token")
-    p.add_argument("--device", required=True)
-    p.add_argument("policy", metavar="FILE")
-    p.set_defaults(handler=_disk_add_policy)
 
 
 def _tpm_options(p: argparse.ArgumentParser) -> None:
@@ -187,33 +131,14 @@ def _hex(text: str, what: str = "--nonce") -> bytes:
         raise InputError(f"{what}: empty")
     return value
 
-
-def _pcr_list(text: str) -> tuple[int, ...]:
-    from obelisk.core.errors import InputError
-
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                out += range(lo, hi + 1)
-            elif part.strip():
-                out.append(int(part))
-    except ValueError:
-        raise InputError(f"PCR list {text!r}: expected numbers like 0-11 or 7,11") from None
-    if not out or any(not 0 <= p <= 23 for p in out):
-        raise InputError(f"PCR list {text!r}: PCRs are 0..23")
-    return tuple(sorted(set(out)))
-
-
 def _read(path: str, what: str, limit: int) -> bytes:
-    from obelisk.attest.inputs import read_bounded
+    from obelisk.core.inputs import read_bounded
 
     return read_bounded(path, what, limit)
 
 
 def _eventlog(args: argparse.Namespace) -> int:
-    from obelisk.attest import eventlog as el
+    from obelisk.tpm import eventlog as el
     from obelisk.core.errors import InputError
 
     data = _read(args.log, "event log", el.MAX_LOG_SIZE)
@@ -249,7 +174,8 @@ def _eventlog_text(data: dict[str, Any]) -> str:
 # ---- handlers -----------------------------------------------------------------------------------
 
 def _ak_create(args: argparse.Namespace) -> int:
-    from obelisk.attest import akrecord, tpm
+    from obelisk.attest import akrecord
+    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
 
     info = tpm.create_keys(args.tcti, ek_handle=args.ek_handle or tpm.EK_HANDLE,
@@ -257,7 +183,7 @@ def _ak_create(args: argparse.Namespace) -> int:
     record = akrecord.from_public(info.public, ek_public=info.ek_public, source="TPM",
                                   ek_certificate=info.ek_certificate)
     if record.qualified_name != info.qualified_name:  # our computation must agree with the TPM's
-        from obelisk.attest.tpm import TPMError
+        from obelisk.tpm.device import TPMError
         raise TPMError("the TPM reports a different AK qualified name than obelisk computes")
     atomic.write_text(args.record, akrecord.dumps(record))
     if args.tss:
@@ -276,7 +202,8 @@ def _cred_make(args: argparse.Namespace) -> int:
     import json
     import secrets
 
-    from obelisk.attest import akrecord, tpm
+    from obelisk.attest import akrecord
+    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
     from obelisk.core.errors import InputError
 
@@ -309,7 +236,7 @@ def _cred_make(args: argparse.Namespace) -> int:
 def _cred_activate(args: argparse.Namespace) -> int:
     import json
 
-    from obelisk.attest import tpm
+    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
     from obelisk.core.errors import InputError
 
@@ -349,7 +276,8 @@ def _cred_check(args: argparse.Namespace) -> int:
 def _quote(args: argparse.Namespace) -> int:
     import os
 
-    from obelisk.attest import evidence as evmod, quote as q, tpm
+    from obelisk.attest import evidence as evmod
+    from obelisk.tpm import quote as q, device as tpm
     from obelisk.core import atomic
 
     nonce = _hex(args.nonce)
@@ -370,7 +298,8 @@ def _quote(args: argparse.Namespace) -> int:
 
 
 def _evidence(args: argparse.Namespace) -> int:
-    from obelisk.attest import evidence as evmod, tpm
+    from obelisk.attest import evidence as evmod
+    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
 
     nonce = _hex(args.nonce)
@@ -407,7 +336,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _checkquote(args: argparse.Namespace) -> int:
-    from obelisk.attest import evidence as evmod, quote as q, verify
+    from obelisk.attest import evidence as evmod, verify
+    from obelisk.tpm import quote as q
     from obelisk.cli.common import emit_report
     from obelisk.core.errors import InputError
 
@@ -435,150 +365,7 @@ def _checkquote(args: argparse.Namespace) -> int:
     return emit_report(args, report)
 
 
-# ---- disk ---------------------------------------------------------------------------------------
+def _pcr_list(text: str) -> tuple[int, ...]:
+    from obelisk.tpm.pcr import parse_pcr_list
 
-def _pcr_values(items: list[str]) -> dict[int, bytes]:
-    from obelisk.core.errors import InputError
-
-    out: dict[int, bytes] = {}
-    for item in items:
-        idx, sep, value = item.partition("=")
-        try:
-            pcr, digest = int(idx), bytes.fromhex(value)
-        except ValueError:
-            pcr, digest = -1, b""
-        if not sep or not 0 <= pcr <= 23 or len(digest) != 32:
-            raise InputError(f"--pcr-value {item!r}: expected N=64 hex digits (sha256)")
-        out[pcr] = digest
-    return out
-
-
-def _secret_file(path: str, what: str) -> bytes:
-    import sys
-
-    if path == "-":
-        data = sys.stdin.buffer.read(4097)
-    else:
-        data = _read(path, what, 4096)
-    if len(data) > 4096 or not data.strip():
-        from obelisk.core.errors import InputError
-        raise InputError(f"{what} must be 1..4096 bytes", source=path)
-    return data
-
-
-def _disk_enroll(args: argparse.Namespace) -> int:
-    import json
-
-    from obelisk.attest import disk
-
-    key = _secret_file(args.key_file, "key file") if args.key_file else None
-    policy_key = None
-    if args.policy_key:
-        from cryptography.hazmat.primitives import serialization
-        from obelisk.core.errors import InputError
-        try:
-            pub = serialization.load_pem_public_key(_read(args.policy_key, "policy key", 1 << 16))
-        except ValueError:
-            raise InputError("not a PEM public key", source=args.policy_key) from None
-        policy_key = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    pcrs = _pcr_list(args.pcrs)
-    result = disk.enroll(args.device, pcrs, args.tcti, existing_key=key, format_volume=args.format_volume,
-                         values=_pcr_values(args.pcr_value), policy_key=policy_key, recovery=not args.no_recovery)
-    data = {"device": args.device, "tpm_keyslot": result.tpm_keyslot, "recovery_keyslot": result.recovery_keyslot,
-            "pcrs": list(result.pcrs), "pcr_values": {str(k): v.hex() for k, v in result.values.items()},
-            "formatted": result.formatted, "recovery_key": result.recovery_key,
-            "signed_policy": policy_key is not None}
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        print(f"{args.device}: TPM key in keyslot {result.tpm_keyslot}, sealed to sha256 PCRs "
-              f"{','.join(map(str, result.pcrs))}" + (" (customer-signed policies)" if policy_key else ""))
-        if result.recovery_key:
-            print(f"recovery key (keyslot {result.recovery_keyslot}); write it down now, it is shown only once:")
-            print(f"    {result.recovery_key}")
-    return 0
-
-
-def _disk_unlock(args: argparse.Namespace) -> int:
-    import json
-
-    from obelisk.attest import disk
-
-    extra = [disk.signed_policy_from_json(_json_file(p), p) for p in args.signed_policy]
-    token = disk.unlock(args.device, args.tcti, name=args.name, test=args.test, extra_policies=extra)
-    if args.json:
-        print(json.dumps({"device": args.device, "keyslot": token.keyslot, "test": args.test, "opened": True}))
-    elif args.test:
-        print(f"{args.device}: the TPM released the key; it opens keyslot {token.keyslot}")
-    else:
-        print(f"{args.device}: opened")
-    return 0
-
-
-def _json_file(path: str) -> dict:
-    import json
-
-    from obelisk.core.errors import InputError
-
-    try:
-        doc = json.loads(_read(path, "file", 1 << 20))
-    except ValueError as exc:
-        raise InputError(f"not JSON: {exc}", source=path) from None
-    if not isinstance(doc, dict):
-        raise InputError("expected a JSON object", source=path)
-    return doc
-
-
-def _disk_reseal(args: argparse.Namespace) -> int:
-    import json
-
-    from obelisk.attest import disk
-
-    recovery = (disk.normalize_recovery_key(_secret_file(args.recovery_key_file, "recovery key").decode(
-        "utf-8", "replace")) if args.recovery_key_file else None)
-    token = disk.reseal(args.device, args.tcti, pcrs=_pcr_list(args.pcrs) if args.pcrs else None,
-                        recovery_key=recovery, values=_pcr_values(args.pcr_value))
-    if args.json:
-        print(json.dumps({"device": args.device, "tpm_keyslot": token.keyslot, "pcrs": list(token.sealed.pcrs)}))
-    else:
-        print(f"{args.device}: resealed to sha256 PCRs {','.join(map(str, token.sealed.pcrs))}, "
-              f"TPM key now in keyslot {token.keyslot}")
-    return 0
-
-
-def _disk_sign_policy(args: argparse.Namespace) -> int:
-    import json
-
-    from cryptography.hazmat.primitives import serialization
-
-    from obelisk.attest import disk, seal, tpm
-    from obelisk.core import atomic
-    from obelisk.core.errors import InputError
-
-    try:
-        key = serialization.load_pem_private_key(_read(args.key, "key", 1 << 16), password=None)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"cannot load private key: {exc}", source=args.key) from None
-    pcrs = _pcr_list(args.pcrs)
-    values = _pcr_values(args.pcr_value)
-    missing = [p for p in pcrs if p not in values]
-    if missing:
-        if args.tcti is None and not values:
-            values = tpm.pcr_values(None, seal.BANK, pcrs)
-        else:
-            values.update(tpm.pcr_values(args.tcti, seal.BANK, missing))
-    values = {p: values[p] for p in pcrs}
-    policy = seal.SignedPolicy(pcrs=pcrs, values=values,
-                               signature=seal.sign_policy(key, seal.policy_pcr_digest(pcrs, values)))
-    atomic.write_text(args.output, json.dumps(disk.signed_policy_json(policy), indent=2) + "\n")
-    print(f"signed PCR policy written to {args.output}")
-    return 0
-
-
-def _disk_add_policy(args: argparse.Namespace) -> int:
-    from obelisk.attest import disk
-
-    policy = disk.signed_policy_from_json(_json_file(args.policy), args.policy)
-    token = disk.add_signed_policy(args.device, policy)
-    print(f"{args.device}: {len(token.signed_policies)} signed PCR policies stored")
-    return 0
+    return parse_pcr_list(text)

@@ -8,7 +8,8 @@ import base64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obelisk.attest import disk, seal
+from obelisk.disk import volume as disk
+from obelisk.tpm import seal
 from obelisk.core.errors import InputError
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -146,7 +146,7 @@ def _attest_node(args: argparse.Namespace) -> int:
 
 
 def _attest_agent(args: argparse.Namespace) -> int:
-    from obelisk.attest.agent import main
+    from obelisk.cli.node_agent import main
 
     return main(["--config", args.config] + (["--port", str(args.port)] if args.port else []))
 
@@ -165,7 +165,7 @@ def _issue_cert(args: argparse.Namespace) -> int:
 def _boot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from obelisk.image import boot
+    from obelisk.lab import boot
 
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")

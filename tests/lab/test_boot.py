@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 import pytest
 
 from obelisk.core.errors import InputError
-from obelisk.image import boot
+from obelisk.lab import boot
 from tests.conftest import extend_pcr11
 
 MANIFEST = {"image": {"name": "n1", "version": "1"},
@@ -67,8 +67,9 @@ def test_provision_writes_config_disk_and_enrolls_the_ak(tmp_path):
 def test_encrypted_var_opens_only_for_the_predicted_boot(tmp_path):
     """/var is LUKS2, its key sealed in the node's TPM to the PCR 11 the build predicted: replaying
     the predicted boot unseals it, another command line does not (and names PCR 11)."""
-    from obelisk.attest import disk, seal
-    from obelisk.attest.swtpm import SoftwareTPM
+    from obelisk.disk import volume as disk
+    from obelisk.tpm import seal
+    from obelisk.tpm.swtpm import SoftwareTPM
     from obelisk.image import measure
     from obelisk.signer.keygen import generate
 
@@ -104,13 +105,14 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
     """disk.policy signed: /var is sealed to the customer key (PolicyAuthorize); the build's signed
     policy for image A opens it when A booted, image B's (an update) when B booted, and a policy for
     A does not open it when B booted; a policy signed by another key opens nothing."""
-    from obelisk.attest import disk, seal
-    from obelisk.attest.swtpm import SoftwareTPM
+    from obelisk.disk import volume as disk
+    from obelisk.tpm import seal
+    from obelisk.tpm.swtpm import SoftwareTPM
     from obelisk.image import build as buildmod
     from obelisk.image import manifest as mf
     from obelisk.image import measure
     from obelisk.image.cmdline import kernel_cmdline
-    from obelisk.image.node_init import signed_policies
+    from obelisk.disk.unlock import signed_policies
     from obelisk.image.spec import parse_spec
     from obelisk.signer.keygen import generate
     from obelisk.signer.keys import load_certificate, load_signing_key

@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from obelisk.attest import seal as sealmod
+from obelisk.tpm import seal as sealmod
 from obelisk.core import tools
 from obelisk.core.errors import InputError, ObeliskError
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from obelisk.attest import quote as q
+from obelisk.tpm import quote as q
 from obelisk.core.errors import ParseError
 
 SAMPLE = q.Attest(

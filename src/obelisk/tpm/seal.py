@@ -18,8 +18,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from obelisk.attest import tpm as tpmmod
-from obelisk.attest.tpm import TPMError
+from obelisk.tpm import device as tpmmod
+from obelisk.tpm.device import TPMError
 from obelisk.core.errors import InputError
 
 BANK = "sha256"

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from obelisk.attest import akrecord, bootevents, evidence, tpm, verify
+from obelisk.attest import akrecord, evidence, verify
+from obelisk.tpm import bootevents, device as tpm
 from obelisk.core.errors import ParseError
 from obelisk.core.findings import Status
 from tests.conftest import extend_pcr11

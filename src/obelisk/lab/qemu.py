@@ -4,7 +4,7 @@
         result = run_kernel(QemuRun(kernel=bz, initramfs=cpio, cmdline="console=ttyS0",
                                     console=workdir / "serial.log", tpm_socket=tpm.socket), timeout=600)
 
-swtpm (started by `obelisk.attest.swtpm`, the one place it is run) has its control channel on a unix socket, the way QEMU's
+swtpm (started by `obelisk.tpm.swtpm`, the one place it is run) has its control channel on a unix socket, the way QEMU's
 `-tpmdev emulator` expects (`-chardev socket,path=...`). QEMU uses software emulation (TCG)
 unless asked for KVM (`accel="kvm"` or OBELISK_QEMU_ACCEL=kvm); `-no-reboot` makes a guest reboot or poweroff end QEMU.
 """
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obelisk.attest.swtpm import qemu_tpm_args
+from obelisk.tpm.swtpm import qemu_tpm_args
 from obelisk.core import tools
 from obelisk.core.errors import ToolFailedError
 

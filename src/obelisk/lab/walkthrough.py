@@ -80,7 +80,7 @@ def stage_verify(w: Walk) -> str:
 
 
 def stage_boot(w: Walk) -> str:
-    from obelisk.image.boot import boot
+    from obelisk.lab.boot import boot
 
     node = boot(w.out, w.workdir / "node", ca=w.keys / "ca.pem", ca_key=w.keys / "ca.key", fresh=True,
                 quiet=w.quiet)
@@ -121,7 +121,7 @@ def stage_report(w: Walk) -> str:
 
 
 def stage_stop(w: Walk) -> str:
-    from obelisk.image.boot import stop
+    from obelisk.lab.boot import stop
 
     node = w.values.get("node")
     if node is None:

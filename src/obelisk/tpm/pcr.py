@@ -1,0 +1,22 @@
+"""PCR arithmetic and PCR selections as users write them."""
+
+from __future__ import annotations
+
+from obelisk.core.errors import InputError
+
+
+def parse_pcr_list(text: str) -> tuple[int, ...]:
+    """A PCR selection as users write it: `7,11`, `0-7`, or both; sorted, each PCR once."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                out += range(lo, hi + 1)
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise InputError(f"PCR list {text!r}: expected numbers like 0-11 or 7,11") from None
+    if not out or any(not 0 <= p <= 23 for p in out):
+        raise InputError(f"PCR list {text!r}: PCRs are 0..23")
+    return tuple(sorted(set(out)))
