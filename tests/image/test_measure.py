@@ -81,7 +81,7 @@ def test_shell_send_checks_the_response_code(tmp_path, shell):
     read on from offset 65)."""
     command = tmp_path / "cmd"
     command.write_bytes(measure.extend_command(11, ROOT_DIGEST))
-    script = measure.SHELL_SEND + 'tpm_send "$1"\n'
+    script = measure.shell_send() + 'tpm_send "$1"\n'
     for response, expected in (("80010000000a00000000", 0), ("80010000000a0000098e", 1), ("", 1)):
         device = tmp_path / "tpm"
         device.write_bytes(b"\0" * 65 + bytes.fromhex(response))

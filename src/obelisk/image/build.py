@@ -28,7 +28,7 @@ from obelisk import __version__
 from obelisk.core import atomic, tools
 from obelisk.core.errors import InputError
 from obelisk.core.progress import progress
-from obelisk.image import cmdline, initramfs, manifest, measure, rootfs, sbom, squashfs
+from obelisk.image import cmdline, initramfs, manifest, measure, rootfs, sbom, scripts, squashfs
 from obelisk.image.cache import StepCache, file_digest, tree_digest
 from obelisk.image.spec import APPRAISING, Permission, Spec, SpecError
 
@@ -283,51 +283,11 @@ def var_mode(spec: Spec) -> str:
 
 
 def node_init_script(spec: Spec) -> str:
-    return (NODE_INIT_SCRIPT.replace("@PORT@", str(spec.agent.port)).replace("@VAR@", var_mode(spec))
-            .replace("@MEASURE@", "yes" if spec.tpm.enabled else "no")
-            .replace("@TPM_SEND@", measure.SHELL_SEND).replace("@BOOT_COMPLETE@", "/" + BOOT_COMPLETE_COMMAND)
-            .replace("@BOOT_COMPLETE_DIGEST@", measure.BOOT_COMPLETE_DIGEST.hex()))
+    """/sbin/obelisk-init, from templates/obelisk-init.sh.j2."""
+    return scripts.render("obelisk-init.sh.j2", measure="yes" if spec.tpm.enabled else "no", var_mode=var_mode(spec),
+                          port=spec.agent.port, boot_complete="/" + BOOT_COMPLETE_COMMAND,
+                          boot_complete_digest=measure.BOOT_COMPLETE_DIGEST.hex())
 
-
-NODE_INIT_SCRIPT = """#!/bin/sh
-# obelisk node init: the node's only service is the attestation agent (no login, no shell on a console).
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-@TPM_SEND@
-if [ -s /etc/ima/ima-policy ]; then
-  # By path: the kernel appraises the policy file's own signature. Nothing runs without it.
-  if ! echo /etc/ima/ima-policy > /sys/kernel/security/ima/policy; then
-    echo "obelisk: FATAL: the kernel refused the IMA policy; the node stays down" > /dev/console
-    while true; do sleep 3600; done
-  fi
-  echo "obelisk: IMA policy loaded" > /dev/console
-fi
-export PYTHONPATH=/usr/lib/obelisk/python PYTHONDONTWRITEBYTECODE=1
-if [ "@VAR@" = luks2 ]; then
-  # Unseals /var's key while PCR 11 still holds what the initramfs measured; mounts a tmpfs if it cannot.
-  python3 -m obelisk.cli.node_init unlock-var > /dev/console 2>&1
-fi
-if [ "@MEASURE@" = yes ]; then
-  # End of boot in PCR 11: from here on nothing on the node can unseal /var's key again.
-  if ! tpm_send @BOOT_COMPLETE@; then
-    echo "obelisk: FATAL: cannot extend PCR 11; the node stays down" > /dev/console
-    while true; do sleep 3600; done
-  fi
-  echo "11 obelisk.boot-complete @BOOT_COMPLETE_DIGEST@" >> /run/obelisk/boot-events
-fi
-echo "obelisk: node up ($(cat /etc/obelisk/image | tr '\\n' ' '))" > /dev/console
-# Runs from the signed root at every boot; a changed binary is refused here by IMA appraisal.
-mkdir -p /var/lib/obelisk /var/log || echo "obelisk: mkdir failed with status $?" > /dev/console
-if command -v python3 >/dev/null 2>&1 && [ -d /usr/lib/obelisk/python ]; then
-  while true; do
-    # The agent's TLS identity and settings come from the node's config disk (provisioning).
-    python3 -m obelisk.cli.node_agent --config /run/obelisk/config/agent.json --port @PORT@ > /dev/console 2>&1
-    echo "obelisk: agent exited, restarting" > /dev/console
-    sleep 2
-  done
-fi
-echo "obelisk: this rootfs has no Python runtime: the agent cannot run" > /dev/console
-while true; do sleep 3600; done
-"""
 
 KUBERNETES_README = """Kubernetes binaries are not part of Debian 12's archive and are not in this image.
 Put kubelet, containerd and (control plane) kube-apiserver, kube-controller-manager,

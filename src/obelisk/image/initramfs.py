@@ -1,7 +1,7 @@
 """The initramfs: busybox and one /init script, as a reproducible newc cpio.
 
-/init measures the kernel command line and the whole root device into PCR 11 (see measure.py),
-mounts the signed SquashFS read-only as the new root, mounts a plain /var from the second virtio
+/init (templates/init.sh.j2) measures the kernel command line and the whole root device into
+PCR 11 (see measure.py), mounts the signed SquashFS read-only as the new root, mounts a plain /var from the second virtio
 disk (an encrypted one is left to the root, which has the TPM and cryptsetup tools) and the
 node's config disk, and hands over to the node's /sbin/obelisk-init. That script, itself on the
 signed root, loads the IMA policy first (by path, so the kernel appraises the policy file's
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from obelisk.image import cpio
+from obelisk.image import cpio, scripts
 from obelisk.image import measure as measure_mod
 
 APPLETS = ("sh", "mount", "umount", "switch_root", "mkdir", "echo", "cat", "sleep", "poweroff", "mke2fs",
@@ -23,86 +23,13 @@ APPLETS = ("sh", "mount", "umount", "switch_root", "mkdir", "echo", "cat", "slee
 
 VAR_MODES = ("plain", "luks2")
 
-INIT = r"""#!/bin/sh
-# obelisk initramfs: measure the command line and the root into PCR 11, mount the signed root
-# read-only, /var (plain mode) and the node's config disk, then hand over to /sbin/obelisk-init.
-export PATH=/bin
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
-say() { echo "obelisk-init: $*" > /dev/console; }
-fail() { say "FATAL: $*"; sleep 2; poweroff -f; }
-@TPM_FUNCTIONS@
-root=/dev/vda
-var=/dev/vdb
-config=/dev/vdc
-for arg in $(cat /proc/cmdline); do
-  case "$arg" in
-    obelisk.root=*) root="${arg#*=}" ;;
-    obelisk.var=*) var="${arg#*=}" ;;
-    obelisk.config=*) config="${arg#*=}" ;;
-  esac
-done
-[ -b "$root" ] || fail "no root device $root"
-if [ "@MEASURE@" = yes ]; then
-  # Before anything from the root runs: a changed command line or root shows in PCR 11, and
-  # /var's key (sealed to PCR 11) stays locked. The build predicted both values.
-  cmdline_digest=$(sha256sum /proc/cmdline | cut -d' ' -f1)
-  root_digest=$(sha256sum "$root" | cut -d' ' -f1)
-  tpm_extend "$cmdline_digest" || fail "cannot measure the command line into PCR 11"
-  tpm_extend "$root_digest" || fail "cannot measure $root into PCR 11"
-  say "measured the command line and $root into PCR 11"
-fi
-mount -t squashfs -o ro "$root" /newroot || fail "cannot mount the root SquashFS $root"
-if [ "@VAR@" = luks2 ]; then
-  say "/var is LUKS2: /sbin/obelisk-init unlocks it with the TPM"
-elif [ -b "$var" ]; then
-  kind=$(blkid "$var" | sed -n 's/.*TYPE="\([^"]*\)".*/\1/p')
-  if [ -z "$kind" ]; then
-    say "formatting $var for /var (first boot)"
-    mke2fs -q -t ext2 -L obelisk-var "$var" || fail "cannot format $var"
-    kind=ext2
-  fi
-  if [ "$kind" != ext2 ] || ! mount -t ext2 -o nosuid,nodev "$var" /newroot/var; then
-    # never format a disk that holds something: it may be another node's data
-    say "cannot mount /var from $var (${kind}): /var is a tmpfs"
-    mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/var
-  fi
-else
-  say "no /var disk ($var): /var is a tmpfs"
-  mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/var
-fi
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run
-if [ "@MEASURE@" = yes ]; then
-  # the log of what went into PCR 11, for the verifier (it replays it against the quote)
-  mkdir -p /newroot/run/obelisk
-  printf '11 obelisk.cmdline %s\n11 obelisk.root %s\n' "$cmdline_digest" "$root_digest" \
-    > /newroot/run/obelisk/boot-events
-fi
-if [ -f /etc/obelisk/var-policy.json ]; then
-  # the customer's approval of this image's PCR 11 (disk.policy signed): lets the root open /var
-  mkdir -p /newroot/run/obelisk
-  cat /etc/obelisk/var-policy.json > /newroot/run/obelisk/var-policy.json
-fi
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp
-if [ -b "$config" ]; then
-  mkdir -p /newroot/run/obelisk/config
-  mount -t ext2 -o ro,nosuid,nodev,noexec "$config" /newroot/run/obelisk/config \
-    || say "cannot mount the config disk $config"
-fi
-mount --move /dev /newroot/dev
-mount --move /proc /newroot/proc
-mount --move /sys /newroot/sys
-exec switch_root /newroot /sbin/obelisk-init
-"""
-
 
 def render_init(*, measure: bool, var_mode: str) -> str:
+    """/init, from templates/init.sh.j2."""
     if var_mode not in VAR_MODES:
         raise ValueError(f"var_mode: {var_mode!r}")
-    return (INIT.replace("@TPM_FUNCTIONS@", measure_mod.shell_functions())
-            .replace("@MEASURE@", "yes" if measure else "no").replace("@VAR@", var_mode))
+    return scripts.render("init.sh.j2", measure="yes" if measure else "no", var_mode=var_mode,
+                          tpm_prefix=measure_mod.command_prefix_hex(measure_mod.PCR))
 
 
 def entries(busybox: bytes, ima_cert_der: bytes | None, epoch: int, init: str,

@@ -15,7 +15,7 @@ knows the command line and the SquashFS bytes, predicts PCR 11 exactly; the veri
 the quoted value with `pcrs.predicted` in the manifest.
 
 The initramfs has no TPM library: it writes the TPM2_PCR_Extend command to /dev/tpmrm0 itself
-(`SHELL_EXTEND`), and /sbin/obelisk-init writes the constant command `extend_command(...)`
+(`shell_functions`), and /sbin/obelisk-init writes the constant command `extend_command(...)`
 built here. A test sends both to swtpm and compares PCR 11 with `predict`. Both also append
 each event to /run/obelisk/boot-events (attest/bootevents.py), which the agent hands to the
 verifier so that it can name the measurement that differs.
@@ -99,28 +99,17 @@ def command_prefix_hex(pcr: int) -> str:
     return extend_command(pcr, b"\0" * 32)[:-32].hex()
 
 
-# POSIX shell functions. tpm_send FILE: one TPM command from FILE in one write() (the TPM character
-# device takes a command per write), the response read on the same descriptor and its response
-# code (bytes 6-9) checked; plain sh, dd, od and tr, so it runs under dash and busybox alike.
-# tpm_extend HEX_DIGEST (busybox: printf with \x escapes): TPM2_PCR_Extend of PCR 11's sha256 bank.
-SHELL_SEND = r"""tpm_send() {
-  dev=${TPM_DEVICE:-/dev/tpmrm0}
-  exec 3<>"$dev" || return 1
-  dd if="$1" bs=4096 count=1 >&3 2>/dev/null
-  rc=$(dd bs=4096 count=1 <&3 2>/dev/null | od -An -tx1 -j6 -N4 | tr -d ' \n')
-  exec 3>&-
-  [ "$rc" = "00000000" ]
-}
-"""
+# The shell functions live in templates/tpm-send.sh.j2 and tpm-extend.sh.j2 (image/scripts.py).
 
-_SHELL_EXTEND = r"""tpm_extend() {
-  cmd=${TPM_COMMAND_FILE:-/tmp/tpm-cmd}
-  printf "$(echo "@PREFIX@$1" | sed 's/../\\x&/g')" > "$cmd" || return 1
-  tpm_send "$cmd"
-}
-"""
+def shell_send() -> str:
+    """tpm_send FILE: one TPM command to the TPM device, its response code checked (dash and busybox sh)."""
+    from obelisk.image import scripts
+
+    return scripts.render("tpm-send.sh.j2")
 
 
 def shell_functions(pcr: int = PCR) -> str:
     """tpm_send and tpm_extend (for PCR `pcr`), for the initramfs's busybox sh."""
-    return SHELL_SEND + _SHELL_EXTEND.replace("@PREFIX@", command_prefix_hex(pcr))
+    from obelisk.image import scripts
+
+    return shell_send() + scripts.render("tpm-extend.sh.j2", tpm_prefix=command_prefix_hex(pcr))
