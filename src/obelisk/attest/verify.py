@@ -135,7 +135,8 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
                                observed=computed.hex(), expected=attest.pcr_digest.hex(),
                                detail="" if digest_ok else "a reported PCR value differs from what the TPM signed"))
     trusted = signed and digest_ok and attest.extra_data == opts.nonce
-    pcrs = {p: v for p, v in ev.pcrs.items()} if trusted else {}
+    # only the values the pcrDigest covers: a reported PCR outside the selection is unsigned
+    pcrs = {p: ev.pcrs[p] for _, p in selected} if trusted else {}
 
     # --- clock and counters ---
     ci = attest.clock_info
@@ -196,13 +197,23 @@ def _boot_event_findings(ev: Evidence, pcrs: dict[int, bytes], expected: tuple, 
                                       for p in wrong),
                    detail="events missing, added or altered: the log does not explain the quote")]
     out = [_f("bootevents.replay", title, Status.PASS, section="reference", observed=f"{len(logged)} events")]
-    by_name = {e.name: e for e in logged}
+    # The k-th build event on a PCR is compared with the k-th event the node extended into it: the replay
+    # fixes the order, while names are only the node's word (looked up by name, a later extension of the
+    # build's digest, logged again or under the build's name, would stand in for what the boot measured).
+    on_pcr: dict[int, list] = {}
+    for e in logged:
+        on_pcr.setdefault(e.pcr, []).append(e)
+    used: dict[int, int] = {}
     for pcr, name, digest, description in expected:
-        got = by_name.get(name)
-        ok = got is not None and got.pcr == pcr and got.digest == digest
+        k = used.get(pcr, 0)
+        used[pcr] = k + 1
+        got = on_pcr[pcr][k] if k < len(on_pcr.get(pcr, ())) else None
+        ok = got is not None and got.name == name and got.digest == digest
         detail = ""
         if got is None:
             detail = "not measured on this node"
+        elif got.name != name:
+            detail = f"PCR {pcr} event {k + 1} is {got.name!r} on this node, the build's is {name!r}"
         elif not ok:
             detail = f"differs from the build: {description}"
             if name == "obelisk.cmdline" and "cmdline" in ev.kernel:
@@ -210,6 +221,11 @@ def _boot_event_findings(ev: Evidence, pcrs: dict[int, bytes], expected: tuple, 
         out.append(_f(f"reference.boot-event:{name}", f"Boot measurement {name} equals the build's",
                       Status.PASS if ok else Status.FAIL, section="reference", target=name,
                       observed=got.digest.hex() if got else "absent", expected=digest.hex(), detail=detail))
+    extra = [e for pcr, n in used.items() for e in on_pcr.get(pcr, [])[n:]]
+    if extra:
+        out.append(_f("reference.boot-events.extra", "No boot measurements beyond the build's", Status.FAIL,
+                      section="reference", observed=", ".join(f"PCR {e.pcr} {e.name}" for e in extra),
+                      detail="extended after the build's events"))
     return out
 
 
