@@ -15,9 +15,10 @@ import functools
 import hashlib
 from dataclasses import dataclass, replace
 
-from obelisk.attest import akrecord, bootevents, eventlog, ima_check, verify
+from obelisk.attest import akrecord, ima_check, verify
+from obelisk.tpm import bootevents, eventlog
 from obelisk.attest import evidence as evmod
-from obelisk.attest import quote as q
+from obelisk.tpm import quote as q
 from obelisk.attest.evidence import Evidence
 from obelisk.core.findings import Finding, Report, Status
 

@@ -11,8 +11,9 @@ from dataclasses import replace
 
 import pytest
 
-from obelisk.attest import bootevents, eventlog, verify
-from obelisk.attest import quote as q
+from obelisk.tpm import bootevents, eventlog
+from obelisk.attest import verify
+from obelisk.tpm import quote as q
 from obelisk.core.findings import Status
 from tests.attest import synth
 from tests.attest.synth import CLOCK, NONCE, failing, run
