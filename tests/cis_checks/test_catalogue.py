@@ -9,6 +9,7 @@ import pytest
 from lxml import etree
 
 from obelisk.cis_checks.catalogue import DATA, benchmark_ids, load_checks, stig_facts
+from obelisk.cis_checks.engine import EVALUATORS, SPECS, AllSpec, FlagSpec, Spec, parse_test
 from obelisk.cis_checks.stig import nist_control
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Severity
@@ -166,3 +167,115 @@ def test_user_xccdf_reader_never_crashes(data):
         except InputError:
             return
         assert all(r.vid.startswith("V-") for r in rules)
+
+
+# ---------------------------------------------------------------- typed tests: every key declared per kind
+
+_ENTRY = '- {cis: "1.1.1", section: control-plane, title: a title, %s}\n'
+
+
+def test_every_bundled_check_loads_as_the_record_of_its_kind():
+    assert set(SPECS) == set(EVALUATORS)
+    seen: set[str] = set()
+
+    def walk(spec: Spec) -> None:
+        assert isinstance(spec, SPECS[spec.kind]), spec
+        seen.add(spec.kind)
+        for nested in spec.tests if isinstance(spec, AllSpec) else ():
+            walk(nested)
+
+    for check in load_checks():
+        if check.test is not None:
+            walk(check.test)
+    assert seen == set(SPECS)  # every kind the engine knows is used by the bundled catalogue
+    anon = {c.id: c.test for c in load_checks()}["cis-1.2.1"]
+    assert anon == FlagSpec(kind="flag", component="kube-apiserver", flag="anonymous-auth", op="eq", value="false",
+                            default="true")
+
+
+def test_bundled_titles_are_whole():
+    # an unquoted comma in a flow mapping once split a title into a second, unknown key
+    checks = {c.id: c for c in load_checks()}
+    assert checks["cis-5.4.1"].title == "Secrets are mounted as files, not environment variables"
+
+
+@pytest.mark.parametrize("body, message", [
+    # the entry itself
+    ("titel: x", "checks[0] (cis-1.1.1): unknown key 'titel'"),
+    ("remediaton: chmod", "checks[0] (cis-1.1.1): unknown key 'remediaton'"),
+    # the test: an unknown kind, an unknown key, a missing key
+    ('test: {kind: fiel, file: "manifest:etcd"}', "checks[0] (cis-1.1.1).test.kind: unknown test kind 'fiel'"),
+    ('test: {kind: file, file: "manifest:etcd", mdoe: "600"}',
+     "checks[0] (cis-1.1.1).test: unknown key 'mdoe' for kind 'file'"),
+    ("test: {kind: flag, component: etcd, flg: x}", "checks[0] (cis-1.1.1).test: unknown key 'flg' for kind 'flag'"),
+    ("test: {kind: kubelet, key: readOnlyPort, op: eq, value: '0', require: true}",
+     "checks[0] (cis-1.1.1).test: unknown key 'require' for kind 'kubelet'"),
+    ("test: {kind: static_pods, where: workers}", "checks[0] (cis-1.1.1).test: unknown key 'where' for kind 'static_pods'"),
+    ("test: {kind: flag, component: etcd, op: set}", "checks[0] (cis-1.1.1).test: kind 'flag' needs key 'flag'"),
+    ("test: {kind: cert, component: etcd}", "checks[0] (cis-1.1.1).test: kind 'cert' needs key 'flags'"),
+    # inside the `all` combinator
+    ("test: {kind: all, tests: [{kind: flag, component: etcd, flag: x}, {kind: cert, component: etcd, flgs: [a]}]}",
+     "checks[0] (cis-1.1.1).test.tests[1]: unknown key 'flgs' for kind 'cert'"),
+    ("test: {kind: all, tests: [{kind: nope}]}", "checks[0] (cis-1.1.1).test.tests[0].kind: unknown test kind 'nope'"),
+    ("test: {kind: all, test: []}", "checks[0] (cis-1.1.1).test: unknown key 'test' for kind 'all'"),
+    # types and values
+    ('test: {kind: file, file: "manifest:etcd", mode: 600}', "checks[0] (cis-1.1.1).test.mode: expected a string"),
+    ("test: {kind: cert, component: etcd, flags: cert-file}", "checks[0] (cis-1.1.1).test.flags: expected a list"),
+    ("test: {kind: flag, component: etcd, flag: x, require_set: yes please}",
+     "checks[0] (cis-1.1.1).test.require_set: expected true or false"),
+    ("test: {kind: flag, component: etcd, flag: x, op: equals, value: '1'}",
+     "checks[0] (cis-1.1.1).test.op: 'equals' is not one of"),
+    ("test: {kind: flag, component: etcd, flag: x, value: '1'}", "checks[0] (cis-1.1.1).test: op 'set' takes no value"),
+    ("test: {kind: flag, component: etcd, flag: x, op: in, value: a}",
+     "checks[0] (cis-1.1.1).test: op 'in' needs a list as value"),
+    ('test: {kind: file, file: "manfest:etcd"}', "checks[0] (cis-1.1.1).test: file: 'manfest:etcd'"),
+    ('test: {kind: file, file: "manifest:etcd", missing: ignore}',
+     "checks[0] (cis-1.1.1).test.missing: 'ignore' is not one of fail, pass, skip"),
+    ("test: {kind: all, tests: []}", "checks[0] (cis-1.1.1).test: tests: at least one test"),
+    ("test: [flag]", "checks[0] (cis-1.1.1).test: expected a mapping with 'kind'"),
+])
+def test_misspelt_catalogue_keys_are_refused_naming_file_check_and_key(tmp_path, body, message):
+    path = tmp_path / "site-checks.yaml"
+    path.write_text("checks:\n" + _ENTRY % body)
+    with pytest.raises(InputError) as exc:
+        load_checks(path)
+    assert str(exc.value) == str(exc.value).strip() and "\n" not in str(exc.value)
+    assert str(exc.value).startswith(f"{path}: "), str(exc.value)
+    assert message in str(exc.value), str(exc.value)
+
+
+def test_a_stig_only_check_is_named_by_its_vid(tmp_path):
+    path = tmp_path / "checks.yaml"
+    path.write_text("checks:\n- {stig: [V-242376], section: control-plane, title: t, "
+                    "test: {kind: flag, component: kube-apiserver, flag: tls-min-version, op: eq, vaule: x}}\n")
+    with pytest.raises(InputError, match=r"checks\[0\] \(stig-V-242376\)\.test: unknown key 'vaule' for kind 'flag'"):
+        load_checks(path)
+
+
+def test_a_user_catalogue_is_validated_before_the_scan(tmp_path, worker):
+    from obelisk.cis_checks.scan import scan
+
+    path = tmp_path / "checks.yaml"
+    path.write_text("checks:\n" + _ENTRY % "test: {kind: kubelet, key: readOnlyPort, op: eq, vale: '0'}")
+    with pytest.raises(InputError, match=r"cis-1\.1\.1.*unknown key 'vale'"):
+        scan(worker, checks_file=path, live=False)
+
+
+_test_keys = st.sampled_from(["kind", "component", "flag", "op", "value", "file", "mode", "tests", "flags",
+                              "require", "since", "missing", "x"])
+_test_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 700), st.text(max_size=8),
+              st.sampled_from(["flag", "file", "all", "cert", "eq", "in", "set", "manifest:etcd", "600", "1.25"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_test_keys, inner, max_size=4)),
+    max_leaves=10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_test_keys, _test_values, max_size=5))
+def test_hostile_tests_only_raise_input_error(data):
+    try:
+        spec = parse_test(data, "checks[0].test")
+    except InputError as exc:
+        assert str(exc).startswith("checks[0].test")
+        return
+    assert isinstance(spec, SPECS[data["kind"]])

@@ -106,3 +106,43 @@ def test_hostile_profiles_only_raise_input_error(tmp_path, data):
         load_profile(str(path))
     except InputError:
         pass
+
+
+@pytest.mark.parametrize("body, message", [
+    ("nmae: site\n", "unknown top-level field 'nmae'"),
+    ("extend: [kspp]\n", "unknown top-level field 'extend'"),
+    ("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because it is, sevirity: high}\n",
+     "kconfig[0] (CONFIG_X): unknown field 'sevirity' in a kconfig entry"),
+    ("kconfig:\n  - {name: CONFIG_X, vaule: y, source: kspp, why: because it is}\n",
+     "kconfig[0] (CONFIG_X): unknown field 'vaule' in a kconfig entry"),
+    ("sysctl:\n  - {name: kernel.kptr_restrict, at_least: 1, source: kspp, why: because it is, snice: '5.1'}\n",
+     "sysctl[0] (kernel.kptr_restrict): unknown field 'snice' in a sysctl entry"),
+    ("cmdline:\n  - {name: slab_nomerge, present: true, source: kspp, why: because it is, satisfied_by: {}}\n",
+     "cmdline[0] (slab_nomerge): unknown field 'satisfied_by' in a cmdline entry"),
+    # keys of one kind are refused in another
+    ("kconfig:\n  - {name: CONFIG_X, present: true, source: kspp, why: because it is}\n",
+     "kconfig[0] (CONFIG_X): unknown field 'present' in a kconfig entry"),
+    ("sysctl:\n  - {name: kernel.x, value: '1', source: kspp, why: because it is, satisfied_by_kconfig: {CONFIG_X: y}}\n",
+     "sysctl[0] (kernel.x): unknown field 'satisfied_by_kconfig' in a sysctl entry"),
+    # aliases and the CONFIG_X mappings
+    (("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because it is, "
+      "renamed_from: [{name: CONFIG_OLD_X, untill: '5.1'}]}\n"),
+     "kconfig[0] (CONFIG_X): renamed_from[0] (CONFIG_OLD_X): unknown field 'untill'"),
+    ("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because it is, moot_if: {MODULES: n}}\n",
+     "kconfig[0] (CONFIG_X): moot_if: 'MODULES' is not a Kconfig option"),
+    # types
+    ("cmdline:\n  - {name: slab_nomerge, present: false, source: kspp, why: because it is}\n",
+     "cmdline[0] (slab_nomerge): present: expected true"),
+    ("sysctl:\n  - {name: kernel.x, value: [1], source: kspp, why: because it is}\n",
+     "sysctl[0] (kernel.x): value: expected"),
+    ("kconfig:\n  - {name: CONFIG_X, at_least: true, source: kspp, why: because it is}\n",
+     "kconfig[0] (CONFIG_X): at_least: expected an integer"),
+    ("extends: [[kspp]]\n", "extends: expected a list of profile names"),
+])
+def test_misspelt_profile_keys_are_refused_naming_file_option_and_key(tmp_path, body, message):
+    path = tmp_path / "site.yaml"
+    path.write_text(body)
+    with pytest.raises(InputError) as exc:
+        load_profile(str(path))
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(f"{path}: "), str(exc.value)
+    assert message in str(exc.value), str(exc.value)

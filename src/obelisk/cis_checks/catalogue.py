@@ -1,7 +1,9 @@
 """The check catalogue: data/checks.yaml joined with the generated STIG facts (data/stig-k8s.yaml).
 
 A `Check` is one line of the catalogue made typed: which CIS recommendation and STIG rules it
-answers, which component it applies to, and the test (a small dict interpreted by engine.py).
+answers, which component it applies to, and the test (the typed record of its kind, interpreted
+by engine.py). The whole catalogue is validated when it is read: an unknown or misspelt key, in an
+entry or in its test, is refused with one line naming the file, the check and the key.
 `references()` gives the exact Reference list every finding of the check carries; the reports
 component renders CKL and OSCAL from these schemes (documented in docs/cis_checks.md).
 """
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from obelisk.cis_checks.engine import Spec, parse_test
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Reference, Severity
 from obelisk.core.yamlsafe import load_yaml_file
@@ -55,7 +58,7 @@ class Check:
     cis: str | None
     stig: tuple[StigFacts, ...]
     component: str | None
-    test: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    test: Spec | None = field(default=None, compare=False, hash=False)
     guidance: str = ""
     remediation: str = ""
     severity: Severity = Severity.MEDIUM
@@ -151,6 +154,21 @@ def stig_facts(release: str | None = None, benchmark_file: str | Path | None = N
     return out
 
 
+# the keys of one catalogue entry (Check's fields as written in checks.yaml)
+ENTRY_KEYS = ("cis", "stig", "assessment", "section", "component", "title", "test", "guidance", "remediation",
+              "severity")
+
+
+def _check_label(entry: dict[str, Any]) -> str | None:
+    """The check's id as far as the entry gives it, for messages about the entry."""
+    cis, vids = entry.get("cis"), entry.get("stig")
+    if isinstance(cis, str):
+        return f"cis-{cis}"
+    if isinstance(vids, list) and vids and isinstance(vids[0], str):
+        return f"stig-{vids[0]}"
+    return None
+
+
 def _entry_str(entry: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
     value = entry.get(key, default)
     if not isinstance(value, str):
@@ -185,7 +203,13 @@ def _load_checks(path: str | Path | None, stig_release: str | None,
         where = f"checks[{i}]"
         if not isinstance(entry, dict):
             raise InputError(f"{where}: expected a mapping", source=str(source))
+        label = _check_label(entry)
+        if label is not None:
+            where = f"{where} ({label})"
         try:
+            unknown = [str(k) for k in entry if k not in ENTRY_KEYS]
+            if unknown:
+                raise InputError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(ENTRY_KEYS)})")
             cis = entry.get("cis")
             if cis is not None and not isinstance(cis, str):
                 raise InputError(f"{where}.cis: ids are strings; quote {cis!r}")
@@ -204,8 +228,7 @@ def _load_checks(path: str | Path | None, stig_release: str | None,
             if component is not None and component not in COMPONENTS:
                 raise InputError(f"{where}.component: {component!r} is not one of {', '.join(COMPONENTS)}")
             test = entry.get("test")
-            if test is not None and (not isinstance(test, dict) or "kind" not in test):
-                raise InputError(f"{where}.test: expected a mapping with 'kind'")
+            spec = parse_test(test, f"{where}.test") if test is not None else None
             stig = tuple(facts[v] for v in vids)
             severity = Severity(entry["severity"]) if "severity" in entry else (
                 max((f.severity for f in stig), key=_SEVERITY_RANK.__getitem__) if stig else Severity.MEDIUM)
@@ -216,7 +239,7 @@ def _load_checks(path: str | Path | None, stig_release: str | None,
             checks.append(Check(
                 id=check_id, title=_entry_str(entry, "title", where), section=section,
                 assessment=_entry_str(entry, "assessment", where, "automated"), cis=cis, stig=stig,
-                component=component, test=test, guidance=_entry_str(entry, "guidance", where, ""),
+                component=component, test=spec, guidance=_entry_str(entry, "guidance", where, ""),
                 remediation=_entry_str(entry, "remediation", where, ""), severity=severity))
         except InputError as exc:
             raise InputError(str(exc), source=str(source)) from None

@@ -2,15 +2,20 @@
 
 Test kinds (each a few lines below): flag, kubelet, file, cert, all, audit_policy,
 encryption_config, pod_security_config, pod_security_gate, feature_gate_off, static_pods,
-service_disabled, process_absent, removed_feature, distinct_ca. An evaluator returns an
-`Outcome`; scan.py turns outcomes into core Findings.
+service_disabled, process_absent, removed_feature, distinct_ca. Each kind declares its parameters
+as a frozen dataclass (a `Spec` subclass) registered with its evaluator; `parse_test` turns a
+catalogue's `test` mapping into that record, refusing unknown kinds, unknown or missing keys and
+values of the wrong type. An evaluator returns an `Outcome`; scan.py turns outcomes into core Findings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from obelisk.cis_checks.kubelet import KubeletConfig, Setting, _show
@@ -46,22 +51,138 @@ class Context:
         return self._kubelet
 
 
-Evaluator = Callable[[Context, dict[str, Any]], Outcome]
+# ------------------------------------------------------------------ typed test parameters
+
+Scalar = str | int | bool  # YAML scalars a catalogue may give as a value (floats stay text)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A check's `test`: its kind and, in the subclass registered for the kind, its parameters.
+
+    Field annotations are the schema: a field without a default is required, `X | None` is
+    optional, `tuple[X, ...]` is a YAML list, `Spec` a nested test; `choices` in a field's
+    metadata lists the values it accepts; `__post_init__` checks what spans fields.
+    """
+
+    kind: str
+
+
+Evaluator = Callable[[Context, Any], Outcome]
 EVALUATORS: dict[str, Evaluator] = {}
+SPECS: dict[str, type[Spec]] = {}
 
 
-def evaluator(kind: str) -> Callable[[Evaluator], Evaluator]:
+def evaluator(kind: str, spec: type[Spec] = Spec) -> Callable[[Evaluator], Evaluator]:
+    """Register the evaluator of `kind` and the record of its parameters (default: none)."""
     def register(fn: Evaluator) -> Evaluator:
         EVALUATORS[kind] = fn
+        SPECS[kind] = spec
         return fn
     return register
 
 
-def evaluate(ctx: Context, test: dict[str, Any]) -> Outcome:
-    fn = EVALUATORS.get(test.get("kind", ""))
+def evaluate(ctx: Context, test: Spec) -> Outcome:
+    fn = EVALUATORS.get(test.kind)
     if fn is None:
-        raise InputError(f"unknown test kind {test.get('kind')!r}")
+        raise InputError(f"unknown test kind {test.kind!r}")
     return fn(ctx, test)
+
+
+def choices(*values: str) -> dict[str, tuple[str, ...]]:
+    return {"choices": values}
+
+
+_SCHEMAS: dict[str, tuple[dict[str, dataclasses.Field], dict[str, Any]]] = {}
+
+
+def _schema(kind: str) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
+    """The fields of the record of `kind`, and their resolved annotations."""
+    if kind not in _SCHEMAS:
+        spec = SPECS[kind]
+        _SCHEMAS[kind] = {f.name: f for f in dataclasses.fields(spec)}, typing.get_type_hints(spec)
+    return _SCHEMAS[kind]
+
+
+def parse_test(data: Any, where: str) -> Spec:
+    """A catalogue's `test` mapping as the typed record of its kind; InputError naming `where` and the key."""
+    if not isinstance(data, dict) or "kind" not in data:
+        raise InputError(f"{where}: expected a mapping with 'kind'")
+    kind = data["kind"]
+    spec = SPECS.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        raise InputError(f"{where}.kind: unknown test kind {kind!r} (known: {', '.join(sorted(SPECS))})")
+    fields, hints = _schema(kind)
+    unknown = [str(k) for k in data if k not in fields]
+    if unknown:
+        allowed = ", ".join(n for n in fields if n != "kind") or "no other key"
+        raise InputError(f"{where}: unknown key {unknown[0]!r} for kind {kind!r} (allowed: {allowed})")
+    missing = [n for n, f in fields.items()
+               if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InputError(f"{where}: kind {kind!r} needs key {missing[0]!r}")
+    values = {}
+    for name, raw in data.items():
+        value = _typed(raw, hints[name], f"{where}.{name}")
+        allowed_values = fields[name].metadata.get("choices")
+        if allowed_values and value not in allowed_values:
+            raise InputError(f"{where}.{name}: {value!r} is not one of {', '.join(allowed_values)}")
+        values[name] = value
+    try:
+        return spec(**values)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # None: the key may be left out
+        return " or ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return "a list"
+    if hint is Spec:
+        return "a test mapping"
+    return _TYPE_NAMES.get(hint, str(hint))
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` read from YAML, checked against a field's annotation (lists become tuples)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        arms = typing.get_args(hint)
+        for arm in arms:  # the arm whose outer type matches decides, so nested errors keep their detail
+            if _outer_match(value, arm):
+                return _typed(value, arm, where)
+    elif origin is tuple:
+        if isinstance(value, list):
+            item = typing.get_args(hint)[0]
+            return tuple(_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    elif hint is Spec:
+        return parse_test(value, where)
+    elif _outer_match(value, hint):
+        return value
+    raise InputError(f"{where}: expected {_type_name(hint)}, got {_yaml_type(value)}")
+
+
+def _outer_match(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, list)
+    if hint is Spec:
+        return isinstance(value, dict)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint)
+
+
+def _yaml_type(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", int: "an integer"}.get(
+        type(value), type(value).__name__)
 
 
 # ------------------------------------------------------------------ comparisons
@@ -98,6 +219,22 @@ def _int(value: str) -> int | None:
         return int(value.strip())
     except ValueError:
         return None
+
+
+OPS = ("set", "unset", "eq", "ne", "contains", "excludes", "in", "subset", "gte", "lte", "duration_gte",
+       "duration_gt", "startswith")
+
+
+def _check_value(op: str, value: Any) -> None:
+    """A comparison's `value` fits its `op`: none for set/unset, a list for in/subset, else one value."""
+    if op in ("set", "unset"):
+        if value is not None:
+            raise ValueError(f"op {op!r} takes no value" + (" (op is 'set' when not given)" if op == "set" else ""))
+    elif op in ("in", "subset"):
+        if not isinstance(value, tuple):
+            raise ValueError(f"op {op!r} needs a list as value")
+    elif value is None or isinstance(value, tuple):
+        raise ValueError(f"op {op!r} needs a single value")
 
 
 def compare(op: str, observed: str | None, expected: Any) -> bool:
@@ -139,7 +276,7 @@ def compare(op: str, observed: str | None, expected: Any) -> bool:
 
 
 def describe(op: str, expected: Any) -> str:
-    exp = ",".join(str(e) for e in expected) if isinstance(expected, list) else str(expected)
+    exp = ",".join(str(e) for e in expected) if isinstance(expected, (list, tuple)) else str(expected)
     return {
         "set": "set", "unset": "not set", "eq": exp, "ne": f"not {exp}", "contains": f"includes {exp}",
         "excludes": f"does not include {exp}", "in": f"one of {exp}", "subset": f"only from {exp}",
@@ -150,25 +287,40 @@ def describe(op: str, expected: Any) -> str:
 
 # ------------------------------------------------------------------ flags
 
-@evaluator("flag")
-def _flag(ctx: Context, test: dict[str, Any]) -> Outcome:
-    comp = ctx.node.components.get(test["component"])
+@dataclass(frozen=True)
+class FlagSpec(Spec):
+    component: str
+    flag: str
+    op: str = field(default="set", metadata=choices(*OPS))
+    value: Scalar | tuple[Scalar, ...] | None = None
+    default: Scalar | None = None  # the component's default when the flag is not given
+    config_key: str | None = None  # the same setting in the component's --config file
+    config_wins: bool = False  # the --config file replaces flags (kube-proxy, kube-scheduler)
+    require_set: bool = False  # the default is not enough: the flag must be given
+
+    def __post_init__(self) -> None:
+        _check_value(self.op, self.value)
+
+
+@evaluator("flag", FlagSpec)
+def _flag(ctx: Context, test: FlagSpec) -> Outcome:
+    comp = ctx.node.components.get(test.component)
     if comp is None:
-        return Outcome(Status.SKIP, detail=f"{test['component']} does not run on this node")
+        return Outcome(Status.SKIP, detail=f"{test.component} does not run on this node")
     if comp.config_error:
         return Outcome(Status.ERROR, detail=comp.config_error,
                        evidence=(Evidence("file", comp.config_error.split(": ", 1)[0], comp.config_error),),
                        target=comp.name)
-    name = test["flag"]
-    op = test.get("op", "set")
-    expected = describe(op, test.get("value"))
-    default = test.get("default")
-    key = test.get("config_key")
+    name = test.flag
+    op = test.op
+    expected = describe(op, test.value)
+    default = test.default
+    key = test.config_key
     if key and comp.flag("config"):
         # the component's own --config file: with config_wins (kube-proxy, kube-scheduler) the flag is
         # ignored once a config file is given; otherwise flags win and the file fills in
         flag_value = comp.flag(name)
-        if test.get("config_wins") or flag_value is None:
+        if test.config_wins or flag_value is None:
             found = _component_config_value(ctx, comp, key)
             if isinstance(found, Outcome):
                 return found
@@ -178,22 +330,22 @@ def _flag(ctx: Context, test: dict[str, Any]) -> Outcome:
                 detail = f"{comp.cmdline.show(name)} is ignored because --config is given"
             if found is not None:
                 cfg_value = found[1]
-                ok = compare(op, cfg_value, test.get("value"))
+                ok = compare(op, cfg_value, test.value)
                 return Outcome(Status.PASS if ok else Status.FAIL, cfg_value, expected,
                                (Evidence("config", path, f"{key}={cfg_value}"),), detail, comp.name)
-            if test.get("config_wins"):
+            if test.config_wins:
                 effective = str(default) if default is not None else None
-                ok = compare(op, effective, test.get("value"))
+                ok = compare(op, effective, test.value)
                 observed = f"not set (default {default})" if default not in (None, "") else "not set"
                 return Outcome(Status.PASS if ok else Status.FAIL, observed, expected,
                                (Evidence("config", path, f"{key} not set"),), detail, comp.name)
     value = comp.flag(name)
     kind, source, shown = comp.flag_evidence(name)
     evidence = (Evidence(kind, source, shown),)
-    if value is None and test.get("require_set"):
+    if value is None and test.require_set:
         return Outcome(Status.FAIL, "not set", f"{expected} (set explicitly)", evidence, target=comp.name)
     effective = value if value is not None else (str(default) if default is not None else None)
-    ok = compare(op, effective, test.get("value"))
+    ok = compare(op, effective, test.value)
     if value is not None:
         observed = value
     elif default is not None:
@@ -244,20 +396,31 @@ def _setting_evidence(s: Setting) -> tuple[Evidence, ...]:
     return tuple(ev)
 
 
-@evaluator("kubelet")
-def _kubelet(ctx: Context, test: dict[str, Any]) -> Outcome:
+@dataclass(frozen=True)
+class KubeletSpec(Spec):
+    key: str  # dotted KubeletConfiguration key: "authentication.anonymous.enabled"
+    op: str = field(default="set", metadata=choices(*OPS))
+    value: Scalar | tuple[Scalar, ...] | None = None
+    require_set: bool = False
+
+    def __post_init__(self) -> None:
+        _check_value(self.op, self.value)
+
+
+@evaluator("kubelet", KubeletSpec)
+def _kubelet(ctx: Context, test: KubeletSpec) -> Outcome:
     err = _kubelet_error(ctx)
     if err is not None:
         return err
     assert ctx.kubelet is not None
-    s = ctx.kubelet.get(test["key"])
-    op = test.get("op", "set")
-    expected = describe(op, test.get("value"))
+    s = ctx.kubelet.get(test.key)
+    op = test.op
+    expected = describe(op, test.value)
     observed = None if s.value is None else _show(s.value)
-    if test.get("require_set") and not s.is_set:
+    if test.require_set and not s.is_set:
         return Outcome(Status.FAIL, f"not set (default {observed})" if observed is not None else "not set",
                        f"{expected} (set explicitly)", _setting_evidence(s), target="kubelet")
-    ok = compare(op, observed, test.get("value"))
+    ok = compare(op, observed, test.value)
     shown = observed if observed is not None else "not set"
     if s.source == "default" and observed is not None:
         shown = f"{observed} (default)"
@@ -268,6 +431,9 @@ def _kubelet(ctx: Context, test: dict[str, Any]) -> Outcome:
 
 
 # ------------------------------------------------------------------ files
+
+FILE_SELECTORS = ("manifest", "kubeconfig", "kubelet", "etcd", "cni", "path", "tree", "glob")
+
 
 def _select_files(ctx: Context, selector: str) -> tuple[list[str], str]:
     """Node paths named by a selector, and why the list is empty when it is."""
@@ -334,13 +500,28 @@ def _mode_ok(mode: int, limit: int) -> bool:
     return mode & ~limit & 0o7777 == 0
 
 
-@evaluator("file")
-def _file(ctx: Context, test: dict[str, Any]) -> Outcome:
-    paths, why_empty = _select_files(ctx, test["file"])
-    missing = test.get("missing", "fail")
-    mode_limit = int(test["mode"], 8) if "mode" in test else None
-    owner = test.get("owner")
-    expected = ", ".join(x for x in (f"mode {test['mode']} or stricter" if mode_limit is not None else "",
+@dataclass(frozen=True)
+class FileSpec(Spec):
+    file: str  # a selector: "manifest:kube-apiserver", "kubelet:config", "glob:etc/kubernetes/pki/*.crt", ...
+    mode: str | None = None  # octal, the loosest mode allowed: "600"
+    owner: str | None = None  # "root:root"
+    missing: str = field(default="fail", metadata=choices("fail", "pass", "skip"))  # when no file exists
+
+    def __post_init__(self) -> None:
+        if self.file.partition(":")[0] not in FILE_SELECTORS:
+            raise ValueError(f"file: {self.file!r} does not start with one of "
+                             + ", ".join(f"{s}:" for s in FILE_SELECTORS))
+        if self.mode is not None and not re.fullmatch(r"[0-7]{3,4}", self.mode):
+            raise ValueError(f"mode: {self.mode!r} is not an octal mode")
+
+
+@evaluator("file", FileSpec)
+def _file(ctx: Context, test: FileSpec) -> Outcome:
+    paths, why_empty = _select_files(ctx, test.file)
+    missing = test.missing
+    mode_limit = int(test.mode, 8) if test.mode is not None else None
+    owner = test.owner
+    expected = ", ".join(x for x in (f"mode {test.mode} or stricter" if mode_limit is not None else "",
                                      f"owner {owner}" if owner else "") if x)
     if not paths:
         return Outcome(Status.SKIP, expected=expected, detail=why_empty)
@@ -397,13 +578,19 @@ def _file(ctx: Context, test: dict[str, Any]) -> Outcome:
 MIN_KEY_BITS = {"RSA": 2048, "EC": 256, "Ed25519": 256, "Ed448": 448}
 
 
-@evaluator("cert")
-def _cert(ctx: Context, test: dict[str, Any]) -> Outcome:
-    comp = ctx.node.components.get(test["component"])
+@dataclass(frozen=True)
+class CertSpec(Spec):
+    component: str
+    flags: tuple[str, ...]  # flags naming certificate files
+
+
+@evaluator("cert", CertSpec)
+def _cert(ctx: Context, test: CertSpec) -> Outcome:
+    comp = ctx.node.components.get(test.component)
     if comp is None:
-        return Outcome(Status.SKIP, detail=f"{test['component']} does not run on this node")
+        return Outcome(Status.SKIP, detail=f"{test.component} does not run on this node")
     evidence, bad, present = [], [], 0
-    for flag in test["flags"]:
+    for flag in test.flags:
         value = comp.flag(flag)
         if not value:
             continue
@@ -432,9 +619,18 @@ def _cert(ctx: Context, test: dict[str, Any]) -> Outcome:
 
 # ------------------------------------------------------------------ combinations
 
-@evaluator("all")
-def _all(ctx: Context, test: dict[str, Any]) -> Outcome:
-    outcomes = [evaluate(ctx, t) for t in test["tests"]]
+@dataclass(frozen=True)
+class AllSpec(Spec):
+    tests: tuple[Spec, ...]  # every one must pass
+
+    def __post_init__(self) -> None:
+        if not self.tests:
+            raise ValueError("tests: at least one test")
+
+
+@evaluator("all", AllSpec)
+def _all(ctx: Context, test: AllSpec) -> Outcome:
+    outcomes = [evaluate(ctx, t) for t in test.tests]
     evidence = tuple(e for o in outcomes for e in o.evidence)
     target = next((o.target for o in outcomes if o.target), "")
     for status in (Status.ERROR, Status.FAIL):
@@ -484,8 +680,14 @@ _SELECTORS = ("users", "userGroups", "verbs", "resources", "namespaces", "nonRes
 _LEVELS = ("None", "Metadata", "Request", "RequestResponse")
 
 
-@evaluator("audit_policy")
-def _audit_policy(ctx: Context, test: dict[str, Any]) -> Outcome:
+@dataclass(frozen=True)
+class AuditPolicySpec(Spec):
+    # parses: any policy with rules; request-response-default: a catch-all RequestResponse rule, none at None
+    require: str = field(default="request-response-default", metadata=choices("parses", "request-response-default"))
+
+
+@evaluator("audit_policy", AuditPolicySpec)
+def _audit_policy(ctx: Context, test: AuditPolicySpec) -> Outcome:
     early, doc, path = _apiserver_file(ctx, "audit-policy-file", "Policy")
     if early is not None:
         return early
@@ -500,7 +702,7 @@ def _audit_policy(ctx: Context, test: dict[str, Any]) -> Outcome:
     ev = (Evidence("file", path, "levels: " + ", ".join(levels)),)
     if any(level not in _LEVELS for level in levels):
         return Outcome(Status.ERROR, detail=f"{path}: unknown audit level in {levels}", evidence=ev, target=path)
-    if test.get("require") == "parses":
+    if test.require == "parses":
         return Outcome(Status.PASS, f"{len(rules)} rules", "an audit Policy with rules", ev, target=path)
     last = rules[-1]
     catch_all = not any(last.get(k) for k in _SELECTORS)
@@ -517,7 +719,7 @@ STRONG_PROVIDERS = ("kms", "secretbox", "aescbc", "aesgcm")
 
 
 @evaluator("encryption_config")
-def _encryption(ctx: Context, test: dict[str, Any]) -> Outcome:
+def _encryption(ctx: Context, test: Spec) -> Outcome:
     early, doc, path = _apiserver_file(ctx, "encryption-provider-config", "EncryptionConfiguration")
     if early is not None:
         return early
@@ -546,7 +748,7 @@ def _version(ctx: Context) -> tuple[int, int] | None:
 
 
 @evaluator("pod_security_config")
-def _pod_security_config(ctx: Context, test: dict[str, Any]) -> Outcome:
+def _pod_security_config(ctx: Context, test: Spec) -> Outcome:
     early, doc, path = _apiserver_file(ctx, "admission-control-config-file", "AdmissionConfiguration")
     if early is not None:
         return early
@@ -575,7 +777,7 @@ def _pod_security_config(ctx: Context, test: dict[str, Any]) -> Outcome:
 
 
 @evaluator("pod_security_gate")
-def _pod_security_gate(ctx: Context, test: dict[str, Any]) -> Outcome:
+def _pod_security_gate(ctx: Context, test: Spec) -> Outcome:
     comp = ctx.node.components.get("kube-apiserver")
     if comp is None:
         return Outcome(Status.SKIP, detail="kube-apiserver does not run on this node")
@@ -594,12 +796,18 @@ def _pod_security_gate(ctx: Context, test: dict[str, Any]) -> Outcome:
                    "Pod Security admission enabled", ev, detail, comp.name)
 
 
-@evaluator("feature_gate_off")
-def _feature_gate_off(ctx: Context, test: dict[str, Any]) -> Outcome:
-    gate = test["gate"]
+@dataclass(frozen=True)
+class FeatureGateOffSpec(Spec):
+    gate: str
+    components: tuple[str, ...]
+
+
+@evaluator("feature_gate_off", FeatureGateOffSpec)
+def _feature_gate_off(ctx: Context, test: FeatureGateOffSpec) -> Outcome:
+    gate = test.gate
     evidence, on = [], []
     present = False
-    for name in test["components"]:
+    for name in test.components:
         comp = ctx.node.components.get(name)
         if comp is None:
             continue
@@ -622,7 +830,7 @@ def _feature_gate_off(ctx: Context, test: dict[str, Any]) -> Outcome:
 
 
 @evaluator("static_pods")
-def _static_pods(ctx: Context, test: dict[str, Any]) -> Outcome:
+def _static_pods(ctx: Context, test: Spec) -> Outcome:
     err = _kubelet_error(ctx)
     if err is not None:
         return err
@@ -649,8 +857,13 @@ def _static_pods(ctx: Context, test: dict[str, Any]) -> Outcome:
                    "control-plane node: the control plane itself runs as static pods (see docs)", "kubelet")
 
 
-@evaluator("service_disabled")
-def _service_disabled(ctx: Context, test: dict[str, Any]) -> Outcome:
+@dataclass(frozen=True)
+class ServiceDisabledSpec(Spec):
+    units: tuple[str, ...]  # systemd unit names
+
+
+@evaluator("service_disabled", ServiceDisabledSpec)
+def _service_disabled(ctx: Context, test: ServiceDisabledSpec) -> Outcome:
     enabled: list[str] = []
     evidence: list[Evidence] = []
     for rel in ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"):
@@ -658,11 +871,11 @@ def _service_disabled(ctx: Context, test: dict[str, Any]) -> Outcome:
         if not base.is_dir():
             continue
         for wants in sorted(base.glob("*.wants")) + sorted(base.glob("*.requires")):
-            for unit in test["units"]:
+            for unit in test.units:
                 link = wants / unit
                 if link.exists() or link.is_symlink():
                     enabled.append(ctx.node.node_path(link))
-    for unit in test["units"]:
+    for unit in test.units:
         masked = ctx.node.root / "etc/systemd/system" / unit
         if masked.is_symlink() and str(masked.readlink()) == "/dev/null":
             evidence.append(Evidence("file", ctx.node.node_path(masked), "masked"))
@@ -672,46 +885,67 @@ def _service_disabled(ctx: Context, test: dict[str, Any]) -> Outcome:
     return Outcome(Status.PASS, "not enabled", "no SSH unit enabled", tuple(evidence))
 
 
-@evaluator("process_absent")
-def _process_absent(ctx: Context, test: dict[str, Any]) -> Outcome:
+@dataclass(frozen=True)
+class ProcessAbsentSpec(Spec):
+    names: tuple[str, ...]  # process names that must not run
+
+
+@evaluator("process_absent", ProcessAbsentSpec)
+def _process_absent(ctx: Context, test: ProcessAbsentSpec) -> Outcome:
     if ctx.node.proc is None:
         return Outcome(Status.SKIP, detail="running processes are not visible when scanning a root directory")
-    running = sorted({n for n in ctx.node.process_names if n in test["names"]})
+    running = sorted({n for n in ctx.node.process_names if n in test.names})
     ev = (Evidence("process", str(ctx.node.proc), "running: " + (", ".join(running) or "none")),)
     if running:
         return Outcome(Status.FAIL, "running: " + ", ".join(running), "not running", ev)
     return Outcome(Status.PASS, "not running", "not running", ev)
 
 
-@evaluator("removed_feature")
-def _removed_feature(ctx: Context, test: dict[str, Any]) -> Outcome:
-    since = tuple(int(x) for x in str(test["since"]).split("."))
+@dataclass(frozen=True)
+class RemovedFeatureSpec(Spec):
+    since: str  # the Kubernetes version that removed it: "1.25"
+    replaced_by: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"\d+\.\d+", self.since):
+            raise ValueError(f"since: {self.since!r} is not a Kubernetes version such as \"1.25\"")
+
+
+@evaluator("removed_feature", RemovedFeatureSpec)
+def _removed_feature(ctx: Context, test: RemovedFeatureSpec) -> Outcome:
+    since = tuple(int(x) for x in test.since.split("."))
     version = _version(ctx)
     if version is not None and version >= since:
         return Outcome(Status.SKIP, f"Kubernetes {version[0]}.{version[1]}",
-                       detail=f"not applicable: removed in Kubernetes {test['since']}; see {test['replaced_by']}")
-    return Outcome(Status.MANUAL, detail=f"Kubernetes version unknown or older than {test['since']}: "
+                       detail=f"not applicable: removed in Kubernetes {test.since}; see {test.replaced_by}")
+    return Outcome(Status.MANUAL, detail=f"Kubernetes version unknown or older than {test.since}: "
                                          "review the PodSecurityPolicy objects and the admission plugin")
 
 
-@evaluator("distinct_ca")
-def _distinct_ca(ctx: Context, test: dict[str, Any]) -> Outcome:
+@dataclass(frozen=True)
+class DistinctCaSpec(Spec):
+    etcd_flag: str  # etcd's client CA flag
+    apiserver_flag: str  # the API server's client CA flag
+
+
+@evaluator("distinct_ca", DistinctCaSpec)
+def _distinct_ca(ctx: Context, test: DistinctCaSpec) -> Outcome:
     etcd = ctx.node.components.get("etcd")
     api = ctx.node.components.get("kube-apiserver")
     if etcd is None:
         return Outcome(Status.SKIP, detail="etcd does not run on this node")
-    etcd_ca = etcd.flag(test["etcd_flag"])
-    api_ca = api.flag(test["apiserver_flag"]) if api else None
+    etcd_ca = etcd.flag(test.etcd_flag)
+    api_ca = api.flag(test.apiserver_flag) if api else None
     if not etcd_ca:
-        return Outcome(Status.FAIL, f"--{test['etcd_flag']} not set", "a CA used only for etcd",
-                       (Evidence("flag", etcd.source, f"--{test['etcd_flag']} not set"),), target="etcd")
+        return Outcome(Status.FAIL, f"--{test.etcd_flag} not set", "a CA used only for etcd",
+                       (Evidence("flag", etcd.source, f"--{test.etcd_flag} not set"),), target="etcd")
     etcd_path = etcd.host_path(etcd_ca)
-    ev = [Evidence("flag", etcd.source, etcd.cmdline.show(test["etcd_flag"]))]
+    ev = [Evidence("flag", etcd.source, etcd.cmdline.show(test.etcd_flag))]
     if api_ca is None:
         return Outcome(Status.MANUAL, detail="the API server's client CA is not visible on this node",
                        evidence=tuple(ev))
     api_path = api.host_path(api_ca)
-    ev.append(Evidence("flag", api.source, api.cmdline.show(test["apiserver_flag"])))
+    ev.append(Evidence("flag", api.source, api.cmdline.show(test.apiserver_flag)))
     same = etcd_path == api_path
     if not same:
         a, b = ctx.node.host(etcd_path), ctx.node.host(api_path)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from obelisk.cis_checks.catalogue import BENCHMARKS, Check, load_checks
-from obelisk.cis_checks.engine import Context, Outcome, evaluate
+from obelisk.cis_checks.engine import Context, FileSpec, Outcome, evaluate
 from obelisk.cis_checks.node import NodeView
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Evidence, Finding, Report, Severity, Status, Subject, Waiver
@@ -35,7 +35,7 @@ def _applicability(check: Check, node: NodeView) -> Outcome | None:
         problems = node.component_problems(comp)
         if not problems:
             return Outcome(Status.SKIP, detail=f"{comp} does not run on this node")
-        if check.test.get("kind") == "file" and str(check.test.get("file", "")).startswith(_PATH_SELECTORS):
+        if isinstance(check.test, FileSpec) and check.test.file.startswith(_PATH_SELECTORS):
             return None  # files named without the component's flags can be checked even when its manifest is broken
         return Outcome(Status.ERROR, detail="; ".join(f"{p.path}: {p.message}" for p in problems),
                        evidence=tuple(Evidence("file", p.path, p.message) for p in problems),

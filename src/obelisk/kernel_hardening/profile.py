@@ -4,6 +4,10 @@ A profile is a YAML file in `profiles/` (or any path). Each entry names the opti
 it must have, where the recommendation comes from, the kernel versions it exists in, the names
 it had before a rename, and why it matters. `extends` pulls in other profiles; a later entry
 with the same kind and name replaces an earlier one.
+
+The keys each kind of entry accepts are declared once (`FIELDS`); an unknown or misspelt key at
+any level (the profile, an entry, a `renamed_from` alias) is refused with one line naming the
+file, the entry and its option, and the key.
 """
 
 from __future__ import annotations
@@ -165,9 +169,18 @@ class Profile:
         return None
 
 
-_FIELDS = {"name", "value", "one_of", "at_least", "present", "absent", "not_in", "source", "since",
-           "until", "renamed_from", "severity", "why", "section", "moot_if", "satisfied_by_kconfig"}
-_TOP = {"name", "description", "extends", *KINDS}
+# the keys of one entry, per kind; the conditions (exactly one per entry) are the first keys after name
+_CONDITIONS = ("value", "one_of", "at_least")
+_CMDLINE_CONDITIONS = ("present", "absent", "not_in")
+_COMMON = ("source", "why", "since", "until", "renamed_from", "severity", "section", "moot_if")
+FIELDS: dict[str, tuple[str, ...]] = {
+    "kconfig": ("name", *_CONDITIONS, *_COMMON),
+    "cmdline": ("name", *_CONDITIONS, *_CMDLINE_CONDITIONS, *_COMMON, "satisfied_by_kconfig"),
+    "sysctl": ("name", *_CONDITIONS, *_COMMON),
+}
+ALIAS_FIELDS = ("name", "until")
+TOP_FIELDS = ("name", "description", "extends", *KINDS)
+_KCONFIG_NAME = re.compile(r"CONFIG_[A-Za-z0-9_]+")
 
 
 def _read_yaml(path: Path) -> Any:
@@ -229,14 +242,17 @@ def _load(name_or_path: str, chain: tuple[str, ...]) -> Profile:
     where = str(path)
     if not isinstance(data, dict):
         raise InputError("a profile is a mapping with name, kconfig, cmdline, sysctl", source=where)
-    unknown = set(data) - _TOP
+    unknown = [str(k) for k in data if k not in TOP_FIELDS]
     if unknown:
-        raise InputError(f"unknown top-level field {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(_TOP))})",
+        raise InputError(f"unknown top-level field {unknown[0]!r} (allowed: {', '.join(TOP_FIELDS)})",
                          source=where)
+    for key in ("name", "description"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InputError(f"{key}: expected a string", source=where)
     name = str(data.get("name") or path.stem)
     merged: dict[tuple[str, str], Requirement] = {}
     extends = data.get("extends") or []
-    if not isinstance(extends, list):
+    if not isinstance(extends, list) or not all(isinstance(e, str) for e in extends):
         raise InputError("extends: expected a list of profile names", source=where)
     for parent in extends:
         parent_path = str(parent)
@@ -260,27 +276,34 @@ def _load(name_or_path: str, chain: tuple[str, ...]) -> Profile:
 
 
 def _requirement(kind: str, entry: Any, where: str, source: str, profile: str) -> Requirement:
-    def bad(msg: str) -> InputError:
-        return InputError(f"{where}: {msg}", source=source)
-
     if not isinstance(entry, dict):
-        raise bad("expected a mapping")
-    unknown = set(entry) - _FIELDS
-    if unknown:
-        raise bad(f"unknown field {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(_FIELDS))})")
+        raise InputError(f"{where}: expected a mapping", source=source)
     name = entry.get("name")
+    if isinstance(name, str) and name:
+        where = f"{where} ({name})"
+    allowed = FIELDS[kind]
+    unknown = [str(k) for k in entry if k not in allowed]
+    if unknown:
+        raise InputError(f"{where}: unknown field {unknown[0]!r} in a {kind} entry (allowed: {', '.join(allowed)})",
+                         source=source)
     if not isinstance(name, str) or not name:
-        raise bad("name: missing")
-    where = f"{where} ({name})"
-    if kind == "kconfig" and not re.fullmatch(r"CONFIG_[A-Za-z0-9_]+", name):
-        raise bad("name: a Kconfig option is written CONFIG_NAME")
+        raise InputError(f"{where}: name: missing", source=source)
+    if kind == "kconfig" and not _KCONFIG_NAME.fullmatch(name):
+        raise InputError(f"{where}: name: a Kconfig option is written CONFIG_NAME", source=source)
     if kind == "sysctl" and not re.fullmatch(r"[A-Za-z0-9_.\-/*]+", name):
-        raise bad("name: not a sysctl key")
-    conditions = [k for k in ("value", "one_of", "at_least", "present", "absent", "not_in") if k in entry]
+        raise InputError(f"{where}: name: not a sysctl key", source=source)
+    conditions = [k for k in allowed if k in (*_CONDITIONS, *_CMDLINE_CONDITIONS) and k in entry]
     if len(conditions) != 1:
-        raise InputError(f"{where}: exactly one of value, one_of, at_least, present, absent, not_in", source=source)
-    if kind != "cmdline" and conditions[0] in ("present", "absent", "not_in"):
-        raise InputError(f"{where}: {conditions[0]} is only for cmdline entries", source=source)
+        options = [k for k in allowed if k in (*_CONDITIONS, *_CMDLINE_CONDITIONS)]
+        raise InputError(f"{where}: exactly one of {', '.join(options)}", source=source)
+    for flag in ("present", "absent"):
+        if flag in entry and entry[flag] is not True:
+            raise InputError(f"{where}: {flag}: expected true", source=source)
+    if "value" in entry and not _scalar(entry["value"]):
+        raise InputError(f"{where}: value: expected y, n, m, a string or a number", source=source)
+    section = entry.get("section")
+    if section is not None and not isinstance(section, str):
+        raise InputError(f"{where}: section: expected a string", source=source)
     src = entry.get("source")
     if src not in SOURCES:
         raise InputError(f"{where}: source: {src!r} is not one of {', '.join(SOURCES)}", source=source)
@@ -293,7 +316,7 @@ def _requirement(kind: str, entry: Any, where: str, source: str, profile: str) -
         raise InputError(f"{where}: severity: {entry.get('severity')!r} is not one of "
                          f"{', '.join(s.value for s in Severity)}", source=source) from None
     at_least = entry.get("at_least")
-    if at_least is not None and not isinstance(at_least, int):
+    if at_least is not None and (not isinstance(at_least, int) or isinstance(at_least, bool)):
         raise InputError(f"{where}: at_least: expected an integer", source=source)
 
     def version(key: str, value: Any) -> Version | None:
@@ -305,21 +328,38 @@ def _requirement(kind: str, entry: Any, where: str, source: str, profile: str) -
         return v
 
     aliases = []
-    for j, alias in enumerate(entry.get("renamed_from") or []):
-        if not isinstance(alias, dict) or not isinstance(alias.get("name"), str) or set(alias) - {"name", "until"}:
-            raise InputError(f"{where}: renamed_from[{j}]: expected {{name, until}}", source=source)
+    renamed = entry.get("renamed_from") or []
+    if not isinstance(renamed, list):
+        raise InputError(f"{where}: renamed_from: expected a list of {{name, until}}", source=source)
+    for j, alias in enumerate(renamed):
+        at = f"{where}: renamed_from[{j}]"
+        if not isinstance(alias, dict):
+            raise InputError(f"{at}: expected {{name, until}}", source=source)
+        if isinstance(alias.get("name"), str):
+            at = f"{at} ({alias['name']})"
+        unknown = [str(k) for k in alias if k not in ALIAS_FIELDS]
+        if unknown:
+            raise InputError(f"{at}: unknown field {unknown[0]!r} (allowed: {', '.join(ALIAS_FIELDS)})",
+                             source=source)
+        if not isinstance(alias.get("name"), str) or (kind == "kconfig" and not _KCONFIG_NAME.fullmatch(alias["name"])):
+            raise InputError(f"{at}: name: expected the former option name", source=source)
         aliases.append(Alias(name=alias["name"], until=version("renamed_from.until", alias.get("until"))))
 
     def pairs(key: str) -> tuple[tuple[str, str], ...]:
         value = entry.get(key) or {}
         if not isinstance(value, dict):
             raise InputError(f"{where}: {key}: expected a mapping CONFIG_X: value", source=source)
-        return tuple((str(k), _text(v)) for k, v in value.items())
+        for k, v in value.items():
+            if not isinstance(k, str) or not _KCONFIG_NAME.fullmatch(k):
+                raise InputError(f"{where}: {key}: {k!r} is not a Kconfig option (CONFIG_NAME)", source=source)
+            if not _scalar(v):
+                raise InputError(f"{where}: {key}: {k}: expected y, n, m, a string or a number", source=source)
+        return tuple((k, _text(v)) for k, v in value.items())
 
     def strings(key: str) -> tuple[str, ...]:
         value = entry.get(key) or []
-        if not isinstance(value, list):
-            raise InputError(f"{where}: {key}: expected a list", source=source)
+        if not isinstance(value, list) or not all(_scalar(v) for v in value):
+            raise InputError(f"{where}: {key}: expected a list of values", source=source)
         return tuple(_text(v) for v in value)
 
     return Requirement(
@@ -332,6 +372,10 @@ def _requirement(kind: str, entry: Any, where: str, source: str, profile: str) -
         renamed_from=tuple(aliases), severity=severity, section=str(entry.get("section") or kind),
         moot_if=pairs("moot_if"), satisfied_by_kconfig=pairs("satisfied_by_kconfig"),
     )
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
 
 
 def _text(value: Any) -> str:
