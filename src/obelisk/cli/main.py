@@ -108,6 +108,6 @@ def subcommand_group(sub: argparse._SubParsersAction, name: str, help: str) -> a
         existing = sub.add_parser(name, help=help)
         existing.set_defaults(handler=lambda args, p=existing: (p.print_help(sys.stderr), EXIT_BAD_INPUT)[1])
         group = existing.add_subparsers(dest=f"{name}_command", metavar="COMMAND", parser_class=_Parser)
-        existing._obelisk_group = group  # type: ignore[attr-defined]
+        existing._obelisk_group = group
         return group
-    return existing._obelisk_group  # type: ignore[attr-defined]
+    return existing._obelisk_group

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 
 def _temp_name(path: Path) -> Path:
@@ -19,14 +20,15 @@ def _temp_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: int = 0o644, binary: bool = True) -> Iterator:
+def atomic_output(path: str | os.PathLike[str], mode: int = 0o644, binary: bool = True) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success fsync and rename it over `path`."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+        handle: IO[Any] = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")
+        with handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from obelisk import __version__
 from obelisk.core.errors import InputError
@@ -274,6 +274,7 @@ def _mapping(data: Any, where: str) -> dict[str, Any]:
 
 
 _MISSING = object()
+_E = TypeVar("_E", bound=StrEnum)
 
 
 def _str(d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> str:
@@ -303,7 +304,7 @@ def _list(d: dict[str, Any], key: str, where: str) -> list[Any]:
     return value
 
 
-def _enum(enum: type, d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> Any:
+def _enum(enum: type[_E], d: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> _E:
     value = d.get(key, _MISSING)
     if value is _MISSING and default is not _MISSING:
         return default

@@ -79,7 +79,7 @@ def run(
         full_env = dict(os.environ)
         full_env.update(env)
     proc = subprocess.run(
-        [which(tool), *map(os.fspath, args)],
+        [which(tool), *(os.fspath(arg) for arg in args)],
         input=input,
         capture_output=True,
         env=full_env,
@@ -108,7 +108,7 @@ def run_streaming(
     """
     full_env = dict(os.environ)
     full_env.update(env or {})
-    argv = [which(tool), *map(os.fspath, args)]
+    argv = [which(tool), *(os.fspath(arg) for arg in args)]
     if nice:
         argv = [which("nice"), "-n", str(nice), *argv]
     tail: list[str] = []

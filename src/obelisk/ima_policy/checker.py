@@ -20,17 +20,30 @@ import os
 import re
 import struct
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from obelisk.core.errors import ParseError
 from obelisk.ima_policy import templates
 from obelisk.ima_policy.keyring import VALID, Keyring
 from obelisk.ima_policy.measurement_list import (
-    ASCII, MAX_PCR, MAX_TEMPLATE_DATA, ZERO_DIGEST, iter_binary, parse_ascii_line, split_fields)
+    ASCII,
+    MAX_PCR,
+    MAX_TEMPLATE_DATA,
+    ZERO_DIGEST,
+    ByteOrder,
+    iter_binary,
+    parse_ascii_line,
+    split_fields,
+)
 from obelisk.ima_policy.reference import ANY_DIGEST, ReferenceManifest
 from obelisk.ima_policy.replay import BANK_SIZES, IMA_PCR
 
 CHUNK_TARGET = 4 * 1024 * 1024  # bytes of list per task
+
+_Unpack = Callable[[bytes, int], tuple[Any, ...]]  # a bound struct.Struct.unpack_from
+_BankOut = tuple[Callable[[bytes], "hashlib._Hash"], Callable[[bytes], None]]  # (hash constructor, append)
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class ChunkResult:
 class Job:
     data: bytes
     encoding: str
-    byte_order: str
+    byte_order: ByteOrder
     banks: tuple[str, ...]
     reference: ReferenceManifest | None
     keyring: Keyring | None
@@ -140,7 +153,7 @@ def check_range(start: int, stop: int, first_number: int = 1) -> ChunkResult:
     return res
 
 
-def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order: str,
+def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order: ByteOrder,
           numbers: list[int] | None, at_list_start: bool, first_number: int = 1) -> int:
     """Check the binary entries from `start` until one begins at or after `stop`; return the end offset.
 
@@ -235,6 +248,8 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
                     app(ctor(tdata).digest())
         else:
             res.other_pcrs[pcr] += 1
+        if tpl is None:  # cannot happen: name_len starts at -1, so the first entry sets tpl
+            raise AssertionError("IMA list walk: entry without a template")
         ctx.entry(number, off, tpl, tdata, computed, listed, violation, index == 0 and at_list_start)
         index += 1
         off = next_off
@@ -245,8 +260,10 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     return off
 
 
-def _run(data: bytes, off: int, stop: int, header, u32, name_raw: bytes, three: bool, sha1_app, other_banks,
-         files_get, prefixes: dict[bytes, str]) -> tuple[int, int, int]:
+def _run(data: bytes, off: int, stop: int, header: _Unpack, u32: _Unpack, name_raw: bytes, three: bool,
+         sha1_app: Callable[[bytes], None], other_banks: Sequence[_BankOut],
+         files_get: Callable[[str], str | tuple[str, ...] | None] | None,
+         prefixes: dict[bytes, str]) -> tuple[int, int, int]:
     """Walk intact PCR-10 entries of one d-ng|n-ng[|sig] template from `off`; stop before the first
     entry that needs a closer look. Returns (offset reached, entries taken, files matched)."""
     sha1 = hashlib.sha1
@@ -254,8 +271,8 @@ def _run(data: bytes, off: int, stop: int, header, u32, name_raw: bytes, three: 
     nlen = len(name_raw)
     name_at = 28
     count = matched = 0
-    one = len(other_banks) == 1
-    ctor1, app1 = other_banks[0] if one else (None, None)
+    # with exactly one other bank (the usual case), its hash and output are bound outside the loop
+    ctor1, app1 = other_banks[0] if len(other_banks) == 1 else (None, None)
     try:
         while off < stop:
             pcr, listed, nl = header(data, off)
@@ -291,7 +308,7 @@ def _run(data: bytes, off: int, stop: int, header, u32, name_raw: bytes, three: 
                     break
                 matched += 1
             sha1_app(computed)
-            if one:
+            if ctor1 is not None and app1 is not None:
                 app1(ctor1(tdata).digest())
             else:
                 for ctor, app in other_banks:
@@ -323,7 +340,7 @@ def _template(data: bytes, p: int, nlen: int, end: int, number: int, source: str
 class _EntryContext:
     """The slow path: entries that are not plain ima-ng, or that failed a check."""
 
-    def __init__(self, job: Job, res: ChunkResult, order: str):
+    def __init__(self, job: Job, res: ChunkResult, order: ByteOrder):
         self.job = job
         self.res = res
         self.order = order
@@ -332,13 +349,15 @@ class _EntryContext:
         self.buffers = ref.buffers if ref else {}
         self.matcher = ref.matcher() if ref else None
 
-    def problem(self, kind: str, number: int, path: str, detail: str, observed=None, expected=None) -> None:
+    def problem(self, kind: str, number: int, path: str, detail: str, observed: str | None = None,
+                expected: str | None = None) -> None:
         res = self.res
         res.problem_counts[kind] += 1
         if len(res.problems) < self.job.max_problems:
             res.problems.append(Problem(kind, number, path, detail, observed, expected))
 
-    def file_problem(self, number: int, path: str, algo: str, fdigest: bytes, expected) -> None:
+    def file_problem(self, number: int, path: str, algo: str, fdigest: bytes,
+                     expected: str | tuple[str, ...] | None) -> None:
         stats = self.res.stats
         rule = self.matcher.match(path)  # type: ignore[union-attr]
         if rule is not None:
@@ -391,13 +410,13 @@ class _EntryContext:
         if self.files is not None:
             dstr = f"{algo}:{fdigest.hex()}"
             if is_buffer:
-                expected = self.buffers.get(path)
-                if expected is not None and dstr in expected:
+                expected_buf = self.buffers.get(path)
+                if expected_buf is not None and dstr in expected_buf:
                     stats["buffers-matched"] += 1
                 elif self.buffers and not self.ignored(path):
-                    self.problem("unknown-buffer" if expected is None else "buffer-mismatch", number, path,
+                    self.problem("unknown-buffer" if expected_buf is None else "buffer-mismatch", number, path,
                                  "buffer measurement not in the reference", dstr,
-                                 ", ".join(expected) if expected else None)
+                                 ", ".join(expected_buf) if expected_buf else None)
                 else:
                     stats["buffers-unchecked"] += 1
             else:

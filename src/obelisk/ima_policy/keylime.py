@@ -117,7 +117,9 @@ def _with_algo(hexdigest: str, where: str) -> str:
 
 
 def to_reference(policy: RuntimePolicy) -> ReferenceManifest:
-    files = {p: tuple(_with_algo(d, f"digests[{p[:80]!r}]") for d in ds) for p, ds in policy.digests.items()}
+    files: dict[str, str | tuple[str, ...]] = {
+        p: tuple(_with_algo(d, f"digests[{p[:80]!r}]") for d in ds) for p, ds in policy.digests.items()
+    }
     buffers = {n: tuple(_with_algo(d, f"ima-buf[{n[:80]!r}]") for d in ds) for n, ds in policy.ima_buf.items()}
     for ring, ds in policy.keyrings.items():
         buffers.setdefault(ring, ())

@@ -99,13 +99,13 @@ def _combination(rule: Rule) -> Iterator[str]:
 
 def _earlier_excludes(policy: Policy, rule: Rule, action: str, magics: dict[int, str]) -> set[int]:
     """Filesystems in `magics` that an earlier unconditional `action fsmagic=X` rule takes out."""
-    out = set()
+    out: set[int] = set()
     for r in policy.rules:
         if r.line >= rule.line:
             break
         m = _fsmagic(r)
         if r.action == action and m in magics and r.conditions() <= rule.conditions() | {("fsmagic",) + _t(r)}:
-            out.add(m)  # type: ignore[arg-type]
+            out.add(m)
     return out
 
 

@@ -25,6 +25,7 @@ import hashlib
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from obelisk.core.errors import ParseError
 from obelisk.ima_policy import templates
@@ -36,6 +37,8 @@ ZERO_DIGEST = bytes(SHA1_SIZE)
 # with a kexec command line, an SELinux policy hash). Anything larger is hostile.
 MAX_TEMPLATE_DATA = 16 * 1024 * 1024
 MAX_PCR = 63
+
+ByteOrder = Literal["little", "big"]  # of a binary list's u32 fields
 
 ASCII = "ascii"
 BINARY = "binary"
@@ -49,7 +52,7 @@ class Entry:
     template_name: str
     template_data: bytes  # what the kernel hashed (see the module docstring)
     offset: int = 0  # byte offset of the entry in the source
-    byte_order: str = "little"  # of the u32 field lengths inside template_data
+    byte_order: ByteOrder = "little"  # of the u32 field lengths inside template_data
 
     @property
     def violation(self) -> bool:
@@ -72,7 +75,7 @@ class Entry:
 class MeasurementList:
     entries: tuple[Entry, ...]
     encoding: str  # "ascii" or "binary"
-    byte_order: str = "little"  # of the binary list (and of the template data's field lengths)
+    byte_order: ByteOrder = "little"  # of the binary list (and of the template data's field lengths)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -111,7 +114,7 @@ def parse_measurement_list(data: bytes, source: str = "measurement list") -> Mea
     return parse_binary(data, source)
 
 
-def detect_byte_order(data: bytes, source: str = "measurement list") -> str:
+def detect_byte_order(data: bytes, source: str = "measurement list") -> ByteOrder:
     if len(data) < 4:
         raise ParseError(f"entry 1: truncated: {len(data)} bytes, the PCR field needs 4", source=source, offset=0)
     if int.from_bytes(data[:4], "little") <= MAX_PCR:
@@ -121,7 +124,7 @@ def detect_byte_order(data: bytes, source: str = "measurement list") -> str:
     raise ParseError("entry 1: not an IMA measurement list (first PCR index out of range)", source=source, offset=0)
 
 
-def iter_binary(data: bytes, start: int = 0, stop: int | None = None, order: str = "little",
+def iter_binary(data: bytes, start: int = 0, stop: int | None = None, order: ByteOrder = "little",
                 first_number: int = 1, source: str = "measurement list"
                 ) -> Iterator[tuple[int, int, int, bytes, str, bytes]]:
     """Yield (number, offset, pcr, template_digest, template_name, template_data) of entries
@@ -185,7 +188,7 @@ def iter_binary(data: bytes, start: int = 0, stop: int | None = None, order: str
         number += 1
 
 
-def parse_binary(data: bytes, source: str = "measurement list", byte_order: str | None = None) -> MeasurementList:
+def parse_binary(data: bytes, source: str = "measurement list", byte_order: ByteOrder | None = None) -> MeasurementList:
     data = bytes(data)
     if not data:
         return MeasurementList((), BINARY)
@@ -291,7 +294,7 @@ def _encode_ascii_field(fid: str, token: bytes, legacy: bool, number: int, sourc
 
 # ----------------------------------------------------------------------------- fields
 
-def join_fields(tpl: Template, values: Sequence[bytes], order: str = "little") -> bytes:
+def join_fields(tpl: Template, values: Sequence[bytes], order: ByteOrder = "little") -> bytes:
     """Template data as hashed from field values (legacy 'ima': digest | name padded to 256)."""
     if tpl.legacy:
         digest, name = values
@@ -299,7 +302,7 @@ def join_fields(tpl: Template, values: Sequence[bytes], order: str = "little") -
     return b"".join(len(v).to_bytes(4, order) + v for v in values)
 
 
-def split_fields(tpl: Template, data: bytes, number: int = 0, offset: int = 0, order: str = "little",
+def split_fields(tpl: Template, data: bytes, number: int = 0, offset: int = 0, order: ByteOrder = "little",
                  source: str = "measurement list") -> tuple[bytes, ...]:
     if tpl.legacy:
         if len(data) != SHA1_SIZE + templates.IMA_NAME_HASHED_LEN:
@@ -360,7 +363,7 @@ def template_hash(entry: Entry, algo: str = "sha1") -> bytes:
 
 
 def make_entry(template_name: str, values: Sequence[bytes], *, pcr: int = 10, number: int = 1,
-               violation: bool = False, byte_order: str = "little") -> Entry:
+               violation: bool = False, byte_order: ByteOrder = "little") -> Entry:
     """An entry with the given field values and its SHA-1 template hash (zeros for a violation).
 
     byte_order is that of the measuring kernel (big only for a big-endian machine
@@ -383,7 +386,7 @@ def name_field(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape") + b"\0"
 
 
-def serialize_binary(entries: Sequence[Entry], byte_order: str = "little") -> bytes:
+def serialize_binary(entries: Sequence[Entry], byte_order: ByteOrder = "little") -> bytes:
     """The binary list as the kernel shows it (canonical = little endian)."""
     u32 = struct.Struct("<I" if byte_order == "little" else ">I")
     out = bytearray()
@@ -402,7 +405,7 @@ def serialize_binary(entries: Sequence[Entry], byte_order: str = "little") -> by
     return bytes(out)
 
 
-def _ascii_field(fid: str, value: bytes, legacy: bool, order: str = "little") -> bytes:
+def _ascii_field(fid: str, value: bytes, legacy: bool, order: ByteOrder = "little") -> bytes:
     kind = templates.FIELD_KINDS[fid]
     if not value:
         return b""

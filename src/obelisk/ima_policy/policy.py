@@ -7,6 +7,7 @@ and a parser of policy text into rules.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 ACTIONS = ("measure", "dont_measure", "appraise", "dont_appraise", "audit", "dont_audit", "hash", "dont_hash")
@@ -35,7 +36,7 @@ _DEC = re.compile(r"^\d{1,10}$")
 _LSM = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
-def _choice(values):
+def _choice(values: Sequence[str]) -> Callable[[str], str | None]:
     def check(v: str) -> str | None:
         return None if v in values else f"must be one of {', '.join(values)}"
     return check

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 from obelisk.core.errors import InputError
 from obelisk.core.yamlsafe import load_yaml
@@ -27,7 +28,7 @@ class Profile:
     rules: tuple[ProfileRule, ...]
 
 
-def _dir():
+def _dir() -> Traversable:
     return resources.files("obelisk.ima_policy").joinpath("profiles")
 
 

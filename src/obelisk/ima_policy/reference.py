@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ class RuleMatcher:
 
     def __init__(self, rules: tuple[Rule, ...]):
         self.rules = rules
+        self._re: re.Pattern[str] | None
         if rules:
             self._re = re.compile("|".join(f"(?P<r{i}>{r.regex()})" for i, r in enumerate(rules)))
         else:
@@ -225,14 +227,15 @@ def _rule(data: Any, where: str, source: str) -> Rule:
 
 def loads_json(data: str | bytes, source: str) -> Any:
     """JSON with orjson when installed (a million-file manifest loads several times faster)."""
+    loads: Callable[[str | bytes], Any]
     try:
         import orjson
+
+        loads = orjson.loads
     except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
-        orjson = None
+        loads = json.loads
     try:
-        if orjson is not None:
-            return orjson.loads(data)
-        return json.loads(data)
+        return loads(data)
     except (ValueError, UnicodeDecodeError) as exc:  # orjson.JSONDecodeError is a ValueError
         raise InputError(f"not JSON: {exc}", source=source) from None
     except RecursionError:

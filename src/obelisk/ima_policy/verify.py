@@ -9,6 +9,7 @@ the trusted certificates.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from obelisk.core.errors import InputError
@@ -99,7 +100,7 @@ def verify_log(data: bytes, source: str, options: VerifyOptions = VerifyOptions(
     attributes = [("entries", str(total)), ("encoding", encoding)]
     if encoding != ASCII:
         attributes.append(("byte-order", order))
-    other = Counter()
+    other: Counter[int] = Counter()
     for c in chunks:
         other.update(c.other_pcrs)
     if other:
@@ -120,7 +121,8 @@ def _padded(bank: str, sha1_digests: bytes) -> bytes:
     return b"".join(sha1_digests[i:i + 20] + pad for i in range(0, len(sha1_digests), 20))
 
 
-def _replay(chunks, banks, sha1_digests, quoted, options) -> list[BankReplay]:
+def _replay(chunks: Sequence[checker.ChunkResult], banks: tuple[str, ...], sha1_digests: bytes,
+            quoted: dict[str, dict[int, bytes]], options: VerifyOptions) -> list[BankReplay]:
     per_bank = {b: b"".join(c.bank_digests[b] for c in chunks) for b in banks}
     targets = {b: quoted.get(b, {}).get(IMA_PCR) for b in banks}
     first_mode = SHA1_PADDED if options.mode == SHA1_PADDED else PER_BANK
@@ -145,7 +147,7 @@ def _replay(chunks, banks, sha1_digests, quoted, options) -> list[BankReplay]:
     return out
 
 
-def _template_findings(chunks, total, source) -> list[Finding]:
+def _template_findings(chunks: Sequence[checker.ChunkResult], total: int, source: str) -> list[Finding]:
     bad = sum(c.problem_counts["template-hash"] for c in chunks)
     if bad:
         return []  # each is listed as its own finding
@@ -182,8 +184,8 @@ def _pcr_findings(replays: list[BankReplay], total: int, source: str) -> list[Fi
     return out
 
 
-def _boot_aggregate_findings(first, quoted: dict[str, dict[int, bytes]], source: str, origin: str
-                             ) -> list[Finding]:
+def _boot_aggregate_findings(first: tuple[str, str, bytes] | None, quoted: dict[str, dict[int, bytes]], source: str,
+                             origin: str) -> list[Finding]:
     fid = "ima.boot-aggregate"
     title = "boot_aggregate matches PCRs 0-9 (0-7)"
     if first is None or first[0] != boot_aggregate.NAME:
@@ -233,7 +235,7 @@ def _eventlog_findings(replayed: dict[str, dict[int, bytes]], quoted: dict[str, 
     return out
 
 
-def _problem_findings(chunks, options: VerifyOptions, source: str) -> list[Finding]:
+def _problem_findings(chunks: Sequence[checker.ChunkResult], options: VerifyOptions, source: str) -> list[Finding]:
     out = []
     counts: Counter = Counter()
     listed: Counter = Counter()
@@ -260,7 +262,7 @@ def _problem_findings(chunks, options: VerifyOptions, source: str) -> list[Findi
     return out
 
 
-def _summary_findings(chunks, options: VerifyOptions, source: str) -> list[Finding]:
+def _summary_findings(chunks: Sequence[checker.ChunkResult], options: VerifyOptions, source: str) -> list[Finding]:
     stats: Counter = Counter()
     counts: Counter = Counter()
     for c in chunks:

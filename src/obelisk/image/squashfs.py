@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import re
 import shlex
+import shutil
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +57,7 @@ exec "$@"
 def pack(tree: Path, xattr_file: Path | None, out: Path, epoch: int,
          owners: Sequence[tuple[str, int, int]] = ()) -> None:
     """Pack `tree` into `out` reproducibly; every entry owned by root except `owners` (relative path, uid, gid)."""
-    args = ["--pack-dir", tree, "--defaults", f"uid=0,gid=0,mode=0755,mtime={epoch}",
+    args: list[str | os.PathLike[str]] = ["--pack-dir", tree, "--defaults", f"uid=0,gid=0,mode=0755,mtime={epoch}",
             "--compressor", "zstd", "--block-size", "131072", "--num-jobs", "2", "--quiet", "--force"]
     if xattr_file is not None:
         args += ["--xattr-file", xattr_file]
@@ -127,7 +127,7 @@ def read_back(image: Path, workdir: Path, jobs: int = 4) -> ReadBack:
     files = describe(image)
     root = workdir / "root"
     regular = [f.path for f in files if f.kind == "file"]
-    base = ["--quiet", "--no-dev", "--no-sock", "--no-fifo", "-u", "/", "-p", root]
+    base: list[str | os.PathLike[str]] = ["--quiet", "--no-dev", "--no-sock", "--no-fifo", "-u", "/", "-p", root]
     root.mkdir(parents=True, exist_ok=True)
     if tools.run("rdsquashfs", [*base, "--set-xattr", image], check=False).returncode == 0:
         values = {p: _disk_xattrs(root / p.lstrip("/")) for p in regular}

@@ -16,8 +16,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from obelisk.core.errors import InputError
+
+if TYPE_CHECKING:
+    import kconfiglib
 
 _MODULES_LINE = re.compile(r"^(\s*)modules\s*(#.*)?$")
 _TRANSITIONAL_LINE = re.compile(r"^\s*transitional\s*(#.*)?$")
@@ -128,7 +132,7 @@ def check_tree(tree: str | os.PathLike[str]) -> TreeInfo:
     return TreeInfo(root=root, version=kernel_version(root), arch="x86")
 
 
-def load_kconfig(tree: str | os.PathLike[str], arch: str = "x86"):
+def load_kconfig(tree: str | os.PathLike[str], arch: str = "x86") -> kconfiglib.Kconfig:
     """Parse the tree's Kconfig with kconfiglib (rewriting unsupported keywords in memory).
 
     Returns a `kconfiglib.Kconfig` with an extra attribute `transitional` (symbol names).
@@ -140,13 +144,13 @@ def load_kconfig(tree: str | os.PathLike[str], arch: str = "x86"):
     info = check_tree(tree)
 
     class KernelKconfig(kconfiglib.Kconfig):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._obelisk_parsing = True
             self.transitional: set[str] = set()
             super().__init__(*args, **kwargs)
             self._obelisk_parsing = False
 
-        def _open(self, filename, mode):
+        def _open(self, filename: str, mode: str) -> IO[str]:
             if mode == "r" and getattr(self, "_obelisk_parsing", False):
                 with open(filename, encoding="utf-8", errors="surrogateescape") as handle:
                     text, trans = rewrite_kconfig_text(handle.read())
@@ -154,7 +158,8 @@ def load_kconfig(tree: str | os.PathLike[str], arch: str = "x86"):
                 return io.StringIO(text)
             return super()._open(filename, mode)
 
-        def write_config(self, filename=None, header=None, save_old=True, verbose=None):
+        def write_config(self, filename: str | os.PathLike[str] | None = None, header: str | None = None,
+                         save_old: bool = True, verbose: bool | None = None) -> str:
             _write_implied_like_c(self)
             result = super().write_config(filename, header=header, save_old=save_old, verbose=verbose)
             if self.transitional and filename:
@@ -180,7 +185,7 @@ def load_kconfig(tree: str | os.PathLike[str], arch: str = "x86"):
                 os.environ[k] = v
 
 
-def _write_implied_like_c(kconf) -> None:
+def _write_implied_like_c(kconf: kconfiglib.Kconfig) -> None:
     """Match the C tool (scripts/kconfig/symbol.c, sym_calc_value) for implied symbols.
 
     An invisible bool/tristate symbol that something `imply`s is written to .config (as

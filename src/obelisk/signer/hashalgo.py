@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -34,7 +35,7 @@ _ALGOS = (
     HashAlgo("sha3_384", 21, 48),
     HashAlgo("sha3_512", 22, 64),
 )
-_CRYPTO = {
+_CRYPTO: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "md5": hashes.MD5, "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
     "sha384": hashes.SHA384, "sha512": hashes.SHA512, "sha3_256": hashes.SHA3_256,
     "sha3_384": hashes.SHA3_384, "sha3_512": hashes.SHA3_512,

@@ -122,12 +122,16 @@ class Pkcs11Key:
     @cached_property
     def public_key(self) -> PublicKey:
         from pkcs11 import KeyType
+        from pkcs11.types import PublicKey as TokenPublicKey
         from pkcs11.util.ec import encode_ec_public_key
         from pkcs11.util.rsa import encode_rsa_public_key
 
-        if self._public_obj.key_type == KeyType.RSA:
-            return serialization.load_der_public_key(_rsa_spki(encode_rsa_public_key(self._public_obj)))  # type: ignore[return-value]
-        return serialization.load_der_public_key(encode_ec_public_key(self._public_obj))  # type: ignore[return-value]
+        public = self._public_obj
+        if not isinstance(public, TokenPublicKey):
+            raise InputError(f"PKCS#11 object {public!r} is not a public key", source="pkcs11 URI")
+        if public.key_type == KeyType.RSA:
+            return serialization.load_der_public_key(_rsa_spki(encode_rsa_public_key(public)))  # type: ignore[return-value]
+        return serialization.load_der_public_key(encode_ec_public_key(public))  # type: ignore[return-value]
 
     @property
     def is_rsa(self) -> bool:
@@ -137,14 +141,18 @@ class Pkcs11Key:
 
     def sign_digest(self, digest: bytes, algo: HashAlgo) -> bytes:
         from pkcs11 import Mechanism
+        from pkcs11.types import SignMixin
         from pkcs11.util.ec import encode_ecdsa_signature
 
+        private = self._private
+        if not isinstance(private, SignMixin):
+            raise InputError("PKCS#11 private key does not allow signing (CKA_SIGN is false)", source="pkcs11 URI")
         if self.is_rsa:
             prefix = _DIGEST_INFO.get(algo.name)
             if prefix is None:
                 raise InputError(f"PKCS#11 signing does not support {algo.name}")
-            return bytes(self._private.sign(prefix + digest, mechanism=Mechanism.RSA_PKCS))
-        raw = bytes(self._private.sign(digest, mechanism=Mechanism.ECDSA))
+            return bytes(private.sign(prefix + digest, mechanism=Mechanism.RSA_PKCS))
+        raw = bytes(private.sign(digest, mechanism=Mechanism.ECDSA))
         return bytes(encode_ecdsa_signature(raw))
 
 

@@ -12,8 +12,12 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from obelisk.core.errors import InputError, ObeliskError
+
+if TYPE_CHECKING:
+    from tpm2_pytss import ESAPI, ESYS_TR, TPM2B_PUBLIC
 
 DEFAULT_TCTI = "device:/dev/tpmrm0"
 EK_HANDLE = 0x81010001
@@ -34,7 +38,7 @@ def resolve_tcti(tcti: str | None) -> str:
 
 
 @contextlib.contextmanager
-def open_tpm(tcti: str | None = None) -> Iterator["object"]:
+def open_tpm(tcti: str | None = None) -> Iterator[ESAPI]:
     """An ESAPI context on the chosen TPM; any failure to reach it is one clear line."""
     # libtss2 logs expected misses (an absent persistent handle) on stderr; obelisk reports
     # errors itself. TSS2_LOG set by the user still wins.
@@ -65,7 +69,7 @@ def _tss_error(what: str, exc: Exception) -> TPMError:
 EK_CERT_INDEX = {"rsa": 0x01C00002, "ecc": 0x01C0000A}  # TCG EK Credential Profile, low range
 
 
-def ek_template(esapi, key_type: str = "rsa"):
+def ek_template(esapi: ESAPI, key_type: str = "rsa") -> TPM2B_PUBLIC:
     """The TCG EK Credential Profile template (low range), taking a template from NV if the vendor put one."""
     from tpm2_pytss.utils import NVReadEK, create_ek_template
 
@@ -74,7 +78,7 @@ def ek_template(esapi, key_type: str = "rsa"):
     return template
 
 
-def read_ek_certificate(esapi, key_type: str) -> bytes | None:
+def read_ek_certificate(esapi: ESAPI, key_type: str) -> bytes | None:
     """The manufacturer's EK certificate (DER) from NV, if the TPM has one."""
     from tpm2_pytss.TSS2_Exception import TSS2_Exception
     from tpm2_pytss.utils import NoSuchIndex, NVReadEK
@@ -89,7 +93,7 @@ def read_ek_certificate(esapi, key_type: str) -> bytes | None:
     return bytes(data)
 
 
-def ak_template(key_type: str = "ecc", policy: bytes = b""):
+def ak_template(key_type: str = "ecc", policy: bytes = b"") -> TPM2B_PUBLIC:
     """A restricted signing key that never leaves this TPM (fixedTPM|fixedParent|sensitiveDataOrigin).
 
     noDA: the AK has an empty authValue, so dictionary-attack protection guards nothing; with it, a
@@ -104,7 +108,7 @@ def ak_template(key_type: str = "ecc", policy: bytes = b""):
     return TPM2B_PUBLIC(publicArea=TPMT_PUBLIC.parse(alg, objectAttributes=attrs, nameAlg="sha256"))
 
 
-def _persistent(esapi, handle: int):
+def _persistent(esapi: ESAPI, handle: int) -> ESYS_TR | None:
     """ESYS_TR of a persistent handle, or None if nothing is there."""
     from tpm2_pytss.TSS2_Exception import TSS2_Exception
 
@@ -114,7 +118,7 @@ def _persistent(esapi, handle: int):
         return None
 
 
-def _ek_session(esapi):
+def _ek_session(esapi: ESAPI) -> ESYS_TR:
     """A policy session satisfying the EK's PolicySecret(TPM_RH_ENDORSEMENT)."""
     from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPMT_SYM_DEF
 
@@ -173,7 +177,7 @@ def create_keys(tcti: str | None = None, *, ek_handle: int = EK_HANDLE, ak_handl
             raise _tss_error("key creation", exc) from None
 
 
-def _ak_info(esapi, ek, ak, ak_handle: int, with_certificate: bool = True) -> AKInfo:
+def _ak_info(esapi: ESAPI, ek: ESYS_TR, ak: ESYS_TR, ak_handle: int, with_certificate: bool = True) -> AKInfo:
     from tpm2_pytss import TPM2_ALG
 
     ak_pub, ak_name, ak_qn = esapi.read_public(ak)
@@ -198,7 +202,7 @@ def read_ak(tcti: str | None = None, *, ek_handle: int = EK_HANDLE, ak_handle: i
 def activate_credential(credential_blob: bytes, encrypted_secret: bytes, tcti: str | None = None, *,
                         ek_handle: int = EK_HANDLE, ak_handle: int = AK_HANDLE) -> bytes:
     """TPM2_ActivateCredential: recover the verifier's secret, proving the AK sits in the EK's TPM."""
-    from tpm2_pytss import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, ESYS_TR
+    from tpm2_pytss import ESYS_TR, TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT
     from tpm2_pytss.TSS2_Exception import TSS2_Exception
 
     try:
@@ -242,7 +246,7 @@ def _selection(bank: str, pcrs: Sequence[int]) -> str:
     return f"{bank}:{','.join(str(p) for p in pcrs)}"
 
 
-def read_pcrs(esapi, bank: str, pcrs: Sequence[int]) -> dict[int, bytes]:
+def read_pcrs(esapi: ESAPI, bank: str, pcrs: Sequence[int]) -> dict[int, bytes]:
     """PCR values, read in as many TPM2_PCR_Read calls as the TPM needs (it returns at most 8 at once)."""
     from tpm2_pytss import TPML_PCR_SELECTION
 
