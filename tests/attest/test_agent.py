@@ -174,11 +174,16 @@ def test_var_mount_and_its_finding():
     assert var_mount(mounts) == "/dev/mapper/obelisk-var ext2"
     assert var_mount("tmpfs /var tmpfs rw 0 0\n") == "tmpfs tmpfs"
     assert var_mount("/dev/vda / squashfs ro 0 0\n") == ""
-    luks = {"disk": {"var": "luks2"}}
+    from dataclasses import replace
+
+    from tests.image.manifests import sample_manifest
+
+    plain = sample_manifest()
+    luks = replace(plain, disk=replace(plain.disk, var="luks2"))
     assert var_finding(luks, "/dev/mapper/obelisk-var ext2").status is Status.PASS
     locked = var_finding(luks, "tmpfs tmpfs")
     assert locked.status is Status.FAIL and "stayed locked" in locked.detail
     assert var_finding(luks, None).status is Status.ERROR
-    assert var_finding({"disk": {"var": "plain"}}, "/dev/vdb ext2").status is Status.PASS
-    assert var_finding({"disk": {"var": "plain"}}, "/dev/mapper/x ext2").status is Status.PASS
-    assert var_finding({"disk": {"var": "plain"}}, "tmpfs tmpfs").status is Status.FAIL
+    assert var_finding(plain, "/dev/vdb ext2").status is Status.PASS
+    assert var_finding(plain, "/dev/mapper/x ext2").status is Status.PASS
+    assert var_finding(plain, "tmpfs tmpfs").status is Status.FAIL

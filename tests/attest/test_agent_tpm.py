@@ -43,10 +43,13 @@ def test_agent_serves_a_quote_the_verifier_accepts_once(swtpm, tmp_path):
     client = issue(keys.ca_cert, keys.ca_key, tmp_path / "cli", "verifier", server=False)
     ima = tmp_path / "ima.bin"
     ima.write_bytes(_ima_list([("/usr/bin/agent", hashlib.sha256(b"a").digest())]))
+    from obelisk.ima_policy import reference
     from obelisk.image import manifest as mf
     from obelisk.signer.keys import load_certificate, load_signing_key
+    from tests.image.manifests import sample_manifest
 
-    data = mf.dumps({"schema": mf.SCHEMA, "image": {"name": "n", "version": "1"}, **MANIFEST})
+    data = mf.serialize(sample_manifest(image=mf.Image(name="n", version="1"),
+                                        ima_reference=reference.from_json(MANIFEST["ima_reference"])))
     (tmp_path / "manifest.json").write_bytes(data)
     sig = mf.sign(data, load_signing_key(str(keys.ima_key)), load_certificate(keys.ima_cert))
     (tmp_path / "manifest.json.sig").write_bytes(mf.dumps(sig.to_json()))

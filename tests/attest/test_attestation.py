@@ -297,10 +297,13 @@ def _ca(tmp_path, name: str):
 def test_verify_against_signed_image_manifest(swtpm, tmp_path, enrolled, obelisk_cli):
     """--reference: the build's signed manifest (signature vs --cert, predicted PCRs, IMA reference values)."""
     import hashlib
+    from dataclasses import replace
 
     from obelisk.attest.agent_certs import issue
+    from obelisk.ima_policy import reference
     from obelisk.image import manifest as mf
     from obelisk.signer.keys import load_certificate, load_signing_key
+    from tests.image.manifests import sample_manifest
 
     _boot(swtpm, tmp_path)
     _ima_list(swtpm, tmp_path, entries=6)
@@ -312,13 +315,16 @@ def test_verify_against_signed_image_manifest(swtpm, tmp_path, enrolled, obelisk
     ca, ca_key = _ca(tmp_path, "customer-ca")
     other_ca, _ = _ca(tmp_path, "other-ca")
     signer = issue(ca, ca_key, tmp_path / "signer", "image signer", server=False)
-    files = {f"/usr/bin/tool{i}": [hashlib.sha256(b"f%d" % i).hexdigest()] for i in range(2, 6)}  # tool6 missing
-    doc = {"schema": mf.SCHEMA, "image": {"name": "worker", "version": "1"},
-           "ima_reference": {"hash": "sha256", "digests": files, "allow_vary": ["/var/**"]},
-           "pcrs": {"bank": "sha256", "predicted": {"7": ev.pcrs[7].hex(), "4": "00" * 32}}}
+    files = {f"/usr/bin/tool{i}": ("sha256:" + hashlib.sha256(b"f%d" % i).hexdigest(),)
+             for i in range(2, 6)}  # tool6 missing
+    sample = sample_manifest()
+    doc = replace(sample, image=mf.Image(name="worker", version="1"),
+                  ima_reference=reference.ReferenceManifest(
+                      files, (reference.Rule("/var/**", "glob", reference.ANY_DIGEST, "allowed to vary"),)),
+                  pcrs=replace(sample.pcrs, predicted={7: ev.pcrs[7], 4: b"\0" * 32}))
     out = tmp_path / "image"
     out.mkdir()
-    data = mf.dumps(doc)
+    data = mf.serialize(doc)
     (out / "manifest.json").write_bytes(data)
     sig = mf.sign(data, load_signing_key(str(signer.key)), load_certificate(signer.cert))
     (out / "manifest.json.sig").write_text(json.dumps(sig.to_json()))

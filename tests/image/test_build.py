@@ -35,24 +35,26 @@ def test_build_produces_verified_image(built_image):
 
 
 def test_manifest_contents(built_image):
+    from obelisk.ima_policy import reference
+
     root, out = built_image
-    m = json.loads((out / "manifest.json").read_text())
-    files = {f["path"]: f for f in m["files"]}
-    assert files["/etc/secret.conf"]["mode"] == "0600"  # from the spec
-    assert files["/usr/local/bin/tool"]["mode"] == "0755"  # executable normalised
-    assert files["/bin/sh"] == {"path": "/bin/sh", "type": "slink", "target": "/bin/busybox"}
-    assert all("ima" in f for f in files.values() if f["type"] == "file")
-    assert m["ima_reference"]["files"]["/bin/busybox"] == ["sha256:" + files["/bin/busybox"]["sha256"]]
-    assert json.loads((out / "ima-reference.json").read_text()) == m["ima_reference"]
-    assert m["spec"]["name"] == "test-node" and m["tool"]["name"] == "obelisk"
-    for name, rec in m["artifacts"].items():
-        assert rec["size"] == (out / name).stat().st_size
+    m = manifest.load(out / "manifest.json")
+    files = files_of(m)
+    assert files["/etc/secret.conf"].mode == "0600"  # from the spec
+    assert files["/usr/local/bin/tool"].mode == "0755"  # executable normalised
+    assert files["/bin/sh"] == manifest.FileRecord(path="/bin/sh", type="slink", target="/bin/busybox")
+    assert all(f.ima for f in files.values() if f.type == "file")
+    assert m.ima_reference.digests("/bin/busybox") == ("sha256:" + files["/bin/busybox"].sha256,)
+    assert reference.load(out / "ima-reference.json") == m.ima_reference
+    assert m.spec["name"] == "test-node" and m.tool.name == "obelisk"
+    for name, rec in m.artifacts.items():
+        assert rec.size == (out / name).stat().st_size
     # no login path into the node
     assert "/bin/login" not in files and "/sbin/getty" not in files and "/bin/su" not in files
     sbom = json.loads((out / "sbom.spdx.json").read_text())
     assert sbom["spdxVersion"] == "SPDX-2.3"
     assert {p["name"] for p in sbom["packages"]} == {"busybox-static"}
-    assert len(sbom["files"]) == sum(1 for f in files.values() if f["type"] == "file")
+    assert len(sbom["files"]) == len(m.regular_files()) == sum(1 for f in files.values() if f.type == "file")
 
 
 def test_manifest_predicts_pcr11_from_the_command_line_and_the_root(built_image):
@@ -62,20 +64,20 @@ def test_manifest_predicts_pcr11_from_the_command_line_and_the_root(built_image)
     from obelisk.image import measure
 
     _, out = built_image
-    m = json.loads((out / "manifest.json").read_text())
-    line = m["boot"]["cmdline"]
+    m = manifest.load(out / "manifest.json")
+    line = m.boot.cmdline
     assert line.startswith("panic=-1 ") and "obelisk.image=test-node console=ttyS0" in line
     root = hashlib.sha256((out / "rootfs.squashfs").read_bytes()).digest()
     assert (out / "rootfs.squashfs").stat().st_size % 512 == 0  # the virtio disk holds exactly these bytes
     value = b"\0" * 32
     for data in ((line + "\n").encode(), None, measure.BOOT_COMPLETE):
         value = hashlib.sha256(value + (hashlib.sha256(data).digest() if data is not None else root)).digest()
-    assert m["pcrs"]["predicted"] == {"11": value.hex()}
-    assert [e["name"] for e in m["pcrs"]["events"]] == ["obelisk.cmdline", "obelisk.root", "obelisk.boot-complete"]
-    assert m["disk"] == {"var": "plain", "policy": None, "sealed_to": {}, "signed_policy": None,
-                         "policy_certificate": None}
+    assert m.pcrs.predicted == {11: value}
+    assert [e.name for e in m.pcrs.events] == ["obelisk.cmdline", "obelisk.root", "obelisk.boot-complete"]
+    assert m.disk == manifest.Disk(var="plain", policy=None, sealed_to={}, signed_policy=None,
+                                   policy_certificate=None, size_mib=64)
     # the node sends the end-of-boot event itself: the command is in the signed root
-    assert files_of(m)["/usr/lib/obelisk/boot-complete.tpm2"]["sha256"] == hashlib.sha256(
+    assert files_of(m)["/usr/lib/obelisk/boot-complete.tpm2"].sha256 == hashlib.sha256(
         measure.extend_command(11, hashlib.sha256(measure.BOOT_COMPLETE).digest())).hexdigest()
 
 
@@ -87,13 +89,15 @@ def test_owners_from_the_spec_are_in_the_image(built_image):
     owners = {line.split()[1]: tuple(line.split()[3:5]) for line in listing if len(line.split()) >= 5}
     assert owners["srv/app"] == ("1000", "1000") and owners["srv/app/state.db"] == ("1000", "1000")
     assert {o for path, o in owners.items() if not path.startswith("srv/app")} == {("0", "0")}
-    m = json.loads((out / "manifest.json").read_text())
-    assert files_of(m)["/srv/app/state.db"]["uid"] == 1000 and "uid" not in files_of(m)["/etc/secret.conf"]
-    assert files_of(m)["/srv/app/state.db"]["ima"]  # the signature survived fakeroot
+    m = manifest.load(out / "manifest.json")
+    assert files_of(m)["/srv/app/state.db"].uid == 1000 and files_of(m)["/etc/secret.conf"].uid is None
+    written = {f["path"]: f for f in manifest.to_json(m)["files"]}
+    assert "uid" not in written["/etc/secret.conf"] and written["/srv/app/state.db"]["uid"] == 1000  # root: left out
+    assert files_of(m)["/srv/app/state.db"].ima  # the signature survived fakeroot
 
 
-def files_of(manifest):
-    return {f["path"]: f for f in manifest["files"]}
+def files_of(m: manifest.Manifest) -> dict[str, manifest.FileRecord]:
+    return {f.path: f for f in m.files}
 
 
 def test_squashfs_checked_by_independent_tools(built_image, tmp_path):
@@ -106,19 +110,17 @@ def test_squashfs_checked_by_independent_tools(built_image, tmp_path):
     dest = tmp_path / "x"
     subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(out / "rootfs.squashfs")], check=True,
                    capture_output=True)
-    m = json.loads((out / "manifest.json").read_text())
+    m = manifest.load(out / "manifest.json")
     checked = 0
-    for f in m["files"]:
-        if f["type"] != "file":
-            continue
-        path = dest / f["path"].lstrip("/")
+    for f in m.regular_files():
+        path = dest / f.path.lstrip("/")
         sigfile = tmp_path / "sig"
         # evmctl reads the signature from FILE.sig with --sigfile: the bytes the image carries.
         shutil.copyfile(path, sigfile)
-        sigfile.with_name("sig.sig").write_bytes(base64.b64decode(f["ima"]))
+        sigfile.with_name("sig.sig").write_bytes(base64.b64decode(f.ima))
         r = subprocess.run(["evmctl", "ima_verify", "--sigfile", "--key", str(root / "keys/ima.der"), str(sigfile)],
                            capture_output=True, text=True)
-        assert r.returncode == 0, (f["path"], r.stdout, r.stderr)
+        assert r.returncode == 0, (f.path, r.stdout, r.stderr)
         checked += 1
     assert checked > 5
 
@@ -149,15 +151,14 @@ def test_tampered_file_in_squashfs_is_named(built_image, tmp_path):
     tree = tmp_path / "tree"
     subprocess.run(["rdsquashfs", "-q", "-u", "/", "-p", str(tree), "-C", str(out / "rootfs.squashfs")], check=True)
     (tree / "etc/obelisk/image").write_text("name=evil\n")
-    m = json.loads((out / "manifest.json").read_text())
-    dump = "".join(f"# file: {f['path'].lstrip('/')}\nsecurity.ima=0s{f['ima']}\n\n"
-                   for f in m["files"] if f["type"] == "file")
+    m = manifest.load(out / "manifest.json")
+    dump = "".join(f"# file: {f.path.lstrip('/')}\nsecurity.ima=0s{f.ima}\n\n" for f in m.regular_files())
     (tmp_path / "x.dump").write_text(dump)
     bad = _copy(out, tmp_path)
     os.unlink(bad / "rootfs.squashfs")
     from obelisk.image.squashfs import pack
     pack(tree, tmp_path / "x.dump", bad / "rootfs.squashfs", 1700000000,
-         [(f["path"].lstrip("/"), f["uid"], f["gid"]) for f in m["files"] if "uid" in f])
+         [(f.path.lstrip("/"), f.uid, f.gid) for f in m.files if f.uid is not None])
     failed = _failed(verify_image(bad, root / "keys/ca.pem"))
     assert "image.artifact:rootfs.squashfs" in failed
     f = failed["image.file:/etc/obelisk/image"]
@@ -307,8 +308,7 @@ def test_worker_configuration_keeps_benchmark_modes(tmp_path):
         "kubernetes:\n  role: none", "kubernetes:\n  role: worker"))
     out = tmp_path / "out"
     build(load_spec(spec), out, cache=StepCache(tmp_path / "cache"), quiet=True)
-    m = json.loads((out / "manifest.json").read_text())
-    files = {f["path"]: f for f in m["files"]}
+    files = files_of(manifest.load(out / "manifest.json"))
     kubelet = [p for p in files if p.startswith("/etc/kubernetes/")]
     assert kubelet, "no Kubernetes configuration in the image"
     unpacked = tmp_path / "unpacked"

@@ -155,13 +155,14 @@ def _tampered_copy(out: Path, dest: Path, victim: str) -> None:
     subprocess.run(["rdsquashfs", "-q", "-u", "/", "-p", str(tree), "-C", str(out / "rootfs.squashfs")], check=True)
     target = tree / victim.lstrip("/")
     target.write_bytes(target.read_bytes() + b"\0tampered")
-    m = json.loads((out / "manifest.json").read_text())
-    dump = "".join(f"# file: {f['path'].lstrip('/')}\nsecurity.ima=0s{f['ima']}\n\n"
-                   for f in m["files"] if f["type"] == "file")
+    from obelisk.image import manifest
+
+    m = manifest.load(out / "manifest.json")
+    dump = "".join(f"# file: {f.path.lstrip('/')}\nsecurity.ima=0s{f.ima}\n\n" for f in m.regular_files())
     (dest.parent / "tampered.dump").write_text(dump)
     (dest / "rootfs.squashfs").unlink()
-    pack(tree, dest.parent / "tampered.dump", dest / "rootfs.squashfs", m["source_date_epoch"])
-    assert base64.b64decode(next(f["ima"] for f in m["files"] if f["path"] == victim))
+    pack(tree, dest.parent / "tampered.dump", dest / "rootfs.squashfs", m.source_date_epoch)
+    assert base64.b64decode(next(f.ima for f in m.files if f.path == victim))
 
 
 def test_tampered_file_is_refused_and_named(example, image, tmp_path):

@@ -5,27 +5,35 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from dataclasses import replace
 
 from cryptography.hazmat.primitives import serialization
 
 import pytest
 
 from obelisk.core.errors import InputError
+from obelisk.image import manifest as mf
 from obelisk.lab import boot
 from tests.conftest import extend_pcr11
+from tests.image.manifests import sample_manifest
 
-MANIFEST = {"image": {"name": "n1", "version": "1"},
-            "spec": {"kernel": {"cmdline": ["console=ttyS0", "quiet"]}, "ima": {"policy": "appraise-rootfs"},
-                     "disk": {"size_mib": 40}},
-            "boot": {"cmdline": "console=ttyS0 quiet panic=-1 obelisk.var=/dev/vdb"},
-            "disk": {"var": "plain", "sealed_to": {}}}
+_SAMPLE = sample_manifest()
+MANIFEST = sample_manifest(
+    spec={"kernel": {"cmdline": ["console=ttyS0", "quiet"]}, "ima": {"policy": "appraise-rootfs"},
+          "disk": {"size_mib": 40}},
+    boot=replace(_SAMPLE.boot, cmdline="console=ttyS0 quiet panic=-1 obelisk.var=/dev/vdb"),
+    disk=replace(_SAMPLE.disk, size_mib=40))
 
 
 def test_kernel_cmdline_is_the_builds():
     assert boot.kernel_cmdline(MANIFEST) == "console=ttyS0 quiet panic=-1 obelisk.var=/dev/vdb"
     assert boot.kernel_cmdline(MANIFEST, ("debug",)).endswith(" debug")
     with pytest.raises(InputError, match="boot.cmdline"):
-        boot.kernel_cmdline({"spec": {}})
+        boot.kernel_cmdline(replace(MANIFEST, boot=replace(MANIFEST.boot, cmdline="")))
+    without = mf.to_json(MANIFEST)
+    del without["boot"]["cmdline"]
+    with pytest.raises(InputError, match="boot.cmdline"):
+        mf.parse(mf.dumps(without), "manifest.json")
 
 
 def test_qemu_args_forward_only_the_agent(tmp_path):
@@ -75,8 +83,9 @@ def test_encrypted_var_opens_only_for_the_predicted_boot(tmp_path):
 
     keys = generate(tmp_path / "keys", "ecdsa-p256")
     root = hashlib.sha256(b"rootfs").digest()
-    events = measure.boot_events(MANIFEST["boot"]["cmdline"], root)
-    manifest = {**MANIFEST, "disk": {"var": "luks2", "sealed_to": {"11": measure.predict(events).unseal.hex()}}}
+    events = measure.boot_events(MANIFEST.boot.cmdline, root)
+    manifest = replace(MANIFEST, disk=replace(MANIFEST.disk, var="luks2", policy="pcr",
+                                              sealed_to={11: measure.predict(events).unseal}))
     run = tmp_path / "run"
     boot.provision(tmp_path, run, keys.ca_cert, keys.ca_key, manifest, 9999)
     var = str(run / "var.img")
@@ -92,7 +101,7 @@ def test_encrypted_var_opens_only_for_the_predicted_boot(tmp_path):
         with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
             disk.unlock(var, sw.tcti, test=True)
     with SoftwareTPM.start(run / "swtpm") as sw:  # a boot with another command line
-        other = measure.boot_events(MANIFEST["boot"]["cmdline"] + " ima_appraise=off", root)
+        other = measure.boot_events(MANIFEST.boot.cmdline + " ima_appraise=off", root)
         for event in other[:measure.UNSEAL_AFTER]:
             extend_pcr11(sw.tcti, event.digest)
         with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
@@ -109,7 +118,6 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
     from obelisk.tpm import seal
     from obelisk.tpm.swtpm import SoftwareTPM
     from obelisk.image import build as buildmod
-    from obelisk.image import manifest as mf
     from obelisk.image import measure
     from obelisk.image.cmdline import kernel_cmdline
     from obelisk.disk.unlock import signed_policies
@@ -136,10 +144,11 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    manifest = {**MANIFEST, "disk": {"var": "luks2", "policy": "signed",
-                                     "sealed_to": {"11": measure.predict(events["a"]).unseal.hex()},
-                                     "policy_certificate": keys.policy_cert.read_text()}}
-    data = mf.dumps(manifest)
+    manifest = replace(MANIFEST, disk=replace(MANIFEST.disk, var="luks2", policy="signed",
+                                              sealed_to={11: measure.predict(events["a"]).unseal},
+                                              signed_policy=buildmod.ARTIFACT_VAR_POLICY,
+                                              policy_certificate=keys.policy_cert.read_text()))
+    data = mf.serialize(manifest)
     (out / "manifest.json").write_bytes(data)
     signature = mf.sign(data, load_signing_key(str(keys.ima_key)), load_certificate(keys.ima_cert))
     (out / mf.SIGNATURE).write_bytes(mf.dumps(signature.to_json()))

@@ -13,9 +13,13 @@ import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from obelisk.core.errors import InputError, ObeliskError
+
+if TYPE_CHECKING:
+    from obelisk.image.manifest import Manifest
 
 MAX_RESPONSE = 256 * 1024 * 1024
 
@@ -87,26 +91,29 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     """Fetch and verify a node's evidence against the image manifest; returns a Report."""
     from dataclasses import replace
 
-    from obelisk.attest import akrecord, evidence as evmod, verify
+    from obelisk.attest import akrecord, evidence as evmod, ima_check, verify
     from obelisk.core.findings import Finding, Report, Severity, Status, Subject
     from obelisk.image import manifest as manifestmod
 
-    m = manifestmod.load(Path(manifest))
+    # The attest component checks the manifest's signature against the customer CA, its IMA
+    # reference (every measured file, named by entry and path) and its predicted PCRs; the /var
+    # finding and the report's subject read the same parsed bytes.
+    refs = ima_check.load_references(manifest, endpoint.ca)
+    if refs.manifest is None:
+        raise InputError(f"not an obelisk image manifest (schema {manifestmod.SCHEMA})", source=manifest)
+    m = refs.manifest
     ak_data = _read(ak, "AK record")
     record = akrecord.load(ak_data, ak, ek_public=_read(ek, "EK public") if ek else None)
     nonce = fresh_nonce()
     bundle = evmod.loads(endpoint.evidence(nonce), source=f"{endpoint.url}/v1/evidence")
     opts = verify.Options(nonce=nonce, ak=record, previous=verify.load_state(state, record),
                           source=f"{endpoint.url}/v1/evidence")
-    # The attest component checks the manifest's signature against the customer CA, its IMA
-    # reference (every measured file, named by entry and path) and its predicted PCRs.
-    verify.configure_references(opts, manifest, endpoint.ca)
+    verify.apply_references(opts, refs)
     report, counters = verify.verify(bundle, opts)
     if state and counters is not None and not report.failed:
         verify.save_state(state, record, counters)
     findings = list(report.findings)
     findings.append(var_finding(m, bundle.kernel.get("var_mount")))
-    image = m.get("image", {})
     if scan:
         status, body = endpoint.get("/v1/scan")
         if status == 200:
@@ -121,15 +128,15 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
                                     benchmark="attestation"))
     # Named for people (image and where it answered); attribute keys follow the `kind.field` form that
     # report bundles use, so an `image verify` report merged with this one adds nothing twice.
-    name = f"{image.get('name')} @ {endpoint.url}" if image.get("name") else endpoint.url
+    name = f"{m.image.name} @ {endpoint.url}" if m.image.name else endpoint.url
     subject = Subject("node", name, digest=report.subject.digest,
                       attributes=tuple(sorted({**dict(report.subject.attributes), "url": endpoint.url,
-                                               "image": str(image.get("name", "")),
-                                               "image.version": str(image.get("version", ""))}.items())))
+                                               "image": m.image.name,
+                                               "image.version": m.image.version}.items())))
     return replace(report, findings=tuple(findings), subject=subject, command="attest node")
 
 
-def var_finding(manifest: dict, reported: str | None):
+def var_finding(manifest: Manifest, reported: str | None):
     """Is /var what the image says (an unlocked LUKS2 mapping, or the plain disk), as the node's agent reports?
 
     The report comes from the agent, whose code the quote and the IMA list vouch for; a node whose
@@ -137,7 +144,7 @@ def var_finding(manifest: dict, reported: str | None):
     """
     from obelisk.core.findings import Finding, Severity, Status
 
-    wanted = (manifest.get("disk") or {}).get("var", "plain")
+    wanted = manifest.disk.var
     title = "/var is the node's " + ("encrypted volume, unlocked by the TPM" if wanted == "luks2" else "own disk")
     if not reported:
         return Finding(id="attest.node.var", title=title, status=Status.ERROR, severity=Severity.HIGH,

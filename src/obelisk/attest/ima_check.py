@@ -5,9 +5,10 @@ The list parser, replay, reference format and checks belong to `obelisk.ima_poli
 manifest to `obelisk.image.manifest`. This module only feeds them the quoted values and turns the
 outcome into attestation findings.
 
-`--reference` takes either the image build's signed `manifest.json` (`obelisk.image-manifest/1`:
-its `ima_reference`, its `pcrs.predicted`, and `manifest.json.sig` beside it, checked against
-`--cert CA`) or a bare IMA reference manifest / Keylime runtime policy (no predictions, no signature).
+`--reference` takes either the image build's signed `manifest.json` (parsed by
+`obelisk.image.manifest`: its `ima_reference`, its `pcrs`, and `manifest.json.sig` beside it,
+checked against `--cert CA`) or a bare IMA reference manifest / Keylime runtime policy (no
+predictions, no signature).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Finding, Severity, Status
 
-IMAGE_SCHEMA = "obelisk.image-manifest/1"
+if TYPE_CHECKING:
+    from obelisk.image.manifest import Manifest
 
 
 def _f(fid: str, title: str, status: Status, section: str = "ima", **kw) -> Finding:
@@ -35,6 +38,7 @@ class References:
     boot_events: tuple = ()  # (pcr, name, digest bytes, description) from the manifest's pcrs.events
     keyring: object | None = None  # obelisk.ima_policy.keyring.Keyring
     findings: list[Finding] = field(default_factory=list)
+    manifest: Manifest | None = None  # when the reference is the build's manifest
 
 
 def load_references(path: str | None, ca: str | None) -> References:
@@ -51,8 +55,10 @@ def load_references(path: str | None, ca: str | None) -> References:
         raise InputError(f"cannot read: {exc.strerror}", source=path) from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"not JSON: {str(exc).splitlines()[0]}", source=path) from None
-    if isinstance(doc, dict) and doc.get("schema") == IMAGE_SCHEMA:
-        _image_manifest(refs, path, data, doc, ca)
+    from obelisk.image import manifest as mf
+
+    if mf.is_manifest(doc):
+        _image_manifest(refs, path, data, ca)
     else:
         if ca:
             raise InputError("--cert applies to a signed image manifest (manifest.json with manifest.json.sig); "
@@ -64,9 +70,11 @@ def load_references(path: str | None, ca: str | None) -> References:
     return refs
 
 
-def _image_manifest(refs: References, path: str, data: bytes, doc: dict, ca: str | None) -> None:
+def _image_manifest(refs: References, path: str, data: bytes, ca: str | None) -> None:
     from obelisk.image import manifest as mf
 
+    m = mf.parse(data, path)  # the manifest's own parser: strict, names the field it refuses
+    refs.manifest = m
     title = "Reference manifest is signed by the customer CA"
     cert = None
     if ca is None:
@@ -94,40 +102,12 @@ def _image_manifest(refs: References, path: str, data: bytes, doc: dict, ca: str
                                     detail=reason or ("" if good else "signature does not verify over manifest.json")))
             if good:
                 cert = sig.certificate
-    pcrs = doc.get("pcrs") or {}
-    predicted = pcrs.get("predicted") or {}
-    if pcrs.get("bank", "sha256") != "sha256" or not isinstance(predicted, dict):
-        raise InputError("pcrs: expected bank sha256 and predicted {index: hex}", source=path)
-    try:
-        refs.predicted = {int(k): bytes.fromhex(v) for k, v in predicted.items()}
-    except (ValueError, TypeError):
-        raise InputError("pcrs.predicted: expected {index: hex}", source=path) from None
-    try:
-        refs.boot_events = tuple((int(e["pcr"]), str(e["name"]), bytes.fromhex(e["digest"]),
-                                  str(e.get("description", ""))) for e in pcrs.get("events") or ())
-    except (KeyError, ValueError, TypeError, AttributeError):
-        raise InputError("pcrs.events: expected [{pcr, name, digest}]", source=path) from None
-    refs.ima_reference = _ima_reference(doc.get("ima_reference"), path)
+    refs.predicted = dict(m.pcrs.predicted)
+    refs.boot_events = tuple((e.pcr, e.name, e.digest, e.description) for e in m.pcrs.events)
+    refs.ima_reference = m.ima_reference
     if cert is not None:
         from obelisk.ima_policy.keyring import Keyring
         refs.keyring = Keyring([(sig_path, cert)])
-
-
-def _ima_reference(section: object, path: str):
-    """The manifest's IMA reference: the IMA component's format, or the image build's early form."""
-    from obelisk.ima_policy import reference
-
-    if section is None:
-        return None
-    if isinstance(section, dict) and section.get("schema") == reference.SCHEMA:
-        return reference.from_json(section, f"{path}: ima_reference")
-    if isinstance(section, dict) and isinstance(section.get("digests"), dict):
-        algo = section.get("hash", "sha256")
-        files = {p: tuple(f"{algo}:{d}" for d in ds) for p, ds in section["digests"].items()}
-        rules = tuple(reference.Rule(g, "glob", reference.ANY_DIGEST, "allowed to vary by the image build")
-                      for g in section.get("allow_vary", []))
-        return reference.from_json(reference.ReferenceManifest(files, rules).to_json(), f"{path}: ima_reference")
-    raise InputError("ima_reference: not a reference obelisk knows", source=path)
 
 
 def make_checker(refs: References) -> Callable[..., list[Finding]]:

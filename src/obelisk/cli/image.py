@@ -182,11 +182,10 @@ def _boot(args: argparse.Namespace) -> int:
                      memory_mib=args.memory, timeout=args.timeout, fresh=args.fresh, quiet=args.quiet)
     result = {**node.to_json(), "rebooted": rebooting}
     if rebooting:
-        import json
+        from obelisk.image import manifest as mf
 
-        manifest = json.loads((out / "manifest.json").read_text())
-        signed = (manifest.get("disk") or {}).get("policy") == "signed"
-        key = boot.policy_key_of(manifest, Path(args.ca)) if signed else None
+        manifest = mf.load(out / mf.MANIFEST)
+        key = boot.policy_key_of(manifest, Path(args.ca)) if manifest.disk.policy == "signed" else None
         result["var_sealed_to_this_image"] = boot.var_sealed_for(run_dir, manifest, key)
 
     run_dir_arg = f" --run-dir {run_dir}" if args.run_dir else ""

@@ -17,7 +17,8 @@ import hashlib
 import os
 import shutil
 import stat
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,13 @@ class Plan:
 @dataclass
 class BuildResult:
     out: Path
-    artifacts: dict[str, dict[str, Any]]
+    artifacts: Mapping[str, manifest.Artifact]
     files: int
     steps: dict[str, str] = field(default_factory=dict)  # step -> "cached" | "built"
 
     def to_json(self) -> dict[str, Any]:
-        return {"out": str(self.out), "artifacts": self.artifacts, "files": self.files, "steps": self.steps}
+        return {"out": str(self.out), "artifacts": {name: asdict(a) for name, a in self.artifacts.items()},
+                "files": self.files, "steps": self.steps}
 
 
 # --- preflight: every input problem, before any work ---
@@ -424,7 +426,7 @@ def _tool_version(tool: str) -> str:
 # --- manifest ---
 
 def file_records(root: Path, xattrs: dict[bytes, bytes], owners: dict[str, tuple[int, int]] | None = None
-                 ) -> list[dict[str, Any]]:
+                 ) -> tuple[manifest.FileRecord, ...]:
     """Every entry of the staged rootfs as the image will hold it: modes as staged, owners root unless
     `owners` (relative path -> uid, gid) says otherwise; uid and gid are recorded only when not 0."""
     owners = owners or {}
@@ -438,60 +440,59 @@ def file_records(root: Path, xattrs: dict[bytes, bytes], owners: dict[str, tuple
         rel = os.path.relpath(full, root_b)
         path = "/" + os.fsdecode(rel)
         st = os.lstat(full)
-        if stat.S_ISDIR(st.st_mode):
-            records.append({"path": path, "type": "dir", "mode": f"{stat.S_IMODE(st.st_mode):04o}"})
-        elif stat.S_ISLNK(st.st_mode):
-            records.append({"path": path, "type": "slink", "target": os.fsdecode(os.readlink(full))})
-        elif stat.S_ISREG(st.st_mode):
-            rec = {"path": path, "type": "file", "mode": f"{stat.S_IMODE(st.st_mode):04o}", "size": st.st_size,
-                   "sha256": file_digest(full)}
-            value = xattrs.get(rel)
-            if value is not None:
-                rec["ima"] = base64.b64encode(value).decode()
-            records.append(rec)
-        else:
-            continue
         owner = owners.get(os.fsdecode(rel))
-        if owner is not None and any(owner):
-            records[-1].update(uid=owner[0], gid=owner[1])
-    return records
+        uid, gid = owner if owner is not None and any(owner) else (None, None)
+        if stat.S_ISDIR(st.st_mode):
+            records.append(manifest.FileRecord(path, manifest.DIR, mode=f"{stat.S_IMODE(st.st_mode):04o}",
+                                               uid=uid, gid=gid))
+        elif stat.S_ISLNK(st.st_mode):
+            records.append(manifest.FileRecord(path, manifest.SLINK, target=os.fsdecode(os.readlink(full)),
+                                               uid=uid, gid=gid))
+        elif stat.S_ISREG(st.st_mode):
+            value = xattrs.get(rel)
+            records.append(manifest.FileRecord(path, manifest.FILE, mode=f"{stat.S_IMODE(st.st_mode):04o}",
+                                               size=st.st_size, sha256=file_digest(full), uid=uid, gid=gid,
+                                               ima=base64.b64encode(value).decode() if value is not None else None))
+    return tuple(records)
 
 
-def build_manifest(plan: Plan, artifacts: dict[str, dict[str, Any]], files: list[dict[str, Any]]) -> dict[str, Any]:
+def build_manifest(plan: Plan, artifacts: Mapping[str, manifest.Artifact],
+                   files: tuple[manifest.FileRecord, ...]) -> manifest.Manifest:
     spec = plan.spec
     line = cmdline.kernel_cmdline(spec)
-    events = measure.boot_events(line, bytes.fromhex(artifacts[ARTIFACT_ROOTFS]["sha256"]))
+    events = measure.boot_events(line, bytes.fromhex(artifacts[ARTIFACT_ROOTFS].sha256))
     prediction = measure.predict(events)
-    return {
-        "schema": manifest.SCHEMA,
-        "image": {"name": spec.name, "version": spec.version},
-        "tool": {"name": "obelisk", "version": __version__, "gensquashfs": _tool_version("gensquashfs")},
-        "source_date_epoch": spec.source_date_epoch,
-        "spec": spec.to_json(),
-        "signing": ({"key_id": _key_id(plan.keys.cert), "hash": spec.signing.hash,
-                     "certificate_sha256": plan.keys.cert_digest} if plan.keys else None),
-        "artifacts": artifacts,
-        "files": files,
-        "ima_reference": manifest.ima_reference(files, f"{spec.name}-{spec.version}"),
-        "boot": {"cmdline": line, "devices": {"root": cmdline.ROOT_DEVICE, "var": cmdline.VAR_DEVICE,
-                                              "config": cmdline.CONFIG_DEVICE}},
-        "pcrs": {
-            "bank": "sha256",
-            "predicted": {str(measure.PCR): prediction.final.hex()} if spec.tpm.enabled else {},
-            "events": [e.to_json() for e in events] if spec.tpm.enabled else [],
-            "note": "PCR 11 holds obelisk's boot measurements (the events above), predicted here; PCRs 0-9 "
-                    "depend on the firmware and boot path of the machine, PCR 10 on the order of IMA "
-                    "measurements: the verifier replays the event log and the IMA list for those",
-        },
-        "disk": {"var": var_mode(spec), "policy": spec.disk.policy if spec.disk.encryption else None,
-                 "sealed_to": ({str(measure.PCR): prediction.unseal.hex()} if spec.disk.encryption else {}),
-                 "signed_policy": ARTIFACT_VAR_POLICY if plan.policy_signer else None,
-                 "policy_certificate": (plan.policy_signer.cert.public_bytes(serialization.Encoding.PEM).decode()
-                                        if plan.policy_signer else None)},
-        "kubernetes": {"role": spec.kubernetes.role, "version": spec.kubernetes.version,
-                       "binaries": "/opt/kubernetes/bin (not included)"},
-        "sbom": ARTIFACT_SBOM,
-    }
+    mf = manifest
+    return mf.Manifest(
+        image=mf.Image(name=spec.name, version=spec.version),
+        tool=mf.Tool(name="obelisk", version=__version__, gensquashfs=_tool_version("gensquashfs")),
+        source_date_epoch=spec.source_date_epoch,
+        spec=spec.to_json(),
+        signing=(mf.Signing(key_id=_key_id(plan.keys.cert), hash=spec.signing.hash,
+                            certificate_sha256=plan.keys.cert_digest) if plan.keys else None),
+        artifacts=artifacts,
+        files=files,
+        ima_reference=mf.ima_reference(files, f"{spec.name}-{spec.version}"),
+        boot=mf.Boot(cmdline=line, devices=mf.Devices(root=cmdline.ROOT_DEVICE, var=cmdline.VAR_DEVICE,
+                                                      config=cmdline.CONFIG_DEVICE)),
+        pcrs=mf.Pcrs(
+            bank=measure.BANK,
+            predicted={measure.PCR: prediction.final} if spec.tpm.enabled else {},
+            events=events if spec.tpm.enabled else (),
+            note="PCR 11 holds obelisk's boot measurements (the events above), predicted here; PCRs 0-9 "
+                 "depend on the firmware and boot path of the machine, PCR 10 on the order of IMA "
+                 "measurements: the verifier replays the event log and the IMA list for those",
+        ),
+        disk=mf.Disk(var=var_mode(spec), policy=spec.disk.policy if spec.disk.encryption else None,
+                     sealed_to={measure.PCR: prediction.unseal} if spec.disk.encryption else {},
+                     signed_policy=ARTIFACT_VAR_POLICY if plan.policy_signer else None,
+                     policy_certificate=(plan.policy_signer.cert.public_bytes(serialization.Encoding.PEM).decode()
+                                         if plan.policy_signer else None),
+                     size_mib=spec.disk.size_mib),
+        kubernetes=mf.Kubernetes(role=spec.kubernetes.role, version=spec.kubernetes.version,
+                                 binaries="/opt/kubernetes/bin (not included)"),
+        sbom=ARTIFACT_SBOM,
+    )
 
 
 def _key_id(cert: x509.Certificate) -> str:
@@ -558,12 +559,12 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
             if spec.rootfs.base == "busybox":
                 packages.append(sbom.Package("busybox-static", _busybox_version()))
             (tmp / ARTIFACT_SBOM).write_bytes(sbom.render(spec.name, spec.version, packages,
-                                                          [f for f in files if f["type"] == "file"],
+                                                          [f for f in files if f.type == manifest.FILE],
                                                           spec.source_date_epoch))
             (tmp / ARTIFACT_REFERENCE).write_bytes(manifest.dumps(
-                manifest.ima_reference(files, f"{spec.name}-{spec.version}")))
+                manifest.ima_reference(files, f"{spec.name}-{spec.version}").to_json()))
             artifacts = {p.name: manifest.artifact_record(p) for p in sorted(tmp.iterdir())}
-            data = manifest.dumps(build_manifest(plan, artifacts, files))
+            data = manifest.serialize(build_manifest(plan, artifacts, files))
             (tmp / manifest.MANIFEST).write_bytes(data)
             if plan.keys is not None:
                 sig = manifest.sign(data, plan.keys.key, plan.keys.cert, spec.signing.hash)
@@ -573,7 +574,7 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
             os.chmod(tmp, 0o755)
             os.sync()
         bar.advance()
-    return BuildResult(out=out, artifacts=artifacts, files=sum(1 for f in files if f["type"] == "file"),
+    return BuildResult(out=out, artifacts=artifacts, files=sum(1 for f in files if f.type == manifest.FILE),
                        steps=steps)
 
 

@@ -1,40 +1,372 @@
-"""manifest.json: every artifact and rootfs file with its digest and signature, signed by the customer key.
+"""manifest.json: the signed contract between build, verify, boot and attest, as one typed record.
 
-The manifest is canonical JSON (sorted keys, fixed indentation) so that the same build gives
-the same bytes. Its detached signature `manifest.json.sig` is JSON holding the algorithm,
-the signature over SHA-256/384/512 of manifest.json's exact bytes, and the signing
-certificate (PEM), so `image verify` needs only the customer CA.
+`Manifest` (frozen dataclasses, below) is the whole file as the build writes it: the image's
+name and version, the tools, the spec it was built from, every artifact and rootfs file with
+its digest and signature, the IMA reference, the kernel command line, PCR 11's events and
+predicted value, the /var disk. `parse(bytes, source) -> Manifest` is strict: an unknown key,
+a missing one or a wrong type is refused in one line naming the field (`pcrs.events[2].digest`);
+`serialize(Manifest) -> bytes` writes canonical JSON (sorted keys, one-space indent), so the
+same build gives the same bytes and `serialize(parse(data)) == data` for every manifest the
+build wrote. Both are driven by the record declarations alone: the fields and their types are
+the schema, `meta(...)` adds what a type cannot say (allowed values, a pattern, a key that is
+absent rather than null).
+
+The detached signature `manifest.json.sig` is JSON holding the algorithm, the signature over
+SHA-256/384/512 of manifest.json's exact bytes, and the signing certificate (PEM), so
+`image verify` needs only the customer CA. It is checked over the bytes read, never over a
+re-serialized record.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import difflib
+import functools
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from obelisk.core.errors import InputError
+from obelisk.core.errors import InputError, ParseError
+from obelisk.ima_policy import reference
+from obelisk.image.measure import BootEvent
 
 SCHEMA = "obelisk.image-manifest/1"
 SIG_SCHEMA = "obelisk.image-manifest-signature/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+DEFAULT_VAR_SIZE_MIB = 64  # spec disk.size_mib's default, for manifests written before disk.size_mib
+
+_HEX64 = r"[0-9a-f]{64}"
 
 
-def dumps(manifest: dict[str, Any]) -> bytes:
+def meta(*, choices: tuple[str, ...] = (), pattern: str | None = None, omitted: bool = False) -> Any:
+    """A field's constraints: allowed values, a regular expression, or `omitted` (absent from the
+    JSON when None; such a field is optional on parse and never written as null)."""
+    md = {"choices": choices, "pattern": re.compile(pattern) if pattern else None, "omitted": omitted}
+    return field(default=None, metadata=md) if omitted else field(metadata=md)
+
+
+# --- the record: one class per JSON object of manifest.json ---
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str  # "obelisk"
+    version: str  # obelisk's version
+    gensquashfs: str  # `gensquashfs --version`, first line
+
+
+@dataclass(frozen=True)
+class Signing:
+    key_id: str  # IMA key id (last 4 bytes of the subject key identifier), hex
+    hash: str = meta(choices=("sha256", "sha384", "sha512"))
+    certificate_sha256: str = meta(pattern=_HEX64)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    sha256: str = meta(pattern=_HEX64)
+    size: int = meta()
+
+
+FILE, DIR, SLINK = "file", "dir", "slink"
+# Which keys each kind of entry has, besides path and type (uid and gid appear on any, only when not 0).
+_FILE_KEYS = {FILE: ({"mode", "size", "sha256"}, {"ima"}), DIR: ({"mode"}, set()), SLINK: ({"target"}, set())}
+
+
+class _Invalid(ValueError):
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One entry of the rootfs as the image holds it (files, directories and symlinks)."""
+
+    path: str = meta(pattern=r"(?s)/.*")
+    type: str = meta(choices=(FILE, DIR, SLINK))
+    mode: str | None = meta(pattern=r"[0-7]{4}", omitted=True)  # files and directories
+    size: int | None = meta(omitted=True)  # files
+    sha256: str | None = meta(pattern=_HEX64, omitted=True)  # files
+    ima: str | None = meta(omitted=True)  # files: security.ima, base64, when the image is signed
+    target: str | None = meta(omitted=True)  # symlinks
+    uid: int | None = meta(omitted=True)  # only when not root
+    gid: int | None = meta(omitted=True)
+
+    def __post_init__(self) -> None:
+        required, optional = _FILE_KEYS.get(self.type, (set(), set()))
+        for key in ("mode", "size", "sha256", "ima", "target"):
+            present = getattr(self, key) is not None
+            if key in required and not present:
+                raise _Invalid(key, f"missing (a {self.type} entry has {', '.join(sorted(required))})")
+            if present and key not in required | optional:
+                raise _Invalid(key, f"not expected on a {self.type} entry")
+        if (self.uid is None) != (self.gid is None):
+            raise _Invalid("gid" if self.gid is None else "uid", "uid and gid come together")
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        return (self.uid or 0, self.gid or 0)
+
+
+@dataclass(frozen=True)
+class Devices:
+    root: str
+    var: str
+    config: str
+
+
+@dataclass(frozen=True)
+class Boot:
+    cmdline: str  # byte for byte what obelisk boot passes, measured into PCR 11
+    devices: Devices
+
+
+@dataclass(frozen=True)
+class Pcrs:
+    bank: str = meta(choices=("sha256",))
+    predicted: Mapping[int, bytes] = meta()  # PCR -> value on a running node (PCR 11, with tpm.enabled)
+    events: tuple[BootEvent, ...] = meta()  # PCR 11's events, in the order a node extends them
+    note: str = meta()
+
+
+@dataclass(frozen=True)
+class Disk:
+    var: str = meta(choices=("plain", "luks2"))
+    policy: str | None = meta(choices=("pcr", "signed"))  # with luks2
+    sealed_to: Mapping[int, bytes] = meta()  # PCR -> value /var's key is sealed to (luks2)
+    signed_policy: str | None = meta()  # the artifact holding the signed PCR policy (policy signed)
+    policy_certificate: str | None = meta()  # PEM of the key approving PCR policies (policy signed)
+    size_mib: int | None = meta(omitted=True)  # the /var disk; absent from manifests built before it was added
+
+
+@dataclass(frozen=True)
+class Kubernetes:
+    role: str
+    version: str
+    binaries: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    image: Image
+    tool: Tool
+    source_date_epoch: int
+    spec: Mapping[str, Any]  # the spec as given, for people: no reader uses it (its values have fields here)
+    signing: Signing | None  # None: an unsigned image
+    artifacts: Mapping[str, Artifact]  # file name in OUT -> digest and size
+    files: tuple[FileRecord, ...]  # sorted by path
+    ima_reference: reference.ReferenceManifest  # also written as ima-reference.json
+    boot: Boot
+    pcrs: Pcrs
+    disk: Disk
+    kubernetes: Kubernetes
+    sbom: str  # the SBOM artifact's name
+
+    def regular_files(self) -> tuple[FileRecord, ...]:
+        return tuple(f for f in self.files if f.type == FILE)
+
+    def var_size_mib(self) -> int:
+        """The /var disk's size. Manifests written before `disk.size_mib` existed only had it in their
+        copy of the spec: read there for them, and nowhere else."""
+        if self.disk.size_mib is not None:
+            return self.disk.size_mib
+        spec_disk = self.spec.get("disk")
+        legacy = spec_disk.get("size_mib") if isinstance(spec_disk, Mapping) else None
+        return legacy if isinstance(legacy, int) and not isinstance(legacy, bool) else DEFAULT_VAR_SIZE_MIB
+
+
+# --- parse and serialize: one engine, driven by the declarations above ---
+
+def _where(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+               float: "a number", type(None): "null"}
+
+
+def _type_name(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _decode(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        assert len(inner) == 1, tp
+        return _decode(inner[0], value, path)
+    if tp is str or tp is int or tp is bool:
+        if type(value) is not tp:
+            raise ParseError(f"{path}: expected {_JSON_NAMES[tp]}, got {_type_name(value)}")
+        return value
+    if tp is bytes:
+        if not isinstance(value, str) or not re.fullmatch(r"(?:[0-9a-f]{2})*", value):
+            raise ParseError(f"{path}: expected lowercase hex, got {str(value)[:80]!r}")
+        return bytes.fromhex(value)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ParseError(f"{path}: expected a list, got {_type_name(value)}")
+        item = typing.get_args(tp)[0]
+        return tuple(_decode(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is Mapping:
+        key_type, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ParseError(f"{path}: expected an object, got {_type_name(value)}")
+        bad = next((k for k in value if key_type is int and not re.fullmatch(r"0|[1-9][0-9]{0,2}", k)), None)
+        if bad is not None:
+            raise ParseError(f"{_where(path, bad)}: expected a PCR index (a decimal number) as the key")
+        return {(int(k) if key_type is int else k): _decode(item, v, _where(path, k)) for k, v in value.items()}
+    if tp is reference.ReferenceManifest:
+        return _reference(value, path)
+    if dataclasses.is_dataclass(tp):
+        return _record(tp, value, path)
+    raise TypeError(f"no JSON form for {tp!r}")  # a declaration this engine does not know: a bug here
+
+
+def _record(cls: type, value: Any, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise ParseError(f"{path}: expected an object, got {_type_name(value)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(fields)}"
+            raise ParseError(f"{_where(path, key)}: unknown key ({hint})")
+    hints = _hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        where = _where(path, name)
+        if name not in value:
+            if f.metadata.get("omitted"):
+                continue
+            raise ParseError(f"{where}: missing")
+        if value[name] is None and f.metadata.get("omitted"):
+            raise ParseError(f"{where}: null (leave the key out instead)")
+        item = _decode(hints[name], value[name], where)
+        if isinstance(item, str):
+            choices, pattern = f.metadata.get("choices"), f.metadata.get("pattern")
+            if choices and item not in choices:
+                raise ParseError(f"{where}: {item[:80]!r} is not one of {', '.join(choices)}")
+            if pattern is not None and not pattern.fullmatch(item):
+                raise ParseError(f"{where}: {item[:80]!r} is not {pattern.pattern}")
+        kwargs[name] = item
+    try:
+        return cls(**kwargs)
+    except _Invalid as exc:
+        raise ParseError(f"{_where(path, exc.key)}: {exc}") from None
+
+
+_REFERENCE_KEYS = ("schema", "image", "files", "buffers", "rules")
+
+
+def _reference(value: Any, path: str) -> reference.ReferenceManifest:
+    """The IMA component's own format, parsed by its own parser; only unknown keys are refused here."""
+    if isinstance(value, dict):
+        for key in value:
+            if key not in _REFERENCE_KEYS:
+                raise ParseError(f"{_where(path, key)}: unknown key (known: {', '.join(_REFERENCE_KEYS)})")
+    try:
+        return reference.from_json(value, path)
+    except InputError as exc:
+        raise ParseError(str(exc)) from None
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, reference.ReferenceManifest):  # a format of its own, with its own to_json
+        return value.to_json()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get("omitted") and getattr(value, f.name) is None)}
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (tuple, list)):
+        return [_encode(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v) for k, v in value.items()}
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ParseError(f"{dup}: the key appears twice in one object")
+    return out
+
+
+def parse(data: bytes | str, source: str) -> Manifest:
+    """manifest.json's bytes -> Manifest; anything but a complete manifest is refused, naming the field."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ParseError("manifest too large", source=source)
+    try:
+        doc = json.loads(data, object_pairs_hook=_no_duplicates)
+    except ParseError as exc:
+        raise ParseError(str(exc), source=source) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ParseError(f"not JSON: {str(exc).splitlines()[0]}", source=source) from None
+    return from_json(doc, source)
+
+
+def from_json(doc: Any, source: str) -> Manifest:
+    """An already decoded manifest.json (a reader that looked at the schema first) -> Manifest."""
+    if not is_manifest(doc):
+        raise ParseError(f"not an obelisk image manifest (schema {SCHEMA})", source=source)
+    try:
+        return _record(Manifest, {k: v for k, v in doc.items() if k != "schema"}, "")
+    except ParseError as exc:
+        raise ParseError(str(exc), source=source) from None
+
+
+def is_manifest(doc: Any) -> bool:
+    """Whether decoded JSON claims to be an image manifest (its schema), before parsing it."""
+    return isinstance(doc, dict) and doc.get("schema") == SCHEMA
+
+
+def to_json(m: Manifest) -> dict[str, Any]:
+    return {"schema": SCHEMA, **_encode(m)}
+
+
+def serialize(m: Manifest) -> bytes:
+    return dumps(to_json(m))
+
+
+def dumps(manifest: Mapping[str, Any]) -> bytes:
+    """Canonical JSON as obelisk writes its artifacts: sorted keys, one-space indent, UTF-8, final newline."""
     return (json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
-def artifact_record(path: Path) -> dict[str, Any]:
+def artifact_record(path: Path) -> Artifact:
     with open(path, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    return {"sha256": digest, "size": path.stat().st_size}
+    return Artifact(sha256=digest, size=path.stat().st_size)
 
 
 # Paths on a node that hold its own data, outside the signed root: measured entries there may vary.
@@ -43,16 +375,12 @@ VARYING = (("/var/**", "the node's own state (LUKS2/ext2 volume), not part of th
            ("/dev/**", "devtmpfs"), ("/proc/**", "procfs"), ("/sys/**", "sysfs"))
 
 
-def ima_reference(files: list[dict[str, Any]], image: str) -> dict[str, Any]:
+def ima_reference(files: tuple[FileRecord, ...], image: str) -> reference.ReferenceManifest:
     """The IMA reference manifest (ima_policy's `obelisk.ima-reference/1`): path -> allowed digests."""
-    from obelisk.ima_policy import reference
-
-    ref = reference.ReferenceManifest(
-        files={f["path"]: (f"sha256:{f['sha256']}",) for f in files if f["type"] == "file"},
+    return reference.ReferenceManifest(
+        files={f.path: (f"sha256:{f.sha256}",) for f in files if f.type == FILE},
         rules=tuple(reference.Rule(glob, "glob", reference.IGNORE, why) for glob, why in VARYING),
         image=image)
-    return ref.to_json()
-
 
 @dataclass(frozen=True)
 class ManifestSignature:
@@ -112,17 +440,9 @@ def chains_to(cert: x509.Certificate, ca: x509.Certificate) -> str | None:
     return None
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: Path) -> Manifest:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise InputError("manifest too large", source=str(path))
-    try:
-        manifest = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not JSON: {exc}", source=str(path)) from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise InputError(f"not an obelisk image manifest (schema {SCHEMA})", source=str(path))
-    return manifest
+    return parse(data, str(path))

@@ -12,8 +12,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from obelisk import __version__
+
+if TYPE_CHECKING:
+    from obelisk.image.manifest import FileRecord
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,11 @@ def _spdx_id(text: str) -> str:
     return "SPDXRef-" + re.sub(r"[^A-Za-z0-9.-]", "-", text)
 
 
-def render(name: str, version: str, packages: list[Package], files: list[dict], epoch: int) -> bytes:
-    """SPDX 2.3 JSON. `files` are manifest file records (path, sha256) of regular files."""
+def render(name: str, version: str, packages: list[Package], files: list[FileRecord], epoch: int) -> bytes:
+    """SPDX 2.3 JSON. `files` are the manifest's records of regular files (path, sha256)."""
     created = _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     content = hashlib.sha256(json.dumps([[p.name, p.version] for p in packages] +
-                                        [[f["path"], f["sha256"]] for f in files]).encode()).hexdigest()
+                                        [[f.path, f.sha256] for f in files]).encode()).hexdigest()
     doc = {
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -65,8 +69,8 @@ def render(name: str, version: str, packages: list[Package], files: list[dict], 
                               "referenceLocator": p.purl}],
         } for p in packages],
         "files": [{
-            "SPDXID": _spdx_id(f"File-{i}"), "fileName": "." + f["path"],
-            "checksums": [{"algorithm": "SHA256", "checksumValue": f["sha256"]}],
+            "SPDXID": _spdx_id(f"File-{i}"), "fileName": "." + f.path,
+            "checksums": [{"algorithm": "SHA256", "checksumValue": f.sha256}],
             "licenseConcluded": "NOASSERTION", "copyrightText": "NOASSERTION",
         } for i, f in enumerate(files)],
         "relationships": [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES",

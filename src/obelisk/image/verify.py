@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 
@@ -38,10 +37,9 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
     if not manifest_path.is_file():
         raise InputError(f"no {manifest.MANIFEST}: not a finished obelisk image", source=str(out))
     data = manifest_path.read_bytes()
-    m = manifest.load(manifest_path)
-    subject = Subject("image", f"{m.get('image', {}).get('name', out.name)}",
-                      digest="sha256:" + hashlib.sha256(data).hexdigest(),
-                      attributes=(("path", str(out)), ("version", str(m.get("image", {}).get("version", "")))))
+    m = manifest.parse(data, str(manifest_path))
+    subject = Subject("image", m.image.name, digest="sha256:" + hashlib.sha256(data).hexdigest(),
+                      attributes=(("path", str(out)), ("version", m.image.version)))
     findings: list[Finding] = []
 
     # 1. The manifest's signature, by a certificate the customer CA issued.
@@ -64,9 +62,7 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
             signing_cert = sig.certificate
 
     # 2. Every artifact's digest, and nothing extra.
-    artifacts: dict[str, Any] = m.get("artifacts") or {}
-    if not isinstance(artifacts, dict):
-        raise InputError("artifacts: expected an object", source=str(manifest_path))
+    artifacts = m.artifacts
     present = {p.name for p in out.iterdir() if p.is_file()} - {manifest.MANIFEST, manifest.SIGNATURE}
     for name in sorted(set(artifacts) | present):
         path = out / name
@@ -74,7 +70,7 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
             findings.append(_finding(f"image.artifact:{name}", f"artifact {name} is listed in the manifest", False,
                                      target=str(path), observed="present, not in the manifest"))
             continue
-        expected = str((artifacts[name] or {}).get("sha256", ""))
+        expected = artifacts[name].sha256
         if not path.is_file():
             findings.append(_finding(f"image.artifact:{name}", f"artifact {name} matches the manifest", False,
                                      target=str(path), observed="missing", expected=expected))
@@ -86,7 +82,7 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
 
     # 3. Every file inside the SquashFS: content, mode, owner and IMA signature.
     image = out / "rootfs.squashfs"
-    if image.is_file() and artifacts.get("rootfs.squashfs"):
+    if image.is_file() and "rootfs.squashfs" in artifacts:
         findings.extend(_verify_squashfs(image, m, signing_cert, jobs))
     ok = all(f.status is Status.PASS for f in findings)
     findings.insert(0, _finding("image.verified", "image matches its signed manifest", ok, target=str(out),
@@ -95,13 +91,10 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
     return Report(findings=tuple(findings), subject=subject, command="image verify")
 
 
-def _verify_squashfs(image: Path, m: dict[str, Any], cert: x509.Certificate | None, jobs: int) -> list[Finding]:
+def _verify_squashfs(image: Path, m: manifest.Manifest, cert: x509.Certificate | None, jobs: int) -> list[Finding]:
     from obelisk.signer.verify import Outcome, TrustedKeys
 
-    files = m.get("files") or []
-    if not isinstance(files, list):
-        raise InputError("files: expected a list", source="manifest.json")
-    expected = {str(f.get("path")): f for f in files if isinstance(f, dict)}
+    expected = {f.path: f for f in m.files}
     trusted = TrustedKeys([("manifest signing certificate", cert)]) if cert is not None else None
     findings: list[Finding] = []
     bad = 0
@@ -118,27 +111,26 @@ def _verify_squashfs(image: Path, m: dict[str, Any], cert: x509.Certificate | No
             if rec is None:
                 problems.append("not in the manifest")
             else:
-                if rec.get("type") != entry.kind:
-                    problems.append(f"type {entry.kind}, manifest says {rec.get('type')}")
-                owner = (rec.get("uid", 0), rec.get("gid", 0))
-                if (entry.uid, entry.gid) != owner:
-                    problems.append(f"owner {entry.uid}:{entry.gid}, manifest says {owner[0]}:{owner[1]}")
-                if entry.kind in ("file", "dir") and rec.get("mode") != f"{entry.mode:04o}":
-                    problems.append(f"mode {entry.mode:04o}, manifest says {rec.get('mode')}")
-                if entry.kind == "slink" and rec.get("target") != entry.target:
-                    problems.append(f"symlink to {entry.target!r}, manifest says {rec.get('target')!r}")
+                if rec.type != entry.kind:
+                    problems.append(f"type {entry.kind}, manifest says {rec.type}")
+                if (entry.uid, entry.gid) != rec.owner:
+                    problems.append(f"owner {entry.uid}:{entry.gid}, manifest says {rec.owner[0]}:{rec.owner[1]}")
+                if entry.kind in ("file", "dir") and rec.mode != f"{entry.mode:04o}":
+                    problems.append(f"mode {entry.mode:04o}, manifest says {rec.mode}")
+                if entry.kind == "slink" and rec.target != entry.target:
+                    problems.append(f"symlink to {entry.target!r}, manifest says {rec.target!r}")
             if entry.kind == "file":
                 checked += 1
                 local = back.unpacked / entry.path.lstrip("/")
                 with open(local, "rb") as handle:
                     digest = hashlib.file_digest(handle, "sha256").hexdigest()
-                if rec is not None and digest != rec.get("sha256"):
+                if rec is not None and digest != rec.sha256:
                     problems.append("content differs from the manifest digest")
                 value = back.xattrs.get(entry.path, {}).get("security.ima")
                 if value is None:
                     problems.append("no security.ima in the image")
                 else:
-                    if rec is not None and rec.get("ima") and base64.b64decode(rec["ima"]) != value:
+                    if rec is not None and rec.ima and base64.b64decode(rec.ima) != value:
                         problems.append("security.ima differs from the manifest")
                     if trusted is None:
                         problems.append("signature not checked: the manifest's signing certificate is not trusted")

@@ -30,12 +30,15 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from obelisk.tpm.swtpm import qemu_tpm_args, start_for_qemu
 from obelisk.core import atomic, tools
 from obelisk.core.progress import progress
 from obelisk.core.errors import InputError, ObeliskError
+
+if TYPE_CHECKING:
+    from obelisk.image.manifest import Manifest
 
 AGENT_GUEST_PORT = 8443
 GUEST_IP = "10.0.2.15"
@@ -67,12 +70,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def kernel_cmdline(manifest: dict[str, Any], extra: tuple[str, ...] = ()) -> str:
+def kernel_cmdline(manifest: Manifest, extra: tuple[str, ...] = ()) -> str:
     """The build's command line (measured into PCR 11: anything extra changes PCR 11)."""
-    line = (manifest.get("boot") or {}).get("cmdline")
-    if not isinstance(line, str) or not line:
-        raise InputError("manifest has no boot.cmdline: rebuild the image with this obelisk", source="manifest.json")
-    return " ".join([line, *extra])
+    if not manifest.boot.cmdline:
+        raise InputError("manifest has an empty boot.cmdline: rebuild the image with this obelisk",
+                         source="manifest.json")
+    return " ".join([manifest.boot.cmdline, *extra])
 
 
 def make_ext2_disk(path: Path, content: Path, size_mib: int, label: str) -> None:
@@ -100,7 +103,7 @@ def make_var_disk(path: Path, size_mib: int, *, encrypted: bool, sealed_to: dict
     atomic.write_text(recovery, enrolled.recovery_key + "\n", mode=0o600)
 
 
-def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[str, Any], port: int) -> dict:
+def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manifest, port: int) -> dict:
     """TLS material, the /var disk and the TPM's EK/AK for a fresh node in run_dir."""
     from obelisk.attest import akrecord
     from obelisk.tpm import device as tpm
@@ -112,12 +115,12 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[s
     var = run_dir / "config-content"
     lib = var
     lib.mkdir(parents=True, exist_ok=True)
-    issue(ca, ca_key, lib, manifest.get("image", {}).get("name", "node"), server=True,
+    issue(ca, ca_key, lib, manifest.image.name, server=True,
                    hosts=("127.0.0.1", "localhost", GUEST_IP))
     client = issue(ca, ca_key, run_dir, "obelisk-verifier", server=False)
     (lib / "ca.pem").write_bytes(ca.read_bytes())
     config = {"cert": "agent.pem", "key": "agent.key", "client_ca": "ca.pem", "port": AGENT_GUEST_PORT,
-              "tcti": "device:/dev/tpmrm0", "image": manifest.get("image", {}).get("name", ""),
+              "tcti": "device:/dev/tpmrm0", "image": manifest.image.name,
               "event_log": "/sys/kernel/security/tpm0/binary_bios_measurements", "scan_root": "/"}
     (lib / "agent.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
     make_ext2_disk(run_dir / "config.img", var, 4, "obelisk-config")
@@ -125,22 +128,17 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: dict[s
     for p in sorted(var.rglob("*"), reverse=True):  # the key now lives only on the node's disk
         p.unlink() if p.is_file() else p.rmdir()
     var.rmdir()
-    size = int((manifest.get("spec", {}).get("disk") or {}).get("size_mib") or 64)
-    disk_info = manifest.get("disk") or {}
-    try:
-        sealed_to = {int(k): bytes.fromhex(v) for k, v in (disk_info.get("sealed_to") or {}).items()}
-    except (ValueError, AttributeError):
-        raise InputError("disk.sealed_to: expected {PCR: hex}", source="manifest.json") from None
-    encrypted = disk_info.get("var") == "luks2"
+    sealed_to = dict(manifest.disk.sealed_to)
+    encrypted = manifest.disk.var == "luks2"
     if encrypted and not sealed_to:
         raise InputError("disk.var is luks2 but disk.sealed_to is empty", source="manifest.json")
-    policy_key = policy_key_of(manifest, ca) if encrypted and disk_info.get("policy") == "signed" else None
+    policy_key = policy_key_of(manifest, ca) if encrypted and manifest.disk.policy == "signed" else None
     # EK and AK, created in the node's TPM before its first boot (as enrollment would); /var's key
     # sealed in the same TPM.
     with SoftwareTPM.start(run_dir / "swtpm") as sw:
         info = tpm.create_keys(sw.tcti)
-        make_var_disk(run_dir / "var.img", size, encrypted=encrypted, sealed_to=sealed_to, tcti=sw.tcti,
-                      recovery=run_dir / "var-recovery.key", policy_key=policy_key)
+        make_var_disk(run_dir / "var.img", manifest.var_size_mib(), encrypted=encrypted, sealed_to=sealed_to,
+                      tcti=sw.tcti, recovery=run_dir / "var-recovery.key", policy_key=policy_key)
     record = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True, source="ak.json")
     atomic.write_text(run_dir / "ak.json", akrecord.dumps(record))
     return {"client_cert": client.cert, "client_key": client.key, "port": port}
@@ -203,7 +201,7 @@ def is_provisioned(run_dir: Path) -> bool:
     return all((run_dir / name).exists() for name in PROVISIONED)
 
 
-def policy_key_of(manifest: dict[str, Any], ca: Path) -> bytes:
+def policy_key_of(manifest: Manifest, ca: Path) -> bytes:
     """The key that approves PCR policies for this image (manifest disk.policy_certificate, issued by `ca`)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -211,10 +209,10 @@ def policy_key_of(manifest: dict[str, Any], ca: Path) -> bytes:
     from obelisk.image import manifest as mf
     from obelisk.signer.keys import load_certificate
 
-    pem = (manifest.get("disk") or {}).get("policy_certificate")
+    pem = manifest.disk.policy_certificate
     try:
-        cert = x509.load_pem_x509_certificate(pem.encode())
-    except (AttributeError, ValueError):
+        cert = x509.load_pem_x509_certificate((pem or "").encode())
+    except ValueError:
         raise InputError("disk.policy_certificate: missing or not a PEM certificate", source="manifest.json") from None
     reason = mf.chains_to(cert, load_certificate(ca))
     if reason:
@@ -222,7 +220,7 @@ def policy_key_of(manifest: dict[str, Any], ca: Path) -> bytes:
     return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def var_sealed_for(run_dir: Path, manifest: dict[str, Any], policy_key: bytes | None = None) -> bool | None:
+def var_sealed_for(run_dir: Path, manifest: Manifest, policy_key: bytes | None = None) -> bool | None:
     """Whether the run directory's LUKS2 /var is sealed to this image's predicted PCR values (None: not LUKS2)."""
     from obelisk.disk import volume as disk
 
@@ -232,9 +230,8 @@ def var_sealed_for(run_dir: Path, manifest: dict[str, Any], policy_key: bytes | 
     tokens = disk.tokens(var)
     if policy_key is not None and any(t.sealed.authorize_key == policy_key for t in tokens):
         return True  # opens for whatever this key signs; the image carries its signed policy
-    wanted = (manifest.get("disk") or {}).get("sealed_to") or {}
-    sealed = [{str(p): v.hex() for p, v in t.sealed.values.items()} for t in tokens if not t.sealed.authorize_key]
-    return wanted in sealed
+    sealed = [dict(t.sealed.values) for t in tokens if not t.sealed.authorize_key]
+    return dict(manifest.disk.sealed_to) in sealed
 
 
 def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None = None, memory_mib: int = 768,
@@ -256,7 +253,7 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
         return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, extra_cmdline, fresh, bar)
 
 
-def _boot(out: Path, run_dir: Path, m: dict[str, Any], ca: Path, ca_key: Path, port: int, memory_mib: int,
+def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: int, memory_mib: int,
           timeout: float, extra_cmdline: tuple[str, ...], fresh: bool, bar: Any) -> BootedNode:
     new_node = fresh or not is_provisioned(run_dir)
     bar.stage("provisioning (certificates, EK/AK, /var)" if new_node else "rebooting a provisioned node")
