@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -59,7 +60,7 @@ def _semantics(argv: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, 
 
 
 class _FakePopen:
-    calls: list[list[str]] = []
+    calls: ClassVar[list[list[str]]] = []
 
     def __init__(self, argv, **kwargs):
         _FakePopen.calls.append([str(a) for a in argv])
