@@ -138,8 +138,8 @@ def _read(path: str, what: str, limit: int) -> bytes:
 
 
 def _eventlog(args: argparse.Namespace) -> int:
-    from obelisk.tpm import eventlog as el
     from obelisk.core.errors import InputError
+    from obelisk.tpm import eventlog as el
 
     data = _read(args.log, "event log", el.MAX_LOG_SIZE)
     log = el.parse(data, source=args.log)
@@ -175,8 +175,8 @@ def _eventlog_text(data: dict[str, Any]) -> str:
 
 def _ak_create(args: argparse.Namespace) -> int:
     from obelisk.attest import akrecord
-    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
+    from obelisk.tpm import device as tpm
 
     info = tpm.create_keys(args.tcti, ek_handle=args.ek_handle or tpm.EK_HANDLE,
                            ak_handle=args.ak_handle or tpm.AK_HANDLE, ak_type=args.alg, replace=args.replace)
@@ -203,9 +203,9 @@ def _cred_make(args: argparse.Namespace) -> int:
     import secrets
 
     from obelisk.attest import akrecord
-    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
     from obelisk.core.errors import InputError
+    from obelisk.tpm import device as tpm
 
     ek = _read(args.ek, "EK public", 1 << 16) if args.ek else None
     record = akrecord.load(_read(args.ak, "AK", 1 << 20), args.ak, ek_public=ek)
@@ -236,9 +236,9 @@ def _cred_make(args: argparse.Namespace) -> int:
 def _cred_activate(args: argparse.Namespace) -> int:
     import json
 
-    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
     from obelisk.core.errors import InputError
+    from obelisk.tpm import device as tpm
 
     raw = _read(args.challenge, "challenge", 1 << 16)
     try:
@@ -277,8 +277,9 @@ def _quote(args: argparse.Namespace) -> int:
     import os
 
     from obelisk.attest import evidence as evmod
-    from obelisk.tpm import quote as q, device as tpm
     from obelisk.core import atomic
+    from obelisk.tpm import device as tpm
+    from obelisk.tpm import quote as q
 
     nonce = _hex(args.nonce)
     pcrs = _pcr_list(args.pcrs)
@@ -299,8 +300,8 @@ def _quote(args: argparse.Namespace) -> int:
 
 def _evidence(args: argparse.Namespace) -> int:
     from obelisk.attest import evidence as evmod
-    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
+    from obelisk.tpm import device as tpm
 
     nonce = _hex(args.nonce)
     if args.eventlog:
@@ -321,7 +322,8 @@ def _load_ak(args: argparse.Namespace):
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from obelisk.attest import evidence as evmod, verify
+    from obelisk.attest import evidence as evmod
+    from obelisk.attest import verify
     from obelisk.cli.common import emit_report
 
     nonce = _hex(args.nonce)
@@ -336,10 +338,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _checkquote(args: argparse.Namespace) -> int:
-    from obelisk.attest import evidence as evmod, verify
-    from obelisk.tpm import quote as q
+    from obelisk.attest import evidence as evmod
+    from obelisk.attest import verify
     from obelisk.cli.common import emit_report
-    from obelisk.core.errors import InputError
+    from obelisk.tpm import quote as q
 
     nonce = _hex(args.nonce)
     ak = _load_ak(args)
@@ -347,19 +349,7 @@ def _checkquote(args: argparse.Namespace) -> int:
     sig = _read(args.signature, "quote signature", 1 << 16)
     values = _read(args.pcrs, "PCR values", 1 << 16)
     attest = q.parse_attest(msg, args.message)
-    order = q.selected_in_order(attest)
-    banks = {b for b, _ in order}
-    if len(banks) != 1:
-        raise InputError(f"quote selects banks {sorted(banks)}: checkquote takes one bank", source=args.message)
-    bank = banks.pop()
-    size = q.DIGEST_SIZES[bank]
-    if len(values) == size * len(order):  # -F values: the digests concatenated in selection order
-        pcrs = {p: values[i * size:(i + 1) * size] for i, (_, p) in enumerate(order)}
-    else:  # tpm2-tools' default serialized file
-        listed = q.parse_tools_pcrs(values, args.pcrs)
-        if [(b, p) for b, p, _ in listed] != order:
-            raise InputError("the PCR file selects other PCRs than the quote", source=args.pcrs)
-        pcrs = {p: v for _, p, v in listed}
+    bank, pcrs = q.quoted_pcr_values(attest, values, args.pcrs, args.message)
     bundle = evmod.Evidence(nonce=nonce, attest=msg, signature=sig, bank=bank, pcrs=pcrs)
     report, _ = verify.verify(bundle, verify.Options(nonce=nonce, ak=ak, quote_only=True, source=args.message))
     return emit_report(args, report)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from obelisk.core.errors import InputError
+from obelisk.tpm import algorithms
 
 
 def parse_pcr_list(text: str) -> tuple[int, ...]:
@@ -20,3 +23,17 @@ def parse_pcr_list(text: str) -> tuple[int, ...]:
     if not out or any(not 0 <= p <= 23 for p in out):
         raise InputError(f"PCR list {text!r}: PCRs are 0..23")
     return tuple(sorted(set(out)))
+
+
+def extend(value: bytes, digest: bytes, bank: str) -> bytes:
+    """TPM2_PCR_Extend: a PCR of `bank` holding `value` holds H(value || digest) afterwards."""
+    return algorithms.by_name(bank).digest(value + digest)
+
+
+def composite_digest(values: Iterable[bytes], bank: str) -> bytes:
+    """The hash of PCR values concatenated in selection order: TPMS_QUOTE_INFO.pcrDigest (hashed with the
+    signing key's nameAlg) and PolicyPCR's pcrDigest."""
+    h = algorithms.by_name(bank).new()
+    for v in values:
+        h.update(v)
+    return h.digest()
