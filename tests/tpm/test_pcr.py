@@ -45,3 +45,19 @@ def test_parse_pcr_list():
     assert pcr.parse_pcr_list("11,0-2,7") == (0, 1, 2, 7, 11)
     with pytest.raises(InputError):
         pcr.parse_pcr_list("24")
+
+
+def test_parse_pcr_values():
+    a, b = "ab" * 32, "cd" * 32
+    assert pcr.parse_pcr_values([f"7={a}", f"11={b}", f"7={b}"], "sha256") == {7: bytes.fromhex(b),
+                                                                                 11: bytes.fromhex(b)}
+    assert pcr.parse_pcr_values([f"0={'ee' * 20}"], "sha1") == {0: b"\xee" * 20}
+    assert pcr.parse_pcr_values([], "sha256") == {}
+
+
+@pytest.mark.parametrize("item", ["7", "7=", "x=" + "ab" * 32, "24=" + "ab" * 32, "-1=" + "ab" * 32,
+                                  "7=" + "ab" * 31, "7=" + "zz" * 32, "7=" + "ab" * 20])
+def test_parse_pcr_values_errors_as_the_cli_printed_them(item):
+    with pytest.raises(InputError) as exc:
+        pcr.parse_pcr_values([item], "sha256", "--pcr-value")
+    assert str(exc.value) == f"--pcr-value {item!r}: expected N=64 hex digits (sha256)"

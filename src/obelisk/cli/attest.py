@@ -199,76 +199,57 @@ def _ak_create(args: argparse.Namespace) -> int:
 
 
 def _cred_make(args: argparse.Namespace) -> int:
-    import json
-    import secrets
+    import sys
 
-    from obelisk.attest import akrecord
+    from obelisk.attest import akrecord, credential
     from obelisk.core import atomic
-    from obelisk.core.errors import InputError
-    from obelisk.tpm import device as tpm
 
     ek = _read(args.ek, "EK public", 1 << 16) if args.ek else None
     record = akrecord.load(_read(args.ak, "AK", 1 << 20), args.ak, ek_public=ek)
-    ek_public = ek or record.ek_public
-    if ek_public is None or record.name is None:
-        raise InputError("credential make needs the AK's TPM public area and the EK public (an AK record)")
-    if record.missing_attributes():
-        raise InputError(f"AK lacks {', '.join(record.missing_attributes())}: not an attestation key", source=args.ak)
+    ek_public = credential.ek_of(record, ek)
     if args.ek_ca:
-        import sys
         cert = _read(args.ek_cert, "EK certificate", 1 << 16) if args.ek_cert else record.ek_certificate
         problem = akrecord.ek_certificate_problem(ek_public, cert, _read(args.ek_ca, "EK CA", 1 << 20))
         if problem:
             print(f"obelisk: EK check FAILED: {problem}", file=sys.stderr)
             return 1
     else:
-        import sys
         print("obelisk: warning: no --ek-ca: the EK is trusted as the node reported it", file=sys.stderr)
-    secret = secrets.token_bytes(32)
-    blob, enc = tpm.make_credential(ek_public, record.name, secret)
+    assert record.name is not None  # ek_of checked it
+    secret, challenge = credential.make(ek_public, record.name)
     atomic.write_bytes(args.secret_out, secret, mode=0o600)
-    atomic.write_text(args.challenge, json.dumps({"format": "obelisk.credential/1", "credential_blob": blob.hex(),
-                                                  "encrypted_secret": enc.hex()}, indent=2) + "\n")
+    atomic.write_bytes(args.challenge, credential.serialize(challenge))
     print(f"challenge written to {args.challenge}")
     return 0
 
 
 def _cred_activate(args: argparse.Namespace) -> int:
-    import json
-
+    from obelisk.attest import credential
     from obelisk.core import atomic
-    from obelisk.core.errors import InputError
     from obelisk.tpm import device as tpm
 
-    raw = _read(args.challenge, "challenge", 1 << 16)
-    try:
-        doc = json.loads(raw)
-        blob = bytes.fromhex(doc["credential_blob"])
-        enc = bytes.fromhex(doc["encrypted_secret"])
-    except (ValueError, KeyError, TypeError):
-        raise InputError("not an obelisk credential challenge", source=args.challenge) from None
-    secret = tpm.activate_credential(blob, enc, args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE)
+    challenge = credential.parse(_read(args.challenge, "challenge", 1 << 16), args.challenge)
+    secret = credential.activate(challenge, args.tcti, args.ak_handle or tpm.AK_HANDLE)
     atomic.write_bytes(args.response, secret, mode=0o600)
     print(f"response written to {args.response}")
     return 0
 
 
 def _cred_check(args: argparse.Namespace) -> int:
-    import hmac
     import sys
-    from dataclasses import replace
 
-    from obelisk.attest import akrecord
+    from obelisk.attest import akrecord, credential
     from obelisk.core import atomic
 
     record = akrecord.load(_read(args.ak, "AK", 1 << 20), args.ak)
     secret = _read(args.secret, "secret", 1024)
     response = _read(args.response, "response", 1024)
-    if not hmac.compare_digest(secret, response):
-        print("obelisk: credential check FAILED: the node did not recover the secret; "
-              "its AK is not in the EK's TPM", file=sys.stderr)
+    try:
+        activated = credential.check(record, secret, response)
+    except credential.CredentialMismatch as exc:
+        print(f"obelisk: credential check FAILED: {exc}", file=sys.stderr)
         return 1
-    atomic.write_text(args.record, akrecord.dumps(replace(record, activated=True)))
+    atomic.write_text(args.record, akrecord.dumps(activated))
     print(f"AK {record.name.hex() if record.name else ''} activated; record written to {args.record}")
     return 0
 

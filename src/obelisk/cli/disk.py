@@ -77,19 +77,9 @@ def _read(path: str, what: str, limit: int) -> bytes:
 
 
 def _pcr_values(items: list[str]) -> dict[int, bytes]:
-    from obelisk.core.errors import InputError
+    from obelisk.tpm.pcr import parse_pcr_values
 
-    out: dict[int, bytes] = {}
-    for item in items:
-        idx, sep, value = item.partition("=")
-        try:
-            pcr, digest = int(idx), bytes.fromhex(value)
-        except ValueError:
-            pcr, digest = -1, b""
-        if not sep or not 0 <= pcr <= 23 or len(digest) != 32:
-            raise InputError(f"--pcr-value {item!r}: expected N=64 hex digits (sha256)")
-        out[pcr] = digest
-    return out
+    return parse_pcr_values(items, "sha256", "--pcr-value")
 
 
 def _secret_file(path: str, what: str) -> bytes:
@@ -114,6 +104,7 @@ def _disk_enroll(args: argparse.Namespace) -> int:
     policy_key = None
     if args.policy_key:
         from cryptography.hazmat.primitives import serialization
+
         from obelisk.core.errors import InputError
         try:
             pub = serialization.load_pem_public_key(_read(args.policy_key, "policy key", 1 << 16))
@@ -190,10 +181,11 @@ def _disk_sign_policy(args: argparse.Namespace) -> int:
 
     from cryptography.hazmat.primitives import serialization
 
-    from obelisk.disk import volume as disk
-    from obelisk.tpm import seal, device as tpm
     from obelisk.core import atomic
     from obelisk.core.errors import InputError
+    from obelisk.disk import volume as disk
+    from obelisk.tpm import device as tpm
+    from obelisk.tpm import seal
 
     try:
         key = serialization.load_pem_private_key(_read(args.key, "key", 1 << 16), password=None)

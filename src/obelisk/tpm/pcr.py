@@ -37,3 +37,19 @@ def composite_digest(values: Iterable[bytes], bank: str) -> bytes:
     for v in values:
         h.update(v)
     return h.digest()
+
+
+def parse_pcr_values(items: Iterable[str], bank: str, what: str = "PCR value") -> dict[int, bytes]:
+    """PCR values as users write them, `N=HEX` each (a later N wins); InputError naming the item."""
+    size = algorithms.by_name(bank).digest_size
+    out: dict[int, bytes] = {}
+    for item in items:
+        idx, sep, value = item.partition("=")
+        try:
+            pcr, digest = int(idx), bytes.fromhex(value)
+        except ValueError:
+            pcr, digest = -1, b""
+        if not sep or not 0 <= pcr <= 23 or len(digest) != size:
+            raise InputError(f"{what} {item!r}: expected N={2 * size} hex digits ({bank})")
+        out[pcr] = digest
+    return out
