@@ -49,7 +49,7 @@ def test_hostile_input_is_a_one_line_error(data, why):
 
 def _record(**kw) -> AKRecord:
     base = {"public": b"\x00", "public_key": None, "name": b"\x00\x0b" + b"\x11" * 32, "qualified_name": None,
-                "attributes": 0x2 | 0x10 | 0x20 | 0x10000 | 0x40000, "ek_public": b"EK", "source": "ak.json"}
+            "attributes": 0x2 | 0x10 | 0x20 | 0x10000 | 0x40000, "ek_public": b"EK", "source": "ak.json"}
     return AKRecord(**{**base, **kw})
 
 

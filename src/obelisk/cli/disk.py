@@ -132,9 +132,10 @@ def _disk_enroll(args: argparse.Namespace) -> int:
 def _disk_unlock(args: argparse.Namespace) -> int:
     import json
 
+    from obelisk.disk import policy
     from obelisk.disk import volume as disk
 
-    extra = [disk.signed_policy_from_json(_json_file(p), p) for p in args.signed_policy]
+    extra = [policy.parse(_read(p, "file", 1 << 20), p) for p in args.signed_policy]
     token = disk.unlock(args.device, args.tcti, name=args.name, test=args.test, extra_policies=extra)
     if args.json:
         print(json.dumps({"device": args.device, "keyslot": token.keyslot, "test": args.test, "opened": True}))
@@ -143,20 +144,6 @@ def _disk_unlock(args: argparse.Namespace) -> int:
     else:
         print(f"{args.device}: opened")
     return 0
-
-
-def _json_file(path: str) -> dict:
-    import json
-
-    from obelisk.core.errors import InputError
-
-    try:
-        doc = json.loads(_read(path, "file", 1 << 20))
-    except ValueError as exc:
-        raise InputError(f"not JSON: {exc}", source=path) from None
-    if not isinstance(doc, dict):
-        raise InputError("expected a JSON object", source=path)
-    return doc
 
 
 def _disk_reseal(args: argparse.Namespace) -> int:
@@ -177,13 +164,11 @@ def _disk_reseal(args: argparse.Namespace) -> int:
 
 
 def _disk_sign_policy(args: argparse.Namespace) -> int:
-    import json
-
     from cryptography.hazmat.primitives import serialization
 
     from obelisk.core import atomic
     from obelisk.core.errors import InputError
-    from obelisk.disk import volume as disk
+    from obelisk.disk import policy as policymod
     from obelisk.tpm import device as tpm
     from obelisk.tpm import seal
 
@@ -202,15 +187,16 @@ def _disk_sign_policy(args: argparse.Namespace) -> int:
     values = {p: values[p] for p in pcrs}
     policy = seal.SignedPolicy(pcrs=pcrs, values=values,
                                signature=seal.sign_policy(key, seal.policy_pcr_digest(pcrs, values)))
-    atomic.write_text(args.output, json.dumps(disk.signed_policy_json(policy), indent=2) + "\n")
+    atomic.write_bytes(args.output, policymod.serialize(policy))
     print(f"signed PCR policy written to {args.output}")
     return 0
 
 
 def _disk_add_policy(args: argparse.Namespace) -> int:
+    from obelisk.disk import policy as policymod
     from obelisk.disk import volume as disk
 
-    policy = disk.signed_policy_from_json(_json_file(args.policy), args.policy)
+    policy = policymod.parse(_read(args.policy, "file", 1 << 20), args.policy)
     token = disk.add_signed_policy(args.device, policy)
     print(f"{args.device}: {len(token.signed_policies)} signed PCR policies stored")
     return 0
