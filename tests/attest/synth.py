@@ -16,11 +16,13 @@ import hashlib
 from dataclasses import dataclass, replace
 
 from obelisk.attest import akrecord, ima_check, verify
-from obelisk.tpm import bootevents, eventlog
 from obelisk.attest import evidence as evmod
-from obelisk.tpm import quote as q
 from obelisk.attest.evidence import Evidence
 from obelisk.core.findings import Finding, Report, Status
+from obelisk.tpm import algorithms as alg
+from obelisk.tpm import bootevents, eventlog
+from obelisk.tpm import quote as q
+from obelisk.tpm.pcr import composite_digest
 
 USER_WITH_AUTH, ADMIN_WITH_POLICY, DECRYPT = 0x40, 0x80, 0x20000
 AK_ATTRIBUTES = (akrecord.FIXED_TPM | akrecord.FIXED_PARENT | akrecord.SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH
@@ -61,10 +63,10 @@ class SoftAK:
         algorithm = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384()}[hash_name]
         if self.kind == "ecc":
             r, s = decode_dss_signature(self.private_key.sign(message, ec.ECDSA(algorithm)))
-            sig = q.Signature(q.ALG_ECDSA, q.HASH_IDS[hash_name], ecdsa_r=r.to_bytes(32, "big"),
+            sig = q.Signature(alg.ECDSA, alg.by_name(hash_name).alg_id, ecdsa_r=r.to_bytes(32, "big"),
                               ecdsa_s=s.to_bytes(32, "big"))
         else:
-            sig = q.Signature(q.ALG_RSASSA, q.HASH_IDS[hash_name],
+            sig = q.Signature(alg.RSASSA, alg.by_name(hash_name).alg_id,
                               rsa=self.private_key.sign(message, padding.PKCS1v15(), algorithm))
         return q.serialize_signature(sig)
 
@@ -177,7 +179,7 @@ def attest(ak: SoftAK, pcrs: dict[int, bytes], *, nonce: bytes = NONCE, selectio
            clock: q.ClockInfo = CLOCK, signer: bytes | None = None, pcr_digest: bytes | None = None) -> q.Attest:
     """The TPMS_ATTEST a TPM would make for a quote of `pcrs` (sha256 values) over `selections`."""
     order = [p for sel in selections for p in sel.pcrs]
-    digest = q.pcr_digest([pcrs[p] for p in order]) if pcr_digest is None else pcr_digest
+    digest = composite_digest([pcrs[p] for p in order], "sha256") if pcr_digest is None else pcr_digest
     return q.Attest(qualified_signer=ak.record.qualified_name if signer is None else signer, extra_data=nonce,
                     clock_info=clock, firmware_version=0x2023_0001, selections=tuple(selections), pcr_digest=digest)
 

@@ -9,9 +9,12 @@ import subprocess
 
 import pytest
 
-from obelisk.disk import volume as disk
-from obelisk.tpm import seal, device as tpm
 from obelisk.core import tools
+from obelisk.disk import policy as policymod
+from obelisk.disk import volume as disk
+from obelisk.disk.token import Token
+from obelisk.tpm import device as tpm
+from obelisk.tpm import seal
 
 pytestmark = pytest.mark.swtpm
 
@@ -188,11 +191,11 @@ def test_signed_policy_survives_pcr_change_without_reenrolling(swtpm, tmp_path, 
     values = tpm.pcr_values(swtpm.tcti, "sha256", [7, 11])
     forged = seal.SignedPolicy(pcrs=(7, 11), values=values,
                                signature=seal.sign_policy(other, seal.policy_pcr_digest((7, 11), values)))
-    (tmp_path / "forged.json").write_text(json.dumps(disk.signed_policy_json(forged)))
+    (tmp_path / "forged.json").write_text(json.dumps(policymod.to_json(forged)))
     res = obelisk_cli("disk", "unlock", "--device", str(vol), "--test", "--signed-policy", str(tmp_path / "forged.json"),
                       *t)
     assert res.returncode == 1 and "PCR 7 differs" in res.stderr  # the stored (stale) policy is still tried
-    forged_only = disk.Token(keyslot=0, sealed=blob_before)
+    forged_only = Token(keyslot=0, sealed=blob_before)
     with pytest.raises(tpm.TPMError, match="none of the 1 signed PCR policies"):
         seal.unseal(forged_only.sealed, swtpm.tcti, signed=[forged])
     res = obelisk_cli("disk", "add-policy", "--device", str(vol), str(tmp_path / "forged.json"))
@@ -220,7 +223,8 @@ def test_sealed_key_and_ak_are_exempt_from_dictionary_attack_lockout(swtpm):
     /var and quotes out (seen under QEMU); the sealed object and the AK carry noDA."""
     from tpm2_pytss import TPM2B_PUBLIC, TPMA_OBJECT
 
-    from obelisk.tpm import seal, device as tpm
+    from obelisk.tpm import device as tpm
+    from obelisk.tpm import seal
 
     sealed = seal.seal(b"k" * 32, [11], swtpm.tcti)
     public, _ = TPM2B_PUBLIC.unmarshal(sealed.public)

@@ -7,9 +7,8 @@ import json
 import subprocess
 from dataclasses import replace
 
-from cryptography.hazmat.primitives import serialization
-
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from obelisk.core.errors import InputError
 from obelisk.image import manifest as mf
@@ -37,7 +36,7 @@ def test_kernel_cmdline_is_the_builds():
 
 
 def test_qemu_args_forward_only_the_agent(tmp_path):
-    args = boot.qemu_args(tmp_path / "out", tmp_path / "run", 12345, "console=ttyS0", 512)
+    args = boot.qemu_run(tmp_path / "out", tmp_path / "run", 12345, "console=ttyS0", 512).argv()
     netdev = args[args.index("-netdev") + 1]
     assert "restrict=on" in netdev and f"hostfwd=tcp:127.0.0.1:12345-{boot.GUEST_IP}:8443" in netdev
     assert f"file={tmp_path / 'out' / 'rootfs.squashfs'},if=virtio,format=raw,readonly=on" in args
@@ -76,10 +75,10 @@ def test_encrypted_var_opens_only_for_the_predicted_boot(tmp_path):
     """/var is LUKS2, its key sealed in the node's TPM to the PCR 11 the build predicted: replaying
     the predicted boot unseals it, another command line does not (and names PCR 11)."""
     from obelisk.disk import volume as disk
-    from obelisk.tpm import seal
-    from obelisk.tpm.swtpm import SoftwareTPM
     from obelisk.image import measure
     from obelisk.signer.keygen import generate
+    from obelisk.tpm import seal
+    from obelisk.tpm.swtpm import SoftwareTPM
 
     keys = generate(tmp_path / "keys", "ecdsa-p256")
     root = hashlib.sha256(b"rootfs").digest()
@@ -115,15 +114,15 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
     policy for image A opens it when A booted, image B's (an update) when B booted, and a policy for
     A does not open it when B booted; a policy signed by another key opens nothing."""
     from obelisk.disk import volume as disk
-    from obelisk.tpm import seal
-    from obelisk.tpm.swtpm import SoftwareTPM
+    from obelisk.disk.unlock import signed_policies
     from obelisk.image import build as buildmod
     from obelisk.image import measure
     from obelisk.image.cmdline import kernel_cmdline
-    from obelisk.disk.unlock import signed_policies
     from obelisk.image.spec import parse_spec
     from obelisk.signer.keygen import generate
     from obelisk.signer.keys import load_certificate, load_signing_key
+    from obelisk.tpm import seal
+    from obelisk.tpm.swtpm import SoftwareTPM
 
     keys = generate(tmp_path / "keys", "ecdsa-p256")
     assert keys.policy_cert is not None

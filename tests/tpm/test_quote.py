@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from obelisk.core.errors import InputError, ParseError
+from obelisk.tpm import algorithms as alg
 from obelisk.tpm import quote as q
-from obelisk.core.errors import ParseError
 
 SAMPLE = q.Attest(
     qualified_signer=bytes.fromhex("000b") + b"\x11" * 32,
@@ -50,23 +52,23 @@ def test_attest_huge_selection_count():
 
 
 def test_signature_round_trip_and_hostile():
-    ecdsa = q.Signature(q.ALG_ECDSA, q.ALG_SHA256, ecdsa_r=b"\x01" * 32, ecdsa_s=b"\x02" * 32)
+    ecdsa = q.Signature(alg.ECDSA, alg.SHA256.alg_id, ecdsa_r=b"\x01" * 32, ecdsa_s=b"\x02" * 32)
     assert q.parse_signature(q.serialize_signature(ecdsa)) == ecdsa
-    rsa = q.Signature(q.ALG_RSASSA, q.ALG_SHA256, rsa=b"\x05" * 256)
+    rsa = q.Signature(alg.RSASSA, alg.SHA256.alg_id, rsa=b"\x05" * 256)
     assert q.parse_signature(q.serialize_signature(rsa)) == rsa
     with pytest.raises(ParseError, match="trailing"):
         q.parse_signature(q.serialize_signature(rsa) + b"\0")
     with pytest.raises(ParseError, match="sigAlg 0x0005"):
-        q.parse_signature(struct.pack(">HH", 5, q.ALG_SHA256))
+        q.parse_signature(struct.pack(">HH", 5, alg.SHA256.alg_id))
     with pytest.raises(ParseError, match="exceeds"):
-        q.parse_signature(struct.pack(">HHH", q.ALG_RSASSA, q.ALG_SHA256, 0xFFFF))
+        q.parse_signature(struct.pack(">HHH", alg.RSASSA, alg.SHA256.alg_id, 0xFFFF))
 
 
 def test_sha1_signatures_refused():
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    sig = q.Signature(q.ALG_ECDSA, q.ALG_SHA1, ecdsa_r=b"\1", ecdsa_s=b"\1")
+    sig = q.Signature(alg.ECDSA, alg.SHA1.alg_id, ecdsa_r=b"\1", ecdsa_s=b"\1")
     with pytest.raises(q.SignatureError, match="sha1 is not allowed"):
         q.verify_signature(key.public_key(), sig, b"msg")
 
@@ -80,6 +82,39 @@ def test_tools_pcr_file_round_trip():
         q.parse_tools_pcrs(data[:-1])
     with pytest.raises(ParseError, match="selection count"):
         q.parse_tools_pcrs(b"\xff\xff\xff\xff" + data[4:])
+
+
+
+# ---- checkquote's PCR file: `tpm2_quote -F values` (concatenated) or the serialized file ---------
+
+_VALUES = {p: bytes([p]) * 32 for p in range(12)}
+
+
+def test_quoted_pcr_values_from_concatenated_values():
+    data = b"".join(_VALUES[p] for p in range(12))
+    assert q.quoted_pcr_values(SAMPLE, data) == ("sha256", _VALUES)
+
+
+def test_quoted_pcr_values_from_serialized_file():
+    data = q.serialize_tools_pcrs("sha256", sorted(_VALUES.items()))
+    assert q.quoted_pcr_values(SAMPLE, data) == ("sha256", _VALUES)
+
+
+def test_quoted_pcr_values_other_selection():
+    data = q.serialize_tools_pcrs("sha256", [(p, _VALUES[p]) for p in range(8)])
+    with pytest.raises(InputError, match="pcrs.bin: the PCR file selects other PCRs than the quote"):
+        q.quoted_pcr_values(SAMPLE, data, "pcrs.bin")
+
+
+def test_quoted_pcr_values_one_bank_only():
+    two = replace(SAMPLE, selections=(q.PCRSelection("sha256", (0,), 3), q.PCRSelection("sha1", (0,), 3)))
+    with pytest.raises(InputError, match=r"quote.bin: quote selects banks \['sha1', 'sha256'\]"):
+        q.quoted_pcr_values(two, b"", "pcrs.bin", "quote.bin")
+
+
+def test_quoted_pcr_values_garbage_is_a_parse_error():
+    with pytest.raises(ParseError, match="pcrs.bin"):
+        q.quoted_pcr_values(SAMPLE, b"\x01" * 31, "pcrs.bin")
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,15 +12,14 @@ qualifiedSigner; a PEM key cannot carry the TPM object attributes either.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
 from obelisk.core.errors import InputError
+from obelisk.tpm import algorithms
 
 FORMAT = "obelisk.ak/1"
 TPM_RH_ENDORSEMENT = 0x4000000B
-_NAME_HASHES = {0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512", 0x0004: "sha1"}
 
 # TPMA_OBJECT bits an AK must have: it never leaves the TPM and only signs TPM-made structures.
 FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN, RESTRICTED, SIGN = 0x2, 0x10, 0x20, 0x10000, 0x40000
@@ -59,16 +58,15 @@ def name_of(public: bytes) -> bytes:
         raise InputError("TPM2B_PUBLIC too short")
     area = public[2:]
     alg = int.from_bytes(area[2:4], "big")
-    hname = _NAME_HASHES.get(alg)
-    if hname is None:
+    if not algorithms.is_known(alg, algorithms.SHA_BANKS):
         raise InputError(f"public area nameAlg 0x{alg:04x} unknown")
-    return alg.to_bytes(2, "big") + hashlib.new(hname, area).digest()
+    return alg.to_bytes(2, "big") + algorithms.by_id(alg).digest(area)
 
 
 def qualified_name(parent_qn: bytes, name: bytes) -> bytes:
     """QN(child) = nameAlg || H_nameAlg(QN(parent) || Name(child)); a hierarchy's QN is its handle."""
     alg = int.from_bytes(name[:2], "big")
-    return name[:2] + hashlib.new(_NAME_HASHES[alg], parent_qn + name).digest()
+    return name[:2] + algorithms.by_id(alg, algorithms.SHA_BANKS).digest(parent_qn + name)
 
 
 def ak_qualified_name(ek_name: bytes, ak_name: bytes) -> bytes:
@@ -78,8 +76,8 @@ def ak_qualified_name(ek_name: bytes, ak_name: bytes) -> bytes:
 
 
 def _from_public(public: bytes, source: str) -> tuple[object, int]:
-    from tpm2_pytss import TPM2B_PUBLIC
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    from tpm2_pytss import TPM2B_PUBLIC
 
     try:
         pub, used = TPM2B_PUBLIC.unmarshal(public)

@@ -13,10 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from obelisk.attest import akrecord
-from obelisk.tpm import eventlog, quote as q
 from obelisk.attest.evidence import Evidence
 from obelisk.core.errors import InputError, ParseError
-from obelisk.core.findings import Evidence as Ev, Finding, Report, Severity, Status, Subject
+from obelisk.core.findings import Evidence as Ev
+from obelisk.core.findings import Finding, Report, Severity, Status, Subject
+from obelisk.tpm import algorithms, eventlog
+from obelisk.tpm import quote as q
+from obelisk.tpm.pcr import composite_digest
+from obelisk.tpm.pcr import extend as extend_pcr
 
 REQUIRED_BANK = "sha256"
 REQUIRED_PCRS = tuple(range(12))
@@ -120,7 +124,8 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
                            severity=Severity.CRITICAL, detail=detail))
     else:
         absent = [p for _, p in selected if p not in ev.pcrs]
-        wrong_size = [p for p, v in ev.pcrs.items() if len(v) != q.DIGEST_SIZES.get(ev.bank, -1)]
+        size = next((a.digest_size for a in q.BANKS if a.name == ev.bank), -1)
+        wrong_size = [p for p, v in ev.pcrs.items() if len(v) != size]
         if absent or wrong_size:
             findings.append(_f("quote.pcr-digest", "Reported PCR values match the quoted digest", Status.FAIL,
                                severity=Severity.CRITICAL,
@@ -128,7 +133,7 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
                                        f"PCR values of the wrong size: {wrong_size}")))
         else:
             hash_alg = _digest_alg(ak, attest)
-            computed = q.pcr_digest([ev.pcrs[p] for _, p in selected], hash_alg)
+            computed = composite_digest([ev.pcrs[p] for _, p in selected], hash_alg)
             digest_ok = computed == attest.pcr_digest
             findings.append(_f("quote.pcr-digest", "Reported PCR values match the quoted digest",
                                Status.PASS if digest_ok else Status.FAIL, severity=Severity.CRITICAL,
@@ -173,10 +178,8 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
 
 def _boot_event_findings(ev: Evidence, pcrs: dict[int, bytes], expected: tuple, src: str) -> list[Finding]:
     """obelisk's PCR 11 log: replayed against the quote first, then each event against the build's."""
-    import hashlib
-
-    from obelisk.tpm import bootevents
     from obelisk.core.errors import ParseError
+    from obelisk.tpm import bootevents
 
     title = "obelisk's boot event log replays to the quoted PCRs"
     if ev.boot_events is None:
@@ -188,7 +191,7 @@ def _boot_event_findings(ev: Evidence, pcrs: dict[int, bytes], expected: tuple, 
         return [_f("bootevents.replay", title, Status.FAIL, section="reference", detail=str(exc))]
     replayed: dict[int, bytes] = {}
     for e in logged:
-        replayed[e.pcr] = hashlib.sha256(replayed.get(e.pcr, b"\0" * 32) + e.digest).digest()
+        replayed[e.pcr] = extend_pcr(replayed.get(e.pcr, b"\0" * 32), e.digest, "sha256")
     wrong = sorted(p for p, v in replayed.items() if pcrs.get(p) != v)
     if wrong:
         return [_f("bootevents.replay", title, Status.FAIL, section="reference",
@@ -232,8 +235,8 @@ def _boot_event_findings(ev: Evidence, pcrs: dict[int, bytes], expected: tuple, 
 def _digest_alg(ak: akrecord.AKRecord, attest: q.Attest) -> str:
     """pcrDigest uses the signing key's nameAlg; without the TPM public, assume sha256."""
     if ak.name:
-        return {0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512", 0x0004: "sha1"}.get(
-            int.from_bytes(ak.name[:2], "big"), "sha256")
+        alg = int.from_bytes(ak.name[:2], "big")
+        return algorithms.name_of(alg) if algorithms.is_known(alg, q.BANKS) else "sha256"
     return "sha256"
 
 

@@ -138,8 +138,8 @@ def _read(path: str, what: str, limit: int) -> bytes:
 
 
 def _eventlog(args: argparse.Namespace) -> int:
-    from obelisk.tpm import eventlog as el
     from obelisk.core.errors import InputError
+    from obelisk.tpm import eventlog as el
 
     data = _read(args.log, "event log", el.MAX_LOG_SIZE)
     log = el.parse(data, source=args.log)
@@ -175,8 +175,8 @@ def _eventlog_text(data: dict[str, Any]) -> str:
 
 def _ak_create(args: argparse.Namespace) -> int:
     from obelisk.attest import akrecord
-    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
+    from obelisk.tpm import device as tpm
 
     info = tpm.create_keys(args.tcti, ek_handle=args.ek_handle or tpm.EK_HANDLE,
                            ak_handle=args.ak_handle or tpm.AK_HANDLE, ak_type=args.alg, replace=args.replace)
@@ -199,76 +199,57 @@ def _ak_create(args: argparse.Namespace) -> int:
 
 
 def _cred_make(args: argparse.Namespace) -> int:
-    import json
-    import secrets
+    import sys
 
-    from obelisk.attest import akrecord
-    from obelisk.tpm import device as tpm
+    from obelisk.attest import akrecord, credential
     from obelisk.core import atomic
-    from obelisk.core.errors import InputError
 
     ek = _read(args.ek, "EK public", 1 << 16) if args.ek else None
     record = akrecord.load(_read(args.ak, "AK", 1 << 20), args.ak, ek_public=ek)
-    ek_public = ek or record.ek_public
-    if ek_public is None or record.name is None:
-        raise InputError("credential make needs the AK's TPM public area and the EK public (an AK record)")
-    if record.missing_attributes():
-        raise InputError(f"AK lacks {', '.join(record.missing_attributes())}: not an attestation key", source=args.ak)
+    ek_public = credential.ek_of(record, ek)
     if args.ek_ca:
-        import sys
         cert = _read(args.ek_cert, "EK certificate", 1 << 16) if args.ek_cert else record.ek_certificate
         problem = akrecord.ek_certificate_problem(ek_public, cert, _read(args.ek_ca, "EK CA", 1 << 20))
         if problem:
             print(f"obelisk: EK check FAILED: {problem}", file=sys.stderr)
             return 1
     else:
-        import sys
         print("obelisk: warning: no --ek-ca: the EK is trusted as the node reported it", file=sys.stderr)
-    secret = secrets.token_bytes(32)
-    blob, enc = tpm.make_credential(ek_public, record.name, secret)
+    assert record.name is not None  # ek_of checked it
+    secret, challenge = credential.make(ek_public, record.name)
     atomic.write_bytes(args.secret_out, secret, mode=0o600)
-    atomic.write_text(args.challenge, json.dumps({"format": "obelisk.credential/1", "credential_blob": blob.hex(),
-                                                  "encrypted_secret": enc.hex()}, indent=2) + "\n")
+    atomic.write_bytes(args.challenge, credential.serialize(challenge))
     print(f"challenge written to {args.challenge}")
     return 0
 
 
 def _cred_activate(args: argparse.Namespace) -> int:
-    import json
-
-    from obelisk.tpm import device as tpm
+    from obelisk.attest import credential
     from obelisk.core import atomic
-    from obelisk.core.errors import InputError
+    from obelisk.tpm import device as tpm
 
-    raw = _read(args.challenge, "challenge", 1 << 16)
-    try:
-        doc = json.loads(raw)
-        blob = bytes.fromhex(doc["credential_blob"])
-        enc = bytes.fromhex(doc["encrypted_secret"])
-    except (ValueError, KeyError, TypeError):
-        raise InputError("not an obelisk credential challenge", source=args.challenge) from None
-    secret = tpm.activate_credential(blob, enc, args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE)
+    challenge = credential.parse(_read(args.challenge, "challenge", 1 << 16), args.challenge)
+    secret = credential.activate(challenge, args.tcti, args.ak_handle or tpm.AK_HANDLE)
     atomic.write_bytes(args.response, secret, mode=0o600)
     print(f"response written to {args.response}")
     return 0
 
 
 def _cred_check(args: argparse.Namespace) -> int:
-    import hmac
     import sys
-    from dataclasses import replace
 
-    from obelisk.attest import akrecord
+    from obelisk.attest import akrecord, credential
     from obelisk.core import atomic
 
     record = akrecord.load(_read(args.ak, "AK", 1 << 20), args.ak)
     secret = _read(args.secret, "secret", 1024)
     response = _read(args.response, "response", 1024)
-    if not hmac.compare_digest(secret, response):
-        print("obelisk: credential check FAILED: the node did not recover the secret; "
-              "its AK is not in the EK's TPM", file=sys.stderr)
+    try:
+        activated = credential.check(record, secret, response)
+    except credential.CredentialMismatch as exc:
+        print(f"obelisk: credential check FAILED: {exc}", file=sys.stderr)
         return 1
-    atomic.write_text(args.record, akrecord.dumps(replace(record, activated=True)))
+    atomic.write_text(args.record, akrecord.dumps(activated))
     print(f"AK {record.name.hex() if record.name else ''} activated; record written to {args.record}")
     return 0
 
@@ -277,8 +258,9 @@ def _quote(args: argparse.Namespace) -> int:
     import os
 
     from obelisk.attest import evidence as evmod
-    from obelisk.tpm import quote as q, device as tpm
     from obelisk.core import atomic
+    from obelisk.tpm import device as tpm
+    from obelisk.tpm import quote as q
 
     nonce = _hex(args.nonce)
     pcrs = _pcr_list(args.pcrs)
@@ -299,8 +281,8 @@ def _quote(args: argparse.Namespace) -> int:
 
 def _evidence(args: argparse.Namespace) -> int:
     from obelisk.attest import evidence as evmod
-    from obelisk.tpm import device as tpm
     from obelisk.core import atomic
+    from obelisk.tpm import device as tpm
 
     nonce = _hex(args.nonce)
     if args.eventlog:
@@ -321,7 +303,8 @@ def _load_ak(args: argparse.Namespace):
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from obelisk.attest import evidence as evmod, verify
+    from obelisk.attest import evidence as evmod
+    from obelisk.attest import verify
     from obelisk.cli.common import emit_report
 
     nonce = _hex(args.nonce)
@@ -336,10 +319,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _checkquote(args: argparse.Namespace) -> int:
-    from obelisk.attest import evidence as evmod, verify
-    from obelisk.tpm import quote as q
+    from obelisk.attest import evidence as evmod
+    from obelisk.attest import verify
     from obelisk.cli.common import emit_report
-    from obelisk.core.errors import InputError
+    from obelisk.tpm import quote as q
 
     nonce = _hex(args.nonce)
     ak = _load_ak(args)
@@ -347,19 +330,7 @@ def _checkquote(args: argparse.Namespace) -> int:
     sig = _read(args.signature, "quote signature", 1 << 16)
     values = _read(args.pcrs, "PCR values", 1 << 16)
     attest = q.parse_attest(msg, args.message)
-    order = q.selected_in_order(attest)
-    banks = {b for b, _ in order}
-    if len(banks) != 1:
-        raise InputError(f"quote selects banks {sorted(banks)}: checkquote takes one bank", source=args.message)
-    bank = banks.pop()
-    size = q.DIGEST_SIZES[bank]
-    if len(values) == size * len(order):  # -F values: the digests concatenated in selection order
-        pcrs = {p: values[i * size:(i + 1) * size] for i, (_, p) in enumerate(order)}
-    else:  # tpm2-tools' default serialized file
-        listed = q.parse_tools_pcrs(values, args.pcrs)
-        if [(b, p) for b, p, _ in listed] != order:
-            raise InputError("the PCR file selects other PCRs than the quote", source=args.pcrs)
-        pcrs = {p: v for _, p, v in listed}
+    bank, pcrs = q.quoted_pcr_values(attest, values, args.pcrs, args.message)
     bundle = evmod.Evidence(nonce=nonce, attest=msg, signature=sig, bank=bank, pcrs=pcrs)
     report, _ = verify.verify(bundle, verify.Options(nonce=nonce, ak=ak, quote_only=True, source=args.message))
     return emit_report(args, report)

@@ -77,19 +77,9 @@ def _read(path: str, what: str, limit: int) -> bytes:
 
 
 def _pcr_values(items: list[str]) -> dict[int, bytes]:
-    from obelisk.core.errors import InputError
+    from obelisk.tpm.pcr import parse_pcr_values
 
-    out: dict[int, bytes] = {}
-    for item in items:
-        idx, sep, value = item.partition("=")
-        try:
-            pcr, digest = int(idx), bytes.fromhex(value)
-        except ValueError:
-            pcr, digest = -1, b""
-        if not sep or not 0 <= pcr <= 23 or len(digest) != 32:
-            raise InputError(f"--pcr-value {item!r}: expected N=64 hex digits (sha256)")
-        out[pcr] = digest
-    return out
+    return parse_pcr_values(items, "sha256", "--pcr-value")
 
 
 def _secret_file(path: str, what: str) -> bytes:
@@ -114,6 +104,7 @@ def _disk_enroll(args: argparse.Namespace) -> int:
     policy_key = None
     if args.policy_key:
         from cryptography.hazmat.primitives import serialization
+
         from obelisk.core.errors import InputError
         try:
             pub = serialization.load_pem_public_key(_read(args.policy_key, "policy key", 1 << 16))
@@ -141,9 +132,10 @@ def _disk_enroll(args: argparse.Namespace) -> int:
 def _disk_unlock(args: argparse.Namespace) -> int:
     import json
 
+    from obelisk.disk import policy
     from obelisk.disk import volume as disk
 
-    extra = [disk.signed_policy_from_json(_json_file(p), p) for p in args.signed_policy]
+    extra = [policy.parse(_read(p, "file", 1 << 20), p) for p in args.signed_policy]
     token = disk.unlock(args.device, args.tcti, name=args.name, test=args.test, extra_policies=extra)
     if args.json:
         print(json.dumps({"device": args.device, "keyslot": token.keyslot, "test": args.test, "opened": True}))
@@ -152,20 +144,6 @@ def _disk_unlock(args: argparse.Namespace) -> int:
     else:
         print(f"{args.device}: opened")
     return 0
-
-
-def _json_file(path: str) -> dict:
-    import json
-
-    from obelisk.core.errors import InputError
-
-    try:
-        doc = json.loads(_read(path, "file", 1 << 20))
-    except ValueError as exc:
-        raise InputError(f"not JSON: {exc}", source=path) from None
-    if not isinstance(doc, dict):
-        raise InputError("expected a JSON object", source=path)
-    return doc
 
 
 def _disk_reseal(args: argparse.Namespace) -> int:
@@ -186,14 +164,13 @@ def _disk_reseal(args: argparse.Namespace) -> int:
 
 
 def _disk_sign_policy(args: argparse.Namespace) -> int:
-    import json
-
     from cryptography.hazmat.primitives import serialization
 
-    from obelisk.disk import volume as disk
-    from obelisk.tpm import seal, device as tpm
     from obelisk.core import atomic
     from obelisk.core.errors import InputError
+    from obelisk.disk import policy as policymod
+    from obelisk.tpm import device as tpm
+    from obelisk.tpm import seal
 
     try:
         key = serialization.load_pem_private_key(_read(args.key, "key", 1 << 16), password=None)
@@ -210,15 +187,16 @@ def _disk_sign_policy(args: argparse.Namespace) -> int:
     values = {p: values[p] for p in pcrs}
     policy = seal.SignedPolicy(pcrs=pcrs, values=values,
                                signature=seal.sign_policy(key, seal.policy_pcr_digest(pcrs, values)))
-    atomic.write_text(args.output, json.dumps(disk.signed_policy_json(policy), indent=2) + "\n")
+    atomic.write_bytes(args.output, policymod.serialize(policy))
     print(f"signed PCR policy written to {args.output}")
     return 0
 
 
 def _disk_add_policy(args: argparse.Namespace) -> int:
+    from obelisk.disk import policy as policymod
     from obelisk.disk import volume as disk
 
-    policy = disk.signed_policy_from_json(_json_file(args.policy), args.policy)
+    policy = policymod.parse(_read(args.policy, "file", 1 << 20), args.policy)
     token = disk.add_signed_policy(args.device, policy)
     print(f"{args.device}: {len(token.signed_policies)} signed PCR policies stored")
     return 0

@@ -53,22 +53,14 @@ def mount(source: str, target: str, fstype: str, flags: int = MS_NOSUID | MS_NOD
 
 def signed_policies(path: str = SIGNED_POLICY) -> list:
     """The customer-signed PCR 11 policy this image carries, if any (the TPM checks its signature)."""
-    import json
-
-    from obelisk.disk import volume as disk
+    from obelisk.disk import policy
 
     try:
         with open(path, "rb") as handle:
             data = handle.read(64 * 1024)
     except FileNotFoundError:
         return []
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise ObeliskError(f"{path}: not JSON") from None
-    if not isinstance(doc, dict):
-        raise ObeliskError(f"{path}: expected an object")
-    return [disk.signed_policy_from_json(doc, path)]
+    return [policy.parse(data, path)]
 
 
 def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/dev/tpmrm0",

@@ -1,5 +1,8 @@
 """LUKS2 volumes unlocked by the TPM: enroll, unlock, reseal (cryptsetup through core/tools).
 
+The records live beside this module: the LUKS2 token in disk/token.py, the customer-signed PCR policy
+in disk/policy.py.
+
 Layout on the volume after `enroll`:
 
 * one keyslot holds a random 256-bit key (base64, as systemd-cryptenroll does) that is sealed in
@@ -23,11 +26,12 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from obelisk.tpm import seal as sealmod
 from obelisk.core import tools
 from obelisk.core.errors import InputError, ObeliskError
+from obelisk.disk import token as tokenfmt
+from obelisk.disk.token import TOKEN_TYPE, Token
+from obelisk.tpm import seal as sealmod
 
-TOKEN_TYPE = "obelisk-tpm2"
 _FAST_KDF = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]
 
 
@@ -35,68 +39,6 @@ class UnlockError(ObeliskError):
     """The volume could not be unlocked (exit 1: the check ran and failed)."""
 
     exit_code = 1
-
-
-@dataclass(frozen=True)
-class Token:
-    keyslot: int
-    sealed: sealmod.Sealed
-    signed_policies: tuple[sealmod.SignedPolicy, ...] = ()
-    token_id: int | None = None
-
-    def to_json(self) -> dict:
-        s = self.sealed
-        doc = {
-            "type": TOKEN_TYPE,
-            "keyslots": [str(self.keyslot)],
-            "obelisk-version": 1,
-            "tpm2-public": base64.b64encode(s.public).decode(),
-            "tpm2-private": base64.b64encode(s.private).decode(),
-            "tpm2-pcr-bank": sealmod.BANK,
-            "tpm2-pcrs": list(s.pcrs),
-            "tpm2-pcr-values": {str(p): v.hex() for p, v in sorted(s.values.items())},
-            "tpm2-policy-hash": s.policy.hex(),
-        }
-        if s.authorize_key:
-            doc["tpm2-policy-key"] = base64.b64encode(s.authorize_key).decode()
-            doc["tpm2-signed-policies"] = [signed_policy_json(p) for p in self.signed_policies]
-        return doc
-
-    @classmethod
-    def from_json(cls, doc: dict, token_id: int | None, where: str) -> "Token":
-        try:
-            values = {int(k): bytes.fromhex(v) for k, v in doc["tpm2-pcr-values"].items()}
-            key = base64.b64decode(doc["tpm2-policy-key"]) if doc.get("tpm2-policy-key") else None
-            sealed = sealmod.Sealed(public=base64.b64decode(doc["tpm2-public"]),
-                                    private=base64.b64decode(doc["tpm2-private"]),
-                                    pcrs=tuple(int(p) for p in doc["tpm2-pcrs"]), values=values,
-                                    policy=bytes.fromhex(doc["tpm2-policy-hash"]), authorize_key=key)
-            policies = tuple(signed_policy_from_json(p, where) for p in doc.get("tpm2-signed-policies", []))
-            return cls(keyslot=int(doc["keyslots"][0]), sealed=sealed, signed_policies=policies, token_id=token_id)
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
-            raise InputError(f"malformed {TOKEN_TYPE} token: {type(exc).__name__}: {exc}", source=where) from None
-
-
-def signed_policy_json(p: sealmod.SignedPolicy) -> dict:
-    return {"format": "obelisk.signed-pcr-policy/1", "bank": sealmod.BANK, "pcrs": list(p.pcrs),
-            "values": {str(k): v.hex() for k, v in sorted(p.values.items())},
-            "policy": p.approved.hex(), "policy_ref": p.policy_ref.hex(),
-            "signature": base64.b64encode(p.signature).decode()}
-
-
-def signed_policy_from_json(doc: dict, where: str) -> sealmod.SignedPolicy:
-    try:
-        if doc.get("format") != "obelisk.signed-pcr-policy/1":
-            raise ValueError("format is not obelisk.signed-pcr-policy/1")
-        policy = sealmod.SignedPolicy(pcrs=tuple(sorted(int(p) for p in doc["pcrs"])),
-                                      values={int(k): bytes.fromhex(v) for k, v in doc["values"].items()},
-                                      signature=base64.b64decode(doc["signature"]),
-                                      policy_ref=bytes.fromhex(doc.get("policy_ref", "")))
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise InputError(f"malformed signed PCR policy: {exc}", source=where) from None
-    if set(policy.values) != set(policy.pcrs):
-        raise InputError("signed PCR policy: values do not match pcrs", source=where)
-    return policy
 
 
 # ---- cryptsetup ------------------------------------------------------------------------------
@@ -153,7 +95,7 @@ def tokens(device: str, meta: dict | None = None) -> list[Token]:
     out = []
     for tid, doc in sorted(meta.get("tokens", {}).items(), key=lambda kv: int(kv[0])):
         if doc.get("type") == TOKEN_TYPE:
-            out.append(Token.from_json(doc, int(tid), f"{device} token {tid}"))
+            out.append(tokenfmt.from_json(doc, int(tid), f"{device} token {tid}"))
     return out
 
 
@@ -164,7 +106,7 @@ def _add_key(device: str, existing: bytes, new: bytes, slot: int) -> None:
 
 
 def _import_token(device: str, token: Token) -> None:
-    data = json.dumps(token.to_json()).encode()
+    data = tokenfmt.serialize(token)
     with _pipes(data) as (fd,):  # not secret; a pipe keeps it off the disk all the same
         _cryptsetup(["token", "import", "--json-file", _fd_path(fd), device], fds=(fd,))
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from obelisk.core.errors import InputError
 from obelisk.ima_policy.measurement_list import Entry
+from obelisk.tpm import algorithms
+from obelisk.tpm.pcr import extend
 
-BANK_SIZES: dict[str, int] = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+BANK_SIZES: dict[str, int] = {a.name: a.digest_size for a in algorithms.SHA_BANKS}
 BANKS: tuple[str, ...] = tuple(BANK_SIZES)
 IMA_PCR = 10
 
@@ -41,10 +43,6 @@ def extend_digest(entry: Entry, bank: str, mode: str = PER_BANK) -> bytes:
     if entry.violation:
         return b"\xff" * size
     return hashlib.new(bank, entry.template_data).digest()
-
-
-def extend(pcr_value: bytes, digest: bytes, bank: str) -> bytes:
-    return hashlib.new(bank, pcr_value + digest).digest()
 
 
 def replay(entries: Iterable[Entry], banks: Iterable[str] = BANKS, *, pcr: int = IMA_PCR,

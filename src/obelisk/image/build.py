@@ -29,7 +29,16 @@ from obelisk import __version__
 from obelisk.core import atomic, tools
 from obelisk.core.errors import InputError
 from obelisk.core.progress import progress
-from obelisk.image import cmdline, initramfs, manifest, measure, rootfs, sbom, scripts, squashfs
+from obelisk.image import (
+    cmdline,
+    initramfs,
+    manifest,
+    measure,
+    rootfs,
+    sbom,
+    scripts,
+    squashfs,
+)
 from obelisk.image.cache import StepCache, file_digest, tree_digest
 from obelisk.image.spec import APPRAISING, Permission, Spec, SpecError
 
@@ -85,8 +94,12 @@ class BuildResult:
 def _load_keys(spec: Spec) -> Keys | None:
     if not spec.signing.key:
         return None
-    from obelisk.signer.keys import PassphraseSource, check_key_matches_certificate, load_certificate, \
-        load_signing_key
+    from obelisk.signer.keys import (
+        PassphraseSource,
+        check_key_matches_certificate,
+        load_certificate,
+        load_signing_key,
+    )
 
     passphrase = PassphraseSource(env=spec.signing.passphrase_env) if spec.signing.passphrase_env else None
     try:
@@ -169,8 +182,13 @@ def _load_policy_key(spec: Spec, ima: Keys | None) -> Keys:
     """disk.policy_key: loaded, matched with its certificate, chained to signing.ca, and not the IMA key."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from obelisk.signer.keys import (PassphraseSource, check_key_matches_certificate, load_certificate,
-                                     load_signing_key, same_public_key)
+    from obelisk.signer.keys import (
+        PassphraseSource,
+        check_key_matches_certificate,
+        load_certificate,
+        load_signing_key,
+        same_public_key,
+    )
 
     passphrase = PassphraseSource(env=spec.signing.passphrase_env) if spec.signing.passphrase_env else None
     try:
@@ -199,9 +217,9 @@ def signed_var_policy(plan: Plan, rootfs_sha256: bytes) -> bytes | None:
     spec = plan.spec
     if not (spec.disk.encryption and spec.disk.policy == "signed"):
         return None
-    from obelisk.disk import volume as disk
-    from obelisk.tpm import seal
+    from obelisk.disk import policy as policymod
     from obelisk.signer.hashalgo import by_name
+    from obelisk.tpm import seal
 
     assert plan.policy_signer is not None
     prediction = measure.predict(measure.boot_events(cmdline.kernel_cmdline(spec), rootfs_sha256))
@@ -209,7 +227,7 @@ def signed_var_policy(plan: Plan, rootfs_sha256: bytes) -> bytes | None:
     approved = seal.policy_pcr_digest((measure.PCR,), values)
     signature = plan.policy_signer.key.sign_digest(hashlib.sha256(approved).digest(), by_name("sha256"))
     policy = seal.SignedPolicy(pcrs=(measure.PCR,), values=values, signature=signature)
-    return manifest.dumps(disk.signed_policy_json(policy))
+    return manifest.dumps(policymod.to_json(policy))
 
 
 def preflight(spec: Spec) -> Plan:
@@ -393,7 +411,9 @@ def step_kernel(plan: Plan, cache: StepCache, quiet: bool) -> tuple[Path | None,
         return Path(spec.kernel.image), True
     if not spec.kernel.source:
         return None, True
-    from obelisk.kernel_hardening.source import file_digest as kfile_digest, source_tree, tree_digest as ktree
+    from obelisk.kernel_hardening.source import file_digest as kfile_digest
+    from obelisk.kernel_hardening.source import source_tree
+    from obelisk.kernel_hardening.source import tree_digest as ktree
 
     source = spec.kernel.source
     from obelisk.kernel_hardening.profile import load_profile

@@ -27,6 +27,9 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from obelisk.tpm import algorithms
+from obelisk.tpm.pcr import extend as extend_pcr
+
 PCR = 11
 BANK = "sha256"
 BOOT_COMPLETE = b"obelisk: boot complete, /var key no longer unsealable"
@@ -36,7 +39,6 @@ UNSEAL_AFTER = 2  # /var's key is sealed to PCR 11 after this many events
 _TPM_ST_SESSIONS = 0x8002
 _TPM_CC_PCR_EXTEND = 0x00000182
 _TPM_RS_PW = 0x40000009
-_TPM_ALG_SHA256 = 0x000B
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,10 @@ def boot_events(cmdline: str, rootfs_sha256: bytes) -> tuple[BootEvent, ...]:
     )
 
 
-def extend(value: bytes, digest: bytes) -> bytes:
-    return hashlib.sha256(value + digest).digest()
-
-
 def replay(events: tuple[BootEvent, ...] | list[BootEvent], start: bytes = b"\0" * 32) -> bytes:
     value = start
     for event in events:
-        value = extend(value, event.digest)
+        value = extend_pcr(value, event.digest, BANK)
     return value
 
 
@@ -89,8 +87,8 @@ def extend_command(pcr: int, digest: bytes) -> bytes:
     if len(digest) != 32:
         raise ValueError("a sha256 digest is 32 bytes")
     auth = struct.pack(">IHBH", _TPM_RS_PW, 0, 0, 0)
-    body = struct.pack(">I", pcr) + struct.pack(">I", len(auth)) + auth + struct.pack(">IH", 1, _TPM_ALG_SHA256) \
-        + digest
+    body = struct.pack(">I", pcr) + struct.pack(">I", len(auth)) + auth \
+        + struct.pack(">IH", 1, algorithms.by_name(BANK).alg_id) + digest
     return struct.pack(">HII", _TPM_ST_SESSIONS, 10 + len(body), _TPM_CC_PCR_EXTEND) + body
 
 

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from obelisk.tpm.swtpm import qemu_tpm_args, start_for_qemu
 from obelisk.core import atomic, tools
-from obelisk.core.progress import progress
 from obelisk.core.errors import InputError, ObeliskError
+from obelisk.core.progress import progress
+from obelisk.lab import qemu as qemu_launcher
+from obelisk.lab.qemu import Drive, PortForward, QemuRun
+from obelisk.tpm.swtpm import start_for_qemu
 
 if TYPE_CHECKING:
     from obelisk.image.manifest import Manifest
@@ -106,8 +108,8 @@ def make_var_disk(path: Path, size_mib: int, *, encrypted: bool, sealed_to: dict
 def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manifest, port: int) -> dict:
     """TLS material, the /var disk and the TPM's EK/AK for a fresh node in run_dir."""
     from obelisk.attest import akrecord
-    from obelisk.tpm import device as tpm
     from obelisk.attest.agent_certs import issue
+    from obelisk.tpm import device as tpm
     from obelisk.tpm.swtpm import SoftwareTPM
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,20 +150,14 @@ def _start_swtpm(run_dir: Path) -> subprocess.Popen[bytes]:
     return start_for_qemu(run_dir / "swtpm", run_dir / "swtpm.sock", run_dir / "swtpm.log", detach=True)
 
 
-def qemu_args(out: Path, run_dir: Path, port: int, cmdline: str, memory_mib: int) -> list[str]:
-    return [
-        "-machine", "q35", "-cpu", "max", "-m", str(memory_mib), "-smp", "1",
-        "-nographic", "-no-reboot", "-nodefaults",
-        "-kernel", str(out / "bzImage"), "-initrd", str(out / "initramfs.cpio"), "-append", cmdline,
-        "-drive", f"file={out / 'rootfs.squashfs'},if=virtio,format=raw,readonly=on",
-        "-drive", f"file={run_dir / 'var.img'},if=virtio,format=raw",
-        "-drive", f"file={run_dir / 'config.img'},if=virtio,format=raw,readonly=on",
-        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-{GUEST_IP}:{AGENT_GUEST_PORT}",
-        "-device", "virtio-net-pci,netdev=n0",
-        "-device", "virtio-rng-pci",
-        *qemu_tpm_args(run_dir / "swtpm.sock"),
-        "-serial", f"file:{run_dir / 'serial.log'}", "-monitor", "none",
-    ]
+def qemu_run(out: Path, run_dir: Path, port: int, cmdline: str, memory_mib: int) -> QemuRun:
+    """The node's QEMU: the image's kernel, initramfs and root; the run directory's /var, config disk and
+    TPM; the network restricted to the agent's port, forwarded to 127.0.0.1:`port`."""
+    return QemuRun(kernel=out / "bzImage", initramfs=out / "initramfs.cpio", cmdline=cmdline,
+                   console=run_dir / "serial.log", tpm_socket=run_dir / "swtpm.sock", memory_mib=memory_mib,
+                   drives=(Drive(out / "rootfs.squashfs"), Drive(run_dir / "var.img", readonly=False),
+                           Drive(run_dir / "config.img")),
+                   forwards=(PortForward(port, GUEST_IP, AGENT_GUEST_PORT),), rng=True)
 
 
 def wait_for_agent(url: str, ca: Path, cert: Path, key: Path, qemu: subprocess.Popen[bytes], serial: Path,
@@ -272,11 +268,8 @@ def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: i
     swtpm = _start_swtpm(run_dir)
     serial = run_dir / "serial.log"
     serial.unlink(missing_ok=True)
-    qemu = subprocess.Popen([tools.which("qemu-system-x86_64"),
-                             *qemu_args(out, run_dir, port, kernel_cmdline(m, extra_cmdline), memory_mib)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(run_dir / "qemu.log", "wb"),
-                            start_new_session=True)
+    qemu = qemu_launcher.start(qemu_run(out, run_dir, port, kernel_cmdline(m, extra_cmdline), memory_mib),
+                               stderr=run_dir / "qemu.log", detach=True)
     (run_dir / "qemu.pid").write_text(f"{qemu.pid}\n")
     (run_dir / "swtpm.pid").write_text(f"{swtpm.pid}\n")
     node = BootedNode(run_dir=run_dir, url=f"https://127.0.0.1:{port}", port=port, qemu_pid=qemu.pid,

@@ -1,11 +1,15 @@
-"""Run a kernel under `qemu-system-x86_64` with a software TPM attached; capture the serial console.
+"""The one place obelisk builds a `qemu-system-x86_64` command line and starts it.
 
-    with attest.swtpm.SwtpmSocket.start(workdir / "tpm") as tpm:
+Both lab uses go through here: the kernel boot proof (lab/kernel_boot.py, `obelisk kernel boot`)
+waits for the guest with `run_kernel`; `obelisk boot` (lab/boot.py) starts a node with `start` and
+leaves it running.
+
+    with tpm.swtpm.SwtpmSocket.start(workdir / "tpm") as tpm:
         result = run_kernel(QemuRun(kernel=bz, initramfs=cpio, cmdline="console=ttyS0",
                                     console=workdir / "serial.log", tpm_socket=tpm.socket), timeout=600)
 
 swtpm (started by `obelisk.tpm.swtpm`, the one place it is run) has its control channel on a unix socket, the way QEMU's
-`-tpmdev emulator` expects (`-chardev socket,path=...`). QEMU uses software emulation (TCG)
+`-tpmdev emulator` expects (`-chardev socket,path=...`). `run_kernel` uses software emulation (TCG)
 unless asked for KVM (`accel="kvm"` or OBELISK_QEMU_ACCEL=kvm); `-no-reboot` makes a guest reboot or poweroff end QEMU.
 """
 
@@ -17,33 +21,75 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from obelisk.tpm.swtpm import qemu_tpm_args
 from obelisk.core import tools
 from obelisk.core.errors import ToolFailedError
+from obelisk.tpm.swtpm import qemu_tpm_args
+
+QEMU = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class Drive:
+    """A raw virtio disk."""
+
+    path: Path
+    readonly: bool = True
+
+    def arg(self) -> str:
+        return f"file={self.path},if=virtio,format=raw" + (",readonly=on" if self.readonly else "")
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """host_ip:host_port on the host to guest_ip:guest_port in the guest (user networking, TCP)."""
+
+    host_port: int
+    guest_ip: str
+    guest_port: int
+    host_ip: str = "127.0.0.1"
+
+    def arg(self) -> str:
+        return f"hostfwd=tcp:{self.host_ip}:{self.host_port}-{self.guest_ip}:{self.guest_port}"
 
 
 @dataclass(frozen=True)
 class QemuRun:
+    """One guest: q35, one CPU, no default devices, the serial console written to `console`.
+
+    `forwards` adds a user-mode network restricted to those forwarded ports (virtio-net); `rng` a
+    virtio RNG; `tpm_socket` a TIS TPM backed by the swtpm listening there.
+    """
+
     kernel: Path
     console: Path  # the serial console is written here
     initramfs: Path | None = None
     cmdline: str = "console=ttyS0"
     tpm_socket: Path | None = None
     memory_mib: int = 512
-    drives: tuple[Path, ...] = ()  # raw virtio disks, read-only
+    drives: tuple[Drive | Path, ...] = ()  # a bare Path is a read-only drive
+    forwards: tuple[PortForward, ...] = ()
+    rng: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
-    def argv(self, accel: str) -> list[str]:
-        args = ["-machine", f"q35,accel={accel}", "-cpu", "max" if accel == "tcg" else "host",
+    def argv(self, accel: str | None = None) -> list[str]:
+        """QEMU's arguments; `accel` None leaves QEMU's default accelerator (TCG) and CPU model `max`."""
+        machine = "q35" if accel is None else f"q35,accel={accel}"
+        args = ["-machine", machine, "-cpu", "max" if accel in (None, "tcg") else "host",
                 "-m", str(self.memory_mib), "-smp", "1", "-nographic", "-no-reboot", "-nodefaults",
-                "-kernel", str(self.kernel), "-append", self.cmdline,
-                "-serial", f"file:{self.console}", "-monitor", "none"]
+                "-kernel", str(self.kernel)]
         if self.initramfs is not None:
             args += ["-initrd", str(self.initramfs)]
+        args += ["-append", self.cmdline]
         for drive in self.drives:
-            args += ["-drive", f"file={drive},if=virtio,format=raw,readonly=on"]
+            args += ["-drive", (drive if isinstance(drive, Drive) else Drive(drive)).arg()]
+        if self.forwards:
+            args += ["-netdev", ",".join(["user,id=n0,restrict=on", *(f.arg() for f in self.forwards)]),
+                     "-device", "virtio-net-pci,netdev=n0"]
+        if self.rng:
+            args += ["-device", "virtio-rng-pci"]
         if self.tpm_socket is not None:
             args += qemu_tpm_args(self.tpm_socket)
+        args += ["-serial", f"file:{self.console}", "-monitor", "none"]
         return args + list(self.extra_args)
 
 
@@ -66,6 +112,15 @@ def default_accel() -> str:
         return "tcg"
 
 
+def start(run: QemuRun, *, stderr: Path, accel: str | None = None, detach: bool = False) -> subprocess.Popen[bytes]:
+    """Start QEMU for `run`, its stderr written to `stderr`; `detach` puts it in its own session so that
+    it outlives this process (a node `obelisk boot` leaves running)."""
+    argv = [tools.which(QEMU), *run.argv(accel)]
+    with open(stderr, "wb") as err:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=detach)
+
+
 def run_kernel(run: QemuRun, *, timeout: float = 600, until: str | None = None, accel: str | None = None) -> QemuResult:
     """Boot and wait for QEMU to exit (guest poweroff), for `until` on the console, or the timeout."""
     # software emulation by default (as in CI); OBELISK_QEMU_ACCEL=kvm where /dev/kvm is usable
@@ -73,24 +128,22 @@ def run_kernel(run: QemuRun, *, timeout: float = 600, until: str | None = None, 
     run.console.unlink(missing_ok=True)
     started = time.monotonic()
     errlog = run.console.with_name(run.console.name + ".qemu-stderr")
-    with open(errlog, "wb") as err:
-        proc = subprocess.Popen([tools.which("qemu-system-x86_64"), *run.argv(accel)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        timed_out = False
-        try:
-            while proc.poll() is None:
-                if time.monotonic() - started > timeout:
-                    timed_out = True
-                    break
-                if until and run.console.exists() and until in run.console.read_text(errors="replace"):
-                    break
-                time.sleep(0.5)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    proc = start(run, stderr=errlog, accel=accel)
+    timed_out = False
+    try:
+        while proc.poll() is None:
+            if time.monotonic() - started > timeout:
+                timed_out = True
+                break
+            if until and run.console.exists() and until in run.console.read_text(errors="replace"):
+                break
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     console = run.console.read_text(errors="replace") if run.console.exists() else ""
     if proc.returncode not in (0, None, -9) and not console:
-        raise ToolFailedError("qemu-system-x86_64", proc.returncode, errlog.read_text(errors="replace"))
+        raise ToolFailedError(QEMU, proc.returncode, errlog.read_text(errors="replace"))
     return QemuResult(console=console, returncode=None if timed_out else proc.returncode,
                       seconds=time.monotonic() - started, timed_out=timed_out, accel=accel)

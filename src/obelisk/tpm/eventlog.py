@@ -20,28 +20,16 @@ prints under `pcrs:`.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from obelisk.core.errors import ParseError
+from obelisk.tpm import algorithms
+from obelisk.tpm.pcr import extend as extend_pcr
 
-# TPM_ALG_ID -> (name, digest size). Sizes of algorithms outside this table come from the
-# Spec ID event itself, which is what makes the format crypto-agile.
-ALGORITHMS: dict[int, tuple[str, int]] = {
-    0x0004: ("sha1", 20),
-    0x000B: ("sha256", 32),
-    0x000C: ("sha384", 48),
-    0x000D: ("sha512", 64),
-    0x0012: ("sm3_256", 32),
-    0x0027: ("sha3_256", 32),
-    0x0028: ("sha3_384", 48),
-    0x0029: ("sha3_512", 64),
-}
-ALG_IDS: dict[str, int] = {name: alg for alg, (name, _) in ALGORITHMS.items()}
-_HASHLIB_NAMES = {"sha1": "sha1", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512",
-                  "sm3_256": "sm3", "sha3_256": "sha3_256", "sha3_384": "sha3_384", "sha3_512": "sha3_512"}
+# Digest sizes of algorithms outside algorithms.HASHES come from the Spec ID event itself, which is
+# what makes the format crypto-agile.
 
 EV_NO_ACTION = 0x00000003
 EV_EFI_EVENT_BASE = 0x80000000
@@ -144,7 +132,7 @@ class Event:
         return event_type_name(self.event_type)
 
     def digest(self, alg: str | int) -> bytes | None:
-        alg_id = ALG_IDS[alg] if isinstance(alg, str) else alg
+        alg_id = algorithms.by_name(alg).alg_id if isinstance(alg, str) else alg
         for a, d in self.digests:
             if a == alg_id:
                 return d
@@ -197,22 +185,20 @@ class Replay:
 
 
 def alg_name(alg_id: int) -> str:
-    known = ALGORITHMS.get(alg_id)
-    return known[0] if known else f"alg_0x{alg_id:04x}"
+    return algorithms.name_of(alg_id)
 
 
 def event_type_name(event_type: int) -> str:
     return EVENT_TYPES.get(event_type, f"0x{event_type:08x}")
 
 
-def digest_size(alg: str) -> int:
-    return ALGORITHMS[ALG_IDS[alg]][1]
-
-
 def reset_value(bank: str, index: int) -> bytes:
     """A PCR's value after TPM2_Startup(CLEAR): zeros, except 17-22 (dynamic RTM) all ones."""
-    size = digest_size(bank) if bank in ALG_IDS else 0
-    return (b"\xff" if 17 <= index <= 22 else b"\x00") * size
+    size = algorithms.by_name(bank).digest_size if bank in _NAMES else 0
+    return _reset(index, size)
+
+
+_NAMES = frozenset(a.name for a in algorithms.HASHES)
 
 
 class _Reader:
@@ -262,8 +248,8 @@ def _parse_spec_id(data: bytes, source: str | None, base: int,
             size = r.u16("digest size")
             if alg_id in seen:
                 raise r.fail(f"Spec ID event lists {alg_name(alg_id)} twice", at)
-            known = ALGORITHMS.get(alg_id)
-            if size == 0 or size > 64 or (known is not None and known[1] != size):
+            known = algorithms.by_id(alg_id) if algorithms.is_known(alg_id) else None
+            if size == 0 or size > 64 or (known is not None and known.digest_size != size):
                 raise r.fail(f"Spec ID event: {alg_name(alg_id)} digest size {size} is wrong", at + 2)
             seen.add(alg_id)
             algs.append(SpecIdAlgorithm(alg_id, size))
@@ -335,7 +321,8 @@ def _parse_sha1_event(r: _Reader, number: int) -> Event:
     digest = r.take(20, f"event {number} SHA-1 digest")
     size = r.u32(f"event {number} data size")
     payload = r.take(size, f"event {number} data ({size} bytes)")
-    return Event(pcr=pcr, event_type=etype, digests=((0x0004, digest),), data=payload, number=number, offset=at)
+    return Event(pcr=pcr, event_type=etype, digests=((algorithms.SHA1.alg_id, digest),), data=payload,
+                 number=number, offset=at)
 
 
 def _parse_agile_event(r: _Reader, number: int, sizes: dict[int, int]) -> Event:
@@ -370,7 +357,7 @@ def serialize(log: EventLog) -> bytes:
     out = bytearray()
     for i, ev in enumerate(log.events):
         if i == 0 or not log.crypto_agile:
-            sha1 = ev.digest(0x0004)
+            sha1 = ev.digest(algorithms.SHA1.alg_id)
             if sha1 is None or len(sha1) != 20 or len(ev.digests) != 1:
                 raise ValueError(f"event {i}: the SHA-1 format needs exactly one 20-byte SHA-1 digest")
             out += _HDR.pack(ev.pcr, ev.event_type) + sha1 + _U32.pack(len(ev.data)) + ev.data
@@ -406,12 +393,13 @@ def build(events: Iterable[tuple[int, int, bytes]], banks: Iterable[str] = ("sha
     spec = None
     if crypto_agile:
         spec = SpecIdEvent(platform_class=0, spec_version_minor=0, spec_version_major=2, spec_errata=0,
-                           uintn_size=2, algorithms=tuple(SpecIdAlgorithm(ALG_IDS[b], digest_size(b))
+                           uintn_size=2, algorithms=tuple(SpecIdAlgorithm(algorithms.by_name(b).alg_id,
+                                                                          algorithms.by_name(b).digest_size)
                                                           for b in bank_list))
-        evs.append(Event(pcr=0, event_type=EV_NO_ACTION, digests=((0x0004, b"\x00" * 20),),
+        evs.append(Event(pcr=0, event_type=EV_NO_ACTION, digests=((algorithms.SHA1.alg_id, b"\x00" * 20),),
                          data=serialize_spec_id(spec), number=0))
     for pcr, etype, data in events:
-        digests = tuple((ALG_IDS[b], hashlib.new(_HASHLIB_NAMES[b], data).digest()) for b in bank_list)
+        digests = tuple((algorithms.by_name(b).alg_id, algorithms.by_name(b).digest(data)) for b in bank_list)
         evs.append(Event(pcr=pcr, event_type=etype, digests=digests, data=data, number=len(evs)))
     log = EventLog(crypto_agile=crypto_agile, events=tuple(evs), spec_id=spec)
     # Give every event its real offset so that build() output equals parse(serialize(build())).
@@ -428,8 +416,8 @@ def _startup_locality(ev: Event) -> int | None:
 def replay(log: EventLog) -> Replay:
     """Extend every bank of the log as the TPM did; returns the final PCR values."""
     banks = {alg_id: alg_name(alg_id) for alg_id in
-             ((a.alg_id for a in log.spec_id.algorithms) if log.spec_id else (0x0004,))}
-    hashers = {alg_id: _HASHLIB_NAMES[name] if _hashable(name) else None for alg_id, name in banks.items()}
+             ((a.alg_id for a in log.spec_id.algorithms) if log.spec_id else (algorithms.SHA1.alg_id,))}
+    hashable = {alg_id for alg_id, name in banks.items() if _hashable(name)}
     pcrs: dict[str, dict[int, bytes]] = {name: {} for name in banks.values()}
     initial: dict[str, dict[int, bytes]] = {name: {} for name in banks.values()}
     for ev in log.events:
@@ -437,46 +425,30 @@ def replay(log: EventLog) -> Replay:
             locality = _startup_locality(ev)
             if locality is not None:
                 for alg_id, name in banks.items():
-                    size = ALGORITHMS.get(alg_id, (name, 0))[1]
+                    size = algorithms.by_id(alg_id).digest_size if algorithms.is_known(alg_id) else 0
                     if size:
                         initial[name][0] = b"\x00" * (size - 1) + bytes([locality])
             continue
         for alg_id, digest in ev.digests:
             name = banks.get(alg_id)
-            hname = hashers.get(alg_id)
-            if name is None or hname is None:
+            if name is None or alg_id not in hashable:
                 continue  # an algorithm this Python cannot compute: that bank is not replayed
             bank = pcrs[name]
             current = bank.get(ev.pcr)
             if current is None:
-                current = initial[name].get(ev.pcr) or _reset(name, alg_id, ev.pcr, len(digest))
-            bank[ev.pcr] = hashlib.new(hname, current + digest).digest()
+                current = initial[name].get(ev.pcr) or _reset(ev.pcr, len(digest))
+            bank[ev.pcr] = extend_pcr(current, digest, name)
     # Banks whose hash this Python lacks are left out rather than reported wrong.
     return Replay(pcrs={n: v for n, v in pcrs.items() if v or _hashable(n)},
                   initial=initial)
 
 
-def _reset(name: str, alg_id: int, pcr: int, size: int) -> bytes:
-    return (b"\xff" if 17 <= pcr <= 22 else b"\x00") * size
+def _reset(index: int, size: int) -> bytes:
+    return (b"\xff" if 17 <= index <= 22 else b"\x00") * size
 
 
 def _hashable(name: str) -> bool:
-    hname = _HASHLIB_NAMES.get(name)
-    if hname is None:
-        return False
-    try:
-        hashlib.new(hname)
-    except ValueError:
-        return False
-    return True
-
-
-def pcr_composite_digest(values: Iterable[bytes], alg: str = "sha256") -> bytes:
-    """Hash of the concatenated PCR values, as TPMS_QUOTE_INFO.pcrDigest and boot_aggregate use."""
-    h = hashlib.new(_HASHLIB_NAMES[alg])
-    for v in values:
-        h.update(v)
-    return h.digest()
+    return name in _NAMES and algorithms.by_name(name).available
 
 
 def to_json(log: EventLog, result: Replay | None = None, banks: Iterable[str] | None = None,

@@ -9,20 +9,18 @@ Signature checking uses `cryptography` with an explicit allow-list of hash algor
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass
 
-from obelisk.core.errors import ParseError
+from obelisk.core.errors import InputError, ParseError
+from obelisk.tpm import algorithms
+from obelisk.tpm.algorithms import ECDSA, RSAPSS, RSASSA
 
 TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
 
-ALG_SHA1, ALG_SHA256, ALG_SHA384, ALG_SHA512 = 0x0004, 0x000B, 0x000C, 0x000D
-ALG_RSASSA, ALG_RSAPSS, ALG_ECDSA = 0x0014, 0x0016, 0x0018
-HASH_ALGS = {ALG_SHA1: "sha1", ALG_SHA256: "sha256", ALG_SHA384: "sha384", ALG_SHA512: "sha512"}
-HASH_IDS = {v: k for k, v in HASH_ALGS.items()}
-DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+# Quotes select, and sign with, the SHA-1/SHA-2 banks only (algorithms.SHA_BANKS).
+BANKS = algorithms.SHA_BANKS
 # sha1 signatures are refused: collisions are practical.
 ALLOWED_SIGNATURE_HASHES = frozenset({"sha256", "sha384", "sha512"})
 
@@ -75,12 +73,12 @@ class Signature:
 
     @property
     def hash_name(self) -> str:
-        return HASH_ALGS.get(self.hash_alg, f"alg_0x{self.hash_alg:04x}")
+        return algorithms.name_of(self.hash_alg) if algorithms.is_known(self.hash_alg, BANKS) \
+            else f"alg_0x{self.hash_alg:04x}"
 
     @property
     def scheme_name(self) -> str:
-        return {ALG_RSASSA: "rsassa", ALG_RSAPSS: "rsapss", ALG_ECDSA: "ecdsa"}.get(
-            self.sig_alg, f"alg_0x{self.sig_alg:04x}")
+        return algorithms.scheme_name(self.sig_alg)
 
 
 class _Reader:
@@ -151,7 +149,7 @@ def parse_attest(data: bytes, what: str = "quote") -> Attest:
     for i in range(count):
         at = r.pos
         alg = r.u16(f"pcrSelect[{i}].hash")
-        if alg not in HASH_ALGS:
+        if not algorithms.is_known(alg, BANKS):
             raise r.fail(f"pcrSelect[{i}].hash 0x{alg:04x} is not a hash obelisk knows", at)
         at = r.pos
         size = r.u8(f"pcrSelect[{i}].sizeofSelect")
@@ -159,7 +157,7 @@ def parse_attest(data: bytes, what: str = "quote") -> Attest:
             raise r.fail(f"pcrSelect[{i}].sizeofSelect {size} exceeds {MAX_SELECT}", at)
         bitmap = r.take(size, f"pcrSelect[{i}].pcrSelect")
         pcrs = tuple(b * 8 + bit for b in range(size) for bit in range(8) if bitmap[b] & (1 << bit))
-        selections.append(PCRSelection(HASH_ALGS[alg], pcrs, size))
+        selections.append(PCRSelection(algorithms.name_of(alg), pcrs, size))
     digest = r.tpm2b("pcrDigest", 64)
     r.end()
     return Attest(qualified_signer=signer, extra_data=extra,
@@ -178,7 +176,7 @@ def serialize_attest(a: Attest) -> bytes:
         bitmap = bytearray(sel.size_of_select)
         for p in sel.pcrs:
             bitmap[p // 8] |= 1 << (p % 8)
-        out += struct.pack(">HB", HASH_IDS[sel.bank], sel.size_of_select) + bytes(bitmap)
+        out += struct.pack(">HB", algorithms.by_name(sel.bank, BANKS).alg_id, sel.size_of_select) + bytes(bitmap)
     out += struct.pack(">H", len(a.pcr_digest)) + a.pcr_digest
     return bytes(out)
 
@@ -188,11 +186,11 @@ def parse_signature(data: bytes, what: str = "signature") -> Signature:
     alg = r.u16("sigAlg")
     at = r.pos
     halg = r.u16("hash")
-    if halg not in HASH_ALGS:
+    if not algorithms.is_known(halg, BANKS):
         raise r.fail(f"signature hash 0x{halg:04x} is not a hash obelisk knows", at)
-    if alg in (ALG_RSASSA, ALG_RSAPSS):
+    if alg in (RSASSA, RSAPSS):
         sig = Signature(alg, halg, rsa=r.tpm2b("signature", MAX_RSA_SIG))
-    elif alg == ALG_ECDSA:
+    elif alg == ECDSA:
         sig = Signature(alg, halg, ecdsa_r=r.tpm2b("signatureR", MAX_ECC_PARAM),
                         ecdsa_s=r.tpm2b("signatureS", MAX_ECC_PARAM))
     else:
@@ -203,7 +201,7 @@ def parse_signature(data: bytes, what: str = "signature") -> Signature:
 
 def serialize_signature(s: Signature) -> bytes:
     out = struct.pack(">HH", s.sig_alg, s.hash_alg)
-    if s.sig_alg == ALG_ECDSA:
+    if s.sig_alg == ECDSA:
         return out + struct.pack(">H", len(s.ecdsa_r)) + s.ecdsa_r + struct.pack(">H", len(s.ecdsa_s)) + s.ecdsa_s
     return out + struct.pack(">H", len(s.rsa)) + s.rsa
 
@@ -224,7 +222,7 @@ def verify_signature(public_key, sig: Signature, message: bytes) -> None:
                              f"(allowed: {', '.join(sorted(ALLOWED_SIGNATURE_HASHES))})")
     algorithm = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}[sig.hash_name]
     try:
-        if sig.sig_alg == ALG_ECDSA:
+        if sig.sig_alg == ECDSA:
             if not isinstance(public_key, ec.EllipticCurvePublicKey):
                 raise SignatureError("ECDSA signature but the AK is not an ECC key")
             der = encode_dss_signature(int.from_bytes(sig.ecdsa_r, "big"), int.from_bytes(sig.ecdsa_s, "big"))
@@ -232,19 +230,11 @@ def verify_signature(public_key, sig: Signature, message: bytes) -> None:
         else:
             if not isinstance(public_key, rsa.RSAPublicKey):
                 raise SignatureError(f"{sig.scheme_name} signature but the AK is not an RSA key")
-            pad = padding.PKCS1v15() if sig.sig_alg == ALG_RSASSA else padding.PSS(
+            pad = padding.PKCS1v15() if sig.sig_alg == RSASSA else padding.PSS(
                 mgf=padding.MGF1(algorithm), salt_length=padding.PSS.AUTO)
             public_key.verify(sig.rsa, message, pad, algorithm)
     except InvalidSignature:
         raise SignatureError("signature does not verify under the AK") from None
-
-
-def pcr_digest(values: list[bytes], alg: str = "sha256") -> bytes:
-    """TPMS_QUOTE_INFO.pcrDigest: hash (of the signing key's nameAlg) over the selected PCR values in order."""
-    h = hashlib.new(alg)
-    for v in values:
-        h.update(v)
-    return h.digest()
 
 
 def selected_in_order(attest: Attest) -> list[tuple[str, int]]:
@@ -268,7 +258,7 @@ def serialize_tools_pcrs(bank: str, values: list[tuple[int, bytes]]) -> bytes:
     for p, _ in values:
         bitmap[p // 8] |= 1 << (p % 8)
     out = bytearray(struct.pack("<I", 1))
-    out += struct.pack("<HB", HASH_IDS[bank], 3) + bytes(bitmap) + b"\0" * 2
+    out += struct.pack("<HB", algorithms.by_name(bank, BANKS).alg_id, 3) + bytes(bitmap) + b"\0" * 2
     out += b"\0" * (8 * (_SEL_SLOTS - 1))
     chunks = [values[i:i + _DIGEST_SLOTS] for i in range(0, len(values), _DIGEST_SLOTS)]
     out += struct.pack("<I", len(chunks))
@@ -294,9 +284,9 @@ def parse_tools_pcrs(data: bytes, what: str = "PCR file") -> list[tuple[str, int
         r.take(1, "padding")
         if i >= count:
             continue
-        if alg not in HASH_ALGS or size > MAX_SELECT:
+        if not algorithms.is_known(alg, BANKS) or size > MAX_SELECT:
             raise r.fail(f"selection[{i}]: hash 0x{alg:04x} / sizeofSelect {size} invalid", at)
-        order += [(HASH_ALGS[alg], b * 8 + bit) for b in range(size) for bit in range(8) if bitmap[b] & (1 << bit)]
+        order += [(algorithms.name_of(alg), b * 8 + bit) for b in range(size) for bit in range(8) if bitmap[b] & (1 << bit)]
     at = r.pos
     lists = struct.unpack("<I", r.take(4, "digest list count"))[0]
     if lists > (len(order) + _DIGEST_SLOTS - 1) // _DIGEST_SLOTS + 1:
@@ -319,3 +309,22 @@ def parse_tools_pcrs(data: bytes, what: str = "PCR file") -> list[tuple[str, int
     if len(values) != len(order):
         raise ParseError(f"{len(values)} PCR values for {len(order)} selected PCRs", source=what)
     return [(bank, p, v) for (bank, p), v in zip(order, values)]
+
+
+def quoted_pcr_values(attest: Attest, data: bytes, what: str = "PCR file",
+                      quote_what: str = "quote") -> tuple[str, dict[int, bytes]]:
+    """(bank, {pcr: value}) for the PCRs `attest` selects, from a PCR file in either form tpm2-tools
+    writes: the values concatenated in selection order (`tpm2_quote -F values`), recognised by its exact
+    size, else the serialized PCR file (`tpm2_quote -o`, the default). The quote must select one bank."""
+    order = selected_in_order(attest)
+    banks = {b for b, _ in order}
+    if len(banks) != 1:
+        raise InputError(f"quote selects banks {sorted(banks)}: checkquote takes one bank", source=quote_what)
+    bank = banks.pop()
+    size = algorithms.by_name(bank, BANKS).digest_size
+    if len(data) == size * len(order):  # -F values: the digests concatenated in selection order
+        return bank, {p: data[i * size:(i + 1) * size] for i, (_, p) in enumerate(order)}
+    listed = parse_tools_pcrs(data, what)  # tpm2-tools' default serialized file
+    if [(b, p) for b, p, _ in listed] != order:
+        raise InputError("the PCR file selects other PCRs than the quote", source=what)
+    return bank, {p: v for _, p, v in listed}

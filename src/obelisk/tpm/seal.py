@@ -18,12 +18,13 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from obelisk.core.errors import InputError
+from obelisk.tpm import algorithms
 from obelisk.tpm import device as tpmmod
 from obelisk.tpm.device import TPMError
-from obelisk.core.errors import InputError
+from obelisk.tpm.pcr import composite_digest
 
 BANK = "sha256"
-_ALG_SHA256 = 0x000B
 TPM_CC_POLICY_PCR = 0x0000017F
 TPM_CC_POLICY_AUTHORIZE = 0x0000016A
 
@@ -54,12 +55,12 @@ def pcr_selection_bytes(pcrs: Sequence[int]) -> bytes:
     bitmap = bytearray(3)
     for p in pcrs:
         bitmap[p // 8] |= 1 << (p % 8)
-    return struct.pack(">IHB", 1, _ALG_SHA256, 3) + bytes(bitmap)
+    return struct.pack(">IHB", 1, algorithms.by_name(BANK).alg_id, 3) + bytes(bitmap)
 
 
 def policy_pcr_digest(pcrs: Sequence[int], values: dict[int, bytes], previous: bytes = b"\0" * 32) -> bytes:
     """policyDigest' = H(policyDigest || TPM_CC_PolicyPCR || pcrs || H(values in PCR order))."""
-    composite = hashlib.sha256(b"".join(values[p] for p in sorted(pcrs))).digest()
+    composite = composite_digest((values[p] for p in sorted(pcrs)), BANK)
     return hashlib.sha256(previous + struct.pack(">I", TPM_CC_POLICY_PCR) + pcr_selection_bytes(sorted(pcrs))
                           + composite).digest()
 
@@ -137,8 +138,14 @@ def _srk(esapi):
 def seal(secret: bytes, pcrs: Sequence[int], tcti: str | None = None, *, values: dict[int, bytes] | None = None,
          authorize_key: bytes | None = None) -> Sealed:
     """Seal `secret` to `pcrs` (their current values unless `values` gives predicted ones)."""
-    from tpm2_pytss import (TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPM2B_SENSITIVE_DATA, TPMA_OBJECT,
-                            TPMS_SENSITIVE_CREATE, TPMT_PUBLIC)
+    from tpm2_pytss import (
+        TPM2B_PUBLIC,
+        TPM2B_SENSITIVE_CREATE,
+        TPM2B_SENSITIVE_DATA,
+        TPMA_OBJECT,
+        TPMS_SENSITIVE_CREATE,
+        TPMT_PUBLIC,
+    )
     from tpm2_pytss.TSS2_Exception import TSS2_Exception
 
     pcrs = tuple(sorted(set(pcrs)))
@@ -182,8 +189,15 @@ class SignedPolicy:
 
 def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPolicy] = ()) -> bytes:
     """Unseal under the PCR policy (or any of `signed` for an authorize policy); PolicyMismatch names PCRs."""
-    from tpm2_pytss import (ESYS_TR, TPM2_ALG, TPM2_SE, TPM2B_PRIVATE, TPM2B_PUBLIC, TPML_PCR_SELECTION,
-                            TPMT_SYM_DEF)
+    from tpm2_pytss import (
+        ESYS_TR,
+        TPM2_ALG,
+        TPM2_SE,
+        TPM2B_PRIVATE,
+        TPM2B_PUBLIC,
+        TPML_PCR_SELECTION,
+        TPMT_SYM_DEF,
+    )
     from tpm2_pytss.TSS2_Exception import TSS2_Exception
 
     try:
@@ -242,8 +256,8 @@ def _read(tcti: str | None, pcrs: Sequence[int]) -> dict[int, bytes]:
 
 
 def _policy_authorize(esapi, session, key_der: bytes, candidate: SignedPolicy) -> None:
-    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_DIGEST, TPMT_SIGNATURE
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_DIGEST, TPMT_SIGNATURE
 
     pub = _external_public(key_der)
     # Loaded in the owner hierarchy: a key in the NULL hierarchy only earns a NULL ticket, which

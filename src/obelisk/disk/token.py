@@ -1,0 +1,78 @@
+"""The LUKS2 token of type `obelisk-tpm2`: which keyslot the TPM-sealed key opens, and the sealed blob.
+
+    {"type": "obelisk-tpm2", "keyslots": ["N"], "obelisk-version": 1,
+     "tpm2-public": BASE64, "tpm2-private": BASE64, "tpm2-pcr-bank": "sha256", "tpm2-pcrs": [..],
+     "tpm2-pcr-values": {"N": HEX}, "tpm2-policy-hash": HEX,
+     "tpm2-policy-key": BASE64 DER (PolicyAuthorize only), "tpm2-signed-policies": [policy records]}
+
+`parse`/`serialize` are the JSON bytes cryptsetup imports and exports (`token import --json-file`);
+`from_json`/`to_json` the object as `cryptsetup luksDump --dump-json-metadata` lists it. A node reads
+the token from a disk it does not trust yet: malformed tokens are a one-line `InputError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+from obelisk.core.errors import InputError
+from obelisk.disk import policy as policymod
+from obelisk.tpm import seal as sealmod
+
+TOKEN_TYPE = "obelisk-tpm2"
+
+
+@dataclass(frozen=True)
+class Token:
+    keyslot: int
+    sealed: sealmod.Sealed
+    signed_policies: tuple[sealmod.SignedPolicy, ...] = ()
+    token_id: int | None = None  # where cryptsetup holds it; not part of the document
+
+
+def to_json(token: Token) -> dict:
+    s = token.sealed
+    doc = {
+        "type": TOKEN_TYPE,
+        "keyslots": [str(token.keyslot)],
+        "obelisk-version": 1,
+        "tpm2-public": base64.b64encode(s.public).decode(),
+        "tpm2-private": base64.b64encode(s.private).decode(),
+        "tpm2-pcr-bank": sealmod.BANK,
+        "tpm2-pcrs": list(s.pcrs),
+        "tpm2-pcr-values": {str(p): v.hex() for p, v in sorted(s.values.items())},
+        "tpm2-policy-hash": s.policy.hex(),
+    }
+    if s.authorize_key:
+        doc["tpm2-policy-key"] = base64.b64encode(s.authorize_key).decode()
+        doc["tpm2-signed-policies"] = [policymod.to_json(p) for p in token.signed_policies]
+    return doc
+
+
+def from_json(doc: dict, token_id: int | None, where: str) -> Token:
+    try:
+        values = {int(k): bytes.fromhex(v) for k, v in doc["tpm2-pcr-values"].items()}
+        key = base64.b64decode(doc["tpm2-policy-key"]) if doc.get("tpm2-policy-key") else None
+        sealed = sealmod.Sealed(public=base64.b64decode(doc["tpm2-public"]),
+                                private=base64.b64decode(doc["tpm2-private"]),
+                                pcrs=tuple(int(p) for p in doc["tpm2-pcrs"]), values=values,
+                                policy=bytes.fromhex(doc["tpm2-policy-hash"]), authorize_key=key)
+        policies = tuple(policymod.from_json(p, where) for p in doc.get("tpm2-signed-policies", []))
+        return Token(keyslot=int(doc["keyslots"][0]), sealed=sealed, signed_policies=policies, token_id=token_id)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise InputError(f"malformed {TOKEN_TYPE} token: {type(exc).__name__}: {exc}", source=where) from None
+
+
+def serialize(token: Token) -> bytes:
+    return json.dumps(to_json(token)).encode()
+
+
+def parse(data: bytes, token_id: int | None, where: str) -> Token:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"malformed {TOKEN_TYPE} token: not JSON: {exc}", source=where) from None
+    if not isinstance(doc, dict):
+        raise InputError(f"malformed {TOKEN_TYPE} token: not a JSON object", source=where)
+    return from_json(doc, token_id, where)
