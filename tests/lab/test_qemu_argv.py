@@ -8,12 +8,15 @@ need a kernel build; these run everywhere.
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
+from tests.image.manifests import sample_manifest
 from obelisk.core import tools
 
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -133,7 +136,8 @@ def test_obelisk_boot_argv_is_unchanged(tmp_path, popen, monkeypatch):
         def advance(self):
             pass
 
-    manifest = {"boot": {"cmdline": "console=ttyS0 quiet"}}
+    sample = sample_manifest()
+    manifest = dataclasses.replace(sample, boot=dataclasses.replace(sample.boot, cmdline="console=ttyS0 quiet"))
     node = boot._boot(out, run, manifest, tmp_path / "ca.pem", tmp_path / "ca.key", 12345, 768, 5, ("extra=1",),
                       False, _Bar())
     assert len(popen) == 1 and popen[0][0] == QEMU
