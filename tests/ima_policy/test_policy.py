@@ -1,7 +1,8 @@
 import pytest
 
 from obelisk.core.errors import InputError
-from obelisk.core.findings import Report, Status
+from obelisk.core import findings as report_format
+from obelisk.core.findings import Status
 from obelisk.ima_policy import lint, profiles
 from obelisk.ima_policy.policy import parse_policy
 
@@ -124,7 +125,7 @@ def test_cli_render_and_lint(obelisk_cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"fsuuid={UUID}" in out.read_text()
     ok = obelisk_cli("ima", "policy", "lint", str(out), "--format", "json")
-    assert ok.returncode == 0 and not Report.loads(ok.stdout).failed
+    assert ok.returncode == 0 and not report_format.parse(ok.stdout).failed
     (tmp_path / "bad").write_text(BAD)
     bad = obelisk_cli("ima", "policy", "lint", str(tmp_path / "bad"), "--format", "json")
     assert bad.returncode == 1

@@ -8,8 +8,9 @@ import pytest
 
 from obelisk.core import tools
 from obelisk.core.errors import ParseError
-from obelisk.core.findings import Report, Status
-from obelisk.ima_policy import checker
+from obelisk.core import findings as report_format
+from obelisk.core.findings import Status
+from obelisk.ima_policy import checker, reference
 from obelisk.ima_policy.keyring import Keyring
 from obelisk.ima_policy.measurement_list import (
     digest_field, make_entry, name_field, serialize_ascii, serialize_binary)
@@ -241,12 +242,12 @@ def test_cli_verify_json_and_exit_codes(obelisk_cli, tmp_path, signed):
     values = replay(entries, ["sha1", "sha256"])
     (tmp_path / "pcrs.yaml").write_text(
         "sha1:\n  10 : 0x%s\nsha256:\n  10 : 0x%s\n" % (values["sha1"].hex(), values["sha256"].hex()))
-    (tmp_path / "ref.json").write_text(ReferenceManifest(signed["files"]).dumps())
+    (tmp_path / "ref.json").write_text(reference.serialize(ReferenceManifest(signed["files"])))
     ok = obelisk_cli("ima", "log", "verify", str(tmp_path / "list"), "--pcrs", str(tmp_path / "pcrs.yaml"),
                      "--reference", str(tmp_path / "ref.json"), "--cert", str(signed["keys"].ima_cert),
                      "--format", "json")
     assert ok.returncode == 0, ok.stderr
-    report = Report.loads(ok.stdout)
+    report = report_format.parse(ok.stdout)
     assert dict(report.subject.attributes)["pcr10.sha256"] == values["sha256"].hex()
     bad = obelisk_cli("ima", "log", "verify", str(tmp_path / "list"), "--cert", str(signed["other"].ima_cert),
                       "--format", "json")

@@ -88,14 +88,15 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     from dataclasses import replace
 
     from obelisk.attest import akrecord, evidence as evmod, verify
-    from obelisk.core.findings import Finding, Report, Severity, Status, Subject
+    from obelisk.core import findings as report_format
+    from obelisk.core.findings import Finding, Severity, Status, Subject
     from obelisk.image import manifest as manifestmod
 
     m = manifestmod.load(Path(manifest))
     ak_data = _read(ak, "AK record")
-    record = akrecord.load(ak_data, ak, ek_public=_read(ek, "EK public") if ek else None)
+    record = akrecord.parse(ak_data, ak, ek_public=_read(ek, "EK public") if ek else None)
     nonce = fresh_nonce()
-    bundle = evmod.loads(endpoint.evidence(nonce), source=f"{endpoint.url}/v1/evidence")
+    bundle = evmod.parse(endpoint.evidence(nonce), source=f"{endpoint.url}/v1/evidence")
     opts = verify.Options(nonce=nonce, ak=record, previous=verify.load_state(state, record),
                           source=f"{endpoint.url}/v1/evidence")
     # The attest component checks the manifest's signature against the customer CA, its IMA
@@ -111,7 +112,7 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
         status, body = endpoint.get("/v1/scan")
         if status == 200:
             try:
-                findings.extend(Report.loads(body, f"{endpoint.url}/v1/scan").findings)
+                findings.extend(report_format.parse(body, f"{endpoint.url}/v1/scan").findings)
             except InputError as exc:
                 findings.append(Finding(id="attest.node.scan", title="node CIS/STIG scan", status=Status.ERROR,
                                         detail=str(exc), benchmark="attestation"))

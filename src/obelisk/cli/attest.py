@@ -185,7 +185,7 @@ def _ak_create(args: argparse.Namespace) -> int:
     if record.qualified_name != info.qualified_name:  # our computation must agree with the TPM's
         from obelisk.tpm.device import TPMError
         raise TPMError("the TPM reports a different AK qualified name than obelisk computes")
-    atomic.write_text(args.record, akrecord.dumps(record))
+    atomic.write_text(args.record, akrecord.serialize(record))
     if args.tss:
         atomic.write_bytes(args.tss, info.public)
     if args.pem:
@@ -286,7 +286,7 @@ def _quote(args: argparse.Namespace) -> int:
     info = tpm.read_ak(args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE, with_certificate=False)
     bundle = evmod.Evidence(nonce=nonce, attest=raw.attest, signature=raw.signature, bank=raw.bank,
                             pcrs=raw.pcrs, ak_name=info.name)
-    atomic.write_text(args.output, evmod.dumps(bundle))
+    atomic.write_text(args.output, evmod.serialize(bundle))
     if args.tpm2_tools_dir:
         os.makedirs(args.tpm2_tools_dir, exist_ok=True)
         atomic.write_bytes(os.path.join(args.tpm2_tools_dir, "quote.msg"), raw.attest)
@@ -307,7 +307,7 @@ def _evidence(args: argparse.Namespace) -> int:
         _read(args.eventlog, "event log", 16 * 1024 * 1024)  # a named file must exist
     bundle = evmod.collect(nonce, args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE,
                            event_log_path=args.eventlog or evmod.EVENT_LOG_PATH, ima_path=args.ima)
-    atomic.write_text(args.output, evmod.dumps(bundle))
+    atomic.write_text(args.output, evmod.serialize(bundle))
     missing = [n for n, v in (("event log", bundle.event_log), ("IMA list", bundle.ima_log)) if v is None]
     print(f"evidence written to {args.output}" + (f" (without {', '.join(missing)})" if missing else ""))
     return 0
@@ -317,7 +317,7 @@ def _load_ak(args: argparse.Namespace):
     from obelisk.attest import akrecord
 
     ek = _read(args.ek, "EK public", 1 << 16) if getattr(args, "ek", None) else None
-    return akrecord.load(_read(args.ak, "AK", 1 << 20), args.ak, ek_public=ek)
+    return akrecord.parse(_read(args.ak, "AK", 1 << 20), args.ak, ek_public=ek)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -326,7 +326,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     nonce = _hex(args.nonce)
     ak = _load_ak(args)
-    bundle = evmod.loads(_read(args.evidence, "evidence", evmod.MAX_BUNDLE_SIZE), source=args.evidence)
+    bundle = evmod.parse(_read(args.evidence, "evidence", evmod.MAX_BUNDLE_SIZE), source=args.evidence)
     opts = verify.Options(nonce=nonce, ak=ak, previous=verify.load_state(args.state, ak), source=args.evidence)
     verify.configure_references(opts, args.reference, args.cert)
     report, counters = verify.verify(bundle, opts)

@@ -43,10 +43,11 @@ def _write(args: argparse.Namespace, text: str) -> None:
 
 def emit_report(args: argparse.Namespace, report: "Report") -> int:
     """Render `report` as asked; return the exit code (0 all passed, 1 something failed)."""
+    from obelisk.core import findings
     from obelisk.core.textreport import render_text
 
     if output_format(args) == "json":
-        _write(args, report.dumps())
+        _write(args, findings.serialize(report))
     else:
         _write(args, render_text(report, verbose=getattr(args, "verbose", False)))
     return report.exit_code()

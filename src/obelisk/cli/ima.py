@@ -131,7 +131,7 @@ def _reference_convert(args: argparse.Namespace) -> int:
         raise InputError(f"not JSON: {exc}", source=args.input) from None
     if args.to == "keylime":
         manifest = reference.from_json(obj, args.input)
-        text = keylime.from_reference(manifest).dumps()
+        text = keylime.serialize(keylime.from_reference(manifest))
     else:
         text = reference.serialize(keylime.to_reference(keylime.from_json(obj, args.input)))
     atomic.write_text(args.output, text)
