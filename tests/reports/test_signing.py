@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from obelisk.reports.statement import PAYLOAD_TYPE, Statement, pae, parse_signature, parse_statement, serialize_statement
+from obelisk.reports.statement import (PAYLOAD_TYPE, Statement, pae, parse_signature, parse_statement,
+                                       serialize_statement)
 
 
 def _name(cn: str) -> x509.Name:
