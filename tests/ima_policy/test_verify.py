@@ -288,8 +288,8 @@ def test_boot_aggregate_from_event_log_api(shared_dir):
     wrong = {i: other.value(m.digest_algo, i) for i in range(10)}
     assert not boot_aggregate.check(m.digest_algo, m.digest, wrong).ok
     # the machine's SHA-1 PCRs 0-9 read later with tsspcrread agree with the event log's replay
-    from obelisk.ima_policy.pcrs import load_pcrs
-    quoted = load_pcrs(str(ima / "sample-tpm-2.0-pcrs-8-9"))
+    from obelisk.ima_policy import pcrs as pcr_files
+    quoted = pcr_files.load(str(ima / "sample-tpm-2.0-pcrs-8-9"))
     assert all(quoted.get("sha1", i) == good.value("sha1", i) for i in range(10))
 
 
