@@ -122,10 +122,11 @@ def test_fuzz_signature_and_pcr_file(data):
 def _bundle_text() -> str:
     from obelisk.attest import evidence
 
-    return evidence.serialize(evidence.Evidence(nonce=b"\1" * 16, attest=SAMPLE_BYTES, signature=b"\0\x18\0\x0b",
-                                            bank="sha256", pcrs={i: bytes(32) for i in range(12)},
-                                            event_log=b"log", ima_log=b"10 abc", ima_format="ascii",
-                                            kernel={"release": "6.1"}))
+    bundle = evidence.Evidence(nonce=b"\1" * 16, attest=SAMPLE_BYTES, signature=b"\0\x18\0\x0b",
+                               bank="sha256", pcrs={i: bytes(32) for i in range(12)},
+                               event_log=b"log", ima_log=b"10 abc", ima_format="ascii",
+                               kernel={"release": "6.1"})
+    return evidence.serialize(bundle)
 
 
 def test_bundle_round_trip():
