@@ -83,11 +83,11 @@ def main() -> int:
                 ha.digest.sha256 = hashlib.sha256(e.template_data).digest()
                 esapi.pcr_extend(ESYS_TR.PCR10, TPML_DIGEST_VALUES([ha]))
         (d / "ima.bin").write_bytes(ml.serialize_binary(entries))
-        (d / "reference.json").write_text(reference.ReferenceManifest(files).dumps())
+        (d / "reference.json").write_text(reference.serialize(reference.ReferenceManifest(files)))
 
         nonce = os.urandom(20)
         bundle = evidence.collect(nonce, sw.tcti, event_log_path=str(d / "eventlog.bin"), ima_path=str(d / "ima.bin"))
-        text = evidence.dumps(bundle)
+        text = evidence.serialize(bundle)
         ak = akrecord.from_public(info.public, ek_public=info.ek_public)
 
         from obelisk.attest import ima_check
@@ -95,7 +95,7 @@ def main() -> int:
         refs = ima_check.load_references(str(d / "reference.json"), None)  # once per image, not per node
 
         def obelisk_verify(load_reference: bool = False) -> None:
-            ev = evidence.loads(text, "bundle")
+            ev = evidence.parse(text, "bundle")
             opts = verify.Options(nonce=nonce, ak=ak)
             if load_reference:
                 verify.configure_references(opts, str(d / "reference.json"), None)
@@ -133,7 +133,7 @@ def main() -> int:
         load = os.getloadavg()[0]
         with_ref = statistics.median(timed(lambda: obelisk_verify(True), max(5, args.runs // 3)))
         # where the time goes: the IMA component's list check alone, the rest is obelisk.attest
-        parsed = evidence.loads(text, "bundle")
+        parsed = evidence.parse(text, "bundle")
         ima_only = statistics.median(timed(lambda: ima_check.ima_findings(parsed.ima_log, parsed.pcrs, refs),
                                            args.runs))
 

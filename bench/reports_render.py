@@ -21,6 +21,7 @@ from obelisk.reports.options import RenderOptions  # noqa: E402
 from obelisk.reports.render import FORMATS, render  # noqa: E402
 from obelisk.reports.stig_benchmark import load_stig_benchmark  # noqa: E402
 from tests.reports.samples import synthetic_report  # noqa: E402
+from obelisk.core import findings as report_format  # noqa: E402
 
 BUDGET = 2.0
 
@@ -46,7 +47,7 @@ def main() -> int:
     report = synthetic_report(n)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "results.json"
-        path.write_text(report.dumps())
+        path.write_text(report_format.serialize(report))
         load_time = best_of(lambda: load_bundle([path]))
         bundle = load_bundle([path])
     baseline = best_of(lambda: json.dumps(report.to_json()))

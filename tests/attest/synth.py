@@ -205,7 +205,7 @@ def options(ak: SoftAK, refs: ima_check.References | None = None, **changes) -> 
 
 def run(ev: Evidence, opts: verify.Options) -> tuple[Report, verify.Counters | None, dict[str, Finding]]:
     """verify() on the bundle as the verifier receives it (JSON round trip); findings by id."""
-    report, counters = verify.verify(evmod.loads(evmod.dumps(ev)), opts)
+    report, counters = verify.verify(evmod.parse(evmod.serialize(ev)), opts)
     found = {f.id: f for f in report.findings}
     assert len(found) == len(report.findings), "finding ids must be unique"
     return report, counters, found

@@ -36,8 +36,8 @@ def test_agent_serves_a_quote_the_verifier_accepts_once(swtpm, tmp_path):
     from obelisk.signer.keygen import generate
 
     info = tpm.create_keys(swtpm.tcti)
-    (tmp_path / "ak.json").write_text(akrecord.dumps(akrecord.from_public(info.public, ek_public=info.ek_public,
-                                                                         activated=True)))
+    record = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True)
+    (tmp_path / "ak.json").write_text(akrecord.serialize(record))
     keys = generate(tmp_path / "keys", "ecdsa-p256")
     server_cert = issue(keys.ca_cert, keys.ca_key, tmp_path / "srv", "node", server=True)
     client = issue(keys.ca_cert, keys.ca_key, tmp_path / "cli", "verifier", server=False)

@@ -190,7 +190,7 @@ def test_evidence_bundle_end_to_end(swtpm, tmp_path, enrolled, obelisk_cli):
                       str(tmp_path / "eventlog.bin"), "--ima", str(tmp_path / "ima.bin"), "-o", str(bundle))
     assert res.returncode == 0, res.stderr
     doc = json.loads(bundle.read_text())
-    assert doc["format"] == "obelisk.evidence/1" and doc["ima_log"]["format"] == "binary"
+    assert doc["schema"] == "obelisk.evidence/1" and doc["ima_log"]["format"] == "binary"
     assert set(doc["quote"]["pcrs"]) == {str(i) for i in range(12)} and doc["kernel"]["release"]
 
     state = tmp_path / "verifier-state.json"
@@ -219,8 +219,8 @@ def test_event_log_not_matching_quote_names_the_pcr(swtpm, tmp_path, enrolled):
     nonce = os.urandom(16)
     ev = evidence.collect(nonce, swtpm.tcti, event_log_path=str(tmp_path / "eventlog.bin"),
                           ima_path=str(_ima_list(swtpm, tmp_path) and tmp_path / "ima.bin"))
-    ak = akrecord.load(enrolled.read_bytes(), str(enrolled))
-    report, _ = verify.verify(evidence.loads(evidence.dumps(ev)), verify.Options(nonce=nonce, ak=ak))
+    ak = akrecord.parse(enrolled.read_bytes(), str(enrolled))
+    report, _ = verify.verify(evidence.parse(evidence.serialize(ev)), verify.Options(nonce=nonce, ak=ak))
     st = statuses(report)
     assert st["attest.eventlog.pcr7"] is Status.FAIL
     assert all(st[f"attest.eventlog.pcr{i}"] is Status.PASS for i in range(10) if i != 7)
@@ -228,9 +228,9 @@ def test_event_log_not_matching_quote_names_the_pcr(swtpm, tmp_path, enrolled):
     assert len(log.events) == 9
 
     # a tampered PCR value in the bundle is caught by the digest, and then no log is trusted
-    doc = json.loads(evidence.dumps(ev))
+    doc = json.loads(evidence.serialize(ev))
     doc["quote"]["pcrs"]["7"] = "00" * 32
-    report, counters = verify.verify(evidence.loads(json.dumps(doc)), verify.Options(nonce=nonce, ak=ak))
+    report, counters = verify.verify(evidence.parse(json.dumps(doc)), verify.Options(nonce=nonce, ak=ak))
     st = statuses(report)
     assert st["attest.quote.pcr-digest"] is Status.FAIL and st["attest.eventlog"] is Status.ERROR
     assert counters is None
@@ -239,9 +239,9 @@ def test_event_log_not_matching_quote_names_the_pcr(swtpm, tmp_path, enrolled):
 def test_verify_rejects_hostile_bundles_with_one_line(tmp_path, obelisk_cli, swtpm, enrolled):
     nonce = "00" * 16
     ev = evidence.collect(bytes(16), swtpm.tcti, event_log_path=None, ima_path=None)
-    good = json.loads(evidence.dumps(ev))
+    good = json.loads(evidence.serialize(ev))
     cases = {
-        "truncated.json": evidence.dumps(ev)[:100],
+        "truncated.json": evidence.serialize(ev)[:100],
         "type.json": json.dumps({**good, "quote": []}),
         "b64.json": json.dumps({**good, "quote": {**good["quote"], "attest": "***"}}),
         "attest.json": json.dumps({**good, "quote": {**good["quote"],
@@ -310,7 +310,7 @@ def test_verify_against_signed_image_manifest(swtpm, tmp_path, enrolled, obelisk
     nonce = os.urandom(20)
     ev = evidence.collect(nonce, swtpm.tcti, event_log_path=str(tmp_path / "eventlog.bin"),
                           ima_path=str(tmp_path / "ima.bin"))
-    (tmp_path / "evidence.json").write_text(evidence.dumps(ev))
+    (tmp_path / "evidence.json").write_text(evidence.serialize(ev))
 
     ca, ca_key = _ca(tmp_path, "customer-ca")
     other_ca, _ = _ca(tmp_path, "other-ca")
@@ -357,7 +357,7 @@ def test_sha1_boot_aggregate_checked_from_the_event_log(swtpm, tmp_path, enrolle
     nonce = os.urandom(16)
     ev = evidence.collect(nonce, swtpm.tcti, event_log_path=str(tmp_path / "eventlog.bin"),
                           ima_path=str(tmp_path / "ima.bin"))
-    ak = akrecord.load(enrolled.read_bytes(), str(enrolled))
+    ak = akrecord.parse(enrolled.read_bytes(), str(enrolled))
     opts = verify.Options(nonce=nonce, ak=ak)
     verify.configure_references(opts, None, None)
     report, _ = verify.verify(ev, opts)

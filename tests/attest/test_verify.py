@@ -270,7 +270,7 @@ def test_enrolment_refuses_an_ak_that_is_not_restricted(tmp_path, obelisk_cli):
     """`attest credential make` (enrolment) checks the same attributes before it challenges the node."""
     weak = synth.make_ak("rsa", synth.AK_ATTRIBUTES & ~synth.akrecord.RESTRICTED)
     for name, ak in (("good", synth.make_ak("rsa")), ("weak", weak)):
-        (tmp_path / f"{name}.json").write_text(synth.akrecord.dumps(ak.record))
+        (tmp_path / f"{name}.json").write_text(synth.akrecord.serialize(ak.record))
     args = ("--secret-out", str(tmp_path / "secret"), "--challenge", str(tmp_path / "challenge.json"))
     res = obelisk_cli("attest", "credential", "make", "--ak", str(tmp_path / "weak.json"), *args)
     assert res.returncode == 2 and "AK lacks restricted" in res.stderr

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from obelisk.cis_checks.node import NodeView
 from obelisk.cis_checks.scan import scan
-from obelisk.core.findings import Report, Status
+from obelisk.core import findings as report_format
+from obelisk.core.findings import Status
 
 from .conftest import APISERVER, KUBELET_CONFIG, KUBELET_DROPINS, by_id, failing
 
@@ -72,7 +73,7 @@ def test_unattributable_bad_manifest_gets_its_own_error(control_plane):
 def test_cli_exit_codes_and_json(control_plane, obelisk_cli, tmp_path):
     ok = obelisk_cli("scan", "--root", str(control_plane), "--format", "json")
     assert ok.returncode == 0, ok.stderr
-    report = Report.loads(ok.stdout)
+    report = report_format.parse(ok.stdout)
     assert failing(report) == {}
     (control_plane / APISERVER).write_text("kind: [")
     bad = obelisk_cli("scan", "--root", str(control_plane), "--format", "json")

@@ -14,7 +14,8 @@ import yaml
 
 from obelisk.cis_checks.node import NodeView
 from obelisk.cis_checks.scan import scan
-from obelisk.core.findings import Report, Status, Waiver
+from obelisk.core import findings as report_format
+from obelisk.core.findings import Status, Waiver
 
 from .conftest import by_id, failing
 
@@ -98,7 +99,7 @@ def test_render_command_and_encryption_key(tmp_path, obelisk_cli):
     assert secret not in k.stdout  # never printed
     scanned = obelisk_cli("scan", "--root", str(out), "--format", "json", "--benchmark", "cis-1.12")
     assert scanned.returncode == 0
-    assert Report.loads(scanned.stdout).subject.kind == "tree"
+    assert report_format.parse(scanned.stdout).subject.kind == "tree"
 
 
 def test_disa_titles_from_the_users_benchmark(control_plane, shared_dir, obelisk_cli):

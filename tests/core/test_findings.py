@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from obelisk.core.errors import InputError
+from obelisk.core import findings as report_format
 from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject, Waiver
 from obelisk.core.waivers import apply_waivers, load_waivers
 
@@ -27,8 +28,8 @@ def sample_report() -> Report:
 
 def test_report_json_round_trips_every_status():
     report = sample_report()
-    text = report.dumps()
-    again = Report.loads(text)
+    text = report_format.serialize(report)
+    again = report_format.parse(text)
     assert again == report
     data = json.loads(text)
     assert data["summary"] == {"pass": 1, "fail": 1, "error": 1, "skip": 1, "manual": 1, "waived": 1}
@@ -54,12 +55,12 @@ def test_malformed_results_name_the_field(mutate, message):
     data = sample_report().to_json()
     mutate(data)
     with pytest.raises(InputError, match=message):
-        Report.loads(json.dumps(data), source="results.json")
+        report_format.parse(json.dumps(data), source="results.json")
 
 
 def test_not_json_is_one_line():
     with pytest.raises(InputError, match="results.json: not JSON"):
-        Report.loads(b"\xff{", source="results.json")
+        report_format.parse(b"\xff{", source="results.json")
 
 
 @settings(max_examples=300, deadline=None)

@@ -230,3 +230,20 @@ def test_sealed_key_and_ak_are_exempt_from_dictionary_attack_lockout(swtpm):
     public, _ = TPM2B_PUBLIC.unmarshal(sealed.public)
     assert public.publicArea.objectAttributes & TPMA_OBJECT.NODA
     assert tpm.ak_template().publicArea.objectAttributes & TPMA_OBJECT.NODA
+
+
+def test_enroll_old_and_new_format_volume_spellings(swtpm, tmp_path, obelisk_cli):
+    t = ["--tcti", swtpm.tcti]
+    for name, spelling, warning in (
+            ("old.img", ["--format"], "obelisk: warning: disk enroll --format is deprecated; use --format-volume\n"),
+            ("new.img", ["--format-volume", "--format", "json"], "")):
+        vol = tmp_path / name
+        with open(vol, "wb") as handle:
+            handle.truncate(32 * 1024 * 1024)
+        res = obelisk_cli("disk", "enroll", "--device", str(vol), "--pcrs", "7", *spelling, *t)
+        assert res.returncode == 0, res.stderr
+        assert res.stderr == warning
+        assert disk.is_luks(str(vol))
+    assert json.loads(res.stdout)["formatted"] is True
+    res = obelisk_cli("disk", "unlock", "--device", str(vol), "--test", "--format", "json", *t)
+    assert res.returncode == 0 and res.stderr == "" and json.loads(res.stdout)["opened"] is True

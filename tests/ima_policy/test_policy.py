@@ -1,9 +1,9 @@
 import pytest
 
 from obelisk.core.errors import InputError
-from obelisk.core.findings import Report, Status
-from obelisk.ima_policy import lint, profiles
-from obelisk.ima_policy.policy import parse_policy
+from obelisk.core import findings as report_format
+from obelisk.core.findings import Status
+from obelisk.ima_policy import lint, policy as policy_format, profiles
 
 UUID = "8bcbe394-4f13-4144-be8e-5aa9ea2ce2f6"
 
@@ -17,7 +17,7 @@ def test_profiles_render_and_lint_clean(name):
     text = profiles.render(profiles.load(name), fsuuid=UUID)
     report = lint.lint_policy(text.encode(), name)
     assert not report.failed, [f.id + " " + f.detail for f in report.findings if f.status is Status.FAIL]
-    policy = parse_policy(text)
+    policy = policy_format.parse(text)
     # every rule is preceded by a comment saying why it is there
     lines = text.splitlines()
     for rule in policy.rules:
@@ -25,7 +25,7 @@ def test_profiles_render_and_lint_clean(name):
 
 
 def test_appraise_rootfs_scoped_to_image():
-    policy = parse_policy(profiles.render(profiles.load("appraise-rootfs"), fsuuid=UUID))
+    policy = policy_format.parse(profiles.render(profiles.load("appraise-rootfs"), fsuuid=UUID))
     appraise = [r for r in policy.rules if r.action == "appraise"]
     for r in appraise:
         assert r.get("appraise_type") in ("imasig", "imasig|modsig")
@@ -124,7 +124,7 @@ def test_cli_render_and_lint(obelisk_cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"fsuuid={UUID}" in out.read_text()
     ok = obelisk_cli("ima", "policy", "lint", str(out), "--format", "json")
-    assert ok.returncode == 0 and not Report.loads(ok.stdout).failed
+    assert ok.returncode == 0 and not report_format.parse(ok.stdout).failed
     (tmp_path / "bad").write_text(BAD)
     bad = obelisk_cli("ima", "policy", "lint", str(tmp_path / "bad"), "--format", "json")
     assert bad.returncode == 1

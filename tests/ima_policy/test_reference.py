@@ -54,7 +54,7 @@ KEYLIME_POLICY = {
 
 def test_keylime_policy_read_write_round_trip():
     policy = keylime.from_json(KEYLIME_POLICY)
-    again = keylime.parse(policy.dumps())
+    again = keylime.parse(keylime.serialize(policy))
     assert again == policy
     assert again.to_json()["digests"] == KEYLIME_POLICY["digests"]
 

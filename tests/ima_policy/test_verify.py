@@ -8,8 +8,9 @@ import pytest
 
 from obelisk.core import tools
 from obelisk.core.errors import ParseError
-from obelisk.core.findings import Report, Status
-from obelisk.ima_policy import checker
+from obelisk.core import findings as report_format
+from obelisk.core.findings import Status
+from obelisk.ima_policy import checker, reference
 from obelisk.ima_policy.keyring import Keyring
 from obelisk.ima_policy.measurement_list import (
     digest_field, make_entry, name_field, serialize_ascii, serialize_binary)
@@ -241,12 +242,12 @@ def test_cli_verify_json_and_exit_codes(obelisk_cli, tmp_path, signed):
     values = replay(entries, ["sha1", "sha256"])
     (tmp_path / "pcrs.yaml").write_text(
         "sha1:\n  10 : 0x%s\nsha256:\n  10 : 0x%s\n" % (values["sha1"].hex(), values["sha256"].hex()))
-    (tmp_path / "ref.json").write_text(ReferenceManifest(signed["files"]).dumps())
+    (tmp_path / "ref.json").write_text(reference.serialize(ReferenceManifest(signed["files"])))
     ok = obelisk_cli("ima", "log", "verify", str(tmp_path / "list"), "--pcrs", str(tmp_path / "pcrs.yaml"),
                      "--reference", str(tmp_path / "ref.json"), "--cert", str(signed["keys"].ima_cert),
                      "--format", "json")
     assert ok.returncode == 0, ok.stderr
-    report = Report.loads(ok.stdout)
+    report = report_format.parse(ok.stdout)
     assert dict(report.subject.attributes)["pcr10.sha256"] == values["sha256"].hex()
     bad = obelisk_cli("ima", "log", "verify", str(tmp_path / "list"), "--cert", str(signed["other"].ima_cert),
                       "--format", "json")
@@ -287,8 +288,8 @@ def test_boot_aggregate_from_event_log_api(shared_dir):
     wrong = {i: other.value(m.digest_algo, i) for i in range(10)}
     assert not boot_aggregate.check(m.digest_algo, m.digest, wrong).ok
     # the machine's SHA-1 PCRs 0-9 read later with tsspcrread agree with the event log's replay
-    from obelisk.ima_policy.pcrs import load_pcrs
-    quoted = load_pcrs(str(ima / "sample-tpm-2.0-pcrs-8-9"))
+    from obelisk.ima_policy import pcrs as pcr_files
+    quoted = pcr_files.load(str(ima / "sample-tpm-2.0-pcrs-8-9"))
     assert all(quoted.get("sha1", i) == good.value("sha1", i) for i in range(10))
 
 

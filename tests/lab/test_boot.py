@@ -65,7 +65,7 @@ def test_provision_writes_config_disk_and_enrolls_the_ak(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     config = json.loads(cat)
     assert config["client_ca"] == "ca.pem" and config["tcti"] == "device:/dev/tpmrm0"
-    record = akrecord.load((run / "ak.json").read_bytes(), "ak.json")
+    record = akrecord.parse((run / "ak.json").read_bytes(), "ak.json")
     assert record.qualified_name and not record.missing_attributes()
     assert info["client_cert"].exists() and oct(info["client_key"].stat().st_mode & 0o777) == "0o600"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from obelisk.core import findings as report_format
 from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject, Waiver
 
 NODE = Subject(kind="node", name="worker-01.prod.example", digest="sha256:" + "ab" * 32,
@@ -125,7 +126,7 @@ def write_all(directory) -> list:
     for name, rep in (("cis.json", cis_report()), ("kernel.json", kernel_report()),
                       ("attest.json", attestation_report())):
         p = directory / name
-        p.write_text(rep.dumps())
+        p.write_text(report_format.serialize(rep))
         paths.append(p)
     return paths
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from lxml import etree
+from obelisk.core import findings as report_format
 
 
 def test_report_shorthand_renders_html(obelisk_cli, results_files, tmp_path):
@@ -62,7 +63,7 @@ def test_bad_input_is_one_line_exit_2(obelisk_cli, tmp_path):
     good = tmp_path / "good.json"
     from tests.reports.samples import cis_report
 
-    good.write_text(cis_report().dumps())
+    good.write_text(report_format.serialize(cis_report()))
     proc = obelisk_cli("report", str(good), "--format", "ckl", "--stig-benchmark", str(notxml))
     assert proc.returncode == 2 and "x.xml" in proc.stderr and "Traceback" not in proc.stderr
 

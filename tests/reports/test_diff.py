@@ -5,6 +5,7 @@ from dataclasses import replace
 
 from obelisk.core.findings import Status
 from tests.reports.samples import cis_report
+from obelisk.core import findings as report_format
 
 
 def _scans(tmp_path):
@@ -20,17 +21,16 @@ def _scans(tmp_path):
     findings.append(replace(findings[0], id="cis-1.2.99", status=Status.FAIL, title="new check"))
     new = replace(old, findings=tuple(findings), generated_at="2026-11-25T04:10:00Z")
     a, b = tmp_path / "old.json", tmp_path / "new.json"
-    a.write_text(old.dumps())
-    b.write_text(new.dumps())
+    a.write_text(report_format.serialize(old))
+    b.write_text(report_format.serialize(new))
     return a, b
 
 
 def test_diff_categories(tmp_path):
-    from obelisk.core.findings import Report
     from obelisk.reports.diff import diff_reports
 
     a, b = _scans(tmp_path)
-    drift = diff_reports(Report.loads(a.read_text()), Report.loads(b.read_text()))
+    drift = diff_reports(report_format.parse(a.read_text()), report_format.parse(b.read_text()))
     assert [c.finding.id for c in drift.worse] == ["cis-4.2.1"]
     assert [c.finding.id for c in drift.better] == ["stig-V-242381"]
     assert [c.finding.id for c in drift.new_findings] == ["cis-1.2.99"]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from obelisk.core.errors import ObeliskError
 from obelisk.reports.signing import describe
-from obelisk.reports.statement import MEDIA_TYPE, PAYLOAD_TYPE, SignatureFile, Statement
+from obelisk.reports.statement import MEDIA_TYPE, PAYLOAD_TYPE, parse_signature, parse_statement
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -24,7 +24,7 @@ json_values = st.recursive(
 @given(st.binary(max_size=2048))
 def test_signature_file_parse_raw_bytes(data):
     try:
-        SignatureFile.parse(data)
+        parse_signature(data)
     except ObeliskError:
         pass
 
@@ -35,7 +35,7 @@ def test_signature_file_parse_structured(env, sigs, certs):
     doc = {"mediaType": MEDIA_TYPE, "dsseEnvelope": {"payloadType": PAYLOAD_TYPE, "payload": env,
                                                      "signatures": sigs}, "certificates": certs}
     try:
-        SignatureFile.parse(json.dumps(doc).encode())
+        parse_signature(json.dumps(doc).encode())
     except ObeliskError:
         pass
 
@@ -47,7 +47,7 @@ def test_statement_parse(subject, predicate):
            "subject": subject, "predicate": predicate}
     for data in (json.dumps(doc).encode(), base64.b64encode(json.dumps(doc).encode())):
         try:
-            Statement.parse(data)
+            parse_statement(data)
         except ObeliskError:
             pass
 

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from obelisk.reports.statement import PAYLOAD_TYPE, SignatureFile, Statement, pae
+from obelisk.reports.statement import (PAYLOAD_TYPE, Statement, pae, parse_signature, parse_statement,
+                                       serialize_statement)
 
 
 def _name(cn: str) -> x509.Name:
@@ -87,7 +88,7 @@ def test_sign_and_verify_html(obelisk_cli, html_report, pki):
     assert proc.returncode == 0, proc.stderr
     sig = html_report.with_name("report.html.sig")
     doc = json.loads(sig.read_text())
-    statement = Statement.parse(base64.b64decode(doc["dsseEnvelope"]["payload"]))
+    statement = parse_statement(base64.b64decode(doc["dsseEnvelope"]["payload"]))
     assert statement.digest == hashlib.sha256(html_report.read_bytes()).hexdigest()
     assert statement.subject.name == "worker-01.prod.example"
     assert statement.subject.digest == "sha256:" + "ab" * 32
@@ -158,7 +159,7 @@ def test_signature_verifies_with_openssl(obelisk_cli, html_report, pki, tmp_path
     """openssl, not obelisk, checks the DSSE signature and the certificate chain."""
     assert obelisk_cli("report", "sign", str(html_report), "--key", str(pki.key), "--cert",
                        str(pki.cert)).returncode == 0
-    sig = SignatureFile.parse(html_report.with_name("report.html.sig").read_bytes())
+    sig = parse_signature(html_report.with_name("report.html.sig").read_bytes())
     (tmp_path / "pae.bin").write_bytes(pae(PAYLOAD_TYPE, sig.payload))
     (tmp_path / "sig.der").write_bytes(sig.signature)
     pub = tmp_path / "pub.pem"
@@ -231,7 +232,7 @@ def test_statement_round_trips():
 
     st = Statement(report_name="r.html", digest="0" * 64, subject=NODE, scanned_at="2026-11-24T04:00:00Z",
                    signed_at="2026-11-24T05:00:00Z", report_format="html", tool="obelisk 0.1.0")
-    assert Statement.parse(st.serialize()) == st
+    assert parse_statement(serialize_statement(st)) == st
 
 
 @pytest.mark.hsm

@@ -78,7 +78,7 @@ def test_verifier_names_the_measurement_that_differs(swtpm, tmp_path):
             log.write_bytes(log_bytes)
         ev = evidence.collect(nonce, swtpm.tcti, event_log_path=None, ima_path=None,
                               boot_events_path=str(log) if log_bytes is not None else str(tmp_path / "none"))
-        ev = evidence.loads(evidence.dumps(ev))
+        ev = evidence.parse(evidence.serialize(ev))
         opts = verify.Options(nonce=nonce, ak=ak, predicted_pcrs={11: prediction.final}, boot_events=expected,
                               quote_only=True)
         report, _ = verify.verify(ev, opts)

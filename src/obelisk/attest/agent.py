@@ -122,7 +122,7 @@ def default_evidence(config: AgentConfig) -> Callable[[bytes], str]:
         kwargs: dict[str, Any] = {"event_log_path": config.event_log, "ima_path": config.ima_log}
         if config.ak_handle is not None:
             kwargs["ak_handle"] = config.ak_handle
-        return evidence.dumps(evidence.collect(nonce, config.tcti, **kwargs))
+        return evidence.serialize(evidence.collect(nonce, config.tcti, **kwargs))
 
     return collect
 
@@ -139,8 +139,9 @@ def default_scan(config: AgentConfig) -> Callable[[], str] | None:
 
     def scan() -> str:
         from obelisk.cis_checks.scan import scan as cis_scan
+        from obelisk.core import findings
 
-        return cis_scan(config.scan_root).dumps()
+        return findings.serialize(cis_scan(config.scan_root))
 
     return scan
 

@@ -92,6 +92,7 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     from dataclasses import replace
 
     from obelisk.attest import akrecord, evidence as evmod, ima_check, verify
+    from obelisk.core import findings as report_format
     from obelisk.core.findings import Finding, Report, Severity, Status, Subject
     from obelisk.image import manifest as manifestmod
 
@@ -103,9 +104,9 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
         raise InputError(f"not an obelisk image manifest (schema {manifestmod.SCHEMA})", source=manifest)
     m = refs.manifest
     ak_data = _read(ak, "AK record")
-    record = akrecord.load(ak_data, ak, ek_public=_read(ek, "EK public") if ek else None)
+    record = akrecord.parse(ak_data, ak, ek_public=_read(ek, "EK public") if ek else None)
     nonce = fresh_nonce()
-    bundle = evmod.loads(endpoint.evidence(nonce), source=f"{endpoint.url}/v1/evidence")
+    bundle = evmod.parse(endpoint.evidence(nonce), source=f"{endpoint.url}/v1/evidence")
     opts = verify.Options(nonce=nonce, ak=record, previous=verify.load_state(state, record),
                           source=f"{endpoint.url}/v1/evidence")
     verify.apply_references(opts, refs)
@@ -118,7 +119,7 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
         status, body = endpoint.get("/v1/scan")
         if status == 200:
             try:
-                findings.extend(Report.loads(body, f"{endpoint.url}/v1/scan").findings)
+                findings.extend(report_format.parse(body, f"{endpoint.url}/v1/scan").findings)
             except InputError as exc:
                 findings.append(Finding(id="attest.node.scan", title="node CIS/STIG scan", status=Status.ERROR,
                                         detail=str(exc), benchmark="attestation"))

@@ -1,8 +1,9 @@
 """The verifier's record of a node's attestation key (AK), written at enrolment.
 
-An AK record is JSON (`obelisk.ak/1`):
+An AK record is JSON (`obelisk.ak/1`; records written before the `schema` key carry it under
+`format`, still read):
 
-    {"format": "obelisk.ak/1", "public": HEX TPM2B_PUBLIC, "name": HEX, "qualified_name": HEX,
+    {"schema": "obelisk.ak/1", "public": HEX TPM2B_PUBLIC, "name": HEX, "qualified_name": HEX,
      "ek_public": HEX TPM2B_PUBLIC, "ek_name": HEX, "handle": "0x81010002", "activated": bool}
 
 `--ak` also takes a bare TPM2B_PUBLIC (tpm2-tools' "tss" format, as `tpm2_createak -u` writes) or a
@@ -16,9 +17,10 @@ import json
 from dataclasses import dataclass
 
 from obelisk.core.errors import InputError
+from obelisk.core.schema import schema_of
 from obelisk.tpm import algorithms
 
-FORMAT = "obelisk.ak/1"
+SCHEMA = "obelisk.ak/1"
 TPM_RH_ENDORSEMENT = 0x4000000B
 
 # TPMA_OBJECT bits an AK must have: it never leaves the TPM and only signs TPM-made structures.
@@ -41,7 +43,7 @@ class AKRecord:
     ek_certificate: bytes | None = None  # DER, as read from the node's TPM (checked by `ek_certificate_problem`)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "public": (self.public or b"").hex(), "name": (self.name or b"").hex(),
+        return {"schema": SCHEMA, "public": (self.public or b"").hex(), "name": (self.name or b"").hex(),
                 "qualified_name": (self.qualified_name or b"").hex(), "ek_public": (self.ek_public or b"").hex(),
                 "ek_name": (self.ek_name or b"").hex(), "activated": self.activated,
                 "ek_certificate": (self.ek_certificate or b"").hex()}
@@ -103,7 +105,7 @@ def from_public(public: bytes, *, ek_public: bytes | None = None, activated: boo
                     ek_certificate=ek_certificate)
 
 
-def load(data: bytes, source: str, ek_public: bytes | None = None) -> AKRecord:
+def parse(data: bytes, source: str = "AK", ek_public: bytes | None = None) -> AKRecord:
     """An AK from a record, a bare TPM2B_PUBLIC or a PEM key (see the module doc)."""
     stripped = data.lstrip()
     if stripped.startswith(b"{"):
@@ -111,8 +113,12 @@ def load(data: bytes, source: str, ek_public: bytes | None = None) -> AKRecord:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InputError(f"not JSON: {exc}", source=source) from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise InputError(f"not an AK record (format {FORMAT})", source=source)
+        try:
+            schema = schema_of(doc) if isinstance(doc, dict) else None
+        except ValueError as exc:
+            raise InputError(f"AK record: {exc}", source=source) from None
+        if schema != SCHEMA:
+            raise InputError(f"not an AK record (schema {SCHEMA})", source=source)
         try:
             public = bytes.fromhex(doc["public"])
             ek = bytes.fromhex(doc.get("ek_public") or "") or ek_public
@@ -135,8 +141,9 @@ def load(data: bytes, source: str, ek_public: bytes | None = None) -> AKRecord:
     return from_public(data, ek_public=ek_public, source=source)
 
 
-def dumps(record: AKRecord) -> str:
+def serialize(record: AKRecord) -> str:
     return json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n"
+
 
 
 def ek_certificate_problem(ek_public: bytes, certificate: bytes | None, ca_pem: bytes) -> str | None:

@@ -1,7 +1,7 @@
-"""The evidence bundle a node hands to a verifier (format `obelisk.evidence/1`, JSON).
+"""The evidence bundle a node hands to a verifier (schema `obelisk.evidence/1`, JSON).
 
     {
-      "format": "obelisk.evidence/1",
+      "schema": "obelisk.evidence/1",         # older bundles carry it under "format": still read
       "nonce": "HEX",                         # the verifier's nonce, echoed (the quote's extraData decides)
       "quote": {
         "attest": "BASE64",                   # TPMS_ATTEST exactly as the TPM returned it
@@ -33,8 +33,9 @@ import socket
 from dataclasses import dataclass, field
 
 from obelisk.core.errors import InputError, ParseError
+from obelisk.core.schema import schema_of
 
-FORMAT = "obelisk.evidence/1"
+SCHEMA = "obelisk.evidence/1"
 MAX_BUNDLE_SIZE = 256 * 1024 * 1024
 EVENT_LOG_PATH = "/sys/kernel/security/tpm0/binary_bios_measurements"
 IMA_BINARY_PATH = "/sys/kernel/security/ima/binary_runtime_measurements"
@@ -59,7 +60,7 @@ class Evidence:
 
     def to_json(self) -> dict:
         return {
-            "format": FORMAT,
+            "schema": SCHEMA,
             "nonce": self.nonce.hex(),
             "quote": {"attest": _b64(self.attest), "signature": _b64(self.signature), "bank": self.bank,
                       "pcrs": {str(k): v.hex() for k, v in sorted(self.pcrs.items())}},
@@ -77,11 +78,11 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def dumps(ev: Evidence) -> str:
+def serialize(ev: Evidence) -> str:
     return json.dumps(ev.to_json(), indent=1, sort_keys=True) + "\n"
 
 
-def loads(data: bytes | str, source: str = "evidence") -> Evidence:
+def parse(data: bytes | str, source: str = "evidence") -> Evidence:
     """Parse a bundle; every problem is one InputError naming the field."""
     if len(data) > MAX_BUNDLE_SIZE:
         raise ParseError(f"bundle larger than {MAX_BUNDLE_SIZE} bytes", source=source)
@@ -95,9 +96,13 @@ def loads(data: bytes | str, source: str = "evidence") -> Evidence:
 
     if not isinstance(doc, dict):
         raise bad("top level", "expected an object")
-    if doc.get("format") != FORMAT:
-        raise bad("format", f"expected {FORMAT!r}, got {doc.get('format')!r}")
-    allowed = {"format", "nonce", "quote", "ak_name", "event_log", "ima_log", "kernel", "collected_at",
+    try:
+        schema = schema_of(doc)
+    except ValueError as exc:
+        raise bad("schema", str(exc)) from None
+    if schema != SCHEMA:
+        raise bad("schema", f"expected {SCHEMA!r}, got {schema!r}")
+    allowed = {"schema", "format", "nonce", "quote", "ak_name", "event_log", "ima_log", "kernel", "collected_at",
                "boot_events"}
     extra = sorted(set(doc) - allowed)
     if extra:

@@ -309,36 +309,61 @@ def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Opt
 
 # ---- verifier state: the last counters seen per AK ------------------------------------------------
 
+def _state_key(ak: akrecord.AKRecord) -> str:
+    return (ak.qualified_name or ak.name or b"").hex()
+
+
+def parse_state(data: bytes | str, source: str = "verifier state") -> dict[str, Counters]:
+    """The verifier state (JSON): the last counters seen per AK, keyed by its qualified name (else name), hex.
+
+        {"<hex>": {"clock": N, "reset_count": N, "restart_count": N}, ...}
+    """
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"unreadable verifier state: {exc}", source=source) from None
+    if not isinstance(doc, dict):
+        raise InputError("unreadable verifier state: expected an object", source=source)
+    state: dict[str, Counters] = {}
+    for key, entry in doc.items():
+        try:
+            state[key] = Counters(int(entry["clock"]), int(entry["reset_count"]), int(entry["restart_count"]))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"verifier state entry {key[:80]!r} malformed", source=source) from None
+    return state
+
+
+def serialize_state(state: dict[str, Counters]) -> str:
+    doc = {key: {"clock": c.clock, "reset_count": c.reset_count, "restart_count": c.restart_count}
+           for key, c in state.items()}
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
 def load_state(path: str | None, ak: akrecord.AKRecord) -> Counters | None:
+    """The counters last seen for `ak` in the state file at `path` (None: no file, or not seen yet)."""
     if not path or not os.path.exists(path):
         return None
     try:
-        with open(path, encoding="utf-8") as handle:
-            doc = json.load(handle)
-        entry = doc.get((ak.qualified_name or ak.name or b"").hex())
-    except (OSError, ValueError, AttributeError) as exc:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
         raise InputError(f"unreadable verifier state: {exc}", source=path) from None
-    if entry is None:
-        return None
-    try:
-        return Counters(int(entry["clock"]), int(entry["reset_count"]), int(entry["restart_count"]))
-    except (KeyError, TypeError, ValueError):
-        raise InputError("verifier state entry malformed", source=path) from None
+    return parse_state(data, source=path).get(_state_key(ak))
 
 
 def save_state(path: str, ak: akrecord.AKRecord, counters: Counters) -> None:
+    """Record `counters` for `ak` in the state file at `path` (an unreadable file is started afresh)."""
     from obelisk.core import atomic
 
-    doc: dict = {}
+    state: dict[str, Counters] = {}
     if os.path.exists(path):
         try:
-            with open(path, encoding="utf-8") as handle:
-                doc = json.load(handle)
-        except (OSError, ValueError):
-            doc = {}
-    doc[(ak.qualified_name or ak.name or b"").hex()] = {
-        "clock": counters.clock, "reset_count": counters.reset_count, "restart_count": counters.restart_count}
-    atomic.write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            with open(path, "rb") as handle:
+                state = parse_state(handle.read(), source=path)
+        except (OSError, InputError):
+            state = {}
+    state[_state_key(ak)] = counters
+    atomic.write_text(path, serialize_state(state))
 
 
 def configure_references(opts: Options, reference: str | None, cert: str | None) -> None:

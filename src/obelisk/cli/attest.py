@@ -185,7 +185,7 @@ def _ak_create(args: argparse.Namespace) -> int:
     if record.qualified_name != info.qualified_name:  # our computation must agree with the TPM's
         from obelisk.tpm.device import TPMError
         raise TPMError("the TPM reports a different AK qualified name than obelisk computes")
-    atomic.write_text(args.record, akrecord.dumps(record))
+    atomic.write_text(args.record, akrecord.serialize(record))
     if args.tss:
         atomic.write_bytes(args.tss, info.public)
     if args.pem:
@@ -205,7 +205,7 @@ def _cred_make(args: argparse.Namespace) -> int:
     from obelisk.core import atomic
 
     ek = _read(args.ek, "EK public", 1 << 16) if args.ek else None
-    record = akrecord.load(_read(args.ak, "AK", 1 << 20), args.ak, ek_public=ek)
+    record = akrecord.parse(_read(args.ak, "AK", 1 << 20), args.ak, ek_public=ek)
     ek_public = credential.ek_of(record, ek)
     if args.ek_ca:
         cert = _read(args.ek_cert, "EK certificate", 1 << 16) if args.ek_cert else record.ek_certificate
@@ -241,7 +241,7 @@ def _cred_check(args: argparse.Namespace) -> int:
     from obelisk.attest import akrecord, credential
     from obelisk.core import atomic
 
-    record = akrecord.load(_read(args.ak, "AK", 1 << 20), args.ak)
+    record = akrecord.parse(_read(args.ak, "AK", 1 << 20), args.ak)
     secret = _read(args.secret, "secret", 1024)
     response = _read(args.response, "response", 1024)
     try:
@@ -249,7 +249,7 @@ def _cred_check(args: argparse.Namespace) -> int:
     except credential.CredentialMismatch as exc:
         print(f"obelisk: credential check FAILED: {exc}", file=sys.stderr)
         return 1
-    atomic.write_text(args.record, akrecord.dumps(activated))
+    atomic.write_text(args.record, akrecord.serialize(activated))
     print(f"AK {record.name.hex() if record.name else ''} activated; record written to {args.record}")
     return 0
 
@@ -268,7 +268,7 @@ def _quote(args: argparse.Namespace) -> int:
     info = tpm.read_ak(args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE, with_certificate=False)
     bundle = evmod.Evidence(nonce=nonce, attest=raw.attest, signature=raw.signature, bank=raw.bank,
                             pcrs=raw.pcrs, ak_name=info.name)
-    atomic.write_text(args.output, evmod.dumps(bundle))
+    atomic.write_text(args.output, evmod.serialize(bundle))
     if args.tpm2_tools_dir:
         os.makedirs(args.tpm2_tools_dir, exist_ok=True)
         atomic.write_bytes(os.path.join(args.tpm2_tools_dir, "quote.msg"), raw.attest)
@@ -289,7 +289,7 @@ def _evidence(args: argparse.Namespace) -> int:
         _read(args.eventlog, "event log", 16 * 1024 * 1024)  # a named file must exist
     bundle = evmod.collect(nonce, args.tcti, ak_handle=args.ak_handle or tpm.AK_HANDLE,
                            event_log_path=args.eventlog or evmod.EVENT_LOG_PATH, ima_path=args.ima)
-    atomic.write_text(args.output, evmod.dumps(bundle))
+    atomic.write_text(args.output, evmod.serialize(bundle))
     missing = [n for n, v in (("event log", bundle.event_log), ("IMA list", bundle.ima_log)) if v is None]
     print(f"evidence written to {args.output}" + (f" (without {', '.join(missing)})" if missing else ""))
     return 0
@@ -299,7 +299,7 @@ def _load_ak(args: argparse.Namespace):
     from obelisk.attest import akrecord
 
     ek = _read(args.ek, "EK public", 1 << 16) if getattr(args, "ek", None) else None
-    return akrecord.load(_read(args.ak, "AK", 1 << 20), args.ak, ek_public=ek)
+    return akrecord.parse(_read(args.ak, "AK", 1 << 20), args.ak, ek_public=ek)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -309,7 +309,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     nonce = _hex(args.nonce)
     ak = _load_ak(args)
-    bundle = evmod.loads(_read(args.evidence, "evidence", evmod.MAX_BUNDLE_SIZE), source=args.evidence)
+    bundle = evmod.parse(_read(args.evidence, "evidence", evmod.MAX_BUNDLE_SIZE), source=args.evidence)
     opts = verify.Options(nonce=nonce, ak=ak, previous=verify.load_state(args.state, ak), source=args.evidence)
     verify.configure_references(opts, args.reference, args.cert)
     report, counters = verify.verify(bundle, opts)

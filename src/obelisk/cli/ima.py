@@ -78,7 +78,8 @@ def _log_verify(args: argparse.Namespace) -> int:
     from obelisk.core.progress import progress
     from obelisk.ima_policy import reference
     from obelisk.ima_policy.keyring import Keyring
-    from obelisk.ima_policy.pcrs import PcrValues, load_pcrs
+    from obelisk.ima_policy import pcrs as pcr_files
+    from obelisk.ima_policy.pcrs import PcrValues
     from obelisk.ima_policy.verify import VerifyOptions, verify_log
 
     if args.max_findings < 0:
@@ -88,7 +89,7 @@ def _log_verify(args: argparse.Namespace) -> int:
     pcrs = None
     for spec in args.pcrs:
         pcrs = pcrs or PcrValues()
-        pcrs.merge(load_pcrs(spec))
+        pcrs.merge(pcr_files.load(spec))
     banks = tuple(b.strip() for b in args.banks.split(",") if b.strip()) if args.banks else None
     with progress("verifying IMA measurement list", quiet=args.quiet) as bar:
         bar.stage("reading inputs")
@@ -131,7 +132,7 @@ def _reference_convert(args: argparse.Namespace) -> int:
         raise InputError(f"not JSON: {exc}", source=args.input) from None
     if args.to == "keylime":
         manifest = reference.from_json(obj, args.input)
-        text = keylime.from_reference(manifest).dumps()
+        text = keylime.serialize(keylime.from_reference(manifest))
     else:
         text = reference.serialize(keylime.to_reference(keylime.from_json(obj, args.input)))
     atomic.write_text(args.output, text)

@@ -104,7 +104,7 @@ def _config(args: argparse.Namespace) -> int:
     import sys
 
     from obelisk.cli.common import output_format
-    from obelisk.core import atomic
+    from obelisk.core import atomic, findings
     from obelisk.kernel_hardening.profile import load_profile
     from obelisk.kernel_hardening.resolve import DROPPED, check_tree_clean, resolve
     from obelisk.kernel_hardening.resolve_report import render_text, resolution_report
@@ -119,9 +119,9 @@ def _config(args: argparse.Namespace) -> int:
         atomic.write_text(args.input_out, res.input_text)
     report = resolution_report(res, output=args.output, profile=profile.name, tree=str(tree))
     if args.report:
-        atomic.write_text(args.report, report.dumps())
+        atomic.write_text(args.report, findings.serialize(report))
     if output_format(args) == "json":
-        sys.stdout.write(report.dumps())
+        sys.stdout.write(findings.serialize(report))
     else:
         sys.stdout.write(render_text(res, output=args.output, profile=profile.name, verbose=args.verbose))
     return 1 if (args.strict and res.by_status(DROPPED)) else 0

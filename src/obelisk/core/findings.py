@@ -1,8 +1,8 @@
 """The result model every checker in obelisk returns: `Finding`s gathered in a `Report`.
 
 Kernel checks, IMA log verification, CIS/STIG scans and attestation all produce these
-records, and every report format (reports component) renders them. JSON round-trips:
-`Report.from_json(report.to_json()) == report`.
+records, and every report format (reports component) renders them. The results file
+(`obelisk.report/1`) is the `parse`/`serialize` pair below: `parse(serialize(report)) == report`.
 """
 
 from __future__ import annotations
@@ -238,9 +238,6 @@ class Report:
             "findings": [f.to_json() for f in self.findings],
         }
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
-
     @classmethod
     def from_json(cls, data: Any, where: str = "report") -> "Report":
         d = _mapping(data, where)
@@ -253,16 +250,21 @@ class Report:
                    tool=_str(d, "tool", where, "obelisk"), tool_version=_str(d, "tool_version", where, ""),
                    generated_at=_str(d, "generated_at", where, ""), command=_str(d, "command", where, ""))
 
-    @classmethod
-    def loads(cls, text: str | bytes, source: str = "report") -> "Report":
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"not JSON: {exc}", source=source) from None
-        try:
-            return cls.from_json(data)
-        except InputError as exc:
-            raise InputError(str(exc), source=source) from None
+
+def serialize(report: Report) -> str:
+    """A report as `obelisk.report/1` JSON (what `--format json` prints and `obelisk report` reads)."""
+    return json.dumps(report.to_json(), indent=2, sort_keys=False) + "\n"
+
+
+def parse(text: str | bytes, source: str = "report") -> Report:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not JSON: {exc}", source=source) from None
+    try:
+        return Report.from_json(data)
+    except InputError as exc:
+        raise InputError(str(exc), source=source) from None
 
 
 # --- strict field readers: a malformed results file names the field, never a KeyError ---

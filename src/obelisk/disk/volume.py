@@ -159,7 +159,7 @@ def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existin
     formatted = False
     if not is_luks(device):
         if not format_volume:
-            raise InputError("not a LUKS2 volume; pass --format to create one (destroys its contents)",
+            raise InputError("not a LUKS2 volume; pass --format-volume to create one (destroys its contents)",
                              source=device)
         bootstrap = new_tpm_key()
         with _pipes(bootstrap) as (fd,):

@@ -54,9 +54,6 @@ class RuntimePolicy:
             "verification-keys": self.verification_keys,
         }
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=1) + "\n"
-
 
 def _hexmap(data: Any, key: str, source: str) -> dict[str, tuple[str, ...]]:
     value = data.get(key, {})
@@ -107,6 +104,10 @@ def parse(text: str | bytes, source: str = "runtime policy") -> RuntimePolicy:
         return from_json(json.loads(text), source)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"not JSON: {exc}", source=source) from None
+
+
+def serialize(policy: RuntimePolicy) -> str:
+    return json.dumps(policy.to_json(), indent=1) + "\n"
 
 
 def _with_algo(hexdigest: str, where: str) -> str:

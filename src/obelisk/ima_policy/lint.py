@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Evidence, Finding, Report, Severity, Status, Subject
-from obelisk.ima_policy.policy import BUFFER_FUNCS, KERNEL_LOAD_FUNCS, KEYWORDS, Policy, Rule, parse_policy
+from obelisk.ima_policy import policy as policy_format
+from obelisk.ima_policy.policy import BUFFER_FUNCS, KERNEL_LOAD_FUNCS, KEYWORDS, Policy, Rule
 
 # Filesystems that must not be appraised (no signatures possible, or remote and slow) -- magic: name
 PSEUDO_FS = {0x9FA0: "procfs", 0x62656572: "sysfs", 0x64626720: "debugfs", 0x1021994: "tmpfs",
@@ -199,7 +200,7 @@ def lint_policy(data: bytes, source: str, *, signed_build: bool = True) -> Repor
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text (byte {exc.start})", source=source) from None
-    policy = parse_policy(text)
+    policy = policy_format.parse(text)
     problems = lint(policy, signed_build=signed_build)
     findings = []
     counts: dict[str, int] = {}

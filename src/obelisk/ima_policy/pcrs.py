@@ -35,7 +35,7 @@ class PcrValues:
             self.banks.setdefault(bank, {}).update(values)
 
 
-def parse_pcrs(text: str, source: str = "pcrs", bank: str | None = None) -> PcrValues:
+def parse(text: str, source: str = "pcrs", bank: str | None = None) -> PcrValues:
     """Parse one PCR file; `bank` forces the bank of a file of plain lines."""
     if len(text) > MAX_PCR_FILE:
         raise InputError("PCR file too large", source=source)
@@ -108,8 +108,8 @@ def _hex(text: str, source: str, where: str) -> bytes:
         raise InputError(f"{where}: invalid hex", source=source) from None
 
 
-def load_pcrs(spec: str) -> PcrValues:
-    """`FILE` or evmctl's `bank,FILE`."""
+def load(spec: str) -> PcrValues:
+    """The PCR file `FILE`, or evmctl's `bank,FILE`."""
     bank = None
     path = spec
     head, comma, tail = spec.partition(",")
@@ -123,4 +123,4 @@ def load_pcrs(spec: str) -> PcrValues:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError("PCR file is not text", source=path) from None
-    return parse_pcrs(text, path, bank)
+    return parse(text, path, bank)

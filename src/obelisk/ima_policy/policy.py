@@ -214,7 +214,7 @@ def parse_rule(text: str, line: int) -> Rule:
     return Rule(line, text, action, tuple(terms), tuple(errors))
 
 
-def parse_policy(text: str) -> Policy:
+def parse(text: str) -> Policy:
     rules = []
     comments = {}
     for lineno, raw in enumerate(text.splitlines(), 1):

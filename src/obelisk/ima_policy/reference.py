@@ -87,9 +87,6 @@ class ReferenceManifest:
         out["rules"] = [r.to_json() for r in self.rules]
         return out
 
-    def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=1) + "\n"
-
     def matcher(self) -> "RuleMatcher":
         return RuleMatcher(self.rules)
 
@@ -225,7 +222,7 @@ def _rule(data: Any, where: str, source: str) -> Rule:
     return rule
 
 
-def loads_json(data: str | bytes, source: str) -> Any:
+def _decode_json(data: str | bytes, source: str) -> Any:
     """JSON with orjson when installed (a million-file manifest loads several times faster)."""
     loads: Callable[[str | bytes], Any]
     try:
@@ -243,15 +240,15 @@ def loads_json(data: str | bytes, source: str) -> Any:
 
 
 def parse(text: str | bytes, source: str = "reference manifest") -> ReferenceManifest:
-    return from_json(loads_json(text, source), source)
+    return from_json(_decode_json(text, source), source)
 
 
 def serialize(manifest: ReferenceManifest) -> str:
-    return manifest.dumps()
+    return json.dumps(manifest.to_json(), indent=1) + "\n"
 
 
 def load(path: str | Path) -> ReferenceManifest:
-    """A manifest, or a Keylime runtime policy (recognised by its `digests` key)."""
+    """The file at `path`: a manifest, or a Keylime runtime policy (recognised by its `digests` key)."""
     from obelisk.ima_policy import keylime
 
     source = str(path)
@@ -261,7 +258,7 @@ def load(path: str | Path) -> ReferenceManifest:
         raise InputError(f"cannot read: {exc.strerror}", source=source) from None
     if len(data) > MAX_MANIFEST_BYTES:
         raise InputError("larger than 1 GiB", source=source)
-    obj = loads_json(data, source)
+    obj = _decode_json(data, source)
     if isinstance(obj, dict) and "schema" not in obj and "digests" in obj:
         return keylime.to_reference(keylime.from_json(obj, source))
     return from_json(obj, source)

@@ -142,7 +142,7 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manife
         make_var_disk(run_dir / "var.img", manifest.var_size_mib(), encrypted=encrypted, sealed_to=sealed_to,
                       tcti=sw.tcti, recovery=run_dir / "var-recovery.key", policy_key=policy_key)
     record = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True, source="ak.json")
-    atomic.write_text(run_dir / "ak.json", akrecord.dumps(record))
+    atomic.write_text(run_dir / "ak.json", akrecord.serialize(record))
     return {"client_cert": client.cert, "client_key": client.key, "port": port}
 
 

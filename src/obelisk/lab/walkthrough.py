@@ -70,11 +70,11 @@ def stage_build(w: Walk) -> str:
 
 
 def stage_verify(w: Walk) -> str:
-    from obelisk.core import atomic
+    from obelisk.core import atomic, findings
     from obelisk.image.verify import verify_image
 
     report = verify_image(w.out, w.keys / "ca.pem")
-    atomic.write_text(w.results / "image-verify.json", report.dumps())
+    atomic.write_text(w.results / "image-verify.json", findings.serialize(report))
     w.failed |= report.failed
     return f"image verify: {report.findings[0].observed} ({'PASS' if not report.failed else 'FAIL'})"
 
@@ -94,13 +94,13 @@ def stage_boot(w: Walk) -> str:
 
 def stage_attest(w: Walk) -> str:
     from obelisk.attest.agent_client import AgentEndpoint, attest_node
-    from obelisk.core import atomic
+    from obelisk.core import atomic, findings
 
     node = w.values["node"]
     endpoint = AgentEndpoint(node.url, ca=str(w.keys / "ca.pem"), cert=str(node.client_cert),
                              key=str(node.client_key))
     report = attest_node(endpoint, manifest=str(w.out / "manifest.json"), ak=str(node.ak))
-    atomic.write_text(w.results / "attestation.json", report.dumps())
+    atomic.write_text(w.results / "attestation.json", findings.serialize(report))
     w.failed |= report.failed
     counts = report.counts()
     return (f"attestation: {counts.get('pass', 0)} pass, {counts.get('fail', 0)} fail, "

@@ -18,6 +18,7 @@ from typing import Any
 
 from obelisk import __version__
 from obelisk.core.errors import InputError
+from obelisk.core import findings as report_format
 from obelisk.core.findings import Finding, Report, Severity, Status, Subject
 
 # Display and sort orders shared by every format.
@@ -107,7 +108,7 @@ def _scrub(value: Any) -> Any:
 
 def _parse_report(data: bytes, source: str) -> Report:
     if not _SURROGATE_ESCAPE.search(data):
-        return Report.loads(data, source=source)
+        return report_format.parse(data, source=source)
     try:
         doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -24,7 +24,8 @@ from obelisk import __version__
 from obelisk.core import atomic
 from obelisk.core.errors import EXIT_FAILED, InputError, ObeliskError
 from obelisk.core.findings import Report, Subject
-from obelisk.reports.statement import PAYLOAD_TYPE, SignatureFile, Statement, pae
+from obelisk.reports.statement import (PAYLOAD_TYPE, SignatureFile, Statement, pae, parse_signature,
+                                       parse_statement, serialize_signature, serialize_statement)
 
 MAX_REPORT_BYTES = 1024 * 1024 * 1024
 
@@ -146,7 +147,7 @@ def sign_report_file(report: str, *, key: str, cert: str, output: str | None = N
                           subject=described.subject, scanned_at=described.scanned_at,
                           signed_at=signed_at or _now(), report_format=described.report_format,
                           tool=f"obelisk {__version__}")
-    payload = statement.serialize()
+    payload = serialize_statement(statement)
     algo = by_name(_hash_name(signing_key.public_key))
     digest = hashlib.new(algo.name, pae(PAYLOAD_TYPE, payload)).digest()
     signature = signing_key.sign_digest(digest, algo)
@@ -155,7 +156,7 @@ def sign_report_file(report: str, *, key: str, cert: str, output: str | None = N
     sig = SignatureFile(payload=payload, signature=signature, keyid=hashlib.sha256(spki).hexdigest(),
                         certificates=tuple(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain))
     out = output or f"{report}.sig"
-    atomic.write_bytes(out, sig.serialize())
+    atomic.write_bytes(out, serialize_signature(sig))
     return out, statement
 
 
@@ -223,7 +224,7 @@ def verify_report_file(report: str, *, ca: str, signature: str | None = None,
 
     data = _read(report, "report")
     sig_path = signature or f"{report}.sig"
-    sig = SignatureFile.parse(_read(sig_path, "signature", 1024 * 1024), source=sig_path)
+    sig = parse_signature(_read(sig_path, "signature", 1024 * 1024), source=sig_path)
     roots = _load_chain_pem(ca)
     try:
         chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in sig.certificates]
@@ -239,7 +240,7 @@ def verify_report_file(report: str, *, ca: str, signature: str | None = None,
         raise VerificationFailed("signature does not verify with the signer certificate "
                                  f"{leaf.subject.rfc4514_string()}")
     try:
-        statement = Statement.parse(sig.payload)
+        statement = parse_statement(sig.payload)
     except InputError as exc:
         raise VerificationFailed(f"signed statement is malformed: {exc}") from None
     actual = hashlib.sha256(data).hexdigest()

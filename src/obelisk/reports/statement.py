@@ -4,6 +4,9 @@ The statement binds the report's sha256 digest to the subject it is about (node,
 and the scan time, so a genuine report cannot be presented as another node's or a later scan's.
 It is an in-toto Statement (v1) in a DSSE envelope; the signer's certificate chain travels with
 the envelope so that `report verify` only needs the customer CA.
+
+Two formats, each a pair: `parse_statement`/`serialize_statement` (the signed payload) and
+`parse_signature`/`serialize_signature` (the `.sig` file).
 """
 
 from __future__ import annotations
@@ -43,39 +46,41 @@ class Statement:
                           "signedAt": self.signed_at, "format": self.report_format, "tool": self.tool},
         }
 
-    def serialize(self) -> bytes:
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode("utf-8")
 
-    @classmethod
-    def parse(cls, data: bytes) -> "Statement":
-        try:
-            d = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ParseError(f"statement is not JSON: {exc}") from None
-        if not isinstance(d, dict) or d.get("_type") != STATEMENT_TYPE or d.get("predicateType") != PREDICATE_TYPE:
-            raise ParseError("statement: not an obelisk report statement (_type / predicateType)")
-        subjects = d.get("subject")
-        pred = d.get("predicate")
-        if not isinstance(subjects, list) or len(subjects) != 1 or not isinstance(subjects[0], dict):
-            raise ParseError("statement.subject: expected exactly one report")
-        if not isinstance(pred, dict):
-            raise ParseError("statement.predicate: expected an object")
-        digest = (subjects[0].get("digest") or {}).get("sha256") if isinstance(subjects[0].get("digest"), dict) else None
-        if not isinstance(digest, str) or len(digest) != 64:
-            raise ParseError("statement.subject[0].digest.sha256: missing or not a sha256")
-        try:
-            subject = Subject.from_json(pred.get("subject"), "statement.predicate.subject")
-        except Exception as exc:  # InputError names the field
-            raise ParseError(str(exc)) from None
-        fields = {}
-        for key in ("scannedAt", "signedAt", "format", "tool"):
-            value = pred.get(key, "")
-            if not isinstance(value, str):
-                raise ParseError(f"statement.predicate.{key}: expected a string")
-            fields[key] = value
-        return cls(report_name=str(subjects[0].get("name", "")), digest=digest, subject=subject,
-                   scanned_at=fields["scannedAt"], signed_at=fields["signedAt"], report_format=fields["format"],
-                   tool=fields["tool"])
+def serialize_statement(statement: Statement) -> bytes:
+    """The statement as signed: canonical JSON (sorted keys, no spaces)."""
+    return json.dumps(statement.to_json(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def parse_statement(data: bytes, source: str | None = None) -> Statement:
+    try:
+        d = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ParseError(f"statement is not JSON: {exc}", source=source) from None
+    if not isinstance(d, dict) or d.get("_type") != STATEMENT_TYPE or d.get("predicateType") != PREDICATE_TYPE:
+        raise ParseError("statement: not an obelisk report statement (_type / predicateType)", source=source)
+    subjects = d.get("subject")
+    pred = d.get("predicate")
+    if not isinstance(subjects, list) or len(subjects) != 1 or not isinstance(subjects[0], dict):
+        raise ParseError("statement.subject: expected exactly one report", source=source)
+    if not isinstance(pred, dict):
+        raise ParseError("statement.predicate: expected an object", source=source)
+    digest = (subjects[0].get("digest") or {}).get("sha256") if isinstance(subjects[0].get("digest"), dict) else None
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ParseError("statement.subject[0].digest.sha256: missing or not a sha256", source=source)
+    try:
+        subject = Subject.from_json(pred.get("subject"), "statement.predicate.subject")
+    except Exception as exc:  # InputError names the field
+        raise ParseError(str(exc), source=source) from None
+    fields = {}
+    for key in ("scannedAt", "signedAt", "format", "tool"):
+        value = pred.get(key, "")
+        if not isinstance(value, str):
+            raise ParseError(f"statement.predicate.{key}: expected a string", source=source)
+        fields[key] = value
+    return Statement(report_name=str(subjects[0].get("name", "")), digest=digest, subject=subject,
+                     scanned_at=fields["scannedAt"], signed_at=fields["signedAt"], report_format=fields["format"],
+                     tool=fields["tool"])
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -94,44 +99,45 @@ class SignatureFile:
     certificates: tuple[str, ...]
     payload_type: str = PAYLOAD_TYPE
 
-    def serialize(self) -> bytes:
-        doc = {
-            "mediaType": MEDIA_TYPE,
-            "dsseEnvelope": {
-                "payloadType": self.payload_type,
-                "payload": base64.b64encode(self.payload).decode(),
-                "signatures": [{"keyid": self.keyid, "sig": base64.b64encode(self.signature).decode()}],
-            },
-            "certificates": list(self.certificates),
-        }
-        return (json.dumps(doc, indent=2) + "\n").encode()
 
-    @classmethod
-    def parse(cls, data: bytes, source: str = "signature") -> "SignatureFile":
-        if len(data) > MAX_SIGNATURE_FILE:
-            raise ParseError("signature file too large", source=source)
-        try:
-            d = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ParseError("not an obelisk report signature (not JSON)", source=source) from None
-        if not isinstance(d, dict) or d.get("mediaType") != MEDIA_TYPE:
-            raise ParseError(f"mediaType: expected {MEDIA_TYPE}", source=source)
-        env = d.get("dsseEnvelope")
-        if not isinstance(env, dict):
-            raise ParseError("dsseEnvelope: missing", source=source)
-        sigs = env.get("signatures")
-        if not isinstance(sigs, list) or len(sigs) != 1 or not isinstance(sigs[0], dict):
-            raise ParseError("dsseEnvelope.signatures: expected exactly one signature", source=source)
-        certs = d.get("certificates")
-        if not isinstance(certs, list) or not certs or not all(isinstance(c, str) for c in certs):
-            raise ParseError("certificates: expected the signer certificate chain (PEM strings)", source=source)
-        try:
-            payload = base64.b64decode(env.get("payload", ""), validate=True)
-            signature = base64.b64decode(sigs[0].get("sig", ""), validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise ParseError("dsseEnvelope: payload or sig is not base64", source=source) from None
-        payload_type = env.get("payloadType")
-        if payload_type != PAYLOAD_TYPE:
-            raise ParseError(f"dsseEnvelope.payloadType: expected {PAYLOAD_TYPE}", source=source)
-        return cls(payload=payload, signature=signature, keyid=str(sigs[0].get("keyid", "")),
-                   certificates=tuple(certs), payload_type=payload_type)
+def serialize_signature(sig: SignatureFile) -> bytes:
+    doc = {
+        "mediaType": MEDIA_TYPE,
+        "dsseEnvelope": {
+            "payloadType": sig.payload_type,
+            "payload": base64.b64encode(sig.payload).decode(),
+            "signatures": [{"keyid": sig.keyid, "sig": base64.b64encode(sig.signature).decode()}],
+        },
+        "certificates": list(sig.certificates),
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def parse_signature(data: bytes, source: str = "signature") -> SignatureFile:
+    if len(data) > MAX_SIGNATURE_FILE:
+        raise ParseError("signature file too large", source=source)
+    try:
+        d = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ParseError("not an obelisk report signature (not JSON)", source=source) from None
+    if not isinstance(d, dict) or d.get("mediaType") != MEDIA_TYPE:
+        raise ParseError(f"mediaType: expected {MEDIA_TYPE}", source=source)
+    env = d.get("dsseEnvelope")
+    if not isinstance(env, dict):
+        raise ParseError("dsseEnvelope: missing", source=source)
+    sigs = env.get("signatures")
+    if not isinstance(sigs, list) or len(sigs) != 1 or not isinstance(sigs[0], dict):
+        raise ParseError("dsseEnvelope.signatures: expected exactly one signature", source=source)
+    certs = d.get("certificates")
+    if not isinstance(certs, list) or not certs or not all(isinstance(c, str) for c in certs):
+        raise ParseError("certificates: expected the signer certificate chain (PEM strings)", source=source)
+    try:
+        payload = base64.b64decode(env.get("payload", ""), validate=True)
+        signature = base64.b64decode(sigs[0].get("sig", ""), validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise ParseError("dsseEnvelope: payload or sig is not base64", source=source) from None
+    payload_type = env.get("payloadType")
+    if payload_type != PAYLOAD_TYPE:
+        raise ParseError(f"dsseEnvelope.payloadType: expected {PAYLOAD_TYPE}", source=source)
+    return SignatureFile(payload=payload, signature=signature, keyid=str(sigs[0].get("keyid", "")),
+                         certificates=tuple(certs), payload_type=payload_type)
