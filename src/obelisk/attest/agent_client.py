@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from obelisk.core.errors import InputError, ObeliskError
+from obelisk.core.inputs import read_bounded
 
 MAX_RESPONSE = 256 * 1024 * 1024
 
@@ -92,8 +93,8 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     from obelisk.image import manifest as manifestmod
 
     m = manifestmod.load(Path(manifest))
-    ak_data = _read(ak, "AK record")
-    record = akrecord.load(ak_data, ak, ek_public=_read(ek, "EK public") if ek else None)
+    ak_data = read_bounded(ak, "AK record", 1 << 20)
+    record = akrecord.load(ak_data, ak, ek_public=read_bounded(ek, "EK public", 1 << 16) if ek else None)
     nonce = fresh_nonce()
     bundle = evmod.loads(endpoint.evidence(nonce), source=f"{endpoint.url}/v1/evidence")
     opts = verify.Options(nonce=nonce, ak=record, previous=verify.load_state(state, record),
@@ -153,8 +154,3 @@ def var_finding(manifest: dict, reported: str | None):
                    expected="/dev/mapper/* (dm-crypt)" if wanted == "luks2" else "/dev/* ext2", detail=detail)
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {what}: {exc.strerror}", source=path) from None
