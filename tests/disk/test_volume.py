@@ -147,6 +147,8 @@ def test_signed_policy_survives_pcr_change_without_reenrolling(swtpm, tmp_path, 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from obelisk.signer.keys import SoftwareKey, sign_tpm_policy
+
     key = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "customer.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                               serialization.PrivateFormat.PKCS8,
@@ -190,7 +192,7 @@ def test_signed_policy_survives_pcr_change_without_reenrolling(swtpm, tmp_path, 
     other = ec.generate_private_key(ec.SECP256R1())
     values = tpm.pcr_values(swtpm.tcti, "sha256", [7, 11])
     forged = seal.SignedPolicy(pcrs=(7, 11), values=values,
-                               signature=seal.sign_policy(other, seal.policy_pcr_digest((7, 11), values)))
+                               signature=sign_tpm_policy(SoftwareKey(other), seal.policy_pcr_digest((7, 11), values)))
     (tmp_path / "forged.json").write_text(json.dumps(policymod.to_json(forged)))
     res = obelisk_cli("disk", "unlock", "--device", str(vol), "--test", "--signed-policy", str(tmp_path / "forged.json"),
                       *t)

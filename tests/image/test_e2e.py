@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
     """The example project with machine-wide test keys (so the kernel cache is reused)."""
-    from obelisk.image.cache import default_cache_dir
+    from obelisk.core.cachedir import cache_root
     from obelisk.signer.keygen import POLICY_KEY, generate, issue_policy_key
 
-    keys = default_cache_dir() / "test-keys" / "e2e-rsa-2048"
+    keys = cache_root() / "test-keys" / "e2e-rsa-2048"
     if not (keys / "ima.key").exists():
         shutil.rmtree(keys, ignore_errors=True)
         generate(keys, "rsa-2048", organization="obelisk e2e test")
@@ -46,12 +46,13 @@ def example(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(example):
+    from obelisk.core.cachedir import cache_root
     from obelisk.image.build import build
-    from obelisk.image.cache import StepCache, default_cache_dir
+    from obelisk.image.cache import StepCache
     from obelisk.image.spec import load_spec
 
     out = example / "out"
-    build(load_spec(example / "spec.yaml"), out, cache=StepCache(default_cache_dir() / "image"), quiet=True)
+    build(load_spec(example / "spec.yaml"), out, cache=StepCache(cache_root() / "image"), quiet=True)
     return out
 
 
@@ -68,8 +69,8 @@ def _console(node) -> str:
 def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
     from obelisk.attest.agent_certs import issue
     from obelisk.attest.agent_client import AgentEndpoint, AgentError, attest_node
-    from obelisk.lab.boot import stop
     from obelisk.image.verify import verify_image
+    from obelisk.lab.boot import stop
     from obelisk.signer.keygen import generate
 
     keys = example / "keys"
@@ -134,15 +135,16 @@ def test_example_boots_and_attests(example, image, tmp_path, obelisk_cli):
 
 def _updated_image(example: Path, tmp_path: Path) -> Path:
     """The example at version 1.0.1: another root, another PCR 11, the same signing key."""
+    from obelisk.core.cachedir import cache_root
     from obelisk.image.build import build
-    from obelisk.image.cache import StepCache, default_cache_dir
+    from obelisk.image.cache import StepCache
     from obelisk.image.spec import load_spec
 
     spec_text = (example / "spec.yaml").read_text()
     assert 'version: "1.0.0"' in spec_text
     (example / "spec-update.yaml").write_text(spec_text.replace('version: "1.0.0"', 'version: "1.0.1"'))
     out = tmp_path / "update-out"
-    build(load_spec(example / "spec-update.yaml"), out, cache=StepCache(default_cache_dir() / "image"), quiet=True)
+    build(load_spec(example / "spec-update.yaml"), out, cache=StepCache(cache_root() / "image"), quiet=True)
     return out
 
 
@@ -167,8 +169,8 @@ def _tampered_copy(out: Path, dest: Path, victim: str) -> None:
 
 def test_tampered_file_is_refused_and_named(example, image, tmp_path):
     from obelisk.attest.agent_client import AgentEndpoint, attest_node
-    from obelisk.lab.boot import stop
     from obelisk.image.verify import verify_image
+    from obelisk.lab.boot import stop
 
     keys = example / "keys"
     victim = "/usr/bin/mkdir"  # run by /sbin/obelisk-init at every boot

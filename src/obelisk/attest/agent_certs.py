@@ -14,12 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from obelisk.core import atomic
 from obelisk.core.errors import InputError
+from obelisk.signer.certs import issue_certificate
+from obelisk.signer.keys import (
+    PassphraseSource,
+    load_certificate,
+    load_signing_key,
+    same_public_key,
+)
 
 
 @dataclass(frozen=True)
@@ -28,26 +35,18 @@ class IssuedCert:
     key: Path
 
 
-def load_ca(ca_cert: Path, ca_key: Path, passphrase: bytes | None = None):
-    from obelisk.signer.keys import load_certificate
-
+def load_ca(ca_cert: Path, ca_key: str | Path, passphrase: PassphraseSource | None = None):
+    """The CA certificate and its key (a PEM/DER file or a pkcs11: URI, through signer.keys), matched."""
     cert = load_certificate(ca_cert)
-    try:
-        key = serialization.load_pem_private_key(Path(ca_key).read_bytes(), password=passphrase)
-    except OSError as exc:
-        raise InputError(f"cannot read CA key: {exc.strerror}", source=str(ca_key)) from None
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"cannot load CA key: {exc}", source=str(ca_key)) from None
-    from obelisk.signer.keys import same_public_key
-
-    if not same_public_key(key.public_key(), cert.public_key()):  # type: ignore[arg-type]
-        raise InputError("CA key does not match the CA certificate", source=str(ca_key))
+    key = load_signing_key(str(ca_key), passphrase)
+    if not same_public_key(key.public_key, cert.public_key()):  # type: ignore[arg-type]
+        raise InputError("CA key does not match the CA certificate", source=str(ca_key).split("?")[0])
     return cert, key
 
 
-def issue(ca_cert: Path, ca_key: Path, out_dir: Path, name: str, *, server: bool,
+def issue(ca_cert: Path, ca_key: str | Path, out_dir: Path, name: str, *, server: bool,
           hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 365,
-          ca_passphrase: bytes | None = None) -> IssuedCert:
+          ca_passphrase: PassphraseSource | None = None) -> IssuedCert:
     """A P-256 key and a certificate for TLS server or client use, signed by the customer CA."""
     ca, ca_private = load_ca(ca_cert, ca_key, ca_passphrase)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -75,8 +74,9 @@ def issue(ca_cert: Path, ca_key: Path, out_dir: Path, name: str, *, server: bool
             except ValueError:
                 sans.append(x509.DNSName(h))
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca_private, hashes.SHA256() if not isinstance(ca_private, ec.EllipticCurvePrivateKey)
-                        or ca_private.curve.key_size < 384 else hashes.SHA384())
+    ca_public = ca_private.public_key
+    cert = issue_certificate(builder, ca_private, "sha384" if isinstance(ca_public, ec.EllipticCurvePublicKey)
+                             and ca_public.curve.key_size >= 384 else "sha256")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "agent" if server else "client"
     key_path, cert_path = out_dir / f"{stem}.key", out_dir / f"{stem}.pem"

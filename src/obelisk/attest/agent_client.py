@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from obelisk.core.errors import InputError, ObeliskError
+from obelisk.core.inputs import read_bounded
 
 if TYPE_CHECKING:
     from obelisk.image.manifest import Manifest
@@ -103,8 +104,8 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     if refs.manifest is None:
         raise InputError(f"not an obelisk image manifest (schema {manifestmod.SCHEMA})", source=manifest)
     m = refs.manifest
-    ak_data = _read(ak, "AK record")
-    record = akrecord.parse(ak_data, ak, ek_public=_read(ek, "EK public") if ek else None)
+    ak_data = read_bounded(ak, "AK record", 1 << 20)
+    record = akrecord.parse(ak_data, ak, ek_public=read_bounded(ek, "EK public", 1 << 16) if ek else None)
     nonce = fresh_nonce()
     bundle = evmod.parse(endpoint.evidence(nonce), source=f"{endpoint.url}/v1/evidence")
     opts = verify.Options(nonce=nonce, ak=record, previous=verify.load_state(state, record),
@@ -161,8 +162,3 @@ def var_finding(manifest: Manifest, reported: str | None):
                    expected="/dev/mapper/* (dm-crypt)" if wanted == "luks2" else "/dev/* ext2", detail=detail)
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {what}: {exc.strerror}", source=path) from None

@@ -151,6 +151,8 @@ def ek_certificate_problem(ek_public: bytes, certificate: bytes | None, ca_pem: 
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
+    from obelisk.signer.certs import ChainError, check_issued_by_any
+
     if not certificate:
         return "no EK certificate (the TPM has none in NV and none was given)"
     try:
@@ -159,18 +161,11 @@ def ek_certificate_problem(ek_public: bytes, certificate: bytes | None, ca_pem: 
         cas = x509.load_pem_x509_certificates(ca_pem)
     except ValueError as exc:
         return f"unreadable certificate: {exc}"
-    issued = False
-    for ca in cas:
-        if cert.issuer != ca.subject:
-            continue
-        try:
-            cert.verify_directly_issued_by(ca)
-            issued = True
-            break
-        except Exception:  # InvalidSignature, or a key type mismatch
-            continue
-    if not issued:
-        return f"EK certificate ({cert.issuer.rfc4514_string()}) was not issued by the given CA"
+    try:
+        # explicit check, not cryptography's verifier: EK certificates break its RFC 5280 profile (signer.certs)
+        check_issued_by_any(cert, cas)
+    except ChainError as exc:
+        return f"EK certificate ({cert.issuer.rfc4514_string()}) was not issued by the given CA: {exc}"
     ek_key, _ = _from_public(ek_public, "EK")
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if ek_key.public_bytes(*fmt) != cert.public_key().public_bytes(*fmt):

@@ -90,25 +90,9 @@ def _release_key(release: str) -> tuple[int, int]:
     return (int(v) if _digits(v) else 0, int(r) if _digits(r) else 0)
 
 
-def _load_data_file(path: Path) -> Any:
-    """obelisk's own data files: libyaml when present (the catalogue is read on every scan), ids kept as text."""
-    import yaml
-
-    base = getattr(yaml, "CSafeLoader", None)
-    if base is None or path.parent != DATA:
-        return load_yaml_file(path, floats_as_text=True)
-
-    class _Loader(base):  # type: ignore[misc,valid-type]
-        pass
-
-    _Loader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loader.construct_scalar(node))
-    with open(path, "rb") as handle:
-        return yaml.load(handle, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
 @functools.lru_cache(maxsize=1)
 def _stig_data() -> dict[str, Any]:
-    data = _load_data_file(DATA / "stig-k8s.yaml")
+    data = load_yaml_file(DATA / "stig-k8s.yaml", floats_as_text=True)
     if not isinstance(data, dict) or not isinstance(data.get("rules"), dict):
         raise InputError("expected 'rules' mapping", source=str(DATA / "stig-k8s.yaml"))
     return data
@@ -192,7 +176,7 @@ def _builtin_checks(stig_release: str | None) -> tuple[Check, ...]:
 def _load_checks(path: str | Path | None, stig_release: str | None,
                  stig_benchmark: str | Path | None) -> tuple[Check, ...]:
     source = Path(path) if path is not None else DATA / "checks.yaml"
-    data = _load_data_file(source)
+    data = load_yaml_file(source, floats_as_text=True)
     entries = data.get("checks") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise InputError("expected a list under 'checks'", source=str(source))

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _register_disk(sub: argparse._SubParsersAction) -> None:
     from obelisk.cli.main import subcommand_group
+    from obelisk.cli.signer import add_passphrase_options
 
     disk = subcommand_group(sub, "disk", "LUKS2 volumes unlocked by keys sealed in the TPM")
 
@@ -75,7 +76,9 @@ def _register_disk(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_disk_reseal)
 
     p = disk.add_parser("sign-policy", help="customer: sign a PCR policy (current or predicted values)")
-    p.add_argument("--key", required=True, metavar="PEM", help="customer private key (ECDSA P-256 or RSA)")
+    p.add_argument("--key", required=True, metavar="KEY",
+                   help="customer policy key (ECDSA P-256 or RSA): a PEM/DER file or a pkcs11: URI")
+    add_passphrase_options(p)
     p.add_argument("--pcrs", required=True)
     p.add_argument("--pcr-value", action="append", default=[], metavar="N=HEX")
     p.add_argument("--tcti", default=None, help="read values not given with --pcr-value from this TPM")
@@ -176,18 +179,14 @@ def _disk_reseal(args: argparse.Namespace) -> int:
 
 
 def _disk_sign_policy(args: argparse.Namespace) -> int:
-    from cryptography.hazmat.primitives import serialization
-
+    from obelisk.cli.signer import passphrase_source
     from obelisk.core import atomic
-    from obelisk.core.errors import InputError
     from obelisk.disk import policy as policymod
+    from obelisk.signer.keys import load_signing_key, sign_tpm_policy
     from obelisk.tpm import device as tpm
     from obelisk.tpm import seal
 
-    try:
-        key = serialization.load_pem_private_key(_read(args.key, "key", 1 << 16), password=None)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"cannot load private key: {exc}", source=args.key) from None
+    key = load_signing_key(args.key, passphrase_source(args))
     pcrs = _pcr_list(args.pcrs)
     values = _pcr_values(args.pcr_value)
     missing = [p for p in pcrs if p not in values]
@@ -198,7 +197,7 @@ def _disk_sign_policy(args: argparse.Namespace) -> int:
             values.update(tpm.pcr_values(args.tcti, seal.BANK, missing))
     values = {p: values[p] for p in pcrs}
     policy = seal.SignedPolicy(pcrs=pcrs, values=values,
-                               signature=seal.sign_policy(key, seal.policy_pcr_digest(pcrs, values)))
+                               signature=sign_tpm_policy(key, seal.policy_pcr_digest(pcrs, values)))
     atomic.write_bytes(args.policy_output, policymod.serialize(policy))
     data = {"policy": args.policy_output, "pcrs": list(pcrs),
             "pcr_values": {str(k): v.hex() for k, v in values.items()}}

@@ -7,6 +7,8 @@ import argparse
 from obelisk.cli.common import add_output_options, add_quiet, emit_report, emit_result, output_format
 from obelisk.cli.main import subcommand_group
 
+MAX_MEASUREMENT_LIST = 1 << 30  # ascii lists of long-running nodes reach hundreds of MB
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     ima = subcommand_group(sub, "ima", "IMA signatures, policies and measurement lists")
@@ -62,15 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     convert.set_defaults(handler=_reference_convert)
 
 
-def _read(path: str, what: str) -> bytes:
-    from pathlib import Path
+def _read(path: str, what: str, limit: int) -> bytes:
+    from obelisk.core.inputs import read_bounded
 
-    from obelisk.core.errors import InputError
-
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {what}: {exc.strerror}", source=path) from None
+    return read_bounded(path, what, limit)
 
 
 def _log_verify(args: argparse.Namespace) -> int:
@@ -93,13 +90,13 @@ def _log_verify(args: argparse.Namespace) -> int:
     banks = tuple(b.strip() for b in args.banks.split(",") if b.strip()) if args.banks else None
     with progress("verifying IMA measurement list", quiet=args.quiet) as bar:
         bar.stage("reading inputs")
-        data = _read(args.log, "measurement list")
+        data = _read(args.log, "measurement list", MAX_MEASUREMENT_LIST)
         manifest = reference.load(args.reference) if args.reference else None
         boot_pcrs = None
         if args.eventlog:
             from obelisk.tpm import eventlog
 
-            replayed = eventlog.replay(eventlog.parse(_read(args.eventlog, "event log"), args.eventlog))
+            replayed = eventlog.replay(eventlog.parse(_read(args.eventlog, "event log", eventlog.MAX_LOG_SIZE), args.eventlog))
             boot_pcrs = {bank: {i: replayed.value(bank, i) for i in range(10)} for bank in replayed.pcrs}
         keyring = Keyring.load(args.cert) if args.cert else None
         bar.stage(f"checking {args.log}")
@@ -125,7 +122,7 @@ def _reference_convert(args: argparse.Namespace) -> int:
     from obelisk.core.errors import InputError
     from obelisk.ima_policy import keylime, reference
 
-    data = _read(args.input, "input")
+    data = _read(args.input, "input", reference.MAX_MANIFEST_BYTES)
     try:
         obj = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -164,6 +161,6 @@ def _policy_render(args: argparse.Namespace) -> int:
 def _policy_lint(args: argparse.Namespace) -> int:
     from obelisk.ima_policy import lint
 
-    data = _read(args.policy, "policy")
+    data = _read(args.policy, "policy", lint.MAX_POLICY_BYTES)
     report = lint.lint_policy(data, args.policy, signed_build=args.signed == "yes")
     return emit_report(args, report)

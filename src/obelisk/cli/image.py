@@ -9,6 +9,7 @@ from obelisk.cli.common import add_output_options, add_quiet, emit_report, emit_
 
 def register(sub: argparse._SubParsersAction) -> None:
     from obelisk.cli.main import subcommand_group
+    from obelisk.cli.signer import add_passphrase_options
 
     p = sub.add_parser("build", help="build a node image from a spec: kernel, initramfs, signed SquashFS, manifest")
     p.add_argument("spec", metavar="SPEC.yaml")
@@ -69,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(handler=_attest_agent)
     t = attest.add_parser("issue-cert", help="issue a TLS certificate for an agent (--server) or a verifier")
     t.add_argument("--ca", required=True, help="customer CA certificate")
-    t.add_argument("--ca-key", required=True, help="customer CA private key")
+    t.add_argument("--ca-key", required=True, help="customer CA private key: a PEM/DER file or a pkcs11: URI")
+    add_passphrase_options(t)
     t.add_argument("--out", required=True, metavar="DIR", help="writes agent.pem/agent.key or client.pem/client.key")
     t.add_argument("--name", default="obelisk", help="certificate common name")
     t.add_argument("--server", action="store_true", help="a server certificate for the agent")
@@ -80,12 +82,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from obelisk.core.cachedir import cache_root
     from obelisk.image.build import build
-    from obelisk.image.cache import StepCache, default_cache_dir
+    from obelisk.image.cache import StepCache
     from obelisk.image.spec import load_spec
 
     spec = load_spec(args.spec)
-    cache = StepCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), enabled=not args.no_cache)
+    cache = StepCache(Path(args.cache_dir) if args.cache_dir else cache_root(), enabled=not args.no_cache)
     result = build(spec, Path(args.out), cache=cache, quiet=args.quiet)
 
     def text(d: dict) -> str:
@@ -155,9 +158,11 @@ def _issue_cert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from obelisk.attest.agent_certs import issue
+    from obelisk.cli.signer import passphrase_source
 
     hosts = tuple(args.host) if args.host else ("127.0.0.1", "localhost")
-    issued = issue(Path(args.ca), Path(args.ca_key), Path(args.out), args.name, server=args.server, hosts=hosts)
+    issued = issue(Path(args.ca), args.ca_key, Path(args.out), args.name, server=args.server, hosts=hosts,
+                   ca_passphrase=passphrase_source(args))
     print(f"certificate {issued.cert}, key {issued.key} (0600)")
     return 0
 

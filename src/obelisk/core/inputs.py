@@ -1,24 +1,55 @@
-"""Reading untrusted input files with a size bound, as one-line errors on failure."""
+"""Reading untrusted input files with a size bound, as one-line errors on failure.
+
+Every file obelisk reads on a user's behalf (keys, certificates, logs, evidence, reports) goes
+through `read_bounded`: at most `limit` bytes, and only a regular file. A FIFO, a device or a
+socket named by mistake (or by an attacker who controls a path) is refused by its name, without
+blocking: the file is opened with O_NONBLOCK and checked with fstat before anything is read.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
 
 from obelisk.core.errors import InputError
 
+_CHUNK = 1 << 20  # a 1 GiB limit must not mean a 1 GiB buffer for a small file
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
 
 def read_bounded(path: str | os.PathLike[str], what: str, limit: int) -> bytes:
-    """Read `path` (at most `limit` bytes); a missing, unreadable or oversized file is an InputError."""
+    """The content of the regular file `path` (at most `limit` bytes).
+
+    A missing, unreadable, oversized or non-regular file is an InputError naming `what`.
+    """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as handle:
-            data = handle.read(limit + 1)
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
-        raise InputError(f"{what} not found", source=name) from None
-    except IsADirectoryError:
-        raise InputError(f"{what} is a directory", source=name) from None
+        raise InputError(f"cannot read {what}: not found", source=name) from None
     except OSError as exc:
         raise InputError(f"cannot read {what}: {exc.strerror}", source=name) from None
-    if len(data) > limit:
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise InputError(f"cannot read {what}: it is {_kind(mode)}, not a regular file", source=name)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(limit + 1 - size, _CHUNK))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise InputError(f"cannot read {what}: {exc.strerror}", source=name) from None
+    finally:
+        os.close(fd)
+    if size > limit:
         raise InputError(f"{what} larger than {limit} bytes", source=name)
-    return data
+    return b"".join(chunks)

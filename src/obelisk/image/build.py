@@ -27,20 +27,12 @@ from cryptography.hazmat.primitives import serialization
 
 from obelisk import __version__
 from obelisk.core import atomic, tools
+from obelisk.core.digest import file_hexdigest, tree_content_digest, tree_stat_digest
 from obelisk.core.errors import InputError
 from obelisk.core.progress import progress
-from obelisk.image import (
-    cmdline,
-    initramfs,
-    manifest,
-    measure,
-    rootfs,
-    sbom,
-    scripts,
-    squashfs,
-)
-from obelisk.image.cache import StepCache, file_digest, tree_digest
-from obelisk.image.spec import APPRAISING, Permission, Spec, SpecError
+from obelisk.image import cmdline, initramfs, manifest, measure, rootfs, sbom, scripts, squashfs
+from obelisk.image.cache import StepCache
+from obelisk.image.spec import Permission, Spec, SpecError
 
 ARTIFACT_KERNEL = "bzImage"
 ARTIFACT_INITRAMFS = "initramfs.cpio"
@@ -91,29 +83,50 @@ class BuildResult:
 
 # --- preflight: every input problem, before any work ---
 
-def _load_keys(spec: Spec) -> Keys | None:
-    if not spec.signing.key:
-        return None
-    from obelisk.signer.keys import (
-        PassphraseSource,
-        check_key_matches_certificate,
-        load_certificate,
-        load_signing_key,
-    )
+def _load_signer(spec: Spec, key_ref: str, cert_path: str, field: str) -> tuple[Any, x509.Certificate]:
+    """A signing key (a PEM file or a PKCS#11 URI, through signer.keys) and its certificate, matched."""
+    from obelisk.signer.keys import PassphraseSource, check_key_matches_certificate, load_certificate, \
+        load_signing_key
 
     passphrase = PassphraseSource(env=spec.signing.passphrase_env) if spec.signing.passphrase_env else None
     try:
-        key = load_signing_key(spec.signing.key, passphrase)
-        cert = load_certificate(spec.signing.cert)
-        check_key_matches_certificate(key, cert, spec.signing.cert)
+        key = load_signing_key(key_ref, passphrase)
+        cert = load_certificate(cert_path)
+        check_key_matches_certificate(key, cert, cert_path)
+    except InputError as exc:
+        raise SpecError(spec.source, field, str(exc)) from None
+    return key, cert
+
+
+def _check_issued_by_ca(spec: Spec, cert: x509.Certificate, ca: x509.Certificate, field: str) -> None:
+    """The certificate chains to signing.ca now (the kernel ignores validity later: see signer.certs)."""
+    import datetime as _dt
+
+    from obelisk.signer.certs import ChainError, check_issued_by
+
+    try:
+        check_issued_by(cert, ca, at=_dt.datetime.now(_dt.UTC))
+    except ChainError as exc:
+        raise SpecError(spec.source, field, f"does not chain to signing.ca: {exc}") from None
+
+
+def _cert_digest(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _load_keys(spec: Spec) -> Keys | None:
+    if not spec.signing.key:
+        return None
+    from obelisk.signer.keys import load_certificate
+
+    key, cert = _load_signer(spec, spec.signing.key, spec.signing.cert, "signing")
+    try:
         ca = load_certificate(spec.signing.ca) if spec.signing.ca else None
     except InputError as exc:
         raise SpecError(spec.source, "signing", str(exc)) from None
     if ca is not None:
-        reason = manifest.chains_to(cert, ca)
-        if reason:
-            raise SpecError(spec.source, "signing.cert", f"does not chain to signing.ca: {reason}")
-    return Keys(key, cert, ca, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest())
+        _check_issued_by_ca(spec, cert, ca, "signing.cert")
+    return Keys(key, cert, ca, _cert_digest(cert))
 
 
 # SquashFS has no UUID: the kernel reports all zeros for it, and ima_policy's appraise-rootfs
@@ -182,21 +195,9 @@ def _load_policy_key(spec: Spec, ima: Keys | None) -> Keys:
     """disk.policy_key: loaded, matched with its certificate, chained to signing.ca, and not the IMA key."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from obelisk.signer.keys import (
-        PassphraseSource,
-        check_key_matches_certificate,
-        load_certificate,
-        load_signing_key,
-        same_public_key,
-    )
+    from obelisk.signer.keys import same_public_key
 
-    passphrase = PassphraseSource(env=spec.signing.passphrase_env) if spec.signing.passphrase_env else None
-    try:
-        key = load_signing_key(spec.disk.policy_key, passphrase)
-        cert = load_certificate(spec.disk.policy_cert)
-        check_key_matches_certificate(key, cert, spec.disk.policy_cert)
-    except InputError as exc:
-        raise SpecError(spec.source, "disk.policy_key", str(exc)) from None
+    key, cert = _load_signer(spec, spec.disk.policy_key, spec.disk.policy_cert, "disk.policy_key")
     public = cert.public_key()
     if ima is not None and same_public_key(public, ima.cert.public_key()):  # type: ignore[arg-type]
         raise SpecError(spec.source, "disk.policy_key", "is the IMA signing key: an IMA signature over a crafted "
@@ -205,11 +206,8 @@ def _load_policy_key(spec: Spec, ima: Keys | None) -> Keys:
             or (isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp256r1")):
         raise SpecError(spec.source, "disk.policy_key", "must be RSA or ECDSA P-256 (the TPM checks the signature)")
     if ima is not None and ima.ca is not None:
-        reason = manifest.chains_to(cert, ima.ca)
-        if reason:
-            raise SpecError(spec.source, "disk.policy_cert", f"does not chain to signing.ca: {reason}")
-    return Keys(key, cert, ima.ca if ima else None, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER))
-                .hexdigest())
+        _check_issued_by_ca(spec, cert, ima.ca, "disk.policy_cert")
+    return Keys(key, cert, ima.ca if ima else None, _cert_digest(cert))
 
 
 def signed_var_policy(plan: Plan, rootfs_sha256: bytes) -> bytes | None:
@@ -218,14 +216,13 @@ def signed_var_policy(plan: Plan, rootfs_sha256: bytes) -> bytes | None:
     if not (spec.disk.encryption and spec.disk.policy == "signed"):
         return None
     from obelisk.disk import policy as policymod
-    from obelisk.signer.hashalgo import by_name
+    from obelisk.signer.keys import sign_tpm_policy
     from obelisk.tpm import seal
 
     assert plan.policy_signer is not None
     prediction = measure.predict(measure.boot_events(cmdline.kernel_cmdline(spec), rootfs_sha256))
     values = {measure.PCR: prediction.unseal}
-    approved = seal.policy_pcr_digest((measure.PCR,), values)
-    signature = plan.policy_signer.key.sign_digest(hashlib.sha256(approved).digest(), by_name("sha256"))
+    signature = sign_tpm_policy(plan.policy_signer.key, seal.policy_pcr_digest((measure.PCR,), values))
     policy = seal.SignedPolicy(pcrs=(measure.PCR,), values=values, signature=signature)
     return manifest.dumps(policymod.to_json(policy))
 
@@ -238,8 +235,6 @@ def preflight(spec: Spec) -> Plan:
     if spec.kernel.source:
         tools.which("make")
         _kernel_inputs(spec)
-    if spec.ima.policy in APPRAISING and not spec.signing.key:
-        raise SpecError(spec.source, "ima.policy", "appraisal needs signing.key")
     keys = _load_keys(spec)
     policy_signer = _load_policy_key(spec, keys) if spec.disk.encryption and spec.disk.policy == "signed" else None
     k8s_files, k8s_modes = _render_kubernetes(spec)
@@ -254,11 +249,11 @@ def step_base(plan: Plan, cache: StepCache) -> tuple[Path, bool]:
     inputs: dict[str, Any] = {"base": s.base}
     if s.base == "busybox":
         assert plan.busybox is not None
-        inputs["busybox"] = file_digest(plan.busybox)
+        inputs["busybox"] = file_hexdigest(plan.busybox)
     elif s.base == "directory":
-        inputs["tree"] = tree_digest(s.path)
+        inputs["tree"] = tree_content_digest(s.path)
     elif s.base == "tarball":
-        inputs["tarball"] = file_digest(s.path)
+        inputs["tarball"] = file_hexdigest(s.path)
     else:
         inputs.update(suite=s.suite, mirror=s.mirror, packages=list(s.packages), epoch=plan.spec.source_date_epoch,
                       recipe=rootfs.MMDEBSTRAP_RECIPE)
@@ -322,8 +317,8 @@ def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
     extras = node_files(plan)
     inputs = {
         "base": base.name,
-        "agent": tree_digest(AGENT_PACKAGE) if (base / "root" / "usr/bin/python3").exists() else None,
-        "overlay": tree_digest(spec.rootfs.overlay) if spec.rootfs.overlay else None,
+        "agent": tree_content_digest(AGENT_PACKAGE) if (base / "root" / "usr/bin/python3").exists() else None,
+        "overlay": tree_content_digest(spec.rootfs.overlay) if spec.rootfs.overlay else None,
         "extras": [[f.path, f.mode, hashlib.sha256(f.data).hexdigest()] for f in extras],
         "permissions": [p.to_json() for p in plan.kubernetes_modes + spec.rootfs.permissions],
     }
@@ -374,7 +369,7 @@ def step_sign(plan: Plan, tree: Path, cache: StepCache, quiet: bool) -> tuple[Pa
 
 def step_squashfs(plan: Plan, tree: Path, xattrs: Path | None, cache: StepCache,
                   owners: list[tuple[str, int, int]]) -> tuple[Path, bool]:
-    inputs = {"tree": tree.name, "xattrs": file_digest(xattrs) if xattrs else None,
+    inputs = {"tree": tree.name, "xattrs": file_hexdigest(xattrs) if xattrs else None,
               "epoch": plan.spec.source_date_epoch, "gensquashfs": _tool_version("gensquashfs"),
               "recipe": squashfs.RECIPE, "owners": [list(o) for o in owners]}
 
@@ -391,7 +386,7 @@ def step_initramfs(plan: Plan, cache: StepCache, var_policy: bytes | None) -> tu
     assert plan.busybox is not None
     cert_der = plan.keys.cert.public_bytes(serialization.Encoding.DER) if plan.keys else None
     init = initramfs.render_init(measure=plan.spec.tpm.enabled, var_mode=var_mode(plan.spec))
-    inputs = {"busybox": file_digest(plan.busybox), "cert": hashlib.sha256(cert_der or b"").hexdigest(),
+    inputs = {"busybox": file_hexdigest(plan.busybox), "cert": hashlib.sha256(cert_der or b"").hexdigest(),
               "epoch": plan.spec.source_date_epoch, "init": hashlib.sha256(init.encode()).hexdigest(),
               "var_policy": hashlib.sha256(var_policy).hexdigest() if var_policy else None}
     extra = {VAR_POLICY_IN_INITRAMFS: var_policy} if var_policy else {}
@@ -411,18 +406,16 @@ def step_kernel(plan: Plan, cache: StepCache, quiet: bool) -> tuple[Path | None,
         return Path(spec.kernel.image), True
     if not spec.kernel.source:
         return None, True
-    from obelisk.kernel_hardening.source import file_digest as kfile_digest
     from obelisk.kernel_hardening.source import source_tree
-    from obelisk.kernel_hardening.source import tree_digest as ktree
 
     source = spec.kernel.source
     from obelisk.kernel_hardening.profile import load_profile
 
     # The profile's content, not its name: a changed built-in profile must rebuild the kernel.
     profile = hashlib.sha256(repr(load_profile(spec.kernel.profile)).encode()).hexdigest()
-    inputs = {"source": kfile_digest(source) if os.path.isfile(source) else ktree(Path(source)),
-              "profile": [spec.kernel.profile, profile], "ca": file_digest(spec.signing.ca),
-              "fragments": [file_digest(f) for f in spec.kernel.fragments]}
+    inputs = {"source": file_hexdigest(source) if os.path.isfile(source) else tree_stat_digest(Path(source)),
+              "profile": [spec.kernel.profile, profile], "ca": file_hexdigest(spec.signing.ca),
+              "fragments": [file_hexdigest(f) for f in spec.kernel.fragments]}
 
     def produce(out: Path) -> None:
         from obelisk.kernel_hardening import build as kbuild
@@ -471,7 +464,7 @@ def file_records(root: Path, xattrs: dict[bytes, bytes], owners: dict[str, tuple
         elif stat.S_ISREG(st.st_mode):
             value = xattrs.get(rel)
             records.append(manifest.FileRecord(path, manifest.FILE, mode=f"{stat.S_IMODE(st.st_mode):04o}",
-                                               size=st.st_size, sha256=file_digest(full), uid=uid, gid=gid,
+                                               size=st.st_size, sha256=file_hexdigest(full), uid=uid, gid=gid,
                                                ima=base64.b64encode(value).decode() if value is not None else None))
     return tuple(records)
 
@@ -556,7 +549,7 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
         mark("squashfs", c)
         bar.advance()
         bar.stage("initramfs")
-        var_policy = signed_var_policy(plan, bytes.fromhex(file_digest(sq / ARTIFACT_ROOTFS)))
+        var_policy = signed_var_policy(plan, bytes.fromhex(file_hexdigest(sq / ARTIFACT_ROOTFS)))
         ir, c = step_initramfs(plan, cache, var_policy)
         mark("initramfs", c)
         bar.advance()

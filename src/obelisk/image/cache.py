@@ -1,8 +1,9 @@
 """The build cache: each step's output stored under the digest of its inputs.
 
-A step is keyed by its name and a JSON description of every input (file digests, settings,
-tool versions). Outputs are directories built under a temporary name and renamed into
-place, so a killed build never leaves a cache entry that looks complete.
+A step is keyed by its name and a JSON description of every input (file and tree digests from
+core.digest, settings, tool versions). Outputs are directories built under a temporary name and
+renamed into place, so a killed build never leaves a cache entry that looks complete. Where the
+cache lives is core.cachedir's decision.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,38 +19,6 @@ from pathlib import Path
 from typing import Any
 
 CACHE_VERSION = "1"
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("OBELISK_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "obelisk"
-
-
-def file_digest(path: str | os.PathLike[str], algo: str = "sha256") -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, algo).hexdigest()
-
-
-def tree_digest(root: str | os.PathLike[str]) -> str:
-    """Digest of a directory tree: every entry's relative path, type, mode and content, in sorted order."""
-    h = hashlib.sha256()
-    root_b = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(root_b):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root_b)
-        for name in sorted(dirnames + filenames):
-            full = os.path.join(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            st = os.lstat(full)
-            h.update(rel + b"\0" + b"%o\0" % st.st_mode)
-            if stat.S_ISLNK(st.st_mode):
-                h.update(os.readlink(full) + b"\0")
-            elif stat.S_ISREG(st.st_mode):
-                h.update(bytes.fromhex(file_digest(full)))
-    return h.hexdigest()
 
 
 def inputs_digest(step: str, inputs: dict[str, Any]) -> str:

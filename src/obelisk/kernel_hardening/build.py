@@ -107,8 +107,9 @@ def _copy_outputs(src: Path, dest: Path) -> None:
 
 def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], ca_path: str | os.PathLike[str],
           output: str | os.PathLike[str], *, jobs: int = 2, quiet: bool = False) -> BuildResult:
+    from obelisk.core.digest import file_hexdigest, tree_stat_digest
     from obelisk.kernel_hardening.resolve import check_tree_clean
-    from obelisk.kernel_hardening.source import file_digest, source_tree, tree_digest
+    from obelisk.kernel_hardening.source import source_tree
 
     started = time.monotonic()
     config_text = Path(config_path).read_text(errors="replace") if Path(config_path).is_file() else None
@@ -118,7 +119,7 @@ def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], c
     ca = read_ca(ca_path)
     tree = source_tree(source, quiet=quiet)
     check_tree_clean(tree)
-    source_digest = file_digest(source) if Path(source).is_file() else tree_digest(tree)
+    source_digest = file_hexdigest(source) if Path(source).is_file() else tree_stat_digest(tree)
     wanted = intended_config(config_text)
     key = build_key(source_digest, wanted, ca)[:32]
     entry = cache.cache_dir("build") / key

@@ -9,18 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from obelisk.core.errors import InputError
+from obelisk.core.inputs import read_bounded
 
 MAX_BYTES = 1024 * 1024
 
 
 def _read_text(path: str | Path, what: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    if len(data) > MAX_BYTES:
-        raise InputError(f"larger than {MAX_BYTES} bytes: not a {what}", source=str(path))
+    data = read_bounded(path, what, MAX_BYTES)
     if b"\x00" in data:
         raise InputError(f"binary data: not a {what}", source=str(path))
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Severity
-from obelisk.core.yamlsafe import MAX_YAML_BYTES, load_yaml_file
+from obelisk.core.yamlsafe import load_yaml_file
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 KINDS = ("kconfig", "cmdline", "sysctl")
@@ -183,35 +183,6 @@ TOP_FIELDS = ("name", "description", "extends", *KINDS)
 _KCONFIG_NAME = re.compile(r"CONFIG_[A-Za-z0-9_]+")
 
 
-def _read_yaml(path: Path) -> Any:
-    """Profiles are read on every `kernel check`: use libyaml when present (5x faster), same rules."""
-    import yaml
-
-    base = getattr(yaml, "CSafeLoader", None)
-    if base is None:
-        return load_yaml_file(path, floats_as_text=True)
-
-    class Loader(base):  # type: ignore[misc, valid-type]
-        pass
-
-    # versions like 5.10 stay text, as in core.yamlsafe
-    Loader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loader.construct_scalar(node))
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    if len(data) > MAX_YAML_BYTES:
-        raise InputError(f"larger than {MAX_YAML_BYTES} bytes", source=str(path))
-    try:
-        return yaml.load(data, Loader=Loader)  # noqa: S506 - a CSafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"invalid YAML at{line}: {exc.problem}", source=str(path)) from None
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(f"invalid YAML: {exc}", source=str(path)) from None
-
-
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
@@ -238,7 +209,7 @@ def _load(name_or_path: str, chain: tuple[str, ...]) -> Profile:
     key = str(path.resolve())
     if key in chain:
         raise InputError("profile extends itself (cycle)", source=str(path))
-    data = _read_yaml(path)
+    data = load_yaml_file(path, floats_as_text=True)  # versions like 5.10 stay text
     where = str(path)
     if not isinstance(data, dict):
         raise InputError("a profile is a mapping with name, kconfig, cmdline, sysctl", source=where)

@@ -6,22 +6,14 @@ into place only when extraction finished, so an interrupted extraction is never 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from pathlib import Path
 
 from obelisk.core.atomic import atomic_directory
+from obelisk.core.digest import file_hexdigest
 from obelisk.core.errors import InputError
 from obelisk.kernel_hardening import cache
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _single_tree(root: Path) -> Path:
@@ -41,7 +33,7 @@ def source_tree(spec: str | os.PathLike[str], quiet: bool = True) -> Path:
     if not path.is_file():
         raise InputError("kernel source not found", source=str(spec))
     try:
-        digest = file_digest(path)
+        digest = file_hexdigest(path)
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", source=str(spec)) from None
     target = cache.cache_dir("src") / digest[:16]
@@ -59,17 +51,3 @@ def source_tree(spec: str | os.PathLike[str], quiet: bool = True) -> Path:
         raise InputError(f"not a readable tarball: {exc}", source=str(spec)) from None
     return _single_tree(target)
 
-
-def tree_digest(tree: Path) -> str:
-    """Digest identifying a source tree: every file's path, size and modification time."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(tree):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(p)
-            except OSError:
-                continue
-            h.update(f"{os.path.relpath(p, tree)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()

@@ -59,11 +59,12 @@ def stage_keys(w: Walk) -> str:
 
 
 def stage_build(w: Walk) -> str:
+    from obelisk.core.cachedir import cache_root
     from obelisk.image.build import build
-    from obelisk.image.cache import StepCache, default_cache_dir
+    from obelisk.image.cache import StepCache
     from obelisk.image.spec import load_spec
 
-    result = build(load_spec(w.project / "spec.yaml"), w.out, cache=StepCache(default_cache_dir() / "image"),
+    result = build(load_spec(w.project / "spec.yaml"), w.out, cache=StepCache(cache_root() / "image"),
                    quiet=w.quiet)
     steps = ", ".join(f"{k} {v}" for k, v in result.steps.items())
     return f"built {w.out}: {len(result.artifacts)} artifacts, {result.files} files signed ({steps})"

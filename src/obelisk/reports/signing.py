@@ -24,6 +24,7 @@ from obelisk import __version__
 from obelisk.core import atomic
 from obelisk.core.errors import EXIT_FAILED, InputError, ObeliskError
 from obelisk.core.findings import Report, Subject
+from obelisk.core.inputs import read_bounded
 from obelisk.reports.statement import (PAYLOAD_TYPE, SignatureFile, Statement, pae, parse_signature,
                                        parse_statement, serialize_signature, serialize_statement)
 
@@ -98,18 +99,8 @@ def describe(data: bytes) -> Described | None:
     return None
 
 
-def _read(path: str | Path, what: str, limit: int = MAX_REPORT_BYTES) -> bytes:
-    p = Path(path)
-    try:
-        if p.stat().st_size > limit:
-            raise InputError(f"{what} larger than {limit} bytes", source=str(p))
-        return p.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {what}: {exc.strerror}", source=str(p)) from None
-
-
 def _load_chain_pem(path: str) -> list[x509.Certificate]:
-    data = _read(path, "certificate", 1024 * 1024)
+    data = read_bounded(path, "certificate", 1024 * 1024)
     try:
         if b"-----BEGIN CERTIFICATE" in data:
             certs = x509.load_pem_x509_certificates(data)
@@ -126,7 +117,7 @@ def sign_report_file(report: str, *, key: str, cert: str, output: str | None = N
     from obelisk.signer.hashalgo import by_name
     from obelisk.signer.keys import PassphraseSource, check_key_matches_certificate, load_signing_key
 
-    data = _read(report, "report")
+    data = read_bounded(report, "report", MAX_REPORT_BYTES)
     described = describe(data)
     if results:
         from obelisk.reports.model import load_bundle
@@ -168,32 +159,17 @@ def _parse_time(value: str, what: str) -> _dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
 
 
-def _valid_at(cert: x509.Certificate, when: _dt.datetime) -> bool:
-    return cert.not_valid_before_utc <= when <= cert.not_valid_after_utc
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, Exception):  # InvalidSignature and unsupported algorithms alike
-        return False
-    return True
-
-
 def check_chain(leaf: x509.Certificate, intermediates: list[x509.Certificate], roots: list[x509.Certificate],
                 when: _dt.datetime) -> x509.Certificate:
-    """Walk leaf -> intermediates -> one of `roots`; return the root. Raises VerificationFailed."""
+    """The root of the path leaf -> intermediates -> one of `roots`, valid at `when`. Raises VerificationFailed.
+
+    Path validation is cryptography's (obelisk.signer.certs.verify_chain); the leaf's own validity and
+    key usage are checked first so that the most common failures get their own message.
+    """
+    from obelisk.signer.certs import ChainError, valid_at, verify_chain
+
     name = leaf.subject.rfc4514_string()
-    if not _valid_at(leaf, when):
+    if not valid_at(leaf, when):
         raise VerificationFailed(f"signer certificate {name} was not valid at signing time {when.isoformat()}")
     try:
         usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -201,20 +177,11 @@ def check_chain(leaf: x509.Certificate, intermediates: list[x509.Certificate], r
             raise VerificationFailed(f"signer certificate {name} does not allow digital signatures")
     except x509.ExtensionNotFound:
         pass
-    current = leaf
-    for _ in range(len(intermediates) + 1):
-        for root in roots:
-            if _issued_by(current, root):
-                if not _valid_at(root, when):
-                    raise VerificationFailed(f"CA {root.subject.rfc4514_string()} was not valid at signing time")
-                return root
-        step = next((c for c in intermediates if c is not current and _is_ca(c) and _valid_at(c, when)
-                     and _issued_by(current, c)), None)
-        if step is None:
-            break
-        current = step
-    cas = "; ".join(r.subject.rfc4514_string() for r in roots)
-    raise VerificationFailed(f"signer certificate {name} does not chain to the customer CA ({cas})")
+    try:
+        return verify_chain(leaf, intermediates, roots, when)
+    except ChainError as exc:
+        cas = "; ".join(r.subject.rfc4514_string() for r in roots)
+        raise VerificationFailed(f"signer certificate {name} does not chain to the customer CA ({cas}): {exc}") from None
 
 
 def verify_report_file(report: str, *, ca: str, signature: str | None = None,
@@ -222,9 +189,9 @@ def verify_report_file(report: str, *, ca: str, signature: str | None = None,
     from obelisk.signer.hashalgo import by_name
     from obelisk.signer.keys import verify_digest_signature
 
-    data = _read(report, "report")
+    data = read_bounded(report, "report", MAX_REPORT_BYTES)
     sig_path = signature or f"{report}.sig"
-    sig = parse_signature(_read(sig_path, "signature", 1024 * 1024), source=sig_path)
+    sig = parse_signature(read_bounded(sig_path, "signature", 1024 * 1024), source=sig_path)
     roots = _load_chain_pem(ca)
     try:
         chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in sig.certificates]

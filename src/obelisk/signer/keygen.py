@@ -161,17 +161,20 @@ def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048"
     for name in (POLICY_KEY, POLICY_CERT):
         if (out / name).exists():
             raise InputError(f"refusing to overwrite existing {name}", source=str(out))
+    from obelisk.signer.certs import issue_certificate
+    from obelisk.signer.keys import PassphraseSource, load_certificate, load_signing_key
+
     try:
-        ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=passphrase)
-        ca_cert = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
-    except (OSError, ValueError, TypeError) as exc:
+        ca_key = load_signing_key(str(out / "ca.key"), PassphraseSource(value=passphrase))
+        ca_cert = load_certificate(out / "ca.pem")
+    except InputError as exc:
         raise InputError(f"cannot load the CA to issue the disk policy key: {exc}", source=str(out)) from None
     now = now or _dt.datetime.now(_dt.timezone.utc)
     start = now - _dt.timedelta(minutes=5)
     key = _new_key(key_type if key_type.startswith("rsa-") else "ecdsa-p256")
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    cert = _signing_leaf(_name(f"{organization} disk policy key", organization), ca_cert.subject, ca_ski, key,
-                         start, valid_days).sign(ca_key, _hash_for(key_type))  # type: ignore[arg-type]
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key)
+    cert = issue_certificate(_signing_leaf(_name(f"{organization} disk policy key", organization), ca_cert.subject,
+                                           ca_ski, key, start, valid_days), ca_key, _hash_for(key_type).name)
     atomic.write_bytes(out / POLICY_KEY, _private_pem(key, passphrase), mode=0o600)
     atomic.write_bytes(out / POLICY_CERT, cert.public_bytes(serialization.Encoding.PEM))
     return out / POLICY_KEY, out / POLICY_CERT

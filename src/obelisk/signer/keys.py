@@ -27,12 +27,19 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 @dataclass(frozen=True)
 class PassphraseSource:
-    """Where a passphrase comes from: an environment variable or a file (first line)."""
+    """Where a passphrase comes from: an environment variable or a file (first line).
+
+    `value` is for a passphrase already read in this process (keys generate asks once and
+    then loads the CA key it just wrote); never fill it from a command-line argument.
+    """
 
     env: str | None = None
     file: str | None = None
+    value: bytes | None = None
 
     def read(self) -> bytes | None:
+        if self.value is not None:
+            return self.value
         if self.env:
             value = os.environ.get(self.env)
             if value is None:
@@ -127,6 +134,18 @@ def load_signing_key(ref: str, passphrase: PassphraseSource | None = None) -> Si
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         raise InputError(f"unsupported key type {type(key).__name__}: IMA takes RSA or ECDSA", source=ref)
     return SoftwareKey(key)
+
+
+def sign_tpm_policy(key: SigningKey, approved: bytes, policy_ref: bytes = b"") -> bytes:
+    """`key`'s approval of a TPM policy digest (TPM2_PolicyAuthorize): a signature over
+    aHash = SHA-256(approvedPolicy || policyRef), RSA PKCS#1 v1.5 or DER ECDSA as `sign_digest` makes them.
+
+    RSA signatures are the bytes a PEM key always gave; ECDSA ones are now deterministic (RFC 6979),
+    which the TPM accepts like any other valid signature.
+    """
+    from obelisk.tpm.seal import policy_signing_digest
+
+    return key.sign_digest(policy_signing_digest(approved, policy_ref), by_name("sha256"))
 
 
 def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:

@@ -17,10 +17,10 @@ from pathlib import Path
 from cryptography import x509
 
 from obelisk.core import atomic
+from obelisk.core.digest import digest_fd, open_for_digest
 from obelisk.core.errors import InputError
 from obelisk.core.progress import progress
 from obelisk.signer import hashalgo, imasig, xattrfile
-from obelisk.signer.filedigest import digest_fd, open_file
 from obelisk.signer.hashalgo import HashAlgo
 from obelisk.signer.keys import SigningKey, check_key_matches_certificate, ima_key_id
 from obelisk.signer.tree import TreeFile, TreeWalk, check_roots, iter_files
@@ -63,9 +63,9 @@ def _sign_chunk(chunk: list[tuple[bytes, str]]) -> tuple[int, list[tuple[bytes, 
     done = 0
     for relpath, path in chunk:
         try:
-            fd = open_file(path)
+            fd = open_for_digest(path, follow_symlinks=False)  # a symlink swapped in after the walk is refused
             try:
-                value = sign_digest_value(key, key_id, algo, digest_fd(fd, algo))
+                value = sign_digest_value(key, key_id, algo, digest_fd(fd, algo.name))
                 if write_xattr:
                     os.setxattr(fd, XATTR_NAME, value)
                 else:

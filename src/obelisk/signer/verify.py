@@ -15,10 +15,10 @@ from enum import StrEnum
 from cryptography import x509
 
 from obelisk.core.errors import InputError, ParseError
+from obelisk.core.digest import file_digest
 from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject
 from obelisk.core.progress import progress
 from obelisk.signer import imasig, xattrfile
-from obelisk.signer.filedigest import file_digest
 from obelisk.signer.keys import PublicKey, ima_key_id, verify_digest_signature
 from obelisk.signer.tree import TreeFile, walk
 from obelisk.signer.verity import verity_digest
@@ -66,7 +66,7 @@ class TrustedKeys:
                 parsed.key_id_hex
         try:
             if parsed.version == 2:
-                digest = file_digest(path, parsed.hash_algo)
+                digest = file_digest(path, parsed.hash_algo.name, follow_symlinks=False)
             elif parsed.hash_algo.name not in ("sha256", "sha512"):
                 return Outcome.MALFORMED, f"fs-verity has no {parsed.hash_algo.name} digests", parsed.key_id_hex
             else:

@@ -94,7 +94,7 @@ def check_policy_signature(public_der: bytes, policy: "SignedPolicy") -> bool:
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
     key = serialization.load_der_public_key(public_der)
-    digest = hashlib.sha256(policy.approved + policy.policy_ref).digest()
+    digest = policy_signing_digest(policy.approved, policy.policy_ref)
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(policy.signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
@@ -107,17 +107,10 @@ def check_policy_signature(public_der: bytes, policy: "SignedPolicy") -> bool:
     return True
 
 
-def sign_policy(private_key, approved: bytes, policy_ref: bytes = b"") -> bytes:
-    """The customer's signature over aHash = H(approvedPolicy || policyRef) (ECDSA P-256 or RSA PKCS#1 v1.5)."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-
-    digest = hashlib.sha256(approved + policy_ref).digest()
-    if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        return private_key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-    if isinstance(private_key, rsa.RSAPrivateKey):
-        return private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-    raise InputError("policy key must be ECDSA (P-256) or RSA")
+def policy_signing_digest(approved: bytes, policy_ref: bytes = b"") -> bytes:
+    """aHash = SHA-256(approvedPolicy || policyRef): what the customer key signs (signer.keys.sign_tpm_policy)
+    and the TPM checks in TPM2_VerifySignature before PolicyAuthorize."""
+    return hashlib.sha256(approved + policy_ref).digest()
 
 
 # ---- TPM side --------------------------------------------------------------------------------
