@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from obelisk.core import tools
-from obelisk.disk import volume as disk
+from obelisk.disk import policy as policymod
 from obelisk.signer.keys import SoftwareKey, sign_tpm_policy
 from obelisk.tpm import seal
 from tests.signer.test_pkcs11 import import_key, softhsm, uri  # noqa: F401 - softhsm is a fixture
@@ -35,7 +35,7 @@ def _public_der(key) -> bytes:
 
 
 def _policy(path) -> seal.SignedPolicy:
-    return disk.signed_policy_from_json(json.loads(path.read_text()), str(path))
+    return policymod.parse(path.read_bytes(), str(path))
 
 
 def _old_sign_policy(private_key, approved: bytes) -> bytes:
