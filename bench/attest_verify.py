@@ -31,11 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from obelisk.attest import akrecord, evidence, verify
-from obelisk.tpm import eventlog, quote as q, device as tpm  # noqa: E402
-from obelisk.tpm.swtpm import SoftwareTPM  # noqa: E402
 from obelisk.core import tools  # noqa: E402
 from obelisk.ima_policy import measurement_list as ml  # noqa: E402
 from obelisk.ima_policy import reference  # noqa: E402
+from obelisk.tpm import device as tpm
+from obelisk.tpm import eventlog  # noqa: E402
+from obelisk.tpm import quote as q
+from obelisk.tpm.swtpm import SoftwareTPM  # noqa: E402
 
 TARGET_MS = 50.0
 

@@ -16,12 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from obelisk.core import findings as report_format  # noqa: E402
 from obelisk.reports.model import load_bundle  # noqa: E402
 from obelisk.reports.options import RenderOptions  # noqa: E402
 from obelisk.reports.render import FORMATS, render  # noqa: E402
 from obelisk.reports.stig_benchmark import load_stig_benchmark  # noqa: E402
 from tests.reports.samples import synthetic_report  # noqa: E402
-from obelisk.core import findings as report_format  # noqa: E402
 
 BUDGET = 2.0
 

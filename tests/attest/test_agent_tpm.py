@@ -31,9 +31,9 @@ MANIFEST = {"ima_reference": {"schema": "obelisk.ima-reference/1",
 @pytest.mark.swtpm
 def test_agent_serves_a_quote_the_verifier_accepts_once(swtpm, tmp_path):
     from obelisk.attest import akrecord
-    from obelisk.tpm import device as tpm
     from obelisk.attest.agent_client import attest_node
     from obelisk.signer.keygen import generate
+    from obelisk.tpm import device as tpm
 
     info = tpm.create_keys(swtpm.tcti)
     record = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True)

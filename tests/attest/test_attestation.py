@@ -10,9 +10,10 @@ import subprocess
 import pytest
 
 from obelisk.attest import akrecord, evidence, verify
-from obelisk.tpm import eventlog, device as tpm
 from obelisk.core import tools
 from obelisk.core.findings import Status
+from obelisk.tpm import device as tpm
+from obelisk.tpm import eventlog
 
 pytestmark = pytest.mark.swtpm
 
@@ -281,7 +282,7 @@ def _ca(tmp_path, name: str):
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
             .not_valid_after(now + dt.timedelta(days=30))
@@ -377,7 +378,7 @@ def _install_ek_certificate(swtpm, tmp_path, ca_pem, ca_key_pem) -> None:
     ek_key = akrecord._from_public(info.ek_public, "EK")[0]
     ca = x509.load_pem_x509_certificate(ca_pem.read_bytes())
     ca_key = serialization.load_pem_private_key(ca_key_pem.read_bytes(), None)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.subject).public_key(ek_key)
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
             .not_valid_after(now + dt.timedelta(days=3650))

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import pytest
 
-from obelisk.tpm import bootevents, eventlog
 from obelisk.attest import verify
-from obelisk.tpm import quote as q
 from obelisk.core.findings import Status
+from obelisk.tpm import bootevents, eventlog
+from obelisk.tpm import quote as q
 from tests.attest import synth
 from tests.attest.synth import CLOCK, NONCE, failing, run
 

@@ -115,7 +115,7 @@ def _write(root: Path, rel: str, text: str | bytes, mode: int) -> None:
 
 def _cert(root: Path, rel: str, cn: str, key) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
             .not_valid_after(now + dt.timedelta(days=365)).sign(key, hashes.SHA256()))

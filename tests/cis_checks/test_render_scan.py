@@ -19,8 +19,18 @@ from obelisk.cis_checks.scan import scan
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Status
 
-from .conftest import (APISERVER, CONTROLLER_MANAGER, ETCD, KUBELET_CONFIG, KUBELET_DROPINS, KUBELET_UNIT, SCHEDULER,
-                       by_id, edit, failing)
+from .conftest import (
+    APISERVER,
+    CONTROLLER_MANAGER,
+    ETCD,
+    KUBELET_CONFIG,
+    KUBELET_DROPINS,
+    KUBELET_UNIT,
+    SCHEDULER,
+    by_id,
+    edit,
+    failing,
+)
 
 
 @pytest.mark.parametrize("role", ["control-plane", "worker"])
@@ -190,7 +200,7 @@ def test_parent_directory_writable_by_others(control_plane):
 
 def _cert(path: Path, key) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
             .sign(key, hashes.SHA256()))

@@ -3,10 +3,11 @@ import itertools
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from obelisk.core.errors import InputError
 from obelisk.core import findings as report_format
+from obelisk.core.errors import InputError
 from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject, Waiver
 from obelisk.core.waivers import apply_waivers, load_waivers
 

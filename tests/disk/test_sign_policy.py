@@ -7,7 +7,6 @@ tpm.seal.check_policy_signature, the software twin of the TPM's check at unlock.
 from __future__ import annotations
 
 import hashlib
-import json
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization

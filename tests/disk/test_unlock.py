@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from obelisk.core.errors import ObeliskError
 from obelisk.cli import node_init as node_init_cli
+from obelisk.core.errors import ObeliskError
 from obelisk.disk import unlock as node_init
 
 

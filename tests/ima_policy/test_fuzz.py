@@ -2,11 +2,17 @@
 
 import tracemalloc
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from obelisk.core.errors import ParseError
-from obelisk.ima_policy.measurement_list import parse_ascii, parse_binary, parse_measurement_list, serialize_ascii, \
-    serialize_binary
+from obelisk.ima_policy.measurement_list import (
+    parse_ascii,
+    parse_binary,
+    parse_measurement_list,
+    serialize_ascii,
+    serialize_binary,
+)
 from tests.ima_policy.logs import sample_entries
 
 VALID = serialize_binary(sample_entries(6, "ima-sig"))

@@ -6,8 +6,16 @@ import pytest
 from obelisk.core.errors import ParseError
 from obelisk.ima_policy import templates
 from obelisk.ima_policy.measurement_list import (
-    ASCII, BINARY, Entry, make_entry, parse_ascii, parse_binary, parse_measurement_list, serialize_ascii,
-    serialize_binary)
+    ASCII,
+    BINARY,
+    Entry,
+    make_entry,
+    parse_ascii,
+    parse_binary,
+    parse_measurement_list,
+    serialize_ascii,
+    serialize_binary,
+)
 from tests.ima_policy.logs import file_entry, sample_entries
 
 REAL_LISTS = ("sample-ascii_runtime_measurements-pcrs-8-9", "test_ascii_runtime_measurements")

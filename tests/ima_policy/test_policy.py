@@ -1,9 +1,10 @@
 import pytest
 
-from obelisk.core.errors import InputError
 from obelisk.core import findings as report_format
+from obelisk.core.errors import InputError
 from obelisk.core.findings import Status
-from obelisk.ima_policy import lint, policy as policy_format, profiles
+from obelisk.ima_policy import lint, profiles
+from obelisk.ima_policy import policy as policy_format
 
 UUID = "8bcbe394-4f13-4144-be8e-5aa9ea2ce2f6"
 

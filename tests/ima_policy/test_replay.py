@@ -3,8 +3,7 @@ import hashlib
 import pytest
 
 from obelisk.ima_policy.measurement_list import make_entry
-from obelisk.ima_policy.replay import (
-    BANKS, PER_BANK, SHA1_PADDED, extend_digest, match_prefix, replay, replay_all_pcrs)
+from obelisk.ima_policy.replay import BANKS, PER_BANK, SHA1_PADDED, extend_digest, match_prefix, replay, replay_all_pcrs
 from tests.ima_policy.logs import sample_entries
 
 

@@ -6,14 +6,13 @@ import json
 
 import pytest
 
+from obelisk.core import findings as report_format
 from obelisk.core import tools
 from obelisk.core.errors import ParseError
-from obelisk.core import findings as report_format
 from obelisk.core.findings import Status
 from obelisk.ima_policy import checker, reference
 from obelisk.ima_policy.keyring import Keyring
-from obelisk.ima_policy.measurement_list import (
-    digest_field, make_entry, name_field, serialize_ascii, serialize_binary)
+from obelisk.ima_policy.measurement_list import digest_field, make_entry, name_field, serialize_ascii, serialize_binary
 from obelisk.ima_policy.pcrs import PcrValues
 from obelisk.ima_policy.reference import ReferenceManifest, Rule
 from obelisk.ima_policy.replay import SHA1_PADDED, replay
@@ -274,9 +273,9 @@ def test_boot_aggregate_from_event_log(shared_dir, obelisk_cli, pair, rng):
 
 def test_boot_aggregate_from_event_log_api(shared_dir):
     """The same with the event log replayed by obelisk.tpm.eventlog, and a wrong log rejected."""
-    from obelisk.tpm import eventlog
     from obelisk.ima_policy import boot_aggregate
     from obelisk.ima_policy.measurement_list import parse_measurement_list
+    from obelisk.tpm import eventlog
 
     ima = shared_dir / "testdata/ima"
     good = eventlog.replay(eventlog.parse((ima / "sample-binary_bios_measurements-pcrs-8-9").read_bytes()))

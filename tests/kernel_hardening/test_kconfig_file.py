@@ -3,7 +3,8 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from obelisk.core.errors import InputError
 from obelisk.kernel_hardening import kconfig_file

@@ -83,7 +83,8 @@ def test_unknown_profile_is_one_line_exit_2(obelisk_cli, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "optoin" in proc.stderr
 
 
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=12),
                      st.sampled_from(["y", "n", "kspp", "CONFIG_X", "6.1", "high"]))

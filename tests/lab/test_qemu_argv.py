@@ -9,15 +9,14 @@ need a kernel build; these run everywhere.
 from __future__ import annotations
 
 import dataclasses
-
 import subprocess
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from tests.image.manifests import sample_manifest
 from obelisk.core import tools
+from tests.image.manifests import sample_manifest
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 

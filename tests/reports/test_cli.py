@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from lxml import etree
+
 from obelisk.core import findings as report_format
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from obelisk.core import findings as report_format
 from obelisk.core.findings import Status
 from tests.reports.samples import cis_report
-from obelisk.core import findings as report_format
 
 
 def _scans(tmp_path):

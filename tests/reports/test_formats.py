@@ -9,6 +9,7 @@ import json
 import pytest
 from lxml import etree
 
+from obelisk.core import findings as report_format
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Report, Status
 from obelisk.reports.cci import load_cci_list
@@ -16,7 +17,6 @@ from obelisk.reports.model import load_bundle
 from obelisk.reports.options import RenderOptions
 from obelisk.reports.render import FORMATS, render
 from obelisk.reports.stig_benchmark import load_stig_benchmark
-from obelisk.core import findings as report_format
 
 
 def test_fixture_has_every_status(bundle):

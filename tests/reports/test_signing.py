@@ -14,8 +14,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from obelisk.reports.statement import (PAYLOAD_TYPE, Statement, pae, parse_signature, parse_statement,
-                                       serialize_statement)
+from obelisk.reports.statement import (
+    PAYLOAD_TYPE,
+    Statement,
+    pae,
+    parse_signature,
+    parse_statement,
+    serialize_statement,
+)
 
 
 def _name(cn: str) -> x509.Name:
@@ -30,7 +36,7 @@ def _write_key(path, key, passphrase: bytes | None = None):
 
 
 def _cert(subject_key, cn, issuer_key, issuer_name, *, ca: bool, days: int = 365):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(issuer_name or _name(cn))
          .public_key(subject_key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=days))
@@ -254,7 +260,7 @@ def test_sign_with_key_on_softhsm_token(obelisk_cli, html_report, pki, tmp_path)
     tools.run("pkcs11-tool", ["--module", module, "--read-object", "--type", "pubkey", "--id", "07",
                               "-o", str(pub_der)], env=env)
     public_key = serialization.load_der_public_key(pub_der.read_bytes())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     leaf = (x509.CertificateBuilder().subject_name(_name("HSM report signer")).issuer_name(pki.mid.subject)
             .public_key(public_key).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-
 from obelisk.core import tools
 from obelisk.signer import imasig
 from obelisk.signer.keys import load_certificate, load_signing_key

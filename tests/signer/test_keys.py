@@ -8,8 +8,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from obelisk.core import tools
 from obelisk.core.errors import InputError
 from obelisk.signer import hashalgo, keygen
-from obelisk.signer.keys import (PassphraseSource, check_key_matches_certificate, ima_key_id, load_certificate,
-                                 load_signing_key, verify_digest_signature)
+from obelisk.signer.keys import (
+    PassphraseSource,
+    check_key_matches_certificate,
+    ima_key_id,
+    load_certificate,
+    load_signing_key,
+    verify_digest_signature,
+)
 
 
 @pytest.mark.parametrize("key_type", keygen.KEY_TYPES)

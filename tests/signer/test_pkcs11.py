@@ -79,7 +79,7 @@ def test_ec_key_generated_on_token_signs_and_evmctl_accepts(softhsm, rsa_keys, t
     # the customer CA certifies the token's public key; the private key is never exported
     ca_key = serialization.load_pem_private_key(rsa_keys.ca_key.read_bytes(), None)
     ca = load_certificate(rsa_keys.ca_cert)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=hsm ima"))
             .issuer_name(ca.subject).public_key(hsm_key.public_key).serial_number(x509.random_serial_number())
             .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from obelisk.attest import akrecord, evidence, verify
-from obelisk.tpm import bootevents, device as tpm
 from obelisk.core.errors import ParseError
 from obelisk.core.findings import Status
+from obelisk.tpm import bootevents
+from obelisk.tpm import device as tpm
 from tests.conftest import extend_pcr11
 
 ROOT = hashlib.sha256(b"the built root").digest()

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from obelisk.tpm import eventlog as el
 from obelisk.core import tools
 from obelisk.core.errors import ParseError
+from obelisk.tpm import eventlog as el
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "testdata"
 EVENTLOGS = sorted((SHARED / "eventlog").glob("*.bin"))

@@ -53,7 +53,7 @@ class AgentConfig:
     image: str = ""
 
     @classmethod
-    def load(cls, path: str | Path) -> "AgentConfig":
+    def load(cls, path: str | Path) -> AgentConfig:
         try:
             data = json.loads(Path(path).read_text())
         except OSError as exc:
@@ -170,7 +170,7 @@ def server_context(config: AgentConfig) -> ssl.SSLContext:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "AgentServer"
+    server: AgentServer
     protocol_version = "HTTP/1.1"
     timeout = 15
 

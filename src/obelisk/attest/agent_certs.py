@@ -50,7 +50,7 @@ def issue(ca_cert: Path, ca_key: str | Path, out_dir: Path, name: str, *, server
     """A P-256 key and a certificate for TLS server or client use, signed by the customer CA."""
     ca, ca_private = load_ca(ca_cert, ca_key, ca_passphrase)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(minutes=5)
+    now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(minutes=5)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))

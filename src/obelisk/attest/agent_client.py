@@ -12,7 +12,6 @@ import json
 import secrets
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -92,9 +91,10 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     """Fetch and verify a node's evidence against the image manifest; returns a Report."""
     from dataclasses import replace
 
-    from obelisk.attest import akrecord, evidence as evmod, ima_check, verify
+    from obelisk.attest import akrecord, ima_check, verify
+    from obelisk.attest import evidence as evmod
     from obelisk.core import findings as report_format
-    from obelisk.core.findings import Finding, Report, Severity, Status, Subject
+    from obelisk.core.findings import Finding, Severity, Status, Subject
     from obelisk.image import manifest as manifestmod
 
     # The attest component checks the manifest's signature against the customer CA, its IMA

@@ -221,7 +221,8 @@ def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = No
             event_log_path: str | None = EVENT_LOG_PATH, ima_path: str | None = None,
             pcrs: tuple[int, ...] | None = None, boot_events_path: str | None = None) -> Evidence:
     """Quote over `nonce` and gather the logs. A log that cannot be read is left null (the verifier says so)."""
-    from obelisk.tpm import bootevents, eventlog, device as tpm
+    from obelisk.tpm import bootevents, eventlog
+    from obelisk.tpm import device as tpm
 
     raw = tpm.quote(nonce, tcti, ak_handle=ak_handle or tpm.AK_HANDLE, pcrs=pcrs or tpm.QUOTE_PCRS)
     info = tpm.read_ak(tcti, ak_handle=ak_handle or tpm.AK_HANDLE, with_certificate=False)
@@ -240,7 +241,7 @@ def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = No
     return Evidence(nonce=nonce, attest=raw.attest, signature=raw.signature, bank=raw.bank, pcrs=raw.pcrs,
                     ak_name=info.name, event_log=event_log, ima_log=ima_log, ima_format=ima_format,
                     kernel=kernel_facts(), boot_events=boot_events,
-                    collected_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+                    collected_at=_dt.datetime.now(_dt.UTC).replace(microsecond=0)
                     .isoformat().replace("+00:00", "Z"))
 
 

@@ -611,7 +611,7 @@ class NodeView:
 
         not_after = cert.not_valid_after_utc
         return CertInfo(node_path, key_type=key_type, key_bits=bits, not_after=not_after.isoformat(),
-                        expired=not_after < _dt.datetime.now(_dt.timezone.utc))
+                        expired=not_after < _dt.datetime.now(_dt.UTC))
 
     # ---------------------------------------------------------------- versions
     @functools.cached_property

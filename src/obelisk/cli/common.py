@@ -83,7 +83,7 @@ def _write(args: argparse.Namespace, text: str, mode: int = 0o644) -> None:
         sys.stdout.flush()
 
 
-def emit_report(args: argparse.Namespace, report: "Report") -> int:
+def emit_report(args: argparse.Namespace, report: Report) -> int:
     """Render `report` as asked; return the exit code (0 all passed, 1 something failed)."""
     from obelisk.core import findings
     from obelisk.core.textreport import render_text

@@ -73,9 +73,9 @@ def _read(path: str, what: str, limit: int) -> bytes:
 def _log_verify(args: argparse.Namespace) -> int:
     from obelisk.core.errors import InputError
     from obelisk.core.progress import progress
+    from obelisk.ima_policy import pcrs as pcr_files
     from obelisk.ima_policy import reference
     from obelisk.ima_policy.keyring import Keyring
-    from obelisk.ima_policy import pcrs as pcr_files
     from obelisk.ima_policy.pcrs import PcrValues
     from obelisk.ima_policy.verify import VerifyOptions, verify_log
 

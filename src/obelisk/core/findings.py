@@ -56,7 +56,7 @@ class Reference:
         return {"scheme": self.scheme, "id": self.id}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "reference") -> "Reference":
+    def from_json(cls, data: Any, where: str = "reference") -> Reference:
         d = _mapping(data, where)
         return cls(scheme=_str(d, "scheme", where), id=_str(d, "id", where))
 
@@ -74,7 +74,7 @@ class Evidence:
         return {"kind": self.kind, "source": self.source, "detail": self.detail, "location": self.location}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "evidence") -> "Evidence":
+    def from_json(cls, data: Any, where: str = "evidence") -> Evidence:
         d = _mapping(data, where)
         return cls(kind=_str(d, "kind", where), source=_str(d, "source", where),
                    detail=_str(d, "detail", where, ""), location=_str(d, "location", where, ""))
@@ -97,7 +97,7 @@ class Waiver:
                 "expires": self.expires.isoformat()}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "waiver") -> "Waiver":
+    def from_json(cls, data: Any, where: str = "waiver") -> Waiver:
         d = _mapping(data, where)
         wid, reason, approver = _str(d, "id", where), _str(d, "reason", where), _str(d, "approver", where)
         expires = d.get("expires")
@@ -154,7 +154,7 @@ class Finding:
         return out
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "finding") -> "Finding":
+    def from_json(cls, data: Any, where: str = "finding") -> Finding:
         d = _mapping(data, where)
         fid = _str(d, "id", where)
         where = f"{where} {fid!r}"
@@ -190,7 +190,7 @@ class Subject:
                 "attributes": dict(self.attributes)}
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "subject") -> "Subject":
+    def from_json(cls, data: Any, where: str = "subject") -> Subject:
         d = _mapping(data, where)
         attrs = d.get("attributes") or {}
         if not isinstance(attrs, dict):
@@ -201,7 +201,7 @@ class Subject:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ class Report:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
-    def with_findings(self, findings: tuple[Finding, ...]) -> "Report":
+    def with_findings(self, findings: tuple[Finding, ...]) -> Report:
         return replace(self, findings=findings)
 
     def to_json(self) -> dict[str, Any]:
@@ -239,7 +239,7 @@ class Report:
         }
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "report") -> "Report":
+    def from_json(cls, data: Any, where: str = "report") -> Report:
         d = _mapping(data, where)
         schema = d.get("schema")
         if schema != SCHEMA_VERSION:

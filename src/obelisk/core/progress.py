@@ -28,7 +28,7 @@ class _Silent:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "_Silent":
+    def __enter__(self) -> _Silent:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -38,8 +38,8 @@ class _Silent:
 class _RichProgress(_Silent):
     def __init__(self, description: str, total: int | None):
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RP, SpinnerColumn,
-                                   TextColumn, TimeElapsedColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as RP
 
         self._progress = RP(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                             MofNCompleteColumn(), TimeElapsedColumn(),

@@ -43,7 +43,7 @@ class RuntimePolicy:
     def to_json(self) -> dict[str, Any]:
         return {
             "meta": {"version": VERSION, "generator": self.generator,
-                     "timestamp": self.timestamp or _dt.datetime.now(_dt.timezone.utc).isoformat()},
+                     "timestamp": self.timestamp or _dt.datetime.now(_dt.UTC).isoformat()},
             "release": self.release,
             "digests": {p: list(d) for p, d in sorted(self.digests.items())},
             "excludes": list(self.excludes),

@@ -28,7 +28,7 @@ class Keyring:
             self.by_id.setdefault(ima_key_id(cert, source), []).append(cert.public_key())
 
     @classmethod
-    def load(cls, paths: list[str]) -> "Keyring":
+    def load(cls, paths: list[str]) -> Keyring:
         return cls([(p, load_certificate(p)) for p in paths])
 
     def check(self, sig: bytes, digest_algo: str, digest: bytes) -> tuple[str, str]:

@@ -67,7 +67,7 @@ class Entry:
         """The template's field values in order (ParseError if template_data is malformed)."""
         return split_fields(self.template, self.template_data, self.number, self.offset, self.byte_order)
 
-    def measurement(self) -> "Measurement":
+    def measurement(self) -> Measurement:
         return decode(self)
 
 

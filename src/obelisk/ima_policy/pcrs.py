@@ -30,7 +30,7 @@ class PcrValues:
     def get(self, bank: str, index: int) -> bytes | None:
         return self.banks.get(bank, {}).get(index)
 
-    def merge(self, other: "PcrValues") -> None:
+    def merge(self, other: PcrValues) -> None:
         for bank, values in other.banks.items():
             self.banks.setdefault(bank, {}).update(values)
 

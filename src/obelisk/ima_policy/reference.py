@@ -87,7 +87,7 @@ class ReferenceManifest:
         out["rules"] = [r.to_json() for r in self.rules]
         return out
 
-    def matcher(self) -> "RuleMatcher":
+    def matcher(self) -> RuleMatcher:
         return RuleMatcher(self.rules)
 
 

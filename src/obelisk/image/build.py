@@ -85,8 +85,7 @@ class BuildResult:
 
 def _load_signer(spec: Spec, key_ref: str, cert_path: str, field: str) -> tuple[Any, x509.Certificate]:
     """A signing key (a PEM file or a PKCS#11 URI, through signer.keys) and its certificate, matched."""
-    from obelisk.signer.keys import PassphraseSource, check_key_matches_certificate, load_certificate, \
-        load_signing_key
+    from obelisk.signer.keys import PassphraseSource, check_key_matches_certificate, load_certificate, load_signing_key
 
     passphrase = PassphraseSource(env=spec.signing.passphrase_env) if spec.signing.passphrase_env else None
     try:

@@ -33,19 +33,19 @@ class Entry:
     rdev_minor: int = 0
 
     @classmethod
-    def directory(cls, name: str, perm: int = 0o755, mtime: int = 0) -> "Entry":
+    def directory(cls, name: str, perm: int = 0o755, mtime: int = 0) -> Entry:
         return cls(name, stat.S_IFDIR | perm, mtime=mtime, nlink=2)
 
     @classmethod
-    def file(cls, name: str, data: bytes, perm: int = 0o644, mtime: int = 0) -> "Entry":
+    def file(cls, name: str, data: bytes, perm: int = 0o644, mtime: int = 0) -> Entry:
         return cls(name, stat.S_IFREG | perm, data, mtime=mtime)
 
     @classmethod
-    def symlink(cls, name: str, target: str, mtime: int = 0) -> "Entry":
+    def symlink(cls, name: str, target: str, mtime: int = 0) -> Entry:
         return cls(name, stat.S_IFLNK | 0o777, target.encode(), mtime=mtime)
 
     @classmethod
-    def device(cls, name: str, char: bool, major: int, minor: int, perm: int = 0o600, mtime: int = 0) -> "Entry":
+    def device(cls, name: str, char: bool, major: int, minor: int, perm: int = 0o600, mtime: int = 0) -> Entry:
         return cls(name, (stat.S_IFCHR if char else stat.S_IFBLK) | perm, mtime=mtime,
                    rdev_major=major, rdev_minor=minor)
 

@@ -394,7 +394,7 @@ class ManifestSignature:
                 "certificate": self.certificate.public_bytes(serialization.Encoding.PEM).decode()}
 
     @classmethod
-    def loads(cls, data: bytes, source: str) -> "ManifestSignature":
+    def loads(cls, data: bytes, source: str) -> ManifestSignature:
         try:
             d = json.loads(data)
             if not isinstance(d, dict) or d.get("schema") != SIG_SCHEMA:

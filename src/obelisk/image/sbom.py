@@ -51,7 +51,7 @@ def _spdx_id(text: str) -> str:
 
 def render(name: str, version: str, packages: list[Package], files: list[FileRecord], epoch: int) -> bytes:
     """SPDX 2.3 JSON. `files` are the manifest's records of regular files (path, sha256)."""
-    created = _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = _dt.datetime.fromtimestamp(epoch, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     content = hashlib.sha256(json.dumps([[p.name, p.version] for p in packages] +
                                         [[f.path, f.sha256] for f in files]).encode()).hexdigest()
     doc = {

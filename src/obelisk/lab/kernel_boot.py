@@ -97,8 +97,8 @@ def findings(console: str, target: str) -> list[Finding]:
 def boot(kernel: Path, workdir: Path, *, busybox: Path | None = None, timeout: float = 900,
          extra_cmdline: str = "") -> tuple[list[Finding], str]:
     from obelisk.core import atomic, tools
-    from obelisk.tpm.swtpm import SwtpmSocket
     from obelisk.lab.qemu import QemuRun, run_kernel
+    from obelisk.tpm.swtpm import SwtpmSocket
 
     busybox = busybox or Path(tools.which("busybox"))
     workdir.mkdir(parents=True, exist_ok=True)

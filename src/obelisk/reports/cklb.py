@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from obelisk.reports.checklist import (NOT_A_FINDING, NOT_APPLICABLE, NOT_REVIEWED, OPEN, Checklist,
-                                       build_checklist, stable_uuid)
+from obelisk.reports.checklist import (
+    NOT_A_FINDING,
+    NOT_APPLICABLE,
+    NOT_REVIEWED,
+    OPEN,
+    Checklist,
+    build_checklist,
+    stable_uuid,
+)
 from obelisk.reports.model import Bundle
 from obelisk.reports.options import RenderOptions, dump_json
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from obelisk import __version__
-from obelisk.core.errors import InputError
 from obelisk.core import findings as report_format
+from obelisk.core.errors import InputError
 from obelisk.core.findings import Finding, Report, Severity, Status, Subject
 
 # Display and sort orders shared by every format.
@@ -178,7 +178,7 @@ def scan_date(report: Report) -> _dt.date:
     try:
         return _dt.datetime.fromisoformat(report.generated_at.replace("Z", "+00:00")).date()
     except ValueError:
-        return _dt.datetime.now(_dt.timezone.utc).date()
+        return _dt.datetime.now(_dt.UTC).date()
 
 
 def with_waivers(bundle: Bundle, path: str | Path) -> Bundle:

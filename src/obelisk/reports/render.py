@@ -33,7 +33,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 
 
 def now_rfc3339() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def render(bundle: Bundle, fmt: str, options: RenderOptions | None = None) -> bytes:

@@ -25,8 +25,16 @@ from obelisk.core import atomic
 from obelisk.core.errors import EXIT_FAILED, InputError, ObeliskError
 from obelisk.core.findings import Report, Subject
 from obelisk.core.inputs import read_bounded
-from obelisk.reports.statement import (PAYLOAD_TYPE, SignatureFile, Statement, pae, parse_signature,
-                                       parse_statement, serialize_signature, serialize_statement)
+from obelisk.reports.statement import (
+    PAYLOAD_TYPE,
+    SignatureFile,
+    Statement,
+    pae,
+    parse_signature,
+    parse_statement,
+    serialize_signature,
+    serialize_statement,
+)
 
 MAX_REPORT_BYTES = 1024 * 1024 * 1024
 
@@ -55,7 +63,7 @@ class Verified:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _hash_name(public_key) -> str:
@@ -156,7 +164,7 @@ def _parse_time(value: str, what: str) -> _dt.datetime:
         t = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise VerificationFailed(f"statement {what} is not a time: {value!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=_dt.UTC)
 
 
 def check_chain(leaf: x509.Certificate, intermediates: list[x509.Certificate], roots: list[x509.Certificate],
@@ -215,7 +223,7 @@ def verify_report_file(report: str, *, ca: str, signature: str | None = None,
         raise VerificationFailed(f"report was altered after signing: sha256 {actual[:16]}…, "
                                  f"signed {statement.digest[:16]}…")
     signed_at = _parse_time(statement.signed_at, "signedAt")
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.UTC)
     if signed_at > now + _dt.timedelta(minutes=5):
         raise VerificationFailed(f"statement claims a signing time in the future ({statement.signed_at})")
     root = check_chain(leaf, chain[1:], roots, signed_at)

@@ -17,7 +17,7 @@ class HashAlgo:
     kernel_id: int  # enum hash_algo
     digest_size: int
 
-    def new(self) -> "hashlib._Hash":
+    def new(self) -> hashlib._Hash:
         return hashlib.new(self.name)
 
     def crypto_hash(self) -> hashes.HashAlgorithm:

@@ -98,7 +98,7 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
     existing = [n for n in names if (out / n).exists()]
     if existing:
         raise InputError(f"refusing to overwrite existing {', '.join(existing)}", source=str(out))
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.UTC)
     start = now - _dt.timedelta(minutes=5)
     digest = _hash_for(key_type)
 
@@ -169,7 +169,7 @@ def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048"
         ca_cert = load_certificate(out / "ca.pem")
     except InputError as exc:
         raise InputError(f"cannot load the CA to issue the disk policy key: {exc}", source=str(out)) from None
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.UTC)
     start = now - _dt.timedelta(minutes=5)
     key = _new_key(key_type if key_type.startswith("rsa-") else "ecdsa-p256")
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key)

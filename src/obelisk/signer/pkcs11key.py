@@ -41,7 +41,7 @@ class Pkcs11Uri:
     query: dict[str, str]
 
     @classmethod
-    def parse(cls, uri: str) -> "Pkcs11Uri":
+    def parse(cls, uri: str) -> Pkcs11Uri:
         if not uri.startswith("pkcs11:"):
             raise InputError("not a PKCS#11 URI (must start with 'pkcs11:')", source=uri.split("?")[0])
         body = uri[len("pkcs11:"):]

@@ -14,8 +14,8 @@ from enum import StrEnum
 
 from cryptography import x509
 
-from obelisk.core.errors import InputError, ParseError
 from obelisk.core.digest import file_digest
+from obelisk.core.errors import InputError, ParseError
 from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject
 from obelisk.core.progress import progress
 from obelisk.signer import imasig, xattrfile

@@ -87,7 +87,7 @@ def _external_public(public_der: bytes):
     return pub
 
 
-def check_policy_signature(public_der: bytes, policy: "SignedPolicy") -> bool:
+def check_policy_signature(public_der: bytes, policy: SignedPolicy) -> bool:
     """Software check of a signed policy against the enrolled key (the TPM checks it again at unlock)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization

@@ -75,7 +75,7 @@ class SoftwareTPM:
         return {"TPM2TOOLS_TCTI": self.tcti}
 
     @classmethod
-    def start(cls, state_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> "SoftwareTPM":
+    def start(cls, state_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> SoftwareTPM:
         state, owned = _state_directory(state_dir)
         state.mkdir(parents=True, exist_ok=True)
         last_error = ""
@@ -115,7 +115,7 @@ class SoftwareTPM:
             self._owned_tmp.cleanup()
             self._owned_tmp = None
 
-    def __enter__(self) -> "SoftwareTPM":
+    def __enter__(self) -> SoftwareTPM:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -162,7 +162,7 @@ class SwtpmSocket:
     _owned: tempfile.TemporaryDirectory[str] | None = None
 
     @classmethod
-    def start(cls, state_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> "SwtpmSocket":
+    def start(cls, state_dir: str | os.PathLike[str] | None = None, timeout: float = 10.0) -> SwtpmSocket:
         state, owned = _state_directory(state_dir)
         sock = state / "swtpm.sock"
         proc = start_for_qemu(state, sock, state / "swtpm.log", timeout=timeout)
@@ -179,7 +179,7 @@ class SwtpmSocket:
             self._owned.cleanup()
             self._owned = None
 
-    def __enter__(self) -> "SwtpmSocket":
+    def __enter__(self) -> SwtpmSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:
