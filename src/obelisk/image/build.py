@@ -18,7 +18,7 @@ import os
 import shutil
 import stat
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -410,8 +410,10 @@ def step_kernel(plan: Plan, cache: StepCache, quiet: bool) -> tuple[Path | None,
     source = spec.kernel.source
     from obelisk.kernel_hardening.profile import load_profile
 
-    # The profile's content, not its name: a changed built-in profile must rebuild the kernel.
-    profile = hashlib.sha256(repr(load_profile(spec.kernel.profile)).encode()).hexdigest()
+    # The profile's content, not its name: a changed built-in profile must rebuild the kernel. Not where it
+    # was read from: the same profile in another checkout is the same input.
+    profile = hashlib.sha256(repr(replace(load_profile(spec.kernel.profile), path="")).encode()
+                             ).hexdigest()
     inputs = {"source": file_hexdigest(source) if os.path.isfile(source) else tree_stat_digest(Path(source)),
               "profile": [spec.kernel.profile, profile], "ca": file_hexdigest(spec.signing.ca),
               "fragments": [file_hexdigest(f) for f in spec.kernel.fragments]}
