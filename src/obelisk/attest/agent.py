@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from obelisk.core.errors import InputError
@@ -134,14 +134,15 @@ def default_kernel() -> dict[str, str]:
 
 
 def default_scan(config: AgentConfig) -> Callable[[], str] | None:
-    if not config.scan_root:
+    scan_root = config.scan_root
+    if not scan_root:
         return None
 
     def scan() -> str:
         from obelisk.cis_checks.scan import scan as cis_scan
         from obelisk.core import findings
 
-        return findings.serialize(cis_scan(config.scan_root))
+        return findings.serialize(cis_scan(scan_root))
 
     return scan
 
@@ -205,7 +206,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, {"status": "ok", "image": services.image})
             elif url.path == "/v1/evidence":
                 try:
-                    nonce = parse_nonce((query.get("nonce") or [None])[0])
+                    given = query.get("nonce")
+                    nonce = parse_nonce(given[0] if given else None)
                 except ValueError as exc:
                     self._error(400, str(exc))
                     return
@@ -271,7 +273,10 @@ class AgentServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
-    def finish_request(self, request: socket.socket, client_address: Any) -> None:
+    # self: Self, as typeshed types RequestHandlerClass's server argument
+    def finish_request(self: Self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
+        if not isinstance(request, socket.socket):  # a TCP server: datagram requests cannot arrive
+            raise TypeError(f"the agent serves TLS over TCP, not {type(request).__name__} requests")
         request.settimeout(HANDSHAKE_TIMEOUT)
         try:
             tls = self.context.wrap_socket(request, server_side=True)

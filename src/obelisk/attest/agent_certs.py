@@ -23,6 +23,7 @@ from obelisk.core.errors import InputError
 from obelisk.signer.certs import issue_certificate
 from obelisk.signer.keys import (
     PassphraseSource,
+    SigningKey,
     load_certificate,
     load_signing_key,
     same_public_key,
@@ -35,7 +36,8 @@ class IssuedCert:
     key: Path
 
 
-def load_ca(ca_cert: Path, ca_key: str | Path, passphrase: PassphraseSource | None = None):
+def load_ca(ca_cert: Path, ca_key: str | Path, passphrase: PassphraseSource | None = None
+            ) -> tuple[x509.Certificate, SigningKey]:
     """The CA certificate and its key (a PEM/DER file or a pkcs11: URI, through signer.keys), matched."""
     cert = load_certificate(ca_cert)
     key = load_signing_key(str(ca_key), passphrase)

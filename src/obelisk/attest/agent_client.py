@@ -19,6 +19,7 @@ from obelisk.core.errors import InputError, ObeliskError
 from obelisk.core.inputs import read_bounded
 
 if TYPE_CHECKING:
+    from obelisk.core.findings import Finding, Report
     from obelisk.image.manifest import Manifest
 
 MAX_RESPONSE = 256 * 1024 * 1024
@@ -87,7 +88,7 @@ def fresh_nonce() -> bytes:
 
 
 def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | None = None,
-                state: str | None = None, scan: bool = True):
+                state: str | None = None, scan: bool = True) -> Report:
     """Fetch and verify a node's evidence against the image manifest; returns a Report."""
     from dataclasses import replace
 
@@ -138,7 +139,7 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     return replace(report, findings=tuple(findings), subject=subject, command="attest node")
 
 
-def var_finding(manifest: Manifest, reported: str | None):
+def var_finding(manifest: Manifest, reported: str | None) -> Finding:
     """Is /var what the image says (an unlocked LUKS2 mapping, or the plain disk), as the node's agent reports?
 
     The report comes from the agent, whose code the quote and the IMA list vouch for; a node whose

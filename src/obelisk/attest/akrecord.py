@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from obelisk.core.errors import InputError
 from obelisk.core.schema import schema_of
 from obelisk.tpm import algorithms
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 SCHEMA = "obelisk.ak/1"
 TPM_RH_ENDORSEMENT = 0x4000000B
@@ -32,7 +36,7 @@ REQUIRED_AK_ATTRIBUTES = {"fixedTPM": FIXED_TPM, "fixedParent": FIXED_PARENT,
 @dataclass(frozen=True)
 class AKRecord:
     public: bytes | None  # TPM2B_PUBLIC; None when only a PEM key is known
-    public_key: object  # cryptography public key
+    public_key: PublicKeyTypes  # cryptography public key
     name: bytes | None
     qualified_name: bytes | None
     attributes: int | None
@@ -77,7 +81,7 @@ def ak_qualified_name(ek_name: bytes, ak_name: bytes) -> bytes:
     return qualified_name(ek_qn, ak_name)
 
 
-def _from_public(public: bytes, source: str) -> tuple[object, int]:
+def _from_public(public: bytes, source: str) -> tuple[PublicKeyTypes, int]:
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
     from tpm2_pytss import TPM2B_PUBLIC
 

@@ -17,26 +17,28 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Finding, Severity, Status
 
 if TYPE_CHECKING:
+    from obelisk.ima_policy.keyring import Keyring
+    from obelisk.ima_policy.reference import ReferenceManifest
     from obelisk.image.manifest import Manifest
 
 
-def _f(fid: str, title: str, status: Status, section: str = "ima", **kw) -> Finding:
+def _f(fid: str, title: str, status: Status, section: str = "ima", **kw: Any) -> Finding:
     return Finding(id=f"attest.{fid}", title=title, status=status, benchmark="attestation", section=section,
                    severity=kw.pop("severity", Severity.HIGH), **kw)
 
 
 @dataclass
 class References:
-    ima_reference: object | None = None  # obelisk.ima_policy.reference.ReferenceManifest
+    ima_reference: ReferenceManifest | None = None
     predicted: dict[int, bytes] = field(default_factory=dict)
     boot_events: tuple = ()  # (pcr, name, digest bytes, description) from the manifest's pcrs.events
-    keyring: object | None = None  # obelisk.ima_policy.keyring.Keyring
+    keyring: Keyring | None = None
     findings: list[Finding] = field(default_factory=list)
     manifest: Manifest | None = None  # when the reference is the build's manifest
 

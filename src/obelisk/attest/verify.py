@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from obelisk.attest import akrecord
 from obelisk.attest.evidence import Evidence
@@ -21,6 +22,9 @@ from obelisk.tpm import algorithms, eventlog
 from obelisk.tpm import quote as q
 from obelisk.tpm.pcr import composite_digest
 from obelisk.tpm.pcr import extend as extend_pcr
+
+if TYPE_CHECKING:
+    from obelisk.attest.ima_check import References
 
 REQUIRED_BANK = "sha256"
 REQUIRED_PCRS = tuple(range(12))
@@ -373,7 +377,7 @@ def configure_references(opts: Options, reference: str | None, cert: str | None)
     apply_references(opts, ima_check.load_references(reference, cert))
 
 
-def apply_references(opts: Options, refs) -> None:
+def apply_references(opts: Options, refs: References) -> None:
     """Use already loaded references (a verifier checking many nodes of one image loads them once)."""
     from obelisk.attest import ima_check
 

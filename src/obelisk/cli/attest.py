@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from obelisk.cli.common import add_output_options, emit_result
+
+if TYPE_CHECKING:
+    from obelisk.attest.akrecord import AKRecord
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -295,7 +298,7 @@ def _evidence(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_ak(args: argparse.Namespace):
+def _load_ak(args: argparse.Namespace) -> AKRecord:
     from obelisk.attest import akrecord
 
     ek = _read(args.ek, "EK public", 1 << 16) if getattr(args, "ek", None) else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from obelisk.core import atomic
@@ -54,7 +54,8 @@ class DeprecatedJsonFlag(argparse.Action):
         kwargs.setdefault("help", "deprecated: use --format json")
         super().__init__(option_strings, dest="format", nargs=0, default=argparse.SUPPRESS, **kwargs)
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
         warn_deprecated(parser, option_string or "--json", "--format json")
         namespace.format = "json"
 

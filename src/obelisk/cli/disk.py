@@ -8,6 +8,8 @@ for a person to write down). Old spellings still work, each with a one-line depr
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import Any
 
 from obelisk.cli.common import OUTPUT_FORMATS, add_json_alias, add_output_options, emit_result, warn_deprecated
 
@@ -15,7 +17,8 @@ from obelisk.cli.common import OUTPUT_FORMATS, add_json_alias, add_output_option
 class _FormatOrFormatVolume(argparse.Action):
     """`disk enroll --format text|json` is the output format; a bare `--format` is the old `--format-volume`."""
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
         if values is None:
             warn_deprecated(parser, "--format", "--format-volume")
             namespace.format_volume = True

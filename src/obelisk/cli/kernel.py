@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,7 +91,7 @@ def _profiles(args: argparse.Namespace) -> int:
     from obelisk.cli.common import emit_result
     from obelisk.kernel_hardening.profile import available_profiles, load_profile
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in available_profiles():
         p = load_profile(name)
         rows.append({"name": name, "description": p.description,

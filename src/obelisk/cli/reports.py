@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 
 SUBCOMMANDS = ("render", "sign", "verify", "diff")
 FORMAT_NAMES = ("html", "json", "junit", "sarif", "oscal", "ckl", "cklb", "csv")
@@ -16,8 +17,9 @@ _SUFFIX_FORMAT = {".html": "html", ".htm": "html", ".json": "json", ".xml": "jun
 
 
 def _route_to_render(parser_class: type) -> type:
-    class ReportParser(parser_class):  # type: ignore[misc, valid-type]
-        def parse_known_args(self, args=None, namespace=None):
+    class ReportParser(parser_class):
+        def parse_known_args(self, args: Iterable[str] | None = None, namespace: argparse.Namespace | None = None
+                             ) -> tuple[argparse.Namespace, list[str]]:
             args = list(sys.argv[1:] if args is None else args)
             if args and args[0] not in SUBCOMMANDS and args[0] not in ("-h", "--help"):
                 args = ["render", *args]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from obelisk.cli.common import add_output_options, add_quiet, emit_report, emit_result
 from obelisk.cli.main import subcommand_group
+
+if TYPE_CHECKING:
+    from obelisk.signer.keys import PassphraseSource
 
 KEY_TYPES = ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384")
 
@@ -16,7 +20,7 @@ def add_passphrase_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--passphrase-file", metavar="FILE", help="read the key passphrase from the first line of FILE")
 
 
-def passphrase_source(args: argparse.Namespace):
+def passphrase_source(args: argparse.Namespace) -> PassphraseSource | None:
     from obelisk.signer.keys import PassphraseSource
 
     if args.passphrase_env or args.passphrase_file:

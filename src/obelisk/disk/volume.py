@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -64,7 +65,8 @@ def _pipes(*secrets_: bytes) -> Iterator[list[int]]:
             os.close(fd)
 
 
-def _cryptsetup(args: Sequence[str], *, fds: Sequence[int] = (), check: bool = True):
+def _cryptsetup(args: Sequence[str], *, fds: Sequence[int] = (), check: bool = True
+                ) -> subprocess.CompletedProcess[bytes]:
     return tools.run("cryptsetup", list(args), pass_fds=fds, check=check)
 
 

@@ -142,7 +142,7 @@ def _render_policy(spec: Spec) -> bytes | None:
         except OSError as exc:
             raise SpecError(spec.source, "ima.policy_file", f"cannot read: {exc.strerror}") from None
     try:
-        from obelisk.ima_policy import profiles  # type: ignore[attr-defined]
+        from obelisk.ima_policy import profiles
     except ImportError:
         raise SpecError(spec.source, "ima.policy", f"{spec.ima.policy}: the ima_policy profiles are not "
                         "available in this obelisk (use ima.policy: custom with ima.policy_file)") from None
@@ -465,7 +465,8 @@ def file_records(root: Path, xattrs: dict[bytes, bytes], owners: dict[str, tuple
         elif stat.S_ISREG(st.st_mode):
             value = xattrs.get(rel)
             records.append(manifest.FileRecord(path, manifest.FILE, mode=f"{stat.S_IMODE(st.st_mode):04o}",
-                                               size=st.st_size, sha256=file_hexdigest(full), uid=uid, gid=gid,
+                                               size=st.st_size, sha256=file_hexdigest(os.fsdecode(full)),
+                                               uid=uid, gid=gid,
                                                ima=base64.b64encode(value).decode() if value is not None else None))
     return tuple(records)
 

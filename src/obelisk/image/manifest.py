@@ -245,7 +245,7 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
         return {(int(k) if key_type is int else k): _decode(item, v, _where(path, k)) for k, v in value.items()}
     if tp is reference.ReferenceManifest:
         return _reference(value, path)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _record(tp, value, path)
     raise TypeError(f"no JSON form for {tp!r}")  # a declaration this engine does not know: a bug here
 

@@ -104,8 +104,9 @@ def stage_attest(w: Walk) -> str:
     atomic.write_text(w.results / "attestation.json", findings.serialize(report))
     w.failed |= report.failed
     counts = report.counts()
-    return (f"attestation: {counts.get('pass', 0)} pass, {counts.get('fail', 0)} fail, "
-            f"{counts.get('error', 0)} error ({'PASS' if not report.failed else 'FAIL'})")
+    status = findings.Status
+    return (f"attestation: {counts[status.PASS]} pass, {counts[status.FAIL]} fail, "
+            f"{counts[status.ERROR]} error ({'PASS' if not report.failed else 'FAIL'})")
 
 
 def stage_report(w: Walk) -> str:
@@ -114,7 +115,8 @@ def stage_report(w: Walk) -> str:
     from obelisk.reports.options import RenderOptions
     from obelisk.reports.render import render
 
-    inputs = [str(w.results / n) for n in ("image-verify.json", "attestation.json") if (w.results / n).exists()]
+    inputs: list[str | Path] = [str(w.results / n) for n in ("image-verify.json", "attestation.json")
+                                if (w.results / n).exists()]
     html = w.results / "report.html"
     atomic.write_bytes(html, render(load_bundle(inputs), "html", RenderOptions(title="obelisk example node")))
     w.values["report"] = html

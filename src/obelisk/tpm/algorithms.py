@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from obelisk.core.errors import InputError
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 
 class UnknownAlgorithm(InputError):
@@ -27,7 +31,7 @@ class HashAlgorithm:
     digest_size: int
     hashlib_name: str
 
-    def new(self, data: bytes = b""):
+    def new(self, data: bytes = b"") -> HASH:
         """A hashlib object; raises UnknownAlgorithm when this Python's hashlib lacks the algorithm."""
         try:
             return hashlib.new(self.hashlib_name, data)

@@ -35,7 +35,7 @@ class LoggedEvent:
 def parse(data: bytes, source: str = "boot events") -> tuple[LoggedEvent, ...]:
     if len(data) > MAX_SIZE:
         raise ParseError(f"larger than {MAX_SIZE} bytes", source=source)
-    events = []
+    events: list[LoggedEvent] = []
     offset = 0
     for line in data.split(b"\n"):
         if line:

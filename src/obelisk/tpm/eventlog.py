@@ -430,14 +430,14 @@ def replay(log: EventLog) -> Replay:
                         initial[name][0] = b"\x00" * (size - 1) + bytes([locality])
             continue
         for alg_id, digest in ev.digests:
-            name = banks.get(alg_id)
-            if name is None or alg_id not in hashable:
+            bank_name = banks.get(alg_id)
+            if bank_name is None or alg_id not in hashable:
                 continue  # an algorithm this Python cannot compute: that bank is not replayed
-            bank = pcrs[name]
+            bank = pcrs[bank_name]
             current = bank.get(ev.pcr)
             if current is None:
-                current = initial[name].get(ev.pcr) or _reset(ev.pcr, len(digest))
-            bank[ev.pcr] = extend_pcr(current, digest, name)
+                current = initial[bank_name].get(ev.pcr) or _reset(ev.pcr, len(digest))
+            bank[ev.pcr] = extend_pcr(current, digest, bank_name)
     # Banks whose hash this Python lacks are left out rather than reported wrong.
     return Replay(pcrs={n: v for n, v in pcrs.items() if v or _hashable(n)},
                   initial=initial)
@@ -500,7 +500,8 @@ def _printable(data: bytes, limit: int = 96) -> str | None:
 
 
 def _device_path_files(dp: bytes) -> list[str]:
-    out, pos = [], 0
+    out: list[str] = []
+    pos = 0
     while pos + 4 <= len(dp) and len(out) < 8:
         typ, sub, length = dp[pos], dp[pos + 1], struct.unpack("<H", dp[pos + 2:pos + 4])[0]
         if length < 4 or pos + length > len(dp):

@@ -210,7 +210,7 @@ class SignatureError(Exception):
     """The signature does not verify; the message says why."""
 
 
-def verify_signature(public_key, sig: Signature, message: bytes) -> None:
+def verify_signature(public_key: object, sig: Signature, message: bytes) -> None:
     """Raise SignatureError unless `sig` over `message` verifies under `public_key` (a cryptography key)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes

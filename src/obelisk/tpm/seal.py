@@ -17,12 +17,16 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from obelisk.core.errors import InputError
 from obelisk.tpm import algorithms
 from obelisk.tpm import device as tpmmod
 from obelisk.tpm.device import TPMError
 from obelisk.tpm.pcr import composite_digest
+
+if TYPE_CHECKING:
+    from tpm2_pytss import ESAPI, ESYS_TR, TPM2B_PUBLIC
 
 BANK = "sha256"
 TPM_CC_POLICY_PCR = 0x0000017F
@@ -76,7 +80,7 @@ def policy_authorize_digest(public_der: bytes, policy_ref: bytes = b"") -> bytes
     return hashlib.sha256(first + policy_ref).digest()
 
 
-def _external_public(public_der: bytes):
+def _external_public(public_der: bytes) -> TPM2B_PUBLIC:
     from cryptography.hazmat.primitives import serialization
     from tpm2_pytss import TPM2_ALG, TPM2B_PUBLIC, TPMA_OBJECT
 
@@ -115,7 +119,7 @@ def policy_signing_digest(approved: bytes, policy_ref: bytes = b"") -> bytes:
 
 # ---- TPM side --------------------------------------------------------------------------------
 
-def _srk(esapi):
+def _srk(esapi: ESAPI) -> ESYS_TR:
     from tpm2_pytss import ESYS_TR, TPM2B_PUBLIC, TPMA_OBJECT, TPMT_PUBLIC
 
     # noDA (here and on the sealed object): both have empty authValues, so dictionary-attack protection
@@ -224,6 +228,8 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
                 try:
                     esapi.policy_pcr(session, b"", TPML_PCR_SELECTION.parse(f"{BANK}:{','.join(map(str, pcrs))}"))
                     if candidate is not None:
+                        if not sealed.authorize_key:  # candidates are signed policies only with a key
+                            raise TPMError("a signed PCR policy, but the secret is not sealed to a policy key")
                         _policy_authorize(esapi, session, sealed.authorize_key, candidate)
                     return bytes(esapi.unseal(obj, session1=session))
                 except TSS2_Exception:
@@ -248,7 +254,7 @@ def _read(tcti: str | None, pcrs: Sequence[int]) -> dict[int, bytes]:
         return tpmmod.read_pcrs(esapi, BANK, pcrs)
 
 
-def _policy_authorize(esapi, session, key_der: bytes, candidate: SignedPolicy) -> None:
+def _policy_authorize(esapi: ESAPI, session: ESYS_TR, key_der: bytes, candidate: SignedPolicy) -> None:
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
     from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_DIGEST, TPMT_SIGNATURE
 
