@@ -116,7 +116,7 @@ def stig_facts(release: str | None = None, benchmark_file: str | Path | None = N
     out: dict[str, StigFacts] = {}
     for vid, rule in data["rules"].items():
         releases = rule["releases"]
-        chosen = release if release in releases else max(releases, key=_release_key)
+        chosen = release if release is not None and release in releases else max(releases, key=_release_key)
         r = releases[chosen]
         ccis = tuple(r.get("ccis") or ())
         nist = tuple(dict.fromkeys(n for c in ccis for n in cci_map.get(c, ())))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def expand_exec(words: list[str], env: dict[str, str]) -> list[str]:
     return out
 
 
-def parse_unit(root: Path, files: tuple[Path, ...], read) -> Unit:
+def parse_unit(root: Path, files: tuple[Path, ...], read: Callable[[Path], str]) -> Unit:
     """Combine a unit and its drop-ins. `read(path) -> str` raises OSError/ValueError on bad files."""
     env: dict[str, str] = {}
     env_files: list[Path] = []

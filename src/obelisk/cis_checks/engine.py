@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from obelisk.cis_checks.kubelet import KubeletConfig, Setting, _show
-from obelisk.cis_checks.node import CONTROL_PLANE, NodeView
+from obelisk.cis_checks.node import CONTROL_PLANE, Component, NodeView
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Evidence, Status
 
@@ -261,15 +261,15 @@ def compare(op: str, observed: str | None, expected: Any) -> bool:
         items = _items(observed)
         return bool(items) and all(i in [str(e) for e in expected] for i in items)
     if op in ("gte", "lte"):
-        a, b = _int(observed), _int(str(expected))
-        if a is None or b is None:
+        n_obs, n_exp = _int(observed), _int(str(expected))
+        if n_obs is None or n_exp is None:
             return False
-        return a >= b if op == "gte" else a <= b
+        return n_obs >= n_exp if op == "gte" else n_obs <= n_exp
     if op in ("duration_gte", "duration_gt"):
-        a, b = parse_duration(observed), parse_duration(str(expected))
-        if a is None or b is None:
+        d_obs, d_exp = parse_duration(observed), parse_duration(str(expected))
+        if d_obs is None or d_exp is None:
             return False
-        return a >= b if op == "duration_gte" else a > b
+        return d_obs >= d_exp if op == "duration_gte" else d_obs > d_exp
     if op == "startswith":
         return observed.startswith(str(expected))
     raise InputError(f"unknown comparison {op!r}")
@@ -355,9 +355,12 @@ def _flag(ctx: Context, test: FlagSpec) -> Outcome:
     return Outcome(Status.PASS if ok else Status.FAIL, observed, expected, evidence, target=comp.name)
 
 
-def _component_config_value(ctx: Context, comp, key: str) -> Outcome | tuple[str, str] | None:
+def _component_config_value(ctx: Context, comp: Component, key: str) -> Outcome | tuple[str, str] | None:
     """(path, value) of `key` in a component's --config file; None when unset; an error Outcome when unusable."""
-    path = comp.host_path(comp.flag("config"))
+    config = comp.flag("config")
+    if config is None:
+        raise AssertionError(f"{comp.name}: config value asked for, but there is no --config flag")
+    path = comp.host_path(config)
     before = len(ctx.node.problems)
     doc = ctx.node.load_yaml_file(path)
     if len(ctx.node.problems) > before:
@@ -460,8 +463,8 @@ def _select_files(ctx: Context, selector: str) -> tuple[list[str], str]:
         if arg == "unit":
             from obelisk.cis_checks.cmdline import find_unit_files
 
-            files = comp.unit_files or tuple(node.node_path(f) for f in find_unit_files(node.root, "kubelet.service"))
-            return list(files), "no kubelet.service unit"
+            units = comp.unit_files or tuple(node.node_path(f) for f in find_unit_files(node.root, "kubelet.service"))
+            return list(units), "no kubelet.service unit"
         if arg == "config":
             assert kc is not None
             files = ([kc.config_file] if kc.config_file else []) + kc.files
@@ -805,7 +808,8 @@ class FeatureGateOffSpec(Spec):
 @evaluator("feature_gate_off", FeatureGateOffSpec)
 def _feature_gate_off(ctx: Context, test: FeatureGateOffSpec) -> Outcome:
     gate = test.gate
-    evidence, on = [], []
+    evidence: list[Evidence] = []
+    on: list[str] = []
     present = False
     for name in test.components:
         comp = ctx.node.components.get(name)
@@ -941,7 +945,7 @@ def _distinct_ca(ctx: Context, test: DistinctCaSpec) -> Outcome:
                        (Evidence("flag", etcd.source, f"--{test.etcd_flag} not set"),), target="etcd")
     etcd_path = etcd.host_path(etcd_ca)
     ev = [Evidence("flag", etcd.source, etcd.cmdline.show(test.etcd_flag))]
-    if api_ca is None:
+    if api is None or api_ca is None:
         return Outcome(Status.MANUAL, detail="the API server's client CA is not visible on this node",
                        evidence=tuple(ev))
     api_path = api.host_path(api_ca)

@@ -159,10 +159,10 @@ class KubeletConfig:
             return None
         for flag, path in FLAG_FIELDS.items():
             if path == key:
-                value = self.component.flag(flag)
-                if value is not None:
-                    parsed: Any = value.split(",") if key in LIST_FIELDS else value
-                    return f"--{flag}={value}", parsed
+                flag_value = self.component.flag(flag)
+                if flag_value is not None:
+                    parsed: Any = flag_value.split(",") if key in LIST_FIELDS else flag_value
+                    return f"--{flag}={flag_value}", parsed
         return None
 
     def get(self, key: str) -> Setting:

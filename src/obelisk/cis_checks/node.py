@@ -323,13 +323,16 @@ class NodeView:
 
     def _processes(self) -> dict[str, Component]:
         found: dict[str, Component] = {}
+        proc = self.proc
+        if proc is None:
+            return found
         try:
-            entries = sorted((e for e in os.listdir(self.proc) if _digits(e)), key=int)
+            entries = sorted((e for e in os.listdir(proc) if _digits(e)), key=int)
         except OSError:
             return found
         for pid in entries:
             try:
-                raw = (self.proc / pid / "cmdline").read_bytes()[: 1024 * 1024]
+                raw = (proc / pid / "cmdline").read_bytes()[: 1024 * 1024]
             except OSError:
                 continue
             argv = [a.decode("utf-8", errors="replace") for a in raw.split(b"\0")]
@@ -341,7 +344,7 @@ class NodeView:
                     argv = argv[1:]
                 env: list[tuple[str, str]] = []
                 try:
-                    raw_env = (self.proc / pid / "environ").read_bytes()[: 1024 * 1024]
+                    raw_env = (proc / pid / "environ").read_bytes()[: 1024 * 1024]
                     for item in raw_env.split(b"\0"):
                         key, sep, value = item.decode("utf-8", errors="replace").partition("=")
                         if sep:
@@ -406,7 +409,7 @@ class NodeView:
             return None
         spec = doc.get("spec")
         containers = spec.get("containers") if isinstance(spec, dict) else None
-        if not isinstance(containers, list) or not containers:
+        if not isinstance(spec, dict) or not isinstance(containers, list) or not containers:
             self.problem(node_path, "spec.containers: missing or empty", guess)
             return None
         for c in containers:
@@ -427,9 +430,9 @@ class NodeView:
                 argv = [name, *argv]
             volumes = {v.get("name"): (v.get("hostPath") or {}).get("path")
                        for v in (spec.get("volumes") or []) if isinstance(v, dict)}
-            path_map = tuple((m["mountPath"], volumes[m.get("name")]) for m in (c.get("volumeMounts") or [])
+            path_map = tuple((m["mountPath"], host) for m in (c.get("volumeMounts") or [])
                              if isinstance(m, dict) and isinstance(m.get("mountPath"), str)
-                             and isinstance(volumes.get(m.get("name")), str))
+                             and isinstance(host := volumes.get(m.get("name")), str))
             env = tuple((str(e["name"]), str(e.get("value", ""))) for e in (c.get("env") or [])
                         if isinstance(e, dict) and isinstance(e.get("name"), str))
             return Component(name=name, cmdline=parse_flags(argv), source_kind="manifest", source=node_path,

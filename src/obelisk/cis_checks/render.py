@@ -16,10 +16,13 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from obelisk.core import atomic
 from obelisk.core.errors import InputError
+
+if TYPE_CHECKING:
+    import jinja2
 
 ROLES = ("control-plane", "worker")
 # etcd release shipped with each supported Kubernetes minor (kubeadm's choice)
@@ -86,7 +89,7 @@ def parse_version(text: str) -> tuple[int, int, int]:
     return major, minor, patch
 
 
-def _environment():
+def _environment() -> jinja2.Environment:
     import jinja2
 
     return jinja2.Environment(

@@ -10,6 +10,7 @@ import datetime as _dt
 import socket
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from obelisk.cis_checks.catalogue import BENCHMARKS, Check, load_checks
 from obelisk.cis_checks.engine import Context, FileSpec, Outcome, evaluate
@@ -116,7 +117,7 @@ def scan(root: str | Path = "/", benchmarks: Iterable[str] = BENCHMARKS, waivers
                   command="obelisk scan")
 
 
-def scan_root(root: str | Path = "/", **options) -> Report:
+def scan_root(root: str | Path = "/", **options: Any) -> Report:
     """Both benchmarks against `root` (live when it is "/"); what the node agent serves."""
     return scan(root, BENCHMARKS, **options)
 

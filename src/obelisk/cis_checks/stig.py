@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Severity
@@ -39,7 +40,7 @@ class StigRule:
     title: str = ""  # only filled from a user-supplied file, never stored in obelisk's data
 
 
-def _parse_xml(path: Path):
+def _parse_xml(path: Path) -> Any:  # an lxml ElementTree (lxml has no type information)
     from lxml import etree
 
     try:
@@ -61,7 +62,7 @@ def _local(tag: object) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _release_of(root) -> str:
+def _release_of(root: Any) -> str:
     """'V1R9' from <version>1</version> and the release-info plain-text of an XCCDF Benchmark."""
     version = ""
     release = ""

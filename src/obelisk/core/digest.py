@@ -21,6 +21,9 @@ import hashlib
 import os
 import stat
 
+# A path as os.open takes it: tree_content_digest walks with bytes paths (any file name, even not UTF-8).
+FilePath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
 _BUFFER_SIZE = 1 << 20
 _buffer: bytearray | None = None
 
@@ -39,13 +42,13 @@ def digest_fd(fd: int, algo: str = "sha256") -> bytes:
         h.update(view[:n])
 
 
-def open_for_digest(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> int:
+def open_for_digest(path: FilePath, *, follow_symlinks: bool = True) -> int:
     """A read-only descriptor; with follow_symlinks=False a symlink swapped in after a walk is refused (ELOOP)."""
     flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     return os.open(path, flags)
 
 
-def file_digest(path: str | os.PathLike[str], algo: str = "sha256", *, follow_symlinks: bool = True) -> bytes:
+def file_digest(path: FilePath, algo: str = "sha256", *, follow_symlinks: bool = True) -> bytes:
     """The raw digest of a file's content."""
     fd = open_for_digest(path, follow_symlinks=follow_symlinks)
     try:

@@ -142,8 +142,9 @@ def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], c
         lock.close()
 
 
-def _build_locked(tree: Path, source, config_path, wanted: str, ca: bytes, key: str, entry: Path, output,
-                  jobs: int, quiet: bool, source_digest: str, started: float) -> BuildResult:
+def _build_locked(tree: Path, source: str | os.PathLike[str], config_path: str | os.PathLike[str], wanted: str,
+                  ca: bytes, key: str, entry: Path, output: str | os.PathLike[str], jobs: int, quiet: bool,
+                  source_digest: str, started: float) -> BuildResult:
     from obelisk.core.progress import progress
 
     objdir = cache.cache_dir("work") / key

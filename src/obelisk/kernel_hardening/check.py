@@ -18,7 +18,7 @@ from obelisk.core.findings import Evidence, Finding, Reference, Report, Status, 
 from obelisk.kernel_hardening.inputs import Cmdline, Sysctls
 from obelisk.kernel_hardening.kconfig_file import KernelConfig
 from obelisk.kernel_hardening.profile import Profile, Requirement, Version, _vtext, load_profile, parse_version
-from obelisk.kernel_hardening.tree_index import TreeIndex, expr_text, symbols_in, unmet
+from obelisk.kernel_hardening.tree_index import Expr, TreeIndex, expr_text, symbols_in, unmet
 
 BENCHMARK = "kernel-hardening"
 
@@ -72,6 +72,7 @@ def _moot(req: Requirement, config: KernelConfig | None, profile: Profile) -> st
     if not req.moot_if:
         return None
     for name, value in req.moot_if:
+        observed: str | None
         if config is not None:
             observed = config.get(name) or "n"
         else:
@@ -154,7 +155,8 @@ def _shown(observed: str | None) -> str:
     return "not set" if observed in (None, "n") else repr(observed)
 
 
-def _blocked(req, name, where, failing, config, tree, profile, observed, target, evidence) -> Finding:
+def _blocked(req: Requirement, name: str, where: str, failing: list[Expr], config: KernelConfig, tree: TreeIndex,
+             profile: Profile, observed: str | None, target: str, evidence: tuple[Evidence, ...]) -> Finding:
     parts = []
     impossible = True
     moot_by = []

@@ -20,11 +20,15 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Evidence, Finding, Report, Severity, Status, Subject
 from obelisk.kernel_hardening import kconfig_file
 from obelisk.kernel_hardening.kimage import KernelImage
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 BENCHMARK = "kernel-hardening"
 MODULE_SYSCALLS = ("init_module", "delete_module", "finit_module")
@@ -119,7 +123,7 @@ def find_syscall_table(img: KernelImage, names: dict[int, str]) -> SyscallTable 
     return best
 
 
-def embedded_certificates(img: KernelImage) -> list:
+def embedded_certificates(img: KernelImage) -> list[x509.Certificate]:
     """Every DER X.509 certificate found in the image's loaded sections."""
     from cryptography import x509
 
@@ -143,7 +147,7 @@ def embedded_certificates(img: KernelImage) -> list:
     return certs
 
 
-def _fingerprint(cert) -> str:
+def _fingerprint(cert: x509.Certificate) -> str:
     from cryptography.hazmat.primitives import hashes
 
     return cert.fingerprint(hashes.SHA256()).hex()
@@ -237,10 +241,10 @@ def inspect(img: KernelImage, *, intended_config: str | None = None, ca_pem: byt
         except ValueError:
             raise InputError("--ca: not a PEM X.509 certificate") from None
         have = {_fingerprint(c) for c in certs}
-        missing = [w for w in wanted if _fingerprint(w) not in have]
+        absent = [w for w in wanted if _fingerprint(w) not in have]
         out.append(_f("ca.present", "customer CA compiled in as a trusted key",
-                      Status.FAIL if missing else Status.PASS,
-                      (f"not embedded: {', '.join(w.subject.rfc4514_string() for w in missing)}" if missing else
+                      Status.FAIL if absent else Status.PASS,
+                      (f"not embedded: {', '.join(w.subject.rfc4514_string() for w in absent)}" if absent else
                        f"{wanted[0].subject.rfc4514_string()} (sha256:{_fingerprint(wanted[0])}) is embedded")
                       + f"; {len(certs)} certificate(s) in the image", target, evidence=evidence))
     else:

@@ -6,10 +6,10 @@ and line, never a traceback; size and decompressed size are bounded.
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from obelisk.core.errors import InputError
 
@@ -103,7 +103,7 @@ def parse(data: bytes, source: str = "<config>") -> KernelConfig:
     return KernelConfig(values=values, lines=lines, version=version, source=source)
 
 
-def read(path: str | Path) -> KernelConfig:
+def read(path: str | os.PathLike[str]) -> KernelConfig:
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_CONFIG_BYTES + 1)

@@ -71,14 +71,12 @@ class KernelImage:
 def _decompress(payload: bytes, kind: str, source: str, offset: int) -> bytes:
     try:
         if kind == "gzip":
-            d = zlib.decompressobj(wbits=31)
-            out = d.decompress(payload, MAX_KERNEL_BYTES)
+            out = zlib.decompressobj(wbits=31).decompress(payload, MAX_KERNEL_BYTES)
         elif kind in ("xz", "lzma"):
-            d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE)
-            out = d.decompress(payload, MAX_KERNEL_BYTES)
+            xz = lzma.LZMADecompressor(format=lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE)
+            out = xz.decompress(payload, MAX_KERNEL_BYTES)
         elif kind == "bzip2":
-            d = bz2.BZ2Decompressor()
-            out = d.decompress(payload, MAX_KERNEL_BYTES)
+            out = bz2.BZ2Decompressor().decompress(payload, MAX_KERNEL_BYTES)
         else:
             raise InputError(f"bzImage payload compressed with {kind}: not supported by obelisk "
                              f"(build with CONFIG_KERNEL_XZ or CONFIG_KERNEL_GZIP)", source=source)

@@ -11,10 +11,14 @@ import json
 from collections import Counter
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from obelisk.core.findings import Severity, Status
 from obelisk.reports.model import SEVERITY_ORDER, STATUS_ORDER, Bundle, benchmarks_of, scan_date, sort_key
 from obelisk.reports.options import RenderOptions
+
+if TYPE_CHECKING:
+    import jinja2
 
 STATUS_LABEL = {Status.PASS: "Pass", Status.FAIL: "Fail", Status.ERROR: "Error", Status.SKIP: "N/A",
                 Status.MANUAL: "Manual", Status.WAIVED: "Waived"}
@@ -33,7 +37,7 @@ EXPIRY_WARNING_DAYS = 30
 
 
 @lru_cache(maxsize=1)
-def _template():
+def _template() -> tuple[jinja2.Template, str, str]:
     import jinja2
 
     files = resources.files("obelisk.reports") / "templates"
@@ -57,7 +61,7 @@ def _bar_chart(rows: list[tuple[str, Counter[Status]]]) -> dict:
     bars = []
     for i, (name, counts) in enumerate(rows):
         y = i * (bar_h + gap)
-        x = label_w
+        x: float = label_w
         segments = []
         for status in STATUS_ORDER:
             n = counts.get(status, 0)
@@ -154,7 +158,7 @@ def context(bundle: Bundle, options: RenderOptions) -> dict:
     benchmarks = sorted(by_benchmark.items(), key=lambda kv: BENCHMARK_LABEL.get(kv[0], kv[0]).lower())
     waivers = [f for f in report.findings if f.waiver is not None]
     scanned = scan_date(report)
-    expiring = {f.id for f in waivers if f.status is Status.WAIVED
+    expiring = {f.id for f in waivers if f.status is Status.WAIVED and f.waiver is not None
                 and (f.waiver.expires - scanned).days <= EXPIRY_WARNING_DAYS}
     failing = counts.get(Status.FAIL, 0) + counts.get(Status.ERROR, 0)
     controls = _controls(findings, options)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,8 @@ def _merged_subject(subjects: list[Subject]) -> Subject:
                    attributes=tuple(sorted(attrs.items())))
 
 
-def counts_by(findings: tuple[Finding, ...] | list[Finding], key) -> dict[str, Counter[Status]]:
+def counts_by(findings: tuple[Finding, ...] | list[Finding],
+              key: Callable[[Finding], str]) -> dict[str, Counter[Status]]:
     """{group: Counter(status)} for a grouping such as benchmark or severity."""
     out: dict[str, Counter[Status]] = {}
     for f in findings:

@@ -11,6 +11,7 @@ control not-satisfied with the waiver named: an accepted risk is not a satisfied
 from __future__ import annotations
 
 import datetime as _dt
+from typing import Any
 
 from obelisk.core.findings import Finding, Status
 from obelisk.reports.cci import display_control, finding_controls
@@ -145,7 +146,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
         if f.status not in (Status.FAIL, Status.WAIVED):
             continue
         obs_uuid = observations[i]["uuid"]
-        risk = {
+        risk: dict[str, Any] = {
             "uuid": stable_uuid(root_key, "risk", str(i), f.id),
             "title": _line(f"{f.id}: {f.title}"),
             "description": f.detail or f.title,
@@ -171,6 +172,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
             "related-observations": [{"observation-uuid": uid} for _, uid in items],
             **({"related-risks": related_risks} if related_risks else {}),
         })
+    selection: dict[str, Any]
     if by_control:
         selection = {"include-controls": [{"control-id": c} for c in sorted(by_control, key=control_sort)]}
     else:
@@ -201,7 +203,7 @@ def to_json(bundle: Bundle, options: RenderOptions) -> dict:
         "findings": findings or None,
     }
     result = {k: v for k, v in result.items() if v is not None}
-    resources = [{"uuid": plan_uuid, "title": "Implied assessment plan",
+    resources: list[dict[str, Any]] = [{"uuid": plan_uuid, "title": "Implied assessment plan",
                   "description": "obelisk runs its declared check catalogues (CIS Kubernetes Benchmark, DISA "
                                  "Kubernetes STIG, kernel hardening, IMA and attestation checks) against the "
                                  "subject; no separate OSCAL assessment plan exists."}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import quote
 
 from obelisk.core.findings import Finding, Severity, Status
@@ -51,8 +52,8 @@ _LINE = re.compile(r"^(?:line\s*)?([0-9]+)$", re.I | re.ASCII)
 _FILE_KINDS = frozenset({"file", "config", "manifest", "log-entry"})
 
 
-def _location(f: Finding) -> list[dict]:
-    out = []
+def _location(f: Finding) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for e in f.evidence:
         if e.kind not in _FILE_KINDS or not e.source or " " in e.source or "://" in e.source:
             continue

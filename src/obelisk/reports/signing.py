@@ -15,6 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -35,6 +36,9 @@ from obelisk.reports.statement import (
     serialize_signature,
     serialize_statement,
 )
+
+if TYPE_CHECKING:
+    from obelisk.signer.keys import PublicKey
 
 MAX_REPORT_BYTES = 1024 * 1024 * 1024
 
@@ -66,7 +70,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _hash_name(public_key) -> str:
+def _hash_name(public_key: PublicKey) -> str:
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         return {"secp384r1": "sha384", "secp521r1": "sha512"}.get(public_key.curve.name, "sha256")
     return "sha256"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from obelisk.core.errors import InputError
 from obelisk.reports.xmlsafe import parse_xml_file
@@ -52,7 +53,7 @@ class StigBenchmark:
         return m.group(1) if m else ""
 
 
-def _text(el, tag: str, ns: str) -> str:
+def _text(el: Any, tag: str, ns: str) -> str:
     child = el.find(f"{{{ns}}}{tag}")
     return (child.text or "").strip() if child is not None and child.text else ""
 

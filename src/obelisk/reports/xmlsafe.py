@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from obelisk.core.errors import InputError
 
 MAX_XML_BYTES = 64 * 1024 * 1024
 
 
-def parse_xml_file(path: str | Path):
+def parse_xml_file(path: str | Path) -> Any:  # an lxml element (lxml has no type information)
     from lxml import etree
 
     p = Path(path)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -48,6 +49,9 @@ from cryptography.x509.verification import (
 )
 
 from obelisk.core.errors import EXIT_FAILED, ObeliskError
+
+if TYPE_CHECKING:
+    from obelisk.signer.keys import SigningKey
 
 
 class ChainError(ObeliskError):
@@ -168,7 +172,7 @@ def _der_elements(data: bytes) -> list[bytes]:
     return out
 
 
-def issue_certificate(builder: x509.CertificateBuilder, issuer_key: object, hash_name: str) -> x509.Certificate:
+def issue_certificate(builder: x509.CertificateBuilder, issuer_key: SigningKey, hash_name: str) -> x509.Certificate:
     """`builder` signed by `issuer_key` (a signer.keys.SigningKey: PEM file or PKCS#11 token) with `hash_name`.
 
     A software key signs through cryptography. A token key never leaves its token, and cryptography
@@ -187,17 +191,17 @@ def issue_certificate(builder: x509.CertificateBuilder, issuer_key: object, hash
 
     algo = by_name(hash_name)
     if isinstance(issuer_key, SoftwareKey):
-        return builder.sign(issuer_key.key, algo.crypto_hash())
-    public = issuer_key.public_key  # type: ignore[attr-defined]
+        return builder.sign(issuer_key.key, algo.certificate_hash())
+    public = issuer_key.public_key
     if isinstance(public, rsa.RSAPublicKey):
         throwaway: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = rsa.generate_private_key(65537, 1024)
     elif isinstance(public, ec.EllipticCurvePublicKey):
         throwaway = ec.generate_private_key(ec.SECP256R1())
     else:
         raise ChainError(f"cannot issue certificates with a {type(public).__name__} key")
-    template = builder.sign(throwaway, algo.crypto_hash())
+    template = builder.sign(throwaway, algo.certificate_hash())
     _tbs, signature_algorithm, _signature = _der_elements(template.public_bytes(serialization.Encoding.DER))
     tbs = template.tbs_certificate_bytes
-    signature = issuer_key.sign_digest(hashlib.new(algo.name, tbs).digest(), algo)  # type: ignore[attr-defined]
+    signature = issuer_key.sign_digest(hashlib.new(algo.name, tbs).digest(), algo)
     cert = x509.load_der_x509_certificate(_der(0x30, tbs + signature_algorithm + _der(0x03, b"\0" + signature)))
     return cert

@@ -10,6 +10,12 @@ from cryptography.hazmat.primitives import hashes
 
 from obelisk.core.errors import InputError
 
+# What cryptography's CertificateBuilder.sign accepts.
+CertificateHash = (hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+                   | hashes.SHA3_224 | hashes.SHA3_256 | hashes.SHA3_384 | hashes.SHA3_512)
+_CERTIFICATE_HASHES = (hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512,
+                       hashes.SHA3_224, hashes.SHA3_256, hashes.SHA3_384, hashes.SHA3_512)
+
 
 @dataclass(frozen=True)
 class HashAlgo:
@@ -22,6 +28,13 @@ class HashAlgo:
 
     def crypto_hash(self) -> hashes.HashAlgorithm:
         return _CRYPTO[self.name]()
+
+    def certificate_hash(self) -> CertificateHash:
+        """The hash for an X.509 signature: cryptography signs certificates with SHA-2 and SHA-3 only."""
+        h = self.crypto_hash()
+        if not isinstance(h, _CERTIFICATE_HASHES):
+            raise InputError(f"cannot sign certificates with {self.name} (use sha256, sha384 or sha512)")
+        return h
 
 
 _ALGOS = (

@@ -53,7 +53,7 @@ def _new_key(key_type: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     raise InputError(f"--type: unknown key type {key_type!r} (one of {', '.join(KEY_TYPES)})")
 
 
-def _hash_for(key_type: str) -> hashes.HashAlgorithm:
+def _hash_for(key_type: str) -> hashes.SHA256 | hashes.SHA384:
     return hashes.SHA384() if key_type == "ecdsa-p384" else hashes.SHA256()
 
 
