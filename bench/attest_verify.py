@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from obelisk.attest import akrecord, evidence, verify
-from obelisk.core import tools  # noqa: E402
-from obelisk.ima_policy import measurement_list as ml  # noqa: E402
-from obelisk.ima_policy import reference  # noqa: E402
+from obelisk.core import tools
+from obelisk.ima_policy import measurement_list as ml
+from obelisk.ima_policy import reference
 from obelisk.tpm import device as tpm
-from obelisk.tpm import eventlog  # noqa: E402
+from obelisk.tpm import eventlog
 from obelisk.tpm import quote as q
-from obelisk.tpm.swtpm import SoftwareTPM  # noqa: E402
+from obelisk.tpm.swtpm import SoftwareTPM
 
 TARGET_MS = 50.0
 
@@ -166,7 +166,8 @@ def main() -> int:
     print(f"tpm2_checkquote + tpm2_eventlog (quote and event log only, 2 processes): median {ref:.1f} ms")
     print(f"ratio obelisk / tpm2-tools: {ob / ref:.2f} (obelisk also checks {args.entries} IMA entries "
           "and a reference manifest)")
-    print(json.dumps({"obelisk_ms": round(ob, 2), "obelisk_cpu_ms": round(ob_cpu, 2), "load": round(load, 1), "obelisk_with_reference_load_ms": round(with_ref, 2),
+    print(json.dumps({"obelisk_ms": round(ob, 2), "obelisk_cpu_ms": round(ob_cpu, 2), "load": round(load, 1),
+                      "obelisk_with_reference_load_ms": round(with_ref, 2),
                       "ima_check_ms": round(ima_only, 2), "tpm2_tools_ms": round(ref, 2),
                       "ratio": round(ob / ref, 3), "entries": args.entries, "target_ms": TARGET_MS}))
     return 0 if ob < TARGET_MS else 1

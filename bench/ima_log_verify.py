@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from obelisk.ima_policy.measurement_list import digest_field, make_entry, name_field, serialize_ascii, serialize_binary  # noqa: E402
-from obelisk.ima_policy.replay import replay  # noqa: E402
+from obelisk.ima_policy.measurement_list import digest_field, make_entry, name_field, serialize_ascii, serialize_binary
+from obelisk.ima_policy.replay import replay
 
 KEYLIME_SCRIPT = r'''
 import json, sys, types

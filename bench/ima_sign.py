@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from obelisk.core import tools  # noqa: E402
-from obelisk.signer import keygen  # noqa: E402
+from obelisk.core import tools
+from obelisk.signer import keygen
 
 
 def make_tree(root: Path, files: int, size: int) -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from obelisk.core import findings as report_format  # noqa: E402
-from obelisk.reports.model import load_bundle  # noqa: E402
-from obelisk.reports.options import RenderOptions  # noqa: E402
-from obelisk.reports.render import FORMATS, render  # noqa: E402
-from obelisk.reports.stig_benchmark import load_stig_benchmark  # noqa: E402
-from tests.reports.samples import synthetic_report  # noqa: E402
+from obelisk.core import findings as report_format
+from obelisk.reports.model import load_bundle
+from obelisk.reports.options import RenderOptions
+from obelisk.reports.render import FORMATS, render
+from obelisk.reports.stig_benchmark import load_stig_benchmark
+from tests.reports.samples import synthetic_report
 
 BUDGET = 2.0
 
@@ -59,7 +59,7 @@ def main() -> int:
     worst = 0.0
     for fmt in FORMATS:
         size = len(render(bundle, fmt, options))
-        t, cpu = best_of_both(lambda: render(bundle, fmt, options))
+        t, cpu = best_of_both(lambda fmt=fmt: render(bundle, fmt, options))
         worst = max(worst, cpu)
         print(f"{fmt:8} {t:7.3f} {cpu:7.3f} {size / 1e6:7.2f} {t / baseline:11.1f} {t / BUDGET:9.0%}")
     # Judged on CPU time: on a shared 2-core machine wall time mostly measures the other jobs.

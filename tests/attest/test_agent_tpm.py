@@ -25,7 +25,8 @@ def _ima_list(files: list[tuple[str, bytes]]) -> bytes:
 MANIFEST = {"ima_reference": {"schema": "obelisk.ima-reference/1",
                               "files": {"/usr/bin/agent": ["sha256:" + hashlib.sha256(b"a").hexdigest()],
                                         "/usr/bin/mkdir": ["sha256:" + hashlib.sha256(b"m").hexdigest()]},
-                              "rules": [{"glob": "/var/**", "action": "ignore"}, {"glob": "/tmp/**", "action": "ignore"}]}}
+                              "rules": [{"glob": "/var/**", "action": "ignore"},
+                                        {"glob": "/tmp/**", "action": "ignore"}]}}
 
 
 @pytest.mark.swtpm

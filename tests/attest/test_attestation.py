@@ -106,8 +106,9 @@ def test_obelisk_verifies_tpm2_quote_output(swtpm, tmp_path, obelisk_cli):
     assert r.returncode == 0, r.stderr
 
     def check(*extra: str, nonce_hex: str = nonce, ak: str = "ak.pub") -> tuple[int, dict]:
-        res = obelisk_cli("attest", "checkquote", "--ak", str(d / ak), "--ek", str(d / "ek.pub"), "-m", str(d / "q.msg"),
-                          "-s", str(d / "q.sig"), "-f", str(d / "q.pcrs"), "-q", nonce_hex, "--format", "json",
+        res = obelisk_cli("attest", "checkquote", "--ak", str(d / ak), "--ek", str(d / "ek.pub"),
+                          "-m", str(d / "q.msg"), "-s", str(d / "q.sig"), "-f", str(d / "q.pcrs"), "-q", nonce_hex,
+                          "--format", "json",
                           *extra)
         assert res.returncode in (0, 1), res.stderr
         return res.returncode, {f["id"]: f["status"] for f in json.loads(res.stdout)["findings"]}
@@ -245,8 +246,8 @@ def test_verify_rejects_hostile_bundles_with_one_line(tmp_path, obelisk_cli, swt
         "truncated.json": evidence.serialize(ev)[:100],
         "type.json": json.dumps({**good, "quote": []}),
         "b64.json": json.dumps({**good, "quote": {**good["quote"], "attest": "***"}}),
-        "attest.json": json.dumps({**good, "quote": {**good["quote"],
-                                                     "attest": base64.b64encode(b"\xff\x54\x43\x47\x80\x18").decode()}}),
+        "attest.json": json.dumps({**good, "quote": {
+            **good["quote"], "attest": base64.b64encode(b"\xff\x54\x43\x47\x80\x18").decode()}}),
         "trailing.json": json.dumps({**good, "quote": {**good["quote"], "attest": base64.b64encode(
             base64.b64decode(good["quote"]["attest"]) + b"\0").decode()}}),
         "magic.json": json.dumps({**good, "quote": {**good["quote"], "attest": base64.b64encode(

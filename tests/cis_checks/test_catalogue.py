@@ -210,7 +210,8 @@ def test_bundled_titles_are_whole():
     ("test: {kind: flag, component: etcd, flg: x}", "checks[0] (cis-1.1.1).test: unknown key 'flg' for kind 'flag'"),
     ("test: {kind: kubelet, key: readOnlyPort, op: eq, value: '0', require: true}",
      "checks[0] (cis-1.1.1).test: unknown key 'require' for kind 'kubelet'"),
-    ("test: {kind: static_pods, where: workers}", "checks[0] (cis-1.1.1).test: unknown key 'where' for kind 'static_pods'"),
+    ("test: {kind: static_pods, where: workers}",
+     "checks[0] (cis-1.1.1).test: unknown key 'where' for kind 'static_pods'"),
     ("test: {kind: flag, component: etcd, op: set}", "checks[0] (cis-1.1.1).test: kind 'flag' needs key 'flag'"),
     ("test: {kind: cert, component: etcd}", "checks[0] (cis-1.1.1).test: kind 'cert' needs key 'flags'"),
     # inside the `all` combinator

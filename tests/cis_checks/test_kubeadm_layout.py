@@ -28,13 +28,15 @@ APISERVER_FLAGS = """\
 --advertise-address=10.0.0.10 --allow-privileged=true --authorization-mode=Node,RBAC
 --client-ca-file=/etc/kubernetes/pki/ca.crt --enable-admission-plugins=NodeRestriction
 --enable-bootstrap-token-auth=true --etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt
---etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt --etcd-keyfile=/etc/kubernetes/pki/apiserver-etcd-client.key
+--etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt
+--etcd-keyfile=/etc/kubernetes/pki/apiserver-etcd-client.key
 --etcd-servers=https://127.0.0.1:2379 --kubelet-client-certificate=/etc/kubernetes/pki/apiserver-kubelet-client.crt
 --kubelet-client-key=/etc/kubernetes/pki/apiserver-kubelet-client.key
 --kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname
 --proxy-client-cert-file=/etc/kubernetes/pki/front-proxy-client.crt
 --proxy-client-key-file=/etc/kubernetes/pki/front-proxy-client.key --requestheader-allowed-names=front-proxy-client
---requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt --requestheader-extra-headers-prefix=X-Remote-Extra-
+--requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt
+--requestheader-extra-headers-prefix=X-Remote-Extra-
 --requestheader-group-headers=X-Remote-Group --requestheader-username-headers=X-Remote-User --secure-port=6443
 --service-account-issuer=https://kubernetes.default.svc.cluster.local
 --service-account-key-file=/etc/kubernetes/pki/sa.pub --service-account-signing-key-file=/etc/kubernetes/pki/sa.key
@@ -97,7 +99,8 @@ volumeStatsAggPeriod: 0s
 KUBEADM_DROPIN = """\
 # Note: This dropin only works with kubeadm and kubelet v1.11+
 [Service]
-Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
+Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf \
+--kubeconfig=/etc/kubernetes/kubelet.conf"
 Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
 EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
 EnvironmentFile=-/etc/default/kubelet
@@ -165,7 +168,8 @@ EXPECTED_FAILURES = {
     "cis-1.1.9": "mode 644", "cis-1.1.12": "owner root:root",
     # API server: kubeadm leaves these at their defaults
     "cis-1.2.1": "not set (default true)", "cis-1.2.3": "NodeRestriction", "cis-1.2.5": "not set",
-    "cis-1.2.9": "NodeRestriction", "cis-1.2.11": "NodeRestriction", "cis-1.2.15": "not set (default true)", "cis-1.2.16": "not set",
+    "cis-1.2.9": "NodeRestriction", "cis-1.2.11": "NodeRestriction", "cis-1.2.15": "not set (default true)",
+    "cis-1.2.16": "not set",
     "cis-1.2.17": "not set", "cis-1.2.18": "not set", "cis-1.2.19": "not set", "cis-1.2.20": "not set",
     "cis-1.2.27": "not set", "cis-1.2.28": "--encryption-provider-config not set", "cis-1.2.29": "not set",
     "cis-1.2.30": "not set (default true)", "cis-3.2.1": "--audit-policy-file not set",

@@ -186,7 +186,8 @@ def test_sshd_enabled(worker):
     wants = worker / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True)
     (wants / "ssh.service").symlink_to("/usr/lib/systemd/system/ssh.service")
-    assert failing(scan(worker)) == {"stig-V-242394": "enabled: /etc/systemd/system/multi-user.target.wants/ssh.service"}
+    assert failing(scan(worker)) == {
+        "stig-V-242394": "enabled: /etc/systemd/system/multi-user.target.wants/ssh.service"}
 
 
 def test_parent_directory_writable_by_others(control_plane):
@@ -281,7 +282,8 @@ def test_scheduler_profiling_from_its_config_file(control_plane):
     cfg = control_plane / "etc/kubernetes/scheduler-config.yaml"
     cfg.write_text("apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
                    "enableProfiling: true\n")
-    edit(control_plane, SCHEDULER, r"--profiling=false", "--profiling=false\n    - --config=/etc/kubernetes/scheduler-config.yaml")
+    edit(control_plane, SCHEDULER, r"--profiling=false",
+         "--profiling=false\n    - --config=/etc/kubernetes/scheduler-config.yaml")
     report = scan(control_plane)
     assert failing(report) == {"cis-1.4.1": "true"}
     assert by_id(report, "cis-1.4.1").evidence[0].source == "/etc/kubernetes/scheduler-config.yaml"
@@ -289,8 +291,9 @@ def test_scheduler_profiling_from_its_config_file(control_plane):
 
 def test_etcd_settings_from_environment_variables(control_plane):
     edit(control_plane, ETCD, r"^    - --client-cert-auth=true\n", "")
-    edit(control_plane, ETCD, r"^    livenessProbe:", "    env:\n    - {name: ETCD_CLIENT_CERT_AUTH, value: \"true\"}\n"
-                                                     "    - {name: ETCD_PEER_AUTO_TLS, value: \"true\"}\n    livenessProbe:")
+    edit(control_plane, ETCD, r"^    livenessProbe:",
+         "    env:\n    - {name: ETCD_CLIENT_CERT_AUTH, value: \"true\"}\n"
+         "    - {name: ETCD_PEER_AUTO_TLS, value: \"true\"}\n    livenessProbe:")
     edit(control_plane, ETCD, r"^    - --peer-auto-tls=false\n", "")
     report = scan(control_plane)
     assert failing(report) == {"cis-2.6": "true"}
@@ -300,7 +303,8 @@ def test_etcd_settings_from_environment_variables(control_plane):
 
 def test_etcd_config_file_replaces_flags(control_plane):
     cfg = control_plane / "etc/kubernetes/etcd.conf.yml"
-    cfg.write_text("name: n1\ndata-dir: /var/lib/etcd\nclient-transport-security:\n  cert-file: /etc/kubernetes/pki/etcd/server.crt\n"
+    cfg.write_text("name: n1\ndata-dir: /var/lib/etcd\nclient-transport-security:\n"
+                   "  cert-file: /etc/kubernetes/pki/etcd/server.crt\n"
                    "  key-file: /etc/kubernetes/pki/etcd/server.key\n  client-cert-auth: true\n  auto-tls: false\n"
                    "  trusted-ca-file: /etc/kubernetes/pki/etcd/ca.crt\n"
                    "peer-transport-security:\n  cert-file: /etc/kubernetes/pki/etcd/peer.crt\n"
@@ -341,7 +345,7 @@ def test_required_modes_cover_every_rendered_path(tmp_path):
     tree = render_tree(tmp_path, "control-plane", "1.31")
     assert {(f.path.lstrip("/"), f.mode, f.uid, f.gid) for f in tree.files} == set(required_modes("control-plane"))
     # an image builder that normalised everything to 0644/0755 and forgot to re-apply them:
-    for path, mode, _uid, _gid in required_modes("control-plane"):
+    for path, _mode, _uid, _gid in required_modes("control-plane"):
         os.chmod(tmp_path / path, 0o755 if (tmp_path / path).is_dir() else 0o644)
     broken = failing(scan(tmp_path))
     assert {"cis-1.1.1", "cis-1.1.11", "cis-4.1.1", "cis-4.1.9"} <= set(broken)
@@ -354,7 +358,8 @@ def test_owner_names_come_from_the_scanned_roots_passwd(control_plane):
     (control_plane / "usr/lib/sysusers.d/obelisk-etcd.conf").unlink()
     report = scan(control_plane)
     assert failing(report) == {"cis-1.1.12": "owner 990:990"}
-    (control_plane / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\netcd:x:990:990::/var/lib/etcd:/sbin/nologin\n")
+    (control_plane / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n"
+                                              "etcd:x:990:990::/var/lib/etcd:/sbin/nologin\n")
     (control_plane / "etc/group").write_text("root:x:0:\netcd:x:990:\n")
     assert failing(scan(control_plane)) == {}
 

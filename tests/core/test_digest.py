@@ -20,7 +20,8 @@ FILE_SHA256 = "7d471e4af16db5a30ce10aebbc29f5178b2edbad6c7dc2e8ff8ee6e4848a726f"
 FILE_SHA512 = ("657ef9e3b434692d4e06a8bcae9b644bdc5a2070f31799751493d4109b0c2213"
                "5de3a8d1a6dfb6a9c02de8b7fceed45c015609bac21457d51dbe1e2619243261")
 TREE_CONTENT = "61c761c11db93df71c8fd3a29e89d4b01bb32f76020312a7311ed618ce2cefa9"  # was image.cache.tree_digest
-TREE_STAT = "e247c58b490ceac39df0facc1f67f496cfd278a881e64f9f9f832b0c605a39ba"  # was kernel_hardening.source.tree_digest
+# was kernel_hardening.source.tree_digest
+TREE_STAT = "e247c58b490ceac39df0facc1f67f496cfd278a881e64f9f9f832b0c605a39ba"
 TIME_NS = 1_700_000_000_123_456_789
 
 

@@ -53,7 +53,8 @@ def test_full_sequence_from_the_issue(swtpm, tmp_path, obelisk_cli):
     t = ["--tcti", swtpm.tcti]
 
     # enroll: TPM key sealed to PCRs 7,11 plus a recovery key printed once
-    res = obelisk_cli("disk", "enroll", "--device", str(vol), "--pcrs", "7,11", "--key-file", str(tmp_path / "pass"), *t)
+    res = obelisk_cli("disk", "enroll", "--device", str(vol), "--pcrs", "7,11", "--key-file", str(tmp_path / "pass"),
+                      *t)
     assert res.returncode == 0, res.stderr
     recovery = re.search(r"^\s+([0-9a-f]{8}(?:-[0-9a-f]{8}){7})$", res.stdout, re.M).group(1)
     assert recovery not in res.stderr
@@ -185,7 +186,8 @@ def test_signed_policy_survives_pcr_change_without_reenrolling(swtpm, tmp_path, 
                       "-o", str(tmp_path / "p2.json"))
     assert res.returncode == 0, res.stderr
     blob_before = disk.tokens(str(vol))[0].sealed
-    res = obelisk_cli("disk", "unlock", "--device", str(vol), "--test", "--signed-policy", str(tmp_path / "p2.json"), *t)
+    res = obelisk_cli("disk", "unlock", "--device", str(vol), "--test", "--signed-policy", str(tmp_path / "p2.json"),
+                      *t)
     assert res.returncode == 0, res.stderr
     assert disk.tokens(str(vol))[0].sealed == blob_before
     # a policy signed by someone else does not help
@@ -194,8 +196,8 @@ def test_signed_policy_survives_pcr_change_without_reenrolling(swtpm, tmp_path, 
     forged = seal.SignedPolicy(pcrs=(7, 11), values=values,
                                signature=sign_tpm_policy(SoftwareKey(other), seal.policy_pcr_digest((7, 11), values)))
     (tmp_path / "forged.json").write_text(json.dumps(policymod.to_json(forged)))
-    res = obelisk_cli("disk", "unlock", "--device", str(vol), "--test", "--signed-policy", str(tmp_path / "forged.json"),
-                      *t)
+    res = obelisk_cli("disk", "unlock", "--device", str(vol), "--test",
+                      "--signed-policy", str(tmp_path / "forged.json"), *t)
     assert res.returncode == 1 and "PCR 7 differs" in res.stderr  # the stored (stale) policy is still tried
     forged_only = Token(keyslot=0, sealed=blob_before)
     with pytest.raises(tpm.TPMError, match="none of the 1 signed PCR policies"):

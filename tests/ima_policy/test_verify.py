@@ -240,7 +240,7 @@ def test_cli_verify_json_and_exit_codes(obelisk_cli, tmp_path, signed):
     (tmp_path / "list").write_bytes(serialize_binary(entries))
     values = replay(entries, ["sha1", "sha256"])
     (tmp_path / "pcrs.yaml").write_text(
-        "sha1:\n  10 : 0x%s\nsha256:\n  10 : 0x%s\n" % (values["sha1"].hex(), values["sha256"].hex()))
+        "sha1:\n  10 : 0x{}\nsha256:\n  10 : 0x{}\n".format(values["sha1"].hex(), values["sha256"].hex()))
     (tmp_path / "ref.json").write_text(reference.serialize(ReferenceManifest(signed["files"])))
     ok = obelisk_cli("ima", "log", "verify", str(tmp_path / "list"), "--pcrs", str(tmp_path / "pcrs.yaml"),
                      "--reference", str(tmp_path / "ref.json"), "--cert", str(signed["keys"].ima_cert),

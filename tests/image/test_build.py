@@ -105,7 +105,7 @@ def test_squashfs_checked_by_independent_tools(built_image, tmp_path):
     root, out = built_image
     listing = subprocess.run(["unsquashfs", "-lln", str(out / "rootfs.squashfs")], capture_output=True,
                              check=True, text=True).stdout
-    line = next(l for l in listing.splitlines() if l.endswith("/etc/secret.conf"))
+    line = next(ln for ln in listing.splitlines() if ln.endswith("/etc/secret.conf"))
     assert line.startswith("-rw------- 0/0")
     dest = tmp_path / "x"
     subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(out / "rootfs.squashfs")], check=True,

@@ -89,7 +89,8 @@ def test_check_on_the_built_config_with_the_tree(built_kernel, kernel_tree, obel
     f = _findings(proc.stdout)
     failing = {i: x for i, x in f.items() if x["status"] == "fail"}
     # what fails is only what this machine cannot build (GCC plugins need gcc-12-plugin-dev), each explained
-    assert set(failing) <= {"kernel.kconfig.CONFIG_GCC_PLUGIN_LATENT_ENTROPY", "kernel.kconfig.CONFIG_GCC_PLUGIN_STACKLEAK",
+    assert set(failing) <= {"kernel.kconfig.CONFIG_GCC_PLUGIN_LATENT_ENTROPY",
+                            "kernel.kconfig.CONFIG_GCC_PLUGIN_STACKLEAK",
                             "kernel.kconfig.CONFIG_RANDSTRUCT_FULL"}, failing
     for x in failing.values():
         assert x["detail"].startswith("blocked:")

@@ -92,7 +92,8 @@ def test_waivers_and_expired_waivers(obelisk_cli, tmp_path, debian_config):
     waivers = tmp_path / "waivers.yaml"
     waivers.write_text(
         "waivers:\n"
-        f"  - {{id: kernel.kconfig.CONFIG_MODULES, reason: distribution kernel, approver: sec-team, expires: '{tomorrow}'}}\n"
+        "  - {id: kernel.kconfig.CONFIG_MODULES, reason: distribution kernel, approver: sec-team, "
+        f"expires: '{tomorrow}'}}\n"
         "  - {id: kernel.kconfig.CONFIG_DEVMEM, reason: legacy tool, approver: sec-team, expires: '2020-01-01'}\n")
     proc = obelisk_cli("kernel", "check", "--config", str(debian_config), "--waivers", str(waivers), "--format", "json")
     assert proc.returncode == 1, proc.stderr

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from obelisk.core.errors import InputError
 from obelisk.kernel_hardening.profile import available_profiles, load_profile, parse_version
@@ -46,7 +48,8 @@ def test_versions_stay_text():
 
 
 @pytest.mark.parametrize("body, message", [
-    ("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because it is, colour: red}\n", "unknown field 'colour'"),
+    ("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because it is, colour: red}\n",
+     "unknown field 'colour'"),
     ("kconfig:\n  - {name: X, value: y, source: kspp, why: because it is}\n", "CONFIG_NAME"),
     ("kconfig:\n  - {name: CONFIG_X, value: y, source: blog, why: because it is}\n", "source"),
     ("kconfig:\n  - {name: CONFIG_X, source: kspp, why: because it is}\n", "exactly one of"),
@@ -82,9 +85,6 @@ def test_unknown_profile_is_one_line_exit_2(obelisk_cli, tmp_path):
     proc = obelisk_cli("kernel", "check", "--config", str(cfg), "--profile", str(bad))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "optoin" in proc.stderr
 
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=12),
                      st.sampled_from(["y", "n", "kspp", "CONFIG_X", "6.1", "high"]))
@@ -123,7 +123,8 @@ def test_hostile_profiles_only_raise_input_error(tmp_path, data):
     # keys of one kind are refused in another
     ("kconfig:\n  - {name: CONFIG_X, present: true, source: kspp, why: because it is}\n",
      "kconfig[0] (CONFIG_X): unknown field 'present' in a kconfig entry"),
-    ("sysctl:\n  - {name: kernel.x, value: '1', source: kspp, why: because it is, satisfied_by_kconfig: {CONFIG_X: y}}\n",
+    ("sysctl:\n  - {name: kernel.x, value: '1', source: kspp, why: because it is, "
+     "satisfied_by_kconfig: {CONFIG_X: y}}\n",
      "sysctl[0] (kernel.x): unknown field 'satisfied_by_kconfig' in a sysctl entry"),
     # aliases and the CONFIG_X mappings
     (("kconfig:\n  - {name: CONFIG_X, value: y, source: kspp, why: because it is, "

@@ -32,7 +32,8 @@ def test_initramfs_is_reproducible_and_complete():
     assert a == b
     entries = {e.name: e for e in cpio.parse(a)}
     assert stat.S_IMODE(entries["init"].mode) == 0o755 and entries["init"].data.startswith(b"#!/bin/busybox sh")
-    assert stat.S_ISCHR(entries["dev/console"].mode) and (entries["dev/console"].rdev_major, entries["dev/console"].rdev_minor) == (5, 1)
+    assert stat.S_ISCHR(entries["dev/console"].mode) and (
+        entries["dev/console"].rdev_major, entries["dev/console"].rdev_minor) == (5, 1)
     assert entries["bin/busybox"].data == busybox.read_bytes()
 
 

@@ -72,7 +72,8 @@ def test_bad_input_is_one_line_exit_2(obelisk_cli, tmp_path):
 def test_waivers_applied_at_report_time(obelisk_cli, results_files, tmp_path):
     waivers = tmp_path / "waivers.yaml"
     waivers.write_text("waivers:\n"
-                       "  - {id: stig-V-242387, reason: 'kubelet metrics scraped on 10255 until CNI migration (CHG-88)',"
+                       "  - {id: stig-V-242387, "
+                       "reason: 'kubelet metrics scraped on 10255 until CNI migration (CHG-88)',"
                        " approver: 'A. Osei (ISSM)', expires: '2026-12-10'}\n"
                        "  - {id: ima.entry.17, reason: old, approver: someone, expires: '2026-01-01'}\n")
     out = tmp_path / "r.json"

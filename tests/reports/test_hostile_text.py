@@ -23,7 +23,8 @@ def validators(shared_dir):
 
     return {
         "ckl": etree.XMLSchema(etree.parse(str(shared_dir / "schemas" / "U_Checklist_Schema_V2.xsd"))),
-        "sarif": jsonschema.Draft7Validator(json.loads((shared_dir / "schemas" / "sarif-schema-2.1.0.json").read_text())),
+        "sarif": jsonschema.Draft7Validator(
+            json.loads((shared_dir / "schemas" / "sarif-schema-2.1.0.json").read_text())),
     }
 
 

@@ -55,7 +55,8 @@ def test_renders_without_console_errors_and_counts_match(bundle, report_html, tm
     assert dom.get("data-ready") == "1"  # the script ran to its end
     expected = Counter(f.status.value for f in bundle.report.findings)
     tiles = {t.get("data-status"): int(t.get("data-count")) for t in dom.xpath("//div[@class='tiles']/*[@data-count]")}
-    shown_tiles = {t.xpath(".//span[@class='n']")[0].text_content(): t.get("data-status") for t in dom.xpath("//div[@class='tiles']/*[@data-count]")}
+    shown_tiles = {t.xpath(".//span[@class='n']")[0].text_content(): t.get("data-status")
+                   for t in dom.xpath("//div[@class='tiles']/*[@data-count]")}
     assert tiles.pop("total") == len(bundle.report.findings) == 12
     assert tiles == {s: expected.get(s, 0) for s in tiles}
     assert all(int(n) == tiles.get(s, 12) for n, s in shown_tiles.items())

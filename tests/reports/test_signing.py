@@ -50,7 +50,8 @@ def _cert(subject_key, cn, issuer_key, issuer_name, *, ca: bool, days: int = 365
 class Pki:
     """A customer CA with an intermediate and a report-signing leaf, written as PEM files."""
 
-    def __init__(self, d, curve=ec.SECP256R1(), cn="Customer"):
+    def __init__(self, d, curve=None, cn="Customer"):
+        curve = ec.SECP256R1() if curve is None else curve
         d.mkdir(parents=True, exist_ok=True)
         self.dir = d
         ca_key = ec.generate_private_key(curve)
@@ -62,7 +63,8 @@ class Pki:
         self.ca = d / "ca.pem"
         self.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
         self.cert = d / "signer-chain.pem"
-        self.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + mid.public_bytes(serialization.Encoding.PEM))
+        self.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM)
+                              + mid.public_bytes(serialization.Encoding.PEM))
         self.leaf_pem = d / "signer.pem"
         self.leaf_pem.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
         self.key = d / "signer.key"

@@ -89,8 +89,9 @@ def test_explicit_check_accepts_what_the_verifier_profile_refuses(pki):
     subjectDirectoryAttributes (TPM specification), valid until 9999."""
     k, root, mid, _, other = pki
     ek_key = ec.generate_private_key(ec.SECP256R1())
-    ek = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(root.subject).public_key(ek_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(NOW - dt.timedelta(days=1))
+    ek = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(root.subject)
+          .public_key(ek_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(NOW - dt.timedelta(days=1))
           .not_valid_after(dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC))
           .add_extension(x509.SubjectAlternativeName([x509.DirectoryName(_name("TPM"))]), critical=True)
           .add_extension(x509.UnrecognizedExtension(ObjectIdentifier("2.5.29.9"), b"\x30\x00"), critical=True)

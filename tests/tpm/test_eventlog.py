@@ -19,7 +19,8 @@ from obelisk.tpm import eventlog as el
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "testdata"
 EVENTLOGS = sorted((SHARED / "eventlog").glob("*.bin"))
-IMA_LOGS = [SHARED / "ima" / "sample-binary_bios_measurements-pcrs-8-9", SHARED / "ima" / "test_binary_bios_measurements"]
+IMA_LOGS = [SHARED / "ima" / "sample-binary_bios_measurements-pcrs-8-9",
+            SHARED / "ima" / "test_binary_bios_measurements"]
 
 
 def pcrs_from_tpm2_eventlog_yaml(text: str) -> dict[str, dict[int, bytes]]:

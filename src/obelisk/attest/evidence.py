@@ -140,7 +140,7 @@ def parse(data: bytes | str, source: str = "evidence") -> Evidence:
     if not isinstance(pcrs_doc, dict) or len(pcrs_doc) > 32:
         raise bad("quote.pcrs", "expected an object of at most 32 PCRs")
     pcrs: dict[int, bytes] = {}
-    for key, value in pcrs_doc.items():
+    for key, _value in pcrs_doc.items():
         if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 2 and int(key) < 32):
             raise bad(f"quote.pcrs.{key}", "PCR index must be 0..31")
         pcrs[int(key)] = hexfield(pcrs_doc, key, "quote.pcrs.")

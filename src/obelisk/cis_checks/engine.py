@@ -395,7 +395,8 @@ def _kubelet_error(ctx: Context) -> Outcome | None:
 def _setting_evidence(s: Setting) -> tuple[Evidence, ...]:
     detail = f"{s.key}={_show(s.value)}" if s.value is not None else f"{s.key} not set"
     ev = [Evidence("config", s.source, detail)]
-    ev.extend(Evidence("config", o.rsplit(" in ", 1)[-1], f"overridden: {o.rsplit(' in ', 1)[0]}") for o in s.overridden)
+    ev.extend(Evidence("config", o.rsplit(" in ", 1)[-1], f"overridden: {o.rsplit(' in ', 1)[0]}")
+              for o in s.overridden)
     return tuple(ev)
 
 
@@ -540,7 +541,8 @@ def _file(ctx: Context, test: FileSpec) -> Outcome:
             continue
         if not info.exists and p in ctx.node.tmpfiles:
             info, declared_in = ctx.node.tmpfiles[p]  # created at boot on an empty /var
-            evidence.append(Evidence("file", declared_in, f"{p} created at boot: mode {info.mode:04o} owner {info.owner_text}"))
+            evidence.append(Evidence("file", declared_in,
+                                     f"{p} created at boot: mode {info.mode:04o} owner {info.owner_text}"))
             if mode_limit is not None and not _mode_ok(info.mode, mode_limit):
                 bad.append(f"{p} mode {info.mode:o}")
             if owner and info.owner_text != owner:
@@ -787,7 +789,8 @@ def _pod_security_gate(ctx: Context, test: Spec) -> Outcome:
     version = _version(ctx)
     gates = _items(comp.flag("feature-gates") or "")
     disabled = _items(comp.flag("disable-admission-plugins") or "")
-    ev = (Evidence("flag", comp.source, f"{comp.cmdline.show('feature-gates')} {comp.cmdline.show('disable-admission-plugins')}"),)
+    ev = (Evidence("flag", comp.source,
+                   f"{comp.cmdline.show('feature-gates')} {comp.cmdline.show('disable-admission-plugins')}"),)
     if version is not None and version < (1, 25):
         ok = "PodSecurity=true" in gates
         return Outcome(Status.PASS if ok else Status.FAIL, ",".join(gates) or "not set", "PodSecurity=true", ev,

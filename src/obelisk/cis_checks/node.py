@@ -596,7 +596,8 @@ class NodeView:
         except OSError as exc:
             return CertInfo(node_path, error=f"cannot read: {exc.strerror}")
         try:
-            cert = x509.load_pem_x509_certificates(data)[0] if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+            cert = (x509.load_pem_x509_certificates(data)[0] if b"-----BEGIN" in data
+                    else x509.load_der_x509_certificate(data))
         except ValueError as exc:
             return CertInfo(node_path, error=f"not a certificate: {exc}")
         key = cert.public_key()

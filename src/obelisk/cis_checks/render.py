@@ -173,7 +173,8 @@ class FileContent:
     why: str = ""
 
 
-def render_files(role: str = "control-plane", kubernetes_version: str = "1.31", **options: Any) -> tuple[FileContent, ...]:
+def render_files(role: str = "control-plane", kubernetes_version: str = "1.31",
+                 **options: Any) -> tuple[FileContent, ...]:
     """The node's Kubernetes files, rendered in memory (no I/O). Directories: `render_directories`."""
     ctx = render_context(role, kubernetes_version, **options)
     env = _environment()
@@ -201,7 +202,7 @@ def required_modes(role: str = "control-plane", etcd_uid: int = 990) -> tuple[tu
     CIS/STIG file checks (manifests 0600, not 0644).
     """
     entries = [(d.path.lstrip("/"), d.mode, d.uid, d.gid) for d in render_directories(role, etcd_uid)]
-    for template, path, mode, owner, _why in _FILES + (_CONTROL_PLANE_FILES if role == "control-plane" else []):
+    for _template, path, mode, owner, _why in _FILES + (_CONTROL_PLANE_FILES if role == "control-plane" else []):
         uid = etcd_uid if owner == "etcd" else 0
         entries.append((path.lstrip("/"), mode, uid, uid))
     return tuple(sorted(entries))

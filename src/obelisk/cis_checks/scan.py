@@ -110,7 +110,7 @@ def scan(root: str | Path = "/", benchmarks: Iterable[str] = BENCHMARKS, waivers
                                                 ("worker", "kubelet" in node.components)) if on) or "none",
              "benchmarks": ",".join(selected)}
     if node.kubernetes_version:
-        attrs["kubernetes"] = "%d.%d" % node.kubernetes_version
+        attrs["kubernetes"] = "{:d}.{:d}".format(*node.kubernetes_version)
     name = socket.gethostname() if live else str(root)
     return Report(findings=tuple(findings), subject=Subject(kind="node" if live else "tree", name=name,
                                                             attributes=tuple(sorted(attrs.items()))),

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     attest = subcommand_group(sub, "attest", "TPM attestation: event logs, quotes, evidence, verification")
 
     p = attest.add_parser("eventlog", help="parse and replay a TCG event log (binary_bios_measurements)")
-    p.add_argument("log", metavar="LOG", help="binary event log, e.g. /sys/kernel/security/tpm0/binary_bios_measurements")
+    p.add_argument("log", metavar="LOG",
+                   help="binary event log, e.g. /sys/kernel/security/tpm0/binary_bios_measurements")
     p.add_argument("--bank", action="append", metavar="ALG", help="only show this PCR bank (repeatable)")
     p.add_argument("--no-events", action="store_true", help="print only the final PCR values")
     add_output_options(p)
@@ -43,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     cred.set_defaults(handler=lambda args, p=cred: (p.print_help(), 2)[1])
     p = cred_sub.add_parser("make", help="verifier: encrypt a random secret to the EK, bound to the AK's name")
     p.add_argument("--ak", required=True, metavar="RECORD", help="AK record from `attest ak create`")
-    p.add_argument("--ek", metavar="FILE", help="EK TPM2B_PUBLIC (overrides the record's, e.g. from the EK certificate)")
+    p.add_argument("--ek", metavar="FILE",
+                   help="EK TPM2B_PUBLIC (overrides the record's, e.g. from the EK certificate)")
     p.add_argument("--ek-ca", metavar="PEM",
                    help="TPM manufacturer CA(s): the EK certificate must be issued by it and certify the EK")
     p.add_argument("--ek-cert", metavar="FILE", help="EK certificate (DER/PEM) if not in the AK record")
@@ -109,7 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _tpm_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tcti", default=None,
-                   help="TPM to use (default $TPM2TOOLS_TCTI, else device:/dev/tpmrm0), e.g. swtpm:host=127.0.0.1,port=2321")
+                   help="TPM to use (default $TPM2TOOLS_TCTI, else device:/dev/tpmrm0), "
+                        "e.g. swtpm:host=127.0.0.1,port=2321")
     p.add_argument("--ak-handle", type=_handle, default=None, help="AK persistent handle (default 0x81010002)")
 
 

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output_options(r)
     r.set_defaults(handler=_render)
 
-    e = k8s.add_parser("encryption-key", help="write an encryption-at-rest configuration with a fresh key (on the node)",
+    e = k8s.add_parser("encryption-key",
+                       help="write an encryption-at-rest configuration with a fresh key (on the node)",
                        description="Generate the API server's EncryptionConfiguration with a new 32-byte secretbox "
                                    "key, mode 0600. Run when the node is provisioned; never bake it into an image.")
     e.add_argument("--out", default="/var/lib/kubernetes/encryption/config.yaml", metavar="FILE")

@@ -14,8 +14,10 @@ from obelisk.cli.common import add_quiet, emit_result
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole product on the bundled example: keys, build, verify, boot, attest, "
                        "HTML report (every stage timed)")
-    p.add_argument("--example", default="examples/node", help="example directory with spec.yaml (default examples/node)")
-    p.add_argument("--workdir", default="demo-out", help="where keys, the image, the node and results go (default demo-out)")
+    p.add_argument("--example", default="examples/node",
+                   help="example directory with spec.yaml (default examples/node)")
+    p.add_argument("--workdir", default="demo-out",
+                   help="where keys, the image, the node and results go (default demo-out)")
     p.add_argument("--keep-running", action="store_true", help="leave the node running at the end")
     p.add_argument("--format", choices=("text", "json"), default=None)
     add_quiet(p)

@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ref = ima.add_parser("reference", help="reference manifests and Keylime runtime policies")
     rsub = ref.add_subparsers(dest="reference_command", metavar="COMMAND")
     ref.set_defaults(handler=lambda args, p=ref: (p.print_help(), 2)[1])
-    convert = rsub.add_parser("convert", help="convert between obelisk reference manifests and Keylime runtime policies")
+    convert = rsub.add_parser("convert",
+                              help="convert between obelisk reference manifests and Keylime runtime policies")
     convert.add_argument("input", metavar="FILE")
     convert.add_argument("--to", choices=("keylime", "obelisk"), required=True)
     convert.add_argument("-o", "--output", metavar="FILE", required=True)
@@ -96,12 +97,13 @@ def _log_verify(args: argparse.Namespace) -> int:
         if args.eventlog:
             from obelisk.tpm import eventlog
 
-            replayed = eventlog.replay(eventlog.parse(_read(args.eventlog, "event log", eventlog.MAX_LOG_SIZE), args.eventlog))
+            replayed = eventlog.replay(eventlog.parse(_read(args.eventlog, "event log", eventlog.MAX_LOG_SIZE),
+                                                      args.eventlog))
             boot_pcrs = {bank: {i: replayed.value(bank, i) for i in range(10)} for bank in replayed.pcrs}
         keyring = Keyring.load(args.cert) if args.cert else None
         bar.stage(f"checking {args.log}")
-        result = verify_log(data, args.log, VerifyOptions(banks=banks, pcrs=pcrs, boot_pcrs=boot_pcrs, reference=manifest,
-                                                          keyring=keyring, mode=args.replay_mode,
+        result = verify_log(data, args.log, VerifyOptions(banks=banks, pcrs=pcrs, boot_pcrs=boot_pcrs,
+                                                          reference=manifest, keyring=keyring, mode=args.replay_mode,
                                                           max_findings=args.max_findings, workers=args.workers))
     if output_format(args) == "text":
         import sys

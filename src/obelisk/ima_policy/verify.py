@@ -256,7 +256,8 @@ def _problem_findings(chunks: Sequence[checker.ChunkResult], options: VerifyOpti
         if n > listed[kind]:
             title, severity = _KIND.get(kind, (kind, Severity.HIGH))
             out.append(Finding(f"ima.entries.{kind}.more", f"{n - listed[kind]} more entries: {title}",
-                               Status.MANUAL if kind in _MANUAL else Status.FAIL, severity, target=source, observed=str(n), benchmark=BENCHMARK,
+                               Status.MANUAL if kind in _MANUAL else Status.FAIL, severity, target=source,
+                               observed=str(n), benchmark=BENCHMARK,
                                section="entries", detail=f"{n} in all; only the first {listed[kind]} are listed "
                                                          f"(--max-findings {options.max_findings})"))
     return out

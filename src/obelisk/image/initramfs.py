@@ -1,8 +1,8 @@
 """The initramfs: busybox and one /init script, as a reproducible newc cpio.
 
 /init (templates/init.sh.j2) measures the kernel command line and the whole root device into
-PCR 11 (see measure.py), mounts the signed SquashFS read-only as the new root, mounts a plain /var from the second virtio
-disk (an encrypted one is left to the root, which has the TPM and cryptsetup tools) and the
+PCR 11 (see measure.py), mounts the signed SquashFS read-only as the new root, mounts a plain /var from the second
+virtio disk (an encrypted one is left to the root, which has the TPM and cryptsetup tools) and the
 node's config disk, and hands over to the node's /sbin/obelisk-init. That script, itself on the
 signed root, loads the IMA policy first (by path, so the kernel appraises the policy file's
 own signature) and then starts the agent: loading it in the initramfs would subject the

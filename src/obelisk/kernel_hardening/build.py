@@ -85,7 +85,8 @@ def intended_config(config_text: str) -> str:
 
 def build_key(source_digest: str, config_text: str, ca: bytes) -> str:
     h = hashlib.sha256()
-    for part in (RECIPE, source_digest, config_text, ca.decode(errors="replace"), json.dumps(BUILD_ENV, sort_keys=True)):
+    for part in (RECIPE, source_digest, config_text, ca.decode(errors="replace"),
+                 json.dumps(BUILD_ENV, sort_keys=True)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -180,7 +181,8 @@ def _build_locked(tree: Path, source: str | os.PathLike[str], config_path: str |
             release = tools.run("make", ["-s", *make_args, "kernelrelease"], env=BUILD_ENV).stdout.decode().strip()
         except ToolFailedError as exc:
             lines = exc.detail.splitlines()
-            first_error = next((ln for ln in lines if "error" in ln.lower() and "make" not in ln[:6]), lines[-1] if lines else "")
+            first_error = next((ln for ln in lines if "error" in ln.lower() and "make" not in ln[:6]),
+                               lines[-1] if lines else "")
             raise ToolFailedError("make", exc.returncode, first_error) from None
     steps_file.write_text(str(count))
     seconds = time.monotonic() - started

@@ -198,7 +198,8 @@ def _write_implied_like_c(kconf: kconfiglib.Kconfig) -> None:
     for sym in kconf.unique_defined_syms:
         if sym.orig_type not in (kconfiglib.BOOL, kconfiglib.TRISTATE) or sym.choice is not None:
             continue
-        sym.str_value  # computes and caches the value and _write_to_conf
+        # Read only for its side effect: the property computes and caches the value and sets _write_to_conf.
+        _ = sym.str_value
         if not sym._write_to_conf and kconfiglib.expr_value(sym.weak_rev_dep):
             sym._write_to_conf = True
 

@@ -143,7 +143,8 @@ def load_index(tree: str | os.PathLike[str], arch: str = "x86") -> TreeIndex:
     kconf = load_kconfig(info.root, arch)
     index = build_index(kconf, str(info.root), info.version, arch)
     stamp = _stamp(info.root, list(dict.fromkeys(kconf.kconfig_filenames)))
-    atomic.write_bytes(path, pickle.dumps({"format": FORMAT, "stamp": stamp, "version": info.version, "rows": index.rows},
+    atomic.write_bytes(path, pickle.dumps({"format": FORMAT, "stamp": stamp, "version": info.version,
+                                           "rows": index.rows},
                                           protocol=pickle.HIGHEST_PROTOCOL))
     return index
 

@@ -193,7 +193,8 @@ def check_chain(leaf: x509.Certificate, intermediates: list[x509.Certificate], r
         return verify_chain(leaf, intermediates, roots, when)
     except ChainError as exc:
         cas = "; ".join(r.subject.rfc4514_string() for r in roots)
-        raise VerificationFailed(f"signer certificate {name} does not chain to the customer CA ({cas}): {exc}") from None
+        raise VerificationFailed(f"signer certificate {name} does not chain to the customer CA "
+                                 f"({cas}): {exc}") from None
 
 
 def verify_report_file(report: str, *, ca: str, signature: str | None = None,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Union
 
 from obelisk.core.errors import ParseError
 from obelisk.signer import hashalgo
@@ -65,7 +64,7 @@ class ImaSignature:
         return self.key_id.hex()
 
 
-ImaXattr = Union[ImaDigest, ImaSignature]
+ImaXattr = ImaDigest | ImaSignature
 
 
 def serialize(value: ImaXattr) -> bytes:

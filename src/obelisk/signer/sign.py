@@ -103,7 +103,8 @@ def sign_files(files: Iterable[TreeFile], key: SigningKey, key_id: bytes, algo: 
     with progress("signing files", total=total, quiet=quiet) as bar:
         pool = None
         if in_process or jobs <= 1:
-            results: Iterable[tuple[int, list[tuple[bytes, bytes]], list[str]]] = map(_sign_chunk, _chunks(files, _CHUNK))
+            results: Iterable[tuple[int, list[tuple[bytes, bytes]], list[str]]] = map(
+                _sign_chunk, _chunks(files, _CHUNK))
         else:
             pool = multiprocessing.get_context("fork").Pool(processes=jobs)
             results = pool.imap_unordered(_sign_chunk, _chunks(files, _CHUNK))

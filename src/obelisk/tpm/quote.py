@@ -286,7 +286,8 @@ def parse_tools_pcrs(data: bytes, what: str = "PCR file") -> list[tuple[str, int
             continue
         if not algorithms.is_known(alg, BANKS) or size > MAX_SELECT:
             raise r.fail(f"selection[{i}]: hash 0x{alg:04x} / sizeofSelect {size} invalid", at)
-        order += [(algorithms.name_of(alg), b * 8 + bit) for b in range(size) for bit in range(8) if bitmap[b] & (1 << bit)]
+        order += [(algorithms.name_of(alg), b * 8 + bit)
+                  for b in range(size) for bit in range(8) if bitmap[b] & (1 << bit)]
     at = r.pos
     lists = struct.unpack("<I", r.take(4, "digest list count"))[0]
     if lists > (len(order) + _DIGEST_SLOTS - 1) // _DIGEST_SLOTS + 1:
