@@ -9,8 +9,9 @@ import pytest
 from lxml import etree
 
 from obelisk.cis_checks.catalogue import DATA, benchmark_ids, load_checks, stig_facts
-from obelisk.cis_checks.engine import EVALUATORS, SPECS, AllSpec, FlagSpec, Spec, parse_test
+from obelisk.cis_checks.engine import EVALUATORS, AllSpec, FlagSpec
 from obelisk.cis_checks.stig import nist_control
+from obelisk.cis_checks.testspec import SPECS, Spec, parse_test  # engine imported above: kinds registered
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Severity
 from obelisk.core.yamlsafe import load_yaml_file

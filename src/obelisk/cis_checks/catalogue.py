@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from obelisk.cis_checks.engine import Spec, parse_test
+from obelisk.cis_checks.engine import parse_test
+from obelisk.cis_checks.testspec import Spec
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Reference, Severity
 from obelisk.core.yamlsafe import load_yaml_file

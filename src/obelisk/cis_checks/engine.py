@@ -10,16 +10,16 @@ values of the wrong type. An evaluator returns an `Outcome`; scan.py turns outco
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from obelisk.cis_checks.compare import OPS, check_value, compare, describe, split_items
 from obelisk.cis_checks.kubelet import KubeletConfig, Setting, _show
 from obelisk.cis_checks.node import CONTROL_PLANE, Component, NodeView
+from obelisk.cis_checks.testspec import SPECS, Scalar, Spec, choices
+from obelisk.cis_checks.testspec import parse_test as parse_test  # with every kind registered (below)
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Evidence, Status
 
@@ -51,26 +51,10 @@ class Context:
         return self._kubelet
 
 
-# ------------------------------------------------------------------ typed test parameters
-
-Scalar = str | int | bool  # YAML scalars a catalogue may give as a value (floats stay text)
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A check's `test`: its kind and, in the subclass registered for the kind, its parameters.
-
-    Field annotations are the schema: a field without a default is required, `X | None` is
-    optional, `tuple[X, ...]` is a YAML list, `Spec` a nested test; `choices` in a field's
-    metadata lists the values it accepts; `__post_init__` checks what spans fields.
-    """
-
-    kind: str
-
+# ------------------------------------------------------------------ evaluators
 
 Evaluator = Callable[[Context, Any], Outcome]
 EVALUATORS: dict[str, Evaluator] = {}
-SPECS: dict[str, type[Spec]] = {}
 
 
 def evaluator(kind: str, spec: type[Spec] = Spec) -> Callable[[Evaluator], Evaluator]:
@@ -89,202 +73,6 @@ def evaluate(ctx: Context, test: Spec) -> Outcome:
     return fn(ctx, test)
 
 
-def choices(*values: str) -> dict[str, tuple[str, ...]]:
-    return {"choices": values}
-
-
-_SCHEMAS: dict[str, tuple[dict[str, dataclasses.Field], dict[str, Any]]] = {}
-
-
-def _schema(kind: str) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
-    """The fields of the record of `kind`, and their resolved annotations."""
-    if kind not in _SCHEMAS:
-        spec = SPECS[kind]
-        _SCHEMAS[kind] = {f.name: f for f in dataclasses.fields(spec)}, typing.get_type_hints(spec)
-    return _SCHEMAS[kind]
-
-
-def parse_test(data: Any, where: str) -> Spec:
-    """A catalogue's `test` mapping as the typed record of its kind; InputError naming `where` and the key."""
-    if not isinstance(data, dict) or "kind" not in data:
-        raise InputError(f"{where}: expected a mapping with 'kind'")
-    kind = data["kind"]
-    spec = SPECS.get(kind) if isinstance(kind, str) else None
-    if spec is None:
-        raise InputError(f"{where}.kind: unknown test kind {kind!r} (known: {', '.join(sorted(SPECS))})")
-    fields, hints = _schema(kind)
-    unknown = [str(k) for k in data if k not in fields]
-    if unknown:
-        allowed = ", ".join(n for n in fields if n != "kind") or "no other key"
-        raise InputError(f"{where}: unknown key {unknown[0]!r} for kind {kind!r} (allowed: {allowed})")
-    missing = [n for n, f in fields.items()
-               if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise InputError(f"{where}: kind {kind!r} needs key {missing[0]!r}")
-    values = {}
-    for name, raw in data.items():
-        value = _typed(raw, hints[name], f"{where}.{name}")
-        allowed_values = fields[name].metadata.get("choices")
-        if allowed_values and value not in allowed_values:
-            raise InputError(f"{where}.{name}: {value!r} is not one of {', '.join(allowed_values)}")
-        values[name] = value
-    try:
-        return spec(**values)
-    except ValueError as exc:
-        raise InputError(f"{where}: {exc}") from None
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # None: the key may be left out
-        return " or ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None))
-    if typing.get_origin(hint) is tuple:
-        return "a list"
-    if hint is Spec:
-        return "a test mapping"
-    return _TYPE_NAMES.get(hint, str(hint))
-
-
-def _typed(value: Any, hint: Any, where: str) -> Any:
-    """`value` read from YAML, checked against a field's annotation (lists become tuples)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        arms = typing.get_args(hint)
-        for arm in arms:  # the arm whose outer type matches decides, so nested errors keep their detail
-            if _outer_match(value, arm):
-                return _typed(value, arm, where)
-    elif origin is tuple:
-        if isinstance(value, list):
-            item = typing.get_args(hint)[0]
-            return tuple(_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    elif hint is Spec:
-        return parse_test(value, where)
-    elif _outer_match(value, hint):
-        return value
-    raise InputError(f"{where}: expected {_type_name(hint)}, got {_yaml_type(value)}")
-
-
-def _outer_match(value: Any, hint: Any) -> bool:
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, list)
-    if hint is Spec:
-        return isinstance(value, dict)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is type(None):
-        return value is None
-    return isinstance(value, hint)
-
-
-def _yaml_type(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", int: "an integer"}.get(
-        type(value), type(value).__name__)
-
-
-# ------------------------------------------------------------------ comparisons
-
-_BOOL = {"true": "true", "t": "true", "1": "true", "false": "false", "f": "false", "0": "false"}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float | None:
-    """Go time.ParseDuration: '5m', '4h0m0s', '300s', '0'. None if not a duration."""
-    text = text.strip()
-    if text in ("0", "+0", "-0"):
-        return 0.0
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    if not body:
-        return None
-    total, pos = 0.0, 0
-    for m in _DURATION.finditer(body):
-        if m.start() != pos:
-            return None
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    return sign * total if pos == len(body) else None
-
-
-def _items(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _int(value: str) -> int | None:
-    try:
-        return int(value.strip())
-    except ValueError:
-        return None
-
-
-OPS = ("set", "unset", "eq", "ne", "contains", "excludes", "in", "subset", "gte", "lte", "duration_gte",
-       "duration_gt", "startswith")
-
-
-def _check_value(op: str, value: Any) -> None:
-    """A comparison's `value` fits its `op`: none for set/unset, a list for in/subset, else one value."""
-    if op in ("set", "unset"):
-        if value is not None:
-            raise ValueError(f"op {op!r} takes no value" + (" (op is 'set' when not given)" if op == "set" else ""))
-    elif op in ("in", "subset"):
-        if not isinstance(value, tuple):
-            raise ValueError(f"op {op!r} needs a list as value")
-    elif value is None or isinstance(value, tuple):
-        raise ValueError(f"op {op!r} needs a single value")
-
-
-def compare(op: str, observed: str | None, expected: Any) -> bool:
-    """observed: the effective value as text, None when unset with no default."""
-    if op == "set":
-        return observed is not None and observed != ""
-    if op == "unset":
-        return observed is None
-    if observed is None:
-        return False
-    if op in ("eq", "ne"):
-        exp = str(expected)
-        a, b = observed, exp
-        if exp.lower() in _BOOL and observed.lower() in _BOOL and exp.lower() in ("true", "false"):
-            a, b = _BOOL[observed.lower()], _BOOL[exp.lower()]
-        return (a == b) if op == "eq" else (a != b)
-    if op == "contains":
-        return str(expected) in _items(observed)
-    if op == "excludes":
-        return str(expected) not in _items(observed)
-    if op == "in":
-        return observed in [str(e) for e in expected]
-    if op == "subset":
-        items = _items(observed)
-        return bool(items) and all(i in [str(e) for e in expected] for i in items)
-    if op in ("gte", "lte"):
-        n_obs, n_exp = _int(observed), _int(str(expected))
-        if n_obs is None or n_exp is None:
-            return False
-        return n_obs >= n_exp if op == "gte" else n_obs <= n_exp
-    if op in ("duration_gte", "duration_gt"):
-        d_obs, d_exp = parse_duration(observed), parse_duration(str(expected))
-        if d_obs is None or d_exp is None:
-            return False
-        return d_obs >= d_exp if op == "duration_gte" else d_obs > d_exp
-    if op == "startswith":
-        return observed.startswith(str(expected))
-    raise InputError(f"unknown comparison {op!r}")
-
-
-def describe(op: str, expected: Any) -> str:
-    exp = ",".join(str(e) for e in expected) if isinstance(expected, (list, tuple)) else str(expected)
-    return {
-        "set": "set", "unset": "not set", "eq": exp, "ne": f"not {exp}", "contains": f"includes {exp}",
-        "excludes": f"does not include {exp}", "in": f"one of {exp}", "subset": f"only from {exp}",
-        "gte": f">= {exp}", "lte": f"<= {exp}", "duration_gte": f">= {exp}", "duration_gt": f"> {exp}",
-        "startswith": f"{exp}...",
-    }.get(op, f"{op} {exp}")
-
-
 # ------------------------------------------------------------------ flags
 
 @dataclass(frozen=True)
@@ -299,7 +87,7 @@ class FlagSpec(Spec):
     require_set: bool = False  # the default is not enough: the flag must be given
 
     def __post_init__(self) -> None:
-        _check_value(self.op, self.value)
+        check_value(self.op, self.value)
 
 
 @evaluator("flag", FlagSpec)
@@ -408,7 +196,7 @@ class KubeletSpec(Spec):
     require_set: bool = False
 
     def __post_init__(self) -> None:
-        _check_value(self.op, self.value)
+        check_value(self.op, self.value)
 
 
 @evaluator("kubelet", KubeletSpec)
@@ -787,8 +575,8 @@ def _pod_security_gate(ctx: Context, test: Spec) -> Outcome:
     if comp is None:
         return Outcome(Status.SKIP, detail="kube-apiserver does not run on this node")
     version = _version(ctx)
-    gates = _items(comp.flag("feature-gates") or "")
-    disabled = _items(comp.flag("disable-admission-plugins") or "")
+    gates = split_items(comp.flag("feature-gates") or "")
+    disabled = split_items(comp.flag("disable-admission-plugins") or "")
     ev = (Evidence("flag", comp.source,
                    f"{comp.cmdline.show('feature-gates')} {comp.cmdline.show('disable-admission-plugins')}"),)
     if version is not None and version < (1, 25):
@@ -825,7 +613,7 @@ def _feature_gate_off(ctx: Context, test: FeatureGateOffSpec) -> Outcome:
             if s.value is True or _show(s.value).lower() == "true":
                 on.append(f"kubelet ({s.source})")
             continue
-        gates = _items(comp.flag("feature-gates") or "")
+        gates = split_items(comp.flag("feature-gates") or "")
         evidence.append(Evidence("flag", comp.source, comp.cmdline.show("feature-gates")))
         if f"{gate}=true" in gates:
             on.append(name)
