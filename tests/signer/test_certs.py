@@ -155,15 +155,16 @@ class _TokenLike:
 
 @pytest.mark.parametrize("hash_name", ["sha256", "sha384"])
 def test_issue_certificate_with_a_digest_only_key_assembles_a_valid_certificate(keys, hash_name):
+    now = dt.datetime.now(dt.UTC)  # the fixture CA was made after import: now may precede it
     ca = load_certificate(keys.ca_cert)
     ca_key = load_signing_key(str(keys.ca_key))
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (x509.CertificateBuilder().subject_name(_name("node")).issuer_name(ca.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(NOW).not_valid_after(NOW + dt.timedelta(days=1))
+               .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
     cert = issue_certificate(builder, _TokenLike(ca_key.key), hash_name)  # type: ignore[attr-defined]
-    check_issued_by(cert, ca, at=NOW)
+    check_issued_by(cert, ca, at=now)
     assert cert.signature_hash_algorithm.name == hash_name
     assert cert.subject == _name("node") and cert.extensions.get_extension_for_class(x509.BasicConstraints)
 
@@ -174,12 +175,13 @@ def test_a_ca_key_on_a_token_issues_certificates(softhsm, rsa_keys, tmp_path):  
 
     import_key(rsa_keys.ca_key, "ca", "21", tmp_path)
     reload_tokens()
+    now = dt.datetime.now(dt.UTC)  # the fixture CA was made after import: now may precede it
     ca = load_certificate(rsa_keys.ca_cert)
     token_key = load_signing_key(uri("ca", softhsm))
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (x509.CertificateBuilder().subject_name(_name("agent")).issuer_name(ca.subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(NOW).not_valid_after(NOW + dt.timedelta(days=1)))
+               .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)))
     cert = issue_certificate(builder, token_key, "sha256")
-    check_issued_by(cert, ca, at=NOW)
+    check_issued_by(cert, ca, at=now)
     assert cert.signature == issue_certificate(builder, load_signing_key(str(rsa_keys.ca_key)), "sha256").signature
