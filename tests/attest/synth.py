@@ -35,7 +35,8 @@ CLOCK = q.ClockInfo(clock=5_000_000, reset_count=7, restart_count=2, safe=True)
 QUOTED = (q.PCRSelection("sha256", tuple(range(12))),)  # what the agent asks for: sha256 PCRs 0-11
 
 # (pcr, event type, data): what firmware measures; digests are computed over the data
-FIRMWARE = ((0, 0x8, b"S-CRTM 1.0"), (0, 0x80000008, b"firmware blob"), (7, 0x80000001, b"SecureBoot=1"),
+FIRMWARE = ((0, 0x8, b"S-CRTM 1.0"), (0, 0x80000008, b"firmware blob"),
+            (7, 0x80000001, eventlog.serialize_variable("SecureBoot", b"\1")),
             (7, 0x4, b"\0\0\0\0"), (4, 0x80000003, b"shim"), (4, 0x80000003, b"kernel"), (9, 0xD, b"initrd"),
             (8, 0xD, b"cmdline ima_policy=tcb"))
 CMDLINE = "console=ttyS0 ima_policy=tcb ima_appraise=enforce"

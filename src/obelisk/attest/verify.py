@@ -276,14 +276,15 @@ def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src:
         log = eventlog.parse(ev.event_log, source=f"{src}: event_log")
     except ParseError as exc:
         return [_f("eventlog", title, Status.FAIL, section="eventlog", detail=str(exc))], {}
+    binding = _binding_finding(log, src)
     result = eventlog.replay(log)
     if REQUIRED_BANK not in log.banks:
         return [_f("eventlog", title, Status.FAIL, section="eventlog",
                    detail=f"the log ({log.format}) has no {REQUIRED_BANK} bank to compare with the quote")], {}
     if not trusted:
         return [_f("eventlog", title, Status.ERROR, section="eventlog",
-                   detail="no trusted quote to compare with")], {}
-    out = []
+                   detail="no trusted quote to compare with"), binding], {}
+    out = [binding]
     for idx in EVENTLOG_PCRS:
         replayed = result.value(REQUIRED_BANK, idx)
         quoted = pcrs.get(idx)
@@ -293,10 +294,39 @@ def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src:
                       detail="" if status is Status.PASS else
                       "the firmware log does not explain this PCR: events missing, added or altered"))
     boot_banks: dict[str, dict[int, bytes]] = {}
-    if all(f.status is Status.PASS for f in out):
+    if all(f.status is Status.PASS for f in out[1:]):
         boot_banks = {bank: {i: result.value(bank, i) for i in EVENTLOG_PCRS}
                       for bank in result.pcrs if bank != REQUIRED_BANK}
     return out, boot_banks
+
+
+MAX_LISTED_EVENTS = 64  # evidence entries per finding; the rest are counted
+
+
+def _binding_finding(log: eventlog.EventLog, src: str) -> Finding:
+    """Each event's data against its digests (`eventlog.bind`): a mismatch fails and names the event;
+    events whose digest covers bytes outside the log are listed as unverified, never shown as facts."""
+    title = "Firmware event data matches its digests"
+    results = eventlog.bind_all(log)
+    bad = [b for b in results if b.status in (eventlog.Bound.MISMATCH, eventlog.Bound.ERROR_SEPARATOR)]
+    unverified = [b for b in results if b.status in (eventlog.Bound.UNVERIFIED, eventlog.Bound.BOUND_VALUE)]
+    counts = {s: sum(1 for b in results if b.status is s) for s in eventlog.Bound}
+    observed = ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
+    listed = (bad + unverified)[:MAX_LISTED_EVENTS]
+    evidence = tuple(Ev(kind="event", source=f"{src}: event_log", location=f"offset {b.event.offset}",
+                        detail=f"{b.status.value}: {b.label} {eventlog.describe(b.event)!r}"
+                               + (f": {b.detail}" if b.detail else "")) for b in listed)
+    more = len(bad) + len(unverified) - len(listed)
+    note = f"; {more} more not listed" if more > 0 else ""
+    if bad:
+        return _f("eventlog.data", title, Status.FAIL, section="eventlog", observed=observed,
+                  expected="every bindable event's digests computed over its data", evidence=evidence,
+                  detail="; ".join(f"{b.label}: {b.detail}" for b in bad[:8])
+                  + (f"; {len(bad) - 8} more" if len(bad) > 8 else ""))
+    detail = (f"{len(unverified)} events unverified (their digests cover bytes outside the log, e.g. a PE "
+              f"image; their descriptions are the node's word, not facts){note}") if unverified else ""
+    return _f("eventlog.data", title, Status.PASS, section="eventlog", observed=observed, detail=detail,
+              evidence=evidence)
 
 
 def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Options,

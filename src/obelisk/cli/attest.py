@@ -166,7 +166,9 @@ def _eventlog_text(data: dict[str, Any]) -> str:
                      f"{spec['spec_errata']}, algorithms {', '.join(a['name'] for a in spec['algorithms'])}"
                      + (f", vendor data {spec['vendor_info']}" if spec["vendor_info"] else ""))
     for ev in data.get("events", []):
-        lines.append(f"#{ev['number']:<4} PCR {ev['pcr']:<2} {ev['type']:<34} {ev['description']}")
+        binding = ev.get("binding", "bound")
+        mark = "" if binding in ("bound", "header", "not-extended") else f"  [{binding}]"
+        lines.append(f"#{ev['number']:<4} PCR {ev['pcr']:<2} {ev['type']:<34} {ev['description']}{mark}")
         for alg, hexd in ev["digests"].items():
             lines.append(f"      {alg}: {hexd}")
     lines.append("pcrs:")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from obelisk.core.errors import ParseError
 from obelisk.tpm import algorithms
@@ -468,13 +469,183 @@ def to_json(log: EventLog, result: Replay | None = None, banks: Iterable[str] | 
             "vendor_info": spec.vendor_info.hex(),
         }
     if events:
+        # "binding": whether the description can be believed (see `bind`): only "bound" data is a fact
+        bindings = {b.event.number: b for b in bind_all(log)}
         out["events"] = [{"number": ev.number, "offset": ev.offset, "pcr": ev.pcr, "type": ev.type_name,
                           "type_id": ev.event_type, "size": len(ev.data), "description": describe(ev),
+                          "binding": bindings[ev.number].status.value if ev.number in bindings else "header",
+                          "binding_detail": bindings[ev.number].detail if ev.number in bindings else "",
                           "digests": {alg_name(a): d.hex() for a, d in ev.digests},
                           "data": ev.data.hex()} for ev in log.events]
     out["pcrs"] = {bank: {str(i): v.hex() for i, v in sorted(result.pcrs.get(bank, {}).items())}
                    for bank in wanted}
     return out
+
+
+# ---- event data bound to digests ---------------------------------------------------------------------
+# Replay proves the digests explain the PCRs; only this proves that the event data (the names and values a
+# person reads) is what was hashed. Each event type whose digest is defined over its data is one line of
+# BINDING_RULES; `bind` recomputes the digest in every bank the event carries. Everything else is
+# UNVERIFIED: its digest covers bytes outside the log (a PE image, a firmware volume, a file GRUB read), so
+# its data is only the firmware's (or an attacker's) word.
+
+
+class Covers(StrEnum):
+    """What the digest of an event type is computed over."""
+
+    DATA = "data"  # the whole event data
+    VARIABLE = "variable"  # the whole UEFI_VARIABLE_DATA (GUID, name, VariableData)
+    VARIABLE_BOOT = "variable-boot"  # VariableData only (the spec, EDK2) or the whole UEFI_VARIABLE_DATA
+    NOT_EXTENDED = "not-extended"  # EV_NO_ACTION: never extended, no digest to check
+    OUTSIDE = "outside"  # bytes that are not in the log: cannot be bound
+
+
+@dataclass(frozen=True)
+class BindingRule:
+    event_type: int
+    covers: Covers
+    source: str  # where the rule comes from
+
+    @property
+    def type_name(self) -> str:
+        return event_type_name(self.event_type)
+
+
+_PFP = "TCG PC Client PFP 1.05 10.4"
+BINDING_RULES: dict[int, BindingRule] = {r.event_type: r for r in (
+    BindingRule(0x00000003, Covers.NOT_EXTENDED, f"{_PFP}.1: EV_NO_ACTION is not extended"),
+    BindingRule(0x00000004, Covers.DATA, f"{_PFP}.1: digest of the 4-byte value (0; 1 or 0xFFFFFFFF on error)"),
+    BindingRule(0x00000005, Covers.DATA, f"{_PFP}.1: digest of the action string"),
+    BindingRule(0x00000008, Covers.DATA, f"{_PFP}.1: digest of the S-CRTM version string or GUID"),
+    BindingRule(0x80000001, Covers.VARIABLE, f"{_PFP}.4: digest of UEFI_VARIABLE_DATA"),
+    BindingRule(0x80000002, Covers.VARIABLE_BOOT, f"{_PFP}.4: digest of VariableData (EDK2); some firmware "
+                                                  "hashes the whole UEFI_VARIABLE_DATA"),
+    BindingRule(0x8000000C, Covers.VARIABLE_BOOT, f"{_PFP}.4: as EV_EFI_VARIABLE_BOOT"),
+    BindingRule(0x800000E0, Covers.VARIABLE, f"{_PFP}.4: digest of UEFI_VARIABLE_DATA (shim 15: + 5 padding bytes)"),
+    BindingRule(0x80000006, Covers.DATA, f"{_PFP}.4: digest of UEFI_GPT_DATA (header and partition entries)"),
+    BindingRule(0x80000007, Covers.DATA, f"{_PFP}.1: digest of the action string"),
+    # Not bindable: the digest is over something the log does not carry.
+    BindingRule(0x00000001, Covers.OUTSIDE, "digest of the POST code / firmware region, not of its address"),
+    BindingRule(0x00000006, Covers.OUTSIDE, "EV_EVENT_TAG: digest of the tagged payload, defined by its tagger"),
+    BindingRule(0x0000000D, Covers.OUTSIDE, "EV_IPL: GRUB and systemd-boot hash the file or string they load"),
+    BindingRule(0x80000003, Covers.OUTSIDE, "Authenticode digest of the PE image"),
+    BindingRule(0x80000004, Covers.OUTSIDE, "Authenticode digest of the PE image"),
+    BindingRule(0x80000005, Covers.OUTSIDE, "Authenticode digest of the PE image"),
+    BindingRule(0x80000008, Covers.OUTSIDE, "digest of the firmware volume"),
+    BindingRule(0x8000000A, Covers.OUTSIDE, "digest of the firmware volume"),
+    BindingRule(0x80000009, Covers.OUTSIDE, "digest of the handoff tables"),
+    BindingRule(0x8000000B, Covers.OUTSIDE, "digest of the handoff tables"),
+)}
+_UNKNOWN_RULE_SOURCE = "no rule for this event type: its digest is not checked against its data"
+# EV_SEPARATOR values: 0 ends the pre-OS phase; EDK2 logs 1 and the PFP 0xFFFFFFFF when a measurement failed.
+SEPARATOR_OK = b"\0\0\0\0"
+SEPARATOR_ERRORS = (b"\x01\0\0\0", b"\xff\xff\xff\xff")
+# shim 15 logged sizeof(its UEFI_VARIABLE_DATA struct) with 5 bytes of padding hashed and 6 logged.
+_SHIM15_PAD = 5
+
+
+class Bound(StrEnum):
+    BOUND = "bound"  # every digest the event carries is the digest of its data
+    BOUND_VALUE = "bound-value"  # VariableData bound; the variable's name and GUID are not covered by the digest
+    MISMATCH = "mismatch"  # a digest is not the digest of the data: the data was made up or altered
+    ERROR_SEPARATOR = "error-separator"  # bound, and the firmware says a measurement failed
+    UNVERIFIED = "unverified"  # the digest covers bytes outside the log
+    NOT_EXTENDED = "not-extended"  # EV_NO_ACTION
+
+
+@dataclass(frozen=True)
+class Binding:
+    event: Event
+    status: Bound
+    rule: BindingRule | None
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        """`event N (PCR p, TYPE)`: how the verifier names an event."""
+        return f"event {self.event.number} (PCR {self.event.pcr}, {self.event.type_name})"
+
+
+def _variable_parts(data: bytes) -> tuple[int, int] | None:
+    """(end of UEFI_VARIABLE_DATA, start of VariableData), or None when the lengths do not fit the data."""
+    if len(data) < 32:
+        return None
+    name_len, data_len = struct.unpack("<QQ", data[16:32])
+    start = 32 + 2 * name_len
+    if name_len > len(data) or data_len > len(data) or start + data_len > len(data):
+        return None
+    return start + data_len, start
+
+
+def _candidates(rule: BindingRule, data: bytes) -> list[tuple[bytes, Bound]] | str:
+    """The byte strings the digest may be over, each with what a match proves; a string says why none."""
+    if rule.covers is Covers.DATA:
+        if rule.event_type == 0x4 and len(data) != 4:
+            return f"separator data is {len(data)} bytes, not 4"
+        return [(data, Bound.BOUND)]
+    parts = _variable_parts(data)
+    if parts is None:
+        return "event data is not a UEFI_VARIABLE_DATA (lengths do not fit)"
+    end, value_at = parts
+    whole = [(data[:end], Bound.BOUND)]
+    if len(data) == end + _SHIM15_PAD + 1 and rule.event_type == 0x800000E0:
+        whole.append((data[:end + _SHIM15_PAD], Bound.BOUND))
+    elif end != len(data):
+        return f"{len(data) - end} bytes after the UEFI_VARIABLE_DATA"
+    if rule.covers is Covers.VARIABLE_BOOT:
+        return whole + [(data[value_at:end], Bound.BOUND_VALUE)]
+    return whole
+
+
+EFI_GLOBAL_VARIABLE = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")  # 8be4df61-93ca-11d2-aa0d-00e098032b8c
+
+
+def serialize_variable(name: str, value: bytes, guid: bytes = EFI_GLOBAL_VARIABLE) -> bytes:
+    """UEFI_VARIABLE_DATA: VariableName GUID, name length (CHAR16s), data length, UTF-16LE name, data."""
+    encoded = name.encode("utf-16-le")
+    return guid + struct.pack("<QQ", len(encoded) // 2, len(value)) + encoded + value
+
+
+def bind(ev: Event) -> Binding:
+    """Check that the event's data is what its digests were computed over, in every bank it carries."""
+    rule = BINDING_RULES.get(ev.event_type)
+    if rule is None:
+        return Binding(ev, Bound.UNVERIFIED, None, _UNKNOWN_RULE_SOURCE)
+    if rule.covers is Covers.NOT_EXTENDED:
+        return Binding(ev, Bound.NOT_EXTENDED, rule)
+    if rule.covers is Covers.OUTSIDE:
+        return Binding(ev, Bound.UNVERIFIED, rule, rule.source)
+    candidates = _candidates(rule, ev.data)
+    if isinstance(candidates, str):
+        return Binding(ev, Bound.MISMATCH, rule, candidates)
+    checked = [(alg_id, digest) for alg_id, digest in ev.digests if _hashable(alg_name(alg_id))]
+    if not checked:
+        return Binding(ev, Bound.UNVERIFIED, rule, "no digest in an algorithm this verifier can compute")
+    status: Bound | None = None
+    for alg_id, digest in checked:
+        hash_alg = algorithms.by_id(alg_id)
+        found = next((what for covered, what in candidates if hash_alg.digest(covered) == digest), None)
+        if found is None:
+            return Binding(ev, Bound.MISMATCH, rule,
+                           f"{hash_alg.name} digest {digest.hex()[:16]}... is not the digest of the event data "
+                           f"({rule.source})")
+        if status is not None and found is not status:
+            return Binding(ev, Bound.MISMATCH, rule, "the banks' digests cover different bytes")
+        status = found
+    assert status is not None
+    if rule.event_type == 0x4 and ev.data in SEPARATOR_ERRORS:
+        return Binding(ev, Bound.ERROR_SEPARATOR, rule,
+                       f"separator 0x{ev.data[::-1].hex()}: the firmware reports a measurement error")
+    if rule.event_type == 0x4 and ev.data != SEPARATOR_OK:
+        return Binding(ev, Bound.MISMATCH, rule, f"separator value {ev.data.hex()} is neither 0 nor an error")
+    detail = "VariableData bound; the name and GUID are not covered by the digest" \
+        if status is Bound.BOUND_VALUE else ""
+    return Binding(ev, status, rule, detail)
+
+
+def bind_all(log: EventLog) -> tuple[Binding, ...]:
+    """`bind` for every event after the header."""
+    return tuple(bind(ev) for ev in log.events[1:])
 
 
 # ---- human-readable event data (for `obelisk attest eventlog`) ------------------------------------
