@@ -29,11 +29,13 @@ import binascii
 import datetime as _dt
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 
 from obelisk.core.errors import InputError, ParseError
 from obelisk.core.schema import schema_of
+from obelisk.tpm import algorithms
 
 SCHEMA = "obelisk.evidence/1"
 MAX_BUNDLE_SIZE = 256 * 1024 * 1024
@@ -55,7 +57,7 @@ class Evidence:
     ima_log: bytes | None = None
     ima_format: str = "binary"
     kernel: dict[str, str] = field(default_factory=dict)
-    collected_at: str = ""
+    collected_at: str = field(default_factory=lambda: now())
     boot_events: bytes | None = None
 
     def to_json(self) -> dict:
@@ -74,6 +76,11 @@ class Evidence:
         }
 
 
+def now() -> str:
+    """The current time as the bundle's `collected_at` (RFC 3339 UTC, seconds)."""
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -82,8 +89,23 @@ def serialize(ev: Evidence) -> str:
     return json.dumps(ev.to_json(), indent=1, sort_keys=True) + "\n"
 
 
+# The documented schema (docs/attest.md), one entry per field: top-level keys, whether the key may be absent,
+# whether null is allowed. The nested objects are checked by parse below, against the same doc.
+_FIELDS: dict[str, tuple[bool, bool]] = {  # key: (may be absent, may be null)
+    "schema": (True, False), "format": (True, False),  # one of the two: schema_of checks
+    "nonce": (False, False), "quote": (False, False), "ak_name": (False, False),
+    "event_log": (False, True), "ima_log": (False, True), "kernel": (False, False),
+    "collected_at": (False, False),
+    "boot_events": (True, True),  # added after the first bundles: absent reads as null
+}
+_QUOTE_KEYS = ("attest", "signature", "bank", "pcrs")
+_IMA_KEYS = ("format", "data")
+MAX_NONCE = 64  # TPM2B_DATA: at most the largest digest
+_RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
+
+
 def parse(data: bytes | str, source: str = "evidence") -> Evidence:
-    """Parse a bundle; every problem is one InputError naming the field."""
+    """Parse a bundle against its documented schema; every problem is one ParseError naming the field."""
     if len(data) > MAX_BUNDLE_SIZE:
         raise ParseError(f"bundle larger than {MAX_BUNDLE_SIZE} bytes", source=source)
     try:
@@ -91,7 +113,7 @@ def parse(data: bytes | str, source: str = "evidence") -> Evidence:
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError(f"not JSON: {str(exc).splitlines()[0]}", source=source) from None
 
-    def bad(where: str, message: str) -> InputError:
+    def bad(where: str, message: str) -> ParseError:
         return ParseError(f"{where}: {message}", source=source)
 
     if not isinstance(doc, dict):
@@ -102,28 +124,38 @@ def parse(data: bytes | str, source: str = "evidence") -> Evidence:
         raise bad("schema", str(exc)) from None
     if schema != SCHEMA:
         raise bad("schema", f"expected {SCHEMA!r}, got {schema!r}")
-    allowed = {"schema", "format", "nonce", "quote", "ak_name", "event_log", "ima_log", "kernel", "collected_at",
-               "boot_events"}
-    extra = sorted(set(doc) - allowed)
+    extra = sorted(set(doc) - set(_FIELDS))
     if extra:
-        raise bad(extra[0], "unknown field")
+        raise bad(str(extra[0])[:80], "unknown field")
+    for key, (may_be_absent, may_be_null) in _FIELDS.items():
+        if key not in doc and not may_be_absent:
+            raise bad(key, "missing")
+        if key in doc and doc[key] is None and not may_be_null:
+            raise bad(key, "must not be null")
 
-    def text(obj: dict, key: str, where: str, optional: bool = False) -> str | None:
-        value = obj.get(key)
-        if value is None and optional:
-            return None
-        if not isinstance(value, str):
-            raise bad(f"{where}{key}", "expected a string")
+    def obj(value: object, where: str, keys: tuple[str, ...]) -> dict:
+        if not isinstance(value, dict):
+            raise bad(where, "expected an object")
+        unknown = sorted(set(value) - set(keys))
+        if unknown:
+            raise bad(f"{where}.{str(unknown[0])[:80]}", "unknown field")
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise bad(f"{where}.{missing[0]}", "missing")
         return value
 
-    def hexfield(obj: dict, key: str, where: str, optional: bool = False) -> bytes:
-        value = text(obj, key, where, optional)
-        if value is None:
-            return b""
+    def text(value: object, where: str, *, empty: bool = False) -> str:
+        if not isinstance(value, str):
+            raise bad(where, "expected a string")
+        if not value and not empty:
+            raise bad(where, "empty")
+        return value
+
+    def hexfield(value: object, where: str, *, empty: bool = False) -> bytes:
         try:
-            return bytes.fromhex(value)
+            return bytes.fromhex(text(value, where, empty=empty))
         except ValueError:
-            raise bad(f"{where}{key}", "not hex") from None
+            raise bad(where, "not hex") from None
 
     def b64field(value: object, where: str) -> bytes:
         if not isinstance(value, str):
@@ -133,45 +165,57 @@ def parse(data: bytes | str, source: str = "evidence") -> Evidence:
         except (binascii.Error, ValueError, UnicodeEncodeError):
             raise bad(where, "not base64") from None
 
-    quote = doc.get("quote")
-    if not isinstance(quote, dict):
-        raise bad("quote", "expected an object")
-    pcrs_doc = quote.get("pcrs")
-    if not isinstance(pcrs_doc, dict) or len(pcrs_doc) > 32:
-        raise bad("quote.pcrs", "expected an object of at most 32 PCRs")
+    nonce = hexfield(doc["nonce"], "nonce")
+    if len(nonce) > MAX_NONCE:
+        raise bad("nonce", f"{len(nonce)} bytes, at most {MAX_NONCE}")
+    quote = obj(doc["quote"], "quote", _QUOTE_KEYS)
+    pcrs_doc = quote["pcrs"]
+    if not isinstance(pcrs_doc, dict) or not pcrs_doc or len(pcrs_doc) > 32:
+        raise bad("quote.pcrs", "expected an object of 1 to 32 PCRs")
     pcrs: dict[int, bytes] = {}
-    for key, _value in pcrs_doc.items():
+    for key, value in pcrs_doc.items():
         if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 2 and int(key) < 32):
-            raise bad(f"quote.pcrs.{key}", "PCR index must be 0..31")
-        pcrs[int(key)] = hexfield(pcrs_doc, key, "quote.pcrs.")
-    bank = text(quote, "bank", "quote.")
-    ima = doc.get("ima_log")
+            raise bad(f"quote.pcrs.{str(key)[:8]}", "PCR index must be 0..31")
+        pcrs[int(key)] = hexfield(value, f"quote.pcrs.{key}")
+    bank = text(quote["bank"], "quote.bank")
+    if bank not in {a.name for a in algorithms.SHA_BANKS}:
+        raise bad("quote.bank", f"must be one of {', '.join(a.name for a in algorithms.SHA_BANKS)}")
     ima_log = None
     ima_format = "binary"
-    if ima is not None:
-        if not isinstance(ima, dict):
-            raise bad("ima_log", "expected an object or null")
-        ima_format = text(ima, "format", "ima_log.") or "binary"
+    if doc["ima_log"] is not None:
+        ima = obj(doc["ima_log"], "ima_log", _IMA_KEYS)
+        ima_format = text(ima["format"], "ima_log.format")
         if ima_format not in ("binary", "ascii"):
             raise bad("ima_log.format", "must be binary or ascii")
-        ima_log = b64field(ima.get("data"), "ima_log.data")
-    kernel_doc = doc.get("kernel") or {}
-    if not isinstance(kernel_doc, dict) or not all(isinstance(v, str) for v in kernel_doc.values()):
+        ima_log = b64field(ima["data"], "ima_log.data")
+    kernel_doc = doc["kernel"]
+    if not isinstance(kernel_doc, dict):
         raise bad("kernel", "expected an object of strings")
-    event_log = doc.get("event_log")
+    for key, value in kernel_doc.items():
+        if key not in _KERNEL_KEYS:
+            raise bad(f"kernel.{str(key)[:80]}", f"unknown field (known: {', '.join(_KERNEL_KEYS)})")
+        text(value, f"kernel.{key}", empty=True)
+    collected_at = text(doc["collected_at"], "collected_at")
+    if not _RFC3339_UTC.fullmatch(collected_at):
+        raise bad("collected_at", "expected RFC 3339 UTC, YYYY-MM-DDTHH:MM:SS[.frac]Z")
+    try:
+        _dt.datetime.fromisoformat(collected_at.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad("collected_at", "not a valid date and time") from None
+    event_log = doc["event_log"]
     boot_events = doc.get("boot_events")
     return Evidence(
-        nonce=hexfield(doc, "nonce", ""),
-        attest=b64field(quote.get("attest"), "quote.attest"),
-        signature=b64field(quote.get("signature"), "quote.signature"),
-        bank=bank or "sha256",
+        nonce=nonce,
+        attest=b64field(quote["attest"], "quote.attest"),
+        signature=b64field(quote["signature"], "quote.signature"),
+        bank=bank,
         pcrs=pcrs,
-        ak_name=hexfield(doc, "ak_name", "", optional=True),
+        ak_name=hexfield(doc["ak_name"], "ak_name", empty=True),
         event_log=b64field(event_log, "event_log") if event_log is not None else None,
         ima_log=ima_log,
         ima_format=ima_format,
-        kernel={str(k): v for k, v in kernel_doc.items()},
-        collected_at=text(doc, "collected_at", "", optional=True) or "",
+        kernel=dict(kernel_doc),
+        collected_at=collected_at,
         boot_events=b64field(boot_events, "boot_events") if boot_events is not None else None,
     )
 
@@ -240,9 +284,7 @@ def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = No
     boot_events = _read_optional(boot_events_path or bootevents.LOG_PATH, bootevents.MAX_SIZE)
     return Evidence(nonce=nonce, attest=raw.attest, signature=raw.signature, bank=raw.bank, pcrs=raw.pcrs,
                     ak_name=info.name, event_log=event_log, ima_log=ima_log, ima_format=ima_format,
-                    kernel=kernel_facts(), boot_events=boot_events,
-                    collected_at=_dt.datetime.now(_dt.UTC).replace(microsecond=0)
-                    .isoformat().replace("+00:00", "Z"))
+                    kernel=kernel_facts(), boot_events=boot_events, collected_at=now())
 
 
 def _looks_ascii(data: bytes) -> bool:
