@@ -161,6 +161,17 @@ def boot(firmware=FIRMWARE, files: dict[str, bytes] | None = None, cmdline: str 
     return Boot(eventlog.serialize(log), ima, bootevents.serialize(logged), pcrs, cmdline)
 
 
+def boot_from_log(event_log: bytes, files: dict[str, bytes] | None = None, cmdline: str = CMDLINE) -> Boot:
+    """A node whose firmware log is `event_log` (a real one, or a mutated one), its PCRs what that log replays to:
+    the quote is consistent with the log, so only the event data's binding to its digests can tell a lie."""
+    replayed = eventlog.replay(eventlog.parse(event_log))
+    pcrs = {i: replayed.value("sha256", i) for i in range(10)}
+    ima, pcrs[10] = ima_list(pcrs, FILES if files is None else files)
+    logged = boot_event_list(cmdline, ROOT)
+    pcrs[11] = replay_boot_events(logged)
+    return Boot(event_log, ima, bootevents.serialize(logged), pcrs, cmdline)
+
+
 def references(files: dict[str, bytes] | None = None, cmdline: str = CMDLINE,
                root: bytes = ROOT) -> ima_check.References:
     """What the image build knows: predicted PCR 11, its events, and the IMA reference digests."""
