@@ -233,3 +233,88 @@ def test_tpm2_tools_reads_what_obelisk_serializes(tmp_path):
     path.write_bytes(el.serialize(log))
     out = subprocess.run([tools.which("tpm2_eventlog"), str(path)], capture_output=True, text=True, check=True).stdout
     assert pcrs_from_tpm2_eventlog_yaml(out) == replayed(log)
+
+
+# ---- event data bound to digests ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", EVENTLOGS + IMA_LOGS, ids=lambda p: p.name)
+def test_every_real_log_binds_without_a_mismatch(path):
+    """Real firmware (EDK2, GCE, AMI, HP, shim 15) follows the rules: no bindable event fails."""
+    results = el.bind_all(el.parse(path.read_bytes()))
+    assert [b.label for b in results if b.status in (el.Bound.MISMATCH, el.Bound.ERROR_SEPARATOR)] == []
+    for b in results:
+        rule = el.BINDING_RULES.get(b.event.event_type)
+        if rule is not None and rule.covers in (el.Covers.DATA, el.Covers.VARIABLE):
+            assert b.status is el.Bound.BOUND, b
+        if rule is None or rule.covers is el.Covers.OUTSIDE:
+            assert b.status is el.Bound.UNVERIFIED and b.detail
+
+
+def test_binding_rules_table():
+    assert all(r.type_name in el.EVENT_TYPES.values() and r.source for r in el.BINDING_RULES.values())
+    covers = {r.type_name: r.covers for r in el.BINDING_RULES.values()}
+    assert covers["EV_EFI_VARIABLE_DRIVER_CONFIG"] is el.Covers.VARIABLE
+    assert covers["EV_EFI_VARIABLE_AUTHORITY"] is el.Covers.VARIABLE
+    assert covers["EV_EFI_VARIABLE_BOOT"] is el.Covers.VARIABLE_BOOT
+    assert covers["EV_EFI_BOOT_SERVICES_APPLICATION"] is el.Covers.OUTSIDE
+    assert covers["EV_NO_ACTION"] is el.Covers.NOT_EXTENDED
+    for name in ("EV_SEPARATOR", "EV_ACTION", "EV_EFI_ACTION", "EV_S_CRTM_VERSION", "EV_EFI_GPT_EVENT"):
+        assert covers[name] is el.Covers.DATA
+
+
+def _one(pcr: int, etype: int, data: bytes, hashed: bytes | None = None) -> el.Event:
+    """An event whose digests are over `hashed` (default: its data)."""
+    log = el.build([(pcr, etype, hashed if hashed is not None else data)])
+    return replace_data(log.events[1], data)
+
+
+def replace_data(ev: el.Event, data: bytes) -> el.Event:
+    from dataclasses import replace
+
+    return replace(ev, data=data)
+
+
+def test_variable_boot_binds_value_only_or_whole():
+    var = el.serialize_variable("Boot0001", b"load option")
+    whole = el.bind(_one(1, 0x80000002, var))
+    assert whole.status is el.Bound.BOUND
+    value = el.bind(_one(1, 0x80000002, var, hashed=b"load option"))
+    assert value.status is el.Bound.BOUND_VALUE and "name" in value.detail
+    # DRIVER_CONFIG and AUTHORITY must cover the whole structure (the name is what the verifier shows)
+    assert el.bind(_one(7, 0x80000001, var, hashed=b"load option")).status is el.Bound.MISMATCH
+    assert el.bind(_one(7, 0x800000E0, var, hashed=b"load option")).status is el.Bound.MISMATCH
+    # a structure whose lengths do not fit, or with trailing bytes
+    assert "lengths" in el.bind(_one(7, 0x80000001, var[:40], hashed=var[:40])).detail
+    assert "after the UEFI_VARIABLE_DATA" in el.bind(_one(7, 0x80000001, var + b"xx", hashed=var + b"xx")).detail
+
+
+def test_shim15_authority_padding_is_bound():
+    var = el.serialize_variable("Shim", b"cert")
+    padded = var + b"\0" * 5 + b"\x70"  # shim 15: 5 hashed padding bytes, one more logged
+    assert el.bind(_one(7, 0x800000E0, padded, hashed=padded[:-1])).status is el.Bound.BOUND
+    assert el.bind(_one(7, 0x800000E0, padded, hashed=padded)).status is el.Bound.MISMATCH
+
+
+def test_separators():
+    assert el.bind(_one(7, 4, b"\0\0\0\0")).status is el.Bound.BOUND
+    for err in (b"\xff\xff\xff\xff", b"\1\0\0\0"):
+        b = el.bind(_one(7, 4, err))
+        assert b.status is el.Bound.ERROR_SEPARATOR and "measurement error" in b.detail
+    assert el.bind(_one(7, 4, b"\2\0\0\0")).status is el.Bound.MISMATCH
+    assert "not 4" in el.bind(_one(7, 4, b"\0\0\0\0\0")).detail
+
+
+def test_no_action_is_not_extended_and_unknown_types_unverified():
+    log = el.parse((SHARED / "eventlog" / "event-arch-linux.bin").read_bytes())
+    assert el.bind(log.events[0]).status is el.Bound.NOT_EXTENDED
+    assert el.bind(_one(0, 0x0A, b"flags")).status is el.Bound.UNVERIFIED
+
+
+def test_to_json_and_cli_mark_unverified_events(obelisk_cli):
+    path = SHARED / "eventlog" / "event-gce-ubuntu-2104-log.bin"
+    data = el.to_json(el.parse(path.read_bytes()))
+    by_number = {e["number"]: e for e in data["events"]}
+    assert by_number[0]["binding"] == "header" and by_number[3]["binding"] == "bound"
+    assert by_number[23]["binding"] == "unverified" and "Authenticode" in by_number[23]["binding_detail"]
+    text = obelisk_cli("attest", "eventlog", "--format", "text", str(path)).stdout
+    assert "shimx64.efi  [unverified]" in text and "SecureBoot (8be4df61" in text
