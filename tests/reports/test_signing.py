@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from obelisk.reports import signing
 from obelisk.reports.statement import (
     PAYLOAD_TYPE,
     Statement,
@@ -161,6 +162,27 @@ def test_forged_statement_fails(obelisk_cli, html_report, pki, tmp_path):
     sig.write_text(json.dumps(doc))
     proc = obelisk_cli("report", "verify", str(html_report), "--cert", str(pki.ca))
     assert proc.returncode == 1 and "signature does not verify" in proc.stderr
+
+
+def test_keyid_is_bound_to_the_signer_key(obelisk_cli, html_report, pki):
+    """DSSE's keyid is not signed: a flipped keyid is refused (exit 1), an absent one is allowed."""
+    assert obelisk_cli("report", "sign", str(html_report), "--key", str(pki.key), "--cert",
+                       str(pki.cert)).returncode == 0
+    sig = html_report.with_name("report.html.sig")
+    doc = json.loads(sig.read_text())
+    keyid = doc["dsseEnvelope"]["signatures"][0]["keyid"]
+    assert keyid == signing.key_id(x509.load_pem_x509_certificate(doc["certificates"][0].encode()))
+    flipped = keyid[:-1] + ("0" if keyid[-1] != "0" else "1")
+    for value, code, needle in ((flipped, 1, "does not name the signer certificate's key"),
+                                (7, 2, "keyid: expected a string"), ("", 0, "OK: ")):
+        doc["dsseEnvelope"]["signatures"][0]["keyid"] = value
+        sig.write_text(json.dumps(doc))
+        proc = obelisk_cli("report", "verify", str(html_report), "--cert", str(pki.ca))
+        assert proc.returncode == code and needle in (proc.stdout + proc.stderr), (value, proc.stderr)
+        assert proc.stderr.count("\n") == (0 if code == 0 else 1)
+    del doc["dsseEnvelope"]["signatures"][0]["keyid"]
+    sig.write_text(json.dumps(doc))
+    assert obelisk_cli("report", "verify", str(html_report), "--cert", str(pki.ca)).returncode == 0
 
 
 def test_signature_verifies_with_openssl(obelisk_cli, html_report, pki, tmp_path):

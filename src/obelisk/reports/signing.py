@@ -154,13 +154,17 @@ def sign_report_file(report: str, *, key: str, cert: str, output: str | None = N
     algo = by_name(_hash_name(signing_key.public_key))
     digest = hashlib.new(algo.name, pae(PAYLOAD_TYPE, payload)).digest()
     signature = signing_key.sign_digest(digest, algo)
-    spki = chain[0].public_key().public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo)
-    sig = SignatureFile(payload=payload, signature=signature, keyid=hashlib.sha256(spki).hexdigest(),
+    sig = SignatureFile(payload=payload, signature=signature, keyid=key_id(chain[0]),
                         certificates=tuple(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain))
     out = output or f"{report}.sig"
     atomic.write_bytes(out, serialize_signature(sig))
     return out, statement
+
+
+def key_id(cert: x509.Certificate) -> str:
+    """The DSSE `keyid` obelisk writes: sha256 of the certificate's SubjectPublicKeyInfo (DER), hex."""
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
 
 
 def _parse_time(value: str, what: str) -> _dt.datetime:
@@ -211,6 +215,11 @@ def verify_report_file(report: str, *, ca: str, signature: str | None = None,
     except ValueError:
         raise VerificationFailed("signature carries a malformed signer certificate") from None
     leaf = chain[0]
+    # DSSE's keyid is outside the signature (an unsigned hint): bound here to the key that verifies, so a
+    # changed keyid is refused rather than silently ignored. An absent or empty keyid is allowed (DSSE).
+    if sig.keyid and sig.keyid != key_id(leaf):
+        raise VerificationFailed(f"signature keyid {sig.keyid[:64]!r} does not name the signer certificate's key "
+                                 f"({key_id(leaf)})")
     public_key = leaf.public_key()
     if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
         raise VerificationFailed(f"unsupported signer key type {type(public_key).__name__}")

@@ -136,8 +136,11 @@ def parse_signature(data: bytes, source: str = "signature") -> SignatureFile:
         signature = base64.b64decode(sigs[0].get("sig", ""), validate=True)
     except (binascii.Error, TypeError, ValueError):
         raise ParseError("dsseEnvelope: payload or sig is not base64", source=source) from None
+    keyid = sigs[0].get("keyid", "")
+    if not isinstance(keyid, str):
+        raise ParseError("dsseEnvelope.signatures[0].keyid: expected a string", source=source)
     payload_type = env.get("payloadType")
     if payload_type != PAYLOAD_TYPE:
         raise ParseError(f"dsseEnvelope.payloadType: expected {PAYLOAD_TYPE}", source=source)
-    return SignatureFile(payload=payload, signature=signature, keyid=str(sigs[0].get("keyid", "")),
+    return SignatureFile(payload=payload, signature=signature, keyid=keyid,
                          certificates=tuple(certs), payload_type=payload_type)
