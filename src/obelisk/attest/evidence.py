@@ -19,7 +19,8 @@
     }
 
 Nothing in it is trusted: the verifier trusts only what the AK's signature covers and what the
-logs replay to. Parsing is strict (unknown top-level keys are refused, every field typed).
+logs replay to. Parsing is strict, exactly as docs/attest.md's table says: every key required but
+`boot_events`, null only where shown, unknown keys refused at every level, every field typed.
 """
 
 from __future__ import annotations
