@@ -109,3 +109,26 @@ def test_image_events_are_shown_unverified_never_as_facts(ak):
 def test_synthetic_bundle_binds_too(ak):
     _, _, found = run(synth.evidence(ak), synth.options(ak))
     assert found["attest.eventlog.data"].status is Status.PASS
+
+
+def test_cli_verify_names_the_altered_event(ak, obelisk_cli, tmp_path):
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+
+    from obelisk.attest import evidence as evmod
+
+    number, change = MUTATIONS["SecureBoot 0 -> 1 (data)"]
+    data, _ = _mutated(number, change)
+    (tmp_path / "evidence.json").write_text(evmod.serialize(synth.evidence(ak, synth.boot_from_log(data))))
+    (tmp_path / "ak.pem").write_bytes(ak.record.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    args = ("attest", "verify", str(tmp_path / "evidence.json"), "--nonce", synth.NONCE.hex(),
+            "--ak", str(tmp_path / "ak.pem"))
+    res = obelisk_cli(*args, "--format", "json")
+    assert res.returncode == 1, res.stderr
+    found = {f["id"]: f for f in json.loads(res.stdout)["findings"]}
+    assert found["attest.eventlog.data"]["status"] == "fail"
+    assert all(found[f"attest.eventlog.pcr{i}"]["status"] == "pass" for i in range(10))
+    text = obelisk_cli(*args, "--format", "text")
+    assert text.returncode == 1 and "event 3 (PCR 7, EV_EFI_VARIABLE_DRIVER_CONFIG)" in text.stdout
