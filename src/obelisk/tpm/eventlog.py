@@ -13,6 +13,9 @@ Everything is little-endian. The log is untrusted input: every length is checked
 the bytes that remain before anything is allocated, so hostile bytes give a `ParseError`
 naming the offset, never an exception of another kind, a hang or unbounded memory.
 
+`bind` checks that an event's data is what its digests were computed over, by one rule per event type
+(`BINDING_RULES`); events whose digest covers bytes outside the log come back UNVERIFIED.
+
 `replay` extends each bank exactly as the TPM would (EV_NO_ACTION events are not extended;
 a StartupLocality event sets PCR 0's initial value), giving the values `tpm2_eventlog`
 prints under `pcrs:`.
@@ -33,6 +36,8 @@ from obelisk.tpm.pcr import extend as extend_pcr
 # what makes the format crypto-agile.
 
 EV_NO_ACTION = 0x00000003
+EV_SEPARATOR = 0x00000004
+EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
 EV_EFI_EVENT_BASE = 0x80000000
 EVENT_TYPES: dict[int, str] = {
     0x00000000: "EV_PREBOOT_CERT",
@@ -511,19 +516,19 @@ class BindingRule:
         return event_type_name(self.event_type)
 
 
-_PFP = "TCG PC Client PFP 1.05 10.4"
+_PFP = "TCG PC Client PFP"
 BINDING_RULES: dict[int, BindingRule] = {r.event_type: r for r in (
-    BindingRule(0x00000003, Covers.NOT_EXTENDED, f"{_PFP}.1: EV_NO_ACTION is not extended"),
-    BindingRule(0x00000004, Covers.DATA, f"{_PFP}.1: digest of the 4-byte value (0; 1 or 0xFFFFFFFF on error)"),
-    BindingRule(0x00000005, Covers.DATA, f"{_PFP}.1: digest of the action string"),
-    BindingRule(0x00000008, Covers.DATA, f"{_PFP}.1: digest of the S-CRTM version string or GUID"),
-    BindingRule(0x80000001, Covers.VARIABLE, f"{_PFP}.4: digest of UEFI_VARIABLE_DATA"),
-    BindingRule(0x80000002, Covers.VARIABLE_BOOT, f"{_PFP}.4: digest of VariableData (EDK2); some firmware "
+    BindingRule(0x00000003, Covers.NOT_EXTENDED, f"{_PFP}: EV_NO_ACTION is not extended"),
+    BindingRule(0x00000004, Covers.DATA, f"{_PFP}: digest of the 4-byte value (0; 1 or 0xFFFFFFFF on error)"),
+    BindingRule(0x00000005, Covers.DATA, f"{_PFP}: digest of the action string"),
+    BindingRule(0x00000008, Covers.DATA, f"{_PFP}: digest of the S-CRTM version string or GUID"),
+    BindingRule(0x80000001, Covers.VARIABLE, f"{_PFP}: digest of UEFI_VARIABLE_DATA"),
+    BindingRule(0x80000002, Covers.VARIABLE_BOOT, f"{_PFP}: digest of VariableData (EDK2); some firmware "
                                                   "hashes the whole UEFI_VARIABLE_DATA"),
-    BindingRule(0x8000000C, Covers.VARIABLE_BOOT, f"{_PFP}.4: as EV_EFI_VARIABLE_BOOT"),
-    BindingRule(0x800000E0, Covers.VARIABLE, f"{_PFP}.4: digest of UEFI_VARIABLE_DATA (shim 15: + 5 padding bytes)"),
-    BindingRule(0x80000006, Covers.DATA, f"{_PFP}.4: digest of UEFI_GPT_DATA (header and partition entries)"),
-    BindingRule(0x80000007, Covers.DATA, f"{_PFP}.1: digest of the action string"),
+    BindingRule(0x8000000C, Covers.VARIABLE_BOOT, f"{_PFP}: as EV_EFI_VARIABLE_BOOT"),
+    BindingRule(0x800000E0, Covers.VARIABLE, f"{_PFP}: digest of UEFI_VARIABLE_DATA (shim 15: + 5 padding bytes)"),
+    BindingRule(0x80000006, Covers.DATA, f"{_PFP}: digest of UEFI_GPT_DATA (header and partition entries)"),
+    BindingRule(0x80000007, Covers.DATA, f"{_PFP}: digest of the action string"),
     # Not bindable: the digest is over something the log does not carry.
     BindingRule(0x00000001, Covers.OUTSIDE, "digest of the POST code / firmware region, not of its address"),
     BindingRule(0x00000006, Covers.OUTSIDE, "EV_EVENT_TAG: digest of the tagged payload, defined by its tagger"),
@@ -580,7 +585,7 @@ def _variable_parts(data: bytes) -> tuple[int, int] | None:
 def _candidates(rule: BindingRule, data: bytes) -> list[tuple[bytes, Bound]] | str:
     """The byte strings the digest may be over, each with what a match proves; a string says why none."""
     if rule.covers is Covers.DATA:
-        if rule.event_type == 0x4 and len(data) != 4:
+        if rule.event_type == EV_SEPARATOR and len(data) != 4:
             return f"separator data is {len(data)} bytes, not 4"
         return [(data, Bound.BOUND)]
     parts = _variable_parts(data)
@@ -588,7 +593,7 @@ def _candidates(rule: BindingRule, data: bytes) -> list[tuple[bytes, Bound]] | s
         return "event data is not a UEFI_VARIABLE_DATA (lengths do not fit)"
     end, value_at = parts
     whole = [(data[:end], Bound.BOUND)]
-    if len(data) == end + _SHIM15_PAD + 1 and rule.event_type == 0x800000E0:
+    if len(data) == end + _SHIM15_PAD + 1 and rule.event_type == EV_EFI_VARIABLE_AUTHORITY:
         whole.append((data[:end + _SHIM15_PAD], Bound.BOUND))
     elif end != len(data):
         return f"{len(data) - end} bytes after the UEFI_VARIABLE_DATA"
@@ -633,10 +638,10 @@ def bind(ev: Event) -> Binding:
             return Binding(ev, Bound.MISMATCH, rule, "the banks' digests cover different bytes")
         status = found
     assert status is not None
-    if rule.event_type == 0x4 and ev.data in SEPARATOR_ERRORS:
+    if rule.event_type == EV_SEPARATOR and ev.data in SEPARATOR_ERRORS:
         return Binding(ev, Bound.ERROR_SEPARATOR, rule,
                        f"separator 0x{ev.data[::-1].hex()}: the firmware reports a measurement error")
-    if rule.event_type == 0x4 and ev.data != SEPARATOR_OK:
+    if rule.event_type == EV_SEPARATOR and ev.data != SEPARATOR_OK:
         return Binding(ev, Bound.MISMATCH, rule, f"separator value {ev.data.hex()} is neither 0 nor an error")
     detail = "VariableData bound; the name and GUID are not covered by the digest" \
         if status is Bound.BOUND_VALUE else ""
