@@ -297,9 +297,9 @@ def test_shim15_authority_padding_is_bound():
 
 def test_separators():
     assert el.bind(_one(7, 4, b"\0\0\0\0")).status is el.Bound.BOUND
-    for err in (b"\xff\xff\xff\xff", b"\1\0\0\0"):
-        b = el.bind(_one(7, 4, err))
-        assert b.status is el.Bound.ERROR_SEPARATOR and "measurement error" in b.detail
+    assert el.bind(_one(7, 4, b"\xff\xff\xff\xff")).status is el.Bound.BOUND  # conventional BIOS (SeaBIOS)
+    b = el.bind(_one(7, 4, b"\1\0\0\0"))
+    assert b.status is el.Bound.ERROR_SEPARATOR and "measurement error" in b.detail
     assert el.bind(_one(7, 4, b"\2\0\0\0")).status is el.Bound.MISMATCH
     assert "not 4" in el.bind(_one(7, 4, b"\0\0\0\0\0")).detail
 

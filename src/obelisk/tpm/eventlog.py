@@ -519,7 +519,7 @@ class BindingRule:
 _PFP = "TCG PC Client PFP"
 BINDING_RULES: dict[int, BindingRule] = {r.event_type: r for r in (
     BindingRule(0x00000003, Covers.NOT_EXTENDED, f"{_PFP}: EV_NO_ACTION is not extended"),
-    BindingRule(0x00000004, Covers.DATA, f"{_PFP}: digest of the 4-byte value (0; 1 or 0xFFFFFFFF on error)"),
+    BindingRule(0x00000004, Covers.DATA, f"{_PFP}: digest of the 4-byte value (0 or 0xFFFFFFFF; 1 on error)"),
     BindingRule(0x00000005, Covers.DATA, f"{_PFP}: digest of the action string"),
     BindingRule(0x00000008, Covers.DATA, f"{_PFP}: digest of the S-CRTM version string or GUID"),
     BindingRule(0x80000001, Covers.VARIABLE, f"{_PFP}: digest of UEFI_VARIABLE_DATA"),
@@ -542,9 +542,10 @@ BINDING_RULES: dict[int, BindingRule] = {r.event_type: r for r in (
     BindingRule(0x8000000B, Covers.OUTSIDE, "digest of the handoff tables"),
 )}
 _UNKNOWN_RULE_SOURCE = "no rule for this event type: its digest is not checked against its data"
-# EV_SEPARATOR values: 0 ends the pre-OS phase; EDK2 logs 1 and the PFP 0xFFFFFFFF when a measurement failed.
-SEPARATOR_OK = b"\0\0\0\0"
-SEPARATOR_ERRORS = (b"\x01\0\0\0", b"\xff\xff\xff\xff")
+# EV_SEPARATOR values: 0 ends the pre-OS phase under UEFI (PFP); 0xFFFFFFFF is the conventional-BIOS separator
+# (SeaBIOS, which QEMU boots by default, writes it on every boot); EDK2 logs 1 when a measurement failed.
+SEPARATOR_OK = (b"\0\0\0\0", b"\xff\xff\xff\xff")
+SEPARATOR_ERRORS = (b"\x01\0\0\0",)
 # shim 15 logged sizeof(its UEFI_VARIABLE_DATA struct) with 5 bytes of padding hashed and 6 logged.
 _SHIM15_PAD = 5
 
@@ -641,8 +642,9 @@ def bind(ev: Event) -> Binding:
     if rule.event_type == EV_SEPARATOR and ev.data in SEPARATOR_ERRORS:
         return Binding(ev, Bound.ERROR_SEPARATOR, rule,
                        f"separator 0x{ev.data[::-1].hex()}: the firmware reports a measurement error")
-    if rule.event_type == EV_SEPARATOR and ev.data != SEPARATOR_OK:
-        return Binding(ev, Bound.MISMATCH, rule, f"separator value {ev.data.hex()} is neither 0 nor an error")
+    if rule.event_type == EV_SEPARATOR and ev.data not in SEPARATOR_OK:
+        return Binding(ev, Bound.MISMATCH, rule,
+                       f"separator value {ev.data.hex()} is neither 0, 0xFFFFFFFF nor the error value 1")
     detail = "VariableData bound; the name and GUID are not covered by the digest" \
         if status is Bound.BOUND_VALUE else ""
     return Binding(ev, status, rule, detail)
