@@ -119,7 +119,7 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manife
     lib.mkdir(parents=True, exist_ok=True)
     issue(ca, ca_key, lib, manifest.image.name, server=True,
                    hosts=("127.0.0.1", "localhost", GUEST_IP))
-    client = issue(ca, ca_key, run_dir, "obelisk-verifier", server=False)
+    client = issue(ca, ca_key, run_dir, "obelisk-verifier", server=False, roles=("reader",))  # attest node reads
     (lib / "ca.pem").write_bytes(ca.read_bytes())
     config = {"cert": "agent.pem", "key": "agent.key", "client_ca": "ca.pem", "port": AGENT_GUEST_PORT,
               "tcti": "device:/dev/tpmrm0", "image": manifest.image.name,
