@@ -300,16 +300,26 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         ok = super().parse_request()
         if self.server.deadlines.expired(self.connection):
-            raise TimeoutError("request deadline passed")  # handle() logs it, once
+            raise ConnectionAbortedError("request deadline passed")  # handle() logs it, throttled
+        if ok and len(self.requestline.split()) != 3:
+            self.send_error(400, "HTTP/0.9 requests are not served")
+            return False
         if ok:
             self.server.deadlines.arm(self.connection, self.server.limits.response)
         return ok
 
     def log_error(self, format: str, *args: Any) -> None:
-        if format.startswith("code %d"):  # send_error: the reason goes into the request's one line
-            self._note = str(args[-1]) if args else ""
-            return
-        self.log_message(format, *args)
+        if format.startswith("Request timed out"):  # a read blocked for Limits.idle: a flood's signature
+            self.server.throttle("slow", f"{self.client_address[0]} [{self.client.name}] closed: nothing read "
+                                         f"for {self.server.limits.idle:g} s")
+        else:
+            self.log_message(format, *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, header too long) as JSON, logged in one line."""
+        if not self.request_version.startswith("HTTP/1."):  # refused before the version was read
+            self.request_version = "HTTP/1.0"
+        self._error(code, message or self.responses.get(code, ("error",))[0])
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         note = f" ({_printable(self._note)})" if self._note else ""
