@@ -33,13 +33,13 @@ def pki(tmp_path_factory):
 
 
 class Agent:
-    def __init__(self, pki, limits: Limits = Limits()):
+    def __init__(self, pki, limits: Limits | None = None):
         self.log: list[str] = []
         config = AgentConfig(cert=str(pki["server"].cert), key=str(pki["server"].key), client_ca=str(pki["ca"]),
                              host="127.0.0.1", port=0)
         services = Services(evidence=lambda n: json.dumps({"nonce": n.hex()}), kernel=lambda: {"release": "t"},
                             scan=None, image="node")
-        self.server = make_server(config, services, log=self.log.append, limits=limits)
+        self.server = make_server(config, services, log=self.log.append, limits=limits or Limits())
         self.port = self.server.server_address[1]
         self.url = f"https://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
