@@ -184,3 +184,25 @@ def test_certificates_without_a_fitting_eku_are_refused(agent, pki, who, where):
         reason = json.loads(body)["error"]
         assert ("clientAuth" in reason) if who == "no-eku" else ("needs the reader role" in reason), reason
         assert not any("Traceback" in line for line in log)
+
+
+def test_issue_cert_command_roles(obelisk_cli, pki, tmp_path):
+    from obelisk.signer.keys import load_certificate
+
+    keys = pki["keys"]
+    base = ("attest", "issue-cert", "--ca", str(keys.ca_cert), "--ca-key", str(keys.ca_key))
+
+    def der(path):
+        return load_certificate(path).public_bytes(serialization.Encoding.DER)
+
+    assert obelisk_cli(*base, "--out", str(tmp_path / "r"), "--name", "v").returncode == 0
+    assert roles.roles_of(der(tmp_path / "r" / "client.pem")) == {"reader"}  # the default
+    assert obelisk_cli(*base, "--out", str(tmp_path / "o"), "--role", "operator").returncode == 0
+    assert roles.roles_of(der(tmp_path / "o" / "client.pem")) == {"operator"}
+    assert obelisk_cli(*base, "--out", str(tmp_path / "b"), "--role", "operator", "--role", "reader").returncode == 0
+    assert roles.roles_of(der(tmp_path / "b" / "client.pem")) == {"operator", "reader"}
+    assert obelisk_cli(*base, "--out", str(tmp_path / "s"), "--server").returncode == 0
+    assert _ekus(tmp_path / "s" / "agent.pem") == {usage.SERVER_AUTH}
+    refused = obelisk_cli(*base, "--out", str(tmp_path / "x"), "--server", "--role", "operator")
+    assert refused.returncode == 2 and "--role is for client certificates" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
