@@ -305,3 +305,23 @@ def test_legitimate_client_gets_through_a_flood(pki, capfd):
         assert rate >= 0.95, (rate, results)
     finally:
         agent.close()
+
+
+def test_answer_has_a_deadline_too(pki):
+    """A collector that hangs (a stuck TPM) frees the connection at Limits.response, logged once."""
+    a = Agent(pki, Limits(response=1.0))
+    a.server.services.kernel = lambda: time.sleep(3) or {"release": "late"}
+    try:
+        ep = AgentEndpoint(a.url, ca=str(pki["ca"]), cert=str(pki["client"].cert), key=str(pki["client"].key),
+                           timeout=10)
+        start = time.monotonic()
+        with pytest.raises(AgentError):
+            ep.get("/v1/kernel")
+        assert time.monotonic() - start < 2.5
+        deadline = time.monotonic() + 5
+        while not any("no answer within 1 s (GET /v1/kernel HTTP/1.1)" in line for line in a.log):
+            assert time.monotonic() < deadline, a.log
+            time.sleep(0.1)
+        assert ep.get("/v1/health")[0] == 200
+    finally:
+        a.close()

@@ -2,7 +2,9 @@
 
 Read-only by design: GET requests only, no shell, no file access by path, nothing that
 changes the node. Every client must present a certificate that chains to the customer CA
-(TLS 1.2+, verified by OpenSSL through Python's ssl; anything else fails the handshake).
+(TLS 1.2+, verified by OpenSSL through Python's ssl; anything else fails the handshake), with
+the clientAuth EKU and the role the endpoint needs (`attest/roles.py`; all of these: reader).
+Idle, slow and numerous connections are bounded by `Limits` (docs/attest.md).
 
     GET /v1/health                 {"status": "ok", "image": ...}
     GET /v1/evidence?nonce=HEX     an evidence bundle (obelisk.evidence/1): TPM quote over the
@@ -264,6 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     client = _NOBODY
     _note = ""  # why an error was sent, for the request's one log line
+    _answering = False  # the request was read: its deadline is Limits.response
 
     def version_string(self) -> str:  # no software versions to an attacker
         return "obelisk-agent"
@@ -279,7 +282,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             super().handle()
         except OSError as exc:  # ssl.SSLError too: the peer went away or its deadline passed
-            if self.server.deadlines.expired(self.connection):
+            if self.server.deadlines.expired(self.connection) and self._answering:
+                self.server.log(f"{self.client_address[0]} [{self.client.name}] closed: no answer within "
+                                f"{self.server.limits.response:g} s ({_printable(self.requestline)})")
+            elif self.server.deadlines.expired(self.connection):
                 self.server.throttle("slow", f"{self.client_address[0]} [{self.client.name}] closed: no whole "
                                              f"request within {self.server.limits.request:g} s")
             else:
@@ -295,6 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         self.server.deadlines.arm(self.connection, self.server.limits.request)
         self._note = ""
+        self._answering = False
         super().handle_one_request()
 
     def parse_request(self) -> bool:
@@ -306,6 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         if ok:
             self.server.deadlines.arm(self.connection, self.server.limits.response)
+            self._answering = True
         return ok
 
     def log_error(self, format: str, *args: Any) -> None:
