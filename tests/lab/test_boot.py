@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from obelisk.attest.agent_certs import issue
 from obelisk.core.errors import InputError
 from obelisk.image import manifest as mf
 from obelisk.lab import boot
@@ -68,6 +69,28 @@ def test_provision_writes_config_disk_and_enrolls_the_ak(tmp_path):
     record = akrecord.parse((run / "ak.json").read_bytes(), "ak.json")
     assert record.qualified_name and not record.missing_attributes()
     assert info["client_cert"].exists() and oct(info["client_key"].stat().st_mode & 0o777) == "0o600"
+    # the demo's verifier certificate may read evidence (and nothing more)
+    assert _roles(info["client_cert"]) == {"reader"}
+
+
+def _roles(path):
+    from obelisk.attest import roles
+    from obelisk.signer.keys import load_certificate
+
+    return roles.roles_of(load_certificate(path).public_bytes(serialization.Encoding.DER))
+
+
+def test_reboot_reissues_a_verifier_certificate_without_the_reader_role(tmp_path):
+    from obelisk.signer.keygen import generate
+
+    keys = generate(tmp_path / "keys", "ecdsa-p256")
+    run = tmp_path / "run"
+    old = issue(keys.ca_cert, keys.ca_key, run, "obelisk-verifier", server=False, roles=("operator",))
+    assert _roles(old.cert) == {"operator"}  # as good as none for the evidence endpoints
+    again = boot.reader_client(run, keys.ca_cert, keys.ca_key)
+    assert again.cert == run / "client.pem" and _roles(again.cert) == {"reader"}
+    before = again.cert.read_bytes()
+    assert boot.reader_client(run, keys.ca_cert, keys.ca_key).cert.read_bytes() == before  # kept when it fits
 
 
 @pytest.mark.swtpm

@@ -2,7 +2,9 @@
 
 Read-only by design: GET requests only, no shell, no file access by path, nothing that
 changes the node. Every client must present a certificate that chains to the customer CA
-(TLS 1.2+, verified by OpenSSL through Python's ssl; anything else fails the handshake).
+(TLS 1.2+, verified by OpenSSL through Python's ssl; anything else fails the handshake), with
+the clientAuth EKU and the role the endpoint needs (`attest/roles.py`; all of these: reader).
+Idle, slow and numerous connections are bounded by `Limits` (docs/attest.md).
 
     GET /v1/health                 {"status": "ok", "image": ...}
     GET /v1/evidence?nonce=HEX     an evidence bundle (obelisk.evidence/1): TPM quote over the
@@ -30,12 +32,11 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+from obelisk.attest import roles
 from obelisk.core.errors import InputError
 
 MIN_NONCE = 16  # bytes: shorter nonces are guessable and could be pre-computed
 MAX_NONCE = 64  # the TPM's qualifyingData holds at most one sha512 digest
-MAX_CONCURRENT = 8
-HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -170,17 +171,170 @@ def server_context(config: AgentConfig) -> ssl.SSLContext:
     return ctx
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How long and how many: what keeps idle, slow and numerous connections from locking callers out."""
+
+    handshake: float = 5.0  # seconds from accept to a finished TLS handshake, however the bytes trickle in
+    request: float = 10.0  # seconds to receive one whole request (line and headers), keep-alive wait included
+    idle: float = 10.0  # seconds any single read or write may block
+    response: float = 120.0  # seconds to produce and send one answer (a quote, a scan)
+    connections: int = 512  # connections open at once, all peers together (one thread each)
+    per_peer: int = 64  # connections open at once from one address
+
+
+class Deadlines:
+    """One thread that shuts down connections past their deadline.
+
+    A per-read socket timeout alone lets a client that sends a byte every few seconds keep a
+    connection forever; a deadline covers the whole phase (handshake, request, response).
+    Shutting the socket down wakes the worker blocked on it, which then closes it.
+    """
+
+    def __init__(self, tick: float = 0.2):
+        self._due: dict[socket.socket, float] = {}
+        self._expired: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._tick = tick
+        self._thread = threading.Thread(target=self._run, name="agent-deadlines", daemon=True)
+        self._thread.start()
+
+    def arm(self, sock: socket.socket, seconds: float) -> None:
+        with self._lock:
+            if sock not in self._expired:
+                self._due[sock] = time.monotonic() + seconds
+
+    def disarm(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._due.pop(sock, None)
+            self._expired.discard(sock)
+
+    def expired(self, sock: socket.socket) -> bool:
+        with self._lock:
+            return sock in self._expired
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick):
+            now = time.monotonic()
+            with self._lock:
+                for sock in [s for s, due in self._due.items() if due <= now]:
+                    del self._due[sock]
+                    self._expired.add(sock)
+                    try:  # the plain socket's shutdown, under TLS too: no TLS record, just wake the reader
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+
+class _Throttle:
+    """At most one log line per kind of flood event and interval, with the count of those not logged."""
+
+    def __init__(self, log: Callable[[str], None], interval: float = 10.0):
+        self._log = log
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._skipped: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, line: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -self._interval) < self._interval:
+                self._skipped[kind] += 1
+                return
+            self._last[kind] = now
+            skipped = self._skipped.pop(kind, 0)
+        self._log(line + (f" (and {skipped} more since the last such line)" if skipped else ""))
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """A request line or header as it may go into the log: no control characters, bounded."""
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
+_NOBODY = roles.Client(name="?", client_auth=False, roles=frozenset())
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: AgentServer
     protocol_version = "HTTP/1.1"
-    timeout = 15
+    client = _NOBODY
+    _note = ""  # why an error was sent, for the request's one log line
+    _answering = False  # the request was read: its deadline is Limits.response
 
     def version_string(self) -> str:  # no software versions to an attacker
         return "obelisk-agent"
 
+    def setup(self) -> None:
+        super().setup()  # the socket's per-operation timeout (Limits.idle) was set before the handshake
+        try:
+            self.client = roles.client_of(self.connection.getpeercert(binary_form=True) or b"")
+        except ValueError:
+            self.client = _NOBODY
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError as exc:  # ssl.SSLError too: the peer went away or its deadline passed
+            if self.server.deadlines.expired(self.connection) and self._answering:
+                self.server.log(f"{self.client_address[0]} [{self.client.name}] closed: no answer within "
+                                f"{self.server.limits.response:g} s ({_printable(self.requestline)})")
+            elif self.server.deadlines.expired(self.connection):
+                self.server.throttle("slow", f"{self.client_address[0]} [{self.client.name}] closed: no whole "
+                                             f"request within {self.server.limits.request:g} s")
+            else:
+                self.server.throttle("reset", f"{self.client_address[0]} [{self.client.name}] connection "
+                                              f"lost: {type(exc).__name__}: {exc}")
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def handle_one_request(self) -> None:
+        self.server.deadlines.arm(self.connection, self.server.limits.request)
+        self._note = ""
+        self._answering = False
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if self.server.deadlines.expired(self.connection):
+            raise ConnectionAbortedError("request deadline passed")  # handle() logs it, throttled
+        if ok and len(self.requestline.split()) != 3:
+            self.send_error(400, "HTTP/0.9 requests are not served")
+            return False
+        if ok:
+            self.server.deadlines.arm(self.connection, self.server.limits.response)
+            self._answering = True
+        return ok
+
+    def log_error(self, format: str, *args: Any) -> None:
+        if format.startswith("Request timed out"):  # a read blocked for Limits.idle: a flood's signature
+            self.server.throttle("slow", f"{self.client_address[0]} [{self.client.name}] closed: nothing read "
+                                         f"for {self.server.limits.idle:g} s")
+        else:
+            self.log_message(format, *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, header too long) as JSON, logged in one line."""
+        if not self.request_version.startswith("HTTP/1."):  # refused before the version was read
+            self.request_version = "HTTP/1.0"
+        self._error(code, message or self.responses.get(code, ("error",))[0])
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        note = f" ({_printable(self._note)})" if self._note else ""
+        self.log_message('"%s" %s %s%s', _printable(getattr(self, "requestline", "")), code, size, note)
+
     def log_message(self, format: str, *args: Any) -> None:
-        peer = self.server.peer_name(self.connection)
-        self.server.log(f"{self.client_address[0]} [{peer}] {format % args}")
+        self.server.log(f"{self.client_address[0]} [{self.client.name}] {format % args}")
 
     def _send(self, code: int, body: str | dict[str, Any], content_type: str = "application/json") -> None:
         data = (body if isinstance(body, str) else json.dumps(body, sort_keys=True) + "\n").encode()
@@ -188,18 +342,65 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        if code >= 400:  # a body may be left unread, or the caller is not welcome: do not keep the connection
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+        if self.close_connection:
+            self._drain()
+
+    def _drain(self, limit: int = 1 << 16, wait: float = 0.2) -> None:
+        """Read what a refused request may still have in flight (a body), briefly and boundedly.
+
+        Closing with unread bytes makes the kernel send a reset, which can discard the answer
+        before the caller reads it.
+        """
+        headers = getattr(self, "headers", None)
+        if headers is None or (headers.get("Content-Length") in (None, "0") and "Transfer-Encoding" not in headers):
+            return
+        try:
+            self.wfile.flush()
+            self.connection.settimeout(wait)
+            while limit > 0:
+                chunk = self.connection.recv(min(limit, 1 << 14))
+                if not chunk:
+                    break
+                limit -= len(chunk)
+        except OSError:
+            pass
 
     def _error(self, code: int, message: str) -> None:
+        self._note = message
         self._send(code, {"error": message})
 
+    def _authorized(self, path: str) -> bool:
+        try:
+            roles.authorize(self.client, self.command, path)
+        except roles.Forbidden as exc:
+            self._error(403, str(exc))
+            return False
+        return True
+
+    def _check_no_body(self) -> None:
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise ValueError("GET requests carry no body (Transfer-Encoding given)")
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit() or len(text) > 18:
+            raise ValueError("Content-Length is not a number")
+        if int(text):
+            raise ValueError("GET requests carry no body")
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if int(self.headers.get("Content-Length") or 0):
-            self._error(400, "GET requests carry no body")
-            return
         url = urlsplit(self.path)
-        query = parse_qs(url.query, max_num_fields=4)
+        if not self._authorized(url.path):
+            return
+        try:
+            self._check_no_body()
+            query = parse_qs(url.query, max_num_fields=4)
+        except ValueError as exc:
+            self._error(400, str(exc))
+            return
         services = self.server.services
         try:
             if url.path == "/v1/health":
@@ -221,76 +422,122 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, services.scan())
             else:
                 self._error(404, "no such endpoint (GET /v1/health, /v1/evidence?nonce=HEX, /v1/kernel, /v1/scan)")
+        except OSError:
+            raise  # the connection, not the collector: handle() logs it
         except Exception as exc:  # one failing collector must not take the agent down
-            self.server.log(f"error serving {url.path}: {type(exc).__name__}: {exc}")
             self._error(500, f"{type(exc).__name__}: {exc}")
 
     def _refuse(self) -> None:
-        self._error(405, "the agent is read-only: GET only")
+        if self._authorized(urlsplit(self.path).path):
+            self._error(405, "the agent is read-only: GET only")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse  # noqa: N815
 
 
 class AgentServer(ThreadingHTTPServer):
-    """HTTPS server whose TLS handshake happens in the worker thread, so a slow client blocks nobody."""
+    """HTTPS server that accepts cheaply and does everything else in a worker thread under deadlines.
+
+    The accept loop only counts: over the overall or the per-address cap, a connection is closed
+    at once (no TLS, no thread). Each admitted connection gets a thread that runs the TLS handshake
+    under `Limits.handshake`, then requests under `Limits.request` / `Limits.response`, enforced by
+    `Deadlines` whatever the pace of the bytes.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], context: ssl.SSLContext, services: Services,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, limits: Limits = Limits()):
         self.context = context
         self.services = services
+        self.limits = limits
         self.nonces = NonceLedger()
-        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self.deadlines = Deadlines()
+        self._count_lock = threading.Lock()
+        self._open = 0
+        self._per_peer: collections.Counter[str] = collections.Counter()
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-        super().__init__(address, _Handler)
+        self.throttle = _Throttle(self.log)
+        try:
+            super().__init__(address, _Handler)
+        except BaseException:
+            self.deadlines.stop()
+            raise
 
     def log(self, line: str) -> None:
         self._log(f"obelisk-agent {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}")
 
-    @staticmethod
-    def peer_name(conn: Any) -> str:
-        try:
-            cert = conn.getpeercert()
-            return dict(x[0] for x in cert.get("subject", ())).get("commonName", "?")
-        except (AttributeError, ValueError, ssl.SSLError):
-            return "?"
+    @property
+    def open_connections(self) -> int:
+        return self._open
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            request.close()  # too many connections at once: drop, the caller retries
+        peer = str(client_address[0])
+        with self._count_lock:
+            over = self._open >= self.limits.connections or self._per_peer[peer] >= self.limits.per_peer
+            if not over:
+                self._open += 1
+                self._per_peer[peer] += 1
+        if over:
+            self.shutdown_request(request)  # refused before any TLS or thread: the caller retries
+            self.throttle("cap", f"{peer} refused: over {self.limits.connections} connections or "
+                                 f"{self.limits.per_peer} from one address")
             return
         try:
             super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
+        except BaseException:
+            self._release(peer)
             raise
+
+    def _release(self, peer: str) -> None:
+        with self._count_lock:
+            self._open -= 1
+            self._per_peer[peer] -= 1
+            if self._per_peer[peer] <= 0:
+                del self._per_peer[peer]
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(str(client_address[0]))
 
     # self: Self, as typeshed types RequestHandlerClass's server argument
     def finish_request(self: Self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         if not isinstance(request, socket.socket):  # a TCP server: datagram requests cannot arrive
             raise TypeError(f"the agent serves TLS over TCP, not {type(request).__name__} requests")
-        request.settimeout(HANDSHAKE_TIMEOUT)
+        peer = client_address[0]
+        request.settimeout(self.limits.idle)
         try:
-            tls = self.context.wrap_socket(request, server_side=True)
+            tls = self.context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
         except (ssl.SSLError, OSError) as exc:
-            self.log(f"{client_address[0]} refused: TLS handshake failed: {getattr(exc, 'reason', None) or exc}")
+            self.throttle("tls", f"{peer} refused: TLS setup failed: {exc}")
             return
         try:
-            tls.settimeout(_Handler.timeout)
+            self.deadlines.arm(tls, self.limits.handshake)
+            try:
+                tls.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                if isinstance(exc, TimeoutError) or self.deadlines.expired(tls):
+                    self.throttle("handshake-timeout", f"{peer} refused: no TLS handshake within "
+                                                       f"{self.limits.handshake:g} s")
+                else:
+                    self.throttle("handshake", f"{peer} refused: TLS handshake failed: "
+                                               f"{getattr(exc, 'reason', None) or exc}")
+                return
             self.RequestHandlerClass(tls, client_address, self)
         finally:
+            self.deadlines.disarm(tls)
             try:
                 tls.close()
             except OSError:
                 pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line, never a traceback: a request the handler did not foresee is still one request."""
+        exc = sys.exc_info()[1]
+        self.log(f"{client_address[0]} error: {type(exc).__name__}: {_printable(str(exc))}")
 
     def shutdown_request(self, request: Any) -> None:
         try:
@@ -298,12 +545,16 @@ class AgentServer(ThreadingHTTPServer):
         except OSError:
             pass
 
+    def server_close(self) -> None:
+        super().server_close()
+        self.deadlines.stop()
+
 
 def make_server(config: AgentConfig, services: Services | None = None,
-                log: Callable[[str], None] | None = None) -> AgentServer:
+                log: Callable[[str], None] | None = None, limits: Limits = Limits()) -> AgentServer:
     services = services or Services(evidence=default_evidence(config), kernel=default_kernel,
                                     scan=default_scan(config), image=config.image)
-    return AgentServer((config.host, config.port), server_context(config), services, log)
+    return AgentServer((config.host, config.port), server_context(config), services, log, limits)
 
 
 def serve(config_path: str, port: int | None = None) -> None:

@@ -4,6 +4,10 @@ The agent serves HTTPS only to clients whose certificate chains to the customer 
 presents a server certificate from the same CA. Neither key is ever baked into an image:
 the agent's key is provisioned onto the node's config disk (`obelisk boot` does it for QEMU), the
 client key stays with the verifier. Keys are written 0600.
+
+The extended key usage says what each certificate is for (`signer/usage.py`, `attest/roles.py`):
+an agent's certificate `serverAuth` only; a caller's `clientAuth` plus its roles, the evidence
+reader by default, the operator when asked.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from obelisk.core import atomic
 from obelisk.core.errors import InputError
+from obelisk.signer import usage
 from obelisk.signer.certs import issue_certificate
 from obelisk.signer.keys import (
     PassphraseSource,
@@ -48,8 +53,18 @@ def load_ca(ca_cert: Path, ca_key: str | Path, passphrase: PassphraseSource | No
 
 def issue(ca_cert: Path, ca_key: str | Path, out_dir: Path, name: str, *, server: bool,
           hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 365,
-          ca_passphrase: PassphraseSource | None = None) -> IssuedCert:
-    """A P-256 key and a certificate for TLS server or client use, signed by the customer CA."""
+          ca_passphrase: PassphraseSource | None = None, roles: tuple[str, ...] = ("reader",)) -> IssuedCert:
+    """A P-256 key and a certificate for TLS server or client use, signed by the customer CA.
+
+    A client certificate carries `clientAuth` and the given agent roles (`usage.ROLES`: reader,
+    operator); a server certificate `serverAuth` only, whatever `roles` says.
+    """
+    unknown = [r for r in roles if r not in usage.ROLES]
+    if unknown:
+        raise InputError(f"--role: unknown role {unknown[0]!r} (one of {', '.join(usage.ROLES)})")
+    if not server and not roles:
+        raise InputError("--role: a client certificate needs at least one role")
+    ekus = [usage.SERVER_AUTH] if server else [usage.CLIENT_AUTH] + [usage.ROLES[r] for r in dict.fromkeys(roles)]
     ca, ca_private = load_ca(ca_cert, ca_key, ca_passphrase)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(minutes=5)
@@ -64,8 +79,7 @@ def issue(ca_cert: Path, ca_key: str | Path, out_dir: Path, name: str, *, server
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=False,
                                      crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                              else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if server:

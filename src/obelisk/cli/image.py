@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, metavar="DIR", help="writes agent.pem/agent.key or client.pem/client.key")
     t.add_argument("--name", default="obelisk", help="certificate common name")
     t.add_argument("--server", action="store_true", help="a server certificate for the agent")
+    t.add_argument("--role", action="append", choices=("reader", "operator"),
+                   help="a client certificate's agent role, repeatable: reader (evidence, the default) or operator "
+                        "(changes the node; does not imply reader)")
     t.add_argument("--host", action="append", help="agent host names / addresses (default 127.0.0.1, localhost)")
     t.set_defaults(handler=_issue_cert)
 
@@ -159,10 +162,13 @@ def _issue_cert(args: argparse.Namespace) -> int:
 
     from obelisk.attest.agent_certs import issue
     from obelisk.cli.signer import passphrase_source
+    from obelisk.core.errors import InputError
 
     hosts = tuple(args.host) if args.host else ("127.0.0.1", "localhost")
+    if args.server and args.role:
+        raise InputError("--role is for client certificates, not --server")
     issued = issue(Path(args.ca), args.ca_key, Path(args.out), args.name, server=args.server, hosts=hosts,
-                   ca_passphrase=passphrase_source(args))
+                   ca_passphrase=passphrase_source(args), roles=tuple(args.role or ("reader",)))
     print(f"certificate {issued.cert}, key {issued.key} (0600)")
     return 0
 

@@ -40,6 +40,7 @@ from obelisk.lab.qemu import Drive, PortForward, QemuRun
 from obelisk.tpm.swtpm import start_for_qemu
 
 if TYPE_CHECKING:
+    from obelisk.attest.agent_certs import IssuedCert
     from obelisk.image.manifest import Manifest
 
 AGENT_GUEST_PORT = 8443
@@ -119,7 +120,7 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manife
     lib.mkdir(parents=True, exist_ok=True)
     issue(ca, ca_key, lib, manifest.image.name, server=True,
                    hosts=("127.0.0.1", "localhost", GUEST_IP))
-    client = issue(ca, ca_key, run_dir, "obelisk-verifier", server=False)
+    client = issue(ca, ca_key, run_dir, "obelisk-verifier", server=False, roles=("reader",))  # attest node reads
     (lib / "ca.pem").write_bytes(ca.read_bytes())
     config = {"cert": "agent.pem", "key": "agent.key", "client_ca": "ca.pem", "port": AGENT_GUEST_PORT,
               "tcti": "device:/dev/tpmrm0", "image": manifest.image.name,
@@ -193,6 +194,25 @@ def _tail(path: Path, lines: int = 3) -> str:
 PROVISIONED = ("ak.json", "config.img", "var.img", "client.pem", "client.key", "swtpm")
 
 
+def reader_client(run_dir: Path, ca: Path, ca_key: Path) -> IssuedCert:
+    """The run directory's verifier certificate, issued again when an earlier obelisk made it without the
+    evidence reader role (the agent refuses such a certificate); the node's side needs no change."""
+    from cryptography.hazmat.primitives import serialization
+
+    from obelisk.attest import roles
+    from obelisk.attest.agent_certs import IssuedCert, issue
+    from obelisk.signer.keys import load_certificate
+
+    cert, key = run_dir / "client.pem", run_dir / "client.key"
+    try:
+        held = roles.roles_of(load_certificate(cert).public_bytes(serialization.Encoding.DER))
+    except (InputError, ValueError):
+        return IssuedCert(cert, key)  # as before: waiting for the agent names the problem
+    if roles.READER in held:
+        return IssuedCert(cert, key)
+    return issue(ca, ca_key, run_dir, "obelisk-verifier", server=False, roles=(roles.READER,))
+
+
 def is_provisioned(run_dir: Path) -> bool:
     return all((run_dir / name).exists() for name in PROVISIONED)
 
@@ -262,7 +282,8 @@ def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: i
                 target.unlink(missing_ok=True)
         info = provision(out, run_dir, ca, ca_key, m, port)
     else:
-        info = {"client_cert": run_dir / "client.pem", "client_key": run_dir / "client.key", "port": port}
+        client = reader_client(run_dir, ca, ca_key)
+        info = {"client_cert": client.cert, "client_key": client.key, "port": port}
     bar.advance()
     bar.stage("starting swtpm and QEMU")
     swtpm = _start_swtpm(run_dir)

@@ -7,9 +7,10 @@ keyCertSign, RFC 5280/CA-B Forum rules for CA certificates, no unknown critical 
 and the allowed signature algorithms (no SHA-1, RSA >= 2048). Used for report signers, whose
 chains are ordinary customer PKI, checked at the signing time the statement claims. Its stock
 profiles are for TLS: the client profile requires the leaf to carry a subjectAltName and the
-clientAuth EKU, which a signing certificate does not (ours carry codeSigning, or no EKU). So
-the CA certificates get the verifier's web-PKI defaults and the leaf a policy of its own: any
-EKU, and keyUsage, if present, must allow digitalSignature.
+clientAuth EKU, which a signing certificate does not (ours carry codeSigning or obelisk's
+disk-policy EKU, `signer/usage.py`; older ones no EKU). So the CA certificates get the verifier's
+web-PKI defaults and the leaf a policy of its own: any EKU, and keyUsage, if present, must allow
+digitalSignature.
 
 `check_issued_by` is an explicit one-link check: names, signature, the issuer a CA
 (basicConstraints CA:TRUE, or a v1 certificate, which has no extensions), and validity only

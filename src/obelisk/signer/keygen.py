@@ -5,6 +5,11 @@ The CA is made to be compiled into the kernel as a built-in trusted key
 the kernel then accepts into its .ima keyring only certificates this CA signed. The IMA
 certificate carries a subjectKeyIdentifier (signatures name their key by its last 4 bytes)
 and keyUsage digitalSignature, which the kernel checks for IMA keys.
+
+Each leaf's extended key usage says what it is for (`signer/usage.py`): the IMA key codeSigning,
+the disk-policy key obelisk's disk-policy OID. Neither carries clientAuth or serverAuth, so neither
+opens a TLS connection to a node agent; agent and verifier certificates come from
+`obelisk attest issue-cert`.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from obelisk.core import atomic
 from obelisk.core.errors import InputError
+from obelisk.signer import usage
 
 KEY_TYPES = ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384")
 
@@ -125,7 +131,7 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
     ima_cert = (
         _signing_leaf(_name(f"{organization} IMA signing key", organization), ca_name, ca_ski, ima_key, start,
                       valid_days)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage.CODE_SIGNING]), critical=False)
         .sign(ca_key, digest)
     )
 
@@ -173,8 +179,10 @@ def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048"
     start = now - _dt.timedelta(minutes=5)
     key = _new_key(key_type if key_type.startswith("rsa-") else "ecdsa-p256")
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key)
-    cert = issue_certificate(_signing_leaf(_name(f"{organization} disk policy key", organization), ca_cert.subject,
-                                           ca_ski, key, start, valid_days), ca_key, _hash_for(key_type).name)
+    leaf = (_signing_leaf(_name(f"{organization} disk policy key", organization), ca_cert.subject, ca_ski, key, start,
+                          valid_days)
+            .add_extension(x509.ExtendedKeyUsage([usage.DISK_POLICY]), critical=False))
+    cert = issue_certificate(leaf, ca_key, _hash_for(key_type).name)
     atomic.write_bytes(out / POLICY_KEY, _private_pem(key, passphrase), mode=0o600)
     atomic.write_bytes(out / POLICY_CERT, cert.public_bytes(serialization.Encoding.PEM))
     return out / POLICY_KEY, out / POLICY_CERT
