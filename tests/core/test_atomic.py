@@ -32,3 +32,36 @@ def test_atomic_directory_appears_only_when_complete(tmp_path):
     with atomic.atomic_directory(out) as work:
         (work / "manifest.json").write_text("{}")
     assert (out / "manifest.json").read_text() == "{}"
+
+
+def test_a_character_device_target_is_written_in_place_not_replaced(tmp_path):
+    """`-o /dev/null` as root: a rename over the target would turn the device node into a regular file."""
+    import stat
+
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    atomic.write_text(null, "discarded\n")
+    assert stat.S_ISCHR(os.stat(null).st_mode)
+    assert os.stat(null).st_rdev == os.makedev(1, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["null"]  # no temporary left beside it
+
+
+def test_a_fifo_target_is_written_in_place(tmp_path):
+    import stat
+    import threading
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    atomic.write_bytes(fifo, b"report\n")
+    reader.join(10)
+    assert got == [b"report\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_directory_target_is_refused_by_name(tmp_path):
+    from obelisk.core.errors import InputError
+
+    with pytest.raises(InputError, match="not a regular file"):
+        atomic.write_text(tmp_path, "x")

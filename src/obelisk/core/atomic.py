@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,25 @@ def _temp_name(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], mode: int = 0o644, binary: bool = True) -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path`; on success fsync and rename it over `path`."""
+    """Open a temporary file beside `path`; on success fsync and rename it over `path`.
+
+    A target that is a character device or a FIFO (`-o /dev/null`, `-o /dev/stdout`, a pipe) is
+    written in place: renaming over it would replace the device node itself (as root, /dev/null
+    became a regular file). Any other non-regular target (a directory, a socket) is refused.
+    """
     target = Path(path)
+    try:
+        existing = os.stat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing):
+        if stat.S_ISCHR(existing) or stat.S_ISFIFO(existing):
+            with open(target, "wb" if binary else "w", encoding=None if binary else "utf-8") as stream:
+                yield stream
+            return
+        from obelisk.core.errors import InputError
+
+        raise InputError("is not a regular file, a character device or a FIFO: not overwritten", source=str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
