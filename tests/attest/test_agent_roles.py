@@ -206,3 +206,12 @@ def test_issue_cert_command_roles(obelisk_cli, pki, tmp_path):
     refused = obelisk_cli(*base, "--out", str(tmp_path / "x"), "--server", "--role", "operator")
     assert refused.returncode == 2 and "--role is for client certificates" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_every_obelisk_oid_arc_fits_the_nodes_asn1_parser():
+    """Debian 12's python3-cryptography 38 (the node agent's) refuses OID arcs of 2^32 or more: the agent
+    died at import with the full 128-bit UUID arc. Keep every arc below 2^31."""
+    from obelisk.signer import usage
+
+    for oid in (usage.EVIDENCE_READER, usage.OPERATOR, usage.DISK_POLICY):
+        assert all(int(arc) < 2**31 for arc in oid.dotted_string.split(".")), oid.dotted_string

@@ -1,7 +1,7 @@
 """What each obelisk certificate is for: the extended key usage OIDs obelisk issues and checks.
 
 One table. Standard purposes come from RFC 5280 (serverAuth, clientAuth, codeSigning); obelisk's own
-live under a UUID arc (ITU-T X.667, `2.25.<uuid>`), which needs no registration and cannot collide:
+live under the registration-free UUID arc `2.25` (ITU-T X.667):
 
     OBELISK_ARC.1   evidence reader  may read the node agent's evidence, kernel facts, scan, health
     OBELISK_ARC.2   operator         may change a node through the agent (the upgrade API)
@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-OBELISK_ARC = "2.25.207473072150170168876677107277693035679"
+# The arc is the top 31 bits of obelisk's UUID 9c15dc38-15fc-4452-9679-c0df06e9a49f (its integer >> 97), not the
+# whole 128-bit UUID: the node agent runs Debian 12's python3-cryptography 38, whose ASN.1 parser refuses an OID
+# arc of 2^32 or more (it could not even build the ObjectIdentifier, and the agent died at import). 31 bits keep a
+# collision with another issuer's EKUs in the same customer PKI negligible; a test parses our certificates with
+# the node's library.
+OBELISK_ARC = "2.25.1309339164"
 
 EVIDENCE_READER = ObjectIdentifier(OBELISK_ARC + ".1")
 OPERATOR = ObjectIdentifier(OBELISK_ARC + ".2")
