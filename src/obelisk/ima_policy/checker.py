@@ -79,6 +79,7 @@ class ChunkResult:
     stats: Counter = field(default_factory=Counter)
     first: tuple[str, str, bytes] | None = None  # (path, algo, digest) of the list's first entry
     error: str | None = None
+    error_offset: int | None = None
 
 
 @dataclass
@@ -161,6 +162,7 @@ def check_range(start: int, stop: int, first_number: int = 1) -> ChunkResult:
             res.end = _walk(job, res, job.data, start, stop, job.byte_order, None, start == 0, first_number)
     except ParseError as exc:
         res.error = str(exc)
+        res.error_offset = exc.offset
     _drop_pages(job.data, start, max(res.end, stop))
     return res
 
@@ -539,9 +541,14 @@ def iter_run(job: Job, workers: int | None = None) -> Iterator[ChunkResult]:
         points = iter_split_points(job)
         ranges = _ranges(points, n)
         if workers > 1 and n > CHUNK_TARGET and "fork" in multiprocessing.get_all_start_methods():
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(workers) as pool:
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            try:
                 yield from _stitch(job, _pipelined(pool, ranges, workers * IN_FLIGHT))
+            finally:
+                # close, not terminate: at most IN_FLIGHT chunks per worker are left to finish, and
+                # Pool.terminate can deadlock on the task queue's lock held by an idle worker
+                pool.close()
+                pool.join()
         else:
             yield from _stitch(job, (check_range(a, b, 1) for a, b in ranges))
     finally:
@@ -582,7 +589,9 @@ def _stitch(job: Job, raw: Iterator[ChunkResult]) -> Iterator[ChunkResult]:
         if res.error is not None:
             # re-run with true entry numbers so the message names the right entry
             again = check_range(res.start, res.stop, base + 1)
-            raise ParseError(again.error or res.error)
+            exc = ParseError(again.error or res.error)
+            exc.offset = again.error_offset  # the message already names the source and offset
+            raise exc
         _rebase(res, base)
         yield res
         entries_before += res.count
