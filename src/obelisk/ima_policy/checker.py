@@ -480,15 +480,15 @@ def split_points(job: Job) -> list[int]:
     return list(iter_split_points(job))
 
 
-def iter_split_points(job: Job) -> Iterator[int]:
-    """Candidate chunk starts (0 first), found lazily: only a window past each target is searched."""
+def iter_split_points(job: Job, start: int = 0) -> Iterator[int]:
+    """Candidate chunk starts (`start` first), found lazily: only a window past each target is searched."""
     data = job.data
     n = len(data)
-    yield 0
-    if n <= CHUNK_TARGET:
+    yield start
+    if n - start <= CHUNK_TARGET:
         return
     if job.encoding == ASCII:
-        pos = CHUNK_TARGET
+        pos = start + CHUNK_TARGET
         while pos < n:
             nl = data.find(b"\n", pos)
             _drop_pages(data, pos, max(nl, pos))
@@ -513,7 +513,7 @@ def iter_split_points(job: Job) -> Iterator[int]:
     u = job.byte_order
     alternatives = b"|".join(re.escape(len(nm).to_bytes(4, u) + nm) for nm in sorted(names))
     header = re.compile(re.escape(IMA_PCR.to_bytes(4, u)) + b".{20}(?:" + alternatives + b")", re.S)
-    pos = CHUNK_TARGET
+    pos = start + CHUNK_TARGET
     while pos < n:
         m = header.search(data, pos, min(n, pos + SPLIT_WINDOW))
         if m is None:  # no entry header near the target: try further on (that chunk grows)
@@ -530,27 +530,30 @@ def run(job: Job, workers: int | None = None) -> list[ChunkResult]:
     return list(iter_run(job, workers))
 
 
-def iter_run(job: Job, workers: int | None = None) -> Iterator[ChunkResult]:
-    """Walk the whole list, yielding the chunk results in order, each starting where the previous
-    ended; at most IN_FLIGHT chunks per worker are ahead of the consumer (bounded memory)."""
+def iter_run(job: Job, workers: int | None = None, start: int = 0, entries_before: int = 0,
+             lines_before: int = 0) -> Iterator[ChunkResult]:
+    """Walk the list from `start` (an entry boundary, after `entries_before` entries and, in an
+    ascii list, `lines_before` lines), yielding the chunk results in order, each starting where
+    the previous ended; at most IN_FLIGHT chunks per worker are ahead of the consumer (bounded memory)."""
     global _JOB
     _JOB = job
     try:
         workers = workers or os.cpu_count() or 1
         n = len(job.data)
-        points = iter_split_points(job)
+        points = iter_split_points(job, start)
         ranges = _ranges(points, n)
-        if workers > 1 and n > CHUNK_TARGET and "fork" in multiprocessing.get_all_start_methods():
+        if workers > 1 and n - start > CHUNK_TARGET and "fork" in multiprocessing.get_all_start_methods():
             pool = multiprocessing.get_context("fork").Pool(workers)
             try:
-                yield from _stitch(job, _pipelined(pool, ranges, workers * IN_FLIGHT))
+                yield from _stitch(job, _pipelined(pool, ranges, workers * IN_FLIGHT), start, entries_before,
+                                   lines_before)
             finally:
                 # close, not terminate: at most IN_FLIGHT chunks per worker are left to finish, and
                 # Pool.terminate can deadlock on the task queue's lock held by an idle worker
                 pool.close()
                 pool.join()
         else:
-            yield from _stitch(job, (check_range(a, b, 1) for a, b in ranges))
+            yield from _stitch(job, (check_range(a, b, 1) for a, b in ranges), start, entries_before, lines_before)
     finally:
         _JOB = None
 
@@ -574,11 +577,9 @@ def _pipelined(pool: Any, ranges: Iterator[tuple[int, int]], depth: int) -> Iter
         yield queue.popleft().get()
 
 
-def _stitch(job: Job, raw: Iterator[ChunkResult]) -> Iterator[ChunkResult]:
+def _stitch(job: Job, raw: Iterator[ChunkResult], expected_start: int = 0, entries_before: int = 0,
+            lines_before: int = 0) -> Iterator[ChunkResult]:
     """Keep chunks while they join up; re-walk from the true boundary after a false cut."""
-    expected_start = 0
-    entries_before = 0
-    lines_before = 0
     n = len(job.data)
     for res in raw:
         if res.start != expected_start:  # a false cut: walk this chunk's range from the true boundary
@@ -666,16 +667,18 @@ def _fold_from(bank: str, value: bytes, digests: bytes, target: bytes | None) ->
     return value, matches
 
 
-def merge(chunks: Iterator[ChunkResult], max_problems: int, on_chunk: Callable[[ChunkResult], None]
-          ) -> ChunkResult:
-    """One result for the whole list from its chunks, in order: counts added, problems kept up to
-    `max_problems`; `on_chunk` sees each chunk (with its bank digests, which are then dropped)."""
-    total = ChunkResult(0)
+def merge(chunks: Iterator[ChunkResult], max_problems: int, on_chunk: Callable[[ChunkResult], None],
+          total: ChunkResult | None = None) -> ChunkResult:
+    """One result for the whole list from its chunks, in order (added to `total`, the result of
+    the entries before them): counts added, problems kept up to `max_problems`; `on_chunk` sees
+    each chunk (with its bank digests, which are then dropped)."""
+    total = total or ChunkResult(0)
     for c in chunks:
         on_chunk(c)
         if total.count == 0 and c.start == 0:
             total.first = c.first
         total.count += c.count
+        total.lines += c.lines
         total.end = c.end
         total.other_pcrs.update(c.other_pcrs)
         total.problem_counts.update(c.problem_counts)

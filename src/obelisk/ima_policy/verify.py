@@ -8,6 +8,7 @@ the trusted certificates.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,7 +71,34 @@ class VerifyResult:
     replays: tuple[BankReplay, ...]
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where an earlier check of the same list stopped: the totals of its entries (`totals.end` is
+    the byte offset reached, an entry boundary), the PCR-10 entries among them, and each bank's
+    replay mode and running PCR 10 value there."""
+
+    totals: checker.ChunkResult
+    pcr10_entries: int
+    banks: tuple[tuple[str, str, bytes], ...]  # (bank, replay mode, running value)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A verification and what a later round needs to resume it (see `ima_policy.progress`)."""
+
+    result: VerifyResult
+    resume: Resume
+
+
 def verify_log(data: checker.ListData, source: str, options: VerifyOptions = VerifyOptions()) -> VerifyResult:
+    return check_log(data, source, options).result
+
+
+def check_log(data: checker.ListData, source: str, options: VerifyOptions = VerifyOptions(),
+              resume: Resume | None = None) -> Checked:
+    """Verify the list; with `resume`, only the entries after `resume.totals.end` are walked and the
+    PCR replay continues from the saved values. If a resumed replay matches no quoted value, the
+    whole list is checked again, so the result is always that of a full check."""
     if options.mode not in (AUTO, PER_BANK, SHA1_PADDED):
         raise InputError(f"replay mode {options.mode!r} is not one of auto, per-bank, sha1-padded")
     encoding = detect_encoding(data[:1])
@@ -81,21 +109,32 @@ def verify_log(data: checker.ListData, source: str, options: VerifyOptions = Ver
                       options.max_findings, source)
     targets = {b: quoted.get(b, {}).get(IMA_PCR) for b in banks}
     first_mode = SHA1_PADDED if options.mode == SHA1_PADDED else PER_BANK
-    folds = [checker.RunningPcr(b, targets[b]) for b in banks]
-    sha1_fold = checker.RunningPcr("sha1")  # counts the PCR-10 entries
+    if resume is not None:
+        saved = {b: (mode, value) for b, mode, value in resume.banks}
+        totals = copy.deepcopy(resume.totals)
+        folds = [checker.RunningPcr(b, targets[b], saved[b][1], resume.pcr10_entries) for b in banks]
+        modes = [saved[b][0] for b in banks]
+        n10 = resume.pcr10_entries
+    else:
+        totals = checker.ChunkResult(0)
+        folds = [checker.RunningPcr(b, targets[b]) for b in banks]
+        modes = [first_mode for _ in banks]
+        n10 = 0
+    counted = [n10]
 
     def fold_chunk(chunk: checker.ChunkResult) -> None:
         sha1 = chunk.bank_digests["sha1"]
-        sha1_fold.count += len(sha1) // 20
-        for f in folds:
-            f.extend(chunk.bank_digests[f.bank] if first_mode == PER_BANK else _padded(f.bank, sha1))
+        counted[0] += len(sha1) // 20
+        for f, mode in zip(folds, modes):
+            f.extend(chunk.bank_digests[f.bank] if mode == PER_BANK else _padded(f.bank, sha1))
 
-    merged = checker.merge(checker.iter_run(job, options.workers), options.max_findings, fold_chunk)
-    chunks = [merged]
-    total = merged.count
-    n10 = sha1_fold.count
-    replays = [BankReplay(f.bank, f.value, first_mode, f.target, f.last_match) for f in folds]
+    chunks = checker.iter_run(job, options.workers, totals.end, totals.count, totals.lines)
+    merged = checker.merge(chunks, options.max_findings, fold_chunk, totals)
+    n10 = counted[0]
+    replays = [BankReplay(f.bank, f.value, mode, f.target, f.last_match) for f, mode in zip(folds, modes)]
     retry = [f.bank for f in folds if f.target is not None and f.last_match is None and options.mode == AUTO]
+    if resume is not None and any(f.target is not None and f.last_match is None for f in folds):
+        return check_log(data, source, options)  # a full check decides (prefixes, the other replay mode)
     if retry:  # an older kernel: SHA-1 template hash zero-padded into every bank (a second pass)
         again = [checker.RunningPcr(b, targets[b]) for b in retry]
 
@@ -109,7 +148,14 @@ def verify_log(data: checker.ListData, source: str, options: VerifyOptions = Ver
             if f.last_match is not None:
                 i = banks.index(f.bank)
                 replays[i] = BankReplay(f.bank, f.value, SHA1_PADDED, f.target, f.last_match)
+    result = _result(merged, n10, replays, encoding, order, quoted, options, source)
+    return Checked(result, Resume(copy.deepcopy(merged), n10, tuple((r.bank, r.mode, r.value) for r in replays)))
 
+
+def _result(merged: checker.ChunkResult, n10: int, replays: list[BankReplay], encoding: str, order: str,
+            quoted: dict[str, dict[int, bytes]], options: VerifyOptions, source: str) -> VerifyResult:
+    chunks = [merged]
+    total = merged.count
     findings: list[Finding] = []
     subject_name = source
     findings += _template_findings(chunks, total, source)
