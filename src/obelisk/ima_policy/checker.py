@@ -3,7 +3,12 @@
 A list is cut into chunks at entry boundaries; each worker process walks its chunk,
 recomputes every template hash, hashes the template data for each PCR bank, and checks
 each measured file against the reference manifest and trusted keys. The PCR fold,
-which is sequential by nature, happens afterwards per bank (`fold`).
+which is sequential by nature, happens in the calling process chunk by chunk as the results
+arrive in order (`RunningPcr`), while the workers walk the next chunks.
+
+The list may be an mmap of the file: chunks are found lazily, at most IN_FLIGHT per worker
+are queued, and the pages of a walked chunk are handed back to the kernel, so the memory
+used does not grow with the list's length.
 
 Binary chunks are cut where an entry header (PCR 10 and one of the template names seen at
 the start of the list) recurs; a chunk is accepted only if the previous chunk's last entry ends exactly where
@@ -610,25 +615,6 @@ def _rebase(res: ChunkResult, base: int) -> None:
 
 # ----------------------------------------------------------------------------- PCR fold
 
-def fold(bank: str, digests: bytes, target: bytes | None = None) -> tuple[bytes, list[int]]:
-    """Extend `digests` (concatenated) into a zeroed PCR; also every 1-based position at
-    which the running value equals `target`."""
-    size = BANK_SIZES[bank]
-    ctor = getattr(hashlib, bank)
-    value = bytes(size)
-    matches = [0] if target == value else []
-    mv = memoryview(digests)
-    if target is None:
-        for i in range(0, len(digests), size):
-            value = ctor(value + mv[i:i + size]).digest()
-        return value, matches
-    for i in range(0, len(digests), size):
-        value = ctor(value + mv[i:i + size]).digest()
-        if value == target:
-            matches.append(i // size + 1)
-    return value, matches
-
-
 class RunningPcr:
     """One bank's PCR 10 extended chunk after chunk: the value, the entries folded, and the
     last position (entries folded) at which the value equalled `target`."""
@@ -688,31 +674,3 @@ def merge(chunks: Iterator[ChunkResult], max_problems: int, on_chunk: Callable[[
             total.problems.extend(c.problems[:room])
         c.bank_digests = {}
     return total
-
-
-_FOLD_TASKS: list[tuple[str, bytes, bytes | None]] = []  # set before forking: workers read, nothing pickled
-
-
-def _fold_task(i: int) -> tuple[str, bytes, list[int]]:
-    bank, digests, target = _FOLD_TASKS[i]
-    value, matches = fold(bank, digests, target)
-    return bank, value, matches
-
-
-def fold_banks(tasks: list[tuple[str, bytes, bytes | None]], workers: int | None = None
-               ) -> dict[str, tuple[bytes, list[int]]]:
-    """Fold each bank, one bank per process (the digests are shared by fork, not sent)."""
-    global _FOLD_TASKS
-    workers = workers or os.cpu_count() or 1
-    total = sum(len(t[1]) for t in tasks)
-    _FOLD_TASKS = tasks
-    try:
-        if workers > 1 and len(tasks) > 1 and total > 4 * 1024 * 1024 \
-                and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
-                done = pool.map(_fold_task, range(len(tasks)), chunksize=1)
-        else:
-            done = [_fold_task(i) for i in range(len(tasks))]
-    finally:
-        _FOLD_TASKS = []
-    return {bank: (value, matches) for bank, value, matches in done}
