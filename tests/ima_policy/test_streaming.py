@@ -124,3 +124,21 @@ def test_mapped_and_read_lists_give_the_same_report(tmp_path):
         read = verify_log(data, "list", VerifyOptions(workers=1))
         assert (mapped.report.findings, mapped.report.subject) == (read.report.findings, read.report.subject)
         assert mapped.entries == 50_001
+
+
+def test_map_bounded_maps_regular_files_and_reads_empty_ones(tmp_path):
+    import mmap
+
+    from obelisk.core.errors import InputError
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert map_bounded(empty, "list", 10) == b""  # securityfs files report size 0: they are read
+    full = tmp_path / "full"
+    full.write_bytes(b"x" * 100)
+    mapped = map_bounded(full, "list", 100)
+    assert isinstance(mapped, mmap.mmap) and mapped[:] == b"x" * 100
+    with pytest.raises(InputError, match="larger than 99 bytes"):
+        map_bounded(full, "list", 99)
+    with pytest.raises(InputError, match="not a regular file"):
+        map_bounded(tmp_path, "list", 100)
