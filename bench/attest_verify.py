@@ -138,6 +138,14 @@ def main() -> int:
         parsed = evidence.parse(text, "bundle")
         ima_only = statistics.median(timed(lambda: ima_check.ima_findings(parsed.ima_log, parsed.pcrs, refs),
                                            args.runs))
+        # the next round for a node already checked this boot: only the entries since (none here; the
+        # quote is the same), from the state the last round kept
+        full_findings, kept = ima_check.ima_findings_since(parsed.ima_log, parsed.pcrs, refs, boot=1)
+        again: list = []
+        ima_incremental = statistics.median(timed(lambda: again.append(ima_check.ima_findings_since(
+            parsed.ima_log, parsed.pcrs, refs, boot=1, progress=kept)[0]), args.runs))
+        if any(f != full_findings for f in again):
+            raise SystemExit("incremental IMA check differs from the full check")
 
         # tpm2-tools on the parts it checks, each as one process
         (d / "q.msg").write_bytes(bundle.attest)
@@ -162,13 +170,16 @@ def main() -> int:
     print(f"  CPU time of the same runs: median {ob_cpu:.1f} ms (load average {load:.1f} on {os.cpu_count()} cores)")
     print(f"  of which the IMA list check (ima_policy.verify_log, {args.entries} entries vs the reference): "
           f"{ima_only:.1f} ms; quote, event log and bundle parsing: {ob - ima_only:.1f} ms")
+    print(f"  the IMA check of a node's next round (incremental, ima_policy.progress; same findings): "
+          f"{ima_incremental:.2f} ms instead of {ima_only:.1f} ms")
     print(f"  including loading the {args.entries}-file reference manifest each time: {with_ref:.1f} ms")
     print(f"tpm2_checkquote + tpm2_eventlog (quote and event log only, 2 processes): median {ref:.1f} ms")
     print(f"ratio obelisk / tpm2-tools: {ob / ref:.2f} (obelisk also checks {args.entries} IMA entries "
           "and a reference manifest)")
     print(json.dumps({"obelisk_ms": round(ob, 2), "obelisk_cpu_ms": round(ob_cpu, 2), "load": round(load, 1),
                       "obelisk_with_reference_load_ms": round(with_ref, 2),
-                      "ima_check_ms": round(ima_only, 2), "tpm2_tools_ms": round(ref, 2),
+                      "ima_check_ms": round(ima_only, 2), "ima_incremental_ms": round(ima_incremental, 2),
+                      "tpm2_tools_ms": round(ref, 2),
                       "ratio": round(ob / ref, 3), "entries": args.entries, "target_ms": TARGET_MS}))
     return 0 if ob < TARGET_MS else 1
 

@@ -24,6 +24,7 @@ from obelisk.core.findings import Finding, Severity, Status
 
 if TYPE_CHECKING:
     from obelisk.ima_policy.keyring import Keyring
+    from obelisk.ima_policy.progress import ImaProgress
     from obelisk.ima_policy.reference import ReferenceManifest
     from obelisk.image.manifest import Manifest
 
@@ -121,21 +122,31 @@ def make_checker(refs: References) -> Callable[..., list[Finding]]:
 def ima_findings(data: bytes, pcrs: dict[int, bytes], refs: References,
                  boot_banks: dict[str, dict[int, bytes]] | None = None) -> list[Finding]:
     """The IMA component's verification of the list, against the quoted (trusted) PCR values."""
+    return ima_findings_since(data, pcrs, refs, boot_banks)[0]
+
+
+def ima_findings_since(data: bytes, pcrs: dict[int, bytes], refs: References,
+                       boot_banks: dict[str, dict[int, bytes]] | None = None, boot: int = 0,
+                       progress: ImaProgress | None = None) -> tuple[list[Finding], ImaProgress | None]:
+    """`ima_findings`, walking only the entries after `progress` (the node's state from the last
+    round, None at first) when it belongs to the same boot (`boot`: the quote's resetCount);
+    returns the findings, identical to a full check's, and the state to keep for the next round."""
     from obelisk.core.errors import ParseError
+    from obelisk.ima_policy import progress as imaprogress
     from obelisk.ima_policy import verify as imaverify
     from obelisk.ima_policy.pcrs import PcrValues
 
     quoted10 = pcrs.get(10)
     if quoted10 is None:
         return [_f("ima.pcr10", "IMA measurement list replays to the quoted PCR 10", Status.FAIL,
-                   detail="PCR 10 was not quoted")]
+                   detail="PCR 10 was not quoted")], None
     options = imaverify.VerifyOptions(
         banks=("sha256",), pcrs=PcrValues({"sha256": {10: quoted10}}),
         boot_pcrs={**(boot_banks or {}), "sha256": {i: pcrs[i] for i in range(10) if i in pcrs}},
         reference=refs.ima_reference, keyring=refs.keyring, workers=1)
     try:
-        result = imaverify.verify_log(data, "evidence: ima_log", options)
+        result, state = imaprogress.verify_since(data, "evidence: ima_log", options, boot, progress)
     except ParseError as exc:
         return [_f("ima.pcr10", "IMA measurement list replays to the quoted PCR 10", Status.FAIL,
-                   detail=str(exc))]
-    return list(result.report.findings)
+                   detail=str(exc))], None
+    return list(result.report.findings), state

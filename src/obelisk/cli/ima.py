@@ -7,7 +7,7 @@ import argparse
 from obelisk.cli.common import add_output_options, add_quiet, emit_report, emit_result, output_format
 from obelisk.cli.main import subcommand_group
 
-MAX_MEASUREMENT_LIST = 1 << 30  # ascii lists of long-running nodes reach hundreds of MB
+MAX_MEASUREMENT_LIST = 1 << 40  # mapped and streamed, never held in memory: any real list fits
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -91,7 +91,9 @@ def _log_verify(args: argparse.Namespace) -> int:
     banks = tuple(b.strip() for b in args.banks.split(",") if b.strip()) if args.banks else None
     with progress("verifying IMA measurement list", quiet=args.quiet) as bar:
         bar.stage("reading inputs")
-        data = _read(args.log, "measurement list", MAX_MEASUREMENT_LIST)
+        from obelisk.core.inputs import map_bounded
+
+        data = map_bounded(args.log, "measurement list", MAX_MEASUREMENT_LIST)  # streamed: pages dropped once walked
         manifest = reference.load(args.reference) if args.reference else None
         boot_pcrs = None
         if args.eventlog:

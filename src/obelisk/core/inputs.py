@@ -8,6 +8,7 @@ blocking: the file is opened with O_NONBLOCK and checked with fstat before anyth
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 
@@ -53,3 +54,29 @@ def read_bounded(path: str | os.PathLike[str], what: str, limit: int) -> bytes:
     if size > limit:
         raise InputError(f"{what} larger than {limit} bytes", source=name)
     return b"".join(chunks)
+
+
+def map_bounded(path: str | os.PathLike[str], what: str, limit: int) -> bytes | mmap.mmap:
+    """A read-only mapping of the regular file `path`, for inputs read once from start to end
+    that may be larger than memory; pseudo files that report size 0 (securityfs, procfs) and
+    empty files are read with `read_bounded` instead. Same errors as `read_bounded`."""
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise InputError(f"cannot read {what}: not found", source=name) from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what}: {exc.strerror}", source=name) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"cannot read {what}: it is {_kind(st.st_mode)}, not a regular file", source=name)
+        if st.st_size > limit:
+            raise InputError(f"{what} larger than {limit} bytes", source=name)
+        if st.st_size == 0:
+            return read_bounded(name, what, limit)
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        raise InputError(f"cannot read {what}: {exc.strerror}", source=name) from None
+    finally:
+        os.close(fd)

@@ -3,7 +3,12 @@
 A list is cut into chunks at entry boundaries; each worker process walks its chunk,
 recomputes every template hash, hashes the template data for each PCR bank, and checks
 each measured file against the reference manifest and trusted keys. The PCR fold,
-which is sequential by nature, happens afterwards per bank (`fold`).
+which is sequential by nature, happens in the calling process chunk by chunk as the results
+arrive in order (`RunningPcr`), while the workers walk the next chunks.
+
+The list may be an mmap of the file: chunks are found lazily, at most IN_FLIGHT per worker
+are queued, and the pages of a walked chunk are handed back to the kernel, so the memory
+used does not grow with the list's length.
 
 Binary chunks are cut where an entry header (PCR 10 and one of the template names seen at
 the start of the list) recurs; a chunk is accepted only if the previous chunk's last entry ends exactly where
@@ -14,13 +19,15 @@ and that part of the list is re-walked from the true boundary.
 from __future__ import annotations
 
 import binascii
+import collections
 import hashlib
+import mmap
 import multiprocessing
 import os
 import re
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +47,15 @@ from obelisk.ima_policy.measurement_list import (
 from obelisk.ima_policy.reference import ANY_DIGEST, ReferenceManifest
 from obelisk.ima_policy.replay import BANK_SIZES, IMA_PCR
 
-CHUNK_TARGET = 4 * 1024 * 1024  # bytes of list per task
+CHUNK_TARGET = 2 * 1024 * 1024  # bytes of list per task (bounds the memory of each worker)
+SPLIT_WINDOW = 1024 * 1024  # bytes searched for a chunk boundary past each target
+IN_FLIGHT = 2  # chunks queued per worker: bounds the results waiting to be folded
 
-_Unpack = Callable[[bytes, int], tuple[Any, ...]]  # a bound struct.Struct.unpack_from
+# The list: bytes, or a read-only mmap of the file (pages are dropped once walked, so a
+# list of any length is checked in bounded memory).
+ListData = bytes | mmap.mmap
+
+_Unpack = Callable[["ListData", int], tuple[Any, ...]]  # a bound struct.Struct.unpack_from
 _BankOut = tuple[Callable[[bytes], "hashlib._Hash"], Callable[[bytes], None]]  # (hash constructor, append)
 
 
@@ -60,6 +73,8 @@ class Problem:
 class ChunkResult:
     start: int
     end: int = 0
+    stop: int = 0  # the end of the range the chunk was asked to walk
+    lines: int = 0  # ascii: newlines in [start, end) (the chunk's share of the line numbers)
     count: int = 0  # entries walked
     # per-bank extend digests of the PCR-10 entries (all ones for violations); "sha1" always present
     bank_digests: dict[str, bytes] = field(default_factory=dict)
@@ -69,11 +84,12 @@ class ChunkResult:
     stats: Counter = field(default_factory=Counter)
     first: tuple[str, str, bytes] | None = None  # (path, algo, digest) of the list's first entry
     error: str | None = None
+    error_offset: int | None = None
 
 
 @dataclass
 class Job:
-    data: bytes
+    data: ListData
     encoding: str
     byte_order: ByteOrder
     banks: tuple[str, ...]
@@ -86,7 +102,7 @@ class Job:
 _JOB: Job | None = None  # set before the worker processes fork, so they share the list's bytes
 
 
-def _ascii_chunk(data: bytes, start: int, stop: int, first_number: int, source: str) -> tuple[bytes, list[int]]:
+def _ascii_chunk(data: ListData, start: int, stop: int, first_number: int, source: str) -> tuple[bytes, list[int]]:
     """The ascii lines in [start, stop) as a little-endian binary list, and each entry's line number.
 
     Plain `ima-ng` lines take a fast path; any other line, or one the fast path cannot read,
@@ -140,20 +156,37 @@ def _ascii_chunk(data: bytes, start: int, stop: int, first_number: int, source: 
 def check_range(start: int, stop: int, first_number: int = 1) -> ChunkResult:
     job = _JOB
     assert job is not None
-    res = ChunkResult(start)
+    res = ChunkResult(start, stop=stop)
     try:
         if job.encoding == ASCII:
             buf, numbers = _ascii_chunk(job.data, start, stop, first_number, job.source)
             _walk(job, res, buf, 0, len(buf), "little", numbers, start == 0)
             res.end = stop
+            res.lines = job.data[start:stop].count(b"\n")
         else:
             res.end = _walk(job, res, job.data, start, stop, job.byte_order, None, start == 0, first_number)
     except ParseError as exc:
         res.error = str(exc)
+        res.error_offset = exc.offset
+    _drop_pages(job.data, start, max(res.end, stop))
     return res
 
 
-def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order: ByteOrder,
+_FOLIO = 2 * 1024 * 1024  # a fault may map a whole large folio around the byte touched
+
+
+def _drop_pages(data: ListData, start: int, end: int) -> None:
+    """Let the kernel take back the walked pages of a mapped list (they are not read again), and
+    whatever a fault mapped around them."""
+    if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        start = max(0, start - _FOLIO)
+        first = start - start % mmap.PAGESIZE
+        end = min(end + _FOLIO, len(data))
+        if end > first:
+            data.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+
+def _walk(job: Job, res: ChunkResult, data: ListData, start: int, stop: int, order: ByteOrder,
           numbers: list[int] | None, at_list_start: bool, first_number: int = 1) -> int:
     """Check the binary entries from `start` until one begins at or after `stop`; return the end offset.
 
@@ -206,7 +239,7 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
         if pcr > MAX_PCR:
             raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
         p = off + 28
-        if nlen != name_len or not data.startswith(name_raw, p):
+        if nlen != name_len or data.find(name_raw, p, p + nlen) != p:
             tpl = _template(data, p, nlen, end, number, source, off)
             name_raw = data[p:p + nlen]
             name_len = nlen
@@ -260,7 +293,7 @@ def _walk(job: Job, res: ChunkResult, data: bytes, start: int, stop: int, order:
     return off
 
 
-def _run(data: bytes, off: int, stop: int, header: _Unpack, u32: _Unpack, name_raw: bytes, three: bool,
+def _run(data: ListData, off: int, stop: int, header: _Unpack, u32: _Unpack, name_raw: bytes, three: bool,
          sha1_app: Callable[[bytes], None], other_banks: Sequence[_BankOut],
          files_get: Callable[[str], str | tuple[str, ...] | None] | None,
          prefixes: dict[bytes, str]) -> tuple[int, int, int]:
@@ -270,13 +303,14 @@ def _run(data: bytes, off: int, stop: int, header: _Unpack, u32: _Unpack, name_r
     end = len(data)
     nlen = len(name_raw)
     name_at = 28
+    find = data.find  # bytes and mmap both have it (mmap has no startswith)
     count = matched = 0
     # with exactly one other bank (the usual case), its hash and output are bound outside the loop
     ctor1, app1 = other_banks[0] if len(other_banks) == 1 else (None, None)
     try:
         while off < stop:
             pcr, listed, nl = header(data, off)
-            if pcr != 10 or nl != nlen or not data.startswith(name_raw, off + name_at):
+            if pcr != 10 or nl != nlen or find(name_raw, off + name_at, off + name_at + nlen) < 0:
                 break
             p = off + 32 + nlen
             dlen = u32(data, p - 4)[0]
@@ -324,7 +358,7 @@ def _run(data: bytes, off: int, stop: int, header: _Unpack, u32: _Unpack, name_r
 _FAST = {("d-ng", "n-ng"): 2, ("d-ngv2", "n-ng"): 2, ("d-ng", "n-ng", "sig"): 3, ("d-ngv2", "n-ng", "sig"): 3}
 
 
-def _template(data: bytes, p: int, nlen: int, end: int, number: int, source: str, off: int) -> templates.Template:
+def _template(data: ListData, p: int, nlen: int, end: int, number: int, source: str, off: int) -> templates.Template:
     if nlen == 0 or nlen > templates.MAX_TEMPLATE_NAME or nlen > end - p:
         raise ParseError(f"entry {number}: template name length {nlen} invalid ({end - p} bytes left)",
                          source=source, offset=off + 24)
@@ -448,84 +482,129 @@ class _EntryContext:
 
 def split_points(job: Job) -> list[int]:
     """Candidate chunk starts (0 first)."""
+    return list(iter_split_points(job))
+
+
+def iter_split_points(job: Job, start: int = 0) -> Iterator[int]:
+    """Candidate chunk starts (`start` first), found lazily: only a window past each target is searched."""
     data = job.data
     n = len(data)
-    if n <= CHUNK_TARGET:
-        return [0]
-    points = [0]
+    yield start
+    if n - start <= CHUNK_TARGET:
+        return
     if job.encoding == ASCII:
-        pos = CHUNK_TARGET
+        pos = start + CHUNK_TARGET
         while pos < n:
             nl = data.find(b"\n", pos)
+            _drop_pages(data, pos, max(nl, pos))
             if nl < 0 or nl + 1 >= n:
-                break
-            points.append(nl + 1)
+                return
+            yield nl + 1
             pos = nl + 1 + CHUNK_TARGET
-        return points
+        return
     # cut where a PCR-10 entry of a template seen among the first entries begins
     names: set[bytes] = set()
     try:
-        for _, _, _, _, name, _ in iter_binary(data, 0, min(n, 64 * 1024), job.byte_order, 1, job.source):
+        head = data[:min(n, 64 * 1024)]
+        _drop_pages(data, 0, len(head))
+        for _, _, _, _, name, _ in iter_binary(head, 0, len(head), job.byte_order, 1, job.source):
             names.add(name.encode("ascii"))
             if len(names) >= 8:
                 break
     except ParseError:
-        pass  # the walk will name the problem
+        pass  # the walk will name the problem (a partial last entry of the head ends the scan)
     if not names:
-        return [0]
+        return
     u = job.byte_order
     alternatives = b"|".join(re.escape(len(nm).to_bytes(4, u) + nm) for nm in sorted(names))
     header = re.compile(re.escape(IMA_PCR.to_bytes(4, u)) + b".{20}(?:" + alternatives + b")", re.S)
-    pos = CHUNK_TARGET
+    pos = start + CHUNK_TARGET
     while pos < n:
-        m = header.search(data, pos)
-        if m is None:
-            break
-        points.append(m.start())
+        m = header.search(data, pos, min(n, pos + SPLIT_WINDOW))
+        if m is None:  # no entry header near the target: try further on (that chunk grows)
+            _drop_pages(data, pos, pos + SPLIT_WINDOW)
+            pos += SPLIT_WINDOW
+            continue
+        _drop_pages(data, pos, m.end())
+        yield m.start()
         pos = m.start() + CHUNK_TARGET
-    return points
 
 
 def run(job: Job, workers: int | None = None) -> list[ChunkResult]:
     """Walk the whole list; results in order, each starting where the previous ended."""
+    return list(iter_run(job, workers))
+
+
+def iter_run(job: Job, workers: int | None = None, start: int = 0, entries_before: int = 0,
+             lines_before: int = 0) -> Iterator[ChunkResult]:
+    """Walk the list from `start` (an entry boundary, after `entries_before` entries and, in an
+    ascii list, `lines_before` lines), yielding the chunk results in order, each starting where
+    the previous ended; at most IN_FLIGHT chunks per worker are ahead of the consumer (bounded memory)."""
     global _JOB
     _JOB = job
     try:
-        points = split_points(job)
         workers = workers or os.cpu_count() or 1
-        ranges = [(p, (points[i + 1] if i + 1 < len(points) else len(job.data))) for i, p in enumerate(points)]
-        if workers > 1 and len(ranges) > 1 and "fork" in multiprocessing.get_all_start_methods():
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(min(workers, len(ranges))) as pool:
-                raw = pool.starmap(check_range, [(a, b, 1) for a, b in ranges], chunksize=1)
-                results = _stitch(job, raw)
+        n = len(job.data)
+        points = iter_split_points(job, start)
+        ranges = _ranges(points, n)
+        if workers > 1 and n - start > CHUNK_TARGET and "fork" in multiprocessing.get_all_start_methods():
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            try:
+                yield from _stitch(job, _pipelined(pool, ranges, workers * IN_FLIGHT), start, entries_before,
+                                   lines_before)
+            finally:
+                # close, not terminate: at most IN_FLIGHT chunks per worker are left to finish, and
+                # Pool.terminate can deadlock on the task queue's lock held by an idle worker
+                pool.close()
+                pool.join()
         else:
-            results = _stitch(job, [check_range(a, b, 1) for a, b in ranges])
-        return results
+            yield from _stitch(job, (check_range(a, b, 1) for a, b in ranges), start, entries_before, lines_before)
     finally:
         _JOB = None
 
 
-def _stitch(job: Job, raw: list[ChunkResult]) -> list[ChunkResult]:
+def _ranges(points: Iterator[int], n: int) -> Iterator[tuple[int, int]]:
+    prev = next(points, 0)
+    for p in points:
+        yield prev, p
+        prev = p
+    yield prev, n
+
+
+def _pipelined(pool: Any, ranges: Iterator[tuple[int, int]], depth: int) -> Iterator[ChunkResult]:
+    """check_range over `ranges` in the pool, in order, with at most `depth` queued."""
+    queue: collections.deque = collections.deque()
+    for a, b in ranges:
+        queue.append(pool.apply_async(check_range, (a, b, 1)))
+        if len(queue) >= depth:
+            yield queue.popleft().get()
+    while queue:
+        yield queue.popleft().get()
+
+
+def _stitch(job: Job, raw: Iterator[ChunkResult], expected_start: int = 0, entries_before: int = 0,
+            lines_before: int = 0) -> Iterator[ChunkResult]:
     """Keep chunks while they join up; re-walk from the true boundary after a false cut."""
-    out: list[ChunkResult] = []
-    expected_start = 0
-    entries_before = 0
+    n = len(job.data)
     for res in raw:
-        if res.start != expected_start:  # a false cut: walk the rest of the list in one piece
-            res = check_range(expected_start, len(job.data), 1)
-        base = job.data.count(b"\n", 0, res.start) if job.encoding == ASCII else entries_before
+        if res.start != expected_start:  # a false cut: walk this chunk's range from the true boundary
+            if expected_start >= res.stop and res.stop < n:
+                continue  # the previous chunk ran past this whole range
+            res = check_range(expected_start, max(res.stop, expected_start), 1)
+        base = lines_before if job.encoding == ASCII else entries_before
         if res.error is not None:
             # re-run with true entry numbers so the message names the right entry
-            again = check_range(res.start, len(job.data), base + 1)
-            raise ParseError(again.error or res.error)
+            again = check_range(res.start, res.stop, base + 1)
+            exc = ParseError(again.error or res.error)
+            exc.offset = again.error_offset  # the message already names the source and offset
+            raise exc
         _rebase(res, base)
-        out.append(res)
+        yield res
         entries_before += res.count
+        lines_before += res.lines
         expected_start = res.end
-        if res.end >= len(job.data):
+        if res.end >= n:
             break
-    return out
 
 
 def _rebase(res: ChunkResult, base: int) -> None:
@@ -536,13 +615,32 @@ def _rebase(res: ChunkResult, base: int) -> None:
 
 # ----------------------------------------------------------------------------- PCR fold
 
-def fold(bank: str, digests: bytes, target: bytes | None = None) -> tuple[bytes, list[int]]:
-    """Extend `digests` (concatenated) into a zeroed PCR; also every 1-based position at
-    which the running value equals `target`."""
+class RunningPcr:
+    """One bank's PCR 10 extended chunk after chunk: the value, the entries folded, and the
+    last position (entries folded) at which the value equalled `target`."""
+
+    __slots__ = ("bank", "value", "target", "count", "last_match")
+
+    def __init__(self, bank: str, target: bytes | None = None, value: bytes | None = None, count: int = 0):
+        self.bank = bank
+        self.value = value if value is not None else bytes(BANK_SIZES[bank])
+        self.target = target
+        self.count = count
+        self.last_match: int | None = count if target is not None and target == self.value else None
+
+    def extend(self, digests: bytes) -> None:
+        size = BANK_SIZES[self.bank]
+        value, matches = _fold_from(self.bank, self.value, digests, self.target)
+        if matches:
+            self.last_match = self.count + matches[-1]
+        self.value = value
+        self.count += len(digests) // size
+
+
+def _fold_from(bank: str, value: bytes, digests: bytes, target: bytes | None) -> tuple[bytes, list[int]]:
     size = BANK_SIZES[bank]
     ctor = getattr(hashlib, bank)
-    value = bytes(size)
-    matches = [0] if target == value else []
+    matches: list[int] = []
     mv = memoryview(digests)
     if target is None:
         for i in range(0, len(digests), size):
@@ -555,29 +653,24 @@ def fold(bank: str, digests: bytes, target: bytes | None = None) -> tuple[bytes,
     return value, matches
 
 
-_FOLD_TASKS: list[tuple[str, bytes, bytes | None]] = []  # set before forking: workers read, nothing pickled
-
-
-def _fold_task(i: int) -> tuple[str, bytes, list[int]]:
-    bank, digests, target = _FOLD_TASKS[i]
-    value, matches = fold(bank, digests, target)
-    return bank, value, matches
-
-
-def fold_banks(tasks: list[tuple[str, bytes, bytes | None]], workers: int | None = None
-               ) -> dict[str, tuple[bytes, list[int]]]:
-    """Fold each bank, one bank per process (the digests are shared by fork, not sent)."""
-    global _FOLD_TASKS
-    workers = workers or os.cpu_count() or 1
-    total = sum(len(t[1]) for t in tasks)
-    _FOLD_TASKS = tasks
-    try:
-        if workers > 1 and len(tasks) > 1 and total > 4 * 1024 * 1024 \
-                and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
-                done = pool.map(_fold_task, range(len(tasks)), chunksize=1)
-        else:
-            done = [_fold_task(i) for i in range(len(tasks))]
-    finally:
-        _FOLD_TASKS = []
-    return {bank: (value, matches) for bank, value, matches in done}
+def merge(chunks: Iterator[ChunkResult], max_problems: int, on_chunk: Callable[[ChunkResult], None],
+          total: ChunkResult | None = None) -> ChunkResult:
+    """One result for the whole list from its chunks, in order (added to `total`, the result of
+    the entries before them): counts added, problems kept up to `max_problems`; `on_chunk` sees
+    each chunk (with its bank digests, which are then dropped)."""
+    total = total or ChunkResult(0)
+    for c in chunks:
+        on_chunk(c)
+        if total.count == 0 and c.start == 0:
+            total.first = c.first
+        total.count += c.count
+        total.lines += c.lines
+        total.end = c.end
+        total.other_pcrs.update(c.other_pcrs)
+        total.problem_counts.update(c.problem_counts)
+        total.stats.update(c.stats)
+        room = max_problems - len(total.problems)
+        if room > 0:
+            total.problems.extend(c.problems[:room])
+        c.bank_digests = {}
+    return total

@@ -8,6 +8,7 @@ the trusted certificates.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,27 +71,96 @@ class VerifyResult:
     replays: tuple[BankReplay, ...]
 
 
-def verify_log(data: bytes, source: str, options: VerifyOptions = VerifyOptions()) -> VerifyResult:
+@dataclass(frozen=True)
+class Resume:
+    """Where an earlier check of the same list stopped: the totals of its entries (`totals.end` is
+    the byte offset reached, an entry boundary), the PCR-10 entries among them, and each bank's
+    replay mode and running PCR 10 value there."""
+
+    totals: checker.ChunkResult
+    pcr10_entries: int
+    banks: tuple[tuple[str, str, bytes], ...]  # (bank, replay mode, running value)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A verification and what a later round needs to resume it (see `ima_policy.progress`)."""
+
+    result: VerifyResult
+    resume: Resume
+
+
+def verify_log(data: checker.ListData, source: str, options: VerifyOptions = VerifyOptions()) -> VerifyResult:
+    return check_log(data, source, options).result
+
+
+def check_log(data: checker.ListData, source: str, options: VerifyOptions = VerifyOptions(),
+              resume: Resume | None = None) -> Checked:
+    """Verify the list; with `resume`, only the entries after `resume.totals.end` are walked and the
+    PCR replay continues from the saved values. If a resumed replay matches no quoted value, the
+    whole list is checked again, so the result is always that of a full check."""
     if options.mode not in (AUTO, PER_BANK, SHA1_PADDED):
         raise InputError(f"replay mode {options.mode!r} is not one of auto, per-bank, sha1-padded")
-    encoding = detect_encoding(data)
-    order = "little" if encoding == ASCII or not data else detect_byte_order(data, source)
+    encoding = detect_encoding(data[:1])
+    order = "little" if encoding == ASCII or not data else detect_byte_order(data[:4], source)
     quoted = options.pcrs.banks if options.pcrs else {}
     banks = check_banks(options.banks or tuple(b for b in BANKS if b in quoted) or BANKS)
     job = checker.Job(data, encoding, order, banks, options.reference, options.keyring,
                       options.max_findings, source)
-    chunks = checker.run(job, options.workers)
+    targets = {b: quoted.get(b, {}).get(IMA_PCR) for b in banks}
+    first_mode = SHA1_PADDED if options.mode == SHA1_PADDED else PER_BANK
+    if resume is not None:
+        saved = {b: (mode, value) for b, mode, value in resume.banks}
+        totals = copy.deepcopy(resume.totals)
+        folds = [checker.RunningPcr(b, targets[b], saved[b][1], resume.pcr10_entries) for b in banks]
+        modes = [saved[b][0] for b in banks]
+        n10 = resume.pcr10_entries
+    else:
+        totals = checker.ChunkResult(0)
+        folds = [checker.RunningPcr(b, targets[b]) for b in banks]
+        modes = [first_mode for _ in banks]
+        n10 = 0
+    counted = [n10]
 
-    total = sum(c.count for c in chunks)
-    sha1_digests = b"".join(c.bank_digests["sha1"] for c in chunks)
-    n10 = len(sha1_digests) // 20
-    replays = _replay(chunks, banks, sha1_digests, quoted, options)
+    def fold_chunk(chunk: checker.ChunkResult) -> None:
+        sha1 = chunk.bank_digests["sha1"]
+        counted[0] += len(sha1) // 20
+        for f, mode in zip(folds, modes):
+            f.extend(chunk.bank_digests[f.bank] if mode == PER_BANK else _padded(f.bank, sha1))
 
+    chunks = checker.iter_run(job, options.workers, totals.end, totals.count, totals.lines)
+    merged = checker.merge(chunks, options.max_findings, fold_chunk, totals)
+    n10 = counted[0]
+    replays = [BankReplay(f.bank, f.value, mode, f.target, f.last_match) for f, mode in zip(folds, modes)]
+    retry = [f.bank for f in folds if f.target is not None and f.last_match is None and options.mode == AUTO]
+    if resume is not None and any(f.target is not None and f.last_match is None for f in folds):
+        return check_log(data, source, options)  # a full check decides (prefixes, the other replay mode)
+    if retry:  # an older kernel: SHA-1 template hash zero-padded into every bank (a second pass)
+        again = [checker.RunningPcr(b, targets[b]) for b in retry]
+
+        def fold_padded(chunk: checker.ChunkResult) -> None:
+            for f in again:
+                f.extend(_padded(f.bank, chunk.bank_digests["sha1"]))
+
+        sha1_job = checker.Job(data, encoding, order, ("sha1",), None, None, 0, source)
+        checker.merge(checker.iter_run(sha1_job, options.workers), 0, fold_padded)
+        for f in again:
+            if f.last_match is not None:
+                i = banks.index(f.bank)
+                replays[i] = BankReplay(f.bank, f.value, SHA1_PADDED, f.target, f.last_match)
+    result = _result(merged, n10, replays, encoding, order, quoted, options, source)
+    return Checked(result, Resume(copy.deepcopy(merged), n10, tuple((r.bank, r.mode, r.value) for r in replays)))
+
+
+def _result(merged: checker.ChunkResult, n10: int, replays: list[BankReplay], encoding: str, order: str,
+            quoted: dict[str, dict[int, bytes]], options: VerifyOptions, source: str) -> VerifyResult:
+    chunks = [merged]
+    total = merged.count
     findings: list[Finding] = []
     subject_name = source
     findings += _template_findings(chunks, total, source)
     findings += _pcr_findings(replays, n10, source)
-    first = chunks[0].first if chunks else None
+    first = merged.first
     findings += _boot_aggregate_findings(first, options.boot_pcrs or quoted, source,
                                          "the event log" if options.boot_pcrs else "--pcrs")
     if options.boot_pcrs and quoted:
@@ -100,9 +170,7 @@ def verify_log(data: bytes, source: str, options: VerifyOptions = VerifyOptions(
     attributes = [("entries", str(total)), ("encoding", encoding)]
     if encoding != ASCII:
         attributes.append(("byte-order", order))
-    other: Counter[int] = Counter()
-    for c in chunks:
-        other.update(c.other_pcrs)
+    other = merged.other_pcrs
     if other:
         attributes.append(("entries-other-pcrs", ", ".join(f"PCR {p}: {n}" for p, n in sorted(other.items()))))
     for r in replays:
@@ -119,32 +187,6 @@ def _padded(bank: str, sha1_digests: bytes) -> bytes:
         return sha1_digests
     pad = bytes(size - 20)
     return b"".join(sha1_digests[i:i + 20] + pad for i in range(0, len(sha1_digests), 20))
-
-
-def _replay(chunks: Sequence[checker.ChunkResult], banks: tuple[str, ...], sha1_digests: bytes,
-            quoted: dict[str, dict[int, bytes]], options: VerifyOptions) -> list[BankReplay]:
-    per_bank = {b: b"".join(c.bank_digests[b] for c in chunks) for b in banks}
-    targets = {b: quoted.get(b, {}).get(IMA_PCR) for b in banks}
-    first_mode = SHA1_PADDED if options.mode == SHA1_PADDED else PER_BANK
-    tasks = []
-    for b in banks:
-        digests = per_bank[b] if first_mode == PER_BANK else _padded(b, sha1_digests)
-        tasks.append((b, digests, targets[b]))
-    done = checker.fold_banks(tasks, options.workers)
-    out = []
-    retry = []
-    for b in banks:
-        value, matches = done[b]
-        if targets[b] is not None and not matches and options.mode == AUTO:
-            retry.append(b)
-        out.append(BankReplay(b, value, first_mode, targets[b], (matches[-1] if matches else None)))
-    if retry:  # an older kernel: SHA-1 template hash zero-padded into every bank
-        again = checker.fold_banks([(b, _padded(b, sha1_digests), targets[b]) for b in retry], options.workers)
-        for i, r in enumerate(out):
-            if r.bank in again and again[r.bank][1]:
-                value, matches = again[r.bank]
-                out[i] = BankReplay(r.bank, value, SHA1_PADDED, r.quoted, (matches[-1] if matches else None))
-    return out
 
 
 def _template_findings(chunks: Sequence[checker.ChunkResult], total: int, source: str) -> list[Finding]:
