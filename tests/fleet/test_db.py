@@ -1,0 +1,47 @@
+"""The fleet database: the shipped alembic migrations create exactly the models' schema."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import pytest
+from sqlalchemy import inspect
+
+from obelisk.fleet import db
+
+
+def test_migrations_create_the_models_schema(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    sessions = db.open_database(str(tmp_path / "fleet.db"))
+    engine = sessions.kw["bind"]
+    assert db.current_revision(engine) == "0001"
+    assert set(inspect(engine).get_table_names()) == {"alembic_version", "images", "nodes", "nonces", "attestations",
+                                                      "events", "audit"}
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), db.Base.metadata) == []
+    # opening again (a second `serve`, a restart) migrates nothing and keeps the data
+    with sessions.begin() as s:
+        s.add(db.Audit(at=db.utcnow(), subject="CN=a", action="x", target="t", outcome="ok", detail=""))
+    again = db.open_database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    with again() as s:
+        row = s.query(db.Audit).one()
+        assert row.subject == "CN=a" and row.at.tzinfo is _dt.UTC
+
+
+def test_the_migrations_ship_inside_the_package():
+    assert (db.MIGRATIONS / "env.py").is_file()
+    assert sorted(p.name for p in (db.MIGRATIONS / "versions").glob("*.py")) == ["0001_initial.py"]
+
+
+def test_an_unusable_database_is_one_clear_error(tmp_path):
+    from obelisk.core.errors import InputError
+
+    with pytest.raises(InputError, match="fleet database"):
+        db.open_database(str(tmp_path / "missing-dir" / "fleet.db"))
+    from sqlalchemy.exc import StatementError
+
+    with pytest.raises(StatementError, match="naive"):
+        with db.open_database(str(tmp_path / "f.db")).begin() as s:
+            s.add(db.Audit(at=_dt.datetime(2026, 1, 1), subject="", action="", target="", outcome="", detail=""))

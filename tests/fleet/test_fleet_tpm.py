@@ -1,0 +1,203 @@
+"""The fleet with real swtpm-backed host-side nodes, over real HTTPS on 127.0.0.1, state in SQLite."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sqlite3
+
+import pytest
+
+from obelisk.fleet.client import FleetClientError
+from obelisk.tpm.swtpm import SoftwareTPM
+from tests.fleet.conftest import IMAGE, make_node, signed_manifest
+
+pytestmark = pytest.mark.swtpm
+
+
+def _statuses(svc) -> dict[str, str]:
+    return {n["id"]: n["status"] for n in svc.fleet.nodes()}
+
+
+def test_two_nodes_register_wait_for_approval_and_become_trusted(pki, fleet_service, tmp_path, obelisk_cli):
+    svc = fleet_service
+    op = svc.operator(pki)
+    added = op.add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
+    assert added["image"] == IMAGE
+    with SoftwareTPM.start(tmp_path / "tpm-a") as tpm_a, SoftwareTPM.start(tmp_path / "tpm-b") as tpm_b:
+        a = make_node(tpm_a, tmp_path / "a", svc.url, pki)
+        b = make_node(tpm_b, tmp_path / "b", svc.url, pki)
+        assert a.register("node-a")["status"] == "pending"
+        assert b.register("node-b")["status"] == "pending"
+        assert a.node != b.node
+        # pending: no nonce, so no round
+        with pytest.raises(FleetClientError, match="pending") as exc:
+            a.nonce()
+        assert exc.value.status == 403
+        assert _statuses(svc) == {a.node: "pending", b.node: "pending"}
+
+        # the operator approves, through the CLI (mTLS; audited with the certificate's subject)
+        env = {"OBELISK_FLEET_URL": svc.url, "OBELISK_FLEET_CA": pki["ca"],
+               "OBELISK_FLEET_CERT": str(pki["operator"].cert), "OBELISK_FLEET_KEY": str(pki["operator"].key)}
+        for node in (a.node, b.node):
+            res = obelisk_cli("fleet", "approve", node, "--format", "json", env=env)
+            assert res.returncode == 0, res.stderr
+            assert json.loads(res.stdout) == {"id": node, "status": "approved"}
+
+        # two rounds each: every one verifies against the image manifest
+        for _ in range(2):
+            for node in (a, b):
+                result = node.round()
+                assert result["passed"] and result["status"] == "trusted", result["summary"]
+        res = obelisk_cli("fleet", "nodes", "--format", "json", env=env)
+        assert res.returncode == 0, res.stderr
+        nodes = {n["id"]: n for n in json.loads(res.stdout)["nodes"]}
+        assert set(nodes) == {a.node, b.node}
+        for n in nodes.values():
+            assert n["image"] == IMAGE and n["status"] == "trusted" and n["last_attested"].endswith("Z")
+
+        # the round's report is the verifier's: quote, event log, IMA list all checked and passed
+        hist = op.history(a.node)
+        rounds = [r for r in hist if r["type"] == "attestation"]
+        assert len(rounds) == 2 and all(r["passed"] for r in rounds)
+        report = op.request("GET", f"/v1/attestations/{rounds[0]['id']}")
+        found = {f["id"]: f["status"] for f in report["findings"]}
+        for check in ("attest.quote.signature", "attest.quote.nonce", "attest.quote.signer", "attest.quote.pcr-digest",
+                      "attest.eventlog.pcr0", "attest.eventlog.pcr7", "ima.pcr.10.sha256", "ima.reference",
+                      "attest.reference.signature"):
+            assert found[check] == "pass", (check, found.get(check))
+        kinds = [r["kind"] for r in hist if r["type"] == "event"]
+        assert kinds == ["registered", "ak-activated", "approve", "attested"]
+
+        # replays: the same evidence again, and a registration challenge answered twice
+        nonce = a.nonce()
+        bundle = a.collect(nonce)
+        assert a.push(bundle)["passed"]
+        with pytest.raises(FleetClientError, match="already used") as exc:
+            a.push(bundle)
+        assert exc.value.status == 409
+
+        # history keeps every round exactly once (3 for a: the replay added none), in the database too
+        assert len([r for r in op.history(a.node) if r["type"] == "attestation"]) == 3
+        with sqlite3.connect(svc.db) as conn:
+            per_node = dict(conn.execute("SELECT node_id, count(*) FROM attestations GROUP BY node_id").fetchall())
+            assert per_node == {a.node: 3, b.node: 2}
+            nonces = conn.execute("SELECT count(*) FROM attestations GROUP BY nonce_id HAVING count(*) > 1").fetchall()
+            assert nonces == []
+            audit = conn.execute("SELECT subject, action, target, outcome FROM audit ORDER BY id").fetchall()
+        assert ("CN=alice", "approve", a.node, "ok") in audit and ("CN=alice", "image-add", IMAGE, "ok") in audit
+
+        res = obelisk_cli("fleet", "audit", "--format", "json", env=env)
+        assert res.returncode == 0 and [r["action"] for r in json.loads(res.stdout)["audit"]] == \
+            ["image-add", "approve", "approve"]
+
+        # silence: three intervals without evidence make a node unreachable (the sweep, with a later clock)
+        later = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=3 * svc.fleet.interval + 5)
+        svc.fleet.now = lambda: later
+        assert sorted(svc.fleet.sweep()) == sorted([a.node, b.node])
+        assert set(_statuses(svc).values()) == {"unreachable"}
+        svc.fleet.now = lambda: _dt.datetime.now(_dt.UTC)
+        assert a.round()["status"] == "trusted"
+
+
+def test_replayed_registration_answer_is_refused(pki, fleet_service, tmp_path):
+    from obelisk.attest import credential
+    from obelisk.tpm import device
+
+    svc = fleet_service
+    svc.operator(pki).add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
+    with SoftwareTPM.start(tmp_path / "tpm") as tpm:
+        node = make_node(tpm, tmp_path / "n", svc.url, pki)
+        info = device.read_ak(tpm.tcti)
+        answer = node.client.request("POST", "/v1/node/register", {
+            "ek_public": info.ek_public.hex(), "ak_public": info.public.hex(), "image": IMAGE})
+        challenge = credential.parse(json.dumps(answer["challenge"]).encode())
+        secret = credential.activate(challenge, tpm.tcti, info.handle)
+        activation = {"challenge_id": answer["challenge_id"], "secret": secret.hex()}
+        assert node.client.request("POST", "/v1/node/activate", activation)["status"] == "pending"
+        with pytest.raises(FleetClientError, match="already used") as exc:
+            node.client.request("POST", "/v1/node/activate", activation)
+        assert exc.value.status == 409
+        # a wrong answer (not from the TPM) proves nothing
+        answer = node.client.request("POST", "/v1/node/register", {
+            "ek_public": info.ek_public.hex(), "ak_public": info.public.hex(), "image": IMAGE})
+        with pytest.raises(FleetClientError, match="not in the EK's TPM") as exc:
+            node.client.request("POST", "/v1/node/activate",
+                                {"challenge_id": answer["challenge_id"], "secret": "00" * 32})
+        assert exc.value.status == 403
+
+
+def test_unknown_ek_cannot_attest(pki, fleet_service, tmp_path):
+    svc = fleet_service
+    svc.operator(pki).add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
+    with SoftwareTPM.start(tmp_path / "known") as known_tpm, SoftwareTPM.start(tmp_path / "unknown") as other_tpm:
+        known = make_node(known_tpm, tmp_path / "k", svc.url, pki)
+        known.register()
+        svc.operator(pki).approve(known.node)
+        stranger = make_node(other_tpm, tmp_path / "u", svc.url, pki)
+        from obelisk.fleet.service import node_id_of
+        from obelisk.tpm import device
+
+        stranger.node = node_id_of(device.read_ak(other_tpm.tcti).ek_public)  # never registered
+        with pytest.raises(FleetClientError, match="unknown node") as exc:
+            stranger.nonce()
+        assert exc.value.status == 404
+        # a quote from the unknown TPM over the known node's nonce, pushed as the known node: its AK did not sign
+        nonce = known.nonce()
+        with pytest.raises(FleetClientError, match="unknown node"):
+            stranger.push(stranger.collect(nonce))
+        stranger.node = known.node
+        result = stranger.push(stranger.collect(nonce))
+        assert not result["passed"] and "attest.quote.signature" in result["summary"]
+        assert result["status"] == "failed"
+        # a second failed round in a row quarantines the node; a good round no longer lifts it
+        stranger.node = known.node
+        assert stranger.push(stranger.collect(known.nonce()))["status"] == "quarantined"
+        assert known.round() == {"node": known.node, "passed": True, "status": "quarantined",
+                                 "summary": "all checks passed"}
+
+
+def test_tampered_node_fails(pki, fleet_service, tmp_path):
+    from obelisk.tpm import device
+
+    svc = fleet_service
+    svc.operator(pki).add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
+    with SoftwareTPM.start(tmp_path / "tpm") as tpm:
+        node = make_node(tpm, tmp_path / "n", svc.url, pki)
+        node.register()
+        svc.operator(pki).approve(node.node)
+        assert node.round()["status"] == "trusted"
+        # something measured that the IMA list does not show (as a file run behind the kernel's back would)
+        device.extend_pcr(tpm.tcti, 10, b"an unlogged binary")
+        result = node.round()
+        assert result["status"] == "failed" and "ima" in result["summary"]
+
+
+def test_operator_certificate_of_another_ca_is_refused(pki, fleet_service, tmp_path):
+    svc = fleet_service
+    with pytest.raises(FleetClientError, match="TLS|Connection|EOF|reset"):
+        svc.operator(pki, "rogue").nodes()
+    # no certificate at all: the node endpoints answer, the operator's do not
+    from obelisk.fleet.client import FleetClient
+
+    with pytest.raises(FleetClientError, match="client certificate") as exc:
+        FleetClient(svc.url, pki["ca"]).nodes()
+    assert exc.value.status == 401
+    assert svc.operator(pki).nodes() == []
+
+
+def test_manifest_signed_by_another_ca_is_refused(pki, fleet_service, tmp_path, obelisk_cli):
+    svc = fleet_service
+    rogue = signed_manifest(tmp_path / "rogue", pki["other"])
+    env = {"OBELISK_FLEET_URL": svc.url, "OBELISK_FLEET_CA": pki["ca"],
+           "OBELISK_FLEET_CERT": str(pki["operator"].cert), "OBELISK_FLEET_KEY": str(pki["operator"].key)}
+    res = obelisk_cli("fleet", "image", "add", str(rogue), env=env)
+    assert res.returncode == 1 and "does not chain to the customer CA" in res.stderr, res.stderr
+    # a manifest changed after signing
+    good = signed_manifest(tmp_path / "good", pki["keys"])
+    good.write_bytes(good.read_bytes().replace(b'"n1"', b'"n2"', 1))
+    res = obelisk_cli("fleet", "image", "add", str(good), env=env)
+    assert res.returncode == 1 and "does not verify" in res.stderr, res.stderr
+    assert [(r["action"], r["outcome"]) for r in svc.operator(pki).audit()] == [("image-add", "refused")] * 2
+    with sqlite3.connect(svc.db) as conn:
+        assert conn.execute("SELECT count(*) FROM images").fetchone() == (0,)
