@@ -4,6 +4,7 @@ and host-side "nodes", each with its own swtpm and a simulated boot measured int
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,3 +126,48 @@ def make_node(tpm, out: Path, url: str, pki, image: str = IMAGE) -> NodeAgent:
     event_log, ima = boot_node(tpm, out, pki["keys"])
     return NodeAgent(FleetClient(url, pki["ca"], timeout=30), image=image, tcti=tpm.tcti, event_log=str(event_log),
                      ima_log=str(ima))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServeProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    stderr: Path
+
+
+def start_serve(pki, db: str, log: Path) -> ServeProcess:
+    """`obelisk fleet serve` as its own process (the user's command line), ready to answer."""
+    import os
+    import socket
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    handle = open(log, "wb")  # noqa: SIM115 - the process writes to it after this function returns
+    proc = subprocess.Popen([sys.executable, "-m", "obelisk", "fleet", "serve", "--db", db, "--listen",
+                             f"127.0.0.1:{port}", "--ca", pki["ca"], "--cert", str(pki["server"].cert),
+                             "--key", str(pki["server"].key), "--interval", "60"],
+                            stdout=subprocess.DEVNULL, stderr=handle, env=env)
+    handle.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"fleet serve exited {proc.returncode}: {log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return ServeProcess(proc, f"https://127.0.0.1:{port}", log)
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"fleet serve did not listen: {log.read_text()}")
