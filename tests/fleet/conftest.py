@@ -61,10 +61,16 @@ class Service:
 
 
 @pytest.fixture
-def fleet_service(pki, tmp_path):
+def db_url(tmp_path) -> str:
+    """The fleet's database: a SQLite file (tests/fleet/test_postgresql.py overrides it)."""
+    return str(tmp_path / "fleet.db")
+
+
+@pytest.fixture
+def fleet_service(pki, db_url):
     log: list[str] = []
-    db_path = tmp_path / "fleet.db"
-    fleet = service.open_fleet(str(db_path), Path(pki["ca"]).read_bytes(), interval=60)
+    db_path = Path(db_url)
+    fleet = service.open_fleet(db_url, Path(pki["ca"]).read_bytes(), interval=60)
     server = make_server(fleet, "127.0.0.1", 0, cert=str(pki["server"].cert), key=str(pki["server"].key),
                          client_ca=pki["ca"], log=log.append)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -20,7 +20,20 @@ def _statuses(svc) -> dict[str, str]:
 
 
 def test_two_nodes_register_wait_for_approval_and_become_trusted(pki, fleet_service, tmp_path, obelisk_cli):
-    svc = fleet_service
+    two_nodes_flow(pki, fleet_service, tmp_path, obelisk_cli)
+
+
+def _rows(svc, sql: str) -> list[tuple]:
+    """A query on the service's database, whatever its engine."""
+    from sqlalchemy import text
+
+    with svc.fleet.sessions() as s:
+        return [tuple(r) for r in s.execute(text(sql)).all()]
+
+
+def two_nodes_flow(pki, svc, tmp_path, obelisk_cli) -> None:
+    """Two swtpm nodes register, wait in pending, are approved, attest and become trusted; replays refused;
+    every round kept once; operator actions audited; silence makes them unreachable."""
     op = svc.operator(pki)
     added = op.add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
     assert added["image"] == IMAGE
@@ -79,12 +92,10 @@ def test_two_nodes_register_wait_for_approval_and_become_trusted(pki, fleet_serv
 
         # history keeps every round exactly once (3 for a: the replay added none), in the database too
         assert len([r for r in op.history(a.node) if r["type"] == "attestation"]) == 3
-        with sqlite3.connect(svc.db) as conn:
-            per_node = dict(conn.execute("SELECT node_id, count(*) FROM attestations GROUP BY node_id").fetchall())
-            assert per_node == {a.node: 3, b.node: 2}
-            nonces = conn.execute("SELECT count(*) FROM attestations GROUP BY nonce_id HAVING count(*) > 1").fetchall()
-            assert nonces == []
-            audit = conn.execute("SELECT subject, action, target, outcome FROM audit ORDER BY id").fetchall()
+        per_node = dict(_rows(svc, "SELECT node_id, count(*) FROM attestations GROUP BY node_id"))
+        assert per_node == {a.node: 3, b.node: 2}
+        assert _rows(svc, "SELECT count(*) FROM attestations GROUP BY nonce_id HAVING count(*) > 1") == []
+        audit = _rows(svc, "SELECT subject, action, target, outcome FROM audit ORDER BY id")
         assert ("CN=alice", "approve", a.node, "ok") in audit and ("CN=alice", "image-add", IMAGE, "ok") in audit
 
         res = obelisk_cli("fleet", "audit", "--format", "json", env=env)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 
 import pytest
 
@@ -19,13 +18,22 @@ def _operator(pki, url: str) -> FleetClient:
 
 
 @pytest.mark.swtpm
-def test_two_serve_processes_share_the_database_and_survive_sigkill(pki, tmp_path):
-    db = str(tmp_path / "fleet.db")
+def test_two_serve_processes_share_the_database_and_survive_sigkill(pki, tmp_path, db_url):
+    two_processes_flow(pki, tmp_path, db_url)
+
+
+def two_processes_flow(pki, tmp_path, db: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    from obelisk.fleet.db import database_url
+
     one = start_serve(pki, db, tmp_path / "one.log")
     two = start_serve(pki, db, tmp_path / "two.log")
     try:
-        with sqlite3.connect(db) as conn:  # migrated by `serve`, once
-            assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        engine = create_engine(database_url(db))
+        with engine.connect() as conn:  # migrated by `serve`, once
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [("0001",)]
+        engine.dispose()
         _operator(pki, one.url).add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
         with SoftwareTPM.start(tmp_path / "tpm") as tpm:
             node = make_node(tpm, tmp_path / "n", one.url, pki)
