@@ -35,14 +35,14 @@ def pki(tmp_path_factory):
     }
 
 
-def signed_manifest(out: Path, keys) -> Path:
+def signed_manifest(out: Path, keys, version: str = "1") -> Path:
     """The sample manifest (no PCR predictions), signed by `keys`' IMA/manifest key, as OUT/ of a build."""
     from obelisk.image import manifest as mf
     from obelisk.signer.keys import load_certificate, load_signing_key
     from tests.image.manifests import sample_manifest
 
     out.mkdir(parents=True, exist_ok=True)
-    data = mf.serialize(sample_manifest())
+    data = mf.serialize(sample_manifest(image=mf.Image(name="n1", version=version)))
     (out / "manifest.json").write_bytes(data)
     sig = mf.sign(data, load_signing_key(str(keys.ima_key)), load_certificate(keys.ima_cert))
     (out / "manifest.json.sig").write_bytes(mf.dumps(sig.to_json()))

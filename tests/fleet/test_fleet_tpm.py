@@ -212,3 +212,64 @@ def test_manifest_signed_by_another_ca_is_refused(pki, fleet_service, tmp_path, 
     assert [(r["action"], r["outcome"]) for r in svc.operator(pki).audit()] == [("image-add", "refused")] * 2
     with sqlite3.connect(svc.db) as conn:
         assert conn.execute("SELECT count(*) FROM images").fetchone() == (0,)
+
+
+def test_registration_changes_nothing_before_the_tpm_answers(pki, fleet_service, tmp_path):
+    """Someone with the node's EK public (not its TPM) registers it with their own AK and another image:
+    the node keeps its AK and image; the node itself re-registering for the new image moves it."""
+    from obelisk.tpm import device
+
+    svc = fleet_service
+    op = svc.operator(pki)
+    op.add_image(str(signed_manifest(tmp_path / "v1", pki["keys"], "1")))
+    op.add_image(str(signed_manifest(tmp_path / "v2", pki["keys"], "2")))
+    with SoftwareTPM.start(tmp_path / "victim") as victim_tpm, SoftwareTPM.start(tmp_path / "thief") as thief_tpm:
+        node = make_node(victim_tpm, tmp_path / "n", svc.url, pki)
+        node.register()
+        op.approve(node.node)
+        assert node.round()["status"] == "trusted"
+        victim = device.read_ak(victim_tpm.tcti)
+        thief = device.create_keys(thief_tpm.tcti)
+        answer = node.client.request("POST", "/v1/node/register", {
+            "ek_public": victim.ek_public.hex(), "ak_public": thief.public.hex(), "image": "n1:2"})
+        assert answer["node"] == node.node
+        with pytest.raises(FleetClientError, match="not in the EK's TPM"):
+            node.client.request("POST", "/v1/node/activate", {"challenge_id": answer["challenge_id"],
+                                                              "secret": "11" * 32})
+        assert [(n["image"], n["status"]) for n in op.nodes()] == [("n1:1", "trusted")]
+        assert node.round()["passed"]  # still its own AK
+        node.image = "n1:2"
+        node.register()
+        assert [n["image"] for n in op.nodes()] == ["n1:2"]
+        kinds = [r["kind"] for r in op.history(node.node) if r["type"] == "event"]
+        assert kinds[-1] == "image-changed" and "ak-changed" not in kinds
+
+
+def test_an_allowlisted_ek_needs_no_approval(pki, tmp_path):
+    import threading
+    from pathlib import Path
+
+    from obelisk.fleet import service
+    from obelisk.fleet.server import make_server
+    from obelisk.tpm import device
+
+    with SoftwareTPM.start(tmp_path / "tpm") as tpm:
+        device.create_keys(tpm.tcti)
+        allowed = service.node_id_of(device.read_ak(tpm.tcti).ek_public)
+        fleet = service.open_fleet(str(tmp_path / "f.db"), Path(pki["ca"]).read_bytes(),
+                                   ek_allowlist=frozenset({allowed}))
+        server = make_server(fleet, "127.0.0.1", 0, cert=str(pki["server"].cert), key=str(pki["server"].key),
+                             client_ca=pki["ca"], log=lambda _: None)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"https://127.0.0.1:{server.server_address[1]}"
+            from obelisk.fleet.client import FleetClient
+
+            FleetClient(url, pki["ca"], str(pki["operator"].cert), str(pki["operator"].key)).add_image(
+                str(signed_manifest(tmp_path / "out", pki["keys"])))
+            node = make_node(tpm, tmp_path / "n", url, pki)
+            assert node.register() == {"node": allowed, "status": "approved"}
+            assert node.round()["status"] == "trusted"
+        finally:
+            server.shutdown()
+            server.server_close()

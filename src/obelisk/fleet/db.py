@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -109,6 +110,7 @@ class Nonce(Base):
     purpose: Mapped[str] = mapped_column(String(20))  # round | credential
     secret_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     ak_public: Mapped[str | None] = mapped_column(Text, nullable=True)  # credential: the AK being proven
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), nullable=True)  # credential: its image
     issued_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -170,11 +172,18 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: object, _record: object) -> None:
-            cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+        def _pragmas(dbapi_connection: Any, _record: object) -> None:
+            dbapi_connection.isolation_level = None  # transactions begin below, not by the driver
+            cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Any) -> None:
+            # Take the write lock at the start: a transaction that read first and wrote later would fail at
+            # once with "database is locked" when another process wrote in between (SQLite cannot wait then).
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -250,13 +250,11 @@ class Fleet:
                 s.add(db.Event(node_id=node_id, at=now, kind="registered", old_status=None, new_status=PENDING,
                                detail=f"image {image}"))
                 self.log(f"node {node_id}: registered (image {image}), pending")
-            elif node.image_id != img.id:
-                self._change(s, node, node.status, "image-changed", f"now runs {image}")
-                node.image_id = img.id
+            # anything else the registration asks for (a new AK, another image) waits for the TPM's proof
             challenge_id = secrets.token_hex(NONCE_SIZE)
             s.add(db.Nonce(value=challenge_id, node_id=node_id, purpose=CREDENTIAL,
                            secret_sha256=hashlib.sha256(secret).hexdigest(), ak_public=ak_public.hex(),
-                           issued_at=now, expires_at=now + NONCE_TTL))
+                           image_id=img.id, issued_at=now, expires_at=now + NONCE_TTL))
         return {"node": node_id, "challenge_id": challenge_id,
                 "challenge": json.loads(credential.serialize(challenge))}
 
@@ -287,6 +285,11 @@ class Fleet:
             else:
                 s.add(db.Event(node_id=node.id, at=now, kind="ak-activated", old_status=node.status,
                                new_status=node.status, detail=""))
+            if row.image_id is not None and node.image_id != row.image_id:
+                image = s.get(db.Image, row.image_id)
+                assert image is not None
+                node.image_id = row.image_id
+                self._change(s, node, node.status, "image-changed", f"now runs {image.name}:{image.version}")
             if node.status == PENDING and node.id in self.ek_allowlist:
                 self._change(s, node, APPROVED, "approve", "EK on the allowlist")
             return {"node": node.id, "status": node.status}

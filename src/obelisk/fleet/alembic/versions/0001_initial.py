@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("purpose", sa.String(20), nullable=False),
         sa.Column("secret_sha256", sa.String(64), nullable=True),
         sa.Column("ak_public", sa.Text(), nullable=True),
+        sa.Column("image_id", sa.Integer(), sa.ForeignKey("images.id"), nullable=True),
         sa.Column("issued_at", UTCDateTime(), nullable=False),
         sa.Column("expires_at", UTCDateTime(), nullable=False),
         sa.Column("used_at", UTCDateTime(), nullable=True),
