@@ -181,7 +181,14 @@ def test_tampered_node_fails(pki, fleet_service, tmp_path):
         # something measured that the IMA list does not show (as a file run behind the kernel's back would)
         device.extend_pcr(tpm.tcti, 10, b"an unlogged binary")
         result = node.round()
-        assert result["status"] == "failed" and "ima" in result["summary"]
+        assert result["status"] == "failed" and "ima.pcr.10.sha256" in result["summary"]
+        assert "attest.quote.signature" not in result["summary"]  # a genuine quote: what it shows is wrong
+        # it stays wrong: the second failed round in a row quarantines the node, and only an operator lifts it
+        assert node.round()["status"] == "quarantined"
+        events = [(r["kind"], r["new_status"]) for r in svc.operator(pki).history(node.node) if r["type"] == "event"]
+        assert events[-2:] == [("attestation-failed", "failed"), ("auto-quarantine", "quarantined")]
+        assert svc.operator(pki).approve(node.node)["status"] == "approved"
+        assert node.round()["status"] == "failed"
 
 
 def test_operator_certificate_of_another_ca_is_refused(pki, fleet_service, tmp_path):
