@@ -202,6 +202,12 @@ def test_operator_certificate_of_another_ca_is_refused(pki, fleet_service, tmp_p
         FleetClient(svc.url, pki["ca"]).nodes()
     assert exc.value.status == 401
     assert svc.operator(pki).nodes() == []
+    # refused actions are audited too, with who tried
+    with pytest.raises(FleetClientError, match="no node") as exc:
+        svc.operator(pki).approve("n0000")
+    assert exc.value.status == 404
+    assert [(r["subject"], r["action"], r["target"], r["outcome"]) for r in svc.operator(pki).audit()] == \
+        [("CN=alice", "approve", "n0000", "refused")]
 
 
 def test_manifest_signed_by_another_ca_is_refused(pki, fleet_service, tmp_path, obelisk_cli):
@@ -280,3 +286,53 @@ def test_an_allowlisted_ek_needs_no_approval(pki, tmp_path):
         finally:
             server.shutdown()
             server.server_close()
+
+
+def test_state_changes_are_posted_to_webhooks(pki, tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from pathlib import Path
+
+    from obelisk.fleet import service
+    from obelisk.fleet.server import make_server
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    hooks = service.Webhooks([f"http://127.0.0.1:{hook.server_address[1]}/events"])
+    fleet = service.open_fleet(str(tmp_path / "f.db"), Path(pki["ca"]).read_bytes(), webhooks=hooks)
+    server = make_server(fleet, "127.0.0.1", 0, cert=str(pki["server"].cert), key=str(pki["server"].key),
+                         client_ca=pki["ca"], log=lambda _: None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        from obelisk.fleet.client import FleetClient
+
+        op = FleetClient(url, pki["ca"], str(pki["operator"].cert), str(pki["operator"].key))
+        op.add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
+        with SoftwareTPM.start(tmp_path / "tpm") as tpm:
+            node = make_node(tpm, tmp_path / "n", url, pki)
+            node.register()
+            op.approve(node.node)
+            node.round()
+            with pytest.raises(FleetClientError):
+                op.approve(node.node)  # refused (trusted): no state change, no event
+        hooks.close()
+        assert [(e["node"], e["kind"], e["new_status"]) for e in received] == [
+            (node.node, "registered", "pending"), (node.node, "ak-activated", "pending"),
+            (node.node, "approve", "approved"), (node.node, "attested", "trusted")]
+        assert {e["schema"] for e in received} == {"obelisk.fleet-event/1"}
+    finally:
+        server.shutdown()
+        server.server_close()
+        hook.shutdown()

@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="nodes' attestation interval; 3 missed: unreachable (default 60)")
     p.add_argument("--ek-allowlist", metavar="FILE", help="node ids (one a line) approved on registration")
     p.add_argument("--ek-ca", metavar="PEM", help="TPM manufacturers' CAs: require an EK certificate from them")
+    p.add_argument("--webhook", action="append", default=[], metavar="URL",
+                   help="POST every node state change (JSON) to URL (repeatable)")
     p.set_defaults(handler=_serve)
 
     image = fleet.add_parser("image", help="images whose nodes the fleet attests")
@@ -110,7 +112,8 @@ def _serve(args: argparse.Namespace) -> int:
         allow = frozenset(line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip())
     ek_ca = read_bounded(args.ek_ca, "EK CA", 1 << 22) if args.ek_ca else None
     fleet = service.open_fleet(args.db, read_bounded(args.ca, "customer CA", 1 << 22), interval=args.interval,
-                               ek_allowlist=allow, ek_ca_pem=ek_ca)
+                               ek_allowlist=allow, ek_ca_pem=ek_ca,
+                               webhooks=service.Webhooks(args.webhook) if args.webhook else None)
     server.serve(fleet, args.listen, cert=args.cert, key=args.key, client_ca=args.ca)
     return 0
 

@@ -269,6 +269,8 @@ def make_server(fleet: Fleet, host: str, port: int, *, cert: str, key: str, clie
                 log: Callable[[str], None] | None = None) -> FleetServer:
     server = FleetServer((host, port), server_context(cert, key, client_ca), fleet, log)
     fleet.log = server.log
+    if fleet.webhooks is not None:
+        fleet.webhooks.log = server.log
     return server
 
 

@@ -66,6 +66,53 @@ class Conflict(FleetError):
     http_status = 409
 
 
+class Webhooks:
+    """POST every state change (JSON) to each URL, in a background thread: a slow receiver delays no round.
+
+    Best effort: a receiver that is down misses events (the events table and `fleet history` keep them all).
+    """
+
+    def __init__(self, urls: Iterable[str], log: Callable[[str], None] = lambda _line: None, timeout: float = 10.0):
+        import queue
+        import threading
+
+        self.urls = tuple(urls)
+        for url in self.urls:
+            if not url.startswith(("https://", "http://")):
+                raise InputError(f"webhook URL must be http(s)://..., got {url!r}")
+        self.log = log
+        self.timeout = timeout
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10_000)
+        self._thread = threading.Thread(target=self._run, name="fleet-webhooks", daemon=True)
+        self._thread.start()
+
+    def send(self, event: dict[str, Any]) -> None:
+        import queue
+
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.log("webhooks: queue full, event dropped (it is in the database)")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=self.timeout * max(1, len(self.urls)) + 5)
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while (event := self._queue.get()) is not None:
+            body = json.dumps({"schema": "obelisk.fleet-event/1", **event}, sort_keys=True).encode()
+            for url in self.urls:
+                request = urllib.request.Request(url, data=body, method="POST",
+                                                 headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310 - http(s) only
+                        resp.read(1 << 16)
+                except Exception as exc:
+                    self.log(f"webhook {url}: {type(exc).__name__}: {exc}")
+
+
 def node_id_of(ek_public: bytes) -> str:
     """A node's id: the first 16 hex digits of its EK's name digest (stable for the TPM's life)."""
     from obelisk.attest.akrecord import name_of
@@ -86,6 +133,7 @@ class Fleet:
     ek_ca_pem: bytes | None = None  # TPM manufacturers' CAs: when set, an EK certificate from them is required
     log: Callable[[str], None] = lambda _line: None
     now: Callable[[], _dt.datetime] = db.utcnow
+    webhooks: Webhooks | None = None  # every state change is POSTed to them
     _references: dict[int, References] = field(default_factory=dict)
 
     # ---- operators -------------------------------------------------------------------------------
@@ -166,8 +214,28 @@ class Fleet:
     def _change(self, s: Session, node: db.Node, status: str, kind: str, detail: str = "") -> None:
         old = node.status
         node.status = status
-        s.add(db.Event(node_id=node.id, at=self.now(), kind=kind, old_status=old, new_status=status, detail=detail))
-        self.log(f"node {node.id}: {kind}: {old} -> {status}" + (f" ({detail})" if detail else ""))
+        self._event(s, db.Event(node_id=node.id, at=self.now(), kind=kind, old_status=old, new_status=status,
+                                detail=detail))
+
+    def _event(self, s: Session, ev: db.Event) -> None:
+        """Record a state change; it is logged and sent to the webhooks once its transaction commits."""
+        s.add(ev)
+        s.info.setdefault("fleet_events", []).append({
+            "node": ev.node_id, "at": _iso(ev.at), "kind": ev.kind, "old_status": ev.old_status,
+            "new_status": ev.new_status, "detail": ev.detail})
+
+    def _committed(self, s: Session) -> None:
+        for doc in s.info.pop("fleet_events", []):
+            self.log(f"node {doc['node']}: {doc['kind']}: {doc['old_status']} -> {doc['new_status']}"
+                     + (f" ({doc['detail']})" if doc["detail"] else ""))
+            if self.webhooks is not None:
+                self.webhooks.send(doc)
+
+    def __post_init__(self) -> None:
+        from sqlalchemy import event
+
+        event.listen(self.sessions, "after_commit", self._committed)
+        event.listen(self.sessions, "after_rollback", lambda s: s.info.pop("fleet_events", None))
 
     def nodes(self) -> list[dict[str, Any]]:
         self.sweep()
@@ -247,9 +315,8 @@ class Fleet:
                                hostname=hostname[:255], registered_at=now,
                                ek_certificate=ek_certificate.hex() if ek_certificate else None)
                 s.add(node)
-                s.add(db.Event(node_id=node_id, at=now, kind="registered", old_status=None, new_status=PENDING,
-                               detail=f"image {image}"))
-                self.log(f"node {node_id}: registered (image {image}), pending")
+                self._event(s, db.Event(node_id=node_id, at=now, kind="registered", old_status=None,
+                                        new_status=PENDING, detail=f"image {image}"))
             # anything else the registration asks for (a new AK, another image) waits for the TPM's proof
             challenge_id = secrets.token_hex(NONCE_SIZE)
             s.add(db.Nonce(value=challenge_id, node_id=node_id, purpose=CREDENTIAL,
@@ -283,8 +350,8 @@ class Fleet:
                 node.clock = node.reset_count = node.restart_count = None
                 self._change(s, node, node.status, "ak-changed", "a new AK, proven by credential activation")
             else:
-                s.add(db.Event(node_id=node.id, at=now, kind="ak-activated", old_status=node.status,
-                               new_status=node.status, detail=""))
+                self._event(s, db.Event(node_id=node.id, at=now, kind="ak-activated", old_status=node.status,
+                                        new_status=node.status, detail=""))
             if row.image_id is not None and node.image_id != row.image_id:
                 image = s.get(db.Image, row.image_id)
                 assert image is not None
