@@ -102,6 +102,21 @@ def two_nodes_flow(pki, svc, tmp_path, obelisk_cli) -> None:
         assert res.returncode == 0 and [r["action"] for r in json.loads(res.stdout)["audit"]] == \
             ["image-add", "approve", "approve"]
 
+        # the fleet report, through the report renderers: one subject per node, each node's findings targeted
+        res = obelisk_cli("fleet", "report", "--format", "json", "--fail-on-findings", env=env)
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        status_findings = {f["target"]: f["status"] for f in doc["findings"] if f["id"] == "fleet.node.status"}
+        assert status_findings == {a.node: "pass", b.node: "pass"}
+        assert {f["target"].split(":")[0] for f in doc["findings"]} == {a.node, b.node}
+        assert any(f["id"] == "attest.quote.signature" and f["target"].startswith(b.node) for f in doc["findings"])
+        res = obelisk_cli("fleet", "report", "-o", str(tmp_path / "fleet.html"), env=env)
+        assert res.returncode == 0, res.stderr
+        html = (tmp_path / "fleet.html").read_text()
+        assert f"node {a.node}" in html and f"node {b.node}" in html and "<html" in html
+        csv_res = obelisk_cli("fleet", "report", "--format", "csv", env=env)
+        assert csv_res.returncode == 0 and csv_res.stdout.count(f"{a.node}") >= 2
+
         # silence: three intervals without evidence make a node unreachable (the sweep, with a later clock)
         later = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=3 * svc.fleet.interval + 5)
         svc.fleet.now = lambda: later
@@ -189,6 +204,12 @@ def test_tampered_node_fails(pki, fleet_service, tmp_path):
         assert events[-2:] == [("attestation-failed", "failed"), ("auto-quarantine", "quarantined")]
         assert svc.operator(pki).approve(node.node)["status"] == "approved"
         assert node.round()["status"] == "failed"
+        from obelisk.fleet.report import bundle
+
+        report = bundle(svc.operator(pki).latest(), svc.url).report
+        assert report.failed and report.subject.kind == "fleet"
+        assert [(f.target, f.observed) for f in report.findings if f.id == "fleet.node.status"] == [
+            (node.node, "failed")]
 
 
 def test_operator_certificate_of_another_ca_is_refused(pki, fleet_service, tmp_path):

@@ -69,6 +69,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     _operator_options(p)
     p.set_defaults(handler=_audit)
 
+    p = fleet.add_parser("report", help="the whole fleet as one report: each node's status and last round")
+    p.add_argument("--format", choices=("html", "json", "oscal", "csv", "junit", "sarif"), default=None,
+                   help="default: from the -o suffix, else json")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE atomically (default: stdout)")
+    for name, env in ENV.items():
+        p.add_argument(f"--{name}", metavar="PEM" if name != "url" else None, help=f"default ${env}")
+    p.add_argument("--fail-on-findings", action="store_true", help="exit 1 unless every node is trusted")
+    p.set_defaults(handler=_report)
+
     p = fleet.add_parser("join", help="node side: register with the service, then attest every interval")
     p.add_argument("--url", required=True, help="the fleet service, https://HOST:PORT")
     p.add_argument("--ca", required=True, metavar="PEM", help="customer CA: the service's certificate chains to it")
@@ -157,6 +166,26 @@ def _audit(args: argparse.Namespace) -> int:
     rows = _client(args).audit()
     return emit_result(args, {"audit": rows},
                        lambda d: _table(d["audit"], ("at", "subject", "action", "target", "outcome", "detail")))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from obelisk.core import atomic
+    from obelisk.fleet.report import bundle
+    from obelisk.reports.render import render
+
+    client = _client(args)
+    fmt = args.format or ({".html": "html", ".htm": "html", ".csv": "csv"}.get(Path(args.output).suffix.lower(),
+                                                                             "json") if args.output else "json")
+    b = bundle(client.latest(), client.url)
+    data = render(b, fmt)
+    if args.output:
+        atomic.write_bytes(args.output, data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return b.report.exit_code() if args.fail_on_findings else 0
 
 
 def _join(args: argparse.Namespace) -> int:

@@ -92,6 +92,9 @@ class FleetClient:
     def quarantine(self, node: str, reason: str = "") -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/nodes/{quote(node, safe='')}/quarantine", {"reason": reason}))
 
+    def latest(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/report"))
+
     def audit(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/v1/audit"))
 

@@ -17,6 +17,7 @@ Operators (client certificate of the customer CA; every change audited with its 
     POST /v1/nodes/ID/approve           POST /v1/nodes/ID/quarantine   {"reason": "..."}
     POST /v1/images  {"manifest": BASE64, "signature": BASE64}
     GET  /v1/audit                      GET  /v1/attestations/N   (the round's obelisk.report/1)
+    GET  /v1/report                     every node with its last round's report (`fleet report`)
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return fleet.history(parts[2])
             if parts == ["v1", "audit"]:
                 return fleet.audit()
+            if parts == ["v1", "report"]:
+                return fleet.latest()
             if parts[:2] == ["v1", "attestations"] and len(parts) == 3 and parts[2].isdigit():
                 return json.loads(fleet.report(int(parts[2])))
             raise _no_such_endpoint()

@@ -261,6 +261,17 @@ class Fleet:
                      "new_status": e.new_status, "detail": e.detail} for e in events]
             return sorted(out, key=lambda r: (r["at"] or "", r["type"], r["id"]))
 
+    def latest(self) -> list[dict[str, Any]]:
+        """Every node (as `nodes`) with its last round: `attestation` id and `report` (obelisk.report/1 JSON)."""
+        rows = self.nodes()
+        with self.sessions() as s:
+            for row in rows:
+                last = s.scalars(select(db.Attestation).where(db.Attestation.node_id == row["id"])
+                                 .order_by(db.Attestation.id.desc()).limit(1)).first()
+                row["attestation"] = last.id if last else None
+                row["report"] = last.report if last else None
+        return rows
+
     def report(self, attestation_id: int) -> str:
         with self.sessions() as s:
             a = s.get(db.Attestation, attestation_id)
