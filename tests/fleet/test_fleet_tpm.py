@@ -357,3 +357,41 @@ def test_state_changes_are_posted_to_webhooks(pki, tmp_path):
         server.shutdown()
         server.server_close()
         hook.shutdown()
+
+
+def test_the_nodes_cis_stig_scan_is_part_of_the_round(pki, fleet_service, tmp_path):
+    from obelisk.core import findings as fmt
+    from obelisk.core.findings import Finding, Report, Status, Subject
+
+    svc = fleet_service
+    op = svc.operator(pki)
+    op.add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
+    root = tmp_path / "root"
+    root.mkdir()
+    with SoftwareTPM.start(tmp_path / "tpm") as tpm:
+        node = make_node(tpm, tmp_path / "n", svc.url, pki)
+        node.register()
+        op.approve(node.node)
+        # without a scan: a skipped finding says so
+        first = node.round()
+        assert first["passed"]
+        rounds = [r for r in op.history(node.node) if r["type"] == "attestation"]
+        found = {f["id"]: f["status"] for f in op.request("GET", f"/v1/attestations/{rounds[-1]['id']}")["findings"]}
+        assert found["fleet.node.scan"] == "skip"
+        # with the node's scan (of an empty root: nothing to fail) its findings join the round's
+        node.scan_root = str(root)
+        assert node.round()["passed"]
+        rounds = [r for r in op.history(node.node) if r["type"] == "attestation"]
+        report = op.request("GET", f"/v1/attestations/{rounds[-1]['id']}")
+        benchmarks = {f["benchmark"] for f in report["findings"]}
+        assert "attestation" in benchmarks and len(benchmarks) > 1 and "fleet.node.scan" not in \
+            {f["id"] for f in report["findings"]}
+        # a scan that fails a check fails the round
+        failing = Report(findings=(Finding(id="cis-4.2.1", title="anonymous auth off", status=Status.FAIL),),
+                         subject=Subject("node", "n"))
+        nonce = node.nonce()
+        ev = json.loads(node.collect(nonce))["evidence"]
+        body = json.dumps({"schema": "obelisk.fleet-round/1", "evidence": ev,
+                           "scan": json.loads(fmt.serialize(failing))}).encode()
+        result = node.push(body)
+        assert not result["passed"] and result["summary"] == "failed: cis-4.2.1"

@@ -85,6 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tcti", help="TPM (default device:/dev/tpmrm0 or $TPM2TOOLS_TCTI)")
     p.add_argument("--eventlog", default="/sys/kernel/security/tpm0/binary_bios_measurements", metavar="FILE")
     p.add_argument("--ima", metavar="FILE", help="IMA list (default: the kernel's)")
+    p.add_argument("--scan-root", metavar="DIR", help="send a CIS/STIG scan of DIR with each round (a node: /)")
     p.add_argument("--interval", type=int, default=60, metavar="SECONDS")
     p.add_argument("--rounds", type=int, default=0, metavar="N", help="stop after N rounds (default: never)")
     add_output_options(p, verbose=False)
@@ -194,7 +195,7 @@ def _join(args: argparse.Namespace) -> int:
     from obelisk.fleet.client import FleetClient, FleetClientError, NodeAgent
 
     agent = NodeAgent(FleetClient(args.url, args.ca), image=args.image, tcti=args.tcti,
-                      event_log=args.eventlog or None, ima_log=args.ima)
+                      event_log=args.eventlog or None, ima_log=args.ima, scan_root=args.scan_root)
     registered = agent.register(socket.gethostname())
     print(f"obelisk fleet: registered as {registered['node']} ({registered['status']})", file=sys.stderr)
     results: list[dict[str, Any]] = []

@@ -127,6 +127,7 @@ class NodeAgent:
     tcti: str | None = None
     event_log: str | None = "/sys/kernel/security/tpm0/binary_bios_measurements"
     ima_log: str | None = None  # None: the kernel's list under securityfs
+    scan_root: str | None = None  # CIS/STIG scan of this root sent with each round; None: no scan
     node: str | None = None  # set by register
 
     def register(self, hostname: str = "") -> dict[str, Any]:
@@ -154,7 +155,12 @@ class NodeAgent:
         from obelisk.attest import evidence
 
         ev = evidence.collect(nonce, self.tcti, event_log_path=self.event_log, ima_path=self.ima_log)
-        return evidence.serialize(ev).encode()
+        if self.scan_root is None:
+            return evidence.serialize(ev).encode()
+        from obelisk.cis_checks.scan import scan
+
+        return json.dumps({"schema": "obelisk.fleet-round/1", "evidence": ev.to_json(),
+                           "scan": scan(self.scan_root).to_json()}).encode()
 
     def push(self, bundle: bytes) -> dict[str, Any]:
         if self.node is None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from obelisk.attest.ima_check import References
+    from obelisk.core.findings import Report
 
 PENDING, APPROVED, TRUSTED, FAILED, QUARANTINED, UNREACHABLE = (
     "pending", "approved", "trusted", "failed", "quarantined", "unreachable")
@@ -111,6 +112,44 @@ class Webhooks:
                         resp.read(1 << 16)
                 except Exception as exc:
                     self.log(f"webhook {url}: {type(exc).__name__}: {exc}")
+
+
+ROUND_SCHEMA = "obelisk.fleet-round/1"
+
+
+def split_round(body: bytes, source: str) -> tuple[bytes, Report | None]:
+    """A round's body: a bare evidence bundle, or {"schema": obelisk.fleet-round/1, "evidence": {...},
+    "scan": obelisk.report/1 | null} when the node adds its CIS/STIG scan."""
+    from obelisk.core import findings as fmt
+
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InputError("round is not JSON", source=source) from None
+    if not isinstance(doc, dict) or doc.get("schema") != ROUND_SCHEMA:
+        return body, None
+    extra = sorted(set(doc) - {"schema", "evidence", "scan"})
+    if extra or not isinstance(doc.get("evidence"), dict):
+        raise InputError(f"{extra[0] if extra else 'evidence'}: " + ("unknown field" if extra else "expected an "
+                                                                     "object"), source=source)
+    scan = doc.get("scan")
+    report = fmt.parse(json.dumps(scan), f"{source}: scan") if scan is not None else None
+    return json.dumps(doc["evidence"]).encode(), report
+
+
+def _with_scan(report: Report, scan: Report | None) -> Report:
+    """The node's CIS/STIG scan joins the round's findings (its agent is what IMA and the quote vouch for)."""
+    from dataclasses import replace
+
+    from obelisk.core.findings import Finding, Severity, Status
+
+    if scan is None:
+        extra = [Finding(id="fleet.node.scan", title="Node CIS/STIG scan", status=Status.SKIP,
+                         severity=Severity.MEDIUM, benchmark="attestation", section="node",
+                         detail="the node sent no scan with this round")]
+    else:
+        extra = list(scan.findings)
+    return replace(report, findings=report.findings + tuple(extra))
 
 
 def node_id_of(ek_public: bytes) -> str:
@@ -402,7 +441,8 @@ class Fleet:
         from obelisk.core import findings as fmt
 
         try:
-            ev = evmod.parse(bundle, source=f"evidence from {node_id}")
+            evidence_bytes, scan = split_round(bundle, f"round from {node_id}")
+            ev = evmod.parse(evidence_bytes, source=f"evidence from {node_id}")
         except InputError as exc:
             raise FleetError(str(exc)) from None
         now = self.now()
@@ -428,6 +468,7 @@ class Fleet:
                                   source=f"fleet: node {node_id}")
             verify.apply_references(opts, self._image_references(s, node.image_id))
             report, counters = verify.verify(ev, opts)
+            report = _with_scan(report, scan)
             passed = not report.failed
             bad = [f.id for f in report.findings if f.status.value in ("fail", "error")]
             summary = "all checks passed" if passed else "failed: " + ", ".join(bad)
