@@ -17,6 +17,7 @@ from obelisk.fleet.server import make_server
 
 IMAGE = "n1:1"  # tests.image.manifests.sample_manifest
 AGENT_DIGEST = hashlib.sha256(b"a").digest()  # /usr/bin/agent in the sample manifest
+KEK = bytes(range(32))  # the service's key-encryption key for node keys
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def db_url(tmp_path) -> str:
 def fleet_service(pki, db_url):
     log: list[str] = []
     db_path = Path(db_url)
-    fleet = service.open_fleet(db_url, Path(pki["ca"]).read_bytes(), interval=60)
+    fleet = service.open_fleet(db_url, Path(pki["ca"]).read_bytes(), interval=60, kek=KEK)
     server = make_server(fleet, "127.0.0.1", 0, cert=str(pki["server"].cert), key=str(pki["server"].key),
                          client_ca=pki["ca"], log=log.append)
     threading.Thread(target=server.serve_forever, daemon=True).start()

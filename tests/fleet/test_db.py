@@ -16,9 +16,9 @@ def test_migrations_create_the_models_schema(tmp_path):
 
     sessions = db.open_database(str(tmp_path / "fleet.db"))
     engine = sessions.kw["bind"]
-    assert db.current_revision(engine) == "0001"
+    assert db.current_revision(engine) == "0002"
     assert set(inspect(engine).get_table_names()) == {"alembic_version", "images", "nodes", "nonces", "attestations",
-                                                      "events", "audit"}
+                                                      "events", "audit", "node_keys"}
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), db.Base.metadata) == []
     # opening again (a second `serve`, a restart) migrates nothing and keeps the data
@@ -32,7 +32,7 @@ def test_migrations_create_the_models_schema(tmp_path):
 
 def test_the_migrations_ship_inside_the_package():
     assert (db.MIGRATIONS / "env.py").is_file()
-    assert sorted(p.name for p in (db.MIGRATIONS / "versions").glob("*.py")) == ["0001_initial.py"]
+    assert sorted(p.name for p in (db.MIGRATIONS / "versions").glob("*.py")) == ["0001_initial.py", "0002_node_keys.py"]
 
 
 def test_an_unusable_database_is_one_clear_error(tmp_path):
@@ -45,3 +45,22 @@ def test_an_unusable_database_is_one_clear_error(tmp_path):
     with pytest.raises(StatementError, match="naive"):
         with db.open_database(str(tmp_path / "f.db")).begin() as s:
             s.add(db.Audit(at=_dt.datetime(2026, 1, 1), subject="", action="", target="", outcome="", detail=""))
+
+
+def test_an_older_database_is_upgraded_in_place(tmp_path):
+    """A database made by revision 0001 (an older `fleet serve`) is migrated on open, its data kept."""
+    from sqlalchemy import text
+
+    engine = db.make_engine(str(tmp_path / "old.db"))
+    db.migrate(engine, "0001")
+    assert db.current_revision(engine) == "0001"
+    assert "node_keys" not in inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO audit (at, subject, action, target, outcome, detail) "
+                          "VALUES ('2026-01-01 00:00:00', 'CN=old', 'approve', 'n1', 'ok', '')"))
+    engine.dispose()
+    sessions = db.open_database(str(tmp_path / "old.db"))
+    assert db.current_revision(sessions.kw["bind"]) == "0002"
+    assert "node_keys" in inspect(sessions.kw["bind"]).get_table_names()
+    with sessions() as s:
+        assert [a.subject for a in s.query(db.Audit)] == ["CN=old"]

@@ -183,7 +183,7 @@ def test_unknown_ek_cannot_attest(pki, fleet_service, tmp_path):
                                  "summary": "all checks passed"}
 
 
-def test_tampered_node_fails(pki, fleet_service, tmp_path):
+def test_tampered_node_fails_is_quarantined_and_gets_no_key(pki, fleet_service, tmp_path):
     from obelisk.tpm import device
 
     svc = fleet_service
@@ -193,15 +193,31 @@ def test_tampered_node_fails(pki, fleet_service, tmp_path):
         node.register()
         svc.operator(pki).approve(node.node)
         assert node.round()["status"] == "trusted"
+        # a trusted node gets its /var key, the same one each time, after a fresh round each time
+        key = node.key()
+        assert len(key) == 32 and node.key() == key
+        # stored wrapped, never in the clear
+        dump = "".join(str(v) for row in _rows(svc, "SELECT * FROM node_keys") for v in row)
+        assert key.hex() not in dump and _rows(svc, "SELECT released FROM node_keys") == [(2,)]
         # something measured that the IMA list does not show (as a file run behind the kernel's back would)
         device.extend_pcr(tpm.tcti, 10, b"an unlogged binary")
-        result = node.round()
+        # its key request is itself a round: it fails, and no key comes back
+        with pytest.raises(FleetClientError, match="key refused: node is failed") as exc:
+            node.key()
+        assert exc.value.status == 403
+        result = {"status": svc.fleet.nodes()[0]["status"],
+                  "summary": [r for r in svc.operator(pki).history(node.node) if r["type"] == "attestation"][-1][
+                      "summary"]}
         assert result["status"] == "failed" and "ima.pcr.10.sha256" in result["summary"]
         assert "attest.quote.signature" not in result["summary"]  # a genuine quote: what it shows is wrong
         # it stays wrong: the second failed round in a row quarantines the node, and only an operator lifts it
         assert node.round()["status"] == "quarantined"
         events = [(r["kind"], r["new_status"]) for r in svc.operator(pki).history(node.node) if r["type"] == "event"]
-        assert events[-2:] == [("attestation-failed", "failed"), ("auto-quarantine", "quarantined")]
+        assert events[-3:] == [("attestation-failed", "failed"), ("key-refused", "failed"),
+                               ("auto-quarantine", "quarantined")]
+        with pytest.raises(FleetClientError, match="key refused: node is quarantined"):
+            node.key()
+        assert _rows(svc, "SELECT released FROM node_keys") == [(2,)]
         assert svc.operator(pki).approve(node.node)["status"] == "approved"
         assert node.round()["status"] == "failed"
         from obelisk.fleet.report import bundle
@@ -304,6 +320,8 @@ def test_an_allowlisted_ek_needs_no_approval(pki, tmp_path):
             node = make_node(tpm, tmp_path / "n", url, pki)
             assert node.register() == {"node": allowed, "status": "approved"}
             assert node.round()["status"] == "trusted"
+            with pytest.raises(FleetClientError, match="not enabled"):  # this service has no --kek
+                node.key()
         finally:
             server.shutdown()
             server.server_close()

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="nodes' attestation interval; 3 missed: unreachable (default 60)")
     p.add_argument("--ek-allowlist", metavar="FILE", help="node ids (one a line) approved on registration")
     p.add_argument("--ek-ca", metavar="PEM", help="TPM manufacturers' CAs: require an EK certificate from them")
+    p.add_argument("--kek", metavar="FILE",
+                   help="32-byte key-encryption key (raw or 64 hex digits): enables /var key release to trusted "
+                        "nodes; node keys are stored wrapped under it")
     p.add_argument("--webhook", action="append", default=[], metavar="URL",
                    help="POST every node state change (JSON) to URL (repeatable)")
     p.set_defaults(handler=_serve)
@@ -123,9 +126,23 @@ def _serve(args: argparse.Namespace) -> int:
     ek_ca = read_bounded(args.ek_ca, "EK CA", 1 << 22) if args.ek_ca else None
     fleet = service.open_fleet(args.db, read_bounded(args.ca, "customer CA", 1 << 22), interval=args.interval,
                                ek_allowlist=allow, ek_ca_pem=ek_ca,
-                               webhooks=service.Webhooks(args.webhook) if args.webhook else None)
+                               webhooks=service.Webhooks(args.webhook) if args.webhook else None,
+                               kek=_kek(args.kek) if args.kek else None)
     server.serve(fleet, args.listen, cert=args.cert, key=args.key, client_ca=args.ca)
     return 0
+
+
+def _kek(path: str) -> bytes:
+    from obelisk.core.inputs import read_bounded
+
+    data = read_bounded(path, "key-encryption key", 1024)
+    text = data.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return data
 
 
 def _image_add(args: argparse.Namespace) -> int:

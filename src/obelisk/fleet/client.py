@@ -167,6 +167,14 @@ class NodeAgent:
             raise InputError("register first")
         return dict(self.client.request("POST", f"/v1/node/evidence?node={quote(self.node, safe='')}", bundle))
 
+    def key(self) -> bytes:
+        """The node's /var key: a round over a fresh nonce that the service verifies before releasing it."""
+        if self.node is None:
+            raise InputError("register first")
+        bundle = self.collect(self.nonce())
+        answer = self.client.request("POST", f"/v1/node/key?node={quote(self.node, safe='')}", bundle)
+        return bytes.fromhex(answer["key"])
+
     def round(self) -> dict[str, Any]:
         """One attestation round: a fresh nonce from the service, a quote over it, the verdict."""
         return self.push(self.collect(self.nonce()))

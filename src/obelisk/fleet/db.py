@@ -116,6 +116,18 @@ class Nonce(Base):
     used_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class NodeKey(Base):
+    """A node's /var key, wrapped under the service's key-encryption key (never stored in the clear)."""
+
+    __tablename__ = "node_keys"
+
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    wrapped: Mapped[str] = mapped_column(Text)  # hex: 12-byte AES-GCM nonce || ciphertext+tag (AAD: node id)
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
+    released: Mapped[int] = mapped_column(Integer, default=0)
+    last_released_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class Attestation(Base):
     """One round's result, kept for ever (`fleet history`)."""
 

@@ -11,6 +11,8 @@ Nodes (push; the service never connects to a node):
     POST /v1/node/activate   {"challenge_id": HEX, "secret": HEX} -> {"node", "status"}
     POST /v1/node/nonce      {"node": ID} -> {"nonce": HEX}
     POST /v1/node/evidence?node=ID   body: obelisk.evidence/1 -> {"node", "status", "passed", "summary"}
+    POST /v1/node/key?node=ID        body: as evidence -> {"node", "status", "key": HEX}: the node's /var key,
+                                     only when this round verifies and the node is trusted (403 otherwise)
 
 Operators (client certificate of the customer CA; every change audited with its subject):
     GET  /v1/nodes                      GET  /v1/nodes/ID/history
@@ -133,9 +135,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _node(self, parts: list[str], query: dict[str, list[str]]) -> Any:
         fleet = self.server.fleet
-        if parts == ["evidence"]:
+        if parts in (["evidence"], ["key"]):
             node = (query.get("node") or [""])[0]
-            return fleet.submit(node, self._body())
+            body = self._body()
+            return fleet.submit(node, body) if parts == ["evidence"] else fleet.release_key(node, body)
         doc = self._json()
         if parts == ["register"]:
             return fleet.register(_hex(doc, "ek_public"), _hex(doc, "ak_public"), _text(doc, "image"),

@@ -173,6 +173,7 @@ class Fleet:
     log: Callable[[str], None] = lambda _line: None
     now: Callable[[], _dt.datetime] = db.utcnow
     webhooks: Webhooks | None = None  # every state change is POSTed to them
+    kek: bytes | None = None  # 32-byte key-encryption key for node keys; None: no key release
     _references: dict[int, References] = field(default_factory=dict)
 
     # ---- operators -------------------------------------------------------------------------------
@@ -491,6 +492,47 @@ class Fleet:
                 self._change(s, node, FAILED, "attestation-failed", summary)
             return {"node": node_id, "status": node.status, "passed": passed, "summary": summary}
 
+    def release_key(self, node_id: str, bundle: bytes) -> dict[str, Any]:
+        """A node's /var key, only for evidence over a fresh nonce that verifies now, and a trusted node.
+
+        The round is verified and kept like any other (`submit`); a node that is quarantined, failed,
+        pending or unknown gets nothing. The key is made on first release and kept wrapped under `kek`.
+        """
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if self.kek is None:
+            raise Forbidden("key release is not enabled on this service (fleet serve --kek)")
+        result = self.submit(node_id, bundle)  # commits the round whatever it says
+        now = self.now()
+        with self.sessions.begin() as s:
+            node = s.get(db.Node, node_id, with_for_update=True)
+            assert node is not None
+            if not result["passed"] or node.status != TRUSTED:
+                why = f"node is {node.status}" + ("" if result["passed"] else f"; {result['summary']}")
+                self._event(s, db.Event(node_id=node_id, at=now, kind="key-refused", old_status=node.status,
+                                        new_status=node.status, detail=why))
+                refused = Forbidden(f"key refused: {why}")
+            else:
+                refused = None
+                aead = AESGCM(self.kek)
+                row = s.get(db.NodeKey, node_id, with_for_update=True)
+                if row is None:
+                    key = secrets.token_bytes(32)
+                    iv = secrets.token_bytes(12)
+                    row = db.NodeKey(node_id=node_id, wrapped=(iv + aead.encrypt(iv, key, node_id.encode())).hex(),
+                                     created_at=now, released=0)
+                    s.add(row)
+                else:
+                    wrapped = bytes.fromhex(row.wrapped)
+                    key = aead.decrypt(wrapped[:12], wrapped[12:], node_id.encode())
+                row.released = (row.released or 0) + 1
+                row.last_released_at = now
+                self._event(s, db.Event(node_id=node_id, at=now, kind="key-released", old_status=node.status,
+                                        new_status=node.status, detail=f"release {row.released}"))
+        if refused is not None:
+            raise refused
+        return {"node": node_id, "status": TRUSTED, "key": key.hex()}
+
     @staticmethod
     def _failed_in_a_row(s: Session, node_id: str) -> int:
         s.flush()
@@ -536,5 +578,8 @@ def open_fleet(url: str, ca_pem: bytes, **options: Any) -> Fleet:
         ca = x509.load_pem_x509_certificate(ca_pem)
     except ValueError as exc:
         raise InputError(f"customer CA is not a PEM certificate: {exc}") from None
+    kek = options.get("kek")
+    if kek is not None and len(kek) != 32:
+        raise InputError("the key-encryption key must be 32 bytes (64 hex digits)")
     return Fleet(db.open_database(url), ca, **options)
 
