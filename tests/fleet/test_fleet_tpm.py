@@ -114,6 +114,11 @@ def two_nodes_flow(pki, svc, tmp_path, obelisk_cli) -> None:
         assert res.returncode == 0, res.stderr
         html = (tmp_path / "fleet.html").read_text()
         assert f"node {a.node}" in html and f"node {b.node}" in html and "<html" in html
+        status, page = op.exchange("GET", "/dashboard")  # the live dashboard: the same page, from the service
+        assert status == 200 and b"<html" in page and a.node.encode() in page and b.node.encode() in page
+        from obelisk.fleet.client import FleetClient
+
+        assert FleetClient(svc.url, pki["ca"]).exchange("GET", "/dashboard")[0] == 401  # operators only
         csv_res = obelisk_cli("fleet", "report", "--format", "csv", env=env)
         assert csv_res.returncode == 0 and csv_res.stdout.count(f"{a.node}") >= 2
 

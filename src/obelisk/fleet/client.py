@@ -53,6 +53,18 @@ class FleetClient:
 
     def request(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> Any:
         """The decoded JSON answer; FleetClientError with the service's reason on anything but 200."""
+        status, raw = self.exchange(method, path, body)
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise FleetClientError(f"{self.url}{path}: answered {status} without JSON", status) from None
+        if status != 200:
+            reason = doc.get("error", "") if isinstance(doc, dict) else ""
+            raise FleetClientError(f"fleet refused {method} {path.split('?')[0]} ({status}): {reason}", status)
+        return doc
+
+    def exchange(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """(HTTP status, body) of one request."""
         parts = urlsplit(self.url)
         if parts.scheme != "https" or not parts.hostname:
             raise InputError(f"fleet URL must be https://HOST:PORT, got {self.url!r}")
@@ -69,15 +81,9 @@ class FleetClient:
             raise FleetClientError(f"{self.url}: {type(exc).__name__}: {exc}") from None
         finally:
             conn.close()
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            raise FleetClientError(f"{self.url}{path}: answered {resp.status} without JSON", resp.status) from None
-        if resp.status != 200:
-            reason = doc.get("error", "") if isinstance(doc, dict) else ""
-            raise FleetClientError(f"fleet refused {method} {path.split('?')[0]} ({resp.status}): {reason}",
-                                   resp.status)
-        return doc
+        if len(raw) > MAX_RESPONSE:
+            raise FleetClientError(f"{self.url}{path}: answer larger than {MAX_RESPONSE} bytes")
+        return resp.status, raw
 
     # ---- operators ----
     def nodes(self) -> list[dict[str, Any]]:

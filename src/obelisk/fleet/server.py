@@ -20,6 +20,7 @@ Operators (client certificate of the customer CA; every change audited with its 
     POST /v1/images  {"manifest": BASE64, "signature": BASE64}
     GET  /v1/audit                      GET  /v1/attestations/N   (the round's obelisk.report/1)
     GET  /v1/report                     every node with its last round's report (`fleet report`)
+    GET  /dashboard                     the same as `fleet report --format html`, rendered live
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.log(f"{self.client_address[0]} [{peer_subject(self.connection) or 'node'}] {format % args}")
 
     def _send(self, code: int, body: Any) -> None:
-        data = (json.dumps(body, sort_keys=True) + "\n").encode()
+        html = isinstance(body, _Html)
+        data = body.data if isinstance(body, _Html) else (json.dumps(body, sort_keys=True) + "\n").encode()
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/html; charset=utf-8" if html else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
@@ -161,6 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return fleet.audit()
             if parts == ["v1", "report"]:
                 return fleet.latest()
+            if parts == ["dashboard"]:
+                return _Html(dashboard(fleet))
             if parts[:2] == ["v1", "attestations"] and len(parts) == 3 and parts[2].isdigit():
                 return json.loads(fleet.report(int(parts[2])))
             raise _no_such_endpoint()
@@ -173,6 +177,20 @@ class _Handler(BaseHTTPRequestHandler):
                 return fleet.approve(parts[2], subject)
             return fleet.quarantine(parts[2], subject, str(doc.get("reason") or ""))
         raise _no_such_endpoint()
+
+
+class _Html:
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+def dashboard(fleet: Fleet) -> bytes:
+    """The fleet report's HTML, rendered now from the database: the live dashboard."""
+    from obelisk.fleet.report import bundle
+    from obelisk.reports.options import RenderOptions
+    from obelisk.reports.render import render
+
+    return render(bundle(fleet.latest(), "fleet"), "html", RenderOptions(title="obelisk fleet"))
 
 
 def _no_such_endpoint() -> FleetError:
