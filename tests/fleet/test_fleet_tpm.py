@@ -298,9 +298,23 @@ def test_registration_changes_nothing_before_the_tpm_answers(pki, fleet_service,
         assert [n["image"] for n in op.nodes()] == ["n1:2"]
         kinds = [r["kind"] for r in op.history(node.node) if r["type"] == "event"]
         assert kinds[-1] == "image-changed" and "ak-changed" not in kinds
+        # images: one a node runs, or that rounds were checked against, stays; an unused one can go
+        with pytest.raises(FleetClientError, match="run by 1 node") as exc:
+            op.remove_image("n1:2")
+        assert exc.value.status == 409
+        with pytest.raises(FleetClientError, match="attestation history"):
+            op.remove_image("n1:1")
+        op.add_image(str(signed_manifest(tmp_path / "v3", pki["keys"], "3")))
+        assert op.remove_image("n1:3") == {"image": "n1:3", "removed": True}
+        with pytest.raises(FleetClientError, match="no image") as exc:
+            op.remove_image("n1:3")
+        assert exc.value.status == 404
+        assert [(r["action"], r["target"], r["outcome"]) for r in op.audit() if r["action"] == "image-remove"] == [
+            ("image-remove", "n1:2", "refused"), ("image-remove", "n1:1", "refused"),
+            ("image-remove", "n1:3", "ok"), ("image-remove", "n1:3", "refused")]
 
 
-def test_an_allowlisted_ek_needs_no_approval(pki, tmp_path):
+def test_an_allowlisted_ek_with_the_join_token_needs_no_approval(pki, tmp_path):
     import threading
     from pathlib import Path
 
@@ -312,7 +326,7 @@ def test_an_allowlisted_ek_needs_no_approval(pki, tmp_path):
         device.create_keys(tpm.tcti)
         allowed = service.node_id_of(device.read_ak(tpm.tcti).ek_public)
         fleet = service.open_fleet(str(tmp_path / "f.db"), Path(pki["ca"]).read_bytes(),
-                                   ek_allowlist=frozenset({allowed}))
+                                   ek_allowlist=frozenset({allowed}), join_tokens=frozenset({"s3cret"}))
         server = make_server(fleet, "127.0.0.1", 0, cert=str(pki["server"].cert), key=str(pki["server"].key),
                              client_ca=pki["ca"], log=lambda _: None)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -323,6 +337,13 @@ def test_an_allowlisted_ek_needs_no_approval(pki, tmp_path):
             FleetClient(url, pki["ca"], str(pki["operator"].cert), str(pki["operator"].key)).add_image(
                 str(signed_manifest(tmp_path / "out", pki["keys"])))
             node = make_node(tpm, tmp_path / "n", url, pki)
+            with pytest.raises(FleetClientError, match="no valid join token") as exc:
+                node.register()
+            assert exc.value.status == 403
+            node.token = "s3cret-but-longer"
+            with pytest.raises(FleetClientError, match="no valid join token"):
+                node.register()
+            node.token = "s3cret"
             assert node.register() == {"node": allowed, "status": "approved"}
             assert node.round()["status"] == "trusted"
             with pytest.raises(FleetClientError, match="not enabled"):  # this service has no --kek

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kek", metavar="FILE",
                    help="32-byte key-encryption key (raw or 64 hex digits): enables /var key release to trusted "
                         "nodes; node keys are stored wrapped under it")
+    p.add_argument("--join-tokens", metavar="FILE",
+                   help="join tokens, one a line: a registration must present one (default: none needed)")
     p.add_argument("--webhook", action="append", default=[], metavar="URL",
                    help="POST every node state change (JSON) to URL (repeatable)")
     p.set_defaults(handler=_serve)
@@ -55,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--signature", metavar="FILE", help="default: manifest.json.sig beside it")
     _operator_options(p)
     p.set_defaults(handler=_image_add)
+    p = image_sub.add_parser("remove", help="forget an image (refused while a node runs it or a round used it)")
+    p.add_argument("image", metavar="NAME:VERSION")
+    _operator_options(p)
+    p.set_defaults(handler=_image_remove)
 
     p = fleet.add_parser("nodes", help="every node: id, image, status, last attested")
     _operator_options(p)
@@ -88,6 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tcti", help="TPM (default device:/dev/tpmrm0 or $TPM2TOOLS_TCTI)")
     p.add_argument("--eventlog", default="/sys/kernel/security/tpm0/binary_bios_measurements", metavar="FILE")
     p.add_argument("--ima", metavar="FILE", help="IMA list (default: the kernel's)")
+    p.add_argument("--join-token", metavar="FILE", help="file holding the join token the service asks for")
     p.add_argument("--scan-root", metavar="DIR", help="send a CIS/STIG scan of DIR with each round (a node: /)")
     p.add_argument("--interval", type=int, default=60, metavar="SECONDS")
     p.add_argument("--rounds", type=int, default=0, metavar="N", help="stop after N rounds (default: never)")
@@ -119,17 +126,28 @@ def _serve(args: argparse.Namespace) -> int:
     from obelisk.core.inputs import read_bounded
     from obelisk.fleet import server, service
 
-    allow: frozenset[str] = frozenset()
-    if args.ek_allowlist:
-        text = read_bounded(args.ek_allowlist, "EK allowlist", 1 << 24).decode()
-        allow = frozenset(line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip())
+    allow = _lines(args.ek_allowlist) if args.ek_allowlist else frozenset()
     ek_ca = read_bounded(args.ek_ca, "EK CA", 1 << 22) if args.ek_ca else None
     fleet = service.open_fleet(args.db, read_bounded(args.ca, "customer CA", 1 << 22), interval=args.interval,
                                ek_allowlist=allow, ek_ca_pem=ek_ca,
                                webhooks=service.Webhooks(args.webhook) if args.webhook else None,
-                               kek=_kek(args.kek) if args.kek else None)
+                               kek=_kek(args.kek) if args.kek else None,
+                               join_tokens=_lines(args.join_tokens) if args.join_tokens else frozenset())
     server.serve(fleet, args.listen, cert=args.cert, key=args.key, client_ca=args.ca)
     return 0
+
+
+def _lines(path: str) -> frozenset[str]:
+    """A file of one entry a line; `#` starts a comment."""
+    from obelisk.core.inputs import read_bounded
+
+    text = read_bounded(path, "list", 1 << 24).decode("utf-8", "replace")
+    return frozenset(line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip())
+
+
+def _image_remove(args: argparse.Namespace) -> int:
+    result = _client(args).remove_image(args.image)
+    return emit_result(args, result, lambda d: f"image {d['image']} removed\n")
 
 
 def _kek(path: str) -> bytes:
@@ -206,13 +224,20 @@ def _report(args: argparse.Namespace) -> int:
     return b.report.exit_code() if args.fail_on_findings else 0
 
 
+def _token(path: str) -> str:
+    from obelisk.core.inputs import read_bounded
+
+    return read_bounded(path, "join token", 4096).decode("utf-8", "replace").strip()
+
+
 def _join(args: argparse.Namespace) -> int:
     import socket
 
     from obelisk.fleet.client import FleetClient, FleetClientError, NodeAgent
 
     agent = NodeAgent(FleetClient(args.url, args.ca), image=args.image, tcti=args.tcti,
-                      event_log=args.eventlog or None, ima_log=args.ima, scan_root=args.scan_root)
+                      event_log=args.eventlog or None, ima_log=args.ima, scan_root=args.scan_root,
+                      token=_token(args.join_token) if args.join_token else "")
     registered = agent.register(socket.gethostname())
     print(f"obelisk fleet: registered as {registered['node']} ({registered['status']})", file=sys.stderr)
     results: list[dict[str, Any]] = []

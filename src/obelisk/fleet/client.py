@@ -92,6 +92,9 @@ class FleetClient:
     def history(self, node: str) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/v1/nodes/{quote(node, safe='')}/history"))
 
+    def remove_image(self, image: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/images/{quote(image, safe='')}/remove", {}))
+
     def approve(self, node: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/nodes/{quote(node, safe='')}/approve", {}))
 
@@ -134,6 +137,7 @@ class NodeAgent:
     event_log: str | None = "/sys/kernel/security/tpm0/binary_bios_measurements"
     ima_log: str | None = None  # None: the kernel's list under securityfs
     scan_root: str | None = None  # CIS/STIG scan of this root sent with each round; None: no scan
+    token: str = ""  # the join token, when the service asks for one
     node: str | None = None  # set by register
 
     def register(self, hostname: str = "") -> dict[str, Any]:
@@ -144,7 +148,8 @@ class NodeAgent:
         info = tpm.read_ak(self.tcti)
         answer = self.client.request("POST", "/v1/node/register", {
             "ek_public": info.ek_public.hex(), "ak_public": info.public.hex(), "image": self.image,
-            "ek_certificate": info.ek_certificate.hex() if info.ek_certificate else None, "hostname": hostname})
+            "ek_certificate": info.ek_certificate.hex() if info.ek_certificate else None, "hostname": hostname,
+            "token": self.token})
         challenge = credential.parse(json.dumps(answer["challenge"]).encode(), "fleet registration challenge")
         secret = credential.activate(challenge, self.tcti, info.handle)
         result = self.client.request("POST", "/v1/node/activate",

@@ -6,7 +6,7 @@ not: a node proves who it is with its TPM (credential activation, then quotes si
 
 Nodes (push; the service never connects to a node):
     POST /v1/node/register   {"ek_public": HEX, "ak_public": HEX, "ek_certificate": HEX|null,
-                              "image": "NAME:VERSION", "hostname": "..."}
+                              "image": "NAME:VERSION", "hostname": "...", "token": "..." (join token)}
                              -> {"node", "challenge_id", "challenge": obelisk.credential/1}
     POST /v1/node/activate   {"challenge_id": HEX, "secret": HEX} -> {"node", "status"}
     POST /v1/node/nonce      {"node": ID} -> {"nonce": HEX}
@@ -18,6 +18,7 @@ Operators (client certificate of the customer CA; every change audited with its 
     GET  /v1/nodes                      GET  /v1/nodes/ID/history
     POST /v1/nodes/ID/approve           POST /v1/nodes/ID/quarantine   {"reason": "..."}
     POST /v1/images  {"manifest": BASE64, "signature": BASE64}
+    POST /v1/images/NAME:VERSION/remove (refused while a node runs it or a round used it)
     GET  /v1/audit                      GET  /v1/attestations/N   (the round's obelisk.report/1)
     GET  /v1/report                     every node with its last round's report (`fleet report`)
     GET  /dashboard                     the same as `fleet report --format html`, rendered live
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from obelisk.core.errors import InputError
 from obelisk.fleet.service import Fleet, FleetError, NotFound
@@ -145,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["register"]:
             return fleet.register(_hex(doc, "ek_public"), _hex(doc, "ak_public"), _text(doc, "image"),
                                   ek_certificate=_hex(doc, "ek_certificate") if doc.get("ek_certificate") else None,
-                                  hostname=str(doc.get("hostname") or ""))
+                                  hostname=str(doc.get("hostname") or ""), token=str(doc.get("token") or ""))
         if parts == ["activate"]:
             return fleet.activate(_text(doc, "challenge_id"), _hex(doc, "secret"))
         if parts == ["nonce"]:
@@ -171,6 +172,9 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["v1", "images"]:
             doc = self._json()
             return fleet.add_image(_b64(doc, "manifest"), _b64(doc, "signature"), subject)
+        if parts[:2] == ["v1", "images"] and len(parts) == 4 and parts[3] == "remove":
+            self._json()
+            return fleet.remove_image(unquote(parts[2]), subject)
         if parts[:2] == ["v1", "nodes"] and len(parts) == 4 and parts[3] in ("approve", "quarantine"):
             doc = self._json()
             if parts[3] == "approve":

@@ -174,6 +174,7 @@ class Fleet:
     now: Callable[[], _dt.datetime] = db.utcnow
     webhooks: Webhooks | None = None  # every state change is POSTed to them
     kek: bytes | None = None  # 32-byte key-encryption key for node keys; None: no key release
+    join_tokens: frozenset[str] = frozenset()  # when set, a registration must present one of them
     _references: dict[int, References] = field(default_factory=dict)
 
     # ---- operators -------------------------------------------------------------------------------
@@ -223,6 +224,33 @@ class Fleet:
             self._audit(s, subject, "image-add", target, "ok", f"manifest sha256 {digest}")
             s.flush()
             return {"id": existing.id, "image": target, "manifest_sha256": digest}
+
+    def remove_image(self, image: str, subject: str) -> dict[str, Any]:
+        """Forget an image's reference values; refused while a node runs it."""
+        name, _, version = image.partition(":")
+        with self.sessions.begin() as s:
+            img = s.scalars(select(db.Image).where(db.Image.name == name, db.Image.version == version)).first()
+            error: FleetError | None = None
+            if img is None:
+                error = NotFound(f"no image {image!r}")
+            else:
+                users = s.scalars(select(db.Node.id).where(db.Node.image_id == img.id)).all()
+                history = s.scalars(select(db.Attestation.id).where(db.Attestation.image_id == img.id)
+                                    .limit(1)).first()
+                if users:
+                    error = Conflict(f"image {image} is run by {len(users)} node(s): {', '.join(users[:5])}")
+                elif history is not None:
+                    error = Conflict(f"image {image} is in the attestation history; it is kept")
+            if error is not None:
+                self._audit(s, subject, "image-remove", image, "refused", str(error))
+                s.commit()
+                raise error
+            assert img is not None
+            s.execute(update(db.Nonce).where(db.Nonce.image_id == img.id).values(image_id=None))
+            s.delete(img)
+            self._references.pop(img.id, None)
+            self._audit(s, subject, "image-remove", image, "ok", f"manifest sha256 {img.manifest_sha256}")
+            return {"image": image, "removed": True}
 
     def approve(self, node_id: str, subject: str) -> dict[str, Any]:
         return self._set_by_operator(node_id, subject, "approve", APPROVED,
@@ -339,9 +367,12 @@ class Fleet:
     # ---- nodes -----------------------------------------------------------------------------------
 
     def register(self, ek_public: bytes, ak_public: bytes, image: str, *, ek_certificate: bytes | None = None,
-                 hostname: str = "") -> dict[str, Any]:
+                 hostname: str = "", token: str = "") -> dict[str, Any]:
         """A node presents its EK and AK: the answer is a credential challenge only its TPM can open."""
         from obelisk.attest import akrecord, credential
+
+        if self.join_tokens and not any(hmac.compare_digest(token.encode(), t.encode()) for t in self.join_tokens):
+            raise Forbidden("registration refused: no valid join token")
 
         try:
             record = akrecord.from_public(ak_public, ek_public=ek_public, source="registration: ak_public")
