@@ -439,3 +439,30 @@ def test_the_nodes_cis_stig_scan_is_part_of_the_round(pki, fleet_service, tmp_pa
                            "scan": json.loads(fmt.serialize(failing))}).encode()
         result = node.push(body)
         assert not result["passed"] and result["summary"] == "failed: cis-4.2.1"
+
+
+def test_fleet_join_registers_and_attests_from_the_command_line(pki, fleet_service, tmp_path, obelisk_cli):
+    from obelisk.tpm import device
+    from tests.fleet.conftest import boot_node
+
+    svc = fleet_service
+    svc.operator(pki).add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
+    with SoftwareTPM.start(tmp_path / "tpm") as tpm:
+        device.create_keys(tpm.tcti)
+        event_log, ima = boot_node(tpm, tmp_path / "n", pki["keys"])
+        args = ("fleet", "join", "--url", svc.url, "--ca", pki["ca"], "--image", IMAGE, "--tcti", tpm.tcti,
+                "--eventlog", str(event_log), "--ima", str(ima), "--rounds", "1", "--format", "json")
+        res = obelisk_cli(*args)
+        assert res.returncode == 1 and "pending" in res.stderr, res.stderr  # registered, waiting for approval
+        node = json.loads(res.stdout)["node"]
+        svc.operator(pki).approve(node)
+        res = obelisk_cli(*args)
+        assert res.returncode == 0, res.stderr
+        assert [r["status"] for r in json.loads(res.stdout)["rounds"]] == ["trusted"]
+
+
+def test_serve_with_an_unusable_database_fails_with_one_line(pki, tmp_path, obelisk_cli):
+    res = obelisk_cli("fleet", "serve", "--db", str(tmp_path / "no-such-dir" / "fleet.db"), "--listen",
+                      "127.0.0.1:0", "--ca", pki["ca"], "--cert", str(pki["server"].cert), "--key",
+                      str(pki["server"].key))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "fleet database" in res.stderr, res.stderr
