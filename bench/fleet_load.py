@@ -165,6 +165,9 @@ def main() -> int:
         for s in servers:
             s.process.terminate()
             s.process.wait(timeout=30)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
