@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ima_policy", "kernel_hardening", "cis_checks", "disk", "reports"),
     ("image",),
     ("attest",),
+    ("fleet",),
     ("lab",),
     ("cli",),
 )

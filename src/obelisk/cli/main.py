@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "obelisk.cli.reports",
     "obelisk.cli.image",
     "obelisk.cli.demo",
+    "obelisk.cli.fleet",
 )
 
 # The top-level commands each module adds (kept equal to what they register by a test): a command
@@ -43,6 +44,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "image": ("obelisk.cli.image",),
     "boot": ("obelisk.cli.image",),
     "demo": ("obelisk.cli.demo",),
+    "fleet": ("obelisk.cli.fleet",),
 }
 
 

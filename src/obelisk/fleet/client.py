@@ -1,0 +1,191 @@
+"""The fleet service's callers: operators (mTLS, client certificate of the customer CA) and nodes (TPM).
+
+`FleetClient` speaks HTTPS to `fleet serve`; the service's certificate must chain to the customer CA.
+`NodeAgent` is the node's side: registration (present EK, EK certificate and AK; answer the credential
+challenge with TPM2_ActivateCredential) and rounds (ask for a nonce, quote over it, push the evidence).
+The node only ever connects out: nodes behind NAT with outbound HTTPS work.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from obelisk.core.errors import InputError, ObeliskError
+from obelisk.core.inputs import read_bounded
+
+MAX_RESPONSE = 64 * 1024 * 1024
+
+
+class FleetClientError(ObeliskError):
+    """The service could not be reached, or refused the request (its reason is in the message)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class FleetClient:
+    url: str  # https://HOST:PORT
+    ca: str  # the customer CA: the service's certificate must chain to it
+    cert: str | None = None  # operator: client certificate (nodes have none)
+    key: str | None = None
+    timeout: float = 60.0
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_verify_locations(cafile=self.ca)
+            if self.cert:
+                ctx.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise InputError(f"TLS client setup: {exc}") from None
+        return ctx
+
+    def request(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> Any:
+        """The decoded JSON answer; FleetClientError with the service's reason on anything but 200."""
+        status, raw = self.exchange(method, path, body)
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise FleetClientError(f"{self.url}{path}: answered {status} without JSON", status) from None
+        if status != 200:
+            reason = doc.get("error", "") if isinstance(doc, dict) else ""
+            raise FleetClientError(f"fleet refused {method} {path.split('?')[0]} ({status}): {reason}", status)
+        return doc
+
+    def exchange(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """(HTTP status, body) of one request."""
+        parts = urlsplit(self.url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise InputError(f"fleet URL must be https://HOST:PORT, got {self.url!r}")
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=self.context(),
+                                           timeout=self.timeout)
+        try:
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read(MAX_RESPONSE + 1)
+        except ssl.SSLError as exc:
+            raise FleetClientError(f"{self.url}: TLS refused: {exc.reason or exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise FleetClientError(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        finally:
+            conn.close()
+        if len(raw) > MAX_RESPONSE:
+            raise FleetClientError(f"{self.url}{path}: answer larger than {MAX_RESPONSE} bytes")
+        return resp.status, raw
+
+    # ---- operators ----
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/nodes"))
+
+    def history(self, node: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/v1/nodes/{quote(node, safe='')}/history"))
+
+    def remove_image(self, image: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/images/{quote(image, safe='')}/remove", {}))
+
+    def approve(self, node: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/nodes/{quote(node, safe='')}/approve", {}))
+
+    def quarantine(self, node: str, reason: str = "") -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/nodes/{quote(node, safe='')}/quarantine", {"reason": reason}))
+
+    def latest(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/report"))
+
+    def audit(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/v1/audit"))
+
+    def add_image(self, manifest: str, signature: str | None = None) -> dict[str, Any]:
+        """Send OUT/manifest.json and its signature (manifest.json.sig beside it) for registration."""
+        import os
+
+        from obelisk.image import manifest as mf
+
+        if signature is None:
+            signature = manifest + ".sig"
+            if not os.path.exists(signature):
+                signature = os.path.join(os.path.dirname(manifest), mf.SIGNATURE)
+        data = read_bounded(manifest, "image manifest", 1 << 30)
+        try:
+            sig = read_bounded(signature, "manifest signature", 1 << 20)
+        except InputError:
+            raise InputError("no manifest signature beside it (manifest.json.sig): only signed manifests are "
+                             "accepted", source=manifest) from None
+        return dict(self.request("POST", "/v1/images", {"manifest": base64.b64encode(data).decode(),
+                                                        "signature": base64.b64encode(sig).decode()}))
+
+
+@dataclass
+class NodeAgent:
+    """A node's fleet client: its TPM (EK and AK at their persistent handles) and what it collects."""
+
+    client: FleetClient
+    image: str  # NAME:VERSION of the image the node runs
+    tcti: str | None = None
+    event_log: str | None = "/sys/kernel/security/tpm0/binary_bios_measurements"
+    ima_log: str | None = None  # None: the kernel's list under securityfs
+    scan_root: str | None = None  # CIS/STIG scan of this root sent with each round; None: no scan
+    token: str = ""  # the join token, when the service asks for one
+    node: str | None = None  # set by register
+
+    def register(self, hostname: str = "") -> dict[str, Any]:
+        """Present EK (+certificate) and AK; answer the credential challenge; returns {"node", "status"}."""
+        from obelisk.attest import credential
+        from obelisk.tpm import device as tpm
+
+        info = tpm.read_ak(self.tcti)
+        answer = self.client.request("POST", "/v1/node/register", {
+            "ek_public": info.ek_public.hex(), "ak_public": info.public.hex(), "image": self.image,
+            "ek_certificate": info.ek_certificate.hex() if info.ek_certificate else None, "hostname": hostname,
+            "token": self.token})
+        challenge = credential.parse(json.dumps(answer["challenge"]).encode(), "fleet registration challenge")
+        secret = credential.activate(challenge, self.tcti, info.handle)
+        result = self.client.request("POST", "/v1/node/activate",
+                                     {"challenge_id": answer["challenge_id"], "secret": secret.hex()})
+        self.node = str(result["node"])
+        return dict(result)
+
+    def nonce(self) -> bytes:
+        if self.node is None:
+            raise InputError("register first")
+        return bytes.fromhex(self.client.request("POST", "/v1/node/nonce", {"node": self.node})["nonce"])
+
+    def collect(self, nonce: bytes) -> bytes:
+        from obelisk.attest import evidence
+
+        ev = evidence.collect(nonce, self.tcti, event_log_path=self.event_log, ima_path=self.ima_log)
+        if self.scan_root is None:
+            return evidence.serialize(ev).encode()
+        from obelisk.cis_checks.scan import scan
+
+        return json.dumps({"schema": "obelisk.fleet-round/1", "evidence": ev.to_json(),
+                           "scan": scan(self.scan_root).to_json()}).encode()
+
+    def push(self, bundle: bytes) -> dict[str, Any]:
+        if self.node is None:
+            raise InputError("register first")
+        return dict(self.client.request("POST", f"/v1/node/evidence?node={quote(self.node, safe='')}", bundle))
+
+    def key(self) -> bytes:
+        """The node's /var key: a round over a fresh nonce that the service verifies before releasing it."""
+        if self.node is None:
+            raise InputError("register first")
+        bundle = self.collect(self.nonce())
+        answer = self.client.request("POST", f"/v1/node/key?node={quote(self.node, safe='')}", bundle)
+        return bytes.fromhex(answer["key"])
+
+    def round(self) -> dict[str, Any]:
+        """One attestation round: a fresh nonce from the service, a quote over it, the verdict."""
+        return self.push(self.collect(self.nonce()))

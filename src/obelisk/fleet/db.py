@@ -1,0 +1,232 @@
+"""The fleet's tables and database: SQLAlchemy 2.x, SQLite by default, PostgreSQL by URL.
+
+The schema is owned by the alembic migrations shipped in this package (`alembic/versions/`);
+`open_database` brings any database up to the newest revision before it is used, so every
+`fleet serve` process (and every test) runs the same migrations. The models below must stay equal
+to what the migrations create: tests/fleet/test_db.py compares them with alembic's autogenerate.
+
+Times are timezone-aware UTC. Binary TPM structures are stored as hex text, JSON documents as text:
+both survive every engine unchanged and stay readable with `sqlite3` or `psql`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from obelisk.core.errors import InputError
+
+MIGRATIONS = Path(__file__).resolve().parent / "alembic"
+
+
+def utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[_dt.datetime]):
+    """A timezone-aware UTC datetime on every engine (SQLite keeps no zone: it is put back on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: _dt.datetime | None, dialect: object) -> _dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the fleet database")
+        return value.astimezone(_dt.UTC)
+
+    def process_result_value(self, value: _dt.datetime | None, dialect: object) -> _dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=_dt.UTC) if value.tzinfo is None else value.astimezone(_dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Image(Base):
+    """A build's reference values: its manifest and signature, as registered by `fleet image add`."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_images_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(200))
+    manifest_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    manifest: Mapped[str] = mapped_column(Text)  # manifest.json exactly as signed
+    signature: Mapped[str] = mapped_column(Text)  # manifest.json.sig (obelisk.manifest-signature/1)
+    signer: Mapped[str] = mapped_column(String(500))  # the signing certificate's subject
+    added_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
+    added_by: Mapped[str] = mapped_column(String(500))
+
+
+class Node(Base):
+    """A node, known by its EK; its AK once proven by make/activate credential."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # derived from the EK's name
+    ek_public: Mapped[str] = mapped_column(Text, unique=True)  # hex TPM2B_PUBLIC
+    ek_certificate: Mapped[str | None] = mapped_column(Text, nullable=True)  # hex DER
+    ak_record: Mapped[str | None] = mapped_column(Text, nullable=True)  # obelisk.ak/1 JSON, activated
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    status: Mapped[str] = mapped_column(String(20))
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    registered_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
+    last_attested: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the TPM counters of the last trusted quote: a replayed or rolled-back quote is refused
+    clock: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reset_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    restart_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Nonce(Base):
+    """A single-use challenge: a round's nonce, or a registration's credential secret (kept as its hash)."""
+
+    __tablename__ = "nonces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[str] = mapped_column(String(128), unique=True)  # hex nonce; for credentials the challenge id
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    purpose: Mapped[str] = mapped_column(String(20))  # round | credential
+    secret_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ak_public: Mapped[str | None] = mapped_column(Text, nullable=True)  # credential: the AK being proven
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), nullable=True)  # credential: its image
+    issued_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class NodeKey(Base):
+    """A node's /var key, wrapped under the service's key-encryption key (never stored in the clear)."""
+
+    __tablename__ = "node_keys"
+
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    wrapped: Mapped[str] = mapped_column(Text)  # hex: 12-byte AES-GCM nonce || ciphertext+tag (AAD: node id)
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
+    released: Mapped[int] = mapped_column(Integer, default=0)
+    last_released_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Attestation(Base):
+    """One round's result, kept for ever (`fleet history`)."""
+
+    __tablename__ = "attestations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    nonce_id: Mapped[int] = mapped_column(ForeignKey("nonces.id"), unique=True)  # one result per round
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    summary: Mapped[str] = mapped_column(Text)  # the failing check ids, or "all passed"
+    report: Mapped[str] = mapped_column(Text)  # obelisk.report/1 JSON
+
+
+class Event(Base):
+    """A node's state change."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(40))
+    old_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    new_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Audit(Base):
+    """An operator's action, with the subject of the client certificate that made it."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
+    subject: Mapped[str] = mapped_column(String(500))
+    action: Mapped[str] = mapped_column(String(40))
+    target: Mapped[str] = mapped_column(String(500))
+    outcome: Mapped[str] = mapped_column(String(20))  # ok | refused
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+def database_url(given: str) -> str:
+    """A SQLAlchemy URL; a plain path means a SQLite file there."""
+    if "://" in given:
+        return given
+    return f"sqlite:///{Path(given).resolve()}"
+
+
+def make_engine(url: str) -> Engine:
+    url = database_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: object) -> None:
+            dbapi_connection.isolation_level = None  # transactions begin below, not by the driver
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Any) -> None:
+            # Take the write lock at the start: a transaction that read first and wrote later would fail at
+            # once with "database is locked" when another process wrote in between (SQLite cannot wait then).
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Run the package's alembic migrations up to `revision` on `engine`."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def open_database(url: str) -> sessionmaker:
+    """The database at `url`, migrated to the newest schema; returns a session factory."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = make_engine(url)
+        migrate(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        raise InputError(f"fleet database {database_url(url).split('@')[-1]}: {str(exc).splitlines()[0]}") from None
+    return sessionmaker(engine, expire_on_commit=False)

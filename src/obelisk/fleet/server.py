@@ -1,0 +1,323 @@
+"""`fleet serve`: the fleet's HTTPS API (standard library http.server + ssl, like the node agent).
+
+TLS 1.2+. A client certificate is optional at the handshake, but one that is presented must chain to
+the customer CA or the handshake fails. Operator endpoints need one (401 without); node endpoints do
+not: a node proves who it is with its TPM (credential activation, then quotes signed by its AK).
+
+Nodes (push; the service never connects to a node):
+    POST /v1/node/register   {"ek_public": HEX, "ak_public": HEX, "ek_certificate": HEX|null,
+                              "image": "NAME:VERSION", "hostname": "...", "token": "..." (join token)}
+                             -> {"node", "challenge_id", "challenge": obelisk.credential/1}
+    POST /v1/node/activate   {"challenge_id": HEX, "secret": HEX} -> {"node", "status"}
+    POST /v1/node/nonce      {"node": ID} -> {"nonce": HEX}
+    POST /v1/node/evidence?node=ID   body: obelisk.evidence/1 -> {"node", "status", "passed", "summary"}
+    POST /v1/node/key?node=ID        body: as evidence -> {"node", "status", "key": HEX}: the node's /var key,
+                                     only when this round verifies and the node is trusted (403 otherwise)
+
+Operators (client certificate of the customer CA; every change audited with its subject):
+    GET  /v1/nodes                      GET  /v1/nodes/ID/history
+    POST /v1/nodes/ID/approve           POST /v1/nodes/ID/quarantine   {"reason": "..."}
+    POST /v1/images  {"manifest": BASE64, "signature": BASE64}
+    POST /v1/images/NAME:VERSION/remove (refused while a node runs it or a round used it)
+    GET  /v1/audit                      GET  /v1/attestations/N   (the round's obelisk.report/1)
+    GET  /v1/report                     every node with its last round's report (`fleet report`)
+    GET  /dashboard                     the same as `fleet report --format html`, rendered live
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from obelisk.core.errors import InputError
+from obelisk.fleet.service import Fleet, FleetError, NotFound
+
+MAX_BODY = 64 * 1024 * 1024  # an evidence bundle with a long IMA list
+MAX_CONCURRENT = 16
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def server_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_OPTIONAL  # nodes come without one; a presented certificate must verify
+    try:
+        ctx.load_cert_chain(cert, key)
+        ctx.load_verify_locations(cafile=client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(f"fleet TLS setup: {exc}") from None
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    return ctx
+
+
+def peer_subject(conn: Any) -> str | None:
+    """The RFC 4514 subject of the verified client certificate, None without one."""
+    from cryptography import x509
+
+    try:
+        der = conn.getpeercert(binary_form=True)
+    except (AttributeError, ValueError, ssl.SSLError):
+        return None
+    if not der:
+        return None
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FleetServer
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+
+    def version_string(self) -> str:
+        return "obelisk-fleet"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        self.server.log(f"{self.client_address[0]} [{peer_subject(self.connection) or 'node'}] {format % args}")
+
+    def _send(self, code: int, body: Any) -> None:
+        html = isinstance(body, _Html)
+        data = body.data if isinstance(body, _Html) else (json.dumps(body, sort_keys=True) + "\n").encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/html; charset=utf-8" if html else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise FleetError("Content-Length is not a number") from None
+        if length > MAX_BODY:
+            raise FleetError(f"request body larger than {MAX_BODY} bytes")
+        return self.rfile.read(length)
+
+    def _json(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self._body() or b"{}")
+        except (ValueError, RecursionError):
+            raise FleetError("request body is not JSON") from None
+        if not isinstance(doc, dict):
+            raise FleetError("request body: expected a JSON object")
+        return doc
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        parts = [p for p in url.path.split("/") if p]
+        try:
+            if parts[:2] == ["v1", "node"] and method == "POST":
+                self._send(200, self._node(parts[2:], parse_qs(url.query, max_num_fields=4)))
+                return
+            subject = peer_subject(self.connection)
+            if subject is None:
+                self._send(401, {"error": "operator endpoints need a client certificate of the customer CA"})
+                return
+            self._send(200, self._operator(method, parts, subject))
+        except FleetError as exc:
+            self._send(exc.http_status, {"error": str(exc)})
+        except Exception as exc:  # a bug, or the database went away: the request fails, the service stays
+            self.server.log(f"error serving {method} {url.path}: {type(exc).__name__}: {exc}")
+            self._send(500, {"error": f"internal error: {type(exc).__name__}"})
+
+    def _node(self, parts: list[str], query: dict[str, list[str]]) -> Any:
+        fleet = self.server.fleet
+        if parts in (["evidence"], ["key"]):
+            node = (query.get("node") or [""])[0]
+            body = self._body()
+            return fleet.submit(node, body) if parts == ["evidence"] else fleet.release_key(node, body)
+        doc = self._json()
+        if parts == ["register"]:
+            return fleet.register(_hex(doc, "ek_public"), _hex(doc, "ak_public"), _text(doc, "image"),
+                                  ek_certificate=_hex(doc, "ek_certificate") if doc.get("ek_certificate") else None,
+                                  hostname=str(doc.get("hostname") or ""), token=str(doc.get("token") or ""))
+        if parts == ["activate"]:
+            return fleet.activate(_text(doc, "challenge_id"), _hex(doc, "secret"))
+        if parts == ["nonce"]:
+            return {"nonce": fleet.issue_nonce(_text(doc, "node")).hex()}
+        raise _no_such_endpoint()
+
+    def _operator(self, method: str, parts: list[str], subject: str) -> Any:
+        fleet = self.server.fleet
+        if method == "GET":
+            if parts == ["v1", "nodes"]:
+                return fleet.nodes()
+            if parts[:2] == ["v1", "nodes"] and len(parts) == 4 and parts[3] == "history":
+                return fleet.history(parts[2])
+            if parts == ["v1", "audit"]:
+                return fleet.audit()
+            if parts == ["v1", "report"]:
+                return fleet.latest()
+            if parts == ["dashboard"]:
+                return _Html(dashboard(fleet))
+            if parts[:2] == ["v1", "attestations"] and len(parts) == 3 and parts[2].isdigit():
+                return json.loads(fleet.report(int(parts[2])))
+            raise _no_such_endpoint()
+        if parts == ["v1", "images"]:
+            doc = self._json()
+            return fleet.add_image(_b64(doc, "manifest"), _b64(doc, "signature"), subject)
+        if parts[:2] == ["v1", "images"] and len(parts) == 4 and parts[3] == "remove":
+            self._json()
+            return fleet.remove_image(unquote(parts[2]), subject)
+        if parts[:2] == ["v1", "nodes"] and len(parts) == 4 and parts[3] in ("approve", "quarantine"):
+            doc = self._json()
+            if parts[3] == "approve":
+                return fleet.approve(parts[2], subject)
+            return fleet.quarantine(parts[2], subject, str(doc.get("reason") or ""))
+        raise _no_such_endpoint()
+
+
+class _Html:
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+def dashboard(fleet: Fleet) -> bytes:
+    """The fleet report's HTML, rendered now from the database: the live dashboard."""
+    from obelisk.fleet.report import bundle
+    from obelisk.reports.options import RenderOptions
+    from obelisk.reports.render import render
+
+    return render(bundle(fleet.latest(), "fleet"), "html", RenderOptions(title="obelisk fleet"))
+
+
+def _no_such_endpoint() -> FleetError:
+    return NotFound("no such endpoint (see obelisk/fleet/server.py)")
+
+
+def _text(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise FleetError(f"{key}: missing")
+    return value
+
+
+def _hex(doc: dict[str, Any], key: str) -> bytes:
+    try:
+        return bytes.fromhex(_text(doc, key))
+    except ValueError:
+        raise FleetError(f"{key}: not hex") from None
+
+
+def _b64(doc: dict[str, Any], key: str) -> bytes:
+    try:
+        return base64.b64decode(_text(doc, key), validate=True)
+    except (binascii.Error, ValueError):
+        raise FleetError(f"{key}: not base64") from None
+
+
+class FleetServer(ThreadingHTTPServer):
+    """HTTPS server whose TLS handshake happens in the worker thread (as the node agent's)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, fleet: Fleet,
+                 log: Callable[[str], None] | None = None):
+        self.context = context
+        self.fleet = fleet
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._stop = threading.Event()
+        super().__init__(address, _Handler)
+
+    def log(self, line: str) -> None:
+        self._log(f"obelisk-fleet {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}")
+
+    def sweep_forever(self) -> None:
+        """Mark silent nodes unreachable, every half interval, until `shutdown`."""
+        while not self._stop.wait(max(1.0, self.fleet.interval / 2)):
+            try:
+                self.fleet.sweep()
+            except Exception as exc:
+                self.log(f"sweep failed: {type(exc).__name__}: {exc}")
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        super().shutdown()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            request.close()
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def finish_request(self: Self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
+        if not isinstance(request, socket.socket):
+            raise TypeError(f"the fleet serves TLS over TCP, not {type(request).__name__} requests")
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            self.log(f"{client_address[0]} refused: TLS handshake failed: {getattr(exc, 'reason', None) or exc}")
+            return
+        try:
+            tls.settimeout(_Handler.timeout)
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            try:
+                tls.close()
+            except OSError:
+                pass
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            request.close()
+        except OSError:
+            pass
+
+
+def make_server(fleet: Fleet, host: str, port: int, *, cert: str, key: str, client_ca: str,
+                log: Callable[[str], None] | None = None) -> FleetServer:
+    server = FleetServer((host, port), server_context(cert, key, client_ca), fleet, log)
+    fleet.log = server.log
+    if fleet.webhooks is not None:
+        fleet.webhooks.log = server.log
+    return server
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InputError(f"--listen must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve(fleet: Fleet, listen: str, *, cert: str, key: str, client_ca: str) -> None:
+    """Serve until interrupted, sweeping for unreachable nodes in the background."""
+    host, port = parse_listen(listen)
+    server = make_server(fleet, host, port, cert=cert, key=key, client_ca=client_ca)
+    threading.Thread(target=server.sweep_forever, daemon=True).start()
+    server.log(f"listening on {host}:{server.server_address[1]}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
