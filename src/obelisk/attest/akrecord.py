@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from obelisk.core.errors import InputError
+from obelisk.core.jsonsafe import load_json
 from obelisk.core.schema import schema_of
 from obelisk.tpm import algorithms
 
@@ -113,10 +114,7 @@ def parse(data: bytes, source: str = "AK", ek_public: bytes | None = None) -> AK
     """An AK from a record, a bare TPM2B_PUBLIC or a PEM key (see the module doc)."""
     stripped = data.lstrip()
     if stripped.startswith(b"{"):
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"not JSON: {exc}", source=source) from None
+        doc = load_json(data, source)
         try:
             schema = schema_of(doc) if isinstance(doc, dict) else None
         except ValueError as exc:
@@ -132,7 +130,13 @@ def parse(data: bytes, source: str = "AK", ek_public: bytes | None = None) -> AK
         rec = from_public(public, ek_public=ek, activated=bool(doc.get("activated")), source=source,
                           ek_certificate=ek_cert)
         recorded = doc.get("qualified_name")
-        if recorded and rec.qualified_name is not None and bytes.fromhex(recorded) != rec.qualified_name:
+        if recorded is not None and not isinstance(recorded, str):
+            raise InputError("AK record: qualified_name must be hex text", source=source)
+        try:
+            recorded_bytes = bytes.fromhex(recorded or "")
+        except ValueError:
+            raise InputError("AK record: qualified_name must be hex", source=source) from None
+        if recorded_bytes and rec.qualified_name is not None and recorded_bytes != rec.qualified_name:
             raise InputError("AK record: qualified_name does not match public and ek_public", source=source)
         return rec
     if stripped.startswith(b"-----BEGIN"):

@@ -13,7 +13,6 @@ predictions, no signature).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Finding, Severity, Status
+from obelisk.core.inputs import read_bounded
+from obelisk.core.jsonsafe import load_json
+
+MAX_REFERENCE_BYTES = 1 << 30
 
 if TYPE_CHECKING:
     from obelisk.ima_policy.keyring import Keyring
@@ -49,14 +52,8 @@ def load_references(path: str | None, ca: str | None) -> References:
         if ca:
             raise InputError("--cert is the CA of the signed reference manifest: give --reference too")
         return refs
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(1 << 30)
-        doc = json.loads(data)
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=path) from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(f"not JSON: {str(exc).splitlines()[0]}", source=path) from None
+    data = read_bounded(path, "reference manifest", MAX_REFERENCE_BYTES)
+    doc = load_json(data, path, max_bytes=MAX_REFERENCE_BYTES)
     from obelisk.image import manifest as mf
 
     if mf.is_manifest(doc):

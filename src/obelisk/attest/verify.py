@@ -322,17 +322,16 @@ def parse_state(data: bytes | str, source: str = "verifier state") -> dict[str, 
 
         {"<hex>": {"clock": N, "reset_count": N, "restart_count": N}, ...}
     """
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(f"unreadable verifier state: {exc}", source=source) from None
+    from obelisk.core.jsonsafe import load_json
+
+    doc = load_json(data, source, what="verifier state JSON")
     if not isinstance(doc, dict):
         raise InputError("unreadable verifier state: expected an object", source=source)
     state: dict[str, Counters] = {}
     for key, entry in doc.items():
         try:
             state[key] = Counters(int(entry["clock"]), int(entry["reset_count"]), int(entry["restart_count"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise InputError(f"verifier state entry {key[:80]!r} malformed", source=source) from None
     return state
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from obelisk import __version__
 from obelisk.core import findings as report_format
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Finding, Report, Severity, Status, Subject
+from obelisk.core.jsonsafe import load_json
 
 # Display and sort orders shared by every format.
 STATUS_ORDER: tuple[Status, ...] = (Status.FAIL, Status.ERROR, Status.WAIVED, Status.MANUAL, Status.SKIP,
@@ -110,10 +110,7 @@ def _scrub(value: Any) -> Any:
 def _parse_report(data: bytes, source: str) -> Report:
     if not _SURROGATE_ESCAPE.search(data):
         return report_format.parse(data, source=source)
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not JSON: {exc}", source=source) from None
+    doc = load_json(data, source)
     try:
         return Report.from_json(_scrub(doc))
     except InputError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from obelisk.core import atomic
 from obelisk.core.errors import EXIT_FAILED, InputError, ObeliskError
 from obelisk.core.findings import Report, Subject
 from obelisk.core.inputs import read_bounded
+from obelisk.core.jsonsafe import load_json
 from obelisk.reports.statement import (
     PAYLOAD_TYPE,
     SignatureFile,
@@ -91,8 +91,8 @@ def describe(data: bytes) -> Described | None:
         return None
     if head == b"{":
         try:
-            doc = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = load_json(data)
+        except InputError:
             return None
         if isinstance(doc, dict) and doc.get("schema") == "obelisk.report/1":
             try:
