@@ -16,6 +16,7 @@ as `InputProblem`s naming the file, and the scan goes on.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat as stat_mod
@@ -156,7 +157,11 @@ def _read_small(path: Path) -> bytes:
     try:
         return read_bounded(path, "file", MAX_FILE_BYTES)
     except InputError as exc:
-        raise ValueError(str(exc).removeprefix(f"{exc.source}: ").removeprefix("cannot read file: ")) from None
+        why = str(exc).removeprefix(f"{exc.source}: ")
+        if why.startswith("cannot read file: it is") or why.startswith("file larger"):
+            raise ValueError(why.removeprefix("cannot read file: ")) from None
+        error = errno.ENOENT if why.endswith("not found") else errno.EIO
+        raise OSError(error, why.removeprefix("cannot read file: "), str(path)) from None
 
 
 def re_octal(text: str) -> bool:

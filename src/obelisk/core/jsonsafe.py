@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from obelisk.core.errors import InputError
+from obelisk.core.errors import InputError, ParseError
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 64
@@ -50,7 +50,7 @@ def check_depth(doc: Any, source: str | None, limit: int = MAX_DEPTH) -> None:
     while stack:
         node, depth = stack.pop()
         if depth > limit:
-            raise InputError(f"JSON nested deeper than {limit} levels", source=source)
+            raise ParseError(f"not JSON: nested deeper than {limit} levels", source=source)
         if isinstance(node, dict):
             stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
         elif isinstance(node, list):
@@ -62,20 +62,20 @@ def load_json(data: str | bytes, source: str | None = None, *, max_bytes: int = 
               what: str = "JSON") -> Any:
     """The JSON value in `data`; InputError (one line, naming `source` and the offset) for anything else."""
     if len(data) > max_bytes:
-        raise InputError(f"{what} larger than {max_bytes} bytes", source=source)
+        raise ParseError(f"{what} larger than {max_bytes} bytes", source=source)
     try:
         doc = json.loads(data, parse_int=_int, parse_float=_float, parse_constant=_constant,
                          object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
-        raise InputError(f"not {what}: {exc.msg}", source=source, offset=exc.pos) from None
+        raise ParseError(f"not {what}: {exc.msg} at offset {exc.pos}", source=source) from None
     except InputError as exc:  # raised by object_pairs_hook (duplicate keys, ...)
-        raise InputError(str(exc), source=source) from None
+        raise ParseError(str(exc), source=source) from None
     except RecursionError:
-        raise InputError(f"{what} nested deeper than {max_depth} levels", source=source) from None
+        raise ParseError(f"not {what}: nested deeper than {max_depth} levels", source=source) from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"not {what}: invalid UTF-8", source=source, offset=exc.start) from None
+        raise ParseError(f"not {what}: invalid UTF-8 at offset {exc.start}", source=source) from None
     except ValueError as exc:  # _Refused, or the interpreter's own integer-length limit
-        raise InputError(f"not {what}: {str(exc).splitlines()[0] if str(exc) else 'bad value'}",
+        raise ParseError(f"not {what}: {str(exc).splitlines()[0] if str(exc) else 'bad value'}",
                          source=source) from None
     check_depth(doc, source, max_depth)
     return doc

@@ -78,14 +78,10 @@ def sort_key(finding: Finding) -> tuple[int, int, str, str]:
 
 
 def load_report(path: str | Path) -> tuple[Report, Source]:
+    from obelisk.core.inputs import read_bounded
+
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_RESULTS_BYTES:
-            raise InputError(f"results file larger than {MAX_RESULTS_BYTES} bytes", source=str(p))
-        data = p.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read results file: {exc.strerror}", source=str(p)) from None
+    data = read_bounded(p, "results file", MAX_RESULTS_BYTES)
     report = _parse_report(data, str(p))
     source = Source(path=p.name, sha256=hashlib.sha256(data).hexdigest(), command=report.command,
                     generated_at=report.generated_at, subject=report.subject, findings=len(report.findings))
