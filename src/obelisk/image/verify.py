@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from obelisk.core.errors import InputError
+from obelisk.core.errors import InputError, ParseError
 from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject
 from obelisk.image import manifest, squashfs
 
@@ -100,7 +100,13 @@ def _verify_squashfs(image: Path, m: manifest.Manifest, cert: x509.Certificate |
     bad = 0
     checked = 0
     with squashfs.temp_workdir() as work:
-        back = squashfs.read_back(image, Path(work), jobs=jobs)
+        declared = sum(f.size or 0 for f in m.files)
+        try:
+            back = squashfs.read_back(image, Path(work), jobs=jobs, declared=declared)
+        except ParseError as exc:  # too large to unpack: a failed check, and nothing written
+            return [_finding("image.files", "every file in the SquashFS is signed and matches the manifest", False,
+                             target="rootfs.squashfs", observed=str(exc), expected="files as the manifest declares",
+                             section="rootfs")]
         seen = set()
         for entry in back.files:
             if entry.path == "/":
