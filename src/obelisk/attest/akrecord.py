@@ -59,14 +59,14 @@ class AKRecord:
         return [n for n, bit in REQUIRED_AK_ATTRIBUTES.items() if not self.attributes & bit]
 
 
-def name_of(public: bytes) -> bytes:
+def name_of(public: bytes, source: str | None = None) -> bytes:
     """TPM2B_PUBLIC bytes -> Name (nameAlg || H_nameAlg(TPMT_PUBLIC))."""
     if len(public) < 4:
-        raise InputError("TPM2B_PUBLIC too short")
+        raise InputError("TPM2B_PUBLIC too short", source=source)
     area = public[2:]
     alg = int.from_bytes(area[2:4], "big")
     if not algorithms.is_known(alg, algorithms.SHA_BANKS):
-        raise InputError(f"public area nameAlg 0x{alg:04x} unknown")
+        raise InputError(f"public area nameAlg 0x{alg:04x} unknown", source=source, offset=4)
     return alg.to_bytes(2, "big") + algorithms.by_id(alg).digest(area)
 
 
@@ -102,8 +102,8 @@ def _from_public(public: bytes, source: str) -> tuple[PublicKeyTypes, int]:
 def from_public(public: bytes, *, ek_public: bytes | None = None, activated: bool = False,
                 source: str = "AK", ek_certificate: bytes | None = None) -> AKRecord:
     key, attrs = _from_public(public, source)
-    name = name_of(public)
-    ek_name = name_of(ek_public) if ek_public else None
+    name = name_of(public, source)
+    ek_name = name_of(ek_public, f"{source}: ek_public") if ek_public else None
     qn = ak_qualified_name(ek_name, name) if ek_name else None
     return AKRecord(public=public, public_key=key, name=name, qualified_name=qn, attributes=attrs,
                     ek_public=ek_public, ek_name=ek_name, activated=activated, source=source,

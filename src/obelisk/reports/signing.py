@@ -210,8 +210,13 @@ def verify_report_file(report: str, *, ca: str, signature: str | None = None,
         chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in sig.certificates]
     except ValueError:
         raise VerificationFailed("signature carries a malformed signer certificate") from None
+    if not chain:
+        raise VerificationFailed("signature carries no signer certificate")
     leaf = chain[0]
-    public_key = leaf.public_key()
+    try:
+        public_key = leaf.public_key()
+    except ValueError as exc:  # a certificate whose key bytes were altered: "Invalid key"
+        raise VerificationFailed(f"signer certificate carries an unusable public key ({exc})") from None
     if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
         raise VerificationFailed(f"unsupported signer key type {type(public_key).__name__}")
     algo = by_name(_hash_name(public_key))
@@ -231,7 +236,10 @@ def verify_report_file(report: str, *, ca: str, signature: str | None = None,
     now = now or _dt.datetime.now(_dt.UTC)
     if signed_at > now + _dt.timedelta(minutes=5):
         raise VerificationFailed(f"statement claims a signing time in the future ({statement.signed_at})")
-    root = check_chain(leaf, chain[1:], roots, signed_at)
+    try:
+        root = check_chain(leaf, chain[1:], roots, signed_at)
+    except ValueError as exc:  # an intermediate whose key or extensions do not decode
+        raise VerificationFailed(f"signer certificate chain is malformed ({exc})") from None
     described = describe(data)
     if described is not None and (described.subject != statement.subject
                                   or described.scanned_at != statement.scanned_at):
