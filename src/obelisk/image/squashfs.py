@@ -126,8 +126,10 @@ MIN_UNPACK_BUDGET = 256 << 20
 
 
 def file_sizes(image: Path, files: Sequence[ImageFile]) -> dict[str, int]:
-    """Each regular file's size as the image declares it (`rdsquashfs -l` of every directory; it shows
-    sizes of 1024 bytes and more with a unit, 64G, so these are rounded down to the unit shown)."""
+    """Each regular file's size as the image declares it, at least (`rdsquashfs -l` of every directory).
+
+    rdsquashfs shows sizes of 1024 bytes and more rounded to a unit (1982256 bytes as 2M), so a size
+    shown as N units counts as N - 1 units: a lower bound, enough to refuse a 64G file in a small image."""
     sizes: dict[str, int] = {}
     for d in dict.fromkeys(["/", *(f.path for f in files if f.kind == "dir")]):
         text = tools.run("rdsquashfs", ["-l", d, image]).stdout.decode("utf-8", errors="surrogateescape")
@@ -136,7 +138,8 @@ def file_sizes(image: Path, files: Sequence[ImageFile]) -> dict[str, int]:
             if m is None or not m.group(1).startswith("-"):
                 continue
             unit = 1024 ** (_UNITS.index(m.group(5).replace("K", "k")) + 1) if m.group(5) else 1
-            sizes[d.rstrip("/") + "/" + m.group(6)] = int(float(m.group(4)) * unit)
+            shown = float(m.group(4))
+            sizes[d.rstrip("/") + "/" + m.group(6)] = int(max(0.0, shown - 1) * unit) if unit > 1 else int(shown)
     return sizes
 
 
@@ -151,7 +154,7 @@ def check_unpack_size(image: Path, files: Sequence[ImageFile], declared: int | N
     total = sum(file_sizes(image, files).values())
     budget = unpack_budget(image, declared)
     if total > budget:
-        raise ParseError(f"its regular files add up to {total} bytes, more than the {budget} bytes it may unpack "
+        raise ParseError(f"its regular files add up to at least {total} bytes, more than the {budget} bytes it may unpack "
                          f"(the manifest's file sizes, at most {MAX_UNPACK_RATIO} times the image): not unpacked",
                          source=str(image))
 
