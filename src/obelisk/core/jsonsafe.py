@@ -16,7 +16,7 @@ from typing import Any
 
 from obelisk.core.errors import InputError, ParseError
 
-MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_JSON_BYTES = 1 << 30  # a backstop: each kind of file has its own, lower cap (docs/limits.md)
 MAX_DEPTH = 64
 MAX_INT_DIGITS = 128
 
