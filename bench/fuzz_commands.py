@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import gzip
 import json
 import os
 import random
@@ -25,6 +24,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,8 +58,9 @@ def _dev_zero(path: Path) -> Path:
 
 def _bzimage_bomb(path: Path) -> Path:
     """A bzImage header whose payload is a gzip stream of 1,000 MiB of zeros (about 1 MB)."""
-    comp = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
-    payload = b"".join([comp] * 16)  # concatenated members: 1 GiB once inflated
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)  # one gzip member
+    zeros = b"\0" * (1 << 20)
+    payload = b"".join(z.compress(zeros) for _ in range(1000)) + z.flush()
     setup_sects = 4
     header = bytearray(512 * (setup_sects + 1))
     header[0x1F1] = setup_sects

@@ -154,8 +154,8 @@ def check_unpack_size(image: Path, files: Sequence[ImageFile], declared: int | N
     total = sum(file_sizes(image, files).values())
     budget = unpack_budget(image, declared)
     if total > budget:
-        raise ParseError(f"its regular files add up to at least {total} bytes, more than the {budget} bytes it may unpack "
-                         f"(the manifest's file sizes, at most {MAX_UNPACK_RATIO} times the image): not unpacked",
+        raise ParseError(f"its regular files add up to at least {total} bytes, more than the {budget} bytes "
+                         f"it may unpack (the manifest's file sizes, at most {MAX_UNPACK_RATIO} times the image): not unpacked",
                          source=str(image))
 
 
