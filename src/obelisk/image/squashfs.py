@@ -155,7 +155,8 @@ def check_unpack_size(image: Path, files: Sequence[ImageFile], declared: int | N
     budget = unpack_budget(image, declared)
     if total > budget:
         raise ParseError(f"its regular files add up to at least {total} bytes, more than the {budget} bytes "
-                         f"it may unpack (the manifest's file sizes, at most {MAX_UNPACK_RATIO} times the image): not unpacked",
+                         f"it may unpack (the manifest's file sizes, at most {MAX_UNPACK_RATIO} times the image): "
+                         "not unpacked",
                          source=str(image))
 
 
