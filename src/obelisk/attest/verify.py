@@ -342,15 +342,16 @@ def serialize_state(state: dict[str, Counters]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
+MAX_STATE_BYTES = 64 * 1024 * 1024  # counters of every AK the verifier has seen
+
+
 def load_state(path: str | None, ak: akrecord.AKRecord) -> Counters | None:
     """The counters last seen for `ak` in the state file at `path` (None: no file, or not seen yet)."""
     if not path or not os.path.exists(path):
         return None
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise InputError(f"unreadable verifier state: {exc}", source=path) from None
+    from obelisk.core.inputs import read_bounded
+
+    data = read_bounded(path, "verifier state", MAX_STATE_BYTES)
     return parse_state(data, source=path).get(_state_key(ak))
 
 
