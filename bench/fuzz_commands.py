@@ -83,7 +83,8 @@ def classes(rng: random.Random) -> dict[str, Maker]:
                 + b"".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(8))
                 + b']><l>&i;</l>')
     xml_attr = b'<?xml version="1.0"?><Benchmark id="' + b"A" * (20 << 20) + b'"/>'
-    lint = b"measure " + b"func=FILE_CHECK " * 5000 + b"\n"
+    lint = b"measure " + b"func=FILE_CHECK " * 5000 + b"\n"  # 80 KB
+    lint_big = b"measure " + b"func=FILE_CHECK " * 20000 + b"\n"  # 320 KB
     return {
         "random": _write(rng.randbytes(4096)),
         "empty": _write(b""),
@@ -103,6 +104,7 @@ def classes(rng: random.Random) -> dict[str, Maker]:
         "xml-bomb": _write(xml_bomb),
         "xml-huge-attr": _write(xml_attr),
         "lint-amplify": _write(lint),
+        "lint-amplify-320k": _write(lint_big),
         "bzimage-gzip-bomb": _bzimage_bomb,
         "fifo": _fifo,
         "sparse-4g": _sparse,
@@ -130,8 +132,44 @@ COMMANDS: dict[str, list[str]] = {
     "report diff": ["report", "diff", "{F}", "{F}"],
     "report verify": ["report", "verify", "--cert", "{F}", "--signature", "{F}", "{F}"],
     "image check-spec": ["image", "check-spec", "{F}"],
+    "image verify": ["image", "verify", "--ca", "{CA}", "{IMGDIR}"],
     "scan --waivers": ["scan", "--root", "{DIR}", "--offline", "-q", "--waivers", "{F}"],
 }
+
+
+def fixed_files(base: Path) -> dict[str, str]:
+    """The harmless files the commands need besides the hostile one (a directory, empty files, a CA)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    (base / "dir").mkdir(exist_ok=True)
+    (base / "empty").write_bytes(b"")
+    (base / "empty.log").write_bytes(b"")
+    (base / "results.json").write_text(json.dumps({"schema": 1, "findings": []}))
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fuzz CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    (base / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return {"{DIR}": str(base / "dir"), "{EMPTY}": str(base / "empty"), "{EMPTYLOG}": str(base / "empty.log"),
+            "{EMPTYRESULTS}": str(base / "results.json"), "{CA}": str(base / "ca.pem")}
+
+
+def command_argv(template: list[str], path: Path, fixed: dict[str, str], imgdir: Path) -> list[str]:
+    """The arguments for one run: {F} is the hostile file; {IMGDIR} an image directory whose manifest.json is it."""
+    if "{IMGDIR}" in template and not imgdir.exists():
+        imgdir.mkdir()
+        (imgdir / "manifest.json").symlink_to(path)
+        (imgdir / "manifest.json.sig").symlink_to(path)
+    values = {**fixed, "{IMGDIR}": str(imgdir)}
+    return [values.get(a, a).replace("{F}", str(path)) for a in template]
 
 
 def _limit() -> None:
@@ -168,18 +206,12 @@ def main() -> int:
     makers = classes(rng)
     with tempfile.TemporaryDirectory(prefix="obelisk-fuzz-") as tmp:
         base = Path(tmp)
-        (base / "dir").mkdir()
-        (base / "empty").write_bytes(b"")
-        (base / "empty.log").write_bytes(b"")
-        (base / "results.json").write_text(json.dumps({"schema": 1, "findings": []}))
-        fixed = {"{DIR}": str(base / "dir"), "{EMPTY}": str(base / "empty"), "{EMPTYLOG}": str(base / "empty.log"),
-                 "{EMPTYRESULTS}": str(base / "results.json")}
+        fixed = fixed_files(base)
         jobs = []
         for cname, maker in makers.items():
             path = maker(base / f"in-{cname}")
             for name, template in COMMANDS.items():
-                argv = [fixed.get(a, a).replace("{F}", str(path)) for a in template]
-                jobs.append((name, cname, argv))
+                jobs.append((name, cname, command_argv(template, path, fixed, base / f"img-{cname}")))
         # the static-pod manifest and the kubelet config as FIFOs under --root
         for rel in ("etc/kubernetes/manifests/kube-apiserver.yaml", "var/lib/kubelet/config.yaml"):
             root = base / ("root-" + rel.replace("/", "_"))

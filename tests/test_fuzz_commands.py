@@ -30,7 +30,8 @@ ADDRESS_SPACE = 2 << 30
 # Every command meets the classes that stress the reader itself; the format-specific ones go where they apply.
 COMMON = ("random", "fifo", "dev-zero", "sparse-4g", "deep-json", "big-int-json")
 EXTRA = {
-    "ima policy lint": ("lint-amplify",),
+    "ima policy lint": ("lint-amplify", "lint-amplify-320k"),
+    "image verify": ("infinity-json", "type-swap-json"),
     "kernel check --profile": ("yaml-bad-utf8", "big-int-yaml", "deep-yaml", "yaml-bomb", "yaml-type-swap"),
     "kernel check --waivers": ("yaml-bad-utf8", "big-int-yaml"),
     "scan --waivers": ("yaml-bad-utf8", "big-int-yaml", "yaml-bomb"),
@@ -73,20 +74,13 @@ def inputs(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz")
     makers = fuzz.classes(random.Random(1))
     made = {name: maker(base / f"in-{name}") for name, maker in makers.items()}
-    (base / "dir").mkdir()
-    (base / "empty").write_bytes(b"")
-    (base / "empty.log").write_bytes(b"")
-    (base / "results.json").write_text('{"schema": 1, "findings": []}')
-    fixed = {"{DIR}": str(base / "dir"), "{EMPTY}": str(base / "empty"), "{EMPTYLOG}": str(base / "empty.log"),
-             "{EMPTYRESULTS}": str(base / "results.json")}
-    return made, fixed
+    return made, fuzz.fixed_files(base), base
 
 
 @pytest.mark.parametrize(("command", "cls"), CASES, ids=[f"{c}|{k}" for c, k in CASES])
 def test_hostile_file(inputs, command, cls):
-    made, fixed = inputs
-    path = str(made[cls])
-    argv = [fixed.get(a, a).replace("{F}", path) for a in fuzz.COMMANDS[command]]
+    made, fixed, base = inputs
+    argv = fuzz.command_argv(fuzz.COMMANDS[command], made[cls], fixed, base / f"img-{cls}")
     assert_clean_failure(run_bounded(*argv))
 
 
