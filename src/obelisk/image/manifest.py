@@ -440,8 +440,6 @@ def chains_to(cert: x509.Certificate, ca: x509.Certificate) -> str | None:
 
 
 def load(path: Path) -> Manifest:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    return parse(data, str(path))
+    from obelisk.core.inputs import read_bounded
+
+    return parse(read_bounded(path, "image manifest", MAX_MANIFEST_BYTES), str(path))
