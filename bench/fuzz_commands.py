@@ -172,6 +172,18 @@ def command_argv(template: list[str], path: Path, fixed: dict[str, str], imgdir:
     return [values.get(a, a).replace("{F}", str(path)) for a in template]
 
 
+KUBELET_UNIT = "[Service]\nExecStart=/usr/bin/kubelet --config=/var/lib/kubelet/config.yaml\n"
+
+
+def fifo_root(root: Path, rel: str) -> None:
+    """A node tree whose kubelet (a systemd unit) or static pod manifest `rel` is a FIFO nobody writes to."""
+    unit = root / "usr/lib/systemd/system/kubelet.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text(KUBELET_UNIT)
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(root / rel)
+
+
 def _limit() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
@@ -215,8 +227,7 @@ def main() -> int:
         # the static-pod manifest and the kubelet config as FIFOs under --root
         for rel in ("etc/kubernetes/manifests/kube-apiserver.yaml", "var/lib/kubelet/config.yaml"):
             root = base / ("root-" + rel.replace("/", "_"))
-            (root / rel).parent.mkdir(parents=True)
-            os.mkfifo(root / rel)
+            fifo_root(root, rel)
             jobs.append(("scan --root", "fifo:" + rel, ["scan", "--root", str(root), "--offline", "-q"]))
         counts: collections.Counter[str] = collections.Counter()
         bad: list[str] = []

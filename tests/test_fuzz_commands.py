@@ -86,10 +86,11 @@ def test_hostile_file(inputs, command, cls):
 
 @pytest.mark.parametrize("rel", ["etc/kubernetes/manifests/kube-apiserver.yaml", "var/lib/kubelet/config.yaml"])
 def test_scan_root_with_a_fifo_does_not_block(tmp_path, rel):
-    (tmp_path / rel).parent.mkdir(parents=True)
-    os.mkfifo(tmp_path / rel)
-    proc = run_bounded("scan", "--root", str(tmp_path), "--offline", "-q", "--format", "json", "-o", os.devnull)
-    assert_clean_failure(proc, (0, 1, 2))
+    fuzz.fifo_root(tmp_path, rel)
+    report = tmp_path / "r"
+    proc = run_bounded("scan", "--root", str(tmp_path), "--offline", "-q", "--format", "json", "-o", str(report))
+    assert_clean_failure(proc, (1, 2))
+    assert "it is a FIFO, not a regular file" in report.read_text()
 
 
 def test_profile_extends_outside_its_directory_is_refused_without_echo(tmp_path):
