@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,9 @@ from obelisk.core.errors import InputError, ParseError
 MAX_JSON_BYTES = 1 << 30  # a backstop: each kind of file has its own, lower cap (docs/limits.md)
 MAX_DEPTH = 64
 MAX_INT_DIGITS = 128
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (MAX_INT_DIGITS + 1))
 
 
 class _Refused(ValueError):
@@ -45,16 +49,18 @@ def _constant(text: str) -> float:
 
 
 def check_depth(doc: Any, source: str | None, limit: int = MAX_DEPTH) -> None:
-    """Refuse a parsed document nested deeper than `limit` (iterative: no recursion of our own)."""
-    stack: list[tuple[Any, int]] = [(doc, 0)]
-    while stack:
-        node, depth = stack.pop()
+    """Refuse a parsed document nested deeper than `limit` (level by level: no recursion of our own)."""
+    level = [doc] if isinstance(doc, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             raise ParseError(f"not JSON: nested deeper than {limit} levels", source=source)
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+        nxt: list[Any] = []
+        for node in level:
+            values = node.values() if type(node) is dict else node
+            nxt += [v for v in values if type(v) is dict or type(v) is list]
+        level = nxt
 
 
 def load_json(data: str | bytes, source: str | None = None, *, max_bytes: int = MAX_JSON_BYTES,
@@ -63,9 +69,11 @@ def load_json(data: str | bytes, source: str | None = None, *, max_bytes: int = 
     """The JSON value in `data`; InputError (one line, naming `source` and the offset) for anything else."""
     if len(data) > max_bytes:
         raise ParseError(f"{what} larger than {max_bytes} bytes", source=source)
+    # The integer hook costs a Python call per number: only when a long run of digits is present at all.
+    long_digits = _LONG_DIGITS.search(data.encode() if isinstance(data, str) else data) is not None
     try:
-        doc = json.loads(data, parse_int=_int, parse_float=_float, parse_constant=_constant,
-                         object_pairs_hook=object_pairs_hook)
+        doc = json.loads(data, parse_int=_int if long_digits else None, parse_float=_float,
+                         parse_constant=_constant, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         raise ParseError(f"not {what}: {exc.msg} at offset {exc.pos}", source=source) from None
     except InputError as exc:  # raised by object_pairs_hook (duplicate keys, ...)
