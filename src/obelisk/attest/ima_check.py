@@ -81,16 +81,21 @@ def _image_manifest(refs: References, path: str, data: bytes, ca: str | None) ->
                                 detail="no --cert CA given: the build manifest's origin is not checked"))
     else:
         from cryptography import x509
+        ca_data = read_bounded(ca, "CA certificate", 1 << 20)
         try:
-            with open(ca, "rb") as handle:
-                ca_cert = x509.load_pem_x509_certificate(handle.read(1 << 20))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"not a PEM certificate: {exc}", source=ca) from None
+            ca_cert = x509.load_pem_x509_certificate(ca_data)
+        except ValueError as exc:
+            raise InputError(f"not a PEM certificate: {' '.join(str(exc).split())[:200]}", source=ca) from None
         sig_path = path + ".sig" if os.path.exists(path + ".sig") else os.path.join(os.path.dirname(path), mf.SIGNATURE)
+        sig: mf.ManifestSignature | None
         try:
-            with open(sig_path, "rb") as handle:
-                sig = mf.ManifestSignature.loads(handle.read(1 << 20), sig_path)
-        except OSError:
+            sig = mf.ManifestSignature.loads(read_bounded(sig_path, "manifest signature", 1 << 20), sig_path)
+        except InputError as exc:
+            if os.path.exists(sig_path) or "not found" not in str(exc):
+                raise
+            # missing: a failed check below
+            sig = None
+        if sig is None:
             refs.findings.append(_f("reference.signature", title, Status.FAIL, section="reference",
                                     detail=f"no signature file {sig_path}"))
         else:

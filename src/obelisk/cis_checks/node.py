@@ -245,6 +245,10 @@ class NodeView:
         except ValueError:
             return str(path)
 
+    def read_bytes(self, path: Path) -> bytes:
+        """A small regular file under the root (never blocks); OSError/ValueError name the problem."""
+        return _read_small(self._inside(path))
+
     def read_text(self, path: Path) -> str:
         """Read a small text file under the root; OSError/ValueError name the problem."""
         return _read_small(self._inside(path)).decode("utf-8", errors="replace")
