@@ -128,6 +128,14 @@ def test_spec_numbers_and_files_checked_before_work(tmp_path, text, field):
     assert f"{field}:" in line and str(spec) in line
 
 
+def test_spec_relative_path_escaping_its_directory_is_refused(tmp_path):
+    (tmp_path / "spec").mkdir()
+    spec = tmp_path / "spec" / "spec.yaml"
+    spec.write_text("name: n\nima: {policy: measure-only}\nsigning: {ca: ../../../../../../etc/shadow}\n")
+    line = assert_clean_failure(run_bounded("image", "check-spec", str(spec)), (2,))
+    assert "signing.ca" in line and "inside the spec's directory" in line
+
+
 def test_spec_file_that_is_a_fifo_is_refused(tmp_path):
     os.mkfifo(tmp_path / "ca.pem")
     spec = tmp_path / "spec.yaml"

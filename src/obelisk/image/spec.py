@@ -379,7 +379,11 @@ def _existing(source: str, key: str, base: str, value: str, max_bytes: int = 0) 
     size or smaller (checked with stat: a FIFO or device is never opened). Contents are never shown."""
     if "\0" in value or len(value) > 4096:
         raise SpecError(source, key, f"{_show(value)}: not a usable path")
-    path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+    expanded = os.path.expanduser(value)
+    path = os.path.normpath(os.path.join(base, expanded))
+    if not os.path.isabs(expanded) and os.path.commonpath([base, path]) != base:
+        raise SpecError(source, key, f"{_show(value)}: a relative path must stay inside the spec's directory "
+                        "(name a file elsewhere by its absolute path)")
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -499,7 +503,7 @@ def render_docs() -> str:
         "<!-- Generated from src/obelisk/image/spec.py by `obelisk image spec-docs`; do not edit. -->",
         "",
         "`obelisk build SPEC.yaml -o OUT` reads one YAML file. Relative paths are resolved against the",
-        "spec file's directory and must exist. Unknown keys, wrong types, missing files and the",
+        "spec file's directory, must stay inside it and must exist. Unknown keys, wrong types, missing files and the",
         "combinations listed under *Rules* are rejected before any build work starts, naming the field.",
         "",
     ]
