@@ -2,9 +2,11 @@
 """Benchmark: hostile input files into every command that parses a file; counts of how each run ended.
 
 Each run is a fresh `python -m obelisk` held to 2 GiB of address space (RLIMIT_AS) and a timeout
-(20 s by default). The classes are those of issue 18: random bytes, bit flips and truncations of a
-valid seed, deep nesting, huge integers, wrong types, YAML and XML bombs, invalid UTF-8, FIFOs,
-/dev/zero, sparse 4 GiB files, repeated-keyword IMA policies and gzip bombs behind a bzImage header.
+(20 s by default). The classes are those of issue 18: random bytes, empty and NUL files, deep
+nesting, huge integers, Infinity, wrong types, YAML and XML bombs, invalid UTF-8, a 20 MB XML
+attribute, FIFOs, /dev/zero, sparse 4 GiB files, repeated-keyword IMA policies and a gzip bomb
+behind a bzImage header (bit flips and truncations of valid files are in the per-package
+tests/*/test_fuzz*.py).
 
     python bench/fuzz_commands.py [--timeout 20] [--jobs 3] [--seed 1] [-v]
 
