@@ -144,6 +144,12 @@ def test_obelisk_verifies_tpm2_quote_output(swtpm, tmp_path, obelisk_cli):
     code, found = check(ak="ak2.pub")
     assert code == 1 and found["attest.quote.signature"] == "fail" and found["attest.quote.signer"] == "fail"
 
+    # a signature file that does not parse is named as itself, not as the -m file (issue 18)
+    (d / "bad.sig").write_bytes(b"\x00\x14garbage")
+    res = obelisk_cli("attest", "checkquote", "--ak", str(d / "ak.pub"), "-m", str(d / "q.msg"),
+                      "-s", str(d / "bad.sig"), "-f", str(d / "q.pcrs"), "-q", nonce)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and str(d / "bad.sig") in res.stderr, res.stderr
+
 
 def _boot(swtpm, tmp_path) -> eventlog.EventLog:
     """A firmware log whose events are also extended into the swtpm, as firmware would."""

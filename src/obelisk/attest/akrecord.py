@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from obelisk.core.errors import InputError
+from obelisk.core.jsonsafe import load_json
 from obelisk.core.schema import schema_of
 from obelisk.tpm import algorithms
 
@@ -58,14 +59,14 @@ class AKRecord:
         return [n for n, bit in REQUIRED_AK_ATTRIBUTES.items() if not self.attributes & bit]
 
 
-def name_of(public: bytes) -> bytes:
+def name_of(public: bytes, source: str | None = None) -> bytes:
     """TPM2B_PUBLIC bytes -> Name (nameAlg || H_nameAlg(TPMT_PUBLIC))."""
     if len(public) < 4:
-        raise InputError("TPM2B_PUBLIC too short")
+        raise InputError("TPM2B_PUBLIC too short", source=source)
     area = public[2:]
     alg = int.from_bytes(area[2:4], "big")
     if not algorithms.is_known(alg, algorithms.SHA_BANKS):
-        raise InputError(f"public area nameAlg 0x{alg:04x} unknown")
+        raise InputError(f"public area nameAlg 0x{alg:04x} unknown", source=source, offset=4)
     return alg.to_bytes(2, "big") + algorithms.by_id(alg).digest(area)
 
 
@@ -101,8 +102,8 @@ def _from_public(public: bytes, source: str) -> tuple[PublicKeyTypes, int]:
 def from_public(public: bytes, *, ek_public: bytes | None = None, activated: bool = False,
                 source: str = "AK", ek_certificate: bytes | None = None) -> AKRecord:
     key, attrs = _from_public(public, source)
-    name = name_of(public)
-    ek_name = name_of(ek_public) if ek_public else None
+    name = name_of(public, source)
+    ek_name = name_of(ek_public, f"{source}: ek_public") if ek_public else None
     qn = ak_qualified_name(ek_name, name) if ek_name else None
     return AKRecord(public=public, public_key=key, name=name, qualified_name=qn, attributes=attrs,
                     ek_public=ek_public, ek_name=ek_name, activated=activated, source=source,
@@ -113,10 +114,7 @@ def parse(data: bytes, source: str = "AK", ek_public: bytes | None = None) -> AK
     """An AK from a record, a bare TPM2B_PUBLIC or a PEM key (see the module doc)."""
     stripped = data.lstrip()
     if stripped.startswith(b"{"):
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"not JSON: {exc}", source=source) from None
+        doc = load_json(data, source)
         try:
             schema = schema_of(doc) if isinstance(doc, dict) else None
         except ValueError as exc:
@@ -132,7 +130,13 @@ def parse(data: bytes, source: str = "AK", ek_public: bytes | None = None) -> AK
         rec = from_public(public, ek_public=ek, activated=bool(doc.get("activated")), source=source,
                           ek_certificate=ek_cert)
         recorded = doc.get("qualified_name")
-        if recorded and rec.qualified_name is not None and bytes.fromhex(recorded) != rec.qualified_name:
+        if recorded is not None and not isinstance(recorded, str):
+            raise InputError("AK record: qualified_name must be hex text", source=source)
+        try:
+            recorded_bytes = bytes.fromhex(recorded or "")
+        except ValueError:
+            raise InputError("AK record: qualified_name must be hex", source=source) from None
+        if recorded_bytes and rec.qualified_name is not None and recorded_bytes != rec.qualified_name:
             raise InputError("AK record: qualified_name does not match public and ek_public", source=source)
         return rec
     if stripped.startswith(b"-----BEGIN"):

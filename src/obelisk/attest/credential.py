@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 from obelisk.attest.akrecord import AKRecord
 from obelisk.core.errors import InputError, ObeliskError
+from obelisk.core.jsonsafe import load_json
 
 FORMAT = "obelisk.credential/1"
 SECRET_SIZE = 32
@@ -49,9 +50,9 @@ def parse(data: bytes, source: str = "challenge") -> Challenge:
         return InputError(f"not an obelisk credential challenge: {why}", source=source)
 
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
-        raise bad("not JSON") from None
+        doc = load_json(data)
+    except InputError as exc:
+        raise bad(str(exc)) from None
     if not isinstance(doc, dict):
         raise bad("not a JSON object")
     if doc.get("format", FORMAT) != FORMAT:

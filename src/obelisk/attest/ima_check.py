@@ -13,7 +13,6 @@ predictions, no signature).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Finding, Severity, Status
+from obelisk.core.inputs import read_bounded
+from obelisk.core.jsonsafe import load_json
+
+MAX_REFERENCE_BYTES = 1 << 30
 
 if TYPE_CHECKING:
     from obelisk.ima_policy.keyring import Keyring
@@ -50,14 +53,8 @@ def load_references(path: str | None, ca: str | None) -> References:
         if ca:
             raise InputError("--cert is the CA of the signed reference manifest: give --reference too")
         return refs
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(1 << 30)
-        doc = json.loads(data)
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=path) from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(f"not JSON: {str(exc).splitlines()[0]}", source=path) from None
+    data = read_bounded(path, "reference manifest", MAX_REFERENCE_BYTES)
+    doc = load_json(data, path, max_bytes=MAX_REFERENCE_BYTES)
     from obelisk.image import manifest as mf
 
     if mf.is_manifest(doc):
@@ -85,16 +82,21 @@ def _image_manifest(refs: References, path: str, data: bytes, ca: str | None) ->
                                 detail="no --cert CA given: the build manifest's origin is not checked"))
     else:
         from cryptography import x509
+        ca_data = read_bounded(ca, "CA certificate", 1 << 20)
         try:
-            with open(ca, "rb") as handle:
-                ca_cert = x509.load_pem_x509_certificate(handle.read(1 << 20))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"not a PEM certificate: {exc}", source=ca) from None
+            ca_cert = x509.load_pem_x509_certificate(ca_data)
+        except ValueError as exc:
+            raise InputError(f"not a PEM certificate: {' '.join(str(exc).split())[:200]}", source=ca) from None
         sig_path = path + ".sig" if os.path.exists(path + ".sig") else os.path.join(os.path.dirname(path), mf.SIGNATURE)
+        sig: mf.ManifestSignature | None
         try:
-            with open(sig_path, "rb") as handle:
-                sig = mf.ManifestSignature.loads(handle.read(1 << 20), sig_path)
-        except OSError:
+            sig = mf.ManifestSignature.loads(read_bounded(sig_path, "manifest signature", 1 << 20), sig_path)
+        except InputError as exc:
+            if os.path.exists(sig_path) or "not found" not in str(exc):
+                raise
+            # missing: a failed check below
+            sig = None
+        if sig is None:
             refs.findings.append(_f("reference.signature", title, Status.FAIL, section="reference",
                                     detail=f"no signature file {sig_path}"))
         else:

@@ -352,17 +352,16 @@ def parse_state(data: bytes | str, source: str = "verifier state") -> dict[str, 
 
         {"<hex>": {"clock": N, "reset_count": N, "restart_count": N}, ...}
     """
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InputError(f"unreadable verifier state: {exc}", source=source) from None
+    from obelisk.core.jsonsafe import load_json
+
+    doc = load_json(data, source, what="verifier state JSON")
     if not isinstance(doc, dict):
         raise InputError("unreadable verifier state: expected an object", source=source)
     state: dict[str, Counters] = {}
     for key, entry in doc.items():
         try:
             state[key] = Counters(int(entry["clock"]), int(entry["reset_count"]), int(entry["restart_count"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise InputError(f"verifier state entry {key[:80]!r} malformed", source=source) from None
     return state
 
@@ -373,15 +372,16 @@ def serialize_state(state: dict[str, Counters]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
+MAX_STATE_BYTES = 64 * 1024 * 1024  # counters of every AK the verifier has seen
+
+
 def load_state(path: str | None, ak: akrecord.AKRecord) -> Counters | None:
     """The counters last seen for `ak` in the state file at `path` (None: no file, or not seen yet)."""
     if not path or not os.path.exists(path):
         return None
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise InputError(f"unreadable verifier state: {exc}", source=path) from None
+    from obelisk.core.inputs import read_bounded
+
+    data = read_bounded(path, "verifier state", MAX_STATE_BYTES)
     return parse_state(data, source=path).get(_state_key(ak))
 
 

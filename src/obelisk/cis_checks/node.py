@@ -16,6 +16,7 @@ as `InputProblem`s naming the file, and the scan goes on.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat as stat_mod
@@ -25,6 +26,7 @@ from typing import Any
 
 from obelisk.cis_checks.cmdline import CommandLine, Unit, find_unit_files, parse_flags, parse_unit
 from obelisk.core.errors import InputError
+from obelisk.core.inputs import read_bounded
 from obelisk.core.yamlsafe import load_yaml
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -149,6 +151,19 @@ class CertInfo:
     error: str = ""
 
 
+def _read_small(path: Path) -> bytes:
+    """A regular file of at most MAX_FILE_BYTES, without ever blocking (a FIFO is refused by name);
+    ValueError says why not, without the host path (callers name the node path)."""
+    try:
+        return read_bounded(path, "file", MAX_FILE_BYTES)
+    except InputError as exc:
+        why = str(exc).removeprefix(f"{exc.source}: ")
+        if why.startswith("cannot read file: it is") or why.startswith("file larger"):
+            raise ValueError(why.removeprefix("cannot read file: ")) from None
+        error = errno.ENOENT if why.endswith("not found") else errno.EIO
+        raise OSError(error, why.removeprefix("cannot read file: "), str(path)) from None
+
+
 def re_octal(text: str) -> bool:
     return len(text) in (3, 4) and all(ch in "01234567" for ch in text)
 
@@ -230,13 +245,13 @@ class NodeView:
         except ValueError:
             return str(path)
 
+    def read_bytes(self, path: Path) -> bytes:
+        """A small regular file under the root (never blocks); OSError/ValueError name the problem."""
+        return _read_small(self._inside(path))
+
     def read_text(self, path: Path) -> str:
         """Read a small text file under the root; OSError/ValueError name the problem."""
-        with open(self._inside(path), "rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-        return data.decode("utf-8", errors="replace")
+        return _read_small(self._inside(path)).decode("utf-8", errors="replace")
 
     def problem(self, path: str, message: str, component: str | None = None) -> None:
         self.problems.append(InputProblem(path, message, component))
@@ -591,10 +606,11 @@ class NodeView:
         from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
         try:
-            with open(self.host(node_path), "rb") as handle:
-                data = handle.read(MAX_FILE_BYTES)
+            data = _read_small(self.host(node_path))
         except OSError as exc:
             return CertInfo(node_path, error=f"cannot read: {exc.strerror}")
+        except ValueError as exc:
+            return CertInfo(node_path, error=f"cannot read: {exc}")
         try:
             cert = (x509.load_pem_x509_certificates(data)[0] if b"-----BEGIN" in data
                     else x509.load_der_x509_certificate(data))

@@ -338,6 +338,7 @@ def _checkquote(args: argparse.Namespace) -> int:
     sig = _read(args.signature, "quote signature", 1 << 16)
     values = _read(args.pcrs, "PCR values", 1 << 16)
     attest = q.parse_attest(msg, args.message)
+    q.parse_signature(sig, args.signature)  # a bad -s file is named as itself, before the checks
     bank, pcrs = q.quoted_pcr_values(attest, values, args.pcrs, args.message)
     bundle = evmod.Evidence(nonce=nonce, attest=msg, signature=sig, bank=bank, pcrs=pcrs)
     report, _ = verify.verify(bundle, verify.Options(nonce=nonce, ak=ak, quote_only=True, source=args.message))

@@ -6,6 +6,7 @@ import argparse
 
 from obelisk.cli.common import add_output_options, add_quiet, emit_report, emit_result, output_format
 from obelisk.cli.main import subcommand_group
+from obelisk.core.jsonsafe import load_json
 
 MAX_MEASUREMENT_LIST = 1 << 40  # mapped and streamed, never held in memory: any real list fits
 
@@ -120,17 +121,12 @@ def _log_verify(args: argparse.Namespace) -> int:
 
 
 def _reference_convert(args: argparse.Namespace) -> int:
-    import json
 
     from obelisk.core import atomic
-    from obelisk.core.errors import InputError
     from obelisk.ima_policy import keylime, reference
 
     data = _read(args.input, "input", reference.MAX_MANIFEST_BYTES)
-    try:
-        obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not JSON: {exc}", source=args.input) from None
+    obj = load_json(data, args.input, max_bytes=reference.MAX_MANIFEST_BYTES)
     if args.to == "keylime":
         manifest = reference.from_json(obj, args.input)
         text = keylime.serialize(keylime.from_reference(manifest))

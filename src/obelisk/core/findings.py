@@ -257,10 +257,9 @@ def serialize(report: Report) -> str:
 
 
 def parse(text: str | bytes, source: str = "report") -> Report:
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not JSON: {exc}", source=source) from None
+    from obelisk.core.jsonsafe import load_json
+
+    data = load_json(text, source)
     try:
         return Report.from_json(data)
     except InputError as exc:

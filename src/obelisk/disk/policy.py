@@ -15,6 +15,7 @@ import base64
 import json
 
 from obelisk.core.errors import InputError
+from obelisk.core.jsonsafe import load_json
 from obelisk.tpm import seal as sealmod
 from obelisk.tpm.seal import SignedPolicy
 
@@ -48,10 +49,7 @@ def serialize(p: SignedPolicy) -> bytes:
 
 
 def parse(data: bytes, where: str) -> SignedPolicy:
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InputError(f"not JSON: {exc}", source=where) from None
+    doc = load_json(data, where)
     if not isinstance(doc, dict):
         raise InputError("expected a JSON object", source=where)
     return from_json(doc, where)

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 
 from obelisk.core.errors import InputError
+from obelisk.core.jsonsafe import load_json
 from obelisk.disk import policy as policymod
 from obelisk.tpm import seal as sealmod
 
@@ -70,9 +71,9 @@ def serialize(token: Token) -> bytes:
 
 def parse(data: bytes, token_id: int | None, where: str) -> Token:
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InputError(f"malformed {TOKEN_TYPE} token: not JSON: {exc}", source=where) from None
+        doc = load_json(data)
+    except InputError as exc:
+        raise InputError(f"malformed {TOKEN_TYPE} token: {exc}", source=where) from None
     if not isinstance(doc, dict):
         raise InputError(f"malformed {TOKEN_TYPE} token: not a JSON object", source=where)
     return from_json(doc, token_id, where)

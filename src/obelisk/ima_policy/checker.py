@@ -368,7 +368,7 @@ def _template(data: ListData, p: int, nlen: int, end: int, number: int, source: 
         raise ParseError(f"entry {number}: template name is not ascii", source=source, offset=p) from None
     if not name.isprintable():
         raise ParseError(f"entry {number}: template name is not printable", source=source, offset=p)
-    return templates.lookup(name, f"entry {number}")
+    return templates.lookup(name, f"entry {number}", source, p)
 
 
 class _EntryContext:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from obelisk.core.errors import InputError
+from obelisk.core.jsonsafe import load_json
 from obelisk.ima_policy.reference import IGNORE, ReferenceManifest, Rule
 
 VERSION = 1
@@ -100,10 +101,7 @@ def from_json(data: Any, source: str = "runtime policy") -> RuntimePolicy:
 
 
 def parse(text: str | bytes, source: str = "runtime policy") -> RuntimePolicy:
-    try:
-        return from_json(json.loads(text), source)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not JSON: {exc}", source=source) from None
+    return from_json(load_json(text, source), source)
 
 
 def serialize(policy: RuntimePolicy) -> str:

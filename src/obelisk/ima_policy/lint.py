@@ -193,6 +193,14 @@ def lint(policy: Policy, *, signed_build: bool = True) -> list[tuple[str, Rule |
     return out
 
 
+MAX_RULES = 2000
+MAX_SHOWN = 512  # characters of a rule repeated in a finding
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
 def lint_policy(data: bytes, source: str, *, signed_build: bool = True) -> Report:
     if len(data) > MAX_POLICY_BYTES:
         raise InputError("policy larger than 4 MiB", source=source)
@@ -201,6 +209,9 @@ def lint_policy(data: bytes, source: str, *, signed_build: bool = True) -> Repor
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text (byte {exc.start})", source=source) from None
     policy = policy_format.parse(text)
+    if len(policy.rules) > MAX_RULES:
+        raise InputError(f"more than {MAX_RULES} rules: not an IMA policy obelisk lints "
+                         f"(the shadowing check compares every pair)", source=source)
     problems = lint(policy, signed_build=signed_build)
     findings = []
     counts: dict[str, int] = {}
@@ -211,9 +222,9 @@ def lint_policy(data: bytes, source: str, *, signed_build: bool = True) -> Repor
         suffix = f".{n}" if n > 1 else ""
         findings.append(Finding(
             id=f"ima.policy.{check_id}.{where.replace(' ', '-')}{suffix}", title=check.title, status=Status.FAIL,
-            severity=check.severity, target=source, observed=rule.text if rule else None, detail=detail,
+            severity=check.severity, target=source, observed=_shown(rule.text) if rule else None, detail=detail,
             remediation=check.remediation, benchmark="ima-policy", section=check_id,
-            evidence=(Evidence("config", source, detail=rule.text if rule else "", location=where),)))
+            evidence=(Evidence("config", source, detail=_shown(rule.text) if rule else "", location=where),)))
     if not any(p[0] == "grammar" for p in problems):
         findings.insert(0, Finding("ima.policy.grammar", CHECKS["grammar"].title.replace("does not parse",
                                    "parses").replace("rule", "every rule"), Status.PASS, Severity.HIGH,

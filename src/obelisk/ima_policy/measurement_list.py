@@ -159,7 +159,7 @@ def iter_binary(data: bytes, start: int = 0, stop: int | None = None, order: Byt
                 raise ParseError(f"entry {number}: template name is not ascii", source=source, offset=off) from None
             if not name.isprintable():
                 raise ParseError(f"entry {number}: template name is not printable", source=source, offset=off)
-            templates.lookup(name, f"entry {number}")
+            templates.lookup(name, f"entry {number}", source, off)
             names[raw_name] = name
         off += name_len
         if name == "ima":
@@ -222,7 +222,7 @@ def parse_ascii_line(line: bytes, number: int, offset: int = 0, source: str = "m
                          source=source, offset=offset) from None
     if len(name) > templates.MAX_TEMPLATE_NAME:
         raise ParseError(f"entry {number} (line {number}): template name too long", source=source, offset=offset)
-    tpl = templates.lookup(name, f"entry {number} (line {number})")
+    tpl = templates.lookup(name, f"entry {number} (line {number})", source, offset)
     values = tokens[3:]
     nfields = len(tpl.fields)
     if len(values) < nfields:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from obelisk.core.errors import InputError
 from obelisk.core.yamlsafe import load_yaml
@@ -115,10 +114,9 @@ def load(spec: str) -> PcrValues:
     head, comma, tail = spec.partition(",")
     if comma and head in BANK_SIZES:
         bank, path = head, tail
-    try:
-        data = Path(path).read_bytes()[:MAX_PCR_FILE + 1]
-    except OSError as exc:
-        raise InputError(f"cannot read PCR file: {exc.strerror}", source=path) from None
+    from obelisk.core.inputs import read_bounded
+
+    data = read_bounded(path, "PCR file", MAX_PCR_FILE)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -185,7 +185,7 @@ def parse_rule(text: str, line: int) -> Rule:
     action = words[0]
     errors: list[str] = []
     if action not in ACTIONS:
-        errors.append(f"unknown action {action!r} (known: {', '.join(ACTIONS)})")
+        errors.append(f"unknown action {_short(action)!r} (known: {', '.join(ACTIONS)})")
     terms: list[Term] = []
     seen: set[str] = set()
     for word in words[1:]:
@@ -194,7 +194,7 @@ def parse_rule(text: str, line: int) -> Rule:
         kw = KEYWORDS.get(key)
         terms.append(Term(key, op, value))
         if kw is None:
-            errors.append(f"unknown keyword {key!r}")
+            errors.append(f"unknown keyword {_short(key)!r}")
             continue
         if key in seen:
             errors.append(f"{key} given twice")
@@ -210,8 +210,25 @@ def parse_rule(text: str, line: int) -> Rule:
             errors.append(f"{key} does not take the operator {op!r}")
         problem = kw.check(value)  # type: ignore[operator]
         if problem:
-            errors.append(f"{key}={value}: {problem}")
-    return Rule(line, text, action, tuple(terms), tuple(errors))
+            errors.append(f"{_short(key + '=' + value)}: {problem}")
+    return Rule(line, text, action, tuple(terms), _bounded_errors(errors))
+
+
+MAX_ERRORS_PER_RULE = 8
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _bounded_errors(errors: list[str]) -> tuple[str, ...]:
+    """Each distinct error once, at most MAX_ERRORS_PER_RULE: a rule repeating one keyword 5,000 times
+    is one problem, not 5,000 findings that each carry the whole rule."""
+    unique = list(dict.fromkeys(errors))
+    if len(unique) > MAX_ERRORS_PER_RULE:
+        more = len(unique) - MAX_ERRORS_PER_RULE + 1
+        unique = [*unique[:MAX_ERRORS_PER_RULE - 1], f"... and {more} more problems in this rule"]
+    return tuple(unique)
 
 
 def parse(text: str) -> Policy:

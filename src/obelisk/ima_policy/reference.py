@@ -252,12 +252,9 @@ def load(path: str | Path) -> ReferenceManifest:
     from obelisk.ima_policy import keylime
 
     source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=source) from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise InputError("larger than 1 GiB", source=source)
+    from obelisk.core.inputs import read_bounded
+
+    data = read_bounded(path, "reference manifest", MAX_MANIFEST_BYTES)
     obj = _decode_json(data, source)
     if isinstance(obj, dict) and "schema" not in obj and "digests" in obj:
         return keylime.to_reference(keylime.from_json(obj, source))

@@ -69,7 +69,7 @@ class Template:
 _CACHE: dict[str, Template] = {}
 
 
-def lookup(name: str, where: str = "template") -> Template:
+def lookup(name: str, where: str = "template", source: str | None = None, offset: int | None = None) -> Template:
     """The template for a list entry's template name.
 
     A kernel booted with ima_template_fmt= records the format itself ("d-ng|n-ng|iuid")
@@ -83,7 +83,7 @@ def lookup(name: str, where: str = "template") -> Template:
     else:
         fields = tuple(name.split("|"))
         if not name or any(f not in FIELD_KINDS for f in fields):
-            raise ParseError(f"{where}: unknown template {name[:64]!r}")
+            raise ParseError(f"{where}: unknown template {name[:64]!r}", source=source, offset=offset)
         tpl = Template(name, fields)
     if len(_CACHE) < 256:
         _CACHE[name] = tpl

@@ -137,10 +137,14 @@ def _render_policy(spec: Spec) -> bytes | None:
     if spec.ima.policy == "none":
         return None
     if spec.ima.policy == "custom":
+        from obelisk.core.errors import InputError
+        from obelisk.core.inputs import read_bounded
+        from obelisk.image.spec import SMALL_FILE
+
         try:
-            return Path(spec.ima.policy_file).read_bytes()
-        except OSError as exc:
-            raise SpecError(spec.source, "ima.policy_file", f"cannot read: {exc.strerror}") from None
+            return read_bounded(spec.ima.policy_file, "IMA policy", SMALL_FILE)
+        except InputError as exc:
+            raise SpecError(spec.source, "ima.policy_file", str(exc)) from None
     try:
         from obelisk.ima_policy import profiles
     except ImportError:

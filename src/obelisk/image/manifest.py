@@ -37,6 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from obelisk.core.errors import InputError, ParseError
+from obelisk.core.jsonsafe import load_json
 from obelisk.ima_policy import reference
 from obelisk.image.measure import BootEvent
 
@@ -326,12 +327,9 @@ def parse(data: bytes | str, source: str) -> Manifest:
     """manifest.json's bytes -> Manifest; anything but a complete manifest is refused, naming the field."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise ParseError("manifest too large", source=source)
-    try:
-        doc = json.loads(data, object_pairs_hook=_no_duplicates)
-    except ParseError as exc:
-        raise ParseError(str(exc), source=source) from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ParseError(f"not JSON: {str(exc).splitlines()[0]}", source=source) from None
+    from obelisk.core.jsonsafe import load_json
+
+    doc = load_json(data, source, max_bytes=MAX_MANIFEST_BYTES, object_pairs_hook=_no_duplicates)
     return from_json(doc, source)
 
 
@@ -396,7 +394,7 @@ class ManifestSignature:
     @classmethod
     def loads(cls, data: bytes, source: str) -> ManifestSignature:
         try:
-            d = json.loads(data)
+            d = load_json(data, source, max_bytes=1 << 20)
             if not isinstance(d, dict) or d.get("schema") != SIG_SCHEMA:
                 raise InputError(f"not an obelisk manifest signature (schema {SIG_SCHEMA})", source=source)
             algorithm = d["algorithm"]
@@ -442,8 +440,6 @@ def chains_to(cert: x509.Certificate, ca: x509.Certificate) -> str | None:
 
 
 def load(path: Path) -> Manifest:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    return parse(data, str(path))
+    from obelisk.core.inputs import read_bounded
+
+    return parse(read_bounded(path, "image manifest", MAX_MANIFEST_BYTES), str(path))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +55,16 @@ def _str(v: Any) -> str:
 
 def _int(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, str) and re.fullmatch(r"[0-9]+", v):
+        if isinstance(v, str) and re.fullmatch(r"[0-9]{1,20}", v):
             return int(v)
-        raise ValueError(f"expected an integer, got {v!r}")
+        raise ValueError(f"expected an integer, got {_show(v)}")
     return v
+
+
+def _show(v: Any) -> str:
+    """A value for an error message: short, one line."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _bool(v: Any) -> bool:
@@ -144,8 +151,9 @@ BOOL = Kind("boolean", _bool)
 STR_LIST = Kind("list of strings", _str_list)
 PCRS = Kind("list of PCR numbers", _pcr_list)
 PATH = Kind("path", _str, is_path=True)
-PATHS = Kind("list of paths", _str_list, is_path=True)
-KEY = Kind("path or PKCS#11 URI", _key_ref, is_path=True)
+FILE = Kind("file", _str, is_path=True)
+FILES = Kind("list of files", _str_list, is_path=True)
+KEY = Kind("file or PKCS#11 URI", _key_ref, is_path=True)
 PERMISSIONS = Kind("list of {path, mode, uid, gid}", _permissions)
 
 
@@ -161,17 +169,25 @@ class Setting:
     choices: tuple[str, ...] = ()
     help: str = ""
     example: str = ""
+    minimum: int | None = None  # integers: the accepted range, checked before any work
+    maximum: int | None = None
+    max_bytes: int = 0  # FILE, FILES and KEY: a regular file of at most this size
 
     @property
     def key(self) -> str:
         return f"{self.section}.{self.name}" if self.section else self.name
 
 
+UINT32_MAX = 2**32 - 1  # SquashFS stores modification times as 32-bit unsigned seconds
+MAX_DISK_MIB = 16 * 1024 * 1024  # 16 TiB: ext4's largest file with 4 KiB blocks (the /var disk is a sparse file)
+SMALL_FILE = 1024 * 1024  # keys, certificates, policies and config fragments
+KERNEL_IMAGE_BYTES = 512 * 1024 * 1024  # kernel_hardening.kimage.MAX_IMAGE_BYTES
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("", "name", STR, required=True, help="Image name; used in artifact names and the manifest.",
             example="example-node"),
     Setting("", "version", STR, "0.0.0", help="Image version recorded in the manifest."),
-    Setting("", "source_date_epoch", INT, None,
+    Setting("", "source_date_epoch", INT, None, minimum=0, maximum=UINT32_MAX,
             help="Timestamp (seconds since 1970) given to every file, archive and signature time field, "
                  "so that builds are reproducible. Defaults to $SOURCE_DATE_EPOCH, else 0."),
     Setting("kernel", "source", PATH, help="Kernel source tree or tarball (Debian's "
@@ -179,10 +195,11 @@ SETTINGS: tuple[Setting, ...] = (
             example="/usr/src/linux-source-6.1.tar.xz"),
     Setting("kernel", "profile", STR, "module-less",
             help="Hardening profile of the kernel build (kernel_hardening: module-less, kspp, or a YAML file)."),
-    Setting("kernel", "fragments", PATHS, (),
+    Setting("kernel", "fragments", FILES, (), max_bytes=SMALL_FILE,
             help="Extra .config fragments applied after the profile (e.g. the NIC and /var filesystem of your "
                  "platform)."),
-    Setting("kernel", "image", PATH, help="A prebuilt bzImage to use instead of building from kernel.source."),
+    Setting("kernel", "image", FILE, max_bytes=KERNEL_IMAGE_BYTES,
+               help="A prebuilt bzImage to use instead of building from kernel.source."),
     Setting("kernel", "cmdline", STR_LIST, ("console=ttyS0",),
             help="Kernel command line; obelisk adds the IMA and root parameters it needs."),
     Setting("rootfs", "base", STR, "busybox", choices=ROOTFS_BASES,
@@ -196,18 +213,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rootfs", "permissions", PERMISSIONS, (),
             help="Modes and owners for paths matching each glob, applied in order (the last match wins); "
                  "everything else is 0755 for directories and executables, 0644 for other files, owned by root."),
-    Setting("signing", "key", KEY, help="Customer IMA signing key: a PEM file or a PKCS#11 URI "
+    Setting("signing", "key", KEY, max_bytes=SMALL_FILE, help="Customer IMA signing key: a PEM file or a PKCS#11 URI "
             "(pkcs11:token=...;object=...). Signs every file and the manifest.", example="keys/ima.key"),
-    Setting("signing", "cert", PATH, help="X.509 certificate of signing.key (its subjectKeyIdentifier names "
+    Setting("signing", "cert", FILE, max_bytes=SMALL_FILE,
+               help="X.509 certificate of signing.key (its subjectKeyIdentifier names "
             "the key in every signature).", example="keys/ima.crt"),
-    Setting("signing", "ca", PATH, help="Customer CA certificate: compiled into the kernel as trusted key, "
+    Setting("signing", "ca", FILE, max_bytes=SMALL_FILE,
+               help="Customer CA certificate: compiled into the kernel as trusted key, "
             "installed on the node for the agent's client-certificate check.", example="keys/ca.crt"),
     Setting("signing", "hash", STR, "sha256", choices=HASHES, help="Hash algorithm of the IMA signatures."),
     Setting("signing", "passphrase_env", STR, help="Environment variable holding signing.key's passphrase "
             "(never put the passphrase in the spec)."),
     Setting("ima", "policy", STR, "appraise-rootfs", choices=IMA_POLICIES,
             help="IMA policy profile (ima_policy) loaded by the initramfs; custom: ima.policy_file."),
-    Setting("ima", "policy_file", PATH, help="Your own IMA policy file, used verbatim with ima.policy: custom "
+    Setting("ima", "policy_file", FILE, max_bytes=SMALL_FILE,
+               help="Your own IMA policy file, used verbatim with ima.policy: custom "
             "(it is signed and appraised like every other file)."),
     Setting("kubernetes", "role", STR, "worker", choices=K8S_ROLES,
             help="Kubernetes configuration rendered into the rootfs (cis_checks); binaries are not "
@@ -227,14 +247,18 @@ SETTINGS: tuple[Setting, ...] = (
                  "needs `obelisk disk reseal`). signed: to any PCR 11 value disk.policy_key approved "
                  "(TPM2 PolicyAuthorize); each build signs its own prediction (OUT/var-policy.json, carried "
                  "in the initramfs), so an updated image opens the same /var."),
-    Setting("disk", "policy_key", KEY, help="With disk.policy: signed, the key that approves PCR 11 values "
+    Setting("disk", "policy_key", KEY, max_bytes=SMALL_FILE,
+               help="With disk.policy: signed, the key that approves PCR 11 values "
             "(a PEM file or PKCS#11 URI; RSA or ECDSA P-256). Never the IMA key: an IMA signature over a "
             "crafted file would approve any policy. `obelisk keys generate` makes one (disk-policy.key).",
             example="keys/disk-policy.key"),
-    Setting("disk", "policy_cert", PATH, help="Certificate of disk.policy_key, issued by signing.ca.",
+    Setting("disk", "policy_cert", FILE, max_bytes=SMALL_FILE,
+               help="Certificate of disk.policy_key, issued by signing.ca.",
             example="keys/disk-policy.pem"),
-    Setting("disk", "size_mib", INT, 64, help="Size of the /var disk that `obelisk boot` creates."),
-    Setting("agent", "port", INT, 8443, help="TCP port of the node agent (HTTPS, mutual TLS)."),
+    Setting("disk", "size_mib", INT, 64, minimum=32, maximum=MAX_DISK_MIB,
+               help="Size of the /var disk that `obelisk boot` creates."),
+    Setting("agent", "port", INT, 8443, minimum=1, maximum=65535,
+               help="TCP port of the node agent (HTTPS, mutual TLS)."),
 )
 
 SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))
@@ -350,11 +374,41 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _existing(source: str, key: str, base: str, value: str) -> str:
-    path = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
-    if not os.path.exists(path):
-        raise SpecError(source, key, f"{value}: no such file or directory")
+def _existing(source: str, key: str, base: str, value: str, max_bytes: int = 0) -> str:
+    """The path resolved against the spec's directory; with max_bytes, it must be a regular file that
+    size or smaller (checked with stat: a FIFO or device is never opened). Contents are never shown."""
+    if "\0" in value or len(value) > 4096:
+        raise SpecError(source, key, f"{_show(value)}: not a usable path")
+    expanded = os.path.expanduser(value)
+    path = os.path.normpath(os.path.join(base, expanded))
+    if not os.path.isabs(expanded) and os.path.commonpath([base, path]) != base:
+        raise SpecError(source, key, f"{_show(value)}: a relative path must stay inside the spec's directory "
+                        "(name a file elsewhere by its absolute path)")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SpecError(source, key, f"{value}: no such file or directory") from None
+    except OSError as exc:
+        raise SpecError(source, key, f"{value}: {exc.strerror}") from None
+    if max_bytes:
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError(source, key, f"{value}: not a regular file")
+        if st.st_size > max_bytes:
+            raise SpecError(source, key, f"{value}: larger than {max_bytes} bytes")
+        if not os.access(path, os.R_OK):
+            raise SpecError(source, key, f"{value}: not readable")
     return path
+
+
+def _check_range(s: Setting, value: Any, source: str) -> None:
+    if not isinstance(value, int):
+        return
+    if (s.minimum is not None and value < s.minimum) or (s.maximum is not None and value > s.maximum):
+        raise SpecError(source, s.key, f"{_show(value)} is out of range {_range_text(s)}")
+
+
+def _range_text(s: Setting) -> str:
+    return f"{s.minimum if s.minimum is not None else ''}..{s.maximum if s.maximum is not None else ''}"
 
 
 def parse_spec(data: Any, source: str, base_dir: str | os.PathLike[str]) -> Spec:
@@ -394,18 +448,20 @@ def parse_spec(data: Any, source: str, base_dir: str | os.PathLike[str]) -> Spec
         except ValueError as exc:
             raise SpecError(source, s.key, str(exc)) from None
         if s.choices and value not in s.choices:
-            raise SpecError(source, s.key, f"{value!r} is not one of {', '.join(s.choices)}")
+            raise SpecError(source, s.key, f"{_show(value)} is not one of {', '.join(s.choices)}")
+        _check_range(s, value, source)
         if s.kind.is_path and isinstance(value, tuple):
-            value = tuple(_existing(source, s.key, base, v) for v in value)
+            value = tuple(_existing(source, s.key, base, v, s.max_bytes) for v in value)
         elif s.kind.is_path and not (s.kind is KEY and value.startswith("pkcs11:")):
-            value = _existing(source, s.key, base, value)
+            value = _existing(source, s.key, base, value, s.max_bytes)
         resolved[s.key] = value
 
     if resolved["source_date_epoch"] is None:
         env = os.environ.get("SOURCE_DATE_EPOCH", "0")
-        if not env.isdigit():
-            raise SpecError("$SOURCE_DATE_EPOCH", "source_date_epoch", f"not an integer: {env!r}")
+        if not re.fullmatch(r"[0-9]{1,20}", env):
+            raise SpecError("$SOURCE_DATE_EPOCH", "source_date_epoch", f"not an integer: {_show(env)}")
         resolved["source_date_epoch"] = int(env)
+        _check_range(_BY_KEY["source_date_epoch"], int(env), "$SOURCE_DATE_EPOCH")
 
     sections = {sec: cls(**{s.name: resolved[s.key] for s in SETTINGS if s.section == sec})
                 for sec, cls in SECTION_CLASSES.items()}
@@ -447,7 +503,7 @@ def render_docs() -> str:
         "<!-- Generated from src/obelisk/image/spec.py by `obelisk image spec-docs`; do not edit. -->",
         "",
         "`obelisk build SPEC.yaml -o OUT` reads one YAML file. Relative paths are resolved against the",
-        "spec file's directory and must exist. Unknown keys, wrong types, missing files and the",
+        "spec file's directory, must stay inside it and must exist. Unknown keys, wrong types, missing files and the",
         "combinations listed under *Rules* are rejected before any build work starts, naming the field.",
         "",
     ]
@@ -459,6 +515,10 @@ def render_docs() -> str:
                 continue
             sep = " \\| "
             kind = s.kind.name + (f" ({sep.join(s.choices)})" if s.choices else "")
+            if s.minimum is not None or s.maximum is not None:
+                kind += f" ({_range_text(s)})"
+            if s.max_bytes:
+                kind += f" (regular file, at most {s.max_bytes} bytes)"
             lines.append(f"| `{s.key}` | {kind} | {_default_text(s)} | {s.help} |")
         lines.append("")
     lines += ["## Rules", "", "| field | rejected when |", "|---|---|"]

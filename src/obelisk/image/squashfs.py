@@ -14,12 +14,15 @@ the image, not what the build meant to put there.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +114,52 @@ def read_xattrs(image: Path, path: str) -> dict[str, bytes]:
     return out
 
 
+_LIST = re.compile(r"^([-dlcbps][rwxsStT-]{9}) (\d+)/(\d+) +([0-9.]+)([kKMGTPEZY]?) (.*)$")
+_UNITS = "kMGTPEZY"
+
+# What `read_back` may unpack at most: the regular files' sizes as the image declares them, never more
+# than MAX_UNPACK_RATIO times the image file (SquashFS compresses a root file system about 3:1) nor
+# MAX_UNPACK_BYTES. An 8 KiB image holding a sparse 64 GiB file is refused before anything is written.
+MAX_UNPACK_RATIO = 64
+MAX_UNPACK_BYTES = 64 << 30
+MIN_UNPACK_BUDGET = 256 << 20
+
+
+def file_sizes(image: Path, files: Sequence[ImageFile]) -> dict[str, int]:
+    """Each regular file's size as the image declares it, at least (`rdsquashfs -l` of every directory).
+
+    rdsquashfs shows sizes of 1024 bytes and more rounded to a unit (1982256 bytes as 2M), so a size
+    shown as N units counts as N - 1 units: a lower bound, enough to refuse a 64G file in a small image."""
+    sizes: dict[str, int] = {}
+    for d in dict.fromkeys(["/", *(f.path for f in files if f.kind == "dir")]):
+        text = tools.run("rdsquashfs", ["-l", d, image]).stdout.decode("utf-8", errors="surrogateescape")
+        for line in text.splitlines():
+            m = _LIST.match(line)
+            if m is None or not m.group(1).startswith("-"):
+                continue
+            unit = 1024 ** (_UNITS.index(m.group(5).replace("K", "k")) + 1) if m.group(5) else 1
+            shown = float(m.group(4))
+            sizes[d.rstrip("/") + "/" + m.group(6)] = int(max(0.0, shown - 1) * unit) if unit > 1 else int(shown)
+    return sizes
+
+
+def unpack_budget(image: Path, declared: int | None = None) -> int:
+    """Bytes `read_back` may write: min(declared, ratio x image size, MAX_UNPACK_BYTES)."""
+    budget = min(MAX_UNPACK_BYTES, max(MIN_UNPACK_BUDGET, MAX_UNPACK_RATIO * image.stat().st_size))
+    return budget if declared is None else min(budget, declared)
+
+
+def check_unpack_size(image: Path, files: Sequence[ImageFile], declared: int | None = None) -> None:
+    """ParseError, before anything is unpacked, when the files inside would exceed the budget."""
+    total = sum(file_sizes(image, files).values())
+    budget = unpack_budget(image, declared)
+    if total > budget:
+        raise ParseError(f"its regular files add up to at least {total} bytes, more than the {budget} bytes "
+                         f"it may unpack (the manifest's file sizes, at most {MAX_UNPACK_RATIO} times the image): "
+                         "not unpacked",
+                         source=str(image))
+
+
 @dataclass(frozen=True)
 class ReadBack:
     files: tuple[ImageFile, ...]
@@ -118,13 +167,16 @@ class ReadBack:
     unpacked: Path  # contents, for hashing; caller owns the temporary directory
 
 
-def read_back(image: Path, workdir: Path, jobs: int = 4) -> ReadBack:
+def read_back(image: Path, workdir: Path, jobs: int = 4, declared: int | None = None) -> ReadBack:
     """Unpack `image` under workdir/root and read every regular file's xattrs from the image.
 
-    With the privilege to set security.* attributes (root), rdsquashfs restores them while
-    unpacking (one process); otherwise each file's attributes are listed with `rdsquashfs -x`.
+    Nothing is unpacked when the image's files add up to more than `unpack_budget` (`declared`:
+    what the manifest says they add up to). With the privilege to set security.* attributes
+    (root), rdsquashfs restores them while unpacking (one process); otherwise each file's
+    attributes are listed with `rdsquashfs -x`.
     """
     files = describe(image)
+    check_unpack_size(image, files, declared)
     root = workdir / "root"
     regular = [f.path for f in files if f.kind == "file"]
     base: list[str | os.PathLike[str]] = ["--quiet", "--no-dev", "--no-sock", "--no-fifo", "-u", "/", "-p", root]
@@ -147,5 +199,20 @@ def _disk_xattrs(path: Path) -> dict[str, bytes]:
     return out
 
 
-def temp_workdir() -> tempfile.TemporaryDirectory[str]:
-    return tempfile.TemporaryDirectory(prefix="obelisk-sqfs-")
+@contextlib.contextmanager
+def temp_workdir() -> Iterator[str]:
+    """A temporary directory removed on every way out: return, error, Ctrl-C and SIGTERM (a timeout's
+    kill), which is turned into SystemExit while the directory exists so that cleanup runs."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with tempfile.TemporaryDirectory(prefix="obelisk-sqfs-") as work:
+            yield work
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

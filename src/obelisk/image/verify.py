@@ -12,8 +12,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from obelisk.core.errors import InputError
+from obelisk.core.errors import InputError, ParseError
 from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject
+from obelisk.core.inputs import read_bounded
 from obelisk.image import manifest, squashfs
 
 _REFS = (Reference("nist-800-53", "SI-7"), Reference("nist-800-53", "CM-14"))
@@ -36,7 +37,7 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
     manifest_path = out / manifest.MANIFEST
     if not manifest_path.is_file():
         raise InputError(f"no {manifest.MANIFEST}: not a finished obelisk image", source=str(out))
-    data = manifest_path.read_bytes()
+    data = read_bounded(manifest_path, "image manifest", manifest.MAX_MANIFEST_BYTES)
     m = manifest.parse(data, str(manifest_path))
     subject = Subject("image", m.image.name, digest="sha256:" + hashlib.sha256(data).hexdigest(),
                       attributes=(("path", str(out)), ("version", m.image.version)))
@@ -49,7 +50,7 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
         findings.append(_finding("image.manifest.signature", "manifest is signed by the customer key", False,
                                  target=str(sig_path), observed="missing", expected="signature file"))
     else:
-        sig = manifest.ManifestSignature.loads(sig_path.read_bytes(), str(sig_path))
+        sig = manifest.ManifestSignature.loads(read_bounded(sig_path, "manifest signature", 1 << 20), str(sig_path))
         reason = manifest.chains_to(sig.certificate, ca)
         good = reason is None and manifest.check_signature(data, sig)
         if reason is None and not good:
@@ -74,6 +75,12 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
         if not path.is_file():
             findings.append(_finding(f"image.artifact:{name}", f"artifact {name} matches the manifest", False,
                                      target=str(path), observed="missing", expected=expected))
+            continue
+        size = path.stat().st_size
+        if size != artifacts[name].size:  # never hash a file larger than the manifest says (a sparse 64 GiB one)
+            findings.append(_finding(f"image.artifact:{name}", f"artifact {name} matches the manifest", False,
+                                     target=str(path), observed=f"{size} bytes",
+                                     expected=f"{artifacts[name].size} bytes, sha256 {expected}"))
             continue
         with open(path, "rb") as handle:
             actual = hashlib.file_digest(handle, "sha256").hexdigest()
@@ -100,7 +107,13 @@ def _verify_squashfs(image: Path, m: manifest.Manifest, cert: x509.Certificate |
     bad = 0
     checked = 0
     with squashfs.temp_workdir() as work:
-        back = squashfs.read_back(image, Path(work), jobs=jobs)
+        declared = sum(f.size or 0 for f in m.files)
+        try:
+            back = squashfs.read_back(image, Path(work), jobs=jobs, declared=declared)
+        except ParseError as exc:  # too large to unpack: a failed check, and nothing written
+            return [_finding("image.files", "every file in the SquashFS is signed and matches the manifest", False,
+                             target="rootfs.squashfs", observed=str(exc), expected="files as the manifest declares",
+                             section="rootfs")]
         seen = set()
         for entry in back.files:
             if entry.path == "/":

@@ -58,10 +58,9 @@ class BuildResult:
 def read_ca(path: str | os.PathLike[str]) -> bytes:
     from cryptography import x509
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    from obelisk.core.inputs import read_bounded
+
+    data = read_bounded(path, "CA certificate", 1 << 20)
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:

@@ -256,21 +256,19 @@ def inspect(img: KernelImage, *, intended_config: str | None = None, ca_pem: byt
 
 def inspect_file(image: str, *, config: str | None = None, ca: str | None = None) -> Report:
     """`obelisk kernel inspect`: the findings about one kernel image file, as a report."""
+    from obelisk.core.inputs import read_bounded
     from obelisk.kernel_hardening import kimage
 
-    img = kimage.read(image)
+    data = read_bounded(image, "kernel image", kimage.MAX_IMAGE_BYTES)
+    img = kimage.parse(data, image)
     intended = None
     if config:
-        kconfig_file.read(config)
-        intended = Path(config).read_text(errors="replace")
-    ca_pem = None
-    if ca:
-        try:
-            ca_pem = Path(ca).read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read: {exc.strerror}", source=ca) from None
+        raw = read_bounded(config, "kernel configuration", kconfig_file.MAX_CONFIG_BYTES)
+        kconfig_file.parse(raw, config)
+        intended = raw.decode(errors="replace")
+    ca_pem = read_bounded(ca, "CA certificate", 1 << 20) if ca else None
     findings = inspect(img, intended_config=intended, ca_pem=ca_pem, config_source=config or "")
-    digest = hashlib.sha256(Path(image).read_bytes()).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     return Report(findings=tuple(findings), command="obelisk kernel inspect",
                   subject=Subject(kind="kernel", name=image, digest=f"sha256:{digest}",
                                   attributes=(("banner", img.banner[:200]), ("format", img.format),

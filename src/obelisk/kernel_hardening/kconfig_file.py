@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import zlib
 from dataclasses import dataclass, field
 
 from obelisk.core.errors import InputError
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
+MAX_CONFIG_RATIO = 100  # /proc/config.gz inflates about 5:1
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set\s*$")
@@ -53,16 +53,9 @@ def quote(value: str) -> str:
 def decompress_if_gzip(data: bytes, source: str) -> bytes:
     if data[:2] != b"\x1f\x8b":
         return data
-    d = zlib.decompressobj(wbits=31)
-    try:
-        out = d.decompress(data, MAX_CONFIG_BYTES + 1)
-    except zlib.error as exc:
-        raise InputError(f"gzip data does not decompress: {exc}", source=source) from None
-    if len(out) <= MAX_CONFIG_BYTES and not d.eof:
-        raise InputError("gzip data is truncated", source=source)
-    if len(out) > MAX_CONFIG_BYTES:
-        raise InputError(f"decompressed configuration larger than {MAX_CONFIG_BYTES} bytes", source=source)
-    return out
+    from obelisk.core.decompress import inflate
+
+    return inflate(data, "gzip", limit=MAX_CONFIG_BYTES, ratio=MAX_CONFIG_RATIO, source=source, what="gzip data")
 
 
 def parse(data: bytes, source: str = "<config>") -> KernelConfig:
@@ -104,12 +97,9 @@ def parse(data: bytes, source: str = "<config>") -> KernelConfig:
 
 
 def read(path: str | os.PathLike[str]) -> KernelConfig:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    return parse(data, str(path))
+    from obelisk.core.inputs import read_bounded
+
+    return parse(read_bounded(path, "kernel configuration", MAX_CONFIG_BYTES), str(path))
 
 
 def serialize(values: dict[str, str], types: dict[str, str] | None = None) -> str:

@@ -7,18 +7,17 @@ Errors name the offset; decompression is bounded.
 
 from __future__ import annotations
 
-import bz2
 import io
-import lzma
 import re
 import struct
-import zlib
 from dataclasses import dataclass, field
 
+from obelisk.core.decompress import inflate
 from obelisk.core.errors import InputError, ParseError
 
 MAX_IMAGE_BYTES = 512 * 1024 * 1024
-MAX_KERNEL_BYTES = 1024 * 1024 * 1024
+MAX_KERNEL_BYTES = 256 * 1024 * 1024
+MAX_KERNEL_RATIO = 32  # a vmlinux is 3-6 times its xz or gzip stream
 
 _COMPRESSIONS = (
     (b"\x1f\x8b", "gzip"),
@@ -69,23 +68,11 @@ class KernelImage:
 
 
 def _decompress(payload: bytes, kind: str, source: str, offset: int) -> bytes:
-    try:
-        if kind == "gzip":
-            out = zlib.decompressobj(wbits=31).decompress(payload, MAX_KERNEL_BYTES)
-        elif kind in ("xz", "lzma"):
-            xz = lzma.LZMADecompressor(format=lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE)
-            out = xz.decompress(payload, MAX_KERNEL_BYTES)
-        elif kind == "bzip2":
-            out = bz2.BZ2Decompressor().decompress(payload, MAX_KERNEL_BYTES)
-        else:
-            raise InputError(f"bzImage payload compressed with {kind}: not supported by obelisk "
-                             f"(build with CONFIG_KERNEL_XZ or CONFIG_KERNEL_GZIP)", source=source)
-    except (zlib.error, lzma.LZMAError, OSError, EOFError) as exc:
-        raise ParseError(f"compressed kernel does not decompress ({kind}): {exc}", source=source,
-                         offset=offset) from None
-    if len(out) >= MAX_KERNEL_BYTES:
-        raise ParseError(f"decompressed kernel larger than {MAX_KERNEL_BYTES} bytes", source=source, offset=offset)
-    return out
+    if kind not in ("gzip", "xz", "lzma", "bzip2"):
+        raise InputError(f"bzImage payload compressed with {kind}: not supported by obelisk "
+                         f"(build with CONFIG_KERNEL_XZ or CONFIG_KERNEL_GZIP)", source=source)
+    return inflate(payload, kind, limit=MAX_KERNEL_BYTES, ratio=MAX_KERNEL_RATIO, floor=64 << 20, source=source,
+                   offset=offset, what="compressed kernel")
 
 
 def _bzimage_payload(data: bytes, source: str) -> tuple[bytes, str, str]:
@@ -144,11 +131,10 @@ def extract_ikconfig(blob: bytes, source: str = "") -> str | None:
     end = blob.find(b"IKCFG_ED", start)
     if end < 0:
         raise ParseError("embedded config has no end marker", source=source, offset=start)
-    d = zlib.decompressobj(wbits=31)
-    try:
-        out = d.decompress(blob[start + 8:end], 64 * 1024 * 1024)
-    except zlib.error as exc:
-        raise ParseError(f"embedded config does not decompress: {exc}", source=source, offset=start + 8) from None
+    from obelisk.kernel_hardening.kconfig_file import MAX_CONFIG_BYTES
+
+    out = inflate(blob[start + 8:end], "gzip", limit=MAX_CONFIG_BYTES, ratio=100, source=source, offset=start + 8,
+                  what="embedded config")
     return out.decode("utf-8", errors="replace")
 
 
@@ -178,9 +164,6 @@ def parse(data: bytes, source: str = "<kernel>") -> KernelImage:
 
 
 def read(path: str) -> KernelImage:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_IMAGE_BYTES + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=path) from None
-    return parse(data, path)
+    from obelisk.core.inputs import read_bounded
+
+    return parse(read_bounded(path, "kernel image", MAX_IMAGE_BYTES), path)

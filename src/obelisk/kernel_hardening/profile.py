@@ -204,6 +204,17 @@ def _locate(name_or_path: str) -> Path:
     return path
 
 
+def _inside_roots(path: Path, parent: str, field: str, where: str) -> str:
+    """A profile extended by path: a .yaml file in the extending profile's directory (or below it), or in
+    the built-in profile directory. Anything else (../../etc/shadow) is refused without being opened."""
+    resolved = (path.parent / parent).resolve()
+    roots = (path.parent.resolve(), PROFILE_DIR.resolve())
+    if resolved.suffix not in (".yaml", ".yml") or not any(resolved.is_relative_to(r) for r in roots):
+        raise InputError(f"{field}: a parent profile must be a .yaml file beside this profile (or below it)",
+                         source=where)
+    return str(resolved)
+
+
 def _load(name_or_path: str, chain: tuple[str, ...]) -> Profile:
     path = _locate(name_or_path)
     key = str(path.resolve())
@@ -215,7 +226,8 @@ def _load(name_or_path: str, chain: tuple[str, ...]) -> Profile:
         raise InputError("a profile is a mapping with name, kconfig, cmdline, sysctl", source=where)
     unknown = [str(k) for k in data if k not in TOP_FIELDS]
     if unknown:
-        raise InputError(f"unknown top-level field {unknown[0]!r} (allowed: {', '.join(TOP_FIELDS)})",
+        shown = repr(unknown[0]) if re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", unknown[0]) else "(not shown)"
+        raise InputError(f"unknown top-level field {shown} (allowed: {', '.join(TOP_FIELDS)})",
                          source=where)
     for key in ("name", "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
@@ -225,10 +237,10 @@ def _load(name_or_path: str, chain: tuple[str, ...]) -> Profile:
     extends = data.get("extends") or []
     if not isinstance(extends, list) or not all(isinstance(e, str) for e in extends):
         raise InputError("extends: expected a list of profile names", source=where)
-    for parent in extends:
+    for i, parent in enumerate(extends):
         parent_path = str(parent)
-        if "/" in parent_path:
-            parent_path = str((path.parent / parent_path).resolve())
+        if "/" in parent_path or parent_path.endswith((".yaml", ".yml")):
+            parent_path = _inside_roots(path, parent_path, f"extends[{i}]", where)
         for req in _load(parent_path, (*chain, key)).requirements:
             merged[(req.kind, req.name)] = req
     for kind in KINDS:

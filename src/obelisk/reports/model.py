@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from obelisk import __version__
 from obelisk.core import findings as report_format
 from obelisk.core.errors import InputError
 from obelisk.core.findings import Finding, Report, Severity, Status, Subject
+from obelisk.core.jsonsafe import load_json
 
 # Display and sort orders shared by every format.
 STATUS_ORDER: tuple[Status, ...] = (Status.FAIL, Status.ERROR, Status.WAIVED, Status.MANUAL, Status.SKIP,
@@ -78,14 +78,10 @@ def sort_key(finding: Finding) -> tuple[int, int, str, str]:
 
 
 def load_report(path: str | Path) -> tuple[Report, Source]:
+    from obelisk.core.inputs import read_bounded
+
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_RESULTS_BYTES:
-            raise InputError(f"results file larger than {MAX_RESULTS_BYTES} bytes", source=str(p))
-        data = p.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read results file: {exc.strerror}", source=str(p)) from None
+    data = read_bounded(p, "results file", MAX_RESULTS_BYTES)
     report = _parse_report(data, str(p))
     source = Source(path=p.name, sha256=hashlib.sha256(data).hexdigest(), command=report.command,
                     generated_at=report.generated_at, subject=report.subject, findings=len(report.findings))
@@ -110,10 +106,7 @@ def _scrub(value: Any) -> Any:
 def _parse_report(data: bytes, source: str) -> Report:
     if not _SURROGATE_ESCAPE.search(data):
         return report_format.parse(data, source=source)
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"not JSON: {exc}", source=source) from None
+    doc = load_json(data, source)
     try:
         return Report.from_json(_scrub(doc))
     except InputError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from obelisk.core import atomic
 from obelisk.core.errors import EXIT_FAILED, InputError, ObeliskError
 from obelisk.core.findings import Report, Subject
 from obelisk.core.inputs import read_bounded
+from obelisk.core.jsonsafe import load_json
 from obelisk.reports.statement import (
     PAYLOAD_TYPE,
     SignatureFile,
@@ -91,8 +91,8 @@ def describe(data: bytes) -> Described | None:
         return None
     if head == b"{":
         try:
-            doc = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = load_json(data)
+        except InputError:
             return None
         if isinstance(doc, dict) and doc.get("schema") == "obelisk.report/1":
             try:
@@ -214,13 +214,18 @@ def verify_report_file(report: str, *, ca: str, signature: str | None = None,
         chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in sig.certificates]
     except ValueError:
         raise VerificationFailed("signature carries a malformed signer certificate") from None
+    if not chain:
+        raise VerificationFailed("signature carries no signer certificate")
     leaf = chain[0]
+    try:
+        public_key = leaf.public_key()
+    except ValueError as exc:  # a certificate whose key bytes were altered: "Invalid key"
+        raise VerificationFailed(f"signer certificate carries an unusable public key ({exc})") from None
     # DSSE's keyid is outside the signature (an unsigned hint): bound here to the key that verifies, so a
     # changed keyid is refused rather than silently ignored. An absent or empty keyid is allowed (DSSE).
     if sig.keyid and sig.keyid != key_id(leaf):
         raise VerificationFailed(f"signature keyid {sig.keyid[:64]!r} does not name the signer certificate's key "
                                  f"({key_id(leaf)})")
-    public_key = leaf.public_key()
     if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
         raise VerificationFailed(f"unsupported signer key type {type(public_key).__name__}")
     algo = by_name(_hash_name(public_key))
@@ -240,7 +245,10 @@ def verify_report_file(report: str, *, ca: str, signature: str | None = None,
     now = now or _dt.datetime.now(_dt.UTC)
     if signed_at > now + _dt.timedelta(minutes=5):
         raise VerificationFailed(f"statement claims a signing time in the future ({statement.signed_at})")
-    root = check_chain(leaf, chain[1:], roots, signed_at)
+    try:
+        root = check_chain(leaf, chain[1:], roots, signed_at)
+    except ValueError as exc:  # an intermediate whose key or extensions do not decode
+        raise VerificationFailed(f"signer certificate chain is malformed ({exc})") from None
     described = describe(data)
     if described is not None and (described.subject != statement.subject
                                   or described.scanned_at != statement.scanned_at):

@@ -19,6 +19,7 @@ from typing import Any
 
 from obelisk.core.errors import ParseError
 from obelisk.core.findings import Subject
+from obelisk.core.jsonsafe import load_json
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://obelisk.dev/attestations/report/v1"
@@ -54,9 +55,9 @@ def serialize_statement(statement: Statement) -> bytes:
 
 def parse_statement(data: bytes, source: str | None = None) -> Statement:
     try:
-        d = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ParseError(f"statement is not JSON: {exc}", source=source) from None
+        d = load_json(data, what="JSON")
+    except ParseError as exc:
+        raise ParseError(f"statement is {exc}", source=source) from None
     if not isinstance(d, dict) or d.get("_type") != STATEMENT_TYPE or d.get("predicateType") != PREDICATE_TYPE:
         raise ParseError("statement: not an obelisk report statement (_type / predicateType)", source=source)
     subjects = d.get("subject")
@@ -117,9 +118,9 @@ def parse_signature(data: bytes, source: str = "signature") -> SignatureFile:
     if len(data) > MAX_SIGNATURE_FILE:
         raise ParseError("signature file too large", source=source)
     try:
-        d = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ParseError("not an obelisk report signature (not JSON)", source=source) from None
+        d = load_json(data)
+    except ParseError as exc:
+        raise ParseError(f"not an obelisk report signature ({exc})", source=source) from None
     if not isinstance(d, dict) or d.get("mediaType") != MEDIA_TYPE:
         raise ParseError(f"mediaType: expected {MEDIA_TYPE}", source=source)
     env = d.get("dsseEnvelope")

@@ -14,20 +14,20 @@ MAX_XML_BYTES = 64 * 1024 * 1024
 def parse_xml_file(path: str | Path) -> Any:  # an lxml element (lxml has no type information)
     from lxml import etree
 
+    from obelisk.core.inputs import read_bounded
+
     p = Path(path)
-    try:
-        if p.stat().st_size > MAX_XML_BYTES:
-            raise InputError(f"XML file larger than {MAX_XML_BYTES} bytes", source=str(p))
-        data = p.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=str(p)) from None
+    data = read_bounded(p, "XML file", MAX_XML_BYTES)
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
                              remove_comments=True)
     try:
         return etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:
         line = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
-        raise InputError(f"not well-formed XML{line}: {exc.msg}", source=str(p)) from None
+        msg = " ".join(str(exc.msg or "").split())[:200]
+        raise InputError(f"not well-formed XML{line}: {msg}", source=str(p)) from None
+    except ValueError as exc:  # lxml refuses some inputs with ValueError
+        raise InputError(f"not usable XML: {' '.join(str(exc).split())[:200]}", source=str(p)) from None
 
 
 # Characters XML 1.0 cannot carry (C0 controls except tab/newline/return, U+FFFE/U+FFFF, lone surrogates).

@@ -20,9 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from obelisk.core.errors import InputError
+from obelisk.core.inputs import read_bounded
 from obelisk.signer.hashalgo import HashAlgo, by_name
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+MAX_KEY_FILE_BYTES = 1024 * 1024  # keys, certificates and passphrase files
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,7 @@ class PassphraseSource:
                 raise InputError(f"environment variable {self.env} (passphrase) is not set")
             return value.encode()
         if self.file:
-            try:
-                text = Path(self.file).read_bytes()
-            except OSError as exc:
-                raise InputError(f"cannot read passphrase file: {exc.strerror}", source=self.file) from None
+            text = read_bounded(self.file, "passphrase file", MAX_KEY_FILE_BYTES)
             return text.splitlines()[0] if text else b""
         return None
 
@@ -111,10 +110,7 @@ def load_signing_key(ref: str, passphrase: PassphraseSource | None = None) -> Si
 
         return open_pkcs11_key(ref)
     path = Path(ref)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read key: {exc.strerror}", source=ref) from None
+    data = read_bounded(path, "key", MAX_KEY_FILE_BYTES)
     secret = passphrase.read() if passphrase else None
     try:
         if b"-----BEGIN" in data:
@@ -151,10 +147,7 @@ def sign_tpm_policy(key: SigningKey, approved: bytes, policy_ref: bytes = b"") -
 def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
     """Load an X.509 certificate, PEM or DER."""
     source = os.fspath(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read certificate: {exc.strerror}", source=source) from None
+    data = read_bounded(source, "certificate", MAX_KEY_FILE_BYTES)
     try:
         if b"-----BEGIN CERTIFICATE" in data:
             return x509.load_pem_x509_certificate(data)

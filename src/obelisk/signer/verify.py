@@ -15,7 +15,7 @@ from enum import StrEnum
 from cryptography import x509
 
 from obelisk.core.digest import file_digest
-from obelisk.core.errors import InputError, ParseError
+from obelisk.core.errors import ParseError
 from obelisk.core.findings import Evidence, Finding, Reference, Report, Severity, Status, Subject
 from obelisk.core.progress import progress
 from obelisk.signer import imasig, xattrfile
@@ -125,11 +125,13 @@ def verify_files(files: list[TreeFile], keys: TrustedKeys, dump: dict[bytes, byt
     return results
 
 
+MAX_XATTR_FILE_BYTES = 1 << 30  # a dump holds one signature line per file of a root file system
+
+
 def load_dump(path: str) -> dict[bytes, bytes]:
-    try:
-        data = open(path, "rb").read()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", source=path) from None
+    from obelisk.core.inputs import read_bounded
+
+    data = read_bounded(path, "xattr file", MAX_XATTR_FILE_BYTES)
     out = {}
     for rec in xattrfile.parse(data, source=path):
         value = rec.get(XATTR_NAME)
