@@ -103,7 +103,8 @@ def boot_node(tpm, out: Path, keys, files: list[tuple[str, bytes]] | None = None
     from obelisk.tpm import device, eventlog
 
     log = eventlog.build([(0, 0x8, b"S-CRTM 1.0"), (0, 0x80000008, b"firmware blob"),
-                          (7, 0x80000001, eventlog.serialize_variable("SecureBoot", b"\1")), (4, 0x80000003, b"kernel"), (9, 0xD, b"initrd"),
+                          (7, 0x80000001, eventlog.serialize_variable("SecureBoot", b"\1")),
+                          (4, 0x80000003, b"kernel"), (9, 0xD, b"initrd"),
                           (8, 0xD, b"cmdline ima_policy=tcb")], banks=("sha1", "sha256"))
     for ev in log.events[1:]:
         device.extend_pcr(tpm.tcti, ev.pcr, ev.data)
