@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-# The arc is the top 31 bits of obelisk's UUID 9c15dc38-15fc-4452-9679-c0df06e9a49f (its integer >> 97), not the
-# whole 128-bit UUID: the node agent runs Debian 12's python3-cryptography 38, whose ASN.1 parser refuses an OID
-# arc of 2^32 or more (it could not even build the ObjectIdentifier, and the agent died at import). 31 bits keep a
-# collision with another issuer's EKUs in the same customer PKI negligible; a test parses our certificates with
-# the node's library.
-OBELISK_ARC = "2.25.1309339164"
+# The arc is the top 28 bits of obelisk's UUID 9c15dc38-15fc-4452-9679-c0df06e9a49f (its integer >> 100), not the
+# whole 128-bit UUID: the node agent runs Debian 12's python3-cryptography 38, whose ASN.1 parser cannot build an
+# OID with a 128-bit arc (the agent died at import) and refuses, in a certificate, any arc of 2^28 or more (more
+# than four base-128 bytes: every client then looked role-less). 28 bits keep a collision with another issuer's
+# EKUs in the same customer PKI unlikely; tests/attest/test_agent_roles.py holds every arc below 2^28.
+OBELISK_ARC = "2.25.163667395"
 
 EVIDENCE_READER = ObjectIdentifier(OBELISK_ARC + ".1")
 OPERATOR = ObjectIdentifier(OBELISK_ARC + ".2")
