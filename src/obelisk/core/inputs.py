@@ -23,12 +23,8 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def read_bounded(path: str | os.PathLike[str], what: str, limit: int) -> bytes:
-    """The content of the regular file `path` (at most `limit` bytes).
-
-    A missing, unreadable, oversized or non-regular file is an InputError naming `what`.
-    """
-    name = os.fspath(path)
+def _open_regular(name: str, what: str) -> tuple[int, os.stat_result]:
+    """An fd of the regular file `name`, opened without blocking (a FIFO, device or socket is refused by kind)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
@@ -36,9 +32,23 @@ def read_bounded(path: str | os.PathLike[str], what: str, limit: int) -> bytes:
     except OSError as exc:
         raise InputError(f"cannot read {what}: {exc.strerror}", source=name) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise InputError(f"cannot read {what}: it is {_kind(mode)}, not a regular file", source=name)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"cannot read {what}: it is {_kind(st.st_mode)}, not a regular file", source=name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_bounded(path: str | os.PathLike[str], what: str, limit: int) -> bytes:
+    """The content of the regular file `path` (at most `limit` bytes).
+
+    A missing, unreadable, oversized or non-regular file is an InputError naming `what`.
+    """
+    name = os.fspath(path)
+    fd, _ = _open_regular(name, what)
+    try:
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
@@ -61,16 +71,8 @@ def map_bounded(path: str | os.PathLike[str], what: str, limit: int) -> bytes | 
     that may be larger than memory; pseudo files that report size 0 (securityfs, procfs) and
     empty files are read with `read_bounded` instead. Same errors as `read_bounded`."""
     name = os.fspath(path)
+    fd, st = _open_regular(name, what)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise InputError(f"cannot read {what}: not found", source=name) from None
-    except OSError as exc:
-        raise InputError(f"cannot read {what}: {exc.strerror}", source=name) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"cannot read {what}: it is {_kind(st.st_mode)}, not a regular file", source=name)
         if st.st_size > limit:
             raise InputError(f"{what} larger than {limit} bytes", source=name)
         if st.st_size == 0:
