@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from obelisk.core.errors import InputError, ObeliskError
@@ -448,7 +448,8 @@ class Fleet:
         """Mark a nonce used, exactly once across every process sharing the database."""
         done = s.execute(update(db.Nonce).where(db.Nonce.id == row.id, db.Nonce.used_at.is_(None))
                          .values(used_at=now))
-        if done.rowcount != 1:  # type: ignore[attr-defined]
+        # an UPDATE's result is a CursorResult, which counts the rows it changed
+        if not isinstance(done, CursorResult) or done.rowcount != 1:
             raise Conflict("nonce already used: a replay")
 
     def issue_nonce(self, node_id: str) -> bytes:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from obelisk.core.errors import ParseError
+from obelisk.core.jsonsafe import load_json
 from obelisk.ima_policy import checker
 from obelisk.ima_policy.replay import BANK_SIZES
 from obelisk.ima_policy.verify import Resume, VerifyOptions, VerifyResult, check_log
@@ -100,24 +102,31 @@ def serialize(p: ImaProgress) -> str:
 def parse(text: str | bytes, source: str = "IMA progress") -> ImaProgress:
     if len(text) > MAX_PROGRESS_BYTES:
         raise ParseError(f"larger than {MAX_PROGRESS_BYTES} bytes", source=source)
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ParseError(f"not JSON: {exc}", source=source) from None
+    obj = load_json(text, source, max_bytes=MAX_PROGRESS_BYTES)
     if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
         raise ParseError(f"schema must be {SCHEMA}", source=source)
 
-    def field(name: str, kind: type) -> object:
+    def number(name: str) -> int:
         value = obj.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ParseError(f"field {name}: expected {kind.__name__}", source=source)
-        if isinstance(value, int) and value < 0:
-            raise ParseError(f"field {name}: negative", source=source)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ParseError(f"field {name}: expected a non-negative integer", source=source)
+        return value
+
+    def text_of(name: str) -> str:
+        value = obj.get(name)
+        if not isinstance(value, str):
+            raise ParseError(f"field {name}: expected a string", source=source)
+        return value
+
+    def items(name: str) -> list[Any]:
+        value = obj.get(name)
+        if not isinstance(value, list):
+            raise ParseError(f"field {name}: expected a list", source=source)
         return value
 
     try:
         banks = []
-        for b, m, v in field("banks", list):  # type: ignore[attr-defined]
+        for b, m, v in items("banks"):
             value = bytes.fromhex(v)
             if b not in BANK_SIZES or len(value) != BANK_SIZES[b] or m not in ("per-bank", "sha1-padded"):
                 raise ValueError(f"bank {b!r}")
@@ -125,16 +134,16 @@ def parse(text: str | bytes, source: str = "IMA progress") -> ImaProgress:
         first_raw = obj.get("first")
         first = (str(first_raw[0]), str(first_raw[1]), bytes.fromhex(first_raw[2])) if first_raw else None
         problems = tuple(checker.Problem(str(k), int(n), str(pa), str(d), o, e)
-                         for k, n, pa, d, o, e in field("problems", list))  # type: ignore[attr-defined]
+                         for k, n, pa, d, o, e in items("problems"))
         return ImaProgress(
-            boot=field("boot", int), encoding=str(field("encoding", str)),  # type: ignore[arg-type]
-            byte_order=str(field("byte_order", str)), mode=str(field("mode", str)),
-            offset=field("offset", int), entries=field("entries", int),  # type: ignore[arg-type]
-            lines=field("lines", int), pcr10_entries=field("pcr10_entries", int),  # type: ignore[arg-type]
+            boot=number("boot"), encoding=text_of("encoding"),
+            byte_order=text_of("byte_order"), mode=text_of("mode"),
+            offset=number("offset"), entries=number("entries"),
+            lines=number("lines"), pcr10_entries=number("pcr10_entries"),
             banks=tuple(banks), first=first,
-            other_pcrs=tuple((int(a), int(b)) for a, b in field("other_pcrs", list)),  # type: ignore[attr-defined]
-            problem_counts=tuple((str(a), int(b)) for a, b in field("problem_counts", list)),  # type: ignore
-            stats=tuple((str(a), int(b)) for a, b in field("stats", list)),  # type: ignore[attr-defined]
+            other_pcrs=tuple((int(a), int(b)) for a, b in items("other_pcrs")),
+            problem_counts=tuple((str(a), int(b)) for a, b in items("problem_counts")),
+            stats=tuple((str(a), int(b)) for a, b in items("stats")),
             problems=problems)
     except (ValueError, TypeError, IndexError) as exc:
         raise ParseError(f"malformed: {exc}", source=source) from None
