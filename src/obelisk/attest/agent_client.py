@@ -7,14 +7,13 @@ image manifest, and the node's own CIS/STIG scan is added to the result.
 
 from __future__ import annotations
 
-import http.client
 import json
 import secrets
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
+from obelisk.core import https
 from obelisk.core.errors import InputError, ObeliskError
 from obelisk.core.inputs import read_bounded
 
@@ -40,34 +39,14 @@ class AgentEndpoint:
     timeout: float = 30.0
 
     def context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_verify_locations(cafile=self.ca)
-            ctx.load_cert_chain(self.cert, self.key)
-        except (OSError, ssl.SSLError) as exc:
-            raise InputError(f"TLS client setup: {exc}") from None
-        return ctx
+        return https.client_context(self.ca, self.cert, self.key)
 
     def get(self, path: str) -> tuple[int, bytes]:
-        parts = urlsplit(self.url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise InputError(f"agent URL must be https://HOST:PORT, got {self.url!r}")
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 8443, context=self.context(),
-                                           timeout=self.timeout)
         try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read(MAX_RESPONSE + 1)
-        except ssl.SSLError as exc:
-            raise AgentError(f"{self.url}: TLS refused: {exc.reason or exc}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise AgentError(f"{self.url}: {type(exc).__name__}: {exc}") from None
-        finally:
-            conn.close()
-        if len(body) > MAX_RESPONSE:
-            raise AgentError(f"{self.url}{path}: response larger than {MAX_RESPONSE} bytes")
-        return resp.status, body
+            return https.exchange(self.url, self.context(), "GET", path, timeout=self.timeout, default_port=8443,
+                                  limit=MAX_RESPONSE, what="agent")
+        except https.TransportError as exc:
+            raise AgentError(str(exc)) from None
 
     def get_ok(self, path: str) -> bytes:
         status, body = self.get(path)

@@ -9,13 +9,13 @@ The node only ever connects out: nodes behind NAT with outbound HTTPS work.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
+from obelisk.core import https
 from obelisk.core.errors import InputError, ObeliskError
 from obelisk.core.inputs import read_bounded
 
@@ -41,15 +41,7 @@ class FleetClient:
     timeout: float = 60.0
 
     def context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_verify_locations(cafile=self.ca)
-            if self.cert:
-                ctx.load_cert_chain(self.cert, self.key)
-        except (OSError, ssl.SSLError) as exc:
-            raise InputError(f"TLS client setup: {exc}") from None
-        return ctx
+        return https.client_context(self.ca, self.cert, self.key)
 
     def request(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> Any:
         """The decoded JSON answer; FleetClientError with the service's reason on anything but 200."""
@@ -65,25 +57,13 @@ class FleetClient:
 
     def exchange(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> tuple[int, bytes]:
         """(HTTP status, body) of one request."""
-        parts = urlsplit(self.url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise InputError(f"fleet URL must be https://HOST:PORT, got {self.url!r}")
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, context=self.context(),
-                                           timeout=self.timeout)
         try:
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            raw = resp.read(MAX_RESPONSE + 1)
-        except ssl.SSLError as exc:
-            raise FleetClientError(f"{self.url}: TLS refused: {exc.reason or exc}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise FleetClientError(f"{self.url}: {type(exc).__name__}: {exc}") from None
-        finally:
-            conn.close()
-        if len(raw) > MAX_RESPONSE:
-            raise FleetClientError(f"{self.url}{path}: answer larger than {MAX_RESPONSE} bytes")
-        return resp.status, raw
+            return https.exchange(self.url, self.context(), method, path, body=data,
+                                  headers={"Content-Type": "application/json"}, timeout=self.timeout,
+                                  default_port=443, limit=MAX_RESPONSE, what="fleet")
+        except https.TransportError as exc:
+            raise FleetClientError(str(exc)) from None
 
     # ---- operators ----
     def nodes(self) -> list[dict[str, Any]]:
