@@ -251,3 +251,55 @@ def test_enroll_old_and_new_format_volume_spellings(swtpm, tmp_path, obelisk_cli
     assert json.loads(res.stdout)["formatted"] is True
     res = obelisk_cli("disk", "unlock", "--device", str(vol), "--test", "--format", "json", *t)
     assert res.returncode == 0 and res.stderr == "" and json.loads(res.stdout)["opened"] is True
+
+
+def test_signed_pcr11_policy_and_pcr7_bound_by_value(swtpm, tmp_path):
+    """Issue 13's /var: PolicyAuthorize(customer key) for PCR 11, then PolicyPCR(7) by value. A signed
+    PCR 11 policy opens it while PCR 7 holds the sealed value; a changed PCR 7 (Secure Boot off, other
+    keys) keeps it shut whatever the customer signed, and the refusal names PCR 7."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from obelisk.disk import token as tokenmod
+    from obelisk.signer.keys import SoftwareKey, sign_tpm_policy
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pcr7 = tpm.pcr_values(swtpm.tcti, "sha256", [7])[7]
+    vol = tmp_path / "v.img"
+    with open(vol, "wb") as handle:
+        handle.truncate(32 * 1024 * 1024)
+    disk.enroll(str(vol), [11], swtpm.tcti, format_volume=True, policy_key=der, bound={7: pcr7}, recovery=False)
+    token = disk.tokens(str(vol))[0]
+    assert token.sealed.bound == {7: pcr7}
+    assert tokenmod.parse(tokenmod.serialize(token), token.token_id, "t") == token
+    assert token.sealed.policy == seal.sealing_policy([11], {}, der, {7: pcr7})
+    eleven = tpm.pcr_values(swtpm.tcti, "sha256", [11])
+    signed = seal.SignedPolicy(pcrs=(11,), values=eleven,
+                               signature=sign_tpm_policy(SoftwareKey(key), seal.policy_pcr_digest((11,), eleven)))
+    assert seal.unseal(token.sealed, swtpm.tcti, signed=[signed])
+    tpm.extend_pcr(swtpm.tcti, 7, b"secure boot disabled")
+    with pytest.raises(seal.PolicyMismatch, match="PCR 7 differs") as caught:
+        seal.unseal(token.sealed, swtpm.tcti, signed=[signed])
+    assert set(caught.value.differing) == {7}
+
+
+def test_bound_pcr_policy_digest_matches_a_tpm_trial_session(swtpm):
+    """PolicyPCR after PolicyAuthorize: the software digest equals the TPM's own (trial session)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPM2B_DIGEST, TPML_PCR_SELECTION, TPMT_SYM_DEF, TPMT_TK_VERIFIED
+
+    der = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    values = tpm.pcr_values(swtpm.tcti, "sha256", [7])
+    with tpm.open_tpm(swtpm.tcti) as esapi:
+        session = esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL,
+                                           TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256)
+        ticket = TPMT_TK_VERIFIED(tag=0x8022, hierarchy=0x40000007)  # a trial session takes a null ticket
+        esapi.policy_authorize(session, approved_policy=TPM2B_DIGEST(b""), key_sign=seal.key_name(der),
+                               check_ticket=ticket, policy_ref=b"")
+        esapi.policy_pcr(session, b"", TPML_PCR_SELECTION.parse("sha256:7"))
+        digest = bytes(esapi.policy_get_digest(session))
+        esapi.flush_context(session)
+    assert digest == seal.sealing_policy([11], {}, der, values)

@@ -3,7 +3,8 @@
     {"type": "obelisk-tpm2", "keyslots": ["N"], "obelisk-version": 1,
      "tpm2-public": BASE64, "tpm2-private": BASE64, "tpm2-pcr-bank": "sha256", "tpm2-pcrs": [..],
      "tpm2-pcr-values": {"N": HEX}, "tpm2-policy-hash": HEX,
-     "tpm2-policy-key": BASE64 DER (PolicyAuthorize only), "tpm2-signed-policies": [policy records]}
+     "tpm2-policy-key": BASE64 DER (PolicyAuthorize only), "tpm2-signed-policies": [policy records],
+     "tpm2-pcrs-bound": {"N": HEX} (PolicyPCR after PolicyAuthorize: e.g. PCR 7, Secure Boot)}
 
 `parse`/`serialize` are the JSON bytes cryptsetup imports and exports (`token import --json-file`);
 `from_json`/`to_json` the object as `cryptsetup luksDump --dump-json-metadata` lists it. A node reads
@@ -48,6 +49,8 @@ def to_json(token: Token) -> dict:
     if s.authorize_key:
         doc["tpm2-policy-key"] = base64.b64encode(s.authorize_key).decode()
         doc["tpm2-signed-policies"] = [policymod.to_json(p) for p in token.signed_policies]
+        if s.bound:
+            doc["tpm2-pcrs-bound"] = {str(p): v.hex() for p, v in sorted(s.bound.items())}
     return doc
 
 
@@ -55,10 +58,14 @@ def from_json(doc: dict, token_id: int | None, where: str) -> Token:
     try:
         values = {int(k): bytes.fromhex(v) for k, v in doc["tpm2-pcr-values"].items()}
         key = base64.b64decode(doc["tpm2-policy-key"]) if doc.get("tpm2-policy-key") else None
+        bound = {int(k): bytes.fromhex(v) for k, v in doc.get("tpm2-pcrs-bound", {}).items()}
+        if bound and not key:
+            raise ValueError("tpm2-pcrs-bound without tpm2-policy-key")
         sealed = sealmod.Sealed(public=base64.b64decode(doc["tpm2-public"]),
                                 private=base64.b64decode(doc["tpm2-private"]),
                                 pcrs=tuple(int(p) for p in doc["tpm2-pcrs"]), values=values,
-                                policy=bytes.fromhex(doc["tpm2-policy-hash"]), authorize_key=key)
+                                policy=bytes.fromhex(doc["tpm2-policy-hash"]), authorize_key=key,
+                                bound=bound)
         policies = tuple(policymod.from_json(p, where) for p in doc.get("tpm2-signed-policies", []))
         return Token(keyslot=int(doc["keyslots"][0]), sealed=sealed, signed_policies=policies, token_id=token_id)
     except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:

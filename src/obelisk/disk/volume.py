@@ -154,7 +154,8 @@ class Enrolled:
 
 def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existing_key: bytes | None = None,
            format_volume: bool = False, values: dict[int, bytes] | None = None,
-           policy_key: bytes | None = None, recovery: bool = True) -> Enrolled:
+           policy_key: bytes | None = None, bound: dict[int, bytes] | None = None,
+           recovery: bool = True) -> Enrolled:
     """Give `device` a TPM-sealed keyslot and (by default) a recovery keyslot."""
     if not os.path.exists(device):
         raise InputError("no such file or device", source=device)
@@ -184,7 +185,7 @@ def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existin
     else:
         tpm_key, tpm_slot = new_tpm_key(), _free_slot(meta)
     # seal first: if the TPM refuses, the volume is unchanged
-    sealed = sealmod.seal(tpm_key, pcrs, tcti, values=values, authorize_key=policy_key)
+    sealed = sealmod.seal(tpm_key, pcrs, tcti, values=values, authorize_key=policy_key, bound=bound)
     if not formatted:
         _add_key(device, existing_key, tpm_key, tpm_slot)
     _import_token(device, Token(keyslot=tpm_slot, sealed=sealed))
@@ -245,7 +246,8 @@ def reseal(device: str, tcti: str | None = None, *, pcrs: Sequence[int] | None =
         raise UnlockError(f"{device}: the recovery key does not open any keyslot")
     new_pcrs = tuple(pcrs) if pcrs else old.sealed.pcrs
     new_key = new_tpm_key()
-    sealed = sealmod.seal(new_key, new_pcrs, tcti, values=values, authorize_key=old.sealed.authorize_key)
+    sealed = sealmod.seal(new_key, new_pcrs, tcti, values=values, authorize_key=old.sealed.authorize_key,
+                          bound=old.sealed.bound)
     slot = _free_slot(metadata(device))
     _add_key(device, auth, new_key, slot)
     new = Token(keyslot=slot, sealed=sealed, signed_policies=old.signed_policies)

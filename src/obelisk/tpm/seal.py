@@ -8,15 +8,18 @@ Its authPolicy is either
   values; or
 * PolicyAuthorize(customer key): the TPM releases it under any PolicyPCR whose digest the customer
   key signed, so an update that changes PCR values is authorised by signing the new values instead
-  of re-enrolling every disk.
+  of re-enrolling every disk;
+* PolicyAuthorize(customer key) then PolicyPCR(bound PCRs): the signed policy (PCR 11: the UKI)
+  and literal values for PCRs no signature can stand in for (PCR 7: Secure Boot on, with the
+  customer's own keys), as `systemd-cryptenroll --tpm2-public-key --tpm2-pcrs=7` seals.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from obelisk.core.errors import InputError
@@ -41,6 +44,8 @@ class Sealed:
     values: dict[int, bytes]  # what the policy was computed over (for naming PCRs that differ)
     policy: bytes  # the object's authPolicy
     authorize_key: bytes | None = None  # DER SubjectPublicKeyInfo of the customer policy key, if any
+    # PCRs bound by value after PolicyAuthorize (authorize_key only): PolicyPCR over these, in the same session
+    bound: Mapping[int, bytes] = field(default_factory=dict)
 
 
 class PolicyMismatch(TPMError):
@@ -132,9 +137,23 @@ def _srk(esapi: ESAPI) -> ESYS_TR:
     return handle
 
 
+def sealing_policy(pcrs: Sequence[int], values: Mapping[int, bytes], authorize_key: bytes | None = None,
+                   bound: Mapping[int, bytes] | None = None) -> bytes:
+    """The sealed object's authPolicy: PolicyPCR(pcrs), or PolicyAuthorize(key) [then PolicyPCR(bound)]."""
+    if not authorize_key:
+        if bound:
+            raise InputError("PCRs bound after a signed policy need a policy key")
+        return policy_pcr_digest(pcrs, dict(values))
+    policy = policy_authorize_digest(authorize_key)
+    if bound:
+        policy = policy_pcr_digest(sorted(bound), dict(bound), previous=policy)
+    return policy
+
+
 def seal(secret: bytes, pcrs: Sequence[int], tcti: str | None = None, *, values: dict[int, bytes] | None = None,
-         authorize_key: bytes | None = None) -> Sealed:
-    """Seal `secret` to `pcrs` (their current values unless `values` gives predicted ones)."""
+         authorize_key: bytes | None = None, bound: Mapping[int, bytes] | None = None) -> Sealed:
+    """Seal `secret` to `pcrs` (their current values unless `values` gives predicted ones); with
+    `authorize_key`, to whatever PCR policy that key signs, and then (`bound`) to those PCR values too."""
     from tpm2_pytss import (
         TPM2B_PUBLIC,
         TPM2B_SENSITIVE_CREATE,
@@ -151,8 +170,7 @@ def seal(secret: bytes, pcrs: Sequence[int], tcti: str | None = None, *, values:
     with tpmmod.open_tpm(tcti) as esapi:
         current = tpmmod.read_pcrs(esapi, BANK, pcrs)
         sealed_values = {p: (values or {}).get(p, current[p]) for p in pcrs}
-        policy = (policy_authorize_digest(authorize_key) if authorize_key
-                  else policy_pcr_digest(pcrs, sealed_values))
+        policy = sealing_policy(pcrs, sealed_values, authorize_key, bound)
         template = TPMT_PUBLIC.parse("keyedhash", nameAlg="sha256",
                                      objectAttributes=TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
                                      | TPMA_OBJECT.NODA,
@@ -167,7 +185,7 @@ def seal(secret: bytes, pcrs: Sequence[int], tcti: str | None = None, *, values:
         except TSS2_Exception as exc:
             raise TPMError(f"TPM refused to seal: {exc}") from None
         return Sealed(public=pub.marshal(), private=priv.marshal(), pcrs=pcrs, values=sealed_values, policy=policy,
-                      authorize_key=authorize_key)
+                      authorize_key=authorize_key, bound=dict(bound or {}))
 
 
 @dataclass(frozen=True)
@@ -231,6 +249,9 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
                         if not sealed.authorize_key:  # candidates are signed policies only with a key
                             raise TPMError("a signed PCR policy, but the secret is not sealed to a policy key")
                         _policy_authorize(esapi, session, sealed.authorize_key, candidate)
+                        if sealed.bound:
+                            esapi.policy_pcr(session, b"", TPML_PCR_SELECTION.parse(
+                                f"{BANK}:{','.join(map(str, sorted(sealed.bound)))}"))
                     return bytes(esapi.unseal(obj, session1=session))
                 except TSS2_Exception:
                     continue
@@ -240,11 +261,11 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
             esapi.flush_context(obj)
     if sealed.authorize_key and not signed:
         raise TPMError("the key is sealed to the customer's signed policies and none was given")
-    reference = sealed.values
+    reference = dict(sealed.values)
     if sealed.authorize_key and signed:
-        # name PCRs against the newest signed policy
-        reference = dict(signed[-1].values)
-        current = {**current, **_read(tcti, signed[-1].pcrs)}
+        # name PCRs against the newest signed policy and the PCRs bound by value
+        reference = {**signed[-1].values, **sealed.bound}
+        current = {**current, **_read(tcti, sorted(reference))}
     differing = {p: (reference[p], current[p]) for p in reference if current.get(p) != reference[p]}
     raise PolicyMismatch(differing)
 
