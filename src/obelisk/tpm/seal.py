@@ -193,13 +193,14 @@ class SignedPolicy:
     """A PolicyPCR digest approved by the customer key: (pcrs, values) it was computed from, signature."""
 
     pcrs: tuple[int, ...]
-    values: dict[int, bytes]
+    values: dict[int, bytes]  # empty when only the digest is known (systemd's tpm2-pcr-signature.json)
     signature: bytes
     policy_ref: bytes = b""
+    approved_digest: bytes = b""  # the signed PolicyPCR digest, when `values` are not given
 
     @property
     def approved(self) -> bytes:
-        return policy_pcr_digest(self.pcrs, self.values)
+        return self.approved_digest or policy_pcr_digest(self.pcrs, self.values)
 
 
 def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPolicy] = ()) -> bytes:
@@ -266,6 +267,12 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
         # name PCRs against the newest signed policy and the PCRs bound by value
         reference = {**signed[-1].values, **sealed.bound}
         current = {**current, **_read(tcti, sorted(reference))}
+    if sealed.authorize_key and signed and not signed[-1].values:
+        # a signature over a digest only: the signed PCRs are named together when they do not give it
+        newest = signed[-1]
+        current = {**current, **_read(tcti, newest.pcrs)}
+        if policy_pcr_digest(newest.pcrs, current) != newest.approved:
+            reference.update({p: b"" for p in newest.pcrs})
     differing = {p: (reference[p], current[p]) for p in reference if current.get(p) != reference[p]}
     raise PolicyMismatch(differing)
 
