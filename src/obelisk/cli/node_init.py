@@ -10,14 +10,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="obelisk-node-init")
     sub = parser.add_subparsers(dest="command", required=True)
     unlock = sub.add_parser("unlock-var", help="unlock the LUKS2 /var with the TPM and mount it")
-    unlock.add_argument("--device", help="default: obelisk.var= on the kernel command line, else /dev/vdb")
+    unlock.add_argument("--device", help="default: obelisk.var= on the kernel command line (a path or "
+                                         "PARTLABEL=name), else /dev/vdb")
     unlock.add_argument("--mount", default="/var")
     unlock.add_argument("--tcti", default="device:/dev/tpmrm0")
     args = parser.parse_args(argv)
-    from obelisk.disk.unlock import unlock_or_tmpfs, var_device_from_cmdline
+    from obelisk.disk.unlock import unlock_or_tmpfs
 
-    device = args.device or var_device_from_cmdline()
-    return unlock_or_tmpfs(device, mountpoint=args.mount, tcti=args.tcti)
+    return unlock_or_tmpfs(args.device, mountpoint=args.mount, tcti=args.tcti)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,70 @@
+"""How a node seals /var at its first boot: `/etc/obelisk/var-seal.json` on the signed root.
+
+    {"format": "obelisk.var-seal/1", "signed_pcrs": [11], "policy_key": BASE64 DER | null,
+     "bound": {"7": HEX}, "bound_at_first_boot": [11]}
+
+- `policy_key` and `signed_pcrs`: PolicyAuthorize. The customer key signs PCR 11 for each image
+  (the UKI's `.pcrsig`), so every customer-signed image opens /var and nothing else does.
+- `bound`: PCR values the build predicted and no signature stands in for: PCR 7, the Secure Boot
+  state with the customer's PK, KEK and db. The root can carry them because they do not depend on
+  the root (PCR 11 does: the root's dm-verity hash is on the UKI's command line, so a PCR 11
+  value written into the root would change the root).
+- `bound_at_first_boot`: PCRs sealed to their value at the moment of the first unlock (PCR 11 when
+  no policy key was given: the volume then opens only for the image that created it).
+
+The build writes it (image/build.py), the node reads it (disk/unlock.py); it is on the dm-verity
+root, so it is as trusted as the code that reads it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from obelisk.core.errors import InputError
+from obelisk.core.jsonsafe import load_json
+
+FORMAT = "obelisk.var-seal/1"
+PATH = "/etc/obelisk/var-seal.json"
+
+
+@dataclass(frozen=True)
+class VarRecipe:
+    policy_key: bytes | None  # DER SubjectPublicKeyInfo of the disk policy key (PolicyAuthorize), or None
+    signed_pcrs: tuple[int, ...] = ()  # the PCRs the policy key signs (with policy_key)
+    bound: Mapping[int, bytes] = field(default_factory=dict)  # PCR -> predicted value, bound by value
+    bound_at_first_boot: tuple[int, ...] = ()  # PCRs bound to their value at the first unlock
+
+    def __post_init__(self) -> None:
+        if bool(self.policy_key) != bool(self.signed_pcrs):
+            raise ValueError("policy_key and signed_pcrs come together")
+        pcrs = [*self.signed_pcrs, *self.bound, *self.bound_at_first_boot]
+        if any(not 0 <= p <= 23 for p in pcrs) or len(set(pcrs)) != len(pcrs):
+            raise ValueError("each PCR (0..23) appears once")
+        if not pcrs:
+            raise ValueError("nothing to seal to")
+
+
+def serialize(recipe: VarRecipe) -> bytes:
+    doc = {"format": FORMAT, "signed_pcrs": list(recipe.signed_pcrs),
+           "policy_key": base64.b64encode(recipe.policy_key).decode() if recipe.policy_key else None,
+           "bound": {str(p): v.hex() for p, v in sorted(recipe.bound.items())},
+           "bound_at_first_boot": list(recipe.bound_at_first_boot)}
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+def parse(data: bytes, where: str = PATH) -> VarRecipe:
+    doc = load_json(data, where)
+    try:
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError(f"format is not {FORMAT}")
+        key = doc["policy_key"]
+        return VarRecipe(policy_key=base64.b64decode(key, validate=True) if key else None,
+                         signed_pcrs=tuple(int(p) for p in doc["signed_pcrs"]),
+                         bound={int(p): bytes.fromhex(v) for p, v in doc["bound"].items()},
+                         bound_at_first_boot=tuple(int(p) for p in doc["bound_at_first_boot"]))
+    except (KeyError, ValueError, TypeError, AttributeError, binascii.Error) as exc:
+        raise InputError(f"malformed {FORMAT}: {exc}", source=where) from None
