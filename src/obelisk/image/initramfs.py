@@ -1,8 +1,9 @@
 """The initramfs: busybox and one /init script, as a reproducible newc cpio.
 
-/init (templates/init.sh.j2) measures the kernel command line and the whole root device into
-PCR 11 (see measure.py), mounts the signed SquashFS read-only as the new root, mounts a plain /var from the second
-virtio disk (an encrypted one is left to the root, which has the TPM and cryptsetup tools) and the
+It is the UKI's `.initrd`, measured into PCR 11 by systemd-stub. /init (templates/init.sh.j2)
+extends the enter-initrd and leave-initrd boot phases into PCR 11 (measure.py), mounts the
+dm-verity root (set up by the kernel from the UKI's command line) read-only as the new root, a
+plain /var (an encrypted one is left to the root, which has the TPM and cryptsetup tools) and the
 node's config disk, and hands over to the node's /sbin/obelisk-init. That script, itself on the
 signed root, loads the IMA policy first (by path, so the kernel appraises the policy file's
 own signature) and then starts the agent: loading it in the initramfs would subject the
@@ -29,7 +30,9 @@ def render_init(*, measure: bool, var_mode: str) -> str:
     if var_mode not in VAR_MODES:
         raise ValueError(f"var_mode: {var_mode!r}")
     return scripts.render("init.sh.j2", measure="yes" if measure else "no", var_mode=var_mode,
-                          tpm_prefix=measure_mod.command_prefix_hex(measure_mod.PCR))
+                          tpm_prefix=measure_mod.command_prefix_hex(measure_mod.PCR),
+                          enter_initrd=measure_mod.phase_digest("enter-initrd").hex(),
+                          leave_initrd=measure_mod.phase_digest("leave-initrd").hex())
 
 
 def entries(busybox: bytes, ima_cert_der: bytes | None, epoch: int, init: str,

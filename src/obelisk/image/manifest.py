@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives import serialization
 from obelisk.core.errors import InputError, ParseError
 from obelisk.core.jsonsafe import load_json
 from obelisk.ima_policy import reference
-from obelisk.image.measure import BootEvent
+from obelisk.tpm.prediction import PcrPrediction
 
-SCHEMA = "obelisk.image-manifest/1"
+SCHEMA = "obelisk.image-manifest/2"  # 2: the UKI, disk.raw, Secure Boot, PCRs 4/7/11 (issue 13)
 SIG_SCHEMA = "obelisk.image-manifest-signature/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
@@ -135,25 +135,72 @@ class Devices:
 
 
 @dataclass(frozen=True)
+class Uki:
+    """The Unified Kernel Image at \\EFI\\BOOT\\BOOTX64.EFI in disk.raw's ESP (also OUT/uki.efi)."""
+
+    sections: Mapping[str, str]  # section name -> sha256 of its contents (.linux, .osrel, .cmdline, .initrd, ...)
+    authenticode_sha256: str = meta(pattern=_HEX64)  # what the firmware measures into PCR 4 and Secure Boot checks
+    signed_by: str | None = meta()  # sha256 of the db certificate that signed it (secure_boot), else None
+
+
+@dataclass(frozen=True)
+class Verity:
+    """dm-verity over the root partition; the root hash is on the UKI's command line."""
+
+    root_hash: str = meta(pattern=_HEX64)
+    salt: str = meta(pattern=_HEX64)
+    hash_algorithm: str = meta(choices=("sha256",))
+    data_block_size: int = meta()
+    hash_block_size: int = meta()
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    type_guid: str
+    uuid: str
+    start: int  # bytes from the start of disk.raw
+    size: int  # bytes
+    sha256: str | None = meta(pattern=_HEX64)  # its contents at build time (None: var, made at first boot)
+
+
+@dataclass(frozen=True)
+class SecureBoot:
+    """The customer's Secure Boot keys enrolled in OUT/ovmf-vars.fd (certificate sha256s, DER)."""
+
+    pk_sha256: str = meta(pattern=_HEX64)
+    kek_sha256: str = meta(pattern=_HEX64)
+    db_sha256: str = meta(pattern=_HEX64)
+    variables: str = meta()  # the artifact holding the OVMF variable store
+
+
+@dataclass(frozen=True)
 class Boot:
-    cmdline: str  # byte for byte what obelisk boot passes, measured into PCR 11
+    cmdline: str  # byte for byte the UKI's .cmdline, measured into PCR 11 by systemd-stub
     devices: Devices
+    uki: Uki | None = meta(omitted=True)  # absent: no kernel in this build
+    verity: Verity | None = meta(omitted=True)
+    partitions: tuple[Partition, ...] | None = meta(omitted=True)  # disk.raw's GPT
+    secure_boot: SecureBoot | None = meta(omitted=True)
 
 
 @dataclass(frozen=True)
 class Pcrs:
     bank: str = meta(choices=("sha256",))
-    predicted: Mapping[int, bytes] = meta()  # PCR -> value on a running node (PCR 11, with tpm.enabled)
-    events: tuple[BootEvent, ...] = meta()  # PCR 11's events, in the order a node extends them
+    predicted: Mapping[int, bytes] = meta()  # PCR -> value on a running node (4, 7, 11)
+    predictions: tuple[PcrPrediction, ...] = meta()  # the events behind each predicted value, in order
     note: str = meta()
+
+    def prediction(self, pcr: int) -> PcrPrediction | None:
+        return next((p for p in self.predictions if p.pcr == pcr), None)
 
 
 @dataclass(frozen=True)
 class Disk:
     var: str = meta(choices=("plain", "luks2"))
     policy: str | None = meta(choices=("pcr", "signed"))  # with luks2
-    sealed_to: Mapping[int, bytes] = meta()  # PCR -> value /var's key is sealed to (luks2)
-    signed_policy: str | None = meta()  # the artifact holding the signed PCR policy (policy signed)
+    sealed_to: Mapping[int, bytes] = meta()  # PCR -> value /var's key opens under (luks2): 11 at leave-initrd, 7
+    signed_policy: str | None = meta()  # the artifact holding the signed PCR 11 policy (policy signed; also .pcrsig)
     policy_certificate: str | None = meta()  # PEM of the key approving PCR policies (policy signed)
     size_mib: int | None = meta(omitted=True)  # the /var disk; absent from manifests built before it was added
 

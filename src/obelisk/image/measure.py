@@ -1,85 +1,73 @@
-"""obelisk's own boot measurements into PCR 11, and the values the build predicts for them.
+"""PCR 11 on an obelisk node: systemd-stub's measurements of the UKI, then the boot phases.
 
-Firmware PCRs 0-9 depend on the machine; PCR 11 is obelisk's. At every boot:
+systemd-stub (252) measures the UKI's sections into PCR 11 before the kernel runs (image/uki.py
+predicts those events). After it, the node extends PCR 11 with systemd's boot-phase words, as
+systemd-pcrphase does on a systemd system, so that `systemd-measure calculate --phase=...` is the
+independent reference for every value here:
 
-    1. the initramfs extends sha256(/proc/cmdline)              "obelisk.cmdline"
-    2. the initramfs extends sha256(the whole root device)      "obelisk.root"
-       ── /var's key is sealed to PCR 11 at this point: another command line or root cannot unseal it
-    3. /sbin/obelisk-init extends sha256(BOOT_COMPLETE)          "obelisk.boot-complete"
-       ── after this, nothing running on the node can unseal /var's key again
+    enter-initrd    the initramfs's /init, first thing
+    leave-initrd    the initramfs, just before switch_root
+        ── /var's key unseals here (PolicyAuthorize: the customer signs PCR 11 at this phase)
+    sysinit         /sbin/obelisk-init, right after /var is unlocked: from here on nothing on the
+                    node can unseal /var's key again
 
-Both measurements happen before any code from the root runs, so a root that was changed (or a
-command line that switches appraisal off) shows in PCR 11 whatever it does afterwards. Each
-event extends the sha256 bank with the sha256 of its data (TPM2_PCR_Extend), so the build, which
-knows the command line and the SquashFS bytes, predicts PCR 11 exactly; the verifier compares
-the quoted value with `pcrs.predicted` in the manifest.
+Each phase extends sha256(word) into the sha256 bank. The node writes the phases it extended to
+/run/obelisk/boot-events (tpm/bootevents.py): they are not in the firmware's event log, and the
+verifier appends them to the log's PCR 11 events before replaying it against the quote.
 
 The initramfs has no TPM library: it writes the TPM2_PCR_Extend command to /dev/tpmrm0 itself
-(`shell_functions`), and /sbin/obelisk-init writes the constant command `extend_command(...)`
-built here. A test sends both to swtpm and compares PCR 11 with `predict`. Both also append
-each event to /run/obelisk/boot-events (attest/bootevents.py), which the agent hands to the
-verifier so that it can name the measurement that differs.
+(templates/tpm-extend.sh.j2 with `command_prefix_hex`), and /sbin/obelisk-init sends the
+constant command `extend_command(...)` built here. A test sends them to swtpm.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from obelisk.tpm import algorithms
-from obelisk.tpm.pcr import extend as extend_pcr
+from obelisk.tpm.eventlog import EV_IPL
+from obelisk.tpm.prediction import ExpectedEvent, PcrPrediction, replay
 
 PCR = 11
 BANK = "sha256"
-BOOT_COMPLETE = b"obelisk: boot complete, /var key no longer unsealable"
-BOOT_COMPLETE_DIGEST = hashlib.sha256(BOOT_COMPLETE).digest()
-UNSEAL_AFTER = 2  # /var's key is sealed to PCR 11 after this many events
+PHASES = ("enter-initrd", "leave-initrd", "sysinit")
+UNSEAL_PHASE = "enter-initrd:leave-initrd"  # what the customer signs, in systemd-measure's --phase notation
+UNSEAL_AFTER = 2  # phases extended when /var is unsealed
+MEASURED_BY = {"enter-initrd": "initramfs", "leave-initrd": "initramfs", "sysinit": "/sbin/obelisk-init"}
 
 _TPM_ST_SESSIONS = 0x8002
 _TPM_CC_PCR_EXTEND = 0x00000182
 _TPM_RS_PW = 0x40000009
 
 
-@dataclass(frozen=True)
-class BootEvent:
-    pcr: int
-    name: str
-    digest: bytes  # sha256 of the measured data: what is extended
-    measured_by: str
-    description: str
-
-    def to_json(self) -> dict[str, object]:
-        return {"pcr": self.pcr, "name": self.name, "digest": self.digest.hex(), "measured_by": self.measured_by,
-                "description": self.description}
+def phase_digest(word: str) -> bytes:
+    return hashlib.sha256(word.encode()).digest()
 
 
-def boot_events(cmdline: str, rootfs_sha256: bytes) -> tuple[BootEvent, ...]:
-    """PCR 11's events, in the order a node extends them."""
-    return (
-        BootEvent(PCR, "obelisk.cmdline", hashlib.sha256(cmdline.encode() + b"\n").digest(), "initramfs",
-                  "the kernel command line as /proc/cmdline shows it"),
-        BootEvent(PCR, "obelisk.root", rootfs_sha256, "initramfs", "every byte of the root device (rootfs.squashfs)"),
-        BootEvent(PCR, "obelisk.boot-complete", BOOT_COMPLETE_DIGEST, "/sbin/obelisk-init",
-                  "marks the end of boot: /var's sealed key cannot be unsealed after it"),
-    )
-
-
-def replay(events: tuple[BootEvent, ...] | list[BootEvent], start: bytes = b"\0" * 32) -> bytes:
-    value = start
-    for event in events:
-        value = extend_pcr(value, event.digest, BANK)
-    return value
+def phase_events() -> tuple[ExpectedEvent, ...]:
+    return tuple(ExpectedEvent(PCR, EV_IPL, phase_digest(w), f"boot phase {w} ({MEASURED_BY[w]})", w.encode())
+                 for w in PHASES)
 
 
 @dataclass(frozen=True)
 class Prediction:
-    unseal: bytes  # PCR 11 while /var is unlocked: what the disk key is sealed to
-    final: bytes  # PCR 11 on a running node: what a quote shows
+    pcr11: PcrPrediction  # the stub's events and every phase: what a quote of a running node shows
+    unseal: bytes  # PCR 11 after leave-initrd: what the customer signs for /var
+
+    @property
+    def final(self) -> bytes:
+        return self.pcr11.value
 
 
-def predict(events: tuple[BootEvent, ...]) -> Prediction:
-    return Prediction(unseal=replay(events[:UNSEAL_AFTER]), final=replay(events))
+def predict(stub_events: Sequence[ExpectedEvent]) -> Prediction:
+    stub = tuple(stub_events)
+    if any(e.pcr != PCR for e in stub):
+        raise ValueError("stub events must all be PCR 11's")
+    phases = phase_events()
+    return Prediction(pcr11=PcrPrediction(PCR, stub + phases), unseal=replay(stub + phases[:UNSEAL_AFTER]))
 
 
 def extend_command(pcr: int, digest: bytes) -> bytes:
@@ -93,7 +81,7 @@ def extend_command(pcr: int, digest: bytes) -> bytes:
 
 
 def command_prefix_hex(pcr: int) -> str:
-    """`extend_command` without its digest, in hex: the initramfs appends the digest it computed."""
+    """`extend_command` without its digest, in hex: the initramfs appends the digest to extend."""
     return extend_command(pcr, b"\0" * 32)[:-32].hex()
 
 

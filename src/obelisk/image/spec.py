@@ -235,18 +235,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kubernetes", "version", STR, "1.31", help="Kubernetes minor version the configuration targets."),
     Setting("tpm", "enabled", BOOL, True, help="The node has a TPM 2.0 (attestation, sealed disk key)."),
     Setting("disk", "encryption", BOOL, False,
-            help="Mount /var from a LUKS2 volume whose key the TPM releases only to the command line and root "
-                 "the build predicted (PCR 11); needs rootfs.base debian with python3-tpm2-pytss, cryptsetup-bin "
-                 "and e2fsprogs."),
+            help="Mount /var from a LUKS2 volume that the node creates at its first boot in disk.raw's var "
+                 "partition, its key sealed in the TPM to the UKI the build predicted (PCR 11) and, with "
+                 "secure_boot.enabled, the customer's Secure Boot state (PCR 7); needs rootfs.base debian with "
+                 "python3-tpm2-pytss, cryptsetup-bin and e2fsprogs."),
     Setting("disk", "pcrs", PCRS, (11,),
-            help="PCRs the disk key is sealed to when the node is provisioned, to the values the build predicts "
-                 "(manifest disk.sealed_to). Only PCR 11, obelisk's boot measurements, is predictable: firmware "
-                 "PCRs depend on the machine (reseal to them with `obelisk disk reseal` on the node)."),
+            help="PCRs the disk key is sealed to through disk.policy: PCR 11 (the UKI and the boot phases). "
+                 "PCR 7 is added by value when secure_boot.enabled (the build predicts it from the customer's "
+                 "keys); other firmware PCRs depend on the machine (reseal with `obelisk disk reseal`)."),
     Setting("disk", "policy", STR, "pcr", choices=("pcr", "signed"),
-            help="How /var's key is bound to PCR 11. pcr: to this image's predicted value only (a new image "
-                 "needs `obelisk disk reseal`). signed: to any PCR 11 value disk.policy_key approved "
-                 "(TPM2 PolicyAuthorize); each build signs its own prediction (OUT/var-policy.json, carried "
-                 "in the initramfs), so an updated image opens the same /var."),
+            help="How /var's key is bound to PCR 11. pcr: to the PCR 11 of the image that created /var at "
+                 "first boot (a new image needs `obelisk disk reseal`). signed: to any PCR 11 value "
+                 "disk.policy_key approved (TPM2 PolicyAuthorize, as systemd-cryptenroll --tpm2-public-key); "
+                 "each build signs its own prediction into the UKI's .pcrsig section (OUT/tpm2-pcr-signature.json), "
+                 "so an updated image opens the same /var."),
     Setting("disk", "policy_key", KEY, max_bytes=SMALL_FILE,
                help="With disk.policy: signed, the key that approves PCR 11 values "
             "(a PEM file or PKCS#11 URI; RSA or ECDSA P-256). Never the IMA key: an IMA signature over a "
@@ -256,7 +258,20 @@ SETTINGS: tuple[Setting, ...] = (
                help="Certificate of disk.policy_key, issued by signing.ca.",
             example="keys/disk-policy.pem"),
     Setting("disk", "size_mib", INT, 64, minimum=32, maximum=MAX_DISK_MIB,
-               help="Size of the /var disk that `obelisk boot` creates."),
+               help="Size of the /var partition in disk.raw (the node creates its filesystem at first boot)."),
+    Setting("secure_boot", "enabled", BOOL, False,
+            help="UEFI Secure Boot with the customer's own keys: the UKI in disk.raw is signed with "
+                 "secure_boot.db_key, OUT/ovmf-vars.fd has PK, KEK and db enrolled with Secure Boot enforcing, "
+                 "and the build predicts PCR 7 (the Secure Boot state), to which /var is bound by value."),
+    Setting("secure_boot", "pk_cert", FILE, max_bytes=SMALL_FILE,
+            help="Platform Key certificate (issued by signing.ca; `obelisk keys generate` makes pk.pem).",
+            example="keys/pk.pem"),
+    Setting("secure_boot", "kek_cert", FILE, max_bytes=SMALL_FILE,
+            help="Key Exchange Key certificate (issued by signing.ca).", example="keys/kek.pem"),
+    Setting("secure_boot", "db_key", KEY, max_bytes=SMALL_FILE,
+            help="The db key that signs the UKI: a PEM file or a PKCS#11 URI.", example="keys/db.key"),
+    Setting("secure_boot", "db_cert", FILE, max_bytes=SMALL_FILE,
+            help="Certificate of secure_boot.db_key, issued by signing.ca; enrolled in db.", example="keys/db.pem"),
     Setting("agent", "port", INT, 8443, minimum=1, maximum=65535,
                help="TCP port of the node agent (HTTPS, mutual TLS)."),
 )
@@ -287,6 +302,7 @@ class Spec:
     tpm: Any
     disk: Any
     agent: Any
+    secure_boot: Any = None
     source: str = ""  # the spec file it came from
     base_dir: str = ""  # relative paths were resolved against this
 
@@ -366,6 +382,15 @@ RULES: tuple[Rule, ...] = (
          lambda s: bool(s.kernel.image) and bool(s.kernel.source)),
     Rule("kernel.source", "building the kernel with the customer CA needs signing.ca",
          lambda s: bool(s.kernel.source) and not s.signing.ca),
+    Rule("secure_boot.enabled", "needs secure_boot.pk_cert, kek_cert, db_key and db_cert",
+         lambda s: s.secure_boot.enabled and not (s.secure_boot.pk_cert and s.secure_boot.kek_cert
+                                                  and s.secure_boot.db_key and s.secure_boot.db_cert)),
+    Rule("secure_boot.enabled", "needs a kernel (kernel.source or kernel.image) for the UKI",
+         lambda s: s.secure_boot.enabled and not (s.kernel.source or s.kernel.image)),
+    Rule("secure_boot.db_cert", "needs signing.ca: the Secure Boot certificates must chain to the customer CA",
+         lambda s: s.secure_boot.enabled and not s.signing.ca),
+    Rule("secure_boot.db_key", "only used with secure_boot.enabled: true",
+         lambda s: not s.secure_boot.enabled and bool(s.secure_boot.db_key)),
     Rule("agent.port", "must be 1-65535", lambda s: not 0 < s.agent.port < 65536),
     Rule("disk.size_mib", "must be at least 32 (LUKS2 header and a filesystem)", lambda s: s.disk.size_mib < 32),
     Rule("kubernetes.version", "expected MAJOR.MINOR such as 1.31",

@@ -1,22 +1,30 @@
 """`obelisk boot OUT`: run a built image under QEMU with a software TPM, like a first node boot.
 
+The node boots OUT/disk.raw through UEFI: Debian's OVMF with the image's variable store (the
+customer's PK, KEK and db enrolled, Secure Boot enforcing), so the firmware checks the UKI's
+signature and measures it into PCR 4, its Secure Boot state into PCR 7, and systemd-stub the UKI's
+sections into PCR 11, exactly as on hardware. `direct_kernel` boots bzImage and the initramfs with
+QEMU's -kernel instead: a developer's shortcut that nothing measures (PCRs 4, 7 and 11 then match
+no prediction, and /var stays locked).
+
 The run directory holds everything this node instance owns:
 
     swtpm/          the TPM's state (EK and AK made persistent before the first boot)
     ak.json         the AK record the verifier needs (`obelisk attest node --ak`)
+    disk.raw        the node's disk: the image's partitions from OUT/disk.raw, and the var partition
+                    the node made its /var on at first boot (kept across reboots and new images)
+    ovmf-vars.fd    the node's UEFI variables (NVRAM), first copied from OUT/ovmf-vars.fd
     config.img      the node's config disk (ext2, mounted read-only at /run/obelisk/config):
                     the agent's TLS key and certificate, the client CA, agent.json
-    var.img         the /var disk: LUKS2 with its key sealed in this TPM to the PCR 11 value the
-                    build predicted (disk.encryption), else blank (the node makes ext2 on it)
-    var-recovery.key the LUKS2 recovery key (0600; the only copy)
     client.pem/.key a verifier client certificate issued by the customer CA
     serial.log      the console
     qemu.pid, swtpm.pid, boot.json
 
 Provisioning happens here, on the host, as a cloud would do it: the agent's TLS key is generated
-for this node and written onto its config disk, never into the image; the /var volume is
-formatted and its key sealed before the first boot, so a node whose command line or root differs
-from the build's never sees its data.
+for this node and written onto its config disk, never into the image; the EK and AK are made in
+the node's TPM. /var is the node's own business: it creates and seals it at its first boot.
+At every boot (a reboot, or a new image on the same node) the image's partitions are written
+from OUT into the node's disk and the var partition is left as it is.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from obelisk.core import atomic, tools
 from obelisk.core.errors import InputError, ObeliskError
 from obelisk.core.progress import progress
 from obelisk.lab import qemu as qemu_launcher
-from obelisk.lab.qemu import Drive, PortForward, QemuRun
+from obelisk.lab.qemu import Drive, Firmware, PortForward, QemuRun
 from obelisk.tpm.swtpm import start_for_qemu
 
 if TYPE_CHECKING:
@@ -74,7 +82,7 @@ def free_port() -> int:
 
 
 def kernel_cmdline(manifest: Manifest, extra: tuple[str, ...] = ()) -> str:
-    """The build's command line (measured into PCR 11: anything extra changes PCR 11)."""
+    """The build's command line (the UKI's .cmdline), for a direct-kernel boot (anything extra is unmeasured)."""
     if not manifest.boot.cmdline:
         raise InputError("manifest has an empty boot.cmdline: rebuild the image with this obelisk",
                          source="manifest.json")
@@ -87,23 +95,6 @@ def make_ext2_disk(path: Path, content: Path, size_mib: int, label: str) -> None
         path.unlink()
     tools.run("mke2fs", ["-q", "-F", "-t", "ext2", "-L", label, "-E", "root_owner=0:0",
                          "-d", content, path, f"{size_mib}M"])
-
-
-def make_var_disk(path: Path, size_mib: int, *, encrypted: bool, sealed_to: dict[int, bytes], tcti: str | None,
-                  recovery: Path, policy_key: bytes | None = None) -> None:
-    """/var: blank (the node formats it), or LUKS2 with its key sealed to the predicted PCR values, or
-    (policy_key) to any PCR values that key signs (PolicyAuthorize)."""
-    path.unlink(missing_ok=True)
-    with open(path, "wb") as handle:
-        handle.truncate(size_mib << 20)
-    if not encrypted:
-        return
-    from obelisk.disk import volume as disk
-
-    enrolled = disk.enroll(str(path), sorted(sealed_to), tcti, format_volume=True, values=sealed_to,
-                           policy_key=policy_key)
-    assert enrolled.recovery_key is not None
-    atomic.write_text(recovery, enrolled.recovery_key + "\n", mode=0o600)
 
 
 def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manifest, port: int) -> dict:
@@ -131,17 +122,11 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manife
     for p in sorted(var.rglob("*"), reverse=True):  # the key now lives only on the node's disk
         p.unlink() if p.is_file() else p.rmdir()
     var.rmdir()
-    sealed_to = dict(manifest.disk.sealed_to)
-    encrypted = manifest.disk.var == "luks2"
-    if encrypted and not sealed_to:
-        raise InputError("disk.var is luks2 but disk.sealed_to is empty", source="manifest.json")
-    policy_key = policy_key_of(manifest, ca) if encrypted and manifest.disk.policy == "signed" else None
-    # EK and AK, created in the node's TPM before its first boot (as enrollment would); /var's key
-    # sealed in the same TPM.
+    # EK and AK, created in the node's TPM before its first boot (as enrollment would)
     with SoftwareTPM.start(run_dir / "swtpm") as sw:
         info = tpm.create_keys(sw.tcti)
-        make_var_disk(run_dir / "var.img", manifest.var_size_mib(), encrypted=encrypted, sealed_to=sealed_to,
-                      tcti=sw.tcti, recovery=run_dir / "var-recovery.key", policy_key=policy_key)
+    copy_sparse(out / DISK_IMAGE, run_dir / DISK_IMAGE)
+    copy_sparse(variable_store(out, manifest), run_dir / VARIABLES)
     record = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True, source="ak.json")
     atomic.write_text(run_dir / "ak.json", akrecord.serialize(record))
     return {"client_cert": client.cert, "client_key": client.key, "port": port}
@@ -151,14 +136,76 @@ def _start_swtpm(run_dir: Path) -> subprocess.Popen[bytes]:
     return start_for_qemu(run_dir / "swtpm", run_dir / "swtpm.sock", run_dir / "swtpm.log", detach=True)
 
 
-def qemu_run(out: Path, run_dir: Path, port: int, cmdline: str, memory_mib: int) -> QemuRun:
-    """The node's QEMU: the image's kernel, initramfs and root; the run directory's /var, config disk and
-    TPM; the network restricted to the agent's port, forwarded to 127.0.0.1:`port`."""
-    return QemuRun(kernel=out / "bzImage", initramfs=out / "initramfs.cpio", cmdline=cmdline,
-                   console=run_dir / "serial.log", tpm_socket=run_dir / "swtpm.sock", memory_mib=memory_mib,
-                   drives=(Drive(out / "rootfs.squashfs"), Drive(run_dir / "var.img", readonly=False),
-                           Drive(run_dir / "config.img")),
-                   forwards=(PortForward(port, GUEST_IP, AGENT_GUEST_PORT),), rng=True)
+DISK_IMAGE = "disk.raw"
+VARIABLES = "ovmf-vars.fd"
+
+
+def variable_store(out: Path, manifest: Manifest) -> Path:
+    """The image's OVMF variable store (Secure Boot keys enrolled), else Debian's empty one."""
+    if manifest.boot.secure_boot is not None:
+        return out / manifest.boot.secure_boot.variables
+    return qemu_launcher.OVMF_VARS_TEMPLATE
+
+
+def copy_sparse(source: Path, target: Path) -> None:
+    """Copy `source` to `target` (atomically), leaving runs of zeros as holes: disk images are mostly empty."""
+    block = 1 << 20
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(source, "rb") as src, open(tmp, "wb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        while chunk := src.read(block):
+            if chunk.count(0) == len(chunk):
+                dst.seek(len(chunk), os.SEEK_CUR)
+            else:
+                dst.write(chunk)
+        dst.truncate(size)
+    os.replace(tmp, target)
+
+
+def install_image(out: Path, run_dir: Path, manifest: Manifest) -> None:
+    """Write OUT's disk.raw into the node's disk except its var partition: a reboot with the same image
+    changes nothing, a new image replaces the image partitions, and /var stays the node's."""
+    from obelisk.image import disk_image
+
+    layout = manifest.boot.disk_image
+    if layout is None:
+        raise InputError("manifest has no boot.disk_image: rebuild the image with this obelisk", source="manifest.json")
+    var = layout.partition(disk_image.VAR)
+    node_disk = run_dir / DISK_IMAGE
+    with open(node_disk, "rb") as handle:
+        current = disk_image.parse_gpt(handle.read(1 << 20), str(node_disk))
+    held = next((p for p in current.partitions if p.name == var.name), None)
+    if held is None or (held.start, held.size) != (var.start, var.size) or node_disk.stat().st_size != layout.size:
+        raise BootError(f"{node_disk}: its var partition is not where this image puts it; the image cannot be "
+                        "installed without losing /var (boot with --fresh for a new node)")
+    block = 1 << 20
+    with open(out / DISK_IMAGE, "rb") as src, open(node_disk, "r+b") as dst:
+        for begin, end in ((0, var.start), (var.start + var.size, layout.size)):
+            src.seek(begin)
+            dst.seek(begin)
+            remaining = end - begin
+            while remaining > 0:
+                chunk = src.read(min(block, remaining))
+                if not chunk:
+                    break
+                dst.write(chunk)
+                remaining -= len(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def qemu_run(out: Path, run_dir: Path, port: int, memory_mib: int, *, secure: bool = True,
+             direct_kernel: str | None = None) -> QemuRun:
+    """The node's QEMU: UEFI (OVMF) booting the node's disk, its config disk and TPM; the network
+    restricted to the agent's port, forwarded to 127.0.0.1:`port`. `direct_kernel` (a command line)
+    boots OUT's bzImage and initramfs instead of the firmware: unmeasured."""
+    drives = (Drive(run_dir / DISK_IMAGE, readonly=False), Drive(run_dir / "config.img"))
+    common: dict[str, Any] = {"console": run_dir / "serial.log", "tpm_socket": run_dir / "swtpm.sock",
+                              "memory_mib": memory_mib, "drives": drives,
+                              "forwards": (PortForward(port, GUEST_IP, AGENT_GUEST_PORT),), "rng": True}
+    if direct_kernel is not None:
+        return QemuRun(kernel=out / "bzImage", initramfs=out / "initramfs.cpio", cmdline=direct_kernel, **common)
+    return QemuRun(kernel=None, firmware=Firmware(run_dir / VARIABLES, secure=secure), **common)
 
 
 def wait_for_agent(url: str, ca: Path, cert: Path, key: Path, qemu: subprocess.Popen[bytes], serial: Path,
@@ -191,7 +238,7 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:]) or "(empty)"
 
 
-PROVISIONED = ("ak.json", "config.img", "var.img", "client.pem", "client.key", "swtpm")
+PROVISIONED = ("ak.json", "config.img", DISK_IMAGE, VARIABLES, "client.pem", "client.key", "swtpm")
 
 
 def reader_client(run_dir: Path, ca: Path, ca_key: Path) -> IssuedCert:
@@ -237,44 +284,62 @@ def policy_key_of(manifest: Manifest, ca: Path) -> bytes:
 
 
 def var_sealed_for(run_dir: Path, manifest: Manifest, policy_key: bytes | None = None) -> bool | None:
-    """Whether the run directory's LUKS2 /var is sealed to this image's predicted PCR values (None: not LUKS2)."""
-    from obelisk.disk import volume as disk
+    """Whether the node's LUKS2 /var opens for this image's predicted PCR values (None: not made yet)."""
+    import tempfile
 
-    var = str(run_dir / "var.img")
-    if not disk.is_luks(var):
+    from obelisk.disk import volume as disk
+    from obelisk.image import disk_image
+
+    layout = manifest.boot.disk_image
+    if layout is None:
         return None
-    tokens = disk.tokens(var)
-    if policy_key is not None and any(t.sealed.authorize_key == policy_key for t in tokens):
-        return True  # opens for whatever this key signs; the image carries its signed policy
-    sealed = [dict(t.sealed.values) for t in tokens if not t.sealed.authorize_key]
-    return dict(manifest.disk.sealed_to) in sealed
+    var = layout.partition(disk_image.VAR)
+    with tempfile.NamedTemporaryFile(prefix="var-header-") as header, open(run_dir / DISK_IMAGE, "rb") as node:
+        node.seek(var.start)
+        header.write(node.read(min(var.size, 16 << 20)))  # the LUKS2 header and its token
+        header.flush()
+        if not disk.is_luks(header.name):
+            return None
+        tokens = disk.tokens(header.name)
+    bound = {p: v for p, v in manifest.disk.sealed_to.items() if p != 11}
+    if policy_key is not None:
+        return any(t.sealed.authorize_key == policy_key and dict(t.sealed.bound) == bound for t in tokens)
+    return any(not t.sealed.authorize_key and {p: t.sealed.values.get(p) for p in bound} == bound for t in tokens)
 
 
 def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None = None, memory_mib: int = 768,
-         timeout: float = 300, extra_cmdline: tuple[str, ...] = (), fresh: bool = False,
-         quiet: bool = True) -> BootedNode:
-    """Boot `out` as the node of `run_dir`: a provisioned run directory boots again with its TPM, /var
-    and certificates (a reboot); an empty one, or `fresh`, is provisioned first (a new node)."""
+         timeout: float = 300, extra_cmdline: tuple[str, ...] = (), fresh: bool = False, quiet: bool = True,
+         direct_kernel: bool = False, secure: bool = True) -> BootedNode:
+    """Boot `out` as the node of `run_dir`: a provisioned run directory boots again with its TPM, disk
+    and certificates (a reboot); an empty one, or `fresh`, is provisioned first (a new node).
+    `secure` False boots the OVMF build without Secure Boot enforcement (tests of what a node without
+    it measures); `direct_kernel` the unmeasured developer shortcut, with `extra_cmdline` appended."""
     from obelisk.image import manifest as manifestmod
 
-    for name in ("bzImage", "initramfs.cpio", "rootfs.squashfs", "manifest.json"):
+    needed = ("bzImage", "initramfs.cpio", "manifest.json") if direct_kernel else (DISK_IMAGE, "manifest.json")
+    for name in needed:
         if not (out / name).is_file():
             raise InputError(f"no {name}: boot needs a complete image with a kernel "
                              "(kernel.image or kernel.source in the spec)", source=str(out))
+    if extra_cmdline and not direct_kernel:
+        raise InputError("extra kernel command-line words need --direct-kernel: the UKI's command line is signed")
     for tool in ("qemu-system-x86_64", "swtpm", "mke2fs"):
         tools.which(tool)
     m = manifestmod.load(out / "manifest.json")
+    if not direct_kernel:
+        Firmware(run_dir / VARIABLES, secure=secure).check()
     port = port or free_port()
+    line = kernel_cmdline(m, extra_cmdline) if direct_kernel else None
     with progress("booting node", total=3, quiet=quiet) as bar:
-        return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, extra_cmdline, fresh, bar)
+        return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, line, fresh, bar, secure)
 
 
 def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: int, memory_mib: int,
-          timeout: float, extra_cmdline: tuple[str, ...], fresh: bool, bar: Any) -> BootedNode:
+          timeout: float, direct_kernel: str | None, fresh: bool, bar: Any, secure: bool = True) -> BootedNode:
     new_node = fresh or not is_provisioned(run_dir)
-    bar.stage("provisioning (certificates, EK/AK, /var)" if new_node else "rebooting a provisioned node")
+    bar.stage("provisioning (certificates, EK/AK, disk)" if new_node else "rebooting a provisioned node")
     if new_node:
-        for name in PROVISIONED + ("var-recovery.key",):
+        for name in PROVISIONED + ("var.img", "var-recovery.key"):
             target = run_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -284,13 +349,14 @@ def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: i
     else:
         client = reader_client(run_dir, ca, ca_key)
         info = {"client_cert": client.cert, "client_key": client.key, "port": port}
+        install_image(out, run_dir, m)
     bar.advance()
     bar.stage("starting swtpm and QEMU")
     swtpm = _start_swtpm(run_dir)
     serial = run_dir / "serial.log"
     serial.unlink(missing_ok=True)
-    qemu = qemu_launcher.start(qemu_run(out, run_dir, port, kernel_cmdline(m, extra_cmdline), memory_mib),
-                               stderr=run_dir / "qemu.log", detach=True)
+    qemu = qemu_launcher.start(qemu_run(out, run_dir, port, memory_mib, secure=secure, direct_kernel=direct_kernel),
+                               stderr=run_dir / "qemu.log", accel=qemu_launcher.default_accel(), detach=True)
     (run_dir / "qemu.pid").write_text(f"{qemu.pid}\n")
     (run_dir / "swtpm.pid").write_text(f"{swtpm.pid}\n")
     node = BootedNode(run_dir=run_dir, url=f"https://127.0.0.1:{port}", port=port, qemu_pid=qemu.pid,
@@ -298,7 +364,7 @@ def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: i
                       client_key=info["client_key"], serial_log=serial)
     atomic.write_text(run_dir / "boot.json", json.dumps(node.to_json(), indent=1, sort_keys=True) + "\n")
     bar.advance()
-    bar.stage("waiting for the agent (QEMU software emulation)")
+    bar.stage("waiting for the agent")
     try:
         wait_for_agent(node.url, ca, node.client_cert, node.client_key, qemu, serial, timeout)
     except BaseException:

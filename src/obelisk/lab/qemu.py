@@ -11,6 +11,10 @@ leaves it running.
 swtpm (started by `obelisk.tpm.swtpm`, the one place it is run) has its control channel on a unix socket, the way QEMU's
 `-tpmdev emulator` expects (`-chardev socket,path=...`). `run_kernel` uses software emulation (TCG)
 unless asked for KVM (`accel="kvm"` or OBELISK_QEMU_ACCEL=kvm); `-no-reboot` makes a guest reboot or poweroff end QEMU.
+
+A `Firmware` boots the first disk through UEFI instead of `-kernel`: Debian's OVMF (package `ovmf`)
+with its variable store on the second pflash. The Secure Boot build of OVMF keeps its variables in
+SMM, so it needs `smm=on` and a secure pflash, as libvirt configures it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,38 @@ class Drive:
         return f"file={self.path},if=virtio,format=raw" + (",readonly=on" if self.readonly else "")
 
 
+OVMF_PACKAGE = "ovmf"
+OVMF_SECURE_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS_TEMPLATE = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")  # empty store: no keys, Secure Boot off
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """UEFI firmware for a guest: OVMF's code (read-only) and this guest's own variable store (written)."""
+
+    variables: Path  # the guest's NVRAM: a copy, never Debian's template
+    secure: bool = True  # the SMM build that enforces Secure Boot when the store has PK, KEK and db
+
+    @property
+    def code(self) -> Path:
+        return OVMF_SECURE_CODE if self.secure else OVMF_CODE
+
+    def check(self) -> None:
+        from obelisk.core.errors import InputError
+
+        for path in (self.code, OVMF_VARS_TEMPLATE):
+            if not path.is_file():
+                raise InputError(f"{path} is missing: install Debian package {OVMF_PACKAGE}")
+
+    def args(self) -> list[str]:
+        out = ["-drive", f"if=pflash,format=raw,unit=0,file={self.code},readonly=on",
+               "-drive", f"if=pflash,format=raw,unit=1,file={self.variables}"]
+        if self.secure:
+            out = ["-global", "driver=cfi.pflash01,property=secure,value=on", *out]
+        return out
+
+
 @dataclass(frozen=True)
 class PortForward:
     """host_ip:host_port on the host to guest_ip:guest_port in the guest (user networking, TCP)."""
@@ -60,7 +96,7 @@ class QemuRun:
     virtio RNG; `tpm_socket` a TIS TPM backed by the swtpm listening there.
     """
 
-    kernel: Path
+    kernel: Path | None  # None: `firmware` boots the first disk
     console: Path  # the serial console is written here
     initramfs: Path | None = None
     cmdline: str = "console=ttyS0"
@@ -70,16 +106,22 @@ class QemuRun:
     forwards: tuple[PortForward, ...] = ()
     rng: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    firmware: Firmware | None = None
 
     def argv(self, accel: str | None = None) -> list[str]:
         """QEMU's arguments; `accel` None leaves QEMU's default accelerator (TCG) and CPU model `max`."""
         machine = "q35" if accel is None else f"q35,accel={accel}"
+        if self.firmware is not None and self.firmware.secure:
+            machine += ",smm=on"
         args = ["-machine", machine, "-cpu", "max" if accel in (None, "tcg") else "host",
-                "-m", str(self.memory_mib), "-smp", "1", "-nographic", "-no-reboot", "-nodefaults",
-                "-kernel", str(self.kernel)]
-        if self.initramfs is not None:
-            args += ["-initrd", str(self.initramfs)]
-        args += ["-append", self.cmdline]
+                "-m", str(self.memory_mib), "-smp", "1", "-nographic", "-no-reboot", "-nodefaults"]
+        if self.firmware is not None:
+            args += self.firmware.args()
+        if self.kernel is not None:
+            args += ["-kernel", str(self.kernel)]
+            if self.initramfs is not None:
+                args += ["-initrd", str(self.initramfs)]
+            args += ["-append", self.cmdline]
         for drive in self.drives:
             args += ["-drive", (drive if isinstance(drive, Drive) else Drive(drive)).arg()]
         if self.forwards:
