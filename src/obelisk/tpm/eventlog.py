@@ -37,6 +37,9 @@ from obelisk.tpm.pcr import extend as extend_pcr
 
 EV_NO_ACTION = 0x00000003
 EV_SEPARATOR = 0x00000004
+EV_IPL = 0x0000000D  # systemd-stub's measurements of the UKI's sections (PCR 11)
+EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003  # the firmware's measurement of an EFI application (PCR 4)
+EV_EFI_ACTION = 0x80000007
 EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
 EV_EFI_EVENT_BASE = 0x80000000
 EVENT_TYPES: dict[int, str] = {
