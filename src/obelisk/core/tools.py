@@ -37,6 +37,12 @@ PACKAGES: dict[str, str] = {
     "dpkg-query": "dpkg",
     "mke2fs": "e2fsprogs",
     "fakeroot": "fakeroot",
+    "osslsigncode": "osslsigncode",
+    "sbsign": "sbsigntool",
+    "sbverify": "sbsigntool",
+    "sbattach": "sbsigntool",
+    "objdump": "binutils",
+    "objcopy": "binutils",
 }
 
 # tpm2-tools commands all come from one package
