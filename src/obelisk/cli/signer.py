@@ -29,9 +29,12 @@ def passphrase_source(args: argparse.Namespace) -> PassphraseSource | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    keys = subcommand_group(sub, "keys", "customer keys: CA and IMA signing key")
-    gen = keys.add_parser("generate", help="create a customer CA and an IMA signing key with its certificate")
-    gen.add_argument("--out", required=True, metavar="DIR", help="directory for ca.{key,pem,der}, ima.{key,pem,der}")
+    keys = subcommand_group(sub, "keys", "customer keys: CA, IMA signing key, disk policy key, Secure Boot keys")
+    gen = keys.add_parser("generate", help="create a customer CA, an IMA signing key, a disk policy key and the "
+                                           "Secure Boot PK, KEK and db, each with a certificate from the CA")
+    gen.add_argument("--out", required=True, metavar="DIR",
+                     help="directory for ca.{key,pem,der}, ima.{key,pem,der}, disk-policy.{key,pem}, "
+                          "pk/kek/db.{key,pem}")
     gen.add_argument("--type", default="rsa-2048", choices=KEY_TYPES, help="key algorithm (default rsa-2048)")
     gen.add_argument("--organization", default="obelisk customer", help="organization name in the certificates")
     add_passphrase_options(gen)
@@ -71,7 +74,11 @@ def _keys_generate(args: argparse.Namespace) -> int:
     return emit_result(args, made.to_json(), lambda d: (
         f"customer CA:      {d['ca_cert']} (key {d['ca_key']}, mode 0600)\n"
         f"IMA signing key:  {d['ima_key']} (mode 0600)\n"
-        f"IMA certificate:  {d['ima_cert']} / {d['ima_cert_der']} (key id {d['ima_key_id']})\n"))
+        f"IMA certificate:  {d['ima_cert']} / {d['ima_cert_der']} (key id {d['ima_key_id']})\n"
+        f"disk policy key:  {d['policy_key']} (certificate {d['policy_cert']})\n"
+        f"Secure Boot keys: PK {d['secure_boot_pk_cert']}, KEK {d['secure_boot_kek_cert']}, "
+        f"db {d['secure_boot_db_cert']} (keys mode 0600; RSA-2048 whatever --type says: "
+        "UEFI firmware verifies RSA-2048)\n"))
 
 
 def _ima_sign(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`obelisk keys generate`: a customer CA and an IMA signing key with its certificate.
+"""`obelisk keys generate`: a customer CA, an IMA signing key, a disk-policy key and the Secure Boot PK, KEK, db.
 
 The CA is made to be compiled into the kernel as a built-in trusted key
 (CONFIG_SYSTEM_TRUSTED_KEYS): with CONFIG_IMA_KEYRINGS_PERMIT_SIGNED_BY_BUILTIN_OR_SECONDARY
@@ -7,9 +7,9 @@ certificate carries a subjectKeyIdentifier (signatures name their key by its las
 and keyUsage digitalSignature, which the kernel checks for IMA keys.
 
 Each leaf's extended key usage says what it is for (`signer/usage.py`): the IMA key codeSigning,
-the disk-policy key obelisk's disk-policy OID. Neither carries clientAuth or serverAuth, so neither
-opens a TLS connection to a node agent; agent and verifier certificates come from
-`obelisk attest issue-cert`.
+the disk-policy key obelisk's disk-policy OID, the Secure Boot db key codeSigning (PK and KEK none).
+None carries clientAuth or serverAuth, so none opens a TLS connection to a node agent; agent and
+verifier certificates come from `obelisk attest issue-cert`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,18 @@ KEY_TYPES = ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384")
 
 
 @dataclass(frozen=True)
+class SecureBootKeys:
+    """The customer's UEFI Secure Boot keys, each a key file and its certificate from the customer CA."""
+
+    pk_key: Path
+    pk_cert: Path
+    kek_key: Path
+    kek_cert: Path
+    db_key: Path
+    db_cert: Path
+
+
+@dataclass(frozen=True)
 class GeneratedKeys:
     directory: Path
     key_type: str
@@ -44,9 +56,13 @@ class GeneratedKeys:
     ima_key_id: str  # hex, what signatures carry
     policy_key: Path | None = None  # approves PCR policies for the encrypted /var (see issue_policy_key)
     policy_cert: Path | None = None
+    secure_boot: SecureBootKeys | None = None  # PK, KEK and db (see issue_secure_boot_keys)
 
     def to_json(self) -> dict[str, str]:
-        return {k: str(v) for k, v in self.__dict__.items()}
+        out = {k: str(v) for k, v in self.__dict__.items() if k != "secure_boot"}
+        if self.secure_boot is not None:
+            out.update({f"secure_boot_{k}": str(v) for k, v in self.secure_boot.__dict__.items()})
+        return out
 
 
 def _new_key(key_type: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
@@ -100,7 +116,8 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
         raise InputError(f"--type: unknown key type {key_type!r} (one of {', '.join(KEY_TYPES)})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = ("ca.key", "ca.pem", "ca.der", "ima.key", "ima.pem", "ima.der", POLICY_KEY, POLICY_CERT)
+    names = ("ca.key", "ca.pem", "ca.der", "ima.key", "ima.pem", "ima.der", POLICY_KEY, POLICY_CERT,
+             *SECURE_BOOT_FILES)
     existing = [n for n in names if (out / n).exists()]
     if existing:
         raise InputError(f"refusing to overwrite existing {', '.join(existing)}", source=str(out))
@@ -144,10 +161,12 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
     atomic.write_bytes(out / "ima.der", ima_cert.public_bytes(der))
     policy_key, policy_cert = issue_policy_key(out, key_type, organization=organization, passphrase=passphrase,
                                                valid_days=valid_days, now=now)
+    secure_boot = issue_secure_boot_keys(out, key_type, organization=organization, passphrase=passphrase,
+                                         valid_days=valid_days, now=now)
     return GeneratedKeys(directory=out, key_type=key_type, ca_cert=out / "ca.pem", ca_cert_der=out / "ca.der",
                          ca_key=out / "ca.key", ima_cert=out / "ima.pem", ima_cert_der=out / "ima.der",
                          ima_key=out / "ima.key", ima_key_id=ima_ski.digest[-4:].hex(), policy_key=policy_key,
-                         policy_cert=policy_cert)
+                         policy_cert=policy_cert, secure_boot=secure_boot)
 
 
 POLICY_KEY, POLICY_CERT = "disk-policy.key", "disk-policy.pem"
@@ -186,3 +205,52 @@ def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048"
     atomic.write_bytes(out / POLICY_KEY, _private_pem(key, passphrase), mode=0o600)
     atomic.write_bytes(out / POLICY_CERT, cert.public_bytes(serialization.Encoding.PEM))
     return out / POLICY_KEY, out / POLICY_CERT
+
+
+# UEFI Secure Boot: the platform key, the key exchange key and the signature database key.
+SECURE_BOOT_ROLES = ("pk", "kek", "db")
+SECURE_BOOT_FILES = tuple(f"{role}.{ext}" for role in SECURE_BOOT_ROLES for ext in ("key", "pem"))
+_SECURE_BOOT_NAMES = {"pk": "Secure Boot platform key (PK)", "kek": "Secure Boot key exchange key (KEK)",
+                      "db": "Secure Boot signature database key (db)"}
+
+
+def issue_secure_boot_keys(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *,
+                           organization: str = "obelisk customer", passphrase: bytes | None = None,
+                           valid_days: int = 3650, now: _dt.datetime | None = None) -> SecureBootKeys:
+    """PK, KEK and db keys with certificates issued by the CA in out_dir, so the customer owns the whole chain.
+
+    Always RSA-2048, whatever `key_type` says: the UEFI specification requires firmware to verify
+    RSA-2048 (with SHA-256) for db and KEK entries, and much firmware verifies nothing else (no ECDSA, no
+    larger RSA); an image signed with another key would not boot there. `key_type` only picks the
+    CA's signature hash, as for the other leaves. The three form the Secure Boot hierarchy: PK signs
+    updates of PK and KEK, KEK signs updates of db and dbx, db's key signs the UKI (codeSigning).
+    The firmware checks none of the certificates' dates or issuers; issuing them from the customer CA
+    lets a build check that the db key is the customer's (`signer/secureboot.py`).
+    """
+    out = Path(out_dir)
+    existing = [name for name in SECURE_BOOT_FILES if (out / name).exists()]
+    if existing:
+        raise InputError(f"refusing to overwrite existing {', '.join(existing)}", source=str(out))
+    from obelisk.signer.certs import issue_certificate
+    from obelisk.signer.keys import PassphraseSource, load_certificate, load_signing_key
+
+    try:
+        ca_key = load_signing_key(str(out / "ca.key"), PassphraseSource(value=passphrase))
+        ca_cert = load_certificate(out / "ca.pem")
+    except InputError as exc:
+        raise InputError(f"cannot load the CA to issue the Secure Boot keys: {exc}", source=str(out)) from None
+    now = now or _dt.datetime.now(_dt.UTC)
+    start = now - _dt.timedelta(minutes=5)
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key)
+    paths: dict[str, Path] = {}
+    for role in SECURE_BOOT_ROLES:
+        key = _new_key("rsa-2048")
+        leaf = _signing_leaf(_name(f"{organization} {_SECURE_BOOT_NAMES[role]}", organization), ca_cert.subject,
+                             ca_ski, key, start, valid_days)
+        if role == "db":
+            leaf = leaf.add_extension(x509.ExtendedKeyUsage([usage.CODE_SIGNING]), critical=False)
+        cert = issue_certificate(leaf, ca_key, _hash_for(key_type).name)
+        atomic.write_bytes(out / f"{role}.key", _private_pem(key, passphrase), mode=0o600)
+        atomic.write_bytes(out / f"{role}.pem", cert.public_bytes(serialization.Encoding.PEM))
+        paths[f"{role}_key"], paths[f"{role}_cert"] = out / f"{role}.key", out / f"{role}.pem"
+    return SecureBootKeys(**paths)
