@@ -37,6 +37,13 @@ PACKAGES: dict[str, str] = {
     "dpkg-query": "dpkg",
     "mke2fs": "e2fsprogs",
     "fakeroot": "fakeroot",
+    "veritysetup": "cryptsetup-bin",
+    "sfdisk": "fdisk",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "mmd": "mtools",
+    "mdir": "mtools",
+    "qemu-img": "qemu-utils",
 }
 
 # tpm2-tools commands all come from one package
