@@ -40,6 +40,7 @@ PACKAGES: dict[str, str] = {
     "veritysetup": "cryptsetup-bin",
     "sfdisk": "fdisk",
     "mkfs.vfat": "dosfstools",
+    "fsck.vfat": "dosfstools",
     "mcopy": "mtools",
     "mmd": "mtools",
     "mdir": "mtools",
