@@ -65,3 +65,18 @@ def test_a_directory_target_is_refused_by_name(tmp_path):
 
     with pytest.raises(InputError, match="not a regular file"):
         atomic.write_text(tmp_path, "x")
+
+
+def test_atomic_file_is_renamed_only_when_the_tool_finished(tmp_path):
+    """Tools that write by name (sfdisk, mkfs.vfat) get a temporary path; a failure leaves no target."""
+    target = tmp_path / "disk.raw"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_file(target) as work:
+            work.write_bytes(b"half a disk")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with atomic.atomic_file(target, mode=0o600) as work:
+        assert work.parent == tmp_path and work.name.startswith(".disk.raw.")
+        work.write_bytes(b"disk")
+    assert target.read_bytes() == b"disk" and (os.stat(target).st_mode & 0o777) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["disk.raw"]

@@ -43,6 +43,14 @@ PACKAGES: dict[str, str] = {
     "sbattach": "sbsigntool",
     "objdump": "binutils",
     "objcopy": "binutils",
+    "veritysetup": "cryptsetup-bin",
+    "sfdisk": "fdisk",
+    "mkfs.vfat": "dosfstools",
+    "fsck.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "mmd": "mtools",
+    "mdir": "mtools",
+    "qemu-img": "qemu-utils",
 }
 
 # tpm2-tools commands all come from one package
