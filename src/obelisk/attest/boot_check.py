@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from obelisk.core.errors import ParseError
 from obelisk.core.findings import Evidence, Finding, Reference, Severity, Status
 from obelisk.tpm import eventlog
 from obelisk.tpm.eventlog import Event, EventLog
@@ -115,11 +114,42 @@ def _text(data: bytes) -> str | None:
     return None
 
 
-def _variable(data: bytes) -> eventlog.UefiVariable | None:
-    try:
-        return eventlog.parse_variable(data)
-    except ParseError:
+# ---- bounded decoders of event data --------------------------------------------------------------------
+# UEFI_VARIABLE_DATA and EFI_SIGNATURE_LIST have their format pairs in tpm/uefi.py (parse_variable_data) and
+# signer/efi_signature_list.py (parse_database) on the Secure Boot branch; once merged, `_variable` and
+# `_signature_lists` should read through them. Here a malformed structure only makes the words vaguer.
+
+@dataclass(frozen=True)
+class _Variable:
+    guid: bytes
+    name: str
+    value: bytes
+
+    @property
+    def guid_text(self) -> str:
+        d1, d2, d3 = struct.unpack("<IHH", self.guid[:8])
+        return f"{d1:08x}-{d2:04x}-{d3:04x}-{self.guid[8:10].hex()}-{self.guid[10:16].hex()}"
+
+
+_VARIABLE_HEADER = struct.Struct("<16sQQ")  # VariableName (vendor GUID), UnicodeNameLength, VariableDataLength
+_MAX_NAME_CHARS = 1024
+_SHIM15_PADDING = 6  # shim 15 logs 6 bytes after its EV_EFI_VARIABLE_AUTHORITY structure (eventlog._SHIM15_PAD)
+
+
+def _variable(data: bytes) -> _Variable | None:
+    """UEFI_VARIABLE_DATA, or None when its lengths do not fit the event data or the name is not UTF-16LE."""
+    if len(data) < _VARIABLE_HEADER.size:
         return None
+    guid, name_chars, value_size = _VARIABLE_HEADER.unpack_from(data)
+    value_at = _VARIABLE_HEADER.size + 2 * name_chars
+    if name_chars > _MAX_NAME_CHARS or value_at > len(data) or len(data) - value_at - value_size not in (
+            0, _SHIM15_PADDING):
+        return None
+    try:
+        name = data[_VARIABLE_HEADER.size:value_at].decode("utf-16-le")
+    except UnicodeDecodeError:
+        return None
+    return _Variable(guid, name, data[value_at:value_at + value_size])
 
 
 _X509 = bytes.fromhex("a159c0a5e494a74a87b5ab155c2bf072")  # EFI_CERT_X509_GUID a5c059a1-94e4-4aa7-...
@@ -190,7 +220,7 @@ def _application_what(ev: Event) -> str:
 
 
 def _application_differs(expected: ExpectedEvent, ev: Event) -> str:
-    return f"{_application_what(ev)} is not {expected.name} ({_short(expected.digest)})"
+    return f"{_application_what(ev)} is not {expected.name}: expected {_short(expected.digest)}"
 
 
 def _variable_what(ev: Event) -> str:
@@ -218,18 +248,31 @@ def _variable_differs(expected: ExpectedEvent, ev: Event) -> str:
            f"(sha256 {_short(_sha256(ev))}, expected {_short(expected.digest)})"
 
 
+_CERTIFICATE_AUTHORITIES = ("db", "MokList", "Shim", "vendor_db")  # authority variables holding a certificate
+
+
+def _admitting_certificate(ev: Event) -> str | None:
+    var = _variable(ev.data)
+    if var is None or var.name not in _CERTIFICATE_AUTHORITIES or len(var.value) <= _OWNER:
+        return None
+    return f"the boot application was admitted by the {var.name} certificate {_certificate_name(var.value[_OWNER:])}"
+
+
 def _authority_what(ev: Event) -> str:
+    admitted = _admitting_certificate(ev)
+    if admitted is not None:
+        return admitted
     var = _variable(ev.data)
     if var is None:
         return f"an authority event whose data is not a UEFI_VARIABLE_DATA ({len(ev.data)} bytes)"
-    if var.name in ("db", "MokList", "Shim", "vendor_db") and len(var.value) > _OWNER:
-        return f"the boot application was admitted by the {var.name} certificate " \
-               f"{_certificate_name(var.value[_OWNER:])}"
-    return f"the authority {var.name} ({len(var.value)} bytes)"
+    return f"authority {var.name} ({len(var.value)} bytes, sha256 {_short(_sha256(ev))})"
 
 
 def _authority_differs(expected: ExpectedEvent, ev: Event) -> str:
-    return f"{_authority_what(ev)}, not by {expected.name} (sha256 {_short(_sha256(ev))}, " \
+    admitted = _admitting_certificate(ev)
+    if admitted is None:
+        return f"{_authority_what(ev)} where the build expects {expected.name}"
+    return f"{admitted}, not by the build's {expected.name} (sha256 {_short(_sha256(ev))}, " \
            f"expected {_short(expected.digest)})"
 
 
@@ -247,9 +290,7 @@ def _ipl_differs(expected: ExpectedEvent, ev: Event) -> str:
     known = _text(expected.data) if expected.data else None
     same = logged is not None and (logged == known or (known is None and logged in expected.name.split()))
     if same:
-        what = "UKI section" if ev.pcr == 11 else "loaded item"
-        return f"{what} {logged} differs from {expected.name} (sha256 {_short(_sha256(ev))}, " \
-               f"expected {_short(expected.digest)})"
+        return f"{expected.name} differs (sha256 {_short(_sha256(ev))}, expected {_short(expected.digest)})"
     return f"{_ipl_what(ev)} is measured where the build expects {expected.name}"
 
 

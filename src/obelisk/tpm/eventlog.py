@@ -612,36 +612,6 @@ def serialize_variable(name: str, value: bytes, guid: bytes = EFI_GLOBAL_VARIABL
     return guid + struct.pack("<QQ", len(encoded) // 2, len(value)) + encoded + value
 
 
-@dataclass(frozen=True)
-class UefiVariable:
-    """A decoded UEFI_VARIABLE_DATA: what EV_EFI_VARIABLE_* events carry."""
-
-    guid: bytes  # VariableName (the vendor GUID), 16 bytes as logged
-    name: str
-    value: bytes
-
-    @property
-    def guid_text(self) -> str:
-        return _guid(self.guid)
-
-
-def parse_variable(data: bytes, source: str = "UEFI_VARIABLE_DATA") -> UefiVariable:
-    """The inverse of `serialize_variable`. Bytes after the structure are refused except shim 15's
-    padding (see `_SHIM15_PAD`); a name that is not UTF-16LE raises ParseError, as do lengths that overrun."""
-    parts = _variable_parts(data)
-    if parts is None:
-        raise ParseError("not a UEFI_VARIABLE_DATA: the name and data lengths do not fit the event data",
-                         source=source, offset=16)
-    end, value_at = parts
-    if len(data) not in (end, end + _SHIM15_PAD + 1):
-        raise ParseError(f"{len(data) - end} bytes after the UEFI_VARIABLE_DATA", source=source, offset=end)
-    try:
-        name = data[32:value_at].decode("utf-16-le")
-    except UnicodeDecodeError:
-        raise ParseError("variable name is not UTF-16LE", source=source, offset=32) from None
-    return UefiVariable(guid=data[:16], name=name, value=data[value_at:end])
-
-
 def bind(ev: Event) -> Binding:
     """Check that the event's data is what its digests were computed over, in every bank it carries."""
     rule = BINDING_RULES.get(ev.event_type)
