@@ -193,6 +193,32 @@ def test_prediction_value_equals_the_tpm_replay():
     assert {p.pcr: p.value for p in predictions_of(boot)} == {p: quoted[p] for p in (4, 7, 11)}
 
 
+def test_synthetic_boot_equals_the_reference_tools(tmp_path):
+    """Independent checks of the synthetic boot: tpm2_eventlog replays its log to the predicted PCRs 4, 7 and 11,
+    and systemd-measure 252 computes the same PCR 11 from the section files (`--phase=`: the stub's measurements
+    alone, without the userspace boot phases systemd-measure adds by default)."""
+    import json
+    import re
+
+    from obelisk.core import tools
+
+    boot = ovmf_boot()
+    predicted = {p.pcr: p.value for p in predictions_of(boot)}
+    path = tmp_path / "log.bin"
+    path.write_bytes(el.serialize(log_of(boot)))
+    out = tools.run("tpm2_eventlog", [path]).stdout.decode()
+    sha256 = out[out.index("pcrs:"):].split("sha256:")[1]
+    from_tool = {int(i): bytes.fromhex(v) for i, v in re.findall(r"^\s+(\d+)\s*:\s*0x([0-9a-fA-F]+)", sha256, re.M)}
+    assert {p: from_tool[p] for p in (4, 7, 11)} == predicted
+    args = []
+    for name, content in SECTIONS.items():
+        (tmp_path / name[1:]).write_bytes(content)
+        args.append(f"--{name[1:]}={tmp_path / name[1:]}")
+    measured_json = tools.run("/usr/lib/systemd/systemd-measure",
+                              ["calculate", *args, "--bank=sha256", "--phase=", "--json=short"]).stdout
+    assert json.loads(measured_json) == {"sha256": [{"pcr": 11, "hash": predicted[11].hex()}]}
+
+
 # ---- one change each ------------------------------------------------------------------------------------
 
 def test_another_application_is_named_with_both_digests():
