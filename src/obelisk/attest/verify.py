@@ -22,6 +22,7 @@ from obelisk.tpm import algorithms, eventlog
 from obelisk.tpm import quote as q
 from obelisk.tpm.pcr import composite_digest
 from obelisk.tpm.pcr import extend as extend_pcr
+from obelisk.tpm.prediction import PcrPrediction
 
 if TYPE_CHECKING:
     from obelisk.attest.ima_check import References
@@ -46,6 +47,9 @@ class Options:
     ak: akrecord.AKRecord
     predicted_pcrs: dict[int, bytes] = field(default_factory=dict)  # sha256 bank, from the build manifest
     boot_events: tuple = ()  # the build's (pcr, name, digest, description) events, to name what differs
+    # The build's UEFI measured-boot predictions (PCRs 4, 7, 11: manifest boot.predictions): checked against the
+    # firmware event log and the quote by attest.boot_check, each PCR's differences named.
+    boot_predictions: tuple[PcrPrediction, ...] = ()
     previous: Counters | None = None
     # Called with (ima_log bytes, format, trusted quoted sha256 PCRs, other banks' PCRs 0-9 from an event
     # log that matched the quote) -> findings; the IMA component's code.
@@ -152,9 +156,10 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
     current = Counters(ci.clock, ci.reset_count, ci.restart_count)
     findings.append(_clock_finding(current, opts.previous, ci.safe, quote_ev))
 
+    log: eventlog.EventLog | None = None
     if not opts.quote_only:
         # --- event log replay vs PCRs 0-9 ---
-        log_findings, boot_banks = _eventlog_findings(ev, pcrs, trusted, src)
+        log_findings, boot_banks, log = _eventlog_findings(ev, pcrs, trusted, src)
         findings += log_findings
         # --- IMA list replay vs PCR 10, and reference manifest ---
         findings += _ima_findings(ev, pcrs, trusted, opts, boot_banks)
@@ -172,12 +177,30 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
                            observed=got.hex() if got else "not quoted", expected=predicted.hex()))
     if opts.boot_events and trusted:
         findings += _boot_event_findings(ev, pcrs, opts.boot_events, src)
+    if opts.boot_predictions:
+        findings += _uefi_boot_findings(log, pcrs, trusted, opts, src)
 
     subject = Subject(kind="node", name=ev.kernel.get("hostname", "") or src,
                       attributes=tuple(sorted({"ak_name": (ak.name or b"").hex(),
                                                "kernel": ev.kernel.get("release", "")}.items())))
     report = Report(findings=tuple(findings), subject=subject, command="attest verify")
     return report, current if trusted else None
+
+
+def _uefi_boot_findings(log: eventlog.EventLog | None, pcrs: dict[int, bytes], trusted: bool, opts: Options,
+                        src: str) -> list[Finding]:
+    """The firmware log's PCR 4/7/11 events against the build's predictions (attest/boot_check.py)."""
+    from obelisk.attest import boot_check
+
+    if opts.quote_only:
+        return boot_check.unchecked_findings(opts.boot_predictions, Status.ERROR,
+                                             "a bare quote carries no event log to explain the boot with")
+    if not trusted:
+        return boot_check.unchecked_findings(opts.boot_predictions, Status.ERROR, "no trusted quote to compare with")
+    if log is None:
+        return boot_check.unchecked_findings(opts.boot_predictions, Status.FAIL,
+                                             "the bundle's event log is missing or unreadable (see attest.eventlog)")
+    return boot_check.uefi_boot_findings(log, pcrs, opts.boot_predictions, f"{src}: event_log")
 
 
 def _boot_event_findings(ev: Evidence, pcrs: dict[int, bytes], expected: tuple, src: str) -> list[Finding]:
@@ -263,27 +286,28 @@ def _clock_finding(current: Counters, previous: Counters | None, safe: bool, quo
 
 
 def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src: str
-                       ) -> tuple[list[Finding], dict[str, dict[int, bytes]]]:
-    """Findings, and the other banks' PCR 0-9 values once the log has been shown to match the quote
-    (IMA's SHA-1 boot_aggregate needs the SHA-1 bank, which the sha256 quote does not cover)."""
+                       ) -> tuple[list[Finding], dict[str, dict[int, bytes]], eventlog.EventLog | None]:
+    """Findings, the other banks' PCR 0-9 values once the log has been shown to match the quote
+    (IMA's SHA-1 boot_aggregate needs the SHA-1 bank, which the sha256 quote does not cover), and the parsed
+    log (None when absent or unreadable) for the boot check."""
     title = "Firmware event log replays to the quoted PCRs 0-9"
     if ev.event_log is None:
-        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail="the bundle has no event log")], {}
+        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail="the bundle has no event log")], {}, None
     if len(ev.event_log) > eventlog.MAX_LOG_SIZE:  # bounded work and memory on hostile bundles
         return [_f("eventlog", title, Status.FAIL, section="eventlog",
-                   detail=f"event log of {len(ev.event_log)} bytes exceeds {eventlog.MAX_LOG_SIZE}")], {}
+                   detail=f"event log of {len(ev.event_log)} bytes exceeds {eventlog.MAX_LOG_SIZE}")], {}, None
     try:
         log = eventlog.parse(ev.event_log, source=f"{src}: event_log")
     except ParseError as exc:
-        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail=str(exc))], {}
+        return [_f("eventlog", title, Status.FAIL, section="eventlog", detail=str(exc))], {}, None
     binding = _binding_finding(log, src)
     result = eventlog.replay(log)
     if REQUIRED_BANK not in log.banks:
         return [_f("eventlog", title, Status.FAIL, section="eventlog",
-                   detail=f"the log ({log.format}) has no {REQUIRED_BANK} bank to compare with the quote")], {}
+                   detail=f"the log ({log.format}) has no {REQUIRED_BANK} bank to compare with the quote")], {}, log
     if not trusted:
         return [_f("eventlog", title, Status.ERROR, section="eventlog",
-                   detail="no trusted quote to compare with"), binding], {}
+                   detail="no trusted quote to compare with"), binding], {}, log
     out = [binding]
     for idx in EVENTLOG_PCRS:
         replayed = result.value(REQUIRED_BANK, idx)
@@ -297,7 +321,7 @@ def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src:
     if all(f.status is Status.PASS for f in out[1:]):
         boot_banks = {bank: {i: result.value(bank, i) for i in EVENTLOG_PCRS}
                       for bank in result.pcrs if bank != REQUIRED_BANK}
-    return out, boot_banks
+    return out, boot_banks, log
 
 
 MAX_LISTED_EVENTS = 64  # evidence entries per finding; the rest are counted
