@@ -30,14 +30,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def example(tmp_path_factory):
     """The example project with machine-wide test keys (so the kernel cache is reused)."""
     from obelisk.core.cachedir import cache_root
-    from obelisk.signer.keygen import POLICY_KEY, generate, issue_policy_key
+    from obelisk.signer.keygen import POLICY_KEY, generate, issue_policy_key, issue_secure_boot_keys
 
     keys = cache_root() / "test-keys" / "e2e-rsa-2048"
     if not (keys / "ima.key").exists():
         shutil.rmtree(keys, ignore_errors=True)
         generate(keys, "rsa-2048", organization="obelisk e2e test")
-    elif not (keys / POLICY_KEY).exists():  # made by an earlier obelisk: keep the CA (and its cached kernel)
+    # made by an earlier obelisk: keep the CA (and its cached kernel), issue what is missing
+    if not (keys / POLICY_KEY).exists():
         issue_policy_key(keys, "rsa-2048", organization="obelisk e2e test")
+    if not (keys / "db.key").exists():
+        issue_secure_boot_keys(keys, organization="obelisk e2e test")
     project = tmp_path_factory.mktemp("example") / "node"
     shutil.copytree(ROOT / "examples/node", project, ignore=shutil.ignore_patterns("keys", "out*"))
     shutil.copytree(keys, project / "keys")

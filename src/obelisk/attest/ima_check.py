@@ -22,6 +22,7 @@ from obelisk.core.errors import InputError
 from obelisk.core.findings import Finding, Severity, Status
 from obelisk.core.inputs import read_bounded
 from obelisk.core.jsonsafe import load_json
+from obelisk.tpm.prediction import PcrPrediction
 
 MAX_REFERENCE_BYTES = 1 << 30
 
@@ -41,7 +42,7 @@ def _f(fid: str, title: str, status: Status, section: str = "ima", **kw: Any) ->
 class References:
     ima_reference: ReferenceManifest | None = None
     predicted: dict[int, bytes] = field(default_factory=dict)
-    boot_events: tuple = ()  # (pcr, name, digest bytes, description) from the manifest's pcrs.events
+    boot_predictions: tuple[PcrPrediction, ...] = ()  # the manifest's pcrs.predictions (PCRs 4, 7, 11)
     keyring: Keyring | None = None
     findings: list[Finding] = field(default_factory=list)
     manifest: Manifest | None = None  # when the reference is the build's manifest
@@ -108,7 +109,7 @@ def _image_manifest(refs: References, path: str, data: bytes, ca: str | None) ->
             if good:
                 cert = sig.certificate
     refs.predicted = dict(m.pcrs.predicted)
-    refs.boot_events = tuple((e.pcr, e.name, e.digest, e.description) for e in m.pcrs.events)
+    refs.boot_predictions = tuple(m.pcrs.predictions)
     refs.ima_reference = m.ima_reference
     if cert is not None:
         from obelisk.ima_policy.keyring import Keyring

@@ -7,6 +7,7 @@ only after the quote's pcrDigest has been shown to cover it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -21,7 +22,6 @@ from obelisk.core.findings import Finding, Report, Severity, Status, Subject
 from obelisk.tpm import algorithms, eventlog
 from obelisk.tpm import quote as q
 from obelisk.tpm.pcr import composite_digest
-from obelisk.tpm.pcr import extend as extend_pcr
 from obelisk.tpm.prediction import PcrPrediction
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ class Options:
     nonce: bytes
     ak: akrecord.AKRecord
     predicted_pcrs: dict[int, bytes] = field(default_factory=dict)  # sha256 bank, from the build manifest
-    boot_events: tuple = ()  # the build's (pcr, name, digest, description) events, to name what differs
     # The build's UEFI measured-boot predictions (PCRs 4, 7, 11: manifest boot.predictions): checked against the
     # firmware event log and the quote by attest.boot_check, each PCR's differences named.
     boot_predictions: tuple[PcrPrediction, ...] = ()
@@ -166,7 +165,10 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
 
     # --- predicted PCR values from the build ---
     findings += opts.reference_findings
+    explained = {p.pcr for p in opts.boot_predictions}  # checked event by event below
     for idx, predicted in sorted(opts.predicted_pcrs.items()):
+        if idx in explained:
+            continue
         if not trusted:
             findings.append(_f(f"reference.pcr{idx}", f"PCR {idx} equals the build's prediction", Status.ERROR,
                                section="reference", detail="no trusted quote to compare with"))
@@ -175,10 +177,8 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
         findings.append(_f(f"reference.pcr{idx}", f"PCR {idx} equals the build's prediction",
                            Status.PASS if got == predicted else Status.FAIL, section="reference",
                            observed=got.hex() if got else "not quoted", expected=predicted.hex()))
-    if opts.boot_events and trusted:
-        findings += _boot_event_findings(ev, pcrs, opts.boot_events, src)
     if opts.boot_predictions:
-        findings += _uefi_boot_findings(log, pcrs, trusted, opts, src)
+        findings += _uefi_boot_findings(ev, log, pcrs, trusted, opts, src)
 
     subject = Subject(kind="node", name=ev.kernel.get("hostname", "") or src,
                       attributes=tuple(sorted({"ak_name": (ak.name or b"").hex(),
@@ -187,9 +187,10 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
     return report, current if trusted else None
 
 
-def _uefi_boot_findings(log: eventlog.EventLog | None, pcrs: dict[int, bytes], trusted: bool, opts: Options,
-                        src: str) -> list[Finding]:
-    """The firmware log's PCR 4/7/11 events against the build's predictions (attest/boot_check.py)."""
+def _uefi_boot_findings(ev: Evidence, log: eventlog.EventLog | None, pcrs: dict[int, bytes], trusted: bool,
+                        opts: Options, src: str) -> list[Finding]:
+    """The firmware log's PCR 4/7/11 events, and the node's boot phases after them in PCR 11, against
+    the build's predictions (attest/boot_check.py)."""
     from obelisk.attest import boot_check
 
     if opts.quote_only:
@@ -200,63 +201,31 @@ def _uefi_boot_findings(log: eventlog.EventLog | None, pcrs: dict[int, bytes], t
     if log is None:
         return boot_check.unchecked_findings(opts.boot_predictions, Status.FAIL,
                                              "the bundle's event log is missing or unreadable (see attest.eventlog)")
-    return boot_check.uefi_boot_findings(log, pcrs, opts.boot_predictions, f"{src}: event_log")
+    phases, problem = _node_phase_events(ev, log, src)
+    findings = [problem] if problem else []
+    combined = dataclasses.replace(log, events=log.events + phases)
+    return findings + boot_check.uefi_boot_findings(combined, pcrs, opts.boot_predictions, f"{src}: event_log")
 
 
-def _boot_event_findings(ev: Evidence, pcrs: dict[int, bytes], expected: tuple, src: str) -> list[Finding]:
-    """obelisk's PCR 11 log: replayed against the quote first, then each event against the build's."""
+def _node_phase_events(ev: Evidence, log: eventlog.EventLog, src: str) -> tuple[tuple[eventlog.Event, ...],
+                                                                               Finding | None]:
+    """The boot phases the node extended after the firmware's log ended (/run/obelisk/boot-events), as
+    events that continue the log: they are the node's word only, and the replay against the quote is
+    what makes them count."""
     from obelisk.core.errors import ParseError
-    from obelisk.tpm import bootevents
+    from obelisk.tpm import algorithms, bootevents
 
-    title = "obelisk's boot event log replays to the quoted PCRs"
     if ev.boot_events is None:
-        return [_f("bootevents.replay", title, Status.SKIP, section="reference",
-                   detail="the node sent no boot event log: a differing PCR 11 cannot be explained")]
+        return (), None
     try:
         logged = bootevents.parse(ev.boot_events, f"{src}: boot_events")
     except ParseError as exc:
-        return [_f("bootevents.replay", title, Status.FAIL, section="reference", detail=str(exc))]
-    replayed: dict[int, bytes] = {}
-    for e in logged:
-        replayed[e.pcr] = extend_pcr(replayed.get(e.pcr, b"\0" * 32), e.digest, "sha256")
-    wrong = sorted(p for p, v in replayed.items() if pcrs.get(p) != v)
-    if wrong:
-        return [_f("bootevents.replay", title, Status.FAIL, section="reference",
-                   observed=", ".join(f"PCR {p} {replayed[p].hex()}" for p in wrong),
-                   expected=", ".join(f"PCR {p} {pcrs[p].hex()}" if p in pcrs else f"PCR {p} not quoted"
-                                      for p in wrong),
-                   detail="events missing, added or altered: the log does not explain the quote")]
-    out = [_f("bootevents.replay", title, Status.PASS, section="reference", observed=f"{len(logged)} events")]
-    # The k-th build event on a PCR is compared with the k-th event the node extended into it: the replay
-    # fixes the order, while names are only the node's word (looked up by name, a later extension of the
-    # build's digest, logged again or under the build's name, would stand in for what the boot measured).
-    on_pcr: dict[int, list] = {}
-    for e in logged:
-        on_pcr.setdefault(e.pcr, []).append(e)
-    used: dict[int, int] = {}
-    for pcr, name, digest, description in expected:
-        k = used.get(pcr, 0)
-        used[pcr] = k + 1
-        got = on_pcr[pcr][k] if k < len(on_pcr.get(pcr, ())) else None
-        ok = got is not None and got.name == name and got.digest == digest
-        detail = ""
-        if got is None:
-            detail = "not measured on this node"
-        elif got.name != name:
-            detail = f"PCR {pcr} event {k + 1} is {got.name!r} on this node, the build's is {name!r}"
-        elif not ok:
-            detail = f"differs from the build: {description}"
-            if name == "obelisk.cmdline" and "cmdline" in ev.kernel:
-                detail += f"; this node reports {ev.kernel['cmdline']!r}"
-        out.append(_f(f"reference.boot-event:{name}", f"Boot measurement {name} equals the build's",
-                      Status.PASS if ok else Status.FAIL, section="reference", target=name,
-                      observed=got.digest.hex() if got else "absent", expected=digest.hex(), detail=detail))
-    extra = [e for pcr, n in used.items() for e in on_pcr.get(pcr, [])[n:]]
-    if extra:
-        out.append(_f("reference.boot-events.extra", "No boot measurements beyond the build's", Status.FAIL,
-                      section="reference", observed=", ".join(f"PCR {e.pcr} {e.name}" for e in extra),
-                      detail="extended after the build's events"))
-    return out
+        return (), _f("bootevents.parse", "The node's boot phase log is readable", Status.FAIL, section="reference",
+                      detail=str(exc))
+    sha256 = algorithms.by_name("sha256").alg_id
+    first = len(log.events)
+    return tuple(eventlog.Event(pcr=e.pcr, event_type=eventlog.EV_IPL, digests=((sha256, e.digest),),
+                                data=e.name.encode(), number=first + i) for i, e in enumerate(logged)), None
 
 
 def _digest_alg(ak: akrecord.AKRecord, attest: q.Attest) -> str:
@@ -437,5 +406,5 @@ def apply_references(opts: Options, refs: References) -> None:
 
     opts.ima_check = ima_check.make_checker(refs)
     opts.predicted_pcrs = refs.predicted
-    opts.boot_events = refs.boot_events
+    opts.boot_predictions = refs.boot_predictions
     opts.reference_findings = list(refs.findings)

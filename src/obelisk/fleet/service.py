@@ -595,7 +595,7 @@ class Fleet:
                          status=Status.PASS, severity=Severity.CRITICAL, benchmark="attestation", section="reference",
                          detail=f"checked at fleet image add; signer {img.signer}")
         refs = References(ima_reference=m.ima_reference, predicted=dict(m.pcrs.predicted),
-                          boot_events=tuple((e.pcr, e.name, e.digest, e.description) for e in m.pcrs.events),
+                          boot_predictions=tuple(m.pcrs.predictions),
                           keyring=Keyring([(f"{img.name}:{img.version} manifest signer", sig.certificate)]),
                           findings=[signed], manifest=m)
         self._references[image_id] = refs

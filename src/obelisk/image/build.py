@@ -1,9 +1,15 @@
 """`obelisk build`: the pipeline from a spec to OUT, each step cached by the digest of its inputs.
 
-    preflight ─► base rootfs ─► compose (obelisk files, modes) ─► sign (xattr file) ─► SquashFS
+    preflight ─► base rootfs ─► compose (obelisk files, modes) ─► sign (xattr file) ─► SquashFS ─► dm-verity
                                                                                    ├► initramfs
                  kernel (prebuilt or kernel_hardening build) ─────────────────────┤
+                                           UKI (stub + kernel + initramfs + command line with the root hash,
+                                           .pcrsig, signed with the db key) ─► disk.raw (ESP, root, verity, var)
                                                                                    └► SBOM, manifest, signature
+
+With a kernel the build predicts what measured boot will show: PCR 4 (the UKI as the firmware
+starts it), PCR 7 (the customer's Secure Boot variables and the db entry that admits the UKI) and
+PCR 11 (the UKI's sections and the boot phases), all in the signed manifest.
 
 Every problem the spec or its inputs can have is found by `preflight` before any step runs.
 OUT is assembled under a temporary name and renamed only when complete: a build killed
@@ -33,6 +39,7 @@ from obelisk.core.progress import progress
 from obelisk.image import cmdline, initramfs, manifest, measure, rootfs, sbom, scripts, squashfs
 from obelisk.image.cache import StepCache
 from obelisk.image.spec import Permission, Spec, SpecError
+from obelisk.tpm.prediction import PcrPrediction
 
 ARTIFACT_KERNEL = "bzImage"
 ARTIFACT_INITRAMFS = "initramfs.cpio"
@@ -40,8 +47,12 @@ ARTIFACT_ROOTFS = "rootfs.squashfs"
 ARTIFACT_POLICY = "ima-policy"
 ARTIFACT_SBOM = "sbom.spdx.json"
 ARTIFACT_REFERENCE = "ima-reference.json"
-ARTIFACT_VAR_POLICY = "var-policy.json"  # the customer-signed PCR 11 policy that opens /var (disk.policy signed)
-VAR_POLICY_IN_INITRAMFS = "etc/obelisk/var-policy.json"
+ARTIFACT_VAR_POLICY = "tpm2-pcr-signature.json"  # the customer-signed PCR 11 policy (also the UKI's .pcrsig)
+ARTIFACT_UKI = "uki.efi"
+ARTIFACT_VERITY = "rootfs.verity"  # the root's dm-verity hash tree
+ARTIFACT_DISK = "disk.raw"
+ARTIFACT_VARIABLES = "ovmf-vars.fd"  # OVMF's variable store with the customer's PK, KEK and db (secure_boot)
+ESP_UKI_PATH = "EFI/BOOT/BOOTX64.EFI"  # the removable-media path every UEFI firmware boots without a boot entry
 NODE_INIT = "sbin/obelisk-init"
 BOOT_COMPLETE_COMMAND = "usr/lib/obelisk/boot-complete.tpm2"  # TPM2_PCR_Extend, sent by obelisk-init
 
@@ -67,6 +78,18 @@ class Plan:
     kubernetes_files: tuple[rootfs.ExtraFile, ...]
     kubernetes_modes: tuple[Permission, ...] = ()
     policy_signer: Keys | None = None  # disk.policy signed: the key approving PCR 11 values
+    secure_boot: SecureBootPlan | None = None
+
+
+@dataclass(frozen=True)
+class SecureBootPlan:
+    """secure_boot.enabled, resolved: the enrollment, its variable store, what PCR 7 will hold."""
+
+    enrollment: Any  # obelisk.signer.secureboot.Enrollment
+    variables: bytes  # OUT/ovmf-vars.fd
+    pcr7: PcrPrediction
+    db_key: str  # a PEM file or a PKCS#11 URI, for signer.authenticode.sign_pe
+    db_cert: Path
 
 
 @dataclass
@@ -213,21 +236,58 @@ def _load_policy_key(spec: Spec, ima: Keys | None) -> Keys:
     return Keys(key, cert, ima.ca if ima else None, _cert_digest(cert))
 
 
-def signed_var_policy(plan: Plan, rootfs_sha256: bytes) -> bytes | None:
-    """disk.policy signed: disk.policy_key's approval of this image's PCR 11 at the unlock point."""
-    spec = plan.spec
-    if not (spec.disk.encryption and spec.disk.policy == "signed"):
+def _secure_boot(spec: Spec) -> SecureBootPlan | None:
+    """secure_boot: the db key matches its certificate, PK, KEK and db chain to signing.ca, and the
+    variable store and PCR 7 follow from them."""
+    if not spec.secure_boot.enabled:
         return None
-    from obelisk.disk import policy as policymod
+    from obelisk.image import varstore
+    from obelisk.signer.secureboot import load_enrollment
+    from obelisk.tpm import uefi
+
+    tools.which("osslsigncode")
+    _load_signer(spec, spec.secure_boot.db_key, spec.secure_boot.db_cert, "secure_boot.db_key")
+    try:
+        enrollment = load_enrollment(spec.signing.ca, spec.secure_boot.pk_cert, spec.secure_boot.kek_cert,
+                                     spec.secure_boot.db_cert)
+    except InputError as exc:
+        raise SpecError(spec.source, "secure_boot", str(exc)) from None
+    data, seen = varstore.render_varstore(enrollment, secure_boot=True)
+    pcr7 = uefi.pcr7_prediction(True, seen.pk, seen.kek, seen.db, seen.dbx, enrollment.db_authority)
+    return SecureBootPlan(enrollment=enrollment, variables=data, pcr7=pcr7, db_key=spec.secure_boot.db_key,
+                          db_cert=Path(spec.secure_boot.db_cert))
+
+
+def var_recipe(plan: Plan) -> bytes | None:
+    """/etc/obelisk/var-seal.json: how the node seals /var at its first boot (disk/recipe.py)."""
+    if not plan.spec.disk.encryption:
+        return None
+    from obelisk.disk import recipe
+
+    bound = {7: plan.secure_boot.pcr7.value} if plan.secure_boot else {}
+    if plan.policy_signer is not None:
+        return recipe.serialize(recipe.VarRecipe(policy_key=_public_der(plan.policy_signer.cert),
+                                                 signed_pcrs=(measure.PCR,), bound=bound))
+    return recipe.serialize(recipe.VarRecipe(policy_key=None, bound=bound, bound_at_first_boot=(measure.PCR,)))
+
+
+def _public_der(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def signed_var_policy(plan: Plan, unseal: bytes) -> bytes | None:
+    """disk.policy signed: disk.policy_key's approval of this UKI's PCR 11 at leave-initrd, as systemd's
+    tpm2-pcr-signature.json (the UKI's .pcrsig)."""
+    if plan.policy_signer is None:
+        return None
+    from obelisk.disk import pcrsig
     from obelisk.signer.keys import sign_tpm_policy
     from obelisk.tpm import seal
 
-    assert plan.policy_signer is not None
-    prediction = measure.predict(measure.boot_events(cmdline.kernel_cmdline(spec), rootfs_sha256))
-    values = {measure.PCR: prediction.unseal}
+    values = {measure.PCR: unseal}
     signature = sign_tpm_policy(plan.policy_signer.key, seal.policy_pcr_digest((measure.PCR,), values))
     policy = seal.SignedPolicy(pcrs=(measure.PCR,), values=values, signature=signature)
-    return manifest.dumps(policymod.to_json(policy))
+    return pcrsig.serialize([policy], _public_der(plan.policy_signer.cert))
 
 
 def preflight(spec: Spec) -> Plan:
@@ -240,9 +300,16 @@ def preflight(spec: Spec) -> Plan:
         _kernel_inputs(spec)
     keys = _load_keys(spec)
     policy_signer = _load_policy_key(spec, keys) if spec.disk.encryption and spec.disk.policy == "signed" else None
+    if spec.kernel.source or spec.kernel.image:
+        from obelisk.image import uki
+
+        uki.load_stub()  # missing: one line naming systemd-boot-efi, before any work
+        for tool in ("veritysetup", "sfdisk", "mkfs.vfat", "mcopy"):
+            tools.which(tool)
     k8s_files, k8s_modes = _render_kubernetes(spec)
     return Plan(spec=spec, keys=keys, busybox=Path(tools.which("busybox")), ima_policy=_render_policy(spec),
-                kubernetes_files=k8s_files, kubernetes_modes=k8s_modes, policy_signer=policy_signer)
+                kubernetes_files=k8s_files, kubernetes_modes=k8s_modes, policy_signer=policy_signer,
+                secure_boot=_secure_boot(spec))
 
 
 # --- steps: explicit inputs, one output directory each ---
@@ -290,7 +357,10 @@ def node_files(plan: Plan) -> list[rootfs.ExtraFile]:
     files.append(rootfs.ExtraFile(NODE_INIT, node_init_script(spec).encode(), 0o755))
     if spec.tpm.enabled:
         files.append(rootfs.ExtraFile(BOOT_COMPLETE_COMMAND,
-                                      measure.extend_command(measure.PCR, measure.BOOT_COMPLETE_DIGEST)))
+                                      measure.extend_command(measure.PCR, measure.phase_digest("sysinit"))))
+    recipe = var_recipe(plan)
+    if recipe is not None:
+        files.append(rootfs.ExtraFile("etc/obelisk/var-seal.json", recipe))
     files.append(rootfs.ExtraFile("opt/kubernetes/README", KUBERNETES_README.encode()))
     files.extend(plan.kubernetes_files)
     return files
@@ -304,7 +374,7 @@ def node_init_script(spec: Spec) -> str:
     """/sbin/obelisk-init, from templates/obelisk-init.sh.j2."""
     return scripts.render("obelisk-init.sh.j2", measure="yes" if spec.tpm.enabled else "no", var_mode=var_mode(spec),
                           port=spec.agent.port, boot_complete="/" + BOOT_COMPLETE_COMMAND,
-                          boot_complete_digest=measure.BOOT_COMPLETE_DIGEST.hex())
+                          boot_complete_digest=measure.phase_digest("sysinit").hex())
 
 
 KUBERNETES_README = """Kubernetes binaries are not part of Debian 12's archive and are not in this image.
@@ -379,25 +449,22 @@ def step_squashfs(plan: Plan, tree: Path, xattrs: Path | None, cache: StepCache,
     def produce(out: Path) -> None:
         squashfs.pack(tree / "root", xattrs, out / ARTIFACT_ROOTFS, plan.spec.source_date_epoch, owners)
         size = (out / ARTIFACT_ROOTFS).stat().st_size
-        if size % 512:  # PCR 11 measures the whole root disk: it must hold exactly the image's bytes
-            raise RuntimeError(f"gensquashfs wrote {size} bytes, not a whole number of 512-byte sectors")
+        if size % 4096:  # dm-verity covers whole 4 KiB blocks: the partition must hold exactly the image
+            raise RuntimeError(f"gensquashfs wrote {size} bytes, not a whole number of 4096-byte blocks")
 
     return cache.run("squashfs", inputs, produce)
 
 
-def step_initramfs(plan: Plan, cache: StepCache, var_policy: bytes | None) -> tuple[Path, bool]:
+def step_initramfs(plan: Plan, cache: StepCache) -> tuple[Path, bool]:
     assert plan.busybox is not None
     cert_der = plan.keys.cert.public_bytes(serialization.Encoding.DER) if plan.keys else None
     init = initramfs.render_init(measure=plan.spec.tpm.enabled, var_mode=var_mode(plan.spec))
     inputs = {"busybox": file_hexdigest(plan.busybox), "cert": hashlib.sha256(cert_der or b"").hexdigest(),
-              "epoch": plan.spec.source_date_epoch, "init": hashlib.sha256(init.encode()).hexdigest(),
-              "var_policy": hashlib.sha256(var_policy).hexdigest() if var_policy else None}
-    extra = {VAR_POLICY_IN_INITRAMFS: var_policy} if var_policy else {}
+              "epoch": plan.spec.source_date_epoch, "init": hashlib.sha256(init.encode()).hexdigest()}
 
     def produce(out: Path) -> None:
         atomic.write_bytes(out / ARTIFACT_INITRAMFS,
-                           initramfs.build(plan.busybox, cert_der, plan.spec.source_date_epoch, init,  # type: ignore[arg-type]
-                                           extra))
+                           initramfs.build(plan.busybox, cert_der, plan.spec.source_date_epoch, init))  # type: ignore[arg-type]
 
     return cache.run("initramfs", inputs, produce)
 
@@ -475,13 +542,103 @@ def file_records(root: Path, xattrs: dict[bytes, bytes], owners: dict[str, tuple
     return tuple(records)
 
 
-def build_manifest(plan: Plan, artifacts: Mapping[str, manifest.Artifact],
-                   files: tuple[manifest.FileRecord, ...]) -> manifest.Manifest:
+@dataclass(frozen=True)
+class BootChain:
+    """What the UKI boot path is made of and what it measures (with a kernel)."""
+
+    cmdline: str
+    verity: Any  # image.dmverity.VerityTree
+    sections: Mapping[str, str]  # UKI section -> sha256
+    authenticode: bytes
+    signed_by: str | None  # sha256 of the db certificate
+    predictions: tuple[PcrPrediction, ...]  # PCR 4, 7 (secure boot), 11
+    unseal: bytes  # PCR 11 at leave-initrd
+    layout: Any  # image.disk_image.DiskLayout
+
+
+def disk_seed(spec: Spec) -> str:
+    """What every GUID, salt and volume id of disk.raw is derived from: the image's name and version."""
+    return f"obelisk:{spec.name}:{spec.version}"
+
+
+def os_release(spec: Spec) -> bytes:
+    return (f'NAME="obelisk"\nID=obelisk\nPRETTY_NAME="obelisk {spec.name} {spec.version}"\n'
+            f"IMAGE_ID={spec.name}\nIMAGE_VERSION={spec.version}\n").encode()
+
+
+def step_boot_chain(plan: Plan, squashfs_image: Path, initramfs_image: Path, kernel: Path, out: Path) -> BootChain:
+    """dm-verity over the root, the UKI (signed with the db key under secure_boot), disk.raw; into `out`."""
+    from obelisk.image import disk_image, dmverity, uki
+    from obelisk.signer import authenticode
+
     spec = plan.spec
-    line = cmdline.kernel_cmdline(spec)
-    events = measure.boot_events(line, bytes.fromhex(artifacts[ARTIFACT_ROOTFS].sha256))
-    prediction = measure.predict(events)
+    seed = disk_seed(spec)
+    tree = dmverity.format_hash_tree(squashfs_image, out / ARTIFACT_VERITY, seed=seed)
+    root_arg = dmverity.dm_mod_create_argument(
+        tree, data_device=dmverity.partuuid(disk_image.partition_uuid(seed, disk_image.ROOT)),
+        hash_device=dmverity.partuuid(disk_image.partition_uuid(seed, disk_image.ROOT_VERITY)))
+    line = cmdline.kernel_cmdline(spec, (root_arg,))
+    pcrpkey = (plan.policy_signer.cert.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo) if plan.policy_signer else None)
+    sections = uki.UkiSections(linux=kernel.read_bytes(), initrd=initramfs_image.read_bytes(), cmdline=line.encode(),
+                               osrel=os_release(spec), pcrpkey=pcrpkey)
+    pcr11 = measure.predict(uki.pcr11_prediction(sections).events)
+    pcrsig = signed_var_policy(plan, pcr11.unseal)
+    if pcrsig is not None:  # not measured by the stub: the signature over PCR 11 cannot be inside it
+        sections = replace(sections, pcrsig=pcrsig)
+        (out / ARTIFACT_VAR_POLICY).write_bytes(pcrsig)
+    unsigned = out / ".uki-unsigned.efi"
+    uki.write_uki(unsigned, sections)
+    signed_by = None
+    if plan.secure_boot is not None:
+        authenticode.sign_pe(unsigned, out / ARTIFACT_UKI, plan.secure_boot.db_key, plan.secure_boot.db_cert,
+                             signing_time=spec.source_date_epoch)
+        unsigned.unlink()
+        signed_by = hashlib.sha256(plan.secure_boot.enrollment.db).hexdigest()
+        atomic.write_bytes(out / ARTIFACT_VARIABLES, plan.secure_boot.variables)
+    else:
+        os.replace(unsigned, out / ARTIFACT_UKI)
+    digest = authenticode.load_authenticode_digest(out / ARTIFACT_UKI)
+    predictions = [uki.pcr4_prediction(digest)]
+    if plan.secure_boot is not None:
+        predictions.append(plan.secure_boot.pcr7)
+    predictions.append(pcr11.pcr11)
+    layout = disk_image.build_disk_image(out / ARTIFACT_DISK, esp_files={ESP_UKI_PATH: out / ARTIFACT_UKI},
+                                         root=squashfs_image, root_verity=out / ARTIFACT_VERITY,
+                                         var_size=spec.disk.size_mib << 20, seed=seed,
+                                         source_date_epoch=spec.source_date_epoch)
+    return BootChain(cmdline=line, verity=tree,
+                     sections={n: hashlib.sha256(d).hexdigest() for n, d in sections.by_name().items()},
+                     authenticode=digest, signed_by=signed_by, predictions=tuple(predictions), unseal=pcr11.unseal,
+                     layout=layout)
+
+
+def build_manifest(plan: Plan, artifacts: Mapping[str, manifest.Artifact],
+                   files: tuple[manifest.FileRecord, ...], chain: BootChain | None) -> manifest.Manifest:
+    spec = plan.spec
     mf = manifest
+    boot = mf.Boot(cmdline=chain.cmdline if chain else cmdline.kernel_cmdline(spec),
+                   devices=mf.Devices(root=cmdline.ROOT_DEVICE, var=cmdline.VAR_DEVICE, config=cmdline.CONFIG_DEVICE))
+    predictions: tuple[PcrPrediction, ...] = ()
+    sealed_to: dict[int, bytes] = {}
+    if chain is not None:
+        v = chain.verity
+        boot = replace(boot, uki=mf.Uki(sections=chain.sections, authenticode_sha256=chain.authenticode.hex(),
+                                        signed_by=chain.signed_by),
+                       verity=mf.Verity(root_hash=v.root_hash, salt=v.salt, hash_algorithm=v.hash_algorithm,
+                                        data_block_size=v.data_block_size, hash_block_size=v.hash_block_size),
+                       disk_image=chain.layout)
+        if plan.secure_boot is not None:
+            e = plan.secure_boot.enrollment
+            boot = replace(boot, secure_boot=mf.SecureBoot(
+                pk_sha256=hashlib.sha256(e.pk).hexdigest(), kek_sha256=hashlib.sha256(e.kek).hexdigest(),
+                db_sha256=hashlib.sha256(e.db).hexdigest(), variables=ARTIFACT_VARIABLES))
+        if spec.tpm.enabled:
+            predictions = chain.predictions
+        if spec.disk.encryption:
+            sealed_to = {measure.PCR: chain.unseal}
+            if plan.secure_boot is not None:
+                sealed_to[7] = plan.secure_boot.pcr7.value
     return mf.Manifest(
         image=mf.Image(name=spec.name, version=spec.version),
         tool=mf.Tool(name="obelisk", version=__version__, gensquashfs=_tool_version("gensquashfs")),
@@ -492,19 +649,19 @@ def build_manifest(plan: Plan, artifacts: Mapping[str, manifest.Artifact],
         artifacts=artifacts,
         files=files,
         ima_reference=mf.ima_reference(files, f"{spec.name}-{spec.version}"),
-        boot=mf.Boot(cmdline=line, devices=mf.Devices(root=cmdline.ROOT_DEVICE, var=cmdline.VAR_DEVICE,
-                                                      config=cmdline.CONFIG_DEVICE)),
+        boot=boot,
         pcrs=mf.Pcrs(
             bank=measure.BANK,
-            predicted={measure.PCR: prediction.final} if spec.tpm.enabled else {},
-            events=events if spec.tpm.enabled else (),
-            note="PCR 11 holds obelisk's boot measurements (the events above), predicted here; PCRs 0-9 "
-                 "depend on the firmware and boot path of the machine, PCR 10 on the order of IMA "
-                 "measurements: the verifier replays the event log and the IMA list for those",
+            predicted={p.pcr: p.value for p in predictions},
+            predictions=predictions,
+            note="PCR 4 holds the UKI as the firmware started it, PCR 7 the Secure Boot state and the db entry "
+                 "that admitted the UKI, PCR 11 the UKI's sections (systemd-stub) and the boot phases: the events "
+                 "above, predicted here. PCRs 0-3 and 5-6 depend on the machine's firmware and PCR 10 on the "
+                 "order of IMA measurements: the verifier replays the event log and the IMA list for those",
         ),
         disk=mf.Disk(var=var_mode(spec), policy=spec.disk.policy if spec.disk.encryption else None,
-                     sealed_to={measure.PCR: prediction.unseal} if spec.disk.encryption else {},
-                     signed_policy=ARTIFACT_VAR_POLICY if plan.policy_signer else None,
+                     sealed_to=sealed_to,
+                     signed_policy=ARTIFACT_VAR_POLICY if plan.policy_signer and chain else None,
                      policy_certificate=(plan.policy_signer.cert.public_bytes(serialization.Encoding.PEM).decode()
                                          if plan.policy_signer else None),
                      size_mib=spec.disk.size_mib),
@@ -555,8 +712,7 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
         mark("squashfs", c)
         bar.advance()
         bar.stage("initramfs")
-        var_policy = signed_var_policy(plan, bytes.fromhex(file_hexdigest(sq / ARTIFACT_ROOTFS)))
-        ir, c = step_initramfs(plan, cache, var_policy)
+        ir, c = step_initramfs(plan, cache)
         mark("initramfs", c)
         bar.advance()
         bar.stage("kernel")
@@ -572,8 +728,10 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
                 shutil.copyfile(kernel, tmp / ARTIFACT_KERNEL)
             if plan.ima_policy is not None:
                 (tmp / ARTIFACT_POLICY).write_bytes(plan.ima_policy)
-            if var_policy is not None:
-                (tmp / ARTIFACT_VAR_POLICY).write_bytes(var_policy)
+            chain = None
+            if kernel is not None:
+                bar.stage("UKI and disk.raw")
+                chain = step_boot_chain(plan, sq / ARTIFACT_ROOTFS, ir / ARTIFACT_INITRAMFS, kernel, tmp)
             packages = sbom.dpkg_packages(tree / "root")
             if spec.rootfs.base == "busybox":
                 packages.append(sbom.Package("busybox-static", _busybox_version()))
@@ -583,7 +741,7 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
             (tmp / ARTIFACT_REFERENCE).write_bytes(manifest.dumps(
                 manifest.ima_reference(files, f"{spec.name}-{spec.version}").to_json()))
             artifacts = {p.name: manifest.artifact_record(p) for p in sorted(tmp.iterdir())}
-            data = manifest.serialize(build_manifest(plan, artifacts, files))
+            data = manifest.serialize(build_manifest(plan, artifacts, files, chain))
             (tmp / manifest.MANIFEST).write_bytes(data)
             if plan.keys is not None:
                 sig = manifest.sign(data, plan.keys.key, plan.keys.cert, spec.signing.hash)

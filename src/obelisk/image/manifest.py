@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from obelisk.core.errors import InputError, ParseError
 from obelisk.core.jsonsafe import load_json
 from obelisk.ima_policy import reference
+from obelisk.image.disk_image import DiskLayout
 from obelisk.tpm.prediction import PcrPrediction
 
 SCHEMA = "obelisk.image-manifest/2"  # 2: the UKI, disk.raw, Secure Boot, PCRs 4/7/11 (issue 13)
@@ -155,16 +156,6 @@ class Verity:
 
 
 @dataclass(frozen=True)
-class Partition:
-    name: str
-    type_guid: str
-    uuid: str
-    start: int  # bytes from the start of disk.raw
-    size: int  # bytes
-    sha256: str | None = meta(pattern=_HEX64)  # its contents at build time (None: var, made at first boot)
-
-
-@dataclass(frozen=True)
 class SecureBoot:
     """The customer's Secure Boot keys enrolled in OUT/ovmf-vars.fd (certificate sha256s, DER)."""
 
@@ -180,7 +171,7 @@ class Boot:
     devices: Devices
     uki: Uki | None = meta(omitted=True)  # absent: no kernel in this build
     verity: Verity | None = meta(omitted=True)
-    partitions: tuple[Partition, ...] | None = meta(omitted=True)  # disk.raw's GPT
+    disk_image: DiskLayout | None = meta(omitted=True)  # disk.raw's GPT and each partition's digest
     secure_boot: SecureBoot | None = meta(omitted=True)
 
 

@@ -175,7 +175,9 @@ def install_image(out: Path, run_dir: Path, manifest: Manifest) -> None:
     with open(node_disk, "rb") as handle:
         current = disk_image.parse_gpt(handle.read(1 << 20), str(node_disk))
     held = next((p for p in current.partitions if p.name == var.name), None)
-    if held is None or (held.start, held.size) != (var.start, var.size) or node_disk.stat().st_size != layout.size:
+    where = (held.first_lba * layout.sector_size, (held.last_lba + 1 - held.first_lba) * layout.sector_size) \
+        if held else None
+    if where != (var.start, var.size) or node_disk.stat().st_size != layout.size:
         raise BootError(f"{node_disk}: its var partition is not where this image puts it; the image cannot be "
                         "installed without losing /var (boot with --fresh for a new node)")
     block = 1 << 20

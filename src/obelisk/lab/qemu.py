@@ -125,8 +125,10 @@ class QemuRun:
         for drive in self.drives:
             args += ["-drive", (drive if isinstance(drive, Drive) else Drive(drive)).arg()]
         if self.forwards:
+            # romfile= (none): under UEFI the NIC's iPXE option ROM would try a network boot first
+            nic = "virtio-net-pci,netdev=n0" + (",romfile=" if self.firmware is not None else "")
             args += ["-netdev", ",".join(["user,id=n0,restrict=on", *(f.arg() for f in self.forwards)]),
-                     "-device", "virtio-net-pci,netdev=n0"]
+                     "-device", nic]
         if self.rng:
             args += ["-device", "virtio-rng-pci"]
         if self.tpm_socket is not None:

@@ -45,17 +45,23 @@ class Walk:
 
 
 def stage_keys(w: Walk) -> str:
-    from obelisk.signer.keygen import POLICY_KEY, generate, issue_policy_key
+    from obelisk.signer.keygen import POLICY_KEY, generate, issue_policy_key, issue_secure_boot_keys
 
     w.project.mkdir(parents=True, exist_ok=True)
     shutil.copytree(w.example, w.project, dirs_exist_ok=True, ignore=shutil.ignore_patterns("keys", "out*"))
     if (w.keys / "ima.key").exists():
-        if not (w.keys / POLICY_KEY).exists():  # keys made by an earlier obelisk: same CA, so the kernel stays
+        # keys made by an earlier obelisk: the same CA (so the kernel stays cached), what is missing issued
+        issued = []
+        if not (w.keys / POLICY_KEY).exists():
             issue_policy_key(w.keys, organization="obelisk example")
-            return f"reused the customer CA and IMA key in {w.keys}; issued a disk policy key"
-        return f"reused the customer CA, IMA key and disk policy key in {w.keys}"
+            issued.append("a disk policy key")
+        if not (w.keys / "db.key").exists():
+            issue_secure_boot_keys(w.keys, organization="obelisk example")
+            issued.append("Secure Boot PK, KEK and db")
+        return f"reused the customer CA and IMA key in {w.keys}" + (f"; issued {' and '.join(issued)}" if issued else "")
     generate(w.keys, "rsa-2048", organization="obelisk example")
-    return f"generated a customer CA, IMA signing key and disk policy key in {w.keys} (private keys 0600)"
+    return (f"generated a customer CA, IMA signing key, disk policy key and Secure Boot PK, KEK and db in {w.keys} "
+            "(private keys 0600)")
 
 
 def stage_build(w: Walk) -> str:
