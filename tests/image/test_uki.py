@@ -72,6 +72,25 @@ def test_binutils_reads_the_sections_back_at_aligned_disjoint_addresses(tmp_path
     assert image.symbol_table == (0, 0)
 
 
+def test_the_stub_is_kept_byte_for_byte_and_its_signature_and_symbols_dropped(tmp_path):
+    stub = uki.load_stub()
+    key = tmp_path / "k.pem"
+    cert = tmp_path / "c.pem"
+    subprocess.run([tools.which("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-subj", "/CN=stub", "-days", "1"], check=True, capture_output=True)
+    signed_stub = tmp_path / "signed.stub"
+    subprocess.run([tools.which("sbsign"), "--key", str(key), "--cert", str(cert), "--output", str(signed_stub),
+                    str(uki.STUB_PATH)], check=True, capture_output=True)
+    original = parse_pe(stub)
+    for source in (stub, signed_stub.read_bytes()):
+        built = uki.assemble(source, sample())
+        image = parse_pe(built)
+        assert image.certificate_table == (0, 0) and image.symbol_table == (0, 0)
+        assert built[original.size_of_headers:original.raw_end()] == stub[original.size_of_headers:original.raw_end()]
+        assert image.sections[:len(original.sections)] == original.sections
+    assert uki.assemble(signed_stub.read_bytes(), sample()) == uki.assemble(stub, sample())
+
+
 def test_a_missing_stub_names_its_debian_package(tmp_path):
     with pytest.raises(InputError, match="systemd-boot-efi"):
         uki.write_uki(tmp_path / "uki.efi", sample(), stub=tmp_path / "linuxx64.efi.stub")
