@@ -242,3 +242,22 @@ def test_uki_pcr4_prediction_computes_both_digests():
         uki.uki_pcr4_prediction(uki.assemble(stub, sample()), secure_boot=False)
     with pytest.raises(ValueError, match="kernel_authenticode"):
         uki.pcr4_prediction(authenticode_digest(built), secure_boot=False)
+
+
+def test_random_corruption_of_a_uki_gives_parse_errors_or_sections():
+    built = uki.assemble(uki.load_stub(), uki.UkiSections(linux=b"kernel" * 50, initrd=b"initrd" * 50,
+                                                          cmdline=b"quiet", osrel=b"ID=obelisk\n"))
+    image = parse_pe(built)
+    header_end = image.section_table_offset + len(image.sections) * 40
+    rng = random.Random(5)
+    parsed = 0
+    for _ in range(2000):
+        bad = bytearray(built)
+        for _ in range(rng.randint(1, 6)):
+            bad[rng.randrange(0x40, header_end)] = rng.randrange(256)
+        try:
+            uki.parse(bytes(bad))
+            parsed += 1
+        except ParseError:
+            pass
+    assert 0 < parsed < 2000

@@ -9,11 +9,12 @@ Assembly (`assemble` / `parse`, `write_uki` / `load`)
     with VirtualSize the exact input length, which is what the stub reads and measures. The stub's
     COFF symbol table (deprecated in images, and a gap no Authenticode digest covers) and any
     certificate table are dropped; NumberOfSections, SizeOfImage, SizeOfInitializedData and CheckSum
-    are rewritten. Written by hand rather than with objcopy so that the result depends on the inputs
-    alone (objcopy rewrites the whole layout and its output has varied across binutils releases):
-    the same inputs give the same bytes.
+    are rewritten. Written here rather than by objcopy so that the layout is ours, independent of
+    the binutils release, and depends on the inputs alone: the same inputs give the same bytes
+    (binutils' objdump/objcopy read the result back in the tests).
 
-PCR 11 (`pcr11_prediction`), from systemd v252 src/boot/efi/stub.c and measure.c
+PCR 11 (`pcr11_prediction`), from systemd v252 src/boot/efi/stub.c and measure.c, and event by event
+    as Debian's stub measured it under OVMF (tests/image/data)
     Before anything else, the stub walks its sections in the fixed order .linux, .osrel, .cmdline,
     .initrd, .splash, .dtb, .pcrpkey (.pcrsig is never measured: it signs these very values) and,
     for each one present, logs two EV_IPL events into PCR 11: one over the section name with its NUL
