@@ -78,7 +78,7 @@ MAX_STUB_SIZE = 16 * 1024 * 1024
 # The order in which systemd-stub 252 measures sections (UnifiedSection in src/fundamental/tpm-pcr.h);
 # .pcrsig is carried but never measured. obelisk writes no .splash or .dtb.
 MEASURED_ORDER = (".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey")
-# The order obelisk lays the sections out in the file: small ones first, as ukify does.
+# The order obelisk lays the sections out in the file: small ones first, the kernel last.
 LAYOUT_ORDER = (".osrel", ".cmdline", ".pcrpkey", ".pcrsig", ".initrd", ".linux")
 _SECTION_FLAGS = 0x40000040  # IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ
 _SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")
