@@ -499,6 +499,33 @@ def test_random_logs_never_crash():
     assert checked > 50
 
 
+def test_mangled_certificates_are_described_not_fatal():
+    """Byte flips in a real certificate (Microsoft's UEFI CA from a shim log) inside db and the authority event:
+    cryptography refuses some with exceptions other than ValueError, and warns on others."""
+    import warnings
+
+    log = el.parse((SHARED / "eventlog" / "event-moklisttrusted.bin").read_bytes())
+    der = log.events[23].data[32 + 2 * len("db") + 16:]
+    rng = random.Random(7)
+    build = predictions_of(ovmf_boot())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        version = der.index(bytes.fromhex("a003020102")) + 4  # X.509 v3
+        for attempt in range(300):
+            mangled = bytearray(der)
+            if attempt == 0:
+                mangled[version] = 38  # cryptography: InvalidVersion, not a ValueError
+            else:
+                for _ in range(rng.randint(1, 4)):
+                    mangled[rng.randrange(400)] = rng.randrange(256)
+            node = ovmf_boot(db=signature_list(bytes(mangled)))
+            node[8] = measured(7, EV_AUTHORITY, variable("db", CUSTOMER_OWNER + bytes(mangled),
+                                                         IMAGE_SECURITY_DATABASE), "")
+            log = log_of(node)
+            f7 = next(f for f in uefi_boot_findings(log, quote_of(log), build) if f.id == check_id(7))
+            assert f7.status is Status.FAIL and f7.detail.startswith("PCR 7: db is not the build's db: it holds 1 ")
+
+
 def test_too_many_events_on_a_pcr_are_not_aligned():
     node = [*ovmf_boot(), *(measured(4, EV_EFI_ACTION, b"noise %d" % i, "") for i in range(600))]
     found = check(node)
