@@ -605,7 +605,8 @@ def ak():
 
 
 def test_verifier_runs_the_boot_check_when_given_predictions(ak):
-    report, _, found = synth.run(synth.evidence(ak), synth.options(ak, boot_predictions=synth_predictions()))
+    refs = replace(synth.references(), boot_predictions=synth_predictions())  # as the manifest will carry them
+    report, _, found = synth.run(synth.evidence(ak), synth.options(ak, refs))
     assert found[check_id(4)].status is Status.PASS and found[check_id(7)].status is Status.PASS
     assert report.exit_code() == 0
     _, _, without = synth.run(synth.evidence(ak), synth.options(ak))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from obelisk.ima_policy.progress import ImaProgress
     from obelisk.ima_policy.reference import ReferenceManifest
     from obelisk.image.manifest import Manifest
+    from obelisk.tpm.prediction import PcrPrediction
 
 
 def _f(fid: str, title: str, status: Status, section: str = "ima", **kw: Any) -> Finding:
@@ -42,6 +43,7 @@ class References:
     ima_reference: ReferenceManifest | None = None
     predicted: dict[int, bytes] = field(default_factory=dict)
     boot_events: tuple = ()  # (pcr, name, digest bytes, description) from the manifest's pcrs.events
+    boot_predictions: tuple[PcrPrediction, ...] = ()  # the build's UEFI PCR 4/7/11 predictions (attest/boot_check.py)
     keyring: Keyring | None = None
     findings: list[Finding] = field(default_factory=list)
     manifest: Manifest | None = None  # when the reference is the build's manifest

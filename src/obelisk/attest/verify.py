@@ -438,4 +438,5 @@ def apply_references(opts: Options, refs: References) -> None:
     opts.ima_check = ima_check.make_checker(refs)
     opts.predicted_pcrs = refs.predicted
     opts.boot_events = refs.boot_events
+    opts.boot_predictions = refs.boot_predictions
     opts.reference_findings = list(refs.findings)
