@@ -311,6 +311,18 @@ def test_event_of_another_type_where_one_is_expected():
         in found[4].detail
 
 
+def test_command_line_passed_to_the_uki_is_named_by_an_empty_pcr12_prediction():
+    """systemd-stub measures a command line given by the boot option into PCR 12 (ignored under Secure Boot): a build
+    that predicts PCR 12 empty names any such command line."""
+    cmdline = "console=ttyS0 init=/bin/sh".encode("utf-16-le")
+    node = [*ovmf_boot(), Spec(12, EV_IPL, cmdline, hashlib.sha256(cmdline).digest(), "")]
+    log = log_of(node)
+    found = uefi_boot_findings(log, quote_of(log), (*predictions_of(ovmf_boot()), PcrPrediction(12, ())))
+    assert [f.id for f in found if f.status is not Status.PASS] == ["attest.boot.pcr12"]
+    assert found[-1].detail == ("PCR 12: an extra event: kernel command line or credentials console=ttyS0 "
+                                f"init=/bin/sh (sha256 {hashlib.sha256(cmdline).hexdigest()[:12]}…)")
+
+
 def test_log_that_does_not_replay_to_the_quote_is_named_and_not_used():
     """The node booted a modified UKI and sends the genuine boot's log: the log is not believed."""
     node = ovmf_boot(sections={**SECTIONS, ".initrd": b"initramfs.cpio + one line"})
@@ -343,8 +355,8 @@ def test_pcr_predicted_twice_is_one_error():
     predictions = predictions_of(ovmf_boot())
     log = log_of(ovmf_boot())
     found = uefi_boot_findings(log, quote_of(log), (*predictions, predictions[0]))
-    assert [f.id for f in found] == [check_id(7), check_id(11), check_id(4)]
-    assert found[-1].status is Status.ERROR and "twice" in found[-1].detail
+    assert [f.id for f in found] == [check_id(4), check_id(7), check_id(11)]
+    assert found[0].status is Status.ERROR and found[0].detail == "the build predicts PCR 4 twice"
 
 
 def test_other_pcrs_get_a_generic_check():
@@ -403,6 +415,14 @@ def test_fedora_sd_boot_log_with_another_secure_boot_expectation_names_it():
     found = {f.id: f for f in uefi_boot_findings(log, quote_of(log), predictions)}
     assert [i for i, f in found.items() if f.status is not Status.PASS] == [check_id(7)]
     assert found[check_id(7)].detail == "PCR 7: Secure Boot is disabled (SecureBoot variable = 0)"
+
+
+def test_fedora_sd_boot_log_command_line_is_named_when_pcr12_is_predicted_empty():
+    log = el.parse((SHARED / "eventlog" / "event-sd-boot-fedora37.bin").read_bytes())
+    f12 = uefi_boot_findings(log, quote_of(log), (PcrPrediction(12, ()),))[0]
+    assert f12.detail.startswith("PCR 12: an extra event: kernel command line or credentials  console=ttyS0 "
+                                 "console=tty0 efi=debug  (sha256 ")
+    assert f12.detail.count("an extra event") == 2
 
 
 def test_gce_log_with_another_db_expectation_names_the_logged_certificates():

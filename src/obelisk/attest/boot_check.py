@@ -283,9 +283,13 @@ def _ipl_name(ev: Event) -> str:
     return _text(ev.data) or f"{len(ev.data)} bytes of data"
 
 
+# What systemd-stub 252 measures as EV_IPL, per PCR (systemd's TPM2_PCR_MEASUREMENTS.md): the event data is its
+# description (a section name, the command line, a constant string) in UTF-16.
+IPL_LABELS = {11: "UKI section", 12: "kernel command line or credentials", 13: "system extension"}
+
+
 def _ipl_what(ev: Event) -> str:
-    what = "UKI section" if ev.pcr == 11 else "loaded item"
-    return f"{what} {_ipl_name(ev)} (sha256 {_short(_sha256(ev))})"
+    return f"{IPL_LABELS.get(ev.pcr, 'loaded item')} {_ipl_name(ev)} (sha256 {_short(_sha256(ev))})"
 
 
 def _ipl_differs(expected: ExpectedEvent, ev: Event) -> str:
@@ -440,23 +444,19 @@ def uefi_boot_findings(log: EventLog, quoted: Mapping[int, bytes], predictions: 
     whose signature, nonce and pcrDigest were verified."""
     replayed = eventlog.replay(log)
     has_bank = BANK in log.banks
-    out: list[Finding] = []
-    seen: set[int] = set()
+    out: dict[str, Finding] = {}
     for prediction in predictions:
         check = _check(prediction.pcr)
-        if prediction.pcr in seen:
+        if check.id in out:
             # one finding per id: a second prediction for a PCR is a broken manifest, not a node's fault
-            out = [f for f in out if f.id != check.id]
-            out.append(_finding(check, Status.ERROR, detail=f"the build predicts PCR {prediction.pcr} twice"))
-            continue
-        seen.add(prediction.pcr)
-        if not has_bank:
-            out.append(_finding(check, Status.FAIL, expected=prediction.value.hex(),
-                                detail=f"the event log ({log.format}) has no {BANK} bank to replay PCR "
-                                       f"{prediction.pcr} with"))
-            continue
-        out.append(_pcr_finding(prediction, log, replayed, quoted, source))
-    return out
+            out[check.id] = _finding(check, Status.ERROR, detail=f"the build predicts PCR {prediction.pcr} twice")
+        elif not has_bank:
+            out[check.id] = _finding(check, Status.FAIL, expected=prediction.value.hex(),
+                                     detail=f"the event log ({log.format}) has no {BANK} bank to replay PCR "
+                                            f"{prediction.pcr} with")
+        else:
+            out[check.id] = _pcr_finding(prediction, log, replayed, quoted, source)
+    return list(out.values())
 
 
 def unchecked_findings(predictions: Sequence[PcrPrediction], status: Status, detail: str) -> list[Finding]:
