@@ -411,7 +411,7 @@ def _pcr_finding(prediction: PcrPrediction, log: EventLog, replayed: eventlog.Re
     if value is None:
         return _finding(check, Status.FAIL, observed="not quoted", expected=predicted.hex(),
                         detail=f"PCR {pcr} is not in the quote")
-    logged = [ev for ev in log.events[1:] if ev.pcr == pcr and ev.event_type != eventlog.EV_NO_ACTION]
+    logged = [ev for ev in log.events if ev.pcr == pcr and ev.event_type != eventlog.EV_NO_ACTION]  # as replay
     from_log = replayed.value(BANK, pcr)
     if from_log != value:
         matches = "equals" if value == predicted else "differs from"
