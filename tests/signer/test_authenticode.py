@@ -269,7 +269,32 @@ def test_pe_checksum_equals_the_ones_debian_and_osslsigncode_compute(unsigned_uk
         assert authenticode.pe_checksum(data, image.checksum_offset) == stored
     out = tools.run("osslsigncode", ["verify", "-in", unsigned_uki], check=False)
     text = out.stdout.decode()
-    found = re.search(r"PE checksum\s*:\s*([0-9A-F]+)", text)
+    # osslsigncode 2.5 (bookworm) prints "Calculated PE checksum", 2.9 (backports) only "PE checksum"
+    found = (re.search(r"Calculated PE checksum\s*:\s*([0-9A-F]+)", text)
+             or re.search(r"PE checksum\s*:\s*([0-9A-F]+)", text))
     assert found, text
     image = parse_pe(unsigned_uki.read_bytes())
     assert int(found.group(1), 16) == authenticode.pe_checksum(unsigned_uki.read_bytes(), image.checksum_offset)
+
+
+def test_sign_pe_with_an_encrypted_pem_key_and_its_passphrase(unsigned_uki, db, tmp_path, monkeypatch):
+    from obelisk.signer.keys import PassphraseSource
+
+    key = serialization.load_pem_private_key(db[0].read_bytes(), None)
+    encrypted = tmp_path / "db-encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"correct horse")))
+    argvs: list[list[str]] = []
+    real_run = tools.run
+    monkeypatch.setattr(tools, "run", lambda tool, args, **kw: argvs.append(list(map(os.fspath, args)))
+                        or real_run(tool, args, **kw))
+    monkeypatch.setenv("DB_PASSPHRASE", "correct horse")
+    signed, plain = tmp_path / "enc.efi", tmp_path / "plain.efi"
+    sign_pe(unsigned_uki, signed, str(encrypted), db[1], signing_time=SIGNING_TIME,
+            passphrase=PassphraseSource(env="DB_PASSPHRASE"))
+    sign_pe(unsigned_uki, plain, str(db[0]), db[1], signing_time=SIGNING_TIME)
+    assert signed.read_bytes() == plain.read_bytes()
+    assert not any("correct horse" in arg for argv in argvs for arg in argv)
+    with pytest.raises(InputError, match="cannot sign"):
+        sign_pe(unsigned_uki, tmp_path / "x.efi", str(encrypted), db[1], signing_time=SIGNING_TIME,
+                passphrase=PassphraseSource(value=b"wrong"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import struct
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -163,10 +164,12 @@ def _certificate_name(der: bytes) -> str:
     from cryptography import x509
 
     try:
-        subject = x509.load_der_x509_certificate(der).subject
-        cns = subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
-        name = str(cns[0].value) if cns else subject.rfc4514_string()
-    except ValueError:
+        with warnings.catch_warnings():  # cryptography warns on RFC 5280 violations: the node's bytes, not our bug
+            warnings.simplefilter("ignore")
+            subject = x509.load_der_x509_certificate(der).subject
+            cns = subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+            name = str(cns[0].value) if cns else subject.rfc4514_string()
+    except (ValueError, TypeError, x509.InvalidVersion):
         return f"an unreadable certificate of {len(der)} bytes"
     return repr(name[:MAX_TEXT])
 
@@ -280,9 +283,13 @@ def _ipl_name(ev: Event) -> str:
     return _text(ev.data) or f"{len(ev.data)} bytes of data"
 
 
+# What systemd-stub 252 measures as EV_IPL, per PCR (systemd's TPM2_PCR_MEASUREMENTS.md): the event data is its
+# description (a section name, the command line, a constant string) in UTF-16.
+IPL_LABELS = {11: "UKI section", 12: "kernel command line or credentials", 13: "system extension"}
+
+
 def _ipl_what(ev: Event) -> str:
-    what = "UKI section" if ev.pcr == 11 else "loaded item"
-    return f"{what} {_ipl_name(ev)} (sha256 {_short(_sha256(ev))})"
+    return f"{IPL_LABELS.get(ev.pcr, 'loaded item')} {_ipl_name(ev)} (sha256 {_short(_sha256(ev))})"
 
 
 def _ipl_differs(expected: ExpectedEvent, ev: Event) -> str:
@@ -341,7 +348,7 @@ def _differs(pcr: int, expected: ExpectedEvent, ev: Event) -> Difference:
     try:
         text = describer.differs(expected, ev) if ev.event_type == expected.event_type else \
             f"{describer.what(ev)} where the build expects {expected.name}"
-    except (ValueError, struct.error, UnicodeError):  # a decoder's bound missed: say less, never fail
+    except (ValueError, TypeError, struct.error, UnicodeError):  # a decoder's bound missed: say less, never fail
         text = f"{_generic_what(ev)} where the build expects {expected.name}"
     return Difference(pcr, Change.DIFFERS, expected, ev, f"PCR {pcr}: {text}")
 
@@ -349,7 +356,7 @@ def _differs(pcr: int, expected: ExpectedEvent, ev: Event) -> Difference:
 def _extra(pcr: int, ev: Event) -> Difference:
     try:
         what = _describer(ev).what(ev)
-    except (ValueError, struct.error, UnicodeError):
+    except (ValueError, TypeError, struct.error, UnicodeError):
         what = _generic_what(ev)
     return Difference(pcr, Change.EXTRA, None, ev, f"PCR {pcr}: an extra event: {what}")
 
@@ -404,7 +411,7 @@ def _pcr_finding(prediction: PcrPrediction, log: EventLog, replayed: eventlog.Re
     if value is None:
         return _finding(check, Status.FAIL, observed="not quoted", expected=predicted.hex(),
                         detail=f"PCR {pcr} is not in the quote")
-    logged = [ev for ev in log.events[1:] if ev.pcr == pcr and ev.event_type != eventlog.EV_NO_ACTION]
+    logged = [ev for ev in log.events if ev.pcr == pcr and ev.event_type != eventlog.EV_NO_ACTION]  # as replay
     from_log = replayed.value(BANK, pcr)
     if from_log != value:
         matches = "equals" if value == predicted else "differs from"
@@ -437,23 +444,19 @@ def uefi_boot_findings(log: EventLog, quoted: Mapping[int, bytes], predictions: 
     whose signature, nonce and pcrDigest were verified."""
     replayed = eventlog.replay(log)
     has_bank = BANK in log.banks
-    out: list[Finding] = []
-    seen: set[int] = set()
+    out: dict[str, Finding] = {}
     for prediction in predictions:
         check = _check(prediction.pcr)
-        if prediction.pcr in seen:
+        if check.id in out:
             # one finding per id: a second prediction for a PCR is a broken manifest, not a node's fault
-            out = [f for f in out if f.id != check.id]
-            out.append(_finding(check, Status.ERROR, detail=f"the build predicts PCR {prediction.pcr} twice"))
-            continue
-        seen.add(prediction.pcr)
-        if not has_bank:
-            out.append(_finding(check, Status.FAIL, expected=prediction.value.hex(),
-                                detail=f"the event log ({log.format}) has no {BANK} bank to replay PCR "
-                                       f"{prediction.pcr} with"))
-            continue
-        out.append(_pcr_finding(prediction, log, replayed, quoted, source))
-    return out
+            out[check.id] = _finding(check, Status.ERROR, detail=f"the build predicts PCR {prediction.pcr} twice")
+        elif not has_bank:
+            out[check.id] = _finding(check, Status.FAIL, expected=prediction.value.hex(),
+                                     detail=f"the event log ({log.format}) has no {BANK} bank to replay PCR "
+                                            f"{prediction.pcr} with")
+        else:
+            out[check.id] = _pcr_finding(prediction, log, replayed, quoted, source)
+    return list(out.values())
 
 
 def unchecked_findings(predictions: Sequence[PcrPrediction], status: Status, detail: str) -> list[Finding]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from obelisk.ima_policy.progress import ImaProgress
     from obelisk.ima_policy.reference import ReferenceManifest
     from obelisk.image.manifest import Manifest
+    from obelisk.tpm.prediction import PcrPrediction
 
 
 def _f(fid: str, title: str, status: Status, section: str = "ima", **kw: Any) -> Finding:

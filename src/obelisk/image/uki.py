@@ -9,11 +9,12 @@ Assembly (`assemble` / `parse`, `write_uki` / `load`)
     with VirtualSize the exact input length, which is what the stub reads and measures. The stub's
     COFF symbol table (deprecated in images, and a gap no Authenticode digest covers) and any
     certificate table are dropped; NumberOfSections, SizeOfImage, SizeOfInitializedData and CheckSum
-    are rewritten. Written by hand rather than with objcopy so that the result depends on the inputs
-    alone (objcopy rewrites the whole layout and its output has varied across binutils releases):
-    the same inputs give the same bytes.
+    are rewritten. Written here rather than by objcopy so that the layout is ours, independent of
+    the binutils release, and depends on the inputs alone: the same inputs give the same bytes
+    (binutils' objdump/objcopy read the result back in the tests).
 
-PCR 11 (`pcr11_prediction`), from systemd v252 src/boot/efi/stub.c and measure.c
+PCR 11 (`pcr11_prediction`), from systemd v252 src/boot/efi/stub.c and measure.c, and event by event
+    as Debian's stub measured it under OVMF (tests/image/data)
     Before anything else, the stub walks its sections in the fixed order .linux, .osrel, .cmdline,
     .initrd, .splash, .dtb, .pcrpkey (.pcrsig is never measured: it signs these very values) and,
     for each one present, logs two EV_IPL events into PCR 11: one over the section name with its NUL
@@ -22,9 +23,9 @@ PCR 11 (`pcr11_prediction`), from systemd v252 src/boot/efi/stub.c and measure.c
     `--phase=` it adds the "enter-initrd" phase that systemd-pcrphase measures later; obelisk's
     initramfs does not run it).
 
-PCR 4 (`pcr4_prediction`), from edk2 (MdeModulePkg Tcg2Dxe OnReadyToBoot, DxeTpm2MeasureBootLib) as
-    OVMF boots \\EFI\\BOOT\\BOOTX64.EFI from a disk boot option, confirmed by the order of a real OVMF
-    log (Fedora 37, systemd-boot):
+PCR 4 (`pcr4_prediction`), from edk2 (MdeModulePkg Tcg2Dxe OnReadyToBoot, DxeTpm2MeasureBootLib) and
+    observed booting such a UKI as \\EFI\\BOOT\\BOOTX64.EFI from a GPT disk under Debian 12's OVMF
+    (OVMF_CODE_4M[.secboot].fd) with swtpm; both event logs are in tests/image/data/:
     1. EV_EFI_ACTION "Calling EFI Application from Boot Option" (data: those 40 ASCII bytes, no NUL;
        digest: their sha256). Logged at ReadyToBoot of the first boot attempt, right before the
        firmware loads the boot option's image.
@@ -32,15 +33,20 @@ PCR 4 (`pcr4_prediction`), from edk2 (MdeModulePkg Tcg2Dxe OnReadyToBoot, DxeTpm
        PCRs 0-6 with it (PCR 7 was closed earlier, after the Secure Boot variables).
        Every later boot attempt (a boot option tried before ours that loaded nothing, e.g. an empty
        CD-ROM or a network boot that timed out) adds EV_EFI_ACTION "Returning from EFI Application
-       from Boot Option" and a new "Calling EFI Application from Boot Option".
+       from Boot Option" and a new "Calling EFI Application from Boot Option" (edk2 source; not observed).
     3. EV_EFI_BOOT_SERVICES_APPLICATION for the UKI: digest = its Authenticode sha256 (signer/
-       authenticode.py); data = UEFI_IMAGE_LOAD_EVENT (load address, length, link address, device
-       path), which depends on where the firmware put the image, so the prediction leaves it empty.
-    Nothing more in PCR 4 from the UKI: systemd-stub 252 starts the kernel in .linux itself (linux.c:
-    it copies the PE image, registers a LoadedImage protocol by hand and jumps to its entry point, or
-    uses the EFI handover protocol for old kernels), never through LoadImage, so the firmware does
-    not measure the kernel. The Linux EFI stub measures the initrd it loads into PCR 9, and the
-    firmware logs ExitBootServices into PCR 5; neither is predicted here.
+       authenticode.py), the same signed or not; data = UEFI_IMAGE_LOAD_EVENT (load address, length,
+       link address, device path of the disk and file), which depends on where the firmware put the
+       image, so the prediction leaves it empty. (Between 2 and 3, PCR 7 gets the db entry that
+       admitted the UKI when Secure Boot is on, and PCR 5 the GPT.)
+    4. Only with Secure Boot off: a second EV_EFI_BOOT_SERVICES_APPLICATION, the kernel in .linux,
+       digest = the kernel's own Authenticode sha256, device path a vendor media node. Debian's
+       systemd 252.39 stub starts the kernel with LoadImage from memory (a backport: upstream v252
+       jumped to the kernel's entry point itself); with Secure Boot on it first installs a
+       Security2 override that vouches for its own payload, which also skips the firmware's
+       measurement of it, so the kernel shows in PCR 4 only when Secure Boot is off.
+    The Linux EFI stub then measures into PCR 9 (EV_EVENT_TAG "LOADED_IMAGE::LoadOptions" and
+    "Linux initrd") and the firmware logs ExitBootServices into PCR 5; neither is predicted here.
 """
 
 from __future__ import annotations
@@ -54,7 +60,14 @@ from pathlib import Path
 from obelisk.core.atomic import write_bytes
 from obelisk.core.errors import InputError, ParseError
 from obelisk.core.inputs import read_bounded
-from obelisk.signer.authenticode import MAX_PE_SIZE, SECTION_HEADER_SIZE, PeImage, parse_pe, pe_checksum
+from obelisk.signer.authenticode import (
+    MAX_PE_SIZE,
+    SECTION_HEADER_SIZE,
+    PeImage,
+    authenticode_digest,
+    parse_pe,
+    pe_checksum,
+)
 from obelisk.tpm.eventlog import EV_EFI_ACTION, EV_EFI_BOOT_SERVICES_APPLICATION, EV_IPL, EV_SEPARATOR
 from obelisk.tpm.prediction import ExpectedEvent, PcrPrediction
 
@@ -65,7 +78,7 @@ MAX_STUB_SIZE = 16 * 1024 * 1024
 # The order in which systemd-stub 252 measures sections (UnifiedSection in src/fundamental/tpm-pcr.h);
 # .pcrsig is carried but never measured. obelisk writes no .splash or .dtb.
 MEASURED_ORDER = (".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey")
-# The order obelisk lays the sections out in the file: small ones first, as ukify does.
+# The order obelisk lays the sections out in the file: small ones first, the kernel last.
 LAYOUT_ORDER = (".osrel", ".cmdline", ".pcrpkey", ".pcrsig", ".initrd", ".linux")
 _SECTION_FLAGS = 0x40000040  # IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ
 _SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")
@@ -210,14 +223,19 @@ def pcr11_prediction(sections: UkiSections) -> PcrPrediction:
     return PcrPrediction(PCR_KERNEL_IMAGE, tuple(events))
 
 
-def pcr4_prediction(uki_authenticode: bytes, *, earlier_boot_attempts: int = 0) -> PcrPrediction:
+def pcr4_prediction(uki_authenticode: bytes, *, secure_boot: bool = True, kernel_authenticode: bytes | None = None,
+                    earlier_boot_attempts: int = 0) -> PcrPrediction:
     """PCR 4 after OVMF started the UKI with this Authenticode sha256 from a boot option (module docstring).
 
-    `earlier_boot_attempts` counts boot options the firmware tried first that loaded no image (0 when the
-    disk is the first boot option, as `obelisk boot` arranges).
+    With `secure_boot` off the kernel the stub loads is measured too: give its `kernel_authenticode`
+    (`kernel_authenticode_digest`). `earlier_boot_attempts` counts boot options the firmware tried first
+    that loaded no image (0 when the disk is the first boot option).
     """
-    if len(uki_authenticode) != 32:
-        raise ValueError("the UKI's Authenticode digest must be a sha256 (32 bytes)")
+    for digest in (uki_authenticode, kernel_authenticode):
+        if digest is not None and len(digest) != 32:
+            raise ValueError("Authenticode digests here are sha256 (32 bytes)")
+    if not secure_boot and kernel_authenticode is None:
+        raise ValueError("without Secure Boot the kernel is measured too: give kernel_authenticode")
     if earlier_boot_attempts < 0:
         raise ValueError("earlier_boot_attempts must be 0 or more")
     calling = ExpectedEvent(PCR_BOOT_LOADER_CODE, EV_EFI_ACTION, hashlib.sha256(CALLING_EFI_APPLICATION).digest(),
@@ -228,10 +246,26 @@ def pcr4_prediction(uki_authenticode: bytes, *, earlier_boot_attempts: int = 0) 
                               RETURNING_FROM_EFI_APPLICATION)
     separator = ExpectedEvent(PCR_BOOT_LOADER_CODE, EV_SEPARATOR, hashlib.sha256(SEPARATOR).digest(),
                               "separator (end of pre-boot)", SEPARATOR)
-    application = ExpectedEvent(PCR_BOOT_LOADER_CODE, EV_EFI_BOOT_SERVICES_APPLICATION, uki_authenticode,
-                                "the UKI (Authenticode)")
     events = [calling, separator]
     for _ in range(earlier_boot_attempts):
         events += [returning, calling]
-    events.append(application)
+    events.append(ExpectedEvent(PCR_BOOT_LOADER_CODE, EV_EFI_BOOT_SERVICES_APPLICATION, uki_authenticode,
+                                "the UKI (Authenticode)"))
+    if not secure_boot:
+        assert kernel_authenticode is not None
+        events.append(ExpectedEvent(PCR_BOOT_LOADER_CODE, EV_EFI_BOOT_SERVICES_APPLICATION, kernel_authenticode,
+                                    "the UKI's kernel, loaded by the stub (Authenticode)"))
     return PcrPrediction(PCR_BOOT_LOADER_CODE, tuple(events))
+
+
+def kernel_authenticode_digest(sections: UkiSections) -> bytes:
+    """The Authenticode sha256 of the kernel in .linux, as the firmware measures it when the stub loads it."""
+    return authenticode_digest(sections.linux, source="UKI section .linux")
+
+
+def uki_pcr4_prediction(uki: bytes, *, secure_boot: bool = True, earlier_boot_attempts: int = 0,
+                        source: str = "UKI") -> PcrPrediction:
+    """`pcr4_prediction` for the UKI `uki` (its bytes, signed or not), both digests computed from it."""
+    kernel = kernel_authenticode_digest(parse(uki, source)) if not secure_boot else None
+    return pcr4_prediction(authenticode_digest(uki, source=source), secure_boot=secure_boot,
+                           kernel_authenticode=kernel, earlier_boot_attempts=earlier_boot_attempts)

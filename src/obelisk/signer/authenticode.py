@@ -40,6 +40,7 @@ from pathlib import Path
 from obelisk.core import tools
 from obelisk.core.errors import InputError, ParseError, ToolFailedError
 from obelisk.core.inputs import map_bounded
+from obelisk.signer.keys import PassphraseSource
 
 # A UKI carries a kernel and an initramfs: tens of MiB. Far more than that is not an EFI image we made.
 MAX_PE_SIZE = 1 << 30
@@ -257,14 +258,15 @@ def pe_checksum(data: bytes, checksum_offset: int) -> int:
 
 
 def sign_pe(unsigned: Path, out: Path, key_ref: str, cert: Path, pin: str | None = None, *,
-            signing_time: int | None = None) -> None:
+            signing_time: int | None = None, passphrase: PassphraseSource | None = None) -> None:
     """Sign the EFI image `unsigned` for Secure Boot into `out` (Authenticode, sha256, the certificate
     `cert` embedded), with the key at `key_ref`: a PEM file or a `pkcs11:` URI.
 
     For a PKCS#11 key the PIN is `pin`, else the URI's `pin-source=file:`, else OBELISK_PKCS11_PIN;
     it reaches the signer through a 0600 file named in the URI it is given (never on a command
-    line). `signing_time` (seconds since the epoch) goes into the signature's signingTime; by default
-    SOURCE_DATE_EPOCH, else now. `out` is written atomically.
+    line). An encrypted PEM key's `passphrase` reaches it the same way. `signing_time` (seconds since
+    the epoch) goes into the signature's signingTime; by default SOURCE_DATE_EPOCH, else now. `out` is
+    written atomically.
     """
     if signing_time is None:
         epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -279,7 +281,7 @@ def sign_pe(unsigned: Path, out: Path, key_ref: str, cert: Path, pin: str | None
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".sign-", dir=out.parent) as scratch:
         signed = Path(scratch) / "signed.efi"
-        with _key_arguments(key_ref, pin, Path(scratch)) as key_args:
+        with _key_arguments(key_ref, pin, passphrase, Path(scratch)) as key_args:
             try:
                 tools.run("osslsigncode", ["sign", *key_args, "-certs", cert, "-h", "sha256",
                                            "-time", str(signing_time), "-in", unsigned, "-out", signed],
@@ -300,38 +302,46 @@ def _redact(key_ref: str) -> str:
     return key_ref.split("?", 1)[0]
 
 
+def _secret_file(scratch: Path, name: str, secret: bytes) -> Path:
+    """`secret` in a new 0600 file under `scratch` (removed with it), without a newline."""
+    path = scratch / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secret)
+    finally:
+        os.close(fd)
+    return path
+
+
 @contextlib.contextmanager
-def _key_arguments(key_ref: str, pin: str | None, scratch: Path) -> Iterator[list[str]]:
-    """osslsigncode's key options for a PEM path or a PKCS#11 URI (with a PIN file that lives as long as
-    the signing)."""
+def _key_arguments(key_ref: str, pin: str | None, passphrase: PassphraseSource | None,
+                   scratch: Path) -> Iterator[list[str]]:
+    """osslsigncode's key options for a PEM path or a PKCS#11 URI (with a PIN or passphrase file that lives
+    as long as the signing)."""
     if not key_ref.startswith("pkcs11:"):
         if not Path(key_ref).is_file():
             raise InputError("signing key not found", source=key_ref)
-        yield ["-key", key_ref]
+        secret = passphrase.read() if passphrase is not None else None
+        if secret is None:
+            yield ["-key", key_ref]
+            return
+        # osslsigncode -readpass takes the file's first line
+        yield ["-key", key_ref, "-readpass", str(_secret_file(scratch, "passphrase", secret))]
         return
     from obelisk.signer.pkcs11key import Pkcs11Uri
 
     uri = Pkcs11Uri.parse(key_ref)
-    secret = pin if pin is not None else uri.pin()
+    token_pin = pin if pin is not None else uri.pin()
     # libp11 reads the URI's path attributes itself; obelisk's query attributes (module-path, our own
     # pin-source) are replaced: the module is passed as an option, the PIN as a file we control.
     path_part = key_ref[len("pkcs11:"):].split("?", 1)[0]
     args = ["-pkcs11module", uri.module()]
-    if secret is None:
+    if token_pin is None:
         yield [*args, "-key", f"pkcs11:{path_part}"]
         return
-    pin_file = scratch / "pin"
-    fd = os.open(pin_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        # no newline: libp11 takes the whole file as the PIN
-        os.write(fd, secret.encode())
-    finally:
-        os.close(fd)
-    try:
-        yield [*args, "-key", f"pkcs11:{path_part}?pin-source=file:{pin_file}"]
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            pin_file.unlink()
+    # no newline: libp11 takes the whole file as the PIN
+    pin_file = _secret_file(scratch, "pin", token_pin.encode())
+    yield [*args, "-key", f"pkcs11:{path_part}?pin-source=file:{pin_file}"]
 
 
 def verify_pe_signature(signed: Path, cert: Path) -> None:
