@@ -599,7 +599,10 @@ def step_boot_chain(plan: Plan, squashfs_image: Path, initramfs_image: Path, ker
     else:
         os.replace(unsigned, out / ARTIFACT_UKI)
     digest = authenticode.load_authenticode_digest(out / ARTIFACT_UKI)
-    predictions = [uki.pcr4_prediction(digest)]
+    # Without Secure Boot the firmware also measures the kernel the stub loads (LoadImage) into PCR 4
+    secure = plan.secure_boot is not None
+    kernel_digest = None if secure else uki.kernel_authenticode_digest(sections)
+    predictions = [uki.pcr4_prediction(digest, secure_boot=secure, kernel_authenticode=kernel_digest)]
     if plan.secure_boot is not None:
         predictions.append(plan.secure_boot.pcr7)
     predictions.append(pcr11.pcr11)

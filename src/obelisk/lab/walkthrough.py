@@ -58,7 +58,8 @@ def stage_keys(w: Walk) -> str:
         if not (w.keys / "db.key").exists():
             issue_secure_boot_keys(w.keys, organization="obelisk example")
             issued.append("Secure Boot PK, KEK and db")
-        return f"reused the customer CA and IMA key in {w.keys}" + (f"; issued {' and '.join(issued)}" if issued else "")
+        also = f"; issued {' and '.join(issued)}" if issued else ""
+        return f"reused the customer CA and IMA key in {w.keys}{also}"
     generate(w.keys, "rsa-2048", organization="obelisk example")
     return (f"generated a customer CA, IMA signing key, disk policy key and Secure Boot PK, KEK and db in {w.keys} "
             "(private keys 0600)")
