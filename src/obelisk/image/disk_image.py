@@ -301,8 +301,9 @@ def build_disk_image(output: str | os.PathLike[str], *, esp_files: Mapping[str, 
     contents: dict[str, Path | None] = {ROOT: root, ROOT_VERITY: root_verity, VAR: None}
     digests: dict[str, str | None] = {}
     target = Path(output)
-    with tempfile.TemporaryDirectory(prefix=".obelisk-esp-", dir=target.parent if target.parent.is_dir() else None) \
-            as tmp, atomic.atomic_file(target) as disk_path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".obelisk-esp-", dir=target.parent) as tmp, \
+            atomic.atomic_file(target) as disk_path:
         esp_image = Path(tmp) / "esp.img"
         build_esp(esp_image, esp_files, size=planned.partition(ESP).size, volume_id=esp_volume_id(seed),
                   source_date_epoch=source_date_epoch)
