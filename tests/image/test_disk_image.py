@@ -254,3 +254,14 @@ def test_a_truncated_disk_is_refused(tmp_path):
     (tmp_path / "fifo").mkdir()
     with pytest.raises(InputError, match="directory"):
         disk_image.read_gpt(tmp_path / "fifo")
+
+
+def test_serialize_gpt_gives_back_the_bytes_sfdisk_wrote(built):
+    """parse then serialize round-trips: both GPT copies equal sfdisk's, byte for byte."""
+    disk, _, _ = built
+    content = disk.read_bytes()
+    table = disk_image.parse_gpt(content, str(disk))
+    primary, backup = disk_image.serialize_gpt(table)
+    assert primary == content[:len(primary)]
+    assert backup == content[(table.alternate_lba + 1) * 512 - len(backup):(table.alternate_lba + 1) * 512]
+    assert disk_image.parse_gpt(primary + content[len(primary):]) == table

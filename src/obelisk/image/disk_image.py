@@ -301,8 +301,9 @@ def build_disk_image(output: str | os.PathLike[str], *, esp_files: Mapping[str, 
     contents: dict[str, Path | None] = {ROOT: root, ROOT_VERITY: root_verity, VAR: None}
     digests: dict[str, str | None] = {}
     target = Path(output)
-    with tempfile.TemporaryDirectory(prefix=".obelisk-esp-", dir=target.parent if target.parent.is_dir() else None) \
-            as tmp, atomic.atomic_file(target) as disk_path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".obelisk-esp-", dir=target.parent) as tmp, \
+            atomic.atomic_file(target) as disk_path:
         esp_image = Path(tmp) / "esp.img"
         build_esp(esp_image, esp_files, size=planned.partition(ESP).size, volume_id=esp_volume_id(seed),
                   source_date_epoch=source_date_epoch)
@@ -346,7 +347,10 @@ class GptTable:
     disk_guid: str
     first_usable_lba: int
     last_usable_lba: int
-    alternate_lba: int
+    alternate_lba: int  # the backup header's LBA (the disk's last sector)
+    entries_lba: int
+    entry_count: int  # slots in the entry array (128 as sfdisk writes it), used or not
+    entry_size: int
     partitions: tuple[GptPartition, ...]  # used entries only (type GUID not all zeros)
 
 
@@ -419,7 +423,49 @@ def parse_gpt(disk: bytes | Any, source: str = "disk") -> GptTable:
         partitions.append(GptPartition(number=index + 1, type_guid=_guid(type_raw), uuid=_guid(unique_raw),
                                        first_lba=first_lba, last_lba=last_lba, attributes=attributes, name=name))
     return GptTable(disk_guid=_guid(disk_guid_raw), first_usable_lba=first_usable, last_usable_lba=last_usable,
-                    alternate_lba=alternate_lba, partitions=tuple(partitions))
+                    alternate_lba=alternate_lba, entries_lba=entries_lba, entry_count=entry_count,
+                    entry_size=entry_size, partitions=tuple(partitions))
+
+
+def _entry_array(table: GptTable) -> bytes:
+    entries = bytearray(table.entry_count * table.entry_size)
+    for part in table.partitions:
+        name = part.name.encode("utf-16-le")
+        if len(name) > 72 or not 0 < part.number <= table.entry_count:
+            raise InputError(f"partition {part.number}: name longer than 36 UTF-16 units or number out of range")
+        _GPT_ENTRY.pack_into(entries, (part.number - 1) * table.entry_size, uuid.UUID(part.type_guid).bytes_le,
+                             uuid.UUID(part.uuid).bytes_le, part.first_lba, part.last_lba, part.attributes,
+                             name.ljust(72, b"\0"))
+    return bytes(entries)
+
+
+def _header(table: GptTable, *, my_lba: int, alternate_lba: int, entries_lba: int, entries_crc: int) -> bytes:
+    fields = [_GPT_SIGNATURE, 0x00010000, _GPT_HEADER.size, 0, 0, my_lba, alternate_lba, table.first_usable_lba,
+              table.last_usable_lba, uuid.UUID(table.disk_guid).bytes_le, entries_lba, table.entry_count,
+              table.entry_size, entries_crc]
+    fields[3] = zlib.crc32(_GPT_HEADER.pack(*fields))
+    return _GPT_HEADER.pack(*fields).ljust(SECTOR, b"\0")
+
+
+def serialize_gpt(table: GptTable) -> tuple[bytes, bytes]:
+    """The disk's first sectors (protective MBR, primary header, entry array) and its last ones (backup
+    entry array, backup header), as `parse_gpt` reads them back; the backup ends at `alternate_lba`."""
+    entries = _entry_array(table)
+    entries_crc = zlib.crc32(entries)
+    entry_sectors = -(-len(entries) // SECTOR)
+    mbr = bytearray(SECTOR)
+    # one partition of type 0xee from LBA 1 over the whole disk (capped at 2^32-1 sectors), CHS saturated
+    mbr[446:462] = struct.pack("<B3sB3sII", 0, b"\x00\x02\x00", 0xEE, b"\xff\xff\xff", 1,
+                               min(table.alternate_lba, 0xFFFFFFFF))
+    mbr[510:512] = b"\x55\xaa"
+    padded = entries.ljust(entry_sectors * SECTOR, b"\0")
+    primary = bytes(mbr) + _header(table, my_lba=1, alternate_lba=table.alternate_lba, entries_lba=table.entries_lba,
+                                   entries_crc=entries_crc)
+    primary += bytes((table.entries_lba - 2) * SECTOR) + padded
+    backup_entries_lba = table.alternate_lba - entry_sectors
+    backup = padded + _header(table, my_lba=table.alternate_lba, alternate_lba=1, entries_lba=backup_entries_lba,
+                              entries_crc=entries_crc)
+    return primary, backup
 
 
 def read_gpt(path: str | os.PathLike[str]) -> GptTable:
