@@ -103,7 +103,7 @@ class _FakeSwtpm:
         pass
 
 
-@pytest.mark.parametrize("accel,cpu", [("tcg", "max"), ("kvm", "host")])
+@pytest.mark.parametrize("accel,cpu", [("tcg", "max"), ("kvm", "host,-arch-capabilities")])
 def test_kernel_boot_proof_argv_is_unchanged(tmp_path, popen, monkeypatch, accel, cpu):
     from obelisk.lab import kernel_boot
     from obelisk.tpm import swtpm

@@ -196,8 +196,7 @@ def install_image(out: Path, run_dir: Path, manifest: Manifest) -> None:
         os.fsync(dst.fileno())
 
 
-def qemu_run(out: Path, run_dir: Path, port: int, memory_mib: int, *, secure: bool = True,
-             direct_kernel: str | None = None) -> QemuRun:
+def qemu_run(out: Path, run_dir: Path, port: int, memory_mib: int, *, direct_kernel: str | None = None) -> QemuRun:
     """The node's QEMU: UEFI (OVMF) booting the node's disk, its config disk and TPM; the network
     restricted to the agent's port, forwarded to 127.0.0.1:`port`. `direct_kernel` (a command line)
     boots OUT's bzImage and initramfs instead of the firmware: unmeasured."""
@@ -207,7 +206,7 @@ def qemu_run(out: Path, run_dir: Path, port: int, memory_mib: int, *, secure: bo
                               "forwards": (PortForward(port, GUEST_IP, AGENT_GUEST_PORT),), "rng": True}
     if direct_kernel is not None:
         return QemuRun(kernel=out / "bzImage", initramfs=out / "initramfs.cpio", cmdline=direct_kernel, **common)
-    return QemuRun(kernel=None, firmware=Firmware(run_dir / VARIABLES, secure=secure), **common)
+    return QemuRun(kernel=None, firmware=Firmware(run_dir / VARIABLES), **common)
 
 
 def wait_for_agent(url: str, ca: Path, cert: Path, key: Path, qemu: subprocess.Popen[bytes], serial: Path,
@@ -311,11 +310,10 @@ def var_sealed_for(run_dir: Path, manifest: Manifest, policy_key: bytes | None =
 
 def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None = None, memory_mib: int = 768,
          timeout: float = 300, extra_cmdline: tuple[str, ...] = (), fresh: bool = False, quiet: bool = True,
-         direct_kernel: bool = False, secure: bool = True) -> BootedNode:
+         direct_kernel: bool = False) -> BootedNode:
     """Boot `out` as the node of `run_dir`: a provisioned run directory boots again with its TPM, disk
     and certificates (a reboot); an empty one, or `fresh`, is provisioned first (a new node).
-    `secure` False boots the OVMF build without Secure Boot enforcement (tests of what a node without
-    it measures); `direct_kernel` the unmeasured developer shortcut, with `extra_cmdline` appended."""
+    `direct_kernel` is the unmeasured developer shortcut, with `extra_cmdline` appended."""
     from obelisk.image import manifest as manifestmod
 
     needed = ("bzImage", "initramfs.cpio", "manifest.json") if direct_kernel else (DISK_IMAGE, "manifest.json")
@@ -329,15 +327,15 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
         tools.which(tool)
     m = manifestmod.load(out / "manifest.json")
     if not direct_kernel:
-        Firmware(run_dir / VARIABLES, secure=secure).check()
+        Firmware(run_dir / VARIABLES).check()
     port = port or free_port()
     line = kernel_cmdline(m, extra_cmdline) if direct_kernel else None
     with progress("booting node", total=3, quiet=quiet) as bar:
-        return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, line, fresh, bar, secure)
+        return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, line, fresh, bar)
 
 
 def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: int, memory_mib: int,
-          timeout: float, direct_kernel: str | None, fresh: bool, bar: Any, secure: bool = True) -> BootedNode:
+          timeout: float, direct_kernel: str | None, fresh: bool, bar: Any) -> BootedNode:
     new_node = fresh or not is_provisioned(run_dir)
     bar.stage("provisioning (certificates, EK/AK, disk)" if new_node else "rebooting a provisioned node")
     if new_node:
@@ -357,8 +355,8 @@ def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: i
     swtpm = _start_swtpm(run_dir)
     serial = run_dir / "serial.log"
     serial.unlink(missing_ok=True)
-    qemu = qemu_launcher.start(qemu_run(out, run_dir, port, memory_mib, secure=secure, direct_kernel=direct_kernel),
-                               stderr=run_dir / "qemu.log", accel=qemu_launcher.default_accel(), detach=True)
+    qemu = qemu_launcher.start(qemu_run(out, run_dir, port, memory_mib, direct_kernel=direct_kernel),
+                               stderr=run_dir / "qemu.log", accel=os.environ.get("OBELISK_QEMU_ACCEL"), detach=True)
     (run_dir / "qemu.pid").write_text(f"{qemu.pid}\n")
     (run_dir / "swtpm.pid").write_text(f"{swtpm.pid}\n")
     node = BootedNode(run_dir=run_dir, url=f"https://127.0.0.1:{port}", port=port, qemu_pid=qemu.pid,

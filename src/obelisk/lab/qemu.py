@@ -14,7 +14,9 @@ unless asked for KVM (`accel="kvm"` or OBELISK_QEMU_ACCEL=kvm); `-no-reboot` mak
 
 A `Firmware` boots the first disk through UEFI instead of `-kernel`: Debian's OVMF (package `ovmf`)
 with its variable store on the second pflash. The Secure Boot build of OVMF keeps its variables in
-SMM, so it needs `smm=on` and a secure pflash, as libvirt configures it.
+SMM, so it needs `smm=on` and a secure pflash, as libvirt configures it. Firmware boots run under
+TCG unless OBELISK_QEMU_ACCEL says otherwise: nested KVM (this project's CI machines) supports
+neither SMM nor OVMF's early code (KVM "emulation failure").
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ class Firmware:
     variables: Path  # the guest's NVRAM: a copy, never Debian's template
     secure: bool = True  # the SMM build that enforces Secure Boot when the store has PK, KEK and db
 
+    smm: bool = False  # the SMM build (variables protected from the OS); nested KVM cannot run it
+
     @property
     def code(self) -> Path:
-        return OVMF_SECURE_CODE if self.secure else OVMF_CODE
+        return OVMF_SECURE_CODE if self.smm else OVMF_CODE
 
     def check(self) -> None:
         from obelisk.core.errors import InputError
@@ -70,7 +74,7 @@ class Firmware:
     def args(self) -> list[str]:
         out = ["-drive", f"if=pflash,format=raw,unit=0,file={self.code},readonly=on",
                "-drive", f"if=pflash,format=raw,unit=1,file={self.variables}"]
-        if self.secure:
+        if self.smm:
             out = ["-global", "driver=cfi.pflash01,property=secure,value=on", *out]
         return out
 
@@ -111,9 +115,10 @@ class QemuRun:
     def argv(self, accel: str | None = None) -> list[str]:
         """QEMU's arguments; `accel` None leaves QEMU's default accelerator (TCG) and CPU model `max`."""
         machine = "q35" if accel is None else f"q35,accel={accel}"
-        if self.firmware is not None and self.firmware.secure:
+        if self.firmware is not None and self.firmware.smm:
             machine += ",smm=on"
-        args = ["-machine", machine, "-cpu", "max" if accel in (None, "tcg") else "host",
+        # KVM: the host's CPU without IA32_ARCH_CAPABILITIES, which nested KVM refuses to set (QEMU aborts)
+        args = ["-machine", machine, "-cpu", "max" if accel in (None, "tcg") else "host,-arch-capabilities",
                 "-m", str(self.memory_mib), "-smp", "1", "-nographic", "-no-reboot", "-nodefaults"]
         if self.firmware is not None:
             args += self.firmware.args()
