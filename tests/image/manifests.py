@@ -28,7 +28,7 @@ def sample_manifest(**changes) -> mf.Manifest:
         ima_reference=mf.ima_reference(FILES, "n1-1"),
         boot=mf.Boot(cmdline="panic=-1 obelisk.root=/dev/vda obelisk.var=/dev/vdb console=ttyS0",
                      devices=mf.Devices(root="/dev/vda", var="/dev/vdb", config="/dev/vdc")),
-        pcrs=mf.Pcrs(bank="sha256", predicted={}, events=(), note="no TPM"),
+        pcrs=mf.Pcrs(bank="sha256", predicted={}, predictions=(), note="no TPM"),
         disk=mf.Disk(var="plain", policy=None, sealed_to={}, signed_policy=None, policy_certificate=None,
                      size_mib=64),
         kubernetes=mf.Kubernetes(role="none", version="1.31", binaries="/opt/kubernetes/bin (not included)"),
