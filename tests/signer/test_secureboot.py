@@ -40,6 +40,13 @@ def test_secure_boot_keys_chain_to_the_customer_ca(which, request):
         assert key.public_key.public_numbers() == public.public_numbers()
         secureboot.check_secure_boot_certificate(cert, load_certificate(made.ca_cert), field=role,
                                                  at=_dt.datetime.now(_dt.UTC))
+    assert sb.enroll_dir is not None
+    assert sorted(p.name for p in sb.enroll_dir.iterdir()) == sorted(
+        f"{n}.{ext}" for n in ("PK", "KEK", "db") for ext in ("auth", "der", "esl"))
+    enrolled = secureboot.load_enrollment(made.ca_cert, sb.pk_cert, sb.kek_cert, sb.db_cert)
+    assert (sb.enroll_dir / "db.esl").read_bytes() == enrolled.variable("db")
+    assert secureboot.parse_authenticated_update((sb.enroll_dir / "KEK.auth").read_bytes(), "KEK")[2] == \
+        enrolled.variable("KEK")
     db = load_certificate(sb.db_cert)
     eku = [u for u in db.extensions if u.oid.dotted_string == "2.5.29.37"][0].value
     assert list(eku) == [ExtendedKeyUsageOID.CODE_SIGNING]

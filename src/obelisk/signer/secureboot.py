@@ -192,7 +192,8 @@ def authenticated_update(name: str, contents: bytes, key: SigningKey, cert: x509
     return when + win_certificate + EFI_CERT_TYPE_PKCS7_GUID.bytes_le + pkcs7 + contents
 
 
-def parse_authenticated_update(auth: bytes, name: str, attributes: int = SECURE_BOOT_ATTRIBUTES) -> tuple[bytes, bytes, bytes]:
+def parse_authenticated_update(auth: bytes, name: str,
+                               attributes: int = SECURE_BOOT_ATTRIBUTES) -> tuple[bytes, bytes, bytes]:
     """(PKCS#7 SignedData, the bytes it signs, the new contents) of a .auth file: what the firmware checks.
 
     Bounded by the file's own lengths; ParseError on anything that does not fit.
