@@ -238,3 +238,47 @@ def test_ovmf_measures_pcr7_as_predicted(customer, other_keys, tmp_path):
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+
+
+@pytest.mark.qemu
+@pytest.mark.swtpm
+@pytest.mark.slow
+def test_enrollment_files_enroll_on_ovmf_in_setup_mode(customer, tmp_path):
+    """The .auth files `keys generate` writes, enrolled by systemd-boot 252 (secure-boot-enroll force) on OVMF in setup
+    mode: edk2 checks PK.auth's signature by the PK it carries, then the machine reboots in user mode with Secure Boot
+    on (the unsigned systemd-boot is refused) and PK, KEK and db hold exactly our signature lists."""
+    import shutil
+
+    made, enrolled = customer
+    sb = made.secure_boot
+    assert sb is not None and sb.enroll_dir is not None
+    esp, conf = tmp_path / "esp.img", tmp_path / "loader.conf"
+    conf.write_text("secure-boot-enroll force\ndefault secure-boot-keys-customer\ntimeout 1\n")
+    subprocess.run(["mkfs.vfat", "-C", str(esp), "8192"], check=True, capture_output=True)
+    commands = [["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/keys",
+                 "::/loader/keys/customer"],
+                ["mcopy", "-i", str(esp), str(SD_BOOT), "::/EFI/BOOT/BOOTX64.EFI"],
+                ["mcopy", "-i", str(esp), str(conf), "::/loader/loader.conf"]]
+    commands += [["mcopy", "-i", str(esp), str(sb.enroll_dir / f"{n}.auth"), f"::/loader/keys/customer/{n}.auth"]
+                 for n in ("PK", "KEK", "db")]
+    for args in commands:
+        subprocess.run(args, check=True, capture_output=True)
+    vars_fd = tmp_path / "vars.fd"
+    shutil.copyfile(varstore.OVMF_VARS_TEMPLATE, vars_fd)  # empty: setup mode
+    swtpm, qemu = start_ovmf(tmp_path, vars_fd, esp)
+    try:
+        deadline = time.monotonic() + 240
+        log = tmp_path / "serial.log"
+        while time.monotonic() < deadline and not (log.exists() and b"Access Denied" in log.read_bytes()):
+            time.sleep(1)
+        console = log.read_bytes()
+        assert b"Enrolling custom Secure Boot keys" in console and b"Access Denied" in console
+    finally:
+        for proc in (qemu, swtpm):
+            proc.kill()
+            proc.wait()
+    from virt.firmware.varstore.edk2 import Edk2VarStore
+    variables = Edk2VarStore(str(vars_fd)).get_varlist()
+    assert {n: bytes(variables[n].data) for n in ("PK", "KEK", "db")} == \
+        {n: enrolled.variable(n) for n in ("PK", "KEK", "db")}
+    assert bytes(variables["SecureBootEnable"].data) == b"\x01"
