@@ -74,8 +74,8 @@ def test_secure_boot_off_keeps_the_keys_and_clears_secure_boot_enable(customer, 
     assert "SecureBootEnable    : bool: off" in virt_fw_vars("-i", off, "--print")
     assert (seen_off.pk, seen_off.kek, seen_off.db, seen_off.dbx) == (seen_on.pk, seen_on.kek, seen_on.db, seen_on.dbx)
     assert not seen_off.secure_boot
-    p_on = uefi.pcr7_prediction(True, seen_on.pk, seen_on.kek, seen_on.db, seen_on.dbx, enrolled.db_authority)
-    p_off = uefi.pcr7_prediction(False, seen_off.pk, seen_off.kek, seen_off.db, seen_off.dbx, None)
+    p_on, p_off = varstore.pcr7_prediction(seen_on, enrolled), varstore.pcr7_prediction(seen_off, enrolled)
+    assert p_on == uefi.pcr7_prediction(True, seen_on.pk, seen_on.kek, seen_on.db, seen_on.dbx, enrolled.db_authority)
     assert [e.name for e in p_on.events if e not in p_off.events] == \
         ["SecureBoot", "db certificate that verified the UKI (authority)"]
 

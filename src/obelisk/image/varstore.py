@@ -38,6 +38,8 @@ from obelisk.core import atomic
 from obelisk.core.errors import InputError, ObeliskError
 from obelisk.core.inputs import read_bounded
 from obelisk.signer.secureboot import Enrollment
+from obelisk.tpm import uefi
+from obelisk.tpm.prediction import PcrPrediction
 
 OVMF_VARS_TEMPLATE = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_PACKAGE = "ovmf"
@@ -98,3 +100,13 @@ def write_varstore(out: str | os.PathLike[str], enrollment: Enrollment, *, secur
     data, seen = render_varstore(enrollment, secure_boot=secure_boot, template=template)
     atomic.write_bytes(out, data)
     return seen
+
+
+def pcr7_prediction(variables: SecureBootVariables, enrollment: Enrollment) -> PcrPrediction:
+    """PCR 7 after the firmware loaded a UKI signed by the enrollment's db key from a store holding `variables`.
+
+    With Secure Boot on, the db entry that verified the UKI is measured as the authority; off, nothing is verified.
+    """
+    authority = enrollment.db_authority if variables.secure_boot else None
+    return uefi.pcr7_prediction(variables.secure_boot, variables.pk, variables.kek, variables.db, variables.dbx,
+                                authority)
