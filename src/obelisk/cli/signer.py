@@ -78,7 +78,8 @@ def _keys_generate(args: argparse.Namespace) -> int:
         f"disk policy key:  {d['policy_key']} (certificate {d['policy_cert']})\n"
         f"Secure Boot keys: PK {d['secure_boot_pk_cert']}, KEK {d['secure_boot_kek_cert']}, "
         f"db {d['secure_boot_db_cert']} (keys mode 0600; RSA-2048 whatever --type says: "
-        "UEFI firmware verifies RSA-2048)\n"))
+        "UEFI firmware verifies RSA-2048)\n"
+        f"enrolling them:   {d['secure_boot_enroll_dir']} ({{PK,KEK,db}}.{{der,esl,auth}}; see docs/secure-boot.md)\n"))
 
 
 def _ima_sign(args: argparse.Namespace) -> int:

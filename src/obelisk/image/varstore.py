@@ -29,16 +29,21 @@ GUIDs, so the same template and certificates give the same bytes.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from obelisk.core import atomic
 from obelisk.core.errors import InputError, ObeliskError
+from obelisk.core.inputs import read_bounded
 from obelisk.signer.secureboot import Enrollment
+from obelisk.tpm import uefi
+from obelisk.tpm.prediction import PcrPrediction
 
 OVMF_VARS_TEMPLATE = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_PACKAGE = "ovmf"
+MAX_TEMPLATE_SIZE = 64 << 20  # OVMF_VARS_4M.fd is 528 KiB
 SECURE_BOOT_ENABLE = "SecureBootEnable"
 CUSTOM_MODE = "CustomMode"
 SECURE_BOOT_VARIABLES = ("PK", "KEK", "db", "dbx")
@@ -60,11 +65,13 @@ def _open_template(template: Path) -> Any:
     if not template.is_file():
         raise ObeliskError(f"{template}: OVMF variable store template not found "
                            f"(Debian package {OVMF_PACKAGE}; run scripts/setup)")
+    read_bounded(template, "OVMF variable store template", MAX_TEMPLATE_SIZE)  # a regular file of sane size
     from virt.firmware.varstore.edk2 import Edk2VarStore
 
     try:
         return Edk2VarStore(str(template))
-    except SystemExit:  # virt-firmware logs and exits on a file that is not an edk2 variable store
+    except (SystemExit, struct.error, ValueError, IndexError, RuntimeError):
+        # virt-firmware logs and exits on a file that is not an edk2 variable store, or trips over its lengths
         raise InputError("not an edk2 (OVMF) variable store", source=str(template)) from None
 
 
@@ -93,3 +100,13 @@ def write_varstore(out: str | os.PathLike[str], enrollment: Enrollment, *, secur
     data, seen = render_varstore(enrollment, secure_boot=secure_boot, template=template)
     atomic.write_bytes(out, data)
     return seen
+
+
+def pcr7_prediction(variables: SecureBootVariables, enrollment: Enrollment) -> PcrPrediction:
+    """PCR 7 after the firmware loaded a UKI signed by the enrollment's db key from a store holding `variables`.
+
+    With Secure Boot on, the db entry that verified the UKI is measured as the authority; off, nothing is verified.
+    """
+    authority = enrollment.db_authority if variables.secure_boot else None
+    return uefi.pcr7_prediction(variables.secure_boot, variables.pk, variables.kek, variables.db, variables.dbx,
+                                authority)

@@ -41,6 +41,7 @@ class SecureBootKeys:
     kek_cert: Path
     db_key: Path
     db_cert: Path
+    enroll_dir: Path | None = None  # {PK,KEK,db}.{der,esl,auth} for real firmware (docs/secure-boot.md)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = ("ca.key", "ca.pem", "ca.der", "ima.key", "ima.pem", "ima.der", POLICY_KEY, POLICY_CERT,
-             *SECURE_BOOT_FILES)
+             *SECURE_BOOT_FILES, SECURE_BOOT_ENROLL_DIR)
     existing = [n for n in names if (out / n).exists()]
     if existing:
         raise InputError(f"refusing to overwrite existing {', '.join(existing)}", source=str(out))
@@ -210,6 +211,7 @@ def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048"
 # UEFI Secure Boot: the platform key, the key exchange key and the signature database key.
 SECURE_BOOT_ROLES = ("pk", "kek", "db")
 SECURE_BOOT_FILES = tuple(f"{role}.{ext}" for role in SECURE_BOOT_ROLES for ext in ("key", "pem"))
+SECURE_BOOT_ENROLL_DIR = "secure-boot-enroll"
 _SECURE_BOOT_NAMES = {"pk": "Secure Boot platform key (PK)", "kek": "Secure Boot key exchange key (KEK)",
                       "db": "Secure Boot signature database key (db)"}
 
@@ -228,11 +230,12 @@ def issue_secure_boot_keys(out_dir: str | os.PathLike[str], key_type: str = "rsa
     lets a build check that the db key is the customer's (`signer/secureboot.py`).
     """
     out = Path(out_dir)
-    existing = [name for name in SECURE_BOOT_FILES if (out / name).exists()]
+    existing = [name for name in (*SECURE_BOOT_FILES, SECURE_BOOT_ENROLL_DIR) if (out / name).exists()]
     if existing:
         raise InputError(f"refusing to overwrite existing {', '.join(existing)}", source=str(out))
+    from obelisk.signer import secureboot
     from obelisk.signer.certs import issue_certificate
-    from obelisk.signer.keys import PassphraseSource, load_certificate, load_signing_key
+    from obelisk.signer.keys import PassphraseSource, SoftwareKey, load_certificate, load_signing_key
 
     try:
         ca_key = load_signing_key(str(out / "ca.key"), PassphraseSource(value=passphrase))
@@ -243,14 +246,21 @@ def issue_secure_boot_keys(out_dir: str | os.PathLike[str], key_type: str = "rsa
     start = now - _dt.timedelta(minutes=5)
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key)
     paths: dict[str, Path] = {}
+    keys: dict[str, rsa.RSAPrivateKey] = {}
+    certs: dict[str, x509.Certificate] = {}
     for role in SECURE_BOOT_ROLES:
-        key = _new_key("rsa-2048")
+        key = keys[role] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         leaf = _signing_leaf(_name(f"{organization} {_SECURE_BOOT_NAMES[role]}", organization), ca_cert.subject,
                              ca_ski, key, start, valid_days)
         if role == "db":
             leaf = leaf.add_extension(x509.ExtendedKeyUsage([usage.CODE_SIGNING]), critical=False)
-        cert = issue_certificate(leaf, ca_key, _hash_for(key_type).name)
+        cert = certs[role] = issue_certificate(leaf, ca_key, _hash_for(key_type).name)
         atomic.write_bytes(out / f"{role}.key", _private_pem(key, passphrase), mode=0o600)
         atomic.write_bytes(out / f"{role}.pem", cert.public_bytes(serialization.Encoding.PEM))
         paths[f"{role}_key"], paths[f"{role}_cert"] = out / f"{role}.key", out / f"{role}.pem"
-    return SecureBootKeys(**paths)
+    # What real firmware enrolls (public files); the .auth timestamp is the issue time, later than nothing enrolled.
+    enrollment = secureboot.enrollment(ca_cert, certs["pk"], certs["kek"], certs["db"])
+    files = secureboot.enrollment_files(enrollment, SoftwareKey(keys["pk"]), certs["pk"], SoftwareKey(keys["kek"]),
+                                        certs["kek"], timestamp=now)
+    secureboot.write_enrollment_files(out / SECURE_BOOT_ENROLL_DIR, files)
+    return SecureBootKeys(**paths, enroll_dir=out / SECURE_BOOT_ENROLL_DIR)

@@ -37,13 +37,13 @@ import uuid
 from dataclasses import dataclass
 
 from obelisk.core.errors import InputError, ParseError
+from obelisk.tpm import eventlog
+from obelisk.tpm.eventlog import EV_EFI_VARIABLE_AUTHORITY, EV_SEPARATOR
 from obelisk.tpm.prediction import ExpectedEvent, PcrPrediction
 
-EV_SEPARATOR = 0x00000004
 EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
-EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
 
-EFI_GLOBAL_VARIABLE = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c")
+EFI_GLOBAL_VARIABLE = uuid.UUID(bytes_le=eventlog.EFI_GLOBAL_VARIABLE)
 EFI_IMAGE_SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
 
 # PCR 7's secure variables in MeasureAllSecureVariables' order, with their vendor GUIDs.
@@ -58,7 +58,7 @@ SECURE_VARIABLES: tuple[tuple[str, uuid.UUID], ...] = (
 _HEADER = struct.Struct("<16sQQ")  # VariableName (GUID), UnicodeNameLength, VariableDataLength
 MAX_VARIABLE_DATA = 1 << 20  # an event's data; real db/dbx are tens of KiB
 MAX_NAME_CHARS = 1024
-SEPARATOR_DATA = b"\0\0\0\0"
+SEPARATOR_DATA = eventlog.SEPARATOR_OK[0]  # UEFI's separator: 4 zero bytes
 
 
 @dataclass(frozen=True)
