@@ -123,7 +123,8 @@ def test_uki_is_signed_for_the_customer_db_and_pcr11_is_systemd_measures(example
     ok = subprocess.run(["sbverify", "--cert", str(keys / "db.pem"), str(image / "uki.efi")], capture_output=True)
     assert ok.returncode == 0, ok.stderr
     other = generate(tmp_path / "other", "rsa-2048")
-    bad = subprocess.run(["sbverify", "--cert", str(other.directory / "db.pem"), str(image / "uki.efi")], capture_output=True)
+    bad = subprocess.run(["sbverify", "--cert", str(other.directory / "db.pem"), str(image / "uki.efi")],
+                         capture_output=True)
     assert bad.returncode != 0
 
     sections = uki.load(image / "uki.efi")

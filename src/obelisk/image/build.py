@@ -243,7 +243,6 @@ def _secure_boot(spec: Spec) -> SecureBootPlan | None:
         return None
     from obelisk.image import varstore
     from obelisk.signer.secureboot import load_enrollment
-    from obelisk.tpm import uefi
 
     tools.which("osslsigncode")
     _load_signer(spec, spec.secure_boot.db_key, spec.secure_boot.db_cert, "secure_boot.db_key")
@@ -253,7 +252,7 @@ def _secure_boot(spec: Spec) -> SecureBootPlan | None:
     except InputError as exc:
         raise SpecError(spec.source, "secure_boot", str(exc)) from None
     data, seen = varstore.render_varstore(enrollment, secure_boot=True)
-    pcr7 = uefi.pcr7_prediction(True, seen.pk, seen.kek, seen.db, seen.dbx, enrollment.db_authority)
+    pcr7 = varstore.pcr7_prediction(seen, enrollment)
     return SecureBootPlan(enrollment=enrollment, variables=data, pcr7=pcr7, db_key=spec.secure_boot.db_key,
                           db_cert=Path(spec.secure_boot.db_cert))
 
