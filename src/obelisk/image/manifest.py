@@ -41,6 +41,7 @@ from obelisk.core.jsonsafe import load_json
 from obelisk.ima_policy import reference
 from obelisk.image.disk_image import DiskLayout
 from obelisk.tpm.prediction import PcrPrediction
+from obelisk.tpm.prediction_json import predictions_from_json
 
 SCHEMA = "obelisk.image-manifest/2"  # 2: the UKI, disk.raw, Secure Boot, PCRs 4/7/11 (issue 13)
 SIG_SCHEMA = "obelisk.image-manifest-signature/1"
@@ -269,6 +270,12 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, str) or not re.fullmatch(r"(?:[0-9a-f]{2})*", value):
             raise ParseError(f"{path}: expected lowercase hex, got {str(value)[:80]!r}")
         return bytes.fromhex(value)
+    if origin is tuple and typing.get_args(tp)[0] is PcrPrediction:
+        # the predictions' own strict reader (PCR ranges, digest sizes, a PCR predicted twice)
+        try:
+            return predictions_from_json(value, path)
+        except InputError as exc:
+            raise ParseError(str(exc)) from None
     if origin is tuple:
         if not isinstance(value, list):
             raise ParseError(f"{path}: expected a list, got {_type_name(value)}")
