@@ -150,8 +150,16 @@ def verify_hash_tree(data: str | os.PathLike[str], hash_file: str | os.PathLike[
 
     Raises InputError naming the data file when a block or the root hash does not match.
     """
-    proc = tools.run("veritysetup", ["verify", data, hash_file, tree.root_hash,
-                                     "--hash-offset", str(tree.hash_offset)], check=False)
+    verify_root_hash(data, hash_file, tree.root_hash, hash_offset=tree.hash_offset)
+
+
+def verify_root_hash(data: str | os.PathLike[str], hash_file: str | os.PathLike[str], root_hash: str, *,
+                     hash_offset: int = 0) -> None:
+    """`verify_hash_tree` with only the root hash known (the rest is in the hash file's superblock)."""
+    if not _HEX.fullmatch(root_hash):
+        raise InputError(f"root hash {root_hash[:80]!r}: expected lowercase hex", source=os.fspath(data))
+    proc = tools.run("veritysetup", ["verify", data, hash_file, root_hash,
+                                     "--hash-offset", str(hash_offset)], check=False)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
         raise InputError(f"dm-verity verification failed: {detail[-1] if detail else 'exit ' + str(proc.returncode)}",

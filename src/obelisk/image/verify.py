@@ -87,7 +87,11 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
         findings.append(_finding(f"image.artifact:{name}", f"artifact {name} matches the manifest",
                                  actual == expected, target=str(path), observed=actual, expected=expected))
 
-    # 3. Every file inside the SquashFS: content, mode, owner and IMA signature.
+    # 3. The boot chain: the UKI's sections and Authenticode digest, and the root it binds.
+    if m.boot.uki is not None:
+        findings.extend(_verify_boot_chain(out, m))
+
+    # 4. Every file inside the SquashFS: content, mode, owner and IMA signature.
     image = out / "rootfs.squashfs"
     if image.is_file() and "rootfs.squashfs" in artifacts:
         findings.extend(_verify_squashfs(image, m, signing_cert, jobs))
@@ -96,6 +100,44 @@ def verify_image(out: Path, ca_path: Path, *, jobs: int = 4) -> Report:
                                 observed=f"{sum(f.status is Status.PASS for f in findings)} of {len(findings)} "
                                 "checks passed"))
     return Report(findings=tuple(findings), subject=subject, command="image verify")
+
+
+def _verify_boot_chain(out: Path, m: manifest.Manifest) -> list[Finding]:
+    """The UKI is the manifest's (each section, the Authenticode digest the firmware measures), its command
+    line carries the manifest's dm-verity root hash, and that hash covers every block of the root."""
+    from obelisk.image import dmverity, uki
+    from obelisk.signer.authenticode import authenticode_digest
+
+    assert m.boot.uki is not None
+    path = out / "uki.efi"
+    try:
+        data = read_bounded(path, "UKI", uki.MAX_PE_SIZE)
+        sections = uki.parse(data, str(path))
+        digest = authenticode_digest(data, source=str(path)).hex()
+    except InputError as exc:
+        return [_finding("image.boot.uki", "the UKI is the one the manifest describes", False, target=str(path),
+                         observed=str(exc), section="boot")]
+    found = {name: hashlib.sha256(content).hexdigest() for name, content in sections.by_name().items()}
+    differ = sorted(n for n in set(found) | set(m.boot.uki.sections) if found.get(n) != m.boot.uki.sections.get(n))
+    if digest != m.boot.uki.authenticode_sha256:
+        differ.append("Authenticode digest")
+    out_findings = [_finding("image.boot.uki", "the UKI is the one the manifest describes", not differ,
+                             target=str(path), observed=", ".join(differ) + " differ" if differ else "as recorded",
+                             expected="sections and Authenticode digest as in boot.uki", section="boot")]
+    verity = m.boot.verity
+    if verity is not None:
+        problem = ""
+        if f" {verity.root_hash} " not in f" {sections.cmdline.decode(errors='replace')} ".replace('"', " "):
+            problem = "the UKI's command line does not carry the manifest's root hash"
+        else:
+            try:
+                dmverity.verify_root_hash(out / "rootfs.squashfs", out / "rootfs.verity", verity.root_hash)
+            except InputError as exc:
+                problem = str(exc)
+        out_findings.append(_finding("image.boot.verity", "the root is the one the UKI's dm-verity root hash binds",
+                                     not problem, target="rootfs.squashfs", observed=problem or verity.root_hash,
+                                     expected=verity.root_hash, section="boot"))
+    return out_findings
 
 
 def _verify_squashfs(image: Path, m: manifest.Manifest, cert: x509.Certificate | None, jobs: int) -> list[Finding]:
