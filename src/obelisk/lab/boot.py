@@ -172,8 +172,10 @@ def install_image(out: Path, run_dir: Path, manifest: Manifest) -> None:
         raise InputError("manifest has no boot.disk_image: rebuild the image with this obelisk", source="manifest.json")
     var = layout.partition(disk_image.VAR)
     node_disk = run_dir / DISK_IMAGE
-    with open(node_disk, "rb") as handle:
-        current = disk_image.parse_gpt(handle.read(1 << 20), str(node_disk))
+    import mmap
+
+    with open(node_disk, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as whole:
+        current = disk_image.parse_gpt(whole, str(node_disk))
     held = next((p for p in current.partitions if p.name == var.name), None)
     where = (held.first_lba * layout.sector_size, (held.last_lba + 1 - held.first_lba) * layout.sector_size) \
         if held else None

@@ -96,7 +96,8 @@ def stage_boot(w: Walk) -> str:
     console = node.serial_log.read_text(errors="replace")
     var = next((line.split("obelisk: ", 1)[1] for line in console.splitlines()
                 if "/var " in line and "obelisk:" in line), "")
-    return (f"node booted under QEMU with swtpm; agent answers at {node.url} (console {node.serial_log})"
+    return (f"disk.raw booted under OVMF with the customer's Secure Boot keys and swtpm; agent answers at "
+            f"{node.url} (console {node.serial_log})"
             + (f"; {var}" if var else ""))
 
 
@@ -112,8 +113,11 @@ def stage_attest(w: Walk) -> str:
     w.failed |= report.failed
     counts = report.counts()
     status = findings.Status
+    boot = {f.id.rsplit("pcr", 1)[1]: f.status.value for f in report.findings if f.id.startswith("attest.boot.pcr")}
+    measured = ", ".join(f"PCR {p} {v}" for p, v in sorted(boot.items(), key=lambda kv: int(kv[0])))
     return (f"attestation: {counts[status.PASS]} pass, {counts[status.FAIL]} fail, "
-            f"{counts[status.ERROR]} error ({'PASS' if not report.failed else 'FAIL'})")
+            f"{counts[status.ERROR]} error ({'PASS' if not report.failed else 'FAIL'})"
+            + (f"; measured boot against the build's prediction: {measured}" if measured else ""))
 
 
 def stage_report(w: Walk) -> str:
