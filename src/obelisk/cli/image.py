@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--fresh", action="store_true",
                    help="provision a new node (new TPM, /var, certificates) even if the run directory holds one; "
                         "without it a provisioned run directory boots again, like a reboot")
+    b.add_argument("--direct-kernel", action="store_true",
+                   help="developer shortcut: boot OUT's bzImage and initramfs with QEMU's -kernel instead of disk.raw "
+                        "under UEFI; nothing measures them, so PCRs 4, 7 and 11 match no prediction and /var stays "
+                        "locked")
     b.add_argument("--format", choices=("text", "json"), default=None)
     add_quiet(b)
     b.set_defaults(handler=_boot)
@@ -190,8 +194,9 @@ def _boot(args: argparse.Namespace) -> int:
         raise InputError("boot needs --ca and --ca-key (to issue this node's agent and client certificates)")
     rebooting = not args.fresh and boot.is_provisioned(run_dir)
     node = boot.boot(out, run_dir, ca=Path(args.ca), ca_key=Path(args.ca_key), port=args.port,
-                     memory_mib=args.memory, timeout=args.timeout, fresh=args.fresh, quiet=args.quiet)
-    result = {**node.to_json(), "rebooted": rebooting}
+                     memory_mib=args.memory, timeout=args.timeout, fresh=args.fresh, quiet=args.quiet,
+                     direct_kernel=args.direct_kernel)
+    result = {**node.to_json(), "rebooted": rebooting, "measured": not args.direct_kernel}
     if rebooting:
         from obelisk.image import manifest as mf
 
@@ -204,8 +209,10 @@ def _boot(args: argparse.Namespace) -> int:
     def text(d: dict) -> str:
         warning = ""
         if d.get("var_sealed_to_this_image") is False:
-            warning = ("warning: this node's /var is sealed to another image's PCR 11 and stays locked "
+            warning = ("warning: this node's /var does not open for this image (PCR 7 or 11) and stays locked "
                        "(reseal it with `obelisk disk reseal`, or boot with --fresh for a new node)\n")
+        if not d["measured"]:
+            warning += "warning: --direct-kernel: unmeasured boot (no firmware, no Secure Boot): attestation fails\n"
         return (warning + f"node {'rebooted' if d['rebooted'] else 'up'}: agent at {d['url']} "
                 f"(console {d['serial_log']})\n"
                 f"attest it: obelisk attest node {d['url']} --manifest {out / 'manifest.json'} --ca {args.ca} "
