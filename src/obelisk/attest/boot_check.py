@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from obelisk.core.errors import ParseError
 from obelisk.core.findings import Evidence, Finding, Reference, Severity, Status
 from obelisk.tpm import eventlog
 from obelisk.tpm.eventlog import Event, EventLog
@@ -115,48 +116,33 @@ def _text(data: bytes) -> str | None:
     return None
 
 
-# ---- bounded decoders of event data --------------------------------------------------------------------
-# UEFI_VARIABLE_DATA and EFI_SIGNATURE_LIST have their format pairs in tpm/uefi.py (parse_variable_data) and
-# signer/efi_signature_list.py (parse_database) on the Secure Boot branch; once merged, `_variable` and
-# `_signature_lists` should read through them. Here a malformed structure only makes the words vaguer.
+# ---- event data, read through the formats' own parsers (tpm/uefi.py, signer/efi_signature_list.py) ------
+# Here a malformed structure only makes the words vaguer: the digests decide.
 
 @dataclass(frozen=True)
 class _Variable:
-    guid: bytes
+    guid_text: str
     name: str
     value: bytes
 
-    @property
-    def guid_text(self) -> str:
-        d1, d2, d3 = struct.unpack("<IHH", self.guid[:8])
-        return f"{d1:08x}-{d2:04x}-{d3:04x}-{self.guid[8:10].hex()}-{self.guid[10:16].hex()}"
 
-
-_VARIABLE_HEADER = struct.Struct("<16sQQ")  # VariableName (vendor GUID), UnicodeNameLength, VariableDataLength
-_MAX_NAME_CHARS = 1024
+_OWNER = 16  # an EFI_SIGNATURE_DATA (an authority event's value) starts with its owner's GUID
 _SHIM15_PADDING = 6  # shim 15 logs 6 bytes after its EV_EFI_VARIABLE_AUTHORITY structure (eventlog._SHIM15_PAD)
 
 
 def _variable(data: bytes) -> _Variable | None:
-    """UEFI_VARIABLE_DATA, or None when its lengths do not fit the event data or the name is not UTF-16LE."""
-    if len(data) < _VARIABLE_HEADER.size:
-        return None
-    guid, name_chars, value_size = _VARIABLE_HEADER.unpack_from(data)
-    value_at = _VARIABLE_HEADER.size + 2 * name_chars
-    if name_chars > _MAX_NAME_CHARS or value_at > len(data) or len(data) - value_at - value_size not in (
-            0, _SHIM15_PADDING):
-        return None
-    try:
-        name = data[_VARIABLE_HEADER.size:value_at].decode("utf-16-le")
-    except UnicodeDecodeError:
-        return None
-    return _Variable(guid, name, data[value_at:value_at + value_size])
+    """UEFI_VARIABLE_DATA (also with shim 15's trailing padding), or None when it does not parse."""
+    from obelisk.tpm.uefi import parse_variable_data
 
-
-_X509 = bytes.fromhex("a159c0a5e494a74a87b5ab155c2bf072")  # EFI_CERT_X509_GUID a5c059a1-94e4-4aa7-...
-_SHA256 = bytes.fromhex("2616c4c14c509240aca941f936934328")  # EFI_CERT_SHA256_GUID c1c41626-504c-4092-...
-_SIGNATURE_LIST = struct.Struct("<16sIII")  # SignatureType, SignatureListSize, SignatureHeaderSize, SignatureSize
-_OWNER = 16  # each EFI_SIGNATURE_DATA starts with its owner's GUID
+    for candidate in (data, data[:-_SHIM15_PADDING] if len(data) > _SHIM15_PADDING else None):
+        if candidate is None:
+            continue
+        try:
+            var = parse_variable_data(candidate)
+        except ParseError:
+            continue
+        return _Variable(str(var.vendor), var.name, var.data)
+    return None
 
 
 def _certificate_name(der: bytes) -> str:
@@ -175,26 +161,16 @@ def _certificate_name(der: bytes) -> str:
 
 
 def _signature_lists(data: bytes) -> str:
-    """What a db/KEK/PK/dbx value holds: EFI_SIGNATURE_LISTs, walked within the data's bounds."""
-    x509: list[bytes] = []
-    hashes = other = 0
-    pos = 0
-    while pos + _SIGNATURE_LIST.size <= len(data):
-        kind, size, header, entry = _SIGNATURE_LIST.unpack_from(data, pos)
-        body_at = pos + _SIGNATURE_LIST.size + header
-        if size < _SIGNATURE_LIST.size + header or pos + size > len(data) or entry <= _OWNER \
-                or (pos + size - body_at) % entry:
-            return f"{len(data)} bytes that are not EFI signature lists"
-        for at in range(body_at, pos + size, entry):
-            if kind == _X509:
-                x509.append(data[at + _OWNER:at + entry])
-            elif kind == _SHA256:
-                hashes += 1
-            else:
-                other += 1
-        pos += size
-    if pos != len(data):
+    """What a db/KEK/PK/dbx value holds, in words."""
+    from obelisk.signer import efi_signature_list as esl
+
+    try:
+        lists = esl.parse_database(data)
+    except ParseError:
         return f"{len(data)} bytes that are not EFI signature lists"
+    x509 = [e.data for sl in lists if sl.signature_type == esl.EFI_CERT_X509_GUID for e in sl.entries]
+    hashes = sum(len(sl.entries) for sl in lists if sl.signature_type == esl.EFI_CERT_SHA256_GUID)
+    other = sum(len(sl.entries) for sl in lists) - len(x509) - hashes
     parts = []
     if x509:
         names = ", ".join(_certificate_name(der) for der in x509[:MAX_CERTIFICATES])
@@ -242,7 +218,7 @@ def _variable_differs(expected: ExpectedEvent, ev: Event) -> str:
     wanted = _variable(expected.data)
     if var is None:
         return f"{_variable_what(ev)} where the build expects {expected.name}"
-    if wanted is not None and (wanted.name, wanted.guid) != (var.name, var.guid):
+    if wanted is not None and (wanted.name, wanted.guid_text) != (var.name, var.guid_text):
         return f"variable {var.name} ({var.guid_text}) is measured where the build expects {expected.name}"
     if var.name == "SecureBoot":
         return _variable_what(ev) if var.value in (b"", b"\0") else \
