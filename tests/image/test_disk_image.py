@@ -265,3 +265,12 @@ def test_serialize_gpt_gives_back_the_bytes_sfdisk_wrote(built):
     assert primary == content[:len(primary)]
     assert backup == content[(table.alternate_lba + 1) * 512 - len(backup):(table.alternate_lba + 1) * 512]
     assert disk_image.parse_gpt(primary + content[len(primary):]) == table
+
+
+def test_the_verity_root_argument_names_the_partitions_the_disk_gets(built):
+    disk, layout, files = built
+    tree = dmverity.format_hash_tree(files["root"], files["root"].parent / "again.verity", seed=SEED)
+    argument = disk_image.verity_root_argument(tree, SEED)
+    assert f"PARTUUID={layout.partition('root-x86-64').uuid} PARTUUID={layout.partition('root-x86-64-verity').uuid}" \
+        in argument
+    assert argument.startswith('dm-mod.create="root,,,ro,0 ') and tree.root_hash in argument
