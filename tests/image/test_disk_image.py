@@ -265,3 +265,33 @@ def test_serialize_gpt_gives_back_the_bytes_sfdisk_wrote(built):
     assert primary == content[:len(primary)]
     assert backup == content[(table.alternate_lba + 1) * 512 - len(backup):(table.alternate_lba + 1) * 512]
     assert disk_image.parse_gpt(primary + content[len(primary):]) == table
+
+
+def test_the_verity_root_argument_names_the_partitions_the_disk_gets(built):
+    disk, layout, files = built
+    tree = dmverity.format_hash_tree(files["root"], files["root"].parent / "again.verity", seed=SEED)
+    argument = disk_image.verity_root_argument(tree, SEED)
+    assert f"PARTUUID={layout.partition('root-x86-64').uuid} PARTUUID={layout.partition('root-x86-64-verity').uuid}" \
+        in argument
+    assert argument.startswith('dm-mod.create="root,,,ro,0 ') and tree.root_hash in argument
+
+
+def test_random_damage_to_the_gpt_is_a_parse_error_or_a_table_never_a_crash(built):
+    import random
+
+    disk, _, _ = built
+    content = bytearray(disk.read_bytes())  # damaged in place and restored: one copy of the disk
+    original = bytes(content[:34 * 512])
+    rng = random.Random(13)
+    for _ in range(400):
+        for _ in range(rng.randint(1, 4)):
+            at = rng.choice([rng.randrange(440, 34 * 512), rng.randrange(512, 512 + 92)])
+            content[at] = rng.randrange(256)
+        if rng.random() < 0.5:  # also let the damage pass the header CRC check
+            content[528:532] = b"\0\0\0\0"
+            content[528:532] = struct.pack("<I", zlib.crc32(bytes(content[512:512 + 92])))
+        try:
+            disk_image.parse_gpt(content, "disk.raw")
+        except ParseError as exc:
+            assert exc.offset is not None
+        content[:34 * 512] = original

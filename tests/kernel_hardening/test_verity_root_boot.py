@@ -59,9 +59,7 @@ def _disk(workdir: Path) -> tuple[Path, dmverity.VerityTree, bytes]:
 
 def _boot(kernel: Path, disk: Path, tree: dmverity.VerityTree, workdir: Path) -> str:
     (workdir / "initramfs.cpio").write_bytes(kernel_boot.initramfs(Path("/bin/busybox"), INIT))
-    create = dmverity.dm_mod_create_argument(
-        tree, data_device=dmverity.partuuid(disk_image.partition_uuid(SEED, disk_image.ROOT)),
-        hash_device=dmverity.partuuid(disk_image.partition_uuid(SEED, disk_image.ROOT_VERITY)))
+    create = disk_image.verity_root_argument(tree, SEED)
     run = QemuRun(kernel=kernel, initramfs=workdir / "initramfs.cpio", console=workdir / "serial.log",
                   cmdline=f"console=ttyS0 panic=-1 {create}", drives=(Drive(disk),))
     result = run_kernel(run, timeout=300, until=kernel_boot.END)

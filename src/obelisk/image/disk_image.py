@@ -38,6 +38,7 @@ from typing import Any
 from obelisk.core import atomic, inputs, tools
 from obelisk.core.errors import InputError, ParseError
 from obelisk.image.derived_ids import derived_bytes, derived_uuid
+from obelisk.image.dmverity import VerityTree, dm_mod_create_argument, partuuid
 
 SECTOR = 512
 ALIGNMENT = 1 << 20  # every partition starts and ends on a MiB boundary
@@ -170,6 +171,13 @@ def partition_uuid(seed: str, name: str) -> str:
     if name not in PARTITION_TYPES:
         raise InputError(f"unknown partition {name!r}: one of {sorted(PARTITION_TYPES)}")
     return str(derived_uuid(seed, f"gpt partition {name}"))
+
+
+def verity_root_argument(tree: VerityTree, seed: str, *, on_corruption: str = "eio") -> str:
+    """The UKI's `dm-mod.create=` for the disk built from `seed`: root and hash tree named by PARTUUID=."""
+    return dm_mod_create_argument(tree, data_device=partuuid(partition_uuid(seed, ROOT)),
+                                  hash_device=partuuid(partition_uuid(seed, ROOT_VERITY)),
+                                  on_corruption=on_corruption)
 
 
 def esp_volume_id(seed: str) -> str:
