@@ -573,10 +573,7 @@ def step_boot_chain(plan: Plan, squashfs_image: Path, initramfs_image: Path, ker
     spec = plan.spec
     seed = disk_seed(spec)
     tree = dmverity.format_hash_tree(squashfs_image, out / ARTIFACT_VERITY, seed=seed)
-    root_arg = dmverity.dm_mod_create_argument(
-        tree, data_device=dmverity.partuuid(disk_image.partition_uuid(seed, disk_image.ROOT)),
-        hash_device=dmverity.partuuid(disk_image.partition_uuid(seed, disk_image.ROOT_VERITY)))
-    line = cmdline.kernel_cmdline(spec, (root_arg,))
+    line = cmdline.kernel_cmdline(spec, (disk_image.verity_root_argument(tree, seed),))
     pcrpkey = (plan.policy_signer.cert.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo) if plan.policy_signer else None)
     sections = uki.UkiSections(linux=kernel.read_bytes(), initrd=initramfs_image.read_bytes(), cmdline=line.encode(),
