@@ -144,6 +144,21 @@ def test_uki_is_signed_for_the_customer_db_and_pcr11_is_systemd_measures(example
     assert m.disk.sealed_to[11] == reference[measure.UNSEAL_PHASE]
 
 
+def test_image_verify_names_a_uki_that_is_not_the_manifests(example, image, tmp_path):
+    """`image verify` reads the UKI back: a command line changed by hand is named, section by section."""
+    import dataclasses
+
+    from obelisk.image.verify import verify_image
+
+    bad = _changed_image(image, tmp_path / "bad-out", change=lambda s: dataclasses.replace(
+        s, cmdline=s.cmdline + b" init=/bin/sh"))
+    found = {f.id: f for f in verify_image(bad, example / "keys" / "ca.pem").findings}
+    assert found["image.boot.uki"].status is Status.FAIL
+    assert found["image.boot.uki"].observed == ".cmdline, Authenticode digest differ"
+    assert found["image.boot.verity"].status is Status.PASS  # the root itself is untouched
+    assert found["image.artifact:uki.efi"].status is Status.FAIL
+
+
 def test_genuine_image_boots_under_secure_boot_attests_and_opens_var(example, image, first_boot, tmp_path,
                                                                      obelisk_cli):
     from obelisk.attest.agent_certs import issue
