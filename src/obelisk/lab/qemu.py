@@ -55,10 +55,9 @@ OVMF_VARS_TEMPLATE = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")  # empty store: no 
 class Firmware:
     """UEFI firmware for a guest: OVMF's code (read-only) and this guest's own variable store (written)."""
 
-    variables: Path  # the guest's NVRAM: a copy, never Debian's template
-    secure: bool = True  # the SMM build that enforces Secure Boot when the store has PK, KEK and db
-
-    smm: bool = False  # the SMM build (variables protected from the OS); nested KVM cannot run it
+    variables: Path  # the guest's NVRAM: a copy, never Debian's template; its PK, KEK, db and
+    # SecureBootEnable decide whether Secure Boot is enforced
+    smm: bool = True  # the SMM build, which keeps the variables out of the OS's reach (as on hardware)
 
     @property
     def code(self) -> Path:
