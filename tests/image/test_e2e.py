@@ -302,7 +302,7 @@ def test_uki_with_a_changed_initrd_signed_by_another_key_is_refused_by_the_firmw
     rogue = generate(tmp_path / "rogue", "rsa-2048").directory
     bad = _changed_image(image, tmp_path / "bad-out", change=_add_init_line, sign_with=rogue)
     before = _var_partition(node_with_data, image)
-    with pytest.raises(BootError):
+    with pytest.raises(BootError, match="the firmware refused to start the UKI"):
         _boot(bad, node_with_data, example / "keys", timeout=240)
     stop(node_with_data)
     console = (node_with_data / "serial.log").read_text(errors="replace")

@@ -222,6 +222,10 @@ def wait_for_agent(url: str, ca: Path, cert: Path, key: Path, qemu: subprocess.P
         if qemu.poll() is not None:
             raise BootError(f"QEMU exited with code {qemu.returncode} before the agent answered; "
                             f"console: {_tail(serial)}")
+        refused = _firmware_refusal(serial)
+        if refused:
+            # OVMF then waits in its shell or boot menu forever: nothing more will come
+            raise BootError(f"the firmware refused to start the UKI (Secure Boot): {refused}")
         try:
             status, _ = endpoint.get("/v1/health")
             if status == 200:
@@ -231,6 +235,17 @@ def wait_for_agent(url: str, ca: Path, cert: Path, key: Path, qemu: subprocess.P
             last = str(exc)
         time.sleep(1)
     raise BootError(f"the agent did not answer within {timeout:.0f} s ({last}); console: {_tail(serial)}")
+
+
+FIRMWARE_REFUSALS = ("Access Denied", "Security Violation")  # edk2's BdsDxe and shell on a failed signature check
+
+
+def _firmware_refusal(serial: Path) -> str:
+    try:
+        text = serial.read_text(errors="replace")
+    except OSError:
+        return ""
+    return next((line.strip() for line in text.splitlines() if any(r in line for r in FIRMWARE_REFUSALS)), "")
 
 
 def _tail(path: Path, lines: int = 3) -> str:
