@@ -156,6 +156,7 @@ def test_image_verify_names_a_uki_that_is_not_the_manifests(example, image, tmp_
     assert found["image.boot.uki"].status is Status.FAIL
     assert found["image.boot.uki"].observed == ".cmdline, Authenticode digest differ"
     assert found["image.boot.verity"].status is Status.PASS  # the root itself is untouched
+    assert found["image.boot.disk"].status is Status.FAIL and "esp" in found["image.boot.disk"].observed
     assert found["image.artifact:uki.efi"].status is Status.FAIL
 
 

@@ -124,6 +124,17 @@ def _verify_boot_chain(out: Path, m: manifest.Manifest) -> list[Finding]:
     out_findings = [_finding("image.boot.uki", "the UKI is the one the manifest describes", not differ,
                              target=str(path), observed=", ".join(differ) + " differ" if differ else "as recorded",
                              expected="sections and Authenticode digest as in boot.uki", section="boot")]
+    if m.boot.disk_image is not None and (out / "disk.raw").is_file():
+        from obelisk.image.disk_image import verify_disk_image
+
+        try:
+            verify_disk_image(out / "disk.raw", m.boot.disk_image)
+            problem = ""
+        except InputError as exc:
+            problem = str(exc)
+        out_findings.append(_finding("image.boot.disk", "disk.raw holds the manifest's partitions", not problem,
+                                     target="disk.raw", observed=problem or "every partition as recorded",
+                                     expected="boot.disk_image", section="boot"))
     verity = m.boot.verity
     if verity is not None:
         problem = ""
