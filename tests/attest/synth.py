@@ -2,8 +2,9 @@
 serializers.
 
 `make_ak` is an attestation key in software (RSA-2048 or ECDSA P-256) with its TPM2B_PUBLIC and AK record.
-`boot` is one consistent boot of a node: a firmware event log (PCRs 0-9), an IMA list (PCR 10) whose
-boot_aggregate covers PCRs 0-9, obelisk's PCR 11 boot events, and the sha256 PCR values they replay to.
+`boot` is one consistent boot of a node: a firmware event log (PCRs 0-9, and PCR 11 as systemd-stub measured
+the UKI's sections), an IMA list (PCR 10) whose boot_aggregate covers PCRs 0-9, the boot phases the node
+extended into PCR 11 after the stub (its boot_events), and the sha256 PCR values they replay to.
 `references` is what the build predicts for such a node. `attest` is the TPMS_ATTEST a TPM would sign,
 `evidence` the signed bundle, `options` the verifier's options. A test changes one thing and checks which
 finding fails.
@@ -19,10 +20,13 @@ from obelisk.attest import akrecord, ima_check, verify
 from obelisk.attest import evidence as evmod
 from obelisk.attest.evidence import Evidence
 from obelisk.core.findings import Finding, Report, Status
+from obelisk.image import measure
+from obelisk.image.uki import UkiSections, pcr11_prediction
 from obelisk.tpm import algorithms as alg
 from obelisk.tpm import bootevents, eventlog
 from obelisk.tpm import quote as q
 from obelisk.tpm.pcr import composite_digest
+from obelisk.tpm.prediction import ExpectedEvent
 
 USER_WITH_AUTH, ADMIN_WITH_POLICY, DECRYPT = 0x40, 0x80, 0x20000
 AK_ATTRIBUTES = (akrecord.FIXED_TPM | akrecord.FIXED_PARENT | akrecord.SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH
@@ -40,8 +44,6 @@ FIRMWARE = ((0, 0x8, b"S-CRTM 1.0"), (0, 0x80000008, b"firmware blob"),
             (7, 0x4, b"\0\0\0\0"), (4, 0x80000003, b"shim"), (4, 0x80000003, b"kernel"), (9, 0xD, b"initrd"),
             (8, 0xD, b"cmdline ima_policy=tcb"))
 CMDLINE = "console=ttyS0 ima_policy=tcb ima_appraise=enforce"
-ROOT = hashlib.sha256(b"every byte of rootfs.squashfs").digest()
-BOOT_COMPLETE = hashlib.sha256(b"obelisk: boot complete").digest()
 FILES = {"/usr/bin/kubelet": b"kubelet 1.30", "/usr/bin/containerd": b"containerd 1.7", "/usr/sbin/sshd": b"sshd"}
 
 
@@ -119,15 +121,36 @@ def extend(value: bytes, digest: bytes) -> bytes:
     return hashlib.sha256(value + digest).digest()
 
 
-def boot_event_list(cmdline: str = CMDLINE, root: bytes = ROOT) -> list[bootevents.LoggedEvent]:
-    """obelisk's PCR 11 events in extension order (image/measure.py)."""
-    return [bootevents.LoggedEvent(11, "obelisk.cmdline", hashlib.sha256(cmdline.encode() + b"\n").digest()),
-            bootevents.LoggedEvent(11, "obelisk.root", root),
-            bootevents.LoggedEvent(11, "obelisk.boot-complete", BOOT_COMPLETE)]
+def uki_sections(cmdline: str = CMDLINE) -> UkiSections:
+    """The node's UKI: its command line is the part a test changes."""
+    return UkiSections(linux=b"bzImage", initrd=b"initramfs.cpio", cmdline=cmdline.encode(), osrel=b"ID=obelisk\n")
 
 
-def replay_boot_events(events: list[bootevents.LoggedEvent]) -> bytes:
-    value = bytes(32)
+def stub_events(cmdline: str = CMDLINE) -> tuple[ExpectedEvent, ...]:
+    """What systemd-stub measures into PCR 11 for `uki_sections(cmdline)` (image/uki.py)."""
+    return pcr11_prediction(uki_sections(cmdline)).events
+
+
+def with_stub_events(log: eventlog.EventLog, events: tuple[ExpectedEvent, ...]) -> eventlog.EventLog:
+    """`log` continued with the stub's EV_IPL events. Their sha1 digests are stand-ins (sha1 of the sha256
+    digest): only the sha256 bank is quoted and predicted."""
+    sha1, sha256 = alg.by_name("sha1").alg_id, alg.by_name("sha256").alg_id
+    first = len(log.events)
+    added = tuple(eventlog.Event(pcr=e.pcr, event_type=e.event_type,
+                                 digests=tuple((a, hashlib.sha1(e.digest).digest() if a == sha1 else e.digest)
+                                               for a in (alg.by_name(b).alg_id for b in log.banks)
+                                               if a in (sha1, sha256)),
+                                 data=e.data, number=first + i) for i, e in enumerate(events))
+    return replace(log, events=log.events + added)
+
+
+def boot_event_list() -> list[bootevents.LoggedEvent]:
+    """The boot phases the node extends into PCR 11 after the stub, in order (image/measure.py)."""
+    return [bootevents.LoggedEvent(measure.PCR, word, measure.phase_digest(word)) for word in measure.PHASES]
+
+
+def replay_boot_events(events: list[bootevents.LoggedEvent], start: bytes = bytes(32)) -> bytes:
+    value = start
     for e in events:
         value = extend(value, e.digest)
     return value
@@ -149,15 +172,16 @@ def ima_list(boot_pcrs: dict[int, bytes], files: dict[str, bytes]) -> tuple[byte
     return ml.serialize_binary(entries), pcr10
 
 
-def boot(firmware=FIRMWARE, files: dict[str, bytes] | None = None, cmdline: str = CMDLINE, root: bytes = ROOT,
+def boot(firmware=FIRMWARE, files: dict[str, bytes] | None = None, cmdline: str = CMDLINE,
          events: list[bootevents.LoggedEvent] | None = None) -> Boot:
-    """A node booted with these measurements; its logs tell the truth about them."""
-    log = eventlog.build(firmware, banks=("sha1", "sha256"))
+    """A node booted with these measurements (the UKI's command line `cmdline`, the boot phases `events`);
+    its logs tell the truth about them."""
+    log = with_stub_events(eventlog.build(firmware, banks=("sha1", "sha256")), stub_events(cmdline))
     replayed = eventlog.replay(log)
     pcrs = {i: replayed.value("sha256", i) for i in range(10)}
     ima, pcrs[10] = ima_list(pcrs, FILES if files is None else files)
-    logged = boot_event_list(cmdline, root) if events is None else events
-    pcrs[11] = replay_boot_events(logged)
+    logged = boot_event_list() if events is None else events
+    pcrs[11] = replay_boot_events(logged, replayed.value("sha256", 11))
     return Boot(eventlog.serialize(log), ima, bootevents.serialize(logged), pcrs, cmdline)
 
 
@@ -167,22 +191,28 @@ def boot_from_log(event_log: bytes, files: dict[str, bytes] | None = None, cmdli
     replayed = eventlog.replay(eventlog.parse(event_log))
     pcrs = {i: replayed.value("sha256", i) for i in range(10)}
     ima, pcrs[10] = ima_list(pcrs, FILES if files is None else files)
-    logged = boot_event_list(cmdline, ROOT)
-    pcrs[11] = replay_boot_events(logged)
+    logged = boot_event_list()
+    pcrs[11] = replay_boot_events(logged, replayed.value("sha256", 11))
     return Boot(event_log, ima, bootevents.serialize(logged), pcrs, cmdline)
 
 
+def logged_stub(event_log: bytes) -> tuple[ExpectedEvent, ...]:
+    """The PCR 11 events of a real firmware log as the build's prediction: for tests about other PCRs."""
+    sha256 = alg.by_name("sha256").alg_id
+    return tuple(ExpectedEvent(11, e.event_type, e.digest(sha256) or b"", f"logged event {e.number}", e.data)
+                 for e in eventlog.parse(event_log).events if e.pcr == 11 and e.event_type != eventlog.EV_NO_ACTION)
+
+
 def references(files: dict[str, bytes] | None = None, cmdline: str = CMDLINE,
-               root: bytes = ROOT) -> ima_check.References:
-    """What the image build knows: predicted PCR 11, its events, and the IMA reference digests."""
+               stub: tuple[ExpectedEvent, ...] | None = None) -> ima_check.References:
+    """What the image build knows: PCR 11 predicted event by event (the stub's measurements of the UKI
+    with `cmdline`, or `stub`, then the boot phases), and the IMA reference digests."""
     from obelisk.ima_policy import reference
 
-    expected = boot_event_list(cmdline, root)
     files = FILES if files is None else files
     ref = reference.ReferenceManifest({p: f"sha256:{hashlib.sha256(c).hexdigest()}" for p, c in files.items()})
-    return ima_check.References(ima_reference=ref, predicted={11: replay_boot_events(expected)},
-                                boot_events=tuple((e.pcr, e.name, e.digest, f"the build's {e.name}")
-                                                  for e in expected))
+    pcr11 = measure.predict(stub_events(cmdline) if stub is None else stub).pcr11
+    return ima_check.References(ima_reference=ref, predicted={11: pcr11.value}, boot_predictions=(pcr11,))
 
 
 # ---- the quote, the bundle, the verifier's options ------------------------------------------------------

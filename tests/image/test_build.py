@@ -57,8 +57,10 @@ def test_manifest_contents(built_image):
     assert len(sbom["files"]) == len(m.regular_files()) == sum(1 for f in files.values() if f.type == "file")
 
 
-def test_manifest_predicts_pcr11_from_the_command_line_and_the_root(built_image):
-    """The prediction is recomputed here from the artifacts themselves, not from the build's records."""
+def test_manifest_without_a_kernel_predicts_no_pcrs_and_carries_the_sysinit_command(built_image):
+    """No kernel, no UKI: nothing measures PCRs 4, 7 or 11 the build could predict (the UKI's prediction is
+    tested in test_uki.py and on a booted node in test_e2e.py). The root still carries the constant
+    TPM2_PCR_Extend of the sysinit phase that /sbin/obelisk-init sends, recomputed here."""
     import hashlib
 
     from obelisk.image import measure
@@ -67,18 +69,15 @@ def test_manifest_predicts_pcr11_from_the_command_line_and_the_root(built_image)
     m = manifest.load(out / "manifest.json")
     line = m.boot.cmdline
     assert line.startswith("panic=-1 ") and "obelisk.image=test-node console=ttyS0" in line
-    root = hashlib.sha256((out / "rootfs.squashfs").read_bytes()).digest()
-    assert (out / "rootfs.squashfs").stat().st_size % 512 == 0  # the virtio disk holds exactly these bytes
-    value = b"\0" * 32
-    for data in ((line + "\n").encode(), None, measure.BOOT_COMPLETE):
-        value = hashlib.sha256(value + (hashlib.sha256(data).digest() if data is not None else root)).digest()
-    assert m.pcrs.predicted == {11: value}
-    assert [e.name for e in m.pcrs.events] == ["obelisk.cmdline", "obelisk.root", "obelisk.boot-complete"]
+    assert "dm-mod.create=" not in line  # no UKI, no verity root
+    assert m.boot.uki is None and m.boot.verity is None and m.boot.disk_image is None
+    assert m.pcrs.predicted == {} and m.pcrs.predictions == ()
+    assert not (out / "disk.raw").exists() and not (out / "uki.efi").exists()
     assert m.disk == manifest.Disk(var="plain", policy=None, sealed_to={}, signed_policy=None,
                                    policy_certificate=None, size_mib=64)
-    # the node sends the end-of-boot event itself: the command is in the signed root
+    sysinit = hashlib.sha256(b"sysinit").digest()
     assert files_of(m)["/usr/lib/obelisk/boot-complete.tpm2"].sha256 == hashlib.sha256(
-        measure.extend_command(11, hashlib.sha256(measure.BOOT_COMPLETE).digest())).hexdigest()
+        measure.extend_command(11, sysinit)).hexdigest()
 
 
 def test_owners_from_the_spec_are_in_the_image(built_image):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from dataclasses import replace
 
 import pytest
 
@@ -17,26 +18,58 @@ from obelisk.image import measure
 ROOT_DIGEST = hashlib.sha256(b"a squashfs").digest()
 
 
-def test_events_are_cmdline_root_then_boot_complete():
-    events = measure.boot_events("console=ttyS0 quiet", ROOT_DIGEST)
-    assert [e.name for e in events] == ["obelisk.cmdline", "obelisk.root", "obelisk.boot-complete"]
-    assert events[0].digest == hashlib.sha256(b"console=ttyS0 quiet\n").digest()  # /proc/cmdline ends in \n
-    assert events[1].digest == ROOT_DIGEST
-    assert all(e.pcr == 11 for e in events)
+def _stub(cmdline: bytes = b"console=ttyS0 quiet") -> tuple:
+    """systemd-stub's PCR 11 events for a small UKI (image/uki.py)."""
+    from obelisk.image import uki
+
+    return uki.pcr11_prediction(uki.UkiSections(linux=b"bzImage", initrd=b"initrd", cmdline=cmdline,
+                                                osrel=b"ID=obelisk\n")).events
 
 
-def test_prediction_is_the_extend_chain():
-    events = measure.boot_events("x", ROOT_DIGEST)
+def test_phases_are_systemds_words_in_order():
+    events = measure.phase_events()
+    assert [e.data for e in events] == [b"enter-initrd", b"leave-initrd", b"sysinit"]
+    assert [e.digest for e in events] == [hashlib.sha256(w).digest() for w in (b"enter-initrd", b"leave-initrd",
+                                                                               b"sysinit")]
+    assert all(e.pcr == 11 and e.event_type == 0xD for e in events)  # EV_IPL, as the verifier appends them
+    assert events[2].name == "boot phase sysinit (/sbin/obelisk-init)"
+
+
+def test_prediction_is_the_extend_chain_after_the_stub():
+    stub = _stub()
     value = b"\0" * 32
     chain = []
-    for e in events:
+    for e in (*stub, *measure.phase_events()):
         value = hashlib.sha256(value + e.digest).digest()
         chain.append(value)
-    prediction = measure.predict(events)
-    assert prediction.unseal == chain[1] and prediction.final == chain[2]
-    # another command line or another root predicts other values
-    assert measure.predict(measure.boot_events("x ima_appraise=off", ROOT_DIGEST)).unseal != prediction.unseal
-    assert measure.predict(measure.boot_events("x", hashlib.sha256(b"other").digest())).unseal != prediction.unseal
+    prediction = measure.predict(stub)
+    # /var unseals after leave-initrd; sysinit then closes PCR 11 for good
+    assert prediction.unseal == chain[len(stub) + 1] and prediction.final == chain[-1]
+    assert prediction.pcr11.events == (*stub, *measure.phase_events())
+    # another command line in the UKI predicts other values
+    assert measure.predict(_stub(b"console=ttyS0 ima_appraise=off")).unseal != prediction.unseal
+    with pytest.raises(ValueError, match="PCR 11"):
+        measure.predict((*stub, replace(stub[0], pcr=12)))
+
+
+def test_prediction_agrees_with_systemd_measure():
+    """systemd-measure 252 calculate --phase= (the reference for PCR 11 with systemd's phases) on the same
+    sections: the value at leave-initrd is what /var is sealed to, the one at sysinit what a quote shows."""
+    import tempfile
+    from pathlib import Path
+
+    sections = {"linux": b"bzImage", "initrd": b"initrd", "cmdline": b"console=ttyS0 quiet", "osrel": b"ID=obelisk\n"}
+    with tempfile.TemporaryDirectory() as tmp:
+        args = []
+        for name, data in sections.items():
+            (Path(tmp) / name).write_bytes(data)
+            args.append(f"--{name}={Path(tmp) / name}")
+        prediction = measure.predict(_stub())
+        for phase, expected in ((measure.UNSEAL_PHASE, prediction.unseal),
+                                ("enter-initrd:leave-initrd:sysinit", prediction.final)):
+            out = subprocess.run(["/usr/lib/systemd/systemd-measure", "calculate", *args, "--bank=sha256",
+                                  f"--phase={phase}"], capture_output=True, text=True, check=True).stdout
+            assert f"11:sha256={expected.hex()}" in out, out
 
 
 def test_extend_command_layout():
@@ -53,12 +86,12 @@ def test_tpm_applies_the_commands_as_predicted(swtpm, tmp_path):
     """tpm2_send delivers obelisk's command bytes; PCR 11 then equals the prediction."""
     from obelisk.tpm.device import pcr_values
 
-    events = measure.boot_events("console=ttyS0", ROOT_DIGEST)
-    for event in events:
+    prediction = measure.predict(_stub())
+    for event in prediction.pcr11.events:  # the stub's, then the node's phases
         proc = subprocess.run(["tpm2_send", "-T", swtpm.tcti], input=measure.extend_command(11, event.digest),
                               capture_output=True, check=True)
         assert proc.stdout[6:10] == b"\0\0\0\0", proc.stdout.hex()  # TPM_RC_SUCCESS
-    assert pcr_values(swtpm.tcti, "sha256", [11])[11] == measure.predict(events).final
+    assert pcr_values(swtpm.tcti, "sha256", [11])[11] == prediction.final
 
 
 def test_busybox_shell_function_writes_the_same_command(tmp_path):

@@ -25,11 +25,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 
 
 def example_spec(tmp: Path) -> Spec:
-    """examples/node/spec.yaml as it is, with empty stand-ins for its keys and kernel source."""
+    """examples/node/spec.yaml as it is, with empty stand-ins for its keys (Secure Boot's too) and kernel source."""
     shutil.copytree(EXAMPLE, tmp / "node")
     data = yaml.safe_load((tmp / "node" / "spec.yaml").read_text())
+    secure_boot = data["secure_boot"]
     for path in (data["signing"]["key"], data["signing"]["cert"], data["signing"]["ca"], data["disk"]["policy_key"],
-                 data["disk"]["policy_cert"]):
+                 data["disk"]["policy_cert"], secure_boot["pk_cert"], secure_boot["kek_cert"], secure_boot["db_key"],
+                 secure_boot["db_cert"]):
         (tmp / "node" / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "node" / path).touch()
     (tmp / "linux.tar.xz").touch()
@@ -51,21 +53,22 @@ def init_for(spec: Spec) -> str:
 # id -> (template, render(tmp_path), sha256). Digests: what the scripts rendered to before they were
 # templates (Python strings filled in with .replace); the build caches on them, and the initramfs's
 # and root's bytes follow from them: change them on purpose only (obelisk-init's changed once since, when
-# the node's entry points moved to obelisk.cli.node_init and obelisk.cli.node_agent).
+# the node's entry points moved to obelisk.cli.node_init and obelisk.cli.node_agent; both changed with
+# issue 13: systemd's boot phases in PCR 11, the dm-verity root, /var found by PARTLABEL, the .pcrsig).
 RENDERINGS: dict[str, tuple[str, Callable[[Path], str], str]] = {
     "init-example": ("init.sh.j2", lambda tmp: init_for(example_spec(tmp)),
-                     "665a73dd03e83ee352eeedfb0fd6b09696bc5eee208eccb689dd95f5835b9b53"),
+                     "f8ee96d86a18213f9543b8c0616a5d4f191379d9e5abe2d731151d8a8ba5e858"),
     "init-tpm-plain": ("init.sh.j2", lambda tmp: initramfs.render_init(measure=True, var_mode="plain"),
-                       "6c3759a5eb660f239513eebe02ef38fb5d82be52046c6d8ae5ed2d8830298024"),
+                       "65bb51482d2b7793f92ac65c821c42efb5402e215d86442b05ec08185b024878"),
     "init-no-tpm": ("init.sh.j2", lambda tmp: initramfs.render_init(measure=False, var_mode="plain"),
-                    "80ca57ea85dfe4b4b4bffa43bfaf2c89ad7e96262ed0472620136ea39ee8a4a3"),
+                    "83e2cd9df1632324cf8d0a5dbaa7bbfb330f22a343cb200d24bd9316884d179b"),
     "obelisk-init-example": ("obelisk-init.sh.j2", lambda tmp: build.node_init_script(example_spec(tmp)),
-                             "8cfd6dde8f0797494589654e97c6642ff1de3a18f67d4ccae38f699e068ab568"),
+                             "700b14ce436f0af5ff8c06263a80392f349a9d0641aebcf421a2f808f0d29a95"),
     "obelisk-init-tpm-plain": ("obelisk-init.sh.j2",
                                lambda tmp: build.node_init_script(small_spec(tpm=True, port=8443)),
-                               "9873af748b6f693c212cd70d5a2caef5ff0887e30355b56f68a6ec46c97db653"),
+                               "894f04385a8808816aee819bf1966fef33b5e4e94703d931fefd7ce3cd69ca86"),
     "obelisk-init-no-tpm": ("obelisk-init.sh.j2", lambda tmp: build.node_init_script(small_spec(tpm=False, port=9443)),
-                            "ce4e1f83ed86605b93315dbcc215595681934225b568b931ddfb97f9aed5b41a"),
+                            "ccc39f77fb6f3cc649f45fd5adf1964d848af5b166d3aa41e5aecd438567535f"),
     "tpm-send": ("tpm-send.sh.j2", lambda tmp: measure.shell_send(),
                  "d0fd551961af1197f330d9223a99ff5bb427e858f781a13187c7ed1a8b745383"),
     "tpm-functions": ("tpm-extend.sh.j2", lambda tmp: measure.shell_functions(),

@@ -1,4 +1,4 @@
-"""obelisk's PCR 11 boot event log: format, hostile input, and the verifier's use of it on a real swtpm."""
+"""The node's PCR 11 boot phase log: format, hostile input, and the verifier's use of it on a real swtpm."""
 
 from __future__ import annotations
 
@@ -48,55 +48,45 @@ def test_hostile_bytes_only_raise_parse_errors(data):
     assert bootevents.parse(bootevents.serialize(events)) == events
 
 
-def _expected(cmdline: bytes):
-    from obelisk.image import measure
-
-    return tuple((e.pcr, e.name, e.digest, e.description) for e in measure.boot_events(cmdline.decode(), ROOT))
-
-
 @pytest.mark.swtpm
 def test_verifier_names_the_measurement_that_differs(swtpm, tmp_path):
-    """A node whose root differs: its log replays to the quote, and the root event is named, not the command line."""
+    """A node whose UKI has another command line, on a real TPM: the stub's events (in the firmware log)
+    and the node's boot phases replay to the quote, and PCR 11's .cmdline is named, nothing else."""
     from obelisk.image import measure
+    from obelisk.tpm import eventlog
+    from tests.attest import synth
 
     info = tpm.create_keys(swtpm.tcti)
     ak = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True, source="ak")
-    cmdline = b"console=ttyS0 obelisk.root=/dev/vda"
-    other_root = hashlib.sha256(b"a changed root").digest()
-    logged = [bootevents.LoggedEvent(11, "obelisk.cmdline", hashlib.sha256(cmdline + b"\n").digest()),
-              bootevents.LoggedEvent(11, "obelisk.root", other_root),
-              bootevents.LoggedEvent(11, "obelisk.boot-complete", measure.BOOT_COMPLETE_DIGEST)]
-    for e in logged:
-        extend_pcr11(swtpm.tcti, e.digest)
+    booted = synth.stub_events("console=ttyS0 ima_appraise=off")
+    phases = synth.boot_event_list()
+    for digest in [e.digest for e in booted] + [e.digest for e in phases]:  # as systemd-stub, then the node
+        extend_pcr11(swtpm.tcti, digest)
+    firmware_log = tmp_path / "binary_bios_measurements"
+    firmware_log.write_bytes(eventlog.serialize(synth.with_stub_events(eventlog.build((), banks=("sha256",)), booted)))
     log = tmp_path / "boot-events"
-    log.write_bytes(bootevents.serialize(logged))
-    expected = _expected(cmdline)
-    prediction = measure.predict(measure.boot_events(cmdline.decode(), ROOT))
+    prediction = measure.predict(synth.stub_events()).pcr11
 
     def check(log_bytes: bytes | None):
         nonce = os.urandom(16)
         if log_bytes is not None:
             log.write_bytes(log_bytes)
-        ev = evidence.collect(nonce, swtpm.tcti, event_log_path=None, ima_path=None,
+        ev = evidence.collect(nonce, swtpm.tcti, event_log_path=str(firmware_log), ima_path=None,
                               boot_events_path=str(log) if log_bytes is not None else str(tmp_path / "none"))
         ev = evidence.parse(evidence.serialize(ev))
-        opts = verify.Options(nonce=nonce, ak=ak, predicted_pcrs={11: prediction.final}, boot_events=expected,
-                              quote_only=True)
+        opts = verify.Options(nonce=nonce, ak=ak, boot_predictions=(prediction,))
         report, _ = verify.verify(ev, opts)
         return {f.id: f for f in report.findings}
 
-    found = check(bootevents.serialize(logged))
-    assert found["attest.reference.pcr11"].status is Status.FAIL
-    assert found["attest.bootevents.replay"].status is Status.PASS
-    assert found["attest.reference.boot-event:obelisk.cmdline"].status is Status.PASS
-    root = found["attest.reference.boot-event:obelisk.root"]
-    assert root.status is Status.FAIL and root.observed == other_root.hex() and "root device" in root.detail
-    # a log doctored to show the built root does not replay to the quote: nothing in it is believed
-    doctored = [logged[0], bootevents.LoggedEvent(11, "obelisk.root", ROOT), logged[2]]
+    found = check(bootevents.serialize(phases))
+    pcr11 = found["attest.boot.pcr11"]
+    assert pcr11.status is Status.FAIL and pcr11.expected == prediction.value.hex()
+    assert pcr11.detail.startswith("PCR 11: UKI section .cmdline differs (sha256 ") and len(pcr11.evidence) == 1
+    # phases doctored to hide a changed one do not replay to the quote: nothing in the log is believed
+    doctored = [*phases[:2], bootevents.LoggedEvent(11, "sysinit", ROOT)]
     found = check(bootevents.serialize(doctored))
-    assert found["attest.bootevents.replay"].status is Status.FAIL
-    assert "attest.reference.boot-event:obelisk.root" not in found
-    # no log at all: said so
+    assert "does not replay to the quoted value" in found["attest.boot.pcr11"].detail
+    # no phase log at all: the firmware's log alone does not explain PCR 11 either
     found = check(None)
-    assert found["attest.bootevents.replay"].status is Status.SKIP
-
+    assert found["attest.boot.pcr11"].status is Status.FAIL
+    assert "does not replay to the quoted value" in found["attest.boot.pcr11"].detail
