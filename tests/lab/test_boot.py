@@ -1,11 +1,14 @@
-"""Boot preparation without QEMU: command line, QEMU arguments, the provisioned /var disk and TPM."""
+"""Boot preparation without QEMU: command line, QEMU arguments, the node's disk.raw (provisioned from the
+image's, an image installed into it keeping /var), the config disk, the TPM, and /var sealed as predicted."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,12 +24,12 @@ _SAMPLE = sample_manifest()
 MANIFEST = sample_manifest(
     spec={"kernel": {"cmdline": ["console=ttyS0", "quiet"]}, "ima": {"policy": "appraise-rootfs"},
           "disk": {"size_mib": 40}},
-    boot=replace(_SAMPLE.boot, cmdline="console=ttyS0 quiet panic=-1 obelisk.var=/dev/vdb"),
+    boot=replace(_SAMPLE.boot, cmdline="console=ttyS0 quiet panic=-1 obelisk.var=PARTLABEL=var"),
     disk=replace(_SAMPLE.disk, size_mib=40))
 
 
 def test_kernel_cmdline_is_the_builds():
-    assert boot.kernel_cmdline(MANIFEST) == "console=ttyS0 quiet panic=-1 obelisk.var=/dev/vdb"
+    assert boot.kernel_cmdline(MANIFEST) == "console=ttyS0 quiet panic=-1 obelisk.var=PARTLABEL=var"
     assert boot.kernel_cmdline(MANIFEST, ("debug",)).endswith(" debug")
     with pytest.raises(InputError, match="boot.cmdline"):
         boot.kernel_cmdline(replace(MANIFEST, boot=replace(MANIFEST.boot, cmdline="")))
@@ -37,24 +40,176 @@ def test_kernel_cmdline_is_the_builds():
 
 
 def test_qemu_args_forward_only_the_agent(tmp_path):
-    args = boot.qemu_run(tmp_path / "out", tmp_path / "run", 12345, "console=ttyS0", 512).argv()
+    args = boot.qemu_run(tmp_path / "out", tmp_path / "run", 12345, 512).argv()
     netdev = args[args.index("-netdev") + 1]
     assert "restrict=on" in netdev and f"hostfwd=tcp:127.0.0.1:12345-{boot.GUEST_IP}:8443" in netdev
-    assert f"file={tmp_path / 'out' / 'rootfs.squashfs'},if=virtio,format=raw,readonly=on" in args
+    # the firmware boots the node's own disk (written: /var lives there) with the node's own variables
+    assert f"file={tmp_path / 'run' / 'disk.raw'},if=virtio,format=raw" in args
+    assert f"if=pflash,format=raw,unit=1,file={tmp_path / 'run' / 'ovmf-vars.fd'}" in args
+    assert "-kernel" not in args and not any("/out/" in a for a in args)  # nothing from OUT but through disk.raw
     assert "tpm-tis,tpmdev=tpm0" in args
 
 
+# ---- disk.raw: two tiny images of one node (the var partition in the same place) ---------------------------
+
+MIB = 1 << 20
+
+
+def _image(out: Path, version: str) -> mf.Manifest:
+    """OUT/disk.raw of image `version` (dummy root and hash tree of 1 MiB each) and a manifest recording it."""
+    from obelisk.image import disk_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "uki.efi").write_bytes(f"UKI of {version}".encode())
+    (out / "root").write_bytes(version.encode() * (MIB // len(version)))
+    (out / "verity").write_bytes(hashlib.sha256(version.encode()).digest() * 1000)
+    layout = disk_image.build_disk_image(out / boot.DISK_IMAGE, esp_files={"EFI/BOOT/BOOTX64.EFI": out / "uki.efi"},
+                                         root=out / "root", root_verity=out / "verity", var_size=64 * MIB,
+                                         seed=f"obelisk:n1:{version}", source_date_epoch=1700000000)
+    return replace(MANIFEST, boot=replace(MANIFEST.boot, disk_image=layout))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    return {v: (root / v, _image(root / v, v)) for v in ("1.0", "2.0")}
+
+
+def _digest(path: Path, begin: int, end: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(begin)
+        remaining = end - begin
+        while remaining > 0:
+            chunk = handle.read(min(4 * MIB, remaining))
+            assert chunk, f"{path} ends before {end}"
+            h.update(chunk)
+            remaining -= len(chunk)
+    return h.hexdigest()
+
+
+def test_copy_sparse_keeps_the_bytes_and_leaves_zeros_as_holes(tmp_path):
+    source = tmp_path / "source"
+    data = b"head" * 1000 + b"\0" * (8 * MIB) + b"tail" * 1000 + b"\0" * 100
+    source.write_bytes(data)  # written out: every zero is allocated
+    target = tmp_path / "target"
+    target.write_bytes(b"an older copy, longer than nothing")
+    boot.copy_sparse(source, target)
+    assert target.read_bytes() == data
+    assert target.stat().st_blocks * 512 < 2 * MIB < source.stat().st_blocks * 512
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source", "target"]  # no temporary file left
+
+
+def test_install_image_replaces_the_image_partitions_and_keeps_var(tmp_path, images):
+    """A node of image 1.0 with data on its var partition gets image 2.0: every byte outside the var
+    partition is 2.0's, every byte inside it the node's."""
+    from obelisk.image import disk_image
+
+    (out_a, _), (out_b, manifest_b) = images["1.0"], images["2.0"]
+    run = tmp_path / "run"
+    run.mkdir()
+    node = run / boot.DISK_IMAGE
+    boot.copy_sparse(out_a / boot.DISK_IMAGE, node)
+    var = manifest_b.boot.disk_image.partition(disk_image.VAR)
+    with open(node, "r+b") as handle:  # what the node wrote into /var
+        handle.seek(var.start)
+        handle.write(b"LUKS\xba\xbe" + os.urandom(MIB))
+        handle.seek(var.start + var.size - 4096)
+        handle.write(os.urandom(4096))
+    var_before = _digest(node, var.start, var.start + var.size)
+    assert _digest(node, 0, var.start) != _digest(out_b / boot.DISK_IMAGE, 0, var.start)
+
+    boot.install_image(out_b, run, manifest_b)
+    layout = manifest_b.boot.disk_image
+    assert node.stat().st_size == layout.size
+    assert _digest(node, var.start, var.start + var.size) == var_before
+    assert _digest(node, 0, var.start) == _digest(out_b / boot.DISK_IMAGE, 0, var.start)
+    assert _digest(node, var.start + var.size, layout.size) == _digest(out_b / boot.DISK_IMAGE,
+                                                                       var.start + var.size, layout.size)
+    # sfdisk reads 2.0's partition table (primary and backup GPT) from the node's disk
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(node)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    assert table["id"].lower() == layout.disk_guid.lower()
+    assert [p["name"] for p in table["partitions"]] == [p.name for p in layout.partitions]
+
+
+def test_install_image_refuses_a_disk_whose_var_is_elsewhere(tmp_path, images):
+    out, manifest = images["2.0"]
+    run = tmp_path / "run"
+    run.mkdir()
+    boot.copy_sparse(out / boot.DISK_IMAGE, run / boot.DISK_IMAGE)
+    before = _digest(run / boot.DISK_IMAGE, 0, manifest.boot.disk_image.size)
+    bigger = replace(manifest.boot.disk_image, size=manifest.boot.disk_image.size + MIB)
+    with pytest.raises(boot.BootError, match="var partition is not where this image puts it"):
+        boot.install_image(out, run, replace(manifest, boot=replace(manifest.boot, disk_image=bigger)))
+    assert _digest(run / boot.DISK_IMAGE, 0, manifest.boot.disk_image.size) == before
+    with pytest.raises(InputError, match="no boot.disk_image"):
+        boot.install_image(out, run, MANIFEST)
+
+
 @pytest.mark.swtpm
-def test_provision_writes_config_disk_and_enrolls_the_ak(tmp_path):
+def test_var_sealed_for_reads_the_token_in_the_nodes_var_partition(tmp_path, images):
+    """None while the node has not made /var; then whether its LUKS2 token is sealed as this image says:
+    PCR 7 by value (PCR 11 is bound at first boot), or to the image's policy key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from obelisk.disk import volume as disk
+    from obelisk.image import disk_image
+    from obelisk.tpm.swtpm import SoftwareTPM
+
+    out, manifest = images["1.0"]
+    run = tmp_path / "run"
+    run.mkdir()
+    boot.copy_sparse(out / boot.DISK_IMAGE, run / boot.DISK_IMAGE)
+    pcr7, other = hashlib.sha256(b"Secure Boot state").digest(), hashlib.sha256(b"another state").digest()
+    sealed = replace(manifest, disk=replace(manifest.disk, var="luks2", policy="pcr",
+                                            sealed_to={7: pcr7, 11: b"\1" * 32}))
+    assert boot.var_sealed_for(run, sealed) is None  # blank: the node has not booted yet
+    assert boot.var_sealed_for(run, replace(sealed, boot=replace(sealed.boot, disk_image=None))) is None
+    var = manifest.boot.disk_image.partition(disk_image.VAR)
+
+    def first_boot(**enroll) -> None:
+        volume = tmp_path / "var.img"
+        volume.write_bytes(b"")
+        os.truncate(volume, var.size)
+        with SoftwareTPM.start(tmp_path / "swtpm") as sw:
+            disk.enroll(str(volume), [7, 11], sw.tcti, format_volume=True, recovery=False, **enroll)
+        with open(run / boot.DISK_IMAGE, "r+b") as node, open(volume, "rb") as src:
+            node.seek(var.start)
+            node.write(src.read(16 * MIB))
+
+    first_boot(values={7: pcr7})  # as disk/unlock.create_var with the recipe's PCR 7
+    assert boot.var_sealed_for(run, sealed) is True
+    assert boot.var_sealed_for(run, replace(sealed, disk=replace(sealed.disk, sealed_to={7: other, 11: pcr7}))) \
+        is False
+    der = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert boot.var_sealed_for(run, sealed, policy_key=der) is False  # sealed to values, not to a key
+    first_boot(policy_key=der, bound={7: pcr7})
+    assert boot.var_sealed_for(run, sealed, policy_key=der) is True
+    assert boot.var_sealed_for(run, sealed) is False
+    rogue = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert boot.var_sealed_for(run, sealed, policy_key=rogue) is False
+
+
+@pytest.mark.swtpm
+def test_provision_writes_config_disk_and_enrolls_the_ak(tmp_path, images):
     from obelisk.attest import akrecord
+    from obelisk.lab import qemu
     from obelisk.signer.keygen import generate
 
     keys = generate(tmp_path / "keys", "ecdsa-p256")
+    out, manifest = images["1.0"]
     run = tmp_path / "run"
-    info = boot.provision(tmp_path, run, keys.ca_cert, keys.ca_key, MANIFEST, 9999)
-    # plain /var: a blank disk the node formats at its first boot
-    assert (run / "var.img").stat().st_size == 40 * 1024 * 1024
-    assert (run / "var.img").read_bytes()[:1 << 16] == b"\0" * (1 << 16)
+    info = boot.provision(out, run, keys.ca_cert, keys.ca_key, manifest, 9999)
+    # the node's disk is the image's disk.raw, its empty var partition a hole; /var is made at first boot
+    size = manifest.boot.disk_image.size
+    assert _digest(run / boot.DISK_IMAGE, 0, size) == _digest(out / boot.DISK_IMAGE, 0, size)
+    assert (run / boot.DISK_IMAGE).stat().st_blocks * 512 < (out / boot.DISK_IMAGE).stat().st_size // 2
+    assert not (run / "var.img").exists()
+    # no Secure Boot keys in this image: Debian's empty variable store, the node's own copy
+    assert (run / boot.VARIABLES).read_bytes() == qemu.OVMF_VARS_TEMPLATE.read_bytes()
     # the agent's key lives only on the node's config disk, not in the run directory
     assert not list(run.glob("**/agent.key"))
     listing = subprocess.run(["debugfs", "-R", "ls -l /", str(run / "config.img")], capture_output=True,
@@ -93,115 +248,129 @@ def test_reboot_reissues_a_verifier_certificate_without_the_reader_role(tmp_path
     assert boot.reader_client(run, keys.ca_cert, keys.ca_key).cert.read_bytes() == before  # kept when it fits
 
 
+# ---- /var as the node makes it at first boot, from the build's recipe and predictions ---------------------
+
+def _plan(tmp_path: Path, policy: str, keys_dir: str = "keys"):
+    """A build plan with an encrypted /var sealed by `policy` (pcr | signed), the keys in `keys_dir`."""
+    from obelisk.image import build as buildmod
+    from obelisk.image.spec import parse_spec
+
+    disk = {"encryption": True, "policy": policy}
+    if policy == "signed":
+        disk.update(policy_key=f"{keys_dir}/disk-policy.key", policy_cert=f"{keys_dir}/disk-policy.pem")
+    spec = parse_spec({"name": "n1", "signing": {"key": f"{keys_dir}/ima.key", "cert": f"{keys_dir}/ima.pem",
+                                                 "ca": f"{keys_dir}/ca.pem"},
+                       "rootfs": {"base": "debian", "packages": ["python3-tpm2-pytss", "cryptsetup-bin", "e2fsprogs"]},
+                       "disk": disk}, "spec.yaml", tmp_path)
+    ima = buildmod._load_keys(spec)
+    signer = buildmod._load_policy_key(spec, ima) if policy == "signed" else None
+    return buildmod.Plan(spec=spec, keys=ima, busybox=None, ima_policy=None, kubernetes_files=(), policy_signer=signer)
+
+
+def _uki_pcr11(cmdline: str):
+    """measure.Prediction of the UKI with this command line (systemd-stub's events, then the phases)."""
+    from obelisk.image import measure, uki
+
+    sections = uki.UkiSections(linux=b"bzImage", initrd=b"initramfs", cmdline=cmdline.encode(),
+                               osrel=b"ID=obelisk\n")
+    return measure.predict(uki.pcr11_prediction(sections).events)
+
+
+def _boot_until_unseal(tcti: str, prediction) -> None:
+    """PCR 11 as a node has it when /var is unsealed: the stub's events, enter-initrd, leave-initrd."""
+    from obelisk.image import measure
+
+    events = prediction.pcr11.events
+    for event in events[:len(events) - len(measure.PHASES) + measure.UNSEAL_AFTER]:
+        extend_pcr11(tcti, event.digest)
+
+
+def _first_boot(tmp_path: Path, plan, prediction) -> str:
+    """A blank var partition that the node's first boot of `prediction` formats and seals (disk/unlock.py)."""
+    from obelisk.disk import unlock
+    from obelisk.image import build as buildmod
+    from obelisk.tpm.swtpm import SoftwareTPM
+
+    volume = tmp_path / "var.img"
+    volume.write_bytes(b"")
+    os.truncate(volume, 64 << 20)
+    (tmp_path / "var-seal.json").write_bytes(buildmod.var_recipe(plan))
+    with SoftwareTPM.start(tmp_path / "swtpm") as sw:
+        _boot_until_unseal(sw.tcti, prediction)
+        unlock.create_var(str(volume), str(tmp_path / "var-seal.json"), sw.tcti)
+    return str(volume)
+
+
+LINE = "console=ttyS0 quiet panic=-1 obelisk.var=PARTLABEL=var"
+
+
 @pytest.mark.swtpm
 def test_encrypted_var_opens_only_for_the_predicted_boot(tmp_path):
-    """/var is LUKS2, its key sealed in the node's TPM to the PCR 11 the build predicted: replaying
-    the predicted boot unseals it, another command line does not (and names PCR 11)."""
+    """disk.policy pcr: the first boot seals /var's key to PCR 11 as it is at leave-initrd, which is the
+    build's `unseal` prediction; after sysinit, or under a UKI with another command line, it stays sealed."""
     from obelisk.disk import volume as disk
     from obelisk.image import measure
     from obelisk.signer.keygen import generate
     from obelisk.tpm import seal
     from obelisk.tpm.swtpm import SoftwareTPM
 
-    keys = generate(tmp_path / "keys", "ecdsa-p256")
-    root = hashlib.sha256(b"rootfs").digest()
-    events = measure.boot_events(MANIFEST.boot.cmdline, root)
-    manifest = replace(MANIFEST, disk=replace(MANIFEST.disk, var="luks2", policy="pcr",
-                                              sealed_to={11: measure.predict(events).unseal}))
-    run = tmp_path / "run"
-    boot.provision(tmp_path, run, keys.ca_cert, keys.ca_key, manifest, 9999)
-    var = str(run / "var.img")
+    generate(tmp_path / "keys", "ecdsa-p256")
+    predicted = _uki_pcr11(LINE)
+    var = _first_boot(tmp_path, _plan(tmp_path, "pcr"), predicted)
     assert disk.is_luks(var)
-    assert oct((run / "var-recovery.key").stat().st_mode & 0o777) == "0o600"
-    assert disk.test_key(var, disk.normalize_recovery_key((run / "var-recovery.key").read_text()))
-    with SoftwareTPM.start(run / "swtpm") as sw:  # the node's TPM, as at its first boot
-        for event in events[:measure.UNSEAL_AFTER]:
-            extend_pcr11(sw.tcti, event.digest)
+    assert disk.tokens(var)[0].sealed.values == {11: predicted.unseal}  # the build predicted what was sealed
+    with SoftwareTPM.start(tmp_path / "swtpm") as sw:  # the next boot of the same UKI
+        _boot_until_unseal(sw.tcti, predicted)
         token = disk.unlock(var, sw.tcti, test=True)
         assert token.sealed.pcrs == (11,)
-        extend_pcr11(sw.tcti, events[-1].digest)  # end of boot: sealed for good
+        extend_pcr11(sw.tcti, measure.phase_digest("sysinit"))  # obelisk-init: sealed for good
         with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
             disk.unlock(var, sw.tcti, test=True)
-    with SoftwareTPM.start(run / "swtpm") as sw:  # a boot with another command line
-        other = measure.boot_events(MANIFEST.boot.cmdline + " ima_appraise=off", root)
-        for event in other[:measure.UNSEAL_AFTER]:
-            extend_pcr11(sw.tcti, event.digest)
+    with SoftwareTPM.start(tmp_path / "swtpm") as sw:  # a UKI with another command line
+        _boot_until_unseal(sw.tcti, _uki_pcr11(LINE + " ima_appraise=off"))
         with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
             disk.unlock(var, sw.tcti, test=True)
-
 
 
 @pytest.mark.swtpm
 def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
     """disk.policy signed: /var is sealed to the customer key (PolicyAuthorize); the build's signed
-    policy for image A opens it when A booted, image B's (an update) when B booted, and a policy for
-    A does not open it when B booted; a policy signed by another key opens nothing."""
+    policy (the UKI's .pcrsig) for image A opens it when A booted, image B's (an update) when B booted,
+    and a policy for A does not open it when B booted; a policy signed by another key opens nothing."""
     from obelisk.disk import volume as disk
     from obelisk.disk.unlock import signed_policies
     from obelisk.image import build as buildmod
-    from obelisk.image import measure
-    from obelisk.image.cmdline import kernel_cmdline
-    from obelisk.image.spec import parse_spec
     from obelisk.signer.keygen import generate
-    from obelisk.signer.keys import load_certificate, load_signing_key
+    from obelisk.signer.keys import load_certificate
     from obelisk.tpm import seal
     from obelisk.tpm.swtpm import SoftwareTPM
 
     keys = generate(tmp_path / "keys", "ecdsa-p256")
-    assert keys.policy_cert is not None
-    spec = parse_spec({"name": "n1", "signing": {"key": "keys/ima.key", "cert": "keys/ima.pem", "ca": "keys/ca.pem"},
-                       "rootfs": {"base": "debian", "packages": ["python3-tpm2-pytss", "cryptsetup-bin", "e2fsprogs"]},
-                       "disk": {"encryption": True, "policy": "signed", "policy_key": "keys/disk-policy.key",
-                                "policy_cert": "keys/disk-policy.pem"}}, "spec.yaml", tmp_path)
-    ima = buildmod._load_keys(spec)
-    plan = buildmod.Plan(spec=spec, keys=ima, busybox=None, ima_policy=None, kubernetes_files=(),
-                         policy_signer=buildmod._load_policy_key(spec, ima))
-    roots = {"a": hashlib.sha256(b"image A").digest(), "b": hashlib.sha256(b"image B").digest()}
+    plan = _plan(tmp_path, "signed")
+    predicted = {"a": _uki_pcr11(LINE), "b": _uki_pcr11(LINE + " obelisk.image-version=2")}
     policies = {}
-    for name, root in roots.items():
+    for name, prediction in predicted.items():
         path = tmp_path / f"policy-{name}.json"
-        path.write_bytes(buildmod.signed_var_policy(plan, root))
+        path.write_bytes(buildmod.signed_var_policy(plan, prediction.unseal))
         policies[name] = signed_policies(str(path))
-    events = {name: measure.boot_events(kernel_cmdline(spec), root) for name, root in roots.items()}
-
-    out = tmp_path / "out"
-    out.mkdir()
-    manifest = replace(MANIFEST, disk=replace(MANIFEST.disk, var="luks2", policy="signed",
-                                              sealed_to={11: measure.predict(events["a"]).unseal},
-                                              signed_policy=buildmod.ARTIFACT_VAR_POLICY,
-                                              policy_certificate=keys.policy_cert.read_text()))
-    data = mf.serialize(manifest)
-    (out / "manifest.json").write_bytes(data)
-    signature = mf.sign(data, load_signing_key(str(keys.ima_key)), load_certificate(keys.ima_cert))
-    (out / mf.SIGNATURE).write_bytes(mf.dumps(signature.to_json()))
-    run = tmp_path / "run"
-    boot.provision(out, run, keys.ca_cert, keys.ca_key, manifest, 9999)
-    var = str(run / "var.img")
+    var = _first_boot(tmp_path, plan, predicted["a"])
     token = disk.tokens(var)[0]
     assert token.sealed.authorize_key  # sealed to the policy key, not to values
     assert token.sealed.authorize_key != load_certificate(keys.ima_cert).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     for booted, other in (("a", "b"), ("b", "a")):
-        with SoftwareTPM.start(run / "swtpm") as sw:
-            for event in events[booted][:measure.UNSEAL_AFTER]:
-                extend_pcr11(sw.tcti, event.digest)
+        with SoftwareTPM.start(tmp_path / "swtpm") as sw:
+            _boot_until_unseal(sw.tcti, predicted[booted])
             with pytest.raises(seal.PolicyMismatch, match="PCR 11"):
                 disk.unlock(var, sw.tcti, test=True, extra_policies=policies[other])
             assert disk.unlock(var, sw.tcti, test=True, extra_policies=policies[booted]).sealed.authorize_key
 
     generate(tmp_path / "rogue", "ecdsa-p256")
-    rogue_spec = parse_spec({**spec.to_json(), "signing": {"key": "rogue/ima.key", "cert": "rogue/ima.pem",
-                                                           "ca": "rogue/ca.pem"},
-                             "disk": {**spec.to_json()["disk"], "policy_key": "rogue/disk-policy.key",
-                                      "policy_cert": "rogue/disk-policy.pem"}}, "spec.yaml", tmp_path)
-    rogue_ima = buildmod._load_keys(rogue_spec)
-    rogue_plan = buildmod.Plan(spec=rogue_spec, keys=rogue_ima, busybox=None, ima_policy=None, kubernetes_files=(),
-                               policy_signer=buildmod._load_policy_key(rogue_spec, rogue_ima))
-    (tmp_path / "rogue.json").write_bytes(buildmod.signed_var_policy(rogue_plan, roots["a"]))
-    with SoftwareTPM.start(run / "swtpm") as sw:
-        for event in events["a"][:measure.UNSEAL_AFTER]:
-            extend_pcr11(sw.tcti, event.digest)
+    rogue_plan = _plan(tmp_path, "signed", keys_dir="rogue")
+    (tmp_path / "rogue.json").write_bytes(buildmod.signed_var_policy(rogue_plan, predicted["a"].unseal))
+    with SoftwareTPM.start(tmp_path / "swtpm") as sw:
+        _boot_until_unseal(sw.tcti, predicted["a"])
         with pytest.raises(seal.TPMError, match="signed by the key"):
             disk.unlock(var, sw.tcti, test=True, extra_policies=signed_policies(str(tmp_path / "rogue.json")))
 

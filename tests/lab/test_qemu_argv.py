@@ -1,5 +1,5 @@
-"""The qemu-system-x86_64 command lines of both lab uses, pinned to what they were before lab/qemu.py
-became the one launcher: the kernel boot proof (`obelisk kernel boot`) and `obelisk boot`.
+"""The qemu-system-x86_64 command lines of both lab uses, pinned: the kernel boot proof (`obelisk kernel
+boot`) as it was before lab/qemu.py became the one launcher, and `obelisk boot` (UEFI, and --direct-kernel).
 
 Both are driven through their real entry points with Popen, swtpm and the agent wait replaced, so the
 argv QEMU would receive is compared whatever function builds it. The e2e tests that boot real nodes
@@ -20,12 +20,29 @@ from tests.image.manifests import sample_manifest
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 
-# lab/boot.py's qemu_args before the refactor, for out=/n/out, run=/n/run, port 12345, 768 MiB.
+# `obelisk boot` of a provisioned node for out=/n/out, run=/n/run, port 12345, 768 MiB, no OBELISK_QEMU_ACCEL:
+# OVMF (the Secure Boot capable build without SMM: TCG, as nested KVM runs neither) with the node's own
+# variable store, the node's disk.raw written to, the config disk read-only, the NIC without its option
+# ROM (iPXE would try a network boot first). Everything else as before the firmware boot.
 BOOT_ARGV = [
     "-machine", "q35", "-cpu", "max", "-m", "768", "-smp", "1", "-nographic", "-no-reboot", "-nodefaults",
+    "-drive", "if=pflash,format=raw,unit=0,file=/usr/share/OVMF/OVMF_CODE_4M.fd,readonly=on",
+    "-drive", "if=pflash,format=raw,unit=1,file={run}/ovmf-vars.fd",
+    "-drive", "file={run}/disk.raw,if=virtio,format=raw",
+    "-drive", "file={run}/config.img,if=virtio,format=raw,readonly=on",
+    "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:12345-10.0.2.15:8443",
+    "-device", "virtio-net-pci,netdev=n0,romfile=", "-device", "virtio-rng-pci",
+    "-chardev", "socket,id=chrtpm,path={run}/swtpm.sock", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+    "-device", "tpm-tis,tpmdev=tpm0",
+    "-serial", "file:{run}/serial.log", "-monitor", "none",
+]
+
+# `obelisk boot --direct-kernel`: the pre-UEFI command line (lab/boot.py's qemu_args before the refactor)
+# with the node's disk.raw in place of rootfs.squashfs and var.img.
+DIRECT_KERNEL_ARGV = [
+    "-machine", "q35", "-cpu", "max", "-m", "768", "-smp", "1", "-nographic", "-no-reboot", "-nodefaults",
     "-kernel", "{out}/bzImage", "-initrd", "{out}/initramfs.cpio", "-append", "console=ttyS0 quiet extra=1",
-    "-drive", "file={out}/rootfs.squashfs,if=virtio,format=raw,readonly=on",
-    "-drive", "file={run}/var.img,if=virtio,format=raw",
+    "-drive", "file={run}/disk.raw,if=virtio,format=raw",
     "-drive", "file={run}/config.img,if=virtio,format=raw,readonly=on",
     "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:12345-10.0.2.15:8443",
     "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci",
@@ -119,14 +136,19 @@ def test_kernel_boot_proof_argv_is_unchanged(tmp_path, popen, monkeypatch, accel
     assert _semantics(popen[0][1:]) == _semantics(expected)
 
 
-def test_obelisk_boot_argv_is_unchanged(tmp_path, popen, monkeypatch):
+@pytest.mark.parametrize("direct", [None, "console=ttyS0 quiet extra=1"], ids=["firmware", "direct-kernel"])
+def test_obelisk_boot_argv(tmp_path, popen, monkeypatch, direct):
+    """A reboot of a provisioned node: the image is installed into its disk first, then QEMU starts."""
     from obelisk.lab import boot
 
     out, run = tmp_path / "out", tmp_path / "run"
     run.mkdir()
+    monkeypatch.delenv("OBELISK_QEMU_ACCEL", raising=False)
     monkeypatch.setattr(boot, "_start_swtpm", lambda run_dir: _FakeSwtpm(run_dir))
     monkeypatch.setattr(boot, "wait_for_agent", lambda *a, **k: None)
     monkeypatch.setattr(boot, "is_provisioned", lambda run_dir: True)
+    installed = []
+    monkeypatch.setattr(boot, "install_image", lambda *a: installed.append(a))
 
     class _Bar:
         def stage(self, text):
@@ -137,8 +159,10 @@ def test_obelisk_boot_argv_is_unchanged(tmp_path, popen, monkeypatch):
 
     sample = sample_manifest()
     manifest = dataclasses.replace(sample, boot=dataclasses.replace(sample.boot, cmdline="console=ttyS0 quiet"))
-    node = boot._boot(out, run, manifest, tmp_path / "ca.pem", tmp_path / "ca.key", 12345, 768, 5, ("extra=1",),
-                      False, _Bar())
+    node = boot._boot(out, run, manifest, tmp_path / "ca.pem", tmp_path / "ca.key", 12345, 768, 5, direct, False,
+                      _Bar())
+    assert installed == [(out, run, manifest)]
     assert len(popen) == 1 and popen[0][0] == QEMU
-    assert popen[0][1:] == [a.format(out=out, run=run) for a in BOOT_ARGV]
+    expected = BOOT_ARGV if direct is None else DIRECT_KERNEL_ARGV
+    assert popen[0][1:] == [a.format(out=out, run=run) for a in expected]
     assert node.qemu_pid == 4242 and (run / "qemu.pid").read_text() == "4242\n"
