@@ -186,3 +186,21 @@ def test_a_missing_value_is_an_error():
     with pytest.raises(jinja2.UndefinedError, match="port"):
         scripts.render("obelisk-init.sh.j2", measure="yes", var_mode="plain",
                        boot_complete="/usr/lib/obelisk/boot-complete.tpm2", boot_complete_digest="00")
+
+
+def test_the_boot_phase_log_lines_are_the_phases_extended():
+    """/init and /sbin/obelisk-init log each phase they extend to /run/obelisk/boot-events; run by dash,
+    those lines parse (tpm/bootevents.py) to exactly measure.phase_events(), in order."""
+    from obelisk.tpm import bootevents
+
+    init = init_for(small_spec(tpm=True, port=8443))
+    printf = re.search(r"^  (printf '11 enter-initrd .*\\)$\n^ +(.*)$", init, re.MULTILINE)
+    assert printf is not None and printf.group(2).startswith("> /newroot/run/obelisk/boot-events")
+    echo = re.search(r'^  (echo "11 sysinit [0-9a-f]{64}") >> /run/obelisk/boot-events$',
+                     build.node_init_script(small_spec(tpm=True, port=8443)), re.MULTILINE)
+    assert echo is not None
+    lines = subprocess.run(["dash", "-c", printf.group(1)[:-1] + "\n" + echo.group(1)], capture_output=True,
+                           check=True).stdout
+    logged = bootevents.parse(lines, "boot-events")
+    assert [(e.pcr, e.name.encode(), e.digest) for e in logged] == [(e.pcr, e.data, e.digest)
+                                                                    for e in measure.phase_events()]
