@@ -21,12 +21,13 @@ from tests.image.manifests import sample_manifest
 QEMU = "/usr/bin/qemu-system-x86_64"
 
 # `obelisk boot` of a provisioned node for out=/n/out, run=/n/run, port 12345, 768 MiB, no OBELISK_QEMU_ACCEL:
-# OVMF (the Secure Boot capable build without SMM: TCG, as nested KVM runs neither) with the node's own
+# OVMF's SMM Secure Boot build (smm=on and a secure pflash, as libvirt wires it) with the node's own
 # variable store, the node's disk.raw written to, the config disk read-only, the NIC without its option
 # ROM (iPXE would try a network boot first). Everything else as before the firmware boot.
 BOOT_ARGV = [
-    "-machine", "q35", "-cpu", "max", "-m", "768", "-smp", "1", "-nographic", "-no-reboot", "-nodefaults",
-    "-drive", "if=pflash,format=raw,unit=0,file=/usr/share/OVMF/OVMF_CODE_4M.fd,readonly=on",
+    "-machine", "q35,smm=on", "-cpu", "max", "-m", "768", "-smp", "1", "-nographic", "-no-reboot", "-nodefaults",
+    "-global", "driver=cfi.pflash01,property=secure,value=on",
+    "-drive", "if=pflash,format=raw,unit=0,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd,readonly=on",
     "-drive", "if=pflash,format=raw,unit=1,file={run}/ovmf-vars.fd",
     "-drive", "file={run}/disk.raw,if=virtio,format=raw",
     "-drive", "file={run}/config.img,if=virtio,format=raw,readonly=on",
