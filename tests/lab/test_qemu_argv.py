@@ -21,7 +21,7 @@ from tests.image.manifests import sample_manifest
 QEMU = "/usr/bin/qemu-system-x86_64"
 
 # `obelisk boot` of a provisioned node for out=/n/out, run=/n/run, port 12345, 768 MiB, no OBELISK_QEMU_ACCEL:
-# OVMF (the Secure Boot capable build without SMM: TCG, as nested KVM runs neither) with the node's own
+# OVMF's SMM Secure Boot build (smm=on and a secure pflash, as libvirt wires it) with the node's own
 # variable store, the node's disk.raw written to, the config disk read-only, the NIC without its option
 # ROM (iPXE would try a network boot first). Everything else as before the firmware boot.
 BOOT_ARGV = [
