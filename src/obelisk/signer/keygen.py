@@ -18,6 +18,7 @@ import datetime as _dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -188,13 +189,8 @@ def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048"
         if (out / name).exists():
             raise InputError(f"refusing to overwrite existing {name}", source=str(out))
     from obelisk.signer.certs import issue_certificate
-    from obelisk.signer.keys import PassphraseSource, load_certificate, load_signing_key
 
-    try:
-        ca_key = load_signing_key(str(out / "ca.key"), PassphraseSource(value=passphrase))
-        ca_cert = load_certificate(out / "ca.pem")
-    except InputError as exc:
-        raise InputError(f"cannot load the CA to issue the disk policy key: {exc}", source=str(out)) from None
+    ca_key, ca_cert = _issuing_ca(out, passphrase, "the disk policy key")
     now = now or _dt.datetime.now(_dt.UTC)
     start = now - _dt.timedelta(minutes=5)
     key = _new_key(key_type if key_type.startswith("rsa-") else "ecdsa-p256")
@@ -206,6 +202,17 @@ def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048"
     atomic.write_bytes(out / POLICY_KEY, _private_pem(key, passphrase), mode=0o600)
     atomic.write_bytes(out / POLICY_CERT, cert.public_bytes(serialization.Encoding.PEM))
     return out / POLICY_KEY, out / POLICY_CERT
+
+
+def _issuing_ca(out: Path, passphrase: bytes | None, what: str) -> tuple[Any, x509.Certificate]:
+    """The CA key (a SigningKey) and certificate in `out`, to issue `what` with."""
+    from obelisk.signer.keys import PassphraseSource, load_certificate, load_signing_key
+
+    try:
+        return (load_signing_key(str(out / "ca.key"), PassphraseSource(value=passphrase)),
+                load_certificate(out / "ca.pem"))
+    except InputError as exc:
+        raise InputError(f"cannot load the CA to issue {what}: {exc}", source=str(out)) from None
 
 
 # UEFI Secure Boot: the platform key, the key exchange key and the signature database key.
@@ -235,13 +242,9 @@ def issue_secure_boot_keys(out_dir: str | os.PathLike[str], key_type: str = "rsa
         raise InputError(f"refusing to overwrite existing {', '.join(existing)}", source=str(out))
     from obelisk.signer import secureboot
     from obelisk.signer.certs import issue_certificate
-    from obelisk.signer.keys import PassphraseSource, SoftwareKey, load_certificate, load_signing_key
+    from obelisk.signer.keys import SoftwareKey
 
-    try:
-        ca_key = load_signing_key(str(out / "ca.key"), PassphraseSource(value=passphrase))
-        ca_cert = load_certificate(out / "ca.pem")
-    except InputError as exc:
-        raise InputError(f"cannot load the CA to issue the Secure Boot keys: {exc}", source=str(out)) from None
+    ca_key, ca_cert = _issuing_ca(out, passphrase, "the Secure Boot keys")
     now = now or _dt.datetime.now(_dt.UTC)
     start = now - _dt.timedelta(minutes=5)
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key)
