@@ -285,6 +285,23 @@ def extend_pcr(tcti: str | None, pcr: int, data: bytes) -> None:
             raise _tss_error(f"extending PCR {pcr}", exc) from None
 
 
+def extend_digest(tcti: str | None, pcr: int, sha256_digest: bytes) -> None:
+    """TPM2_PCR_Extend of the sha256 bank only, with a digest already made (a boot phase, as the
+    initramfs's tpm_extend sends it: image/measure.extend_command)."""
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPML_DIGEST_VALUES, TPMT_HA
+    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+
+    if not 0 <= pcr <= 23 or len(sha256_digest) != 32:
+        raise InputError(f"PCR {pcr} and a 32-byte sha256 digest expected")
+    value = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
+    value.digest.sha256 = sha256_digest
+    with open_tpm(tcti) as esapi:
+        try:
+            esapi.pcr_extend(ESYS_TR.PCR0 + pcr, TPML_DIGEST_VALUES([value]))
+        except TSS2_Exception as exc:
+            raise _tss_error(f"extending PCR {pcr}", exc) from None
+
+
 @dataclass(frozen=True)
 class RawQuote:
     """TPM2_Quote output as bytes: TPMS_ATTEST, TPMT_SIGNATURE, and the quoted PCR values."""
