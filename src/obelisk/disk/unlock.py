@@ -257,8 +257,10 @@ def unlock_or_tmpfs(device: str | None, *, mountpoint: str = "/var", tcti: str =
         how = unlock_var(device, mountpoint=mountpoint, tcti=tcti, fleet_key=fleet_key, finish_boot=finish_boot)
         print(f"obelisk: {how}", flush=True)
         return 0
-    except (ObeliskError, OSError) as exc:
-        print(f"obelisk: FATAL: /var stays locked: {exc}; /var is a tmpfs", flush=True)
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong (a library on the node too), /var must not
+        # stay the read-only root's directory: say why and make it a tmpfs
+        reason = str(exc) if isinstance(exc, (ObeliskError, OSError)) else f"{type(exc).__name__}: {exc}"
+        print(f"obelisk: FATAL: /var stays locked: {reason}; /var is a tmpfs", flush=True)
         try:
             mount("tmpfs", mountpoint, "tmpfs", data="mode=0755")
         except OSError as mount_exc:

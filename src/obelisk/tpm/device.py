@@ -120,11 +120,13 @@ def _persistent(esapi: ESAPI, handle: int) -> ESYS_TR | None:
 
 def _ek_session(esapi: ESAPI) -> ESYS_TR:
     """A policy session satisfying the EK's PolicySecret(TPM_RH_ENDORSEMENT)."""
-    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPMT_SYM_DEF
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPM2B_DIGEST, TPM2B_NONCE, TPMT_SYM_DEF
 
     session = esapi.start_auth_session(tpm_key=ESYS_TR.NONE, bind=ESYS_TR.NONE, session_type=TPM2_SE.POLICY,
                                        symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), auth_hash=TPM2_ALG.SHA256)
-    esapi.policy_secret(ESYS_TR.ENDORSEMENT, session)
+    # Every argument given: Debian 12's tpm2-pytss (2.1, what nodes run) has no defaults for them
+    # (no nonce, cpHash or policyRef; expiration 0: none).
+    esapi.policy_secret(ESYS_TR.ENDORSEMENT, session, TPM2B_NONCE(), TPM2B_DIGEST(), TPM2B_NONCE(), 0)
     return session
 
 
