@@ -79,7 +79,7 @@ def _approve_when_pending(fleet, stop: threading.Event, approved: list[str]) -> 
 
 def test_a_booted_node_registers_gets_its_var_key_after_a_verified_round_and_attests(example, fleet_image,  # noqa: F811
                                                                                      service, tmp_path):
-    from obelisk.lab.boot import FleetProvision, boot, stop
+    from obelisk.lab.boot import BootError, FleetProvision, boot, stop
 
     fleet, port, log = service
     keys = example / "keys"
@@ -119,7 +119,38 @@ def test_a_booted_node_registers_gets_its_var_key_after_a_verified_round_and_att
         found = {f["id"]: f["status"] for f in json.loads(report)["findings"]}
         for check in ("attest.boot.pcr4", "attest.boot.pcr7", "attest.boot.pcr11", "ima.reference"):
             assert found.get(check) == "pass", (check, found.get(check))
+
+        # a reboot: the TPM part unseals again (PCR 11 at leave-initrd), the service releases its part
+        # after a new verified round, and the same /var opens with its data
+        stop(run)
+        node = boot(fleet_image, run, ca=keys / "ca.pem", ca_key=keys / "ca.key", timeout=900)
+        console = node.serial_log.read_text(errors="replace").replace("\r", "")
+        assert "obelisk: /var unlocked by the TPM and the fleet service (keyslot 0)\n" in console, console[-3000:]
+        kinds = [r["kind"] for r in fleet.history(node_id) if r["type"] == "event"]
+        assert kinds.count("key-released") == 2
+
+        # quarantined (as a stolen node would be): its next boot gets no key part, /var stays shut
+        fleet.quarantine(node_id, "CN=e2e operator", "reported stolen")
+        stop(run)
+        header = _var_header(run, fleet_image)
+        with pytest.raises(BootError):
+            boot(fleet_image, run, ca=keys / "ca.pem", ca_key=keys / "ca.key", timeout=240)
+        console = (run / "serial.log").read_text(errors="replace").replace("\r", "")
+        assert "key refused: node is quarantined" in console, console[-3000:]
+        assert "/var unlocked" not in console and _var_header(run, fleet_image) == header
+        assert [r["kind"] for r in fleet.history(node_id) if r["type"] == "event"][-1] == "key-refused"
     finally:
         done.set()
         stop(run)
     shutil.rmtree(run, ignore_errors=True)
+
+
+def _var_header(run, image) -> bytes:
+    """The first 4 MiB of the node's var partition (its LUKS2 header, token and first keyslot)."""
+    from obelisk.image import disk_image
+    from obelisk.image import manifest as mf
+
+    var = mf.load(image / "manifest.json").boot.disk_image.partition(disk_image.VAR)
+    with open(run / "disk.raw", "rb") as handle:
+        handle.seek(var.start)
+        return handle.read(4 << 20)
