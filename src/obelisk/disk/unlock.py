@@ -23,10 +23,14 @@ import base64
 import ctypes
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from obelisk.core import tools
 from obelisk.core.errors import ObeliskError
+
+if TYPE_CHECKING:
+    from obelisk.disk.recipe import VarRecipe
+    from obelisk.tpm.seal import Sealed
 
 MAPPING = "obelisk-var"
 SIGNED_POLICY = "/run/obelisk/tpm2-pcr-signature.json"  # the UKI's .pcrsig, copied by /init
@@ -123,7 +127,7 @@ def derived_key(unlock: str, tpm_part: bytes | None, fleet_part: bytes) -> bytes
     return base64.b64encode(okm)
 
 
-def unlock_var_with_fleet(device: str, recipe: Any, *, fleet_key: FleetKey, finish_boot: FinishBoot,
+def unlock_var_with_fleet(device: str, recipe: VarRecipe, *, fleet_key: FleetKey, finish_boot: FinishBoot,
                           tcti: str, policy_file: str = SIGNED_POLICY) -> str:
     """disk.unlock fleet | tpm+fleet: open (first boot: create) `device` as /dev/mapper/MAPPING.
 
@@ -163,7 +167,7 @@ def unlock_var_with_fleet(device: str, recipe: Any, *, fleet_key: FleetKey, fini
     return f"{'created LUKS2 /var (first boot); ' if new else ''}/var unlocked by {what} (keyslot {keyslot})"
 
 
-def _seal_as_recipe(secret: bytes, recipe: Any, tcti: str) -> Any:
+def _seal_as_recipe(secret: bytes, recipe: VarRecipe, tcti: str) -> Sealed:
     """Seal `secret` as /etc/obelisk/var-seal.json says (as create_var does for the TPM-only volume)."""
     from obelisk.tpm import seal as sealmod
 
