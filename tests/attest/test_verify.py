@@ -246,6 +246,19 @@ def test_reboot_resets_restart_count_and_passes(ak):
     assert found["attest.quote.clock"].status is Status.PASS and report.exit_code() == 0
 
 
+def test_a_tpm_reset_may_set_the_clock_back_and_nothing_else_may():
+    """No orderly TPM2_Shutdown (a VM killed, a power cut): the TPM restarts Clock from its last NV save, below
+    the last quote's, and resetCount grows. That is a new boot: a fleet node rebooted under QEMU showed it
+    (tests/fleet/test_qemu_node.py; swtpm kept `safe` set). (resetCount, clock) must still only go up."""
+    previous = verify.Counters(5000000, 7, 2)
+    for safe in (True, False):
+        check = verify._clock_finding(verify.Counters(24009, 8, 0), previous, safe, ())
+        assert check.status is Status.PASS and "at a TPM reset (resetCount 7 -> 8" in check.detail
+    for current in (verify.Counters(4900000, 7, 2), verify.Counters(5000000, 7, 3), verify.Counters(5000001, 6, 0)):
+        check = verify._clock_finding(current, previous, True, ())
+        assert check.status is Status.FAIL, current
+
+
 def test_unsafe_clock_is_reported_on_the_first_quote(ak):
     node = synth.boot()
     unsafe = synth.attest(ak, node.pcrs, clock=replace(CLOCK, safe=False))

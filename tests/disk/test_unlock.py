@@ -117,3 +117,30 @@ def test_recipe_round_trips_and_refuses_nonsense():
                 edited(policy_key=None), edited(signed_pcrs=[], bound={})):
         with pytest.raises(InputError):
             recipe.parse(bad, "var-seal.json")
+
+
+def test_recipe_unlock_modes_round_trip_and_tpm_stays_the_old_format():
+    from obelisk.disk import recipe
+
+    tpm_only = recipe.VarRecipe(policy_key=None, bound_at_first_boot=(11,))
+    assert b"unlock" not in recipe.serialize(tpm_only)  # images built before disk.unlock read the same
+    both = recipe.VarRecipe(policy_key=None, bound_at_first_boot=(11,), unlock="tpm+fleet")
+    fleet = recipe.VarRecipe(policy_key=None, unlock="fleet")
+    for r in (both, fleet):
+        assert recipe.parse(recipe.serialize(r)) == r
+    assert (both.uses_tpm, both.uses_fleet, fleet.uses_tpm, tpm_only.uses_fleet) == (True, True, False, False)
+    with pytest.raises(ValueError, match="no PCRs"):
+        recipe.VarRecipe(policy_key=None, bound_at_first_boot=(11,), unlock="fleet")
+    with pytest.raises(ValueError, match="nothing to seal"):
+        recipe.VarRecipe(policy_key=None, unlock="tpm+fleet")
+
+
+def test_an_image_that_unlocks_with_the_fleet_but_has_none_stays_locked(tmp_path):
+    from obelisk.disk import recipe
+
+    (tmp_path / "var-seal.json").write_bytes(recipe.serialize(recipe.VarRecipe(policy_key=None, unlock="fleet")))
+    part = tmp_path / "var.img"
+    part.write_bytes(b"\0" * (2 << 20))
+    with pytest.raises(ObeliskError, match="no fleet configured"):
+        node_init.unlock_var(str(part), mountpoint=str(tmp_path), recipe_file=str(tmp_path / "var-seal.json"))
+    assert node_init.is_blank(str(part))

@@ -317,3 +317,23 @@ def test_worker_configuration_keeps_benchmark_modes(tmp_path):
     failed = [(f.id, f.observed) for f in report.findings if f.status is Status.FAIL]
     assert not failed, failed
     assert sum(f.status is Status.PASS for f in report.findings) >= 20
+
+
+def test_fleet_settings_go_on_the_root_and_the_join_token_never_does(tmp_path):
+    """fleet.url, fleet.interval and fleet.ca become /etc/obelisk/fleet.json and fleet-ca.pem on the signed root."""
+    from obelisk.image import build as buildmod
+    from obelisk.image import fleet_node
+    from obelisk.image.spec import load_spec
+    from obelisk.signer.keygen import generate
+
+    keys = generate(tmp_path / "keys", "ecdsa-p256")
+    (tmp_path / "spec.yaml").write_text(
+        "name: n\nima: {policy: none}\nrootfs: {base: debian, packages: [python3-tpm2-pytss]}\n"
+        f"fleet: {{url: 'https://fleet.example:8444', interval: 30, ca: {keys.ca_cert}}}\n")
+    files = {f.path: f for f in buildmod.fleet_files(load_spec(tmp_path / "spec.yaml"))}
+    assert set(files) == {"etc/obelisk/fleet.json", "etc/obelisk/fleet-ca.pem"}
+    assert fleet_node.parse(files["etc/obelisk/fleet.json"].data, "x") == fleet_node.FleetNode(
+        url="https://fleet.example:8444", interval=30, ca="/etc/obelisk/fleet-ca.pem")
+    assert files["etc/obelisk/fleet-ca.pem"].data.startswith(b"-----BEGIN CERTIFICATE-----")
+    (tmp_path / "spec.yaml").write_text("name: n\nima: {policy: none}\n")
+    assert buildmod.fleet_files(load_spec(tmp_path / "spec.yaml")) == []

@@ -145,3 +145,38 @@ def test_hostile_specs_give_spec_errors_only(tmp_path_factory, entries):
         parse_spec(data, "fuzz.yaml", tmp_path_factory.getbasetemp())
     except SpecError as exc:
         assert exc.key and str(exc).startswith("fuzz.yaml: ")
+
+
+FLEET_BASE = ("name: n\nima: {policy: none}\nrootfs: {base: debian, packages: [python3-tpm2-pytss, cryptsetup-bin, "
+              "e2fsprogs]}\n")
+
+
+@pytest.mark.parametrize("text, field, words", [
+    (FLEET_BASE + "disk: {unlock: fleet}\nfleet: {url: 'https://f:8444'}\n", "disk.unlock", "disk.encryption"),
+    (FLEET_BASE + "disk: {encryption: true, unlock: tpm+fleet}\n", "disk.unlock", "fleet.url"),
+    (FLEET_BASE + "disk: {unlock: both}\n", "disk.unlock", "not one of"),
+    (FLEET_BASE + "fleet: {url: 'http://f:8444'}\n", "fleet.url", "https://"),
+    (FLEET_BASE + "fleet: {url: 'https://f:8444'}\n", "fleet.ca", "signing.ca"),
+    (FLEET_BASE + "fleet: {url: 'https://f:8444'}\ntpm: {enabled: false}\n", "fleet.url", "tpm.enabled"),
+    ("name: n\nima: {policy: none}\nfleet: {url: 'https://f:8444'}\n", "fleet.url", "busybox"),
+    ("name: n\nima: {policy: none}\nrootfs: {base: debian, packages: [python3]}\nfleet: {url: 'https://f'}\n",
+     "rootfs.packages", "python3-tpm2-pytss"),
+    (FLEET_BASE + "fleet: {interval: 1}\n", "fleet.interval", "out of range"),
+])
+def test_fleet_rejections_name_the_field(tmp_path, text, field, words):
+    with pytest.raises(SpecError) as info:
+        load_spec(_write(tmp_path, text))
+    assert info.value.key == field
+    assert words in str(info.value)
+
+
+def test_fleet_ca_defaults_to_signing_ca_and_alone_is_refused(tmp_path):
+    (tmp_path / "ca.pem").write_text("x")
+    s = load_spec(_write(tmp_path, FLEET_BASE + "fleet: {url: 'https://fleet.example:8444', ca: ca.pem}\n"
+                                                "disk: {encryption: true, unlock: tpm+fleet}\n"))
+    assert (s.fleet.url, s.fleet.interval, s.disk.unlock) == ("https://fleet.example:8444", 60, "tpm+fleet")
+    assert s.to_json()["fleet"] == {"url": "https://fleet.example:8444", "interval": 60, "ca": "ca.pem"}
+    assert load_spec(_write(tmp_path, "name: n\nima: {policy: none}\n")).disk.unlock == "tpm"
+    with pytest.raises(SpecError) as info:
+        load_spec(_write(tmp_path, "name: n\nima: {policy: none}\nfleet: {ca: ca.pem}\n"))
+    assert info.value.key == "fleet.ca" and "only used with fleet.url" in str(info.value)

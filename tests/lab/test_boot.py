@@ -389,3 +389,34 @@ def test_the_ima_key_cannot_approve_disk_policies(tmp_path):
                                 "policy_cert": "keys/ima.pem"}}, "spec.yaml", tmp_path)
     with pytest.raises(SpecError, match="disk.policy_key: is the IMA signing key"):
         buildmod._load_policy_key(spec, buildmod._load_keys(spec))
+
+
+def test_fleet_url_and_join_token_go_on_the_config_disk_only(tmp_path):
+    """--fleet-url and --fleet-join-token: fleet.json and fleet-token (0600) on the node's config disk."""
+    from obelisk.core.errors import InputError
+    from obelisk.image import fleet_node
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-join-token\n")
+    content = tmp_path / "content"
+    content.mkdir()
+    boot.write_fleet_config(content, boot.FleetProvision(url="https://10.0.2.100:8444", join_token=token))
+    boot.make_ext2_disk(tmp_path / "config.img", content, 4, "obelisk-config")
+    listing = subprocess.run(["debugfs", "-R", "stat /fleet-token", str(tmp_path / "config.img")],
+                             capture_output=True, text=True, check=True).stdout
+    assert "Mode:  0600" in listing
+    cat = subprocess.run(["debugfs", "-R", "cat /fleet.json", str(tmp_path / "config.img")],
+                         capture_output=True, check=True).stdout
+    assert fleet_node.parse(cat, "fleet.json") == fleet_node.FleetNode(url="https://10.0.2.100:8444",
+                                                                      join_token="fleet-token")
+    forward = boot.fleet_forward("https://10.0.2.100:8444")
+    assert forward is not None and (forward.guest_ip, forward.guest_port, forward.host_port) == (
+        "10.0.2.100", 8444, 8444)
+    for unreachable in ("https://fleet.example:8444", "https://10.0.2.2:8444", "https://192.168.1.1"):
+        assert boot.fleet_forward(unreachable) is None
+    with pytest.raises(InputError, match="--fleet-url"):
+        boot.write_fleet_config(tmp_path / "content", boot.FleetProvision(url="http://10.0.2.100:8444"))
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(InputError, match="empty"):
+        boot.write_fleet_config(tmp_path / "content", boot.FleetProvision(join_token=empty))

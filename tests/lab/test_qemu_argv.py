@@ -167,3 +167,19 @@ def test_obelisk_boot_argv(tmp_path, popen, monkeypatch, direct):
     expected = BOOT_ARGV if direct is None else DIRECT_KERNEL_ARGV
     assert popen[0][1:] == [a.format(out=out, run=run) for a in expected]
     assert node.qemu_pid == 4242 and (run / "qemu.pid").read_text() == "4242\n"
+
+
+def test_a_guest_forward_is_the_restricted_networks_only_way_out(tmp_path):
+    """QEMU's guestfwd runs socat for each connection the node opens to 10.0.2.100:8444; restrict=on stays."""
+    from obelisk.lab.qemu import GuestForward, PortForward, QemuRun
+
+    run = QemuRun(kernel=None, console=tmp_path / "serial.log", forwards=(PortForward(1234, "10.0.2.15", 8443),),
+                  guest_forwards=(GuestForward("10.0.2.100", 8444, 9000),))
+    argv = run.argv()
+    netdev = argv[argv.index("-netdev") + 1].split(",")
+    assert netdev[:3] == ["user", "id=n0", "restrict=on"]
+    assert netdev[3] == "hostfwd=tcp:127.0.0.1:1234-10.0.2.15:8443"
+    assert netdev[4] == f"guestfwd=tcp:10.0.2.100:8444-cmd:{tools.which('socat')} - TCP:127.0.0.1:9000"
+    # without a guest forward, the command line is the one pinned above
+    assert "guestfwd" not in ",".join(QemuRun(kernel=None, console=tmp_path / "s",
+                                              forwards=(PortForward(1, "10.0.2.15", 8443),)).argv())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 from obelisk.cli.common import add_output_options, emit_result
@@ -233,28 +232,16 @@ def _token(path: str) -> str:
 def _join(args: argparse.Namespace) -> int:
     import socket
 
-    from obelisk.fleet.client import FleetClient, FleetClientError, NodeAgent
+    from obelisk.fleet.client import FleetClient, NodeAgent
+    from obelisk.fleet.node import attest_forever
 
     agent = NodeAgent(FleetClient(args.url, args.ca), image=args.image, tcti=args.tcti,
                       event_log=args.eventlog or None, ima_log=args.ima, scan_root=args.scan_root,
                       token=_token(args.join_token) if args.join_token else "")
-    registered = agent.register(socket.gethostname())
-    print(f"obelisk fleet: registered as {registered['node']} ({registered['status']})", file=sys.stderr)
-    results: list[dict[str, Any]] = []
-    done = 0
-    while not args.rounds or done < args.rounds:
-        try:
-            result = agent.round()
-            results.append(result)
-            print(f"obelisk fleet: round: {result['status']} ({result['summary']})", file=sys.stderr)
-        except FleetClientError as exc:  # pending, or the service is away: try again next interval
-            print(f"obelisk fleet: {exc}", file=sys.stderr)
-            results.append({"error": str(exc)})
-        done += 1
-        if args.rounds and done >= args.rounds:
-            break
-        time.sleep(args.interval)
+    results = attest_forever(agent, args.interval, socket.gethostname(),
+                             lambda line: print(f"obelisk fleet: {line}", file=sys.stderr, flush=True),
+                             rounds=args.rounds)
     last = results[-1] if results else {}
-    return emit_result(args, {"node": registered["node"], "rounds": results},
+    return emit_result(args, {"node": agent.node, "rounds": results},
                        lambda d: f"node {d['node']}: {last.get('status', last.get('error', ''))}\n",
                        0 if last.get("passed") else 1)

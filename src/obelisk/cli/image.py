@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="developer shortcut: boot OUT's bzImage and initramfs with QEMU's -kernel instead of disk.raw "
                         "under UEFI; nothing measures them, so PCRs 4, 7 and 11 match no prediction and /var stays "
                         "locked")
+    b.add_argument("--fleet-url", metavar="URL",
+                   help="a new node's fleet service, written onto its config disk (overrides the image's fleet.url); "
+                        "https://10.0.2.100:PORT reaches a service on the host's 127.0.0.1:PORT")
+    b.add_argument("--fleet-join-token", metavar="FILE",
+                   help="a new node's join token, written onto its config disk (0600), never into the image")
     b.add_argument("--format", choices=("text", "json"), default=None)
     add_quiet(b)
     b.set_defaults(handler=_boot)
@@ -193,9 +198,13 @@ def _boot(args: argparse.Namespace) -> int:
 
         raise InputError("boot needs --ca and --ca-key (to issue this node's agent and client certificates)")
     rebooting = not args.fresh and boot.is_provisioned(run_dir)
+    fleet = None
+    if args.fleet_url or args.fleet_join_token:
+        fleet = boot.FleetProvision(url=args.fleet_url,
+                                    join_token=Path(args.fleet_join_token) if args.fleet_join_token else None)
     node = boot.boot(out, run_dir, ca=Path(args.ca), ca_key=Path(args.ca_key), port=args.port,
                      memory_mib=args.memory, timeout=args.timeout, fresh=args.fresh, quiet=args.quiet,
-                     direct_kernel=args.direct_kernel)
+                     direct_kernel=args.direct_kernel, fleet=fleet)
     result = {**node.to_json(), "rebooted": rebooting, "measured": not args.direct_kernel}
     if rebooting:
         from obelisk.image import manifest as mf

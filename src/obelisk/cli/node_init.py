@@ -4,20 +4,67 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+
+BOOT_EVENTS = "/run/obelisk/boot-events"
+
+
+def finish_boot(tcti: str, boot_events: str = BOOT_EVENTS) -> Callable[[], None]:
+    """The sysinit phase into PCR 11 (what obelisk-init's shell otherwise does after unlock-var) and its
+    line in the node's boot-phase log; obelisk-init skips its own extension when the line is there."""
+
+    def extend() -> None:
+        from obelisk.image import measure
+        from obelisk.tpm import device
+
+        digest = measure.phase_digest("sysinit")
+        device.extend_digest(tcti, measure.PCR, digest)
+        with open(boot_events, "a") as log:
+            log.write(f"{measure.PCR} sysinit {digest.hex()}\n")
+
+    return extend
+
+
+def fleet_key(tcti: str, wait: float, retry: float) -> Callable[[], bytes] | None:
+    """The fleet's part of /var's key (a round the service verifies), when this node has a fleet."""
+    import socket
+
+    from obelisk.fleet import node as fleet_node
+
+    found = fleet_node.settings()
+    if found is None:
+        return None
+
+    def ask() -> bytes:
+        agent = fleet_node.agent(found, fleet_node.image_identity(), tcti)
+        return fleet_node.release_key(agent, socket.gethostname(),
+                                      lambda line: print(f"obelisk: {line}", flush=True), wait=wait, retry=retry)
+
+    return ask
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="obelisk-node-init")
     sub = parser.add_subparsers(dest="command", required=True)
-    unlock = sub.add_parser("unlock-var", help="unlock the LUKS2 /var with the TPM and mount it")
+    unlock = sub.add_parser("unlock-var", help="unlock the LUKS2 /var with the TPM (and/or the fleet) and mount it")
     unlock.add_argument("--device", help="default: obelisk.var= on the kernel command line (a path or "
                                          "PARTLABEL=name), else /dev/vdb")
     unlock.add_argument("--mount", default="/var")
     unlock.add_argument("--tcti", default="device:/dev/tpmrm0")
+    unlock.add_argument("--fleet-wait", type=float, default=900, metavar="SECONDS",
+                        help="disk.unlock fleet: how long to wait for the service's key (approval, network)")
+    unlock.add_argument("--fleet-retry", type=float, default=10, metavar="SECONDS")
     args = parser.parse_args(argv)
+    from obelisk.core.errors import ObeliskError
     from obelisk.disk.unlock import unlock_or_tmpfs
 
-    return unlock_or_tmpfs(args.device, mountpoint=args.mount, tcti=args.tcti)
+    try:
+        ask = fleet_key(args.tcti, args.fleet_wait, args.fleet_retry)
+    except ObeliskError as exc:  # the fleet settings are unreadable: the TPM-only path may still work
+        print(f"obelisk: fleet settings: {exc}", flush=True)
+        ask = None
+    return unlock_or_tmpfs(args.device, mountpoint=args.mount, tcti=args.tcti, fleet_key=ask,
+                           finish_boot=finish_boot(args.tcti) if ask else None)
 
 
 if __name__ == "__main__":

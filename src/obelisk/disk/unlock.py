@@ -19,11 +19,18 @@ the exit status is 1: the node stays up so that the verifier can ask it why.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from obelisk.core import tools
 from obelisk.core.errors import ObeliskError
+
+if TYPE_CHECKING:
+    from obelisk.disk.recipe import VarRecipe
+    from obelisk.tpm.seal import Sealed
 
 MAPPING = "obelisk-var"
 SIGNED_POLICY = "/run/obelisk/tpm2-pcr-signature.json"  # the UKI's .pcrsig, copied by /init
@@ -95,11 +102,99 @@ def create_var(device: str, recipe_file: str, tcti: str) -> str:
     return "created LUKS2 /var (first boot)"
 
 
+FleetKey = Callable[[], bytes]  # the fleet's part of /var's key, after a round that verified; raises if refused
+FinishBoot = Callable[[], None]  # extends PCR 11 with the sysinit phase (then nothing here unseals again)
+KEY_INFO = b"obelisk var key/1 "  # HKDF info, followed by the unlock mode
+
+
+def derived_key(unlock: str, tpm_part: bytes | None, fleet_part: bytes) -> bytes:
+    """The LUKS2 passphrase of a fleet-unlocked /var: HKDF-SHA256 over the parts the mode names.
+
+    tpm+fleet needs both parts: LUKS2 keyslots are alternatives (any one opens the volume), so two
+    keyslots could not require two secrets; one keyslot whose passphrase is derived from both does,
+    and knowing either part alone says nothing about it. HKDF rather than XOR: the parts differ in
+    length and form (the TPM's is the base64 text systemd-cryptenroll uses), and the mode is bound in.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    if unlock not in ("fleet", "tpm+fleet") or (tpm_part is None) != (unlock == "fleet"):
+        raise ValueError(f"unlock {unlock}: wrong parts")
+    if len(fleet_part) != 32:
+        raise ObeliskError(f"the fleet's key part is {len(fleet_part)} bytes, not 32")
+    material = (tpm_part or b"") + fleet_part
+    okm = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=KEY_INFO + unlock.encode()).derive(material)
+    return base64.b64encode(okm)
+
+
+def unlock_var_with_fleet(device: str, recipe: VarRecipe, *, fleet_key: FleetKey, finish_boot: FinishBoot,
+                          tcti: str, policy_file: str = SIGNED_POLICY) -> str:
+    """disk.unlock fleet | tpm+fleet: open (first boot: create) `device` as /dev/mapper/MAPPING.
+
+    Order: the TPM part is unsealed (or, at first boot, made and sealed) while PCR 11 is still at
+    leave-initrd; then the sysinit phase goes into PCR 11, so the quote the service checks is the
+    whole boot the build predicted, and nothing on this node can unseal again; only then is the
+    service asked, in a round over its fresh nonce. A refused round formats nothing.
+    """
+    from obelisk.disk import volume as disk
+    from obelisk.disk.token import Token
+
+    new = not disk.is_luks(device)
+    if new and not is_blank(device):
+        raise ObeliskError(f"{device} is not a LUKS2 volume and not blank (the image expects an encrypted "
+                           "/var; it formats only a partition whose first MiB is zeros)")
+    tpm_part: bytes | None = None
+    sealed = None
+    keyslot: int | None = None
+    if recipe.uses_tpm:
+        if new:
+            tpm_part = disk.new_tpm_key()
+            sealed = _seal_as_recipe(tpm_part, recipe, tcti)
+        else:
+            found = disk.tokens(device)
+            key = found[-1].sealed.authorize_key if found else None
+            token, tpm_part = disk.unseal_key(device, tcti, signed_policies(policy_file, key))
+            keyslot = token.keyslot
+    finish_boot()
+    passphrase = derived_key(recipe.unlock, tpm_part, fleet_key())
+    if new:
+        disk.create(device, passphrase)
+        keyslot = 0
+        if sealed is not None:
+            disk.import_token(device, Token(keyslot=0, sealed=sealed))
+    disk.open_with_key(device, passphrase, name=MAPPING, keyslot=keyslot)
+    what = "the TPM and the fleet service" if recipe.uses_tpm else "the fleet service"
+    return f"{'created LUKS2 /var (first boot); ' if new else ''}/var unlocked by {what} (keyslot {keyslot})"
+
+
+def _seal_as_recipe(secret: bytes, recipe: VarRecipe, tcti: str) -> Sealed:
+    """Seal `secret` as /etc/obelisk/var-seal.json says (as create_var does for the TPM-only volume)."""
+    from obelisk.tpm import seal as sealmod
+
+    if recipe.policy_key:
+        return sealmod.seal(secret, recipe.signed_pcrs, tcti, authorize_key=recipe.policy_key,
+                            bound=dict(recipe.bound))
+    return sealmod.seal(secret, [*recipe.bound, *recipe.bound_at_first_boot], tcti, values=dict(recipe.bound))
+
+
 def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/dev/tpmrm0",
-               policy_file: str = SIGNED_POLICY, recipe_file: str | None = None) -> str:
+               policy_file: str = SIGNED_POLICY, recipe_file: str | None = None,
+               fleet_key: FleetKey | None = None, finish_boot: FinishBoot | None = None) -> str:
     from obelisk.disk import recipe as recipemod
     from obelisk.disk import volume as disk
 
+    recipe_path = recipe_file or recipemod.PATH
+    recipe = None
+    if os.path.exists(recipe_path):
+        with open(recipe_path, "rb") as handle:
+            recipe = recipemod.parse(handle.read(64 * 1024), recipe_path)
+    if recipe is not None and recipe.uses_fleet:
+        if fleet_key is None or finish_boot is None:
+            raise ObeliskError(f"the image unlocks /var with the fleet service (disk.unlock {recipe.unlock}) "
+                               "but this node has no fleet configured (fleet.url)")
+        how = unlock_var_with_fleet(device, recipe, fleet_key=fleet_key, finish_boot=finish_boot, tcti=tcti,
+                                    policy_file=policy_file)
+        return how + _mount_var(mountpoint)
     created = ""
     if not disk.is_luks(device):
         # the image says /var is encrypted: only a never-used partition becomes one; anything else
@@ -111,17 +206,21 @@ def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/de
     token = disk.tokens(device)[0] if disk.tokens(device) else None
     key = token.sealed.authorize_key if token else None
     token = disk.unlock(device, tcti, name=MAPPING, extra_policies=signed_policies(policy_file, key))
+    pcrs = ",".join(str(p) for p in token.sealed.pcrs)
+    how = "customer-signed policy" if token.sealed.authorize_key else "PCRs"
+    bound = "".join(f" + PCR {p} by value" for p in sorted(token.sealed.bound))
+    return f"{created}/var unlocked by the TPM (keyslot {token.keyslot}, {how} {pcrs}{bound})" + _mount_var(mountpoint)
+
+
+def _mount_var(mountpoint: str) -> str:
+    """ext4 on the opened volume (made at first use), mounted at `mountpoint`; the text to add to the report."""
     mapped = f"/dev/mapper/{MAPPING}"
     fresh = not has_ext_filesystem(mapped)
     if fresh:
         # ext4: journalled, so a power cut leaves the node's state consistent without an fsck
         tools.run("mke2fs", ["-q", "-t", "ext4", "-L", "obelisk-var", mapped])
     mount(mapped, mountpoint, "ext4")
-    pcrs = ",".join(str(p) for p in token.sealed.pcrs)
-    how = "customer-signed policy" if token.sealed.authorize_key else "PCRs"
-    bound = "".join(f" + PCR {p} by value" for p in sorted(token.sealed.bound))
-    return (f"{created}/var unlocked by the TPM (keyslot {token.keyslot}, {how} {pcrs}{bound})"
-            f"{', new filesystem' if fresh else ''}")
+    return ", new filesystem" if fresh else ""
 
 
 def var_device_from_cmdline(default: str = "/dev/vdb") -> str:
@@ -153,15 +252,19 @@ def resolve_partlabel(spec: str, sysfs: str = "/sys/class/block") -> str:
     return found[0]
 
 
-def unlock_or_tmpfs(device: str | None, *, mountpoint: str = "/var", tcti: str = "device:/dev/tpmrm0") -> int:
+def unlock_or_tmpfs(device: str | None, *, mountpoint: str = "/var", tcti: str = "device:/dev/tpmrm0",
+                    fleet_key: FleetKey | None = None, finish_boot: FinishBoot | None = None) -> int:
     """Unlock and mount /var (`device`, else the command line's), or mount a tmpfs there and say why
     on the console (exit status 1)."""
     try:
         device = device or var_device_from_cmdline()
-        print(f"obelisk: {unlock_var(device, mountpoint=mountpoint, tcti=tcti)}", flush=True)
+        how = unlock_var(device, mountpoint=mountpoint, tcti=tcti, fleet_key=fleet_key, finish_boot=finish_boot)
+        print(f"obelisk: {how}", flush=True)
         return 0
-    except (ObeliskError, OSError) as exc:
-        print(f"obelisk: FATAL: /var stays locked: {exc}; /var is a tmpfs", flush=True)
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong (a library on the node too), /var must not
+        # stay the read-only root's directory: say why and make it a tmpfs
+        reason = str(exc) if isinstance(exc, (ObeliskError, OSError)) else f"{type(exc).__name__}: {exc}"
+        print(f"obelisk: FATAL: /var stays locked: {reason}; /var is a tmpfs", flush=True)
         try:
             mount("tmpfs", mountpoint, "tmpfs", data="mode=0755")
         except OSError as mount_exc:

@@ -24,7 +24,7 @@ import json
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from obelisk.core import tools
@@ -113,6 +113,11 @@ def _import_token(device: str, token: Token) -> None:
         _cryptsetup(["token", "import", "--json-file", _fd_path(fd), device], fds=(fd,))
 
 
+def import_token(device: str, token: Token) -> None:
+    """Store `token` (public data: the sealed blob and the keyslot it opens) in the volume's header."""
+    _import_token(device, token)
+
+
 def test_key(device: str, key: bytes, slot: int | None = None) -> bool:
     args = ["open", "--test-passphrase", "--batch-mode"]
     if slot is not None:
@@ -155,8 +160,11 @@ class Enrolled:
 def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existing_key: bytes | None = None,
            format_volume: bool = False, values: dict[int, bytes] | None = None,
            policy_key: bytes | None = None, bound: dict[int, bytes] | None = None,
-           recovery: bool = True) -> Enrolled:
-    """Give `device` a TPM-sealed keyslot and (by default) a recovery keyslot."""
+           recovery: bool = True, derive: Callable[[bytes], bytes] | None = None) -> Enrolled:
+    """Give `device` a TPM-sealed keyslot and (by default) a recovery keyslot.
+
+    `derive` (with `format_volume` only): the keyslot's passphrase is derive(sealed secret), not the
+    secret itself; disk.unlock tpm+fleet mixes in the fleet's part this way, so the TPM alone cannot open it."""
     if not os.path.exists(device):
         raise InputError("no such file or device", source=device)
     formatted = False
@@ -165,10 +173,11 @@ def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existin
             raise InputError("not a LUKS2 volume; pass --format-volume to create one (destroys its contents)",
                              source=device)
         bootstrap = new_tpm_key()
-        with _pipes(bootstrap) as (fd,):
-            _cryptsetup(["luksFormat", "--type", "luks2", "--batch-mode", *_FAST_KDF, "--key-slot", "0",
-                         "--key-file", _fd_path(fd), device], fds=(fd,))
-        existing_key, formatted = bootstrap, True
+        passphrase = derive(bootstrap) if derive is not None else bootstrap
+        _format(device, passphrase)
+        existing_key, formatted = passphrase, True
+    elif derive is not None:
+        raise InputError("a derived keyslot is made only when formatting", source=device)
     elif existing_key is None:
         raise InputError("the volume already has keys: give one of them with --key-file", source=device)
     elif format_volume:
@@ -181,7 +190,7 @@ def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existin
         raise InputError("--key-file does not open any keyslot", source=device)
 
     if formatted:  # the bootstrap key becomes the TPM key: same secret, no extra slot
-        tpm_key, tpm_slot = existing_key, 0
+        tpm_key, tpm_slot = bootstrap, 0
     else:
         tpm_key, tpm_slot = new_tpm_key(), _free_slot(meta)
     # seal first: if the TPM refuses, the volume is unchanged
@@ -214,18 +223,39 @@ def unseal_key(device: str, tcti: str | None = None,
 
 
 def unlock(device: str, tcti: str | None = None, *, name: str | None = None, test: bool = False,
-           extra_policies: Sequence[sealmod.SignedPolicy] = ()) -> Token:
-    """Unseal the key and open the volume (or, with `test`, prove it opens its keyslot)."""
+           extra_policies: Sequence[sealmod.SignedPolicy] = (),
+           derive: Callable[[bytes], bytes] | None = None) -> Token:
+    """Unseal the key and open the volume (or, with `test`, prove it opens its keyslot); `derive` as in enroll."""
     token, key = unseal_key(device, tcti, extra_policies)
-    if test:
-        if not test_key(device, key, token.keyslot):
-            raise UnlockError(f"{device}: the unsealed key does not open keyslot {token.keyslot}")
-        return token
-    target = name or "obelisk-" + os.path.basename(device).replace("/", "-")
-    with _pipes(key) as (fd,):
-        _cryptsetup(["open", "--type", "luks2", "--key-slot", str(token.keyslot), "--key-file", _fd_path(fd),
-                     device, target], fds=(fd,))
+    open_with_key(device, derive(key) if derive is not None else key, name=name, test=test, keyslot=token.keyslot)
     return token
+
+
+def _format(device: str, passphrase: bytes) -> None:
+    with _pipes(passphrase) as (fd,):
+        _cryptsetup(["luksFormat", "--type", "luks2", "--batch-mode", *_FAST_KDF, "--key-slot", "0",
+                     "--key-file", _fd_path(fd), device], fds=(fd,))
+
+
+def create(device: str, passphrase: bytes) -> None:
+    """A new LUKS2 volume whose keyslot 0 opens with `passphrase` (disk.unlock fleet: the service's key)."""
+    if is_luks(device):
+        raise InputError("already a LUKS2 volume: formatting refused, it would destroy the data", source=device)
+    _format(device, passphrase)
+
+
+def open_with_key(device: str, passphrase: bytes, *, name: str | None = None, test: bool = False,
+                  keyslot: int | None = None) -> None:
+    """Open the volume with `passphrase` as /dev/mapper/`name` (or, with `test`, only prove that it opens)."""
+    slot = ["--key-slot", str(keyslot)] if keyslot is not None else []
+    if test:
+        if not test_key(device, passphrase, keyslot):
+            where = f"keyslot {keyslot}" if keyslot is not None else "any keyslot"
+            raise UnlockError(f"{device}: the key does not open {where}")
+        return
+    target = name or "obelisk-" + os.path.basename(device).replace("/", "-")
+    with _pipes(passphrase) as (fd,):
+        _cryptsetup(["open", "--type", "luks2", *slot, "--key-file", _fd_path(fd), device, target], fds=(fd,))
 
 
 def reseal(device: str, tcti: str | None = None, *, pcrs: Sequence[int] | None = None,

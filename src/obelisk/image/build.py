@@ -263,11 +263,15 @@ def var_recipe(plan: Plan) -> bytes | None:
         return None
     from obelisk.disk import recipe
 
+    unlock = plan.spec.disk.unlock
+    if unlock == "fleet":  # nothing sealed on the node: the service's key alone opens /var
+        return recipe.serialize(recipe.VarRecipe(policy_key=None, unlock=unlock))
     bound = {7: plan.secure_boot.pcr7.value} if plan.secure_boot else {}
     if plan.policy_signer is not None:
         return recipe.serialize(recipe.VarRecipe(policy_key=_public_der(plan.policy_signer.cert),
-                                                 signed_pcrs=(measure.PCR,), bound=bound))
-    return recipe.serialize(recipe.VarRecipe(policy_key=None, bound=bound, bound_at_first_boot=(measure.PCR,)))
+                                                 signed_pcrs=(measure.PCR,), bound=bound, unlock=unlock))
+    return recipe.serialize(recipe.VarRecipe(policy_key=None, bound=bound, bound_at_first_boot=(measure.PCR,),
+                                             unlock=unlock))
 
 
 def _public_der(cert: x509.Certificate) -> bytes:
@@ -306,6 +310,7 @@ def preflight(spec: Spec) -> Plan:
         for tool in ("veritysetup", "sfdisk", "mkfs.vfat", "mcopy"):
             tools.which(tool)
     k8s_files, k8s_modes = _render_kubernetes(spec)
+    fleet_files(spec)  # fleet.ca readable and a certificate, before any work
     return Plan(spec=spec, keys=keys, busybox=Path(tools.which("busybox")), ima_policy=_render_policy(spec),
                 kubernetes_files=k8s_files, kubernetes_modes=k8s_modes, policy_signer=policy_signer,
                 secure_boot=_secure_boot(spec))
@@ -360,8 +365,32 @@ def node_files(plan: Plan) -> list[rootfs.ExtraFile]:
     recipe = var_recipe(plan)
     if recipe is not None:
         files.append(rootfs.ExtraFile("etc/obelisk/var-seal.json", recipe))
+    files.extend(fleet_files(spec))
     files.append(rootfs.ExtraFile("opt/kubernetes/README", KUBERNETES_README.encode()))
     files.extend(plan.kubernetes_files)
+    return files
+
+
+def fleet_files(spec: Spec) -> list[rootfs.ExtraFile]:
+    """/etc/obelisk/fleet.json (and fleet.ca) on the signed root: where the node reports and whom it trusts.
+    The join token is not here: it is a secret, provisioned on the node's config disk."""
+    if not spec.fleet.url:
+        return []
+    from obelisk.image import fleet_node
+
+    files = []
+    ca = fleet_node.DEFAULT_CA
+    if spec.fleet.ca:
+        from obelisk.signer.keys import load_certificate
+
+        try:
+            pem = load_certificate(spec.fleet.ca).public_bytes(serialization.Encoding.PEM)
+        except InputError as exc:
+            raise SpecError(spec.source, "fleet.ca", str(exc)) from None
+        files.append(rootfs.ExtraFile(fleet_node.CA_PATH.lstrip("/"), pem))
+        ca = fleet_node.CA_PATH
+    files.append(rootfs.ExtraFile(fleet_node.IMAGE_PATH.lstrip("/"), fleet_node.serialize(
+        fleet_node.FleetNode(url=spec.fleet.url, interval=spec.fleet.interval, ca=ca))))
     return files
 
 

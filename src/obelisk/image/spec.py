@@ -20,12 +20,14 @@ from typing import Any
 
 from obelisk.core.errors import InputError
 from obelisk.core.yamlsafe import load_yaml_file
+from obelisk.image.fleet_node import FLEET_URL
 
 IMA_POLICIES = ("appraise-rootfs", "appraise-all", "measure-only", "custom", "none")
 APPRAISING = ("appraise-rootfs", "appraise-all")
 ROOTFS_BASES = ("busybox", "debian", "directory", "tarball")
 K8S_ROLES = ("none", "worker", "control-plane")
 HASHES = ("sha256", "sha384", "sha512")
+UNLOCK_MODES = ("tpm", "fleet", "tpm+fleet")  # where /var's key comes from (disk/unlock.py)
 # What the node runs to unlock an encrypted /var (image/node_init.py): TPM library, cryptsetup, mke2fs.
 ENCRYPTION_PACKAGES = ("python3-tpm2-pytss", "cryptsetup-bin", "e2fsprogs")
 
@@ -257,6 +259,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("disk", "policy_cert", FILE, max_bytes=SMALL_FILE,
                help="Certificate of disk.policy_key, issued by signing.ca.",
             example="keys/disk-policy.pem"),
+    Setting("disk", "unlock", STR, "tpm", choices=UNLOCK_MODES,
+            help="Where /var's key comes from. tpm: sealed in the node's TPM (disk.policy). fleet: released by "
+                 "the fleet service (fleet.url) only after a round whose quote over a fresh nonce verified against "
+                 "this build's manifest; nothing on the node opens /var alone. tpm+fleet: both: the LUKS2 key is "
+                 "derived (HKDF-SHA256) from the TPM-sealed part and the service's part, so neither a stolen disk "
+                 "with its TPM nor the service alone opens /var."),
     Setting("disk", "size_mib", INT, 64, minimum=32, maximum=MAX_DISK_MIB,
                help="Size of the /var partition in disk.raw (the node creates its filesystem at first boot)."),
     Setting("secure_boot", "enabled", BOOL, False,
@@ -274,6 +282,19 @@ SETTINGS: tuple[Setting, ...] = (
             help="Certificate of secure_boot.db_key, issued by signing.ca; enrolled in db.", example="keys/db.pem"),
     Setting("agent", "port", INT, 8443, minimum=1, maximum=65535,
                help="TCP port of the node agent (HTTPS, mutual TLS)."),
+    Setting("fleet", "url", STR,
+            help="The fleet service (`obelisk fleet serve`) the node registers with at boot and attests to every "
+                 "fleet.interval seconds, connecting out only (https://HOST:PORT). The join token is a secret and "
+                 "never goes into the image: it is provisioned on the node's config disk "
+                 "(`obelisk boot --fleet-join-token FILE`), which may also override this URL.",
+            example="https://fleet.example:8444"),
+    Setting("fleet", "interval", INT, 60, minimum=5, maximum=86400,
+            help="Seconds between the node's attestation rounds (the service marks a node unreachable after "
+                 "three missed rounds of its own --interval)."),
+    Setting("fleet", "ca", FILE, max_bytes=SMALL_FILE,
+            help="CA the fleet service's TLS certificate must chain to; default signing.ca. Installed on the "
+                 "signed root, so a changed config disk can redirect the node but not make it trust another "
+                 "service.", example="keys/ca.crt"),
 )
 
 SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))
@@ -303,6 +324,7 @@ class Spec:
     disk: Any
     agent: Any
     secure_boot: Any = None
+    fleet: Any = None
     source: str = ""  # the spec file it came from
     base_dir: str = ""  # relative paths were resolved against this
 
@@ -368,6 +390,21 @@ RULES: tuple[Rule, ...] = (
     Rule("rootfs.packages", "disk.encryption needs " + ", ".join(ENCRYPTION_PACKAGES) + " in the node's userland",
          lambda s: s.disk.encryption and s.rootfs.base == "debian"
          and not set(ENCRYPTION_PACKAGES) <= set(s.rootfs.packages)),
+    Rule("disk.unlock", "fleet and tpm+fleet unlock an encrypted /var: they need disk.encryption: true",
+         lambda s: s.disk.unlock != "tpm" and not s.disk.encryption),
+    Rule("disk.unlock", "fleet and tpm+fleet need fleet.url (where the node asks for its /var key)",
+         lambda s: s.disk.unlock != "tpm" and not s.fleet.url),
+    Rule("fleet.url", "expected https://HOST[:PORT] (the node speaks HTTPS only)",
+         lambda s: bool(s.fleet.url) and not re.fullmatch(FLEET_URL, s.fleet.url)),
+    Rule("fleet.url", "the node proves itself to the fleet with its TPM: needs tpm.enabled: true",
+         lambda s: bool(s.fleet.url) and not s.tpm.enabled),
+    Rule("fleet.url", "the busybox userland cannot run the fleet client (no Python TPM library): use rootfs.base "
+         "debian with python3-tpm2-pytss", lambda s: bool(s.fleet.url) and s.rootfs.base == "busybox"),
+    Rule("rootfs.packages", "fleet.url needs python3-tpm2-pytss in the node's userland (the fleet client)",
+         lambda s: bool(s.fleet.url) and s.rootfs.base == "debian" and "python3-tpm2-pytss" not in s.rootfs.packages),
+    Rule("fleet.ca", "fleet.url needs fleet.ca or signing.ca (the service's certificate must chain to one)",
+         lambda s: bool(s.fleet.url) and not (s.fleet.ca or s.signing.ca)),
+    Rule("fleet.ca", "only used with fleet.url", lambda s: bool(s.fleet.ca) and not s.fleet.url),
     Rule("rootfs.path", "rootfs.base directory|tarball needs rootfs.path",
          lambda s: s.rootfs.base in ("directory", "tarball") and not s.rootfs.path),
     Rule("rootfs.path", "only used with rootfs.base directory|tarball",

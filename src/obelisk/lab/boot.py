@@ -15,10 +15,16 @@ The run directory holds everything this node instance owns:
                     the node made its /var on at first boot (kept across reboots and new images)
     ovmf-vars.fd    the node's UEFI variables (NVRAM), first copied from OUT/ovmf-vars.fd
     config.img      the node's config disk (ext2, mounted read-only at /run/obelisk/config):
-                    the agent's TLS key and certificate, the client CA, agent.json
+                    the agent's TLS key and certificate, the client CA, agent.json, and with
+                    --fleet-url / --fleet-join-token the node's fleet.json and fleet-token (0600)
+    fleet-url       the fleet URL the node was provisioned with (not secret), for its forward
     client.pem/.key a verifier client certificate issued by the customer CA
     serial.log      the console
     qemu.pid, swtpm.pid, boot.json
+
+A node reaches a fleet service through one forward: `--fleet-url https://10.0.2.100:PORT` (any
+address of QEMU's user network other than the node's, 10.0.2.2 and 10.0.2.3) connects to the
+service listening on the host's 127.0.0.1:PORT; the network stays restricted otherwise.
 
 Provisioning happens here, on the host, as a cloud would do it: the agent's TLS key is generated
 for this node and written onto its config disk, never into the image; the EK and AK are made in
@@ -44,7 +50,7 @@ from obelisk.core import atomic, tools
 from obelisk.core.errors import InputError, ObeliskError
 from obelisk.core.progress import progress
 from obelisk.lab import qemu as qemu_launcher
-from obelisk.lab.qemu import Drive, Firmware, PortForward, QemuRun
+from obelisk.lab.qemu import Drive, Firmware, GuestForward, PortForward, QemuRun
 from obelisk.tpm.swtpm import start_for_qemu
 
 if TYPE_CHECKING:
@@ -53,6 +59,33 @@ if TYPE_CHECKING:
 
 AGENT_GUEST_PORT = 8443
 GUEST_IP = "10.0.2.15"
+USER_NET_RESERVED = ("10.0.2.2", "10.0.2.3", GUEST_IP)  # QEMU's gateway, DNS and the node
+FLEET_URL_FILE = "fleet-url"
+
+
+@dataclass(frozen=True)
+class FleetProvision:
+    """What `obelisk boot` writes onto a new node's config disk for its fleet client."""
+
+    url: str | None = None  # overrides the image's fleet.url
+    join_token: Path | None = None  # a file holding the join token (a secret: config disk only, 0600)
+
+
+def fleet_forward(url: str) -> GuestForward | None:
+    """The forward that takes the node's connections to `url` to the host's 127.0.0.1 at the same port,
+    when `url` names an address of QEMU's user network; None for any other address (unreachable from
+    the restricted network)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        address = ipaddress.ip_address(parts.hostname or "")
+    except ValueError:
+        return None
+    if address not in ipaddress.ip_network("10.0.2.0/24") or str(address) in USER_NET_RESERVED:
+        return None
+    return GuestForward(str(address), parts.port or 443, parts.port or 443)
 
 
 class BootError(ObeliskError):
@@ -97,7 +130,8 @@ def make_ext2_disk(path: Path, content: Path, size_mib: int, label: str) -> None
                          "-d", content, path, f"{size_mib}M"])
 
 
-def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manifest, port: int) -> dict:
+def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manifest, port: int,
+              fleet: FleetProvision | None = None) -> dict:
     """TLS material, the /var disk and the TPM's EK/AK for a fresh node in run_dir."""
     from obelisk.attest import akrecord
     from obelisk.attest.agent_certs import issue
@@ -117,6 +151,10 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manife
               "tcti": "device:/dev/tpmrm0", "image": manifest.image.name,
               "event_log": "/sys/kernel/security/tpm0/binary_bios_measurements", "scan_root": "/"}
     (lib / "agent.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    if fleet is not None:
+        write_fleet_config(lib, fleet)
+        if fleet.url:
+            atomic.write_text(run_dir / FLEET_URL_FILE, fleet.url + "\n")
     make_ext2_disk(run_dir / "config.img", var, 4, "obelisk-config")
     os.chmod(run_dir / "config.img", 0o600)  # it holds the agent's private key
     for p in sorted(var.rglob("*"), reverse=True):  # the key now lives only on the node's disk
@@ -130,6 +168,28 @@ def provision(out: Path, run_dir: Path, ca: Path, ca_key: Path, manifest: Manife
     record = akrecord.from_public(info.public, ek_public=info.ek_public, activated=True, source="ak.json")
     atomic.write_text(run_dir / "ak.json", akrecord.serialize(record))
     return {"client_cert": client.cert, "client_key": client.key, "port": port}
+
+
+def write_fleet_config(config_dir: Path, fleet: FleetProvision) -> None:
+    """fleet.json (the URL, the token's file name) and fleet-token (0600) for the node's config disk."""
+    from obelisk.core.inputs import read_bounded
+    from obelisk.image import fleet_node
+
+    token_name = None
+    if fleet.join_token is not None:
+        token = read_bounded(str(fleet.join_token), "join token", 4096).strip()
+        if not token:
+            raise InputError("the join token file is empty", source=str(fleet.join_token))
+        token_name = fleet_node.TOKEN_NAME
+        path = config_dir / token_name
+        path.touch(mode=0o600)
+        os.chmod(path, 0o600)
+        path.write_bytes(token + b"\n")
+    try:
+        record = fleet_node.FleetNode(url=fleet.url, join_token=token_name)
+    except ValueError as exc:
+        raise InputError(f"--fleet-url: {exc}") from None
+    (config_dir / fleet_node.CONFIG_NAME).write_bytes(fleet_node.serialize(record))
 
 
 def _start_swtpm(run_dir: Path) -> subprocess.Popen[bytes]:
@@ -198,17 +258,28 @@ def install_image(out: Path, run_dir: Path, manifest: Manifest) -> None:
         os.fsync(dst.fileno())
 
 
-def qemu_run(out: Path, run_dir: Path, port: int, memory_mib: int, *, direct_kernel: str | None = None) -> QemuRun:
+def qemu_run(out: Path, run_dir: Path, port: int, memory_mib: int, *, direct_kernel: str | None = None,
+             fleet: GuestForward | None = None) -> QemuRun:
     """The node's QEMU: UEFI (OVMF) booting the node's disk, its config disk and TPM; the network
     restricted to the agent's port, forwarded to 127.0.0.1:`port`. `direct_kernel` (a command line)
     boots OUT's bzImage and initramfs instead of the firmware: unmeasured."""
     drives = (Drive(run_dir / DISK_IMAGE, readonly=False), Drive(run_dir / "config.img"))
     common: dict[str, Any] = {"console": run_dir / "serial.log", "tpm_socket": run_dir / "swtpm.sock",
                               "memory_mib": memory_mib, "drives": drives,
-                              "forwards": (PortForward(port, GUEST_IP, AGENT_GUEST_PORT),), "rng": True}
+                              "forwards": (PortForward(port, GUEST_IP, AGENT_GUEST_PORT),),
+                              "guest_forwards": (fleet,) if fleet else (), "rng": True}
     if direct_kernel is not None:
         return QemuRun(kernel=out / "bzImage", initramfs=out / "initramfs.cpio", cmdline=direct_kernel, **common)
     return QemuRun(kernel=None, firmware=Firmware(run_dir / VARIABLES), **common)
+
+
+def provisioned_fleet_url(run_dir: Path) -> str | None:
+    """The fleet URL on the node's config disk (kept beside it: not a secret). The image's own fleet.url
+    gets no forward: under the lab's restricted network a node reaches a service only as `--fleet-url`."""
+    try:
+        return (run_dir / FLEET_URL_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def wait_for_agent(url: str, ca: Path, cert: Path, key: Path, qemu: subprocess.Popen[bytes], serial: Path,
@@ -327,10 +398,11 @@ def var_sealed_for(run_dir: Path, manifest: Manifest, policy_key: bytes | None =
 
 def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None = None, memory_mib: int = 768,
          timeout: float = 300, extra_cmdline: tuple[str, ...] = (), fresh: bool = False, quiet: bool = True,
-         direct_kernel: bool = False) -> BootedNode:
+         direct_kernel: bool = False, fleet: FleetProvision | None = None) -> BootedNode:
     """Boot `out` as the node of `run_dir`: a provisioned run directory boots again with its TPM, disk
     and certificates (a reboot); an empty one, or `fresh`, is provisioned first (a new node).
-    `direct_kernel` is the unmeasured developer shortcut, with `extra_cmdline` appended."""
+    `direct_kernel` is the unmeasured developer shortcut, with `extra_cmdline` appended. `fleet` goes onto
+    a new node's config disk (a provisioned node keeps the one it has: refused unless `fresh`)."""
     from obelisk.image import manifest as manifestmod
 
     needed = ("bzImage", "initramfs.cpio", "manifest.json") if direct_kernel else (DISK_IMAGE, "manifest.json")
@@ -340,7 +412,14 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
                              "(kernel.image or kernel.source in the spec)", source=str(out))
     if extra_cmdline and not direct_kernel:
         raise InputError("extra kernel command-line words need --direct-kernel: the UKI's command line is signed")
-    for tool in ("qemu-system-x86_64", "swtpm", "mke2fs"):
+    if fleet is not None and fleet.url and fleet_forward(fleet.url) is None:
+        raise InputError(f"--fleet-url {fleet.url}: the node's restricted network reaches the host only through "
+                         "an address of QEMU's user network, e.g. https://10.0.2.100:PORT for a service on the "
+                         "host's 127.0.0.1:PORT")
+    if fleet is not None and not (fresh or not is_provisioned(run_dir)):
+        raise InputError("--fleet-url and --fleet-join-token go onto a new node's config disk: add --fresh "
+                         "(this run directory holds a provisioned node)")
+    for tool in ("qemu-system-x86_64", "swtpm", "mke2fs", *(("socat",) if fleet and fleet.url else ())):
         tools.which(tool)
     m = manifestmod.load(out / "manifest.json")
     if not direct_kernel:
@@ -348,21 +427,22 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
     port = port or free_port()
     line = kernel_cmdline(m, extra_cmdline) if direct_kernel else None
     with progress("booting node", total=3, quiet=quiet) as bar:
-        return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, line, fresh, bar)
+        return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, line, fresh, bar, fleet)
 
 
 def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: int, memory_mib: int,
-          timeout: float, direct_kernel: str | None, fresh: bool, bar: Any) -> BootedNode:
+          timeout: float, direct_kernel: str | None, fresh: bool, bar: Any,
+          fleet: FleetProvision | None = None) -> BootedNode:
     new_node = fresh or not is_provisioned(run_dir)
     bar.stage("provisioning (certificates, EK/AK, disk)" if new_node else "rebooting a provisioned node")
     if new_node:
-        for name in PROVISIONED + ("var.img", "var-recovery.key"):
+        for name in PROVISIONED + ("var.img", "var-recovery.key", FLEET_URL_FILE):
             target = run_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
-        info = provision(out, run_dir, ca, ca_key, m, port)
+        info = provision(out, run_dir, ca, ca_key, m, port, fleet)
     else:
         client = reader_client(run_dir, ca, ca_key)
         info = {"client_cert": client.cert, "client_key": client.key, "port": port}
@@ -372,7 +452,10 @@ def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: i
     swtpm = _start_swtpm(run_dir)
     serial = run_dir / "serial.log"
     serial.unlink(missing_ok=True)
-    qemu = qemu_launcher.start(qemu_run(out, run_dir, port, memory_mib, direct_kernel=direct_kernel),
+    url = provisioned_fleet_url(run_dir)
+    forward = fleet_forward(url) if url else None
+    qemu = qemu_launcher.start(qemu_run(out, run_dir, port, memory_mib, direct_kernel=direct_kernel,
+                                        fleet=forward),
                                stderr=run_dir / "qemu.log", accel=os.environ.get("OBELISK_QEMU_ACCEL"), detach=True)
     (run_dir / "qemu.pid").write_text(f"{qemu.pid}\n")
     (run_dir / "swtpm.pid").write_text(f"{swtpm.pid}\n")

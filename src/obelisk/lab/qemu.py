@@ -92,10 +92,27 @@ class PortForward:
 
 
 @dataclass(frozen=True)
+class GuestForward:
+    """Connections the guest opens to guest_ip:guest_port reach host_ip:host_port on the host (user
+    networking's guestfwd, one socat per connection). `restrict=on` still holds for everything else:
+    this is the only way out, as a node behind NAT reaches its fleet service and nothing more."""
+
+    guest_ip: str
+    guest_port: int
+    host_port: int
+    host_ip: str = "127.0.0.1"
+
+    def arg(self) -> str:
+        return (f"guestfwd=tcp:{self.guest_ip}:{self.guest_port}-cmd:{tools.which('socat')} - "
+                f"TCP:{self.host_ip}:{self.host_port}")
+
+
+@dataclass(frozen=True)
 class QemuRun:
     """One guest: q35, one CPU, no default devices, the serial console written to `console`.
 
-    `forwards` adds a user-mode network restricted to those forwarded ports (virtio-net); `rng` a
+    `forwards` adds a user-mode network restricted to those forwarded ports (virtio-net), and
+    `guest_forwards` the guest's only ways out of it; `rng` a
     virtio RNG; `tpm_socket` a TIS TPM backed by the swtpm listening there.
     """
 
@@ -107,6 +124,7 @@ class QemuRun:
     memory_mib: int = 512
     drives: tuple[Drive | Path, ...] = ()  # a bare Path is a read-only drive
     forwards: tuple[PortForward, ...] = ()
+    guest_forwards: tuple[GuestForward, ...] = ()
     rng: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     firmware: Firmware | None = None
@@ -131,7 +149,8 @@ class QemuRun:
         if self.forwards:
             # romfile= (none): under UEFI the NIC's iPXE option ROM would try a network boot first
             nic = "virtio-net-pci,netdev=n0" + (",romfile=" if self.firmware is not None else "")
-            args += ["-netdev", ",".join(["user,id=n0,restrict=on", *(f.arg() for f in self.forwards)]),
+            args += ["-netdev", ",".join(["user,id=n0,restrict=on", *(f.arg() for f in self.forwards),
+                                          *(g.arg() for g in self.guest_forwards)]),
                      "-device", nic]
         if self.rng:
             args += ["-device", "virtio-rng-pci"]

@@ -120,11 +120,13 @@ def _persistent(esapi: ESAPI, handle: int) -> ESYS_TR | None:
 
 def _ek_session(esapi: ESAPI) -> ESYS_TR:
     """A policy session satisfying the EK's PolicySecret(TPM_RH_ENDORSEMENT)."""
-    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPMT_SYM_DEF
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2_SE, TPM2B_DIGEST, TPM2B_NONCE, TPMT_SYM_DEF
 
     session = esapi.start_auth_session(tpm_key=ESYS_TR.NONE, bind=ESYS_TR.NONE, session_type=TPM2_SE.POLICY,
                                        symmetric=TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), auth_hash=TPM2_ALG.SHA256)
-    esapi.policy_secret(ESYS_TR.ENDORSEMENT, session)
+    # Every argument given: Debian 12's tpm2-pytss (2.1, what nodes run) has no defaults for them
+    # (no nonce, cpHash or policyRef; expiration 0: none).
+    esapi.policy_secret(ESYS_TR.ENDORSEMENT, session, TPM2B_NONCE(), TPM2B_DIGEST(), TPM2B_NONCE(), 0)
     return session
 
 
@@ -281,6 +283,23 @@ def extend_pcr(tcti: str | None, pcr: int, data: bytes) -> None:
     with open_tpm(tcti) as esapi:
         try:
             esapi.pcr_event(ESYS_TR.PCR0 + pcr, data)
+        except TSS2_Exception as exc:
+            raise _tss_error(f"extending PCR {pcr}", exc) from None
+
+
+def extend_digest(tcti: str | None, pcr: int, sha256_digest: bytes) -> None:
+    """TPM2_PCR_Extend of the sha256 bank only, with a digest already made (a boot phase, as the
+    initramfs's tpm_extend sends it: image/measure.extend_command)."""
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPML_DIGEST_VALUES, TPMT_HA
+    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+
+    if not 0 <= pcr <= 23 or len(sha256_digest) != 32:
+        raise InputError(f"PCR {pcr} and a 32-byte sha256 digest expected")
+    value = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
+    value.digest.sha256 = sha256_digest
+    with open_tpm(tcti) as esapi:
+        try:
+            esapi.pcr_extend(ESYS_TR.PCR0 + pcr, TPML_DIGEST_VALUES([value]))
         except TSS2_Exception as exc:
             raise _tss_error(f"extending PCR {pcr}", exc) from None
 
