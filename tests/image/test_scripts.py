@@ -63,12 +63,12 @@ RENDERINGS: dict[str, tuple[str, Callable[[Path], str], str]] = {
     "init-no-tpm": ("init.sh.j2", lambda tmp: initramfs.render_init(measure=False, var_mode="plain"),
                     "83e2cd9df1632324cf8d0a5dbaa7bbfb330f22a343cb200d24bd9316884d179b"),
     "obelisk-init-example": ("obelisk-init.sh.j2", lambda tmp: build.node_init_script(example_spec(tmp)),
-                             "700b14ce436f0af5ff8c06263a80392f349a9d0641aebcf421a2f808f0d29a95"),
+                             "84ca4c4841d2bfbef142f92dc81c980f095958a2d757fe4aded8bcbf76f2c9e7"),
     "obelisk-init-tpm-plain": ("obelisk-init.sh.j2",
                                lambda tmp: build.node_init_script(small_spec(tpm=True, port=8443)),
-                               "894f04385a8808816aee819bf1966fef33b5e4e94703d931fefd7ce3cd69ca86"),
+                               "0b8c1ac60016933c613b18f9a22acb96ef46282c0475aa6041eff45488a568d9"),
     "obelisk-init-no-tpm": ("obelisk-init.sh.j2", lambda tmp: build.node_init_script(small_spec(tpm=False, port=9443)),
-                            "ccc39f77fb6f3cc649f45fd5adf1964d848af5b166d3aa41e5aecd438567535f"),
+                            "a4bcdb1c6daa3e4d7b8f203a0ac5ddc8d3d7dac616ee987dadf272a9e5b46bf9"),
     "tpm-send": ("tpm-send.sh.j2", lambda tmp: measure.shell_send(),
                  "d0fd551961af1197f330d9223a99ff5bb427e858f781a13187c7ed1a8b745383"),
     "tpm-functions": ("tpm-extend.sh.j2", lambda tmp: measure.shell_functions(),
@@ -196,7 +196,7 @@ def test_the_boot_phase_log_lines_are_the_phases_extended():
     init = init_for(small_spec(tpm=True, port=8443))
     printf = re.search(r"^  (printf '11 enter-initrd .*\\)$\n^ +(.*)$", init, re.MULTILINE)
     assert printf is not None and printf.group(2).startswith("> /newroot/run/obelisk/boot-events")
-    echo = re.search(r'^  (echo "11 sysinit [0-9a-f]{64}") >> /run/obelisk/boot-events$',
+    echo = re.search(r'^ +(echo "11 sysinit [0-9a-f]{64}") >> /run/obelisk/boot-events$',
                      build.node_init_script(small_spec(tpm=True, port=8443)), re.MULTILINE)
     assert echo is not None
     lines = subprocess.run(["dash", "-c", printf.group(1)[:-1] + "\n" + echo.group(1)], capture_output=True,
