@@ -466,3 +466,45 @@ def test_serve_with_an_unusable_database_fails_with_one_line(pki, tmp_path, obel
                       "127.0.0.1:0", "--ca", pki["ca"], "--cert", str(pki["server"].cert), "--key",
                       str(pki["server"].key))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "fleet database" in res.stderr, res.stderr
+
+
+def test_rounds_walk_only_the_ima_entries_measured_since_the_last_trusted_round(pki, fleet_service, tmp_path):
+    """Issue 17's incremental check in the fleet: a passing round keeps where the node's list was read to
+    (its running PCR 10); the next round of the same boot reads only what follows, and still passes on
+    the same grounds, while something measured but not logged still fails it."""
+    import hashlib
+
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPML_DIGEST_VALUES, TPMT_HA
+
+    from obelisk.ima_policy import measurement_list as ml
+    from obelisk.ima_policy import progress as imaprogress
+    from obelisk.tpm import device
+    from tests.fleet.conftest import AGENT_DIGEST, ima_signature
+
+    svc = fleet_service
+    svc.operator(pki).add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
+    with SoftwareTPM.start(tmp_path / "tpm") as tpm:
+        node = make_node(tpm, tmp_path / "n", svc.url, pki)
+        node.register()
+        svc.operator(pki).approve(node.node)
+        assert node.round()["status"] == "trusted"
+        first = imaprogress.parse(_rows(svc, "SELECT ima_progress FROM nodes")[0][0])
+        assert first.entries == 2 and first.offset == len((tmp_path / "n" / "ima.bin").read_bytes())
+
+        # the node runs the agent again (a new inode): one more entry, measured and logged
+        ima = tmp_path / "n" / "ima.bin"
+        entry = ml.make_entry("ima-sig", [ml.digest_field("sha256", AGENT_DIGEST), ml.name_field("/usr/bin/agent"),
+                                          ima_signature(pki["keys"], AGENT_DIGEST)], number=3)
+        with device.open_tpm(tpm.tcti) as esapi:
+            d = TPMT_HA(hashAlg=TPM2_ALG.SHA256)
+            d.digest.sha256 = hashlib.sha256(entry.template_data).digest()
+            esapi.pcr_extend(ESYS_TR.PCR10, TPML_DIGEST_VALUES([d]))
+        ima.write_bytes(ima.read_bytes() + ml.serialize_binary([entry]))
+        assert node.round()["status"] == "trusted"
+        second = imaprogress.parse(_rows(svc, "SELECT ima_progress FROM nodes")[0][0])
+        assert second.entries == 3 and second.offset == len(ima.read_bytes()) and second.offset > first.offset
+
+        # measured but not logged: the new part of the list no longer replays to the quote
+        device.extend_pcr(tpm.tcti, 10, b"an unlogged binary")
+        assert node.round()["status"] == "failed"
+        assert _rows(svc, "SELECT ima_progress FROM nodes") == [(None,)]  # a failed round keeps no position

@@ -118,9 +118,30 @@ def _image_manifest(refs: References, path: str, data: bytes, ca: str | None) ->
 
 
 def make_checker(refs: References) -> Callable[..., list[Finding]]:
-    def check(data: bytes, fmt: str, pcrs: dict[int, bytes], boot_banks: dict[str, dict[int, bytes]]) -> list[Finding]:
+    """The full check of the list, every round (`attest verify`, `attest node`)."""
+    def check(data: bytes, fmt: str, pcrs: dict[int, bytes], boot_banks: dict[str, dict[int, bytes]],
+              boot: int = 0) -> list[Finding]:
         return ima_findings(data, pcrs, refs, boot_banks)
     return check
+
+
+class IncrementalChecker:
+    """The check of one node's list that walks only the entries after `progress` (the state its last
+    round left, None at first) when the quote's resetCount says the node did not reboot; `state`
+    afterwards is what to keep for the next round (None when the list could not be read). The
+    findings are a full check's (ima_policy/progress.py proves it); a fleet verifying every node every
+    minute re-reads only what each node measured since."""
+
+    def __init__(self, refs: References, progress: ImaProgress | None):
+        self.refs = refs
+        self.progress = progress
+        self.state: ImaProgress | None = None
+
+    def __call__(self, data: bytes, fmt: str, pcrs: dict[int, bytes], boot_banks: dict[str, dict[int, bytes]],
+                 boot: int = 0) -> list[Finding]:
+        findings, self.state = ima_findings_since(data, pcrs, self.refs, boot_banks, boot=boot,
+                                                  progress=self.progress)
+        return findings
 
 
 def ima_findings(data: bytes, pcrs: dict[int, bytes], refs: References,

@@ -52,7 +52,8 @@ class Options:
     previous: Counters | None = None
     # Called with (ima_log bytes, format, trusted quoted sha256 PCRs, other banks' PCRs 0-9 from an event
     # log that matched the quote) -> findings; the IMA component's code.
-    ima_check: Callable[[bytes, str, dict[int, bytes], dict[str, dict[int, bytes]]], list[Finding]] | None = None
+    # (list, format, quoted PCRs, boot banks, boot: the quote's resetCount) -> findings
+    ima_check: Callable[[bytes, str, dict[int, bytes], dict[str, dict[int, bytes]], int], list[Finding]] | None = None
     reference_findings: list[Finding] = field(default_factory=list)  # the manifest's own checks
     source: str = "evidence"
     quote_only: bool = False  # tpm2_quote output has no logs: check the quote alone
@@ -161,7 +162,7 @@ def verify(ev: Evidence, opts: Options) -> tuple[Report, Counters | None]:
         log_findings, boot_banks, log = _eventlog_findings(ev, pcrs, trusted, src)
         findings += log_findings
         # --- IMA list replay vs PCR 10, and reference manifest ---
-        findings += _ima_findings(ev, pcrs, trusted, opts, boot_banks)
+        findings += _ima_findings(ev, pcrs, trusted, opts, boot_banks, current.reset_count)
 
     # --- predicted PCR values from the build ---
     findings += opts.reference_findings
@@ -332,7 +333,7 @@ def _binding_finding(log: eventlog.EventLog, src: str) -> Finding:
 
 
 def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Options,
-                  boot_banks: dict[str, dict[int, bytes]]) -> list[Finding]:
+                  boot_banks: dict[str, dict[int, bytes]], boot: int) -> list[Finding]:
     title = "IMA measurement list replays to the quoted PCR 10"
     if ev.ima_log is None:
         return [_f("ima", title, Status.FAIL, section="ima", detail="the bundle has no IMA measurement list")]
@@ -340,7 +341,7 @@ def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Opt
         return [_f("ima", title, Status.ERROR, section="ima", detail="IMA list verification is not available")]
     if not trusted:
         return [_f("ima", title, Status.ERROR, section="ima", detail="no trusted quote to compare with")]
-    return opts.ima_check(ev.ima_log, ev.ima_format, pcrs, boot_banks)
+    return opts.ima_check(ev.ima_log, ev.ima_format, pcrs, boot_banks, boot)
 
 
 # ---- verifier state: the last counters seen per AK ------------------------------------------------

@@ -97,6 +97,9 @@ class Node(Base):
     clock: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reset_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     restart_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # where the last trusted round's IMA check stopped (obelisk.ima-progress/1): the next round of the
+    # same boot walks only the entries after it (migration 0003)
+    ima_progress: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Nonce(Base):

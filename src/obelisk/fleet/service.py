@@ -29,14 +29,26 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from obelisk.attest.ima_check import IncrementalChecker
 from obelisk.core.errors import InputError, ObeliskError
 from obelisk.fleet import db
+from obelisk.ima_policy import progress as imaprogress
 
 if TYPE_CHECKING:
     from cryptography import x509
 
     from obelisk.attest.ima_check import References
     from obelisk.core.findings import Report
+
+def _progress_of(node: db.Node) -> imaprogress.ImaProgress | None:
+    """The node's saved IMA position; an unreadable one (an older obelisk's) only costs a full check."""
+    if not node.ima_progress:
+        return None
+    try:
+        return imaprogress.parse(node.ima_progress, f"node {node.id} ima_progress")
+    except InputError:
+        return None
+
 
 PENDING, APPROVED, TRUSTED, FAILED, QUARANTINED, UNREACHABLE = (
     "pending", "approved", "trusted", "failed", "quarantined", "unreachable")
@@ -499,7 +511,10 @@ class Fleet:
                         if node.clock is not None else None)
             opts = verify.Options(nonce=bytes.fromhex(row.value), ak=record, previous=previous,
                                   source=f"fleet: node {node_id}")
-            verify.apply_references(opts, self._image_references(s, node.image_id))
+            refs = self._image_references(s, node.image_id)
+            verify.apply_references(opts, refs)
+            incremental = IncrementalChecker(refs, _progress_of(node))
+            opts.ima_check = incremental
             report, counters = verify.verify(ev, opts)
             report = _with_scan(report, scan)
             passed = not report.failed
@@ -512,6 +527,9 @@ class Fleet:
             if passed and counters is not None:
                 node.clock, node.reset_count, node.restart_count = (counters.clock, counters.reset_count,
                                                                     counters.restart_count)
+            # only a passing round's position is kept: a failed one is checked in full next time
+            node.ima_progress = (imaprogress.serialize(incremental.state)
+                                 if passed and incremental.state is not None else None)
             if node.status == QUARANTINED:
                 pass  # only an operator lifts a quarantine; the round is kept
             elif passed:
