@@ -203,8 +203,9 @@ def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/de
             raise ObeliskError(f"{device} is not a LUKS2 volume and not blank (the image expects an encrypted "
                                "/var; it formats only a partition whose first MiB is zeros)")
         created = create_var(device, recipe_file or recipemod.PATH, tcti) + "; "
-    token = disk.tokens(device)[0] if disk.tokens(device) else None
-    key = token.sealed.authorize_key if token else None
+    # the policy key the volume was sealed to picks which signed policies apply (one luksDump)
+    enrolled = disk.tokens(device)
+    key = enrolled[0].sealed.authorize_key if enrolled else None
     token = disk.unlock(device, tcti, name=MAPPING, extra_policies=signed_policies(policy_file, key))
     pcrs = ",".join(str(p) for p in token.sealed.pcrs)
     how = "customer-signed policy" if token.sealed.authorize_key else "PCRs"
