@@ -94,7 +94,7 @@ def two_nodes_flow(pki, svc, tmp_path, obelisk_cli) -> None:
         assert len([r for r in op.history(a.node) if r["type"] == "attestation"]) == 3
         per_node = dict(_rows(svc, "SELECT node_id, count(*) FROM attestations GROUP BY node_id"))
         assert per_node == {a.node: 3, b.node: 2}
-        assert _rows(svc, "SELECT count(*) FROM attestations GROUP BY nonce_id HAVING count(*) > 1") == []
+        assert _rows(svc, "SELECT count(*) FROM attestations GROUP BY nonce HAVING count(*) > 1") == []
         audit = _rows(svc, "SELECT subject, action, target, outcome FROM audit ORDER BY id")
         assert ("CN=alice", "approve", a.node, "ok") in audit and ("CN=alice", "image-add", IMAGE, "ok") in audit
 

@@ -251,8 +251,13 @@ class Report:
                    generated_at=_str(d, "generated_at", where, ""), command=_str(d, "command", where, ""))
 
 
-def serialize(report: Report) -> str:
-    """A report as `obelisk.report/1` JSON (what `--format json` prints and `obelisk report` reads)."""
+def serialize(report: Report, *, compact: bool = False) -> str:
+    """A report as `obelisk.report/1` JSON (what `--format json` prints and `obelisk report` reads).
+
+    `compact`: no indentation, for machines (the fleet stores a report per round; the C encoder is about
+    ten times faster than the indenting one)."""
+    if compact:
+        return json.dumps(report.to_json(), separators=(",", ":")) + "\n"
     return json.dumps(report.to_json(), indent=2, sort_keys=False) + "\n"
 
 

@@ -103,7 +103,8 @@ class Node(Base):
 
 
 class Nonce(Base):
-    """A single-use challenge: a round's nonce, or a registration's credential secret (kept as its hash)."""
+    """A single-use challenge: a registration's credential secret (kept as its hash), or a round's nonce
+    issued before migration 0004 (round nonces are now MACs the service checks: `fleet/nonce.py`)."""
 
     __tablename__ = "nonces"
 
@@ -132,13 +133,19 @@ class NodeKey(Base):
 
 
 class Attestation(Base):
-    """One round's result, kept for ever (`fleet history`)."""
+    """One round's result, kept for ever (`fleet history`).
+
+    `nonce` is the round's nonce, unique: the row is what makes a nonce single use (the service issues
+    round nonces without storing them, migration 0004). `nonce_id` links rounds recorded before that
+    to their row in `nonces`."""
 
     __tablename__ = "attestations"
+    __table_args__ = (UniqueConstraint("nonce", name="uq_attestations_nonce"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
-    nonce_id: Mapped[int] = mapped_column(ForeignKey("nonces.id"), unique=True)  # one result per round
+    nonce: Mapped[str] = mapped_column(String(128))  # hex; one result per round
+    nonce_id: Mapped[int | None] = mapped_column(ForeignKey("nonces.id"), unique=True, nullable=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
     at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
     passed: Mapped[bool] = mapped_column(Boolean)
@@ -158,6 +165,16 @@ class Event(Base):
     old_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
     new_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class ServiceSecret(Base):
+    """A secret every `fleet serve` process on this database shares (the round nonces' MAC key)."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))  # hex
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
 
 
 class Audit(Base):
@@ -181,7 +198,15 @@ def database_url(given: str) -> str:
     return f"sqlite:///{Path(given).resolve()}"
 
 
+# Kinds of transaction (the execution option TRANSACTION on a session's engine, see `sessions_for`):
+WRITE = "write"  # the default: durable at commit
+READ = "read"  # reads only: on SQLite a snapshot that neither takes nor waits for the write lock
+ROUND = "round"  # an attestation round's result: its commit does not wait for the disk (see below)
+TRANSACTION = "obelisk_transaction"
+
+
 def make_engine(url: str) -> Engine:
+    """The engine; transactions of kind READ and ROUND behave as `sessions_for` says."""
     url = database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -196,12 +221,41 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection: Any) -> None:
+            kind = connection.get_execution_options().get(TRANSACTION, WRITE)
+            if kind == READ:
+                connection.exec_driver_sql("BEGIN")  # WAL: a snapshot; writers go on meanwhile
+                return
+            # WAL with synchronous=NORMAL: the commit is durable against a crash of the process (SIGKILL)
+            # but not of the machine; FULL syncs the WAL at every commit (and with it every earlier one).
+            # The pragma cannot change inside a transaction, so it is set on each begin.
+            connection.exec_driver_sql(f"PRAGMA synchronous={'NORMAL' if kind == ROUND else 'FULL'}")
             # Take the write lock at the start: a transaction that read first and wrote later would fail at
             # once with "database is locked" when another process wrote in between (SQLite cannot wait then).
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=16, max_overflow=8)
+
+    @event.listens_for(engine, "begin")
+    def _begin_server(connection: Any) -> None:
+        if connection.get_execution_options().get(TRANSACTION) == ROUND:
+            # PostgreSQL's equivalent of SQLite's synchronous=NORMAL above, for this transaction only
+            connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
+    return engine
+
+
+def sessions_for(sessions: sessionmaker, kind: str) -> sessionmaker:
+    """A session factory on the same engine whose transactions are of `kind` (READ, ROUND, WRITE).
+
+    ROUND trades durability against a crash of the machine for commits that do not wait for the disk:
+    what a round writes survives the SIGKILL of its process (SQLite's WAL, PostgreSQL's WAL), but the
+    last rounds before a power loss may be missing afterwards (a node is attested again next interval).
+    Every other write (registrations, operator actions, key releases, the audit) commits durably, and
+    flushes the rounds committed before it.
+    """
+    engine = sessions.kw["bind"]
+    return sessionmaker(engine.execution_options(**{TRANSACTION: kind}), expire_on_commit=False)
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

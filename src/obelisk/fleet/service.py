@@ -18,6 +18,7 @@ Every error is a `FleetError` whose `http_status` the server answers with.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import hmac
 import json
@@ -26,28 +27,87 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, bindparam, delete, exists, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from obelisk.attest.ima_check import IncrementalChecker
 from obelisk.core.errors import InputError, ObeliskError
 from obelisk.fleet import db
+from obelisk.fleet import nonce as round_nonce
 from obelisk.ima_policy import progress as imaprogress
 
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from obelisk.attest.akrecord import AKRecord
     from obelisk.attest.ima_check import References
+    from obelisk.attest.verify import Counters
     from obelisk.core.findings import Report
 
-def _progress_of(node: db.Node) -> imaprogress.ImaProgress | None:
+def _progress_of(node_id: str, saved: str | None) -> imaprogress.ImaProgress | None:
     """The node's saved IMA position; an unreadable one (an older obelisk's) only costs a full check."""
-    if not node.ima_progress:
+    if not saved:
         return None
     try:
-        return imaprogress.parse(node.ima_progress, f"node {node.id} ima_progress")
+        return imaprogress.parse(saved, f"node {node_id} ima_progress")
     except InputError:
         return None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ak_of(record: str, node_id: str) -> AKRecord:
+    """A node's AK from its stored record; parsed once per record (a fleet reads each one every interval)."""
+    from obelisk.attest import akrecord
+
+    return akrecord.parse(record.encode(), f"node {node_id} AK")
+
+
+@dataclass(frozen=True)
+class _NodeState:
+    """A node's row as a round needs it: read before verifying, and again, locked, when recording."""
+
+    status: str
+    ak_record: str | None
+    image_id: int
+    clock: int | None
+    reset_count: int | None
+    restart_count: int | None
+    ima_progress: str | None
+    hostname: str
+
+    def basis(self) -> tuple[object, ...]:
+        """What the verification's outcome depends on: a round recorded on another basis is verified again."""
+        return self.ak_record, self.image_id, self.clock, self.reset_count, self.restart_count, self.ima_progress
+
+
+# A round's statements, built once and on the tables (Core): the ORM's unit of work and statement
+# building cost more than the database itself on this path.
+_NODES = db.Base.metadata.tables["nodes"]
+_ROUNDS = db.Base.metadata.tables["attestations"]
+_READ_STATE = select(_NODES.c.status, _NODES.c.ak_record, _NODES.c.image_id, _NODES.c.clock, _NODES.c.reset_count,
+                     _NODES.c.restart_count, _NODES.c.ima_progress, _NODES.c.hostname
+                     ).where(_NODES.c.id == bindparam("node_id"))
+_LOCK_STATE = _READ_STATE.with_for_update()
+_NONCE_USED = select(exists().where(_ROUNDS.c.nonce == bindparam("nonce")))
+_INSERT_ROUND = insert(_ROUNDS)
+_READ_ASKING = select(_NODES.c.ak_record.is_(None), _NODES.c.status).where(_NODES.c.id == bindparam("node_id"))
+
+
+def _node_state(s: Session, node_id: str, *, lock: bool = False) -> _NodeState | None:
+    row = s.execute(_LOCK_STATE if lock else _READ_STATE, {"node_id": node_id}).first()
+    return _NodeState(*row) if row is not None else None
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """A round's verification, ready to record."""
+
+    report: str  # obelisk.report/1
+    passed: bool
+    summary: str
+    counters: Counters | None
+    ima_progress: str | None  # the position to keep (a passing round's), None otherwise
 
 
 PENDING, APPROVED, TRUSTED, FAILED, QUARANTINED, UNREACHABLE = (
@@ -56,6 +116,8 @@ STATUSES = (PENDING, APPROVED, TRUSTED, FAILED, QUARANTINED, UNREACHABLE)
 ROUND, CREDENTIAL = "round", "credential"
 NONCE_SIZE = 32
 NONCE_TTL = _dt.timedelta(minutes=5)
+REGISTRATION_TIMEOUT = 24 * 3600  # seconds: a registration whose TPM never answered its challenge is removed
+NONCE_KEY = "round-nonce-key"  # service_secrets.name of the round nonces' MAC key
 MISSED_INTERVALS = 3  # no evidence within this many intervals: unreachable
 FAILURES_TO_QUARANTINE = 2  # consecutive failed rounds
 
@@ -187,7 +249,11 @@ class Fleet:
     webhooks: Webhooks | None = None  # every state change is POSTed to them
     kek: bytes | None = None  # 32-byte key-encryption key for node keys; None: no key release
     join_tokens: frozenset[str] = frozenset()  # when set, a registration must present one of them
+    registration_timeout: int = REGISTRATION_TIMEOUT  # seconds before `clean_up` removes an unanswered registration
     _references: dict[int, References] = field(default_factory=dict)
+    _nonce_key: bytes = field(default=b"", repr=False)
+    _reads: sessionmaker[Session] = field(init=False, repr=False)
+    _rounds: sessionmaker[Session] = field(init=False, repr=False)
 
     # ---- operators -------------------------------------------------------------------------------
 
@@ -314,8 +380,28 @@ class Fleet:
     def __post_init__(self) -> None:
         from sqlalchemy import event
 
-        event.listen(self.sessions, "after_commit", self._committed)
-        event.listen(self.sessions, "after_rollback", lambda s: s.info.pop("fleet_events", None))
+        self._reads = db.sessions_for(self.sessions, db.READ)
+        self._rounds = db.sessions_for(self.sessions, db.ROUND)
+        for sessions in (self.sessions, self._rounds):
+            event.listen(sessions, "after_commit", self._committed)
+            event.listen(sessions, "after_rollback", lambda s: s.info.pop("fleet_events", None))
+        if not self._nonce_key:
+            self._nonce_key = self._shared_secret(NONCE_KEY)
+
+    def _shared_secret(self, name: str) -> bytes:
+        """A secret of the database, made by the first process that needs it and read by every other."""
+        for _attempt in range(3):
+            with self.sessions() as s:
+                row = s.get(db.ServiceSecret, name)
+                if row is not None:
+                    return bytes.fromhex(row.value)
+            try:
+                with self.sessions.begin() as s:
+                    s.add(db.ServiceSecret(name=name, value=secrets.token_hex(round_nonce.KEY_SIZE),
+                                           created_at=self.now()))
+            except IntegrityError:
+                pass  # another process made it first: read theirs
+        raise FleetError(f"the database's secret {name!r} could not be read or made")
 
     def nodes(self) -> list[dict[str, Any]]:
         self.sweep()
@@ -329,14 +415,12 @@ class Fleet:
         with self.sessions() as s:
             if s.get(db.Node, node_id) is None:
                 raise NotFound(f"no node {node_id!r}")
-            rows = s.execute(select(db.Attestation, db.Image, db.Nonce).join(db.Image, db.Attestation.image_id ==
-                                                                             db.Image.id)
-                             .join(db.Nonce, db.Attestation.nonce_id == db.Nonce.id)
+            rows = s.execute(select(db.Attestation, db.Image).join(db.Image, db.Attestation.image_id == db.Image.id)
                              .where(db.Attestation.node_id == node_id).order_by(db.Attestation.id)).all()
             events = s.scalars(select(db.Event).where(db.Event.node_id == node_id).order_by(db.Event.id)).all()
             out: list[dict[str, Any]] = [
                 {"type": "attestation", "id": a.id, "at": _iso(a.at), "passed": a.passed, "summary": a.summary,
-                 "image": f"{i.name}:{i.version}", "nonce": n.value} for a, i, n in rows]
+                 "image": f"{i.name}:{i.version}", "nonce": a.nonce} for a, i in rows]
             out += [{"type": "event", "id": e.id, "at": _iso(e.at), "kind": e.kind, "old_status": e.old_status,
                      "new_status": e.new_status, "detail": e.detail} for e in events]
             return sorted(out, key=lambda r: (r["at"] or "", r["type"], r["id"]))
@@ -375,6 +459,30 @@ class Fleet:
                 self._change(s, node, UNREACHABLE, "unreachable",
                              f"no evidence since {_iso(node.last_attested)} ({MISSED_INTERVALS} intervals)")
             return [n.id for n in stale]
+
+    def clean_up(self) -> dict[str, int]:
+        """Forget what can no longer be used: expired challenges and nonces that no round refers to, and
+        registrations whose TPM never answered their challenge within `registration_timeout` (the node
+        record, still pending and without an AK, and its challenges; an event says so). Rounds, events,
+        audit and every node that proved its AK are kept. Returns how many of each were removed."""
+        now = self.now()
+        kept = select(db.Attestation.nonce_id).where(db.Attestation.nonce_id.is_not(None))
+        expired = delete(db.Nonce).where(db.Nonce.expires_at < now, db.Nonce.id.not_in(kept))
+        cutoff = now - _dt.timedelta(seconds=self.registration_timeout)
+        with self.sessions.begin() as s:
+            abandoned = s.scalars(select(db.Node.id).where(db.Node.status == PENDING, db.Node.ak_record.is_(None),
+                                                           db.Node.registered_at < cutoff)
+                                  .with_for_update()).all()
+            if abandoned:
+                s.execute(delete(db.Nonce).where(db.Nonce.node_id.in_(abandoned)))
+                s.execute(delete(db.Node).where(db.Node.id.in_(abandoned)))
+            for node_id in abandoned:
+                self._event(s, db.Event(node_id=node_id, at=now, kind="registration-expired", old_status=PENDING,
+                                        new_status=None, detail=f"its TPM never answered the credential challenge "
+                                                                f"within {self.registration_timeout} s"))
+            removed = s.execute(expired)
+            nonces = removed.rowcount if isinstance(removed, CursorResult) else 0
+        return {"nonces": nonces, "registrations": len(abandoned)}
 
     # ---- nodes -----------------------------------------------------------------------------------
 
@@ -465,25 +573,27 @@ class Fleet:
             raise Conflict("nonce already used: a replay")
 
     def issue_nonce(self, node_id: str) -> bytes:
-        now = self.now()
-        with self.sessions.begin() as s:
-            node = s.get(db.Node, node_id)
-            if node is None:
-                raise NotFound(f"unknown node {node_id!r}: register first")
-            if node.ak_record is None:
-                raise Forbidden(f"node {node_id} has not proven its AK (credential activation)")
-            if node.status == PENDING:
-                raise Forbidden(f"node {node_id} is pending: an operator must approve it (fleet approve)")
-            nonce = secrets.token_bytes(NONCE_SIZE)
-            s.add(db.Nonce(value=nonce.hex(), node_id=node_id, purpose=ROUND, issued_at=now,
-                           expires_at=now + NONCE_TTL))
-        return nonce
+        """A round's nonce: a MAC (fleet/nonce.py), so issuing it writes nothing; `submit` makes it single use."""
+        with self._reads() as s:
+            row = s.execute(_READ_ASKING, {"node_id": node_id}).first()
+        if row is None:
+            raise NotFound(f"unknown node {node_id!r}: register first")
+        no_ak, status = row
+        if no_ak:
+            raise Forbidden(f"node {node_id} has not proven its AK (credential activation)")
+        if status == PENDING:
+            raise Forbidden(f"node {node_id} is pending: an operator must approve it (fleet approve)")
+        return round_nonce.issue(self._nonce_key, node_id, self.now())
 
     def submit(self, node_id: str, bundle: bytes) -> dict[str, Any]:
-        """Verify a round's evidence against the node's image; keep the result; update the node's status."""
-        from obelisk.attest import akrecord, verify
+        """Verify a round's evidence against the node's image; keep the result; update the node's status.
+
+        The verification runs outside any write transaction, on the node's row as read before it; the
+        result is recorded in one transaction that locks the row, checks the nonce is still unused, and
+        verifies again only if the row changed meanwhile (another round of the node, a new AK or image).
+        Writers (SQLite's single one, PostgreSQL's row lock) wait for a few statements, not a verification.
+        """
         from obelisk.attest import evidence as evmod
-        from obelisk.core import findings as fmt
 
         try:
             evidence_bytes, scan = split_round(bundle, f"round from {node_id}")
@@ -491,13 +601,39 @@ class Fleet:
         except InputError as exc:
             raise FleetError(str(exc)) from None
         now = self.now()
-        with self.sessions.begin() as s:
-            node = s.get(db.Node, node_id, with_for_update=True)
-            if node is None:
-                raise NotFound(f"unknown node {node_id!r}: register first")
-            if node.ak_record is None or node.status == PENDING:
-                raise Forbidden(f"node {node_id} is not approved")
-            row = s.scalars(select(db.Nonce).where(db.Nonce.value == ev.nonce.hex(), db.Nonce.purpose == ROUND,
+        with self._reads() as s:
+            state = self._attesting(node_id, _node_state(s, node_id))
+            self._unused_nonce(s, node_id, ev.nonce, now)
+        verified = self._verify(node_id, state, ev, scan)
+        try:
+            with self._rounds.begin() as s:
+                current = self._attesting(node_id, _node_state(s, node_id, lock=True))
+                legacy = self._unused_nonce(s, node_id, ev.nonce, now)
+                if current.basis() != state.basis():
+                    verified = self._verify(node_id, current, ev, scan)
+                if legacy is not None:
+                    self._claim(s, legacy, now)
+                return self._record(s, node_id, current, ev, verified, legacy, now)
+        except IntegrityError:
+            # the unique nonce: another process recorded this round between our check and our insert
+            raise Conflict("nonce already used: a replay") from None
+
+    @staticmethod
+    def _attesting(node_id: str, state: _NodeState | None) -> _NodeState:
+        if state is None:
+            raise NotFound(f"unknown node {node_id!r}: register first")
+        if state.ak_record is None or state.status == PENDING:
+            raise Forbidden(f"node {node_id} is not approved")
+        return state
+
+    def _unused_nonce(self, s: Session, node_id: str, value: bytes, now: _dt.datetime) -> db.Nonce | None:
+        """Refuse a nonce this service did not issue to this node, one already used, or an expired one.
+
+        Returns the stored row of a nonce issued before migration 0004 (claimed with the round), else None.
+        """
+        issued = round_nonce.issued_at(self._nonce_key, node_id, value)
+        if issued is None:
+            row = s.scalars(select(db.Nonce).where(db.Nonce.value == value.hex(), db.Nonce.purpose == ROUND,
                                                    db.Nonce.node_id == node_id)).first()
             if row is None:
                 raise Forbidden("evidence is not over a nonce this service issued to this node")
@@ -505,42 +641,66 @@ class Fleet:
                 raise Conflict("nonce already used: a replay")
             if row.expires_at < now:
                 raise Forbidden("nonce expired: ask for a fresh one")
-            self._claim(s, row, now)
-            record = akrecord.parse(node.ak_record.encode(), f"node {node_id} AK")
-            previous = (verify.Counters(node.clock, node.reset_count or 0, node.restart_count or 0)
-                        if node.clock is not None else None)
-            opts = verify.Options(nonce=bytes.fromhex(row.value), ak=record, previous=previous,
-                                  source=f"fleet: node {node_id}")
-            refs = self._image_references(s, node.image_id)
-            verify.apply_references(opts, refs)
-            incremental = IncrementalChecker(refs, _progress_of(node))
-            opts.ima_check = incremental
-            report, counters = verify.verify(ev, opts)
-            report = _with_scan(report, scan)
-            passed = not report.failed
-            bad = [f.id for f in report.findings if f.status.value in ("fail", "error")]
-            summary = "all checks passed" if passed else "failed: " + ", ".join(bad)
-            s.add(db.Attestation(node_id=node_id, nonce_id=row.id, image_id=node.image_id, at=now, passed=passed,
-                                 summary=summary[:4000], report=fmt.serialize(report)))
-            node.last_attested = now
-            node.hostname = ev.kernel.get("hostname", node.hostname)[:255]
-            if passed and counters is not None:
-                node.clock, node.reset_count, node.restart_count = (counters.clock, counters.reset_count,
-                                                                    counters.restart_count)
-            # only a passing round's position is kept: a failed one is checked in full next time
-            node.ima_progress = (imaprogress.serialize(incremental.state)
-                                 if passed and incremental.state is not None else None)
-            if node.status == QUARANTINED:
-                pass  # only an operator lifts a quarantine; the round is kept
-            elif passed:
-                if node.status != TRUSTED:
-                    self._change(s, node, TRUSTED, "attested", summary)
-            elif node.status == FAILED and self._failed_in_a_row(s, node_id) >= FAILURES_TO_QUARANTINE:
-                self._change(s, node, QUARANTINED, "auto-quarantine",
-                             f"{FAILURES_TO_QUARANTINE} failed rounds in a row; {summary}")
-            elif node.status != FAILED:
-                self._change(s, node, FAILED, "attestation-failed", summary)
-            return {"node": node_id, "status": node.status, "passed": passed, "summary": summary}
+            return row
+        if s.execute(_NONCE_USED, {"nonce": value.hex()}).scalar():
+            raise Conflict("nonce already used: a replay")
+        if now - issued > NONCE_TTL:
+            raise Forbidden("nonce expired: ask for a fresh one")
+        return None
+
+    def _verify(self, node_id: str, state: _NodeState, ev: Any, scan: Report | None) -> _Verified:
+        """The verifier's checks of `ev` for a node in `state`, against its image's references (no database)."""
+        from obelisk.attest import verify
+        from obelisk.core import findings as fmt
+
+        assert state.ak_record is not None
+        previous = (verify.Counters(state.clock, state.reset_count or 0, state.restart_count or 0)
+                    if state.clock is not None else None)
+        opts = verify.Options(nonce=ev.nonce, ak=_ak_of(state.ak_record, node_id), previous=previous,
+                              source=f"fleet: node {node_id}")
+        refs = self._image_references(state.image_id)
+        verify.apply_references(opts, refs)
+        incremental = IncrementalChecker(refs, _progress_of(node_id, state.ima_progress))
+        opts.ima_check = incremental
+        report, counters = verify.verify(ev, opts)
+        report = _with_scan(report, scan)
+        passed = not report.failed
+        bad = [f.id for f in report.findings if f.status.value in ("fail", "error")]
+        summary = "all checks passed" if passed else "failed: " + ", ".join(bad)
+        # only a passing round's position is kept: a failed one is checked in full next time
+        progress = imaprogress.serialize(incremental.state) if passed and incremental.state is not None else None
+        return _Verified(fmt.serialize(report, compact=True), passed, summary, counters, progress)
+
+    def _record(self, s: Session, node_id: str, node: _NodeState, ev: Any, verified: _Verified,
+                legacy: db.Nonce | None, now: _dt.datetime) -> dict[str, Any]:
+        """Keep a verified round and update its node (Core statements: one insert, one update)."""
+        s.execute(_INSERT_ROUND, {
+            "node_id": node_id, "nonce": ev.nonce.hex(), "nonce_id": legacy.id if legacy is not None else None,
+            "image_id": node.image_id, "at": now, "passed": verified.passed, "summary": verified.summary[:4000],
+            "report": verified.report})
+        values: dict[str, Any] = {"last_attested": now, "hostname": ev.kernel.get("hostname", node.hostname)[:255],
+                                  "ima_progress": verified.ima_progress}
+        counters = verified.counters
+        if verified.passed and counters is not None:
+            values.update(clock=counters.clock, reset_count=counters.reset_count,
+                          restart_count=counters.restart_count)
+        status, change = node.status, None
+        if node.status == QUARANTINED:
+            pass  # only an operator lifts a quarantine; the round is kept
+        elif verified.passed:
+            if node.status != TRUSTED:
+                status, change = TRUSTED, ("attested", verified.summary)
+        elif node.status == FAILED and self._failed_in_a_row(s, node_id) >= FAILURES_TO_QUARANTINE:
+            status, change = QUARANTINED, ("auto-quarantine",
+                                           f"{FAILURES_TO_QUARANTINE} failed rounds in a row; {verified.summary}")
+        elif node.status != FAILED:
+            status, change = FAILED, ("attestation-failed", verified.summary)
+        if change is not None:
+            values["status"] = status
+            self._event(s, db.Event(node_id=node_id, at=now, kind=change[0], old_status=node.status,
+                                    new_status=status, detail=change[1]))
+        s.execute(update(_NODES).where(_NODES.c.id == node_id).values(**values))
+        return {"node": node_id, "status": status, "passed": verified.passed, "summary": verified.summary}
 
     def release_key(self, node_id: str, bundle: bytes) -> dict[str, Any]:
         """A node's /var key, only for evidence over a fresh nonce that verifies now, and a trusted node.
@@ -595,7 +755,7 @@ class Fleet:
             count += 1
         return count
 
-    def _image_references(self, s: Session, image_id: int) -> References:
+    def _image_references(self, image_id: int) -> References:
         """The verifier's references from a registered manifest (its signature was checked at `image add`)."""
         refs = self._references.get(image_id)
         if refs is not None:
@@ -605,7 +765,8 @@ class Fleet:
         from obelisk.ima_policy.keyring import Keyring
         from obelisk.image import manifest as mf
 
-        img = s.get(db.Image, image_id)
+        with self._reads() as s:
+            img = s.get(db.Image, image_id)
         assert img is not None
         m = mf.parse(img.manifest.encode(), f"image {img.name}:{img.version}")
         sig = mf.ManifestSignature.loads(img.signature.encode(), f"image {img.name}:{img.version} signature")
