@@ -151,8 +151,9 @@ class ServeProcess:
     stderr: Path
 
 
-def start_serve(pki, db: str, log: Path) -> ServeProcess:
-    """`obelisk fleet serve` as its own process (the user's command line), ready to answer."""
+def start_serve(pki, db: str, log: Path, extra: tuple[str, ...] = ()) -> ServeProcess:
+    """`obelisk fleet serve` as its own process (the user's command line, plus `extra` options), ready to
+    answer."""
     import os
     import socket
     import sys
@@ -165,7 +166,7 @@ def start_serve(pki, db: str, log: Path) -> ServeProcess:
     handle = open(log, "wb")  # noqa: SIM115 - the process writes to it after this function returns
     proc = subprocess.Popen([sys.executable, "-m", "obelisk", "fleet", "serve", "--db", db, "--listen",
                              f"127.0.0.1:{port}", "--ca", pki["ca"], "--cert", str(pki["server"].cert),
-                             "--key", str(pki["server"].key), "--interval", "60"],
+                             "--key", str(pki["server"].key), "--interval", "60", *extra],
                             stdout=subprocess.DEVNULL, stderr=handle, env=env)
     handle.close()
     deadline = time.monotonic() + 60

@@ -33,8 +33,8 @@ def test_migrations_create_the_models_schema(tmp_path):
 
 def test_the_migrations_ship_inside_the_package():
     assert (db.MIGRATIONS / "env.py").is_file()
-    assert sorted(p.name for p in (db.MIGRATIONS / "versions").glob("*.py")) == ["0001_initial.py", "0002_node_keys.py",
-                                                                                "0003_ima_progress.py", "0004_stateless_nonces.py"]
+    assert sorted(p.name for p in (db.MIGRATIONS / "versions").glob("*.py")) == [
+        "0001_initial.py", "0002_node_keys.py", "0003_ima_progress.py", "0004_stateless_nonces.py"]
 
 
 def test_an_unusable_database_is_one_clear_error(tmp_path):

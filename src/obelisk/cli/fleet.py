@@ -46,6 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="join tokens, one a line: a registration must present one (default: none needed)")
     p.add_argument("--webhook", action="append", default=[], metavar="URL",
                    help="POST every node state change (JSON) to URL (repeatable)")
+    from obelisk.fleet import ratelimit
+
+    p.add_argument("--node-rate", default=str(ratelimit.PER_SOURCE), metavar="RATE[,BURST]",
+                   help="node endpoints: requests per second (and at once) from one source address, beyond which "
+                        "the answer is 429 with Retry-After; 0: no limit (default %(default)s)")
+    p.add_argument("--node-rate-global", default=str(ratelimit.OVERALL), metavar="RATE[,BURST]",
+                   help="the same for all sources together, per process (default %(default)s)")
+    p.add_argument("--registration-timeout", type=int, default=24 * 3600, metavar="SECONDS",
+                   help="a registration whose TPM never answered its challenge is removed after this (default 86400)")
     p.set_defaults(handler=_serve)
 
     image = fleet.add_parser("image", help="images whose nodes the fleet attests")
@@ -124,15 +133,21 @@ def _client(args: argparse.Namespace) -> FleetClient:
 def _serve(args: argparse.Namespace) -> int:
     from obelisk.core.inputs import read_bounded
     from obelisk.fleet import server, service
+    from obelisk.fleet.ratelimit import Limit, RateLimiter
 
+    limiter = RateLimiter(Limit.parse(args.node_rate, "--node-rate"),
+                          Limit.parse(args.node_rate_global, "--node-rate-global"))
+    if args.registration_timeout < 1:
+        raise InputError("--registration-timeout must be at least 1 second")
     allow = _lines(args.ek_allowlist) if args.ek_allowlist else frozenset()
     ek_ca = read_bounded(args.ek_ca, "EK CA", 1 << 22) if args.ek_ca else None
     fleet = service.open_fleet(args.db, read_bounded(args.ca, "customer CA", 1 << 22), interval=args.interval,
                                ek_allowlist=allow, ek_ca_pem=ek_ca,
                                webhooks=service.Webhooks(args.webhook) if args.webhook else None,
                                kek=_kek(args.kek) if args.kek else None,
-                               join_tokens=_lines(args.join_tokens) if args.join_tokens else frozenset())
-    server.serve(fleet, args.listen, cert=args.cert, key=args.key, client_ca=args.ca)
+                               join_tokens=_lines(args.join_tokens) if args.join_tokens else frozenset(),
+                               registration_timeout=args.registration_timeout)
+    server.serve(fleet, args.listen, cert=args.cert, key=args.key, client_ca=args.ca, limiter=limiter)
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import ssl
+import threading
+import time
 from urllib.parse import urlsplit
 
 from obelisk.core.errors import InputError
@@ -28,23 +30,78 @@ def client_context(ca: str, cert: str | None = None, key: str | None = None) -> 
 
 def exchange(url: str, context: ssl.SSLContext, method: str, path: str, *, body: bytes | None = None,
              headers: dict[str, str] | None = None, timeout: float, default_port: int, limit: int,
-             what: str) -> tuple[int, bytes]:
-    """(HTTP status, body) of one request to `url` + `path`; TransportError naming the URL on failure."""
+             what: str, pool: ConnectionPool | None = None) -> tuple[int, bytes]:
+    """(HTTP status, body) of one request to `url` + `path`; TransportError naming the URL on failure.
+
+    With `pool`, the connection is taken from it and given back kept alive (when the server allows)."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise InputError(f"{what} URL must be https://HOST:PORT, got {url!r}")
-    conn = http.client.HTTPSConnection(parts.hostname, parts.port or default_port, context=context,
-                                       timeout=timeout)
+    address = (parts.hostname, parts.port or default_port)
+    reused = pool.take(address) if pool is not None else None
+    conn = reused or http.client.HTTPSConnection(*address, context=context, timeout=timeout)
+    keep = False
     try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+        except (ConnectionError, http.client.RemoteDisconnected, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            if reused is None:
+                raise
+            # the server closed the idle connection before it read this request: send it again on a new one
+            conn.close()
+            conn = http.client.HTTPSConnection(*address, context=context, timeout=timeout)
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
         raw = resp.read(limit + 1)
+        keep = pool is not None and not resp.will_close and len(raw) <= limit
     except ssl.SSLError as exc:
         raise TransportError(f"{url}: TLS refused: {exc.reason or exc}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise TransportError(f"{url}: {type(exc).__name__}: {exc}") from None
     finally:
-        conn.close()
+        if keep and pool is not None:
+            pool.give_back(address, conn)
+        else:
+            conn.close()
     if len(raw) > limit:
         raise TransportError(f"{url}{path}: answer larger than {limit} bytes")
     return resp.status, raw
+
+
+class ConnectionPool:
+    """Kept-alive connections for `exchange`, reused while they have been idle for less than `idle`
+    seconds (below the server's own idle limit, so that a reused connection is rarely one it is closing).
+    Thread-safe; at most `size` idle connections are kept."""
+
+    def __init__(self, idle: float = 1.5, size: int = 16):
+        self.idle = idle
+        self.size = size
+        self._lock = threading.Lock()
+        self._conns: list[tuple[tuple[str, int], http.client.HTTPSConnection, float]] = []
+
+    def take(self, address: tuple[str, int]) -> http.client.HTTPSConnection | None:
+        now = time.monotonic()
+        with self._lock:
+            for i in range(len(self._conns) - 1, -1, -1):
+                where, conn, since = self._conns[i]
+                if now - since >= self.idle:
+                    del self._conns[i]
+                    conn.close()
+                elif where == address:
+                    del self._conns[i]
+                    return conn
+        return None
+
+    def give_back(self, address: tuple[str, int], conn: http.client.HTTPSConnection) -> None:
+        with self._lock:
+            if len(self._conns) < self.size:
+                self._conns.append((address, conn, time.monotonic()))
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for _, conn, _ in conns:
+            conn.close()

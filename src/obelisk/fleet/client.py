@@ -9,9 +9,10 @@ The node only ever connects out: nodes behind NAT with outbound HTTPS work.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -39,8 +40,14 @@ class FleetClient:
     cert: str | None = None  # operator: client certificate (nodes have none)
     key: str | None = None
     timeout: float = 60.0
+    # kept-alive connections: a round's nonce and evidence go over one TLS handshake
+    pool: https.ConnectionPool = field(default_factory=https.ConnectionPool, compare=False, repr=False)
 
     def context(self) -> ssl.SSLContext:
+        return self._context
+
+    @functools.cached_property
+    def _context(self) -> ssl.SSLContext:
         return https.client_context(self.ca, self.cert, self.key)
 
     def request(self, method: str, path: str, body: bytes | dict[str, Any] | None = None) -> Any:
@@ -61,7 +68,7 @@ class FleetClient:
         try:
             return https.exchange(self.url, self.context(), method, path, body=data,
                                   headers={"Content-Type": "application/json"}, timeout=self.timeout,
-                                  default_port=443, limit=MAX_RESPONSE, what="fleet")
+                                  default_port=443, limit=MAX_RESPONSE, what="fleet", pool=self.pool)
         except https.TransportError as exc:
             raise FleetClientError(str(exc)) from None
 

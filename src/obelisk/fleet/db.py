@@ -245,8 +245,8 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def sessions_for(sessions: sessionmaker, kind: str) -> sessionmaker:
-    """A session factory on the same engine whose transactions are of `kind` (READ, ROUND, WRITE).
+def engine_for(sessions: sessionmaker, kind: str) -> Engine:
+    """The sessions' engine, its transactions of `kind` (READ, ROUND, WRITE).
 
     ROUND trades durability against a crash of the machine for commits that do not wait for the disk:
     what a round writes survives the SIGKILL of its process (SQLite's WAL, PostgreSQL's WAL), but the
@@ -254,8 +254,8 @@ def sessions_for(sessions: sessionmaker, kind: str) -> sessionmaker:
     Every other write (registrations, operator actions, key releases, the audit) commits durably, and
     flushes the rounds committed before it.
     """
-    engine = sessions.kw["bind"]
-    return sessionmaker(engine.execution_options(**{TRANSACTION: kind}), expire_on_commit=False)
+    engine: Engine = sessions.kw["bind"]
+    return engine.execution_options(**{TRANSACTION: kind})
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

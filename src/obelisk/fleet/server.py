@@ -14,6 +14,11 @@ Nodes (push; the service never connects to a node):
     POST /v1/node/key?node=ID        body: as evidence -> {"node", "status", "key": HEX}: the node's /var key,
                                      only when this round verifies and the node is trusted (403 otherwise)
 
+Node endpoints are rate limited per source address and overall (`fleet/ratelimit.py`): 429 with
+Retry-After. Connections are kept alive between requests (a round's nonce and evidence share one TLS
+handshake) for at most KEEPALIVE_IDLE seconds of silence, and not at all while most of the server's
+MAX_CONCURRENT slots are taken: an idle node cannot hold a slot another node needs.
+
 Operators (client certificate of the customer CA; every change audited with its subject):
     GET  /v1/nodes                      GET  /v1/nodes/ID/history
     POST /v1/nodes/ID/approve           POST /v1/nodes/ID/quarantine   {"reason": "..."}
@@ -40,11 +45,15 @@ from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from obelisk.core.errors import InputError
+from obelisk.fleet.ratelimit import RateLimiter, retry_after
 from obelisk.fleet.service import Fleet, FleetError, NotFound
 
 MAX_BODY = 64 * 1024 * 1024  # an evidence bundle with a long IMA list
 MAX_CONCURRENT = 16
 HANDSHAKE_TIMEOUT = 10.0
+KEEPALIVE_IDLE = 2.0  # seconds a kept-alive connection may wait for its next request
+KEEPALIVE_REQUESTS = 100  # requests on one connection, then it is closed
+KEEPALIVE_FREE_SLOTS = MAX_CONCURRENT // 4  # fewer free slots than this: close after each answer
 
 
 def server_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:
@@ -77,20 +86,48 @@ class _Handler(BaseHTTPRequestHandler):
     server: FleetServer
     protocol_version = "HTTP/1.1"
     timeout = 30
+    _idle = False  # waiting for the next request of a kept-alive connection
 
     def version_string(self) -> str:
         return "obelisk-fleet"
 
+    def handle(self) -> None:
+        """Requests on one connection: the first with the full timeout, the next ones only if they come
+        within KEEPALIVE_IDLE seconds (and at most KEEPALIVE_REQUESTS in all)."""
+        self.close_connection = True
+        self.handle_one_request()
+        served = 1
+        while not self.close_connection and served < KEEPALIVE_REQUESTS:
+            self._idle = True
+            self.connection.settimeout(KEEPALIVE_IDLE)
+            self.handle_one_request()
+            served += 1
+
+    def parse_request(self) -> bool:
+        if self._idle:  # a request line came: it gets the full timeout for its headers and body
+            self._idle = False
+            self.connection.settimeout(self.timeout)
+        return super().parse_request()
+
+    def log_error(self, format: str, *args: Any) -> None:
+        if self._idle and format.startswith("Request timed out"):
+            return  # an idle kept-alive connection closed: nothing went wrong
+        super().log_error(format, *args)
+
     def log_message(self, format: str, *args: Any) -> None:
         self.server.log(f"{self.client_address[0]} [{peer_subject(self.connection) or 'node'}] {format % args}")
 
-    def _send(self, code: int, body: Any) -> None:
+    def _send(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
         html = isinstance(body, _Html)
         data = body.data if isinstance(body, _Html) else (json.dumps(body, sort_keys=True) + "\n").encode()
         self.send_response(code)
         self.send_header("Content-Type", "text/html; charset=utf-8" if html else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.server.crowded() and not self.close_connection:
+            self.send_header("Connection", "close")  # sets close_connection: the slot goes to the next node
         self.end_headers()
         self.wfile.write(data)
 
@@ -123,6 +160,12 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [p for p in url.path.split("/") if p]
         try:
             if parts[:2] == ["v1", "node"] and method == "POST":
+                wait = self.server.limiter.admit(self.client_address[0]) if self.server.limiter else None
+                if wait is not None:
+                    self.close_connection = True  # its body is not read: the connection cannot carry another
+                    self._send(429, {"error": f"too many requests: retry in {retry_after(wait)} s"},
+                               {"Retry-After": retry_after(wait), "Connection": "close"})
+                    return
                 self._send(200, self._node(parts[2:], parse_qs(url.query, max_num_fields=4)))
                 return
             subject = peer_subject(self.connection)
@@ -229,10 +272,13 @@ class FleetServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], context: ssl.SSLContext, fleet: Fleet,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, limiter: RateLimiter | None = None):
         self.context = context
         self.fleet = fleet
+        self.limiter = limiter
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._busy = 0  # slots taken (the semaphore does not tell)
+        self._busy_lock = threading.Lock()
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._stop = threading.Event()
         super().__init__(address, _Handler)
@@ -240,11 +286,20 @@ class FleetServer(ThreadingHTTPServer):
     def log(self, line: str) -> None:
         self._log(f"obelisk-fleet {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}")
 
+    def crowded(self) -> bool:
+        """Too few free slots to let a connection wait idle for its next request."""
+        return MAX_CONCURRENT - self._busy < KEEPALIVE_FREE_SLOTS
+
     def sweep_forever(self) -> None:
-        """Mark silent nodes unreachable, every half interval, until `shutdown`."""
+        """Mark silent nodes unreachable and forget stale challenges and registrations (`Fleet.clean_up`),
+        every half interval, until `shutdown`."""
         while not self._stop.wait(max(1.0, self.fleet.interval / 2)):
             try:
                 self.fleet.sweep()
+                removed = self.fleet.clean_up()
+                if any(removed.values()):
+                    self.log(f"clean-up: removed {removed['nonces']} expired challenge(s), "
+                             f"{removed['registrations']} unanswered registration(s)")
             except Exception as exc:
                 self.log(f"sweep failed: {type(exc).__name__}: {exc}")
 
@@ -256,17 +311,24 @@ class FleetServer(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             request.close()
             return
+        with self._busy_lock:
+            self._busy += 1
         try:
             super().process_request(request, client_address)
         except Exception:
-            self._slots.release()
+            self._release()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release()
+
+    def _release(self) -> None:
+        with self._busy_lock:
+            self._busy -= 1
+        self._slots.release()
 
     def finish_request(self: Self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         if not isinstance(request, socket.socket):
@@ -294,8 +356,8 @@ class FleetServer(ThreadingHTTPServer):
 
 
 def make_server(fleet: Fleet, host: str, port: int, *, cert: str, key: str, client_ca: str,
-                log: Callable[[str], None] | None = None) -> FleetServer:
-    server = FleetServer((host, port), server_context(cert, key, client_ca), fleet, log)
+                log: Callable[[str], None] | None = None, limiter: RateLimiter | None = None) -> FleetServer:
+    server = FleetServer((host, port), server_context(cert, key, client_ca), fleet, log, limiter)
     fleet.log = server.log
     if fleet.webhooks is not None:
         fleet.webhooks.log = server.log
@@ -309,10 +371,11 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def serve(fleet: Fleet, listen: str, *, cert: str, key: str, client_ca: str) -> None:
-    """Serve until interrupted, sweeping for unreachable nodes in the background."""
+def serve(fleet: Fleet, listen: str, *, cert: str, key: str, client_ca: str,
+          limiter: RateLimiter | None = None) -> None:
+    """Serve until interrupted, sweeping for unreachable nodes and stale registrations in the background."""
     host, port = parse_listen(listen)
-    server = make_server(fleet, host, port, cert=cert, key=key, client_ca=client_ca)
+    server = make_server(fleet, host, port, cert=cert, key=key, client_ca=client_ca, limiter=limiter)
     threading.Thread(target=server.sweep_forever, daemon=True).start()
     server.log(f"listening on {host}:{server.server_address[1]}")
     try:

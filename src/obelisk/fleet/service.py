@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CursorResult, bindparam, delete, exists, insert, select, update
+from sqlalchemy import Connection, CursorResult, bindparam, delete, exists, insert, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,6 +45,20 @@ if TYPE_CHECKING:
     from obelisk.attest.ima_check import References
     from obelisk.attest.verify import Counters
     from obelisk.core.findings import Report
+    from obelisk.ima_policy.keyring import Keyring
+
+PENDING, APPROVED, TRUSTED, FAILED, QUARANTINED, UNREACHABLE = (
+    "pending", "approved", "trusted", "failed", "quarantined", "unreachable")
+STATUSES = (PENDING, APPROVED, TRUSTED, FAILED, QUARANTINED, UNREACHABLE)
+ROUND, CREDENTIAL = "round", "credential"
+NONCE_SIZE = 32
+NONCE_TTL = _dt.timedelta(minutes=5)
+REGISTRATION_TIMEOUT = 24 * 3600  # seconds: a registration whose TPM never answered its challenge is removed
+NONCE_KEY = "round-nonce-key"  # service_secrets.name of the round nonces' MAC key
+MISSED_INTERVALS = 3  # no evidence within this many intervals: unreachable
+FAILURES_TO_QUARANTINE = 2  # consecutive failed rounds
+VALID_SIGNATURES_KEPT = 1 << 18  # per image: IMA signatures known valid (_image_keyring)
+
 
 def _progress_of(node_id: str, saved: str | None) -> imaprogress.ImaProgress | None:
     """The node's saved IMA position; an unreadable one (an older obelisk's) only costs a full check."""
@@ -61,6 +76,35 @@ def _ak_of(record: str, node_id: str) -> AKRecord:
     from obelisk.attest import akrecord
 
     return akrecord.parse(record.encode(), f"node {node_id} AK")
+
+
+def _image_keyring(certs: list[tuple[str, x509.Certificate]]) -> Keyring:
+    """An image's IMA keyring that remembers the signatures it found valid.
+
+    Every node of an image measures the same files with the same signatures: a fleet verifies each
+    (signature, digest) pair once instead of once per node and boot. Only VALID outcomes are kept, keyed
+    by the exact signature, algorithm and digest (verification is a function of them and the keyring's
+    fixed certificates), so the outcome of every check is the one a fresh keyring gives."""
+    from obelisk.ima_policy.keyring import VALID, Keyring
+
+    class Remembering(Keyring):
+        def __init__(self) -> None:
+            super().__init__(certs)
+            self._valid: dict[tuple[bytes, str, bytes], str] = {}
+
+        def check(self, sig: bytes, digest_algo: str, digest: bytes) -> tuple[str, str]:
+            key = (sig, digest_algo, digest)
+            detail = self._valid.get(key)
+            if detail is not None:
+                return VALID, detail
+            outcome, detail = super().check(sig, digest_algo, digest)
+            if outcome == VALID:
+                if len(self._valid) >= VALID_SIGNATURES_KEPT:
+                    self._valid.clear()
+                self._valid[key] = detail
+            return outcome, detail
+
+    return Remembering()
 
 
 @dataclass(frozen=True)
@@ -85,17 +129,23 @@ class _NodeState:
 # building cost more than the database itself on this path.
 _NODES = db.Base.metadata.tables["nodes"]
 _ROUNDS = db.Base.metadata.tables["attestations"]
+_NONCES = db.Base.metadata.tables["nonces"]
+_EVENTS = db.Base.metadata.tables["events"]
 _READ_STATE = select(_NODES.c.status, _NODES.c.ak_record, _NODES.c.image_id, _NODES.c.clock, _NODES.c.reset_count,
                      _NODES.c.restart_count, _NODES.c.ima_progress, _NODES.c.hostname
                      ).where(_NODES.c.id == bindparam("node_id"))
 _LOCK_STATE = _READ_STATE.with_for_update()
 _NONCE_USED = select(exists().where(_ROUNDS.c.nonce == bindparam("nonce")))
 _INSERT_ROUND = insert(_ROUNDS)
+_INSERT_EVENT = insert(_EVENTS)
+_LEGACY_NONCE = select(_NONCES.c.id, _NONCES.c.used_at, _NONCES.c.expires_at).where(
+    _NONCES.c.value == bindparam("value"), _NONCES.c.purpose == ROUND, _NONCES.c.node_id == bindparam("node_id"))
+_CLAIM_NONCE = update(_NONCES).where(_NONCES.c.id == bindparam("nonce_id"), _NONCES.c.used_at.is_(None))
 _READ_ASKING = select(_NODES.c.ak_record.is_(None), _NODES.c.status).where(_NODES.c.id == bindparam("node_id"))
 
 
-def _node_state(s: Session, node_id: str, *, lock: bool = False) -> _NodeState | None:
-    row = s.execute(_LOCK_STATE if lock else _READ_STATE, {"node_id": node_id}).first()
+def _node_state(conn: Connection, node_id: str, *, lock: bool = False) -> _NodeState | None:
+    row = conn.execute(_LOCK_STATE if lock else _READ_STATE, {"node_id": node_id}).first()
     return _NodeState(*row) if row is not None else None
 
 
@@ -109,17 +159,6 @@ class _Verified:
     counters: Counters | None
     ima_progress: str | None  # the position to keep (a passing round's), None otherwise
 
-
-PENDING, APPROVED, TRUSTED, FAILED, QUARANTINED, UNREACHABLE = (
-    "pending", "approved", "trusted", "failed", "quarantined", "unreachable")
-STATUSES = (PENDING, APPROVED, TRUSTED, FAILED, QUARANTINED, UNREACHABLE)
-ROUND, CREDENTIAL = "round", "credential"
-NONCE_SIZE = 32
-NONCE_TTL = _dt.timedelta(minutes=5)
-REGISTRATION_TIMEOUT = 24 * 3600  # seconds: a registration whose TPM never answered its challenge is removed
-NONCE_KEY = "round-nonce-key"  # service_secrets.name of the round nonces' MAC key
-MISSED_INTERVALS = 3  # no evidence within this many intervals: unreachable
-FAILURES_TO_QUARANTINE = 2  # consecutive failed rounds
 
 
 class FleetError(ObeliskError):
@@ -237,6 +276,12 @@ def _iso(t: _dt.datetime | None) -> str | None:
     return t.astimezone(_dt.UTC).isoformat().replace("+00:00", "Z") if t else None
 
 
+def _event_doc(node_id: str | None, at: _dt.datetime, kind: str, old: str | None, new: str | None,
+               detail: str) -> dict[str, Any]:
+    """A state change as logged and sent to the webhooks (obelisk.fleet-event/1 without its schema)."""
+    return {"node": node_id, "at": _iso(at), "kind": kind, "old_status": old, "new_status": new, "detail": detail}
+
+
 @dataclass
 class Fleet:
     sessions: sessionmaker[Session]
@@ -252,8 +297,8 @@ class Fleet:
     registration_timeout: int = REGISTRATION_TIMEOUT  # seconds before `clean_up` removes an unanswered registration
     _references: dict[int, References] = field(default_factory=dict)
     _nonce_key: bytes = field(default=b"", repr=False)
-    _reads: sessionmaker[Session] = field(init=False, repr=False)
-    _rounds: sessionmaker[Session] = field(init=False, repr=False)
+    _reads: Engine = field(init=False, repr=False)  # READ transactions (db.py)
+    _rounds: Engine = field(init=False, repr=False)  # ROUND transactions
 
     # ---- operators -------------------------------------------------------------------------------
 
@@ -366,12 +411,12 @@ class Fleet:
     def _event(self, s: Session, ev: db.Event) -> None:
         """Record a state change; it is logged and sent to the webhooks once its transaction commits."""
         s.add(ev)
-        s.info.setdefault("fleet_events", []).append({
-            "node": ev.node_id, "at": _iso(ev.at), "kind": ev.kind, "old_status": ev.old_status,
-            "new_status": ev.new_status, "detail": ev.detail})
+        s.info.setdefault("fleet_events", []).append(_event_doc(ev.node_id, ev.at, ev.kind, ev.old_status,
+                                                                ev.new_status, ev.detail))
 
-    def _committed(self, s: Session) -> None:
-        for doc in s.info.pop("fleet_events", []):
+    def _announce(self, docs: list[dict[str, Any]]) -> None:
+        """Log committed state changes and send them to the webhooks."""
+        for doc in docs:
             self.log(f"node {doc['node']}: {doc['kind']}: {doc['old_status']} -> {doc['new_status']}"
                      + (f" ({doc['detail']})" if doc["detail"] else ""))
             if self.webhooks is not None:
@@ -380,11 +425,10 @@ class Fleet:
     def __post_init__(self) -> None:
         from sqlalchemy import event
 
-        self._reads = db.sessions_for(self.sessions, db.READ)
-        self._rounds = db.sessions_for(self.sessions, db.ROUND)
-        for sessions in (self.sessions, self._rounds):
-            event.listen(sessions, "after_commit", self._committed)
-            event.listen(sessions, "after_rollback", lambda s: s.info.pop("fleet_events", None))
+        self._reads = db.engine_for(self.sessions, db.READ)
+        self._rounds = db.engine_for(self.sessions, db.ROUND)
+        event.listen(self.sessions, "after_commit", lambda s: self._announce(s.info.pop("fleet_events", [])))
+        event.listen(self.sessions, "after_rollback", lambda s: s.info.pop("fleet_events", None))
         if not self._nonce_key:
             self._nonce_key = self._shared_secret(NONCE_KEY)
 
@@ -574,8 +618,8 @@ class Fleet:
 
     def issue_nonce(self, node_id: str) -> bytes:
         """A round's nonce: a MAC (fleet/nonce.py), so issuing it writes nothing; `submit` makes it single use."""
-        with self._reads() as s:
-            row = s.execute(_READ_ASKING, {"node_id": node_id}).first()
+        with self._reads.connect() as conn:
+            row = conn.execute(_READ_ASKING, {"node_id": node_id}).first()
         if row is None:
             raise NotFound(f"unknown node {node_id!r}: register first")
         no_ak, status = row
@@ -601,22 +645,26 @@ class Fleet:
         except InputError as exc:
             raise FleetError(str(exc)) from None
         now = self.now()
-        with self._reads() as s:
-            state = self._attesting(node_id, _node_state(s, node_id))
-            self._unused_nonce(s, node_id, ev.nonce, now)
+        with self._reads.connect() as conn:
+            state = self._attesting(node_id, _node_state(conn, node_id))
+            self._unused_nonce(conn, node_id, ev.nonce, now)
         verified = self._verify(node_id, state, ev, scan)
+        events: list[dict[str, Any]] = []
         try:
-            with self._rounds.begin() as s:
-                current = self._attesting(node_id, _node_state(s, node_id, lock=True))
-                legacy = self._unused_nonce(s, node_id, ev.nonce, now)
+            with self._rounds.begin() as conn:
+                current = self._attesting(node_id, _node_state(conn, node_id, lock=True))
+                legacy = self._unused_nonce(conn, node_id, ev.nonce, now)
                 if current.basis() != state.basis():
                     verified = self._verify(node_id, current, ev, scan)
-                if legacy is not None:
-                    self._claim(s, legacy, now)
-                return self._record(s, node_id, current, ev, verified, legacy, now)
+                if legacy is not None and conn.execute(_CLAIM_NONCE.values(used_at=now),
+                                                       {"nonce_id": legacy}).rowcount != 1:
+                    raise Conflict("nonce already used: a replay")
+                result = self._record(conn, node_id, current, ev, verified, legacy, now, events)
         except IntegrityError:
             # the unique nonce: another process recorded this round between our check and our insert
             raise Conflict("nonce already used: a replay") from None
+        self._announce(events)
+        return result
 
     @staticmethod
     def _attesting(node_id: str, state: _NodeState | None) -> _NodeState:
@@ -626,23 +674,24 @@ class Fleet:
             raise Forbidden(f"node {node_id} is not approved")
         return state
 
-    def _unused_nonce(self, s: Session, node_id: str, value: bytes, now: _dt.datetime) -> db.Nonce | None:
+    def _unused_nonce(self, conn: Connection, node_id: str, value: bytes, now: _dt.datetime) -> int | None:
         """Refuse a nonce this service did not issue to this node, one already used, or an expired one.
 
-        Returns the stored row of a nonce issued before migration 0004 (claimed with the round), else None.
+        Returns the id of the stored row of a nonce issued before migration 0004 (claimed with the round),
+        else None.
         """
         issued = round_nonce.issued_at(self._nonce_key, node_id, value)
         if issued is None:
-            row = s.scalars(select(db.Nonce).where(db.Nonce.value == value.hex(), db.Nonce.purpose == ROUND,
-                                                   db.Nonce.node_id == node_id)).first()
+            row = conn.execute(_LEGACY_NONCE, {"value": value.hex(), "node_id": node_id}).first()
             if row is None:
                 raise Forbidden("evidence is not over a nonce this service issued to this node")
-            if row.used_at is not None:
+            row_id, used_at, expires_at = row
+            if used_at is not None:
                 raise Conflict("nonce already used: a replay")
-            if row.expires_at < now:
+            if expires_at < now:
                 raise Forbidden("nonce expired: ask for a fresh one")
-            return row
-        if s.execute(_NONCE_USED, {"nonce": value.hex()}).scalar():
+            return int(row_id)
+        if conn.execute(_NONCE_USED, {"nonce": value.hex()}).scalar():
             raise Conflict("nonce already used: a replay")
         if now - issued > NONCE_TTL:
             raise Forbidden("nonce expired: ask for a fresh one")
@@ -671,11 +720,12 @@ class Fleet:
         progress = imaprogress.serialize(incremental.state) if passed and incremental.state is not None else None
         return _Verified(fmt.serialize(report, compact=True), passed, summary, counters, progress)
 
-    def _record(self, s: Session, node_id: str, node: _NodeState, ev: Any, verified: _Verified,
-                legacy: db.Nonce | None, now: _dt.datetime) -> dict[str, Any]:
-        """Keep a verified round and update its node (Core statements: one insert, one update)."""
-        s.execute(_INSERT_ROUND, {
-            "node_id": node_id, "nonce": ev.nonce.hex(), "nonce_id": legacy.id if legacy is not None else None,
+    def _record(self, conn: Connection, node_id: str, node: _NodeState, ev: Any, verified: _Verified,
+                legacy: int | None, now: _dt.datetime, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Keep a verified round and update its node (one insert, one update; an event on a change of
+        status, added to `events` to announce after the commit)."""
+        conn.execute(_INSERT_ROUND, {
+            "node_id": node_id, "nonce": ev.nonce.hex(), "nonce_id": legacy,
             "image_id": node.image_id, "at": now, "passed": verified.passed, "summary": verified.summary[:4000],
             "report": verified.report})
         values: dict[str, Any] = {"last_attested": now, "hostname": ev.kernel.get("hostname", node.hostname)[:255],
@@ -690,16 +740,17 @@ class Fleet:
         elif verified.passed:
             if node.status != TRUSTED:
                 status, change = TRUSTED, ("attested", verified.summary)
-        elif node.status == FAILED and self._failed_in_a_row(s, node_id) >= FAILURES_TO_QUARANTINE:
+        elif node.status == FAILED and self._failed_in_a_row(conn, node_id) >= FAILURES_TO_QUARANTINE:
             status, change = QUARANTINED, ("auto-quarantine",
                                            f"{FAILURES_TO_QUARANTINE} failed rounds in a row; {verified.summary}")
         elif node.status != FAILED:
             status, change = FAILED, ("attestation-failed", verified.summary)
         if change is not None:
             values["status"] = status
-            self._event(s, db.Event(node_id=node_id, at=now, kind=change[0], old_status=node.status,
-                                    new_status=status, detail=change[1]))
-        s.execute(update(_NODES).where(_NODES.c.id == node_id).values(**values))
+            conn.execute(_INSERT_EVENT, {"node_id": node_id, "at": now, "kind": change[0], "old_status": node.status,
+                                         "new_status": status, "detail": change[1]})
+            events.append(_event_doc(node_id, now, change[0], node.status, status, change[1]))
+        conn.execute(update(_NODES).where(_NODES.c.id == node_id).values(**values))
         return {"node": node_id, "status": status, "passed": verified.passed, "summary": verified.summary}
 
     def release_key(self, node_id: str, bundle: bytes) -> dict[str, Any]:
@@ -744,9 +795,8 @@ class Fleet:
         return {"node": node_id, "status": TRUSTED, "key": key.hex()}
 
     @staticmethod
-    def _failed_in_a_row(s: Session, node_id: str) -> int:
-        s.flush()
-        recent = s.scalars(select(db.Attestation.passed).where(db.Attestation.node_id == node_id)
+    def _failed_in_a_row(conn: Connection, node_id: str) -> int:
+        recent = conn.scalars(select(db.Attestation.passed).where(db.Attestation.node_id == node_id)
                            .order_by(db.Attestation.id.desc()).limit(FAILURES_TO_QUARANTINE)).all()
         count = 0
         for passed in recent:
@@ -762,10 +812,9 @@ class Fleet:
             return refs
         from obelisk.attest.ima_check import References
         from obelisk.core.findings import Finding, Severity, Status
-        from obelisk.ima_policy.keyring import Keyring
         from obelisk.image import manifest as mf
 
-        with self._reads() as s:
+        with self.sessions() as s:
             img = s.get(db.Image, image_id)
         assert img is not None
         m = mf.parse(img.manifest.encode(), f"image {img.name}:{img.version}")
@@ -775,7 +824,7 @@ class Fleet:
                          detail=f"checked at fleet image add; signer {img.signer}")
         refs = References(ima_reference=m.ima_reference, predicted=dict(m.pcrs.predicted),
                           boot_predictions=tuple(m.pcrs.predictions),
-                          keyring=Keyring([(f"{img.name}:{img.version} manifest signer", sig.certificate)]),
+                          keyring=_image_keyring([(f"{img.name}:{img.version} manifest signer", sig.certificate)]),
                           findings=[signed], manifest=m)
         self._references[image_id] = refs
         return refs
