@@ -282,8 +282,8 @@ def main() -> int:
         per_process = [sum(p["per_process"][i] for p in parts) for i in range(len(servers))]
         generator_cpu = sum(p["cpu"] for p in parts)
         result = {
-            "database": ("postgresql" + (" (fsync on)" if args.durable else " (fsync off)") if url.startswith("postgresql")
-                         else "sqlite"),
+            "database": (("postgresql (fsync on)" if args.durable else "postgresql (fsync off)")
+                         if url.startswith("postgresql") else "sqlite"),
             "processes": args.processes, "generators": args.generators, "nodes": args.nodes, "rounds": total,
             "passed": sum(p["passed"] for p in parts), "seconds": round(elapsed, 2),
             "attestations_per_second": round(total / elapsed, 1),

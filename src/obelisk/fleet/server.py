@@ -54,6 +54,7 @@ HANDSHAKE_TIMEOUT = 10.0
 KEEPALIVE_IDLE = 2.0  # seconds a kept-alive connection may wait for its next request
 KEEPALIVE_REQUESTS = 100  # requests on one connection, then it is closed
 KEEPALIVE_FREE_SLOTS = MAX_CONCURRENT // 4  # fewer free slots than this: close after each answer
+DRAIN_LIMIT = 1 << 20  # a refused request's body up to this size is read and dropped (the connection stays usable)
 
 
 def server_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:
@@ -162,9 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
             if parts[:2] == ["v1", "node"] and method == "POST":
                 wait = self.server.limiter.admit(self.client_address[0]) if self.server.limiter else None
                 if wait is not None:
-                    self.close_connection = True  # its body is not read: the connection cannot carry another
-                    self._send(429, {"error": f"too many requests: retry in {retry_after(wait)} s"},
-                               {"Retry-After": retry_after(wait), "Connection": "close"})
+                    self._refuse_busy(wait)
                     return
                 self._send(200, self._node(parts[2:], parse_qs(url.query, max_num_fields=4)))
                 return
@@ -178,6 +177,21 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug, or the database went away: the request fails, the service stays
             self.server.log(f"error serving {method} {url.path}: {type(exc).__name__}: {exc}")
             self._send(500, {"error": f"internal error: {type(exc).__name__}"})
+
+    def _refuse_busy(self, wait: float) -> None:
+        """429 with Retry-After. The body is read first (up to DRAIN_LIMIT): closing a socket with unread
+        data resets the connection, and the client would see no answer."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = DRAIN_LIMIT + 1
+        headers = {"Retry-After": retry_after(wait)}
+        if 0 <= length <= DRAIN_LIMIT:
+            self.rfile.read(length)
+        else:
+            self.close_connection = True
+            headers["Connection"] = "close"
+        self._send(429, {"error": f"too many requests: retry in {retry_after(wait)} s"}, headers)
 
     def _node(self, parts: list[str], query: dict[str, list[str]]) -> Any:
         fleet = self.server.fleet
