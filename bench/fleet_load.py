@@ -10,7 +10,8 @@ files measured since the last round, on top of `--ima-entries` at boot), so the 
 check (attest/ima_check.IncrementalChecker) walks only the new entries of each round after the first.
 Registration is not simulated (it needs a TPM for ActivateCredential): the nodes are written into the
 database as approved, then every round goes through HTTPS like a node's (FleetClient, kept-alive
-connections: a round's nonce and evidence share one TLS connection, as the node agent's do).
+connections: a round's nonce and evidence share one TLS connection, as the node agent's do, and the
+next round opens a new one, as a node's does a minute later).
 
 The generator is kept cheap so that the machine's cores go to the service: each round's bundle is made
 once for all nodes and only the node's quote (a TPMS_ATTEST over its nonce, signed by its AK) and AK
@@ -48,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from obelisk.attest import akrecord
 from obelisk.attest import evidence as evmod
+from obelisk.core import https
 from obelisk.fleet import db
 from obelisk.fleet.client import FleetClient
 from obelisk.ima_policy import measurement_list as ml
@@ -161,23 +163,34 @@ def _generate(part: int) -> dict:
     """Rounds of every node in slice `part` (one generator process); its latencies, counts and CPU time."""
     plan = _PLAN
     nodes = plan["nodes"][part::plan["generators"]]
-    clients = [FleetClient(url, plan["ca"], timeout=120) for url in plan["urls"]]
+    context = https.client_context(plan["ca"])
+    urls = plan["urls"]
     lock = threading.Lock()
     latencies: list[float] = []
-    per_process = [0] * len(clients)
+    per_process = [0] * len(urls)
     passed = 0
     cpu = time.process_time()
 
+    def post(url: str, pool: https.ConnectionPool, path: str, body: bytes) -> dict:
+        status, raw = https.exchange(url, context, "POST", path, body=body,
+                                     headers={"Content-Type": "application/json"}, timeout=120, default_port=443,
+                                     limit=1 << 26, what="fleet", pool=pool)
+        if status != 200:
+            raise RuntimeError(f"{path}: {status} {raw[:200]!r}")
+        return json.loads(raw)
+
     def one_round(index: int, node_id: str, ak: synth.SoftAK, rnd: int) -> None:
         nonlocal passed
-        which = (index + rnd) % len(clients)  # consecutive rounds of a node land on different processes
-        client = clients[which]
+        which = (index + rnd) % len(urls)  # consecutive rounds of a node land on different processes
+        pool = https.ConnectionPool()  # a node's round: one TLS connection for its nonce and evidence
         start = time.perf_counter()
-        nonce = bytes.fromhex(client.request("POST", "/v1/node/nonce", {"node": node_id})["nonce"])
+        nonce = bytes.fromhex(post(urls[which], pool, "/v1/node/nonce", json.dumps({"node": node_id}).encode())
+                              ["nonce"])
         clock = q.ClockInfo(clock=1_000_000 + 60_000 * rnd, reset_count=1, restart_count=0, safe=True)
-        result = client.request("POST", f"/v1/node/evidence?node={node_id}",
-                                _bundle(plan["rounds"][rnd], ak, nonce, clock))
+        result = post(urls[which], pool, f"/v1/node/evidence?node={node_id}",
+                      _bundle(plan["rounds"][rnd], ak, nonce, clock))
         took = time.perf_counter() - start
+        pool.close()
         with lock:
             latencies.append(took)
             per_process[which] += 1

@@ -138,6 +138,7 @@ _LOCK_STATE = _READ_STATE.with_for_update()
 _NONCE_USED = select(exists().where(_ROUNDS.c.nonce == bindparam("nonce")))
 _INSERT_ROUND = insert(_ROUNDS)
 _INSERT_EVENT = insert(_EVENTS)
+_UPDATE_NODE = update(_NODES).where(_NODES.c.id == bindparam("node_key"))  # SET: the keys of the parameters
 _LEGACY_NONCE = select(_NONCES.c.id, _NONCES.c.used_at, _NONCES.c.expires_at).where(
     _NONCES.c.value == bindparam("value"), _NONCES.c.purpose == ROUND, _NONCES.c.node_id == bindparam("node_id"))
 _CLAIM_NONCE = update(_NONCES).where(_NONCES.c.id == bindparam("nonce_id"), _NONCES.c.used_at.is_(None))
@@ -750,7 +751,7 @@ class Fleet:
             conn.execute(_INSERT_EVENT, {"node_id": node_id, "at": now, "kind": change[0], "old_status": node.status,
                                          "new_status": status, "detail": change[1]})
             events.append(_event_doc(node_id, now, change[0], node.status, status, change[1]))
-        conn.execute(update(_NODES).where(_NODES.c.id == node_id).values(**values))
+        conn.execute(_UPDATE_NODE, {"node_key": node_id, **values})
         return {"node": node_id, "status": status, "passed": verified.passed, "summary": verified.summary}
 
     def release_key(self, node_id: str, bundle: bytes) -> dict[str, Any]:
