@@ -236,6 +236,6 @@ def test_node_fleet_run_registers_and_attests_with_the_config_disk(pki, fleet_se
         # the loop keeps going: approved in between, the next round is trusted (event log and IMA as booted)
         node_id = svc.fleet.nodes()[0]["id"]
         svc.operator(pki).approve(node_id)
-        node.event_log, node.ima_log = agent.event_log, agent.ima_log
+        node.event_log, node.ima_log, node.scan_root = agent.event_log, agent.ima_log, agent.scan_root
         results = fleet_node.attest_forever(node, 0, "n", lambda _line: None, rounds=2, sleep=lambda _s: None)
         assert results[-1]["status"] == "trusted" and node.node == node_id

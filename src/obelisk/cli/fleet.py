@@ -94,7 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eventlog", default="/sys/kernel/security/tpm0/binary_bios_measurements", metavar="FILE")
     p.add_argument("--ima", metavar="FILE", help="IMA list (default: the kernel's)")
     p.add_argument("--join-token", metavar="FILE", help="file holding the join token the service asks for")
-    p.add_argument("--scan-root", metavar="DIR", help="send a CIS/STIG scan of DIR with each round (a node: /)")
+    p.add_argument("--scan-root", default="/", metavar="DIR",
+                   help="the CIS/STIG scan of DIR sent with each round (default /: the node itself; '' sends "
+                        "none, and the service fails such rounds)")
     p.add_argument("--interval", type=int, default=60, metavar="SECONDS")
     p.add_argument("--rounds", type=int, default=0, metavar="N", help="stop after N rounds (default: never)")
     add_output_options(p, verbose=False)
@@ -236,7 +238,7 @@ def _join(args: argparse.Namespace) -> int:
     from obelisk.fleet.node import attest_forever
 
     agent = NodeAgent(FleetClient(args.url, args.ca), image=args.image, tcti=args.tcti,
-                      event_log=args.eventlog or None, ima_log=args.ima, scan_root=args.scan_root,
+                      event_log=args.eventlog or None, ima_log=args.ima, scan_root=args.scan_root or None,
                       token=_token(args.join_token) if args.join_token else "")
     results = attest_forever(agent, args.interval, socket.gethostname(),
                              lambda line: print(f"obelisk fleet: {line}", file=sys.stderr, flush=True),

@@ -23,7 +23,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import CursorResult, select, update
@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from obelisk.attest.ima_check import IncrementalChecker
 from obelisk.core.errors import InputError, ObeliskError
-from obelisk.fleet import db
+from obelisk.fleet import db, round_rules
 from obelisk.ima_policy import progress as imaprogress
 
 if TYPE_CHECKING:
@@ -147,21 +147,6 @@ def split_round(body: bytes, source: str) -> tuple[bytes, Report | None]:
     scan = doc.get("scan")
     report = fmt.parse(json.dumps(scan), f"{source}: scan") if scan is not None else None
     return json.dumps(doc["evidence"]).encode(), report
-
-
-def _with_scan(report: Report, scan: Report | None) -> Report:
-    """The node's CIS/STIG scan joins the round's findings (its agent is what IMA and the quote vouch for)."""
-    from dataclasses import replace
-
-    from obelisk.core.findings import Finding, Severity, Status
-
-    if scan is None:
-        extra = [Finding(id="fleet.node.scan", title="Node CIS/STIG scan", status=Status.SKIP,
-                         severity=Severity.MEDIUM, benchmark="attestation", section="node",
-                         detail="the node sent no scan with this round")]
-    else:
-        extra = list(scan.findings)
-    return replace(report, findings=report.findings + tuple(extra))
 
 
 def node_id_of(ek_public: bytes) -> str:
@@ -479,8 +464,10 @@ class Fleet:
                            expires_at=now + NONCE_TTL))
         return nonce
 
-    def submit(self, node_id: str, bundle: bytes) -> dict[str, Any]:
-        """Verify a round's evidence against the node's image; keep the result; update the node's status."""
+    def submit(self, node_id: str, bundle: bytes, *, key_round: bool = False) -> dict[str, Any]:
+        """Verify a round's evidence against the node's image; keep the result; update the node's status.
+
+        `key_round`: the round asks for /var's key, from the initramfs (`round_rules` says what that spares)."""
         from obelisk.attest import akrecord, verify
         from obelisk.attest import evidence as evmod
         from obelisk.core import findings as fmt
@@ -516,7 +503,8 @@ class Fleet:
             incremental = IncrementalChecker(refs, _progress_of(node))
             opts.ima_check = incremental
             report, counters = verify.verify(ev, opts)
-            report = _with_scan(report, scan)
+            report = replace(report, findings=report.findings + tuple(
+                round_rules.node_findings(scan, refs.manifest, ev.kernel, key_round=key_round)))
             passed = not report.failed
             bad = [f.id for f in report.findings if f.status.value in ("fail", "error")]
             summary = "all checks passed" if passed else "failed: " + ", ".join(bad)
@@ -552,7 +540,7 @@ class Fleet:
 
         if self.kek is None:
             raise Forbidden("key release is not enabled on this service (fleet serve --kek)")
-        result = self.submit(node_id, bundle)  # commits the round whatever it says
+        result = self.submit(node_id, bundle, key_round=True)  # commits the round whatever it says
         now = self.now()
         with self.sessions.begin() as s:
             node = s.get(db.Node, node_id, with_for_update=True)
