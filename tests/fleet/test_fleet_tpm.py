@@ -517,3 +517,19 @@ def test_rounds_walk_only_the_ima_entries_measured_since_the_last_trusted_round(
         device.extend_pcr(tpm.tcti, 10, b"an unlogged binary")
         assert node.round()["status"] == "failed"
         assert _rows(svc, "SELECT ima_progress FROM nodes") == [(None,)]  # a failed round keeps no position
+
+
+@pytest.mark.parametrize(("content", "mode", "message"), [
+    (bytes(range(32)), 0o644, "readable by others (mode 0644): chmod 600"),
+    (b"short", 0o600, "5 bytes; 32 raw bytes or 64 hex digits expected"),
+])
+def test_serve_refuses_a_kek_others_can_read_or_of_the_wrong_size(pki, tmp_path, obelisk_cli, content, mode,
+                                                                   message):
+    kek = tmp_path / "kek"
+    kek.write_bytes(content)
+    kek.chmod(mode)
+    res = obelisk_cli("fleet", "serve", "--db", str(tmp_path / "fleet.db"), "--listen", "127.0.0.1:0", "--ca",
+                      pki["ca"], "--cert", str(pki["server"].cert), "--key", str(pki["server"].key),
+                      "--kek", str(kek))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+    assert not (tmp_path / "fleet.db").exists()  # refused before the database is touched

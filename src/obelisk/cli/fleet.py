@@ -152,8 +152,19 @@ def _image_remove(args: argparse.Namespace) -> int:
 
 
 def _kek(path: str) -> bytes:
+    """The service's key-encryption key: 32 bytes, raw or as 64 hex digits, in a file only its owner reads
+    (it unwraps every node's /var key part: refused if group or others can read it, as ssh refuses keys)."""
+    import os
+    import stat
+
     from obelisk.core.inputs import read_bounded
 
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise InputError(f"key-encryption key: {exc.strerror}", source=path) from None
+    if mode & 0o077:
+        raise InputError(f"key-encryption key is readable by others (mode {mode:04o}): chmod 600 it", source=path)
     data = read_bounded(path, "key-encryption key", 1024)
     text = data.strip()
     if len(text) == 64:
@@ -161,6 +172,9 @@ def _kek(path: str) -> bytes:
             return bytes.fromhex(text.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             pass
+    if len(data) != 32:
+        raise InputError(f"key-encryption key: {len(data)} bytes; 32 raw bytes or 64 hex digits expected",
+                         source=path)
     return data
 
 
