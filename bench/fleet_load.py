@@ -52,11 +52,12 @@ from obelisk.attest import evidence as evmod
 from obelisk.core import https
 from obelisk.fleet import db
 from obelisk.fleet.client import FleetClient
+from obelisk.fleet.service import ROUND_SCHEMA
 from obelisk.ima_policy import measurement_list as ml
 from obelisk.image import manifest as mf
 from obelisk.tpm import quote as q
 from tests.attest import synth
-from tests.fleet.conftest import ima_signature, start_serve
+from tests.fleet.conftest import PLAIN_VAR, ima_signature, start_serve
 from tests.image.manifests import sample_manifest
 
 # placeholders in a round's bundle template, replaced per node and round
@@ -83,13 +84,18 @@ def _files(count: int) -> dict[str, bytes]:
 class Round:
     """One round's bundle for every node: the boot's logs and the IMA list as measured by then."""
 
-    template: str  # obelisk.evidence/1 with the placeholders
+    template: str  # obelisk.fleet-round/1 with the placeholders
     pcrs: dict[int, bytes]
 
 
-def _rounds(keys, files: dict[str, bytes], base: int, new: int, rounds: int) -> list[Round]:
-    """Each round's bundle template: the IMA list holds `base` files at the first round and `new` more at
+def _rounds(keys, files: dict[str, bytes], base: int, new: int, rounds: int, work: Path) -> list[Round]:
+    """Each round's body template (obelisk.fleet-round/1: the evidence and the node's CIS/STIG scan, as
+    every regular round must carry): the IMA list holds `base` files at the first round and `new` more at
     each next one (ima-sig, signed with the build's key), PCR 10 extended accordingly."""
+    from obelisk.cis_checks.scan import scan
+
+    (work / "scan-root").mkdir()
+    node_scan = scan(str(work / "scan-root")).to_json()  # an empty root: every check not applicable
     node = synth.boot()
     aggregate = hashlib.sha256(b"".join(node.pcrs[i] for i in range(10))).digest()
     entries = [ml.make_entry("ima-sig", [ml.digest_field("sha256", aggregate), ml.name_field("boot_aggregate"),
@@ -108,9 +114,11 @@ def _rounds(keys, files: dict[str, bytes], base: int, new: int, rounds: int) -> 
         boot = dataclasses.replace(node, ima_log=ml.serialize_binary(measured), pcrs=pcrs)
         ev = evmod.Evidence(nonce=_NONCE, attest=_ATTEST, signature=_SIGNATURE, bank="sha256", pcrs=dict(pcrs),
                             ak_name=_AK_NAME, event_log=boot.event_log, ima_log=boot.ima_log,
-                            kernel={"hostname": "bench", "release": "6.1.0", "cmdline": boot.cmdline},
+                            kernel={"hostname": "bench", "release": "6.1.0", "cmdline": boot.cmdline,
+                                    "var_mount": PLAIN_VAR},  # the sample image's plain /var
                             boot_events=boot.boot_events, collected_at=evmod.now())
-        out.append(Round(evmod.serialize(ev), pcrs))
+        body = {"schema": ROUND_SCHEMA, "evidence": ev.to_json(), "scan": node_scan}
+        out.append(Round(json.dumps(body), pcrs))
     return out
 
 
@@ -270,7 +278,7 @@ def main() -> int:
             operator.add_image(str(_image(pki, work, files)))
             _PLAN.update(nodes=_seed(url, args.nodes), urls=[s.url for s in servers], ca=pki["ca"],
                          workers=args.workers, generators=args.generators,
-                         rounds=_rounds(pki["keys"], files, args.ima_entries, args.new_entries, args.rounds))
+                         rounds=_rounds(pki["keys"], files, args.ima_entries, args.new_entries, args.rounds, work))
             serve_pids = [s.process.pid for s in servers]
             db_pids = [p for root in database_pids for p in _tree(root)]
             load_before = os.getloadavg()

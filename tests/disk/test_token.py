@@ -33,6 +33,15 @@ def test_token_round_trip():
     assert tokenmod.to_json(token) == doc
 
 
+def test_derived_token_round_trip_and_unknown_mode_refused():
+    doc = {**_token_doc(), "obelisk-derived": "tpm+fleet"}
+    token = tokenmod.from_json(doc, 1, "dev token 1")
+    assert token.derived == "tpm+fleet" and tokenmod.to_json(token) == doc
+    assert "obelisk-derived" not in _token_doc()  # a TPM-only token stays in the old form
+    with pytest.raises(InputError, match="obelisk-derived 'fleet'"):
+        tokenmod.from_json({**doc, "obelisk-derived": "fleet"}, 1, "dev token 1")
+
+
 @settings(max_examples=300, deadline=None)
 @given(JSON)
 def test_hostile_token_documents(doc):

@@ -126,14 +126,29 @@ def boot_node(tpm, out: Path, keys, files: list[tuple[str, bytes]] | None = None
     return out / "eventlog.bin", out / "ima.bin"
 
 
+PLAIN_VAR = "/dev/vdc ext2"  # what a node of the sample image (disk.var: plain) reports mounted on /var
+
+
+@pytest.fixture(autouse=True)
+def host_nodes_report_the_images_var(monkeypatch):
+    """A host is not a booted image: its nodes report /var as a node of the sample image would (the agent's
+    word, like the scan; the quote does not cover it), so rounds are judged on what the tests change."""
+    from obelisk.attest import evidence
+
+    facts = evidence.kernel_facts
+    monkeypatch.setattr(evidence, "kernel_facts", lambda: {**facts(), "var_mount": PLAIN_VAR})
+
+
 def make_node(tpm, out: Path, url: str, pki, image: str = IMAGE) -> NodeAgent:
-    """A host-side node: EK and AK created in its own swtpm, booted (measured), with its fleet client."""
+    """A host-side node: EK and AK created in its own swtpm, booted (measured), with its fleet client. Its
+    rounds carry a CIS/STIG scan of an empty root (every check not applicable: nothing fails)."""
     from obelisk.tpm import device
 
     device.create_keys(tpm.tcti)
     event_log, ima = boot_node(tpm, out, pki["keys"])
+    (out / "scan-root").mkdir(exist_ok=True)
     return NodeAgent(FleetClient(url, pki["ca"], timeout=30), image=image, tcti=tpm.tcti, event_log=str(event_log),
-                     ima_log=str(ima))
+                     ima_log=str(ima), scan_root=str(out / "scan-root"))
 
 
 def free_port() -> int:

@@ -403,42 +403,47 @@ def test_state_changes_are_posted_to_webhooks(pki, tmp_path):
         hook.shutdown()
 
 
-def test_the_nodes_cis_stig_scan_is_part_of_the_round(pki, fleet_service, tmp_path):
+def test_every_round_must_carry_the_nodes_scan_and_its_var(pki, fleet_service, tmp_path, monkeypatch):
+    from obelisk.attest import evidence
     from obelisk.core import findings as fmt
     from obelisk.core.findings import Finding, Report, Status, Subject
 
     svc = fleet_service
     op = svc.operator(pki)
     op.add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
-    root = tmp_path / "root"
-    root.mkdir()
+
+    def last_findings(node) -> dict[str, str]:
+        rounds = [r for r in op.history(node.node) if r["type"] == "attestation"]
+        return {f["id"]: f["status"] for f in op.request("GET", f"/v1/attestations/{rounds[-1]['id']}")["findings"]}
+
     with SoftwareTPM.start(tmp_path / "tpm") as tpm:
         node = make_node(tpm, tmp_path / "n", svc.url, pki)
         node.register()
         op.approve(node.node)
-        # without a scan: a skipped finding says so
-        first = node.round()
-        assert first["passed"]
-        rounds = [r for r in op.history(node.node) if r["type"] == "attestation"]
-        found = {f["id"]: f["status"] for f in op.request("GET", f"/v1/attestations/{rounds[-1]['id']}")["findings"]}
-        assert found["fleet.node.scan"] == "skip"
         # with the node's scan (of an empty root: nothing to fail) its findings join the round's
-        node.scan_root = str(root)
         assert node.round()["passed"]
-        rounds = [r for r in op.history(node.node) if r["type"] == "attestation"]
-        report = op.request("GET", f"/v1/attestations/{rounds[-1]['id']}")
-        benchmarks = {f["benchmark"] for f in report["findings"]}
-        assert "attestation" in benchmarks and len(benchmarks) > 1 and "fleet.node.scan" not in \
-            {f["id"] for f in report["findings"]}
+        found = last_findings(node)
+        assert found["attest.node.var"] == "pass" and "fleet.node.scan" not in found
+        # a round without a scan fails, naming it
+        node.scan_root = None
+        result = node.round()
+        assert not result["passed"] and result["summary"] == "failed: fleet.node.scan"
         # a scan that fails a check fails the round
         failing = Report(findings=(Finding(id="cis-4.2.1", title="anonymous auth off", status=Status.FAIL),),
                          subject=Subject("node", "n"))
         nonce = node.nonce()
-        ev = json.loads(node.collect(nonce))["evidence"]
+        ev = json.loads(node.collect(nonce))
         body = json.dumps({"schema": "obelisk.fleet-round/1", "evidence": ev,
                            "scan": json.loads(fmt.serialize(failing))}).encode()
         result = node.push(body)
         assert not result["passed"] and result["summary"] == "failed: cis-4.2.1"
+        # /var on a tmpfs (its volume stayed locked) fails the round, whatever the scan says
+        op.approve(node.node)  # two failed rounds quarantined it
+        node.scan_root = str(tmp_path / "n" / "scan-root")
+        monkeypatch.setattr(evidence, "kernel_facts", lambda: {"release": "6.1", "var_mount": "tmpfs tmpfs"})
+        result = node.round()
+        assert not result["passed"] and result["summary"] == "failed: attest.node.var"
+        assert last_findings(node)["attest.node.var"] == "fail"
 
 
 def test_fleet_join_registers_and_attests_from_the_command_line(pki, fleet_service, tmp_path, obelisk_cli):
@@ -450,15 +455,19 @@ def test_fleet_join_registers_and_attests_from_the_command_line(pki, fleet_servi
     with SoftwareTPM.start(tmp_path / "tpm") as tpm:
         device.create_keys(tpm.tcti)
         event_log, ima = boot_node(tpm, tmp_path / "n", pki["keys"])
+        (tmp_path / "empty").mkdir()
         args = ("fleet", "join", "--url", svc.url, "--ca", pki["ca"], "--image", IMAGE, "--tcti", tpm.tcti,
-                "--eventlog", str(event_log), "--ima", str(ima), "--rounds", "1", "--format", "json")
+                "--eventlog", str(event_log), "--ima", str(ima), "--rounds", "1", "--format", "json",
+                "--scan-root", str(tmp_path / "empty"))
         res = obelisk_cli(*args)
         assert res.returncode == 1 and "pending" in res.stderr, res.stderr  # registered, waiting for approval
         node = json.loads(res.stdout)["node"]
         svc.operator(pki).approve(node)
+        # a host is not a booted image: its /var is not the image's, and that is the only thing it fails
         res = obelisk_cli(*args)
-        assert res.returncode == 0, res.stderr
-        assert [r["status"] for r in json.loads(res.stdout)["rounds"]] == ["trusted"]
+        assert res.returncode == 1, res.stderr
+        assert [(r["status"], r["summary"]) for r in json.loads(res.stdout)["rounds"]] == \
+            [("failed", "failed: attest.node.var")]
 
 
 def test_serve_with_an_unusable_database_fails_with_one_line(pki, tmp_path, obelisk_cli):
@@ -508,3 +517,19 @@ def test_rounds_walk_only_the_ima_entries_measured_since_the_last_trusted_round(
         device.extend_pcr(tpm.tcti, 10, b"an unlogged binary")
         assert node.round()["status"] == "failed"
         assert _rows(svc, "SELECT ima_progress FROM nodes") == [(None,)]  # a failed round keeps no position
+
+
+@pytest.mark.parametrize(("content", "mode", "message"), [
+    (bytes(range(32)), 0o644, "readable by others (mode 0644): chmod 600"),
+    (b"short", 0o600, "5 bytes; 32 raw bytes or 64 hex digits expected"),
+])
+def test_serve_refuses_a_kek_others_can_read_or_of_the_wrong_size(pki, tmp_path, obelisk_cli, content, mode,
+                                                                   message):
+    kek = tmp_path / "kek"
+    kek.write_bytes(content)
+    kek.chmod(mode)
+    res = obelisk_cli("fleet", "serve", "--db", str(tmp_path / "fleet.db"), "--listen", "127.0.0.1:0", "--ca",
+                      pki["ca"], "--cert", str(pki["server"].cert), "--key", str(pki["server"].key),
+                      "--kek", str(kek))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+    assert not (tmp_path / "fleet.db").exists()  # refused before the database is touched

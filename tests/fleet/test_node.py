@@ -117,6 +117,43 @@ def test_tpm_and_fleet_are_both_needed_to_open_var(pki, fleet_service, tmp_path,
 
 
 @pytest.mark.swtpm
+def test_reseal_of_a_tpm_and_fleet_volume_reseals_the_tpm_part_and_keeps_its_keyslot(pki, fleet_service, tmp_path,
+                                                                                   opened):
+    from obelisk.disk import recipe as recipemod
+    from obelisk.disk import unlock
+    from obelisk.disk import volume as disk
+    from obelisk.tpm import device, seal
+
+    svc = fleet_service
+    with SoftwareTPM.start(tmp_path / "tpm") as tpm:
+        node = _trusted_node(pki, svc, tpm, tmp_path)
+        recipe = recipemod.VarRecipe(policy_key=None, bound_at_first_boot=(PCR,), unlock="tpm+fleet")
+        part = _blank(tmp_path / "var.img")
+        unlock.unlock_var_with_fleet(part, recipe, tcti=tpm.tcti,
+                                     fleet_key=lambda: fleet_node.release_key(node, "n", print, wait=0, retry=0),
+                                     finish_boot=lambda: device.extend_digest(tpm.tcti, PCR, SYSINIT))
+        assert disk.tokens(part)[0].derived == "tpm+fleet"
+        # where the TPM part no longer unseals (after sysinit), a reseal says why and changes nothing
+        header = open(part, "rb").read(1 << 20)
+        with pytest.raises(disk.UnlockError, match="tpm\\+fleet volume's TPM part no longer unseals"):
+            disk.reseal(part, tpm.tcti, recovery_key=b"anything")
+        assert open(part, "rb").read(1 << 20) == header
+        # at the next boot: reseal the same TPM part to what the PCR will be after a changed boot
+        _reset(tpm.tcti)
+        _, tpm_part = disk.unseal_key(part, tpm.tcti)
+        changed = hashlib.sha256(bytes(32) + hashlib.sha256(b"new boot").digest()).digest()
+        token = disk.reseal(part, tpm.tcti, pcrs=(PCR,), values={PCR: changed})
+        slots = sorted(disk.metadata(part)["keyslots"])
+        assert token.keyslot == 0 and slots == ["0"] and len(disk.tokens(part)) == 1
+        _reset(tpm.tcti)
+        with pytest.raises(seal.PolicyMismatch):
+            disk.unseal_key(part, tpm.tcti)  # the old boot no longer unseals it
+        device.extend_digest(tpm.tcti, PCR, hashlib.sha256(b"new boot").digest())
+        _, same = disk.unseal_key(part, tpm.tcti)
+        assert same == tpm_part and disk.test_key(part, unlock.derived_key("tpm+fleet", same, node.key()), 0)
+
+
+@pytest.mark.swtpm
 def test_fleet_unlock_asks_only_after_a_verified_round_and_waits_for_approval(pki, fleet_service, tmp_path, opened):
     from obelisk.disk import recipe as recipemod
     from obelisk.disk import unlock
@@ -236,6 +273,6 @@ def test_node_fleet_run_registers_and_attests_with_the_config_disk(pki, fleet_se
         # the loop keeps going: approved in between, the next round is trusted (event log and IMA as booted)
         node_id = svc.fleet.nodes()[0]["id"]
         svc.operator(pki).approve(node_id)
-        node.event_log, node.ima_log = agent.event_log, agent.ima_log
+        node.event_log, node.ima_log, node.scan_root = agent.event_log, agent.ima_log, agent.scan_root
         results = fleet_node.attest_forever(node, 0, "n", lambda _line: None, rounds=2, sleep=lambda _s: None)
         assert results[-1]["status"] == "trusted" and node.node == node_id

@@ -14,7 +14,7 @@ def test_builtin_profiles_load_with_sources_and_reasons():
         profile = load_profile(name)
         assert profile.requirements
         for req in profile.requirements:
-            assert req.source in ("kspp", "clipos", "grapheneos", "cis", "obelisk", "site")
+            assert req.source in ("kspp", "clipos", "grapheneos", "cis", "kubernetes", "obelisk", "site")
             assert len(req.why) > 10, req.name
 
 
@@ -65,13 +65,44 @@ def test_bad_profiles_name_the_field(tmp_path, body, message):
     assert message in str(exc.value) and str(path) in str(exc.value)
 
 
-def test_site_profile_extends_builtin_and_overrides(tmp_path):
+def test_site_profile_extends_builtin_and_overrides_naming_the_tradeoff(tmp_path):
     path = tmp_path / "site.yaml"
     path.write_text("name: site\nextends: [module-less]\nkconfig:\n"
-                    "  - {name: CONFIG_RETPOLINE, value: n, source: site, why: measured on our fleet}\n")
+                    "  - {name: CONFIG_RETPOLINE, value: n, source: site, why: measured on our fleet,"
+                    " tradeoff: Spectre v2 in kernel code is left to the CPU's own mitigation}\n")
     profile = load_profile(str(path))
     reqs = [r for r in profile.requirements if "CONFIG_RETPOLINE" in r.names]
     assert len(reqs) == 1 and reqs[0].value == "n" and reqs[0].source == "site"
+    assert reqs[0].explained == "measured on our fleet Trade-off: Spectre v2 in kernel code is left to the CPU's own " \
+                                "mitigation"
+
+
+def test_overriding_a_parents_recommendation_without_a_tradeoff_is_refused(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("name: site\nextends: [kspp]\nkconfig:\n"
+                    "  - {name: CONFIG_KEXEC, value: y, source: site, why: live patching}\n")
+    with pytest.raises(InputError, match=r"kconfig\[0\] \(CONFIG_KEXEC\): overrides profile kspp's CONFIG_KEXEC "
+                                         r"\(expected n\) with y: say what that gives up in `tradeoff`"):
+        load_profile(str(path))
+    # restating the parent's condition (a new reason, a moot_if) is not a trade-off
+    path.write_text("name: site\nextends: [kspp]\nkconfig:\n"
+                    "  - {name: CONFIG_KEXEC, value: n, source: site, why: no kexec on our nodes}\n")
+    assert load_profile(str(path)).kconfig_request("CONFIG_KEXEC").why == "no kexec on our nodes"
+
+
+def test_kubernetes_node_profile_names_its_tradeoffs_and_keeps_module_less():
+    profile = load_profile("kubernetes-node")
+    by_name = {r.name: r for r in profile.requirements}
+    assert by_name["CONFIG_MODULES"].value == "n" and by_name["CONFIG_IMA_APPRAISE"].value == "y"
+    for name in ("CONFIG_CGROUPS", "CONFIG_MEMCG", "CONFIG_CGROUP_BPF", "CONFIG_SECCOMP_FILTER", "CONFIG_NET_NS",
+                 "CONFIG_VETH", "CONFIG_BRIDGE", "CONFIG_OVERLAY_FS", "CONFIG_NF_TABLES", "CONFIG_NFT_COMPAT",
+                 "CONFIG_DM_CRYPT", "CONFIG_DM_VERITY", "CONFIG_SECURITY_APPARMOR"):
+        assert by_name[name].value == "y", name
+    assert "apparmor" in by_name["CONFIG_LSM"].value.split(",")
+    assert {r.name for r in profile.requirements if r.tradeoff} == {"CONFIG_USER_NS", "CONFIG_BPF_SYSCALL",
+                                                                    "net.ipv4.ip_forward"}
+    assert "BPF_JIT depends on MODULES" in by_name["CONFIG_BPF_SYSCALL"].explained
+    assert by_name["lsm"].absent and by_name["cgroup_no_v1"].value == "all"
 
 
 def test_unknown_profile_is_one_line_exit_2(obelisk_cli, tmp_path):

@@ -148,3 +148,22 @@ def test_rewrite_keeps_line_numbers():
     text, trans = rewrite_kconfig_text(MINI_KCONFIG)
     assert text.count("\n") == MINI_KCONFIG.count("\n")
     assert "\toption modules\n" in text and "\ttransitional\n" not in text and trans == {"OLD_FEATURE"}
+
+
+def test_kubernetes_node_resolves_against_the_6_1_tree_dropping_only_the_gcc_plugins(obelisk_cli_module, kernel_tree,
+                                                                                     tmp_path):
+    """Every option the runtime needs survives the tree's dependencies in a module-less kernel; what is
+    dropped is named with the dependency that dropped it (the GCC plugins until their headers are
+    installed: issue 14)."""
+    proc = obelisk_cli_module("kernel", "config", "--kernel-source", str(kernel_tree), "--profile", "kubernetes-node",
+                              "-o", str(tmp_path / "k8s.config"), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    failed = {f["id"].removeprefix("kernel.kconfig."): f["detail"] for f in report["findings"] if f["status"] == "fail"}
+    gcc_plugins = {"CONFIG_GCC_PLUGIN_LATENT_ENTROPY", "CONFIG_GCC_PLUGIN_STACKLEAK", "CONFIG_RANDSTRUCT_FULL"}
+    assert set(failed) <= gcc_plugins and all("GCC_PLUGINS" in d for d in failed.values()), failed
+    resolved = (tmp_path / "k8s.config").read_text()
+    for line in ("# CONFIG_MODULES is not set", "CONFIG_CGROUP_BPF=y", "CONFIG_MEMCG=y", "CONFIG_OVERLAY_FS=y",
+                 "CONFIG_VETH=y", "CONFIG_BRIDGE_NETFILTER=y", "CONFIG_NFT_COMPAT=y", "CONFIG_SECCOMP_FILTER=y",
+                 'CONFIG_LSM="landlock,lockdown,yama,loadpin,safesetid,integrity,apparmor,bpf"'):
+        assert line in resolved.splitlines(), line

@@ -113,6 +113,12 @@ def parse(data: bytes | str, source: str = "evidence") -> Evidence:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ParseError(f"not JSON: {str(exc).splitlines()[0]}", source=source) from None
+    return from_json(doc, source)
+
+
+def from_json(doc: object, source: str = "evidence") -> Evidence:
+    """A bundle from its parsed JSON (`parse` without the decoding: a caller that has already decoded
+    the document it is part of, as the fleet's rounds); the same checks and errors as `parse`."""
 
     def bad(where: str, message: str) -> ParseError:
         return ParseError(f"{where}: {message}", source=source)

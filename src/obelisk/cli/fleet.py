@@ -103,7 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eventlog", default="/sys/kernel/security/tpm0/binary_bios_measurements", metavar="FILE")
     p.add_argument("--ima", metavar="FILE", help="IMA list (default: the kernel's)")
     p.add_argument("--join-token", metavar="FILE", help="file holding the join token the service asks for")
-    p.add_argument("--scan-root", metavar="DIR", help="send a CIS/STIG scan of DIR with each round (a node: /)")
+    p.add_argument("--scan-root", default="/", metavar="DIR",
+                   help="the CIS/STIG scan of DIR sent with each round (default /: the node itself; '' sends "
+                        "none, and the service fails such rounds)")
     p.add_argument("--interval", type=int, default=60, metavar="SECONDS")
     p.add_argument("--rounds", type=int, default=0, metavar="N", help="stop after N rounds (default: never)")
     add_output_options(p, verbose=False)
@@ -165,8 +167,19 @@ def _image_remove(args: argparse.Namespace) -> int:
 
 
 def _kek(path: str) -> bytes:
+    """The service's key-encryption key: 32 bytes, raw or as 64 hex digits, in a file only its owner reads
+    (it unwraps every node's /var key part: refused if group or others can read it, as ssh refuses keys)."""
+    import os
+    import stat
+
     from obelisk.core.inputs import read_bounded
 
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise InputError(f"key-encryption key: {exc.strerror}", source=path) from None
+    if mode & 0o077:
+        raise InputError(f"key-encryption key is readable by others (mode {mode:04o}): chmod 600 it", source=path)
     data = read_bounded(path, "key-encryption key", 1024)
     text = data.strip()
     if len(text) == 64:
@@ -174,6 +187,9 @@ def _kek(path: str) -> bytes:
             return bytes.fromhex(text.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             pass
+    if len(data) != 32:
+        raise InputError(f"key-encryption key: {len(data)} bytes; 32 raw bytes or 64 hex digits expected",
+                         source=path)
     return data
 
 
@@ -251,7 +267,7 @@ def _join(args: argparse.Namespace) -> int:
     from obelisk.fleet.node import attest_forever
 
     agent = NodeAgent(FleetClient(args.url, args.ca), image=args.image, tcti=args.tcti,
-                      event_log=args.eventlog or None, ima_log=args.ima, scan_root=args.scan_root,
+                      event_log=args.eventlog or None, ima_log=args.ima, scan_root=args.scan_root or None,
                       token=_token(args.join_token) if args.join_token else "")
     results = attest_forever(agent, args.interval, socket.gethostname(),
                              lambda line: print(f"obelisk fleet: {line}", file=sys.stderr, flush=True),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,11 @@ MAX_DEPTH = 64
 MAX_INT_DIGITS = 128
 
 
-_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (MAX_INT_DIGITS + 1))
+# A run of more than MAX_INT_DIGITS digits, found with C-speed byte operations: every digit becomes "0"
+# (no other byte is one), then one substring search. (A regex `[0-9]{129}` does the same at a Python
+# regex engine's cost per byte: 5 ms for a 100 KB document.)
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_RUN = b"0" * (MAX_INT_DIGITS + 1)
 
 
 class _Refused(ValueError):
@@ -70,7 +73,8 @@ def load_json(data: str | bytes, source: str | None = None, *, max_bytes: int = 
     if len(data) > max_bytes:
         raise ParseError(f"{what} larger than {max_bytes} bytes", source=source)
     # The integer hook costs a Python call per number: only when a long run of digits is present at all.
-    long_digits = _LONG_DIGITS.search(data.encode() if isinstance(data, str) else data) is not None
+    raw = data.encode() if isinstance(data, str) else data
+    long_digits = _LONG_RUN in raw.translate(_DIGITS_TO_ZERO)
     try:
         doc = json.loads(data, parse_int=_int if long_digits else None, parse_float=_float,
                          parse_constant=_constant, object_pairs_hook=object_pairs_hook)

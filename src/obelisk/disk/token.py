@@ -4,7 +4,8 @@
      "tpm2-public": BASE64, "tpm2-private": BASE64, "tpm2-pcr-bank": "sha256", "tpm2-pcrs": [..],
      "tpm2-pcr-values": {"N": HEX}, "tpm2-policy-hash": HEX,
      "tpm2-policy-key": BASE64 DER (PolicyAuthorize only), "tpm2-signed-policies": [policy records],
-     "tpm2-pcrs-bound": {"N": HEX} (PolicyPCR after PolicyAuthorize: e.g. PCR 7, Secure Boot)}
+     "tpm2-pcrs-bound": {"N": HEX} (PolicyPCR after PolicyAuthorize: e.g. PCR 7, Secure Boot),
+     "obelisk-derived": "tpm+fleet" (the sealed secret is one part of the keyslot's passphrase, not all)}
 
 `parse`/`serialize` are the JSON bytes cryptsetup imports and exports (`token import --json-file`);
 `from_json`/`to_json` the object as `cryptsetup luksDump --dump-json-metadata` lists it. A node reads
@@ -31,6 +32,12 @@ class Token:
     sealed: sealmod.Sealed
     signed_policies: tuple[sealmod.SignedPolicy, ...] = ()
     token_id: int | None = None  # where cryptsetup holds it; not part of the document
+    # "tpm+fleet": the sealed secret is the TPM's part of a passphrase derived with the fleet service's part
+    # (disk/unlock.derived_key), so it opens nothing alone and a reseal keeps it and the keyslot as they are
+    derived: str | None = None
+
+
+DERIVED_MODES = ("tpm+fleet",)
 
 
 def to_json(token: Token) -> dict:
@@ -51,6 +58,8 @@ def to_json(token: Token) -> dict:
         doc["tpm2-signed-policies"] = [policymod.to_json(p) for p in token.signed_policies]
         if s.bound:
             doc["tpm2-pcrs-bound"] = {str(p): v.hex() for p, v in sorted(s.bound.items())}
+    if token.derived:
+        doc["obelisk-derived"] = token.derived
     return doc
 
 
@@ -67,7 +76,11 @@ def from_json(doc: dict, token_id: int | None, where: str) -> Token:
                                 policy=bytes.fromhex(doc["tpm2-policy-hash"]), authorize_key=key,
                                 bound=bound)
         policies = tuple(policymod.from_json(p, where) for p in doc.get("tpm2-signed-policies", []))
-        return Token(keyslot=int(doc["keyslots"][0]), sealed=sealed, signed_policies=policies, token_id=token_id)
+        derived = doc.get("obelisk-derived")
+        if derived is not None and derived not in DERIVED_MODES:
+            raise ValueError(f"obelisk-derived {derived!r}: not one of {', '.join(DERIVED_MODES)}")
+        return Token(keyslot=int(doc["keyslots"][0]), sealed=sealed, signed_policies=policies, token_id=token_id,
+                     derived=derived)
     except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise InputError(f"malformed {TOKEN_TYPE} token: {type(exc).__name__}: {exc}", source=where) from None
 

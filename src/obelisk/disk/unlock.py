@@ -161,7 +161,7 @@ def unlock_var_with_fleet(device: str, recipe: VarRecipe, *, fleet_key: FleetKey
         disk.create(device, passphrase)
         keyslot = 0
         if sealed is not None:
-            disk.import_token(device, Token(keyslot=0, sealed=sealed))
+            disk.import_token(device, Token(keyslot=0, sealed=sealed, derived=recipe.unlock))
     disk.open_with_key(device, passphrase, name=MAPPING, keyslot=keyslot)
     what = "the TPM and the fleet service" if recipe.uses_tpm else "the fleet service"
     return f"{'created LUKS2 /var (first boot); ' if new else ''}/var unlocked by {what} (keyslot {keyslot})"

@@ -266,6 +266,8 @@ def reseal(device: str, tcti: str | None = None, *, pcrs: Sequence[int] | None =
     then remove the old token and kill the old TPM keyslot.
     """
     old = _only_token(device)
+    if old.derived:
+        return _reseal_derived(device, old, tcti, pcrs=pcrs, values=values)
     try:
         _, auth = unseal_key(device, tcti)
     except sealmod.PolicyMismatch:
@@ -290,6 +292,30 @@ def reseal(device: str, tcti: str | None = None, *, pcrs: Sequence[int] | None =
     return new
 
 
+def _reseal_derived(device: str, old: Token, tcti: str | None, *, pcrs: Sequence[int] | None,
+                    values: dict[int, bytes] | None) -> Token:
+    """Reseal the TPM's part of a derived (tpm+fleet) passphrase: the same secret to the new PCR policy.
+
+    The keyslot stays as it is: its passphrase is HKDF(TPM part, the fleet's part), so nothing here can
+    add a keyslot (the fleet's part never reaches this host) and nothing needs to. Only the token
+    changes; the new one is imported before the old one goes, so the volume opens at every step. The
+    TPM part unseals only where the old policy still holds (PCR 11 at leave-initrd): a recovery key
+    cannot stand in for it, because it is not the keyslot's passphrase.
+    """
+    try:
+        _, tpm_part = unseal_key(device, tcti)
+    except sealmod.PolicyMismatch as exc:
+        raise UnlockError(f"{device}: this {old.derived} volume's TPM part no longer unseals ({exc}); it can "
+                          "be resealed only where it still does (a recovery key is not its passphrase)") from None
+    sealed = sealmod.seal(tpm_part, tuple(pcrs) if pcrs else old.sealed.pcrs, tcti, values=values,
+                          authorize_key=old.sealed.authorize_key, bound=old.sealed.bound)
+    new = Token(keyslot=old.keyslot, sealed=sealed, signed_policies=old.signed_policies, derived=old.derived)
+    _import_token(device, new)
+    if old.token_id is not None:
+        _cryptsetup(["token", "remove", "--token-id", str(old.token_id), device])
+    return new
+
+
 def add_signed_policy(device: str, policy: sealmod.SignedPolicy) -> Token:
     """Store a customer-signed PCR policy in the token (public data: no key needed)."""
     old = _only_token(device)
@@ -298,7 +324,8 @@ def add_signed_policy(device: str, policy: sealmod.SignedPolicy) -> Token:
     if not sealmod.check_policy_signature(old.sealed.authorize_key, policy):
         raise InputError("the policy's signature does not verify under the key this volume was enrolled with",
                          source=device)
-    new = Token(keyslot=old.keyslot, sealed=old.sealed, signed_policies=(*old.signed_policies, policy))
+    new = Token(keyslot=old.keyslot, sealed=old.sealed, signed_policies=(*old.signed_policies, policy),
+                derived=old.derived)
     _import_token(device, new)
     if old.token_id is not None:
         _cryptsetup(["token", "remove", "--token-id", str(old.token_id), device])

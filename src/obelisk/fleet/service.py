@@ -24,7 +24,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, CursorResult, bindparam, delete, exists, insert, select, update
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from obelisk.attest.ima_check import IncrementalChecker
 from obelisk.core.errors import InputError, ObeliskError
-from obelisk.fleet import db
+from obelisk.fleet import db, round_rules
 from obelisk.fleet import nonce as round_nonce
 from obelisk.ima_policy import progress as imaprogress
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from obelisk.attest.akrecord import AKRecord
+    from obelisk.attest.evidence import Evidence
     from obelisk.attest.ima_check import References
     from obelisk.attest.verify import Counters
     from obelisk.core.findings import Report
@@ -231,39 +232,32 @@ class Webhooks:
 ROUND_SCHEMA = "obelisk.fleet-round/1"
 
 
-def split_round(body: bytes, source: str) -> tuple[bytes, Report | None]:
+def split_round(body: bytes, source: str, evidence_source: str = "evidence") -> tuple[Evidence, Report | None]:
     """A round's body: a bare evidence bundle, or {"schema": obelisk.fleet-round/1, "evidence": {...},
-    "scan": obelisk.report/1 | null} when the node adds its CIS/STIG scan."""
+    "scan": obelisk.report/1 | null} when the node adds its CIS/STIG scan. Decoded once (the evidence
+    and the scan are built from the decoded document, not encoded and decoded again)."""
+    from obelisk.attest import evidence as evmod
     from obelisk.core import findings as fmt
+    from obelisk.core.jsonsafe import load_json
 
+    if len(body) > evmod.MAX_BUNDLE_SIZE:
+        raise InputError(f"round larger than {evmod.MAX_BUNDLE_SIZE} bytes", source=source)
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = load_json(body, source, what="JSON")
+    except InputError:
         raise InputError("round is not JSON", source=source) from None
     if not isinstance(doc, dict) or doc.get("schema") != ROUND_SCHEMA:
-        return body, None
+        return evmod.from_json(doc, source=evidence_source), None
     extra = sorted(set(doc) - {"schema", "evidence", "scan"})
     if extra or not isinstance(doc.get("evidence"), dict):
         raise InputError(f"{extra[0] if extra else 'evidence'}: " + ("unknown field" if extra else "expected an "
                                                                      "object"), source=source)
     scan = doc.get("scan")
-    report = fmt.parse(json.dumps(scan), f"{source}: scan") if scan is not None else None
-    return json.dumps(doc["evidence"]).encode(), report
-
-
-def _with_scan(report: Report, scan: Report | None) -> Report:
-    """The node's CIS/STIG scan joins the round's findings (its agent is what IMA and the quote vouch for)."""
-    from dataclasses import replace
-
-    from obelisk.core.findings import Finding, Severity, Status
-
-    if scan is None:
-        extra = [Finding(id="fleet.node.scan", title="Node CIS/STIG scan", status=Status.SKIP,
-                         severity=Severity.MEDIUM, benchmark="attestation", section="node",
-                         detail="the node sent no scan with this round")]
-    else:
-        extra = list(scan.findings)
-    return replace(report, findings=report.findings + tuple(extra))
+    try:
+        report = fmt.Report.from_json(scan) if scan is not None else None
+    except InputError as exc:
+        raise InputError(str(exc), source=f"{source}: scan") from None
+    return evmod.from_json(doc["evidence"], source=evidence_source), report
 
 
 def node_id_of(ek_public: bytes) -> str:
@@ -630,33 +624,32 @@ class Fleet:
             raise Forbidden(f"node {node_id} is pending: an operator must approve it (fleet approve)")
         return round_nonce.issue(self._nonce_key, node_id, self.now())
 
-    def submit(self, node_id: str, bundle: bytes) -> dict[str, Any]:
+    def submit(self, node_id: str, bundle: bytes, *, key_round: bool = False) -> dict[str, Any]:
         """Verify a round's evidence against the node's image; keep the result; update the node's status.
+
+        `key_round`: the round asks for /var's key, from the initramfs (`round_rules` says what that spares).
 
         The verification runs outside any write transaction, on the node's row as read before it; the
         result is recorded in one transaction that locks the row, checks the nonce is still unused, and
         verifies again only if the row changed meanwhile (another round of the node, a new AK or image).
         Writers (SQLite's single one, PostgreSQL's row lock) wait for a few statements, not a verification.
         """
-        from obelisk.attest import evidence as evmod
-
         try:
-            evidence_bytes, scan = split_round(bundle, f"round from {node_id}")
-            ev = evmod.parse(evidence_bytes, source=f"evidence from {node_id}")
+            ev, scan = split_round(bundle, f"round from {node_id}", f"evidence from {node_id}")
         except InputError as exc:
             raise FleetError(str(exc)) from None
         now = self.now()
         with self._reads.connect() as conn:
             state = self._attesting(node_id, _node_state(conn, node_id))
             self._unused_nonce(conn, node_id, ev.nonce, now)
-        verified = self._verify(node_id, state, ev, scan)
+        verified = self._verify(node_id, state, ev, scan, key_round)
         events: list[dict[str, Any]] = []
         try:
             with self._rounds.begin() as conn:
                 current = self._attesting(node_id, _node_state(conn, node_id, lock=True))
                 legacy = self._unused_nonce(conn, node_id, ev.nonce, now)
                 if current.basis() != state.basis():
-                    verified = self._verify(node_id, current, ev, scan)
+                    verified = self._verify(node_id, current, ev, scan, key_round)
                 if legacy is not None and conn.execute(_CLAIM_NONCE.values(used_at=now),
                                                        {"nonce_id": legacy}).rowcount != 1:
                     raise Conflict("nonce already used: a replay")
@@ -698,7 +691,7 @@ class Fleet:
             raise Forbidden("nonce expired: ask for a fresh one")
         return None
 
-    def _verify(self, node_id: str, state: _NodeState, ev: Any, scan: Report | None) -> _Verified:
+    def _verify(self, node_id: str, state: _NodeState, ev: Any, scan: Report | None, key_round: bool) -> _Verified:
         """The verifier's checks of `ev` for a node in `state`, against its image's references (no database)."""
         from obelisk.attest import verify
         from obelisk.core import findings as fmt
@@ -713,7 +706,8 @@ class Fleet:
         incremental = IncrementalChecker(refs, _progress_of(node_id, state.ima_progress))
         opts.ima_check = incremental
         report, counters = verify.verify(ev, opts)
-        report = _with_scan(report, scan)
+        report = replace(report, findings=report.findings + tuple(
+            round_rules.node_findings(scan, refs.manifest, ev.kernel, key_round=key_round)))
         passed = not report.failed
         bad = [f.id for f in report.findings if f.status.value in ("fail", "error")]
         summary = "all checks passed" if passed else "failed: " + ", ".join(bad)
@@ -764,7 +758,7 @@ class Fleet:
 
         if self.kek is None:
             raise Forbidden("key release is not enabled on this service (fleet serve --kek)")
-        result = self.submit(node_id, bundle)  # commits the round whatever it says
+        result = self.submit(node_id, bundle, key_round=True)  # commits the round whatever it says
         now = self.now()
         with self.sessions.begin() as s:
             node = s.get(db.Node, node_id, with_for_update=True)

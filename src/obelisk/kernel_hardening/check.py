@@ -41,7 +41,7 @@ def _finding(req: Requirement, status: Status, *, observed: str | None, detail: 
         id=req.id, title=_title(req),
         status=status, severity=req.severity, target=target, observed=observed, expected=req.expected,
         evidence=evidence, remediation=_remediation(req), references=_references(req), benchmark=BENCHMARK,
-        section=req.section, detail=detail if detail else req.why,
+        section=req.section, detail=detail if detail else req.explained,
     )
 
 
@@ -57,7 +57,7 @@ def _remediation(req: Requirement) -> str:
     if req.kind == "kconfig":
         value = req.requested_value()
         return (f"Set {req.name}={value} in the kernel configuration" if value != "n"
-                else f"Disable {req.name} in the kernel configuration") + f" ({req.why})"
+                else f"Disable {req.name} in the kernel configuration") + f" ({req.explained})"
     if req.kind == "cmdline":
         if req.absent:
             return f"Remove {req.name} from the kernel command line"
@@ -143,12 +143,12 @@ def _check_kconfig(req: Requirement, inputs: Inputs, profile: Profile) -> Findin
                 return _finding(req, Status.FAIL, observed=observed, target=target, evidence=evidence,
                                 detail=f"{name} ({where}) is forced on: selected by {sel}")
         return _finding(req, Status.FAIL, observed=observed, target=target, evidence=evidence,
-                        detail=f"{name} ({where}) is {_shown(observed)}; expected {req.expected}. {req.why}")
+                        detail=f"{name} ({where}) is {_shown(observed)}; expected {req.expected}. {req.explained}")
     if observed is None and version is not None and not req.exists_in(version):
         return _finding(req, Status.SKIP, observed=None, target=target,
                         detail=f"not applicable: {req.name} does not exist in kernel {_vtext(version)}")
     return _finding(req, Status.FAIL, observed=observed, target=target, evidence=evidence,
-                    detail=f"{name} is {_shown(observed)}; expected {req.expected}. {req.why}")
+                    detail=f"{name} is {_shown(observed)}; expected {req.expected}. {req.explained}")
 
 
 def _shown(observed: str | None) -> str:
@@ -212,7 +212,7 @@ def _check_cmdline(req: Requirement, inputs: Inputs, profile: Profile) -> Findin
         return _finding(req, Status.SKIP, observed=observed, detail=moot, target=cmdline.source, evidence=evidence)
     what = "missing" if not found else f"set to {observed}"
     return _finding(req, Status.FAIL, observed=observed, target=cmdline.source, evidence=evidence,
-                    detail=f"{req.name} is {what}; expected {req.expected}. {req.why}")
+                    detail=f"{req.name} is {what}; expected {req.expected}. {req.explained}")
 
 
 def _check_sysctl(req: Requirement, inputs: Inputs, profile: Profile) -> Finding:
@@ -235,9 +235,9 @@ def _check_sysctl(req: Requirement, inputs: Inputs, profile: Profile) -> Finding
     if observed is None:
         where = "this kernel has no such sysctl" if sysctls.running else f"not set in {sysctls.source}"
         return _finding(req, Status.FAIL, observed=None, target=sysctls.source,
-                        detail=f"{req.name}: {where}; expected {req.expected}. {req.why}")
+                        detail=f"{req.name}: {where}; expected {req.expected}. {req.explained}")
     return _finding(req, Status.FAIL, observed=observed, target=sysctls.source, evidence=evidence,
-                    detail=f"{req.name} is {observed}; expected {req.expected}. {req.why}")
+                    detail=f"{req.name} is {observed}; expected {req.expected}. {req.explained}")
 
 
 def check_report(profile_name: str, *, config: str | None = None, cmdline: str | None = None,

@@ -23,7 +23,7 @@ from obelisk.core.yamlsafe import load_yaml_file
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 KINDS = ("kconfig", "cmdline", "sysctl")
-SOURCES = ("kspp", "clipos", "grapheneos", "cis", "obelisk", "site")
+SOURCES = ("kspp", "clipos", "grapheneos", "cis", "kubernetes", "obelisk", "site")
 
 Version = tuple[int, ...]
 
@@ -70,6 +70,9 @@ class Requirement:
     section: str = ""
     moot_if: tuple[tuple[str, str], ...] = ()  # all CONFIG_X=v hold -> the requirement is moot
     satisfied_by_kconfig: tuple[tuple[str, str], ...] = ()  # cmdline: a config that makes it unnecessary
+    # what is given up, when the entry widens what a hardening baseline would allow (required when it
+    # overrides a parent profile's entry with another condition: a profile never drops one silently)
+    tradeoff: str = ""
 
     @property
     def id(self) -> str:
@@ -96,6 +99,11 @@ class Requirement:
                 a.until is not None and version < a.until for a in self.renamed_from):
             return False
         return self.until is None or version < self.until
+
+    @property
+    def explained(self) -> str:
+        """Why the requirement holds, and what it gives up when it is a trade-off."""
+        return f"{self.why} Trade-off: {self.tradeoff}" if self.tradeoff else self.why
 
     @property
     def expected(self) -> str:
@@ -172,7 +180,7 @@ class Profile:
 # the keys of one entry, per kind; the conditions (exactly one per entry) are the first keys after name
 _CONDITIONS = ("value", "one_of", "at_least")
 _CMDLINE_CONDITIONS = ("present", "absent", "not_in")
-_COMMON = ("source", "why", "since", "until", "renamed_from", "severity", "section", "moot_if")
+_COMMON = ("source", "why", "since", "until", "renamed_from", "severity", "section", "moot_if", "tradeoff")
 FIELDS: dict[str, tuple[str, ...]] = {
     "kconfig": ("name", *_CONDITIONS, *_COMMON),
     "cmdline": ("name", *_CONDITIONS, *_CMDLINE_CONDITIONS, *_COMMON, "satisfied_by_kconfig"),
@@ -252,7 +260,11 @@ def _load(name_or_path: str, chain: tuple[str, ...]) -> Profile:
             # a renamed option overrides any entry known under one of its names
             for n in req.names:
                 for k in [k for k in merged if k[0] == kind and n in merged[k].names]:
-                    del merged[k]
+                    parent = merged.pop(k)
+                    if parent.expected != req.expected and not req.tradeoff:
+                        raise InputError(f"{kind}[{i}] ({req.name}): overrides profile {parent.profile}'s "
+                                         f"{parent.name} (expected {parent.expected}) with {req.expected}: say "
+                                         "what that gives up in `tradeoff`", source=where)
             merged[(kind, req.name)] = req
     return Profile(name=name, description=str(data.get("description") or "").strip(),
                    requirements=tuple(merged.values()), path=str(path))
@@ -328,6 +340,10 @@ def _requirement(kind: str, entry: Any, where: str, source: str, profile: str) -
             raise InputError(f"{at}: name: expected the former option name", source=source)
         aliases.append(Alias(name=alias["name"], until=version("renamed_from.until", alias.get("until"))))
 
+    tradeoff = entry.get("tradeoff", "")
+    if not isinstance(tradeoff, str):
+        raise InputError(f"{where}: tradeoff: expected a sentence saying what the entry gives up", source=source)
+
     def pairs(key: str) -> tuple[tuple[str, str], ...]:
         value = entry.get(key) or {}
         if not isinstance(value, dict):
@@ -354,6 +370,7 @@ def _requirement(kind: str, entry: Any, where: str, source: str, profile: str) -
         since=version("since", entry.get("since")), until=version("until", entry.get("until")),
         renamed_from=tuple(aliases), severity=severity, section=str(entry.get("section") or kind),
         moot_if=pairs("moot_if"), satisfied_by_kconfig=pairs("satisfied_by_kconfig"),
+        tradeoff=tradeoff.strip(),
     )
 
 

@@ -25,7 +25,7 @@ def findings(res: Resolution) -> tuple[Finding, ...]:
                                location=o.location.rsplit(":", 1)[-1]),) if o.location else (),
             references=(Reference(scheme=req.source, id=req.name),) if req else (),
             benchmark="kernel-hardening", section="kconfig", detail=detail,
-            remediation=(req.why if req else ""),
+            remediation=(req.explained if req else ""),
         ))
     return tuple(out)
 
