@@ -81,9 +81,9 @@ def test_resumed_round_walks_only_the_new_entries(monkeypatch):
     walked = []
     real = checker.check_range
 
-    def spy(start, stop, first_number=1):
+    def spy(start, stop, first_number=1, job=None):
         walked.append((start, stop))
-        return real(start, stop, first_number)
+        return real(start, stop, first_number, job)
 
     monkeypatch.setattr(checker, "check_range", spy)
     result, state2 = progress.verify_since(data, "list", opts, 1, state)
@@ -98,7 +98,7 @@ def test_reboot_means_the_whole_list(monkeypatch):
     _, state = progress.verify_since(data, "list", opts, boot=1, progress=None)
     walked = []
     real = checker.check_range
-    monkeypatch.setattr(checker, "check_range", lambda a, b, n=1: walked.append(a) or real(a, b, n))
+    monkeypatch.setattr(checker, "check_range", lambda a, b, n=1, job=None: walked.append(a) or real(a, b, n, job))
     result, state2 = progress.verify_since(data, "list", opts, boot=2, progress=state)
     assert walked == [0]
     assert state2.boot == 2 and state2.entries == N

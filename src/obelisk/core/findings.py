@@ -158,6 +158,7 @@ class Finding:
         d = _mapping(data, where)
         fid = _str(d, "id", where)
         where = f"{where} {fid!r}"
+        evidence_where = f"{where}.evidence"
         return cls(
             id=fid,
             title=_str(d, "title", where),
@@ -166,7 +167,7 @@ class Finding:
             target=_str(d, "target", where, ""),
             observed=_opt_str(d, "observed", where),
             expected=_opt_str(d, "expected", where),
-            evidence=tuple(Evidence.from_json(e, f"{where}.evidence") for e in _list(d, "evidence", where)),
+            evidence=tuple(Evidence.from_json(e, evidence_where) for e in _list(d, "evidence", where)),
             remediation=_str(d, "remediation", where, ""),
             references=tuple(Reference.from_json(r, f"{where}.references") for r in _list(d, "references", where)),
             benchmark=_str(d, "benchmark", where, ""),

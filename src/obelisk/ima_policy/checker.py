@@ -153,8 +153,9 @@ def _ascii_chunk(data: ListData, start: int, stop: int, first_number: int, sourc
     return b"".join(out), numbers
 
 
-def check_range(start: int, stop: int, first_number: int = 1) -> ChunkResult:
-    job = _JOB
+def check_range(start: int, stop: int, first_number: int = 1, job: Job | None = None) -> ChunkResult:
+    """Walk [start, stop) of `job`'s list; a forked pool worker gets its job from `_JOB`, set before the fork."""
+    job = job if job is not None else _JOB
     assert job is not None
     res = ChunkResult(start, stop=stop)
     try:
@@ -541,13 +542,13 @@ def iter_run(job: Job, workers: int | None = None, start: int = 0, entries_befor
     ascii list, `lines_before` lines), yielding the chunk results in order, each starting where
     the previous ended; at most IN_FLIGHT chunks per worker are ahead of the consumer (bounded memory)."""
     global _JOB
-    _JOB = job
-    try:
-        workers = workers or os.cpu_count() or 1
-        n = len(job.data)
-        points = iter_split_points(job, start)
-        ranges = _ranges(points, n)
-        if workers > 1 and n - start > CHUNK_TARGET and "fork" in multiprocessing.get_all_start_methods():
+    workers = workers or os.cpu_count() or 1
+    n = len(job.data)
+    points = iter_split_points(job, start)
+    ranges = _ranges(points, n)
+    if workers > 1 and n - start > CHUNK_TARGET and "fork" in multiprocessing.get_all_start_methods():
+        _JOB = job
+        try:
             pool = multiprocessing.get_context("fork").Pool(workers)
             try:
                 yield from _stitch(job, _pipelined(pool, ranges, workers * IN_FLIGHT), start, entries_before,
@@ -557,10 +558,13 @@ def iter_run(job: Job, workers: int | None = None, start: int = 0, entries_befor
                 # Pool.terminate can deadlock on the task queue's lock held by an idle worker
                 pool.close()
                 pool.join()
-        else:
-            yield from _stitch(job, (check_range(a, b, 1) for a, b in ranges), start, entries_before, lines_before)
-    finally:
-        _JOB = None
+        finally:
+            _JOB = None
+    else:
+        # in this process the job is passed, never through the global: threads checking several lists at
+        # once (the fleet service's) must not see each other's
+        yield from _stitch(job, (check_range(a, b, 1, job) for a, b in ranges), start, entries_before,
+                           lines_before)
 
 
 def _ranges(points: Iterator[int], n: int) -> Iterator[tuple[int, int]]:
@@ -590,11 +594,11 @@ def _stitch(job: Job, raw: Iterator[ChunkResult], expected_start: int = 0, entri
         if res.start != expected_start:  # a false cut: walk this chunk's range from the true boundary
             if expected_start >= res.stop and res.stop < n:
                 continue  # the previous chunk ran past this whole range
-            res = check_range(expected_start, max(res.stop, expected_start), 1)
+            res = check_range(expected_start, max(res.stop, expected_start), 1, job)
         base = lines_before if job.encoding == ASCII else entries_before
         if res.error is not None:
             # re-run with true entry numbers so the message names the right entry
-            again = check_range(res.start, res.stop, base + 1)
+            again = check_range(res.start, res.stop, base + 1, job)
             exc = ParseError(again.error or res.error)
             exc.offset = again.error_offset  # the message already names the source and offset
             raise exc
