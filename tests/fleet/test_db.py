@@ -67,3 +67,32 @@ def test_an_older_database_is_upgraded_in_place(tmp_path):
     assert "ima_progress" in {c["name"] for c in inspect(sessions.kw["bind"]).get_columns("nodes")}
     with sessions() as s:
         assert [a.subject for a in s.query(db.Audit)] == ["CN=old"]
+
+
+def test_rounds_recorded_before_stateless_nonces_keep_their_nonce(tmp_path):
+    """Migration 0004 moves single use to attestations.nonce: the rounds already kept get theirs from the
+    nonce row they claimed, and the column is then unique."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    engine = db.make_engine(str(tmp_path / "old.db"))
+    db.migrate(engine, "0003")
+    t = "'2026-01-01 00:00:00'"
+    with engine.begin() as conn:
+        for sql in (
+            f"INSERT INTO images (id, name, version, manifest_sha256, manifest, signature, signer, added_at, added_by)"
+            f" VALUES (1, 'n1', '1', 'aa', '{{}}', '{{}}', 'CN=s', {t}, 'CN=a')",
+            f"INSERT INTO nodes (id, ek_public, image_id, status, hostname, registered_at)"
+            f" VALUES ('n', 'ee', 1, 'trusted', 'h', {t})",
+            f"INSERT INTO nonces (id, value, node_id, purpose, issued_at, expires_at, used_at)"
+            f" VALUES (7, 'abcd', 'n', 'round', {t}, {t}, {t})",
+            f"INSERT INTO attestations (node_id, nonce_id, image_id, at, passed, summary, report)"
+            f" VALUES ('n', 7, 1, {t}, 1, 'ok', '{{}}')"):
+            conn.execute(text(sql))
+    engine.dispose()
+    sessions = db.open_database(str(tmp_path / "old.db"))
+    with sessions() as s:
+        assert [(a.nonce, a.nonce_id) for a in s.query(db.Attestation)] == [("abcd", 7)]
+    with pytest.raises(IntegrityError), sessions.begin() as s:
+        s.add(db.Attestation(node_id="n", nonce="abcd", image_id=1, at=db.utcnow(), passed=True, summary="",
+                             report="{}"))
