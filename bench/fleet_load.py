@@ -36,6 +36,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -260,6 +261,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="obelisk-fleet-bench-"))
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)  # also when a run fails
         database_pids: list[int] = []
         if args.postgresql:
             from tests.fleet import pgserver
@@ -318,9 +320,6 @@ def main() -> int:
             "ima_entries": [args.ima_entries, args.new_entries],
         }
         print(json.dumps(result, indent=2))
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
