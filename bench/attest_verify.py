@@ -209,7 +209,8 @@ def main() -> int:
     print(json.dumps({"obelisk_ms": round(ob, 2), "obelisk_cpu_ms": round(ob_cpu, 2), "load": round(load, 1),
                       "obelisk_with_reference_load_ms": round(with_ref, 2),
                       "ima_check_ms": round(ima_only, 2), "ima_incremental_ms": round(ima_incremental, 2),
-                      "verify_with_state_ms": round(with_state, 2), "verify_with_state_cpu_ms": round(with_state_cpu, 2),
+                      "verify_with_state_ms": round(with_state, 2),
+                      "verify_with_state_cpu_ms": round(with_state_cpu, 2),
                       "tpm2_tools_ms": round(ref, 2),
                       "ratio": round(ob / ref, 3), "entries": args.entries, "target_ms": TARGET_MS}))
     return 0 if ob < TARGET_MS else 1
