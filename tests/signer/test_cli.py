@@ -128,10 +128,9 @@ def test_a_file_that_cannot_be_read_while_signing_is_named(tmp_path, rsa_keys):
     from obelisk.signer import hashalgo
     from obelisk.signer.keys import load_signing_key
     from obelisk.signer.sign import sign_files
-    from obelisk.signer.tree import TreeFile
 
-    files = [TreeFile(str(tmp_path), str(tmp_path / "vanished"), b"vanished")]
-    with pytest.raises(InputError, match="vanished"):
+    files = [(b"vanished", os.fsencode(tmp_path / "vanished"))]
+    with pytest.raises(InputError, match=f"{tmp_path}/vanished: No such file"):
         sign_files(iter(files), load_signing_key(str(rsa_keys.ima_key)), b"1234", hashalgo.by_name("sha256"), jobs=1,
                    write_xattr=True, quiet=True)
 

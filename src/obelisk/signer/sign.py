@@ -24,7 +24,7 @@ from obelisk.core.progress import progress
 from obelisk.signer import hashalgo, imasig, xattrfile
 from obelisk.signer.hashalgo import HashAlgo
 from obelisk.signer.keys import SigningKey, SoftwareKey, check_key_matches_certificate, ima_key_id
-from obelisk.signer.tree import TreeFile, TreeWalk, check_roots, iter_files
+from obelisk.signer.tree import TreeWalk, check_roots, iter_paths
 
 XATTR_NAME = "security.ima"
 _CHUNK = 64
@@ -67,8 +67,9 @@ class _SignJob:
     algo: HashAlgo
     write_xattr: bool
 
-    def __call__(self, chunk: list[tuple[bytes, str]]) -> tuple[int, list[tuple[bytes, bytes]], list[str]]:
-        """Sign a chunk of (relpath, path): (files signed, [(relpath, value)] without write_xattr, errors)."""
+    def __call__(self, chunk: list[tuple[bytes, bytes]]) -> tuple[int, list[tuple[bytes, bytes]], list[str]]:
+        """Sign a chunk of (relpath, path): (files signed, [(relpath, its xattr dump record)] without
+        write_xattr, errors). The records are made here, on every core, rather than in the parent."""
         sign, key_id, algo, hash_name = self.sign, self.key_id, self.algo, self.algo.name
         setxattr = os.setxattr if self.write_xattr else None
         out: list[tuple[bytes, bytes]] = []
@@ -83,19 +84,20 @@ class _SignJob:
                     if setxattr is not None:
                         setxattr(fd, XATTR_NAME, value)
                     else:
-                        out.append((relpath, value))
+                        out.append((relpath, xattrfile.serialize_record(relpath, ((XATTR_NAME, value),))))
                 finally:
                     os.close(fd)
                 done += 1
             except OSError as exc:
-                errors.append(f"{path}: {exc.strerror or exc}")
+                errors.append(f"{os.fsdecode(path)}: {exc.strerror or exc}")
         return done, out, errors
 
 
-def sign_files(files: Iterable[TreeFile], key: SigningKey, key_id: bytes, algo: HashAlgo, *, jobs: int,
+def sign_files(files: Iterable[tuple[bytes, bytes]], key: SigningKey, key_id: bytes, algo: HashAlgo, *, jobs: int,
                write_xattr: bool, quiet: bool = False, in_process: bool = False,
                total: int | None = None) -> tuple[int, dict[bytes, bytes]]:
-    """Sign `files` (streamed); returns (count, relpath -> xattr value when not writing xattrs).
+    """Sign `files`, (relpath, path) pairs (streamed); returns (count, relpath -> its `getfattr --dump`
+    record when not writing xattrs).
 
     Raises InputError naming the first file that could not be signed.
     """
@@ -106,7 +108,7 @@ def sign_files(files: Iterable[TreeFile], key: SigningKey, key_id: bytes, algo: 
     # the workers fork before the progress bar starts its thread
     with ForkPool(job, 1 if in_process else jobs) as pool, \
             progress("signing files", total=total, quiet=quiet) as bar:
-        for done, out, errs in pool.map(((f.relpath, f.path) for f in files), chunk=_CHUNK):
+        for done, out, errs in pool.map(files, chunk=_CHUNK):
             count += done
             values.update(out)
             errors.extend(errs)
@@ -129,12 +131,12 @@ def sign_tree(paths: list[str], key: SigningKey, cert: x509.Certificate, *, hash
         raise InputError("--xattr-file takes one PATH: its entries are relative to that directory")
     check_roots(paths)
     stats = TreeWalk()
-    count, values = sign_files(iter_files(paths, stats), key, key_id, algo, jobs=jobs or os.cpu_count() or 1,
-                               write_xattr=xattr_file is None, quiet=quiet, in_process=in_process)
+    files = ((relpath, path) for _, relpath, path in iter_paths(paths, stats))
+    count, records = sign_files(files, key, key_id, algo, jobs=jobs or os.cpu_count() or 1,
+                                write_xattr=xattr_file is None, quiet=quiet, in_process=in_process)
     if stats.errors:
         raise InputError(f"cannot read {stats.errors[0]}")
     if xattr_file is not None:
-        records = [xattrfile.XattrRecord(rel, ((XATTR_NAME, values[rel]),)) for rel in sorted(values)]
-        atomic.write_bytes(Path(xattr_file), xattrfile.serialize(records))
+        atomic.write_bytes(Path(xattr_file), b"".join(records[rel] for rel in sorted(records)))
     return SignSummary(signed=count, skipped=dict(stats.skipped), hash_algo=algo.name,
                        key_id=key_id.hex(), xattr_file=xattr_file)
