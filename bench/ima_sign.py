@@ -11,9 +11,10 @@ start included) and interleaved, so that every tool sees the same machine:
   precomputed digests in two forked processes, wall clock from fork to both done (nothing but the
   signatures: no start-up, no files), and `openssl speed -multi N`.
 
-Each is run `--repeat` times (evmctl `--evmctl-repeat` times: it takes seconds); the best of each is
-compared with the best of the others and the spread (best-worst) is printed, with the load average:
-other work on the machine slows every tool, and the best runs are the ones it slowed least.
+Each obelisk run is compared with the limit measured just before and just after it (the load on a
+shared machine changes from second to second): the median, best and worst of these ratios over
+`--repeat` runs are printed, and the best time of each tool with the spread (best-worst) of its
+runs, with the load average. evmctl runs `--evmctl-repeat` times (it takes seconds).
 
     .venv/bin/python bench/ima_sign.py [--files 5000] [--size 4096] [--repeat 5]
 """
@@ -25,6 +26,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -143,13 +145,21 @@ def main() -> None:
             sign = [sys.executable, "-m", "obelisk", "ima", "sign", "--quiet", "--format", "json",
                     "--key", str(keys.ima_key), "--cert", str(keys.ima_cert)]
             runs: dict[str, list[float]] = {"xattr": [], "dump": [], "limit": [], "evmctl": [], "start": []}
+            paired: dict[str, list[float]] = {"xattr": [], "dump": []}  # limit / obelisk, run by run
             speed: list[float] = []
             CPU.clear()
             loads = []
             for i in range(args.repeat):  # interleaved, so that all see the same machine
-                runs["limit"].append(limit_time(keys.ima_key, args.files, cores))
-                runs["xattr"].append(timed([*sign, str(ours_tree)], env=env, name="xattr"))
-                runs["dump"].append(timed([*sign, "--xattr-file", str(dump), str(ours_tree)], env=env, name="dump"))
+                before = limit_time(keys.ima_key, args.files, cores)
+                for mode, extra in (("xattr", []), ("dump", ["--xattr-file", str(dump)])):
+                    t = timed([*sign, *extra, str(ours_tree)], env=env, name=mode)
+                    after = limit_time(keys.ima_key, args.files, cores)
+                    runs[mode].append(t)
+                    runs["limit"] += [before, after]
+                    # the load changes from second to second: each run against the limit measured just
+                    # before and just after it
+                    paired[mode].append((before + after) / 2 / t)
+                    before = after
                 runs["start"].append(timed([sys.executable, "-c", "pass"]))
                 if i < args.evmctl_repeat:
                     runs["evmctl"].append(timed([tools.which("evmctl"), "ima_sign", "-r", "--key",
@@ -165,13 +175,14 @@ def main() -> None:
                   f"openssl speed -multi {cores}: {max(speed):.0f} signs/s")
             for mode, label in (("xattr", "security.ima"), ("dump", "--xattr-file")):
                 t = best[mode]
-                rate = args.files / t
-                print(f"  obelisk {label:13} {t:.3f} s ({rate:6.0f} files/s; runs {spread(runs[mode])}): "
-                      f"{100 * best['limit'] / t:3.0f}% of the limit, {100 * rate / max(speed):3.0f}% of openssl "
-                      f"speed; without interpreter start ({best['start']:.3f} s) "
-                      f"{100 * best['limit'] / (t - best['start']):3.0f}% of the limit;  "
-                      f"{best['evmctl'] / t:4.1f}x evmctl;  CPU {min(CPU[mode]):.3f} s = "
-                      f"{min(CPU[mode]) / min(CPU['limit']):.2f}x the limit's", flush=True)
+                ratios = sorted(paired[mode])
+                print(f"  obelisk {label:13} {t:.3f} s ({args.files / t:6.0f} files/s; runs {spread(runs[mode])}; "
+                      f"CPU {min(CPU[mode]):.3f} s = {min(CPU[mode]) / min(CPU['limit']):.2f}x the limit's)")
+                print(f"    of the limit measured around each run: median {100 * statistics.median(ratios):3.0f}%, "
+                      f"best {100 * ratios[-1]:3.0f}%, worst {100 * ratios[0]:3.0f}%;  best of each: "
+                      f"{100 * best['limit'] / t:3.0f}% of the limit ({100 * best['limit'] / (t - best['start']):3.0f}%"
+                      f" without interpreter start, {best['start']:.3f} s), {100 * args.files / t / max(speed):3.0f}% "
+                      f"of openssl speed;  {best['evmctl'] / t:4.1f}x evmctl", flush=True)
             print(f"  evmctl ima_sign -r:   {best['evmctl']:.3f} s ({args.files / best['evmctl']:.0f} files/s; "
                   f"runs {spread(runs['evmctl'])})")
             if key_type == "ecdsa-p256":
@@ -180,9 +191,9 @@ def main() -> None:
                 print(f"  P-256 target: {args.files} files in 0.25 s + interpreter start = {target:.3f} s: "
                       f"{'met' if worst <= target else 'MISSED'} ({worst:.3f} s)")
             if key_type == "rsa-2048":
-                worst = max(best["xattr"], best["dump"])
-                print(f"  RSA-2048 target: 85% of the limit: {'met' if best['limit'] / worst >= 0.85 else 'MISSED'} "
-                      f"({100 * best['limit'] / worst:.0f}%)")
+                worst_ratio = min(statistics.median(paired["xattr"]), statistics.median(paired["dump"]))
+                print(f"  RSA-2048 target: 85% of the limit: {'met' if worst_ratio >= 0.85 else 'MISSED'} "
+                      f"(median of the paired runs, the lower mode: {100 * worst_ratio:.0f}%)")
 
 
 if __name__ == "__main__":
