@@ -75,12 +75,15 @@ def test_ak_record_with_disagreeing_keys_is_refused():
 
 
 def test_verifier_state_round_trips(tmp_path):
-    from obelisk.attest import verify
+    from obelisk.attest import verifier_state, verify
 
-    state = {"00aa": verify.Counters(5, 1, 2), "00bb": verify.Counters(7, 0, 0)}
-    text = verify.serialize_state(state)
-    assert verify.parse_state(text) == state
-    assert json.loads(text) == {"00aa": {"clock": 5, "reset_count": 1, "restart_count": 2},
-                                "00bb": {"clock": 7, "reset_count": 0, "restart_count": 0}}
+    state = {"00aa": verifier_state.NodeState(verify.Counters(5, 1, 2)),
+             "00bb": verifier_state.NodeState(verify.Counters(7, 0, 0))}
+    text = verifier_state.serialize(state)
+    assert verifier_state.parse(text) == state
+    assert json.loads(text) == {"schema": "obelisk.verifier-state/2",
+                                "aks": {"00aa": {"clock": 5, "reset_count": 1, "restart_count": 2},
+                                        "00bb": {"clock": 7, "reset_count": 0, "restart_count": 0}}}
+    assert verify.parse_state(text) == {k: v.counters for k, v in state.items()}
     with pytest.raises(InputError, match="'00aa' malformed"):
         verify.parse_state(json.dumps({"00aa": {"clock": 1}}), source="state.json")

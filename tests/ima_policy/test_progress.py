@@ -122,6 +122,32 @@ def test_old_entry_rewritten_after_its_check_is_caught_through_the_quote():
     _same(second, verify_log(data2, "list", opts2))
 
 
+def test_an_entry_rewritten_after_the_quote_covered_it_is_found_as_a_full_check_finds_it(monkeypatch):
+    """Round 1 checks entries 1-100, all quoted. The node then serves a list whose entry 50 was rewritten:
+    the running PCR carried over would still reach the new quote, so the checked part of the list is
+    compared with what was checked (its sha256) and the list is checked whole."""
+    opts1 = VerifyOptions(pcrs=_pcrs(ENTRIES[:100]), workers=1)
+    _, state = progress.verify_since(serialize_binary(ENTRIES[:100]), "list", opts1, 1, None)
+    forged = list(ENTRIES)
+    forged[49] = file_entry("/usr/bin/f49", b"innocent", "ima-ng", number=50)
+    data = serialize_binary(forged)
+    opts2 = VerifyOptions(pcrs=_pcrs(ENTRIES), workers=1)
+    walked = []
+    real = checker.check_range
+    monkeypatch.setattr(checker, "check_range", lambda a, b, n=1: walked.append(a) or real(a, b, n))
+    second, _ = progress.verify_since(data, "list", opts2, 1, state)
+    assert walked[0] == 0
+    assert {f.id: f.status for f in second.report.findings}["ima.pcr.10.sha256"] is Status.FAIL
+    _same(second, verify_log(data, "list", opts2))
+    saved_before = progress.serialize(dataclasses.replace(state, prefix=b"")).replace(', "prefix": ""', "")
+    assert '"prefix"' not in saved_before
+    old = progress.parse(saved_before)
+    assert old.prefix == b""  # saved before the prefix was kept: readable, and resumes nothing
+    walked.clear()
+    progress.verify_since(serialize_binary(ENTRIES), "list", opts2, 1, old)
+    assert walked[0] == 0
+
+
 def test_resume_across_chunks_with_two_workers(monkeypatch):
     monkeypatch.setattr(checker, "CHUNK_TARGET", 2048)
     many = ENTRIES + [file_entry(f"/usr/lib/x{i}", b"x%d" % i, number=N + i + 1) for i in range(3000)]

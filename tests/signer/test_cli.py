@@ -88,6 +88,12 @@ def test_bad_input_is_one_line_with_exit_2(obelisk_cli, cli_keys, tmp_path, othe
     one_line_error(obelisk_cli("ima", "sign", "--key", key, "--cert", str(other_keys.ima_cert), str(tree)),
                    "does not match")
     one_line_error(obelisk_cli("ima", "sign", "--key", key, "--cert", key, str(tree)), "not an X.509 certificate")
+    from .test_keys import _damaged_copy  # the signer skips OpenSSL's RSA check and proves the key instead
+
+    damaged = _damaged_copy(other_keys, tmp_path)
+    one_line_error(obelisk_cli("ima", "sign", "--key", str(damaged), "--cert", str(other_keys.ima_cert), str(tree)),
+                   "signatures its certificate does not verify")
+    assert not any("security.ima" in os.listxattr(f) for f in regular_files(tree))  # nothing signed
     one_line_error(obelisk_cli("ima", "sign", "--key", key, "--cert", cert, str(tmp_path / "missing")),
                    "missing", "cannot read")
 
@@ -122,10 +128,9 @@ def test_a_file_that_cannot_be_read_while_signing_is_named(tmp_path, rsa_keys):
     from obelisk.signer import hashalgo
     from obelisk.signer.keys import load_signing_key
     from obelisk.signer.sign import sign_files
-    from obelisk.signer.tree import TreeFile
 
-    files = [TreeFile(str(tmp_path), str(tmp_path / "vanished"), b"vanished")]
-    with pytest.raises(InputError, match="vanished"):
+    files = [(b"vanished", os.fsencode(tmp_path / "vanished"))]
+    with pytest.raises(InputError, match=f"{tmp_path}/vanished: No such file"):
         sign_files(iter(files), load_signing_key(str(rsa_keys.ima_key)), b"1234", hashalgo.by_name("sha256"), jobs=1,
                    write_xattr=True, quiet=True)
 

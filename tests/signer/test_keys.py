@@ -93,3 +93,30 @@ def test_mismatched_certificate_and_bad_files_are_input_errors(tmp_path, rsa_key
         load_signing_key(str(tmp_path / "junk.pem"))
     with pytest.raises(InputError, match="not an X.509 certificate"):
         load_certificate(rsa_keys.ima_key)
+
+
+def _damaged_copy(rsa_keys, tmp_path):
+    """The IMA key with its private exponents altered: the public half still matches the certificate."""
+    from cryptography.hazmat.primitives import serialization
+
+    good = load_signing_key(str(rsa_keys.ima_key)).key
+    n = good.private_numbers()
+    bad = rsa.RSAPrivateNumbers(n.p, n.q, n.d ^ 2, n.dmp1 ^ 2, n.dmq1, n.iqmp, n.public_numbers)
+    path = tmp_path / "damaged.key"
+    path.write_bytes(bad.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return path
+
+
+def test_a_damaged_rsa_key_is_refused_with_or_without_the_prime_check(tmp_path, rsa_keys):
+    damaged = _damaged_copy(rsa_keys, tmp_path)
+    with pytest.raises(InputError, match="not a private key"):
+        load_signing_key(str(damaged))  # OpenSSL's own check
+    key = load_signing_key(str(damaged), check_rsa_primes=False)  # the signer's fast path...
+    with pytest.raises(InputError, match="signatures its certificate does not verify"):
+        check_key_matches_certificate(key, load_certificate(rsa_keys.ima_cert))  # ...proves the key instead
+    fast = load_signing_key(str(rsa_keys.ima_key), check_rsa_primes=False)
+    check_key_matches_certificate(fast, load_certificate(rsa_keys.ima_cert))
+    digest = b"\x42" * 32
+    algo = hashalgo.by_name("sha256")
+    assert fast.sign_digest(digest, algo) == load_signing_key(str(rsa_keys.ima_key)).sign_digest(digest, algo)

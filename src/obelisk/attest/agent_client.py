@@ -71,7 +71,7 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     """Fetch and verify a node's evidence against the image manifest; returns a Report."""
     from dataclasses import replace
 
-    from obelisk.attest import akrecord, ima_check, verify
+    from obelisk.attest import akrecord, ima_check, verifier_state, verify
     from obelisk.attest import evidence as evmod
     from obelisk.core import findings as report_format
     from obelisk.core.findings import Finding, Severity, Status, Subject
@@ -88,12 +88,14 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
     record = akrecord.parse(ak_data, ak, ek_public=read_bounded(ek, "EK public", 1 << 16) if ek else None)
     nonce = fresh_nonce()
     bundle = evmod.parse(endpoint.evidence(nonce), source=f"{endpoint.url}/v1/evidence")
-    opts = verify.Options(nonce=nonce, ak=record, previous=verify.load_state(state, record),
+    saved = verifier_state.load(state, record)
+    opts = verify.Options(nonce=nonce, ak=record, previous=saved.counters if saved else None,
                           source=f"{endpoint.url}/v1/evidence")
     verify.apply_references(opts, refs)
+    ima = verifier_state.resume_ima(opts, refs, saved) if state else None  # only what the node measured since
     report, counters = verify.verify(bundle, opts)
-    if state and counters is not None and not report.failed:
-        verify.save_state(state, record, counters)
+    if state and ima is not None and counters is not None and not report.failed:
+        verifier_state.save(state, record, verifier_state.after(counters, ima, refs))
     findings = list(report.findings)
     findings.append(var_finding(m, bundle.kernel.get("var_mount")))
     if scan:

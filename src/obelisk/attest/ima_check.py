@@ -13,6 +13,7 @@ predictions, no signature).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,14 @@ class References:
     keyring: Keyring | None = None
     findings: list[Finding] = field(default_factory=list)
     manifest: Manifest | None = None  # when the reference is the build's manifest
+    # sha256 chained over every byte read to make these references (manifest, signature, CA): a verifier's
+    # saved IMA position is used only with the references it was checked against
+    fingerprint: str = ""
+
+    def read(self, data: bytes) -> bytes:
+        """`data`, counted into the fingerprint."""
+        self.fingerprint = hashlib.sha256(self.fingerprint.encode() + hashlib.sha256(data).digest()).hexdigest()
+        return data
 
 
 def load_references(path: str | None, ca: str | None) -> References:
@@ -55,7 +64,7 @@ def load_references(path: str | None, ca: str | None) -> References:
         if ca:
             raise InputError("--cert is the CA of the signed reference manifest: give --reference too")
         return refs
-    data = read_bounded(path, "reference manifest", MAX_REFERENCE_BYTES)
+    data = refs.read(read_bounded(path, "reference manifest", MAX_REFERENCE_BYTES))
     doc = load_json(data, path, max_bytes=MAX_REFERENCE_BYTES)
     from obelisk.image import manifest as mf
 
@@ -84,7 +93,7 @@ def _image_manifest(refs: References, path: str, data: bytes, ca: str | None) ->
                                 detail="no --cert CA given: the build manifest's origin is not checked"))
     else:
         from cryptography import x509
-        ca_data = read_bounded(ca, "CA certificate", 1 << 20)
+        ca_data = refs.read(read_bounded(ca, "CA certificate", 1 << 20))
         try:
             ca_cert = x509.load_pem_x509_certificate(ca_data)
         except ValueError as exc:
@@ -92,7 +101,8 @@ def _image_manifest(refs: References, path: str, data: bytes, ca: str | None) ->
         sig_path = path + ".sig" if os.path.exists(path + ".sig") else os.path.join(os.path.dirname(path), mf.SIGNATURE)
         sig: mf.ManifestSignature | None
         try:
-            sig = mf.ManifestSignature.loads(read_bounded(sig_path, "manifest signature", 1 << 20), sig_path)
+            sig = mf.ManifestSignature.loads(refs.read(read_bounded(sig_path, "manifest signature", 1 << 20)),
+                                             sig_path)
         except InputError as exc:
             if os.path.exists(sig_path) or "not found" not in str(exc):
                 raise

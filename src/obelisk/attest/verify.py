@@ -8,15 +8,13 @@ only after the quote's pcrDigest has been shown to cover it.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from obelisk.attest import akrecord
 from obelisk.attest.evidence import Evidence
-from obelisk.core.errors import InputError, ParseError
+from obelisk.core.errors import ParseError
 from obelisk.core.findings import Evidence as Ev
 from obelisk.core.findings import Finding, Report, Severity, Status, Subject
 from obelisk.tpm import algorithms, eventlog
@@ -344,63 +342,28 @@ def _ima_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, opts: Opt
     return opts.ima_check(ev.ima_log, ev.ima_format, pcrs, boot_banks, boot)
 
 
-# ---- verifier state: the last counters seen per AK ------------------------------------------------
-
-def _state_key(ak: akrecord.AKRecord) -> str:
-    return (ak.qualified_name or ak.name or b"").hex()
-
+# ---- verifier state: the counters last seen per AK (attest/verifier_state.py keeps the file) ----------------
 
 def parse_state(data: bytes | str, source: str = "verifier state") -> dict[str, Counters]:
-    """The verifier state (JSON): the last counters seen per AK, keyed by its qualified name (else name), hex.
+    """The counters per AK in a verifier state file, either version (verifier_state.parse)."""
+    from obelisk.attest import verifier_state
 
-        {"<hex>": {"clock": N, "reset_count": N, "restart_count": N}, ...}
-    """
-    from obelisk.core.jsonsafe import load_json
-
-    doc = load_json(data, source, what="verifier state JSON")
-    if not isinstance(doc, dict):
-        raise InputError("unreadable verifier state: expected an object", source=source)
-    state: dict[str, Counters] = {}
-    for key, entry in doc.items():
-        try:
-            state[key] = Counters(int(entry["clock"]), int(entry["reset_count"]), int(entry["restart_count"]))
-        except (KeyError, TypeError, ValueError, OverflowError):
-            raise InputError(f"verifier state entry {key[:80]!r} malformed", source=source) from None
-    return state
-
-
-def serialize_state(state: dict[str, Counters]) -> str:
-    doc = {key: {"clock": c.clock, "reset_count": c.reset_count, "restart_count": c.restart_count}
-           for key, c in state.items()}
-    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
-
-
-MAX_STATE_BYTES = 64 * 1024 * 1024  # counters of every AK the verifier has seen
+    return {key: node.counters for key, node in verifier_state.parse(data, source).items()}
 
 
 def load_state(path: str | None, ak: akrecord.AKRecord) -> Counters | None:
     """The counters last seen for `ak` in the state file at `path` (None: no file, or not seen yet)."""
-    if not path or not os.path.exists(path):
-        return None
-    from obelisk.core.inputs import read_bounded
+    from obelisk.attest import verifier_state
 
-    data = read_bounded(path, "verifier state", MAX_STATE_BYTES)
-    return parse_state(data, source=path).get(_state_key(ak))
+    node = verifier_state.load(path, ak)
+    return node.counters if node is not None else None
 
 
 def save_state(path: str, ak: akrecord.AKRecord, counters: Counters) -> None:
-    """Record `counters` for `ak` in the state file at `path` (an unreadable file is started afresh)."""
-    from obelisk.core import atomic
+    """Record `counters` for `ak` (and no IMA position) in the state file at `path`."""
+    from obelisk.attest import verifier_state
 
-    state: dict[str, Counters] = {}
-    if os.path.exists(path):
-        try:
-            with open(path, "rb") as handle:
-                state = parse_state(handle.read(), source=path)
-        except (OSError, InputError):
-            state = {}
-    state[_state_key(ak)] = counters
-    atomic.write_text(path, serialize_state(state))
+    verifier_state.save(path, ak, verifier_state.NodeState(counters))
 
 
 def configure_references(opts: Options, reference: str | None, cert: str | None) -> None:

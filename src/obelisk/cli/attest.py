@@ -92,7 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", metavar="MANIFEST", help="the build's reference manifest")
     p.add_argument("--cert", metavar="CA", help="certificate that must have signed the reference manifest")
     p.add_argument("--state", metavar="FILE",
-                   help="verifier state: the last clock/reset counters per AK, updated when verification passes")
+                   help="verifier state: per AK, the last clock/reset counters and how far the node's IMA list "
+                        "was checked (the next run checks only newer entries); updated when verification passes")
     add_output_options(p)
     p.set_defaults(handler=_verify)
 
@@ -312,17 +313,20 @@ def _load_ak(args: argparse.Namespace) -> AKRecord:
 
 def _verify(args: argparse.Namespace) -> int:
     from obelisk.attest import evidence as evmod
-    from obelisk.attest import verify
+    from obelisk.attest import ima_check, verifier_state, verify
     from obelisk.cli.common import emit_report
 
     nonce = _hex(args.nonce)
     ak = _load_ak(args)
     bundle = evmod.parse(_read(args.evidence, "evidence", evmod.MAX_BUNDLE_SIZE), source=args.evidence)
-    opts = verify.Options(nonce=nonce, ak=ak, previous=verify.load_state(args.state, ak), source=args.evidence)
-    verify.configure_references(opts, args.reference, args.cert)
+    saved = verifier_state.load(args.state, ak)
+    opts = verify.Options(nonce=nonce, ak=ak, previous=saved.counters if saved else None, source=args.evidence)
+    refs = ima_check.load_references(args.reference, args.cert)
+    verify.apply_references(opts, refs)
+    ima = verifier_state.resume_ima(opts, refs, saved) if args.state else None  # only what the node measured since
     report, counters = verify.verify(bundle, opts)
-    if args.state and counters is not None and not report.failed:
-        verify.save_state(args.state, ak, counters)
+    if args.state and ima is not None and counters is not None and not report.failed:
+        verifier_state.save(args.state, ak, verifier_state.after(counters, ima, refs))
     return emit_report(args, report)
 
 

@@ -69,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--key", required=True, help="the client certificate's key")
     n.add_argument("--ak", required=True, help="the node's AK record (from enrollment / obelisk boot)")
     n.add_argument("--ek", help="the node's EK public area, to check the AK's qualified name")
-    n.add_argument("--state", help="file keeping the last quote's clock/reset counters (never go backwards)")
+    n.add_argument("--state", help="file keeping the last quote's clock/reset counters (never go backwards) and "
+                                   "how far the node's IMA list was checked (the next run checks only newer entries)")
     n.add_argument("--no-scan", action="store_true", help="skip the node's CIS/STIG scan")
     add_output_options(n)
     n.set_defaults(handler=_attest_node)

@@ -89,7 +89,8 @@ def _ima_sign(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise InputError("--jobs must be at least 1")
-    key = load_signing_key(args.key, passphrase_source(args))
+    # sign_tree proves the key against the certificate before any work, so OpenSSL's slow RSA check is skipped
+    key = load_signing_key(args.key, passphrase_source(args), check_rsa_primes=False)
     cert = load_certificate(args.cert)
     in_process = args.key.startswith("pkcs11:")  # token sessions do not survive fork
     summary = sign_tree(args.paths, key, cert, hash_name=args.hash, jobs=args.jobs, xattr_file=args.xattr_file,

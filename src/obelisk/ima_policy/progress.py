@@ -3,8 +3,10 @@
 A verifier that checked a node's list up to entry N keeps `ImaProgress`: the boot it belongs
 to, the byte offset and entry count reached, each bank's running PCR 10 value there, and the
 totals of the findings so far. The next round walks only the entries after it; when the node
-rebooted (its boot count or TPM reset count changed), when the options differ, or when the
-list no longer reaches the saved offset, the whole list is checked. A resumed replay that
+rebooted (its boot count or TPM reset count changed), when the options differ, when the list
+no longer reaches the saved offset, or when its first `offset` bytes are not the ones checked
+(`prefix` keeps their sha256; a state saved without it resumes nothing), the whole list is
+checked. A resumed replay that
 matches no quoted PCR 10 falls back to a full check too, so the result is always the one a
 full check gives: an old entry rewritten after it was checked shows as a running PCR that no
 longer matches the quote.
@@ -14,6 +16,8 @@ longer matches the quote.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -45,6 +49,8 @@ class ImaProgress:
     problem_counts: tuple[tuple[str, int], ...] = ()
     stats: tuple[tuple[str, int], ...] = ()
     problems: tuple[checker.Problem, ...] = ()
+    # sha256 of the list's first `offset` bytes: a list whose checked part was rewritten since is checked whole
+    prefix: bytes = b""
 
     def resume(self) -> Resume:
         totals = checker.ChunkResult(0, end=self.offset, count=self.entries, lines=self.lines,
@@ -66,11 +72,18 @@ def verify_since(data: checker.ListData, source: str, options: VerifyOptions, bo
     """Verify the list read on boot `boot`, walking only what follows `progress` when it applies."""
     resume = progress.resume() if progress is not None and _applies(progress, data, options, boot) else None
     checked = check_log(data, source, options, resume)
-    return checked.result, from_check(boot, options.mode, checked.result, checked.resume)
+    done = from_check(boot, options.mode, checked.result, checked.resume)
+    return checked.result, dataclasses.replace(done, prefix=_prefix_digest(data, done.offset))
+
+
+def _prefix_digest(data: checker.ListData, offset: int) -> bytes:
+    return hashlib.sha256(memoryview(data)[:offset]).digest()
 
 
 def _applies(p: ImaProgress, data: checker.ListData, options: VerifyOptions, boot: int) -> bool:
     if p.boot != boot or p.mode != options.mode or p.offset > len(data) or not data:
+        return False
+    if p.prefix != _prefix_digest(data, p.offset):  # an entry already checked was changed (or no digest kept)
         return False
     if options.banks is not None and tuple(b for b, _, _ in p.banks) != tuple(options.banks):
         return False
@@ -95,6 +108,7 @@ def serialize(p: ImaProgress) -> str:
         "other_pcrs": [list(x) for x in p.other_pcrs], "problem_counts": [list(x) for x in p.problem_counts],
         "stats": [list(x) for x in p.stats],
         "problems": [[q.kind, q.number, q.path, q.detail, q.observed, q.expected] for q in p.problems],
+        "prefix": p.prefix.hex(),
     }
     return json.dumps(obj, sort_keys=True) + "\n"
 
@@ -144,6 +158,6 @@ def parse(text: str | bytes, source: str = "IMA progress") -> ImaProgress:
             other_pcrs=tuple((int(a), int(b)) for a, b in items("other_pcrs")),
             problem_counts=tuple((str(a), int(b)) for a, b in items("problem_counts")),
             stats=tuple((str(a), int(b)) for a, b in items("stats")),
-            problems=problems)
+            problems=problems, prefix=bytes.fromhex(text_of("prefix")) if "prefix" in obj else b"")
     except (ValueError, TypeError, IndexError) as exc:
         raise ParseError(f"malformed: {exc}", source=source) from None

@@ -8,9 +8,9 @@ into `security.ima` or, with an xattr file, into a `getfattr --dump` file that
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +19,12 @@ from cryptography import x509
 from obelisk.core import atomic
 from obelisk.core.digest import digest_fd, open_for_digest
 from obelisk.core.errors import InputError
+from obelisk.core.forkpool import ForkPool
 from obelisk.core.progress import progress
 from obelisk.signer import hashalgo, imasig, xattrfile
 from obelisk.signer.hashalgo import HashAlgo
-from obelisk.signer.keys import SigningKey, check_key_matches_certificate, ima_key_id
-from obelisk.signer.tree import TreeFile, TreeWalk, check_roots, iter_files
+from obelisk.signer.keys import SigningKey, SoftwareKey, check_key_matches_certificate, ima_key_id
+from obelisk.signer.tree import TreeWalk, check_roots, iter_paths
 
 XATTR_NAME = "security.ima"
 _CHUNK = 64
@@ -49,76 +50,69 @@ def sign_digest_value(key: SigningKey, key_id: bytes, algo: HashAlgo, digest: by
     return imasig.v2_header(algo, key_id, len(signature)) + signature
 
 
-# Worker state, inherited through fork: the key is loaded once, in the parent.
-_W: dict[str, object] = {}
+def _digest_signer(key: SigningKey, algo: HashAlgo) -> Callable[[bytes], bytes]:
+    """`key.sign_digest(digest, algo)` as one call: a PEM key's own sign method with its padding and
+    hash bound once (this runs once per file)."""
+    if isinstance(key, SoftwareKey):
+        return key.digest_signer(algo)
+    return functools.partial(key.sign_digest, algo=algo)
 
 
-def _sign_chunk(chunk: list[tuple[bytes, str]]) -> tuple[int, list[tuple[bytes, bytes]], list[str]]:
-    key: SigningKey = _W["key"]  # type: ignore[assignment]
-    key_id: bytes = _W["key_id"]  # type: ignore[assignment]
-    algo: HashAlgo = _W["algo"]  # type: ignore[assignment]
-    write_xattr = bool(_W["write_xattr"])
-    out: list[tuple[bytes, bytes]] = []
-    errors: list[str] = []
-    done = 0
-    for relpath, path in chunk:
-        try:
-            fd = open_for_digest(path, follow_symlinks=False)  # a symlink swapped in after the walk is refused
+@dataclass(frozen=True)
+class _SignJob:
+    """What every worker inherits by fork: nothing of it is pickled."""
+
+    sign: Callable[[bytes], bytes]
+    key_id: bytes
+    algo: HashAlgo
+    write_xattr: bool
+
+    def __call__(self, chunk: list[tuple[bytes, bytes]]) -> tuple[int, list[tuple[bytes, bytes]], list[str]]:
+        """Sign a chunk of (relpath, path): (files signed, [(relpath, its xattr dump record)] without
+        write_xattr, errors). The records are made here, on every core, rather than in the parent."""
+        sign, key_id, algo, hash_name = self.sign, self.key_id, self.algo, self.algo.name
+        setxattr = os.setxattr if self.write_xattr else None
+        out: list[tuple[bytes, bytes]] = []
+        errors: list[str] = []
+        done = 0
+        for relpath, path in chunk:
             try:
-                value = sign_digest_value(key, key_id, algo, digest_fd(fd, algo.name))
-                if write_xattr:
-                    os.setxattr(fd, XATTR_NAME, value)
-                else:
-                    out.append((relpath, value))
-            finally:
-                os.close(fd)
-            done += 1
-        except OSError as exc:
-            errors.append(f"{path}: {exc.strerror or exc}")
-    return done, out, errors
+                fd = open_for_digest(path, follow_symlinks=False)  # a symlink swapped in after the walk is refused
+                try:
+                    signature = sign(digest_fd(fd, hash_name))
+                    value = imasig.v2_header(algo, key_id, len(signature)) + signature
+                    if setxattr is not None:
+                        setxattr(fd, XATTR_NAME, value)
+                    else:
+                        out.append((relpath, xattrfile.serialize_record(relpath, ((XATTR_NAME, value),))))
+                finally:
+                    os.close(fd)
+                done += 1
+            except OSError as exc:
+                errors.append(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+        return done, out, errors
 
 
-def _chunks(files: Iterable[TreeFile], size: int) -> Iterator[list[tuple[bytes, str]]]:
-    chunk: list[tuple[bytes, str]] = []
-    for f in files:
-        chunk.append((f.relpath, f.path))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def sign_files(files: Iterable[TreeFile], key: SigningKey, key_id: bytes, algo: HashAlgo, *, jobs: int,
+def sign_files(files: Iterable[tuple[bytes, bytes]], key: SigningKey, key_id: bytes, algo: HashAlgo, *, jobs: int,
                write_xattr: bool, quiet: bool = False, in_process: bool = False,
                total: int | None = None) -> tuple[int, dict[bytes, bytes]]:
-    """Sign `files` (streamed); returns (count, relpath -> xattr value when not writing xattrs).
+    """Sign `files`, (relpath, path) pairs (streamed); returns (count, relpath -> its `getfattr --dump`
+    record when not writing xattrs).
 
     Raises InputError naming the first file that could not be signed.
     """
-    _W.update(key=key, key_id=key_id, algo=algo, write_xattr=write_xattr)
+    job = _SignJob(_digest_signer(key, algo), key_id, algo, write_xattr)
     values: dict[bytes, bytes] = {}
     errors: list[str] = []
     count = 0
-    with progress("signing files", total=total, quiet=quiet) as bar:
-        pool = None
-        if in_process or jobs <= 1:
-            results: Iterable[tuple[int, list[tuple[bytes, bytes]], list[str]]] = map(
-                _sign_chunk, _chunks(files, _CHUNK))
-        else:
-            pool = multiprocessing.get_context("fork").Pool(processes=jobs)
-            results = pool.imap_unordered(_sign_chunk, _chunks(files, _CHUNK))
-        try:
-            for done, out, errs in results:
-                count += done
-                values.update(out)
-                errors.extend(errs)
-                bar.advance(done)
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
-            _W.clear()
+    # the workers fork before the progress bar starts its thread
+    with ForkPool(job, 1 if in_process else jobs) as pool, \
+            progress("signing files", total=total, quiet=quiet) as bar:
+        for done, out, errs in pool.map(files, chunk=_CHUNK):
+            count += done
+            values.update(out)
+            errors.extend(errs)
+            bar.advance(done)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise InputError(f"cannot sign {errors[0]}{more}")
@@ -137,12 +131,12 @@ def sign_tree(paths: list[str], key: SigningKey, cert: x509.Certificate, *, hash
         raise InputError("--xattr-file takes one PATH: its entries are relative to that directory")
     check_roots(paths)
     stats = TreeWalk()
-    count, values = sign_files(iter_files(paths, stats), key, key_id, algo, jobs=jobs or os.cpu_count() or 1,
-                               write_xattr=xattr_file is None, quiet=quiet, in_process=in_process)
+    files = ((relpath, path) for _, relpath, path in iter_paths(paths, stats))
+    count, records = sign_files(files, key, key_id, algo, jobs=jobs or os.cpu_count() or 1,
+                                write_xattr=xattr_file is None, quiet=quiet, in_process=in_process)
     if stats.errors:
         raise InputError(f"cannot read {stats.errors[0]}")
     if xattr_file is not None:
-        records = [xattrfile.XattrRecord(rel, ((XATTR_NAME, values[rel]),)) for rel in sorted(values)]
-        atomic.write_bytes(Path(xattr_file), xattrfile.serialize(records))
+        atomic.write_bytes(Path(xattr_file), b"".join(records[rel] for rel in sorted(records)))
     return SignSummary(signed=count, skipped=dict(stats.skipped), hash_algo=algo.name,
                        key_id=key_id.hex(), xattr_file=xattr_file)

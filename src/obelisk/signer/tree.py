@@ -52,13 +52,20 @@ def check_roots(paths: list[str]) -> None:
 
 def iter_files(paths: list[str], stats: TreeWalk) -> Iterator[TreeFile]:
     """Yield regular files under each path (a file path stands for itself); count what is skipped."""
+    for root, relpath, path in iter_paths(paths, stats):
+        yield TreeFile(root, os.fsdecode(path), relpath)
+
+
+def iter_paths(paths: list[str], stats: TreeWalk) -> Iterator[tuple[str, bytes, bytes]]:
+    """`iter_files` as (root, relpath, path as bytes): no record per file, for a signer that walks
+    thousands of files per second while its workers sign."""
     for root in paths:
         try:
             st = os.lstat(root)
         except OSError as exc:
             raise InputError(f"cannot read: {exc.strerror}", source=root) from None
         if stat.S_ISREG(st.st_mode):
-            yield TreeFile(root, root, os.fsencode(os.path.basename(root)))
+            yield root, os.fsencode(os.path.basename(root)), os.fsencode(root)
             continue
         if not stat.S_ISDIR(st.st_mode):
             stats.skipped[_kind(st.st_mode)] += 1
@@ -74,13 +81,13 @@ def iter_files(paths: list[str], stats: TreeWalk) -> Iterator[TreeFile]:
                 stats.errors.append(f"{os.fsdecode(directory)}: {exc.strerror}")
                 continue
             for entry in entries:
-                child = os.path.join(rel, entry.name) if rel else entry.name
+                child = rel + b"/" + entry.name if rel else entry.name
                 try:
                     # d_type answers these without a stat call on most filesystems
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(child)
                     elif entry.is_file(follow_symlinks=False):
-                        yield TreeFile(root, os.fsdecode(entry.path), child)
+                        yield root, child, entry.path
                     else:
                         stats.skipped[_kind(entry.stat(follow_symlinks=False).st_mode)] += 1
                 except OSError as exc:

@@ -46,12 +46,15 @@ def check_path(path: bytes) -> bytes:
 
 
 def serialize(records: list[XattrRecord]) -> bytes:
-    chunks = []
-    for rec in records:
-        chunks.append(b"# file: " + check_path(rec.path) + b"\n")
-        for name, value in rec.attributes:
-            chunks.append(name.encode() + b"=0s" + base64.b64encode(value) + b"\n")
-        chunks.append(b"\n")
+    return b"".join(serialize_record(rec.path, rec.attributes) for rec in records)
+
+
+def serialize_record(path: bytes, attributes: tuple[tuple[str, bytes], ...]) -> bytes:
+    """One file's part of the dump (`serialize` is these, joined): a signer's workers make them."""
+    chunks = [b"# file: " + check_path(path) + b"\n"]
+    for name, value in attributes:
+        chunks.append(name.encode() + b"=0s" + base64.b64encode(value) + b"\n")
+    chunks.append(b"\n")
     return b"".join(chunks)
 
 

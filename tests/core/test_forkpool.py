@@ -1,0 +1,102 @@
+import os
+
+import pytest
+
+from obelisk.core.errors import InputError
+from obelisk.core.forkpool import ForkPool, WorkerError
+
+
+def _pid_and_squares(chunk: list[int]) -> tuple[int, list[int]]:
+    return os.getpid(), [n * n for n in chunk]
+
+
+def _children_of_this_process() -> set[int]:
+    me = str(os.getpid())
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:
+                found.add(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_every_item_is_done_once_in_worker_processes(jobs):
+    before = _children_of_this_process()
+    with ForkPool(_pid_and_squares, jobs) as pool:
+        results = list(pool.map(iter(range(1000)), chunk=7))
+    assert sorted(n for _, squares in results for n in squares) == [n * n for n in range(1000)]
+    pids = {pid for pid, _ in results}
+    assert (pids == {os.getpid()}) if jobs == 1 else (os.getpid() not in pids and len(pids) == jobs)
+    assert _children_of_this_process() == before  # every worker reaped
+
+
+def test_the_last_items_go_out_in_smaller_chunks():
+    with ForkPool(len, 2) as pool:
+        sizes = list(pool.map(range(1000), chunk=64))
+    assert sum(sizes) == 1000 and max(sizes) == 64 and min(sizes) < 16
+
+
+def test_no_items_and_more_workers_than_chunks():
+    with ForkPool(len, 4) as pool:
+        assert list(pool.map([], chunk=8)) == []
+        with pytest.raises(RuntimeError, match="maps once"):
+            list(pool.map([1, 2, 3], chunk=8))
+    with ForkPool(len, 4) as pool:
+        assert sorted(pool.map([1, 2, 3], chunk=8)) == [1, 1, 1]
+
+
+def _big(chunk: list[bytes]) -> list[bytes]:
+    return [item * 4 for item in chunk]
+
+
+def test_messages_larger_than_a_pipe_do_not_deadlock():
+    items = [os.urandom(50_000) for _ in range(40)]  # chunks of 200 kB, results of 800 kB
+    with ForkPool(_big, 2) as pool:
+        out = list(pool.map(items, chunk=4))
+    assert sorted(x for result in out for x in result) == sorted(item * 4 for item in items)
+
+
+def _refuse(chunk: list[int]) -> int:
+    if 13 in chunk:
+        raise InputError("thirteen", source="item 13")
+    return len(chunk)
+
+
+def _die(chunk: list[int]) -> int:
+    if 13 in chunk:
+        os._exit(3)
+    return len(chunk)
+
+
+def _unpicklable(chunk: list[int]) -> int:
+    class Local(Exception):
+        pass
+    raise Local("made inside the worker")
+
+
+def test_a_worker_exception_is_raised_in_the_parent_and_every_worker_stops():
+    before = _children_of_this_process()
+    with pytest.raises(InputError, match="item 13: thirteen"):
+        with ForkPool(_refuse, 2) as pool:
+            list(pool.map(range(100), chunk=5))
+    with pytest.raises(WorkerError, match="exited before answering"):
+        with ForkPool(_die, 2) as pool:
+            list(pool.map(range(100), chunk=5))
+    with pytest.raises(WorkerError, match="made inside the worker"):
+        with ForkPool(_unpicklable, 2) as pool:
+            list(pool.map(range(100), chunk=5))
+    assert _children_of_this_process() == before
+
+
+def test_a_caller_that_stops_reading_leaves_no_worker_behind():
+    before = _children_of_this_process()
+    with ForkPool(len, 2) as pool:
+        for _ in pool.map(range(10_000), chunk=3):
+            break
+    assert _children_of_this_process() == before
