@@ -58,7 +58,7 @@ def walked(monkeypatch):
     """The byte offset where each walk of an IMA list started."""
     starts: list[int] = []
     real = checker.check_range
-    monkeypatch.setattr(checker, "check_range", lambda a, b, n=1: starts.append(a) or real(a, b, n))
+    monkeypatch.setattr(checker, "check_range", lambda a, b, n=1, job=None: starts.append(a) or real(a, b, n, job))
     return starts
 
 

@@ -134,7 +134,7 @@ def test_an_entry_rewritten_after_the_quote_covered_it_is_found_as_a_full_check_
     opts2 = VerifyOptions(pcrs=_pcrs(ENTRIES), workers=1)
     walked = []
     real = checker.check_range
-    monkeypatch.setattr(checker, "check_range", lambda a, b, n=1: walked.append(a) or real(a, b, n))
+    monkeypatch.setattr(checker, "check_range", lambda a, b, n=1, job=None: walked.append(a) or real(a, b, n, job))
     second, _ = progress.verify_since(data, "list", opts2, 1, state)
     assert walked[0] == 0
     assert {f.id: f.status for f in second.report.findings}["ima.pcr.10.sha256"] is Status.FAIL
