@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -42,11 +43,17 @@ def test_the_digest_is_the_same_on_the_node_and_after_the_wire():
     wire = json.loads(json.dumps({"scan": doc}, indent=3))["scan"]
     assert scan_digest.digest(doc) == scan_digest.digest(wire)
     assert scan_digest.digest(doc) != scan_digest.digest({**doc, "command": "other"})
+    # a scan made a second later that found the same is the same scan
+    assert scan_digest.digest(doc) == scan_digest.digest({**doc, "generated_at": "2030-01-01T00:00:00Z"})
 
 
 @pytest.mark.swtpm
 def test_a_node_sends_its_scan_only_when_it_changed(pki, fleet_service, tmp_path):
-    svc = fleet_service
+    scan_sent_when_changed_flow(pki, fleet_service, tmp_path)
+
+
+def scan_sent_when_changed_flow(pki, svc, tmp_path) -> None:
+    """One swtpm node's rounds: the scan's body only when it changed, stored once, findings as before."""
     op = svc.operator(pki)
     op.add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
 
@@ -80,8 +87,10 @@ def test_a_node_sends_its_scan_only_when_it_changed(pki, fleet_service, tmp_path
         assert node.round()["passed"]
         first = sent[-1]
         assert first["scan"] is not None and first["scan_sha256"] == scan_digest.digest(first["scan"])
-        # the next rounds scan again, find the same result, and send only its digest
+        # the next rounds scan again (seconds later: each scan says when it ran), find the same result, and
+        # send only its digest
         for _ in range(3):
+            time.sleep(1.1)
             assert node.round()["passed"]
             assert sent[-1]["scan"] is None and sent[-1]["scan_sha256"] == first["scan_sha256"]
         assert node.start().held_scan == first["scan_sha256"]
