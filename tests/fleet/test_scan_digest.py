@@ -20,7 +20,7 @@ from tests.fleet.conftest import make_node, signed_manifest
 def _failing_scan() -> dict:
     return fmt.Report(findings=(Finding(id="cis-4.2.1", title="anonymous auth off", status=Status.FAIL),
                                 Finding(id="cis-4.2.2", title="authorization mode", status=Status.PASS)),
-                      subject=Subject("node", "n")).to_json()
+                      subject=Subject("node", "n"), generated_at="2026-12-02T10:00:00Z").to_json()
 
 
 def test_a_rounds_report_joined_with_its_scan_is_byte_for_byte_the_whole_report():
