@@ -17,7 +17,13 @@ The generator is kept cheap so that the machine's cores go to the service: each 
 once for all nodes and only the node's quote (a TPMS_ATTEST over its nonce, signed by its AK) and AK
 name are put in per node and round; `--generators N` runs the nodes in N processes.
 
+As real nodes do, a node sends its CIS/STIG scan's body only when the service does not hold a scan with
+its digest (the nonce answer names the one it holds): its first round carries the body, the next ones the
+digest alone. `--scan-every-round` sends the body every round instead (an older node's behaviour, or a
+node whose scan changes every interval).
+
     python bench/fleet_load.py [--nodes 200] [--rounds 5] [--workers 16] [--processes 1] [--generators 1]
+                               [--scan-every-round]
                                [--db postgresql+psycopg://... | --postgresql [--durable]]   (default: SQLite)
 
 Reports attestations per second (overall and per serve process), p50/p99 latency of a round (nonce +
@@ -51,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 from obelisk.attest import akrecord
 from obelisk.attest import evidence as evmod
 from obelisk.core import https
-from obelisk.fleet import db
+from obelisk.fleet import db, scan_digest
 from obelisk.fleet.client import FleetClient
 from obelisk.fleet.service import ROUND_SCHEMA
 from obelisk.ima_policy import measurement_list as ml
@@ -85,7 +91,9 @@ def _files(count: int) -> dict[str, bytes]:
 class Round:
     """One round's bundle for every node: the boot's logs and the IMA list as measured by then."""
 
-    template: str  # obelisk.fleet-round/1 with the placeholders
+    template: str  # obelisk.fleet-round/1 with the placeholders, and the scan's body
+    named: str  # the same with the scan named by its digest only
+    scan_sha256: str
     pcrs: dict[int, bytes]
 
 
@@ -118,16 +126,19 @@ def _rounds(keys, files: dict[str, bytes], base: int, new: int, rounds: int, wor
                             kernel={"hostname": "bench", "release": "6.1.0", "cmdline": boot.cmdline,
                                     "var_mount": PLAIN_VAR},  # the sample image's plain /var
                             boot_events=boot.boot_events, collected_at=evmod.now())
-        body = {"schema": ROUND_SCHEMA, "evidence": ev.to_json(), "scan": node_scan}
-        out.append(Round(json.dumps(body), pcrs))
+        digest = scan_digest.digest(node_scan)
+        body = {"schema": ROUND_SCHEMA, "evidence": ev.to_json(), "scan": node_scan, "scan_sha256": digest}
+        out.append(Round(json.dumps(body), json.dumps({**body, "scan": None}), digest, pcrs))
     return out
 
 
-def _bundle(rnd: Round, ak: synth.SoftAK, nonce: bytes, clock: q.ClockInfo) -> bytes:
-    """The node's bundle for a round: its quote over `nonce` signed by its AK, put into the template."""
+def _bundle(rnd: Round, ak: synth.SoftAK, nonce: bytes, clock: q.ClockInfo, held_scan: str | None) -> bytes:
+    """The node's bundle for a round: its quote over `nonce` signed by its AK, put into the template; the
+    scan's body only when the service does not hold it (`held_scan`: the digest the nonce answer named)."""
     raw = q.serialize_attest(synth.attest(ak, rnd.pcrs, nonce=nonce, clock=clock))
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
-    return (rnd.template.replace(_NONCE.hex(), nonce.hex()).replace(_AK_NAME.hex(), (ak.record.name or b"").hex())
+    template = rnd.named if held_scan == rnd.scan_sha256 else rnd.template
+    return (template.replace(_NONCE.hex(), nonce.hex()).replace(_AK_NAME.hex(), (ak.record.name or b"").hex())
             .replace(b64(_ATTEST), b64(raw)).replace(b64(_SIGNATURE), b64(ak.sign(raw)))).encode()
 
 
@@ -193,11 +204,12 @@ def _generate(part: int) -> dict:
         which = (index + rnd) % len(urls)  # consecutive rounds of a node land on different processes
         pool = https.ConnectionPool()  # a node's round: one TLS connection for its nonce and evidence
         start = time.perf_counter()
-        nonce = bytes.fromhex(post(urls[which], pool, "/v1/node/nonce", json.dumps({"node": node_id}).encode())
-                              ["nonce"])
+        answer = post(urls[which], pool, "/v1/node/nonce", json.dumps({"node": node_id}).encode())
+        nonce = bytes.fromhex(answer["nonce"])
+        held = None if plan["scan_every_round"] else answer.get("scan_sha256")
         clock = q.ClockInfo(clock=1_000_000 + 60_000 * rnd, reset_count=1, restart_count=0, safe=True)
         result = post(urls[which], pool, f"/v1/node/evidence?node={node_id}",
-                      _bundle(plan["rounds"][rnd], ak, nonce, clock))
+                      _bundle(plan["rounds"][rnd], ak, nonce, clock, held))
         took = time.perf_counter() - start
         pool.close()
         with lock:
@@ -251,6 +263,8 @@ def main() -> int:
     parser.add_argument("--generators", type=int, default=1, help="load generator processes")
     parser.add_argument("--ima-entries", type=int, default=200, help="files in a node's IMA list at the first round")
     parser.add_argument("--new-entries", type=int, default=3, help="files each node measures between rounds")
+    parser.add_argument("--scan-every-round", action="store_true",
+                        help="send the scan's body every round (default: only when the service does not hold it)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--db", help="database URL (default: a SQLite file in a temporary directory)")
     where.add_argument("--postgresql", action="store_true",
@@ -279,7 +293,7 @@ def main() -> int:
             operator = FleetClient(servers[0].url, pki["ca"], str(pki["operator"].cert), str(pki["operator"].key))
             operator.add_image(str(_image(pki, work, files)))
             _PLAN.update(nodes=_seed(url, args.nodes), urls=[s.url for s in servers], ca=pki["ca"],
-                         workers=args.workers, generators=args.generators,
+                         workers=args.workers, generators=args.generators, scan_every_round=args.scan_every_round,
                          rounds=_rounds(pki["keys"], files, args.ima_entries, args.new_entries, args.rounds, work))
             serve_pids = [s.process.pid for s in servers]
             db_pids = [p for root in database_pids for p in _tree(root)]
@@ -318,6 +332,7 @@ def main() -> int:
                                  "generator": round(generator_cpu / total * 1000, 2)},
             "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
             "ima_entries": [args.ima_entries, args.new_entries],
+            "scan": "every round" if args.scan_every_round else "when the service does not hold it",
         }
         print(json.dumps(result, indent=2))
     return 0

@@ -16,10 +16,10 @@ def test_migrations_create_the_models_schema(tmp_path):
 
     sessions = db.open_database(str(tmp_path / "fleet.db"))
     engine = sessions.kw["bind"]
-    assert db.current_revision(engine) == "0004"
+    assert db.current_revision(engine) == "0005"
     assert set(inspect(engine).get_table_names()) == {"alembic_version", "images", "nodes", "nonces", "attestations",
                                                       "events", "audit", "node_keys",
-                                                      "service_secrets"}
+                                                      "service_secrets", "node_scans"}
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), db.Base.metadata) == []
     # opening again (a second `serve`, a restart) migrates nothing and keeps the data
@@ -34,7 +34,8 @@ def test_migrations_create_the_models_schema(tmp_path):
 def test_the_migrations_ship_inside_the_package():
     assert (db.MIGRATIONS / "env.py").is_file()
     assert sorted(p.name for p in (db.MIGRATIONS / "versions").glob("*.py")) == [
-        "0001_initial.py", "0002_node_keys.py", "0003_ima_progress.py", "0004_stateless_nonces.py"]
+        "0001_initial.py", "0002_node_keys.py", "0003_ima_progress.py", "0004_stateless_nonces.py",
+        "0005_node_scans.py"]
 
 
 def test_an_unusable_database_is_one_clear_error(tmp_path):
@@ -62,7 +63,7 @@ def test_an_older_database_is_upgraded_in_place(tmp_path):
                           "VALUES ('2026-01-01 00:00:00', 'CN=old', 'approve', 'n1', 'ok', '')"))
     engine.dispose()
     sessions = db.open_database(str(tmp_path / "old.db"))
-    assert db.current_revision(sessions.kw["bind"]) == "0004"
+    assert db.current_revision(sessions.kw["bind"]) == "0005"
     assert "node_keys" in inspect(sessions.kw["bind"]).get_table_names()
     assert "ima_progress" in {c["name"] for c in inspect(sessions.kw["bind"]).get_columns("nodes")}
     with sessions() as s:

@@ -7,6 +7,7 @@ import pytest
 
 from tests.fleet import pgserver
 from tests.fleet.test_fleet_tpm import two_nodes_flow
+from tests.fleet.test_scan_digest import scan_sent_when_changed_flow
 from tests.fleet.test_serve import two_processes_flow
 
 pytestmark = [pytest.mark.swtpm, pytest.mark.slow]
@@ -48,3 +49,7 @@ def test_two_nodes_become_trusted_on_postgresql(pki, fleet_service, tmp_path, ob
 
 def test_two_serve_processes_on_postgresql(pki, tmp_path, db_url):
     two_processes_flow(pki, tmp_path, db_url)
+
+
+def test_a_nodes_scan_is_sent_and_kept_only_when_it_changed_on_postgresql(pki, fleet_service, tmp_path, db_url):
+    scan_sent_when_changed_flow(pki, fleet_service, tmp_path)

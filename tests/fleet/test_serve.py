@@ -35,7 +35,7 @@ def two_processes_flow(pki, tmp_path, db: str) -> None:
     try:
         engine = create_engine(database_url(db))
         with engine.connect() as conn:  # migrated by `serve`, once
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [("0004",)]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [("0005",)]
         engine.dispose()
         _operator(pki, one.url).add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
         with SoftwareTPM.start(tmp_path / "tpm") as tpm:

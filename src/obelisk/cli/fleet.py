@@ -104,8 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ima", metavar="FILE", help="IMA list (default: the kernel's)")
     p.add_argument("--join-token", metavar="FILE", help="file holding the join token the service asks for")
     p.add_argument("--scan-root", default="/", metavar="DIR",
-                   help="the CIS/STIG scan of DIR sent with each round (default /: the node itself; '' sends "
-                        "none, and the service fails such rounds)")
+                   help="the CIS/STIG scan of DIR, made every round and sent when the service does not hold "
+                        "the same one (default /: the node itself; '' sends none, and the service fails such rounds)")
     p.add_argument("--interval", type=int, default=60, metavar="SECONDS")
     p.add_argument("--rounds", type=int, default=0, metavar="N", help="stop after N rounds (default: never)")
     add_output_options(p, verbose=False)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--fleet-settings", default="/etc/obelisk/fleet.json", help="the image's fleet settings")
     run.add_argument("--image-identity", default="/etc/obelisk/image", help="name= and version= of this image")
     run.add_argument("--tcti", default="device:/dev/tpmrm0")
-    run.add_argument("--scan-root", default="/", help="CIS/STIG scan sent with each round ('' for none)")
+    run.add_argument("--scan-root", default="/", help="CIS/STIG scan made every round, sent when changed ('' for none)")
     run.add_argument("--rounds", type=int, default=0, help="stop after N attempts (default: never)")
     args = parser.parse_args(argv)
     from obelisk.fleet import node as fleet_node

@@ -2,8 +2,9 @@
 
 `FleetClient` speaks HTTPS to `fleet serve`; the service's certificate must chain to the customer CA.
 `NodeAgent` is the node's side: registration (present EK, EK certificate and AK; answer the credential
-challenge with TPM2_ActivateCredential) and rounds (ask for a nonce, quote over it, push the evidence).
-The node only ever connects out: nodes behind NAT with outbound HTTPS work.
+challenge with TPM2_ActivateCredential) and rounds (ask for a nonce, quote over it, push the evidence
+with the node's CIS/STIG scan: scanned every round, its body sent only when the service does not hold a
+scan with its digest). The node only ever connects out: nodes behind NAT with outbound HTTPS work.
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ import functools
 import json
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from obelisk.core import https
 from obelisk.core.errors import InputError, ObeliskError
 from obelisk.core.inputs import read_bounded
+from obelisk.fleet import scan_digest
+
+if TYPE_CHECKING:
+    from obelisk.attest.evidence import Evidence
 
 MAX_RESPONSE = 64 * 1024 * 1024
+ROUND_SCHEMA = "obelisk.fleet-round/1"
+SCAN_NEEDED = 412  # the service holds no scan with the digest a round named: send the round again with it
 
 
 class FleetClientError(ObeliskError):
@@ -114,6 +121,35 @@ class FleetClient:
                                                         "signature": base64.b64encode(sig).decode()}))
 
 
+@dataclass(frozen=True)
+class RoundStart:
+    """The service's answer to a node that starts a round."""
+
+    nonce: bytes
+    held_scan: str | None  # sha256 of the scan the service holds for this node; None: none
+    named_scans: bool  # the service takes a scan named by its digest (an older one answers no scan_sha256)
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What a node collected for one round: its evidence over the nonce and its scan (obelisk.report/1)."""
+
+    evidence: Evidence
+    scan: dict[str, Any] | None
+
+    def body(self, held_scan: str | None = None, named_scans: bool = False) -> bytes:
+        """The round's body: the scan's body unless `held_scan` is its digest (then its digest alone)."""
+        from obelisk.attest import evidence
+
+        if self.scan is None:
+            return evidence.serialize(self.evidence).encode()
+        if not named_scans:
+            return json.dumps({"schema": ROUND_SCHEMA, "evidence": self.evidence.to_json(), "scan": self.scan}).encode()
+        digest = scan_digest.digest(self.scan)
+        return json.dumps({"schema": ROUND_SCHEMA, "evidence": self.evidence.to_json(), "scan_sha256": digest,
+                           "scan": None if digest == held_scan else self.scan}).encode()
+
+
 @dataclass
 class NodeAgent:
     """A node's fleet client: its TPM (EK and AK at their persistent handles) and what it collects."""
@@ -144,21 +180,32 @@ class NodeAgent:
         self.node = str(result["node"])
         return dict(result)
 
-    def nonce(self) -> bytes:
+    def start(self) -> RoundStart:
+        """A fresh nonce, and the digest of the scan the service holds for this node."""
         if self.node is None:
             raise InputError("register first")
-        return bytes.fromhex(self.client.request("POST", "/v1/node/nonce", {"node": self.node})["nonce"])
+        answer = self.client.request("POST", "/v1/node/nonce", {"node": self.node})
+        held = answer.get("scan_sha256")
+        return RoundStart(bytes.fromhex(answer["nonce"]), held if isinstance(held, str) else None,
+                          "scan_sha256" in answer)
 
-    def collect(self, nonce: bytes) -> bytes:
+    def nonce(self) -> bytes:
+        return self.start().nonce
+
+    def gather(self, nonce: bytes) -> Collected:
+        """The evidence over `nonce` and, with `scan_root`, a scan made now (every round scans anew)."""
         from obelisk.attest import evidence
 
         ev = evidence.collect(nonce, self.tcti, event_log_path=self.event_log, ima_path=self.ima_log)
         if self.scan_root is None:
-            return evidence.serialize(ev).encode()
+            return Collected(ev, None)
         from obelisk.cis_checks.scan import scan
 
-        return json.dumps({"schema": "obelisk.fleet-round/1", "evidence": ev.to_json(),
-                           "scan": scan(self.scan_root).to_json()}).encode()
+        return Collected(ev, scan(self.scan_root).to_json())
+
+    def collect(self, nonce: bytes) -> bytes:
+        """A round's body with the whole scan (the key round's, and any service's)."""
+        return self.gather(nonce).body()
 
     def push(self, bundle: bytes) -> dict[str, Any]:
         if self.node is None:
@@ -174,5 +221,15 @@ class NodeAgent:
         return bytes.fromhex(answer["key"])
 
     def round(self) -> dict[str, Any]:
-        """One attestation round: a fresh nonce from the service, a quote over it, the verdict."""
-        return self.push(self.collect(self.nonce()))
+        """One attestation round: a fresh nonce from the service, a quote over it and a scan made now, the
+        verdict. The scan's body goes only when the service holds no scan with its digest; if the service
+        no longer holds the one it named (SCAN_NEEDED: nothing was recorded), the same round goes once more
+        with the body."""
+        start = self.start()
+        collected = self.gather(start.nonce)
+        try:
+            return self.push(collected.body(start.held_scan, start.named_scans))
+        except FleetClientError as exc:
+            if exc.status != SCAN_NEEDED or collected.scan is None:
+                raise
+            return self.push(collected.body(None, start.named_scans))

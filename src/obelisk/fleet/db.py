@@ -100,6 +100,28 @@ class Node(Base):
     # where the last trusted round's IMA check stopped (obelisk.ima-progress/1): the next round of the
     # same boot walks only the entries after it (migration 0003)
     ima_progress: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the digest of the scan its last regular round was judged with: the nonce answer tells the node, which
+    # then sends its scan's body only when its own scan's digest differs (migration 0005)
+    scan_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class NodeScan(Base):
+    """A node's CIS/STIG scan, kept once for every round that carried the same one (migration 0005).
+
+    `sha256` is the digest the node names it by (fleet/scan_digest.py); `report` is the scan as the
+    service decoded it (obelisk.report/1, compact), whose findings are joined into every round judged
+    with it when the round is read; `failing` the ids of its failing findings (JSON list, in order), so a
+    round that names the scan by its digest is judged without decoding it again."""
+
+    __tablename__ = "node_scans"
+    __table_args__ = (UniqueConstraint("node_id", "sha256", name="uq_node_scans_node_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    report: Mapped[str] = mapped_column(Text)
+    failing: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
 
 
 class Nonce(Base):
@@ -150,7 +172,12 @@ class Attestation(Base):
     at: Mapped[_dt.datetime] = mapped_column(UTCDateTime)
     passed: Mapped[bool] = mapped_column(Boolean)
     summary: Mapped[str] = mapped_column(Text)  # the failing check ids, or "all passed"
-    report: Mapped[str] = mapped_column(Text)  # obelisk.report/1 JSON
+    report: Mapped[str] = mapped_column(Text)  # obelisk.report/1 JSON, without the scan's findings (below)
+    # the node's scan this round was judged with (migration 0005): its findings belong to the round's report
+    # at index `scan_position` of `report`'s findings; they are joined in when the round is read
+    # (service.joined_report). Rounds kept before 0005 have their scan's findings in `report` and no scan_id.
+    scan_id: Mapped[int | None] = mapped_column(ForeignKey("node_scans.id"), index=True, nullable=True)
+    scan_position: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Event(Base):

@@ -12,7 +12,8 @@ regular round, one interval later, carries both; a node that fails it is failed,
 any other.
 
 The scan is the node agent's word, as in `attest node`: what vouches for it is that IMA and the quote
-show the agent is the build's.
+show the agent is the build's. A node sends the scan's body only when the service does not hold a scan
+with its digest (fleet/scan_digest.py); the round is judged with the scan's findings all the same.
 """
 
 from __future__ import annotations
@@ -23,27 +24,26 @@ from typing import TYPE_CHECKING
 from obelisk.core.findings import Finding, Severity, Status
 
 if TYPE_CHECKING:
-    from obelisk.core.findings import Report
     from obelisk.image.manifest import Manifest
 
 SCAN_ID = "fleet.node.scan"
 
 
-def node_findings(scan: Report | None, manifest: Manifest | None, kernel: Mapping[str, str], *,
+def node_findings(has_scan: bool, manifest: Manifest | None, kernel: Mapping[str, str], *,
                   key_round: bool) -> list[Finding]:
-    """The round's findings about the running node, added to the verifier's."""
+    """The round's findings about the running node, added to the verifier's. When the round has a scan
+    (`has_scan`, and not `key_round`), the scan's own findings come first, before these: the service keeps
+    them once per scan and puts them there when the round is read."""
     if key_round:
         return [Finding(id=SCAN_ID, title="Node CIS/STIG scan and /var", status=Status.SKIP,
                         severity=Severity.MEDIUM, benchmark="attestation", section="node",
                         detail="the round that releases /var's key runs before /var and the node's settings exist: "
                                "it is judged on the boot chain; the node's next round carries its scan and /var")]
     found: list[Finding] = []
-    if scan is None:
+    if not has_scan:
         found.append(Finding(id=SCAN_ID, title="Node CIS/STIG scan", status=Status.FAIL, severity=Severity.MEDIUM,
                              benchmark="attestation", section="node",
                              detail="the node sent no CIS/STIG scan with this round: every round must carry one"))
-    else:
-        found.extend(scan.findings)
     if manifest is not None:
         from obelisk.attest.agent_client import var_finding
 

@@ -9,8 +9,9 @@ Nodes (push; the service never connects to a node):
                               "image": "NAME:VERSION", "hostname": "...", "token": "..." (join token)}
                              -> {"node", "challenge_id", "challenge": obelisk.credential/1}
     POST /v1/node/activate   {"challenge_id": HEX, "secret": HEX} -> {"node", "status"}
-    POST /v1/node/nonce      {"node": ID} -> {"nonce": HEX}
-    POST /v1/node/evidence?node=ID   body: obelisk.evidence/1 -> {"node", "status", "passed", "summary"}
+    POST /v1/node/nonce      {"node": ID} -> {"nonce": HEX, "scan_sha256": HEX | null (the scan held for it)}
+    POST /v1/node/evidence?node=ID   body: obelisk.evidence/1 or obelisk.fleet-round/1 -> {"node", "status",
+                             "passed", "summary"}; 412: send the round again with the scan's body
     POST /v1/node/key?node=ID        body: as evidence -> {"node", "status", "key": HEX}: the node's /var key,
                                      only when this round verifies and the node is trusted (403 otherwise)
 
@@ -207,7 +208,8 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["activate"]:
             return fleet.activate(_text(doc, "challenge_id"), _hex(doc, "secret"))
         if parts == ["nonce"]:
-            return {"nonce": fleet.issue_nonce(_text(doc, "node")).hex()}
+            start = fleet.start_round(_text(doc, "node"))
+            return {"nonce": start.nonce.hex(), "scan_sha256": start.scan_sha256}
         raise _no_such_endpoint()
 
     def _operator(self, method: str, parts: list[str], subject: str) -> Any:

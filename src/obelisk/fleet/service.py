@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from obelisk.attest.ima_check import IncrementalChecker
 from obelisk.core.errors import InputError, ObeliskError
-from obelisk.fleet import db, round_rules
+from obelisk.fleet import db, round_rules, scan_digest
 from obelisk.fleet import nonce as round_nonce
 from obelisk.ima_policy import progress as imaprogress
 
@@ -143,7 +143,12 @@ _UPDATE_NODE = update(_NODES).where(_NODES.c.id == bindparam("node_key"))  # SET
 _LEGACY_NONCE = select(_NONCES.c.id, _NONCES.c.used_at, _NONCES.c.expires_at).where(
     _NONCES.c.value == bindparam("value"), _NONCES.c.purpose == ROUND, _NONCES.c.node_id == bindparam("node_id"))
 _CLAIM_NONCE = update(_NONCES).where(_NONCES.c.id == bindparam("nonce_id"), _NONCES.c.used_at.is_(None))
-_READ_ASKING = select(_NODES.c.ak_record.is_(None), _NODES.c.status).where(_NODES.c.id == bindparam("node_id"))
+_READ_ASKING = select(_NODES.c.ak_record.is_(None), _NODES.c.status, _NODES.c.scan_sha256).where(
+    _NODES.c.id == bindparam("node_id"))
+_SCANS = db.Base.metadata.tables["node_scans"]
+_READ_SCAN = select(_SCANS.c.id, _SCANS.c.failing).where(_SCANS.c.node_id == bindparam("node_id"),
+                                                         _SCANS.c.sha256 == bindparam("sha256"))
+_INSERT_SCAN = insert(_SCANS)
 
 
 def _node_state(conn: Connection, node_id: str, *, lock: bool = False) -> _NodeState | None:
@@ -152,14 +157,42 @@ def _node_state(conn: Connection, node_id: str, *, lock: bool = False) -> _NodeS
 
 
 @dataclass(frozen=True)
+class RoundScan:
+    """The scan a round names: its digest (fleet/scan_digest.py), and its body when the node sent it."""
+
+    sha256: str
+    report: Report | None  # None: named by its digest only
+
+
+@dataclass(frozen=True)
+class RoundStart:
+    """The answer to a node's request for a round: its nonce, and the digest of the scan the service holds
+    for the node (its last round's), so the node sends its scan's body only when its own differs."""
+
+    nonce: bytes
+    scan_sha256: str | None
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """The scan a round is judged with: one the service holds (`scan_id`), or a new one to store."""
+
+    sha256: str
+    failing: tuple[str, ...]  # its failing findings' ids, in order
+    scan_id: int | None  # the node_scans row; None: new, `report` is stored with the round
+    report: str | None  # new: the scan, obelisk.report/1 compact
+
+
+@dataclass(frozen=True)
 class _Verified:
     """A round's verification, ready to record."""
 
-    report: str  # obelisk.report/1
+    report: str  # obelisk.report/1, without the scan's findings (they are at `scan_position`)
     passed: bool
     summary: str
     counters: Counters | None
     ima_progress: str | None  # the position to keep (a passing round's), None otherwise
+    scan_position: int | None  # where the scan's findings belong in the report's; None: no scan
 
 
 
@@ -180,6 +213,13 @@ class Forbidden(FleetError):
 
 class Conflict(FleetError):
     http_status = 409
+
+
+class ScanNeeded(FleetError):
+    """A round named its scan by a digest the service does not hold for the node: the node sends the round
+    again (same nonce, same evidence: nothing was recorded) with the scan's body."""
+
+    http_status = 412
 
 
 class Webhooks:
@@ -230,12 +270,14 @@ class Webhooks:
 
 
 ROUND_SCHEMA = "obelisk.fleet-round/1"
+_ROUND_FIELDS = frozenset({"schema", "evidence", "scan", "scan_sha256"})
 
 
-def split_round(body: bytes, source: str, evidence_source: str = "evidence") -> tuple[Evidence, Report | None]:
+def split_round(body: bytes, source: str, evidence_source: str = "evidence") -> tuple[Evidence, RoundScan | None]:
     """A round's body: a bare evidence bundle, or {"schema": obelisk.fleet-round/1, "evidence": {...},
-    "scan": obelisk.report/1 | null} when the node adds its CIS/STIG scan. Decoded once (the evidence
-    and the scan are built from the decoded document, not encoded and decoded again)."""
+    "scan": obelisk.report/1 | null, "scan_sha256": HEX (optional)} when the node adds its CIS/STIG scan:
+    its body, its digest, or both (the digest must then be the body's). Decoded once (the evidence and
+    the scan are built from the decoded document, not encoded and decoded again)."""
     from obelisk.attest import evidence as evmod
     from obelisk.core import findings as fmt
     from obelisk.core.jsonsafe import load_json
@@ -248,16 +290,42 @@ def split_round(body: bytes, source: str, evidence_source: str = "evidence") -> 
         raise InputError("round is not JSON", source=source) from None
     if not isinstance(doc, dict) or doc.get("schema") != ROUND_SCHEMA:
         return evmod.from_json(doc, source=evidence_source), None
-    extra = sorted(set(doc) - {"schema", "evidence", "scan"})
+    extra = sorted(set(doc) - _ROUND_FIELDS)
     if extra or not isinstance(doc.get("evidence"), dict):
         raise InputError(f"{extra[0] if extra else 'evidence'}: " + ("unknown field" if extra else "expected an "
                                                                      "object"), source=source)
-    scan = doc.get("scan")
+    scan, named = doc.get("scan"), doc.get("scan_sha256")
+    if named is not None and not (isinstance(named, str) and len(named) == 64
+                                  and all(c in "0123456789abcdef" for c in named)):
+        raise InputError("scan_sha256: expected 64 lowercase hex digits", source=source)
+    ev = evmod.from_json(doc["evidence"], source=evidence_source)
+    if scan is None:
+        return ev, RoundScan(named, None) if named is not None else None
     try:
-        report = fmt.Report.from_json(scan) if scan is not None else None
+        report = fmt.Report.from_json(scan)
     except InputError as exc:
         raise InputError(str(exc), source=f"{source}: scan") from None
-    return evmod.from_json(doc["evidence"], source=evidence_source), report
+    digest = scan_digest.digest(scan)
+    if named is not None and named != digest:
+        raise InputError(f"scan_sha256: {named} is not the digest of the scan sent with it ({digest})", source=source)
+    return ev, RoundScan(digest, report)
+
+
+def joined_report(report: str, scan: str | None, position: int | None) -> str:
+    """A round's report as it was judged: its stored report with its scan's findings put back at `position`
+    (the summary counted again), byte for byte what storing the whole report would have kept."""
+    if scan is None or position is None:
+        return report
+    from obelisk.core.findings import Status
+
+    doc = json.loads(report)
+    findings = doc["findings"]
+    findings[position:position] = json.loads(scan)["findings"]
+    summary = dict.fromkeys((s.value for s in Status), 0)
+    for finding in findings:
+        summary[finding["status"]] += 1
+    doc["summary"] = summary
+    return json.dumps(doc, separators=(",", ":")) + "\n"
 
 
 def node_id_of(ek_public: bytes) -> str:
@@ -469,18 +537,23 @@ class Fleet:
         rows = self.nodes()
         with self.sessions() as s:
             for row in rows:
-                last = s.scalars(select(db.Attestation).where(db.Attestation.node_id == row["id"])
+                last = s.execute(self._JOINED.where(db.Attestation.node_id == row["id"])
                                  .order_by(db.Attestation.id.desc()).limit(1)).first()
-                row["attestation"] = last.id if last else None
-                row["report"] = last.report if last else None
+                row["attestation"] = last[0] if last else None
+                row["report"] = joined_report(*last[1:]) if last else None
         return rows
 
+    # a round's report with its scan: joined when read (joined_report), kept once per scan (node_scans)
+    _JOINED = select(db.Attestation.id, db.Attestation.report, db.NodeScan.report, db.Attestation.scan_position
+                     ).outerjoin(db.NodeScan, db.Attestation.scan_id == db.NodeScan.id)
+
     def report(self, attestation_id: int) -> str:
+        """A round's obelisk.report/1, with the findings of the scan it was judged with."""
         with self.sessions() as s:
-            a = s.get(db.Attestation, attestation_id)
-            if a is None:
+            row = s.execute(self._JOINED.where(db.Attestation.id == attestation_id)).first()
+            if row is None:
                 raise NotFound(f"no attestation {attestation_id}")
-            return a.report
+            return joined_report(*row[1:])
 
     def audit(self) -> list[dict[str, Any]]:
         with self.sessions() as s:
@@ -613,16 +686,20 @@ class Fleet:
 
     def issue_nonce(self, node_id: str) -> bytes:
         """A round's nonce: a MAC (fleet/nonce.py), so issuing it writes nothing; `submit` makes it single use."""
+        return self.start_round(node_id).nonce
+
+    def start_round(self, node_id: str) -> RoundStart:
+        """A round's nonce (`issue_nonce`) and the digest of the scan the service holds for the node."""
         with self._reads.connect() as conn:
             row = conn.execute(_READ_ASKING, {"node_id": node_id}).first()
         if row is None:
             raise NotFound(f"unknown node {node_id!r}: register first")
-        no_ak, status = row
+        no_ak, status, held = row
         if no_ak:
             raise Forbidden(f"node {node_id} has not proven its AK (credential activation)")
         if status == PENDING:
             raise Forbidden(f"node {node_id} is pending: an operator must approve it (fleet approve)")
-        return round_nonce.issue(self._nonce_key, node_id, self.now())
+        return RoundStart(round_nonce.issue(self._nonce_key, node_id, self.now()), held)
 
     def submit(self, node_id: str, bundle: bytes, *, key_round: bool = False) -> dict[str, Any]:
         """Verify a round's evidence against the node's image; keep the result; update the node's status.
@@ -633,15 +710,20 @@ class Fleet:
         result is recorded in one transaction that locks the row, checks the nonce is still unused, and
         verifies again only if the row changed meanwhile (another round of the node, a new AK or image).
         Writers (SQLite's single one, PostgreSQL's row lock) wait for a few statements, not a verification.
+
+        A scan named by a digest the service does not hold for the node, without its body, is refused
+        with ScanNeeded (412) before anything is recorded: the node sends the round again with the body.
+        A key round ignores the scan (`round_rules`).
         """
         try:
-            ev, scan = split_round(bundle, f"round from {node_id}", f"evidence from {node_id}")
+            ev, sent = split_round(bundle, f"round from {node_id}", f"evidence from {node_id}")
         except InputError as exc:
             raise FleetError(str(exc)) from None
         now = self.now()
         with self._reads.connect() as conn:
             state = self._attesting(node_id, _node_state(conn, node_id))
             self._unused_nonce(conn, node_id, ev.nonce, now)
+            scan = None if key_round or sent is None else self._scan_of(conn, node_id, sent)
         verified = self._verify(node_id, state, ev, scan, key_round)
         events: list[dict[str, Any]] = []
         try:
@@ -653,7 +735,7 @@ class Fleet:
                 if legacy is not None and conn.execute(_CLAIM_NONCE.values(used_at=now),
                                                        {"nonce_id": legacy}).rowcount != 1:
                     raise Conflict("nonce already used: a replay")
-                result = self._record(conn, node_id, current, ev, verified, legacy, now, events)
+                result = self._record(conn, node_id, current, ev, verified, scan, legacy, now, events)
         except IntegrityError:
             # the unique nonce: another process recorded this round between our check and our insert
             raise Conflict("nonce already used: a replay") from None
@@ -691,7 +773,21 @@ class Fleet:
             raise Forbidden("nonce expired: ask for a fresh one")
         return None
 
-    def _verify(self, node_id: str, state: _NodeState, ev: Any, scan: Report | None, key_round: bool) -> _Verified:
+    @staticmethod
+    def _scan_of(conn: Connection, node_id: str, sent: RoundScan) -> _Scan:
+        """The scan a round names: the one held with its digest, else the body sent (ScanNeeded without one)."""
+        from obelisk.core import findings as fmt
+
+        held = conn.execute(_READ_SCAN, {"node_id": node_id, "sha256": sent.sha256}).first()
+        if held is not None:
+            return _Scan(sent.sha256, tuple(json.loads(held[1])), int(held[0]), None)
+        if sent.report is None:
+            raise ScanNeeded(f"send the scan: this service holds no scan with sha256 {sent.sha256} for node "
+                             f"{node_id}; send the round again with the scan's body")
+        failing = tuple(f.id for f in sent.report.findings if f.status in fmt.FAILING)
+        return _Scan(sent.sha256, failing, None, fmt.serialize(sent.report, compact=True))
+
+    def _verify(self, node_id: str, state: _NodeState, ev: Any, scan: _Scan | None, key_round: bool) -> _Verified:
         """The verifier's checks of `ev` for a node in `state`, against its image's references (no database)."""
         from obelisk.attest import verify
         from obelisk.core import findings as fmt
@@ -706,25 +802,47 @@ class Fleet:
         incremental = IncrementalChecker(refs, _progress_of(node_id, state.ima_progress))
         opts.ima_check = incremental
         report, counters = verify.verify(ev, opts)
+        # the scan's findings belong right after the verifier's; they are kept once per scan and joined in
+        # when the round is read (joined_report), so here only their failing ids count
+        position = len(report.findings) if scan is not None else None
         report = replace(report, findings=report.findings + tuple(
-            round_rules.node_findings(scan, refs.manifest, ev.kernel, key_round=key_round)))
-        passed = not report.failed
-        bad = [f.id for f in report.findings if f.status.value in ("fail", "error")]
+            round_rules.node_findings(scan is not None, refs.manifest, ev.kernel, key_round=key_round)))
+        split = len(report.findings) if position is None else position
+        bad = [f.id for f in report.findings[:split] if f.status in fmt.FAILING]
+        bad += scan.failing if scan is not None else ()
+        bad += [f.id for f in report.findings[split:] if f.status in fmt.FAILING]
+        passed = not bad
         summary = "all checks passed" if passed else "failed: " + ", ".join(bad)
         # only a passing round's position is kept: a failed one is checked in full next time
         progress = imaprogress.serialize(incremental.state) if passed and incremental.state is not None else None
-        return _Verified(fmt.serialize(report, compact=True), passed, summary, counters, progress)
+        return _Verified(fmt.serialize(report, compact=True), passed, summary, counters, progress, position)
 
     def _record(self, conn: Connection, node_id: str, node: _NodeState, ev: Any, verified: _Verified,
-                legacy: int | None, now: _dt.datetime, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """Keep a verified round and update its node (one insert, one update; an event on a change of
-        status, added to `events` to announce after the commit)."""
+                scan: _Scan | None, legacy: int | None, now: _dt.datetime,
+                events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Keep a verified round (and its scan, when new) and update its node (one insert, one update; an
+        event on a change of status, added to `events` to announce after the commit)."""
+        scan_id = None if scan is None else scan.scan_id
+        if scan is not None and scan_id is None:
+            # new to us when read; another round of the node may have kept it since (the node's row is locked
+            # now, so no third one can)
+            held = conn.execute(_READ_SCAN, {"node_id": node_id, "sha256": scan.sha256}).first()
+            if held is not None:
+                scan_id = int(held[0])
+            else:
+                inserted = conn.execute(_INSERT_SCAN, {
+                    "node_id": node_id, "sha256": scan.sha256, "report": scan.report,
+                    "failing": json.dumps(list(scan.failing)), "received_at": now}).inserted_primary_key
+                assert inserted is not None
+                scan_id = int(inserted[0])
         conn.execute(_INSERT_ROUND, {
             "node_id": node_id, "nonce": ev.nonce.hex(), "nonce_id": legacy,
             "image_id": node.image_id, "at": now, "passed": verified.passed, "summary": verified.summary[:4000],
-            "report": verified.report})
+            "report": verified.report, "scan_id": scan_id, "scan_position": verified.scan_position})
         values: dict[str, Any] = {"last_attested": now, "hostname": ev.kernel.get("hostname", node.hostname)[:255],
                                   "ima_progress": verified.ima_progress}
+        if scan is not None:
+            values["scan_sha256"] = scan.sha256
         counters = verified.counters
         if verified.passed and counters is not None:
             values.update(clock=counters.clock, reset_count=counters.reset_count,
