@@ -123,7 +123,8 @@ def test_dashboard_shows_the_database_to_an_operator_in_chromium(pki, tmp_path):
 
         # the fleet table is the database's nodes table
         nodes = {node: (status, image) for node, status, image in _db(
-            db_file, "SELECT n.id, n.status, i.name || ':' || i.version FROM nodes n JOIN images i ON n.image_id = i.id")}
+            db_file, "SELECT n.id, n.status, i.name || ':' || i.version FROM nodes n JOIN images i "
+                     "ON n.image_id = i.id")}
         table = {row[0]: row for row in _table(dom, "fleet-nodes")}
         assert set(table) == set(nodes) == {a.node, b.node, c.node}
         assert {n: (row[3], row[2]) for n, row in table.items()} == nodes
