@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from obelisk.core import atomic
 from obelisk.core.errors import ObeliskError
-from obelisk.fleet.client import FleetClient
+from obelisk.fleet.client import FleetClient, FleetClientError
 
 NODE_ADDRESS = "10.0.2.100"  # the service as QEMU nodes see it (lab.boot.fleet_forward)
 OPERATOR = "demo operator"
@@ -92,9 +91,9 @@ def start(directory: Path, ca: Path, ca_key: Path, *, interval: int = 60, timeou
             raise FleetServiceError(f"fleet serve exited ({process.returncode}): "
                                     f"{fleet.log.read_text(errors='replace').strip()[-500:]}")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            fleet.operator.nodes()  # answers over TLS to the operator: ready
             return fleet
-        except OSError:
+        except FleetClientError:
             time.sleep(0.2)
     stop(fleet)
     raise FleetServiceError(f"fleet serve did not listen on 127.0.0.1:{port} within {timeout:.0f} s (log {fleet.log})")
