@@ -100,9 +100,16 @@ FLEET_WAIT = 300.0  # seconds for both nodes to register, be approved and pass a
 
 
 def stage_serve(w: Walk) -> str:
+    from obelisk.core.errors import InputError
     from obelisk.lab import fleet_service
 
-    fleet = fleet_service.start(w.workdir / "fleet", w.keys / "ca.pem", w.keys / "ca.key")
+    directory = w.workdir / "fleet"
+    left = directory / "serve.pid"
+    if left.exists() and Path(f"/proc/{left.read_text().strip()}").exists():
+        raise InputError(f"a fleet service left running by an earlier demo (--keep-running): kill "
+                         f"{left.read_text().strip()} first", source=str(left))
+    shutil.rmtree(directory, ignore_errors=True)  # a new fleet each run, as its nodes are new (fresh TPMs)
+    fleet = fleet_service.start(directory, w.keys / "ca.pem", w.keys / "ca.key")
     w.values["fleet"] = fleet
     added = fleet.operator.add_image(str(w.out / "manifest.json"))
     return (f"fleet serve on {fleet.url} (SQLite {fleet.db}, join token required; nodes reach it at "
