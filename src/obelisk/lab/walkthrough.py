@@ -119,7 +119,7 @@ def stage_serve(w: Walk) -> str:
 def stage_boot(w: Walk) -> str:
     from concurrent.futures import ThreadPoolExecutor
 
-    from obelisk.lab.boot import FleetProvision, boot, free_port
+    from obelisk.lab.boot import FleetProvision, boot, free_port, stop
 
     fleet = w.values["fleet"]
     provision = FleetProvision(url=fleet.node_url, join_token=fleet.join_token)
@@ -141,6 +141,8 @@ def stage_boot(w: Walk) -> str:
                 errors.append(exc)
     w.values["nodes"] = booted
     if errors:
+        for started in booted:  # whatever the error, no node is left running
+            stop(started.run_dir)
         raise errors[0]
     node = booted[0]
     w.values["node"] = node
