@@ -24,7 +24,7 @@ TPM = "device:/dev/tpmrm0"
 Log = Callable[[str], None]
 # While a node waits for approval it asks again this often (or every interval, if that is shorter), so an
 # operator's approval takes effect within seconds instead of up to one interval. A refused round costs the
-# service one indexed read and no transaction, and only new, unapproved nodes ask this often.
+# service a TLS handshake and a primary-key read that writes nothing, and only unapproved nodes ask this often.
 PENDING_RETRY = 5.0
 
 
