@@ -87,7 +87,7 @@ def attest_forever(node: NodeAgent, interval: float, hostname: str, log: Log, *,
         except FleetClientError as exc:  # pending, or the service is away
             if exc.status == 404:
                 node.node = None  # the service forgot this node: register again
-            elif exc.status != 403:
+            elif exc.status not in (403, 429):  # a rate limit's 429 keeps the pace: one try per PENDING_RETRY
                 pending = False  # the service is away or failing: no hurry
             results.append({"error": str(exc)})
             log(str(exc))
