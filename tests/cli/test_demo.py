@@ -12,4 +12,5 @@ def test_demo_rejects_a_directory_without_a_spec(obelisk_cli, tmp_path):
 def test_demo_is_the_walkthrough_of_every_stage():
     from obelisk.lab.walkthrough import STAGES
 
-    assert [name for name, _ in STAGES] == ["keys", "build", "verify", "boot", "attest", "report", "stop"]
+    assert [name for name, _ in STAGES] == ["keys", "build", "verify", "serve", "boot", "attest", "fleet", "report",
+                                            "stop"]

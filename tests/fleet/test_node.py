@@ -276,3 +276,23 @@ def test_node_fleet_run_registers_and_attests_with_the_config_disk(pki, fleet_se
         node.event_log, node.ima_log, node.scan_root = agent.event_log, agent.ima_log, agent.scan_root
         results = fleet_node.attest_forever(node, 0, "n", lambda _line: None, rounds=2, sleep=lambda _s: None)
         assert results[-1]["status"] == "trusted" and node.node == node_id
+
+
+def test_a_pending_node_asks_again_soon_and_then_every_interval(pki, fleet_service, swtpm, tmp_path):
+    """Approval takes effect within PENDING_RETRY seconds, not one interval: the loop's waits say so."""
+    svc = fleet_service
+    svc.operator(pki).add_image(str(signed_manifest(tmp_path / "out", pki["keys"])))
+    node = make_node(swtpm, tmp_path / "n", svc.url, pki)
+    waits: list[float] = []
+    lines: list[str] = []
+
+    def sleep(seconds: float) -> None:  # the operator approves while the node waits for the first time
+        if not waits:
+            svc.operator(pki).approve(node.node)
+        waits.append(seconds)
+
+    results = fleet_node.attest_forever(node, 60, "n", lines.append, rounds=3, sleep=sleep)
+    assert "pending" in results[0]["error"] and [r.get("status") for r in results[1:]] == ["trusted", "trusted"]
+    assert waits == [fleet_node.PENDING_RETRY, 60]  # asked again soon while pending, then every interval
+    assert fleet_node.attest_forever(node, 3, "n", lines.append, rounds=2, sleep=waits.append)[-1]["passed"]
+    assert waits[-1] == 3

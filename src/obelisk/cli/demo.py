@@ -1,7 +1,7 @@
 """`obelisk demo`: the main job on the bundled example (what `scripts/demo` runs).
 
-keys -> build -> verify -> boot -> attest -> HTML report -> stop, each stage timed and shown;
-the stages live in `obelisk.lab.walkthrough`.
+keys -> build -> verify -> fleet service -> boot two nodes -> attest -> the fleet approves and attests
+them -> HTML reports -> stop, each stage timed and shown; the stages live in `obelisk.lab.walkthrough`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from obelisk.cli.common import add_quiet, emit_result
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole product on the bundled example: keys, build, verify, boot, attest, "
-                       "HTML report (every stage timed)")
+    p = sub.add_parser("demo", help="the whole product on the bundled example: keys, build, verify, a fleet service, "
+                       "two nodes booted, attested and approved, HTML reports (every stage timed)")
     p.add_argument("--example", default="examples/node",
                    help="example directory with spec.yaml (default examples/node)")
     p.add_argument("--workdir", default="demo-out",
-                   help="where keys, the image, the node and results go (default demo-out)")
-    p.add_argument("--keep-running", action="store_true", help="leave the node running at the end")
+                   help="where keys, the image, the nodes, the fleet service and results go (default demo-out)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the nodes and the fleet service running at the end")
     p.add_argument("--format", choices=("text", "json"), default=None)
     add_quiet(p)
     p.set_defaults(handler=_demo)
@@ -40,7 +41,8 @@ def _demo(args: argparse.Namespace) -> int:
     def text(d: dict) -> str:
         times = ", ".join(f"{k} {v:.1f} s" for k, v in d["timings_s"].items())
         verdict = "FAILED" if d["failed"] else "passed"
-        return f"demo {verdict}; HTML report: {d['report']}\nstage times: {times}\n"
+        return (f"demo {verdict}; HTML report: {d['report']}; fleet HTML report: {d['fleet_report']}\n"
+                f"stage times: {times} (total {sum(d['timings_s'].values()):.1f} s)\n")
 
     args.output = None
     return emit_result(args, result, text, exit_code=1 if result["failed"] else 0)

@@ -238,14 +238,16 @@ def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from obelisk.core import atomic
-    from obelisk.fleet.report import bundle
+    from obelisk.fleet.report import bundle, nodes_panel
+    from obelisk.reports.options import RenderOptions
     from obelisk.reports.render import render
 
     client = _client(args)
     fmt = args.format or ({".html": "html", ".htm": "html", ".csv": "csv"}.get(Path(args.output).suffix.lower(),
                                                                              "json") if args.output else "json")
-    b = bundle(client.latest(), client.url)
-    data = render(b, fmt)
+    rows = client.latest()
+    b = bundle(rows, client.url)
+    data = render(b, fmt, RenderOptions(panels=(nodes_panel(rows),)))  # the fleet table: HTML only
     if args.output:
         atomic.write_bytes(args.output, data)
     else:

@@ -34,6 +34,8 @@ PACKAGES: dict[str, str] = {
     "gcc": "gcc",
     "nice": "coreutils",
     "chromium": "chromium",
+    "certutil": "libnss3-tools",
+    "pk12util": "libnss3-tools",
     "dpkg-query": "dpkg",
     "mke2fs": "e2fsprogs",
     "fakeroot": "fakeroot",

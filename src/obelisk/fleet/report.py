@@ -3,7 +3,8 @@
 Each node contributes its status as a finding (`fleet.node.status`: pass when trusted) and the findings
 of its last round, every one with the node's id in its target; each node is a `Source` whose subject is
 the node (id, image, status), so HTML and OSCAL list one subject per node. The report's subject is the
-fleet itself.
+fleet itself. The HTML page also shows the fleet table (`nodes_panel`): the same page is the live
+dashboard (`fleet/dashboard.py`), whose node ids link to each node's page.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from typing import Any
 from obelisk.core import findings as fmt
 from obelisk.core.findings import Finding, Report, Severity, Status, Subject
 from obelisk.reports.model import Bundle, Source
+from obelisk.reports.panels import Cell, Panel
+
+# A node's status as the report's colours: trusted green, failed red, quarantined orange, waiting blue.
+STATUS_BADGE = {"trusted": "pass", "failed": "fail", "quarantined": "error", "pending": "manual",
+                "approved": "manual", "unreachable": "skip"}
 
 
 def node_status_finding(row: dict[str, Any]) -> Finding:
@@ -58,3 +64,32 @@ def bundle(rows: list[dict[str, Any]], name: str) -> Bundle:
     report = Report(findings=tuple(all_findings), subject=subject, generated_at=max(times) if times else "",
                     command="fleet report")
     return Bundle(report=report, sources=tuple(sources))
+
+
+def nodes_panel(rows: list[dict[str, Any]], link: str = "") -> Panel:
+    """The fleet table: id, hostname, image, status, last attested and the last round's verdict, one row
+    per node. With `link` (the dashboard's base path) each node id and round opens its own page."""
+    from urllib.parse import quote
+
+    table = []
+    for row in rows:
+        node = row["id"]
+        if row.get("attestation") is None:
+            last = Cell("none yet")
+        else:
+            passed = _passed(row.get("report"))
+            last = Cell(f"#{row['attestation']} {'passed' if passed else 'failed'}", badge="pass" if passed else "fail",
+                        href=f"{link}/nodes/{quote(node, safe='')}/rounds/{row['attestation']}" if link else "")
+        table.append((Cell(node, mono=True, href=f"{link}/nodes/{quote(node, safe='')}" if link else ""),
+                      Cell(row.get("hostname") or ""), Cell(row["image"], mono=True),
+                      Cell(row["status"], badge=STATUS_BADGE.get(row["status"], "skip")),
+                      Cell(row.get("last_attested") or "never", mono=True), last))
+    return Panel("fleet-nodes", f"Nodes ({len(rows)})",
+                 ("Node", "Hostname", "Image", "Status", "Last attested", "Last round"), tuple(table),
+                 empty="No node has registered yet.")
+
+
+def _passed(report: str | None) -> bool:
+    if not report:
+        return False
+    return not fmt.parse(report, "last round").failed

@@ -27,7 +27,8 @@ Operators (client certificate of the customer CA; every change audited with its 
     POST /v1/images/NAME:VERSION/remove (refused while a node runs it or a round used it)
     GET  /v1/audit                      GET  /v1/attestations/N   (the round's obelisk.report/1)
     GET  /v1/report                     every node with its last round's report (`fleet report`)
-    GET  /dashboard                     the same as `fleet report --format html`, rendered live
+    GET  /dashboard                     the same page as `fleet report --format html`, rendered live, and
+    GET  /dashboard/nodes/ID[/rounds/N] the pages it links to (fleet/dashboard.py)
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/html; charset=utf-8" if html else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
+        for name, value in {**(body.headers if isinstance(body, _Html) else {}), **(headers or {})}.items():
             self.send_header(name, value)
         if self.server.crowded() and not self.close_connection:
             self.send_header("Connection", "close")  # sets close_connection: the slot goes to the next node
@@ -223,8 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return fleet.audit()
             if parts == ["v1", "report"]:
                 return fleet.latest()
-            if parts == ["dashboard"]:
-                return _Html(dashboard(fleet))
+            if parts[:1] == ["dashboard"]:
+                return _dashboard(fleet, parts[1:])
             if parts[:2] == ["v1", "attestations"] and len(parts) == 3 and parts[2].isdigit():
                 return json.loads(fleet.report(int(parts[2])))
             raise _no_such_endpoint()
@@ -243,17 +244,23 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Html:
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, headers: dict[str, str]):
         self.data = data
+        self.headers = headers
 
 
-def dashboard(fleet: Fleet) -> bytes:
-    """The fleet report's HTML, rendered now from the database: the live dashboard."""
-    from obelisk.fleet.report import bundle
-    from obelisk.reports.options import RenderOptions
-    from obelisk.reports.render import render
+def _dashboard(fleet: Fleet, parts: list[str]) -> _Html:
+    from obelisk.fleet import dashboard
 
-    return render(bundle(fleet.latest(), "fleet"), "html", RenderOptions(title="obelisk fleet"))
+    if not parts:
+        page = dashboard.overview(fleet)
+    elif parts[0] == "nodes" and len(parts) == 2:
+        page = dashboard.node_page(fleet, unquote(parts[1]))
+    elif parts[0] == "nodes" and len(parts) == 4 and parts[2] == "rounds" and parts[3].isdigit():
+        page = dashboard.round_page(fleet, unquote(parts[1]), int(parts[3]))
+    else:
+        raise _no_such_endpoint()
+    return _Html(page, dashboard.HEADERS)
 
 
 def _no_such_endpoint() -> FleetError:

@@ -1,8 +1,16 @@
-"""The whole product on one example: keys → build → verify → boot → attest → HTML report → stop.
+"""The whole product on one example: keys → build → verify → fleet service → boot two nodes → attest
+→ the fleet approves and attests them → HTML reports → stop.
 
 `obelisk demo --example examples/node` (the README's main command, through scripts/demo) runs
 it stage by stage, timing each stage (the figures for warm and cold caches come from here),
-and says where the report is. Each stage is a small function over a shared context.
+and says where the reports are. Each stage is a small function over a shared context.
+
+The small fleet: `fleet serve` runs on this machine (SQLite in the workdir, lab/fleet_service.py);
+two nodes of the image boot in parallel, each with its own disk and swtpm, provisioned with the
+service's URL and a join token; they register at boot from their own loop (outbound only), an
+operator approves both through the service (audited with the operator certificate's subject), and
+their next rounds make them `trusted`. The first node is also attested directly over its agent's
+mutual-TLS API (`attest`), as before.
 """
 
 from __future__ import annotations
@@ -87,18 +95,63 @@ def stage_verify(w: Walk) -> str:
     return f"image verify: {report.findings[0].observed} ({'PASS' if not report.failed else 'FAIL'})"
 
 
-def stage_boot(w: Walk) -> str:
-    from obelisk.lab.boot import boot
+NODES = ("node", "node-2")  # run directories under the workdir; the first is also attested directly
+FLEET_WAIT = 300.0  # seconds for both nodes to register, be approved and pass a round
 
-    node = boot(w.out, w.workdir / "node", ca=w.keys / "ca.pem", ca_key=w.keys / "ca.key", fresh=True,
-                quiet=w.quiet)
+
+def stage_serve(w: Walk) -> str:
+    from obelisk.core.errors import InputError
+    from obelisk.lab import fleet_service
+
+    directory = w.workdir / "fleet"
+    left = directory / "serve.pid"
+    if left.exists() and Path(f"/proc/{left.read_text().strip()}").exists():
+        raise InputError(f"a fleet service left running by an earlier demo (--keep-running): kill "
+                         f"{left.read_text().strip()} first", source=str(left))
+    shutil.rmtree(directory, ignore_errors=True)  # a new fleet each run, as its nodes are new (fresh TPMs)
+    fleet = fleet_service.start(directory, w.keys / "ca.pem", w.keys / "ca.key")
+    w.values["fleet"] = fleet
+    added = fleet.operator.add_image(str(w.out / "manifest.json"))
+    return (f"fleet serve on {fleet.url} (SQLite {fleet.db}, join token required; nodes reach it at "
+            f"{fleet.node_url}); image {added['image']} added by the operator (signature chains to the CA)")
+
+
+def stage_boot(w: Walk) -> str:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from obelisk.lab.boot import FleetProvision, boot, free_port, stop
+
+    fleet = w.values["fleet"]
+    provision = FleetProvision(url=fleet.node_url, join_token=fleet.join_token)
+    ports: list[int] = []
+    while len(ports) < len(NODES):
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    # Both nodes at once, each in its own run directory with its own swtpm: QEMU runs one vCPU thread each.
+    with ThreadPoolExecutor(len(NODES)) as pool:
+        futures = [pool.submit(boot, w.out, w.workdir / name, ca=w.keys / "ca.pem", ca_key=w.keys / "ca.key",
+                               port=port, fresh=True, quiet=True, fleet=provision)
+                   for name, port in zip(NODES, ports)]
+        booted, errors = [], []
+        for future in futures:
+            try:
+                booted.append(future.result())
+            except (ObeliskError, OSError) as exc:
+                errors.append(exc)
+    w.values["nodes"] = booted
+    if errors:
+        for started in booted:  # whatever the error, no node is left running
+            stop(started.run_dir)
+        raise errors[0]
+    node = booted[0]
     w.values["node"] = node
     console = node.serial_log.read_text(errors="replace")
     var = next((line.split("obelisk: ", 1)[1] for line in console.splitlines()
                 if "/var " in line and "obelisk:" in line), "")
-    return (f"disk.raw booted under OVMF with the customer's Secure Boot keys and swtpm; agent answers at "
-            f"{node.url} (console {node.serial_log})"
-            + (f"; {var}" if var else ""))
+    consoles = ", ".join(str(n.serial_log) for n in booted)
+    return (f"{len(booted)} nodes: disk.raw booted under OVMF with the customer's Secure Boot keys and swtpm, "
+            f"agents answer at {', '.join(n.url for n in booted)} (consoles {consoles})" + (f"; {var}" if var else ""))
 
 
 def stage_attest(w: Walk) -> str:
@@ -120,8 +173,42 @@ def stage_attest(w: Walk) -> str:
             + (f"; measured boot against the build's prediction: {measured}" if measured else ""))
 
 
+def stage_fleet(w: Walk) -> str:
+    """The operator approves the nodes that registered at boot; their next rounds make them trusted."""
+    from obelisk.fleet.client import FleetClientError
+    from obelisk.lab.fleet_service import FleetServiceError
+
+    fleet = w.values["fleet"]
+    operator = fleet.operator
+    approved: list[str] = []
+    deadline = time.monotonic() + FLEET_WAIT
+    while True:
+        nodes = operator.nodes()
+        for n in nodes:
+            if n["status"] == "pending" and n["id"] not in approved:
+                try:
+                    operator.approve(n["id"])
+                    approved.append(n["id"])
+                except FleetClientError:  # its AK is not proven yet (registration under way): next time
+                    pass
+        statuses = {n["id"]: n["status"] for n in nodes}
+        if len(statuses) >= len(NODES) and set(statuses.values()) <= {"trusted", "failed", "quarantined"}:
+            break
+        if time.monotonic() > deadline:
+            raise FleetServiceError(f"fleet: after {FLEET_WAIT:.0f} s the nodes are {statuses or 'not registered'} "
+                                    f"(service log {fleet.log}, consoles in {w.workdir}/node*/serial.log)")
+        time.sleep(1)
+    w.failed |= set(statuses.values()) != {"trusted"}
+    audit = [a for a in operator.audit() if a["action"] == "approve" and a["outcome"] == "ok"]
+    rounds = sum(1 for node in statuses for r in operator.history(node) if r["type"] == "attestation")
+    return (f"{len(statuses)} nodes registered at boot and approved by {audit[0]['subject'] if audit else '?'} "
+            f"(audited: {len(audit)} approvals); {rounds} rounds verified against the build; "
+            + ", ".join(f"{node[:12]}… {status}" for node, status in sorted(statuses.items())))
+
+
 def stage_report(w: Walk) -> str:
     from obelisk.core import atomic
+    from obelisk.fleet.report import bundle, nodes_panel
     from obelisk.reports.model import load_bundle
     from obelisk.reports.options import RenderOptions
     from obelisk.reports.render import render
@@ -131,30 +218,44 @@ def stage_report(w: Walk) -> str:
     html = w.results / "report.html"
     atomic.write_bytes(html, render(load_bundle(inputs), "html", RenderOptions(title="obelisk example node")))
     w.values["report"] = html
-    return f"HTML report: {html}"
+    fleet = w.values["fleet"]
+    rows = fleet.operator.latest()  # what `obelisk fleet report -o fleet.html` writes
+    fleet_html = w.results / "fleet.html"
+    atomic.write_bytes(fleet_html, render(bundle(rows, fleet.url), "html",
+                                          RenderOptions(title="obelisk example fleet", panels=(nodes_panel(rows),))))
+    w.values["fleet_report"] = fleet_html
+    return f"HTML report: {html}; fleet HTML report: {fleet_html} ({len(rows)} nodes)"
 
 
 def stage_stop(w: Walk) -> str:
+    from obelisk.lab import fleet_service
     from obelisk.lab.boot import stop
 
-    node = w.values.get("node")
-    if node is None:
-        return "no node to stop"
+    nodes = w.values.get("nodes") or ([w.values["node"]] if "node" in w.values else [])
+    fleet = w.values.get("fleet")
     if w.keep_running:
-        return f"node left running: obelisk boot {w.out} --run-dir {node.run_dir} --stop"
-    stop(node.run_dir)
-    return "node stopped"
+        left = [f"obelisk boot {w.out} --run-dir {n.run_dir} --stop" for n in nodes]
+        if fleet is not None:
+            left.append(f"kill {fleet.process.pid}  # fleet serve; dashboard {fleet.url}/dashboard")
+        return "left running: " + "; ".join(left) if left else "nothing running"
+    for node in nodes:
+        stop(node.run_dir)
+    if fleet is not None:
+        fleet_service.stop(fleet)
+    return f"{len(nodes)} nodes stopped" + (", fleet service stopped" if fleet is not None else "")
 
 
 STAGES: tuple[tuple[str, Callable[[Walk], str]], ...] = (
-    ("keys", stage_keys), ("build", stage_build), ("verify", stage_verify), ("boot", stage_boot),
-    ("attest", stage_attest), ("report", stage_report), ("stop", stage_stop),
+    ("keys", stage_keys), ("build", stage_build), ("verify", stage_verify), ("serve", stage_serve),
+    ("boot", stage_boot), ("attest", stage_attest), ("fleet", stage_fleet), ("report", stage_report),
+    ("stop", stage_stop),
 )
 
 
 def run(w: Walk, emit: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
         ) -> dict[str, Any]:
-    """Run every stage; on an error stop the node, then re-raise. Returns the timings and outcome."""
+    """Run every stage; on an error stop the nodes and the service, then re-raise. Returns the timings
+    and outcome."""
     timings: dict[str, float] = {}
     try:
         for name, stage in STAGES:
@@ -164,8 +265,8 @@ def run(w: Walk, emit: Callable[[str], None] = lambda line: print(line, file=sys
             timings[name] = round(time.monotonic() - started, 1)
             emit(f"[{name}] {line} ({timings[name]:.1f} s)")
     except (ObeliskError, KeyboardInterrupt):
-        if "node" in w.values and not w.keep_running:
+        if not w.keep_running:
             stage_stop(w)
         raise
     return {"timings_s": timings, "failed": w.failed, "report": str(w.values.get("report", "")),
-            "workdir": str(w.workdir)}
+            "fleet_report": str(w.values.get("fleet_report", "")), "workdir": str(w.workdir)}

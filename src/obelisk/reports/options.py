@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from obelisk.reports.panels import Cell, Panel
 from obelisk.reports.stig_benchmark import StigBenchmark
 
 
@@ -13,6 +14,10 @@ class RenderOptions:
     cci_map: dict[str, tuple[str, ...]] = field(default_factory=dict)
     rendered_at: str = ""  # when the document was produced (RFC 3339); the scan time is in the report
     title: str = ""
+    # HTML only: tables shown before the summary, links at the top, and a live page's reload period
+    panels: tuple[Panel, ...] = ()
+    nav: tuple[Cell, ...] = ()
+    refresh_seconds: int = 0
 
 
 # Above this many findings, JSON formats are written without indentation: CPython's C encoder

@@ -60,5 +60,18 @@
   window.addEventListener("hashchange", function () { fromHash(); apply(); });
   fromHash();
   apply();
+  // A live page (the fleet dashboard) reloads itself, keeping the address and so the filters;
+  // the operator can pause it while reading.
+  var period = parseInt(document.body.getAttribute("data-refresh") || "0", 10);
+  var live = document.getElementById("auto-refresh");
+  if (period > 0 && live) {
+    var timer = null;
+    var arm = function () {
+      window.clearTimeout(timer);
+      if (live.checked) timer = window.setTimeout(function () { window.location.reload(); }, period * 1000);
+    };
+    live.addEventListener("change", arm);
+    arm();
+  }
   document.documentElement.setAttribute("data-ready", "1");
 })();
