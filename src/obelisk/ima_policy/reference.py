@@ -90,6 +90,27 @@ class ReferenceManifest:
     def matcher(self) -> RuleMatcher:
         return RuleMatcher(self.rules)
 
+    def digest_matcher(self) -> Callable[[bytes, bytes], bool]:
+        """`match(path, digest_field)`: the file at `path` (as listed: bytes, no NUL) is in `files` with
+        the digest of a d-ng/d-ngv2 field (`[type:]algo:\\0digest`). The hot path of `ima log verify`."""
+        get = self.files.get
+        prefixes: dict[bytes, str] = {}
+
+        def match(path: bytes, field: bytes) -> bool:
+            head, sep, digest = field.partition(b":\0")
+            if not sep:
+                return False
+            prefix = prefixes.get(head)
+            if prefix is None:  # "sha256" / "ima:sha256" -> "sha256:", once per algorithm
+                prefix = prefixes[head] = head.rsplit(b":", 1)[-1].decode("ascii", "replace") + ":"
+            expected = get(path.decode("utf-8", "surrogateescape"))
+            if expected is None:
+                return False
+            value = prefix + digest.hex()
+            return expected == value or (type(expected) is tuple and value in expected)
+
+        return match
+
 
 class RuleMatcher:
     """All rules as one compiled regex; `match(path)` gives the first matching rule."""
