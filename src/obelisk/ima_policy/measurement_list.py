@@ -26,7 +26,7 @@ import mmap
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from obelisk.core.errors import ParseError
 from obelisk.ima_policy import templates
@@ -143,7 +143,7 @@ def iter_binary(data: bytes, start: int = 0, stop: int | None = None, order: Byt
         number += 1
 
 
-def read_entry(data: bytes | mmap.mmap, off: int, u32: Callable[[bytes, int], tuple[int]], number: int, source: str,
+def read_entry(data: bytes | mmap.mmap, off: int, u32: Callable[[Any, int], tuple[Any, ...]], number: int, source: str,
                names: dict[bytes, Template]) -> tuple[int, bytes, Template, bytes, int]:
     """The binary entry at `off`: (pcr, template_digest, template, template_data, offset of the next entry).
 
