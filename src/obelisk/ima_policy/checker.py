@@ -704,15 +704,15 @@ def _fold_from(bank: str, value: bytes, digests: bytes, target: bytes | None) ->
     size = BANK_SIZES[bank]
     ctor = getattr(hashlib, bank)
     matches: list[int] = []
-    mv = memoryview(digests)
+    pieces = struct.iter_unpack(f"{size}s", digests)  # one bytes per digest, without a slice per step
     if target is None:
-        for i in range(0, len(digests), size):
-            value = ctor(value + mv[i:i + size]).digest()
+        for (digest,) in pieces:
+            value = ctor(value + digest).digest()
         return value, matches
-    for i in range(0, len(digests), size):
-        value = ctor(value + mv[i:i + size]).digest()
+    for n, (digest,) in enumerate(pieces, 1):
+        value = ctor(value + digest).digest()
         if value == target:
-            matches.append(i // size + 1)
+            matches.append(n)
     return value, matches
 
 

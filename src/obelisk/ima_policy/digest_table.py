@@ -102,6 +102,10 @@ class DigestTable:
     def __len__(self) -> int:
         return self._count
 
+    def __getstate__(self) -> None:
+        # the keys are this process's hashes: valid here and in its forked workers, nowhere else
+        raise TypeError("a DigestTable cannot leave its process (its keys use the process's hash key)")
+
     def get(self, path: str, default: Value | None = None) -> Value | None:
         """The digests listed for `path` ("algo:hex", or a tuple of them), as the manifest's dict would give."""
         if path in self._extra:
