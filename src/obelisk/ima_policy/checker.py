@@ -259,7 +259,7 @@ def _walk(job: Job, res: ChunkResult, data: ListData, start: int, stop: int, ord
 _FAST = {("d-ng", "n-ng"): 2, ("d-ngv2", "n-ng"): 2, ("d-ng", "n-ng", "sig"): 3, ("d-ngv2", "n-ng", "sig"): 3}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _RunShape:
     """What every entry of a run shares with the entry before it: PCR 10, the template name and
     the length of the digest field. One struct call reads an entry's header and its first fields."""

@@ -125,6 +125,12 @@ class DigestTable:
         """`match(path, field)`: the file at `path` (bytes as listed, no NUL) is listed with the digest
         of the d-ng/d-ngv2 field `[type:]algo:\\0digest` (the hot path: everything bound once)."""
         extra = self._extra
+        extra_keys = set()  # the extra dict's paths by key: most lookups then skip decoding the path
+        for p in extra:
+            try:
+                extra_keys.add(path_key(p.encode("utf-8", "surrogateescape")))
+            except UnicodeEncodeError:
+                pass
         tables = {algo: (t.size, t.keys, t.records, t.digests, t.starts) for algo, t in self._tables.items()}
         by_head: dict[bytes, tuple[int, array.array, array.array, bytearray, array.array] | None] = {}
         key_of = path_key
@@ -133,7 +139,8 @@ class DigestTable:
             head, sep, digest = field.partition(b":\0")
             if not sep:
                 return False
-            if extra:
+            key = key_of(path)
+            if key in extra_keys:
                 expected = extra.get(path.decode("utf-8", "surrogateescape"))
                 if expected is not None:
                     value = f"{head.rsplit(b':', 1)[-1].decode('ascii', 'replace')}:{digest.hex()}"
@@ -147,7 +154,6 @@ class DigestTable:
             size, keys, records, digests, starts = table
             if len(digest) != size:
                 return False
-            key = key_of(path)
             bucket = (key >> _FINE_SHIFT) + _FINE_HALF
             hi = starts[bucket + 1]
             i = bisect_left(keys, key, starts[bucket], hi)
