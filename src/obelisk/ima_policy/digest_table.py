@@ -98,6 +98,7 @@ class DigestTable:
         self._tables = tables
         self._extra = extra
         self._count = count
+        self._matcher: Callable[[bytes, bytes], bool] | None = None  # built once, used by every chunk
 
     def __len__(self) -> int:
         return self._count
@@ -124,6 +125,11 @@ class DigestTable:
     def matcher(self) -> Callable[[bytes, bytes], bool]:
         """`match(path, field)`: the file at `path` (bytes as listed, no NUL) is listed with the digest
         of the d-ng/d-ngv2 field `[type:]algo:\\0digest` (the hot path: everything bound once)."""
+        if self._matcher is None:
+            self._matcher = self._make_matcher()
+        return self._matcher
+
+    def _make_matcher(self) -> Callable[[bytes, bytes], bool]:
         extra = self._extra
         extra_keys = set()  # the extra dict's paths by key: most lookups then skip decoding the path
         for p in extra:
@@ -217,7 +223,7 @@ class Builder:
             pending = self._pending[algo] = _Pending()
         return pending
 
-    def add_all(self, files: dict[str, Value]) -> None:
+    def add_all(self, files: dict[str, Value], split: bool = True) -> None:
         """`add` for each item; a piece whose values are all "algo:hex" strings of one algorithm and
         whose paths are ascii (what the image build writes) is taken in bulk, without a Python loop."""
         values = list(files.values())
@@ -237,9 +243,22 @@ class Builder:
                     blob = bytes.fromhex(joined.replace(prefix, ""))
                 except ValueError:
                     blob = b""
-        if not blob or len(blob) != size * len(values):  # the general case, one item at a time
+        if not blob or len(blob) != size * len(values):
+            if not split:  # the general case: one item at a time
+                for path, value in files.items():
+                    self.add(path, value)
+                return
+            run: dict[str, Value] = {}  # lists alone, the runs of strings between them in bulk if they allow it
             for path, value in files.items():
+                if type(value) is str:
+                    run[path] = value
+                    continue
+                if run:
+                    self.add_all(run, split=False)
+                    run = {}
                 self.add(path, value)
+            if run:
+                self.add_all(run, split=False)
             return
         pending = self._for(algo)
         pending.run(self._seq + 1, 1)
