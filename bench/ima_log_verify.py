@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,80 +90,89 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, flo
     return wall, float(user) + float(system), int(rss), proc
 
 
+def ok(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode == 0
+
+
+def keylime_ok(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode == 0 and "keylime: ok" in proc.stdout
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=1_000_000)
     ap.add_argument("--dir", default="/tmp/obelisk-bench-ima")
     ap.add_argument("--keylime-python", default="/tmp/keylime-venv/bin/python")
     ap.add_argument("--skip-keylime", action="store_true")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per tool; the median is printed")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per tool (round robin); the median is printed")
+    ap.add_argument("--baseline-src", metavar="DIR",
+                    help="also time obelisk from this source tree (e.g. a checkout of main): before/after in one run")
     args = ap.parse_args()
     d = Path(args.dir)
     if not (d / "n").exists() or (d / "n").read_text() != str(args.entries):
         print(f"generating {args.entries} entries in {d} ...", file=sys.stderr)
         generate(args.entries, d)
     n = args.entries
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     pcrs = [f"sha1,{d / 'pcr-sha1'}", f"sha256,{d / 'pcr-sha256'}"]
-    results: dict[str, tuple[float, float]] = {}
-    print(f"{'':<34} {'wall':>9}  {'entries/s':>12}  {'cpu':>8}  {'peak RSS':>9}   (median of {args.repeat}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-
-    def run(label, cmd, ok, env=None):
-        runs = []
-        for _ in range(args.repeat):
-            seconds, cpu, rss, proc = timed(cmd, env)
-            good = ok(proc)
-            if not good:
-                print((proc.stdout + proc.stderr)[-2000:], file=sys.stderr)
-            runs.append((seconds, cpu, rss, good))
-        seconds = statistics.median(r[0] for r in runs)
-        cpu = statistics.median(r[1] for r in runs)
-        rss = max(r[2] for r in runs)
-        good = all(r[3] for r in runs)
-        print(f"{label:<34} {seconds:7.2f} s  {n / seconds:12,.0f}  {cpu:6.2f} s  {rss / 1024:6.0f} MB  "
-              f"{'ok' if good else 'FAILED'}", flush=True)
-        results[label] = (seconds, cpu)
-
     py = sys.executable
-    obelisk = [py, "-m", "obelisk", "ima", "log", "verify", "--format", "json", "--quiet"]
-    run("obelisk (binary, sha1+sha256)", obelisk + [str(d / "list.bin"), "--pcrs", pcrs[0], "--pcrs", pcrs[1]],
-        lambda p: p.returncode == 0, env)
-    run("obelisk (binary) + reference", obelisk + [str(d / "list.bin"), "--pcrs", pcrs[0], "--pcrs", pcrs[1],
-                                                   "--reference", str(d / "reference.json")],
-        lambda p: p.returncode == 0, env)
-    run("obelisk (ascii, sha1+sha256)", obelisk + [str(d / "list.ascii"), "--pcrs", pcrs[0], "--pcrs", pcrs[1]],
-        lambda p: p.returncode == 0, env)
+    verify = [py, "-m", "obelisk", "ima", "log", "verify", "--format", "json", "--quiet"]
+    quoted = ["--pcrs", pcrs[0], "--pcrs", pcrs[1]]
+    trees = [("obelisk", ROOT / "src")] + ([("baseline", Path(args.baseline_src))] if args.baseline_src else [])
+    tools: list[tuple[str, list[str], Callable, dict[str, str] | None]] = []
+    for name, src in trees:
+        env = dict(os.environ, PYTHONPATH=str(src))
+        tools += [(f"{name} (binary, sha1+sha256)", verify + [str(d / "list.bin"), *quoted], ok, env),
+                  (f"{name} (ascii, sha1+sha256)", verify + [str(d / "list.ascii"), *quoted], ok, env),
+                  (f"{name} (binary) + reference", verify + [str(d / "list.bin"), *quoted, "--reference",
+                                                             str(d / "reference.json")], ok, env)]
     evmctl = shutil.which("evmctl")
     if evmctl:
-        run("evmctl ima_measurement", [evmctl, "ima_measurement", "--pcrs", pcrs[0], "--pcrs", pcrs[1],
-                                       str(d / "list.bin")],
-            lambda p: p.returncode == 0)
-    if not args.skip_keylime and Path(args.keylime_python).exists():
+        tools.append(("evmctl ima_measurement", [evmctl, "ima_measurement", "--pcrs", pcrs[0], "--pcrs", pcrs[1],
+                                                 str(d / "list.bin")], ok, None))
+    keylime = not args.skip_keylime and Path(args.keylime_python).exists()
+    if keylime:
         script = d / "keylime_check.py"
         script.write_text(KEYLIME_SCRIPT)
         pcr10 = (d / "pcr-sha1").read_text().splitlines()[10].split()[1]
-        run("keylime (ascii, sha1, no policy)", [args.keylime_python, str(script), str(d / "list.ascii"), "-", pcr10],
-            lambda p: p.returncode == 0 and "keylime: ok" in p.stdout)
-        run("keylime (ascii, sha1) + policy", [args.keylime_python, str(script), str(d / "list.ascii"),
-                                               str(d / "keylime-policy.json"), pcr10],
-            lambda p: p.returncode == 0 and "keylime: ok" in p.stdout)
-    base, base_cpu = results["obelisk (binary, sha1+sha256)"]
-    asc, asc_cpu = results["obelisk (ascii, sha1+sha256)"]
-    ref, ref_cpu = results["obelisk (binary) + reference"]
-    for label, (seconds, cpu) in results.items():
-        if label.startswith("obelisk"):
-            continue
-        if "+ policy" in label:
-            pairs = [("obelisk (binary) + reference", ref, ref_cpu)]
-        else:
-            pairs = [("obelisk binary", base, base_cpu), ("obelisk ascii", asc, asc_cpu)]
-        for name, wall, ocpu in pairs:
-            print(f"{name} vs {label}: {seconds / wall:5.2f}x faster (wall), {cpu / ocpu:5.2f}x less CPU "
-                  f"(target >= 1.5x wall against evmctl)")
-    if not (not args.skip_keylime and Path(args.keylime_python).exists()):
+        tools += [("keylime (ascii, sha1, no policy)", [args.keylime_python, str(script), str(d / "list.ascii"), "-",
+                                                        pcr10], keylime_ok, None),
+                  ("keylime (ascii, sha1) + policy", [args.keylime_python, str(script), str(d / "list.ascii"),
+                                                      str(d / "keylime-policy.json"), pcr10], keylime_ok, None)]
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[tuple[float, float, int, bool]]] = {label: [] for label, *_ in tools}
+    for _ in range(args.repeat):  # round robin: a change in the machine's load hits every tool alike
+        for label, cmd, check, env in tools:
+            seconds, cpu, rss, proc = timed(cmd, env)
+            good = check(proc)
+            if not good:
+                print((proc.stdout + proc.stderr)[-2000:], file=sys.stderr)
+            runs[label].append((seconds, cpu, rss, good))
+    print(f"{'':<36} {'wall (min-max)':>20} {'entries/s':>10} {'cpu (min-max)':>20} {'peak RSS':>9}   "
+          f"(median of {args.repeat}; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores)")
+    results: dict[str, tuple[float, float]] = {}
+    for label, rs in runs.items():
+        walls, cpus = [r[0] for r in rs], [r[1] for r in rs]
+        seconds, cpu = statistics.median(walls), statistics.median(cpus)
+        rss = max(r[2] for r in rs)
+        print(f"{label:<36} {seconds:6.2f} s ({min(walls):5.2f}-{max(walls):5.2f})  {n / seconds:10,.0f} "
+              f"{cpu:6.2f} s ({min(cpus):5.2f}-{max(cpus):5.2f})  {rss / 1024:6.0f} MB  "
+              f"{'ok' if all(r[3] for r in rs) else 'FAILED'}")
+        results[label] = (seconds, cpu)
+    for name, _ in trees:
+        for ref_label, target in (("evmctl ima_measurement", 1.5), ("keylime (ascii, sha1, no policy)", None),
+                                  ("keylime (ascii, sha1) + policy", None)):
+            if ref_label not in results:
+                continue
+            rwall, rcpu = results[ref_label]
+            mine = ([f"{name} (binary) + reference"] if "+ policy" in ref_label
+                    else [f"{name} (binary, sha1+sha256)", f"{name} (ascii, sha1+sha256)"])
+            for label in mine:
+                wall, cpu = results[label]
+                goal = f" (target >= {target}x wall)" if target else ""
+                print(f"{label} vs {ref_label}: {rwall / wall:5.2f}x faster (wall), {rcpu / cpu:5.2f}x less CPU{goal}")
+    if not keylime:
         print(f"keylime: skipped ({args.keylime_python} not found; see docs/ima_policy.md to install it)")
-    print(f"reference check: {ref:.2f} s wall, {ref_cpu:.2f} s CPU (target < 5 s on 2 cores)")
     print("note: wall-clock ratios are only meaningful on an otherwise idle machine; see the load average")
     return 0
 

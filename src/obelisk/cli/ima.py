@@ -95,7 +95,7 @@ def _log_verify(args: argparse.Namespace) -> int:
         from obelisk.core.inputs import map_bounded
 
         data = map_bounded(args.log, "measurement list", MAX_MEASUREMENT_LIST)  # streamed: pages dropped once walked
-        manifest = reference.load(args.reference) if args.reference else None
+        manifest = reference.load_compact(args.reference) if args.reference else None  # bounded memory
         boot_pcrs = None
         if args.eventlog:
             from obelisk.tpm import eventlog

@@ -32,16 +32,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from obelisk.core.errors import ParseError
-from obelisk.ima_policy import templates
+from obelisk.ima_policy import boot_aggregate, templates
 from obelisk.ima_policy.keyring import VALID, Keyring
 from obelisk.ima_policy.measurement_list import (
     ASCII,
-    MAX_PCR,
     MAX_TEMPLATE_DATA,
     ZERO_DIGEST,
     ByteOrder,
     iter_binary,
     parse_ascii_line,
+    read_entry,
     split_fields,
 )
 from obelisk.ima_policy.reference import ANY_DIGEST, ReferenceManifest
@@ -160,8 +160,10 @@ def check_range(start: int, stop: int, first_number: int = 1, job: Job | None = 
     res = ChunkResult(start, stop=stop)
     try:
         if job.encoding == ASCII:
-            buf, numbers = _ascii_chunk(job.data, start, stop, first_number, job.source)
-            _walk(job, res, buf, 0, len(buf), "little", numbers, start == 0)
+            if not _ascii_fast(job, res, start, stop):
+                res = ChunkResult(start, stop=stop)
+                buf, numbers = _ascii_chunk(job.data, start, stop, first_number, job.source)
+                _walk(job, res, buf, 0, len(buf), "little", numbers, start == 0)
             res.end = stop
             res.lines = job.data[start:stop].count(b"\n")
         else:
@@ -191,16 +193,15 @@ def _walk(job: Job, res: ChunkResult, data: ListData, start: int, stop: int, ord
           numbers: list[int] | None, at_list_start: bool, first_number: int = 1) -> int:
     """Check the binary entries from `start` until one begins at or after `stop`; return the end offset.
 
-    Runs of plain, intact entries go through `_run` (a loop with as little work per entry as
-    possible); any entry it does not take -- another template, a hash mismatch, a violation, a
-    file the manifest does not allow, bytes that do not parse -- is handled here, one at a time,
-    by the careful path that names every problem.
+    Entries are read by `measurement_list.read_entry`, the one reader of the binary layout, and
+    checked by the careful path (`_EntryContext`), which names every problem. After an entry of
+    a plain template (`_FAST`), the entries that follow go through `_run` while they look exactly
+    like it and are intact (a loop with as little work per entry as possible); the first one that
+    does not -- another template, a hash mismatch, a violation, a file the manifest does not
+    allow, bytes that do not parse -- comes back here.
     """
     source = job.source
-    little = order == "little"
-    u32 = struct.Struct("<I" if little else ">I").unpack_from
-    header = struct.Struct(("<" if little else ">") + "I20sI").unpack_from
-    end = len(data)
+    u32 = struct.Struct("<I" if order == "little" else ">I").unpack_from
     banks = job.banks
     other_names = [b for b in banks if b != "sha1"]
     other_outs: list[list[bytes]] = [[] for _ in other_names]
@@ -209,22 +210,17 @@ def _walk(job: Job, res: ChunkResult, data: ListData, start: int, stop: int, ord
     sha1_app = sha1_out.append
     sha1 = hashlib.sha1
     ref = job.reference
-    files_get = ref.files.get if ref is not None else None
+    match = ref.digest_matcher() if ref is not None else None
     check_sigs = job.keyring is not None
     stats = res.stats
-    name_raw = b""
-    name_len = -1
-    tpl: templates.Template | None = None
-    legacy = False
-    fast = 0  # 2: d-ng|n-ng, 3: d-ng|n-ng|sig (without --cert): runs go through _run
     ctx = _EntryContext(job, res, order)
-    prefixes: dict[bytes, str] = {}
+    names: dict[bytes, templates.Template] = {}
+    run: _RunShape | None = None
     index = 0
     off = start
     while off < stop:
-        if fast:
-            off, count, matched = _run(data, off, stop, header, u32, name_raw, fast == 3, sha1_app, other_banks,
-                                       files_get, prefixes)
+        if run is not None:
+            off, count, matched = _run(data, off, stop, run, sha1_app, other_banks, match)
             index += count
             stats["files-matched"] += matched
             if check_sigs:
@@ -233,40 +229,7 @@ def _walk(job: Job, res: ChunkResult, data: ListData, start: int, stop: int, ord
                 break
         # the careful path: one entry
         number = numbers[index] if numbers is not None else first_number + index
-        if end - off < 28:
-            raise ParseError(f"entry {number}: truncated header ({end - off} bytes left, at least 28 needed)",
-                             source=source, offset=off)
-        pcr, listed, nlen = header(data, off)
-        if pcr > MAX_PCR:
-            raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
-        p = off + 28
-        if nlen != name_len or data.find(name_raw, p, p + nlen) != p:
-            tpl = _template(data, p, nlen, end, number, source, off)
-            name_raw = data[p:p + nlen]
-            name_len = nlen
-            legacy = tpl.legacy
-            fast = _FAST.get(tpl.fields, 0)
-            if fast == 3 and check_sigs:  # signatures to verify: the careful path
-                fast = 0
-        p += nlen
-        if legacy:
-            if end - p < 24:
-                raise ParseError(f"entry {number}: truncated 'ima' template data", source=source, offset=p)
-            flen = u32(data, p + 20)[0]
-            if flen > templates.IMA_NAME_HASHED_LEN - 1 or flen > end - p - 24:
-                raise ParseError(f"entry {number}: file name length {flen} invalid", source=source, offset=p + 20)
-            tdata = data[p:p + 20] + data[p + 24:p + 24 + flen].ljust(templates.IMA_NAME_HASHED_LEN, b"\0")
-            next_off = p + 24 + flen
-        else:
-            if end - p < 4:
-                raise ParseError(f"entry {number}: truncated before template data length", source=source, offset=p)
-            dlen = u32(data, p)[0]
-            p += 4
-            if dlen > MAX_TEMPLATE_DATA or dlen > end - p:
-                raise ParseError(f"entry {number}: template data length {dlen} exceeds the {end - p} bytes left",
-                                 source=source, offset=p - 4)
-            tdata = data[p:p + dlen]
-            next_off = p + dlen
+        pcr, listed, tpl, tdata, next_off = read_entry(data, off, u32, number, source, names)
         computed = sha1(tdata).digest()
         violation = computed != listed and listed == ZERO_DIGEST
         if violation:
@@ -282,9 +245,8 @@ def _walk(job: Job, res: ChunkResult, data: ListData, start: int, stop: int, ord
                     app(ctor(tdata).digest())
         else:
             res.other_pcrs[pcr] += 1
-        if tpl is None:  # cannot happen: name_len starts at -1, so the first entry sets tpl
-            raise AssertionError("IMA list walk: entry without a template")
         ctx.entry(number, off, tpl, tdata, computed, listed, violation, index == 0 and at_list_start)
+        run = _run_shape(order, tpl, tdata, check_sigs)
         index += 1
         off = next_off
     res.count += index
@@ -294,52 +256,85 @@ def _walk(job: Job, res: ChunkResult, data: ListData, start: int, stop: int, ord
     return off
 
 
-def _run(data: ListData, off: int, stop: int, header: _Unpack, u32: _Unpack, name_raw: bytes, three: bool,
-         sha1_app: Callable[[bytes], None], other_banks: Sequence[_BankOut],
-         files_get: Callable[[str], str | tuple[str, ...] | None] | None,
-         prefixes: dict[bytes, str]) -> tuple[int, int, int]:
-    """Walk intact PCR-10 entries of one d-ng|n-ng[|sig] template from `off`; stop before the first
-    entry that needs a closer look. Returns (offset reached, entries taken, files matched)."""
+# Templates `_run` decodes inline: number of fields
+_FAST = {("d-ng", "n-ng"): 2, ("d-ngv2", "n-ng"): 2, ("d-ng", "n-ng", "sig"): 3, ("d-ngv2", "n-ng", "sig"): 3}
+
+
+@dataclass(frozen=True, slots=True)
+class _RunShape:
+    """What every entry of a run shares with the entry before it: PCR 10, the template name and
+    the length of the digest field. One struct call reads an entry's header and its first fields."""
+
+    unpack: _Unpack  # -> pcr (raw), template hash, name length + name (raw), data length, l1, d-ng, l2
+    u32: _Unpack
+    pcr: bytes
+    name: bytes  # u32 length + template name, as listed
+    header: int  # bytes before the template data
+    l1: int  # length of the digest field
+    three: bool  # a signature field follows the name
+
+
+_SHAPES: dict[tuple[str, str, int], _RunShape | None] = {}
+
+
+def _run_shape(order: ByteOrder, tpl: templates.Template, tdata: bytes, check_sigs: bool) -> _RunShape | None:
+    """The run shape of the entries that may follow this one through `_run`, or None (not a plain template,
+    or ima-sig with signatures to verify: those take the careful path)."""
+    nfields = _FAST.get(tpl.fields, 0)
+    if not nfields or (nfields == 3 and check_sigs) or len(tdata) < 4:
+        return None
+    l1 = int.from_bytes(tdata[:4], order)
+    if l1 > 1024:
+        return None
+    key = (order, tpl.name, l1)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        e = "<" if order == "little" else ">"
+        raw = tpl.name.encode("ascii")
+        shape = _RunShape(struct.Struct(f"{e}4s20s{4 + len(raw)}sII{l1}sI").unpack_from,
+                          struct.Struct(f"{e}I").unpack_from, IMA_PCR.to_bytes(4, order),
+                          len(raw).to_bytes(4, order) + raw, 32 + len(raw), l1, nfields == 3)
+        if len(_SHAPES) < 256:
+            _SHAPES[key] = shape
+    return shape
+
+
+def _run(data: ListData, off: int, stop: int, shape: _RunShape, sha1_app: Callable[[bytes], None],
+         other_banks: Sequence[_BankOut], match: Callable[[bytes, bytes], bool] | None) -> tuple[int, int, int]:
+    """Walk intact PCR-10 entries of the run's shape from `off`; stop before the first entry that
+    needs a closer look. Returns (offset reached, entries taken, files matched)."""
     sha1 = hashlib.sha1
     end = len(data)
-    nlen = len(name_raw)
-    name_at = 28
-    find = data.find  # bytes and mmap both have it (mmap has no startswith)
+    unpack = shape.unpack
+    u32 = shape.u32
+    pcr10 = shape.pcr
+    name = shape.name
+    header = shape.header
+    l1_run = shape.l1
+    base = 8 + l1_run  # the name starts this far into the template data
+    three = shape.three
     count = matched = 0
     # with exactly one other bank (the usual case), its hash and output are bound outside the loop
     ctor1, app1 = other_banks[0] if len(other_banks) == 1 else (None, None)
     try:
         while off < stop:
-            pcr, listed, nl = header(data, off)
-            if pcr != 10 or nl != nlen or find(name_raw, off + name_at, off + name_at + nlen) < 0:
-                break
-            p = off + 32 + nlen
-            dlen = u32(data, p - 4)[0]
+            f_pcr, listed, f_name, dlen, l1, dng, l2 = unpack(data, off)
+            p = off + header
             q = p + dlen
-            if q > end or dlen > MAX_TEMPLATE_DATA:
+            if f_pcr != pcr10 or f_name != name or l1 != l1_run or q > end or dlen > MAX_TEMPLATE_DATA:
+                break
+            # the field structure must hold exactly (a matching hash proves nothing about it)
+            if three:
+                if base + l2 + 4 + u32(data, p + base + l2)[0] != dlen:
+                    break
+            elif base + l2 != dlen:
                 break
             tdata = data[p:q]
             computed = sha1(tdata).digest()
             if computed != listed:
                 break
-            # the field structure must hold exactly (a matching hash proves nothing about it)
-            l1 = u32(tdata, 0)[0]
-            p2 = 8 + l1
-            l2 = u32(tdata, p2 - 4)[0]
-            if three:
-                p3 = p2 + l2
-                if p3 + 4 + u32(tdata, p3)[0] != dlen:
-                    break
-            elif p2 + l2 != dlen:
-                break
-            if files_get is not None:
-                if l2 == 0 or tdata[p2 + l2 - 1] != 0:
-                    break
-                head, _, fdigest = tdata[4:p2 - 4].partition(b":\0")
-                prefix = prefixes.get(head)
-                if prefix is None:  # "sha256" / "ima:sha256" -> "sha256:", once per algorithm
-                    prefix = prefixes[head] = head.rsplit(b":", 1)[-1].decode("ascii", "replace") + ":"
-                if files_get(tdata[p2:p2 + l2 - 1].decode("utf-8", "surrogateescape")) != prefix + fdigest.hex():
+            if match is not None:
+                if l2 == 0 or tdata[base + l2 - 1] != 0 or not match(tdata[base:base + l2 - 1], dng):
                     break
                 matched += 1
             sha1_app(computed)
@@ -355,21 +350,89 @@ def _run(data: ListData, off: int, stop: int, header: _Unpack, u32: _Unpack, nam
     return off, count, matched
 
 
-# Templates the tight loop decodes inline: number of fields
-_FAST = {("d-ng", "n-ng"): 2, ("d-ngv2", "n-ng"): 2, ("d-ng", "n-ng", "sig"): 3, ("d-ngv2", "n-ng", "sig"): 3}
+_NUL = b"\0"
+_NAME_FIELD_LENGTHS = [(n + 1).to_bytes(4, "little") for n in range(4096)]  # n-ng length of an n-byte name
 
 
-def _template(data: ListData, p: int, nlen: int, end: int, number: int, source: str, off: int) -> templates.Template:
-    if nlen == 0 or nlen > templates.MAX_TEMPLATE_NAME or nlen > end - p:
-        raise ParseError(f"entry {number}: template name length {nlen} invalid ({end - p} bytes left)",
-                         source=source, offset=off + 24)
+def _ascii_fast(job: Job, res: ChunkResult, start: int, stop: int) -> bool:
+    """Check the ascii lines in [start, stop) if every one is a plain, intact PCR-10 ima-ng entry
+    with the digest algorithm of the chunk's first line (and, with a manifest, a file it allows):
+    each line is cut at fixed positions by one struct call, and the template hashes are decoded
+    and compared in one piece. False (and `res` left to be discarded) if any line needs the
+    careful path, which then walks the whole chunk."""
+    lines = job.data[start:stop].split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the newline ending the chunk's last line
+    at_start = start == 0
+    if at_start and lines and lines[0].startswith(b"PCR "):
+        del lines[0]  # the column header some tools print
+    head = _ASCII_HEAD.match(lines[0]) if lines else None
+    if head is None:
+        return False
+    algo, hexlen = head.group(1), len(head.group(2))
+    if hexlen % 2 or hexlen > 256:
+        return False
+    line_head = struct.Struct(f"3s40s{9 + len(algo)}s{hexlen}ss")  # "10 " hash " ima-ng algo:" digest " "
+    cut = line_head.unpack_from
+    name_at = line_head.size
+    pcr10, middle, space = b"10 ", b" ima-ng " + algo + b":", b" "
+    dng_head = algo + b":\0"
+    prefix = (len(dng_head) + hexlen // 2).to_bytes(4, "little") + dng_head
+    lengths = _NAME_FIELD_LENGTHS
+    unhex = binascii.unhexlify
+    sha1 = hashlib.sha1
+    other_names = [b for b in job.banks if b != "sha1"]
+    other_outs: list[list[bytes]] = [[] for _ in other_names]
+    others = [(getattr(hashlib, b), o.append) for b, o in zip(other_names, other_outs)]
+    ctor1, app1 = others[0] if len(others) == 1 else (None, None)
+    sha1_out: list[bytes] = []
+    sha1_app = sha1_out.append
+    listed: list[bytes] = []
+    listed_app = listed.append
+    ref = job.reference
+    match = ref.digest_matcher() if ref is not None else None
+    first = at_start
     try:
-        name = data[p:p + nlen].decode("ascii")
-    except UnicodeDecodeError:
-        raise ParseError(f"entry {number}: template name is not ascii", source=source, offset=p) from None
-    if not name.isprintable():
-        raise ParseError(f"entry {number}: template name is not printable", source=source, offset=p)
-    return templates.lookup(name, f"entry {number}", source, p)
+        for line in lines:
+            f_pcr, th, f_middle, fh, f_space = cut(line)
+            if f_pcr != pcr10 or f_middle != middle or f_space != space:
+                return False
+            name = line[name_at:]
+            digest = unhex(fh)
+            tdata = prefix + digest + lengths[len(name)] + name + _NUL
+            if first:
+                if name != b"boot_aggregate":
+                    return False  # the careful path decides what a list not starting with boot_aggregate means
+                res.first = (boot_aggregate.NAME, algo.decode("ascii"), digest)
+                first = False
+            elif match is not None and not match(name, dng_head + digest):
+                return False
+            sha1_app(sha1(tdata).digest())
+            if ctor1 is not None and app1 is not None:
+                app1(ctor1(tdata).digest())
+            else:
+                for ctor, app in others:
+                    app(ctor(tdata).digest())
+            listed_app(th)
+        sha1_all = b"".join(sha1_out)
+        if unhex(b"".join(listed)) != sha1_all:
+            return False  # a tampered entry or a violation: the careful path names it
+    except (struct.error, binascii.Error, IndexError):  # a short line, bad hex, a name of 4 KiB or more
+        return False
+    count = len(lines)
+    checked = count - (1 if at_start else 0)  # the careful path never checks boot_aggregate
+    if match is not None:
+        res.stats["files-matched"] += checked
+    if job.keyring is not None:
+        res.stats["no-signature-field"] += checked
+    res.count = count
+    res.bank_digests["sha1"] = sha1_all
+    for b, out in zip(other_names, other_outs):
+        res.bank_digests[b] = b"".join(out)
+    return True
+
+
+_ASCII_HEAD = re.compile(rb"10 [0-9a-f]{40} ima-ng ([a-z0-9_]{1,32}):([0-9a-f]+) ")
 
 
 class _EntryContext:
@@ -645,15 +708,15 @@ def _fold_from(bank: str, value: bytes, digests: bytes, target: bytes | None) ->
     size = BANK_SIZES[bank]
     ctor = getattr(hashlib, bank)
     matches: list[int] = []
-    mv = memoryview(digests)
+    pieces = struct.iter_unpack(f"{size}s", digests)  # one bytes per digest, without a slice per step
     if target is None:
-        for i in range(0, len(digests), size):
-            value = ctor(value + mv[i:i + size]).digest()
+        for (digest,) in pieces:
+            value = ctor(value + digest).digest()
         return value, matches
-    for i in range(0, len(digests), size):
-        value = ctor(value + mv[i:i + size]).digest()
+    for n, (digest,) in enumerate(pieces, 1):
+        value = ctor(value + digest).digest()
         if value == target:
-            matches.append(i // size + 1)
+            matches.append(n)
     return value, matches
 
 

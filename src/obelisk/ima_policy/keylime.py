@@ -56,7 +56,7 @@ class RuntimePolicy:
         }
 
 
-def _hexmap(data: Any, key: str, source: str) -> dict[str, tuple[str, ...]]:
+def hexmap(data: Any, key: str, source: str) -> dict[str, tuple[str, ...]]:
     value = data.get(key, {})
     if value is None:
         return {}
@@ -92,8 +92,8 @@ def from_json(data: Any, source: str = "runtime policy") -> RuntimePolicy:
         raise InputError("ima.ignored_keyrings: expected a list of names", source=source)
     release = data.get("release", 0)
     return RuntimePolicy(
-        digests=_hexmap(data, "digests", source), excludes=tuple(excludes),
-        keyrings=_hexmap(data, "keyrings", source), ima_buf=_hexmap(data, "ima-buf", source),
+        digests=hexmap(data, "digests", source), excludes=tuple(excludes),
+        keyrings=hexmap(data, "keyrings", source), ima_buf=hexmap(data, "ima-buf", source),
         ignored_keyrings=tuple(ignored), log_hash_alg=str(ima.get("log_hash_alg", "sha1")),
         release=release if isinstance(release, int) else 0,
         generator=meta.get("generator", 0) if isinstance(meta.get("generator", 0), int) else 0,
@@ -130,6 +130,8 @@ def to_reference(policy: RuntimePolicy) -> ReferenceManifest:
 
 def from_reference(manifest: ReferenceManifest, log_hash_alg: str = "sha1") -> RuntimePolicy:
     """Keylime has no 'any digest' rule: such rules become excludes (the file is then not checked)."""
+    if not isinstance(manifest.files, dict):
+        raise TypeError("a manifest loaded with load_compact cannot be converted")
     digests = {p: tuple(d.split(":", 1)[1] for d in manifest.digests(p)) for p in manifest.files}
     ima_buf = {n: tuple(d.split(":", 1)[1] for d in ds) for n, ds in manifest.buffers.items()}
     excludes = tuple(r.regex() if r.kind == "glob" else r.pattern for r in manifest.rules)

@@ -22,10 +22,11 @@ the entry number and byte offset.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from obelisk.core.errors import ParseError
 from obelisk.ima_policy import templates
@@ -129,63 +130,70 @@ def iter_binary(data: bytes, start: int = 0, stop: int | None = None, order: Byt
                 ) -> Iterator[tuple[int, int, int, bytes, str, bytes]]:
     """Yield (number, offset, pcr, template_digest, template_name, template_data) of entries
     starting at `start` until an entry begins at or after `stop` (default: end of data)."""
-    u32 = struct.Struct("<I" if order == "little" else ">I")
-    end = len(data)
+    u32 = struct.Struct("<I" if order == "little" else ">I").unpack_from
     if stop is None:
-        stop = end
+        stop = len(data)
     off = start
     number = first_number
-    names: dict[bytes, str] = {}
+    names: dict[bytes, Template] = {}
     while off < stop:
-        entry_off = off
-        if end - off < 28:
-            raise ParseError(f"entry {number}: truncated header ({end - off} bytes left, at least 28 needed)",
-                             source=source, offset=off)
-        pcr = u32.unpack_from(data, off)[0]
-        if pcr > MAX_PCR:
-            raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
-        digest = data[off + 4:off + 24]
-        name_len = u32.unpack_from(data, off + 24)[0]
-        off += 28
-        if name_len == 0 or name_len > templates.MAX_TEMPLATE_NAME or name_len > end - off:
-            raise ParseError(f"entry {number}: template name length {name_len} invalid "
-                             f"({end - off} bytes left)", source=source, offset=off - 4)
-        raw_name = data[off:off + name_len]
-        name = names.get(raw_name)
-        if name is None:
-            try:
-                name = raw_name.decode("ascii")
-            except UnicodeDecodeError:
-                raise ParseError(f"entry {number}: template name is not ascii", source=source, offset=off) from None
-            if not name.isprintable():
-                raise ParseError(f"entry {number}: template name is not printable", source=source, offset=off)
-            templates.lookup(name, f"entry {number}", source, off)
-            names[raw_name] = name
-        off += name_len
-        if name == "ima":
-            # legacy layout: digest[20] | u32 len | name (no NUL); hashed as digest | name padded to 256
-            if end - off < 24:
-                raise ParseError(f"entry {number}: truncated 'ima' template data", source=source, offset=off)
-            file_digest = data[off:off + 20]
-            nlen = u32.unpack_from(data, off + 20)[0]
-            off += 24
-            if nlen > templates.IMA_NAME_HASHED_LEN - 1 or nlen > end - off:
-                raise ParseError(f"entry {number}: file name length {nlen} invalid ({end - off} bytes left)",
-                                 source=source, offset=off - 4)
-            template_data = file_digest + data[off:off + nlen].ljust(templates.IMA_NAME_HASHED_LEN, b"\0")
-            off += nlen
-        else:
-            if end - off < 4:
-                raise ParseError(f"entry {number}: truncated before template data length", source=source, offset=off)
-            data_len = u32.unpack_from(data, off)[0]
-            off += 4
-            if data_len > MAX_TEMPLATE_DATA or data_len > end - off:
-                raise ParseError(f"entry {number}: template data length {data_len} exceeds the {end - off} bytes left",
-                                 source=source, offset=off - 4)
-            template_data = data[off:off + data_len]
-            off += data_len
-        yield number, entry_off, pcr, digest, name, template_data
+        pcr, digest, tpl, template_data, next_off = read_entry(data, off, u32, number, source, names)
+        yield number, off, pcr, digest, tpl.name, template_data
+        off = next_off
         number += 1
+
+
+def read_entry(data: bytes | mmap.mmap, off: int, u32: Callable[[Any, int], tuple[Any, ...]], number: int, source: str,
+               names: dict[bytes, Template]) -> tuple[int, bytes, Template, bytes, int]:
+    """The binary entry at `off`: (pcr, template_digest, template, template_data, offset of the next entry).
+
+    The one reader of the binary layout (`u32` is the list's bound `Struct.unpack_from`; `names`
+    caches the templates seen). Every bound is checked; a bad one is a ParseError naming the entry
+    number and the offset of the field."""
+    end = len(data)
+    if end - off < 28:
+        raise ParseError(f"entry {number}: truncated header ({end - off} bytes left, at least 28 needed)",
+                         source=source, offset=off)
+    pcr = u32(data, off)[0]
+    if pcr > MAX_PCR:
+        raise ParseError(f"entry {number}: PCR index {pcr} out of range", source=source, offset=off)
+    digest = data[off + 4:off + 24]
+    name_len = u32(data, off + 24)[0]
+    off += 28
+    if name_len == 0 or name_len > templates.MAX_TEMPLATE_NAME or name_len > end - off:
+        raise ParseError(f"entry {number}: template name length {name_len} invalid "
+                         f"({end - off} bytes left)", source=source, offset=off - 4)
+    raw_name = data[off:off + name_len]
+    tpl = names.get(raw_name)
+    if tpl is None:
+        try:
+            name = raw_name.decode("ascii")
+        except UnicodeDecodeError:
+            raise ParseError(f"entry {number}: template name is not ascii", source=source, offset=off) from None
+        if not name.isprintable():
+            raise ParseError(f"entry {number}: template name is not printable", source=source, offset=off)
+        tpl = names[raw_name] = templates.lookup(name, f"entry {number}", source, off)
+    off += name_len
+    if tpl.legacy:
+        # legacy layout: digest[20] | u32 len | name (no NUL); hashed as digest | name padded to 256
+        if end - off < 24:
+            raise ParseError(f"entry {number}: truncated 'ima' template data", source=source, offset=off)
+        file_digest = data[off:off + 20]
+        nlen = u32(data, off + 20)[0]
+        off += 24
+        if nlen > templates.IMA_NAME_HASHED_LEN - 1 or nlen > end - off:
+            raise ParseError(f"entry {number}: file name length {nlen} invalid ({end - off} bytes left)",
+                             source=source, offset=off - 4)
+        return pcr, digest, tpl, file_digest + data[off:off + nlen].ljust(templates.IMA_NAME_HASHED_LEN, b"\0"), \
+            off + nlen
+    if end - off < 4:
+        raise ParseError(f"entry {number}: truncated before template data length", source=source, offset=off)
+    data_len = u32(data, off)[0]
+    off += 4
+    if data_len > MAX_TEMPLATE_DATA or data_len > end - off:
+        raise ParseError(f"entry {number}: template data length {data_len} exceeds the {end - off} bytes left",
+                         source=source, offset=off - 4)
+    return pcr, digest, tpl, data[off:off + data_len], off + data_len
 
 
 def parse_binary(data: bytes, source: str = "measurement list", byte_order: ByteOrder | None = None) -> MeasurementList:

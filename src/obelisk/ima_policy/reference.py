@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from obelisk.core.errors import InputError
+from obelisk.ima_policy.digest_table import Builder, DigestTable, NotStreamable, stream_object
 
 SCHEMA = "obelisk.ima-reference/1"
 ANY_DIGEST = "any-digest"
@@ -63,14 +64,17 @@ class Rule:
 @dataclass(frozen=True)
 class ReferenceManifest:
     # path -> "sha256:hex", or a tuple of them when a file may have several digests (the single
-    # string form keeps million-file manifests fast to load and look up; use `digests(path)`)
-    files: dict[str, str | tuple[str, ...]]
+    # string form keeps million-file manifests fast to load and look up; use `digests(path)`);
+    # a DigestTable when loaded with `load_compact` (checking only: it cannot be listed or serialized)
+    files: dict[str, str | tuple[str, ...]] | DigestTable
     rules: tuple[Rule, ...] = ()
     buffers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     image: str = ""
 
     def digests(self, path: str) -> tuple[str, ...]:
-        value = self.files.get(path, ())
+        value = self.files.get(path)
+        if value is None:
+            return ()
         return (value,) if isinstance(value, str) else value
 
     def allows(self, path: str, digest: str) -> bool:
@@ -78,6 +82,8 @@ class ReferenceManifest:
         return value == digest if isinstance(value, str) else value is not None and digest in value
 
     def to_json(self) -> dict[str, Any]:
+        if isinstance(self.files, DigestTable):
+            raise TypeError("a manifest loaded with load_compact cannot be serialized")
         out: dict[str, Any] = {"schema": SCHEMA}
         if self.image:
             out["image"] = self.image
@@ -89,6 +95,30 @@ class ReferenceManifest:
 
     def matcher(self) -> RuleMatcher:
         return RuleMatcher(self.rules)
+
+    def digest_matcher(self) -> Callable[[bytes, bytes], bool]:
+        """`match(path, digest_field)`: the file at `path` (as listed: bytes, no NUL) is in `files` with
+        the digest of a d-ng/d-ngv2 field (`[type:]algo:\\0digest`). The hot path of `ima log verify`."""
+        files = self.files
+        if isinstance(files, DigestTable):
+            return files.matcher()
+        get = files.get
+        prefixes: dict[bytes, str] = {}
+
+        def match(path: bytes, field: bytes) -> bool:
+            head, sep, digest = field.partition(b":\0")
+            if not sep:
+                return False
+            prefix = prefixes.get(head)
+            if prefix is None:  # "sha256" / "ima:sha256" -> "sha256:", once per algorithm
+                prefix = prefixes[head] = head.rsplit(b":", 1)[-1].decode("ascii", "replace") + ":"
+            expected = get(path.decode("utf-8", "surrogateescape"))
+            if expected is None:
+                return False
+            value = prefix + digest.hex()
+            return expected == value or (type(expected) is tuple and value in expected)
+
+        return match
 
 
 class RuleMatcher:
@@ -259,3 +289,148 @@ def load(path: str | Path) -> ReferenceManifest:
     if isinstance(obj, dict) and "schema" not in obj and "digests" in obj:
         return keylime.to_reference(keylime.from_json(obj, source))
     return from_json(obj, source)
+
+
+# ----------------------------------------------------------------------------- large manifests
+
+STREAM_ABOVE = 16 << 20  # manifests larger than this are read in windows by load_compact
+_WS = re.compile(rb"[ \t\n\r]*")
+_KEY = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_SCALAR = re.compile(rb'-?[0-9][0-9.eE+-]*|true|false|null')
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|[^"\[\]{}]+')
+
+
+def load_compact(path: str | Path, stream_above: int = STREAM_ABOVE) -> ReferenceManifest:
+    """`load` for checking a list: the files' digests in a DigestTable, a large manifest (or Keylime
+    policy) read in windows from a mapping of the file, so memory stays bounded whatever its size.
+    Same manifest, same answers as `load`; anything the windowed reader does not take (malformed
+    JSON, an unexpected layout) is read by `load`, which names the problem."""
+    import mmap
+
+    from obelisk.core.inputs import map_bounded
+
+    source = str(path)
+    data = map_bounded(path, "reference manifest", MAX_MANIFEST_BYTES)
+    if len(data) <= stream_above:
+        manifest = load(path)
+        return _compact(manifest)
+
+    def drop(start: int, end: int) -> None:
+        """Hand the read pages back, and those a fault mapped around them (a large folio, up to 2 MiB)."""
+        if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            start = max(0, start - (2 << 20))
+            first = start - start % mmap.PAGESIZE
+            data.madvise(mmap.MADV_DONTNEED, first, min(len(data), end + (2 << 20)) - first)
+
+    try:
+        return _load_streamed(data, source, drop)
+    except NotStreamable:
+        return load(path)
+
+
+def _compact(manifest: ReferenceManifest) -> ReferenceManifest:
+    if isinstance(manifest.files, DigestTable):
+        return manifest
+    builder = Builder()
+    builder.add_all(manifest.files)
+    return ReferenceManifest(builder.table(), manifest.rules, manifest.buffers, manifest.image)
+
+
+def _load_streamed(doc: Any, source: str, drop: Callable[[int, int], None]) -> ReferenceManifest:
+    """The manifest with its one large member (`files`, or a Keylime policy's `digests`) streamed
+    into a DigestTable and the rest parsed as usual."""
+    from obelisk.ima_policy import keylime
+
+    loads = _json_loads()
+    pos = _WS.match(doc, 0).end()  # type: ignore[union-attr]
+    if doc[pos:pos + 1] != b"{":
+        raise NotStreamable
+    pos += 1
+    spans: list[tuple[int, int, str, Builder]] = []
+    while True:
+        pos = _WS.match(doc, pos).end()  # type: ignore[union-attr]
+        if doc[pos:pos + 1] == b"}":
+            break
+        key_match = _KEY.match(doc, pos)
+        if key_match is None:
+            raise NotStreamable
+        try:
+            key = loads(key_match.group())
+        except ValueError:
+            raise NotStreamable from None
+        pos = _WS.match(doc, key_match.end()).end()  # type: ignore[union-attr]
+        if doc[pos:pos + 1] != b":":
+            raise NotStreamable
+        pos = _WS.match(doc, pos + 1).end()  # type: ignore[union-attr]
+        if key in ("files", "digests") and doc[pos:pos + 1] == b"{":
+            builder = Builder()
+            start = pos
+            for piece_end, piece in stream_object(doc, start, loads, drop):
+                _add_piece(builder, key, piece, source)
+                pos = piece_end
+            spans.append((start, pos, key, builder))
+        else:
+            pos = _skip_value(doc, pos)
+        pos = _WS.match(doc, pos).end()  # type: ignore[union-attr]
+        if doc[pos:pos + 1] == b",":
+            pos += 1
+        elif doc[pos:pos + 1] != b"}":
+            raise NotStreamable
+    if len(spans) != 1:
+        raise NotStreamable  # none (a small manifest in a large file) or a duplicate key: read it whole
+    start, end, key, builder = spans[0]
+    rest = _decode_json(bytes(doc[:start]) + b"{}" + bytes(doc[end:]), source)
+    if isinstance(rest, dict) and "schema" not in rest and "digests" in rest:
+        if key != "digests":
+            raise NotStreamable
+        manifest = keylime.to_reference(keylime.from_json(rest, source))
+    else:
+        if key != "files":
+            raise NotStreamable
+        manifest = from_json(rest, source)
+    return ReferenceManifest(builder.table(), manifest.rules, manifest.buffers, manifest.image)
+
+
+def _add_piece(builder: Builder, key: str, piece: dict[str, Any], source: str) -> None:
+    """Validate a window of `files` (or Keylime `digests`) as `from_json` (`keylime.from_json`) would."""
+    from obelisk.ima_policy import keylime
+
+    if key == "files":
+        builder.add_all(_files(piece, source))
+        return
+    policy = keylime.RuntimePolicy(digests=keylime.hexmap({"digests": piece}, "digests", source))
+    builder.add_all(keylime.to_reference(policy).files)  # type: ignore[arg-type]
+
+
+def _skip_value(doc: Any, pos: int) -> int:
+    """The end of the (small) JSON value at `pos`; it is parsed for real later."""
+    first = doc[pos:pos + 1]
+    if first == b'"':
+        m = _KEY.match(doc, pos)
+        if m is None:
+            raise NotStreamable
+        return m.end()
+    if first not in (b"[", b"{"):
+        m = _SCALAR.match(doc, pos)
+        if m is None:
+            raise NotStreamable
+        return m.end()
+    depth = 0
+    for m in _TOKEN.finditer(doc, pos):
+        t = m.group()[:1]
+        if t in (b"[", b"{"):
+            depth += 1
+        elif t in (b"]", b"}"):
+            depth -= 1
+            if depth == 0:
+                return m.end()
+    raise NotStreamable
+
+
+def _json_loads() -> Callable[[bytes], Any]:
+    try:
+        import orjson
+
+        return orjson.loads
+    except ImportError:  # pragma: no cover - orjson is a dependency
+        return json.loads
