@@ -113,6 +113,13 @@ def _import_token(device: str, token: Token) -> None:
         _cryptsetup(["token", "import", "--json-file", _fd_path(fd), device], fds=(fd,))
 
 
+def _replace_token(device: str, old: Token, new: Token) -> None:
+    """Import `new` before removing `old`, so the header holds a usable token at every step."""
+    _import_token(device, new)
+    if old.token_id is not None:
+        _cryptsetup(["token", "remove", "--token-id", str(old.token_id), device])
+
+
 def import_token(device: str, token: Token) -> None:
     """Store `token` (public data: the sealed blob and the keyslot it opens) in the volume's header."""
     _import_token(device, token)
@@ -283,9 +290,7 @@ def reseal(device: str, tcti: str | None = None, *, pcrs: Sequence[int] | None =
     slot = _free_slot(metadata(device))
     _add_key(device, auth, new_key, slot)
     new = Token(keyslot=slot, sealed=sealed, signed_policies=old.signed_policies)
-    _import_token(device, new)
-    if old.token_id is not None:
-        _cryptsetup(["token", "remove", "--token-id", str(old.token_id), device])
+    _replace_token(device, old, new)
     with _pipes(new_key) as (fd,):
         _cryptsetup(["luksKillSlot", "--batch-mode", "--key-file", _fd_path(fd), device, str(old.keyslot)],
                     fds=(fd,))
@@ -310,9 +315,7 @@ def _reseal_derived(device: str, old: Token, tcti: str | None, *, pcrs: Sequence
     sealed = sealmod.seal(tpm_part, tuple(pcrs) if pcrs else old.sealed.pcrs, tcti, values=values,
                           authorize_key=old.sealed.authorize_key, bound=old.sealed.bound)
     new = Token(keyslot=old.keyslot, sealed=sealed, signed_policies=old.signed_policies, derived=old.derived)
-    _import_token(device, new)
-    if old.token_id is not None:
-        _cryptsetup(["token", "remove", "--token-id", str(old.token_id), device])
+    _replace_token(device, old, new)
     return new
 
 
@@ -326,7 +329,5 @@ def add_signed_policy(device: str, policy: sealmod.SignedPolicy) -> Token:
                          source=device)
     new = Token(keyslot=old.keyslot, sealed=old.sealed, signed_policies=(*old.signed_policies, policy),
                 derived=old.derived)
-    _import_token(device, new)
-    if old.token_id is not None:
-        _cryptsetup(["token", "remove", "--token-id", str(old.token_id), device])
+    _replace_token(device, old, new)
     return new
