@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from obelisk.cli.common import add_output_options, add_quiet, emit_report, emit_result
@@ -42,13 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.set_defaults(handler=_keys_generate)
 
     ima = subcommand_group(sub, "ima", "IMA signatures, policies and measurement lists")
-    sign = ima.add_parser("sign", help="sign every regular file under PATH with IMA v2 signatures")
+    sign = ima.add_parser("sign", help="sign every regular file under PATH (or, with --oci, in the layers of the OCI "
+                                       "image layout PATH) with IMA v2 signatures")
     sign.add_argument("--key", required=True, help="private key file (PEM/DER) or pkcs11: URI")
     sign.add_argument("--cert", required=True, help="the key's X.509 certificate (PEM or DER)")
     sign.add_argument("--hash", default="sha256", choices=("sha256", "sha384", "sha512"))
     sign.add_argument("--jobs", type=int, default=None, help="worker processes (default: every core)")
     sign.add_argument("--xattr-file", metavar="OUT",
                       help="write nothing to the files; write signatures in getfattr --dump format to OUT")
+    sign.add_argument("--oci", action="store_true",
+                      help="each PATH is an OCI image layout: put a security.ima PAX record on every regular file of "
+                           "every layer and update the digests (one process; see docs/oci.md)")
     sign.add_argument("paths", nargs="+", metavar="PATH")
     add_passphrase_options(sign)
     add_quiet(sign)
@@ -89,6 +94,12 @@ def _ima_sign(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise InputError("--jobs must be at least 1")
+    if args.oci:
+        return _ima_sign_oci(args)
+    for path in args.paths:
+        if os.path.isfile(os.path.join(path, "oci-layout")):
+            raise InputError("is an OCI image layout: add --oci to sign the files in its layers "
+                             "(without it, security.ima would be set on its blob files)", source=path)
     # sign_tree proves the key against the certificate before any work, so OpenSSL's slow RSA check is skipped
     key = load_signing_key(args.key, passphrase_source(args), check_rsa_primes=False)
     cert = load_certificate(args.cert)
@@ -100,6 +111,25 @@ def _ima_sign(args: argparse.Namespace) -> int:
     return emit_result(args, summary.to_json(),
                        f"signed {summary.signed} files ({summary.hash_algo}, key id {summary.key_id}); "
                        f"skipped: {skipped}; {where}\n")
+
+
+def _ima_sign_oci(args: argparse.Namespace) -> int:
+    from obelisk.core.errors import InputError
+    from obelisk.signer.keys import load_certificate, load_signing_key
+    from obelisk.signer.oci_sign import sign_layout
+
+    if args.xattr_file:
+        raise InputError("--xattr-file does not apply to --oci: the signatures go into the layers")
+    key = load_signing_key(args.key, passphrase_source(args), check_rsa_primes=False)
+    cert = load_certificate(args.cert)
+    summaries = [sign_layout(path, key, cert, hash_name=args.hash, cert_source=args.cert) for path in args.paths]
+    data = {"layouts": [s.to_json() for s in summaries]}
+    return emit_result(args, data, lambda d: "".join(
+        f"{s['layout']}: signed {s['signed']} files in {s['layers']} layers of {s['images']} images "
+        f"({s['hash']}, key id {s['key_id']}); skipped: "
+        f"{', '.join(f'{n} {k}' for k, n in s['skipped'].items()) or 'none'}; "
+        f"{s['artifacts']} non-image manifests kept; {s['removed_blobs']} replaced blobs removed\n"
+        for s in d["layouts"]))
 
 
 def _ima_verify(args: argparse.Namespace) -> int:
