@@ -120,9 +120,12 @@ def unpack_to(blob: IO[bytes], kind: str, out: IO[bytes], expect_digest: str, ex
     tar_hash = hashlib.sha256()
     blob_size = tar_size = 0
     d = zlib.decompressobj(wbits=31) if kind == "gzip" else None
+    broken: str | None = None  # reported after the digest: a blob that is not what its descriptor says, first
     while chunk := blob.read(_CHUNK):
         blob_hash.update(chunk)
         blob_size += len(chunk)
+        if broken is not None:
+            continue
         if d is None:
             data = chunk
         else:
@@ -133,18 +136,21 @@ def unpack_to(blob: IO[bytes], kind: str, out: IO[bytes], expect_digest: str, ex
                     d = zlib.decompressobj(wbits=31)
                     data += d.decompress(rest)
             except zlib.error as exc:
-                raise InputError(f"layer is not gzip data: {exc}", source=source) from None
+                broken = f"layer is not gzip data: {exc}"
+                continue
         tar_hash.update(data)
         tar_size += len(data)
         if tar_size > MAX_LAYER_TAR_BYTES:
             raise InputError(f"layer unpacks to more than {MAX_LAYER_TAR_BYTES} bytes", source=source)
         out.write(data)
-    if d is not None and not d.eof:
-        raise InputError("layer is not gzip data: truncated stream", source=source)
     if blob_hash.hexdigest() != expect_digest.split(":", 1)[1]:
         raise InputError("content does not match its digest", source=source)
     if blob_size != expect_size:
         raise InputError(f"{blob_size} bytes, but its descriptor's size says {expect_size}", source=source)
+    if broken is None and d is not None and not d.eof:
+        broken = "layer is not gzip data: truncated stream"
+    if broken is not None:
+        raise InputError(broken, source=source)
     out.flush()
     return "sha256:" + tar_hash.hexdigest()
 

@@ -86,8 +86,8 @@ class _LayoutSigner:
         self.old: set[str] = set()
         self.new: set[str] = set()
         self.opaque = False  # a descriptor of a type not walked: its blob may refer to anything
-        self.layers: dict[str, oci_layer.LayerResult] = {}
-        self.manifests: dict[str, dict[str, Any]] = {}
+        self.layers: dict[tuple[str, str], oci_layer.LayerResult] = {}
+        self.manifests: dict[str, tuple[str, int]] = {}  # old digest -> new (digest, size)
         self.images = self.artifacts = 0
         self.skipped: Counter[str] = Counter()
 
@@ -112,8 +112,8 @@ class _LayoutSigner:
         return {**doc, "manifests": items}
 
     def manifest(self, desc: Descriptor, source: str, where: str) -> dict[str, Any]:
-        if desc.digest in self.manifests:
-            return self.manifests[desc.digest]
+        if desc.digest in self.manifests:  # named again (by another index, another tag): its own fields kept
+            return desc.replaced(*self.manifests[desc.digest])
         doc = self.layout.read_json_blob(desc, source, where, MAX_MANIFEST_BYTES)
         path = str(self.layout.blob_path(desc, source, where))
         config = parse_descriptor(doc.get("config"), path, "config")
@@ -122,7 +122,7 @@ class _LayoutSigner:
         if config.media_type not in IMAGE_CONFIG_TYPES:
             self.artifacts += 1
             self.new.update([config.digest] + [layer.digest for layer in layers])
-            self.manifests[desc.digest] = desc.raw
+            self.manifests[desc.digest] = (desc.digest, desc.size)
             return desc.raw
         for i, layer in enumerate(layers):  # refuse an unsupported layer before any work
             oci_layer.compression_of(layer.media_type, path, f"layers[{i}]")
@@ -151,19 +151,20 @@ class _LayoutSigner:
                                           desc.media_type, desc.raw)
         self.new.update([new_config["digest"]] + [layer["digest"] for layer in new_layers])
         self.images += 1
-        self.manifests[desc.digest] = new
+        self.manifests[desc.digest] = (new["digest"], new["size"])
         return new
 
     def layer(self, desc: Descriptor, source: str, where: str) -> oci_layer.LayerResult:
-        if desc.digest in self.layers:
-            return self.layers[desc.digest]
+        cache_key = (desc.digest, desc.media_type)  # the same bytes named as tar and as gzip are two questions
+        if cache_key in self.layers:
+            return self.layers[cache_key]
         kind = oci_layer.compression_of(desc.media_type, source, where)
         path = self.layout.blob_path(desc, source, where)
         with open(path, "rb") as blob, self.layout.new_blob_file() as out, \
                 tempfile.TemporaryFile(dir=self.layout.root / "blobs", prefix=".obelisk-tar-") as scratch:
             result = oci_layer.rewrite(blob, kind, desc.digest, desc.size, scratch, out, self.signer, str(path))
             self.layout.commit_blob(out.name, result.digest)
-        self.layers[desc.digest] = result
+        self.layers[cache_key] = result
         self.skipped.update(result.skipped)
         return result
 
