@@ -16,6 +16,7 @@ from obelisk.core.errors import ToolFailedError, ToolMissingError
 # program -> Debian package that provides it
 PACKAGES: dict[str, str] = {
     "evmctl": "ima-evm-utils",
+    "umoci": "umoci",
     "getfattr": "attr",
     "openssl": "openssl",
     "softhsm2-util": "softhsm2",
