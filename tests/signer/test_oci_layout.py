@@ -167,7 +167,8 @@ def test_umoci_reads_and_unpacks_the_signed_layout(signed, tmp_path):
     proc = subprocess.run([tools.which("umoci"), "stat", "--image", f"{layout}:latest"], capture_output=True)
     assert proc.returncode == 0, proc.stderr
     bundle = tmp_path / "bundle"
-    proc = subprocess.run([tools.which("umoci"), "unpack", "--image", f"{layout}:latest", str(bundle)], capture_output=True)
+    proc = subprocess.run([tools.which("umoci"), "unpack", "--image", f"{layout}:latest", str(bundle)],
+                          capture_output=True)
     assert proc.returncode == 0, proc.stderr
     for name in ("bin/busybox", "usr/bin/hello", "opt/" + "long-name-" * 20):
         assert evmctl_verify(bundle / "rootfs" / name, keys.ima_cert_der).returncode == 0, name

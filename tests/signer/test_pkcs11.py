@@ -106,3 +106,19 @@ def test_pkcs11_errors_are_one_line(softhsm, tmp_path):
     with pytest.raises(InputError, match="no key pair"):
         load_signing_key(uri("missing", softhsm))
     assert shutil.which("pkcs11-tool")
+
+
+def test_rsa_key_on_token_signs_an_oci_layout_byte_identically_to_the_pem_key(softhsm, rsa_keys, tmp_path):
+    from obelisk.signer.oci_sign import sign_layout
+
+    from .test_oci_layout import build
+
+    import_key(rsa_keys.ima_key, "ima-rsa", "01", tmp_path)
+    reload_tokens()
+    cert = load_certificate(rsa_keys.ima_cert)
+    by_token, by_pem = build(tmp_path / "token"), build(tmp_path / "pem")
+    assert sign_layout(str(by_token), load_signing_key(uri("ima-rsa", softhsm)), cert).signed == 6
+    sign_layout(str(by_pem), load_signing_key(str(rsa_keys.ima_key)), cert)
+    assert (by_token / "index.json").read_bytes() == (by_pem / "index.json").read_bytes()
+    assert sorted(p.name for p in (by_token / "blobs/sha256").iterdir()) == \
+        sorted(p.name for p in (by_pem / "blobs/sha256").iterdir())
