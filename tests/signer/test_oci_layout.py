@@ -239,7 +239,8 @@ def test_not_a_layout(obelisk_cli, rsa_keys, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["blob-digest", "missing-blob", "traversal-digest", "symlinked-blob",
-                                    "not-a-tar", "oversized-index", "zstd", "diff-id", "bad-gzip"])
+                                    "not-a-tar", "damaged-tar", "oversized-index", "zstd", "diff-id",
+                                    "bad-gzip"])
 def test_bad_layouts_are_refused_by_name(obelisk_cli, rsa_keys, tmp_path, damage):
     layout = build(tmp_path / "layout")
     manifest_path, manifest = first_manifest(layout)
@@ -280,6 +281,14 @@ def test_bad_layouts_are_refused_by_name(obelisk_cli, rsa_keys, tmp_path, damage
         manifest["layers"][1] = builder.blob(junk, "application/vnd.oci.image.layer.v1.tar")
         rewrite_manifest(manifest)
         needles = ["not a tar archive"]
+    elif damage == "damaged-tar":  # a valid first entry, then a header that is not one: not the end
+        tar = ocibuild.tar_of(second_layer())
+        junk = tar[:1536] + b"\xff" * 512 + tar[1536:]
+        builder = LayoutBuilder.__new__(LayoutBuilder)
+        builder.root = layout
+        manifest["layers"][1] = builder.blob(junk, "application/vnd.oci.image.layer.v1.tar")
+        rewrite_manifest(manifest)
+        needles = ["damaged header or data after the end of the archive"]
     elif damage == "oversized-index":
         index = json.loads((layout / "index.json").read_text())
         index["annotations"] = {"padding": "x" * (5 << 20)}

@@ -171,6 +171,19 @@ def _skip_reason(member: tarfile.TarInfo) -> str | None:
     return "other"
 
 
+def _check_end(tar_file: IO[bytes], offset: int, source: str) -> None:
+    """Only zeros may follow the last entry. tarfile ends an archive quietly at a damaged header
+    after the first one; rewriting would then drop the rest of the layer without a word."""
+    tar_file.seek(offset)
+    position = offset
+    while chunk := tar_file.read(_CHUNK):
+        if chunk.count(0) != len(chunk):
+            bad = position + next(i for i, b in enumerate(chunk) if b)
+            raise InputError(f"layer is not a tar archive: damaged header or data after the end of the archive "
+                             f"(tar offset {bad})", source=source)
+        position += len(chunk)
+
+
 def _file_digest(tar: tarfile.TarFile, member: tarfile.TarInfo, hash_name: str) -> bytes:
     h = hashlib.new(hash_name)
     stream = tar.extractfile(member)
@@ -224,6 +237,7 @@ def sign_tar(tar_file: IO[bytes], out: IO[bytes], kind: str, signer: FileSigner,
                 if reason == "hardlink":
                     entry.pax_headers.pop(XATTR_RECORD, None)
                 writer.addfile(entry, reader.extractfile(member) if member.type in _REGULAR else None)
+        _check_end(tar_file, reader.offset, source)
     except tarfile.TarError as exc:
         raise InputError(f"layer is not a tar archive: {exc}", source=source) from None
     if compressor is not None:
