@@ -323,3 +323,17 @@ def test_a_key_not_matching_the_certificate_is_refused_before_any_work(tmp_path,
     with pytest.raises(InputError):
         sign_layout(str(layout), load_signing_key(str(other_keys.ima_key)), load_certificate(keys.ima_cert))
     assert not [p for p in (layout / "blobs").rglob(".*")]
+
+
+def test_other_hash_algorithms_verify_with_evmctl(tmp_path, rsa_keys):
+    layout = build(tmp_path / "layout")
+    sign_layout(str(layout), load_signing_key(str(rsa_keys.ima_key)), load_certificate(rsa_keys.ima_cert),
+                hash_name="sha512")
+    tar = max(ocibuild.walk(layout).layers.values(), key=len)
+    root = tmp_path / "unpacked"
+    root.mkdir()
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=security.ima", "-xf", "-", "-C", str(root)], input=tar,
+                   check=True)
+    value = imasig.parse(os.getxattr(root / "bin/busybox", "security.ima"))
+    assert isinstance(value, imasig.ImaSignature) and value.hash_algo.name == "sha512"
+    assert evmctl_verify(root / "bin/busybox", rsa_keys.ima_cert_der).returncode == 0
