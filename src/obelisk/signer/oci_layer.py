@@ -59,6 +59,7 @@ class FileSigner:
     """How a file's bytes become its `security.ima` value."""
 
     hash_name: str
+    key_id: str  # hex, the 4 bytes in every signature's header
     sign: Callable[[bytes], bytes]  # the file's digest -> the security.ima value
 
 

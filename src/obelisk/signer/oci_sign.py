@@ -74,7 +74,7 @@ def file_signer(key: SigningKey, cert: x509.Certificate, hash_name: str, cert_so
     algo = hashalgo.by_name(hash_name)
     check_key_matches_certificate(key, cert, cert_source)
     key_id = ima_key_id(cert, cert_source)
-    return oci_layer.FileSigner(algo.name, lambda digest: sign_digest_value(key, key_id, algo, digest))
+    return oci_layer.FileSigner(algo.name, key_id.hex(), lambda digest: sign_digest_value(key, key_id, algo, digest))
 
 
 class _LayoutSigner:
@@ -185,8 +185,4 @@ def sign_layout(root: str, key: SigningKey, cert: x509.Certificate, *, hash_name
     return OciSignSummary(layout=os.fspath(root), images=run.images, artifacts=run.artifacts,
                           layers=len(run.layers), signed=sum(r.signed for r in run.layers.values()),
                           skipped=dict(sorted(run.skipped.items())), removed_blobs=removed,
-                          hash_algo=signer.hash_name, key_id=key_id_hex(cert, cert_source))
-
-
-def key_id_hex(cert: x509.Certificate, cert_source: str) -> str:
-    return ima_key_id(cert, cert_source).hex()
+                          hash_algo=signer.hash_name, key_id=signer.key_id)
