@@ -26,7 +26,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -40,6 +40,9 @@ from obelisk.image import cmdline, initramfs, manifest, measure, rootfs, sbom, s
 from obelisk.image.cache import StepCache
 from obelisk.image.spec import Permission, Spec, SpecError
 from obelisk.tpm.prediction import PcrPrediction
+
+if TYPE_CHECKING:
+    from obelisk.tpm.seal import SignedPolicy
 
 ARTIFACT_KERNEL = "bzImage"
 ARTIFACT_INITRAMFS = "initramfs.cpio"
@@ -268,8 +271,11 @@ def var_recipe(plan: Plan) -> bytes | None:
         return recipe.serialize(recipe.VarRecipe(policy_key=None, unlock=unlock))
     bound = {7: plan.secure_boot.pcr7.value} if plan.secure_boot else {}
     if plan.policy_signer is not None:
+        upgrade = plan.spec.upgrade
         return recipe.serialize(recipe.VarRecipe(policy_key=_public_der(plan.policy_signer.cert),
-                                                 signed_pcrs=(measure.PCR,), bound=bound, unlock=unlock))
+                                                 signed_pcrs=(measure.PCR,), bound=bound, unlock=unlock,
+                                                 rollback_index=upgrade.rollback_index,
+                                                 advance_rollback_index=bool(upgrade.advance_rollback_index)))
     return recipe.serialize(recipe.VarRecipe(policy_key=None, bound=bound, bound_at_first_boot=(measure.PCR,),
                                              unlock=unlock))
 
@@ -289,8 +295,31 @@ def signed_var_policy(plan: Plan, unseal: bytes) -> bytes | None:
 
     values = {measure.PCR: unseal}
     signature = sign_tpm_policy(plan.policy_signer.key, seal.policy_pcr_digest((measure.PCR,), values))
-    policy = seal.SignedPolicy(pcrs=(measure.PCR,), values=values, signature=signature)
-    return pcrsig.serialize([policy], _public_der(plan.policy_signer.cert))
+    policies = [seal.SignedPolicy(pcrs=(measure.PCR,), values=values, signature=signature)]
+    public_der = _public_der(plan.policy_signer.cert)
+    if plan.spec.upgrade.rollback_index is not None:
+        # the PCR-only entry stays first: systemd's tools and volumes sealed before rollback protection read it
+        policies += rollback_approvals(plan.policy_signer.key, public_der, values, plan.spec.upgrade.rollback_index)
+    return pcrsig.serialize(policies, public_der)
+
+
+def rollback_approvals(key: Any, public_der: bytes, values: Mapping[int, bytes],
+                       rollback_index: int) -> tuple[SignedPolicy, SignedPolicy]:
+    """The customer's two approvals for an image with rollback protection (docs/upgrade.md):
+    unseal /var: PolicyPCR(values) + PolicyNV(floor <= rollback_index), policyRef UNSEAL_REF;
+    raise the floor: PolicyPCR(values), policyRef ADVANCE_REF (the floor index's authPolicy)."""
+    from obelisk.signer.keys import sign_tpm_policy
+    from obelisk.tpm import rollback
+    from obelisk.tpm import rollback_policy as rp
+    from obelisk.tpm import seal
+
+    pcrs = tuple(sorted(values))
+    check = rollback.rollback_check(public_der, rollback_index)
+    unseal = seal.SignedPolicy(pcrs=pcrs, values=dict(values), signature=b"", policy_ref=rp.UNSEAL_REF,
+                               rollback=check)
+    advance = seal.SignedPolicy(pcrs=pcrs, values=dict(values), signature=b"", policy_ref=rp.ADVANCE_REF)
+    return (replace(unseal, signature=sign_tpm_policy(key, unseal.approved, unseal.policy_ref)),
+            replace(advance, signature=sign_tpm_policy(key, advance.approved, advance.policy_ref)))
 
 
 def preflight(spec: Spec) -> Plan:
@@ -692,7 +721,9 @@ def build_manifest(plan: Plan, artifacts: Mapping[str, manifest.Artifact],
                      signed_policy=ARTIFACT_VAR_POLICY if plan.policy_signer and chain else None,
                      policy_certificate=(plan.policy_signer.cert.public_bytes(serialization.Encoding.PEM).decode()
                                          if plan.policy_signer else None),
-                     size_mib=spec.disk.size_mib),
+                     size_mib=spec.disk.size_mib, rollback_index=spec.upgrade.rollback_index,
+                     advance_rollback_index=(spec.upgrade.advance_rollback_index
+                                             if spec.upgrade.rollback_index is not None else None)),
         kubernetes=mf.Kubernetes(role=spec.kubernetes.role, version=spec.kubernetes.version,
                                  binaries="/opt/kubernetes/bin (not included)"),
         sbom=ARTIFACT_SBOM,

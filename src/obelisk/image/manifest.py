@@ -195,6 +195,9 @@ class Disk:
     signed_policy: str | None = meta()  # the artifact holding the signed PCR 11 policy (policy signed; also .pcrsig)
     policy_certificate: str | None = meta()  # PEM of the key approving PCR policies (policy signed)
     size_mib: int | None = meta(omitted=True)  # the /var disk; absent from manifests built before it was added
+    # spec upgrade.rollback_index / advance_rollback_index (docs/upgrade.md): absent without rollback protection
+    rollback_index: int | None = meta(omitted=True)
+    advance_rollback_index: bool | None = meta(omitted=True)
 
 
 @dataclass(frozen=True)
