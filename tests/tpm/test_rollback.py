@@ -17,9 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from obelisk.core import tools
 from obelisk.signer.keys import SoftwareKey
 from obelisk.tpm import device as tpm
-from obelisk.tpm import rollback
+from obelisk.tpm import rollback, seal
 from obelisk.tpm import rollback_policy as rp
-from obelisk.tpm import seal
 
 pytestmark = pytest.mark.swtpm
 

@@ -309,9 +309,8 @@ def rollback_approvals(key: Any, public_der: bytes, values: Mapping[int, bytes],
     unseal /var: PolicyPCR(values) + PolicyNV(floor <= rollback_index), policyRef UNSEAL_REF;
     raise the floor: PolicyPCR(values), policyRef ADVANCE_REF (the floor index's authPolicy)."""
     from obelisk.signer.keys import sign_tpm_policy
-    from obelisk.tpm import rollback
+    from obelisk.tpm import rollback, seal
     from obelisk.tpm import rollback_policy as rp
-    from obelisk.tpm import seal
 
     pcrs = tuple(sorted(values))
     check = rollback.rollback_check(public_der, rollback_index)
