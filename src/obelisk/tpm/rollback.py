@@ -174,3 +174,33 @@ def advance(rollback_index: int, policy_key: bytes, approvals: Sequence[SignedPo
                            "another key signed them)")
         finally:
             esapi.tr_close(nv)
+
+
+def certify_floor(nonce: bytes, tcti: str | None = None, *,
+                  ak_handle: int = tpmmod.AK_HANDLE) -> tuple[bytes, bytes] | None:
+    """TPM2_NV_Certify of the floor with the AK over `nonce`: (TPMS_ATTEST, TPMT_SIGNATURE), marshalled;
+    None when this TPM has no written floor (nothing to certify: the verifier says so)."""
+    from tpm2_pytss import ESYS_TR, TPM2_ALG, TPMT_SIG_SCHEME
+    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+
+    if len(nonce) > 64:
+        raise InputError(f"nonce is {len(nonce)} bytes; a TPM takes at most 64")
+    with tpmmod.open_tpm(tcti) as esapi:
+        nv = _open_index(esapi)
+        if nv is None:
+            return None
+        try:
+            if not _state(esapi, nv).written:
+                return None
+            ak = esapi.tr_from_tpmpublic(ak_handle)
+            try:
+                attest, signature = esapi.nv_certify(ak, nv, nonce, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), rp.NV_SIZE,
+                                                     0, auth_handle=nv, session1=ESYS_TR.PASSWORD,
+                                                     session2=ESYS_TR.PASSWORD)
+            finally:
+                esapi.tr_close(ak)
+        except TSS2_Exception as exc:
+            raise TPMError(f"TPM refused to certify the rollback floor: {exc}") from None
+        finally:
+            esapi.tr_close(nv)
+    return bytes(attest), signature.marshal()
