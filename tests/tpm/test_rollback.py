@@ -221,3 +221,19 @@ def test_floor_encoding():
     with pytest.raises(ValueError):
         rp.floor_value(65)
     assert hashlib.sha256(rp.nv_public(b"")).digest() == rp.nv_name(b"")[2:]
+
+
+def test_a_pcr_that_differs_is_still_named_when_the_floor_allows_the_image(swtpm, customer):
+    """Refused for PCR 11, not for the floor: the error names PCR 11, as without rollback protection
+    (the approvals read from the .pcrsig carry digests only)."""
+    from obelisk.disk import pcrsig
+
+    der = public_der(customer)
+    provisioned(swtpm, customer, 1)
+    sealed = seal.seal(SECRET, [11], swtpm.tcti, authorize_key=der, policy_ref=rp.UNSEAL_REF)
+    approvals = image_approvals(customer, boot_image(swtpm.tcti, b"1.0.1"), 2)
+    from_file = list(pcrsig.parse(pcrsig.serialize(approvals, der), "sig.json", der))
+    assert seal.unseal(sealed, swtpm.tcti, signed=from_file) == SECRET
+    tpm.extend_pcr(swtpm.tcti, 11, b"sysinit")
+    with pytest.raises(seal.PolicyMismatch, match="PCR 11 differs"):
+        seal.unseal(sealed, swtpm.tcti, signed=from_file)

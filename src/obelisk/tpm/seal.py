@@ -292,13 +292,16 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
     if sealed.policy_ref:
         _raise_if_rolled_back(tcti, [p for p in signed if p.policy_ref == sealed.policy_ref])
     reference = dict(sealed.values)
+    # PCRs are named against the newest approval of PolicyPCR alone (one with PolicyNV after it has
+    # another digest: the rollback floor was checked above)
+    pcr_only = [p for p in signed if p.rollback is None] or list(signed)
     if sealed.authorize_key and signed:
         # name PCRs against the newest signed policy and the PCRs bound by value
-        reference = {**signed[-1].values, **sealed.bound}
+        reference = {**pcr_only[-1].values, **sealed.bound}
         current = {**current, **_read(tcti, sorted(reference))}
-    if sealed.authorize_key and signed and not signed[-1].values:
+    if sealed.authorize_key and signed and not pcr_only[-1].values:
         # a signature over a digest only: the signed PCRs are named together when they do not give it
-        newest = signed[-1]
+        newest = pcr_only[-1]
         current = {**current, **_read(tcti, newest.pcrs)}
         if policy_pcr_digest(newest.pcrs, current) != newest.approved:
             reference.update({p: b"" for p in newest.pcrs})
