@@ -167,6 +167,18 @@ class SecureBoot:
 
 
 @dataclass(frozen=True)
+class CmdlineWaiver:
+    """A kernel profile's command-line check the image's line fails, waived by the spec's kernel.waivers."""
+
+    id: str  # the check, e.g. kernel.cmdline.pti
+    observed: str | None = meta()  # what the line holds (None: the parameter is missing)
+    expected: str = meta()
+    reason: str = meta()
+    approver: str = meta()
+    expires: str = meta(pattern=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+@dataclass(frozen=True)
 class Boot:
     cmdline: str  # byte for byte the UKI's .cmdline, measured into PCR 11 by systemd-stub
     devices: Devices
@@ -174,6 +186,8 @@ class Boot:
     verity: Verity | None = meta(omitted=True)
     disk_image: DiskLayout | None = meta(omitted=True)  # disk.raw's GPT and each partition's digest
     secure_boot: SecureBoot | None = meta(omitted=True)
+    # the kernel profile's command-line checks this line fails, each waived in the spec (absent: none)
+    waived: tuple[CmdlineWaiver, ...] | None = meta(omitted=True)
 
 
 @dataclass(frozen=True)

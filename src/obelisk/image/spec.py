@@ -200,10 +200,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kernel", "fragments", FILES, (), max_bytes=SMALL_FILE,
             help="Extra .config fragments applied after the profile (e.g. the NIC and /var filesystem of your "
                  "platform)."),
+    Setting("kernel", "randstruct_seed", FILE, max_bytes=4096,
+            help="The customer's secret seed for structure layout randomisation (CONFIG_RANDSTRUCT): a file of "
+                 "16 to 4096 secret bytes, mode 0600 (`obelisk keys generate` makes keys/randstruct.seed). The "
+                 "same seed rebuilds the same kernel; without one the build leaves RANDSTRUCT out and says so."),
     Setting("kernel", "image", FILE, max_bytes=KERNEL_IMAGE_BYTES,
                help="A prebuilt bzImage to use instead of building from kernel.source."),
     Setting("kernel", "cmdline", STR_LIST, ("console=ttyS0",),
-            help="Kernel command line; obelisk adds the IMA and root parameters it needs."),
+            help="Kernel command line words added after obelisk's: the root and IMA parameters it needs and "
+                 "every parameter kernel.profile asks for. A word that makes the line fail the profile's "
+                 "command-line checks (pti=off, lsm=...) stops the build unless kernel.waivers waives it."),
+    Setting("kernel", "waivers", FILE, max_bytes=SMALL_FILE,
+            help="Waivers (`kernel check --waivers` format: id, reason, approver, expires) for profile "
+                 "command-line checks the image's line may fail, e.g. kernel.cmdline.pti; recorded in the "
+                 "manifest's boot.waived."),
     Setting("rootfs", "base", STR, "busybox", choices=ROOTFS_BASES,
             help="Userland: busybox (Debian's busybox-static, a few MB), debian (mmdebstrap from Debian's "
                  "archive), or a user-supplied directory or tarball (rootfs.path)."),
