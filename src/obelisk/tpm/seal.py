@@ -104,12 +104,21 @@ def policy_authorize_digest(public_der: bytes, policy_ref: bytes = b"") -> bytes
 
 def _external_public(public_der: bytes) -> TPM2B_PUBLIC:
     from cryptography.hazmat.primitives import serialization
-    from tpm2_pytss import TPM2_ALG, TPM2B_PUBLIC, TPMA_OBJECT
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from tpm2_pytss import TPM2_ALG, TPM2B_ECC_PARAMETER, TPM2B_PUBLIC, TPMA_OBJECT
 
-    pem = serialization.load_der_public_key(public_der).public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key = serialization.load_der_public_key(public_der)
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     pub = TPM2B_PUBLIC.from_pem(pem, nameAlg=TPM2_ALG.SHA256, objectAttributes=TPMA_OBJECT.SIGN_ENCRYPT
                                 | TPMA_OBJECT.USERWITHAUTH)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        # tpm2-pytss drops leading zero bytes of a coordinate, and the TPM refuses a point whose
+        # coordinates are shorter than the curve (TPM_RC_KEY): one P-256 key in 128 could never
+        # approve a policy. Padded, they are the bytes the TPM and tpm2-tools use.
+        size = (key.curve.key_size + 7) // 8
+        unique = pub.publicArea.unique.ecc
+        unique.x = TPM2B_ECC_PARAMETER(bytes(unique.x).rjust(size, b"\0"))
+        unique.y = TPM2B_ECC_PARAMETER(bytes(unique.y).rjust(size, b"\0"))
     return pub
 
 
