@@ -68,7 +68,9 @@ def test_manifest_without_a_kernel_predicts_no_pcrs_and_carries_the_sysinit_comm
     _, out = built_image
     m = manifest.load(out / "manifest.json")
     line = m.boot.cmdline
-    assert line.startswith("panic=-1 ") and "obelisk.image=test-node console=ttyS0" in line
+    assert line.startswith("panic=-1 ") and "obelisk.image=test-node slab_nomerge" in line
+    # the profile's words, then the spec's
+    assert "pti=on vsyscall=none iommu.strict=1 iommu.passthrough=0 debugfs=off console=ttyS0" in line
     assert "dm-mod.create=" not in line  # no UKI, no verity root
     assert m.boot.uki is None and m.boot.verity is None and m.boot.disk_image is None
     assert m.pcrs.predicted == {} and m.pcrs.predictions == ()

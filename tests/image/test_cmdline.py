@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from obelisk.image.cmdline import kernel_cmdline
-from obelisk.image.spec import parse_spec
+from obelisk.image.spec import SpecError, parse_spec
 
 
 def _spec(**sections):
@@ -42,3 +44,61 @@ def test_spec_can_name_other_disks():
     words = kernel_cmdline(_spec(kernel={"cmdline": ["obelisk.root=/dev/nvme0n1p2"]}, ima={"policy": "none"})).split()
     roots = [w for w in words if w.startswith("obelisk.root=")]
     assert roots[-1] == "obelisk.root=/dev/nvme0n1p2"
+
+
+def test_the_profiles_words_come_before_the_spec_words():
+    words = kernel_cmdline(_spec(kernel={"cmdline": ["console=ttyS0"]}, ima={"policy": "none"})).split()
+    assert words.index("obelisk.image=n1") < words.index("pti=on") < words.index("console=ttyS0")
+    for word in ("slab_nomerge", "page_alloc.shuffle=1", "iommu.passthrough=0"):
+        assert word in words
+
+
+def _waivers(tmp_path, expires="2999-12-31"):
+    path = tmp_path / "waivers.yaml"
+    path.write_text(f"waivers:\n  - {{id: kernel.cmdline.pti, reason: 'vendor firmware bug', approver: sec-team, "
+                    f"expires: '{expires}'}}\n")
+    return str(path)
+
+
+def test_a_spec_that_lowers_the_profile_is_refused_in_one_line_naming_each_check():
+    from obelisk.image import cmdline
+
+    spec = _spec(kernel={"profile": "kubernetes-node", "cmdline": ["pti=off", "lsm=landlock"]}, ima={"policy": "none"})
+    with pytest.raises(SpecError) as info:
+        cmdline.refuse_failing(spec, cmdline.profile_findings(spec, kernel_cmdline(spec)))
+    message = str(info.value)
+    assert message.startswith("spec.yaml: kernel.cmdline: the command line fails the kubernetes-node profile")
+    assert "kernel.cmdline.pti (pti=off, expected pti=on)" in message and "kernel.cmdline.lsm" in message
+    assert "\n" not in message
+
+
+def test_a_waiver_lets_the_build_go_on_and_says_so(tmp_path):
+    from obelisk.core.findings import Status
+    from obelisk.image import cmdline
+
+    spec = _spec(kernel={"cmdline": ["pti=off"], "waivers": _waivers(tmp_path)}, ima={"policy": "none"})
+    findings = cmdline.profile_findings(spec, kernel_cmdline(spec))
+    cmdline.refuse_failing(spec, findings)  # nothing left failing
+    waived = [f for f in findings if f.status is Status.WAIVED]
+    assert [(f.id, f.observed, f.waiver.approver) for f in waived] == [("kernel.cmdline.pti", "pti=off", "sec-team")]
+
+
+def test_an_expired_waiver_waives_nothing(tmp_path):
+    from obelisk.image import cmdline
+
+    spec = _spec(kernel={"cmdline": ["pti=off"], "waivers": _waivers(tmp_path, "2020-01-01")}, ima={"policy": "none"})
+    with pytest.raises(SpecError, match=r"kernel.cmdline.pti \(pti=off, expected pti=on, waiver expired 2020-01-01\)"):
+        cmdline.refuse_failing(spec, cmdline.profile_findings(spec, kernel_cmdline(spec)))
+
+
+def test_preflight_refuses_before_any_work_and_records_the_waivers(tmp_path):
+    from obelisk.image import build
+    from obelisk.image import manifest as mf
+
+    with pytest.raises(SpecError, match="kernel.cmdline: "):
+        build.preflight(_spec(kernel={"cmdline": ["pti=off"]}, ima={"policy": "none"}))
+    waived = _spec(kernel={"cmdline": ["pti=off"], "waivers": _waivers(tmp_path)}, ima={"policy": "none"})
+    plan = build.preflight(waived)
+    assert plan.cmdline_waived == (mf.CmdlineWaiver(id="kernel.cmdline.pti", observed="pti=off", expected="pti=on",
+                                                    reason="vendor firmware bug", approver="sec-team",
+                                                    expires="2999-12-31"),)

@@ -37,7 +37,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def example(tmp_path_factory):
     """The example project with machine-wide test keys (so the kernel cache is reused)."""
     from obelisk.core.cachedir import cache_root
-    from obelisk.signer.keygen import POLICY_KEY, generate, issue_policy_key, issue_secure_boot_keys
+    from obelisk.signer.keygen import (
+        POLICY_KEY,
+        RANDSTRUCT_SEED,
+        generate,
+        issue_policy_key,
+        issue_randstruct_seed,
+        issue_secure_boot_keys,
+    )
 
     keys = cache_root() / "test-keys" / "e2e-rsa-2048"
     if not (keys / "ima.key").exists():
@@ -48,6 +55,8 @@ def example(tmp_path_factory):
         issue_policy_key(keys, "rsa-2048", organization="obelisk e2e test")
     if not (keys / "db.key").exists():
         issue_secure_boot_keys(keys, organization="obelisk e2e test")
+    if not (keys / RANDSTRUCT_SEED).exists():
+        issue_randstruct_seed(keys)
     project = tmp_path_factory.mktemp("example") / "node"
     shutil.copytree(ROOT / "examples/node", project, ignore=shutil.ignore_patterns("keys", "out*"))
     shutil.copytree(keys, project / "keys")
@@ -418,3 +427,28 @@ def test_example_rebuilt_from_a_clean_cache_is_byte_identical(example, image, tm
     assert {"disk.raw", "uki.efi", "ovmf-vars.fd", "rootfs.verity"} <= {p.name for p in again.iterdir()}
     for p in image.iterdir():
         assert (again / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_kernel_check_of_the_built_example_passes_its_profile(image, obelisk_cli, tmp_path):
+    """Issue 14: `kernel check` on the built example's config (read back from its bzImage) and the manifest's
+    boot.cmdline, against the 6.1 tree, with the kubernetes-node profile: nothing fails (GCC plugins on,
+    RANDSTRUCT with the customer's seed, the profile's command line in the image's)."""
+    from obelisk.image import manifest as mf
+    from obelisk.kernel_hardening import kimage
+
+    m = mf.load(image / "manifest.json")
+    (tmp_path / "cmdline").write_text(m.boot.cmdline)
+    config = kimage.read(str(image / "bzImage")).config_text
+    assert config
+    (tmp_path / "config").write_text(config)
+    proc = obelisk_cli("kernel", "check", "--config", str(tmp_path / "config"), "--cmdline", str(tmp_path / "cmdline"),
+                       "--kernel-source", "/usr/src/linux-source-6.1.tar.xz", "--profile", "kubernetes-node",
+                       "--format", "json")
+    findings = {f["id"]: f for f in json.loads(proc.stdout)["findings"]}
+    assert [i for i, f in findings.items() if f["status"] == "fail"] == [] and proc.returncode == 0
+    for option in ("CONFIG_GCC_PLUGIN_STACKLEAK", "CONFIG_RANDSTRUCT_FULL", "CONFIG_CGROUPS", "CONFIG_SECCOMP_FILTER",
+                   "CONFIG_SECURITY_APPARMOR", "CONFIG_OVERLAY_FS"):
+        assert findings[f"kernel.kconfig.{option}"]["status"] == "pass", option
+    for word in ("slab_nomerge", "page_alloc.shuffle", "pti", "iommu.passthrough", "cgroup_no_v1", "lsm"):
+        assert findings[f"kernel.cmdline.{word}"]["status"] == "pass", word
+    assert m.boot.waived is None

@@ -63,6 +63,29 @@ def test_round_trip_of_a_constructed_manifest():
     assert json.loads(data)["disk"]["sealed_to"] == {"11": "01" * 32}
 
 
+def test_rollback_fields_round_trip_and_are_absent_without_rollback_protection():
+    plain = mf.serialize(sample_manifest())
+    assert "rollback_index" not in json.loads(plain)["disk"]  # manifests before it read and write the same
+    m = sample_manifest(disk=replace(sample_manifest().disk, var="luks2", policy="signed", rollback_index=3,
+                                     advance_rollback_index=False))
+    data = mf.serialize(m)
+    assert mf.parse(data, "m") == m and json.loads(data)["disk"]["rollback_index"] == 3
+    doc = json.loads(data)
+    doc["disk"]["rollback_index"] = "3"
+    with pytest.raises(ParseError, match="disk.rollback_index: expected an integer"):
+        mf.parse(json.dumps(doc), "m")
+
+
+def test_waived_command_line_checks_round_trip_and_are_absent_when_none(built):
+    m = sample_manifest()
+    waiver = mf.CmdlineWaiver(id="kernel.cmdline.pti", observed=None, expected="pti=on", reason="r", approver="a",
+                              expires="2030-01-01")
+    m = replace(m, boot=replace(m.boot, waived=(waiver,)))
+    data = mf.serialize(m)
+    assert mf.parse(data, "m") == m and mf.serialize(mf.parse(data, "m")) == data
+    assert b'"waived"' not in built  # the test image's line passes its profile: nothing recorded
+
+
 def test_manifest_written_before_disk_size_mib_still_reads(built):
     """Manifests of this schema built before `disk.size_mib` existed: same bytes back, size from their spec copy."""
     older = built.replace(b'  "size_mib": 64,\n', b"", 1)

@@ -29,6 +29,10 @@ def example_spec(tmp: Path) -> Spec:
     shutil.copytree(EXAMPLE, tmp / "node")
     data = yaml.safe_load((tmp / "node" / "spec.yaml").read_text())
     secure_boot = data["secure_boot"]
+    seed = tmp / "node" / data["kernel"]["randstruct_seed"]
+    seed.parent.mkdir(parents=True, exist_ok=True)
+    seed.write_text("0" * 64)
+    seed.chmod(0o600)
     for path in (data["signing"]["key"], data["signing"]["cert"], data["signing"]["ca"], data["disk"]["policy_key"],
                  data["disk"]["policy_cert"], secure_boot["pk_cert"], secure_boot["kek_cert"], secure_boot["db_key"],
                  secure_boot["db_cert"]):

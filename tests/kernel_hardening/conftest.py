@@ -42,18 +42,30 @@ def customer_ca() -> tuple[Path, Path]:
     return ca, key
 
 
+def randstruct_seed() -> Path:
+    """The test customer's randstruct seed, kept beside its CA (a new one would rebuild the kernel)."""
+    from obelisk.kernel_hardening import cache
+    from obelisk.signer.keygen import RANDSTRUCT_SEED, issue_randstruct_seed
+
+    d = cache.cache_dir("test-ca")
+    return d / RANDSTRUCT_SEED if (d / RANDSTRUCT_SEED).is_file() else issue_randstruct_seed(d)
+
+
 @pytest.fixture(scope="session")
 def built_kernel(kernel_tree, customer_ca, tmp_path_factory):
     """The module-less kernel, configured and built once per session (cached by digest across sessions)."""
     from tests.conftest import run_obelisk
 
     out = tmp_path_factory.mktemp("kernel")
+    seed = randstruct_seed()
     proc = run_obelisk("kernel", "config", "--kernel-source", str(KERNEL_TARBALL), "--profile", "module-less",
-                       "-o", str(out / "module-less.config"), "--format", "json")
+                       "--randstruct-seed", str(seed), "-o", str(out / "module-less.config"), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     # in-process: a cold build takes minutes, longer than the CLI helper's subprocess timeout
     from obelisk.kernel_hardening.build import build
+    from obelisk.kernel_hardening.randstruct import read_seed
 
-    result = build(KERNEL_TARBALL, out / "module-less.config", customer_ca[0], out / "build", jobs=2, quiet=True)
+    result = build(KERNEL_TARBALL, out / "module-less.config", customer_ca[0], out / "build", jobs=2, quiet=True,
+                   randstruct_seed=read_seed(seed))
     print(f"kernel build: {'cached' if result.cached else f'{result.seconds:.0f} s'} ({result.key})")
     return out

@@ -250,8 +250,9 @@ def test_reboot_reissues_a_verifier_certificate_without_the_reader_role(tmp_path
 
 # ---- /var as the node makes it at first boot, from the build's recipe and predictions ---------------------
 
-def _plan(tmp_path: Path, policy: str, keys_dir: str = "keys"):
-    """A build plan with an encrypted /var sealed by `policy` (pcr | signed), the keys in `keys_dir`."""
+def _plan(tmp_path: Path, policy: str, keys_dir: str = "keys", upgrade: dict | None = None):
+    """A build plan with an encrypted /var sealed by `policy` (pcr | signed), the keys in `keys_dir`
+    (and the spec's `upgrade` section, if given)."""
     from obelisk.image import build as buildmod
     from obelisk.image.spec import parse_spec
 
@@ -261,7 +262,7 @@ def _plan(tmp_path: Path, policy: str, keys_dir: str = "keys"):
     spec = parse_spec({"name": "n1", "signing": {"key": f"{keys_dir}/ima.key", "cert": f"{keys_dir}/ima.pem",
                                                  "ca": f"{keys_dir}/ca.pem"},
                        "rootfs": {"base": "debian", "packages": ["python3-tpm2-pytss", "cryptsetup-bin", "e2fsprogs"]},
-                       "disk": disk}, "spec.yaml", tmp_path)
+                       "disk": disk, **({"upgrade": upgrade} if upgrade else {})}, "spec.yaml", tmp_path)
     ima = buildmod._load_keys(spec)
     signer = buildmod._load_policy_key(spec, ima) if policy == "signed" else None
     return buildmod.Plan(spec=spec, keys=ima, busybox=None, ima_policy=None, kubernetes_files=(), policy_signer=signer)
@@ -373,6 +374,60 @@ def test_signed_policy_opens_var_for_each_image_the_customer_signed(tmp_path):
         _boot_until_unseal(sw.tcti, predicted["a"])
         with pytest.raises(seal.TPMError, match="signed by the key"):
             disk.unlock(var, sw.tcti, test=True, extra_policies=signed_policies(str(tmp_path / "rogue.json")))
+
+
+@pytest.mark.swtpm
+def test_rollback_index_locks_older_customer_signed_images_out_of_var(tmp_path):
+    """upgrade.rollback_index (docs/upgrade.md), from the build's own recipe and .pcrsig: image A
+    (index 1) creates /var and the floor; image B (index 2) opens it and raises the floor; A, signed by
+    the same customer key, then boots and /var stays locked, the error naming the floor and A's index."""
+    from obelisk.disk import recipe as recipemod
+    from obelisk.disk import unlock
+    from obelisk.disk import volume as disk
+    from obelisk.image import build as buildmod
+    from obelisk.signer.keygen import generate
+    from obelisk.tpm import rollback, seal
+    from obelisk.tpm.swtpm import SoftwareTPM
+
+    generate(tmp_path / "keys", "ecdsa-p256")
+    plans = {"a": _plan(tmp_path, "signed", upgrade={"rollback_index": 1}),
+             "b": _plan(tmp_path, "signed", upgrade={"rollback_index": 2})}
+    predicted = {"a": _uki_pcr11(LINE), "b": _uki_pcr11(LINE + " obelisk.image-version=2")}
+    for name, plan in plans.items():
+        (tmp_path / f"policy-{name}.json").write_bytes(buildmod.signed_var_policy(plan, predicted[name].unseal))
+        (tmp_path / f"var-seal-{name}.json").write_bytes(buildmod.var_recipe(plan))
+    recipe = {name: recipemod.parse((tmp_path / f"var-seal-{name}.json").read_bytes()) for name in plans}
+    assert (recipe["b"].rollback_index, recipe["b"].advance_rollback_index) == (2, True)
+    volume = tmp_path / "var.img"
+    volume.write_bytes(b"")
+    os.truncate(volume, 64 << 20)
+    with SoftwareTPM.start(tmp_path / "swtpm") as sw:  # A's first boot
+        _boot_until_unseal(sw.tcti, predicted["a"])
+        assert unlock.create_var(str(volume), str(tmp_path / "var-seal-a.json"), sw.tcti,
+                                 str(tmp_path / "policy-a.json")).endswith("defined, floor 1")
+    with SoftwareTPM.start(tmp_path / "swtpm") as sw:  # B, the upgrade
+        _boot_until_unseal(sw.tcti, predicted["b"])
+        approvals = unlock.signed_policies(str(tmp_path / "policy-b.json"))
+        token = disk.unlock(str(volume), sw.tcti, test=True, extra_policies=approvals)
+        assert unlock.advance_floor(recipe["b"], sw.tcti, approvals, token.sealed) == \
+            ", rollback floor raised from 1 to 2"
+    with SoftwareTPM.start(tmp_path / "swtpm") as sw:  # A again: customer-signed, but below the floor
+        _boot_until_unseal(sw.tcti, predicted["a"])
+        assert rollback.read_floor(sw.tcti).rollback_index == 2
+        with pytest.raises(seal.RollbackLocked, match="is 2, above this image's rollback index 1"):
+            disk.unlock(str(volume), sw.tcti, test=True,
+                        extra_policies=unlock.signed_policies(str(tmp_path / "policy-a.json")))
+
+
+def test_rollback_index_needs_the_signed_tpm_policy(tmp_path):
+    from obelisk.image.spec import SpecError, parse_spec
+    from obelisk.signer.keygen import generate
+
+    generate(tmp_path / "keys", "ecdsa-p256")
+    with pytest.raises(SpecError, match="upgrade.rollback_index: rollback protection is part of the customer-signed"):
+        _plan(tmp_path, "pcr", upgrade={"rollback_index": 1})
+    with pytest.raises(SpecError, match="upgrade.rollback_index: 65 is out of range 0..64"):
+        parse_spec({"name": "n1", "upgrade": {"rollback_index": 65}}, "spec.yaml", tmp_path)
 
 
 def test_the_ima_key_cannot_approve_disk_policies(tmp_path):

@@ -98,6 +98,8 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
         verifier_state.save(state, record, verifier_state.after(counters, ima, refs))
     findings = list(report.findings)
     findings.append(var_finding(m, bundle.kernel.get("var_mount")))
+    if m.disk.rollback_index is not None:
+        findings.append(image_rollback_finding(m, bundle.rollback_floor, nonce, record.public_key))
     if scan:
         status, body = endpoint.get("/v1/scan")
         if status == 200:
@@ -118,6 +120,21 @@ def attest_node(endpoint: AgentEndpoint, *, manifest: str, ak: str, ek: str | No
                                                "image": m.image.name,
                                                "image.version": m.image.version}.items())))
     return replace(report, findings=tuple(findings), subject=subject, command="attest node")
+
+
+def image_rollback_finding(manifest: Manifest, certified: tuple[bytes, bytes] | None, nonce: bytes,
+                           ak_public_key: object) -> Finding:
+    """attest.rollback for an image built with upgrade.rollback_index (attest/rollback_check.py)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from obelisk.attest.rollback_check import rollback_finding
+
+    assert manifest.disk.rollback_index is not None and manifest.disk.policy_certificate is not None
+    policy_key = x509.load_pem_x509_certificate(manifest.disk.policy_certificate.encode()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return rollback_finding(certified, nonce=nonce, ak_public_key=ak_public_key, policy_key=policy_key,
+                            rollback_index=manifest.disk.rollback_index)
 
 
 def var_finding(manifest: Manifest, reported: str | None) -> Finding:

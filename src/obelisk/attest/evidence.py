@@ -15,12 +15,14 @@
       "kernel": {"release": "...", "version": "...", "machine": "...", "cmdline": "...",
                  "hostname": "...", "boot_id": "...", "lockdown": "..."},
       "boot_events": "BASE64" | null,         # obelisk's PCR 11 log (attest/bootevents.py), optional
+      "rollback_floor": {"attest": "BASE64", "signature": "BASE64"},  # TPM2_NV_Certify of the rollback
+                                              # floor by the AK over the nonce; only on nodes that have one
       "collected_at": "RFC 3339 UTC"
     }
 
 Nothing in it is trusted: the verifier trusts only what the AK's signature covers and what the
 logs replay to. Parsing is strict, exactly as docs/attest.md's table says: every key required but
-`boot_events`, null only where shown, unknown keys refused at every level, every field typed.
+`boot_events` and `rollback_floor`, null only where shown, unknown keys refused at every level, every field typed.
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ class Evidence:
     kernel: dict[str, str] = field(default_factory=dict)
     collected_at: str = field(default_factory=lambda: now())
     boot_events: bytes | None = None
+    rollback_floor: tuple[bytes, bytes] | None = None  # (TPMS_ATTEST, TPMT_SIGNATURE) of TPM2_NV_Certify
 
     def to_json(self) -> dict:
-        return {
+        doc = {
             "schema": SCHEMA,
             "nonce": self.nonce.hex(),
             "quote": {"attest": _b64(self.attest), "signature": _b64(self.signature), "bank": self.bank,
@@ -75,6 +78,9 @@ class Evidence:
             "collected_at": self.collected_at,
             "boot_events": _b64(self.boot_events) if self.boot_events is not None else None,
         }
+        if self.rollback_floor is not None:  # absent otherwise: bundles read by verifiers before it are unchanged
+            doc["rollback_floor"] = {"attest": _b64(self.rollback_floor[0]), "signature": _b64(self.rollback_floor[1])}
+        return doc
 
 
 def now() -> str:
@@ -98,6 +104,7 @@ _FIELDS: dict[str, tuple[bool, bool]] = {  # key: (may be absent, may be null)
     "event_log": (False, True), "ima_log": (False, True), "kernel": (False, False),
     "collected_at": (False, False),
     "boot_events": (True, True),  # added after the first bundles: absent reads as null
+    "rollback_floor": (True, False),  # rollback protection (docs/upgrade.md): absent on nodes without a floor
 }
 _QUOTE_KEYS = ("attest", "signature", "bank", "pcrs")
 _IMA_KEYS = ("format", "data")
@@ -211,6 +218,7 @@ def from_json(doc: object, source: str = "evidence") -> Evidence:
         raise bad("collected_at", "not a valid date and time") from None
     event_log = doc["event_log"]
     boot_events = doc.get("boot_events")
+    floor_doc = obj(doc["rollback_floor"], "rollback_floor", _QUOTE_KEYS[:2]) if "rollback_floor" in doc else None
     return Evidence(
         nonce=nonce,
         attest=b64field(quote["attest"], "quote.attest"),
@@ -224,6 +232,8 @@ def from_json(doc: object, source: str = "evidence") -> Evidence:
         kernel=dict(kernel_doc),
         collected_at=collected_at,
         boot_events=b64field(boot_events, "boot_events") if boot_events is not None else None,
+        rollback_floor=((b64field(floor_doc["attest"], "rollback_floor.attest"),
+                         b64field(floor_doc["signature"], "rollback_floor.signature")) if floor_doc else None),
     )
 
 
@@ -272,7 +282,7 @@ def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = No
             event_log_path: str | None = EVENT_LOG_PATH, ima_path: str | None = None,
             pcrs: tuple[int, ...] | None = None, boot_events_path: str | None = None) -> Evidence:
     """Quote over `nonce` and gather the logs. A log that cannot be read is left null (the verifier says so)."""
-    from obelisk.tpm import bootevents, eventlog
+    from obelisk.tpm import bootevents, eventlog, rollback
     from obelisk.tpm import device as tpm
 
     raw = tpm.quote(nonce, tcti, ak_handle=ak_handle or tpm.AK_HANDLE, pcrs=pcrs or tpm.QUOTE_PCRS)
@@ -291,7 +301,8 @@ def collect(nonce: bytes, tcti: str | None = None, *, ak_handle: int | None = No
     boot_events = _read_optional(boot_events_path or bootevents.LOG_PATH, bootevents.MAX_SIZE)
     return Evidence(nonce=nonce, attest=raw.attest, signature=raw.signature, bank=raw.bank, pcrs=raw.pcrs,
                     ak_name=info.name, event_log=event_log, ima_log=ima_log, ima_format=ima_format,
-                    kernel=kernel_facts(), boot_events=boot_events, collected_at=now())
+                    kernel=kernel_facts(), boot_events=boot_events, collected_at=now(),
+                    rollback_floor=rollback.certify_floor(nonce, tcti, ak_handle=ak_handle or tpm.AK_HANDLE))
 
 
 def _looks_ascii(data: bytes) -> bool:

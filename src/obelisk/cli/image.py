@@ -108,6 +108,7 @@ def _build(args: argparse.Namespace) -> int:
         lines = [f"built {spec.name} {spec.version} into {d['out']} ({d['files']} files signed)"]
         lines += [f"  {name:18} sha256:{a['sha256']}  {a['size']} bytes" for name, a in d["artifacts"].items()]
         lines.append("  steps: " + ", ".join(f"{k} {v}" for k, v in d["steps"].items()))
+        lines += [f"  left out: {why}" for why in d["left_out"]]
         return "\n".join(lines) + "\n"
 
     args.output = None

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="starting point: tinyconfig, allnoconfig, or a .config file (default: tinyconfig)")
     p.add_argument("--fragment", metavar="FILE", action="append", default=[],
                    help="extra .config fragment applied after the profile (repeatable)")
+    p.add_argument("--randstruct-seed", metavar="FILE",
+                   help="the customer's secret seed file (0600) the build will use: keeps RANDSTRUCT in the "
+                        "config (without it, RANDSTRUCT is left out and the report says why)")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="the resolved .config")
     p.add_argument("--input-out", metavar="FILE",
                    help="also write the merged input (base + requests + dependency closure) that "
@@ -52,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca", metavar="CA.pem", required=True, help="customer CA certificate (PEM) to trust")
     p.add_argument("-o", "--output", metavar="DIR", required=True)
     p.add_argument("-j", "--jobs", type=int, default=2)
+    p.add_argument("--randstruct-seed", metavar="FILE",
+                   help="the customer's secret seed file (0600) for CONFIG_RANDSTRUCT: the same seed rebuilds "
+                        "the same kernel (required when the config sets RANDSTRUCT)")
     p.add_argument("--format", choices=("text", "json"), default=None)
     add_quiet(p)
     p.set_defaults(handler=_build)
@@ -114,7 +120,11 @@ def _config(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     tree = source_tree(args.kernel_source, quiet=args.quiet)
     check_tree_clean(tree)
-    res = resolve(tree, profile, base=args.base, fragments=args.fragment)
+    if args.randstruct_seed:
+        from obelisk.kernel_hardening.randstruct import read_seed
+
+        read_seed(args.randstruct_seed)  # a secret file, before the work
+    res = resolve(tree, profile, base=args.base, fragments=args.fragment, randstruct_seed=bool(args.randstruct_seed))
     atomic.write_text(args.output, res.config_text)
     if args.input_out:
         atomic.write_text(args.input_out, res.input_text)
@@ -131,8 +141,11 @@ def _config(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from obelisk.cli.common import emit_result
     from obelisk.kernel_hardening.build import build
+    from obelisk.kernel_hardening.randstruct import read_seed
 
-    result = build(args.kernel_source, args.config, args.ca, args.output, jobs=args.jobs, quiet=args.quiet)
+    seed = read_seed(args.randstruct_seed) if args.randstruct_seed else None
+    result = build(args.kernel_source, args.config, args.ca, args.output, jobs=args.jobs, quiet=args.quiet,
+                   randstruct_seed=seed)
     data = {"output": str(result.output), "cached": result.cached, "seconds": round(result.seconds, 1),
             **{k: result.info.get(k) for k in ("kernel_release", "bzImage_sha256", "vmlinux_sha256",
                                                 "config_sha256", "ca_sha256", "build_seconds")}}

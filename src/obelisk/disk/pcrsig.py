@@ -3,6 +3,14 @@
     {"sha256": [{"pcrs": [11], "pkfp": HEX sha256 of the public key (DER SubjectPublicKeyInfo),
                  "pol": HEX approved PolicyPCR digest, "sig": BASE64 signature}]}
 
+obelisk's extension, for images with rollback protection (docs/upgrade.md): an entry may carry
+
+    "obelisk-policy-ref": HEX policyRef the signature covers (aHash = sha256(pol || ref); absent: empty),
+    "obelisk-rollback": {"nv-index": N, "nv-name": HEX, "rollback-index": r}  (PolicyNV after PolicyPCR)
+
+systemd ignores keys it does not know; such an entry's `pol` is not a PolicyPCR digest, so systemd
+can never use it, and the build keeps the PCR-only entry first for systemd and older volumes.
+
 This is what `systemd-measure sign` writes and systemd-stub hands to the initrd as
 /.extra/tpm2-pcr-signature.json from the UKI's `.pcrsig` section: the build puts the customer's
 approval of the image's PCR 11 there, because the section is the one part of the UKI the stub
@@ -22,6 +30,7 @@ import json
 
 from obelisk.core.errors import InputError
 from obelisk.core.jsonsafe import load_json
+from obelisk.tpm.rollback_policy import RollbackCheck
 from obelisk.tpm.seal import BANK, SignedPolicy
 
 MAX_ENTRIES = 64
@@ -47,9 +56,27 @@ def key_fingerprint(public_der: bytes) -> str:
 
 
 def serialize(policies: tuple[SignedPolicy, ...] | list[SignedPolicy], public_der: bytes) -> bytes:
-    entries = [{"pcrs": list(p.pcrs), "pkfp": key_fingerprint(public_der), "pol": p.approved.hex(),
-                "sig": base64.b64encode(p.signature).decode()} for p in policies]
+    entries = []
+    for p in policies:
+        entry: dict[str, object] = {"pcrs": list(p.pcrs), "pkfp": key_fingerprint(public_der), "pol": p.approved.hex(),
+                                    "sig": base64.b64encode(p.signature).decode()}
+        if p.policy_ref:
+            entry["obelisk-policy-ref"] = p.policy_ref.hex()
+        if p.rollback is not None:
+            entry["obelisk-rollback"] = {"nv-index": p.rollback.nv_index, "nv-name": p.rollback.nv_name.hex(),
+                                         "rollback-index": p.rollback.rollback_index}
+        entries.append(entry)
     return json.dumps({BANK: entries}, separators=(",", ":")).encode()
+
+
+def _rollback(doc: object) -> RollbackCheck:
+    if not isinstance(doc, dict):
+        raise TypeError("obelisk-rollback: expected an object")
+    index = doc["rollback-index"]
+    nv_index = doc["nv-index"]
+    if type(index) is not int or type(nv_index) is not int:
+        raise TypeError("obelisk-rollback: nv-index and rollback-index are integers")
+    return RollbackCheck(rollback_index=index, nv_index=nv_index, nv_name=bytes.fromhex(doc["nv-name"]))
 
 
 def parse(data: bytes, where: str, public_der: bytes | None = None) -> tuple[SignedPolicy, ...]:
@@ -75,8 +102,11 @@ def parse(data: bytes, where: str, public_der: bytes | None = None) -> tuple[Sig
                 raise ValueError("pol: expected a sha256 digest")
             signature = base64.b64decode(entry["sig"], validate=True)
             fingerprint = str(entry["pkfp"])
+            policy_ref = bytes.fromhex(entry.get("obelisk-policy-ref", ""))
+            rollback = _rollback(entry["obelisk-rollback"]) if "obelisk-rollback" in entry else None
         except (KeyError, ValueError, TypeError, binascii.Error) as exc:
             raise InputError(f"{field}: {exc}", source=where) from None
         if wanted is None or fingerprint == wanted:
-            out.append(SignedPolicy(pcrs=pcrs, values={}, signature=signature, approved_digest=approved))
+            out.append(SignedPolicy(pcrs=pcrs, values={}, signature=signature, approved_digest=approved,
+                                    policy_ref=policy_ref, rollback=rollback))
     return tuple(out)

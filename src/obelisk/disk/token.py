@@ -5,7 +5,8 @@
      "tpm2-pcr-values": {"N": HEX}, "tpm2-policy-hash": HEX,
      "tpm2-policy-key": BASE64 DER (PolicyAuthorize only), "tpm2-signed-policies": [policy records],
      "tpm2-pcrs-bound": {"N": HEX} (PolicyPCR after PolicyAuthorize: e.g. PCR 7, Secure Boot),
-     "obelisk-derived": "tpm+fleet" (the sealed secret is one part of the keyslot's passphrase, not all)}
+     "obelisk-derived": "tpm+fleet" (the sealed secret is one part of the keyslot's passphrase, not all),
+     "tpm2-policy-ref": HEX (PolicyAuthorize's policyRef: rollback protection, docs/upgrade.md)}
 
 `parse`/`serialize` are the JSON bytes cryptsetup imports and exports (`token import --json-file`);
 `from_json`/`to_json` the object as `cryptsetup luksDump --dump-json-metadata` lists it. A node reads
@@ -58,6 +59,8 @@ def to_json(token: Token) -> dict:
         doc["tpm2-signed-policies"] = [policymod.to_json(p) for p in token.signed_policies]
         if s.bound:
             doc["tpm2-pcrs-bound"] = {str(p): v.hex() for p, v in sorted(s.bound.items())}
+        if s.policy_ref:
+            doc["tpm2-policy-ref"] = s.policy_ref.hex()
     if token.derived:
         doc["obelisk-derived"] = token.derived
     return doc
@@ -68,13 +71,13 @@ def from_json(doc: dict, token_id: int | None, where: str) -> Token:
         values = {int(k): bytes.fromhex(v) for k, v in doc["tpm2-pcr-values"].items()}
         key = base64.b64decode(doc["tpm2-policy-key"]) if doc.get("tpm2-policy-key") else None
         bound = {int(k): bytes.fromhex(v) for k, v in doc.get("tpm2-pcrs-bound", {}).items()}
-        if bound and not key:
-            raise ValueError("tpm2-pcrs-bound without tpm2-policy-key")
+        if (bound or doc.get("tpm2-policy-ref")) and not key:
+            raise ValueError("tpm2-pcrs-bound or tpm2-policy-ref without tpm2-policy-key")
         sealed = sealmod.Sealed(public=base64.b64decode(doc["tpm2-public"]),
                                 private=base64.b64decode(doc["tpm2-private"]),
                                 pcrs=tuple(int(p) for p in doc["tpm2-pcrs"]), values=values,
                                 policy=bytes.fromhex(doc["tpm2-policy-hash"]), authorize_key=key,
-                                bound=bound)
+                                bound=bound, policy_ref=bytes.fromhex(doc.get("tpm2-policy-ref", "")))
         policies = tuple(policymod.from_json(p, where) for p in doc.get("tpm2-signed-policies", []))
         derived = doc.get("obelisk-derived")
         if derived is not None and derived not in DERIVED_MODES:

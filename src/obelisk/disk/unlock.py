@@ -83,7 +83,7 @@ def is_blank(device: str) -> bool:
     return len(head) == BLANK_PROBE and not head.strip(b"\0")
 
 
-def create_var(device: str, recipe_file: str, tcti: str) -> str:
+def create_var(device: str, recipe_file: str, tcti: str, policy_file: str = SIGNED_POLICY) -> str:
     """First boot: LUKS2 on the blank /var partition, its key sealed as the image's recipe says."""
     from obelisk.disk import recipe as recipemod
     from obelisk.disk import volume as disk
@@ -91,15 +91,54 @@ def create_var(device: str, recipe_file: str, tcti: str) -> str:
     with open(recipe_file, "rb") as handle:
         recipe = recipemod.parse(handle.read(64 * 1024), recipe_file)
     pcrs = recipe.signed_pcrs or recipe.bound_at_first_boot
+    floor = ""
+    if recipe.rollback_index is not None:
+        floor = "; " + provision_floor(recipe, tcti, signed_policies(policy_file, recipe.policy_key))
     # No recovery keyslot: a node has nobody to hand a recovery key to at first boot, and a key
     # written anywhere on the node would open /var for whoever reads the disk.
     if recipe.policy_key:
         disk.enroll(device, pcrs, tcti, format_volume=True, policy_key=recipe.policy_key, bound=dict(recipe.bound),
-                    recovery=False)
+                    recovery=False, policy_ref=_policy_ref(recipe))
     else:
         disk.enroll(device, [*recipe.bound, *recipe.bound_at_first_boot], tcti, format_volume=True,
                     values=dict(recipe.bound), recovery=False)
-    return "created LUKS2 /var (first boot)"
+    return "created LUKS2 /var (first boot)" + floor
+
+
+def _policy_ref(recipe: VarRecipe) -> bytes:
+    from obelisk.tpm import rollback_policy
+
+    return rollback_policy.UNSEAL_REF if recipe.rollback_index is not None else b""
+
+
+def provision_floor(recipe: VarRecipe, tcti: str, approvals: list) -> str:
+    """When /var is created: define the rollback floor (tpm/rollback.py) and write it if it never was,
+    to this image's index when the image advances the floor, else to 0 (PolicyNV needs a written index).
+    A floor kept from an earlier install of this node stays where it is (it only goes up)."""
+    from obelisk.tpm import rollback
+
+    assert recipe.policy_key is not None and recipe.rollback_index is not None
+    done = rollback.provision(recipe.policy_key, tcti)
+    state = rollback.read_floor(tcti)
+    if state is not None and state.rollback_index is None:
+        target = recipe.rollback_index if recipe.advance_rollback_index else 0
+        rollback.advance(target, recipe.policy_key, approvals, tcti)
+        done += f", floor {target}"
+    return done
+
+
+def advance_floor(recipe: VarRecipe, tcti: str, approvals: list, sealed: Sealed) -> str:
+    """After /var opened for this image: raise the node's rollback floor to the image's index if the
+    image says so (upgrade.advance_rollback_index). Still at leave-initrd: the approval needs it.
+    A volume sealed before rollback protection (no policyRef) has no floor to raise: it opened with
+    the PCR-only approval and stays as it was."""
+    from obelisk.tpm import rollback
+
+    if (recipe.rollback_index is None or not recipe.advance_rollback_index or recipe.policy_key is None
+            or not sealed.policy_ref):
+        return ""
+    before, after = rollback.advance(recipe.rollback_index, recipe.policy_key, approvals, tcti)
+    return f", rollback floor raised from {before} to {after}" if before != after else ""
 
 
 FleetKey = Callable[[], bytes]  # the fleet's part of /var's key, after a round that verified; raises if refused
@@ -146,8 +185,12 @@ def unlock_var_with_fleet(device: str, recipe: VarRecipe, *, fleet_key: FleetKey
     tpm_part: bytes | None = None
     sealed = None
     keyslot: int | None = None
+    floor = ""
     if recipe.uses_tpm:
+        approvals = signed_policies(policy_file, recipe.policy_key) if recipe.rollback_index is not None else []
         if new:
+            if recipe.rollback_index is not None:
+                floor = "; " + provision_floor(recipe, tcti, approvals)
             tpm_part = disk.new_tpm_key()
             sealed = _seal_as_recipe(tpm_part, recipe, tcti)
         else:
@@ -155,6 +198,7 @@ def unlock_var_with_fleet(device: str, recipe: VarRecipe, *, fleet_key: FleetKey
             key = found[-1].sealed.authorize_key if found else None
             token, tpm_part = disk.unseal_key(device, tcti, signed_policies(policy_file, key))
             keyslot = token.keyslot
+            floor = advance_floor(recipe, tcti, approvals, token.sealed)
     finish_boot()
     passphrase = derived_key(recipe.unlock, tpm_part, fleet_key())
     if new:
@@ -164,7 +208,8 @@ def unlock_var_with_fleet(device: str, recipe: VarRecipe, *, fleet_key: FleetKey
             disk.import_token(device, Token(keyslot=0, sealed=sealed, derived=recipe.unlock))
     disk.open_with_key(device, passphrase, name=MAPPING, keyslot=keyslot)
     what = "the TPM and the fleet service" if recipe.uses_tpm else "the fleet service"
-    return f"{'created LUKS2 /var (first boot); ' if new else ''}/var unlocked by {what} (keyslot {keyslot})"
+    return (f"{'created LUKS2 /var (first boot); ' if new else ''}/var unlocked by {what} (keyslot {keyslot})"
+            + floor)
 
 
 def _seal_as_recipe(secret: bytes, recipe: VarRecipe, tcti: str) -> Sealed:
@@ -173,7 +218,7 @@ def _seal_as_recipe(secret: bytes, recipe: VarRecipe, tcti: str) -> Sealed:
 
     if recipe.policy_key:
         return sealmod.seal(secret, recipe.signed_pcrs, tcti, authorize_key=recipe.policy_key,
-                            bound=dict(recipe.bound))
+                            bound=dict(recipe.bound), policy_ref=_policy_ref(recipe))
     return sealmod.seal(secret, [*recipe.bound, *recipe.bound_at_first_boot], tcti, values=dict(recipe.bound))
 
 
@@ -202,15 +247,18 @@ def unlock_var(device: str, *, mountpoint: str = "/var", tcti: str = "device:/de
         if not is_blank(device):
             raise ObeliskError(f"{device} is not a LUKS2 volume and not blank (the image expects an encrypted "
                                "/var; it formats only a partition whose first MiB is zeros)")
-        created = create_var(device, recipe_file or recipemod.PATH, tcti) + "; "
+        created = create_var(device, recipe_file or recipemod.PATH, tcti, policy_file) + "; "
     # the policy key the volume was sealed to picks which signed policies apply (one luksDump)
     enrolled = disk.tokens(device)
     key = enrolled[0].sealed.authorize_key if enrolled else None
-    token = disk.unlock(device, tcti, name=MAPPING, extra_policies=signed_policies(policy_file, key))
+    approvals = signed_policies(policy_file, key)
+    token = disk.unlock(device, tcti, name=MAPPING, extra_policies=approvals)
+    floor = advance_floor(recipe, tcti, approvals, token.sealed) if recipe is not None and not created else ""
     pcrs = ",".join(str(p) for p in token.sealed.pcrs)
     how = "customer-signed policy" if token.sealed.authorize_key else "PCRs"
     bound = "".join(f" + PCR {p} by value" for p in sorted(token.sealed.bound))
-    return f"{created}/var unlocked by the TPM (keyslot {token.keyslot}, {how} {pcrs}{bound})" + _mount_var(mountpoint)
+    return (f"{created}/var unlocked by the TPM (keyslot {token.keyslot}, {how} {pcrs}{bound}){floor}"
+            + _mount_var(mountpoint))
 
 
 def _mount_var(mountpoint: str) -> str:

@@ -167,7 +167,8 @@ class Enrolled:
 def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existing_key: bytes | None = None,
            format_volume: bool = False, values: dict[int, bytes] | None = None,
            policy_key: bytes | None = None, bound: dict[int, bytes] | None = None,
-           recovery: bool = True, derive: Callable[[bytes], bytes] | None = None) -> Enrolled:
+           recovery: bool = True, derive: Callable[[bytes], bytes] | None = None,
+           policy_ref: bytes = b"") -> Enrolled:
     """Give `device` a TPM-sealed keyslot and (by default) a recovery keyslot.
 
     `derive` (with `format_volume` only): the keyslot's passphrase is derive(sealed secret), not the
@@ -201,7 +202,8 @@ def enroll(device: str, pcrs: Sequence[int], tcti: str | None = None, *, existin
     else:
         tpm_key, tpm_slot = new_tpm_key(), _free_slot(meta)
     # seal first: if the TPM refuses, the volume is unchanged
-    sealed = sealmod.seal(tpm_key, pcrs, tcti, values=values, authorize_key=policy_key, bound=bound)
+    sealed = sealmod.seal(tpm_key, pcrs, tcti, values=values, authorize_key=policy_key, bound=bound,
+                          policy_ref=policy_ref)
     if not formatted:
         _add_key(device, existing_key, tpm_key, tpm_slot)
     _import_token(device, Token(keyslot=tpm_slot, sealed=sealed))
@@ -286,7 +288,7 @@ def reseal(device: str, tcti: str | None = None, *, pcrs: Sequence[int] | None =
     new_pcrs = tuple(pcrs) if pcrs else old.sealed.pcrs
     new_key = new_tpm_key()
     sealed = sealmod.seal(new_key, new_pcrs, tcti, values=values, authorize_key=old.sealed.authorize_key,
-                          bound=old.sealed.bound)
+                          bound=old.sealed.bound, policy_ref=old.sealed.policy_ref)
     slot = _free_slot(metadata(device))
     _add_key(device, auth, new_key, slot)
     new = Token(keyslot=slot, sealed=sealed, signed_policies=old.signed_policies)
@@ -313,7 +315,8 @@ def _reseal_derived(device: str, old: Token, tcti: str | None, *, pcrs: Sequence
         raise UnlockError(f"{device}: this {old.derived} volume's TPM part no longer unseals ({exc}); it can "
                           "be resealed only where it still does (a recovery key is not its passphrase)") from None
     sealed = sealmod.seal(tpm_part, tuple(pcrs) if pcrs else old.sealed.pcrs, tcti, values=values,
-                          authorize_key=old.sealed.authorize_key, bound=old.sealed.bound)
+                          authorize_key=old.sealed.authorize_key, bound=old.sealed.bound,
+                          policy_ref=old.sealed.policy_ref)
     new = Token(keyslot=old.keyslot, sealed=sealed, signed_policies=old.signed_policies, derived=old.derived)
     _replace_token(device, old, new)
     return new

@@ -26,7 +26,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -35,11 +35,15 @@ from obelisk import __version__
 from obelisk.core import atomic, tools
 from obelisk.core.digest import file_hexdigest, tree_content_digest, tree_stat_digest
 from obelisk.core.errors import InputError
+from obelisk.core.findings import Status
 from obelisk.core.progress import progress
 from obelisk.image import cmdline, initramfs, manifest, measure, rootfs, sbom, scripts, squashfs
 from obelisk.image.cache import StepCache
 from obelisk.image.spec import Permission, Spec, SpecError
 from obelisk.tpm.prediction import PcrPrediction
+
+if TYPE_CHECKING:
+    from obelisk.tpm.seal import SignedPolicy
 
 ARTIFACT_KERNEL = "bzImage"
 ARTIFACT_INITRAMFS = "initramfs.cpio"
@@ -79,6 +83,8 @@ class Plan:
     kubernetes_modes: tuple[Permission, ...] = ()
     policy_signer: Keys | None = None  # disk.policy signed: the key approving PCR 11 values
     secure_boot: SecureBootPlan | None = None
+    cmdline_waived: tuple[manifest.CmdlineWaiver, ...] = ()  # profile checks the line fails, waived
+    kernel_left_out: tuple[str, ...] = ()  # profile options the kernel build leaves out, each with why
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,11 @@ class BuildResult:
     artifacts: Mapping[str, manifest.Artifact]
     files: int
     steps: dict[str, str] = field(default_factory=dict)  # step -> "cached" | "built"
+    left_out: tuple[str, ...] = ()  # hardening the profile asks for that this build leaves out, and why
 
     def to_json(self) -> dict[str, Any]:
         return {"out": str(self.out), "artifacts": {name: asdict(a) for name, a in self.artifacts.items()},
-                "files": self.files, "steps": self.steps}
+                "files": self.files, "steps": self.steps, "left_out": list(self.left_out)}
 
 
 # --- preflight: every input problem, before any work ---
@@ -206,15 +213,38 @@ def _render_kubernetes(spec: Spec) -> tuple[tuple[rootfs.ExtraFile, ...], tuple[
     return tuple(files), tuple(modes)
 
 
-def _kernel_inputs(spec: Spec) -> None:
+def _kernel_inputs(spec: Spec) -> tuple[str, ...]:
+    """The profile loads and the randstruct seed is a secret file; returns what the build will leave out."""
     if not spec.kernel.source:
-        return
+        return ()
+    from obelisk.kernel_hardening import randstruct
     from obelisk.kernel_hardening.profile import load_profile
+    from obelisk.kernel_hardening.resolve import NO_SEED, RANDSTRUCT_OPTIONS
 
     try:
-        load_profile(spec.kernel.profile)
+        profile = load_profile(spec.kernel.profile)
     except InputError as exc:
         raise SpecError(spec.source, "kernel.profile", str(exc)) from None
+    if spec.kernel.randstruct_seed:
+        try:
+            randstruct.read_seed(spec.kernel.randstruct_seed)
+        except InputError as exc:
+            raise SpecError(spec.source, "kernel.randstruct_seed", str(exc)) from None
+        return ()
+    return tuple(f"{r.name}: {NO_SEED}" for r in profile.of_kind("kconfig")
+                 if r.name in RANDSTRUCT_OPTIONS and r.requested_value() == "y")
+
+
+def _cmdline_inputs(spec: Spec) -> tuple[manifest.CmdlineWaiver, ...]:
+    """The line must pass the kernel profile's command-line checks, or the spec must waive each failure.
+
+    Checked on the line without its dm-verity root words (known only once the root is built): those
+    set up the root device, and no profile check is about them."""
+    findings = cmdline.profile_findings(spec, cmdline.kernel_cmdline(spec))
+    cmdline.refuse_failing(spec, findings)
+    return tuple(manifest.CmdlineWaiver(id=f.id, observed=f.observed, expected=f.expected or "", reason=f.waiver.reason,
+                                        approver=f.waiver.approver, expires=f.waiver.expires.isoformat())
+                 for f in findings if f.status is Status.WAIVED and f.waiver is not None)
 
 
 def _load_policy_key(spec: Spec, ima: Keys | None) -> Keys:
@@ -268,8 +298,11 @@ def var_recipe(plan: Plan) -> bytes | None:
         return recipe.serialize(recipe.VarRecipe(policy_key=None, unlock=unlock))
     bound = {7: plan.secure_boot.pcr7.value} if plan.secure_boot else {}
     if plan.policy_signer is not None:
+        upgrade = plan.spec.upgrade
         return recipe.serialize(recipe.VarRecipe(policy_key=_public_der(plan.policy_signer.cert),
-                                                 signed_pcrs=(measure.PCR,), bound=bound, unlock=unlock))
+                                                 signed_pcrs=(measure.PCR,), bound=bound, unlock=unlock,
+                                                 rollback_index=upgrade.rollback_index,
+                                                 advance_rollback_index=bool(upgrade.advance_rollback_index)))
     return recipe.serialize(recipe.VarRecipe(policy_key=None, bound=bound, bound_at_first_boot=(measure.PCR,),
                                              unlock=unlock))
 
@@ -289,8 +322,30 @@ def signed_var_policy(plan: Plan, unseal: bytes) -> bytes | None:
 
     values = {measure.PCR: unseal}
     signature = sign_tpm_policy(plan.policy_signer.key, seal.policy_pcr_digest((measure.PCR,), values))
-    policy = seal.SignedPolicy(pcrs=(measure.PCR,), values=values, signature=signature)
-    return pcrsig.serialize([policy], _public_der(plan.policy_signer.cert))
+    policies = [seal.SignedPolicy(pcrs=(measure.PCR,), values=values, signature=signature)]
+    public_der = _public_der(plan.policy_signer.cert)
+    if plan.spec.upgrade.rollback_index is not None:
+        # the PCR-only entry stays first: systemd's tools and volumes sealed before rollback protection read it
+        policies += rollback_approvals(plan.policy_signer.key, public_der, values, plan.spec.upgrade.rollback_index)
+    return pcrsig.serialize(policies, public_der)
+
+
+def rollback_approvals(key: Any, public_der: bytes, values: Mapping[int, bytes],
+                       rollback_index: int) -> tuple[SignedPolicy, SignedPolicy]:
+    """The customer's two approvals for an image with rollback protection (docs/upgrade.md):
+    unseal /var: PolicyPCR(values) + PolicyNV(floor <= rollback_index), policyRef UNSEAL_REF;
+    raise the floor: PolicyPCR(values), policyRef ADVANCE_REF (the floor index's authPolicy)."""
+    from obelisk.signer.keys import sign_tpm_policy
+    from obelisk.tpm import rollback, seal
+    from obelisk.tpm import rollback_policy as rp
+
+    pcrs = tuple(sorted(values))
+    check = rollback.rollback_check(public_der, rollback_index)
+    unseal = seal.SignedPolicy(pcrs=pcrs, values=dict(values), signature=b"", policy_ref=rp.UNSEAL_REF,
+                               rollback=check)
+    advance = seal.SignedPolicy(pcrs=pcrs, values=dict(values), signature=b"", policy_ref=rp.ADVANCE_REF)
+    return (replace(unseal, signature=sign_tpm_policy(key, unseal.approved, unseal.policy_ref)),
+            replace(advance, signature=sign_tpm_policy(key, advance.approved, advance.policy_ref)))
 
 
 def preflight(spec: Spec) -> Plan:
@@ -300,7 +355,7 @@ def preflight(spec: Spec) -> Plan:
         tools.which("mmdebstrap")
     if spec.kernel.source:
         tools.which("make")
-        _kernel_inputs(spec)
+    left_out = _kernel_inputs(spec)
     keys = _load_keys(spec)
     policy_signer = _load_policy_key(spec, keys) if spec.disk.encryption and spec.disk.policy == "signed" else None
     if spec.kernel.source or spec.kernel.image:
@@ -309,11 +364,12 @@ def preflight(spec: Spec) -> Plan:
         uki.load_stub()  # missing: one line naming systemd-boot-efi, before any work
         for tool in ("veritysetup", "sfdisk", "mkfs.vfat", "mcopy"):
             tools.which(tool)
+    waived = _cmdline_inputs(spec)
     k8s_files, k8s_modes = _render_kubernetes(spec)
     fleet_files(spec)  # fleet.ca readable and a certificate, before any work
     return Plan(spec=spec, keys=keys, busybox=Path(tools.which("busybox")), ima_policy=_render_policy(spec),
                 kubernetes_files=k8s_files, kubernetes_modes=k8s_modes, policy_signer=policy_signer,
-                secure_boot=_secure_boot(spec))
+                secure_boot=_secure_boot(spec), cmdline_waived=waived, kernel_left_out=left_out)
 
 
 # --- steps: explicit inputs, one output directory each ---
@@ -504,6 +560,8 @@ def step_kernel(plan: Plan, cache: StepCache, quiet: bool) -> tuple[Path | None,
         return Path(spec.kernel.image), True
     if not spec.kernel.source:
         return None, True
+    from obelisk.kernel_hardening import randstruct
+    from obelisk.kernel_hardening.kconfig_tree import compiler_version_text, gcc_plugins_available
     from obelisk.kernel_hardening.source import source_tree
 
     source = spec.kernel.source
@@ -513,9 +571,14 @@ def step_kernel(plan: Plan, cache: StepCache, quiet: bool) -> tuple[Path | None,
     # was read from: the same profile in another checkout is the same input.
     profile = hashlib.sha256(repr(replace(load_profile(spec.kernel.profile), path="")).encode()
                              ).hexdigest()
+    seed = randstruct.read_seed(spec.kernel.randstruct_seed) if spec.kernel.randstruct_seed else None
     inputs = {"source": file_hexdigest(source) if os.path.isfile(source) else tree_stat_digest(Path(source)),
               "profile": [spec.kernel.profile, profile], "ca": file_hexdigest(spec.signing.ca),
-              "fragments": [file_hexdigest(f) for f in spec.kernel.fragments]}
+              "fragments": [file_hexdigest(f) for f in spec.kernel.fragments],
+              # the compiler decides what Kconfig offers (GCC plugins need their headers installed)
+              "toolchain": [compiler_version_text(), gcc_plugins_available()]}
+    if seed is not None:  # a digest of the secret, never the secret (the cache's inputs are not secret)
+        inputs["randstruct_seed"] = hashlib.sha256(seed.encode()).hexdigest()
 
     def produce(out: Path) -> None:
         from obelisk.kernel_hardening import build as kbuild
@@ -523,9 +586,11 @@ def step_kernel(plan: Plan, cache: StepCache, quiet: bool) -> tuple[Path | None,
         from obelisk.kernel_hardening.resolve import resolve
 
         tree = source_tree(source, quiet=quiet)
-        res = resolve(tree, load_profile(spec.kernel.profile), fragments=list(spec.kernel.fragments))
+        res = resolve(tree, load_profile(spec.kernel.profile), fragments=list(spec.kernel.fragments),
+                      randstruct_seed=seed is not None)
         atomic.write_text(out / "config", res.config_text)
-        kbuild.build(source, out / "config", spec.signing.ca, out / "kernel", jobs=os.cpu_count() or 2, quiet=quiet)
+        kbuild.build(source, out / "config", spec.signing.ca, out / "kernel", jobs=os.cpu_count() or 2, quiet=quiet,
+                     randstruct_seed=seed)
         os.replace(out / "kernel" / "bzImage", out / ARTIFACT_KERNEL)
 
     out, cached = cache.run("kernel", inputs, produce)
@@ -646,7 +711,8 @@ def build_manifest(plan: Plan, artifacts: Mapping[str, manifest.Artifact],
     spec = plan.spec
     mf = manifest
     boot = mf.Boot(cmdline=chain.cmdline if chain else cmdline.kernel_cmdline(spec),
-                   devices=mf.Devices(root=cmdline.ROOT_DEVICE, var=cmdline.VAR_DEVICE, config=cmdline.CONFIG_DEVICE))
+                   devices=mf.Devices(root=cmdline.ROOT_DEVICE, var=cmdline.VAR_DEVICE, config=cmdline.CONFIG_DEVICE),
+                   waived=plan.cmdline_waived or None)
     predictions: tuple[PcrPrediction, ...] = ()
     sealed_to: dict[int, bytes] = {}
     if chain is not None:
@@ -692,7 +758,9 @@ def build_manifest(plan: Plan, artifacts: Mapping[str, manifest.Artifact],
                      signed_policy=ARTIFACT_VAR_POLICY if plan.policy_signer and chain else None,
                      policy_certificate=(plan.policy_signer.cert.public_bytes(serialization.Encoding.PEM).decode()
                                          if plan.policy_signer else None),
-                     size_mib=spec.disk.size_mib),
+                     size_mib=spec.disk.size_mib, rollback_index=spec.upgrade.rollback_index,
+                     advance_rollback_index=(spec.upgrade.advance_rollback_index
+                                             if spec.upgrade.rollback_index is not None else None)),
         kubernetes=mf.Kubernetes(role=spec.kubernetes.role, version=spec.kubernetes.version,
                                  binaries="/opt/kubernetes/bin (not included)"),
         sbom=ARTIFACT_SBOM,
@@ -780,7 +848,7 @@ def build(spec: Spec, out: Path, *, cache: StepCache, quiet: bool = False) -> Bu
             os.sync()
         bar.advance()
     return BuildResult(out=out, artifacts=artifacts, files=sum(1 for f in files if f.type == manifest.FILE),
-                       steps=steps)
+                       steps=steps, left_out=plan.kernel_left_out)
 
 
 def _busybox_version() -> str:

@@ -7,6 +7,10 @@ spec's `kernel.cmdline` (which may override the defaults), and what IMA needs, r
 manifest as `boot.cmdline`. A node booted with anything else (say `ima_appraise=off`, or another
 root) has another PCR 11: its /var stays locked and the verifier names PCR 11's `.cmdline`.
 
+The kernel profile's parameters come before the spec's (`cmdline_plan.profile_words`): the hardened
+line is the default, and the build refuses a spec whose words make the line fail the profile's
+command-line checks (`profile_failures`) unless `kernel.waivers` waives each failing check by id.
+
 Devices: the root is the verity device the kernel makes from `dm-mod.create=` (/dev/dm-0); /var is
 disk.raw's partition named `var`, found by name; the config disk is the second disk `obelisk boot`
 attaches.
@@ -14,9 +18,14 @@ attaches.
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Sequence
 
-from obelisk.image.spec import Spec
+from obelisk.core.findings import Finding, Status
+from obelisk.core.waivers import apply_waivers, load_waivers
+from obelisk.image.spec import Spec, SpecError
+from obelisk.kernel_hardening import cmdline_plan
+from obelisk.kernel_hardening.profile import load_profile
 
 ROOT_DEVICE = "/dev/dm-0"
 VAR_DEVICE = "PARTLABEL=var"
@@ -32,7 +41,28 @@ def kernel_cmdline(spec: Spec, root: Sequence[str] = ()) -> str:
     # hardware names its own disks there.
     words = ["panic=-1", "initramfs_async=0", *root, f"obelisk.root={ROOT_DEVICE}", f"obelisk.var={VAR_DEVICE}",
              f"obelisk.config={CONFIG_DEVICE}", "ip=dhcp", f"obelisk.image={spec.name}"]
+    words += cmdline_plan.profile_words(load_profile(spec.kernel.profile))
     words += list(spec.kernel.cmdline)
     if spec.ima.policy != "none":
         words += ["ima_hash=sha256", "ima_template=ima-sig"]  # signatures in the list, for the verifier
     return " ".join(words)
+
+
+def profile_findings(spec: Spec, line: str, today: _dt.date | None = None) -> tuple[Finding, ...]:
+    """The kernel profile's command-line checks on the image's line, with `kernel.waivers` applied."""
+    findings = cmdline_plan.cmdline_findings(load_profile(spec.kernel.profile), line, "boot.cmdline")
+    if spec.kernel.waivers:
+        findings = apply_waivers(findings, load_waivers(spec.kernel.waivers), today)
+    return findings
+
+
+def refuse_failing(spec: Spec, findings: tuple[Finding, ...]) -> None:
+    """One line naming every check the line fails that no unexpired waiver covers."""
+    failed = [f for f in findings if f.status is Status.FAIL]
+    if failed:
+        what = "; ".join(f"{f.id} ({f.observed or 'missing'}, expected {f.expected}"
+                         + (f", waiver expired {f.waiver.expires.isoformat()}" if f.waiver else "") + ")"
+                         for f in failed)
+        raise SpecError(spec.source, "kernel.cmdline",
+                        f"the command line fails the {spec.kernel.profile} profile: {what}; "
+                        "change kernel.cmdline or waive these ids in kernel.waivers")

@@ -167,6 +167,18 @@ class SecureBoot:
 
 
 @dataclass(frozen=True)
+class CmdlineWaiver:
+    """A kernel profile's command-line check the image's line fails, waived by the spec's kernel.waivers."""
+
+    id: str  # the check, e.g. kernel.cmdline.pti
+    observed: str | None = meta()  # what the line holds (None: the parameter is missing)
+    expected: str = meta()
+    reason: str = meta()
+    approver: str = meta()
+    expires: str = meta(pattern=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+@dataclass(frozen=True)
 class Boot:
     cmdline: str  # byte for byte the UKI's .cmdline, measured into PCR 11 by systemd-stub
     devices: Devices
@@ -174,6 +186,8 @@ class Boot:
     verity: Verity | None = meta(omitted=True)
     disk_image: DiskLayout | None = meta(omitted=True)  # disk.raw's GPT and each partition's digest
     secure_boot: SecureBoot | None = meta(omitted=True)
+    # the kernel profile's command-line checks this line fails, each waived in the spec (absent: none)
+    waived: tuple[CmdlineWaiver, ...] | None = meta(omitted=True)
 
 
 @dataclass(frozen=True)
@@ -195,6 +209,9 @@ class Disk:
     signed_policy: str | None = meta()  # the artifact holding the signed PCR 11 policy (policy signed; also .pcrsig)
     policy_certificate: str | None = meta()  # PEM of the key approving PCR policies (policy signed)
     size_mib: int | None = meta(omitted=True)  # the /var disk; absent from manifests built before it was added
+    # spec upgrade.rollback_index / advance_rollback_index (docs/upgrade.md): absent without rollback protection
+    rollback_index: int | None = meta(omitted=True)
+    advance_rollback_index: bool | None = meta(omitted=True)
 
 
 @dataclass(frozen=True)

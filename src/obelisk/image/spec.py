@@ -200,10 +200,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kernel", "fragments", FILES, (), max_bytes=SMALL_FILE,
             help="Extra .config fragments applied after the profile (e.g. the NIC and /var filesystem of your "
                  "platform)."),
+    Setting("kernel", "randstruct_seed", FILE, max_bytes=4096,
+            help="The customer's secret seed for structure layout randomisation (CONFIG_RANDSTRUCT): a file of "
+                 "16 to 4096 secret bytes, mode 0600 (`obelisk keys generate` makes keys/randstruct.seed). The "
+                 "same seed rebuilds the same kernel; without one the build leaves RANDSTRUCT out and says so."),
     Setting("kernel", "image", FILE, max_bytes=KERNEL_IMAGE_BYTES,
                help="A prebuilt bzImage to use instead of building from kernel.source."),
     Setting("kernel", "cmdline", STR_LIST, ("console=ttyS0",),
-            help="Kernel command line; obelisk adds the IMA and root parameters it needs."),
+            help="Kernel command line words added after obelisk's: the root and IMA parameters it needs and "
+                 "every parameter kernel.profile asks for. A word that makes the line fail the profile's "
+                 "command-line checks (pti=off, lsm=...) stops the build unless kernel.waivers waives it."),
+    Setting("kernel", "waivers", FILE, max_bytes=SMALL_FILE,
+            help="Waivers (`kernel check --waivers` format: id, reason, approver, expires) for profile "
+                 "command-line checks the image's line may fail, e.g. kernel.cmdline.pti; recorded in the "
+                 "manifest's boot.waived."),
     Setting("rootfs", "base", STR, "busybox", choices=ROOTFS_BASES,
             help="Userland: busybox (Debian's busybox-static, a few MB), debian (mmdebstrap from Debian's "
                  "archive), or a user-supplied directory or tarball (rootfs.path)."),
@@ -280,6 +290,15 @@ SETTINGS: tuple[Setting, ...] = (
             help="The db key that signs the UKI: a PEM file or a PKCS#11 URI.", example="keys/db.key"),
     Setting("secure_boot", "db_cert", FILE, max_bytes=SMALL_FILE,
             help="Certificate of secure_boot.db_key, issued by signing.ca; enrolled in db.", example="keys/db.pem"),
+    Setting("upgrade", "rollback_index", INT, None, minimum=0, maximum=64,
+            help="Rollback protection (docs/upgrade.md): this image's rollback index. /var opens only while the "
+                 "node's rollback floor (a TPM NV index the node defines when it creates /var) is at most this "
+                 "value: the customer signs PolicyPCR(11) + PolicyNV(floor <= index) for the image. Raise it in a "
+                 "release that fixes a hole older images must not reopen /var with. Unset: no rollback "
+                 "protection (the image's approval is PCR 11 alone, as before). Needs disk.policy: signed."),
+    Setting("upgrade", "advance_rollback_index", BOOL, True,
+            help="With upgrade.rollback_index: when this image has opened /var, the node raises its rollback "
+                 "floor to the image's index (never lowers it), locking older images out of /var."),
     Setting("agent", "port", INT, 8443, minimum=1, maximum=65535,
                help="TCP port of the node agent (HTTPS, mutual TLS)."),
     Setting("fleet", "url", STR,
@@ -325,6 +344,7 @@ class Spec:
     agent: Any
     secure_boot: Any = None
     fleet: Any = None
+    upgrade: Any = None
     source: str = ""  # the spec file it came from
     base_dir: str = ""  # relative paths were resolved against this
 
@@ -390,6 +410,10 @@ RULES: tuple[Rule, ...] = (
     Rule("rootfs.packages", "disk.encryption needs " + ", ".join(ENCRYPTION_PACKAGES) + " in the node's userland",
          lambda s: s.disk.encryption and s.rootfs.base == "debian"
          and not set(ENCRYPTION_PACKAGES) <= set(s.rootfs.packages)),
+    Rule("upgrade.rollback_index", "rollback protection is part of the customer-signed /var policy: it needs "
+         "disk.encryption: true, disk.policy: signed and a TPM unlock (disk.unlock tpm or tpm+fleet)",
+         lambda s: s.upgrade.rollback_index is not None
+         and not (s.disk.encryption and s.disk.policy == "signed" and s.disk.unlock != "fleet")),
     Rule("disk.unlock", "fleet and tpm+fleet unlock an encrypted /var: they need disk.encryption: true",
          lambda s: s.disk.unlock != "tpm" and not s.disk.encryption),
     Rule("disk.unlock", "fleet and tpm+fleet need fleet.url (where the node asks for its /var key)",

@@ -82,10 +82,11 @@ def intended_config(config_text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def build_key(source_digest: str, config_text: str, ca: bytes) -> str:
+def build_key(source_digest: str, config_text: str, ca: bytes, randstruct_seed: str | None = None) -> str:
     h = hashlib.sha256()
+    seed = "" if randstruct_seed is None else hashlib.sha256(randstruct_seed.encode()).hexdigest()
     for part in (RECIPE, source_digest, config_text, ca.decode(errors="replace"),
-                 json.dumps(BUILD_ENV, sort_keys=True)):
+                 json.dumps(BUILD_ENV, sort_keys=True), *((seed,) if seed else ())):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -106,7 +107,9 @@ def _copy_outputs(src: Path, dest: Path) -> None:
 
 
 def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], ca_path: str | os.PathLike[str],
-          output: str | os.PathLike[str], *, jobs: int = 2, quiet: bool = False) -> BuildResult:
+          output: str | os.PathLike[str], *, jobs: int = 2, quiet: bool = False,
+          randstruct_seed: str | None = None) -> BuildResult:
+    """`randstruct_seed`: the seed from randstruct.read_seed; a config with CONFIG_RANDSTRUCT=y needs one."""
     from obelisk.core.digest import file_hexdigest, tree_stat_digest
     from obelisk.kernel_hardening.resolve import check_tree_clean
     from obelisk.kernel_hardening.source import source_tree
@@ -116,12 +119,17 @@ def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], c
     if config_text is None:
         raise InputError("config not found", source=str(config_path))
     kconfig_file.read(config_path)  # one-line error if it is not a kernel config
+    if kconfig_file.parse(config_text.encode(), str(config_path)).get("CONFIG_RANDSTRUCT") == "y" \
+            and randstruct_seed is None:
+        raise InputError("CONFIG_RANDSTRUCT is set but no randstruct seed was given: the kernel would pick a random "
+                         "one and the build would not be reproducible (give the customer's seed file, or leave "
+                         "RANDSTRUCT out)", source=str(config_path))
     ca = read_ca(ca_path)
     tree = source_tree(source, quiet=quiet)
     check_tree_clean(tree)
     source_digest = file_hexdigest(source) if Path(source).is_file() else tree_stat_digest(tree)
     wanted = intended_config(config_text)
-    key = build_key(source_digest, wanted, ca)[:32]
+    key = build_key(source_digest, wanted, ca, randstruct_seed)[:32]
     entry = cache.cache_dir("build") / key
     if (entry / "build.json").is_file():
         _copy_outputs(entry, Path(output))
@@ -137,21 +145,32 @@ def build(source: str | os.PathLike[str], config_path: str | os.PathLike[str], c
             info = json.loads((entry / "build.json").read_text())
             return BuildResult(Path(output), key, True, time.monotonic() - started, info)
         return _build_locked(tree, source, config_path, wanted, ca, key, entry, output, jobs, quiet,
-                             source_digest, started)
+                             source_digest, started, randstruct_seed)
     finally:
         lock.close()
 
 
 def _build_locked(tree: Path, source: str | os.PathLike[str], config_path: str | os.PathLike[str], wanted: str,
                   ca: bytes, key: str, entry: Path, output: str | os.PathLike[str], jobs: int, quiet: bool,
-                  source_digest: str, started: float) -> BuildResult:
+                  source_digest: str, started: float, randstruct_seed: str | None) -> BuildResult:
     from obelisk.core.progress import progress
+    from obelisk.kernel_hardening import randstruct
 
     objdir = cache.cache_dir("work") / key
     objdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(objdir, 0o700)  # the randstruct seed ends up in generated headers here
     (objdir / CA_NAME).write_bytes(ca)
     (objdir / ".config").write_text(wanted)
     make_args = ["-C", str(tree), f"O={objdir}", f"-j{max(1, jobs)}"]
+    if randstruct_seed is not None:
+        # the seed goes in a file the generator reads, never on a command line
+        seed_file, generator = objdir / "obelisk-randstruct.seed", objdir / "obelisk-gen-randstruct-seed.sh"
+        fd = os.open(seed_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(randstruct_seed)
+        generator.write_text(randstruct.generator_script(str(seed_file)))
+        generator.chmod(0o700)
+        make_args.append(f"gen-randstruct-seed={generator}")
     steps_file = cache.root() / "last-build-steps"
     try:
         total = int(steps_file.read_text()) if steps_file.is_file() else None
@@ -205,7 +224,8 @@ def _build_locked(tree: Path, source: str | os.PathLike[str], config_path: str |
 
 def build_from_profile(source: str | os.PathLike[str], ca_path: str | os.PathLike[str],
                        output: str | os.PathLike[str], *, profile: str = "module-less", base: str = "tinyconfig",
-                       fragments: tuple[str, ...] = (), jobs: int = 2, quiet: bool = True) -> BuildResult:
+                       fragments: tuple[str, ...] = (), jobs: int = 2, quiet: bool = True,
+                       randstruct_seed: str | None = None) -> BuildResult:
     """`kernel config` then `kernel build` in one call (the API the image pipeline uses)."""
     import tempfile
 
@@ -216,8 +236,9 @@ def build_from_profile(source: str | os.PathLike[str], ca_path: str | os.PathLik
 
     tree = source_tree(source, quiet=quiet)
     check_tree_clean(tree)
-    resolution = resolve(tree, load_profile(profile), base=base, fragments=list(fragments))
+    resolution = resolve(tree, load_profile(profile), base=base, fragments=list(fragments),
+                         randstruct_seed=randstruct_seed is not None)
     with tempfile.TemporaryDirectory(prefix="obelisk-kconfig-") as tmp:
         config = Path(tmp) / ".config"
         atomic.write_text(config, resolution.config_text)
-        return build(source, config, ca_path, output, jobs=jobs, quiet=quiet)
+        return build(source, config, ca_path, output, jobs=jobs, quiet=quiet, randstruct_seed=randstruct_seed)

@@ -67,7 +67,7 @@ def _remediation(req: Requirement) -> str:
     return f"Set sysctl {req.name} = {req.requested_value()} (e.g. in /etc/sysctl.d/)"
 
 
-def _moot(req: Requirement, config: KernelConfig | None, profile: Profile) -> str | None:
+def moot_reason(req: Requirement, config: KernelConfig | None, profile: Profile) -> str | None:
     """Why the requirement is moot, if the conditions of `moot_if` hold."""
     if not req.moot_if:
         return None
@@ -116,7 +116,7 @@ def _check_kconfig(req: Requirement, inputs: Inputs, profile: Profile) -> Findin
     if name in config.lines:
         evidence = (Evidence(kind="config", source=config.source, detail=f"{name}={observed}",
                              location=f"line {config.lines[name]}"),)
-    moot = _moot(req, config, profile)
+    moot = moot_reason(req, config, profile)
     if req.accepts(observed):
         return _finding(req, Status.PASS, observed=observed, detail="", target=target, evidence=evidence)
     if moot:
@@ -207,7 +207,7 @@ def _check_cmdline(req: Requirement, inputs: Inputs, profile: Profile) -> Findin
         if by:
             return _finding(req, Status.PASS, observed=None, target=cmdline.source, evidence=evidence,
                             detail=f"not on the command line, but the kernel default already applies ({by})")
-    moot = _moot(req, inputs.config, profile)
+    moot = moot_reason(req, inputs.config, profile)
     if moot:
         return _finding(req, Status.SKIP, observed=observed, detail=moot, target=cmdline.source, evidence=evidence)
     what = "missing" if not found else f"set to {observed}"
@@ -225,7 +225,7 @@ def _check_sysctl(req: Requirement, inputs: Inputs, profile: Profile) -> Finding
         evidence = (Evidence(kind="sysctl", source=sysctls.source, detail=f"{req.name} = {observed}", location=loc),)
     if observed is not None and req.accepts(observed):
         return _finding(req, Status.PASS, observed=observed, detail="", target=sysctls.source, evidence=evidence)
-    moot = _moot(req, inputs.config, profile)
+    moot = moot_reason(req, inputs.config, profile)
     if moot:
         return _finding(req, Status.SKIP, observed=observed, detail=moot, target=sysctls.source, evidence=evidence)
     version = _version(inputs)

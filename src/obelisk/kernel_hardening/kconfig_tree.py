@@ -113,6 +113,19 @@ def compiler_version_text() -> str:
     return first.replace("#", "")
 
 
+def gcc_plugins_available() -> bool:
+    """What scripts/Kconfig.include's HAVE_GCC_PLUGINS probe asks: are GCC's plugin headers installed?"""
+    from obelisk.core import tools
+    from obelisk.core.errors import ObeliskError
+
+    cc = os.environ.get("CC", "gcc")
+    try:
+        out = tools.run(cc, ["-print-file-name=plugin"], env={"LC_ALL": "C"}, check=False).stdout
+    except ObeliskError:
+        return False
+    return os.path.isfile(os.path.join(out.decode(errors="replace").strip(), "include", "plugin-version.h"))
+
+
 def config_header(version: str, arch: str = "x86") -> str:
     """The header `make *config` writes, so obelisk's .config is byte-identical to make's."""
     return f"#\n# Automatically generated file; DO NOT EDIT.\n# Linux/{arch} {version} Kernel Configuration\n#\n"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,13 @@ from obelisk.kernel_hardening.profile import Profile, Requirement
 from obelisk.kernel_hardening.tree_index import build_index, expr_text, symbols_in, unmet
 
 MAX_ROUNDS = 10
+# Structure layout randomisation needs a seed: a random one makes the build unreproducible, a known one
+# (in the tree, or derived from public inputs) makes the layout predictable to attackers. Only a customer
+# secret does both jobs (kernel_hardening/build.py, spec kernel.randstruct_seed).
+RANDSTRUCT_OPTIONS = ("CONFIG_RANDSTRUCT_FULL", "CONFIG_RANDSTRUCT_PERFORMANCE", "CONFIG_GCC_PLUGIN_RANDSTRUCT")
+NO_SEED = ("left out: no randstruct seed given (a customer secret file, 0600: spec kernel.randstruct_seed or "
+           "--randstruct-seed); a random seed would make the build unreproducible and a public one the "
+           "structure layout predictable")
 
 APPLIED = "applied"
 NOT_APPLICABLE = "not-applicable"
@@ -103,7 +111,9 @@ def _wanted_for(req: Requirement) -> str | None:
     return req.requested_value()
 
 
-def requests_from(profile: Profile, kconf: Any, fragments: list[str]) -> tuple[list[Request], list[Outcome]]:
+def requests_from(profile: Profile, kconf: Any, fragments: list[str],
+                  withheld: Mapping[str, str] | None = None) -> tuple[list[Request], list[Outcome]]:
+    """`withheld`: requirements the build leaves out on purpose (name -> why), reported as dropped."""
     requests: dict[str, Request] = {}
     skipped: list[Outcome] = []
     for req in profile.of_kind("kconfig"):
@@ -111,6 +121,11 @@ def requests_from(profile: Profile, kconf: Any, fragments: list[str]) -> tuple[l
                  and kconf.syms[n.removeprefix("CONFIG_")].nodes]
         value = _wanted_for(req)
         if value is None:
+            continue
+        why = next((w for n, w in (withheld or {}).items() if n in req.names), None)
+        if why is not None:
+            skipped.append(Outcome(Request(names[0] if names else req.name, value, f"profile {profile.name}", req),
+                                   DROPPED, None, why))
             continue
         if not names:
             skipped.append(Outcome(Request(req.name, value, f"profile {profile.name}", req), NOT_APPLICABLE, None,
@@ -228,7 +243,8 @@ def _render_input(base_values: dict[str, str], overlay: dict[str, str], types: d
 
 
 def resolve(tree: Path, profile: Profile, *, base: str = "tinyconfig", fragments: list[str] | None = None,
-            arch: str = "x86") -> Resolution:
+            arch: str = "x86", randstruct_seed: bool = True) -> Resolution:
+    """`randstruct_seed` False: no customer seed, so structure layout randomisation is left out (explained)."""
     import kconfiglib
 
     kconf = load_kconfig(tree, arch)
@@ -236,7 +252,8 @@ def resolve(tree: Path, profile: Profile, *, base: str = "tinyconfig", fragments
     header = config_header(version, arch)
     base_text = base_config(kconf, tree, base, header, arch)
     base_cfg = kconfig_file.parse(base_text.encode(), base)
-    requests, outcomes = requests_from(profile, kconf, list(fragments or []))
+    withheld = {} if randstruct_seed else {name: NO_SEED for name in RANDSTRUCT_OPTIONS}
+    requests, outcomes = requests_from(profile, kconf, list(fragments or []), withheld)
     types = {"CONFIG_" + s.name: ("string" if s.orig_type == kconfiglib.STRING else "other")
              for s in kconf.unique_defined_syms}
     explicit = {r.name: r.value for r in requests}

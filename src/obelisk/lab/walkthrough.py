@@ -53,7 +53,14 @@ class Walk:
 
 
 def stage_keys(w: Walk) -> str:
-    from obelisk.signer.keygen import POLICY_KEY, generate, issue_policy_key, issue_secure_boot_keys
+    from obelisk.signer.keygen import (
+        POLICY_KEY,
+        RANDSTRUCT_SEED,
+        generate,
+        issue_policy_key,
+        issue_randstruct_seed,
+        issue_secure_boot_keys,
+    )
 
     w.project.mkdir(parents=True, exist_ok=True)
     shutil.copytree(w.example, w.project, dirs_exist_ok=True, ignore=shutil.ignore_patterns("keys", "out*"))
@@ -66,11 +73,14 @@ def stage_keys(w: Walk) -> str:
         if not (w.keys / "db.key").exists():
             issue_secure_boot_keys(w.keys, organization="obelisk example")
             issued.append("Secure Boot PK, KEK and db")
+        if not (w.keys / RANDSTRUCT_SEED).exists():
+            issue_randstruct_seed(w.keys)
+            issued.append("a kernel randstruct seed")
         also = f"; issued {' and '.join(issued)}" if issued else ""
         return f"reused the customer CA and IMA key in {w.keys}{also}"
     generate(w.keys, "rsa-2048", organization="obelisk example")
-    return (f"generated a customer CA, IMA signing key, disk policy key and Secure Boot PK, KEK and db in {w.keys} "
-            "(private keys 0600)")
+    return (f"generated a customer CA, IMA signing key, disk policy key, Secure Boot PK, KEK and db and the kernel's "
+            f"randstruct seed in {w.keys} (private keys and the seed 0600)")
 
 
 def stage_build(w: Walk) -> str:

@@ -119,7 +119,7 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = ("ca.key", "ca.pem", "ca.der", "ima.key", "ima.pem", "ima.der", POLICY_KEY, POLICY_CERT,
-             *SECURE_BOOT_FILES, SECURE_BOOT_ENROLL_DIR)
+             *SECURE_BOOT_FILES, SECURE_BOOT_ENROLL_DIR, RANDSTRUCT_SEED)
     existing = [n for n in names if (out / n).exists()]
     if existing:
         raise InputError(f"refusing to overwrite existing {', '.join(existing)}", source=str(out))
@@ -165,6 +165,7 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
                                                valid_days=valid_days, now=now)
     secure_boot = issue_secure_boot_keys(out, key_type, organization=organization, passphrase=passphrase,
                                          valid_days=valid_days, now=now)
+    issue_randstruct_seed(out)
     return GeneratedKeys(directory=out, key_type=key_type, ca_cert=out / "ca.pem", ca_cert_der=out / "ca.der",
                          ca_key=out / "ca.key", ima_cert=out / "ima.pem", ima_cert_der=out / "ima.der",
                          ima_key=out / "ima.key", ima_key_id=ima_ski.digest[-4:].hex(), policy_key=policy_key,
@@ -172,6 +173,14 @@ def generate(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *, org
 
 
 POLICY_KEY, POLICY_CERT = "disk-policy.key", "disk-policy.pem"
+RANDSTRUCT_SEED = "randstruct.seed"
+
+
+def issue_randstruct_seed(out_dir: str | os.PathLike[str]) -> Path:
+    """The kernel's structure-layout seed (kernel_hardening/randstruct.py): 32 random bytes, hex, mode 0600."""
+    path = Path(out_dir) / RANDSTRUCT_SEED
+    atomic.write_bytes(path, os.urandom(32).hex().encode() + b"\n", mode=0o600)
+    return path
 
 
 def issue_policy_key(out_dir: str | os.PathLike[str], key_type: str = "rsa-2048", *,

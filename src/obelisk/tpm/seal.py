@@ -27,6 +27,7 @@ from obelisk.tpm import algorithms
 from obelisk.tpm import device as tpmmod
 from obelisk.tpm.device import TPMError
 from obelisk.tpm.pcr import composite_digest
+from obelisk.tpm.rollback_policy import RollbackCheck
 
 if TYPE_CHECKING:
     from tpm2_pytss import ESAPI, ESYS_TR, TPM2B_PUBLIC
@@ -46,6 +47,9 @@ class Sealed:
     authorize_key: bytes | None = None  # DER SubjectPublicKeyInfo of the customer policy key, if any
     # PCRs bound by value after PolicyAuthorize (authorize_key only): PolicyPCR over these, in the same session
     bound: Mapping[int, bytes] = field(default_factory=dict)
+    # PolicyAuthorize's policyRef: rollback_policy.UNSEAL_REF for a volume with rollback protection, so
+    # that only approvals which check the rollback floor (PolicyNV) open it
+    policy_ref: bytes = b""
 
 
 class PolicyMismatch(TPMError):
@@ -56,6 +60,19 @@ class PolicyMismatch(TPMError):
         names = ", ".join(f"PCR {p}" for p in sorted(differing)) or "no PCR differs (policy or TPM changed)"
         super().__init__(f"the TPM refused to unseal: {names} differ{'s' if len(differing) == 1 else ''} "
                          "from the sealed policy")
+
+
+class RollbackLocked(TPMError):
+    """The TPM refused to unseal because the node's rollback floor is above the image's rollback index."""
+
+    def __init__(self, floor: int | None, image_index: int, nv_index: int, detail: str = ""):
+        self.floor = floor
+        self.image_index = image_index
+        self.nv_index = nv_index
+        what = (f"the node's rollback floor (TPM NV index 0x{nv_index:08x}) is {floor}, above this image's "
+                f"rollback index {image_index}" if floor is not None and not detail else
+                f"the rollback floor (TPM NV index 0x{nv_index:08x}) {detail}")
+        super().__init__(f"the TPM refused to unseal: {what}")
 
 
 # ---- policy digests, computed in software (TPM 2.0 Part 3, PolicyPCR / PolicyAuthorize) ----------
@@ -87,12 +104,21 @@ def policy_authorize_digest(public_der: bytes, policy_ref: bytes = b"") -> bytes
 
 def _external_public(public_der: bytes) -> TPM2B_PUBLIC:
     from cryptography.hazmat.primitives import serialization
-    from tpm2_pytss import TPM2_ALG, TPM2B_PUBLIC, TPMA_OBJECT
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from tpm2_pytss import TPM2_ALG, TPM2B_ECC_PARAMETER, TPM2B_PUBLIC, TPMA_OBJECT
 
-    pem = serialization.load_der_public_key(public_der).public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key = serialization.load_der_public_key(public_der)
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     pub = TPM2B_PUBLIC.from_pem(pem, nameAlg=TPM2_ALG.SHA256, objectAttributes=TPMA_OBJECT.SIGN_ENCRYPT
                                 | TPMA_OBJECT.USERWITHAUTH)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        # tpm2-pytss drops leading zero bytes of a coordinate, and the TPM refuses a point whose
+        # coordinates are shorter than the curve (TPM_RC_KEY): one P-256 key in 128 could never
+        # approve a policy. Padded, they are the bytes the TPM and tpm2-tools use.
+        size = (key.curve.key_size + 7) // 8
+        unique = pub.publicArea.unique.ecc
+        unique.x = TPM2B_ECC_PARAMETER(bytes(unique.x).rjust(size, b"\0"))
+        unique.y = TPM2B_ECC_PARAMETER(bytes(unique.y).rjust(size, b"\0"))
     return pub
 
 
@@ -138,22 +164,24 @@ def _srk(esapi: ESAPI) -> ESYS_TR:
 
 
 def sealing_policy(pcrs: Sequence[int], values: Mapping[int, bytes], authorize_key: bytes | None = None,
-                   bound: Mapping[int, bytes] | None = None) -> bytes:
-    """The sealed object's authPolicy: PolicyPCR(pcrs), or PolicyAuthorize(key) [then PolicyPCR(bound)]."""
+                   bound: Mapping[int, bytes] | None = None, policy_ref: bytes = b"") -> bytes:
+    """The sealed object's authPolicy: PolicyPCR(pcrs), or PolicyAuthorize(key, policy_ref) [then PolicyPCR(bound)]."""
     if not authorize_key:
-        if bound:
-            raise InputError("PCRs bound after a signed policy need a policy key")
+        if bound or policy_ref:
+            raise InputError("PCRs bound after a signed policy, or a policyRef, need a policy key")
         return policy_pcr_digest(pcrs, dict(values))
-    policy = policy_authorize_digest(authorize_key)
+    policy = policy_authorize_digest(authorize_key, policy_ref)
     if bound:
         policy = policy_pcr_digest(sorted(bound), dict(bound), previous=policy)
     return policy
 
 
 def seal(secret: bytes, pcrs: Sequence[int], tcti: str | None = None, *, values: dict[int, bytes] | None = None,
-         authorize_key: bytes | None = None, bound: Mapping[int, bytes] | None = None) -> Sealed:
+         authorize_key: bytes | None = None, bound: Mapping[int, bytes] | None = None,
+         policy_ref: bytes = b"") -> Sealed:
     """Seal `secret` to `pcrs` (their current values unless `values` gives predicted ones); with
-    `authorize_key`, to whatever PCR policy that key signs, and then (`bound`) to those PCR values too."""
+    `authorize_key`, to whatever policy that key signs (with `policy_ref`), and then (`bound`) to
+    those PCR values too."""
     from tpm2_pytss import (
         TPM2B_PUBLIC,
         TPM2B_SENSITIVE_CREATE,
@@ -170,7 +198,7 @@ def seal(secret: bytes, pcrs: Sequence[int], tcti: str | None = None, *, values:
     with tpmmod.open_tpm(tcti) as esapi:
         current = tpmmod.read_pcrs(esapi, BANK, pcrs)
         sealed_values = {p: (values or {}).get(p, current[p]) for p in pcrs}
-        policy = sealing_policy(pcrs, sealed_values, authorize_key, bound)
+        policy = sealing_policy(pcrs, sealed_values, authorize_key, bound, policy_ref)
         template = TPMT_PUBLIC.parse("keyedhash", nameAlg="sha256",
                                      objectAttributes=TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
                                      | TPMA_OBJECT.NODA,
@@ -185,22 +213,26 @@ def seal(secret: bytes, pcrs: Sequence[int], tcti: str | None = None, *, values:
         except TSS2_Exception as exc:
             raise TPMError(f"TPM refused to seal: {exc}") from None
         return Sealed(public=pub.marshal(), private=priv.marshal(), pcrs=pcrs, values=sealed_values, policy=policy,
-                      authorize_key=authorize_key, bound=dict(bound or {}))
+                      authorize_key=authorize_key, bound=dict(bound or {}), policy_ref=policy_ref)
 
 
 @dataclass(frozen=True)
 class SignedPolicy:
-    """A PolicyPCR digest approved by the customer key: (pcrs, values) it was computed from, signature."""
+    """A policy digest approved by the customer key: PolicyPCR(pcrs, values) [then PolicyNV(rollback)], signature."""
 
     pcrs: tuple[int, ...]
     values: dict[int, bytes]  # empty when only the digest is known (systemd's tpm2-pcr-signature.json)
     signature: bytes
     policy_ref: bytes = b""
-    approved_digest: bytes = b""  # the signed PolicyPCR digest, when `values` are not given
+    approved_digest: bytes = b""  # the signed policy digest, when `values` are not given
+    rollback: RollbackCheck | None = None  # the PolicyNV step after PolicyPCR (images with rollback protection)
 
     @property
     def approved(self) -> bytes:
-        return self.approved_digest or policy_pcr_digest(self.pcrs, self.values)
+        if self.approved_digest:
+            return self.approved_digest
+        digest = policy_pcr_digest(self.pcrs, self.values)
+        return self.rollback.extend(digest) if self.rollback else digest
 
 
 def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPolicy] = ()) -> bytes:
@@ -239,6 +271,8 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
         try:
             candidates: list[SignedPolicy | None] = list(signed) if sealed.authorize_key else [None]
             for candidate in candidates:
+                if candidate is not None and candidate.policy_ref != sealed.policy_ref:
+                    continue  # approved for something else (an older image, or writing the rollback floor)
                 pcrs = candidate.pcrs if candidate else sealed.pcrs
                 session = esapi.start_auth_session(tpm_key=ESYS_TR.NONE, bind=ESYS_TR.NONE,
                                                    session_type=TPM2_SE.POLICY,
@@ -246,10 +280,12 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
                                                    auth_hash=TPM2_ALG.SHA256)
                 try:
                     esapi.policy_pcr(session, b"", TPML_PCR_SELECTION.parse(f"{BANK}:{','.join(map(str, pcrs))}"))
+                    if candidate is not None and candidate.rollback is not None:
+                        _policy_nv(esapi, session, candidate.rollback)
                     if candidate is not None:
                         if not sealed.authorize_key:  # candidates are signed policies only with a key
                             raise TPMError("a signed PCR policy, but the secret is not sealed to a policy key")
-                        _policy_authorize(esapi, session, sealed.authorize_key, candidate)
+                        run_policy_authorize(esapi, session, sealed.authorize_key, candidate)
                         if sealed.bound:
                             esapi.policy_pcr(session, b"", TPML_PCR_SELECTION.parse(
                                 f"{BANK}:{','.join(map(str, sorted(sealed.bound)))}"))
@@ -262,14 +298,19 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
             esapi.flush_context(obj)
     if sealed.authorize_key and not signed:
         raise TPMError("the key is sealed to the customer's signed policies and none was given")
+    if sealed.policy_ref:
+        _raise_if_rolled_back(tcti, [p for p in signed if p.policy_ref == sealed.policy_ref])
     reference = dict(sealed.values)
+    # PCRs are named against the newest approval of PolicyPCR alone (one with PolicyNV after it has
+    # another digest: the rollback floor was checked above)
+    pcr_only = [p for p in signed if p.rollback is None] or list(signed)
     if sealed.authorize_key and signed:
         # name PCRs against the newest signed policy and the PCRs bound by value
-        reference = {**signed[-1].values, **sealed.bound}
+        reference = {**pcr_only[-1].values, **sealed.bound}
         current = {**current, **_read(tcti, sorted(reference))}
-    if sealed.authorize_key and signed and not signed[-1].values:
+    if sealed.authorize_key and signed and not pcr_only[-1].values:
         # a signature over a digest only: the signed PCRs are named together when they do not give it
-        newest = signed[-1]
+        newest = pcr_only[-1]
         current = {**current, **_read(tcti, newest.pcrs)}
         if policy_pcr_digest(newest.pcrs, current) != newest.approved:
             reference.update({p: b"" for p in newest.pcrs})
@@ -277,12 +318,50 @@ def unseal(sealed: Sealed, tcti: str | None = None, *, signed: Sequence[SignedPo
     raise PolicyMismatch(differing)
 
 
+def _policy_nv(esapi: ESAPI, session: ESYS_TR, check: RollbackCheck) -> None:
+    """PolicyNV(floor index <= the image's value), read with the index's own (empty) authValue."""
+    from tpm2_pytss import ESYS_TR, TPM2_EO, TPM2B_OPERAND
+
+    from obelisk.tpm.rollback_policy import operand
+
+    nv = esapi.tr_from_tpmpublic(check.nv_index)
+    try:
+        esapi.policy_nv(auth_handle=nv, nv_index=nv, policy_session=session,
+                        operand_b=TPM2B_OPERAND(operand(check.rollback_index)), operation=TPM2_EO.UNSIGNED_LE,
+                        offset=0, session1=ESYS_TR.PASSWORD)
+    finally:
+        esapi.tr_close(nv)
+
+
+def _raise_if_rolled_back(tcti: str | None, approvals: Sequence[SignedPolicy]) -> None:
+    """After a refused unseal of a volume with rollback protection: RollbackLocked if the floor is why."""
+    from obelisk.tpm import rollback
+
+    checks = [p.rollback for p in approvals if p.rollback is not None]
+    if not checks:
+        raise TPMError("the volume has rollback protection but none of the image's signed policies checks the "
+                       "rollback floor (an image built without upgrade.rollback_index cannot open it)")
+    newest = max(checks, key=lambda c: c.rollback_index)
+    state = rollback.read_floor(tcti)
+    if state is None:
+        raise RollbackLocked(None, newest.rollback_index, newest.nv_index,
+                             "is missing from this TPM (deleted; only a new /var recreates it)")
+    if state.rollback_index is None:
+        raise RollbackLocked(None, newest.rollback_index, newest.nv_index,
+                             "was never written (recreated after /var was made?)")
+    if newest.nv_name and state.name != newest.nv_name:
+        raise RollbackLocked(state.rollback_index, newest.rollback_index, newest.nv_index,
+                             "is not the one the image's policy names (recreated with another Name)")
+    if state.rollback_index > newest.rollback_index:
+        raise RollbackLocked(state.rollback_index, newest.rollback_index, newest.nv_index)
+
+
 def _read(tcti: str | None, pcrs: Sequence[int]) -> dict[int, bytes]:
     with tpmmod.open_tpm(tcti) as esapi:
         return tpmmod.read_pcrs(esapi, BANK, pcrs)
 
 
-def _policy_authorize(esapi: ESAPI, session: ESYS_TR, key_der: bytes, candidate: SignedPolicy) -> None:
+def run_policy_authorize(esapi: ESAPI, session: ESYS_TR, key_der: bytes, candidate: SignedPolicy) -> None:
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
     from tpm2_pytss import ESYS_TR, TPM2_ALG, TPM2B_DIGEST, TPMT_SIGNATURE
 
