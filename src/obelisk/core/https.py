@@ -119,8 +119,12 @@ class ConnectionPool:
         return kept[1] if kept is not None and kept[0] is context else None
 
     def keep_session(self, address: tuple[str, int], tls: ssl.SSLSocket | None) -> None:
-        session = tls.session if tls is not None else None
-        if session is not None and session.has_ticket and tls is not None:
+        """Keep the session `tls` made by a full handshake (a resumed one is the session already kept, valid
+        for the ticket's lifetime; reading `session` copies it, certificates and all, at some cost)."""
+        if tls is None or tls.session_reused:
+            return
+        session = tls.session
+        if session is not None and session.has_ticket:
             with self._lock:
                 self._sessions[address] = (tls.context, session)
 
