@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from obelisk.attest import akrecord
 from obelisk.attest import evidence as evmod
@@ -106,6 +107,21 @@ def test_a_client_reuses_its_connection_and_survives_the_servers_idle_close(pki,
     client.pool.idle = 60.0  # the client would reuse it: it must notice the close and send again
     time.sleep(1.0)
     assert client.nodes() == []
+
+
+def test_a_new_connection_resumes_the_tls_session_and_the_operator_stays_known(pki, fleet_service):
+    client = fleet_service.operator(pki)
+    client.nodes()
+    (_, first, _), = client.pool._conns
+    assert not first.tls.session_reused  # the first connection: a full handshake
+    client.pool.close()  # the connection goes; its session stays for the next one
+    assert client.nodes() == []  # 200, not 401: the resumed session carries the operator's certificate
+    (_, second, _), = client.pool._conns
+    assert second is not first and second.tls.session_reused
+    with pytest.raises(FleetClientError):  # audited with the subject of the certificate the session carries
+        client.approve("nobody")
+    subject = x509.load_pem_x509_certificate(Path(pki["operator"].cert).read_bytes()).subject.rfc4514_string()
+    assert fleet_service.fleet.audit()[-1]["subject"] == subject
 
 
 # ---- nonces --------------------------------------------------------------------------------------------

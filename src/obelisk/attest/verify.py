@@ -8,6 +8,9 @@ only after the quote's pcrDigest has been shown to cover it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -274,11 +277,11 @@ def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src:
         return [_f("eventlog", title, Status.FAIL, section="eventlog",
                    detail=f"event log of {len(ev.event_log)} bytes exceeds {eventlog.MAX_LOG_SIZE}")], {}, None
     try:
-        log = eventlog.parse(ev.event_log, source=f"{src}: event_log")
+        analysis = LOG_ANALYSES.analyse(ev.event_log, f"{src}: event_log")
     except ParseError as exc:
         return [_f("eventlog", title, Status.FAIL, section="eventlog", detail=str(exc))], {}, None
-    binding = _binding_finding(log, src)
-    result = eventlog.replay(log)
+    log, result = analysis.log, analysis.replay
+    binding = _binding_finding(analysis.bindings, src)
     if REQUIRED_BANK not in log.banks:
         return [_f("eventlog", title, Status.FAIL, section="eventlog",
                    detail=f"the log ({log.format}) has no {REQUIRED_BANK} bank to compare with the quote")], {}, log
@@ -301,14 +304,60 @@ def _eventlog_findings(ev: Evidence, pcrs: dict[int, bytes], trusted: bool, src:
     return out, boot_banks, log
 
 
+@dataclass(frozen=True)
+class LogAnalysis:
+    """What a firmware event log says by itself, whatever quote it comes with: its events, each event's
+    data against its digests, and its replay. Only the comparison with a quote's PCRs is the round's."""
+
+    log: eventlog.EventLog
+    bindings: tuple[eventlog.Binding, ...]
+    replay: eventlog.Replay
+
+
+class LogAnalyses:
+    """Event log analyses kept by the log's sha256, the `kept` most recently used.
+
+    A node sends the same firmware log every round of a boot (it only grows at the next boot), and the
+    nodes of one hardware model and firmware often send identical ones: a verifier attesting them every
+    interval parses, binds and replays each distinct log once. The analysis is a function of the log's
+    bytes alone, so a kept one is the analysis a fresh parse gives; the quote is still compared with it
+    every round. A log that does not parse is not kept (its error names the node that sent it)."""
+
+    def __init__(self, kept: int):
+        self.kept = kept
+        self._lock = threading.Lock()
+        self._done: OrderedDict[bytes, LogAnalysis] = OrderedDict()
+
+    def analyse(self, data: bytes, source: str) -> LogAnalysis:
+        """The analysis of the log `data`; ParseError (naming `source`) when it does not parse."""
+        key = hashlib.sha256(data).digest()
+        with self._lock:
+            found = self._done.get(key)
+            if found is not None:
+                self._done.move_to_end(key)
+                return found
+        log = eventlog.parse(data, source=source)
+        analysis = LogAnalysis(log, eventlog.bind_all(log), eventlog.replay(log))
+        with self._lock:
+            self._done[key] = analysis
+            while len(self._done) > self.kept:
+                self._done.popitem(last=False)
+        return analysis
+
+
+# A fleet of 10,000 nodes with a distinct log each keeps them all. An analysis takes about three times its
+# log's size in memory (35-100 KB for the real logs of testdata/eventlog, whose analysis costs 10-36 ms of
+# CPU each), so this bound is about 1 GB at most.
+LOG_ANALYSES = LogAnalyses(kept=10_000)
+
+
 MAX_LISTED_EVENTS = 64  # evidence entries per finding; the rest are counted
 
 
-def _binding_finding(log: eventlog.EventLog, src: str) -> Finding:
-    """Each event's data against its digests (`eventlog.bind`): a mismatch fails and names the event;
-    events whose digest covers bytes outside the log are listed as unverified, never shown as facts."""
+def _binding_finding(results: tuple[eventlog.Binding, ...], src: str) -> Finding:
+    """Each event's data against its digests (`eventlog.bind_all`'s `results`): a mismatch fails and names
+    the event; events whose digest covers bytes outside the log are listed as unverified, never shown as facts."""
     title = "Firmware event data matches its digests"
-    results = eventlog.bind_all(log)
     bad = [b for b in results if b.status in (eventlog.Bound.MISMATCH, eventlog.Bound.ERROR_SEPARATOR)]
     unverified = [b for b in results if b.status in (eventlog.Bound.UNVERIFIED, eventlog.Bound.BOUND_VALUE)]
     counts = {s: sum(1 for b in results if b.status is s) for s in eventlog.Bound}

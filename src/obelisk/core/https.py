@@ -1,5 +1,11 @@
 """One HTTPS request to an obelisk service (node agent, fleet): TLS 1.2+, the server chained to the
-customer CA, an optional client certificate, and an answer read with a size bound."""
+customer CA, an optional client certificate, and an answer read with a size bound.
+
+With a `ConnectionPool`, connections are kept alive between requests and each new connection resumes the
+TLS session of the last one to the same address (a session ticket: the server does not send and sign its
+certificate again, the client does not verify it again). A server that does not take the ticket (another
+process, restarted, or the ticket expired) makes a full handshake: the certificate is then checked as
+on any first connection."""
 
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ def exchange(url: str, context: ssl.SSLContext, method: str, path: str, *, body:
         raise InputError(f"{what} URL must be https://HOST:PORT, got {url!r}")
     address = (parts.hostname, parts.port or default_port)
     reused = pool.take(address) if pool is not None else None
-    conn = reused or http.client.HTTPSConnection(*address, context=context, timeout=timeout)
+    conn = reused or _Connection(address, context, timeout, pool)
     keep = False
     try:
         try:
@@ -50,9 +56,13 @@ def exchange(url: str, context: ssl.SSLContext, method: str, path: str, *, body:
                 raise
             # the server closed the idle connection before it read this request: send it again on a new one
             conn.close()
-            conn = http.client.HTTPSConnection(*address, context=context, timeout=timeout)
+            conn = _Connection(address, context, timeout, pool)
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
+        if pool is not None and isinstance(conn, _Connection):
+            # read now: the answer's headers came after the server's session tickets, and the TLS object
+            # is gone once the body has been read to the end of a connection the server closes
+            pool.keep_session(address, conn.tls)
         raw = resp.read(limit + 1)
         keep = pool is not None and not resp.will_close and len(raw) <= limit
     except ssl.SSLError as exc:
@@ -69,16 +79,54 @@ def exchange(url: str, context: ssl.SSLContext, method: str, path: str, *, body:
     return resp.status, raw
 
 
+class _Connection(http.client.HTTPSConnection):
+    """An HTTPS connection that resumes the pool's TLS session for its address, and keeps its TLS socket
+    (`tls`) to read the session it ends up with."""
+
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, timeout: float,
+                 pool: ConnectionPool | None):
+        super().__init__(*address, context=context, timeout=timeout)
+        self._address = address
+        self._tls_context = context
+        self._pool = pool
+        self.tls: ssl.SSLSocket | None = None
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)  # TCP
+        session = self._pool.session(self._address, self._tls_context) if self._pool is not None else None
+        self.tls = self._tls_context.wrap_socket(self.sock, server_hostname=self.host, session=session)
+        self.sock = self.tls
+
+
 class ConnectionPool:
     """Kept-alive connections for `exchange`, reused while they have been idle for less than `idle`
-    seconds (below the server's own idle limit, so that a reused connection is rarely one it is closing).
-    Thread-safe; at most `size` idle connections are kept."""
+    seconds (below the server's own idle limit, so that a reused connection is rarely one it is closing),
+    and the last TLS session of each address, which the next new connection there resumes (`close` keeps
+    them: a node's next round, a minute later, resumes its session). Thread-safe; at most `size` idle
+    connections are kept."""
 
     def __init__(self, idle: float = 1.5, size: int = 16):
         self.idle = idle
         self.size = size
         self._lock = threading.Lock()
         self._conns: list[tuple[tuple[str, int], http.client.HTTPSConnection, float]] = []
+        self._sessions: dict[tuple[str, int], tuple[ssl.SSLContext, ssl.SSLSession]] = {}
+
+    def session(self, address: tuple[str, int], context: ssl.SSLContext) -> ssl.SSLSession | None:
+        """The session to resume at `address` (one made with `context`: OpenSSL takes no other)."""
+        with self._lock:
+            kept = self._sessions.get(address)
+        return kept[1] if kept is not None and kept[0] is context else None
+
+    def keep_session(self, address: tuple[str, int], tls: ssl.SSLSocket | None) -> None:
+        """Keep the session `tls` made by a full handshake (a resumed one is the session already kept, valid
+        for the ticket's lifetime; reading `session` copies it, certificates and all, at some cost)."""
+        if tls is None or tls.session_reused:
+            return
+        session = tls.session
+        if session is not None and session.has_ticket:
+            with self._lock:
+                self._sessions[address] = (tls.context, session)
 
     def take(self, address: tuple[str, int]) -> http.client.HTTPSConnection | None:
         now = time.monotonic()

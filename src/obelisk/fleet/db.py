@@ -227,9 +227,11 @@ def database_url(given: str) -> str:
 
 # Kinds of transaction (the execution option TRANSACTION on a session's engine, see `sessions_for`):
 WRITE = "write"  # the default: durable at commit
-READ = "read"  # reads only: on SQLite a snapshot that neither takes nor waits for the write lock
+READ = "read"  # reads only; on SQLite without a transaction: each statement is a snapshot that neither takes
+# nor waits for the write lock (a READ connection runs single statements)
 ROUND = "round"  # an attestation round's result: its commit does not wait for the disk (see below)
 TRANSACTION = "obelisk_transaction"
+SYNCHRONOUS = "obelisk_synchronous"  # a SQLite connection's PRAGMA synchronous, in its pool record's info
 
 
 def make_engine(url: str) -> Engine:
@@ -250,12 +252,16 @@ def make_engine(url: str) -> Engine:
         def _begin(connection: Any) -> None:
             kind = connection.get_execution_options().get(TRANSACTION, WRITE)
             if kind == READ:
-                connection.exec_driver_sql("BEGIN")  # WAL: a snapshot; writers go on meanwhile
-                return
+                return  # each statement is its own snapshot (WAL): writers go on meanwhile
             # WAL with synchronous=NORMAL: the commit is durable against a crash of the process (SIGKILL)
             # but not of the machine; FULL syncs the WAL at every commit (and with it every earlier one).
-            # The pragma cannot change inside a transaction, so it is set on each begin.
-            connection.exec_driver_sql(f"PRAGMA synchronous={'NORMAL' if kind == ROUND else 'FULL'}")
+            # The pragma cannot change inside a transaction, so it is set before the BEGIN, and only when
+            # this connection's last transaction was of the other kind (most are rounds).
+            synchronous = "NORMAL" if kind == ROUND else "FULL"
+            info = connection.connection.info
+            if info.get(SYNCHRONOUS) != synchronous:
+                connection.exec_driver_sql(f"PRAGMA synchronous={synchronous}")
+                info[SYNCHRONOUS] = synchronous
             # Take the write lock at the start: a transaction that read first and wrote later would fail at
             # once with "database is locked" when another process wrote in between (SQLite cannot wait then).
             connection.exec_driver_sql("BEGIN IMMEDIATE")

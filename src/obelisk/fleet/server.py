@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import json
+import queue
 import socket
 import ssl
 import sys
@@ -131,8 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if self.server.crowded() and not self.close_connection:
             self.send_header("Connection", "close")  # sets close_connection: the slot goes to the next node
-        self.end_headers()
-        self.wfile.write(data)
+        # end_headers, with the body in the same write: one TLS record and one system call per answer
+        self._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]  # http.server's, set above
+        self.flush_headers()
 
     def _body(self) -> bytes:
         try:
@@ -289,7 +292,10 @@ def _b64(doc: dict[str, Any], key: str) -> bytes:
 
 
 class FleetServer(ThreadingHTTPServer):
-    """HTTPS server whose TLS handshake happens in the worker thread (as the node agent's)."""
+    """HTTPS server whose TLS handshake happens in the worker thread (as the node agent's).
+
+    MAX_CONCURRENT worker threads, started once, serve the connections (a thread started per connection
+    cost the accepting thread more than a round's SQL); a connection that finds them all busy is closed."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -305,6 +311,18 @@ class FleetServer(ThreadingHTTPServer):
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._stop = threading.Event()
         super().__init__(address, _Handler)
+        self._accepted: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
+        self._workers = [threading.Thread(target=self._work, name=f"fleet-worker-{i}", daemon=True)
+                         for i in range(MAX_CONCURRENT)]
+        for worker in self._workers:
+            worker.start()
+
+    def _work(self) -> None:
+        while (accepted := self._accepted.get()) is not None:
+            try:
+                self.process_request_thread(*accepted)  # finish_request, handle_error, shutdown_request
+            finally:
+                self._release()
 
     def log(self, line: str) -> None:
         self._log(f"obelisk-fleet {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}")
@@ -331,22 +349,17 @@ class FleetServer(ThreadingHTTPServer):
         super().shutdown()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False):  # a slot is a worker: one is free when this succeeds
             request.close()
             return
         with self._busy_lock:
             self._busy += 1
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._release()
-            raise
+        self._accepted.put((request, client_address))
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release()
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self._workers:
+            self._accepted.put(None)
 
     def _release(self) -> None:
         with self._busy_lock:
@@ -400,6 +413,9 @@ def serve(fleet: Fleet, listen: str, *, cert: str, key: str, client_ca: str,
     host, port = parse_listen(listen)
     server = make_server(fleet, host, port, cert=cert, key=key, client_ca=client_ca, limiter=limiter)
     threading.Thread(target=server.sweep_forever, daemon=True).start()
+    # what is loaded by now (modules, the database's engine, the TLS context) lives as long as the process:
+    # out of the cyclic collector's sight, each of its full collections walks only what rounds left behind
+    gc.freeze()
     server.log(f"listening on {host}:{server.server_address[1]}")
     try:
         server.serve_forever()

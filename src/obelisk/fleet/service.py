@@ -149,6 +149,12 @@ _SCANS = db.Base.metadata.tables["node_scans"]
 _READ_SCAN = select(_SCANS.c.id, _SCANS.c.failing).where(_SCANS.c.node_id == bindparam("node_id"),
                                                          _SCANS.c.sha256 == bindparam("sha256"))
 _INSERT_SCAN = insert(_SCANS)
+# a round's read, one statement: the node's state, whether a round used the nonce, the scan it names if held
+_HELD_SCAN = _SCANS.alias("held_scan")
+_HELD = (_HELD_SCAN.c.node_id == _NODES.c.id) & (_HELD_SCAN.c.sha256 == bindparam("sha256"))
+_READ_ROUND = select(*_READ_STATE.selected_columns, _NONCE_USED.scalar_subquery(), _HELD_SCAN.c.id,
+                     _HELD_SCAN.c.failing).select_from(_NODES.outerjoin(_HELD_SCAN, _HELD)
+                                                       ).where(_NODES.c.id == bindparam("node_id"))
 
 
 def _node_state(conn: Connection, node_id: str, *, lock: bool = False) -> _NodeState | None:
@@ -720,16 +726,23 @@ class Fleet:
         except InputError as exc:
             raise FleetError(str(exc)) from None
         now = self.now()
+        issued = round_nonce.issued_at(self._nonce_key, node_id, ev.nonce)
+        named = None if key_round or sent is None else sent.sha256
         with self._reads.connect() as conn:
-            state = self._attesting(node_id, _node_state(conn, node_id))
-            self._unused_nonce(conn, node_id, ev.nonce, now)
-            scan = None if key_round or sent is None else self._scan_of(conn, node_id, sent)
+            row = conn.execute(_READ_ROUND, {"node_id": node_id, "nonce": ev.nonce.hex(), "sha256": named}).first()
+            state = self._attesting(node_id, _NodeState(*row[:8]) if row is not None else None)
+            if issued is None:
+                self._legacy_nonce(conn, node_id, ev.nonce, now)
+        assert row is not None
+        self._fresh(issued, used=bool(row[8]), now=now)
+        scan = None if key_round or sent is None else self._scan_of(node_id, sent, row[9], row[10])
         verified = self._verify(node_id, state, ev, scan, key_round)
         events: list[dict[str, Any]] = []
         try:
             with self._rounds.begin() as conn:
                 current = self._attesting(node_id, _node_state(conn, node_id, lock=True))
-                legacy = self._unused_nonce(conn, node_id, ev.nonce, now)
+                # a round nonce (a MAC) used meanwhile fails the insert below: the unique nonce column
+                legacy = self._legacy_nonce(conn, node_id, ev.nonce, now) if issued is None else None
                 if current.basis() != state.basis():
                     verified = self._verify(node_id, current, ev, scan, key_round)
                 if legacy is not None and conn.execute(_CLAIM_NONCE.values(used_at=now),
@@ -750,37 +763,39 @@ class Fleet:
             raise Forbidden(f"node {node_id} is not approved")
         return state
 
-    def _unused_nonce(self, conn: Connection, node_id: str, value: bytes, now: _dt.datetime) -> int | None:
-        """Refuse a nonce this service did not issue to this node, one already used, or an expired one.
+    @staticmethod
+    def _legacy_nonce(conn: Connection, node_id: str, value: bytes, now: _dt.datetime) -> int:
+        """The id of the stored, unused and unexpired row of a round nonce issued before migration 0004
+        (claimed with the round); refuses a nonce this service did not issue to this node."""
+        row = conn.execute(_LEGACY_NONCE, {"value": value.hex(), "node_id": node_id}).first()
+        if row is None:
+            raise Forbidden("evidence is not over a nonce this service issued to this node")
+        row_id, used_at, expires_at = row
+        if used_at is not None:
+            raise Conflict("nonce already used: a replay")
+        if expires_at < now:
+            raise Forbidden("nonce expired: ask for a fresh one")
+        return int(row_id)
 
-        Returns the id of the stored row of a nonce issued before migration 0004 (claimed with the round),
-        else None.
-        """
-        issued = round_nonce.issued_at(self._nonce_key, node_id, value)
+    @staticmethod
+    def _fresh(issued: _dt.datetime | None, *, used: bool, now: _dt.datetime) -> None:
+        """Refuse a round nonce (`issued`: when this service issued it; None: a legacy one, checked apart)
+        that a round already used, or an expired one."""
         if issued is None:
-            row = conn.execute(_LEGACY_NONCE, {"value": value.hex(), "node_id": node_id}).first()
-            if row is None:
-                raise Forbidden("evidence is not over a nonce this service issued to this node")
-            row_id, used_at, expires_at = row
-            if used_at is not None:
-                raise Conflict("nonce already used: a replay")
-            if expires_at < now:
-                raise Forbidden("nonce expired: ask for a fresh one")
-            return int(row_id)
-        if conn.execute(_NONCE_USED, {"nonce": value.hex()}).scalar():
+            return
+        if used:
             raise Conflict("nonce already used: a replay")
         if now - issued > NONCE_TTL:
             raise Forbidden("nonce expired: ask for a fresh one")
-        return None
 
     @staticmethod
-    def _scan_of(conn: Connection, node_id: str, sent: RoundScan) -> _Scan:
-        """The scan a round names: the one held with its digest, else the body sent (ScanNeeded without one)."""
+    def _scan_of(node_id: str, sent: RoundScan, held_id: int | None, held_failing: str | None) -> _Scan:
+        """The scan a round names: the one held with its digest (`held_id`, its failing ids `held_failing`),
+        else the body sent (ScanNeeded without one)."""
         from obelisk.core import findings as fmt
 
-        held = conn.execute(_READ_SCAN, {"node_id": node_id, "sha256": sent.sha256}).first()
-        if held is not None:
-            return _Scan(sent.sha256, tuple(json.loads(held[1])), int(held[0]), None)
+        if held_id is not None and held_failing is not None:
+            return _Scan(sent.sha256, tuple(json.loads(held_failing)), int(held_id), None)
         if sent.report is None:
             raise ScanNeeded(f"send the scan: this service holds no scan with sha256 {sent.sha256} for node "
                              f"{node_id}; send the round again with the scan's body")
