@@ -533,3 +533,60 @@ def test_serve_refuses_a_kek_others_can_read_or_of_the_wrong_size(pki, tmp_path,
                       "--kek", str(kek))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
     assert not (tmp_path / "fleet.db").exists()  # refused before the database is touched
+
+
+def test_a_round_checks_the_rollback_floor_the_nodes_tpm_certifies(pki, fleet_service, tmp_path):
+    """Issue 16 in the fleet: for an image with a rollback index, every regular round carries the node's
+    rollback floor certified by its TPM over the round's nonce; a node without one, or whose floor is above
+    the image's index, fails `attest.rollback`."""
+    from dataclasses import replace
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from obelisk.image import manifest as mf
+    from obelisk.signer.keys import load_certificate, load_signing_key
+    from obelisk.tpm import rollback
+    from tests.image.manifests import sample_manifest
+    from tests.tpm.test_rollback import boot_image, image_approvals, public_der
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "disk policy")])
+    now = _dt.datetime.now(_dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + _dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    sample = sample_manifest(image=mf.Image(name="n1", version="1"))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    data = mf.serialize(replace(sample, disk=replace(sample.disk, rollback_index=1, policy_certificate=pem)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_bytes(data)
+    sig = mf.sign(data, load_signing_key(str(pki["keys"].ima_key)), load_certificate(pki["keys"].ima_cert))
+    (out / "manifest.json.sig").write_bytes(mf.dumps(sig.to_json()))
+    op = fleet_service.operator(pki)
+    op.add_image(str(out / "manifest.json"))
+
+    def rollback_of_last_round(node) -> dict:
+        rounds = [r for r in op.history(node.node) if r["type"] == "attestation"]
+        found = op.request("GET", f"/v1/attestations/{rounds[-1]['id']}")["findings"]
+        return next(f for f in found if f["id"] == "attest.rollback")
+
+    with SoftwareTPM.start(tmp_path / "tpm") as tpm:
+        node = make_node(tpm, tmp_path / "n", fleet_service.url, pki)
+        node.register()
+        op.approve(node.node)
+        result = node.round()  # no floor in this TPM: nothing certifies the image may open /var
+        assert not result["passed"] and result["summary"] == "failed: attest.rollback"
+        assert rollback_of_last_round(node)["status"] in ("fail", "error")
+        op.approve(node.node)
+        rollback.provision(public_der(key), tpm.tcti)
+        rollback.advance(1, public_der(key), image_approvals(key, boot_image(tpm.tcti, b"1.0.0"), 1), tpm.tcti)
+        assert node.round()["passed"]
+        assert rollback_of_last_round(node)["status"] == "pass"
+        # an upgrade raised the floor to 2: this image (index 1) is named below it
+        rollback.advance(2, public_der(key), image_approvals(key, boot_image(tpm.tcti, b"1.0.1"), 2), tpm.tcti)
+        result = node.round()
+        assert not result["passed"] and result["summary"] == "failed: attest.rollback"
+        assert "is 2, above this image's rollback index 1" in rollback_of_last_round(node)["detail"]

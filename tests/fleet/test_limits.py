@@ -54,7 +54,8 @@ def test_limits_parse_from_the_command_line():
 @pytest.fixture
 def limited_service(pki, tmp_path):
     fleet = service.open_fleet(str(tmp_path / "fleet.db"), Path(pki["ca"]).read_bytes())
-    limiter = RateLimiter(Limit(rate=1, burst=5), None)
+    # refills one request every 5 s: a slow machine answering 12 requests cannot refill the burst meanwhile
+    limiter = RateLimiter(Limit(rate=0.2, burst=5), None)
     srv = server.make_server(fleet, "127.0.0.1", 0, cert=str(pki["server"].cert), key=str(pki["server"].key),
                              client_ca=pki["ca"], log=lambda _line: None, limiter=limiter)
     threading.Thread(target=srv.serve_forever, daemon=True).start()

@@ -12,13 +12,16 @@ regular round, one interval later, carries both; a node that fails it is failed,
 any other.
 
 The scan is the node agent's word, as in `attest node`: what vouches for it is that IMA and the quote
-show the agent is the build's. A node sends the scan's body only when the service does not hold a scan
-with its digest (fleet/scan_digest.py); the round is judged with the scan's findings all the same.
+show the agent is the build's. For an image with a rollback index (docs/upgrade.md), a regular round also
+checks the node's rollback floor, certified by its TPM over the round's nonce (`attest.rollback`, as
+`attest node`): the key-release round comes before the floor exists on a first boot, so it does not.
+A node sends the scan's body only when the service does not hold a scan with its digest
+(fleet/scan_digest.py); the round is judged with the scan's findings all the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from obelisk.core.findings import Finding, Severity, Status
@@ -30,7 +33,7 @@ SCAN_ID = "fleet.node.scan"
 
 
 def node_findings(has_scan: bool, manifest: Manifest | None, kernel: Mapping[str, str], *,
-                  key_round: bool) -> list[Finding]:
+                  key_round: bool, rollback: Callable[[], Finding] | None = None) -> list[Finding]:
     """The round's findings about the running node, added to the verifier's. When the round has a scan
     (`has_scan`, and not `key_round`), the scan's own findings come first, before these: the service keeps
     them once per scan and puts them there when the round is read."""
@@ -48,6 +51,8 @@ def node_findings(has_scan: bool, manifest: Manifest | None, kernel: Mapping[str
         from obelisk.attest.agent_client import var_finding
 
         found.append(var_finding(manifest, kernel.get("var_mount")))
+        if manifest.disk.rollback_index is not None and rollback is not None:
+            found.append(rollback())
     return found
 
 

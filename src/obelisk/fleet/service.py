@@ -71,6 +71,14 @@ def _progress_of(node_id: str, saved: str | None) -> imaprogress.ImaProgress | N
         return None
 
 
+def _rollback_finding(manifest: Any, ev: Any, ak: AKRecord | None) -> Any:
+    """attest.rollback: the node's rollback floor as its TPM certified it over this round's nonce."""
+    from obelisk.attest.agent_client import image_rollback_finding
+
+    assert ak is not None
+    return image_rollback_finding(manifest, ev.rollback_floor, ev.nonce, ak.public_key)
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _ak_of(record: str, node_id: str) -> AKRecord:
     """A node's AK from its stored record; parsed once per record (a fleet reads each one every interval)."""
@@ -821,7 +829,8 @@ class Fleet:
         # when the round is read (joined_report), so here only their failing ids count
         position = len(report.findings) if scan is not None else None
         report = replace(report, findings=report.findings + tuple(
-            round_rules.node_findings(scan is not None, refs.manifest, ev.kernel, key_round=key_round)))
+            round_rules.node_findings(scan is not None, refs.manifest, ev.kernel, key_round=key_round,
+                                      rollback=lambda: _rollback_finding(refs.manifest, ev, opts.ak))))
         split = len(report.findings) if position is None else position
         bad = [f.id for f in report.findings[:split] if f.status in fmt.FAILING]
         bad += scan.failing if scan is not None else ()
