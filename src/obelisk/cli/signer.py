@@ -84,16 +84,16 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 def _ima_sign(args: argparse.Namespace) -> int:
     from obelisk.core.errors import InputError
-    from obelisk.signer.keys import load_certificate, load_signing_key
+    from obelisk.signer.keys import load_signing_key
     from obelisk.signer.sign import sign_tree
 
     if args.jobs is not None and args.jobs < 1:
         raise InputError("--jobs must be at least 1")
-    # sign_tree proves the key against the certificate before any work, so OpenSSL's slow RSA check is skipped
+    # sign_tree proves the key against the certificate before it writes anything, so OpenSSL's slow RSA
+    # check is skipped; it reads the certificate itself, while its workers start signing
     key = load_signing_key(args.key, passphrase_source(args), check_rsa_primes=False)
-    cert = load_certificate(args.cert)
     in_process = args.key.startswith("pkcs11:")  # token sessions do not survive fork
-    summary = sign_tree(args.paths, key, cert, hash_name=args.hash, jobs=args.jobs, xattr_file=args.xattr_file,
+    summary = sign_tree(args.paths, key, args.cert, hash_name=args.hash, jobs=args.jobs, xattr_file=args.xattr_file,
                         quiet=args.quiet, cert_source=args.cert, in_process=in_process)
     skipped = ", ".join(f"{n} {k}" for k, n in sorted(summary.skipped.items())) or "none"
     where = f"signatures written to {summary.xattr_file}" if summary.xattr_file else "security.ima set on each file"

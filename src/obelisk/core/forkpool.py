@@ -12,10 +12,15 @@ each worker so that none waits for its next one, and once the items have run out
 remainder into smaller chunks, so that the workers finish together instead of one signing a
 last full chunk alone. POSIX only (fork); a worker must not touch the parent's threads, so the
 pool is started before any thread (a progress bar) is.
+
+A caller with slow set-up work of its own (the signer checks its certificate, which costs an import
+of 40 ms) can do it while the workers already run: `map(..., head=N, while_started=fn)` gives each
+worker a first chunk of N items, then runs `fn` here before it hands out the rest.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import pickle
@@ -32,6 +37,7 @@ R = TypeVar("R")
 _LENGTH = struct.Struct("<Q")
 _QUEUED_PER_WORKER = 2
 _STOP = b""
+_HEAD_PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged process (/proc/sys/fs/pipe-max-size)
 
 
 class WorkerError(RuntimeError):
@@ -98,9 +104,11 @@ class ForkPool(Generic[T, R]):
     it cannot be pickled); the pool then stops every worker.
     """
 
-    def __init__(self, fn: Callable[[list[T]], R], jobs: int):
+    def __init__(self, fn: Callable[[list[T]], R], jobs: int, *, after_fork: Callable[[], None] | None = None):
+        """`after_fork` runs in each worker as it starts (to close what only the parent may hold)."""
         self.fn = fn
         self.jobs = jobs
+        self.after_fork = after_fork
         self.workers: list[_Worker] = []
 
     def __enter__(self) -> ForkPool[T, R]:
@@ -128,6 +136,8 @@ class ForkPool(Generic[T, R]):
                 os.close(task_w)
                 os.close(result_r)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: the parent reports it, once
+                if self.after_fork is not None:
+                    self.after_fork()
                 self._serve(task_r, result_w)
                 status = 0
             finally:
@@ -154,34 +164,51 @@ class ForkPool(Generic[T, R]):
                                          pickle.HIGHEST_PROTOCOL)
             _write_all(results, _frame(reply))
 
-    def map(self, items: Iterable[T], chunk: int = 64) -> Iterator[R]:
+    def map(self, items: Iterable[T], chunk: int = 64, *, head: int = 0,
+            while_started: Callable[[], None] | None = None) -> Iterator[R]:
+        """`fn` over chunks of `items`, results in completion order.
+
+        With `while_started`, each worker first gets one chunk of `head` items (fewer when the items
+        run out), then `while_started()` runs here while the workers work on them; an exception
+        from it stops the workers. Without workers it runs before the first chunk.
+        """
         source = iter(items)
         if not self.workers:
+            if while_started is not None:
+                while_started()
             while batch := _take(source, chunk):
                 yield self.fn(batch)
             return
         if any(w.stopping for w in self.workers):
             raise RuntimeError("a ForkPool maps once: its workers have stopped")
         ahead: deque[T] = deque()
-        read_ahead = 4 * chunk * len(self.workers)
+        head = head if while_started is not None else 0
+        read_ahead = len(self.workers) * (head + 4 * chunk)
         exhausted = False
 
-        def next_chunk() -> list[T]:
+        def next_chunk(size: int = chunk) -> list[T]:
             nonlocal exhausted
             while not exhausted and len(ahead) < read_ahead:
                 try:
                     ahead.append(next(source))
                 except StopIteration:
                     exhausted = True
-            # the last items in ever smaller chunks: every worker busy until the end
-            size = chunk if not exhausted else max(1, min(chunk, len(ahead) // (2 * len(self.workers))))
+            if exhausted:  # the last items in ever smaller chunks: every worker busy until the end
+                size = max(1, min(size, len(ahead) // (2 * len(self.workers))))
             return [ahead.popleft() for _ in range(min(size, len(ahead)))]
 
         selector = selectors.DefaultSelector()
         try:
             for worker in self.workers:
                 selector.register(worker.results, selectors.EVENT_READ, worker)
-                for _ in range(_QUEUED_PER_WORKER):
+            if while_started is not None:
+                for worker in self.workers:
+                    if head > chunk:  # the whole head must reach the worker before while_started runs
+                        _grow_pipe(worker.tasks, _HEAD_PIPE_BYTES)
+                    self._send(selector, worker, next_chunk(head))
+                while_started()
+            for worker in self.workers:
+                for _ in range(_QUEUED_PER_WORKER - worker.queued):
                     self._send(selector, worker, next_chunk())
             while any(w.queued or w.pending for w in self.workers):
                 for key, events in selector.select():
@@ -244,6 +271,14 @@ class ForkPool(Generic[T, R]):
         if self.workers:
             gc.unfreeze()
         self.workers = []
+
+
+def _grow_pipe(fd: int, size: int) -> None:
+    """Ask for a larger pipe buffer (Linux); where refused, a large message just waits for the reader."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (OSError, AttributeError):
+        pass
 
 
 def _take(source: Iterator[T], size: int) -> list[T]:

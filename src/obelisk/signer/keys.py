@@ -14,9 +14,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -24,6 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from obelisk.core.errors import InputError
 from obelisk.core.inputs import read_bounded
 from obelisk.signer.hashalgo import HashAlgo, by_name
+
+if TYPE_CHECKING:
+    # imported where a certificate is read: `cryptography.x509` costs 40 ms of CPU, and `ima sign`
+    # loads its key (and starts signing) before it reads the certificate
+    from cryptography import x509
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 MAX_KEY_FILE_BYTES = 1024 * 1024  # keys, certificates and passphrase files
@@ -162,6 +166,8 @@ def sign_tpm_policy(key: SigningKey, approved: bytes, policy_ref: bytes = b"") -
 
 def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
     """Load an X.509 certificate, PEM or DER."""
+    from cryptography import x509
+
     source = os.fspath(path)
     data = read_bounded(source, "certificate", MAX_KEY_FILE_BYTES)
     try:
@@ -177,6 +183,8 @@ def load_certificates(paths: list[str]) -> list[x509.Certificate]:
 
 
 def subject_key_id(cert: x509.Certificate) -> bytes | None:
+    from cryptography import x509
+
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
