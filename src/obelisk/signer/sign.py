@@ -127,6 +127,7 @@ class _SignJob:
         self.gate = gate
         self.held_fds = held_fds  # open descriptors a worker may keep while it waits for the key id
         self.headers: dict[int, bytes] = {}  # signature length -> v2 header (ECDSA's length varies)
+        self.record = xattrfile.record_serializer(XATTR_NAME)
 
     def __call__(self, chunk: list[tuple[bytes, bytes]]) -> tuple[int, list[tuple[bytes, bytes]], list[str]]:
         """Sign a chunk of (relpath, path): (files signed, [(relpath, its xattr dump record)] without
@@ -184,7 +185,7 @@ class _SignJob:
             header = self.headers[len(signature)] = imasig.v2_header(self.algo, key_id, len(signature))
         value = header + signature
         if fd < 0:
-            out.append((relpath, xattrfile.serialize_record(relpath, ((XATTR_NAME, value),))))
+            out.append((relpath, self.record(relpath, value)))
             return 1
         try:
             os.setxattr(fd, XATTR_NAME, value)
