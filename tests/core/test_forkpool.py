@@ -143,3 +143,29 @@ def test_an_exception_from_while_started_stops_every_worker():
         with ForkPool(len, 2) as pool:
             list(pool.map(range(10_000), chunk=10, head=500, while_started=refuse))
     assert _children_of_this_process() == before
+
+
+def _child_pid() -> int:
+    return os.getpid()
+
+
+def _refuse_in_child() -> int:
+    raise InputError("no certificate here", source="cert.pem")
+
+
+def test_a_forked_call_returns_or_raises_in_this_process_and_leaves_no_child():
+    from obelisk.core.forkpool import ForkedCall
+
+    before = _children_of_this_process()
+    with ForkedCall(_child_pid) as call:
+        assert call.result() not in (os.getpid(), None)
+        assert call.result() == call.result()  # asked again: the same answer, no second wait
+    with ForkedCall(_refuse_in_child) as failing:
+        with pytest.raises(InputError, match="cert.pem: no certificate here"):
+            failing.result()
+    with ForkedCall(lambda: os._exit(5)) as dying:
+        with pytest.raises(WorkerError, match="exited before answering"):
+            dying.result()
+    with ForkedCall(lambda: __import__("time").sleep(60)):  # never asked: ended when the block is left
+        pass
+    assert _children_of_this_process() == before

@@ -155,13 +155,7 @@ class ForkPool(Generic[T, R]):
             try:
                 reply = pickle.dumps((True, self.fn(pickle.loads(message))), pickle.HIGHEST_PROTOCOL)
             except BaseException as exc:  # sent back whole: the parent raises it
-                try:
-                    reply = pickle.dumps((False, exc), pickle.HIGHEST_PROTOCOL)
-                except Exception:
-                    import traceback
-
-                    reply = pickle.dumps((False, WorkerError("".join(traceback.format_exception(exc)))),
-                                         pickle.HIGHEST_PROTOCOL)
+                reply = _failure(exc)
             _write_all(results, _frame(reply))
 
     def map(self, items: Iterable[T], chunk: int = 64, *, head: int = 0,
@@ -271,6 +265,77 @@ class ForkPool(Generic[T, R]):
         if self.workers:
             gc.unfreeze()
         self.workers = []
+
+
+def _failure(exc: BaseException) -> bytes:
+    """`exc` pickled for the parent to raise (a WorkerError with its traceback when it cannot be pickled)."""
+    try:
+        return pickle.dumps((False, exc), pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import traceback
+
+        return pickle.dumps((False, WorkerError("".join(traceback.format_exception(exc)))), pickle.HIGHEST_PROTOCOL)
+
+
+class ForkedCall(Generic[R]):
+    """`fn()` run in a forked child while this process goes on: slow set-up (an import) on a core
+    that would otherwise wait. `result()` waits for it and returns what `fn` returned, or raises
+    what it raised; leaving the `with` block ends the child if it is still running.
+
+        with ForkedCall(read_certificate) as certificate:   # the child starts here
+            key = load_key()                                # meanwhile, on another core
+            use(key, certificate.result())
+    """
+
+    def __init__(self, fn: Callable[[], R]):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: it never returns into the caller's code
+            status = 1
+            try:
+                os.close(read_end)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                try:
+                    reply = pickle.dumps((True, fn()), pickle.HIGHEST_PROTOCOL)
+                except BaseException as exc:
+                    reply = _failure(exc)
+                _write_all(write_end, _frame(reply))
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self._pid: int | None = pid
+        self._read_end = read_end
+        self._outcome: tuple[bool, object] | None = None
+
+    def result(self) -> R:
+        if self._outcome is None:
+            message = _read_message(self._read_end)
+            self._outcome = pickle.loads(message) if message else (
+                False, WorkerError("a forked call exited before answering"))
+            self.close()
+        ok, value = self._outcome
+        if not ok:
+            raise value  # type: ignore[misc]
+        return value  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._pid is None:
+            return
+        if self._outcome is None:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.close(self._read_end)
+        os.waitpid(self._pid, 0)
+        self._pid = None
+
+    def __enter__(self) -> ForkedCall[R]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _grow_pipe(fd: int, size: int) -> None:

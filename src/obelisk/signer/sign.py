@@ -27,7 +27,7 @@ from obelisk.core.forkpool import ForkPool
 from obelisk.core.progress import progress
 from obelisk.signer import hashalgo, imasig, xattrfile
 from obelisk.signer.hashalgo import HashAlgo
-from obelisk.signer.keys import SigningKey, SoftwareKey
+from obelisk.signer.keys import SigningCertificate, SigningKey, SoftwareKey
 from obelisk.signer.tree import TreeWalk, check_roots, iter_paths
 
 if TYPE_CHECKING:
@@ -248,11 +248,14 @@ def sign_files(files: Iterable[tuple[bytes, bytes]], key: SigningKey, key_id: by
     return count, values
 
 
-def sign_tree(paths: list[str], key: SigningKey, cert: x509.Certificate | str, *, hash_name: str = "sha256",
+def sign_tree(paths: list[str], key: SigningKey,
+              cert: x509.Certificate | str | Callable[[], SigningCertificate], *, hash_name: str = "sha256",
               jobs: int | None = None, xattr_file: str | None = None, quiet: bool = False,
               cert_source: str = "certificate", in_process: bool = False) -> SignSummary:
-    """Sign every regular file under `paths`. `cert` is the key's certificate or its file (PEM or DER),
-    read while the workers start signing; the key must match it, or nothing is written."""
+    """Sign every regular file under `paths`. `cert` is the key's certificate, its file (PEM or DER),
+    or a function that reads it (the CLI reads it in a forked process while it loads the key): it is
+    read, and the key proved against it, while the workers start signing; nothing is written unless
+    the key is the certificate's."""
     if hash_name not in hashalgo.SIGNING:
         raise InputError(f"--hash: {hash_name} is not accepted for signing (use {', '.join(hashalgo.SIGNING)})")
     algo = hashalgo.by_name(hash_name)
@@ -262,12 +265,17 @@ def sign_tree(paths: list[str], key: SigningKey, cert: x509.Certificate | str, *
     found: list[bytes] = []
 
     def checked_key_id() -> bytes:
-        from obelisk.signer.keys import check_key_matches_certificate, ima_key_id, load_certificate
+        from obelisk.signer import keys
 
-        source = cert if isinstance(cert, str) else cert_source
-        certificate = load_certificate(cert) if isinstance(cert, str) else cert
-        check_key_matches_certificate(key, certificate, source)
-        found.append(ima_key_id(certificate, source))
+        if callable(cert):
+            signing = cert()
+            keys.check_key_matches_signing_certificate(key, signing)
+            found.append(signing.key_id)
+        else:
+            source = cert if isinstance(cert, str) else cert_source
+            certificate = keys.load_certificate(cert) if isinstance(cert, str) else cert
+            keys.check_key_matches_certificate(key, certificate, source)
+            found.append(keys.ima_key_id(certificate, source))
         return found[0]
 
     stats = TreeWalk()
