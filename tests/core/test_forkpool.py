@@ -100,3 +100,72 @@ def test_a_caller_that_stops_reading_leaves_no_worker_behind():
         for _ in pool.map(range(10_000), chunk=3):
             break
     assert _children_of_this_process() == before
+
+
+def _announce_first_chunk(chunk: list[int]) -> int:
+    """Tells the test (through an inherited pipe) that a worker is at work."""
+    os.write(_ANNOUNCE[1], b"x")
+    return len(chunk)
+
+
+_ANNOUNCE = os.pipe()
+
+
+def test_while_started_runs_while_the_workers_work_on_their_first_chunks():
+    import select
+
+    seen: list[int] = []
+
+    def wait_for_a_worker() -> None:
+        # blocks this process: only a worker that already has its first chunk can answer
+        ready, _, _ = select.select([_ANNOUNCE[0]], [], [], 30)
+        seen.append(len(ready))
+
+    with ForkPool(_announce_first_chunk, 2) as pool:
+        sizes = list(pool.map(range(1000), chunk=10, head=300, while_started=wait_for_a_worker))
+    assert seen == [1] and sum(sizes) == 1000 and max(sizes) == 300
+    with ForkPool(len, 2) as pool:  # a small job: the first chunks are cut evenly, not one worker's all
+        sizes = list(pool.map(range(100), chunk=10, head=300, while_started=lambda: None))
+    assert sum(sizes) == 100 and max(sizes) <= 25
+    calls: list[str] = []
+    with ForkPool(len, 1) as pool:  # without workers it runs before the first chunk
+        assert list(pool.map(range(5), chunk=10, head=300, while_started=lambda: calls.append("x"))) == [5]
+    assert calls == ["x"]
+
+
+def test_an_exception_from_while_started_stops_every_worker():
+    before = _children_of_this_process()
+
+    def refuse() -> None:
+        raise InputError("certificate does not match")
+
+    with pytest.raises(InputError, match="does not match"):
+        with ForkPool(len, 2) as pool:
+            list(pool.map(range(10_000), chunk=10, head=500, while_started=refuse))
+    assert _children_of_this_process() == before
+
+
+def _child_pid() -> int:
+    return os.getpid()
+
+
+def _refuse_in_child() -> int:
+    raise InputError("no certificate here", source="cert.pem")
+
+
+def test_a_forked_call_returns_or_raises_in_this_process_and_leaves_no_child():
+    from obelisk.core.forkpool import ForkedCall
+
+    before = _children_of_this_process()
+    with ForkedCall(_child_pid) as call:
+        assert call.result() not in (os.getpid(), None)
+        assert call.result() == call.result()  # asked again: the same answer, no second wait
+    with ForkedCall(_refuse_in_child) as failing:
+        with pytest.raises(InputError, match="cert.pem: no certificate here"):
+            failing.result()
+    with ForkedCall(lambda: os._exit(5)) as dying:
+        with pytest.raises(WorkerError, match="exited before answering"):
+            dying.result()
+    with ForkedCall(lambda: __import__("time").sleep(60)):  # never asked: ended when the block is left
+        pass
+    assert _children_of_this_process() == before

@@ -125,3 +125,39 @@ def test_ecdsa_signatures_are_deterministic(tree, tmp_path, tmp_path_factory):
     obelisk_sign(other, keys)
     for f in regular_files(tree):
         assert xattr(f) == xattr(other / f.relative_to(tree))
+
+
+def test_a_certificate_that_does_not_fit_stops_the_workers_before_they_write(tmp_path, keys, other_keys):
+    # the workers sign their first files while the parent reads the certificate: a wrong one must
+    # leave every file untouched, in both output modes
+    import pytest
+
+    from obelisk.core.errors import InputError
+
+    root = tmp_path / "many"
+    for i in range(600):
+        (root / f"d{i // 100}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i // 100}" / f"f{i}").write_bytes(os.urandom(64))
+    dump = tmp_path / "out.dump"
+    for xattr_file in (None, str(dump)):
+        with pytest.raises(InputError, match="does not match"):
+            sign_tree([str(root)], load_signing_key(str(keys.ima_key)), str(other_keys.ima_cert), jobs=2,
+                      xattr_file=xattr_file, quiet=True)
+    assert not dump.exists()
+    assert all("security.ima" not in os.listxattr(f) for f in regular_files(root))
+
+
+def test_signatures_held_until_the_key_id_comes_are_all_written(tmp_path, keys, monkeypatch):
+    # a worker that may hold only 3 open files waits for the key id whenever it has 3
+    from obelisk.signer import sign
+
+    monkeypatch.setattr(sign, "_held_fds_limit", lambda jobs: 3)
+    root = tmp_path / "many"
+    for i in range(300):
+        (root / f"d{i // 50}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i // 50}" / f"f{i}").write_bytes(os.urandom(64))
+    summary = sign_tree([str(root)], load_signing_key(str(keys.ima_key)), str(keys.ima_cert), jobs=2, quiet=True)
+    files = regular_files(root)
+    assert summary.signed == len(files) == 300
+    report = verify_tree([str(root)], [("ima", load_certificate(keys.ima_cert))], quiet=True)
+    assert not report.failed and report.findings[0].observed == "300 of 300 files verified", report.findings[:3]

@@ -55,3 +55,14 @@ def test_hostile_dumps_only_raise_parse_error(raw):
 def test_any_records_round_trip(items):
     records = [xattrfile.XattrRecord(path, (("security.ima", value),)) for path, value in items]
     assert xattrfile.parse(xattrfile.serialize(records)) == records
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=40), st.binary(max_size=600))
+def test_the_signers_one_attribute_records_are_serialize_records(path, value):
+    record = xattrfile.record_serializer("security.ima")
+    if b"\n" in path or b"\r" in path:
+        with pytest.raises(InputError, match="line break"):
+            record(path, value)
+    else:
+        assert record(path, value) == xattrfile.serialize_record(path, (("security.ima", value),))

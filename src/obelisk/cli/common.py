@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from obelisk.core import atomic
-
 if TYPE_CHECKING:  # imported lazily: commands that only sign should not pay for the result model
     from obelisk.core.findings import Report
 
@@ -78,6 +76,8 @@ def output_format(args: argparse.Namespace) -> str:
 
 def _write(args: argparse.Namespace, text: str, mode: int = 0o644) -> None:
     if getattr(args, "output", None):
+        from obelisk.core import atomic  # here: pathlib and tempfile cost every command 8 ms of start-up
+
         atomic.write_text(args.output, text, mode=mode)
     else:
         sys.stdout.write(text)

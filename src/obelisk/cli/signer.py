@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from typing import TYPE_CHECKING
 
@@ -89,7 +90,8 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 def _ima_sign(args: argparse.Namespace) -> int:
     from obelisk.core.errors import InputError
-    from obelisk.signer.keys import load_certificate, load_signing_key
+    from obelisk.core.forkpool import ForkedCall
+    from obelisk.signer.keys import load_signing_key, read_signing_certificate
     from obelisk.signer.sign import sign_tree
 
     if args.jobs is not None and args.jobs < 1:
@@ -100,12 +102,15 @@ def _ima_sign(args: argparse.Namespace) -> int:
         if os.path.isfile(os.path.join(path, "oci-layout")):
             raise InputError("is an OCI image layout: add --oci to sign the files in its layers "
                              "(without it, security.ima would be set on its blob files)", source=path)
-    # sign_tree proves the key against the certificate before any work, so OpenSSL's slow RSA check is skipped
-    key = load_signing_key(args.key, passphrase_source(args), check_rsa_primes=False)
-    cert = load_certificate(args.cert)
-    in_process = args.key.startswith("pkcs11:")  # token sessions do not survive fork
-    summary = sign_tree(args.paths, key, cert, hash_name=args.hash, jobs=args.jobs, xattr_file=args.xattr_file,
-                        quiet=args.quiet, cert_source=args.cert, in_process=in_process)
+    # The certificate is read in a forked process: importing cryptography.x509 costs 40 ms of CPU, done
+    # there on another core while this process loads the key and starts the workers. sign_tree proves the
+    # key against the certificate before it writes anything, so OpenSSL's slow RSA check is skipped.
+    with ForkedCall(functools.partial(read_signing_certificate, args.cert)) as cert:
+        key = load_signing_key(args.key, passphrase_source(args), check_rsa_primes=False)
+        in_process = args.key.startswith("pkcs11:")  # token sessions do not survive fork
+        summary = sign_tree(args.paths, key, cert.result, hash_name=args.hash, jobs=args.jobs,
+                            xattr_file=args.xattr_file, quiet=args.quiet, cert_source=args.cert,
+                            in_process=in_process)
     skipped = ", ".join(f"{n} {k}" for k, n in sorted(summary.skipped.items())) or "none"
     where = f"signatures written to {summary.xattr_file}" if summary.xattr_file else "security.ima set on each file"
     return emit_result(args, summary.to_json(),

@@ -17,26 +17,40 @@ tests/core/test_digest.py pins them to known values.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 
 # A path as os.open takes it: tree_content_digest walks with bytes paths (any file name, even not UTF-8).
 FilePath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 _BUFFER_SIZE = 1 << 20
 _buffer: bytearray | None = None
+_view: memoryview | None = None
+# hashlib.sha256 and its kind, found once: hashlib.new(name) looks the name up on every call (1 us,
+# a tenth of hashing a small file)
+_constructors: dict[str, Callable[[], hashlib._Hash]] = {}
+
+
+def _constructor(algo: str) -> Callable[[], hashlib._Hash]:
+    found = _constructors.get(algo)
+    if found is None:
+        found = _constructors[algo] = getattr(hashlib, algo, None) or functools.partial(hashlib.new, algo)
+    return found
 
 
 def digest_fd(fd: int, algo: str = "sha256") -> bytes:
     """Hash everything from `fd`'s position to end of file with hashlib's `algo`."""
-    global _buffer
-    if _buffer is None:
+    global _buffer, _view
+    if _buffer is None or _view is None:
         _buffer = bytearray(_BUFFER_SIZE)
-    view = memoryview(_buffer)
-    h = hashlib.new(algo)
+        _view = memoryview(_buffer)
+    buffers, view = [_buffer], _view
+    h = _constructor(algo)()
     while True:
-        n = os.readv(fd, [_buffer])
+        n = os.readv(fd, buffers)
         if not n:
             return h.digest()
         h.update(view[:n])

@@ -12,10 +12,15 @@ each worker so that none waits for its next one, and once the items have run out
 remainder into smaller chunks, so that the workers finish together instead of one signing a
 last full chunk alone. POSIX only (fork); a worker must not touch the parent's threads, so the
 pool is started before any thread (a progress bar) is.
+
+A caller with slow set-up work of its own (the signer checks its certificate, which costs an import
+of 40 ms) can do it while the workers already run: `map(..., head=N, while_started=fn)` gives each
+worker a first chunk of N items, then runs `fn` here before it hands out the rest.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import pickle
@@ -32,6 +37,7 @@ R = TypeVar("R")
 _LENGTH = struct.Struct("<Q")
 _QUEUED_PER_WORKER = 2
 _STOP = b""
+_HEAD_PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged process (/proc/sys/fs/pipe-max-size)
 
 
 class WorkerError(RuntimeError):
@@ -98,9 +104,11 @@ class ForkPool(Generic[T, R]):
     it cannot be pickled); the pool then stops every worker.
     """
 
-    def __init__(self, fn: Callable[[list[T]], R], jobs: int):
+    def __init__(self, fn: Callable[[list[T]], R], jobs: int, *, after_fork: Callable[[], None] | None = None):
+        """`after_fork` runs in each worker as it starts (to close what only the parent may hold)."""
         self.fn = fn
         self.jobs = jobs
+        self.after_fork = after_fork
         self.workers: list[_Worker] = []
 
     def __enter__(self) -> ForkPool[T, R]:
@@ -128,6 +136,8 @@ class ForkPool(Generic[T, R]):
                 os.close(task_w)
                 os.close(result_r)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: the parent reports it, once
+                if self.after_fork is not None:
+                    self.after_fork()
                 self._serve(task_r, result_w)
                 status = 0
             finally:
@@ -145,43 +155,54 @@ class ForkPool(Generic[T, R]):
             try:
                 reply = pickle.dumps((True, self.fn(pickle.loads(message))), pickle.HIGHEST_PROTOCOL)
             except BaseException as exc:  # sent back whole: the parent raises it
-                try:
-                    reply = pickle.dumps((False, exc), pickle.HIGHEST_PROTOCOL)
-                except Exception:
-                    import traceback
-
-                    reply = pickle.dumps((False, WorkerError("".join(traceback.format_exception(exc)))),
-                                         pickle.HIGHEST_PROTOCOL)
+                reply = _failure(exc)
             _write_all(results, _frame(reply))
 
-    def map(self, items: Iterable[T], chunk: int = 64) -> Iterator[R]:
+    def map(self, items: Iterable[T], chunk: int = 64, *, head: int = 0,
+            while_started: Callable[[], None] | None = None) -> Iterator[R]:
+        """`fn` over chunks of `items`, results in completion order.
+
+        With `while_started`, each worker first gets one chunk of `head` items (fewer when the items
+        run out), then `while_started()` runs here while the workers work on them; an exception
+        from it stops the workers. Without workers it runs before the first chunk.
+        """
         source = iter(items)
         if not self.workers:
+            if while_started is not None:
+                while_started()
             while batch := _take(source, chunk):
                 yield self.fn(batch)
             return
         if any(w.stopping for w in self.workers):
             raise RuntimeError("a ForkPool maps once: its workers have stopped")
         ahead: deque[T] = deque()
-        read_ahead = 4 * chunk * len(self.workers)
+        head = head if while_started is not None else 0
+        read_ahead = len(self.workers) * (head + 4 * chunk)
         exhausted = False
 
-        def next_chunk() -> list[T]:
+        def next_chunk(size: int = chunk) -> list[T]:
             nonlocal exhausted
             while not exhausted and len(ahead) < read_ahead:
                 try:
                     ahead.append(next(source))
                 except StopIteration:
                     exhausted = True
-            # the last items in ever smaller chunks: every worker busy until the end
-            size = chunk if not exhausted else max(1, min(chunk, len(ahead) // (2 * len(self.workers))))
+            if exhausted:  # the last items in ever smaller chunks: every worker busy until the end
+                size = max(1, min(size, len(ahead) // (2 * len(self.workers))))
             return [ahead.popleft() for _ in range(min(size, len(ahead)))]
 
         selector = selectors.DefaultSelector()
         try:
             for worker in self.workers:
                 selector.register(worker.results, selectors.EVENT_READ, worker)
-                for _ in range(_QUEUED_PER_WORKER):
+            if while_started is not None:
+                for worker in self.workers:
+                    if head > chunk:  # the whole head must reach the worker before while_started runs
+                        _grow_pipe(worker.tasks, _HEAD_PIPE_BYTES)
+                    self._send(selector, worker, next_chunk(head))
+                while_started()
+            for worker in self.workers:
+                for _ in range(_QUEUED_PER_WORKER - worker.queued):
                     self._send(selector, worker, next_chunk())
             while any(w.queued or w.pending for w in self.workers):
                 for key, events in selector.select():
@@ -244,6 +265,85 @@ class ForkPool(Generic[T, R]):
         if self.workers:
             gc.unfreeze()
         self.workers = []
+
+
+def _failure(exc: BaseException) -> bytes:
+    """`exc` pickled for the parent to raise (a WorkerError with its traceback when it cannot be pickled)."""
+    try:
+        return pickle.dumps((False, exc), pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import traceback
+
+        return pickle.dumps((False, WorkerError("".join(traceback.format_exception(exc)))), pickle.HIGHEST_PROTOCOL)
+
+
+class ForkedCall(Generic[R]):
+    """`fn()` run in a forked child while this process goes on: slow set-up (an import) on a core
+    that would otherwise wait. `result()` waits for it and returns what `fn` returned, or raises
+    what it raised; leaving the `with` block ends the child if it is still running.
+
+        with ForkedCall(read_certificate) as certificate:   # the child starts here
+            key = load_key()                                # meanwhile, on another core
+            use(key, certificate.result())
+    """
+
+    def __init__(self, fn: Callable[[], R]):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: it never returns into the caller's code
+            status = 1
+            try:
+                os.close(read_end)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                try:
+                    reply = pickle.dumps((True, fn()), pickle.HIGHEST_PROTOCOL)
+                except BaseException as exc:
+                    reply = _failure(exc)
+                _write_all(write_end, _frame(reply))
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self._pid: int | None = pid
+        self._read_end = read_end
+        self._outcome: tuple[bool, object] | None = None
+
+    def result(self) -> R:
+        if self._outcome is None:
+            message = _read_message(self._read_end)
+            self._outcome = pickle.loads(message) if message else (
+                False, WorkerError("a forked call exited before answering"))
+            self.close()
+        ok, value = self._outcome
+        if not ok:
+            raise value  # type: ignore[misc]
+        return value  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._pid is None:
+            return
+        if self._outcome is None:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.close(self._read_end)
+        os.waitpid(self._pid, 0)
+        self._pid = None
+
+    def __enter__(self) -> ForkedCall[R]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _grow_pipe(fd: int, size: int) -> None:
+    """Ask for a larger pipe buffer (Linux); where refused, a large message just waits for the reader."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (OSError, AttributeError):
+        pass
 
 
 def _take(source: Iterator[T], size: int) -> list[T]:

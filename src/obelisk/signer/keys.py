@@ -14,9 +14,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -24,6 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from obelisk.core.errors import InputError
 from obelisk.core.inputs import read_bounded
 from obelisk.signer.hashalgo import HashAlgo, by_name
+
+if TYPE_CHECKING:
+    # imported where a certificate is read: `cryptography.x509` costs 40 ms of CPU, and `ima sign`
+    # loads its key (and starts signing) before it reads the certificate
+    from cryptography import x509
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 MAX_KEY_FILE_BYTES = 1024 * 1024  # keys, certificates and passphrase files
@@ -162,6 +166,8 @@ def sign_tpm_policy(key: SigningKey, approved: bytes, policy_ref: bytes = b"") -
 
 def load_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
     """Load an X.509 certificate, PEM or DER."""
+    from cryptography import x509
+
     source = os.fspath(path)
     data = read_bounded(source, "certificate", MAX_KEY_FILE_BYTES)
     try:
@@ -177,6 +183,8 @@ def load_certificates(paths: list[str]) -> list[x509.Certificate]:
 
 
 def subject_key_id(cert: x509.Certificate) -> bytes | None:
+    from cryptography import x509
+
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
@@ -201,15 +209,44 @@ def same_public_key(a: PublicKey, b: PublicKey) -> bool:
     return a.public_bytes(serialization.Encoding.DER, fmt) == b.public_bytes(serialization.Encoding.DER, fmt)
 
 
+@dataclass(frozen=True)
+class SigningCertificate:
+    """What IMA signing needs from the signing key's certificate."""
+
+    public_key_der: bytes  # SubjectPublicKeyInfo, DER
+    key_id: bytes  # ima_key_id
+    source: str  # its file, for messages
+
+
+def read_signing_certificate(path: str) -> SigningCertificate:
+    """The certificate file's public key and IMA key id (InputError names the file)."""
+    cert = load_certificate(path)
+    public_der = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    return SigningCertificate(public_der, ima_key_id(cert, path), path)
+
+
+def check_key_matches_signing_certificate(key: SigningKey, cert: SigningCertificate) -> None:
+    """`check_key_matches_certificate` for a certificate read by `read_signing_certificate`."""
+    public = serialization.load_der_public_key(cert.public_key_der)
+    if not isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        raise InputError(f"unsupported key type {type(public).__name__}: IMA takes RSA or ECDSA", source=cert.source)
+    check_key_matches_public_key(key, public, cert.source)
+
+
 def check_key_matches_certificate(key: SigningKey, cert: x509.Certificate, source: str = "certificate") -> None:
     """The key is the certificate's: same public key, and a signature made with the private key
     verifies under the certificate (a private key whose parts do not fit together fails here)."""
-    public = cert.public_key()
-    if not same_public_key(key.public_key, public):  # type: ignore[arg-type]
+    check_key_matches_public_key(key, cert.public_key(), source)  # type: ignore[arg-type]
+
+
+def check_key_matches_public_key(key: SigningKey, public: PublicKey, source: str = "certificate") -> None:
+    """`check_key_matches_certificate` for the certificate's public key."""
+    if not same_public_key(key.public_key, public):
         raise InputError("certificate does not match the signing key", source=source)
     algo = by_name("sha256")
     probe = hashlib.sha256(b"obelisk: does this key sign for its certificate?").digest()
-    if not verify_digest_signature(public, key.sign_digest(probe, algo), probe, algo):  # type: ignore[arg-type]
+    if not verify_digest_signature(public, key.sign_digest(probe, algo), probe, algo):
         raise InputError("the signing key makes signatures its certificate does not verify: the private key "
                          "file is damaged", source=source)
 
