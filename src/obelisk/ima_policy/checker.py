@@ -160,12 +160,13 @@ def check_range(start: int, stop: int, first_number: int = 1, job: Job | None = 
     res = ChunkResult(start, stop=stop)
     try:
         if job.encoding == ASCII:
-            if not _ascii_fast(job, res, start, stop):
+            chunk = job.data[start:stop]
+            if not _ascii_fast(job, res, chunk, start == 0):
                 res = ChunkResult(start, stop=stop)
                 buf, numbers = _ascii_chunk(job.data, start, stop, first_number, job.source)
                 _walk(job, res, buf, 0, len(buf), "little", numbers, start == 0)
+                res.lines = chunk.count(b"\n")
             res.end = stop
-            res.lines = job.data[start:stop].count(b"\n")
         else:
             res.end = _walk(job, res, job.data, start, stop, job.byte_order, None, start == 0, first_number)
     except ParseError as exc:
@@ -354,16 +355,24 @@ _NUL = b"\0"
 _NAME_FIELD_LENGTHS = [(n + 1).to_bytes(4, "little") for n in range(4096)]  # n-ng length of an n-byte name
 
 
-def _ascii_fast(job: Job, res: ChunkResult, start: int, stop: int) -> bool:
-    """Check the ascii lines in [start, stop) if every one is a plain, intact PCR-10 ima-ng entry
-    with the digest algorithm of the chunk's first line (and, with a manifest, a file it allows):
-    each line is cut at fixed positions by one struct call, and the template hashes are decoded
-    and compared in one piece. False (and `res` left to be discarded) if any line needs the
-    careful path, which then walks the whole chunk."""
-    lines = job.data[start:stop].split(b"\n")
-    if lines and not lines[-1]:
+def _digest_method(ctor: Callable[..., Any]) -> Callable[[Any], bytes]:
+    """The unbound `digest` of the objects `ctor` returns, to map over many of them in C."""
+    return type(ctor()).digest
+
+
+def _ascii_fast(job: Job, res: ChunkResult, chunk: bytes, at_start: bool) -> bool:
+    """Check the ascii lines of `chunk` if every one is a plain, intact PCR-10 ima-ng entry
+    with the digest algorithm of the chunk's first line (and, with a manifest, a file it allows).
+
+    One Python step per line: it is cut at fixed positions by one struct call and its
+    template data joined; the template hashes are then
+    decoded and compared in one piece, and the hashes of every bank taken by mapping the hash
+    constructor over the chunk's template data (iterated in C). False (and `res` left to be
+    discarded) if any line needs the careful path, which then walks the whole chunk."""
+    lines = chunk.split(b"\n")
+    newlines = len(lines) - 1
+    if not lines[-1]:
         lines.pop()  # the newline ending the chunk's last line
-    at_start = start == 0
     if at_start and lines and lines[0].startswith(b"PCR "):
         del lines[0]  # the column header some tools print
     head = _ASCII_HEAD.match(lines[0]) if lines else None
@@ -380,55 +389,51 @@ def _ascii_fast(job: Job, res: ChunkResult, start: int, stop: int) -> bool:
     prefix = (len(dng_head) + hexlen // 2).to_bytes(4, "little") + dng_head
     lengths = _NAME_FIELD_LENGTHS
     unhex = binascii.unhexlify
-    sha1 = hashlib.sha1
-    other_names = [b for b in job.banks if b != "sha1"]
-    other_outs: list[list[bytes]] = [[] for _ in other_names]
-    others = [(getattr(hashlib, b), o.append) for b, o in zip(other_names, other_outs)]
-    ctor1, app1 = others[0] if len(others) == 1 else (None, None)
-    sha1_out: list[bytes] = []
-    sha1_app = sha1_out.append
+    join = b"".join
+    tdata: list[bytes] = []
+    tdata_app = tdata.append
     listed: list[bytes] = []
     listed_app = listed.append
-    ref = job.reference
-    match = ref.digest_matcher() if ref is not None else None
-    first = at_start
     try:
         for line in lines:
             f_pcr, th, f_middle, fh, f_space = cut(line)
             if f_pcr != pcr10 or f_middle != middle or f_space != space:
                 return False
             name = line[name_at:]
-            digest = unhex(fh)
-            tdata = prefix + digest + lengths[len(name)] + name + _NUL
-            if first:
-                if name != b"boot_aggregate":
-                    return False  # the careful path decides what a list not starting with boot_aggregate means
-                res.first = (boot_aggregate.NAME, algo.decode("ascii"), digest)
-                first = False
-            elif match is not None and not match(name, dng_head + digest):
-                return False
-            sha1_app(sha1(tdata).digest())
-            if ctor1 is not None and app1 is not None:
-                app1(ctor1(tdata).digest())
-            else:
-                for ctor, app in others:
-                    app(ctor(tdata).digest())
+            tdata_app(join((prefix, unhex(fh), lengths[len(name)], name, _NUL)))
             listed_app(th)
-        sha1_all = b"".join(sha1_out)
-        if unhex(b"".join(listed)) != sha1_all:
-            return False  # a tampered entry or a violation: the careful path names it
+        listed_all = unhex(b"".join(listed))
     except (struct.error, binascii.Error, IndexError):  # a short line, bad hex, a name of 4 KiB or more
         return False
-    count = len(lines)
-    checked = count - (1 if at_start else 0)  # the careful path never checks boot_aggregate
-    if match is not None:
+    skip = 0
+    if at_start:
+        if lines[0][name_at:] != b"boot_aggregate":
+            return False  # the careful path decides what a list not starting with boot_aggregate means
+        res.first = (boot_aggregate.NAME, algo.decode("ascii"), tdata[0][len(prefix):len(prefix) + hexlen // 2])
+        skip = 1  # the careful path never checks boot_aggregate against the manifest
+    ref = job.reference
+    if ref is not None:
+        match = ref.digest_matcher()
+        dng_end = len(prefix) + hexlen // 2
+        for i in range(skip, len(lines)):
+            if not match(lines[i][name_at:], tdata[i][4:dng_end]):
+                return False
+    sha1 = hashlib.sha1
+    sha1_all = join(map(_digest_method(sha1), map(sha1, tdata)))
+    if sha1_all != listed_all:
+        return False  # a tampered entry or a violation: the careful path names it
+    res.bank_digests["sha1"] = sha1_all
+    for bank in job.banks:
+        if bank != "sha1":
+            ctor = getattr(hashlib, bank)
+            res.bank_digests[bank] = join(map(_digest_method(ctor), map(ctor, tdata)))
+    checked = len(lines) - skip
+    if ref is not None:
         res.stats["files-matched"] += checked
     if job.keyring is not None:
         res.stats["no-signature-field"] += checked
-    res.count = count
-    res.bank_digests["sha1"] = sha1_all
-    for b, out in zip(other_names, other_outs):
-        res.bank_digests[b] = b"".join(out)
+    res.count = len(lines)
+    res.lines = newlines
     return True
 
 
