@@ -303,8 +303,14 @@ def _run_shape(order: ByteOrder, tpl: templates.Template, tdata: bytes, check_si
 def _run(data: ListData, off: int, stop: int, shape: _RunShape, sha1_app: Callable[[bytes], None],
          other_banks: Sequence[_BankOut], match: Callable[[bytes, bytes], bool] | None) -> tuple[int, int, int]:
     """Walk intact PCR-10 entries of the run's shape from `off`; stop before the first entry that
-    needs a closer look. Returns (offset reached, entries taken, files matched)."""
-    sha1 = hashlib.sha1
+    needs a closer look. Returns (offset reached, entries taken, files matched).
+
+    The loop only cuts the entries and checks their structure (and files); the run's template
+    data is then hashed for every bank by mapping the hash constructor over it (iterated in C),
+    and the SHA-1 hashes compared with the listed ones in one piece. A run is cut before its
+    first entry whose hash differs: that entry goes to the careful path, as it would have if
+    it had been hashed in the loop."""
+    start = off
     end = len(data)
     unpack = shape.unpack
     u32 = shape.u32
@@ -314,12 +320,13 @@ def _run(data: ListData, off: int, stop: int, shape: _RunShape, sha1_app: Callab
     l1_run = shape.l1
     base = 8 + l1_run  # the name starts this far into the template data
     three = shape.three
-    count = matched = 0
-    # with exactly one other bank (the usual case), its hash and output are bound outside the loop
-    ctor1, app1 = other_banks[0] if len(other_banks) == 1 else (None, None)
+    tdata: list[bytes] = []
+    tdata_app = tdata.append
+    listed: list[bytes] = []
+    listed_app = listed.append
     try:
         while off < stop:
-            f_pcr, listed, f_name, dlen, l1, dng, l2 = unpack(data, off)
+            f_pcr, th, f_name, dlen, l1, dng, l2 = unpack(data, off)
             p = off + header
             q = p + dlen
             if f_pcr != pcr10 or f_name != name or l1 != l1_run or q > end or dlen > MAX_TEMPLATE_DATA:
@@ -330,34 +337,41 @@ def _run(data: ListData, off: int, stop: int, shape: _RunShape, sha1_app: Callab
                     break
             elif base + l2 != dlen:
                 break
-            tdata = data[p:q]
-            computed = sha1(tdata).digest()
-            if computed != listed:
+            t = data[p:q]
+            if match is not None and (l2 == 0 or t[base + l2 - 1] != 0 or not match(t[base:base + l2 - 1], dng)):
                 break
-            if match is not None:
-                if l2 == 0 or tdata[base + l2 - 1] != 0 or not match(tdata[base:base + l2 - 1], dng):
-                    break
-                matched += 1
-            sha1_app(computed)
-            if ctor1 is not None and app1 is not None:
-                app1(ctor1(tdata).digest())
-            else:
-                for ctor, app in other_banks:
-                    app(ctor(tdata).digest())
+            tdata_app(t)
+            listed_app(th)
             off = q
-            count += 1
     except struct.error:  # too short to hold its fields: the careful path names it
         pass
-    return off, count, matched
+    sha1 = hashlib.sha1
+    computed = b"".join(map(_digest_method(sha1), map(sha1, tdata)))
+    count = len(tdata)
+    if computed != b"".join(listed):
+        count = next(i for i, th in enumerate(listed) if computed[20 * i:20 * i + 20] != th)
+        off = start + count * header + sum(map(len, tdata[:count]))  # where that entry starts
+        del tdata[count:]
+        computed = computed[:20 * count]
+    sha1_app(computed)
+    for ctor, app in other_banks:
+        app(b"".join(map(_digest_method(ctor), map(ctor, tdata))))
+    return off, count, count if match is not None else 0
 
 
 _NUL = b"\0"
 _NAME_FIELD_LENGTHS = [(n + 1).to_bytes(4, "little") for n in range(4096)]  # n-ng length of an n-byte name
 
 
+_DIGEST_METHODS: dict[Callable[..., Any], Callable[[Any], bytes]] = {}
+
+
 def _digest_method(ctor: Callable[..., Any]) -> Callable[[Any], bytes]:
     """The unbound `digest` of the objects `ctor` returns, to map over many of them in C."""
-    return type(ctor()).digest
+    method = _DIGEST_METHODS.get(ctor)
+    if method is None:
+        method = _DIGEST_METHODS[ctor] = type(ctor()).digest
+    return method
 
 
 def _ascii_fast(job: Job, res: ChunkResult, chunk: bytes, at_start: bool) -> bool:
