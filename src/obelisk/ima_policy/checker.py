@@ -732,10 +732,14 @@ def _fold_from(bank: str, value: bytes, digests: bytes, target: bytes | None) ->
         for (digest,) in pieces:
             value = ctor(value + digest).digest()
         return value, matches
-    for n, (digest,) in enumerate(pieces, 1):
+    # the values are kept and searched afterwards (in C): no comparison or counter per step
+    values: list[bytes] = []
+    keep = values.append
+    for (digest,) in pieces:
         value = ctor(value + digest).digest()
-        if value == target:
-            matches.append(n)
+        keep(value)
+    if target in values:
+        matches = [n for n, v in enumerate(values, 1) if v == target]
     return value, matches
 
 
