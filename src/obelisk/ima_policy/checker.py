@@ -305,12 +305,11 @@ def _run(data: ListData, off: int, stop: int, shape: _RunShape, sha1_app: Callab
     """Walk intact PCR-10 entries of the run's shape from `off`; stop before the first entry that
     needs a closer look. Returns (offset reached, entries taken, files matched).
 
-    The loop only cuts the entries and checks their structure (and files); the run's template
-    data is then hashed for every bank by mapping the hash constructor over it (iterated in C),
-    and the SHA-1 hashes compared with the listed ones in one piece. A run is cut before its
+    The loop only cuts the entries and checks their structure (and files); every ~64 KiB the
+    template data is hashed for every bank by mapping the hash constructor over it (iterated in
+    C), and the SHA-1 hashes compared with the listed ones in one piece. A run is cut before its
     first entry whose hash differs: that entry goes to the careful path, as it would have if
     it had been hashed in the loop."""
-    start = off
     end = len(data)
     unpack = shape.unpack
     u32 = shape.u32
@@ -320,46 +319,59 @@ def _run(data: ListData, off: int, stop: int, shape: _RunShape, sha1_app: Callab
     l1_run = shape.l1
     base = 8 + l1_run  # the name starts this far into the template data
     three = shape.three
-    tdata: list[bytes] = []
-    tdata_app = tdata.append
-    listed: list[bytes] = []
-    listed_app = listed.append
-    try:
-        while off < stop:
-            f_pcr, th, f_name, dlen, l1, dng, l2 = unpack(data, off)
-            p = off + header
-            q = p + dlen
-            if f_pcr != pcr10 or f_name != name or l1 != l1_run or q > end or dlen > MAX_TEMPLATE_DATA:
-                break
-            # the field structure must hold exactly (a matching hash proves nothing about it)
-            if three:
-                if base + l2 + 4 + u32(data, p + base + l2)[0] != dlen:
-                    break
-            elif base + l2 != dlen:
-                break
-            t = data[p:q]
-            if match is not None and (l2 == 0 or t[base + l2 - 1] != 0 or not match(t[base:base + l2 - 1], dng)):
-                break
-            tdata_app(t)
-            listed_app(th)
-            off = q
-    except struct.error:  # too short to hold its fields: the careful path names it
-        pass
     sha1 = hashlib.sha1
-    computed = b"".join(map(_digest_method(sha1), map(sha1, tdata)))
-    count = len(tdata)
-    if computed != b"".join(listed):
-        count = next(i for i, th in enumerate(listed) if computed[20 * i:20 * i + 20] != th)
-        off = start + count * header + sum(map(len, tdata[:count]))  # where that entry starts
-        del tdata[count:]
-        computed = computed[:20 * count]
-    sha1_app(computed)
-    for ctor, app in other_banks:
-        app(b"".join(map(_digest_method(ctor), map(ctor, tdata))))
+    count = 0
+    while off < stop:  # in batches, so that the template data of a batch reuses the memory of the one before
+        batch_start = off
+        limit = min(stop, off + _BATCH_BYTES)
+        tdata: list[bytes] = []
+        tdata_app = tdata.append
+        listed: list[bytes] = []
+        listed_app = listed.append
+        whole = False  # the batch ended at its limit, not at an entry that needs a closer look
+        try:
+            while off < limit:
+                f_pcr, th, f_name, dlen, l1, dng, l2 = unpack(data, off)
+                p = off + header
+                q = p + dlen
+                if f_pcr != pcr10 or f_name != name or l1 != l1_run or q > end or dlen > MAX_TEMPLATE_DATA:
+                    break
+                # the field structure must hold exactly (a matching hash proves nothing about it)
+                if three:
+                    if base + l2 + 4 + u32(data, p + base + l2)[0] != dlen:
+                        break
+                elif base + l2 != dlen:
+                    break
+                t = data[p:q]
+                if match is not None and (l2 == 0 or t[base + l2 - 1] != 0
+                                          or not match(t[base:base + l2 - 1], dng)):
+                    break
+                tdata_app(t)
+                listed_app(th)
+                off = q
+            else:
+                whole = True
+        except struct.error:  # too short to hold its fields: the careful path names it
+            pass
+        computed = b"".join(map(_digest_method(sha1), map(sha1, tdata)))
+        if computed != b"".join(listed):
+            taken = next(i for i, th in enumerate(listed) if computed[20 * i:20 * i + 20] != th)
+            off = batch_start + taken * header + sum(map(len, tdata[:taken]))  # where that entry starts
+            del tdata[taken:]
+            computed = computed[:20 * taken]
+            whole = False
+        sha1_app(computed)
+        for ctor, app in other_banks:
+            app(b"".join(map(_digest_method(ctor), map(ctor, tdata))))
+        count += len(tdata)
+        if not whole:
+            break
     return off, count, count if match is not None else 0
 
 
 _NUL = b"\0"
+_BATCH_LINES = 256  # ascii lines hashed together (their template data stays in the allocator's warm memory)
+_BATCH_BYTES = 64 * 1024  # binary run entries hashed together, likewise
 _NAME_FIELD_LENGTHS = [(n + 1).to_bytes(4, "little") for n in range(4096)]  # n-ng length of an n-byte name
 
 
@@ -379,10 +391,10 @@ def _ascii_fast(job: Job, res: ChunkResult, chunk: bytes, at_start: bool) -> boo
     with the digest algorithm of the chunk's first line (and, with a manifest, a file it allows).
 
     One Python step per line: it is cut at fixed positions by one struct call and its
-    template data joined; the template hashes are then
-    decoded and compared in one piece, and the hashes of every bank taken by mapping the hash
-    constructor over the chunk's template data (iterated in C). False (and `res` left to be
-    discarded) if any line needs the careful path, which then walks the whole chunk."""
+    template data joined; every 256 lines, the hashes of every bank are taken by mapping the
+    hash constructor over their template data (iterated in C). The listed template hashes are
+    decoded and compared in one piece at the end. False (and `res` left to be discarded) if any
+    line needs the careful path, which then walks the whole chunk."""
     lines = chunk.split(b"\n")
     newlines = len(lines) - 1
     if not lines[-1]:
@@ -404,43 +416,55 @@ def _ascii_fast(job: Job, res: ChunkResult, chunk: bytes, at_start: bool) -> boo
     lengths = _NAME_FIELD_LENGTHS
     unhex = binascii.unhexlify
     join = b"".join
-    tdata: list[bytes] = []
-    tdata_app = tdata.append
-    listed: list[bytes] = []
-    listed_app = listed.append
-    try:
-        for line in lines:
-            f_pcr, th, f_middle, fh, f_space = cut(line)
-            if f_pcr != pcr10 or f_middle != middle or f_space != space:
-                return False
-            name = line[name_at:]
-            tdata_app(join((prefix, unhex(fh), lengths[len(name)], name, _NUL)))
-            listed_app(th)
-        listed_all = unhex(b"".join(listed))
-    except (struct.error, binascii.Error, IndexError):  # a short line, bad hex, a name of 4 KiB or more
-        return False
     skip = 0
     if at_start:
         if lines[0][name_at:] != b"boot_aggregate":
             return False  # the careful path decides what a list not starting with boot_aggregate means
-        res.first = (boot_aggregate.NAME, algo.decode("ascii"), tdata[0][len(prefix):len(prefix) + hexlen // 2])
+        try:
+            res.first = (boot_aggregate.NAME, algo.decode("ascii"), unhex(cut(lines[0])[3]))
+        except (struct.error, binascii.Error):
+            return False
         skip = 1  # the careful path never checks boot_aggregate against the manifest
     ref = job.reference
-    if ref is not None:
-        match = ref.digest_matcher()
-        dng_end = len(prefix) + hexlen // 2
-        for i in range(skip, len(lines)):
-            if not match(lines[i][name_at:], tdata[i][4:dng_end]):
-                return False
-    sha1 = hashlib.sha1
-    sha1_all = join(map(_digest_method(sha1), map(sha1, tdata)))
-    if sha1_all != listed_all:
+    match = ref.digest_matcher() if ref is not None else None
+    dng_end = len(prefix) + hexlen // 2
+    # (bank, constructor, digests of each batch); SHA-1 always: it checks the template hashes
+    banks: list[tuple[str, Callable[[bytes], Any], list[bytes]]] = [
+        (b, getattr(hashlib, b), []) for b in ("sha1", *(b for b in job.banks if b != "sha1"))]
+    listed: list[bytes] = []
+    listed_app = listed.append
+    # in batches, so that the template data of a batch reuses the memory of the one before
+    for first in range(0, len(lines), _BATCH_LINES):
+        batch = lines[first:first + _BATCH_LINES]
+        tdata: list[bytes] = []
+        tdata_app = tdata.append
+        try:
+            for line in batch:
+                f_pcr, th, f_middle, fh, f_space = cut(line)
+                if f_pcr != pcr10 or f_middle != middle or f_space != space:
+                    return False
+                name = line[name_at:]
+                tdata_app(join((prefix, unhex(fh), lengths[len(name)], name, _NUL)))
+                listed_app(th)
+        except (struct.error, binascii.Error, IndexError):  # a short line, bad hex, a name of 4 KiB or more
+            return False
+        if match is not None:
+            pairs = zip(batch, tdata)
+            if first < skip:
+                next(pairs)
+            for line, t in pairs:
+                if not match(line[name_at:], t[4:dng_end]):
+                    return False
+        for _, ctor, out in banks:
+            out.append(join(map(_digest_method(ctor), map(ctor, tdata))))
+    try:
+        listed_all = unhex(join(listed))
+    except binascii.Error:
+        return False
+    digests = {bank: join(out) for bank, _, out in banks}
+    if digests["sha1"] != listed_all:
         return False  # a tampered entry or a violation: the careful path names it
-    res.bank_digests["sha1"] = sha1_all
-    for bank in job.banks:
-        if bank != "sha1":
-            ctor = getattr(hashlib, bank)
-            res.bank_digests[bank] = join(map(_digest_method(ctor), map(ctor, tdata)))
+    res.bank_digests.update(digests)
     checked = len(lines) - skip
     if ref is not None:
         res.stats["files-matched"] += checked
