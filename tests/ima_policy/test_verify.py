@@ -378,3 +378,24 @@ def test_eventlog_checked_against_quoted_pcrs(shared_dir, obelisk_cli, tmp_path)
     assert findings["ima.eventlog.sha1"]["status"] == "fail"
     assert findings["ima.boot-aggregate"]["status"] == "fail"
     assert wrong.returncode == 1
+
+
+@pytest.mark.parametrize("encoding", ["binary", "ascii"])
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_runs_are_cut_at_each_tampered_entry(encoding, with_reference):
+    """The fast paths hash a whole run (binary) or chunk (ascii) after cutting it: each tampered entry,
+    also two in a row and the last one, is still named, and the replay is that of the listed data."""
+    entries = sample_entries(600)
+    for i in (9, 10, 300, 599):
+        entries[i] = dataclasses.replace(entries[i], template_digest=bytes([i % 250 + 1]) * 20)
+    data = serialize_binary(entries) if encoding == "binary" else serialize_ascii(entries)
+    files = {e.measurement().path: f"sha256:{e.measurement().digest.hex()}" for e in entries[1:]}
+    ref = ReferenceManifest(files) if with_reference else None
+    result = verify_log(data, "list", VerifyOptions(pcrs=_pcrs(entries), reference=ref, workers=1))
+    failed = sorted(f.id for f in result.report.findings if f.status is Status.FAIL)
+    assert failed == sorted(f"ima.entry.{n}.template-hash" for n in (10, 11, 301, 600))
+    assert [r.prefix for r in result.replays] == [600, 600]
+    if with_reference:
+        ok = next(f for f in result.report.findings if f.id == "ima.reference")
+        # tampered entries are still looked up in the manifest
+        assert ok.status is Status.PASS and ok.detail.startswith("599 files match")

@@ -160,12 +160,13 @@ def check_range(start: int, stop: int, first_number: int = 1, job: Job | None = 
     res = ChunkResult(start, stop=stop)
     try:
         if job.encoding == ASCII:
-            if not _ascii_fast(job, res, start, stop):
+            chunk = job.data[start:stop]
+            if not _ascii_fast(job, res, chunk, start == 0):
                 res = ChunkResult(start, stop=stop)
                 buf, numbers = _ascii_chunk(job.data, start, stop, first_number, job.source)
                 _walk(job, res, buf, 0, len(buf), "little", numbers, start == 0)
+                res.lines = chunk.count(b"\n")
             res.end = stop
-            res.lines = job.data[start:stop].count(b"\n")
         else:
             res.end = _walk(job, res, job.data, start, stop, job.byte_order, None, start == 0, first_number)
     except ParseError as exc:
@@ -302,8 +303,13 @@ def _run_shape(order: ByteOrder, tpl: templates.Template, tdata: bytes, check_si
 def _run(data: ListData, off: int, stop: int, shape: _RunShape, sha1_app: Callable[[bytes], None],
          other_banks: Sequence[_BankOut], match: Callable[[bytes, bytes], bool] | None) -> tuple[int, int, int]:
     """Walk intact PCR-10 entries of the run's shape from `off`; stop before the first entry that
-    needs a closer look. Returns (offset reached, entries taken, files matched)."""
-    sha1 = hashlib.sha1
+    needs a closer look. Returns (offset reached, entries taken, files matched).
+
+    The loop only cuts the entries and checks their structure (and files); every ~64 KiB the
+    template data is hashed for every bank by mapping the hash constructor over it (iterated in
+    C), and the SHA-1 hashes compared with the listed ones in one piece. A run is cut before its
+    first entry whose hash differs: that entry goes to the careful path, as it would have if
+    it had been hashed in the loop."""
     end = len(data)
     unpack = shape.unpack
     u32 = shape.u32
@@ -313,57 +319,86 @@ def _run(data: ListData, off: int, stop: int, shape: _RunShape, sha1_app: Callab
     l1_run = shape.l1
     base = 8 + l1_run  # the name starts this far into the template data
     three = shape.three
-    count = matched = 0
-    # with exactly one other bank (the usual case), its hash and output are bound outside the loop
-    ctor1, app1 = other_banks[0] if len(other_banks) == 1 else (None, None)
-    try:
-        while off < stop:
-            f_pcr, listed, f_name, dlen, l1, dng, l2 = unpack(data, off)
-            p = off + header
-            q = p + dlen
-            if f_pcr != pcr10 or f_name != name or l1 != l1_run or q > end or dlen > MAX_TEMPLATE_DATA:
-                break
-            # the field structure must hold exactly (a matching hash proves nothing about it)
-            if three:
-                if base + l2 + 4 + u32(data, p + base + l2)[0] != dlen:
+    sha1 = hashlib.sha1
+    count = 0
+    while off < stop:  # in batches, so that the template data of a batch reuses the memory of the one before
+        batch_start = off
+        limit = min(stop, off + _BATCH_BYTES)
+        tdata: list[bytes] = []
+        tdata_app = tdata.append
+        listed: list[bytes] = []
+        listed_app = listed.append
+        whole = False  # the batch ended at its limit, not at an entry that needs a closer look
+        try:
+            while off < limit:
+                f_pcr, th, f_name, dlen, l1, dng, l2 = unpack(data, off)
+                p = off + header
+                q = p + dlen
+                if f_pcr != pcr10 or f_name != name or l1 != l1_run or q > end or dlen > MAX_TEMPLATE_DATA:
                     break
-            elif base + l2 != dlen:
-                break
-            tdata = data[p:q]
-            computed = sha1(tdata).digest()
-            if computed != listed:
-                break
-            if match is not None:
-                if l2 == 0 or tdata[base + l2 - 1] != 0 or not match(tdata[base:base + l2 - 1], dng):
+                # the field structure must hold exactly (a matching hash proves nothing about it)
+                if three:
+                    if base + l2 + 4 + u32(data, p + base + l2)[0] != dlen:
+                        break
+                elif base + l2 != dlen:
                     break
-                matched += 1
-            sha1_app(computed)
-            if ctor1 is not None and app1 is not None:
-                app1(ctor1(tdata).digest())
+                t = data[p:q]
+                if match is not None and (l2 == 0 or t[base + l2 - 1] != 0
+                                          or not match(t[base:base + l2 - 1], dng)):
+                    break
+                tdata_app(t)
+                listed_app(th)
+                off = q
             else:
-                for ctor, app in other_banks:
-                    app(ctor(tdata).digest())
-            off = q
-            count += 1
-    except struct.error:  # too short to hold its fields: the careful path names it
-        pass
-    return off, count, matched
+                whole = True
+        except struct.error:  # too short to hold its fields: the careful path names it
+            pass
+        computed = b"".join(map(_digest_method(sha1), map(sha1, tdata)))
+        if computed != b"".join(listed):
+            taken = next(i for i, th in enumerate(listed) if computed[20 * i:20 * i + 20] != th)
+            off = batch_start + taken * header + sum(map(len, tdata[:taken]))  # where that entry starts
+            del tdata[taken:]
+            computed = computed[:20 * taken]
+            whole = False
+        sha1_app(computed)
+        for ctor, app in other_banks:
+            app(b"".join(map(_digest_method(ctor), map(ctor, tdata))))
+        count += len(tdata)
+        if not whole:
+            break
+    return off, count, count if match is not None else 0
 
 
 _NUL = b"\0"
+_BATCH_LINES = 256  # ascii lines hashed together (their template data stays in the allocator's warm memory)
+_BATCH_BYTES = 64 * 1024  # binary run entries hashed together, likewise
 _NAME_FIELD_LENGTHS = [(n + 1).to_bytes(4, "little") for n in range(4096)]  # n-ng length of an n-byte name
 
 
-def _ascii_fast(job: Job, res: ChunkResult, start: int, stop: int) -> bool:
-    """Check the ascii lines in [start, stop) if every one is a plain, intact PCR-10 ima-ng entry
-    with the digest algorithm of the chunk's first line (and, with a manifest, a file it allows):
-    each line is cut at fixed positions by one struct call, and the template hashes are decoded
-    and compared in one piece. False (and `res` left to be discarded) if any line needs the
-    careful path, which then walks the whole chunk."""
-    lines = job.data[start:stop].split(b"\n")
-    if lines and not lines[-1]:
+_DIGEST_METHODS: dict[Callable[..., Any], Callable[[Any], bytes]] = {}
+
+
+def _digest_method(ctor: Callable[..., Any]) -> Callable[[Any], bytes]:
+    """The unbound `digest` of the objects `ctor` returns, to map over many of them in C."""
+    method = _DIGEST_METHODS.get(ctor)
+    if method is None:
+        method = _DIGEST_METHODS[ctor] = type(ctor()).digest
+    return method
+
+
+def _ascii_fast(job: Job, res: ChunkResult, chunk: bytes, at_start: bool) -> bool:
+    """Check the ascii lines of `chunk` if every one is a plain, intact PCR-10 ima-ng entry
+    with the digest algorithm of the chunk's first line (and, with a manifest, a file it allows).
+
+    One Python step per line: it is cut at fixed positions by one struct call and its
+    template data joined; every 256 lines, the hashes of every bank are taken by mapping the
+    hash constructor over their template data (iterated in C). The listed template hashes are
+    decoded and compared in one piece at the end. False (and `res` left to be discarded) if any
+    line needs the careful path, which then walks the whole chunk."""
+    lines = chunk.split(b"\n")
+    newlines = len(lines) - 1
+    if not lines[-1]:
         lines.pop()  # the newline ending the chunk's last line
-    at_start = start == 0
     if at_start and lines and lines[0].startswith(b"PCR "):
         del lines[0]  # the column header some tools print
     head = _ASCII_HEAD.match(lines[0]) if lines else None
@@ -380,55 +415,63 @@ def _ascii_fast(job: Job, res: ChunkResult, start: int, stop: int) -> bool:
     prefix = (len(dng_head) + hexlen // 2).to_bytes(4, "little") + dng_head
     lengths = _NAME_FIELD_LENGTHS
     unhex = binascii.unhexlify
-    sha1 = hashlib.sha1
-    other_names = [b for b in job.banks if b != "sha1"]
-    other_outs: list[list[bytes]] = [[] for _ in other_names]
-    others = [(getattr(hashlib, b), o.append) for b, o in zip(other_names, other_outs)]
-    ctor1, app1 = others[0] if len(others) == 1 else (None, None)
-    sha1_out: list[bytes] = []
-    sha1_app = sha1_out.append
-    listed: list[bytes] = []
-    listed_app = listed.append
+    join = b"".join
+    skip = 0
+    if at_start:
+        if lines[0][name_at:] != b"boot_aggregate":
+            return False  # the careful path decides what a list not starting with boot_aggregate means
+        try:
+            res.first = (boot_aggregate.NAME, algo.decode("ascii"), unhex(cut(lines[0])[3]))
+        except (struct.error, binascii.Error):
+            return False
+        skip = 1  # the careful path never checks boot_aggregate against the manifest
     ref = job.reference
     match = ref.digest_matcher() if ref is not None else None
-    first = at_start
+    dng_end = len(prefix) + hexlen // 2
+    # (bank, constructor, digests of each batch); SHA-1 always: it checks the template hashes
+    banks: list[tuple[str, Callable[[bytes], Any], list[bytes]]] = [
+        (b, getattr(hashlib, b), []) for b in ("sha1", *(b for b in job.banks if b != "sha1"))]
+    listed: list[bytes] = []
+    listed_app = listed.append
+    # in batches, so that the template data of a batch reuses the memory of the one before
+    for first in range(0, len(lines), _BATCH_LINES):
+        batch = lines[first:first + _BATCH_LINES]
+        tdata: list[bytes] = []
+        tdata_app = tdata.append
+        try:
+            for line in batch:
+                f_pcr, th, f_middle, fh, f_space = cut(line)
+                if f_pcr != pcr10 or f_middle != middle or f_space != space:
+                    return False
+                name = line[name_at:]
+                tdata_app(join((prefix, unhex(fh), lengths[len(name)], name, _NUL)))
+                listed_app(th)
+        except (struct.error, binascii.Error, IndexError):  # a short line, bad hex, a name of 4 KiB or more
+            return False
+        if match is not None:
+            pairs = zip(batch, tdata)
+            if first < skip:
+                next(pairs)
+            for line, t in pairs:
+                if not match(line[name_at:], t[4:dng_end]):
+                    return False
+        for _, ctor, out in banks:
+            out.append(join(map(_digest_method(ctor), map(ctor, tdata))))
     try:
-        for line in lines:
-            f_pcr, th, f_middle, fh, f_space = cut(line)
-            if f_pcr != pcr10 or f_middle != middle or f_space != space:
-                return False
-            name = line[name_at:]
-            digest = unhex(fh)
-            tdata = prefix + digest + lengths[len(name)] + name + _NUL
-            if first:
-                if name != b"boot_aggregate":
-                    return False  # the careful path decides what a list not starting with boot_aggregate means
-                res.first = (boot_aggregate.NAME, algo.decode("ascii"), digest)
-                first = False
-            elif match is not None and not match(name, dng_head + digest):
-                return False
-            sha1_app(sha1(tdata).digest())
-            if ctor1 is not None and app1 is not None:
-                app1(ctor1(tdata).digest())
-            else:
-                for ctor, app in others:
-                    app(ctor(tdata).digest())
-            listed_app(th)
-        sha1_all = b"".join(sha1_out)
-        if unhex(b"".join(listed)) != sha1_all:
-            return False  # a tampered entry or a violation: the careful path names it
-    except (struct.error, binascii.Error, IndexError):  # a short line, bad hex, a name of 4 KiB or more
+        listed_all = unhex(join(listed))
+    except binascii.Error:
         return False
-    count = len(lines)
-    checked = count - (1 if at_start else 0)  # the careful path never checks boot_aggregate
-    if match is not None:
+    digests = {bank: join(out) for bank, _, out in banks}
+    if digests["sha1"] != listed_all:
+        return False  # a tampered entry or a violation: the careful path names it
+    res.bank_digests.update(digests)
+    checked = len(lines) - skip
+    if ref is not None:
         res.stats["files-matched"] += checked
     if job.keyring is not None:
         res.stats["no-signature-field"] += checked
-    res.count = count
-    res.bank_digests["sha1"] = sha1_all
-    for b, out in zip(other_names, other_outs):
-        res.bank_digests[b] = b"".join(out)
+    res.count = len(lines)
+    res.lines = newlines
     return True
 
 
@@ -713,10 +756,14 @@ def _fold_from(bank: str, value: bytes, digests: bytes, target: bytes | None) ->
         for (digest,) in pieces:
             value = ctor(value + digest).digest()
         return value, matches
-    for n, (digest,) in enumerate(pieces, 1):
+    # the values are kept and searched afterwards (in C): no comparison or counter per step
+    values: list[bytes] = []
+    keep = values.append
+    for (digest,) in pieces:
         value = ctor(value + digest).digest()
-        if value == target:
-            matches.append(n)
+        keep(value)
+    if target in values:
+        matches = [n for n, v in enumerate(values, 1) if v == target]
     return value, matches
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from obelisk.core.errors import ParseError
-from obelisk.signer import imasig
-from obelisk.signer.hashalgo import BY_NAME
-from obelisk.signer.keys import ima_key_id, load_certificate, verify_digest_signature
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# The signer modules (and `cryptography`, ~50 ms to import) are imported by the methods that use
+# them: a verification without --cert, which forks its workers from this process, never needs them.
 
 EVM_XATTR_PORTABLE_DIGSIG = 0x05
 
@@ -22,6 +25,8 @@ class Keyring:
     """Like the kernel's .ima keyring: signatures find their key by the 4-byte key id."""
 
     def __init__(self, certs: list[tuple[str, x509.Certificate]]):
+        from obelisk.signer.keys import ima_key_id
+
         self.sources = [s for s, _ in certs]
         self.by_id: dict[bytes, list] = {}
         for source, cert in certs:
@@ -29,10 +34,16 @@ class Keyring:
 
     @classmethod
     def load(cls, paths: list[str]) -> Keyring:
+        from obelisk.signer.keys import load_certificate
+
         return cls([(p, load_certificate(p)) for p in paths])
 
     def check(self, sig: bytes, digest_algo: str, digest: bytes) -> tuple[str, str]:
         """(outcome, detail) for an entry's `sig` field over its file digest."""
+        from obelisk.signer import imasig
+        from obelisk.signer.hashalgo import BY_NAME
+        from obelisk.signer.keys import verify_digest_signature
+
         if not sig:
             return UNSIGNED, "no signature recorded"
         if sig[0] == EVM_XATTR_PORTABLE_DIGSIG:  # the kernel logs security.evm when there is no IMA signature

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 
 from obelisk.core.errors import InputError
-from obelisk.core.yamlsafe import load_yaml
 from obelisk.ima_policy.replay import BANK_SIZES, bank_for_size
 
 MAX_PCR_FILE = 1024 * 1024
@@ -48,6 +47,8 @@ def parse(text: str, source: str = "pcrs", bank: str | None = None) -> PcrValues
 
 
 def _parse_yaml(text: str, source: str) -> PcrValues:
+    from obelisk.core.yamlsafe import load_yaml  # here: PyYAML's import is a cost every verification would pay
+
     data = load_yaml(text, source)
     if not isinstance(data, dict):
         raise InputError("expected tpm2_pcrread output (bank: {index: value})", source=source)
