@@ -37,26 +37,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def example(tmp_path_factory):
     """The example project with machine-wide test keys (so the kernel cache is reused)."""
     from obelisk.core.cachedir import cache_root
-    from obelisk.signer.keygen import (
-        POLICY_KEY,
-        RANDSTRUCT_SEED,
-        generate,
-        issue_policy_key,
-        issue_randstruct_seed,
-        issue_secure_boot_keys,
-    )
+    from obelisk.signer.keygen import generate, issue_missing
 
     keys = cache_root() / "test-keys" / "e2e-rsa-2048"
     if not (keys / "ima.key").exists():
         shutil.rmtree(keys, ignore_errors=True)
         generate(keys, "rsa-2048", organization="obelisk e2e test")
-    # made by an earlier obelisk: keep the CA (and its cached kernel), issue what is missing
-    if not (keys / POLICY_KEY).exists():
-        issue_policy_key(keys, "rsa-2048", organization="obelisk e2e test")
-    if not (keys / "db.key").exists():
-        issue_secure_boot_keys(keys, organization="obelisk e2e test")
-    if not (keys / RANDSTRUCT_SEED).exists():
-        issue_randstruct_seed(keys)
+    issue_missing(keys, organization="obelisk e2e test")  # made by an earlier obelisk: keep the CA and its kernel
     project = tmp_path_factory.mktemp("example") / "node"
     shutil.copytree(ROOT / "examples/node", project, ignore=shutil.ignore_patterns("keys", "out*"))
     shutil.copytree(keys, project / "keys")

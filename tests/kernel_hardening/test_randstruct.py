@@ -62,3 +62,16 @@ def test_a_config_with_randstruct_is_not_built_without_a_seed(tmp_path):
     config.write_text("CONFIG_RANDSTRUCT=y\nCONFIG_RANDSTRUCT_FULL=y\n")
     with pytest.raises(InputError, match="no randstruct seed was given"):
         build("/usr/src/linux-source-6.1.tar.xz", config, "/nonexistent-ca.pem", tmp_path / "out")
+
+
+def test_keys_from_an_earlier_obelisk_get_what_is_missing_and_keep_the_rest(tmp_path):
+    """The demo and the e2e keys: an old key directory keeps its CA (its kernels stay cached) and gains a seed."""
+    from obelisk.signer.keygen import RANDSTRUCT_SEED, generate, issue_missing
+
+    generate(tmp_path / "keys", "ecdsa-p256")
+    ca = (tmp_path / "keys" / "ca.pem").read_bytes()
+    (tmp_path / "keys" / RANDSTRUCT_SEED).unlink()
+    assert issue_missing(tmp_path / "keys") == ["a kernel randstruct seed"]
+    assert (tmp_path / "keys" / RANDSTRUCT_SEED).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "ca.pem").read_bytes() == ca
+    assert issue_missing(tmp_path / "keys") == []

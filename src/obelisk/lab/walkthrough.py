@@ -53,29 +53,13 @@ class Walk:
 
 
 def stage_keys(w: Walk) -> str:
-    from obelisk.signer.keygen import (
-        POLICY_KEY,
-        RANDSTRUCT_SEED,
-        generate,
-        issue_policy_key,
-        issue_randstruct_seed,
-        issue_secure_boot_keys,
-    )
+    from obelisk.signer.keygen import generate, issue_missing
 
     w.project.mkdir(parents=True, exist_ok=True)
     shutil.copytree(w.example, w.project, dirs_exist_ok=True, ignore=shutil.ignore_patterns("keys", "out*"))
     if (w.keys / "ima.key").exists():
         # keys made by an earlier obelisk: the same CA (so the kernel stays cached), what is missing issued
-        issued = []
-        if not (w.keys / POLICY_KEY).exists():
-            issue_policy_key(w.keys, organization="obelisk example")
-            issued.append("a disk policy key")
-        if not (w.keys / "db.key").exists():
-            issue_secure_boot_keys(w.keys, organization="obelisk example")
-            issued.append("Secure Boot PK, KEK and db")
-        if not (w.keys / RANDSTRUCT_SEED).exists():
-            issue_randstruct_seed(w.keys)
-            issued.append("a kernel randstruct seed")
+        issued = issue_missing(w.keys, organization="obelisk example")
         also = f"; issued {' and '.join(issued)}" if issued else ""
         return f"reused the customer CA and IMA key in {w.keys}{also}"
     generate(w.keys, "rsa-2048", organization="obelisk example")

@@ -176,6 +176,23 @@ POLICY_KEY, POLICY_CERT = "disk-policy.key", "disk-policy.pem"
 RANDSTRUCT_SEED = "randstruct.seed"
 
 
+def issue_missing(out_dir: str | os.PathLike[str], *, organization: str = "obelisk customer") -> list[str]:
+    """Keys made by an earlier obelisk: keep the CA (and so the kernels built with it), issue what is missing.
+    Returns what was issued, for the caller to say."""
+    out = Path(out_dir)
+    issued = []
+    if not (out / POLICY_KEY).exists():
+        issue_policy_key(out, organization=organization)
+        issued.append("a disk policy key")
+    if not (out / "db.key").exists():
+        issue_secure_boot_keys(out, organization=organization)
+        issued.append("Secure Boot PK, KEK and db")
+    if not (out / RANDSTRUCT_SEED).exists():
+        issue_randstruct_seed(out)
+        issued.append("a kernel randstruct seed")
+    return issued
+
+
 def issue_randstruct_seed(out_dir: str | os.PathLike[str]) -> Path:
     """The kernel's structure-layout seed (kernel_hardening/randstruct.py): 32 random bytes, hex, mode 0600."""
     path = Path(out_dir) / RANDSTRUCT_SEED

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from obelisk.tpm.quote import MAX_EXTRA_DATA, MAX_NAME, TPM_GENERATED_VALUE, ClockInfo, _Reader
+from obelisk.tpm.quote import MAX_NAME, TPM_GENERATED_VALUE, ClockInfo, _Reader, read_attest_header
 
 TPM_ST_ATTEST_NV = 0x8014
 MAX_NV_CONTENTS = 2048  # MAX_NV_BUFFER_SIZE of common TPMs; the floor is 8 bytes
@@ -32,26 +32,13 @@ class NvAttest:
 
 def parse(data: bytes, what: str = "NV certification") -> NvAttest:
     r = _Reader(bytes(data), what)
-    magic = r.u32("magic")
-    if magic != TPM_GENERATED_VALUE:
-        raise r.fail(f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE (0xff544347): not made by a TPM", 0)
-    st = r.u16("type")
-    if st != TPM_ST_ATTEST_NV:
-        raise r.fail(f"type 0x{st:04x} is not TPM_ST_ATTEST_NV (0x8014)", 4)
-    signer = r.tpm2b("qualifiedSigner", MAX_NAME)
-    extra = r.tpm2b("extraData", MAX_EXTRA_DATA)
-    clock, reset, restart = r.u64("clock"), r.u32("resetCount"), r.u32("restartCount")
-    at = r.pos
-    safe = r.u8("safe")
-    if safe > 1:
-        raise r.fail(f"safe is {safe}, must be 0 or 1", at)
-    firmware = r.u64("firmwareVersion")
+    h = read_attest_header(r, TPM_ST_ATTEST_NV, "TPM_ST_ATTEST_NV")
     name = r.tpm2b("indexName", MAX_NAME)
     offset = r.u16("offset")
     contents = r.tpm2b("nvContents", MAX_NV_CONTENTS)
     r.end()
-    return NvAttest(qualified_signer=signer, extra_data=extra, clock_info=ClockInfo(clock, reset, restart, bool(safe)),
-                    firmware_version=firmware, index_name=name, offset=offset, contents=contents)
+    return NvAttest(qualified_signer=h.qualified_signer, extra_data=h.extra_data, clock_info=h.clock_info,
+                    firmware_version=h.firmware_version, index_name=name, offset=offset, contents=contents)
 
 
 def serialize(a: NvAttest) -> bytes:

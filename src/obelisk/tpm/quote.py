@@ -123,14 +123,26 @@ class _Reader:
             raise self.fail(f"{len(self.data) - self.pos} trailing bytes after the structure")
 
 
-def parse_attest(data: bytes, what: str = "quote") -> Attest:
-    r = _Reader(bytes(data), what)
+@dataclass(frozen=True)
+class AttestHeader:
+    """What every TPMS_ATTEST starts with, whatever it attests."""
+
+    magic: int
+    type: int
+    qualified_signer: bytes
+    extra_data: bytes
+    clock_info: ClockInfo
+    firmware_version: int
+
+
+def read_attest_header(r: _Reader, expected_type: int, type_name: str) -> AttestHeader:
+    """magic | type | qualifiedSigner | extraData | clockInfo | firmwareVersion, the type checked."""
     magic = r.u32("magic")
     if magic != TPM_GENERATED_VALUE:
         raise r.fail(f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE (0xff544347): not made by a TPM", 0)
     st = r.u16("type")
-    if st != TPM_ST_ATTEST_QUOTE:
-        raise r.fail(f"type 0x{st:04x} is not TPM_ST_ATTEST_QUOTE (0x8018)", 4)
+    if st != expected_type:
+        raise r.fail(f"type 0x{st:04x} is not {type_name} (0x{expected_type:04x})", 4)
     signer = r.tpm2b("qualifiedSigner", MAX_NAME)
     extra = r.tpm2b("extraData", MAX_EXTRA_DATA)
     clock = r.u64("clock")
@@ -141,6 +153,12 @@ def parse_attest(data: bytes, what: str = "quote") -> Attest:
     if safe > 1:
         raise r.fail(f"safe is {safe}, must be 0 or 1", at)
     firmware = r.u64("firmwareVersion")
+    return AttestHeader(magic, st, signer, extra, ClockInfo(clock, reset, restart, bool(safe)), firmware)
+
+
+def parse_attest(data: bytes, what: str = "quote") -> Attest:
+    r = _Reader(bytes(data), what)
+    h = read_attest_header(r, TPM_ST_ATTEST_QUOTE, "TPM_ST_ATTEST_QUOTE")
     at = r.pos
     count = r.u32("pcrSelect count")
     if count > MAX_PCR_BANKS:
@@ -160,9 +178,9 @@ def parse_attest(data: bytes, what: str = "quote") -> Attest:
         selections.append(PCRSelection(algorithms.name_of(alg), pcrs, size))
     digest = r.tpm2b("pcrDigest", 64)
     r.end()
-    return Attest(qualified_signer=signer, extra_data=extra,
-                  clock_info=ClockInfo(clock, reset, restart, bool(safe)), firmware_version=firmware,
-                  selections=tuple(selections), pcr_digest=digest, magic=magic, type=st)
+    return Attest(qualified_signer=h.qualified_signer, extra_data=h.extra_data, clock_info=h.clock_info,
+                  firmware_version=h.firmware_version, selections=tuple(selections), pcr_digest=digest,
+                  magic=h.magic, type=h.type)
 
 
 def serialize_attest(a: Attest) -> bytes:
