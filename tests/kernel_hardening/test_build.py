@@ -33,9 +33,15 @@ def test_build_outputs_and_record(built_kernel, customer_ca):
 
 @pytest.mark.kernel_build
 def test_build_is_cached_by_digest(built_kernel, customer_ca, obelisk_cli, tmp_path):
-    proc = obelisk_cli("kernel", "build", "--kernel-source", "/usr/src/linux-source-6.1.tar.xz",
-                       "--config", str(built_kernel / "module-less.config"), "--ca", str(customer_ca[0]),
-                       "-o", str(tmp_path / "again"), "--format", "json")
+    from tests.kernel_hardening.conftest import randstruct_seed
+
+    args = ["kernel", "build", "--kernel-source", "/usr/src/linux-source-6.1.tar.xz", "--config",
+            str(built_kernel / "module-less.config"), "--ca", str(customer_ca[0]), "-o", str(tmp_path / "again"),
+            "--format", "json"]
+    # the config has RANDSTRUCT: without the seed it was built with, the build is refused in one line
+    refused = obelisk_cli(*args)
+    assert refused.returncode == 2 and "no randstruct seed was given" in refused.stderr
+    proc = obelisk_cli(*args, "--randstruct-seed", str(randstruct_seed()))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["cached"] is True
     assert (tmp_path / "again/bzImage").read_bytes() == (built_kernel / "build/bzImage").read_bytes()
