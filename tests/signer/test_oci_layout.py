@@ -21,6 +21,7 @@ from obelisk.signer.oci_sign import sign_layout
 
 from . import ocibuild
 from .ocibuild import LayoutBuilder, regular, special
+from .test_cli import one_line_error
 
 XATTR = "SCHILY.xattr.security.ima"
 NON_UTF8 = b"opt/caf\xe9".decode("utf-8", "surrogateescape")
@@ -199,16 +200,6 @@ def test_an_interrupted_sign_leaves_the_old_layout(tmp_path, keys, monkeypatch):
 
 # ---- bad input: one line naming the file and field, exit 2 ---------------------------------------------
 
-def one_line(proc, *needles):
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def cli_sign(obelisk_cli, keys, *paths, extra=()):
     return obelisk_cli("ima", "sign", "--key", str(keys.ima_key), "--cert", str(keys.ima_cert), "--format", "json",
                        *extra, *map(str, paths))
@@ -231,11 +222,11 @@ def test_cli_signs_a_layout(obelisk_cli, rsa_keys, tmp_path):
 
 def test_cli_refuses_a_layout_without_oci(obelisk_cli, rsa_keys, tmp_path):
     layout = build(tmp_path / "layout")
-    one_line(cli_sign(obelisk_cli, rsa_keys, layout), str(layout), "add --oci")
+    one_line_error(cli_sign(obelisk_cli, rsa_keys, layout), str(layout), "add --oci")
 
 
 def test_not_a_layout(obelisk_cli, rsa_keys, tmp_path):
-    one_line(cli_sign(obelisk_cli, rsa_keys, tmp_path, extra=("--oci",)), str(tmp_path), "no oci-layout file")
+    one_line_error(cli_sign(obelisk_cli, rsa_keys, tmp_path, extra=("--oci",)), str(tmp_path), "no oci-layout file")
 
 
 @pytest.mark.parametrize("damage", ["blob-digest", "missing-blob", "traversal-digest", "symlinked-blob",
@@ -314,7 +305,7 @@ def test_bad_layouts_are_refused_by_name(obelisk_cli, rsa_keys, tmp_path, damage
         rewrite_manifest(manifest)
         needles = ["not gzip"]
     index_before = (layout / "index.json").read_bytes()
-    one_line(cli_sign(obelisk_cli, rsa_keys, layout, extra=("--oci",)), *needles)
+    one_line_error(cli_sign(obelisk_cli, rsa_keys, layout, extra=("--oci",)), *needles)
     assert (layout / "index.json").read_bytes() == index_before
 
 
