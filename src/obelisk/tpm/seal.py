@@ -370,7 +370,7 @@ def run_policy_authorize(esapi: ESAPI, session: ESYS_TR, key_der: bytes, candida
     # PolicyAuthorize refuses.
     handle = esapi.load_external(pub, None, ESYS_TR.OWNER)
     try:
-        ahash = hashlib.sha256(candidate.approved + candidate.policy_ref).digest()
+        ahash = policy_signing_digest(candidate.approved, candidate.policy_ref)
         sig = TPMT_SIGNATURE()
         if pub.publicArea.type == TPM2_ALG.ECC:
             r, s = decode_dss_signature(candidate.signature)
