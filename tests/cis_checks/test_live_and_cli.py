@@ -168,4 +168,4 @@ def test_checks_command_lists_the_catalogue(obelisk_cli):
     row = next(x for x in rows if x["id"] == "cis-4.2.4")
     assert row["assessment"] == "manual" and row["evaluated"] is True and row["severity"] == "high"
     text = obelisk_cli("k8s", "checks", "--format", "text")
-    assert text.returncode == 0 and text.stdout.strip().endswith("162 checks")
+    assert text.returncode == 0 and text.stdout.strip().endswith("175 checks")

@@ -41,7 +41,7 @@ def test_rendered_tree_has_zero_automated_failures(tmp_path, role, version):
     assert failing(report) == {}
     counts = report.counts()
     assert counts[Status.PASS] >= (90 if role == "control-plane" else 20)
-    assert len(report.findings) == 162
+    assert len(report.findings) == 175
     for f in tree.files:
         st = (tmp_path / f.path.lstrip("/")).stat()
         assert stat.S_IMODE(st.st_mode) == f.mode, f.path

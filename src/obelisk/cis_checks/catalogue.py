@@ -24,9 +24,13 @@ from obelisk.core.yamlsafe import load_yaml_file
 DATA = Path(__file__).with_name("data")
 CIS_BENCHMARK = "cis-1.12"
 STIG_BENCHMARK = "stig-k8s"
-BENCHMARKS = (CIS_BENCHMARK, STIG_BENCHMARK)
-SECTIONS = ("control-plane", "etcd", "worker", "node", "policies")
-COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kubelet", "kube-proxy")
+# obelisk's own checks of the node's container runtime (containerd, the kernel's cgroup/LSM/seccomp, how
+# containers are confined): neither the CIS Kubernetes Benchmark nor the Kubernetes STIG covers them
+RUNTIME_BENCHMARK = "obelisk-runtime"
+BENCHMARKS = (CIS_BENCHMARK, STIG_BENCHMARK, RUNTIME_BENCHMARK)
+SECTIONS = ("control-plane", "etcd", "worker", "node", "policies", "runtime")
+COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kubelet", "kube-proxy",
+              "containerd")
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.LOW: 1, Severity.MEDIUM: 2, Severity.HIGH: 3, Severity.CRITICAL: 4}
 
 
@@ -52,7 +56,7 @@ class StigFacts:
 
 @dataclass(frozen=True)
 class Check:
-    id: str  # finding id: "cis-1.2.1" or, for STIG-only checks, "stig-V-242376"
+    id: str  # finding id: "cis-1.2.1"; for STIG-only checks "stig-V-242376"; obelisk's own "obelisk-runtime.1"
     title: str
     section: str
     assessment: str  # CIS's classification (automated | manual); STIG-only checks: how obelisk runs it
@@ -63,10 +67,12 @@ class Check:
     guidance: str = ""
     remediation: str = ""
     severity: Severity = Severity.MEDIUM
+    obelisk: str | None = None  # the id of one of obelisk's own checks ("runtime.1"): the obelisk-runtime benchmark
 
     @property
     def benchmarks(self) -> tuple[str, ...]:
-        return tuple(b for b, on in ((CIS_BENCHMARK, self.cis is not None), (STIG_BENCHMARK, bool(self.stig))) if on)
+        return tuple(b for b, on in ((CIS_BENCHMARK, self.cis is not None), (STIG_BENCHMARK, bool(self.stig)),
+                                     (RUNTIME_BENCHMARK, self.obelisk is not None)) if on)
 
     def references(self) -> tuple[Reference, ...]:
         refs: list[Reference] = []
@@ -140,15 +146,17 @@ def stig_facts(release: str | None = None, benchmark_file: str | Path | None = N
 
 
 # the keys of one catalogue entry (Check's fields as written in checks.yaml)
-ENTRY_KEYS = ("cis", "stig", "assessment", "section", "component", "title", "test", "guidance", "remediation",
-              "severity")
+ENTRY_KEYS = ("cis", "stig", "obelisk", "assessment", "section", "component", "title", "test", "guidance",
+              "remediation", "severity")
 
 
 def _check_label(entry: dict[str, Any]) -> str | None:
     """The check's id as far as the entry gives it, for messages about the entry."""
-    cis, vids = entry.get("cis"), entry.get("stig")
+    cis, vids, own = entry.get("cis"), entry.get("stig"), entry.get("obelisk")
     if isinstance(cis, str):
         return f"cis-{cis}"
+    if isinstance(own, str):
+        return f"obelisk-{own}"
     if isinstance(vids, list) and vids and isinstance(vids[0], str):
         return f"stig-{vids[0]}"
     return None
@@ -204,8 +212,11 @@ def _load_checks(path: str | Path | None, stig_release: str | None,
             unknown = [v for v in vids if v not in facts]
             if unknown:
                 raise InputError(f"{where}.stig: unknown V-ID(s) {', '.join(unknown)}")
-            if cis is None and not vids:
-                raise InputError(f"{where}: a check needs a cis id or stig V-IDs")
+            own = entry.get("obelisk")
+            if own is not None and not (isinstance(own, str) and own.startswith("runtime.")):
+                raise InputError(f"{where}.obelisk: expected an id of obelisk's own checks, 'runtime.N'")
+            if cis is None and not vids and own is None:
+                raise InputError(f"{where}: a check needs a cis id, stig V-IDs or an obelisk id")
             section = _entry_str(entry, "section", where)
             if section not in SECTIONS:
                 raise InputError(f"{where}.section: {section!r} is not one of {', '.join(SECTIONS)}")
@@ -217,7 +228,7 @@ def _load_checks(path: str | Path | None, stig_release: str | None,
             stig = tuple(facts[v] for v in vids)
             severity = Severity(entry["severity"]) if "severity" in entry else (
                 max((f.severity for f in stig), key=_SEVERITY_RANK.__getitem__) if stig else Severity.MEDIUM)
-            check_id = f"cis-{cis}" if cis is not None else f"stig-{vids[0]}"
+            check_id = f"cis-{cis}" if cis is not None else f"stig-{vids[0]}" if vids else f"obelisk-{own}"
             if check_id in seen:
                 raise InputError(f"{where}: duplicate check id {check_id}")
             seen.add(check_id)
@@ -225,7 +236,7 @@ def _load_checks(path: str | Path | None, stig_release: str | None,
                 id=check_id, title=_entry_str(entry, "title", where), section=section,
                 assessment=_entry_str(entry, "assessment", where, "automated"), cis=cis, stig=stig,
                 component=component, test=spec, guidance=_entry_str(entry, "guidance", where, ""),
-                remediation=_entry_str(entry, "remediation", where, ""), severity=severity))
+                remediation=_entry_str(entry, "remediation", where, ""), severity=severity, obelisk=own))
         except InputError as exc:
             raise InputError(str(exc), source=str(source)) from None
         except ValueError as exc:
@@ -234,9 +245,11 @@ def _load_checks(path: str | Path | None, stig_release: str | None,
 
 
 def benchmark_ids(checks: tuple[Check, ...], benchmark: str) -> set[str]:
-    """The recommendation ids a benchmark covers: CIS ids, or STIG V-IDs."""
+    """The recommendation ids a benchmark covers: CIS ids, STIG V-IDs, or obelisk's own ids."""
     if benchmark == CIS_BENCHMARK:
         return {c.cis for c in checks if c.cis is not None}
+    if benchmark == RUNTIME_BENCHMARK:
+        return {c.obelisk for c in checks if c.obelisk is not None}
     if benchmark == STIG_BENCHMARK:
         return {f.vid for c in checks for f in c.stig}
     raise InputError(f"unknown benchmark {benchmark!r} (known: {', '.join(BENCHMARKS)})")

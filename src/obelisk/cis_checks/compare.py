@@ -42,8 +42,8 @@ def _int(value: str) -> int | None:
         return None
 
 
-OPS = ("set", "unset", "eq", "ne", "contains", "excludes", "in", "subset", "gte", "lte", "duration_gte",
-       "duration_gt", "startswith")
+OPS = ("set", "unset", "eq", "ne", "contains", "contains_all", "excludes", "in", "subset", "gte", "lte",
+       "duration_gte", "duration_gt", "startswith")
 
 
 def check_value(op: str, value: Any) -> None:
@@ -51,7 +51,7 @@ def check_value(op: str, value: Any) -> None:
     if op in ("set", "unset"):
         if value is not None:
             raise ValueError(f"op {op!r} takes no value" + (" (op is 'set' when not given)" if op == "set" else ""))
-    elif op in ("in", "subset"):
+    elif op in ("in", "subset", "contains_all"):
         if not isinstance(value, tuple):
             raise ValueError(f"op {op!r} needs a list as value")
     elif value is None or isinstance(value, tuple):
@@ -74,6 +74,9 @@ def compare(op: str, observed: str | None, expected: Any) -> bool:
         return (a == b) if op == "eq" else (a != b)
     if op == "contains":
         return str(expected) in split_items(observed)
+    if op == "contains_all":
+        items = split_items(observed)
+        return all(str(e) in items for e in expected)
     if op == "excludes":
         return str(expected) not in split_items(observed)
     if op == "in":
@@ -100,6 +103,7 @@ def describe(op: str, expected: Any) -> str:
     exp = ",".join(str(e) for e in expected) if isinstance(expected, (list, tuple)) else str(expected)
     return {
         "set": "set", "unset": "not set", "eq": exp, "ne": f"not {exp}", "contains": f"includes {exp}",
+        "contains_all": f"includes all of {exp}",
         "excludes": f"does not include {exp}", "in": f"one of {exp}", "subset": f"only from {exp}",
         "gte": f">= {exp}", "lte": f"<= {exp}", "duration_gte": f">= {exp}", "duration_gt": f"> {exp}",
         "startswith": f"{exp}...",

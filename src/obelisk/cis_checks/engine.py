@@ -2,7 +2,8 @@
 
 Test kinds (each a few lines below): flag, kubelet, file, cert, all, audit_policy,
 encryption_config, pod_security_config, pod_security_gate, feature_gate_off, static_pods,
-service_disabled, process_absent, removed_feature, distinct_ca. Each kind declares its parameters
+service_disabled, process_absent, removed_feature, distinct_ca, and for the container runtime
+containerd_config, runtime_fact, containers_confined. Each kind declares its parameters
 as a frozen dataclass (a `Spec` subclass) registered with its evaluator; `parse_test` turns a
 catalogue's `test` mapping into that record, refusing unknown kinds, unknown or missing keys and
 values of the wrong type. An evaluator returns an `Outcome`; scan.py turns outcomes into core Findings.
@@ -18,6 +19,7 @@ from typing import Any
 from obelisk.cis_checks.compare import OPS, check_value, compare, describe, split_items
 from obelisk.cis_checks.kubelet import KubeletConfig, Setting, _show
 from obelisk.cis_checks.node import CONTROL_PLANE, Component, NodeView
+from obelisk.cis_checks.runtime import FACTS, RuntimeView, parse_key, show
 from obelisk.cis_checks.testspec import SPECS, Scalar, Spec, choices
 from obelisk.cis_checks.testspec import parse_test as parse_test  # with every kind registered (below)
 from obelisk.core.errors import InputError
@@ -40,6 +42,13 @@ class Context:
     def __init__(self, node: NodeView):
         self.node = node
         self._kubelet: KubeletConfig | None = None
+        self._runtime: RuntimeView | None = None
+
+    @property
+    def runtime(self) -> RuntimeView:
+        if self._runtime is None:
+            self._runtime = RuntimeView(self.node, self.node.sys)
+        return self._runtime
 
     @property
     def kubelet(self) -> KubeletConfig | None:
@@ -752,3 +761,98 @@ def _distinct_ca(ctx: Context, test: DistinctCaSpec) -> Outcome:
         return Outcome(Status.FAIL, f"etcd trusts {etcd_path}, the API server's client CA", "a CA used only for etcd",
                        tuple(ev), target="etcd")
     return Outcome(Status.PASS, etcd_path, "a CA used only for etcd", tuple(ev), target="etcd")
+
+
+# ------------------------------------------------------------------ the container runtime
+
+@dataclass(frozen=True)
+class ContainerdConfigSpec(Spec):
+    key: str  # dotted TOML key, quoted parts for plugin ids: 'plugins."io.containerd.grpc.v1.cri".disable_apparmor'
+    op: str = field(default="eq", metadata=choices(*OPS))
+    value: Scalar | tuple[Scalar, ...] | None = None
+    default: Scalar | None = None  # containerd's own default where the file leaves the key out (1.6)
+
+    def __post_init__(self) -> None:
+        check_value(self.op, self.value)
+        parse_key(self.key)
+
+
+@evaluator("containerd_config", ContainerdConfigSpec)
+def _containerd_config(ctx: Context, test: ContainerdConfigSpec) -> Outcome:
+    runtime = ctx.runtime
+    doc, problem = runtime.config
+    path = runtime.config_path
+    expected = describe(test.op, test.value)
+    if problem:
+        return Outcome(Status.ERROR, expected=expected, evidence=(Evidence("file", path, problem),),
+                       detail=f"{path}: {problem}", target=path)
+    setting = runtime.setting(test.key, test.default)
+    observed = None if setting.value is None else show(setting.value)
+    shown = "not set" if observed is None else observed
+    detail = ""
+    if setting.source == "default":
+        shown += " (containerd's default)" if observed is not None else ""
+        detail = "no configuration file: containerd's defaults apply" if doc is None else ""
+    ok = compare(test.op, observed, test.value)
+    return Outcome(Status.PASS if ok else Status.FAIL, shown, expected,
+                   (Evidence("config", path, f"{test.key} = {shown}"),), detail, path)
+
+
+@dataclass(frozen=True)
+class RuntimeFactSpec(Spec):
+    fact: str = field(metadata=choices(*FACTS))
+    op: str = field(default="eq", metadata=choices(*OPS))
+    value: Scalar | tuple[Scalar, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_value(self.op, self.value)
+
+
+_NOT_LIVE = "a fact of the running kernel: only a scan of the live node has it"
+
+
+@evaluator("runtime_fact", RuntimeFactSpec)
+def _runtime_fact(ctx: Context, test: RuntimeFactSpec) -> Outcome:
+    expected = describe(test.op, test.value)
+    if not ctx.runtime.live:
+        return Outcome(Status.SKIP, expected=expected, detail=_NOT_LIVE)
+    fact = ctx.runtime.fact(test.fact)
+    ok = compare(test.op, fact.value, test.value)
+    observed = fact.value if fact.value is not None else "absent"
+    return Outcome(Status.PASS if ok else Status.FAIL, observed, expected,
+                   (Evidence("file", fact.source, fact.note or observed),), fact.note, fact.source)
+
+
+@dataclass(frozen=True)
+class ContainersConfinedSpec(Spec):
+    seccomp: bool = True  # every container runs under a seccomp filter (mode 2)
+    apparmor: bool = True  # every container has an AppArmor profile in enforce mode
+
+
+_SECCOMP_MODES = {"0": "disabled", "1": "strict", "2": "filter"}
+
+
+@evaluator("containers_confined", ContainersConfinedSpec)
+def _containers_confined(ctx: Context, test: ContainersConfinedSpec) -> Outcome:
+    wanted = [w for w, on in (("a seccomp filter", test.seccomp), ("an enforcing AppArmor profile", test.apparmor))
+              if on]
+    expected = "every container under " + " and ".join(wanted)
+    if not ctx.runtime.live:
+        return Outcome(Status.SKIP, expected=expected, detail=_NOT_LIVE)
+    containers = ctx.runtime.containers
+    if not containers:
+        return Outcome(Status.SKIP, expected=expected, detail="no container runs on this node now")
+    bad: list[str] = []
+    evidence = []
+    for c in containers:
+        seccomp = _SECCOMP_MODES.get(c.seccomp, c.seccomp or "unknown")
+        evidence.append(Evidence("process", f"pid {c.pid}", f"{c.name}: seccomp {seccomp}, AppArmor "
+                                 f"{c.apparmor or 'no label'}"))
+        if test.seccomp and c.seccomp != "2":
+            bad.append(f"pid {c.pid} ({c.name}) seccomp {seccomp}")
+        if test.apparmor and not c.apparmor.endswith("(enforce)"):
+            bad.append(f"pid {c.pid} ({c.name}) AppArmor {c.apparmor or 'no label'}")
+    target = f"{len(containers)} containers" if len(containers) > 1 else f"pid {containers[0].pid}"
+    if bad:
+        return Outcome(Status.FAIL, "; ".join(bad), expected, tuple(evidence), target=target)
+    return Outcome(Status.PASS, f"{len(containers)} confined", expected, tuple(evidence), target=target)

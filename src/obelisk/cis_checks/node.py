@@ -31,7 +31,7 @@ from obelisk.core.yamlsafe import load_yaml
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
-COMPONENT_NAMES = (*CONTROL_PLANE, "etcd", "kubelet", "kube-proxy")
+COMPONENT_NAMES = (*CONTROL_PLANE, "etcd", "kubelet", "kube-proxy", "containerd")
 MANIFEST_DIR = "etc/kubernetes/manifests"
 # etcd flag -> key in its --config-file YAML
 ETCD_FILE_KEYS = {
@@ -70,8 +70,8 @@ class InputProblem:
 class Component:
     name: str
     cmdline: CommandLine
-    source_kind: str  # "process" | "manifest" | "unit"
-    source: str  # node path of the manifest/unit, or "pid N"
+    source_kind: str  # "process" | "manifest" | "unit" | "binary" (installed, not running: containerd in an image)
+    source: str  # node path of the manifest/unit/binary, or "pid N"
     manifest: str | None = None  # node path of its static pod manifest, when it has one
     unit_files: tuple[str, ...] = ()
     image: str = ""
@@ -180,10 +180,11 @@ def _component_from_argv(argv: list[str]) -> str | None:
 class NodeView:
     """Everything a scan reads from one node, loaded lazily and cached."""
 
-    def __init__(self, root: str | Path, proc: str | Path | None = None):
+    def __init__(self, root: str | Path, proc: str | Path | None = None, sys: str | Path | None = None):
         self.root = Path(root)
         self._host_root = self.root.resolve() == Path("/")
         self.proc = Path(proc) if proc is not None else None
+        self.sys = Path(sys) if sys is not None else None  # the node's /sys: kernel facts of live scans
         self.problems: list[InputProblem] = []
         self.components: dict[str, Component] = {}
         self.manifests: dict[str, str] = {}  # node path -> component (every parsed static pod manifest)
@@ -272,7 +273,7 @@ class NodeView:
         processes = self._processes() if self.proc is not None else {}
         self._load_manifests(MANIFEST_DIR)
         kubelet_unit = self._unit_component("kubelet")
-        for name in ("etcd", "kube-proxy", *CONTROL_PLANE):
+        for name in ("etcd", "kube-proxy", "containerd", *CONTROL_PLANE):
             if name not in self.components:
                 self._unit_component(name)
         # a kubelet's staticPodPath elsewhere than the default directory
@@ -291,6 +292,13 @@ class NodeView:
                 manifest=base.manifest if base else None, unit_files=base.unit_files if base else (),
                 image=base.image if base else "", path_map=base.path_map if base else (),
                 env=comp.env, env_source=comp.env_source)
+        if "containerd" not in self.components:
+            from obelisk.cis_checks.runtime import containerd_binary
+
+            binary = containerd_binary(self)  # installed: an image's init starts it without a unit
+            if binary is not None:
+                self.components["containerd"] = Component(name="containerd", cmdline=parse_flags(["containerd"]),
+                                                          source_kind="binary", source=binary)
         if "etcd" in self.components:
             try:
                 self.components["etcd"] = self._etcd_settings(self.components["etcd"])

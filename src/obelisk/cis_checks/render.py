@@ -48,6 +48,7 @@ PATHS = {
     "kubelet_config": "/etc/kubernetes/kubelet/config.yaml",
     "kubelet_config_dir": "/etc/kubernetes/kubelet/config.d",
     "kubelet_unit": "/etc/systemd/system/kubelet.service",
+    "containerd_config": "/etc/containerd/config.toml",
 }
 PKI = "/etc/kubernetes/pki"
 
@@ -102,9 +103,12 @@ def render_context(role: str, kubernetes_version: str, *, registry: str = "regis
                    etcd_uid: int = 990, pod_security_level: str = "restricted",
                    service_cidr: str = "10.96.0.0/12", cluster_dns: str = "10.96.0.10",
                    cluster_domain: str = "cluster.local",
-                   container_runtime_endpoint: str = "unix:///run/containerd/containerd.sock") -> dict[str, Any]:
+                   container_runtime_endpoint: str = "unix:///run/containerd/containerd.sock",
+                   cgroup_driver: str = "systemd") -> dict[str, Any]:
     if role not in ROLES:
         raise InputError(f"--role: {role!r} is not one of {', '.join(ROLES)}")
+    if cgroup_driver not in ("systemd", "cgroupfs"):
+        raise InputError(f"cgroup driver must be systemd or cgroupfs, not {cgroup_driver!r}")
     if pod_security_level not in ("restricted", "baseline"):
         raise InputError("pod security level must be restricted or baseline (STIG V-254800)")
     major, minor, patch = parse_version(kubernetes_version)
@@ -118,7 +122,7 @@ def render_context(role: str, kubernetes_version: str, *, registry: str = "regis
         "pod_security_level": pod_security_level, "pod_security_exempt_namespaces": ["kube-system"],
         "service_cidr": service_cidr, "cluster_dns": cluster_dns, "cluster_domain": cluster_domain,
         "service_account_issuer": f"https://kubernetes.default.svc.{cluster_domain}",
-        "container_runtime_endpoint": container_runtime_endpoint,
+        "container_runtime_endpoint": container_runtime_endpoint, "cgroup_driver": cgroup_driver,
         # --config-dir is beta (on by default) from 1.30; on 1.29 it needs an alpha switch, so it is left out
         "kubelet_config_dir": minor >= 30,
     }
@@ -132,6 +136,7 @@ _FILES = [
     ("sysctl-kubelet.conf.j2", "/usr/lib/sysctl.d/90-obelisk-kubelet.conf", 0o644, "root", "STIG V-242434"),
     ("tmpfiles-kubernetes.conf.j2", "/usr/lib/tmpfiles.d/obelisk-kubernetes.conf", 0o644, "root",
      "state directories on an empty /var: CIS 1.1.11/1.1.12, STIG V-242445"),
+    ("containerd-config.toml.j2", PATHS["containerd_config"], 0o600, "root", "obelisk-runtime.6-.13"),
 ]
 _CONTROL_PLANE_FILES = [
     ("kube-apiserver.yaml.j2", f"{PATHS['manifests']}/kube-apiserver.yaml", 0o600, "root",
@@ -148,6 +153,7 @@ _CONTROL_PLANE_FILES = [
 ]
 _DIRS = [
     ("/etc/kubernetes", 0o755, "root", ""),
+    ("/etc/containerd", 0o755, "root", ""),
     ("/etc/kubernetes/kubelet", 0o700, "root", ""),
     (PATHS["kubelet_config_dir"], 0o700, "root", "kubelet drop-ins (CIS 4.1.9)"),
     (PKI, 0o700, "root", "CIS 1.1.19; STIG V-242451 (filled at provisioning)"),

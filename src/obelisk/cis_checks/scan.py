@@ -63,10 +63,12 @@ def _finding(check: Check, outcome: Outcome, selected: Sequence[str]) -> Finding
 
 
 def scan(root: str | Path = "/", benchmarks: Iterable[str] = BENCHMARKS, waivers: Sequence[Waiver] = (), *,
-         proc: str | Path | None = None, live: bool | None = None, stig_benchmark: str | Path | None = None,
-         stig_release: str | None = None, checks_file: str | Path | None = None,
+         proc: str | Path | None = None, sys: str | Path | None = None, live: bool | None = None,
+         stig_benchmark: str | Path | None = None, stig_release: str | None = None,
+         checks_file: str | Path | None = None,
          today: _dt.date | None = None) -> Report:
-    """Scan a node. `live` (default: root is "/") reads running processes from `proc` (default /proc)."""
+    """Scan a node. `live` (default: root is "/") reads running processes from `proc` (default /proc) and
+    kernel facts from `sys` (default /sys)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError("not a directory", source=str(root))
@@ -78,8 +80,10 @@ def scan(root: str | Path = "/", benchmarks: Iterable[str] = BENCHMARKS, waivers
         live = root.resolve() == Path("/")
     if live and proc is None:
         proc = "/proc"
+    if live and sys is None:
+        sys = "/sys"
     checks = load_checks(checks_file, stig_release=stig_release, stig_benchmark=stig_benchmark)
-    node = NodeView(root, proc if live or proc is not None else None)
+    node = NodeView(root, proc if live or proc is not None else None, sys)
     ctx = Context(node)
     findings: list[Finding] = []
     for check in checks:
@@ -118,7 +122,7 @@ def scan(root: str | Path = "/", benchmarks: Iterable[str] = BENCHMARKS, waivers
 
 
 def scan_root(root: str | Path = "/", **options: Any) -> Report:
-    """Both benchmarks against `root` (live when it is "/"); what the node agent serves."""
+    """Every benchmark against `root` (live when it is "/"); what the node agent serves."""
     return scan(root, BENCHMARKS, **options)
 
 

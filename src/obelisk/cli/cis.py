@@ -4,27 +4,31 @@ from __future__ import annotations
 
 import argparse
 
-BENCHMARK_CHOICES = ("cis-1.12", "stig-k8s")
+BENCHMARK_CHOICES = ("cis-1.12", "stig-k8s", "obelisk-runtime")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from obelisk.cli.common import add_output_options, add_quiet
     from obelisk.cli.main import subcommand_group
 
-    p = sub.add_parser("scan", help="check a Kubernetes node (live or a root directory) against CIS and DISA STIG",
+    p = sub.add_parser("scan", help="check a Kubernetes node (live or a root directory) against CIS, DISA STIG and "
+                            "obelisk's container runtime checks",
                        description="Scan a node's Kubernetes configuration against the CIS Kubernetes Benchmark "
-                                   "v1.12 and the DISA Kubernetes STIG. Exit 0: no failures; 1: failures or errors; "
-                                   "2: bad input.")
+                                   "v1.12 and the DISA Kubernetes STIG, and its container runtime (containerd, "
+                                   "cgroups, seccomp, AppArmor) against obelisk's runtime checks. Exit 0: no "
+                                   "failures; 1: failures or errors; 2: bad input.")
     p.add_argument("--root", default="/", metavar="DIR",
                    help="root directory to scan (default /: the live node, processes read from /proc)")
     p.add_argument("--benchmark", action="append", choices=BENCHMARK_CHOICES, metavar="NAME",
-                   help="cis-1.12 or stig-k8s; repeat for both (default: both)")
+                   help="cis-1.12, stig-k8s or obelisk-runtime; repeat for several (default: all)")
     p.add_argument("--waivers", metavar="FILE", help="YAML waivers (id, reason, approver, expires)")
     p.add_argument("--stig-benchmark", metavar="FILE",
                    help="DISA's Kubernetes STIG XCCDF (or SCAP data stream): official titles, rule ids and "
                         "severities of that release")
     p.add_argument("--stig-release", metavar="VxRy", help="use this built-in STIG release's rule ids (V1R9, V2R1)")
     p.add_argument("--proc", metavar="DIR", help="read running processes from DIR (default: /proc when --root is /)")
+    p.add_argument("--sys", metavar="DIR", help="read kernel facts (cgroups, LSMs) from DIR (default: /sys when "
+                                              "--root is /)")
     p.add_argument("--offline", action="store_true", help="do not read processes even when --root is /")
     add_output_options(p)
     add_quiet(p)
@@ -69,7 +73,7 @@ def _scan(args: argparse.Namespace) -> int:
 
     waivers = load_waivers(args.waivers) if args.waivers else ()
     live = False if args.offline else None
-    report = scan(args.root, args.benchmark or BENCHMARK_CHOICES, waivers, proc=args.proc, live=live,
+    report = scan(args.root, args.benchmark or BENCHMARK_CHOICES, waivers, proc=args.proc, sys=args.sys, live=live,
                   stig_benchmark=args.stig_benchmark, stig_release=args.stig_release)
     return emit_report(args, report)
 

@@ -199,7 +199,8 @@ def _render_kubernetes(spec: Spec) -> tuple[tuple[rootfs.ExtraFile, ...], tuple[
 
     with tempfile.TemporaryDirectory(prefix="obelisk-k8s-") as tmp:
         try:
-            tree = render_tree(tmp, spec.kubernetes.role, spec.kubernetes.version)
+            # an obelisk node has no systemd: the kubelet and containerd put pods in cgroups themselves
+            tree = render_tree(tmp, spec.kubernetes.role, spec.kubernetes.version, cgroup_driver="cgroupfs")
         except InputError as exc:
             raise SpecError(spec.source, "kubernetes", str(exc)) from None
         files, modes = [], []

@@ -25,6 +25,7 @@ STATUS_LABEL = {Status.PASS: "Pass", Status.FAIL: "Fail", Status.ERROR: "Error",
 STATUS_COLOR = {Status.FAIL: "#c62828", Status.ERROR: "#ef6c00", Status.WAIVED: "#7b1fa2",
                 Status.MANUAL: "#1565c0", Status.SKIP: "#9e9e9e", Status.PASS: "#2e7d32"}
 BENCHMARK_LABEL = {"cis-1.12": "CIS Kubernetes Benchmark 1.12", "stig-k8s": "DISA Kubernetes STIG",
+                   "obelisk-runtime": "Container runtime (obelisk)",
                    "kernel-hardening": "Kernel hardening", "ima": "IMA runtime integrity",
                    "attestation": "Remote attestation"}
 REFERENCE_LABEL = {"cis": "CIS", "stig": "STIG", "stig-rule": "Rule", "stig-version": "STIG ID", "cci": "CCI",
