@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import uuid
 from dataclasses import dataclass, replace
 
 from obelisk.attest import akrecord, ima_check, verify
@@ -23,7 +24,7 @@ from obelisk.core.findings import Finding, Report, Status
 from obelisk.image import measure
 from obelisk.image.uki import UkiSections, pcr11_prediction
 from obelisk.tpm import algorithms as alg
-from obelisk.tpm import bootevents, eventlog
+from obelisk.tpm import bootevents, eventlog, uefi
 from obelisk.tpm import quote as q
 from obelisk.tpm.pcr import composite_digest
 from obelisk.tpm.prediction import ExpectedEvent
@@ -38,9 +39,14 @@ NONCE = bytes.fromhex("5eed") + bytes(range(18))
 CLOCK = q.ClockInfo(clock=5_000_000, reset_count=7, restart_count=2, safe=True)
 QUOTED = (q.PCRSelection("sha256", tuple(range(12))),)  # what the agent asks for: sha256 PCRs 0-11
 
+def variable(name: str, value: bytes, guid: bytes = eventlog.EFI_GLOBAL_VARIABLE) -> bytes:
+    """UEFI_VARIABLE_DATA of a variable event, through the format's one serializer (tpm/uefi.py)."""
+    return uefi.serialize_variable_data(uefi.UefiVariableData(uuid.UUID(bytes_le=guid), name, value))
+
+
 # (pcr, event type, data): what firmware measures; digests are computed over the data
 FIRMWARE = ((0, 0x8, b"S-CRTM 1.0"), (0, 0x80000008, b"firmware blob"),
-            (7, 0x80000001, eventlog.serialize_variable("SecureBoot", b"\1")),
+            (7, 0x80000001, variable("SecureBoot", b"\1")),
             (7, 0x4, b"\0\0\0\0"), (4, 0x80000003, b"shim"), (4, 0x80000003, b"kernel"), (9, 0xD, b"initrd"),
             (8, 0xD, b"cmdline ima_policy=tcb"))
 CMDLINE = "console=ttyS0 ima_policy=tcb ima_appraise=enforce"

@@ -14,6 +14,7 @@ from obelisk.core import tools
 from obelisk.core.findings import Status
 from obelisk.tpm import device as tpm
 from obelisk.tpm import eventlog
+from tests.attest import synth
 
 pytestmark = pytest.mark.swtpm
 
@@ -154,7 +155,7 @@ def test_obelisk_verifies_tpm2_quote_output(swtpm, tmp_path, obelisk_cli):
 def _boot(swtpm, tmp_path) -> eventlog.EventLog:
     """A firmware log whose events are also extended into the swtpm, as firmware would."""
     log = eventlog.build([(0, 0x8, b"S-CRTM 1.0"), (0, 0x80000008, b"firmware blob"),
-                          (7, 0x80000001, eventlog.serialize_variable("SecureBoot", b"\1")), (7, 4, b"\0\0\0\0"),
+                          (7, 0x80000001, synth.variable("SecureBoot", b"\1")), (7, 4, b"\0\0\0\0"),
                           (4, 0x80000003, b"shim"),
                           (4, 0x80000003, b"kernel"), (9, 0xD, b"initrd"), (8, 0xD, b"cmdline ima_policy=tcb")],
                          banks=("sha1", "sha256"))

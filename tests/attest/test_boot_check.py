@@ -109,8 +109,7 @@ def section_events(sections: dict[str, bytes]) -> list[Spec]:
     return out
 
 
-def variable(name: str, value: bytes, guid: bytes = el.EFI_GLOBAL_VARIABLE) -> bytes:
-    return el.serialize_variable(name, value, guid)
+variable = synth.variable
 
 
 CALLING = b"Calling EFI Application from Boot Option"

@@ -14,6 +14,7 @@ import pytest
 from obelisk.fleet import service
 from obelisk.fleet.client import FleetClient, NodeAgent
 from obelisk.fleet.server import make_server
+from tests.attest import synth
 
 IMAGE = "n1:1"  # tests.image.manifests.sample_manifest
 AGENT_DIGEST = hashlib.sha256(b"a").digest()  # /usr/bin/agent in the sample manifest
@@ -103,7 +104,7 @@ def boot_node(tpm, out: Path, keys, files: list[tuple[str, bytes]] | None = None
     from obelisk.tpm import device, eventlog
 
     log = eventlog.build([(0, 0x8, b"S-CRTM 1.0"), (0, 0x80000008, b"firmware blob"),
-                          (7, 0x80000001, eventlog.serialize_variable("SecureBoot", b"\1")),
+                          (7, 0x80000001, synth.variable("SecureBoot", b"\1")),
                           (4, 0x80000003, b"kernel"), (9, 0xD, b"initrd"),
                           (8, 0xD, b"cmdline ima_policy=tcb")], banks=("sha1", "sha256"))
     for ev in log.events[1:]:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from obelisk.core import tools
 from obelisk.core.errors import ParseError
 from obelisk.tpm import eventlog as el
+from tests.attest.synth import variable
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "testdata"
 EVENTLOGS = sorted((SHARED / "eventlog").glob("*.bin"))
@@ -275,7 +276,7 @@ def replace_data(ev: el.Event, data: bytes) -> el.Event:
 
 
 def test_variable_boot_binds_value_only_or_whole():
-    var = el.serialize_variable("Boot0001", b"load option")
+    var = variable("Boot0001", b"load option")
     whole = el.bind(_one(1, 0x80000002, var))
     assert whole.status is el.Bound.BOUND
     value = el.bind(_one(1, 0x80000002, var, hashed=b"load option"))
@@ -289,7 +290,7 @@ def test_variable_boot_binds_value_only_or_whole():
 
 
 def test_shim15_authority_padding_is_bound():
-    var = el.serialize_variable("Shim", b"cert")
+    var = variable("Shim", b"cert")
     padded = var + b"\0" * 5 + b"\x70"  # shim 15: 5 hashed padding bytes, one more logged
     assert el.bind(_one(7, 0x800000E0, padded, hashed=padded[:-1])).status is el.Bound.BOUND
     assert el.bind(_one(7, 0x800000E0, padded, hashed=padded)).status is el.Bound.MISMATCH

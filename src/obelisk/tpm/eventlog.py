@@ -610,12 +610,6 @@ def _candidates(rule: BindingRule, data: bytes) -> list[tuple[bytes, Bound]] | s
 EFI_GLOBAL_VARIABLE = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")  # 8be4df61-93ca-11d2-aa0d-00e098032b8c
 
 
-def serialize_variable(name: str, value: bytes, guid: bytes = EFI_GLOBAL_VARIABLE) -> bytes:
-    """UEFI_VARIABLE_DATA: VariableName GUID, name length (CHAR16s), data length, UTF-16LE name, data."""
-    encoded = name.encode("utf-16-le")
-    return guid + struct.pack("<QQ", len(encoded) // 2, len(value)) + encoded + value
-
-
 def bind(ev: Event) -> Binding:
     """Check that the event's data is what its digests were computed over, in every bank it carries."""
     rule = BINDING_RULES.get(ev.event_type)
