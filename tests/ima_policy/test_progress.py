@@ -71,6 +71,7 @@ def test_incremental_rounds_equal_a_full_check(cuts, encoding, quote_lag, mode):
         saved = progress.parse(progress.serialize(state))  # what a verifier keeps between rounds
         assert saved == state
         assert state.entries == cut and state.offset == len(data)
+        assert state.prefix == hashlib.sha256(data).digest()  # the resumed hash of the checked part is exact
 
 
 def test_resumed_round_walks_only_the_new_entries(monkeypatch):
