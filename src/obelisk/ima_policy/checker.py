@@ -28,7 +28,7 @@ import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from obelisk.core.errors import ParseError
@@ -85,6 +85,12 @@ class ChunkResult:
     first: tuple[str, str, bytes] | None = None  # (path, algo, digest) of the list's first entry
     error: str | None = None
     error_offset: int | None = None
+
+    def copy(self) -> ChunkResult:
+        """A copy whose counters and lists are its own (problems are frozen: shared)."""
+        return replace(self, bank_digests=dict(self.bank_digests), other_pcrs=Counter(self.other_pcrs),
+                                   problems=list(self.problems), problem_counts=Counter(self.problem_counts),
+                                   stats=Counter(self.stats))
 
 
 @dataclass

@@ -8,7 +8,6 @@ the trusted certificates.
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,7 +110,7 @@ def check_log(data: checker.ListData, source: str, options: VerifyOptions = Veri
     first_mode = SHA1_PADDED if options.mode == SHA1_PADDED else PER_BANK
     if resume is not None:
         saved = {b: (mode, value) for b, mode, value in resume.banks}
-        totals = copy.deepcopy(resume.totals)
+        totals = resume.totals.copy()
         folds = [checker.RunningPcr(b, targets[b], saved[b][1], resume.pcr10_entries) for b in banks]
         modes = [saved[b][0] for b in banks]
         n10 = resume.pcr10_entries
@@ -149,7 +148,7 @@ def check_log(data: checker.ListData, source: str, options: VerifyOptions = Veri
                 i = banks.index(f.bank)
                 replays[i] = BankReplay(f.bank, f.value, SHA1_PADDED, f.target, f.last_match)
     result = _result(merged, n10, replays, encoding, order, quoted, options, source)
-    return Checked(result, Resume(copy.deepcopy(merged), n10, tuple((r.bank, r.mode, r.value) for r in replays)))
+    return Checked(result, Resume(merged.copy(), n10, tuple((r.bank, r.mode, r.value) for r in replays)))
 
 
 def _result(merged: checker.ChunkResult, n10: int, replays: list[BankReplay], encoding: str, order: str,
