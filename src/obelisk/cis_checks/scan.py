@@ -103,6 +103,9 @@ def scan(root: str | Path = "/", benchmarks: Iterable[str] = BENCHMARKS, waivers
                                     target=problem.path, evidence=(Evidence("file", problem.path, problem.message),),
                                     detail=f"{problem.path}: {problem.message}", section="input"))
             attributed.add(problem.path)
+    from obelisk.cis_checks.runtime import runtime_findings
+
+    findings += runtime_findings(str(root), live)  # cgroup v2, AppArmor, seccomp, containerd's configuration
     findings = list(apply_waivers(findings, tuple(waivers), today))
     attrs = {"mode": "live" if live else "root", "root": str(root),
              "roles": ",".join(r for r, on in (("control-plane", node.control_plane),

@@ -1,0 +1,159 @@
+"""End to end, issue 14's container runtime: one booted node whose spec declares workloads, all read through
+the agent's GET /v1/workloads (never a shell):
+
+- a busybox httpd container answers another container over the host network;
+- `unshare -U` (a user namespace: no capability needed) is refused with EPERM under the runtime's default
+  seccomp profile, and allowed in the same image with `seccomp: unconfined`: the refusal is seccomp's;
+- a container that allocates past its memory limit is OOM-killed (cgroup v2 memory.events, exit 137);
+- AppArmor is the enforcing MAC LSM: the containers' /proc/self/attr/current names the runtime's default
+  profile in enforce mode, and the agent's facts say so;
+- the agent's scan covers the runtime: cgroup v2, containerd's configuration, seccomp and AppArmor.
+
+Uses the e2e test's project and keys, with the same kernel section, so the cached kernel is reused.
+Markers qemu, kernel_build (a cold cache builds the kernel), slow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import yaml
+
+from obelisk.core.findings import Status
+from tests.image.busybox_oci import INDEX_HTML, build_layout
+from tests.image.test_e2e import example  # noqa: F401 - the module-scoped fixture: project and test keys
+
+pytestmark = [pytest.mark.qemu, pytest.mark.kernel_build, pytest.mark.slow, pytest.mark.swtpm]
+
+UNSHARE = "if unshare -U true; then echo 'unshare: allowed'; else echo 'unshare: refused'; fi"
+WORKLOADS = [
+    {"name": "web", "image": "oci/busybox", "memory_limit": "32Mi", "host_network": True,
+     "command": ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]},
+    {"name": "client", "image": "oci/busybox", "memory_limit": "32Mi", "host_network": True,
+     "command": ["sh", "-c", "for i in $(seq 1 120); do wget -q -O - http://127.0.0.1:8080/ && break; sleep 1; done; "
+                 "echo \"lsm: $(cat /proc/self/attr/current)\"; grep -E '^(Seccomp|NoNewPrivs|CapEff):' "
+                 "/proc/self/status"]},
+    {"name": "seccomp", "image": "oci/busybox", "memory_limit": "32Mi", "command": ["sh", "-c", UNSHARE]},
+    {"name": "unconfined", "image": "oci/busybox", "memory_limit": "32Mi", "seccomp": "unconfined",
+     "command": ["sh", "-c", UNSHARE]},
+    {"name": "hog", "image": "oci/busybox", "memory_limit": "32Mi",
+     "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"]},
+]
+
+
+def runtime_spec(example_dir, project):  # noqa: F811
+    """The example project (its kernel section untouched) with the workloads above and their OCI layout."""
+    shutil.copytree(example_dir, project, ignore=shutil.ignore_patterns("out*"))
+    build_layout(project / "oci" / "busybox")
+    spec = yaml.safe_load((project / "spec.yaml").read_text())
+    spec["runtime"] = {"enabled": True, "workloads": WORKLOADS}
+    (project / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return project / "spec.yaml"
+
+
+@pytest.fixture(scope="module")
+def node(example, tmp_path_factory):  # noqa: F811
+    from obelisk.core.cachedir import cache_root
+    from obelisk.image.build import build
+    from obelisk.image.cache import StepCache
+    from obelisk.image.spec import load_spec
+    from obelisk.lab.boot import boot, stop
+
+    project = tmp_path_factory.mktemp("runtime") / "node"
+    spec = runtime_spec(example, project)
+    out = project / "out"
+    started = time.monotonic()
+    build(load_spec(spec), out, cache=StepCache(cache_root() / "image"), quiet=True)
+    print(f"build: {time.monotonic() - started:.1f} s")
+    run = project / "run"
+    keys = project / "keys"
+    started = time.monotonic()
+    booted = boot(out, run, ca=keys / "ca.pem", ca_key=keys / "ca.key", timeout=600)
+    print(f"boot: {time.monotonic() - started:.1f} s")
+    yield booted, out, keys
+    stop(run)
+
+
+def _endpoint(booted, keys):
+    from obelisk.attest.agent_client import AgentEndpoint
+
+    return AgentEndpoint(booted.url, ca=str(keys / "ca.pem"), cert=str(booted.client_cert),
+                         key=str(booted.client_key))
+
+
+def _settled(booted, keys, timeout: float = 420) -> dict:
+    """/v1/workloads once every workload except the server has exited (or the timeout passed)."""
+    endpoint = _endpoint(booted, keys)
+    deadline = time.monotonic() + timeout
+    while True:
+        report = json.loads(endpoint.get_ok("/v1/workloads"))
+        by_name = {w["name"]: w for w in report["workloads"]}
+        if all(w["state"] in ("exited", "failed") for n, w in by_name.items() if n != "web") \
+                or time.monotonic() > deadline:
+            return report
+        time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def workloads(node):
+    booted, _, keys = node
+    report = _settled(booted, keys)
+    return report, {w["name"]: w for w in report["workloads"]}
+
+
+def _console(booted) -> str:
+    return booted.serial_log.read_text(errors="replace").replace("\r", "")[-4000:]
+
+
+def test_a_container_runs_and_answers(node, workloads):
+    booted, _, _ = node
+    report, by_name = workloads
+    assert report["runtime"]["containerd"] == "running", _console(booted)
+    assert by_name["web"]["state"] == "running", by_name["web"]
+    client = by_name["client"]
+    assert client["state"] == "exited" and client["exit_status"] == 0, (client, _console(booted))
+    assert INDEX_HTML.decode() in client["output"], client["output"]
+
+
+def test_default_seccomp_refuses_a_syscall_that_capabilities_allow(workloads):
+    _, by_name = workloads
+    confined, unconfined = by_name["seccomp"], by_name["unconfined"]
+    assert "unshare: refused" in confined["output"] and "Operation not permitted" in confined["output"], confined
+    # the same command, the same capabilities and AppArmor profile, no seccomp filter: allowed
+    assert "unshare: allowed" in unconfined["output"], unconfined
+    assert confined["seccomp"] == "default" and unconfined["seccomp"] == "unconfined"
+    assert "Seccomp:\t2" in by_name["client"]["output"]  # filter mode
+    assert "NoNewPrivs:\t1" in by_name["client"]["output"]
+
+
+def test_a_container_over_its_memory_limit_is_oom_killed(workloads):
+    _, by_name = workloads
+    hog = by_name["hog"]
+    assert hog["state"] == "exited" and hog["exit_status"] == 137, hog
+    assert hog["oom_killed"] and hog["oom_kills"] >= 1, hog
+    assert hog["memory_limit"] == 32 << 20
+    assert not by_name["client"]["oom_killed"]
+
+
+def test_apparmor_enforces_the_runtime_default_profile(workloads):
+    report, by_name = workloads
+    runtime = report["runtime"]
+    assert runtime["apparmor_enabled"] and "apparmor" in runtime["lsm"].split(","), runtime
+    assert runtime["apparmor_profile"] == "cri-containerd.apparmor.d (enforce)", runtime
+    assert "lsm: cri-containerd.apparmor.d (enforce)" in by_name["client"]["output"], by_name["client"]
+    assert runtime["cgroup_version"] == "2" and "memory" in runtime["cgroup_controllers"], runtime
+
+
+def test_the_agents_scan_covers_the_runtime(node, workloads):
+    from obelisk.core import findings
+
+    booted, _, keys = node
+    body = _endpoint(booted, keys).get_ok("/v1/scan")
+    found = {f.id: f for f in findings.parse(body, "scan").findings}
+    runtime = {i: f for i, f in found.items() if i.startswith("node.runtime.")}
+    assert runtime, sorted(found)[:20]
+    failed = {i: (f.observed, f.detail) for i, f in runtime.items() if f.status is not Status.PASS}
+    assert not failed, failed
