@@ -22,8 +22,8 @@ from obelisk.core.errors import InputError
 from obelisk.core.yamlsafe import load_yaml_file
 from obelisk.image.fleet_node import FLEET_URL
 
-IMA_POLICIES = ("appraise-rootfs", "appraise-all", "measure-only", "custom", "none")
-APPRAISING = ("appraise-rootfs", "appraise-all")
+IMA_POLICIES = ("appraise-rootfs", "appraise-containers", "appraise-all", "measure-only", "custom", "none")
+APPRAISING = ("appraise-rootfs", "appraise-containers", "appraise-all")
 ROOTFS_BASES = ("busybox", "debian", "directory", "tarball")
 K8S_ROLES = ("none", "worker", "control-plane")
 HASHES = ("sha256", "sha384", "sha512")
