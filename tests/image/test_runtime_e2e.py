@@ -157,3 +157,96 @@ def test_the_agents_scan_covers_the_runtime(node, workloads):
     assert runtime, sorted(found)[:20]
     failed = {i: (f.observed, f.detail) for i, f in runtime.items() if f.status is not Status.PASS}
     assert not failed, failed
+
+
+# --- IMA for container files: the appraise-containers profile ------------------------------------------------
+
+IMA_WORKLOADS = [
+    {"name": "signed", "image": "oci/signed", "memory_limit": "32Mi", "command": ["sh", "-c", "echo signed ran"]},
+    {"name": "tampered", "image": "oci/tampered", "memory_limit": "32Mi", "command": ["sh", "-c", "echo tampered ran"]},
+    {"name": "unsigned", "image": "oci/unsigned", "memory_limit": "32Mi", "command": ["sh", "-c", "echo unsigned ran"]},
+]
+
+
+def tampered_copy(signed, out):
+    """`signed`'s image with one byte of bin/busybox changed and its signature record kept: what an attacker
+    who rebuilt the layer (and its digests) without the customer's key can ship."""
+    import io
+    import tarfile
+
+    from tests.signer import ocibuild
+
+    index = json.loads((signed / "index.json").read_text())
+    manifest = json.loads(ocibuild.blob_bytes(signed, index["manifests"][0]))
+    entries = []
+    with tarfile.open(fileobj=io.BytesIO(ocibuild.blob_bytes(signed, manifest["layers"][0]))) as tar:
+        for info in tar.getmembers():
+            data = tar.extractfile(info).read() if info.isfile() else None  # type: ignore[union-attr]
+            if info.name == "bin/busybox":
+                assert "SCHILY.xattr.security.ima" in info.pax_headers
+                at = data.index(b"BusyBox v")
+                data = data[:at] + b"b" + data[at + 1:]
+            entries.append(ocibuild.Entry(info, data))
+    builder = ocibuild.LayoutBuilder(out)
+    image = builder.image([builder.layer(ocibuild.tar_of(entries), compress=False)], "amd64")
+    return builder.index([{**image, "annotations": {"org.opencontainers.image.ref.name": "latest"}}])
+
+
+@pytest.fixture(scope="module")
+def ima_node(example, tmp_path_factory):  # noqa: F811
+    from obelisk.core.cachedir import cache_root
+    from obelisk.image.build import build
+    from obelisk.image.cache import StepCache
+    from obelisk.image.spec import load_spec
+    from obelisk.lab.boot import boot, stop
+    from obelisk.signer.keys import load_certificate, load_signing_key
+    from obelisk.signer.oci_sign import sign_layout
+
+    project = tmp_path_factory.mktemp("ima-runtime") / "node"
+    shutil.copytree(example, project, ignore=shutil.ignore_patterns("out*"))
+    keys = project / "keys"
+    build_layout(project / "oci" / "unsigned")
+    signed = build_layout(project / "oci" / "signed")
+    sign_layout(str(signed), load_signing_key(str(keys / "ima.key")), load_certificate(keys / "ima.pem"))
+    tampered_copy(signed, project / "oci" / "tampered")
+    spec = yaml.safe_load((project / "spec.yaml").read_text())
+    spec["ima"] = {"policy": "appraise-containers"}
+    spec["runtime"] = {"enabled": True, "workloads": IMA_WORKLOADS}
+    (project / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = project / "out"
+    build(load_spec(project / "spec.yaml"), out, cache=StepCache(cache_root() / "image"), quiet=True)
+    run = project / "run"
+    booted = boot(out, run, ca=keys / "ca.pem", ca_key=keys / "ca.key", timeout=600)
+    yield booted, out, keys
+    stop(run)
+
+
+def test_container_programs_are_appraised_with_the_customers_key(ima_node):
+    booted, _, keys = ima_node
+    report = _settled(booted, keys)
+    by_name = {w["name"]: w for w in report["workloads"]}
+    assert by_name["signed"]["exit_status"] == 0 and "signed ran" in by_name["signed"]["output"], \
+        (by_name["signed"], _console(booted))
+    for name in ("tampered", "unsigned"):
+        w = by_name[name]
+        assert w["exit_status"] not in (0, None) and f"{name} ran" not in w["output"], w
+        assert "permission denied" in w["output"].lower(), w
+
+
+def test_the_attestation_names_the_refused_container_programs(ima_node):
+    """The kernel measured each container program before appraising it (ima-sig: with the signature it
+    carried), so the quote-backed IMA list names the tampered busybox (its signature does not verify against
+    its content) and the unsigned one."""
+    from obelisk.attest.agent_client import attest_node
+
+    booted, out, keys = ima_node
+    _settled(booted, keys)
+    result = attest_node(_endpoint(booted, keys), manifest=str(out / "manifest.json"), ak=str(booted.ak))
+    failed = {f.id: f for f in result.findings if f.status is Status.FAIL}
+    bad = [f for i, f in failed.items() if i.endswith(".bad-signature")]
+    unsigned = [f for i, f in failed.items() if i.endswith(".unsigned")]
+    assert any(f.target.endswith("/bin/busybox") for f in bad), sorted(failed)
+    assert any(f.target.endswith("/bin/busybox") for f in unsigned), sorted(failed)
+    # the boot chain itself is as predicted: only the container entries fail
+    assert {"attest.boot.pcr4", "attest.boot.pcr7", "attest.boot.pcr11"} <= \
+        {f.id for f in result.findings if f.status is Status.PASS}
