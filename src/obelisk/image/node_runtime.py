@@ -108,6 +108,8 @@ class Runner:
     def __init__(self, workloads: tuple[wl.NodeWorkload, ...], say: Log = _say,
                  state_dir: str = wl.STATE_DIR, log_dir: str = wl.LOG_DIR):
         self.workloads, self.say, self.state_dir, self.log_dir = workloads, say, state_dir, log_dir
+        # one import at a time: concurrent imports of the same blobs collide on containerd's ingest refs
+        self.import_lock = threading.Lock()
 
     def set_state(self, state: wl.State) -> None:
         _write_atomic(wl.state_path(state.name, self.state_dir), wl.serialize_state(state))
@@ -118,7 +120,8 @@ class Runner:
     def supervise(self, w: wl.NodeWorkload) -> None:
         state = wl.State(name=w.name, state="importing")
         self.set_state(state)
-        done = _run(wl.import_argv(w), timeout=600)
+        with self.import_lock:
+            done = _run(wl.import_argv(w), timeout=600)
         if done.returncode != 0:
             error = done.stderr.decode(errors="replace").strip()[-500:]
             self.set_state(wl.State(name=w.name, state="failed", error=f"image import failed: {error}"))
