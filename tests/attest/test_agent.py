@@ -37,7 +37,8 @@ def agent(pki):
     log: list[str] = []
     config = AgentConfig(cert=str(pki["server"].cert), key=str(pki["server"].key), client_ca=str(pki["ca"]),
                          host="127.0.0.1", port=0, image="test-node")
-    services = Services(evidence=_evidence, kernel=lambda: {"release": "test"}, scan=None, image="test-node")
+    services = Services(evidence=_evidence, kernel=lambda: {"release": "test"}, scan=None, image="test-node",
+                        workloads=lambda: {"schema": "obelisk.workloads-report/1", "workloads": [{"name": "web"}]})
     server = make_server(config, services, log=log.append)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -67,6 +68,7 @@ def test_client_of_the_customer_ca_is_served(agent, pki):
     ep = _endpoint(url, pki)
     assert json.loads(ep.get_ok("/v1/health")) == {"image": "test-node", "status": "ok"}
     assert json.loads(ep.get_ok("/v1/kernel")) == {"release": "test"}
+    assert json.loads(ep.get_ok("/v1/workloads"))["workloads"] == [{"name": "web"}]
     assert _logged(log, "[verifier]")
 
 

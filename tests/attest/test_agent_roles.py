@@ -136,6 +136,7 @@ def test_issue_refuses_unknown_roles(pki):
 def test_every_endpoint_today_needs_the_reader_role():
     assert set(roles.ENDPOINT_ROLES.values()) == {roles.READER}
     assert ("GET", "/v1/evidence") in roles.ENDPOINT_ROLES
+    assert roles.ENDPOINT_ROLES[("GET", "/v1/workloads")] == roles.READER  # a workload's output is node data
 
 
 def test_an_operator_endpoint_refuses_a_reader():

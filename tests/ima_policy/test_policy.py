@@ -13,7 +13,7 @@ def _ids(report):
     return {f.id for f in report.findings if f.status is Status.FAIL}
 
 
-@pytest.mark.parametrize("name", ["appraise-rootfs", "measure-only", "appraise-all"])
+@pytest.mark.parametrize("name", ["appraise-rootfs", "appraise-containers", "measure-only", "appraise-all"])
 def test_profiles_render_and_lint_clean(name):
     text = profiles.render(profiles.load(name), fsuuid=UUID)
     report = lint.lint_policy(text.encode(), name)
@@ -136,19 +136,35 @@ def test_cli_render_and_lint(obelisk_cli, tmp_path):
     assert binary.returncode == 2 and "not UTF-8" in binary.stderr
     listing = obelisk_cli("ima", "policy", "profiles", "--format", "json")
     assert {p["name"] for p in __import__("json").loads(listing.stdout)["profiles"]} == {
-        "appraise-rootfs", "measure-only", "appraise-all"}
+        "appraise-rootfs", "appraise-containers", "measure-only", "appraise-all"}
 
 
 ZERO = "00000000-0000-0000-0000-000000000000"
 
 
-@pytest.mark.parametrize("name", ["appraise-rootfs", "appraise-all"])
+@pytest.mark.parametrize("name", ["appraise-rootfs", "appraise-containers", "appraise-all"])
 def test_profiles_safe_with_a_zero_fsuuid(name):
     """A SquashFS root has no UUID (all zeros), like tmpfs, memfd and NFS: the profiles must still
     keep those out of appraisal."""
     text = profiles.render(profiles.load(name), fsuuid=ZERO)
     report = lint.lint_policy(text.encode(), name)
     assert not report.failed, [f.id + " " + f.detail for f in report.findings if f.status is Status.FAIL]
+
+
+def test_appraise_containers_is_appraise_rootfs_plus_overlayfs():
+    """The same rules as appraise-rootfs, except that container layers (overlayfs) are measured and appraised
+    for execution instead of excluded."""
+    rootfs = policy_format.parse(profiles.render(profiles.load("appraise-rootfs"), fsuuid=ZERO))
+    containers = policy_format.parse(profiles.render(profiles.load("appraise-containers"), fsuuid=ZERO))
+    overlay = "0x794c7630"
+    before = [r.text for r in rootfs.rules if r.get("fsmagic") != overlay]
+    after = [r.text for r in containers.rules if r.get("fsmagic") != overlay]
+    assert before == after
+    assert sorted(r.text for r in containers.rules if r.get("fsmagic") == overlay) == sorted([
+        f"measure func=BPRM_CHECK fsmagic={overlay} template=ima-sig",
+        f"appraise func=BPRM_CHECK fsmagic={overlay} appraise_type=imasig",
+        f"measure func=MMAP_CHECK mask=MAY_EXEC fsmagic={overlay} template=ima-sig",
+        f"appraise func=MMAP_CHECK mask=MAY_EXEC fsmagic={overlay} appraise_type=imasig"])
 
 
 def test_zero_fsuuid_scopes_nothing():

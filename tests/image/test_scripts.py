@@ -67,12 +67,12 @@ RENDERINGS: dict[str, tuple[str, Callable[[Path], str], str]] = {
     "init-no-tpm": ("init.sh.j2", lambda tmp: initramfs.render_init(measure=False, var_mode="plain"),
                     "83e2cd9df1632324cf8d0a5dbaa7bbfb330f22a343cb200d24bd9316884d179b"),
     "obelisk-init-example": ("obelisk-init.sh.j2", lambda tmp: build.node_init_script(example_spec(tmp)),
-                             "84ca4c4841d2bfbef142f92dc81c980f095958a2d757fe4aded8bcbf76f2c9e7"),
+                             "91e8a55810cf57ada4b71ae47fdd0880512c4dc01ea0d32a47449ed0b4097def"),
     "obelisk-init-tpm-plain": ("obelisk-init.sh.j2",
                                lambda tmp: build.node_init_script(small_spec(tpm=True, port=8443)),
-                               "0b8c1ac60016933c613b18f9a22acb96ef46282c0475aa6041eff45488a568d9"),
+                               "01c1281fccc20129f7e4cc9a123b2ffb10900bf6478b17919e4b91ca81d6fbbe"),
     "obelisk-init-no-tpm": ("obelisk-init.sh.j2", lambda tmp: build.node_init_script(small_spec(tpm=False, port=9443)),
-                            "a4bcdb1c6daa3e4d7b8f203a0ac5ddc8d3d7dac616ee987dadf272a9e5b46bf9"),
+                            "752f27761d5a11be19aab8e00fd654c8cd1c16f1875366345ac88a47bb12381a"),
     "tpm-send": ("tpm-send.sh.j2", lambda tmp: measure.shell_send(),
                  "d0fd551961af1197f330d9223a99ff5bb427e858f781a13187c7ed1a8b745383"),
     "tpm-functions": ("tpm-extend.sh.j2", lambda tmp: measure.shell_functions(),
@@ -181,7 +181,7 @@ def test_the_checks_catch_a_broken_script(tmp_path):
 def test_values_must_be_plain_shell_tokens(value):
     with pytest.raises(ValueError, match="not a plain shell token"):
         scripts.render("obelisk-init.sh.j2", measure="yes", var_mode="plain", port=value,
-                       boot_complete="/usr/lib/obelisk/boot-complete.tpm2", boot_complete_digest="00")
+                       boot_complete="/usr/lib/obelisk/boot-complete.tpm2", boot_complete_digest="00", runtime="no")
 
 
 def test_a_missing_value_is_an_error():
@@ -189,7 +189,7 @@ def test_a_missing_value_is_an_error():
 
     with pytest.raises(jinja2.UndefinedError, match="port"):
         scripts.render("obelisk-init.sh.j2", measure="yes", var_mode="plain",
-                       boot_complete="/usr/lib/obelisk/boot-complete.tpm2", boot_complete_digest="00")
+                       boot_complete="/usr/lib/obelisk/boot-complete.tpm2", boot_complete_digest="00", runtime="no")
 
 
 def test_the_boot_phase_log_lines_are_the_phases_extended():

@@ -12,6 +12,8 @@ Idle, slow and numerous connections are bounded by `Limits` (docs/attest.md).
                                    A nonce is served once: a replay gets 409.
     GET /v1/kernel                 kernel facts
     GET /v1/scan                   CIS/STIG scan of the node's own filesystem (obelisk.report/1)
+    GET /v1/workloads              the container runtime's facts and each workload the image declares:
+                                   state, exit status, OOM kills, the tail of its output (image/workloads.py)
 
 Run on the node as `python3 -m obelisk.cli.node_agent --config /run/obelisk/config/agent.json`.
 """
@@ -148,6 +150,12 @@ def default_scan(config: AgentConfig) -> Callable[[], str] | None:
     return scan
 
 
+def default_workloads() -> dict[str, Any]:
+    from obelisk.image import workloads
+
+    return workloads.report()
+
+
 @dataclass
 class Services:
     """What the agent can answer with; injected so each piece can be tested on its own."""
@@ -156,6 +164,7 @@ class Services:
     kernel: Callable[[], dict[str, str]]
     scan: Callable[[], str] | None
     image: str = ""
+    workloads: Callable[[], dict[str, Any]] | None = None
 
 
 def server_context(config: AgentConfig) -> ssl.SSLContext:
@@ -420,8 +429,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, services.kernel())
             elif url.path == "/v1/scan" and services.scan is not None:
                 self._send(200, services.scan())
+            elif url.path == "/v1/workloads" and services.workloads is not None:
+                self._send(200, services.workloads())
             else:
-                self._error(404, "no such endpoint (GET /v1/health, /v1/evidence?nonce=HEX, /v1/kernel, /v1/scan)")
+                self._error(404, "no such endpoint (GET /v1/health, /v1/evidence?nonce=HEX, /v1/kernel, /v1/scan, "
+                            "/v1/workloads)")
         except OSError:
             raise  # the connection, not the collector: handle() logs it
         except Exception as exc:  # one failing collector must not take the agent down
@@ -553,7 +565,7 @@ class AgentServer(ThreadingHTTPServer):
 def make_server(config: AgentConfig, services: Services | None = None,
                 log: Callable[[str], None] | None = None, limits: Limits = Limits()) -> AgentServer:
     services = services or Services(evidence=default_evidence(config), kernel=default_kernel,
-                                    scan=default_scan(config), image=config.image)
+                                    scan=default_scan(config), image=config.image, workloads=default_workloads)
     return AgentServer((config.host, config.port), server_context(config), services, log, limits)
 
 

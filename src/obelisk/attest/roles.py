@@ -3,7 +3,7 @@
 A client certificate must chain to the customer CA (checked by OpenSSL during the handshake) and
 carry the `clientAuth` EKU; its roles are obelisk's role EKUs next to it (`signer/usage.py`):
 
-    reader    the evidence reader: health, evidence, kernel facts, scan
+    reader    the evidence reader: health, evidence, kernel facts, scan, workloads
     operator  changes a node (issue 13's upgrade API); does NOT imply reader
 
 The roles are independent on purpose: a verifier's key must never upgrade a node, and an upgrade
@@ -29,6 +29,7 @@ ENDPOINT_ROLES: Mapping[tuple[str, str], str] = {
     ("GET", "/v1/evidence"): READER,
     ("GET", "/v1/kernel"): READER,
     ("GET", "/v1/scan"): READER,
+    ("GET", "/v1/workloads"): READER,
 }
 
 

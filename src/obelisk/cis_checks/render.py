@@ -51,6 +51,8 @@ PATHS = {
     "containerd_config": "/etc/containerd/config.toml",
 }
 PKI = "/etc/kubernetes/pki"
+CONTAINERD_CONFIG_MODE = 0o600  # obelisk-runtime.6
+DEFAULT_RUNTIME_ENDPOINT = "unix:///run/containerd/containerd.sock"
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,11 @@ def render_context(role: str, kubernetes_version: str, *, registry: str = "regis
                    etcd_uid: int = 990, pod_security_level: str = "restricted",
                    service_cidr: str = "10.96.0.0/12", cluster_dns: str = "10.96.0.10",
                    cluster_domain: str = "cluster.local",
-                   container_runtime_endpoint: str = "unix:///run/containerd/containerd.sock",
+                   container_runtime_endpoint: str = DEFAULT_RUNTIME_ENDPOINT,
                    cgroup_driver: str = "systemd") -> dict[str, Any]:
     if role not in ROLES:
         raise InputError(f"--role: {role!r} is not one of {', '.join(ROLES)}")
-    if cgroup_driver not in ("systemd", "cgroupfs"):
-        raise InputError(f"cgroup driver must be systemd or cgroupfs, not {cgroup_driver!r}")
+    _check_cgroup_driver(cgroup_driver)
     if pod_security_level not in ("restricted", "baseline"):
         raise InputError("pod security level must be restricted or baseline (STIG V-254800)")
     major, minor, patch = parse_version(kubernetes_version)
@@ -136,7 +137,8 @@ _FILES = [
     ("sysctl-kubelet.conf.j2", "/usr/lib/sysctl.d/90-obelisk-kubelet.conf", 0o644, "root", "STIG V-242434"),
     ("tmpfiles-kubernetes.conf.j2", "/usr/lib/tmpfiles.d/obelisk-kubernetes.conf", 0o644, "root",
      "state directories on an empty /var: CIS 1.1.11/1.1.12, STIG V-242445"),
-    ("containerd-config.toml.j2", PATHS["containerd_config"], 0o600, "root", "obelisk-runtime.6-.13"),
+    ("containerd-config.toml.j2", PATHS["containerd_config"], CONTAINERD_CONFIG_MODE, "root",
+     "obelisk-runtime.6-.13"),
 ]
 _CONTROL_PLANE_FILES = [
     ("kube-apiserver.yaml.j2", f"{PATHS['manifests']}/kube-apiserver.yaml", 0o600, "root",
@@ -190,6 +192,19 @@ def render_files(role: str = "control-plane", kubernetes_version: str = "1.31",
         data = env.get_template(template).render(c=ctx).encode("utf-8")
         out.append(FileContent(path.lstrip("/"), data, mode, uids[owner], uids[owner], why))
     return tuple(sorted(out, key=lambda f: f.path))
+
+
+def _check_cgroup_driver(cgroup_driver: str) -> None:
+    if cgroup_driver not in ("systemd", "cgroupfs"):
+        raise InputError(f"cgroup driver must be systemd or cgroupfs, not {cgroup_driver!r}")
+
+
+def render_containerd_config(cgroup_driver: str = "cgroupfs", role: str = "container runtime only") -> bytes:
+    """containerd's configuration alone (a node that runs containers without a Kubernetes role); the
+    same template `render_files` renders beside the kubelet's configuration (mode CONTAINERD_CONFIG_MODE)."""
+    _check_cgroup_driver(cgroup_driver)
+    ctx = {"role": role, "cgroup_driver": cgroup_driver, "container_runtime_endpoint": DEFAULT_RUNTIME_ENDPOINT}
+    return _environment().get_template("containerd-config.toml.j2").render(c=ctx).encode("utf-8")
 
 
 def render_directories(role: str = "control-plane", etcd_uid: int = 990) -> tuple[RenderedFile, ...]:

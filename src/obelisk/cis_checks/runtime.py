@@ -18,6 +18,7 @@ An image or a directory has no kernel facts and no containers: checks of those a
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import tomllib
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from obelisk.cis_checks.node import NodeView
 
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+APPARMOR_PROFILE = "cri-containerd.apparmor.d"  # containerd's default AppArmor profile for containers
+RUNTIME_STATE = "/run/obelisk/runtime.json"  # the obelisk node's runtime runner's word (image/node_runtime.py)
 CONTAINERD_BINARIES = ("/usr/bin/containerd", "/usr/local/bin/containerd", "/usr/sbin/containerd")
 SHIM_PREFIX = "containerd-shim"
 MAX_PROCESSES = 65536  # a /proc with more entries than this is not read further (bounded work)
@@ -151,48 +154,7 @@ class RuntimeView:
 
     # ---------------------------------------------------------------- kernel facts
     def fact(self, name: str) -> Fact:
-        if name not in FACTS:
-            raise ValueError(f"unknown runtime fact {name!r}")
-        return getattr(self, f"_{name}")()
-
-    def _read(self, base: Path | None, rel: str) -> str | None:
-        if base is None:
-            return None
-        try:
-            with open(base / rel, "rb") as f:
-                return f.read(64 * 1024).decode("utf-8", errors="replace").strip()
-        except OSError:
-            return None
-
-    def _cgroup_version(self) -> Fact:
-        mounts = self._read(self.node.proc, "mounts")
-        if mounts is None:
-            return Fact(None, "/proc/mounts", "not readable")
-        unified = legacy = False
-        for line in mounts.splitlines():
-            fields = line.split()
-            if len(fields) >= 3 and fields[2] == "cgroup2" and fields[1] == "/sys/fs/cgroup":
-                unified = True
-            elif len(fields) >= 3 and fields[2] == "cgroup":
-                legacy = True
-        value = "hybrid" if unified and legacy else "2" if unified else "1" if legacy else None
-        return Fact(value, "/proc/mounts", "" if value else "no cgroup file system is mounted")
-
-    def _cgroup_controllers(self) -> Fact:
-        text = self._read(self.sys, "fs/cgroup/cgroup.controllers")
-        return Fact(",".join(text.split()) if text is not None else None, "/sys/fs/cgroup/cgroup.controllers")
-
-    def _lsm(self) -> Fact:
-        return Fact(self._read(self.sys, "kernel/security/lsm"), "/sys/kernel/security/lsm")
-
-    def _apparmor_enabled(self) -> Fact:
-        text = self._read(self.sys, "module/apparmor/parameters/enabled")
-        value = None if text is None else "true" if text == "Y" else "false"
-        return Fact(value, "/sys/module/apparmor/parameters/enabled")
-
-    def _seccomp_actions(self) -> Fact:
-        text = self._read(self.node.proc, "sys/kernel/seccomp/actions_avail")
-        return Fact(",".join(text.split()) if text is not None else None, "/proc/sys/kernel/seccomp/actions_avail")
+        return KernelFacts(self.node.proc, self.sys).fact(name)
 
     # ---------------------------------------------------------------- running containers
     @functools.cached_property
@@ -208,7 +170,7 @@ class RuntimeView:
         comm: dict[int, str] = {}
         parent: dict[int, int] = {}
         for pid in pids:
-            stat = self._read(proc, f"{pid}/stat")
+            stat = _read(proc, f"{pid}/stat")
             if stat is None or ")" not in stat:
                 continue
             name = stat[stat.find("(") + 1:stat.rfind(")")]
@@ -219,12 +181,12 @@ class RuntimeView:
         for pid in sorted(comm):
             if comm[pid].startswith(SHIM_PREFIX) or not comm.get(parent[pid], "").startswith(SHIM_PREFIX):
                 continue
-            status = self._read(proc, f"{pid}/status") or ""
+            status = _read(proc, f"{pid}/status") or ""
             seccomp = next((line.split(":", 1)[1].strip() for line in status.splitlines()
                             if line.startswith("Seccomp:")), "")
-            label = self._read(proc, f"{pid}/attr/apparmor/current")
+            label = _read(proc, f"{pid}/attr/apparmor/current")
             if label is None:
-                label = self._read(proc, f"{pid}/attr/current") or ""
+                label = _read(proc, f"{pid}/attr/current") or ""
             out.append(Container(pid, comm[pid], seccomp, label.rstrip("\0").strip()))
         return tuple(out)
 
@@ -238,3 +200,104 @@ def containerd_binary(node: NodeView) -> str | None:
         except OSError:
             continue
     return None
+
+
+class KernelFacts:
+    """The kernel's cgroup, LSM and seccomp facts, read from a node's /proc and /sys."""
+
+    def __init__(self, proc: Path | None, sys: Path | None):
+        self.proc, self.sys = proc, sys
+
+    def fact(self, name: str) -> Fact:
+        if name not in FACTS:
+            raise ValueError(f"unknown runtime fact {name!r}")
+        return getattr(self, f"_{name}")()
+
+    def apparmor_profile(self, name: str) -> str:
+        """`NAME (mode)` as the kernel lists a loaded AppArmor profile, or ""."""
+        profiles = _read(self.sys, "kernel/security/apparmor/profiles", 1 << 20) or ""
+        return next((line.strip() for line in profiles.splitlines() if line.split(" (")[0] == name), "")
+
+    def _cgroup_version(self) -> Fact:
+        mounts = _read(self.proc, "mounts", 1 << 20)
+        if mounts is None:
+            return Fact(None, "/proc/mounts", "not readable")
+        unified = legacy = False
+        for line in mounts.splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and fields[2] == "cgroup2" and fields[1] == "/sys/fs/cgroup":
+                unified = True
+            elif len(fields) >= 3 and fields[2] == "cgroup":
+                legacy = True
+        value = "hybrid" if unified and legacy else "2" if unified else "1" if legacy else None
+        return Fact(value, "/proc/mounts", "" if value else "no cgroup file system is mounted")
+
+    def _cgroup_controllers(self) -> Fact:
+        text = _read(self.sys, "fs/cgroup/cgroup.controllers")
+        return Fact(",".join(text.split()) if text is not None else None, "/sys/fs/cgroup/cgroup.controllers")
+
+    def _lsm(self) -> Fact:
+        return Fact(_read(self.sys, "kernel/security/lsm"), "/sys/kernel/security/lsm")
+
+    def _apparmor_enabled(self) -> Fact:
+        text = _read(self.sys, "module/apparmor/parameters/enabled")
+        value = None if text is None else "true" if text == "Y" else "false"
+        return Fact(value, "/sys/module/apparmor/parameters/enabled")
+
+    def _seccomp_actions(self) -> Fact:
+        text = _read(self.proc, "sys/kernel/seccomp/actions_avail")
+        return Fact(",".join(text.split()) if text is not None else None, "/proc/sys/kernel/seccomp/actions_avail")
+
+
+def _read(base: Path | None, rel: str, limit: int = 64 * 1024) -> str | None:
+    """A small file below `base` as stripped text, or None (no base, absent, unreadable)."""
+    if base is None:
+        return None
+    try:
+        with open(base / rel, "rb") as f:
+            return f.read(limit).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class RuntimeFacts:
+    """What a node's kernel and runtime runner say about confinement: what `GET /v1/workloads` shows
+    (the scan judges the same facts through the obelisk-runtime checks)."""
+
+    cgroup_version: str  # "2", "1", "hybrid" or "none"
+    cgroup_controllers: tuple[str, ...]
+    lsm: str  # /sys/kernel/security/lsm
+    apparmor_enabled: bool
+    apparmor_profile: str  # containerd's default profile as the kernel lists it ("NAME (enforce)"), or ""
+    seccomp_actions: tuple[str, ...]
+    seccomp_filter: bool  # the kernel filters syscalls (errno among the seccomp actions)
+    containerd: str  # the node runner's word: "running", "starting", "failed: ...", or "" (not started)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cgroup_version": self.cgroup_version, "cgroup_controllers": list(self.cgroup_controllers),
+                "lsm": self.lsm, "apparmor_enabled": self.apparmor_enabled,
+                "apparmor_profile": self.apparmor_profile, "seccomp_actions": list(self.seccomp_actions),
+                "seccomp_filter": self.seccomp_filter, "containerd": self.containerd}
+
+
+def runtime_facts(root: str = "/") -> RuntimeFacts:
+    """The facts of the node whose root is `root` (its /proc, /sys and the runner's state file)."""
+    base = Path(root)
+    kernel = KernelFacts(base / "proc", base / "sys")
+
+    def items(name: str) -> tuple[str, ...]:
+        value = kernel.fact(name).value
+        return tuple(value.split(",")) if value else ()
+
+    state = _read(base, RUNTIME_STATE.lstrip("/"))
+    try:
+        containerd = str(json.loads(state).get("containerd", "")) if state else ""
+    except (ValueError, AttributeError):
+        containerd = "unreadable"
+    actions = items("seccomp_actions")
+    return RuntimeFacts(cgroup_version=kernel.fact("cgroup_version").value or "none",
+                        cgroup_controllers=items("cgroup_controllers"), lsm=kernel.fact("lsm").value or "",
+                        apparmor_enabled=kernel.fact("apparmor_enabled").value == "true",
+                        apparmor_profile=kernel.apparmor_profile(APPARMOR_PROFILE), seccomp_actions=actions,
+                        seccomp_filter="errno" in actions, containerd=containerd)

@@ -1,4 +1,5 @@
-"""The node's boot-time entry point, run by /sbin/obelisk-init: `python3 -m obelisk.cli.node_init unlock-var`."""
+"""The node's boot-time entry points, run by /sbin/obelisk-init: `python3 -m obelisk.cli.node_init unlock-var`,
+and with `runtime.enabled` `python3 -m obelisk.cli.node_init runtime` (containerd and the spec's workloads)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     unlock.add_argument("--fleet-wait", type=float, default=900, metavar="SECONDS",
                         help="disk.unlock fleet: how long to wait for the service's key (approval, network)")
     unlock.add_argument("--fleet-retry", type=float, default=10, metavar="SECONDS")
+    sub.add_parser("runtime", help="mount cgroup v2, start containerd and the image's workloads (runs until the "
+                                   "node stops)")
     args = parser.parse_args(argv)
+    if args.command == "runtime":
+        from obelisk.image import node_runtime
+
+        return node_runtime.main()
     from obelisk.core.errors import ObeliskError
     from obelisk.disk.unlock import unlock_or_tmpfs
 

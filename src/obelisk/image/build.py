@@ -367,6 +367,10 @@ def preflight(spec: Spec) -> Plan:
             tools.which(tool)
     waived = _cmdline_inputs(spec)
     k8s_files, k8s_modes = _render_kubernetes(spec)
+    if spec.runtime.enabled and spec.kubernetes.role == "none":  # runtime_files adds containerd's config alone
+        from obelisk.cis_checks.render import CONTAINERD_CONFIG_MODE, PATHS
+
+        k8s_modes += (Permission(glob=PATHS["containerd_config"].lstrip("/"), mode=CONTAINERD_CONFIG_MODE),)
     fleet_files(spec)  # fleet.ca readable and a certificate, before any work
     return Plan(spec=spec, keys=keys, busybox=Path(tools.which("busybox")), ima_policy=_render_policy(spec),
                 kubernetes_files=k8s_files, kubernetes_modes=k8s_modes, policy_signer=policy_signer,
@@ -425,6 +429,27 @@ def node_files(plan: Plan) -> list[rootfs.ExtraFile]:
     files.extend(fleet_files(spec))
     files.append(rootfs.ExtraFile("opt/kubernetes/README", KUBERNETES_README.encode()))
     files.extend(plan.kubernetes_files)
+    files.extend(runtime_files(spec))
+    return files
+
+
+def runtime_files(spec: Spec) -> list[rootfs.ExtraFile]:
+    """With runtime.enabled: containerd's configuration, the workloads' list and each one's OCI archive."""
+    if not spec.runtime.enabled:
+        return []
+    from obelisk.cis_checks.render import CONTAINERD_CONFIG_MODE, render_containerd_config
+    from obelisk.image import workloads
+
+    files = [rootfs.ExtraFile(workloads.NODE_FILE, workloads.node_file(spec.runtime.workloads))]
+    if spec.kubernetes.role == "none":  # else the Kubernetes configuration carries it (the same template)
+        files.append(rootfs.ExtraFile(workloads.CONTAINERD_CONFIG.lstrip("/"),
+                                      render_containerd_config(cgroup_driver="cgroupfs"), CONTAINERD_CONFIG_MODE))
+    for i, w in enumerate(spec.runtime.workloads):
+        try:
+            archive = workloads.pack_archive(os.path.join(spec.base_dir, w.image), w.name, spec.source_date_epoch)
+        except InputError as exc:
+            raise SpecError(spec.source, f"runtime.workloads[{i}].image", str(exc)) from None
+        files.append(rootfs.ExtraFile(f"{workloads.ARCHIVE_DIR}/{w.name}.tar", archive))
     return files
 
 
@@ -459,7 +484,8 @@ def node_init_script(spec: Spec) -> str:
     """/sbin/obelisk-init, from templates/obelisk-init.sh.j2."""
     return scripts.render("obelisk-init.sh.j2", measure="yes" if spec.tpm.enabled else "no", var_mode=var_mode(spec),
                           port=spec.agent.port, boot_complete="/" + BOOT_COMPLETE_COMMAND,
-                          boot_complete_digest=measure.phase_digest("sysinit").hex())
+                          boot_complete_digest=measure.phase_digest("sysinit").hex(),
+                          runtime="yes" if spec.runtime.enabled else "no")
 
 
 KUBERNETES_README = """Kubernetes binaries are not part of Debian 12's archive and are not in this image.
@@ -495,6 +521,8 @@ def step_compose(plan: Plan, base: Path, cache: StepCache) -> tuple[Path, bool]:
         rootfs.check_no_login(root)
         if spec.disk.encryption:
             rootfs.check_encryption_tools(root)
+        if spec.runtime.enabled:
+            rootfs.check_runtime_tools(root)
         # obelisk's declared modes first (Kubernetes configuration), the spec's last: the user decides.
         rootfs.normalize_modes(root, plan.kubernetes_modes + spec.rootfs.permissions)
 

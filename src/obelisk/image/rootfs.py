@@ -122,6 +122,21 @@ def check_encryption_tools(root: Path) -> None:
                          "the node needs to unseal /var's key", source="rootfs")
 
 
+# What runtime.enabled runs on the node (image/node_runtime.py), as paths in the rootfs.
+RUNTIME_TOOLS = (("containerd", ("usr/bin/containerd",)), ("ctr", ("usr/bin/ctr",)),
+                 ("containerd-shim-runc-v2", ("usr/bin/containerd-shim-runc-v2",)),
+                 ("runc", ("usr/sbin/runc", "usr/bin/runc")), ("apparmor_parser", ("usr/sbin/apparmor_parser",
+                                                                              "sbin/apparmor_parser")),
+                 ("python3", ("usr/bin/python3",)))
+
+
+def check_runtime_tools(root: Path) -> None:
+    for name, paths in RUNTIME_TOOLS:
+        if not any(os.path.lexists(root / p) for p in paths):
+            raise InputError(f"runtime.enabled: the rootfs has no {name}, which the node needs to run containers",
+                             source="rootfs")
+
+
 @dataclass(frozen=True)
 class ExtraFile:
     """A file obelisk adds to the rootfs (policy, certificates, agent, Kubernetes configuration)."""

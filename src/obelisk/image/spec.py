@@ -22,14 +22,17 @@ from obelisk.core.errors import InputError
 from obelisk.core.yamlsafe import load_yaml_file
 from obelisk.image.fleet_node import FLEET_URL
 
-IMA_POLICIES = ("appraise-rootfs", "appraise-all", "measure-only", "custom", "none")
-APPRAISING = ("appraise-rootfs", "appraise-all")
+IMA_POLICIES = ("appraise-rootfs", "appraise-containers", "appraise-all", "measure-only", "custom", "none")
+APPRAISING = ("appraise-rootfs", "appraise-containers", "appraise-all")
 ROOTFS_BASES = ("busybox", "debian", "directory", "tarball")
 K8S_ROLES = ("none", "worker", "control-plane")
 HASHES = ("sha256", "sha384", "sha512")
 UNLOCK_MODES = ("tpm", "fleet", "tpm+fleet")  # where /var's key comes from (disk/unlock.py)
 # What the node runs to unlock an encrypted /var (image/node_init.py): TPM library, cryptsetup, mke2fs.
 ENCRYPTION_PACKAGES = ("python3-tpm2-pytss", "cryptsetup-bin", "e2fsprogs")
+# What runtime.enabled starts on the node (image/node_runtime.py): containerd 1.6 (ctr, the runc v2 shim), runc,
+# apparmor_parser for the containers' AppArmor profile, the CNI plugins and iptables for kubelet's pod networks.
+RUNTIME_PACKAGES = ("containerd", "runc", "apparmor", "containernetworking-plugins", "iptables")
 
 
 class SpecError(InputError):
@@ -143,6 +146,87 @@ def _permissions(v: Any) -> tuple[Permission, ...]:
     return tuple(out)
 
 
+_WORKLOAD_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_MEMORY = re.compile(r"([0-9]{1,15})(Ki|Mi|Gi)?")
+_MEMORY_UNITS = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+MIN_WORKLOAD_MEMORY = 4 << 20  # below this the runtime itself (runc's init) cannot start
+WORKLOAD_CHOICES = {"seccomp": ("default", "unconfined"), "apparmor": ("default", "unconfined"),
+                    "restart": ("never", "always")}
+
+
+def memory_bytes(v: Any) -> int:
+    """A memory size: bytes, or a number with Ki, Mi or Gi (Kubernetes' binary suffixes)."""
+    text = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    match = _MEMORY.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"expected a size such as 64Mi, got {_show(v)}")
+    return int(match.group(1)) * _MEMORY_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A container the node's init starts from an OCI image layout shipped in the image (runtime.workloads)."""
+
+    name: str
+    image: str  # the OCI image layout directory as written in the spec (relative to the spec's directory)
+    memory_limit: int  # bytes: the container's cgroup memory.max
+    command: tuple[str, ...] = ()  # empty: the image's own entrypoint and command
+    seccomp: str = "default"  # default: the runtime's default profile; unconfined: none
+    apparmor: str = "default"  # default: the runtime's default profile; unconfined: none
+    host_network: bool = False  # false: its own network namespace (loopback only)
+    restart: str = "never"  # always: started again when it exits
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "image": self.image, "memory_limit": self.memory_limit,
+                "command": list(self.command), "seccomp": self.seccomp, "apparmor": self.apparmor,
+                "host_network": self.host_network, "restart": self.restart}
+
+
+def _workload(item: Any) -> Workload:
+    if not isinstance(item, dict):
+        raise ValueError("expected a mapping")
+    known = [f.name for f in dataclasses.fields(Workload)]
+    unknown = sorted(set(map(str, item)) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(known)})")
+    for key in ("name", "image", "memory_limit"):
+        if key not in item:
+            raise ValueError(f"needs {key}")
+    name = _str(item["name"])
+    if not _WORKLOAD_NAME.fullmatch(name):
+        raise ValueError(f"name: {_show(name)}: lowercase letters, digits and '-' only (at most 63)")
+    memory = memory_bytes(item["memory_limit"])
+    if memory < MIN_WORKLOAD_MEMORY:
+        raise ValueError(f"memory_limit: {memory} bytes, less than the {MIN_WORKLOAD_MEMORY} a container needs")
+    choices = {}
+    for key, allowed in WORKLOAD_CHOICES.items():
+        value = _str(item.get(key, allowed[0]))
+        if value not in allowed:
+            raise ValueError(f"{key}: {_show(value)} is not one of {', '.join(allowed)}")
+        choices[key] = value
+    command = item.get("command", [])
+    if not isinstance(command, list):
+        raise ValueError("command: expected a list of strings")
+    return Workload(name=name, image=_str(item["image"]), memory_limit=memory,
+                    command=tuple(_str(c) for c in command),
+                    host_network=_bool(item.get("host_network", False)), **choices)
+
+
+def _workloads(v: Any) -> tuple[Workload, ...]:
+    if not isinstance(v, list):
+        raise ValueError("expected a list of workloads")
+    out: list[Workload] = []
+    for i, item in enumerate(v):
+        try:
+            workload = _workload(item)
+        except ValueError as exc:
+            raise ValueError(f"[{i}]: {exc}") from None
+        if any(w.name == workload.name for w in out):
+            raise ValueError(f"[{i}]: name {workload.name!r} used twice")
+        out.append(workload)
+    return tuple(out)
+
+
 def _key_ref(v: Any) -> str:
     return _str(v)
 
@@ -157,6 +241,8 @@ FILE = Kind("file", _str, is_path=True)
 FILES = Kind("list of files", _str_list, is_path=True)
 KEY = Kind("file or PKCS#11 URI", _key_ref, is_path=True)
 PERMISSIONS = Kind("list of {path, mode, uid, gid}", _permissions)
+WORKLOADS = Kind("list of {name, image, memory_limit, command, seccomp, apparmor, host_network, restart}",
+                 _workloads)
 
 
 @dataclass(frozen=True)
@@ -301,6 +387,18 @@ SETTINGS: tuple[Setting, ...] = (
                  "floor to the image's index (never lowers it), locking older images out of /var."),
     Setting("agent", "port", INT, 8443, minimum=1, maximum=65535,
                help="TCP port of the node agent (HTTPS, mutual TLS)."),
+    Setting("runtime", "enabled", BOOL, False,
+            help="A container runtime on the node: containerd (its configuration rendered by obelisk, state on "
+                 "/var) and runc, started by the node's init with cgroup v2 and AppArmor; kubelet stays yours "
+                 "(/opt/kubernetes/bin). Needs rootfs.base debian with " + ", ".join(RUNTIME_PACKAGES) + "."),
+    Setting("runtime", "workloads", WORKLOADS, (),
+            help="Containers the node's init starts at every boot, like static pods: `name` (lowercase, "
+                 "digits, '-'), `image` (an OCI image layout directory beside the spec: the image's first "
+                 "linux/amd64 manifest is packed into the signed root), `memory_limit` (required: bytes or "
+                 "Ki/Mi/Gi; the container's cgroup v2 memory.max, OOM-killed above it), `command` (default: "
+                 "the image's), `seccomp` and `apparmor` (`default`: the runtime's default profile; "
+                 "`unconfined`), `host_network` (default false: a network namespace of its own), `restart` "
+                 "(`never` or `always`). The agent reports each one at GET /v1/workloads."),
     Setting("fleet", "url", STR,
             help="The fleet service (`obelisk fleet serve`) the node registers with at boot and attests to every "
                  "fleet.interval seconds, connecting out only (https://HOST:PORT). The join token is a secret and "
@@ -345,6 +443,7 @@ class Spec:
     secure_boot: Any = None
     fleet: Any = None
     upgrade: Any = None
+    runtime: Any = None
     source: str = ""  # the spec file it came from
     base_dir: str = ""  # relative paths were resolved against this
 
@@ -452,6 +551,13 @@ RULES: tuple[Rule, ...] = (
          lambda s: s.secure_boot.enabled and not s.signing.ca),
     Rule("secure_boot.db_key", "only used with secure_boot.enabled: true",
          lambda s: not s.secure_boot.enabled and bool(s.secure_boot.db_key)),
+    Rule("runtime.enabled", "the container runtime comes from Debian's archive: needs rootfs.base debian",
+         lambda s: s.runtime.enabled and s.rootfs.base != "debian"),
+    Rule("rootfs.packages", "runtime.enabled needs " + ", ".join(RUNTIME_PACKAGES) + " in the node's userland",
+         lambda s: s.runtime.enabled and s.rootfs.base == "debian"
+         and not set(RUNTIME_PACKAGES) <= set(s.rootfs.packages)),
+    Rule("runtime.workloads", "workloads need the container runtime: set runtime.enabled: true",
+         lambda s: bool(s.runtime.workloads) and not s.runtime.enabled),
     Rule("agent.port", "must be 1-65535", lambda s: not 0 < s.agent.port < 65536),
     Rule("disk.size_mib", "must be at least 32 (LUKS2 header and a filesystem)", lambda s: s.disk.size_mib < 32),
     Rule("kubernetes.version", "expected MAJOR.MINOR such as 1.31",
@@ -540,6 +646,12 @@ def parse_spec(data: Any, source: str, base_dir: str | os.PathLike[str]) -> Spec
             value = tuple(_existing(source, s.key, base, v, s.max_bytes) for v in value)
         elif s.kind.is_path and not (s.kind is KEY and value.startswith("pkcs11:")):
             value = _existing(source, s.key, base, value, s.max_bytes)
+        elif s.kind is WORKLOADS:
+            for i, w in enumerate(value):
+                image = _existing(source, f"{s.key}[{i}].image", base, w.image)
+                if not os.path.isfile(os.path.join(image, "oci-layout")):
+                    raise SpecError(source, f"{s.key}[{i}].image", f"{w.image}: not an OCI image layout "
+                                    "(no oci-layout file)")
         resolved[s.key] = value
 
     if resolved["source_date_epoch"] is None:
