@@ -16,7 +16,7 @@ def test_defaults_then_spec_words_then_what_ima_needs():
     line = kernel_cmdline(_spec(kernel={"cmdline": ["console=ttyS0", "quiet"]}, ima={"policy": "measure-only"}))
     words = line.split()
     assert words[-4:] == ["console=ttyS0", "quiet", "ima_hash=sha256", "ima_template=ima-sig"]
-    for word in ("initramfs_async=0", "obelisk.root=/dev/dm-0", "obelisk.var=PARTLABEL=var",
+    for word in ("initramfs_async=0", "obelisk.root=slot", "obelisk.var=PARTLABEL=var",
                  "obelisk.config=/dev/vdb", "obelisk.image=n1", "ip=dhcp", "ima_template=ima-sig", "ima_hash=sha256",
                  "panic=-1"):
         assert word in words
@@ -26,7 +26,7 @@ def test_the_verity_root_words_come_before_the_root_device():
     """dm-mod.create= makes /dev/dm-0, which obelisk.root= names; the spec's words still come later."""
     root = ('dm-mod.create="root,,,ro,0 8 verity 1 PARTUUID=a PARTUUID=b 4096 4096 1 1 sha256 00 11"',)
     words = kernel_cmdline(_spec(kernel={"cmdline": ["quiet"]}, ima={"policy": "none"}), root).split(" ")
-    assert words.index(root[0].split(" ")[0]) < words.index("obelisk.root=/dev/dm-0") < words.index("quiet")
+    assert words.index(root[0].split(" ")[0]) < words.index("obelisk.root=slot") < words.index("quiet")
     assert " ".join(words).count("dm-mod.create=") == 1
 
 
