@@ -141,29 +141,14 @@ def spec_upgrade(m: manifest.Manifest) -> dict[str, Any]:
     return section if isinstance(section, dict) else {}
 
 
-class DiskView:
-    """A block device (or disk image) read as `parse_gpt` reads bytes: by length and slices."""
-
-    def __init__(self, path: str):
-        self.path = path
-        with open(path, "rb") as disk:
-            self.size = disk.seek(0, os.SEEK_END)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, key: slice | int) -> Any:
-        with open(self.path, "rb") as disk:
-            if isinstance(key, int):
-                disk.seek(key)
-                return disk.read(1)[0]
-            start = key.start or 0
-            disk.seek(start)
-            return disk.read((key.stop if key.stop is not None else self.size) - start)
-
-
 def read_table(disk: str) -> disk_image.GptTable:
-    return disk_image.parse_gpt(DiskView(disk), disk)
+    """The node disk's GPT (a block device or a disk image; mapped read-only, only the table is read)."""
+    import mmap
+
+    with open(disk, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        with mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_READ) as view:
+            return disk_image.parse_gpt(view, disk)
 
 
 # ---- the endpoint ------------------------------------------------------------------------------
@@ -350,7 +335,8 @@ def commit_when_up(node: Node, serving: Callable[[], bool], log: Callable[[str],
 
 # ---- the agent's side --------------------------------------------------------------------------
 
-UPGRADE_DEADLINE = 3600.0  # seconds a whole upgrade request may take (the image crosses the network)
+UPGRADE_DEADLINE = 3600.0
+_DRAIN = 1 << 20  # seconds a whole upgrade request may take (the image crosses the network)
 
 
 @dataclass
@@ -371,12 +357,19 @@ class Endpoint:
             handler._error(411, "the upgrade stream needs a Content-Length")
             return
         handler.server.deadlines.arm(handler.connection, UPGRADE_DEADLINE)
+        body = _Limited(handler.rfile, int(text))
         try:
-            result = upgrade(handler.rfile, int(text), node=self.node, ca=self.ca, image=self.image,
-                             log=handler.server.log)
+            result = upgrade(body, body.left, node=self.node, ca=self.ca, image=self.image, log=handler.server.log)
         except Refused as exc:
             handler.server.log(f"upgrade refused ({exc.written} bytes written to the inactive slot): {exc}")
             handler._note = str(exc)
+            # read (and drop) what the caller is still sending, so that it reads this answer instead of a
+            # reset; bounded by its Content-Length and the request's deadline
+            try:
+                while body.read(_DRAIN):
+                    pass
+            except OSError:
+                return
             handler._send(exc.code, {"error": str(exc), "bytes_written": exc.written})
             return
         handler._send(200, result.to_json())

@@ -164,6 +164,17 @@ def upgrade_node(endpoint: agent_client.AgentEndpoint, out: Path, *, wait: float
                  progress: Callable[[int], None] = lambda n: None,
                  attest: Callable[[], bool] | None = None) -> UpgradeResult:
     m = manifest.load(out / manifest.MANIFEST)
+    # the role and the node's state first: a refusal costs one request, not the image's bytes
+    status, raw = endpoint.get("/v1/upgrade")
+    if status != 200:
+        import json
+
+        try:
+            reason = json.loads(raw).get("error", "")
+        except (ValueError, AttributeError):
+            reason = raw[:200].decode(errors="replace")
+        return UpgradeResult(url=endpoint.url, image=m.image.name, version=m.image.version, outcome="refused",
+                             detail=f"agent answered {status}: {reason}")
     status, answer, sent, seconds = send(endpoint, out, progress)
     result = UpgradeResult(url=endpoint.url, image=m.image.name, version=m.image.version, outcome="refused",
                            bytes_sent=sent, seconds={"stream": seconds})
