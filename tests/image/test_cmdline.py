@@ -102,3 +102,13 @@ def test_preflight_refuses_before_any_work_and_records_the_waivers(tmp_path):
     assert plan.cmdline_waived == (mf.CmdlineWaiver(id="kernel.cmdline.pti", observed="pti=off", expected="pti=on",
                                                     reason="vendor firmware bug", approver="sec-team",
                                                     expires="2999-12-31"),)
+
+
+def test_a_line_over_the_kernels_limit_is_refused_naming_the_field():
+    from obelisk.image.cmdline import MAX_CMDLINE, check_length
+    from obelisk.image.spec import SpecError
+
+    spec = _spec(kernel={"cmdline": ["quiet"]}, ima={"policy": "none"})
+    check_length(spec, "x" * MAX_CMDLINE)
+    with pytest.raises(SpecError, match=r"kernel.cmdline: the command line is 2048 bytes, over the kernel's 2047"):
+        check_length(spec, "x" * (MAX_CMDLINE + 1))

@@ -3,6 +3,7 @@ and swtpm (QEMU restarts the node in place when it reboots):
 
 1. a 1.0.0 node is upgraded through its agent to 1.0.1 (slot b): it comes back committed, attests as 1.0.1,
    and its /var is the same volume (opened, not created again);
+0. QEMU killed while slot b is being written: the node boots slot a;
 2. a 1.0.2 whose agent never starts (written to slot a) does not commit within its trial_seconds: the node
    reboots by itself, the firmware returns to slot b, the failed trial is recorded and it attests as 1.0.1;
 3. the upgrade's time (stream, write, reboot, attest) and bytes are printed for the record.
@@ -88,6 +89,29 @@ def test_upgrade_through_the_api_then_a_broken_image_rolls_back_by_itself(exampl
         endpoint = AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(op.cert), key=str(op.key), timeout=30)
         status = json.loads(endpoint.get_ok("/v1/upgrade"))
         assert status["booted"] == "a" and status["trial"] is None, status
+
+        # 0. the power goes in the middle of writing slot b: the node boots slot a, as if nothing happened
+        import threading
+
+        from obelisk.lab.boot import stop as power_off
+
+        sent = [0]
+        cut = threading.Event()
+
+        def count(n: int) -> None:
+            sent[0] += n
+            if sent[0] > 24 << 20 and not cut.is_set():
+                cut.set()
+                power_off(run)
+
+        with pytest.raises(Exception):  # noqa: B017 - the connection dies with the node, however it says so
+            upgrade_node(endpoint, v101, wait=0, progress=count)
+        assert cut.is_set()
+        node = boot(v100, run, ca=keys / "ca.pem", ca_key=keys / "ca.key", timeout=600, reboot=True, reinstall=False)
+        endpoint = AgentEndpoint(node.url, ca=str(keys / "ca.pem"), cert=str(op.cert), key=str(op.key), timeout=30)
+        status = json.loads(endpoint.get_ok("/v1/upgrade"))
+        assert status["booted"] == "a" and status["committed"] == "a" and status["trial"] is None, status
+        assert status["last_trial"] is None
 
         def attests_as(out: Path) -> bool:
             verdict = attest_node(endpoint, manifest=str(out / "manifest.json"), ak=str(node.ak), scan=False)

@@ -675,6 +675,7 @@ def step_boot_chain(plan: Plan, squashfs_image: Path, initramfs_image: Path, ker
     seed = layout_seed(spec)
     line = cmdline.kernel_cmdline(spec, (disk_image.verity_root_argument(tree, seed),
                                          cmdline.verity_word(tree.root_hash, tree.salt, tree.hash_start_block)))
+    cmdline.check_length(spec, line)
     pcrpkey = (plan.policy_signer.cert.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo) if plan.policy_signer else None)
     sections = uki.UkiSections(linux=kernel.read_bytes(), initrd=initramfs_image.read_bytes(), cmdline=line.encode(),

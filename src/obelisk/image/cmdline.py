@@ -40,6 +40,17 @@ def verity_word(root_hash: str, salt: str, hash_start_block: int) -> str:
     return f"obelisk.verity={root_hash},{salt},{hash_start_block}"
 
 
+# x86's COMMAND_LINE_SIZE (arch/x86/include/asm/setup.h): the kernel cuts a longer line silently, which
+# would cut the second slot's dm-verity table
+MAX_CMDLINE = 2047
+
+
+def check_length(spec: Spec, line: str) -> None:
+    if len(line.encode()) > MAX_CMDLINE:
+        raise SpecError(spec.source, "kernel.cmdline", f"the command line is {len(line.encode())} bytes, over the "
+                        f"kernel's {MAX_CMDLINE} (both slots' dm-verity tables are on it): shorten kernel.cmdline")
+
+
 def kernel_cmdline(spec: Spec, root: Sequence[str] = ()) -> str:
     """`root`: the words that set the verity root up (disk_image.verity_root_argument, verity_word)."""
     # panic=-1: a node that cannot boot powers off instead of sitting at a panic.
