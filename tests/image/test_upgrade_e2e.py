@@ -127,7 +127,7 @@ def test_upgrade_through_the_api_then_a_broken_image_rolls_back_by_itself(exampl
         assert result.status["committed"] == "b" and result.status["last_trial"]["result"] == "committed"
         assert "booting slot b" in console and "slot b committed (example-node 1.0.1)" in console
         assert _var_header(run, v100) == header  # the same LUKS2 volume: opened, never created again
-        assert console.count("created LUKS2 /var (first boot)") == 1, console[-3000:]
+        assert "created LUKS2 /var" not in console, console[-3000:]  # this console began after the first boot
 
         # 2. 1.0.2, whose agent never starts: written to slot a, its trial times out, the node goes back to b
         result = upgrade_node(endpoint, v102, wait=900)
