@@ -29,7 +29,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +349,7 @@ class Endpoint:
     node: Node
     ca: x509.Certificate
     image: str
+    busy: threading.Lock = field(default_factory=threading.Lock)  # one upgrade at a time
 
     def status(self) -> dict[str, Any]:
         return status(self.node)
@@ -362,7 +363,13 @@ class Endpoint:
         handler.server.deadlines.arm(handler.connection, UPGRADE_DEADLINE)
         body = _Limited(handler.rfile, int(text))
         try:
-            result = upgrade(body, body.left, node=self.node, ca=self.ca, image=self.image, log=handler.server.log)
+            if not self.busy.acquire(blocking=False):
+                raise Refused(409, "another upgrade is being written")
+            try:
+                result = upgrade(body, body.left, node=self.node, ca=self.ca, image=self.image,
+                                 log=handler.server.log)
+            finally:
+                self.busy.release()
         except Refused as exc:
             handler.server.log(f"upgrade refused ({exc.written} bytes written to the inactive slot): {exc}")
             handler._note = str(exc)
