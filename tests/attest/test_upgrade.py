@@ -127,13 +127,13 @@ def test_an_operator_upgrade_writes_slot_b_verified_and_sets_its_one_trial_boot(
     assert result.bytes_written == sum(p.length for p in upgrade_client.stream_parts(world["1.0.1"])[2])
     # the firmware's side: entries for both slots, the running slot first in BootOrder, b as BootNext
     efivars = node["node"].efivars
-    entry_b = efiboot.parse_load_option(efivars.read("Boot0F0B"))
+    entry_b = efiboot.parse_load_option(efivars.read("Boot5101"))
     table = disk_image.read_gpt(node["disk"])
     boot_b = next(p for p in table.partitions if p.name == "boot-b")
     assert (entry_b.partition_uuid, entry_b.partition_number, entry_b.partition_start, entry_b.path) == \
         (boot_b.uuid, boot_b.number, boot_b.first_lba, "\\EFI\\BOOT\\BOOTX64.EFI")
-    assert efivars.boot_order()[:2] == (0x0F0A, 0x0F0B)
-    assert efiboot.parse_boot_order(efivars.read("BootNext")) == (0x0F0B,)
+    assert efivars.boot_order()[:2] == (0x5100, 0x5101)
+    assert efiboot.parse_boot_order(efivars.read("BootNext")) == (0x5101,)
     state = slots.state(efivars, "a")
     assert state.trial is not None and state.trial.slot == "b" and state.trial.version == "1.0.1"
     assert state.trial.deadline == 60 and state.committed == "a"
@@ -193,7 +193,7 @@ def test_the_trial_commits_or_is_recorded_as_failed_and_its_deadline_reboots(wor
     assert state is not None and not state.in_trial and state.trial is None
     assert state.last_trial is not None and state.last_trial.result == "failed" and state.last_trial.slot == "b"
     assert any("trial boot of slot b (n1 1.0.1) failed: back on slot a" in line for line in lines), lines
-    assert n.efivars.boot_order()[0] == 0x0F0A
+    assert n.efivars.boot_order()[0] == 0x5100
 
     # upgrade again; this time the trial boot comes up and commits
     upgrade_client.upgrade_node(_endpoint(world, node["url"], "operator"), world["1.0.1"], wait=0)
@@ -201,7 +201,7 @@ def test_the_trial_commits_or_is_recorded_as_failed_and_its_deadline_reboots(wor
     assert slots.commit(n.efivars, "b") is not None
     state = slots.state(n.efivars, "b")
     assert state.committed == "b" and state.trial is None and state.last_trial.result == "committed"
-    assert n.efivars.boot_order()[:2] == (0x0F0B, 0x0F0A)
+    assert n.efivars.boot_order()[:2] == (0x5101, 0x5100)
     assert not upgrade.deadline(n, lines.append, reboot=lambda: pytest.fail("a committed slot never reboots"))
     # the next upgrade writes slot a
     result = upgrade_client.upgrade_node(_endpoint(world, node["url"], "operator"), world["1.0.0"], wait=0)

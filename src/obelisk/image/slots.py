@@ -5,7 +5,7 @@ A slot is a boot partition (FAT, the UKI as EFI/BOOT/BOOTX64.EFI), a root and it
 slot whose hash tree matches the UKI's root hash, so the booted UKI and the mounted root are one
 image). What the firmware boots next is in UEFI variables (`efiboot`):
 
-- `Boot0F0A` / `Boot0F0B`: one entry per slot (HD(PARTUUID)/File(\\EFI\\BOOT\\BOOTX64.EFI));
+- `Boot5100` / `Boot5101`: one entry per slot (HD(PARTUUID)/File(\\EFI\\BOOT\\BOOTX64.EFI));
 - `BootOrder`: the committed slot first, then the other;
 - a trial: the new slot is `BootNext` (the firmware boots it once and deletes it) and obelisk's own
   `ObeliskTrial` variable names it. The trial boot commits (BootOrder puts it first, ObeliskTrial is
@@ -33,7 +33,9 @@ from typing import Any, Protocol
 from obelisk.core.errors import InputError, ParseError
 from obelisk.image import disk_image, efiboot
 
-SLOT_ENTRIES = {"a": 0x0F0A, "b": 0x0F0B}
+# Boot#### numbers whose hex has digits only: EDK2 names the variable it reads with "%04x" (lower case),
+# Linux and efibootmgr write upper case, and UEFI variable names compare case-sensitively (found under OVMF)
+SLOT_ENTRIES = {"a": 0x5100, "b": 0x5101}
 UKI_PATH = "\\EFI\\BOOT\\BOOTX64.EFI"
 TRIAL, LAST_TRIAL = "ObeliskTrial", "ObeliskLastTrial"
 SLOT_FILE = "/run/obelisk/slot"
