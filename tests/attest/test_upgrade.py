@@ -242,3 +242,24 @@ def test_load_options_round_trip_and_damage_is_a_parse_error():
     for cut in range(0, len(data) - 1, 7):
         with pytest.raises(ParseError):
             efiboot.parse_load_option(data[:cut])
+
+
+def test_the_slot_entries_name_the_disk_as_the_firmwares_own_entry_does(world, node):
+    """OVMF keeps (and does not delete) only boot options under a device QEMU lists: the node copies the disk's
+    device path, PciRoot(0x0)/Pci(0x3,0x0), from the entry it booted from (BootCurrent)."""
+    import struct
+
+    pci_disk = bytes.fromhex("02010c00d041030a00000000") + bytes.fromhex("01010600" + "0003")  # PciRoot(0)/Pci(3,0)
+    end = bytes.fromhex("7fff0400")
+    firmware_entry = struct.pack("<IH", 1, len(pci_disk) + 4) + "UEFI Misc Device\0".encode("utf-16-le") \
+        + pci_disk + end
+    efivars = node["node"].efivars
+    efivars.write("Boot0001", firmware_entry)
+    efivars.write("BootCurrent", struct.pack("<H", 1), attributes=efiboot.BOOTSERVICE_ACCESS | efiboot.RUNTIME_ACCESS)
+    assert efiboot.device_prefix(firmware_entry) == pci_disk
+    result = upgrade_client.upgrade_node(_endpoint(world, node["url"], "operator"), world["1.0.1"], wait=0)
+    assert result.outcome == "written"
+    entry = efiboot.parse_load_option(efivars.read("Boot5101"))
+    assert entry.prefix == pci_disk and entry.path == "\\EFI\\BOOT\\BOOTX64.EFI"
+    assert efiboot.serialize_load_option(entry) == efivars.read("Boot5101")
+    assert efivars.boot_order() == (0x5100, 0x5101)

@@ -54,6 +54,10 @@ class LoadOption:
     partition_uuid: str
     path: str  # on the partition's FAT file system, with backslashes
     attributes: int = LOAD_OPTION_ACTIVE
+    # device path nodes before the HD node: the disk as the firmware names it (PciRoot(0x0)/Pci(0x3,0x0)),
+    # empty for the short form. OVMF keeps in BootOrder (and does not delete) only options whose path
+    # starts with a device QEMU lists, so the node copies the prefix from the firmware's own entry.
+    prefix: bytes = b""
 
 
 def serialize_load_option(option: LoadOption) -> bytes:
@@ -61,7 +65,7 @@ def serialize_load_option(option: LoadOption) -> bytes:
                   option.partition_size, uuid.UUID(option.partition_uuid).bytes_le, _MBR_TYPE_GPT, _SIGNATURE_GUID)
     name = (option.path + "\0").encode("utf-16-le")
     file_node = struct.pack("<BBH", _MEDIA, _FILE_PATH, 4 + len(name)) + name
-    device_path = hd + file_node + struct.pack("<BBH", _END, _END_ENTIRE, 4)
+    device_path = option.prefix + hd + file_node + struct.pack("<BBH", _END, _END_ENTIRE, 4)
     description = (option.description + "\0").encode("utf-16-le")
     return struct.pack("<IH", option.attributes, len(device_path)) + description + device_path
 
@@ -88,8 +92,12 @@ def parse_load_option(data: bytes, source: str = "load option") -> LoadOption:
     description, at = _utf16z(data, 6, len(data), "description", source)
     if at + path_length > len(data):
         raise ParseError(f"device path of {path_length} bytes runs past the option", source=source, offset=4)
-    if path_length < _HD.size + 4 + 4 or data[at:at + 2] != bytes((_MEDIA, _HARD_DRIVE)):
-        raise ParseError("device path does not start with a hard drive media node", source=source, offset=at)
+    path_at = at
+    prefix_end = _hard_drive_node(data[at:at + path_length], source, at)
+    prefix = data[at:at + prefix_end]
+    at += prefix_end
+    if path_at + path_length - at < _HD.size + 4 + 4:
+        raise ParseError("device path too short for a hard drive and a file node", source=source, offset=at)
     (_t, _s, length, number, start, size, signature, mbr_type, signature_type) = _HD.unpack_from(data, at)
     if length != _HD.size or mbr_type != _MBR_TYPE_GPT or signature_type != _SIGNATURE_GUID:
         raise ParseError("hard drive node: expected a GPT partition named by GUID", source=source, offset=at)
@@ -103,7 +111,37 @@ def parse_load_option(data: bytes, source: str = "load option") -> LoadOption:
         raise ParseError("device path does not end after the file path", source=source, offset=at)
     return LoadOption(description=description, partition_number=number, partition_start=start,
                       partition_size=size, partition_uuid=str(uuid.UUID(bytes_le=signature)), path=path,
-                      attributes=attributes)
+                      attributes=attributes, prefix=prefix)
+
+
+def _hard_drive_node(path: bytes, source: str, base: int) -> int:
+    """The offset of the first hard drive media node in a device path (after any prefix nodes)."""
+    at = 0
+    while at + 4 <= len(path):
+        node_type, node_subtype, length = struct.unpack_from("<BBH", path, at)
+        if (node_type, node_subtype) == (_MEDIA, _HARD_DRIVE):
+            return at
+        if length < 4 or node_type == _END:
+            break
+        at += length
+    raise ParseError("device path has no hard drive media node", source=source, offset=base + at)
+
+
+def device_prefix(option: bytes, source: str = "load option") -> bytes:
+    """The device path nodes of a firmware load option up to its first media node (or its End): for the
+    firmware's entry of a whole disk (`PciRoot(0x0)/Pci(0x3,0x0)`), that disk."""
+    if len(option) < 6:
+        raise ParseError("not an EFI_LOAD_OPTION", source=source, offset=0)
+    (path_length,) = struct.unpack_from("<H", option, 4)
+    _description, at = _utf16z(option, 6, len(option), "description", source)
+    path = option[at:at + path_length]
+    pos = 0
+    while pos + 4 <= len(path):
+        node_type, _subtype, length = struct.unpack_from("<BBH", path, pos)
+        if node_type in (_END, _MEDIA) or length < 4:
+            break
+        pos += length
+    return path[:pos]
 
 
 def boot_name(number: int) -> str:

@@ -100,16 +100,31 @@ def serialize_trial(record: TrialRecord) -> bytes:
     return json.dumps(record.to_json(), sort_keys=True).encode()
 
 
-def boot_entry(slot: str, table: disk_image.GptTable) -> efiboot.LoadOption:
-    """The load option of `slot`'s boot partition on the node's disk."""
+def boot_entry(slot: str, table: disk_image.GptTable, prefix: bytes = b"") -> efiboot.LoadOption:
+    """The load option of `slot`'s boot partition on the node's disk (`prefix`: the disk's device path)."""
     name = disk_image.SLOTS[slot].boot
     for part in table.partitions:
         if part.name == name:
             return efiboot.LoadOption(description=f"obelisk slot {slot}", partition_number=part.number,
                                       partition_start=part.first_lba,
                                       partition_size=part.last_lba + 1 - part.first_lba, partition_uuid=part.uuid,
-                                      path=UKI_PATH)
+                                      path=UKI_PATH, prefix=prefix)
     raise SlotError(f"the node's disk has no partition {name!r}: not an A/B disk")
+
+
+def disk_prefix(efivars: efiboot.EfiVars) -> bytes:
+    """The node's disk as the firmware names it: the device path before the first media node of the entry
+    this boot came from (BootCurrent: the firmware's own entry for the disk, or ours); empty if unknown."""
+    current = efivars.boot_current()
+    if current is None:
+        return b""
+    data = efivars.read(efiboot.boot_name(current))
+    if data is None:
+        return b""
+    try:
+        return efiboot.device_prefix(data, efiboot.boot_name(current))
+    except ParseError:
+        return b""
 
 
 def _order(first: str, rest: tuple[int, ...]) -> list[int]:
@@ -168,8 +183,9 @@ def start_trial(efivars: efiboot.EfiVars, table: disk_image.GptTable, booted: st
     trial returns to), the trial record, then BootNext."""
     if record.slot == booted:
         raise SlotError(f"slot {booted} is the one running: write the other")
+    prefix = disk_prefix(efivars)
     for slot, number in SLOT_ENTRIES.items():
-        efivars.write(efiboot.boot_name(number), efiboot.serialize_load_option(boot_entry(slot, table)))
+        efivars.write(efiboot.boot_name(number), efiboot.serialize_load_option(boot_entry(slot, table, prefix)))
     efivars.write("BootOrder", efiboot.serialize_boot_order(_order(booted, efivars.boot_order())))
     efivars.write(TRIAL, serialize_trial(record), efiboot.OBELISK_VARIABLE)
     efivars.write("BootNext", efiboot.serialize_boot_order([SLOT_ENTRIES[record.slot]]))
