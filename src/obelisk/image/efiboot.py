@@ -25,7 +25,7 @@ from pathlib import Path
 
 from obelisk.core.errors import InputError, ParseError
 
-EFI_GLOBAL_VARIABLE = "8be4df61-93ca-11d0-aa0d-00e098032b8c"
+EFI_GLOBAL_VARIABLE = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 # obelisk's own variables (the trial in progress, the last trial's outcome): a fixed vendor GUID
 OBELISK_VARIABLE = "5b0ad1e4-6f62-4c65-b173-6b2d736c6f74"
 EFIVARS = "/sys/firmware/efi/efivars"
