@@ -133,9 +133,10 @@ def test_issue_refuses_unknown_roles(pki):
 
 # --- the endpoint table ----------------------------------------------------------------------------
 
-def test_every_endpoint_today_needs_the_reader_role():
-    assert set(roles.ENDPOINT_ROLES.values()) == {roles.READER}
-    assert ("GET", "/v1/evidence") in roles.ENDPOINT_ROLES
+def test_evidence_endpoints_need_the_reader_role_and_upgrades_the_operator_role():
+    assert {path for path, role in roles.ENDPOINT_ROLES.items() if role == roles.OPERATOR} == \
+        {("GET", "/v1/upgrade"), ("POST", "/v1/upgrade")}
+    assert roles.ENDPOINT_ROLES[("GET", "/v1/evidence")] == roles.READER
     assert roles.ENDPOINT_ROLES[("GET", "/v1/workloads")] == roles.READER  # a workload's output is node data
 
 

@@ -16,7 +16,7 @@ def test_defaults_then_spec_words_then_what_ima_needs():
     line = kernel_cmdline(_spec(kernel={"cmdline": ["console=ttyS0", "quiet"]}, ima={"policy": "measure-only"}))
     words = line.split()
     assert words[-4:] == ["console=ttyS0", "quiet", "ima_hash=sha256", "ima_template=ima-sig"]
-    for word in ("initramfs_async=0", "obelisk.root=/dev/dm-0", "obelisk.var=PARTLABEL=var",
+    for word in ("initramfs_async=0", "obelisk.root=slot", "obelisk.var=PARTLABEL=var",
                  "obelisk.config=/dev/vdb", "obelisk.image=n1", "ip=dhcp", "ima_template=ima-sig", "ima_hash=sha256",
                  "panic=-1"):
         assert word in words
@@ -26,7 +26,7 @@ def test_the_verity_root_words_come_before_the_root_device():
     """dm-mod.create= makes /dev/dm-0, which obelisk.root= names; the spec's words still come later."""
     root = ('dm-mod.create="root,,,ro,0 8 verity 1 PARTUUID=a PARTUUID=b 4096 4096 1 1 sha256 00 11"',)
     words = kernel_cmdline(_spec(kernel={"cmdline": ["quiet"]}, ima={"policy": "none"}), root).split(" ")
-    assert words.index(root[0].split(" ")[0]) < words.index("obelisk.root=/dev/dm-0") < words.index("quiet")
+    assert words.index(root[0].split(" ")[0]) < words.index("obelisk.root=slot") < words.index("quiet")
     assert " ".join(words).count("dm-mod.create=") == 1
 
 
@@ -102,3 +102,13 @@ def test_preflight_refuses_before_any_work_and_records_the_waivers(tmp_path):
     assert plan.cmdline_waived == (mf.CmdlineWaiver(id="kernel.cmdline.pti", observed="pti=off", expected="pti=on",
                                                     reason="vendor firmware bug", approver="sec-team",
                                                     expires="2999-12-31"),)
+
+
+def test_a_line_over_the_kernels_limit_is_refused_naming_the_field():
+    from obelisk.image.cmdline import MAX_CMDLINE, check_length
+    from obelisk.image.spec import SpecError
+
+    spec = _spec(kernel={"cmdline": ["quiet"]}, ima={"policy": "none"})
+    check_length(spec, "x" * MAX_CMDLINE)
+    with pytest.raises(SpecError, match=r"kernel.cmdline: the command line is 2048 bytes, over the kernel's 2047"):
+        check_length(spec, "x" * (MAX_CMDLINE + 1))

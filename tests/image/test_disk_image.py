@@ -64,10 +64,13 @@ def test_sfdisk_reads_the_discoverable_partition_types_names_and_uuids(built):
     known = dict(line.split() for line in tools.run("systemd-id128", ["show"]).stdout.decode().splitlines()[1:]
                  if len(line.split()) == 2)
     rows = table["partitions"]
-    assert [row["name"] for row in rows] == ["esp", "root-x86-64", "root-x86-64-verity", "var"]
+    assert [row["name"] for row in rows] == ["esp", "root-a", "root-a-verity", "boot-b", "root-b", "root-b-verity",
+                                             "var"]
+    dps = {"esp": "esp", "root-a": "root-x86-64", "root-a-verity": "root-x86-64-verity", "boot-b": "xbootldr",
+           "root-b": "root-x86-64", "root-b-verity": "root-x86-64-verity", "var": "var"}
     for row, part in zip(rows, layout.partitions, strict=True):
         assert row["type"].lower() == part.type_guid
-        assert row["type"].lower().replace("-", "") == known[part.name]
+        assert row["type"].lower().replace("-", "") == known[dps[part.name]]
         assert row["uuid"].lower() == part.uuid == disk_image.partition_uuid(SEED, part.name)
         assert row["start"] * 512 == part.start and row["size"] * 512 == part.size
         assert part.start % (1 << 20) == 0 and part.size % (1 << 20) == 0
@@ -114,14 +117,14 @@ def test_the_esp_holds_the_uki_as_mtools_and_fsck_fat_read_it(built, tmp_path):
 def test_the_root_partitions_verify_with_veritysetup_from_the_disk(built, tmp_path):
     disk, layout, files = built
     with open(disk, "rb") as src:
-        for name in ("root-x86-64", "root-x86-64-verity"):
+        for name in ("root-a", "root-a-verity"):
             part = layout.partition(name)
             src.seek(part.start)
             (tmp_path / name).write_bytes(src.read(part.size))
     root_hash = (files["root"].parent / "root-hash").read_text()
-    verify = ["verify", tmp_path / "root-x86-64", tmp_path / "root-x86-64-verity", root_hash]
+    verify = ["verify", tmp_path / "root-a", tmp_path / "root-a-verity", root_hash]
     assert tools.run("veritysetup", verify, check=False).returncode == 0
-    with open(tmp_path / "root-x86-64", "r+b") as part_file:
+    with open(tmp_path / "root-a", "r+b") as part_file:
         part_file.seek(4096 * 500 + 7)
         byte = part_file.read(1)
         part_file.seek(-1, os.SEEK_CUR)
@@ -133,10 +136,14 @@ def test_the_layout_records_each_partitions_digest_and_round_trips(built):
     disk, layout, files = built
     assert DiskLayout.from_json(json.loads(json.dumps(layout.to_json()))) == layout
     assert layout.size == disk.stat().st_size
-    root = layout.partition("root-x86-64")
+    root = layout.partition("root-a")
     content = files["root"].read_bytes()
     assert root.sha256 == hashlib.sha256(content + bytes(root.size - len(content))).hexdigest()
     assert layout.partition("var").sha256 is None
+    assert [layout.partition(name).sha256 for name in ("boot-b", "root-b", "root-b-verity")] == [None] * 3
+    # both slots have the same sizes: an upgrade writes either
+    assert [layout.partition(n).size for n in ("esp", "root-a", "root-a-verity")] == \
+        [layout.partition(n).size for n in ("boot-b", "root-b", "root-b-verity")]
     disk_image.verify_disk_image(disk, layout)
     # var is left as a hole: the file holds far fewer blocks than its length
     assert disk.stat().st_blocks * 512 < layout.size - layout.partition("var").size // 2
@@ -147,9 +154,9 @@ def test_a_changed_byte_in_the_root_partition_is_named_by_verify_disk_image(buil
     copy = tmp_path / "disk.raw"
     copy.write_bytes(disk.read_bytes())
     with open(copy, "r+b") as handle:
-        handle.seek(layout.partition("root-x86-64").start + 12345)
+        handle.seek(layout.partition("root-a").start + 12345)
         handle.write(b"\xff")
-    with pytest.raises(InputError, match="partition root-x86-64: sha256"):
+    with pytest.raises(InputError, match="partition root-a: sha256"):
         disk_image.verify_disk_image(copy, layout)
     with pytest.raises(InputError, match="bytes, expected"):
         os.truncate(copy, layout.size - 512)
@@ -271,9 +278,10 @@ def test_the_verity_root_argument_names_the_partitions_the_disk_gets(built):
     disk, layout, files = built
     tree = dmverity.format_hash_tree(files["root"], files["root"].parent / "again.verity", seed=SEED)
     argument = disk_image.verity_root_argument(tree, SEED)
-    assert f"PARTUUID={layout.partition('root-x86-64').uuid} PARTUUID={layout.partition('root-x86-64-verity').uuid}" \
-        in argument
-    assert argument.startswith('dm-mod.create="root,,,ro,0 ') and tree.root_hash in argument
+    for slot in ("a", "b"):
+        assert f"root-{slot},,,ro,0 {tree.data_sectors} verity 1 PARTUUID={layout.partition(f'root-{slot}').uuid} " \
+            f"PARTUUID={layout.partition(f'root-{slot}-verity').uuid} " in argument
+    assert argument.startswith('dm-mod.create="root-a,,,ro,0 ') and argument.count(tree.root_hash) == 2
 
 
 def test_random_damage_to_the_gpt_is_a_parse_error_or_a_table_never_a_crash(built):

@@ -265,7 +265,7 @@ def _changed_image(image: Path, dest: Path, *, change, sign_with: Path | None = 
     else:
         shutil.copyfile(unsigned, dest / "uki.efi")
     esp = m.boot.disk_image.partition(disk_image.ESP)
-    seed = f"obelisk:{m.image.name}:{m.image.version}"
+    seed = f"obelisk:{m.image.name}"  # build.layout_seed: the GUIDs and volume id of every version
     disk_image.build_esp(dest.parent / f"{dest.name}-esp.img", {build.ESP_UKI_PATH: dest / "uki.efi"},
                          size=esp.size, volume_id=disk_image.esp_volume_id(seed),
                          source_date_epoch=m.source_date_epoch)

@@ -71,7 +71,7 @@ def boot_and_check(kernel: Path, workdir: Path) -> tuple[str, str]:
     disk, tree, big = _disk(workdir)
     genuine = _boot(kernel, disk, tree, workdir)
     facts = kernel_boot.facts(genuine)
-    assert facts.get("dm_name") == "root" and facts.get("dm_ro") == "1", genuine[-3000:]
+    assert facts.get("dm_name") == "root-a" and facts.get("dm_ro") == "1", genuine[-3000:]
     assert facts.get("dm_sectors") == str(tree.data_sectors)
     assert facts.get("mount") == "ok" and facts.get("hello") == HELLO.strip(), genuine[-3000:]
     assert facts.get("big_read") == "ok" and facts.get("big_sha256") == hashlib.sha256(big).hexdigest()

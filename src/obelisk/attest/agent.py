@@ -165,6 +165,8 @@ class Services:
     scan: Callable[[], str] | None
     image: str = ""
     workloads: Callable[[], dict[str, Any]] | None = None
+    # POST /v1/upgrade and GET /v1/upgrade (attest/upgrade.py), on a node with A/B slots
+    upgrade: Any = None  # attest.upgrade.Endpoint
 
 
 def server_context(config: AgentConfig) -> ssl.SSLContext:
@@ -431,9 +433,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, services.scan())
             elif url.path == "/v1/workloads" and services.workloads is not None:
                 self._send(200, services.workloads())
+            elif url.path == "/v1/upgrade" and services.upgrade is not None:
+                self._send(200, services.upgrade.status())
             else:
                 self._error(404, "no such endpoint (GET /v1/health, /v1/evidence?nonce=HEX, /v1/kernel, /v1/scan, "
-                            "/v1/workloads)")
+                            "/v1/workloads, /v1/upgrade)")
         except OSError:
             raise  # the connection, not the collector: handle() logs it
         except Exception as exc:  # one failing collector must not take the agent down
@@ -443,7 +447,17 @@ class _Handler(BaseHTTPRequestHandler):
         if self._authorized(urlsplit(self.path).path):
             self._error(405, "the agent is read-only: GET only")
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse  # noqa: N815
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        path = urlsplit(self.path).path
+        endpoint = self.server.services.upgrade
+        if path != "/v1/upgrade" or endpoint is None:
+            self._refuse()
+            return
+        if not self._authorized(path):
+            return
+        endpoint.handle(self)
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse  # noqa: N815
 
 
 class AgentServer(ThreadingHTTPServer):
@@ -574,8 +588,15 @@ def serve(config_path: str, port: int | None = None) -> None:
     config = AgentConfig.load(config_path)
     if port:
         config = AgentConfig(**{**config.__dict__, "port": port})
-    server = make_server(config)
+    from obelisk.attest import upgrade
+
+    endpoint = upgrade.endpoint_for(config)
+    services = Services(evidence=default_evidence(config), kernel=default_kernel, scan=default_scan(config),
+                        image=config.image, workloads=default_workloads, upgrade=endpoint)
+    server = make_server(config, services)
     server.log(f"listening on {config.host}:{config.port}")
+    if endpoint is not None:
+        upgrade.commit_when_up(endpoint.node, lambda: True, server.log)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

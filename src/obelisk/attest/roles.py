@@ -30,6 +30,8 @@ ENDPOINT_ROLES: Mapping[tuple[str, str], str] = {
     ("GET", "/v1/kernel"): READER,
     ("GET", "/v1/scan"): READER,
     ("GET", "/v1/workloads"): READER,
+    ("GET", "/v1/upgrade"): OPERATOR,  # the slots and the last trial (attest/upgrade.py)
+    ("POST", "/v1/upgrade"): OPERATOR,  # writes the inactive slot and reboots into it
 }
 
 

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "https://10.0.2.100:PORT reaches a service on the host's 127.0.0.1:PORT")
     b.add_argument("--fleet-join-token", metavar="FILE",
                    help="a new node's join token, written onto its config disk (0600), never into the image")
+    b.add_argument("--allow-reboot", action="store_true",
+                   help="the node's own reboots restart it in place (for `obelisk upgrade`: its trial boot and a "
+                        "rollback); without it a reboot or poweroff ends QEMU")
     b.add_argument("--format", choices=("text", "json"), default=None)
     add_quiet(b)
     b.set_defaults(handler=_boot)
@@ -206,7 +209,7 @@ def _boot(args: argparse.Namespace) -> int:
                                     join_token=Path(args.fleet_join_token) if args.fleet_join_token else None)
     node = boot.boot(out, run_dir, ca=Path(args.ca), ca_key=Path(args.ca_key), port=args.port,
                      memory_mib=args.memory, timeout=args.timeout, fresh=args.fresh, quiet=args.quiet,
-                     direct_kernel=args.direct_kernel, fleet=fleet)
+                     direct_kernel=args.direct_kernel, fleet=fleet, reboot=args.allow_reboot)
     result = {**node.to_json(), "rebooted": rebooting, "measured": not args.direct_kernel}
     if rebooting:
         from obelisk.image import manifest as mf

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "obelisk.cli.image",
     "obelisk.cli.demo",
     "obelisk.cli.fleet",
+    "obelisk.cli.upgrade",
 )
 
 # The top-level commands each module adds (kept equal to what they register by a test): a command
@@ -45,6 +46,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "boot": ("obelisk.cli.image",),
     "demo": ("obelisk.cli.demo",),
     "fleet": ("obelisk.cli.fleet",),
+    "upgrade": ("obelisk.cli.upgrade",),
 }
 
 

@@ -44,6 +44,28 @@ def fleet_key(tcti: str, wait: float, retry: float) -> Callable[[], bytes] | Non
     return ask
 
 
+def slot_command(command: str) -> int:
+    from obelisk.attest import upgrade
+    from obelisk.core.errors import ObeliskError
+    from obelisk.image import efiboot, slots
+
+    def say(line: str) -> None:
+        print(f"obelisk: {line}", flush=True)
+
+    try:
+        disk = slots.disk_of()
+        node = upgrade.Node(disk=disk, efivars=efiboot.EfiVars())
+        if command == "slot-boot":
+            var = slots.disk_of_partition("var")
+            upgrade.on_boot(node, var, say)
+        else:
+            upgrade.deadline(node, say)
+    except (ObeliskError, slots.SlotError, OSError) as exc:
+        say(f"{command}: {exc}")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="obelisk-node-init")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,11 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     unlock.add_argument("--fleet-retry", type=float, default=10, metavar="SECONDS")
     sub.add_parser("runtime", help="mount cgroup v2, start containerd and the image's workloads (runs until the "
                                    "node stops)")
+    sub.add_parser("slot-boot", help="A/B slots: record a failed trial, mark this boot's trial (docs/upgrade.md)")
+    sub.add_parser("trial-deadline", help="reboot into the committed slot if this trial boot has not committed")
     args = parser.parse_args(argv)
     if args.command == "runtime":
         from obelisk.image import node_runtime
 
         return node_runtime.main()
+    if args.command in ("slot-boot", "trial-deadline"):
+        return slot_command(args.command)
     from obelisk.core.errors import ObeliskError
     from obelisk.disk.unlock import unlock_or_tmpfs
 

@@ -13,6 +13,7 @@ import http.client
 import ssl
 import threading
 import time
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from obelisk.core.errors import InputError
@@ -34,7 +35,7 @@ def client_context(ca: str, cert: str | None = None, key: str | None = None) -> 
     return ctx
 
 
-def exchange(url: str, context: ssl.SSLContext, method: str, path: str, *, body: bytes | None = None,
+def exchange(url: str, context: ssl.SSLContext, method: str, path: str, *, body: bytes | Iterable[bytes] | None = None,
              headers: dict[str, str] | None = None, timeout: float, default_port: int, limit: int,
              what: str, pool: ConnectionPool | None = None) -> tuple[int, bytes]:
     """(HTTP status, body) of one request to `url` + `path`; TransportError naming the URL on failure.

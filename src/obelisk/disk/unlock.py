@@ -137,9 +137,14 @@ def advance_floor(recipe: VarRecipe, tcti: str, approvals: list, sealed: Sealed)
     if (recipe.rollback_index is None or not recipe.advance_rollback_index or recipe.policy_key is None
             or not sealed.policy_ref):
         return ""
+    if os.path.exists(TRIAL_MARKER):  # an A/B trial may still roll back: raise the floor after it committed
+        return ", rollback floor kept (trial boot: raised at the first boot after the commit)"
     before, after = rollback.advance(recipe.rollback_index, recipe.policy_key, approvals, tcti)
     return f", rollback floor raised from {before} to {after}" if before != after else ""
 
+
+# written by `node_init slot-boot` when this boot is the one trial boot of a newly written slot (docs/upgrade.md)
+TRIAL_MARKER = "/run/obelisk/trial"
 
 FleetKey = Callable[[], bytes]  # the fleet's part of /var's key, after a round that verified; raises if refused
 FinishBoot = Callable[[], None]  # extends PCR 11 with the sysinit phase (then nothing here unseals again)

@@ -679,8 +679,14 @@ class BootChain:
 
 
 def disk_seed(spec: Spec) -> str:
-    """What every GUID, salt and volume id of disk.raw is derived from: the image's name and version."""
+    """What the verity salt and superblock UUID are derived from: the image's name and version."""
     return f"obelisk:{spec.name}:{spec.version}"
+
+
+def layout_seed(spec: Spec) -> str:
+    """What disk.raw's GUIDs and the ESP's volume id are derived from: the image's name alone, so every
+    version has the same partition table and PARTUUIDs (an upgrade writes into the node's slots)."""
+    return f"obelisk:{spec.name}"
 
 
 def os_release(spec: Spec) -> bytes:
@@ -694,9 +700,11 @@ def step_boot_chain(plan: Plan, squashfs_image: Path, initramfs_image: Path, ker
     from obelisk.signer import authenticode
 
     spec = plan.spec
-    seed = disk_seed(spec)
-    tree = dmverity.format_hash_tree(squashfs_image, out / ARTIFACT_VERITY, seed=seed)
-    line = cmdline.kernel_cmdline(spec, (disk_image.verity_root_argument(tree, seed),))
+    tree = dmverity.format_hash_tree(squashfs_image, out / ARTIFACT_VERITY, seed=disk_seed(spec))
+    seed = layout_seed(spec)
+    line = cmdline.kernel_cmdline(spec, (disk_image.verity_root_argument(tree, seed),
+                                         cmdline.verity_word(tree.root_hash, tree.salt, tree.hash_start_block)))
+    cmdline.check_length(spec, line)
     pcrpkey = (plan.policy_signer.cert.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo) if plan.policy_signer else None)
     sections = uki.UkiSections(linux=kernel.read_bytes(), initrd=initramfs_image.read_bytes(), cmdline=line.encode(),
@@ -728,7 +736,9 @@ def step_boot_chain(plan: Plan, squashfs_image: Path, initramfs_image: Path, ker
     layout = disk_image.build_disk_image(out / ARTIFACT_DISK, esp_files={ESP_UKI_PATH: out / ARTIFACT_UKI},
                                          root=squashfs_image, root_verity=out / ARTIFACT_VERITY,
                                          var_size=spec.disk.size_mib << 20, seed=seed,
-                                         source_date_epoch=spec.source_date_epoch)
+                                         source_date_epoch=spec.source_date_epoch,
+                                         esp_size=spec.upgrade.boot_size_mib << 20,
+                                         slot_size=spec.upgrade.slot_size_mib << 20)
     return BootChain(cmdline=line, verity=tree,
                      sections={n: hashlib.sha256(d).hexdigest() for n, d in sections.by_name().items()},
                      authenticode=digest, signed_by=signed_by, predictions=tuple(predictions), unseal=pcr11.unseal,

@@ -11,7 +11,10 @@ The kernel profile's parameters come before the spec's (`cmdline_plan.profile_wo
 line is the default, and the build refuses a spec whose words make the line fail the profile's
 command-line checks (`profile_failures`) unless `kernel.waivers` waives each failing check by id.
 
-Devices: the root is the verity device the kernel makes from `dm-mod.create=` (/dev/dm-0); /var is
+Devices: the root is one of the two verity devices the kernel makes from `dm-mod.create=` (one per
+A/B slot, both checked against this image's root hash): `obelisk.root=slot` has the initramfs mount
+the slot whose hash partition's top block hashes (with the salt) to `obelisk.verity=`'s root hash,
+so one UKI boots from either slot and its measurements do not depend on the slot; /var is
 disk.raw's partition named `var`, found by name; the config disk is the second disk `obelisk boot`
 attaches.
 """
@@ -27,13 +30,29 @@ from obelisk.image.spec import Spec, SpecError
 from obelisk.kernel_hardening import cmdline_plan
 from obelisk.kernel_hardening.profile import load_profile
 
-ROOT_DEVICE = "/dev/dm-0"
+ROOT_DEVICE = "slot"
 VAR_DEVICE = "PARTLABEL=var"
 CONFIG_DEVICE = "/dev/vdb"
 
 
+def verity_word(root_hash: str, salt: str, hash_start_block: int) -> str:
+    """What the initramfs checks each slot's hash partition against: `obelisk.verity=ROOTHASH,SALT,START`."""
+    return f"obelisk.verity={root_hash},{salt},{hash_start_block}"
+
+
+# x86's COMMAND_LINE_SIZE (arch/x86/include/asm/setup.h): the kernel cuts a longer line silently, which
+# would cut the second slot's dm-verity table
+MAX_CMDLINE = 2047
+
+
+def check_length(spec: Spec, line: str) -> None:
+    if len(line.encode()) > MAX_CMDLINE:
+        raise SpecError(spec.source, "kernel.cmdline", f"the command line is {len(line.encode())} bytes, over the "
+                        f"kernel's {MAX_CMDLINE} (both slots' dm-verity tables are on it): shorten kernel.cmdline")
+
+
 def kernel_cmdline(spec: Spec, root: Sequence[str] = ()) -> str:
-    """`root`: the words that set the verity root up (dmverity.dm_mod_create_argument)."""
+    """`root`: the words that set the verity root up (disk_image.verity_root_argument, verity_word)."""
     # panic=-1: a node that cannot boot powers off instead of sitting at a panic.
     # initramfs_async=0: the initramfs is unpacked before IMA loads /etc/keys/x509_ima.der from it.
     # ip=dhcp: the agent's address (QEMU's user network hands out 10.0.2.15).

@@ -1,12 +1,18 @@
 """disk.raw: the bootable GPT disk image, built rootless and byte-for-byte reproducible.
 
-Partitions, typed and named per the UAPI Group's Discoverable Partitions Specification
-(`systemd-id128 show` lists the same type GUIDs):
+Partitions, typed per the UAPI Group's Discoverable Partitions Specification (`systemd-id128 show`
+lists the same type GUIDs), in two slots (A/B, docs/upgrade.md) and a shared /var:
 
-  1 esp                 EFI System Partition, FAT32, the signed UKI at EFI/BOOT/BOOTX64.EFI
-  2 root-x86-64         the IMA-signed root SquashFS (dm-verity data)
-  3 root-x86-64-verity  its dm-verity hash tree (image/dmverity.py)
-  4 var                 zeros (a hole in the file), LUKS-formatted by the node at first boot
+  1 esp            slot a's boot: the EFI System Partition, FAT32, the signed UKI at EFI/BOOT/BOOTX64.EFI
+  2 root-a         slot a's root: the IMA-signed root SquashFS (dm-verity data)
+  3 root-a-verity  its dm-verity hash tree (image/dmverity.py)
+  4 boot-b         slot b's boot (XBOOTLDR type, FAT32, the same files as esp once written): zeros
+  5 root-b         slot b's root: zeros until an upgrade writes it
+  6 root-b-verity  slot b's hash tree: zeros
+  7 var            zeros (a hole in the file), LUKS-formatted by the node at first boot
+
+With `slot_size` given, the slots have that fixed size (and the boot partitions `esp_size`), so
+every image of one name has the same partition table and an upgrade writes only a slot's contents.
 
 No loop device and no mount: `sfdisk` writes the GPT into a regular file, `mkfs.vfat` and mtools
 (`mmd`, `mcopy`) build the ESP as a separate file, and each partition's bytes are copied into
@@ -38,7 +44,7 @@ from typing import Any
 from obelisk.core import atomic, inputs, tools
 from obelisk.core.errors import InputError, ParseError
 from obelisk.image.derived_ids import derived_bytes, derived_uuid
-from obelisk.image.dmverity import VerityTree, dm_mod_create_argument, partuuid
+from obelisk.image.dmverity import VerityTree, dm_mod_create_slots, hash_tree_capacity, partuuid
 
 SECTOR = 512
 ALIGNMENT = 1 << 20  # every partition starts and ends on a MiB boundary
@@ -49,13 +55,34 @@ ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 ROOT_X86_64_TYPE = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
 ROOT_X86_64_VERITY_TYPE = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
 VAR_TYPE = "4d21b016-b534-45c2-a9fb-5c16e091fd2d"
+XBOOTLDR_TYPE = "bc13c2ff-59e6-4262-a352-b275fd6f7172"
 
-ESP, ROOT, ROOT_VERITY, VAR = "esp", "root-x86-64", "root-x86-64-verity", "var"
+ESP, ROOT, ROOT_VERITY, VAR = "esp", "root-a", "root-a-verity", "var"
+BOOT_B, ROOT_B, ROOT_B_VERITY = "boot-b", "root-b", "root-b-verity"
 PARTITION_TYPES: dict[str, str] = {ESP: ESP_TYPE, ROOT: ROOT_X86_64_TYPE, ROOT_VERITY: ROOT_X86_64_VERITY_TYPE,
-                                   VAR: VAR_TYPE}
+                                   BOOT_B: XBOOTLDR_TYPE, ROOT_B: ROOT_X86_64_TYPE,
+                                   ROOT_B_VERITY: ROOT_X86_64_VERITY_TYPE, VAR: VAR_TYPE}
+ORDER = (ESP, ROOT, ROOT_VERITY, BOOT_B, ROOT_B, ROOT_B_VERITY, VAR)
 # GPT attribute bit 60 is the spec's read-only flag: mounts of root and its hash tree are read-only
 READ_ONLY_ATTRIBUTE = 1 << 60
-_READ_ONLY = {ROOT, ROOT_VERITY}
+_READ_ONLY = {ROOT, ROOT_VERITY, ROOT_B, ROOT_B_VERITY}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One of the two A/B slots: its boot partition (FAT, the UKI), root and root's hash tree, by GPT name."""
+
+    name: str  # "a" | "b"
+    boot: str
+    root: str
+    verity: str
+
+    @property
+    def partitions(self) -> tuple[str, str, str]:
+        return (self.boot, self.root, self.verity)
+
+
+SLOTS: dict[str, Slot] = {"a": Slot("a", ESP, ROOT, ROOT_VERITY), "b": Slot("b", BOOT_B, ROOT_B, ROOT_B_VERITY)}
 
 ESP_MIN_SIZE = 64 * MIB  # FAT32 with 512-byte clusters needs at least 65525 clusters (~33 MiB)
 ESP_LABEL = "OBELISK-ESP"
@@ -83,7 +110,7 @@ class Partition:
     uuid: str  # the unique partition GUID: the kernel's PARTUUID=
     start: int  # bytes from the start of the disk
     size: int  # bytes
-    sha256: str | None  # of all `size` bytes; None for var, whose content is the node's (formatted at first boot)
+    sha256: str | None  # of all `size` bytes; None for var (the node's) and slot b (empty until an upgrade)
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "name": self.name, "type_guid": self.type_guid, "uuid": self.uuid,
@@ -174,10 +201,12 @@ def partition_uuid(seed: str, name: str) -> str:
 
 
 def verity_root_argument(tree: VerityTree, seed: str, *, on_corruption: str = "eio") -> str:
-    """The UKI's `dm-mod.create=` for the disk built from `seed`: root and hash tree named by PARTUUID=."""
-    return dm_mod_create_argument(tree, data_device=partuuid(partition_uuid(seed, ROOT)),
-                                  hash_device=partuuid(partition_uuid(seed, ROOT_VERITY)),
-                                  on_corruption=on_corruption)
+    """The UKI's `dm-mod.create=` for the disk built from `seed`: both slots' roots and hash trees named by
+    PARTUUID= (root-a is /dev/dm-0, root-b /dev/dm-1), each checked against this image's root hash; the
+    initramfs mounts the one whose top hash block matches (`obelisk.root=slot`)."""
+    return dm_mod_create_slots(tree, [(f"root-{slot.name}", partuuid(partition_uuid(seed, slot.root)),
+                                       partuuid(partition_uuid(seed, slot.verity))) for slot in SLOTS.values()],
+                               on_corruption=on_corruption)
 
 
 def esp_volume_id(seed: str) -> str:
@@ -275,12 +304,15 @@ def _copy_into(disk: Any, source: Path | None, start: int, size: int) -> str:
 
 
 def plan_layout(*, esp_size: int, root_size: int, verity_size: int, var_size: int, seed: str) -> DiskLayout:
-    """Where each partition goes (1 MiB aligned, in DPS order), with no digests yet."""
-    sizes = {ESP: esp_size, ROOT: _round_up(root_size, ALIGNMENT), ROOT_VERITY: _round_up(verity_size, ALIGNMENT),
-             VAR: _round_up(var_size, ALIGNMENT)}
+    """Where each partition goes (1 MiB aligned, slot a, slot b, var), with no digests yet. Both slots get
+    the same sizes."""
+    slot_sizes = (esp_size, _round_up(root_size, ALIGNMENT), _round_up(verity_size, ALIGNMENT))
+    sizes = {VAR: _round_up(var_size, ALIGNMENT)}
+    for slot in SLOTS.values():
+        sizes.update(zip(slot.partitions, slot_sizes, strict=True))
     start = ALIGNMENT
     partitions = []
-    for number, name in enumerate((ESP, ROOT, ROOT_VERITY, VAR), start=1):
+    for number, name in enumerate(ORDER, start=1):
         partitions.append(Partition(number=number, name=name, type_guid=PARTITION_TYPES[name],
                                     uuid=partition_uuid(seed, name), start=start, size=sizes[name], sha256=None))
         start += sizes[name]
@@ -289,14 +321,20 @@ def plan_layout(*, esp_size: int, root_size: int, verity_size: int, var_size: in
                       partitions=tuple(partitions))
 
 
+def slot_verity_size(slot_size: int) -> int:
+    """The hash tree partition of a slot of `slot_size` bytes: room for the tree of a full slot."""
+    return _round_up(hash_tree_capacity(slot_size), ALIGNMENT)
+
+
 def build_disk_image(output: str | os.PathLike[str], *, esp_files: Mapping[str, Path], root: Path,
                      root_verity: Path, var_size: int, seed: str, source_date_epoch: int,
-                     esp_size: int | None = None) -> DiskLayout:
+                     esp_size: int | None = None, slot_size: int | None = None) -> DiskLayout:
     """Write disk.raw at `output` (atomically) and return its layout.
 
     `esp_files` maps ESP paths ("EFI/BOOT/BOOTX64.EFI") to files; `root` is the SquashFS and
-    `root_verity` its hash tree (dmverity.format_hash_tree); `var_size` bytes are left as zeros
-    (a hole). The same inputs give the same bytes.
+    `root_verity` its hash tree (dmverity.format_hash_tree), written into slot a; slot b and
+    `var_size` bytes of var are left as zeros (holes). `slot_size` fixes the root partitions' size
+    (the verity ones follow), else they fit this root. The same inputs give the same bytes.
     """
     if var_size < VAR_MIN_SIZE:
         raise InputError(f"var size {var_size}: at least {VAR_MIN_SIZE} bytes (LUKS2 header and a file system)")
@@ -304,9 +342,15 @@ def build_disk_image(output: str | os.PathLike[str], *, esp_files: Mapping[str, 
     verity_size = _file_size(root_verity, "the verity hash tree")
     if root_size == 0 or verity_size == 0:
         raise InputError("the root image and its hash tree must not be empty", source=str(root))
+    if slot_size is not None:
+        if root_size > slot_size:
+            raise InputError(f"the root image ({root_size} bytes) does not fit its slot ({slot_size} bytes): "
+                             "raise upgrade.slot_size_mib", source=str(root))
+        root_size, verity_size = slot_size, slot_verity_size(slot_size)
     planned = plan_layout(esp_size=esp_size if esp_size is not None else esp_size_for(esp_files),
                           root_size=root_size, verity_size=verity_size, var_size=var_size, seed=seed)
-    contents: dict[str, Path | None] = {ROOT: root, ROOT_VERITY: root_verity, VAR: None}
+    contents: dict[str, Path | None] = {ROOT: root, ROOT_VERITY: root_verity, VAR: None, BOOT_B: None, ROOT_B: None,
+                                        ROOT_B_VERITY: None}
     digests: dict[str, str | None] = {}
     target = Path(output)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -322,7 +366,7 @@ def build_disk_image(output: str | os.PathLike[str], *, esp_files: Mapping[str, 
         with open(disk_path, "r+b") as disk:
             for part in planned.partitions:
                 digest = _copy_into(disk, contents[part.name], part.start, part.size)
-                digests[part.name] = None if part.name == VAR else digest
+                digests[part.name] = digest if contents[part.name] is not None else None
         layout = DiskLayout(disk_guid=planned.disk_guid, size=planned.size, sector_size=SECTOR,
                             partitions=tuple(Partition(**{**part.to_json(), "sha256": digests[part.name]})
                                              for part in planned.partitions))

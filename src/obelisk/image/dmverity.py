@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,35 @@ def dm_mod_create_argument(tree: VerityTree, *, data_device: str, hash_device: s
         raise InputError(f"name: {name!r} is not a device-mapper name (letters, digits, _ . -)")
     table = verity_table(tree, data_device=data_device, hash_device=hash_device, on_corruption=on_corruption)
     return f'dm-mod.create="{name},,,ro,{table}"'
+
+
+def dm_mod_create_slots(tree: VerityTree, slots: Sequence[tuple[str, str, str]], *,
+                        on_corruption: str = "eio") -> str:
+    """`dm-mod.create="<name>,,,ro,<table>;..."`: one verity device per (name, data device, hash device),
+    all with this tree's root hash, in order (/dev/dm-0, /dev/dm-1, ...). With A/B slots the UKI maps both
+    slots: only the slot that holds this image has the top hash block that matches (the initramfs picks it)."""
+    devices = []
+    for name, data_device, hash_device in slots:
+        if not _NAME.fullmatch(name):
+            raise InputError(f"name: {name!r} is not a device-mapper name (letters, digits, _ . -)")
+        table = verity_table(tree, data_device=data_device, hash_device=hash_device, on_corruption=on_corruption)
+        devices.append(f"{name},,,ro,{table}")
+    if not devices:
+        raise InputError("no verity device to create")
+    return 'dm-mod.create="' + ";".join(devices) + '"'
+
+
+def hash_tree_capacity(data_size: int, block_size: int = BLOCK_SIZE) -> int:
+    """Bytes of the largest hash file `format_hash_tree` can write for `data_size` bytes of data: the
+    superblock's block and every level of the tree (SHA-256: block_size // 32 digests per hash block)."""
+    per_block = block_size // 32
+    blocks = -(-data_size // block_size)
+    total = 1  # the superblock
+    while True:
+        blocks = -(-blocks // per_block)
+        total += blocks
+        if blocks <= 1:
+            return total * block_size
 
 
 def waitfor_argument(*devices: str) -> str:

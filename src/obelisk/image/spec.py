@@ -385,6 +385,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upgrade", "advance_rollback_index", BOOL, True,
             help="With upgrade.rollback_index: when this image has opened /var, the node raises its rollback "
                  "floor to the image's index (never lowers it), locking older images out of /var."),
+    Setting("upgrade", "slot_size_mib", INT, 512, minimum=16, maximum=MAX_DISK_MIB,
+            help="Size of each of the two root slots (A/B) in disk.raw: the root SquashFS must fit, and every image "
+                 "a node is upgraded to must keep the same size (the node's partition table never changes). Each "
+                 "slot's dm-verity partition is sized for a full slot. disk.raw is sparse: unused space costs "
+                 "nothing."),
+    Setting("upgrade", "boot_size_mib", INT, 64, minimum=64, maximum=4096,
+            help="Size of each slot's boot partition (FAT32 with the slot's UKI as EFI/BOOT/BOOTX64.EFI; slot a's is "
+                 "the ESP). The same in every image a node is upgraded to."),
+    Setting("upgrade", "preserve_var", BOOL, True,
+            help="`obelisk upgrade` keeps /var (the default: /var is this node's encrypted state, opened by every "
+                 "image the customer signed, and an upgrade that loses it is a reinstall). false: the trial boot "
+                 "of the new image erases /var and creates it anew (Talos wipes its EPHEMERAL partition by default)."),
+    Setting("upgrade", "trial_seconds", INT, 300, minimum=30, maximum=3600,
+            help="How long a trial boot of a newly written slot may take to come up (agent answering, self-check "
+                 "passed) before the node reboots itself into its previous slot."),
     Setting("agent", "port", INT, 8443, minimum=1, maximum=65535,
                help="TCP port of the node agent (HTTPS, mutual TLS)."),
     Setting("runtime", "enabled", BOOL, False,

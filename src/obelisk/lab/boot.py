@@ -259,7 +259,7 @@ def install_image(out: Path, run_dir: Path, manifest: Manifest) -> None:
 
 
 def qemu_run(out: Path, run_dir: Path, port: int, memory_mib: int, *, direct_kernel: str | None = None,
-             fleet: GuestForward | None = None) -> QemuRun:
+             fleet: GuestForward | None = None, reboot: bool = False) -> QemuRun:
     """The node's QEMU: UEFI (OVMF) booting the node's disk, its config disk and TPM; the network
     restricted to the agent's port, forwarded to 127.0.0.1:`port`. `direct_kernel` (a command line)
     boots OUT's bzImage and initramfs instead of the firmware: unmeasured."""
@@ -267,7 +267,7 @@ def qemu_run(out: Path, run_dir: Path, port: int, memory_mib: int, *, direct_ker
     common: dict[str, Any] = {"console": run_dir / "serial.log", "tpm_socket": run_dir / "swtpm.sock",
                               "memory_mib": memory_mib, "drives": drives,
                               "forwards": (PortForward(port, GUEST_IP, AGENT_GUEST_PORT),),
-                              "guest_forwards": (fleet,) if fleet else (), "rng": True}
+                              "guest_forwards": (fleet,) if fleet else (), "rng": True, "reboot": reboot}
     if direct_kernel is not None:
         return QemuRun(kernel=out / "bzImage", initramfs=out / "initramfs.cpio", cmdline=direct_kernel, **common)
     return QemuRun(kernel=None, firmware=Firmware(run_dir / VARIABLES), **common)
@@ -398,11 +398,15 @@ def var_sealed_for(run_dir: Path, manifest: Manifest, policy_key: bytes | None =
 
 def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None = None, memory_mib: int = 768,
          timeout: float = 300, extra_cmdline: tuple[str, ...] = (), fresh: bool = False, quiet: bool = True,
-         direct_kernel: bool = False, fleet: FleetProvision | None = None) -> BootedNode:
+         direct_kernel: bool = False, fleet: FleetProvision | None = None, reboot: bool = False,
+         reinstall: bool = True) -> BootedNode:
     """Boot `out` as the node of `run_dir`: a provisioned run directory boots again with its TPM, disk
     and certificates (a reboot); an empty one, or `fresh`, is provisioned first (a new node).
     `direct_kernel` is the unmeasured developer shortcut, with `extra_cmdline` appended. `fleet` goes onto
-    a new node's config disk (a provisioned node keeps the one it has: refused unless `fresh`)."""
+    a new node's config disk (a provisioned node keeps the one it has: refused unless `fresh`). `reboot`: the
+    node's reboots restart it in place (an upgrade's trial boot, a rollback) instead of ending QEMU.
+    `reinstall=False` boots a provisioned node's disk as it is (after a power cut), without writing OUT
+    into it."""
     from obelisk.image import manifest as manifestmod
 
     needed = ("bzImage", "initramfs.cpio", "manifest.json") if direct_kernel else (DISK_IMAGE, "manifest.json")
@@ -427,12 +431,13 @@ def boot(out: Path, run_dir: Path, *, ca: Path, ca_key: Path, port: int | None =
     port = port or free_port()
     line = kernel_cmdline(m, extra_cmdline) if direct_kernel else None
     with progress("booting node", total=3, quiet=quiet) as bar:
-        return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, line, fresh, bar, fleet)
+        return _boot(out, run_dir, m, ca, ca_key, port, memory_mib, timeout, line, fresh, bar, fleet, reboot,
+                     reinstall)
 
 
 def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: int, memory_mib: int,
           timeout: float, direct_kernel: str | None, fresh: bool, bar: Any,
-          fleet: FleetProvision | None = None) -> BootedNode:
+          fleet: FleetProvision | None = None, reboot: bool = False, reinstall: bool = True) -> BootedNode:
     new_node = fresh or not is_provisioned(run_dir)
     bar.stage("provisioning (certificates, EK/AK, disk)" if new_node else "rebooting a provisioned node")
     if new_node:
@@ -446,7 +451,8 @@ def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: i
     else:
         client = reader_client(run_dir, ca, ca_key)
         info = {"client_cert": client.cert, "client_key": client.key, "port": port}
-        install_image(out, run_dir, m)
+        if reinstall:
+            install_image(out, run_dir, m)
     bar.advance()
     bar.stage("starting swtpm and QEMU")
     swtpm = _start_swtpm(run_dir)
@@ -455,7 +461,7 @@ def _boot(out: Path, run_dir: Path, m: Manifest, ca: Path, ca_key: Path, port: i
     url = provisioned_fleet_url(run_dir)
     forward = fleet_forward(url) if url else None
     qemu = qemu_launcher.start(qemu_run(out, run_dir, port, memory_mib, direct_kernel=direct_kernel,
-                                        fleet=forward),
+                                        fleet=forward, reboot=reboot),
                                stderr=run_dir / "qemu.log", accel=os.environ.get("OBELISK_QEMU_ACCEL"), detach=True)
     (run_dir / "qemu.pid").write_text(f"{qemu.pid}\n")
     (run_dir / "swtpm.pid").write_text(f"{swtpm.pid}\n")

@@ -128,6 +128,7 @@ class QemuRun:
     rng: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     firmware: Firmware | None = None
+    reboot: bool = False  # a guest reboot resets the machine in place (A/B upgrades); default: QEMU exits
 
     def argv(self, accel: str | None = None) -> list[str]:
         """QEMU's arguments; `accel` None leaves QEMU's default accelerator (TCG) and CPU model `max`."""
@@ -136,7 +137,8 @@ class QemuRun:
             machine += ",smm=on"
         # KVM: the host's CPU without IA32_ARCH_CAPABILITIES, which nested KVM refuses to set (QEMU aborts)
         args = ["-machine", machine, "-cpu", "max" if accel in (None, "tcg") else "host,-arch-capabilities",
-                "-m", str(self.memory_mib), "-smp", "1", "-nographic", "-no-reboot", "-nodefaults"]
+                "-m", str(self.memory_mib), "-smp", "1", "-nographic", *(() if self.reboot else ("-no-reboot",)),
+                "-nodefaults"]
         if self.firmware is not None:
             args += self.firmware.args()
         if self.kernel is not None:
