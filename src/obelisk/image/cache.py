@@ -8,6 +8,7 @@ cache lives is core.cachedir's decision.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -42,9 +43,20 @@ class StepCache:
         try:
             produce(tmp)
             (tmp / ".inputs.json").write_text(json.dumps(inputs, sort_keys=True, indent=1, default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if self.enabled:
+                    # another build of the same inputs (a second process on this cache) finished first:
+                    # its output is this one's; removing it could pull it from under that build
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return final, False
+                old = final.with_name(f".{key[:16]}.{os.getpid()}.old")  # a forced rebuild replaces it
+                os.rename(final, old)
+                os.rename(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
