@@ -263,3 +263,53 @@ def test_the_slot_entries_name_the_disk_as_the_firmwares_own_entry_does(world, n
     assert entry.prefix == pci_disk and entry.path == "\\EFI\\BOOT\\BOOTX64.EFI"
     assert efiboot.serialize_load_option(entry) == efivars.read("Boot5101")
     assert efivars.boot_order() == (0x5100, 0x5101)
+
+
+def _with_disk(world, tmp_path: Path, **disk) -> Path:
+    """A copy of 1.0.1's OUT whose manifest says what /var is sealed to (`obelisk upgrade --check` reads only
+    the manifest of OUT; the agent verifies its signature when the upgrade is sent)."""
+    out = tmp_path / "out-check"
+    shutil.copytree(world["1.0.1"], out)
+    m = mf.parse((out / mf.MANIFEST).read_bytes(), mf.MANIFEST)
+    m = dataclasses.replace(m, disk=dataclasses.replace(m.disk, **disk))
+    (out / mf.MANIFEST).write_bytes(mf.serialize(m))
+    return out
+
+
+def test_check_compares_the_nodes_pcr7_with_the_new_image_before_anything_is_written(world, tmp_path):
+    from obelisk.attest import evidence as evmod
+    from obelisk.attest.upgrade_client import preflight
+    from obelisk.core.findings import Status
+    from obelisk.tpm import eventlog
+    from tests.attest import synth
+
+    booted = synth.boot()
+    pcr7 = eventlog.replay(eventlog.parse(booted.event_log)).value("sha256", 7)
+
+    def evidence(nonce: bytes) -> str:
+        ev = evmod.Evidence(nonce=nonce, attest=b"a", signature=b"s", bank="sha256", pcrs=dict(booted.pcrs),
+                            ak_name=b"\0" * 34, event_log=booted.event_log, ima_log=booted.ima_log, kernel={},
+                            boot_events=booted.boot_events, collected_at=evmod.now())
+        return json.dumps(ev.to_json())
+
+    server_cert = world["certs"]["server"]
+    config = AgentConfig(cert=str(server_cert.cert), key=str(server_cert.key), client_ca=str(world["keys"].ca_cert),
+                         host="127.0.0.1", port=0, image="n1")
+    server = make_server(config, Services(evidence=evidence, kernel=dict, scan=None, image="n1"), log=lambda _: None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # the node's evidence is all it needs: a reader certificate, nothing written
+        reader = _endpoint(world, f"https://127.0.0.1:{server.server_address[1]}", "reader")
+        same = preflight(reader, _with_disk(world, tmp_path / "a", sealed_to={7: pcr7}))
+        found = {f.id: f for f in same.findings}
+        assert found["upgrade.check.pcr7"].status is Status.PASS
+        assert found["upgrade.check.rollback"].status is Status.SKIP  # the new image has no rollback index
+        other = preflight(reader, _with_disk(world, tmp_path / "b", sealed_to={7: bytes(32)}, rollback_index=1))
+        found = {f.id: f for f in other.findings}
+        pcr_finding = found["upgrade.check.pcr7"]
+        assert pcr_finding.status is Status.FAIL
+        assert pcr_finding.observed == pcr7.hex() and "stay locked" in pcr_finding.detail
+        assert found["upgrade.check.rollback"].status is Status.PASS  # the node has no floor yet
+    finally:
+        server.shutdown()
+        server.server_close()
