@@ -186,3 +186,19 @@ def test_the_image_containerd_config_passes_the_runtime_checks_and_a_changed_one
     empty = tmp_path / "empty"
     empty.mkdir()
     assert {f.status for f in scan(empty, ["obelisk-runtime"]).findings} == {Status.SKIP}  # no containerd
+
+
+def test_a_rootfs_without_the_runtime_or_encryption_tools_is_refused_naming_the_tool(tmp_path):
+    from obelisk.image import rootfs
+
+    for rel in ("usr/bin/containerd", "usr/bin/ctr", "usr/bin/containerd-shim-runc-v2", "usr/sbin/runc",
+                "usr/sbin/apparmor_parser", "usr/bin/python3", "usr/sbin/cryptsetup", "sbin/mke2fs"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    rootfs.check_runtime_tools(tmp_path)
+    (tmp_path / "usr/sbin/runc").unlink()
+    with pytest.raises(InputError, match="runtime.enabled: the rootfs has no runc, which the node needs to run"):
+        rootfs.check_runtime_tools(tmp_path)
+    (tmp_path / "sbin/mke2fs").unlink()
+    with pytest.raises(InputError, match="disk.encryption: the rootfs has no mke2fs, which the node needs to unlock"):
+        rootfs.check_encryption_tools(tmp_path)

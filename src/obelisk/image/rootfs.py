@@ -112,11 +112,16 @@ ENCRYPTION_TOOLS = (("cryptsetup", ("usr/sbin/cryptsetup", "sbin/cryptsetup")),
                     ("python3", ("usr/bin/python3",)))
 
 
-def check_encryption_tools(root: Path) -> None:
-    for name, paths in ENCRYPTION_TOOLS:
+def _require_tools(root: Path, tools: tuple[tuple[str, tuple[str, ...]], ...], setting: str, purpose: str) -> None:
+    """InputError naming the first tool none of whose paths is in the rootfs."""
+    for name, paths in tools:
         if not any(os.path.lexists(root / p) for p in paths):
-            raise InputError(f"disk.encryption: the rootfs has no {name}, which the node needs to unlock /var",
+            raise InputError(f"{setting}: the rootfs has no {name}, which the node needs to {purpose}",
                              source="rootfs")
+
+
+def check_encryption_tools(root: Path) -> None:
+    _require_tools(root, ENCRYPTION_TOOLS, "disk.encryption", "unlock /var")
     if not list(root.glob("usr/lib/python3*/dist-packages/tpm2_pytss")):
         raise InputError("disk.encryption: the rootfs has no tpm2_pytss (Debian: python3-tpm2-pytss), which "
                          "the node needs to unseal /var's key", source="rootfs")
@@ -131,10 +136,7 @@ RUNTIME_TOOLS = (("containerd", ("usr/bin/containerd",)), ("ctr", ("usr/bin/ctr"
 
 
 def check_runtime_tools(root: Path) -> None:
-    for name, paths in RUNTIME_TOOLS:
-        if not any(os.path.lexists(root / p) for p in paths):
-            raise InputError(f"runtime.enabled: the rootfs has no {name}, which the node needs to run containers",
-                             source="rootfs")
+    _require_tools(root, RUNTIME_TOOLS, "runtime.enabled", "run containers")
 
 
 @dataclass(frozen=True)

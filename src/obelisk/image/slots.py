@@ -283,25 +283,29 @@ class SlotWriter:
             raise SlotError(f"{part.partition}: sha256 {digest.hexdigest()}, the signed manifest says {part.sha256}")
 
 
-def disk_of(partition_name: str = disk_image.VAR, sysfs: str = "/sys/class/block") -> str:
-    """The node's disk: the whole disk holding the partition named `partition_name` (/dev/vda)."""
+def _partition_entry(partition_name: str, sysfs: str) -> Path | None:
+    """The sysfs entry of the block device whose GPT name is `partition_name`."""
     for entry in sorted(Path(sysfs).iterdir()):
         try:
             uevent = (entry / "uevent").read_text()
         except OSError:
             continue
         if f"PARTNAME={partition_name}" in uevent.splitlines():
-            return "/dev/" + entry.resolve().parent.name
-    raise SlotError(f"no partition named {partition_name}: not an obelisk disk")
+            return entry
+    return None
+
+
+def disk_of(partition_name: str = disk_image.VAR, sysfs: str = "/sys/class/block") -> str:
+    """The node's disk: the whole disk holding the partition named `partition_name` (/dev/vda)."""
+    entry = _partition_entry(partition_name, sysfs)
+    if entry is None:
+        raise SlotError(f"no partition named {partition_name}: not an obelisk disk")
+    return "/dev/" + entry.resolve().parent.name
 
 
 def disk_of_partition(partition_name: str, sysfs: str = "/sys/class/block") -> str:
     """The device of the partition named `partition_name` (/dev/vda7)."""
-    for entry in sorted(Path(sysfs).iterdir()):
-        try:
-            uevent = (entry / "uevent").read_text()
-        except OSError:
-            continue
-        if f"PARTNAME={partition_name}" in uevent.splitlines():
-            return "/dev/" + entry.name
-    raise SlotError(f"no partition named {partition_name}")
+    entry = _partition_entry(partition_name, sysfs)
+    if entry is None:
+        raise SlotError(f"no partition named {partition_name}")
+    return "/dev/" + entry.name
