@@ -153,8 +153,12 @@ class RuntimeView:
         return ConfigSetting(key, cur, "config", self.config_path)
 
     # ---------------------------------------------------------------- kernel facts
+    @functools.cached_property
+    def kernel(self) -> KernelFacts:
+        return KernelFacts(self.node.proc, self.sys)
+
     def fact(self, name: str) -> Fact:
-        return KernelFacts(self.node.proc, self.sys).fact(name)
+        return self.kernel.fact(name)
 
     # ---------------------------------------------------------------- running containers
     @functools.cached_property

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from obelisk.core import atomic
 from obelisk.image import workloads as wl
 
 MAX_LOG = 1 << 20  # bytes per log file; the previous one is kept as NAME.log.1
@@ -31,13 +32,6 @@ Log = Callable[[str], None]
 
 def _say(line: str) -> None:
     print(f"obelisk: runtime: {line}", flush=True)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
 
 
 def mount_cgroup2(root: str = wl.CGROUP_ROOT) -> str:
@@ -112,10 +106,10 @@ class Runner:
         self.import_lock = threading.Lock()
 
     def set_state(self, state: wl.State) -> None:
-        _write_atomic(wl.state_path(state.name, self.state_dir), wl.serialize_state(state))
+        atomic.write_bytes(wl.state_path(state.name, self.state_dir), wl.serialize_state(state))
 
     def set_runtime(self, word: str) -> None:
-        _write_atomic(wl.RUNTIME_STATE, (json.dumps({"containerd": word}) + "\n").encode())
+        atomic.write_bytes(wl.RUNTIME_STATE, (json.dumps({"containerd": word}) + "\n").encode())
 
     def supervise(self, w: wl.NodeWorkload) -> None:
         state = wl.State(name=w.name, state="importing")
